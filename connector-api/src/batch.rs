@@ -1,0 +1,91 @@
+//! The unit of data: an Arrow `RecordBatch` plus the offsets it advances.
+
+use arrow_array::RecordBatch;
+
+use crate::error::Error;
+use crate::offsets::Offsets;
+
+/// Reserved names of the metadata columns that event-stream sources add when asked and
+/// sinks consume when configured. Use these constants, never the literals.
+pub mod columns {
+    /// Message key (binary or utf8).
+    pub const KEY: &str = "_key";
+    /// Message headers (map of utf8 to binary).
+    pub const HEADERS: &str = "_headers";
+    /// Event timestamp (Timestamp(ms or µs, UTC)).
+    pub const TIMESTAMP: &str = "_timestamp";
+    /// Topic or stream name.
+    pub const TOPIC: &str = "_topic";
+    /// Partition number.
+    pub const PARTITION: &str = "_partition";
+    /// Offset within the partition.
+    pub const OFFSET: &str = "_offset";
+    /// Change operation of a CDC record: `c`, `u`, `d`, `t` (create, update, delete, truncate).
+    pub const OP: &str = "_op";
+    /// Source position of a record in human form (file and line, table and key).
+    pub const POSITION: &str = "_position";
+}
+
+/// A record that a source could not read, kept whole so it can go to the dead-letter sink.
+#[derive(Debug)]
+pub struct Reject {
+    /// The split the record came from.
+    pub split: String,
+    /// Where it was, in human form: `file "in/a.jsonl" line 17`.
+    pub position: String,
+    /// The record as read, lossily decoded as UTF-8.
+    pub raw: String,
+    /// Why it could not be read (usually [`crate::ErrorKind::Data`]).
+    pub error: Error,
+}
+
+/// Records with one schema and the source positions they advance.
+///
+/// `offsets` holds, per split, the position *after* the last record of this batch; a
+/// batch may have zero rows and still advance offsets (e.g. only rejected records, or a
+/// finished file). `rejects` holds records the source could not decode, in the same
+/// position range; the runtime handles them per `errors.tolerance`.
+#[derive(Debug)]
+pub struct Batch {
+    /// The records.
+    pub records: RecordBatch,
+    /// Per split, the position after this batch.
+    pub offsets: Offsets,
+    /// Records that could not be read.
+    pub rejects: Vec<Reject>,
+}
+
+impl Batch {
+    /// A batch of `records` advancing `offsets`, with no rejects.
+    pub fn new(records: RecordBatch, offsets: Offsets) -> Self {
+        Batch {
+            records,
+            offsets,
+            rejects: Vec::new(),
+        }
+    }
+
+    /// A batch with no records that advances nothing: what a waiting source returns
+    /// after `idle_timeout` so the runtime can deliver commits.
+    pub fn idle() -> Self {
+        Batch::new(
+            RecordBatch::new_empty(std::sync::Arc::new(arrow_schema::Schema::empty())),
+            Offsets::new(),
+        )
+    }
+
+    /// True for a batch that carries no records, no rejects and no offsets.
+    pub fn is_idle(&self) -> bool {
+        self.records.num_rows() == 0 && self.rejects.is_empty() && self.offsets.is_empty()
+    }
+
+    /// Number of records.
+    pub fn num_rows(&self) -> usize {
+        self.records.num_rows()
+    }
+
+    /// Memory held by the record columns, in bytes (what the in-flight limit counts).
+    pub fn byte_size(&self) -> usize {
+        self.records.get_array_memory_size()
+    }
+}

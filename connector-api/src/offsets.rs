@@ -1,0 +1,141 @@
+//! Source positions, per split, as small opaque JSON owned by each connector.
+//!
+//! A split is the unit a source reads in order (a file, a table, a Kafka partition).
+//! Each connector defines a typed offset per split (a serde struct) and says on the
+//! type whether it is inclusive or exclusive. The runtime never looks inside: it merges
+//! them (the later position of a split wins), stores them in the checkpoint store in a
+//! versioned envelope, and hands them back to `Source::open` after a restart.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The version written in the envelope of stored offsets.
+pub const OFFSETS_ENVELOPE_VERSION: u32 = 1;
+
+/// The position of every split a source has advanced, keyed by split id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Offsets(BTreeMap<String, serde_json::Value>);
+
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    version: u32,
+    splits: Offsets,
+}
+
+impl Offsets {
+    /// No split has a position.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True when no split has a position.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of splits with a position.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The raw position of `split`.
+    pub fn get(&self, split: &str) -> Option<&serde_json::Value> {
+        self.0.get(split)
+    }
+
+    /// The position of `split` as the connector's typed offset.
+    pub fn get_typed<T: DeserializeOwned>(&self, split: &str) -> Result<Option<T>> {
+        self.0
+            .get(split)
+            .map(|v| {
+                serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::internal(format!("stored offset of split \"{split}\" is unreadable"))
+                        .with_source(e)
+                })
+            })
+            .transpose()
+    }
+
+    /// Sets the raw position of `split`.
+    pub fn set(&mut self, split: impl Into<String>, offset: serde_json::Value) {
+        self.0.insert(split.into(), offset);
+    }
+
+    /// Sets the position of `split` from the connector's typed offset.
+    pub fn set_typed<T: Serialize>(&mut self, split: impl Into<String>, offset: &T) -> Result<()> {
+        let value = serde_json::to_value(offset)
+            .map_err(|e| Error::internal("offset does not serialize").with_source(e))?;
+        self.0.insert(split.into(), value);
+        Ok(())
+    }
+
+    /// Removes `split` (e.g. a finished file that will never be read again).
+    pub fn remove(&mut self, split: &str) -> Option<serde_json::Value> {
+        self.0.remove(split)
+    }
+
+    /// Takes every position of `later`: a split present in both ends at `later`'s position.
+    pub fn merge(&mut self, later: &Offsets) {
+        for (k, v) in &later.0 {
+            self.0.insert(k.clone(), v.clone());
+        }
+    }
+
+    /// Iterates `(split, position)` in split order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+        self.0.iter()
+    }
+
+    /// Serialises in the versioned envelope the checkpoint store keeps.
+    pub fn to_envelope(&self) -> String {
+        let env = Envelope {
+            version: OFFSETS_ENVELOPE_VERSION,
+            splits: self.clone(),
+        };
+        serde_json::to_string(&env).unwrap_or_else(|_| String::from("{}"))
+    }
+
+    /// Reads the versioned envelope written by [`Offsets::to_envelope`].
+    pub fn from_envelope(text: &str) -> Result<Self> {
+        let env: Envelope = serde_json::from_str(text)
+            .map_err(|e| Error::internal("stored offsets are unreadable").with_source(e))?;
+        if env.version != OFFSETS_ENVELOPE_VERSION {
+            return Err(Error::internal(format!(
+                "stored offsets have envelope version {}, this build reads {}",
+                env.version, OFFSETS_ENVELOPE_VERSION
+            )));
+        }
+        Ok(env.splits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_position_of_a_split_wins() {
+        let mut a = Offsets::new();
+        a.set("f1", serde_json::json!(10));
+        a.set("f2", serde_json::json!(5));
+        let mut b = Offsets::new();
+        b.set("f1", serde_json::json!(20));
+        a.merge(&b);
+        assert_eq!(a.get("f1"), Some(&serde_json::json!(20)));
+        assert_eq!(a.get("f2"), Some(&serde_json::json!(5)));
+    }
+
+    #[test]
+    fn envelope_round_trips_and_rejects_other_versions() {
+        let mut a = Offsets::new();
+        a.set("x", serde_json::json!({"pos": 3}));
+        let text = a.to_envelope();
+        assert_eq!(Offsets::from_envelope(&text).unwrap(), a);
+        assert!(Offsets::from_envelope(r#"{"version":9,"splits":{}}"#).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! Connectors: the typed traits authors implement and the erased forms the runtime stores.
+//!
+//! An author implements [`SourceConnector`] and/or [`SinkConnector`] with a typed
+//! `Config` (serde + schemars). Blanket impls turn them into [`DynSourceConnector`] and
+//! [`DynSinkConnector`], which take the config as JSON: that is what the runtime's
+//! registry holds, and what crosses a plugin boundary. Which kinds a connector provides
+//! follows from which traits it implements.
+
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::config::{config_schema, parse_config};
+use crate::error::Result;
+use crate::sink::Sink;
+use crate::source::Source;
+
+/// A connector that reads: builds [`Source`]s from its typed config.
+#[async_trait]
+pub trait SourceConnector: Send + Sync + 'static {
+    /// The name used in `connector = "..."`.
+    const NAME: &'static str;
+    /// One line for `sluice connectors`.
+    const DESCRIPTION: &'static str;
+    /// The source options. Doc comments on its fields are the user documentation.
+    type Config: DeserializeOwned + JsonSchema + Send + Sync + 'static;
+
+    /// Checks the config without any I/O (runs for the whole pipeline file before any
+    /// connection opens). Name the key with [`crate::Error::with_field`].
+    fn validate(&self, config: &Self::Config) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Builds an unopened source.
+    fn create_source(&self, config: Self::Config) -> Result<Box<dyn Source>>;
+
+    /// Checks connectivity and permissions (`sluice check`).
+    async fn check(&self, config: &Self::Config) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// The schema the source would produce, if it can tell without reading everything
+    /// (`sluice schema`).
+    async fn discover(&self, config: &Self::Config) -> Result<Option<SchemaRef>> {
+        let _ = config;
+        Ok(None)
+    }
+}
+
+/// A connector that writes: builds [`Sink`]s from its typed config.
+#[async_trait]
+pub trait SinkConnector: Send + Sync + 'static {
+    /// The name used in `connector = "..."`.
+    const NAME: &'static str;
+    /// One line for `sluice connectors`.
+    const DESCRIPTION: &'static str;
+    /// The sink options. Doc comments on its fields are the user documentation.
+    type Config: DeserializeOwned + JsonSchema + Send + Sync + 'static;
+
+    /// Checks the config without any I/O.
+    fn validate(&self, config: &Self::Config) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Builds an unopened sink.
+    fn create_sink(&self, config: Self::Config) -> Result<Box<dyn Sink>>;
+
+    /// Checks connectivity and permissions (`sluice check`).
+    async fn check(&self, config: &Self::Config) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
+}
+
+/// The object-safe form of [`SourceConnector`]; configs as JSON.
+#[async_trait]
+pub trait DynSourceConnector: Send + Sync {
+    /// The connector name.
+    fn name(&self) -> &str;
+    /// One line of description.
+    fn description(&self) -> &str;
+    /// JSON Schema of the config.
+    fn config_schema(&self) -> serde_json::Value;
+    /// Parses and validates a config, without I/O.
+    fn validate(&self, config: &serde_json::Value) -> Result<()>;
+    /// Parses the config and builds an unopened source.
+    fn create_source(&self, config: &serde_json::Value) -> Result<Box<dyn Source>>;
+    /// Checks connectivity.
+    async fn check(&self, config: &serde_json::Value) -> Result<()>;
+    /// Discovers the schema.
+    async fn discover(&self, config: &serde_json::Value) -> Result<Option<SchemaRef>>;
+}
+
+/// The object-safe form of [`SinkConnector`]; configs as JSON.
+#[async_trait]
+pub trait DynSinkConnector: Send + Sync {
+    /// The connector name.
+    fn name(&self) -> &str;
+    /// One line of description.
+    fn description(&self) -> &str;
+    /// JSON Schema of the config.
+    fn config_schema(&self) -> serde_json::Value;
+    /// Parses and validates a config, without I/O.
+    fn validate(&self, config: &serde_json::Value) -> Result<()>;
+    /// Parses the config and builds an unopened sink.
+    fn create_sink(&self, config: &serde_json::Value) -> Result<Box<dyn Sink>>;
+    /// Checks connectivity.
+    async fn check(&self, config: &serde_json::Value) -> Result<()>;
+}
+
+#[async_trait]
+impl<T: SourceConnector> DynSourceConnector for T {
+    fn name(&self) -> &str {
+        T::NAME
+    }
+    fn description(&self) -> &str {
+        T::DESCRIPTION
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        config_schema::<T::Config>()
+    }
+    fn validate(&self, config: &serde_json::Value) -> Result<()> {
+        let cfg: T::Config = parse_config(config)?;
+        SourceConnector::validate(self, &cfg)
+    }
+    fn create_source(&self, config: &serde_json::Value) -> Result<Box<dyn Source>> {
+        let cfg: T::Config = parse_config(config)?;
+        SourceConnector::validate(self, &cfg)?;
+        SourceConnector::create_source(self, cfg)
+    }
+    async fn check(&self, config: &serde_json::Value) -> Result<()> {
+        let cfg: T::Config = parse_config(config)?;
+        SourceConnector::check(self, &cfg).await
+    }
+    async fn discover(&self, config: &serde_json::Value) -> Result<Option<SchemaRef>> {
+        let cfg: T::Config = parse_config(config)?;
+        SourceConnector::discover(self, &cfg).await
+    }
+}
+
+#[async_trait]
+impl<T: SinkConnector> DynSinkConnector for T {
+    fn name(&self) -> &str {
+        T::NAME
+    }
+    fn description(&self) -> &str {
+        T::DESCRIPTION
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        config_schema::<T::Config>()
+    }
+    fn validate(&self, config: &serde_json::Value) -> Result<()> {
+        let cfg: T::Config = parse_config(config)?;
+        SinkConnector::validate(self, &cfg)
+    }
+    fn create_sink(&self, config: &serde_json::Value) -> Result<Box<dyn Sink>> {
+        let cfg: T::Config = parse_config(config)?;
+        SinkConnector::validate(self, &cfg)?;
+        SinkConnector::create_sink(self, cfg)
+    }
+    async fn check(&self, config: &serde_json::Value) -> Result<()> {
+        let cfg: T::Config = parse_config(config)?;
+        SinkConnector::check(self, &cfg).await
+    }
+}

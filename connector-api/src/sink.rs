@@ -1,0 +1,64 @@
+//! The sink side of the contract.
+
+use arrow_schema::SchemaRef;
+use async_trait::async_trait;
+
+use crate::batch::Batch;
+use crate::error::Result;
+use crate::offsets::Offsets;
+
+/// What the runtime tells a sink when it opens it.
+#[derive(Clone, Debug)]
+pub struct SinkContext {
+    /// Name of the pipeline; transactional sinks key their stored offsets by it.
+    pub pipeline: String,
+    /// Name of this sink within the pipeline (`sink` or the `[sinks.NAME]` key).
+    pub sink: String,
+}
+
+impl SinkContext {
+    /// A context for tests and tools.
+    pub fn for_pipeline(name: impl Into<String>) -> Self {
+        SinkContext {
+            pipeline: name.into(),
+            sink: "sink".into(),
+        }
+    }
+}
+
+/// What a sink found when it opened.
+#[derive(Clone, Debug, Default)]
+pub struct SinkState {
+    /// Offsets stored together with the data by a transactional sink. When a pipeline
+    /// has one sink and it returns offsets, the runtime resumes the source from them
+    /// (exactly-once); otherwise from the checkpoint store.
+    pub offsets: Option<Offsets>,
+    /// The schema the destination already has (an existing table), so the runtime can
+    /// apply the drift policy to the first batch too. `None` = no fixed schema yet.
+    pub schema: Option<SchemaRef>,
+}
+
+/// Writes batches. The runtime owns the loop; one task owns one instance.
+///
+/// Calls come in this order: `open` once, then `write` and `flush` interleaved, then
+/// `close`. Every batch a sink sees has already been conformed to the sink's schema by
+/// the drift policy; a batch whose schema gained nullable columns is an `evolve` step
+/// the sink applies (add the column, roll to a new file).
+#[async_trait]
+pub trait Sink: Send {
+    /// Connects, creates what is missing, and reports what is already there.
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState>;
+
+    /// Accepts a batch. Need not be durable until `flush`.
+    async fn write(&mut self, batch: &Batch) -> Result<()>;
+
+    /// Makes everything written so far durable; when it returns, the runtime records
+    /// `offsets` (the positions after the last written batch) in the checkpoint store.
+    /// A transactional sink stores `offsets` atomically with the data.
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()>;
+
+    /// Releases connections and handles, discarding anything not flushed.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! The source side of the contract.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::batch::Batch;
+use crate::error::Result;
+use crate::offsets::Offsets;
+
+/// What the runtime tells a source when it opens it.
+#[derive(Clone, Debug)]
+pub struct SourceContext {
+    /// Name of the pipeline (for logs and connector-side state).
+    pub pipeline: String,
+    /// Preferred number of records per batch (`[batch] max_records`).
+    pub batch_size: usize,
+    /// A source with no data ready returns an empty batch after at most this long, so
+    /// the runtime can deliver commits and checkpoints between calls.
+    pub idle_timeout: Duration,
+}
+
+impl SourceContext {
+    /// A context for tests and tools: pipeline `name`, 8,192 records, 1 s idle timeout.
+    pub fn for_pipeline(name: impl Into<String>) -> Self {
+        SourceContext {
+            pipeline: name.into(),
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Reads records, one batch at a time. The runtime owns the loop; one task owns one
+/// instance, so methods take `&mut self`.
+///
+/// Calls come in this order: `open` once, then `next_batch` and `commit` interleaved
+/// (never concurrently), then `close`. `commit` is called only for positions that every
+/// sink has made durable and the checkpoint store has recorded.
+#[async_trait]
+pub trait Source: Send {
+    /// Connects and positions the reader just after `committed` (empty = from the start
+    /// or wherever the config says). A split absent from `committed` starts fresh.
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()>;
+
+    /// The next batch; `Ok(None)` when a bounded source has read everything.
+    ///
+    /// Waits without spinning when no data is ready, but returns an empty batch after
+    /// `ctx.idle_timeout` so that commits are not held back. A retryable error must leave
+    /// the source able to retry the same call without losing or repeating records. The
+    /// runtime may drop the returned future only when it is shutting down.
+    async fn next_batch(&mut self) -> Result<Option<Batch>>;
+
+    /// Data up to `offsets` is durable downstream: the source may release it (commit to
+    /// Kafka, advance a replication slot, delete a processed file). Default: nothing.
+    async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
+        let _ = offsets;
+        Ok(())
+    }
+
+    /// Releases connections and handles. Default: nothing.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,273 @@
+//! The file sink: rolled files published atomically on flush, with the offsets of the
+//! published data in a state file, so a restart neither loses nor repeats records.
+//!
+//! Flush protocol, each step durable (fsync) before the next:
+//! 1. finish every file of this flush under its temporary name (`.NAME.tmp`);
+//! 2. write the intent `.sluice-PIPELINE.pending.json`: the renames and the offsets;
+//! 3. rename each temporary file to its final name;
+//! 4. write the state `.sluice-PIPELINE.state.json` with the offsets; remove the intent.
+//!
+//! On open, an intent left by a crash is rolled forward (step 3 and 4 again), leftover
+//! temporary files are removed, and the state's offsets are reported to the runtime,
+//! which resumes the source there. File names derive from the position of their first
+//! record, so a replay writes the same names.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use arrow_schema::SchemaRef;
+use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
+use serde::{Deserialize, Serialize};
+use sluice_formats::Encoder;
+
+use crate::config::FileSinkConfig;
+
+struct Open {
+    name: String,
+    schema: SchemaRef,
+    encoder: Encoder<BufWriter<File>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Intent {
+    renames: Vec<(String, String)>,
+    offsets: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    offsets: String,
+}
+
+/// Writes batches to files under a directory.
+pub struct FileSink {
+    config: FileSinkConfig,
+    dir: PathBuf,
+    pipeline: String,
+    /// Position after the last batch written: the start of the next file.
+    position: Offsets,
+    current: Option<Open>,
+    /// Files finished since the last flush, under their temporary names.
+    finished: Vec<String>,
+}
+
+impl FileSink {
+    /// A sink for `config` (validated).
+    pub fn new(config: FileSinkConfig) -> Self {
+        FileSink {
+            dir: PathBuf::from(&config.path),
+            config,
+            pipeline: String::new(),
+            position: Offsets::new(),
+            current: None,
+            finished: Vec::new(),
+        }
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.dir
+            .join(format!(".sluice-{}.state.json", self.pipeline))
+    }
+
+    fn intent_path(&self) -> PathBuf {
+        self.dir
+            .join(format!(".sluice-{}.pending.json", self.pipeline))
+    }
+
+    fn tmp_name(name: &str) -> String {
+        format!(".{name}.tmp")
+    }
+
+    fn start_file(&mut self, schema: SchemaRef) -> Result<()> {
+        let name = format!(
+            "{}-{:016x}.{}",
+            self.config.prefix,
+            fnv(self.position.to_envelope().as_bytes()),
+            self.config.format.extension()
+        );
+        let path = self.dir.join(Self::tmp_name(&name));
+        let file = File::create(&path).map_err(|e| io_error(e, &path))?;
+        let encoder = Encoder::new(
+            self.config.format,
+            schema.clone(),
+            BufWriter::with_capacity(1 << 20, file),
+            &self.config.csv,
+            &self.config.parquet,
+        )?;
+        self.current = Some(Open {
+            name,
+            schema,
+            encoder,
+        });
+        Ok(())
+    }
+
+    fn finish_current(&mut self) -> Result<()> {
+        if let Some(open) = self.current.take() {
+            let tmp = self.dir.join(Self::tmp_name(&open.name));
+            let file = open
+                .encoder
+                .finish()?
+                .into_inner()
+                .map_err(|e| io_error(e.into_error(), &tmp))?;
+            file.sync_all().map_err(|e| io_error(e, &tmp))?;
+            self.finished.push(open.name);
+        }
+        Ok(())
+    }
+
+    /// Renames the intent's files into place and commits its offsets as the state.
+    fn roll_forward(&self, intent: &Intent) -> Result<()> {
+        for (tmp, name) in &intent.renames {
+            let from = self.dir.join(tmp);
+            if from.exists() {
+                let to = self.dir.join(name);
+                fs::rename(&from, &to).map_err(|e| io_error(e, &to))?;
+            }
+        }
+        sync_dir(&self.dir)?;
+        write_atomic(
+            &self.state_path(),
+            &serde_json::to_vec(&State {
+                offsets: intent.offsets.clone(),
+            })
+            .map_err(|e| Error::internal("state").with_source(e))?,
+        )?;
+        let pending = self.intent_path();
+        fs::remove_file(&pending).map_err(|e| io_error(e, &pending))?;
+        sync_dir(&self.dir)
+    }
+}
+
+#[connector_api::async_trait]
+impl Sink for FileSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.pipeline = ctx.pipeline.clone();
+        fs::create_dir_all(&self.dir).map_err(|e| io_error(e, &self.dir))?;
+        let pending = self.intent_path();
+        if pending.exists() {
+            let intent: Intent =
+                serde_json::from_slice(&fs::read(&pending).map_err(|e| io_error(e, &pending))?)
+                    .map_err(|e| {
+                        Error::internal(format!("\"{}\" is unreadable", pending.display()))
+                            .with_source(e)
+                    })?;
+            tracing::info!(dir = %self.dir.display(), files = intent.renames.len(), "completing a publish interrupted by a crash");
+            self.roll_forward(&intent)?;
+        }
+        for entry in fs::read_dir(&self.dir).map_err(|e| io_error(e, &self.dir))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!(".{}-", self.config.prefix)) && name.ends_with(".tmp") {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        let state = self.state_path();
+        let offsets = if state.exists() {
+            let s: State =
+                serde_json::from_slice(&fs::read(&state).map_err(|e| io_error(e, &state))?)
+                    .map_err(|e| {
+                        Error::internal(format!("\"{}\" is unreadable", state.display()))
+                            .with_source(e)
+                    })?;
+            Some(Offsets::from_envelope(&s.offsets)?)
+        } else {
+            None
+        };
+        self.position = offsets.clone().unwrap_or_default();
+        Ok(SinkState {
+            offsets,
+            schema: None,
+        })
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() > 0 {
+            let schema = batch.records.schema();
+            if self.current.as_ref().is_some_and(|o| o.schema != schema) {
+                self.finish_current()?;
+            }
+            if self.current.is_none() {
+                self.start_file(schema)?;
+            }
+            let open = self
+                .current
+                .as_mut()
+                .ok_or_else(|| Error::internal("no open file"))?;
+            open.encoder.write(&batch.records)?;
+            let full = (self.config.max_records > 0
+                && open.encoder.rows() >= self.config.max_records)
+                || (self.config.max_bytes > 0 && open.encoder.bytes() >= self.config.max_bytes);
+            self.position.merge(&batch.offsets);
+            if full {
+                self.finish_current()?;
+            }
+        } else {
+            self.position.merge(&batch.offsets);
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        self.finish_current()?;
+        let intent = Intent {
+            renames: self
+                .finished
+                .drain(..)
+                .map(|n| (Self::tmp_name(&n), n))
+                .collect(),
+            offsets: offsets.to_envelope(),
+        };
+        write_atomic(
+            &self.intent_path(),
+            &serde_json::to_vec(&intent).map_err(|e| Error::internal("intent").with_source(e))?,
+        )?;
+        self.roll_forward(&intent)
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(open) = self.current.take() {
+            let _ = fs::remove_file(self.dir.join(Self::tmp_name(&open.name)));
+        }
+        Ok(())
+    }
+}
+
+fn io_error(err: std::io::Error, path: &Path) -> Error {
+    Error::from(err).context(format!("\"{}\"", path.display()))
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Writes `data` to `path` durably: temp file, fsync, rename, fsync directory.
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = File::create(&tmp).map_err(|e| io_error(e, &tmp))?;
+    f.write_all(data).map_err(|e| io_error(e, &tmp))?;
+    f.sync_all().map_err(|e| io_error(e, &tmp))?;
+    fs::rename(&tmp, path).map_err(|e| io_error(e, path))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(e, dir))
+}
+
+/// `sluice check`: the directory exists or can be created, and is writable.
+pub fn check(config: &FileSinkConfig) -> Result<()> {
+    let dir = Path::new(&config.path);
+    fs::create_dir_all(dir).map_err(|e| io_error(e, dir))?;
+    let probe = dir.join(".sluice-check.tmp");
+    File::create(&probe).map_err(|e| io_error(e, &probe))?;
+    fs::remove_file(&probe).map_err(|e| io_error(e, &probe))
+}

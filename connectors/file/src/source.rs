@@ -1,0 +1,446 @@
+//! The file source: reads files matching a glob in name order, resumable mid-file,
+//! optionally watching for new files and appended lines.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use sluice_formats::{CsvDecoder, Decoded, Format, JsonDecoder};
+use tokio::sync::mpsc;
+
+use crate::config::FileSourceConfig;
+use crate::identity::{identify, FileOffset, Identity};
+
+enum Text {
+    Json(JsonDecoder),
+    Csv(CsvDecoder),
+}
+
+impl Text {
+    fn decode(&mut self, buf: &[u8], rows: usize, eof: bool, at_start: bool) -> Result<Decoded> {
+        match self {
+            Text::Json(d) => d.decode(buf, rows, eof),
+            Text::Csv(d) => d.decode(buf, rows, eof, at_start),
+        }
+    }
+}
+
+enum Body {
+    Text {
+        file: File,
+        buf: Vec<u8>,
+        drained: bool,
+    },
+    Parquet(ParquetRecordBatchReader),
+}
+
+/// The file being read.
+struct Current {
+    split: String,
+    id: Identity,
+    pos: u64,
+    line: u64,
+    body: Body,
+}
+
+/// Reads files matching `path`.
+pub struct FileSource {
+    config: FileSourceConfig,
+    text: Option<Text>,
+    known: BTreeMap<String, FileOffset>,
+    /// Files whose unread tail is an incomplete line, with the size seen then.
+    partial: HashMap<String, u64>,
+    current: Option<Current>,
+    batch_size: usize,
+    idle_timeout: Duration,
+    events: Option<(RecommendedWatcher, mpsc::UnboundedReceiver<()>)>,
+    last_scan: Option<Instant>,
+}
+
+impl FileSource {
+    /// A source for `config` (validated).
+    pub fn new(config: FileSourceConfig) -> Result<Self> {
+        config.validate()?;
+        let declared = config.declared_schema()?;
+        let text = match config.format {
+            Format::Json => Some(Text::Json(JsonDecoder::new(declared))),
+            Format::Csv => Some(Text::Csv(CsvDecoder::new(declared, config.csv.clone()))),
+            Format::Parquet => None,
+        };
+        Ok(FileSource {
+            config,
+            text,
+            known: BTreeMap::new(),
+            partial: HashMap::new(),
+            current: None,
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+            events: None,
+            last_scan: None,
+        })
+    }
+
+    /// Opens the first file (in name order) that has unread data.
+    fn pick(&mut self) -> Result<bool> {
+        for path in list(&self.config.path)? {
+            let split = path.to_string_lossy().into_owned();
+            let id = match identify(&path) {
+                Ok(id) => id,
+                // deleted between listing and opening: nothing to read
+                Err(e) if e.kind() == connector_api::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.context(format!("file \"{split}\""))),
+            };
+            let (mut pos, mut line) = (0, 0);
+            if let Some(off) = self.known.get(&split) {
+                if off.id.same_file(&id, &path) {
+                    (pos, line) = (off.pos, off.line);
+                } else {
+                    tracing::warn!(file = %split, "file was replaced since it was read; reading the new file from the start");
+                }
+            }
+            let size = std::fs::metadata(&path)?.len();
+            if self.config.format == Format::Parquet {
+                if let Some(cur) = open_parquet(&path, &split, id, pos, self.batch_size)? {
+                    self.current = Some(cur);
+                    return Ok(true);
+                }
+                continue;
+            }
+            if size <= pos || self.partial.get(&split) == Some(&size) {
+                continue;
+            }
+            let mut file = File::open(&path)
+                .map_err(|e| Error::from(e).context(format!("file \"{split}\"")))?;
+            file.seek(SeekFrom::Start(pos))?;
+            self.current = Some(Current {
+                split,
+                id,
+                pos,
+                line,
+                body: Body::Text {
+                    file,
+                    buf: Vec::new(),
+                    drained: false,
+                },
+            });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Reads the next batch from the current file; `None` when it has no more now.
+    fn read_current(&mut self) -> Result<Option<Batch>> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(None);
+        };
+        let rows = self.batch_size;
+        match &mut cur.body {
+            Body::Parquet(reader) => match reader.next() {
+                Some(Ok(records)) => {
+                    cur.pos += records.num_rows() as u64;
+                    let offsets = offsets_of(cur)?;
+                    Ok(Some(Batch::new(records, offsets)))
+                }
+                Some(Err(e)) => Err(Error::data(format!(
+                    "file \"{}\": unreadable parquet",
+                    cur.split
+                ))
+                .with_source(e)),
+                None => {
+                    self.current = None;
+                    Ok(None)
+                }
+            },
+            Body::Text { file, buf, drained } => {
+                let text = self
+                    .text
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("no text decoder"))?;
+                let eof_counts = !self.config.watch;
+                loop {
+                    if !buf.is_empty() {
+                        let at_start = cur.pos == 0;
+                        let decoded = text
+                            .decode(buf, rows, *drained && eof_counts, at_start)
+                            .map_err(|e| {
+                                e.context(format!("file \"{}\" after line {}", cur.split, cur.line))
+                            })?;
+                        if decoded.consumed > 0 {
+                            let Decoded {
+                                batch,
+                                consumed,
+                                lines,
+                                bad,
+                            } = decoded;
+                            let first_line = cur.line;
+                            buf.drain(..consumed);
+                            cur.pos += consumed as u64;
+                            cur.line += lines;
+                            let offsets = offsets_of(cur)?;
+                            let schema =
+                                batch.as_ref().map(|b| b.schema()).or_else(|| match text {
+                                    Text::Json(d) => d.schema().cloned(),
+                                    Text::Csv(d) => d.schema().cloned(),
+                                });
+                            let records = match (batch, schema) {
+                                (Some(b), _) => b,
+                                (None, Some(s)) => RecordBatch::new_empty(s),
+                                (None, None) => Batch::idle().records,
+                            };
+                            let mut out = Batch::new(records, offsets);
+                            out.rejects = bad
+                                .into_iter()
+                                .map(|b| Reject {
+                                    split: cur.split.clone(),
+                                    position: format!(
+                                        "file \"{}\" line {}",
+                                        cur.split,
+                                        first_line + b.index as u64 + 1
+                                    ),
+                                    raw: b.raw,
+                                    error: b.error,
+                                })
+                                .collect();
+                            return Ok(Some(out));
+                        }
+                    }
+                    if *drained {
+                        if !buf.is_empty() {
+                            // an incomplete last line: wait until it grows
+                            let size = cur.pos + buf.len() as u64;
+                            self.partial.insert(cur.split.clone(), size);
+                        }
+                        self.current = None;
+                        return Ok(None);
+                    }
+                    let want = self.config.read_buffer;
+                    let start = buf.len();
+                    buf.resize(start + want, 0);
+                    let n = file.read(&mut buf[start..])?;
+                    buf.truncate(start + n);
+                    if n == 0 {
+                        *drained = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_watching(&mut self) -> Result<()> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .map_err(|e| Error::internal("cannot start the file watcher").with_source(e))?;
+        let dir = watch_dir(&self.config.path);
+        std::fs::create_dir_all(&dir)?;
+        watcher.watch(&dir, RecursiveMode::Recursive).map_err(|e| {
+            Error::internal(format!("cannot watch \"{}\"", dir.display())).with_source(e)
+        })?;
+        self.events = Some((watcher, rx));
+        Ok(())
+    }
+
+    async fn wait_for_change(&mut self) {
+        let poll = self.config.poll_interval.min(self.idle_timeout);
+        if let Some((_, rx)) = self.events.as_mut() {
+            if tokio::time::timeout(poll, rx.recv()).await.is_ok() {
+                // a burst of events is one change
+                while rx.try_recv().is_ok() {}
+            }
+        } else {
+            tokio::time::sleep(poll).await;
+        }
+        self.partial.clear();
+        self.last_scan = Some(Instant::now());
+    }
+}
+
+fn offsets_of(cur: &Current) -> Result<Offsets> {
+    let mut offsets = Offsets::new();
+    offsets.set_typed(
+        cur.split.clone(),
+        &FileOffset {
+            id: cur.id,
+            pos: cur.pos,
+            line: cur.line,
+        },
+    )?;
+    Ok(offsets)
+}
+
+fn open_parquet(
+    path: &Path,
+    split: &str,
+    id: Identity,
+    pos: u64,
+    rows: usize,
+) -> Result<Option<Current>> {
+    let file = File::open(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        Error::data(format!("file \"{split}\" is not a readable parquet file")).with_source(e)
+    })?;
+    let total = builder.metadata().file_metadata().num_rows() as u64;
+    if pos >= total {
+        return Ok(None);
+    }
+    let reader = builder
+        .with_batch_size(rows)
+        .with_offset(pos as usize)
+        .build()
+        .map_err(|e| Error::data(format!("file \"{split}\"")).with_source(e))?;
+    Ok(Some(Current {
+        split: split.to_string(),
+        id,
+        pos,
+        line: 0,
+        body: Body::Parquet(reader),
+    }))
+}
+
+/// Files matching the glob, in name order.
+fn list(pattern: &str) -> Result<Vec<PathBuf>> {
+    let paths = glob::glob(pattern)
+        .map_err(|e| Error::config(format!("path \"{pattern}\"")).with_source(e))?;
+    let mut out: Vec<PathBuf> = paths
+        .filter_map(|p| p.ok())
+        .filter(|p| p.is_file())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The directory to watch: the longest leading part of the glob without wildcards.
+fn watch_dir(pattern: &str) -> PathBuf {
+    let mut dir = PathBuf::new();
+    for part in Path::new(pattern).components() {
+        let s = part.as_os_str().to_string_lossy();
+        if s.contains(['*', '?', '[']) {
+            break;
+        }
+        dir.push(part);
+    }
+    if dir.as_os_str().is_empty() || dir == Path::new(pattern) {
+        dir = Path::new(pattern)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+    }
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    }
+}
+
+#[connector_api::async_trait]
+impl Source for FileSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        for (split, value) in committed.iter() {
+            let off: FileOffset = serde_json::from_value(value.clone()).map_err(|e| {
+                Error::internal(format!("stored offset of file \"{split}\" is unreadable"))
+                    .with_source(e)
+            })?;
+            self.known.insert(split.clone(), off);
+        }
+        if self.config.watch {
+            self.start_watching()?;
+        } else if list(&self.config.path)?.is_empty() {
+            return Err(
+                Error::not_found(format!("no file matches \"{}\"", self.config.path))
+                    .with_field("path"),
+            );
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        let started = Instant::now();
+        loop {
+            if self.current.is_none() && !self.pick()? {
+                if !self.config.watch {
+                    return Ok(None);
+                }
+                if started.elapsed() >= self.idle_timeout {
+                    return Ok(Some(Batch::idle()));
+                }
+                self.wait_for_change().await;
+                continue;
+            }
+            if let Some(batch) = self.read_current()? {
+                for (split, value) in batch.offsets.iter() {
+                    if let Ok(off) = serde_json::from_value::<FileOffset>(value.clone()) {
+                        self.known.insert(split.clone(), off);
+                    }
+                }
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.current = None;
+        self.events = None;
+        Ok(())
+    }
+}
+
+/// `sluice check`: the glob matches readable files (or, in watch mode, its directory exists).
+pub fn check(config: &FileSourceConfig) -> Result<()> {
+    if config.watch {
+        let dir = watch_dir(&config.path);
+        if !dir.is_dir() {
+            return Err(Error::not_found(format!(
+                "directory \"{}\" does not exist",
+                dir.display()
+            ))
+            .with_field("path"));
+        }
+        return Ok(());
+    }
+    let files = list(&config.path)?;
+    if files.is_empty() {
+        return Err(
+            Error::not_found(format!("no file matches \"{}\"", config.path)).with_field("path"),
+        );
+    }
+    for f in files {
+        File::open(&f).map_err(|e| Error::from(e).context(format!("file \"{}\"", f.display())))?;
+    }
+    Ok(())
+}
+
+/// `sluice schema`: the declared schema, or the one inferred from the first file.
+pub fn discover(config: &FileSourceConfig) -> Result<Option<SchemaRef>> {
+    if let Some(s) = config.declared_schema()? {
+        return Ok(Some(s));
+    }
+    let Some(first) = list(&config.path)?.into_iter().next() else {
+        return Ok(None);
+    };
+    if config.format == Format::Parquet {
+        let b = ParquetRecordBatchReaderBuilder::try_new(File::open(&first)?)
+            .map_err(|e| Error::data(format!("file \"{}\"", first.display())).with_source(e))?;
+        return Ok(Some(b.schema().clone()));
+    }
+    let mut head = Vec::new();
+    File::open(&first)?.take(1 << 20).read_to_end(&mut head)?;
+    let mut source = FileSource::new(config.clone())?;
+    let text = source
+        .text
+        .as_mut()
+        .ok_or_else(|| Error::internal("no text decoder"))?;
+    let decoded = text.decode(&head, 1000, true, true)?;
+    Ok(decoded.batch.map(|b| b.schema()))
+}

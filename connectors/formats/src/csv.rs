@@ -1,0 +1,224 @@
+//! CSV decoding with RFC 4180 quoting, header handling, inference and isolation of
+//! records whose values do not convert.
+
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow_cast::cast::{cast_with_options, CastOptions};
+use arrow_csv::reader::{Format as CsvFormat, ReaderBuilder};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use connector_api::{Error, Result};
+
+use crate::{BadRecord, CsvOptions, Decoded};
+
+/// Records read to infer a schema when none is declared.
+const INFER_RECORDS: usize = 1000;
+
+/// Decodes CSV into batches of a declared or inferred schema.
+pub struct CsvDecoder {
+    schema: Option<SchemaRef>,
+    options: CsvOptions,
+}
+
+impl CsvDecoder {
+    /// A decoder for `schema` (columns by position); `None` infers it from the header
+    /// and the first records.
+    pub fn new(schema: Option<SchemaRef>, options: CsvOptions) -> Self {
+        CsvDecoder { schema, options }
+    }
+
+    /// The schema so far.
+    pub fn schema(&self) -> Option<&SchemaRef> {
+        self.schema.as_ref()
+    }
+
+    /// Decodes up to `max_rows` records from the start of `buf`, which must begin on a
+    /// record boundary. `at_start`: `buf` begins at the start of the file (a header is
+    /// skipped). Only complete records are taken unless `eof`.
+    pub fn decode(
+        &mut self,
+        buf: &[u8],
+        max_rows: usize,
+        eof: bool,
+        at_start: bool,
+    ) -> Result<Decoded> {
+        let usable = if eof {
+            buf.len()
+        } else {
+            complete_prefix(buf, self.options.quote as u8)
+        };
+        let buf = &buf[..usable];
+        if buf.is_empty() {
+            return Ok(Decoded::default());
+        }
+        let header = self.options.header && at_start;
+        if self.schema.is_none() {
+            let format = CsvFormat::default()
+                .with_header(self.options.header)
+                .with_delimiter(self.options.delimiter as u8)
+                .with_quote(self.options.quote as u8);
+            let (schema, _) = format.infer_schema(buf, Some(INFER_RECORDS))?;
+            self.schema = Some(Arc::new(schema));
+        }
+        let schema = self
+            .schema
+            .clone()
+            .ok_or_else(|| Error::internal("no csv schema"))?;
+        let rows = max_rows;
+        let mut d = self.builder(schema.clone(), header, rows).build_decoder();
+        let consumed = feed(&mut d, buf)?;
+        let mut out = Decoded {
+            consumed,
+            lines: crate::count_newlines(&buf[..consumed]),
+            ..Default::default()
+        };
+        match d.flush() {
+            Ok(batch) => out.batch = batch,
+            Err(err) => self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?,
+        }
+        Ok(out)
+    }
+
+    fn builder(&self, schema: SchemaRef, header: bool, rows: usize) -> ReaderBuilder {
+        ReaderBuilder::new(schema)
+            .with_header(header)
+            .with_delimiter(self.options.delimiter as u8)
+            .with_quote(self.options.quote as u8)
+            .with_batch_size(rows.max(1))
+    }
+
+    /// Re-reads `buf` as text and converts column by column; a record with a value that
+    /// does not convert becomes a [`BadRecord`].
+    fn isolate(
+        &self,
+        buf: &[u8],
+        header: bool,
+        rows: usize,
+        schema: &SchemaRef,
+        out: &mut Decoded,
+        first_error: arrow_schema::ArrowError,
+    ) -> Result<()> {
+        let text_schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        ));
+        let mut d = self.builder(text_schema, header, rows).build_decoder();
+        feed(&mut d, buf)?;
+        let Some(text) = d.flush().map_err(|_| Error::from(first_error))? else {
+            return Ok(());
+        };
+        let n = text.num_rows();
+        let safe = CastOptions::default();
+        let mut ok = vec![true; n];
+        let mut reasons: Vec<Option<String>> = vec![None; n];
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for (i, field) in schema.fields().iter().enumerate() {
+            let col = text.column(i);
+            let cast = cast_with_options(col, field.data_type(), &safe)?;
+            for r in 0..n {
+                let empty = col
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .map(|s| s.is_null(r) || s.value(r).is_empty())
+                    .unwrap_or(true);
+                if cast.is_null(r) && !empty && ok[r] {
+                    ok[r] = false;
+                    let value = col
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .map(|s| s.value(r))
+                        .unwrap_or("");
+                    reasons[r] = Some(format!(
+                        "column \"{}\": \"{value}\" is not a valid {}",
+                        field.name(),
+                        connector_api::type_name(field.data_type())
+                    ));
+                }
+            }
+            columns.push(cast);
+        }
+        let header_lines = usize::from(header);
+        for r in 0..n {
+            if let Some(reason) = reasons[r].take() {
+                let raw: Vec<&str> = (0..text.num_columns())
+                    .map(|c| {
+                        text.column(c)
+                            .as_any()
+                            .downcast_ref::<StringArray>()
+                            .map(|s| if s.is_null(r) { "" } else { s.value(r) })
+                            .unwrap_or("")
+                    })
+                    .collect();
+                out.bad.push(BadRecord {
+                    index: r + header_lines,
+                    raw: raw.join(&self.options.delimiter.to_string()),
+                    error: Error::data(reason),
+                });
+            }
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns)?;
+        let mask = BooleanArray::from(ok);
+        out.batch = Some(arrow_select::filter::filter_record_batch(&batch, &mask)?);
+        Ok(())
+    }
+}
+
+/// Feeds `buf` until the batch is full or the input ends (the header skip and the
+/// end of input each take a call of their own); returns the bytes consumed.
+fn feed(d: &mut arrow_csv::reader::Decoder, buf: &[u8]) -> Result<usize> {
+    let mut consumed = 0;
+    loop {
+        let n = d.decode(&buf[consumed..])?;
+        consumed += n;
+        if n == 0 || d.capacity() == 0 {
+            return Ok(consumed);
+        }
+    }
+}
+
+/// Length of the prefix of `buf` that ends after a newline outside quotes.
+fn complete_prefix(buf: &[u8], quote: u8) -> usize {
+    let mut in_quotes = false;
+    let mut last = 0;
+    for (i, &b) in buf.iter().enumerate() {
+        if b == quote {
+            in_quotes = !in_quotes;
+        } else if b == b'\n' && !in_quotes {
+            last = i + 1;
+        }
+    }
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn infers_from_header_and_keeps_quoted_newlines() {
+        let mut d = CsvDecoder::new(None, CsvOptions::default());
+        let buf = b"id,note\n1,\"a\nb\"\n2,c\n3,partial";
+        let out = d.decode(buf, 100, false, true).unwrap();
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(out.consumed, buf.len() - "3,partial".len());
+        assert_eq!(d.schema().unwrap().field(0).data_type(), &DataType::Int64);
+    }
+
+    #[test]
+    fn isolates_a_value_that_does_not_convert() {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let mut d = CsvDecoder::new(Some(schema), CsvOptions::default());
+        let out = d.decode(b"id\n1\nx\n3\n", 100, true, true).unwrap();
+        assert_eq!(out.batch.unwrap().num_rows(), 2);
+        assert_eq!(out.bad.len(), 1);
+        assert_eq!(out.bad[0].index, 2);
+        assert!(out.bad[0]
+            .error
+            .to_string()
+            .contains("\"x\" is not a valid int64"));
+    }
+}

@@ -1,0 +1,138 @@
+//! Encoders: Arrow batches to JSON lines, CSV or Parquet on any `Write`.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+use connector_api::{Error, Result};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::{CsvOptions, Format, ParquetCompression, ParquetOptions};
+
+/// Counts bytes on their way to the inner writer.
+struct Counting<W> {
+    inner: W,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Inner<W: Write + Send> {
+    Json(arrow_json::LineDelimitedWriter<Counting<W>>),
+    Csv(arrow_csv::Writer<Counting<W>>),
+    Parquet(ArrowWriter<Counting<W>>),
+}
+
+/// Writes batches of one schema in one format.
+pub struct Encoder<W: Write + Send> {
+    inner: Inner<W>,
+    rows: u64,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<W: Write + Send> Encoder<W> {
+    /// An encoder writing `format` for `schema` into `out`.
+    pub fn new(
+        format: Format,
+        schema: SchemaRef,
+        out: W,
+        csv: &CsvOptions,
+        parquet: &ParquetOptions,
+    ) -> Result<Self> {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let out = Counting {
+            inner: out,
+            bytes: bytes.clone(),
+        };
+        let inner = match format {
+            Format::Json => Inner::Json(
+                arrow_json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .build::<_, arrow_json::writer::LineDelimited>(out),
+            ),
+            Format::Csv => Inner::Csv(
+                arrow_csv::WriterBuilder::new()
+                    .with_header(csv.header)
+                    .with_delimiter(csv.delimiter as u8)
+                    .with_quote(csv.quote as u8)
+                    .build(out),
+            ),
+            Format::Parquet => {
+                let compression = match parquet.compression {
+                    ParquetCompression::Zstd => {
+                        Compression::ZSTD(ZstdLevel::try_new(1).map_err(parquet_error)?)
+                    }
+                    ParquetCompression::Snappy => Compression::SNAPPY,
+                    ParquetCompression::None => Compression::UNCOMPRESSED,
+                };
+                let props = WriterProperties::builder()
+                    .set_compression(compression)
+                    .set_max_row_group_size(parquet.row_group_size.max(1))
+                    .build();
+                Inner::Parquet(
+                    ArrowWriter::try_new(out, schema, Some(props)).map_err(parquet_error)?,
+                )
+            }
+        };
+        Ok(Encoder {
+            inner,
+            rows: 0,
+            bytes,
+        })
+    }
+
+    /// Encodes one batch.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        match &mut self.inner {
+            Inner::Json(w) => w.write(batch)?,
+            Inner::Csv(w) => w.write(batch)?,
+            Inner::Parquet(w) => w.write(batch).map_err(parquet_error)?,
+        }
+        Ok(())
+    }
+
+    /// Rows encoded so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Bytes of output so far, including what a Parquet writer still buffers.
+    pub fn bytes(&self) -> u64 {
+        match &self.inner {
+            Inner::Json(_) | Inner::Csv(_) => self.bytes.load(Ordering::Relaxed),
+            Inner::Parquet(w) => w.bytes_written() as u64 + w.in_progress_size() as u64,
+        }
+    }
+
+    /// Writes any footer and returns the writer, flushed.
+    pub fn finish(self) -> Result<W> {
+        let mut out = match self.inner {
+            Inner::Json(mut w) => {
+                w.finish()?;
+                w.into_inner()
+            }
+            Inner::Csv(w) => w.into_inner(),
+            Inner::Parquet(w) => w.into_inner().map_err(parquet_error)?,
+        };
+        out.flush()?;
+        Ok(out.inner)
+    }
+}
+
+fn parquet_error(err: parquet::errors::ParquetError) -> Error {
+    Error::data("parquet").with_source(err)
+}

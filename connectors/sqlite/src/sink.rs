@@ -1,0 +1,361 @@
+//! The SQLite sink: one transaction per flush, offsets in the same transaction.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::{Field, Schema, SchemaRef};
+use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use crate::config::{SinkMode, SqliteSinkConfig};
+use crate::types::{arrow_type, column_values, declared_type, SqlValue};
+
+/// SQLite's limit on bound parameters in one statement.
+const MAX_PARAMS: usize = 32_766;
+/// Rows per INSERT statement at most.
+const MAX_ROWS_PER_STATEMENT: usize = 500;
+/// Table holding the offsets stored with the data.
+pub const OFFSETS_TABLE: &str = "_sluice_offsets";
+
+/// Quotes an identifier; a name from data can never inject SQL.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Maps a sqlx error to the API error kind.
+pub fn sql_error(context: impl std::fmt::Display, err: sqlx::Error) -> Error {
+    let kind = match &err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            connector_api::ErrorKind::Connect
+        }
+        sqlx::Error::Database(db) => {
+            let msg = db.message();
+            if msg.contains("locked") || msg.contains("busy") {
+                connector_api::ErrorKind::Transient
+            } else if msg.contains("constraint") || msg.contains("datatype mismatch") {
+                connector_api::ErrorKind::Data
+            } else if msg.contains("no such table") {
+                connector_api::ErrorKind::NotFound
+            } else {
+                connector_api::ErrorKind::Internal
+            }
+        }
+        _ => connector_api::ErrorKind::Internal,
+    };
+    Error::new(kind, context.to_string()).with_source(err)
+}
+
+/// Opens (creating when asked) the database file with durable settings.
+pub async fn connect(path: &str, create: bool) -> Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .map_err(|e| {
+            Error::config(format!("database path \"{path}\""))
+                .with_source(e)
+                .with_field("path")
+        })?
+        .create_if_missing(create)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30));
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|e| sql_error(format!("cannot open database \"{path}\""), e))
+}
+
+/// The Arrow schema of an existing table (None when it does not exist).
+pub async fn table_schema(pool: &SqlitePool, table: &str) -> Result<Option<SchemaRef>> {
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT name, type, \"notnull\" FROM pragma_table_info(?) ORDER BY cid")
+            .bind(table)
+            .fetch_all(pool)
+            .await
+            .map_err(|e| sql_error(format!("table \"{table}\""), e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = Vec::with_capacity(rows.len());
+    for (name, decl, notnull) in rows {
+        let dt = arrow_type(&decl).ok_or_else(|| {
+            Error::schema(format!(
+                "table \"{table}\": column \"{name}\" has declared type \"{decl}\", which has no Arrow mapping"
+            ))
+        })?;
+        fields.push(Field::new(name, dt, notnull == 0));
+    }
+    Ok(Some(Arc::new(Schema::new(fields))))
+}
+
+/// Writes batches into one table.
+pub struct SqliteSink {
+    config: SqliteSinkConfig,
+    pool: Option<SqlitePool>,
+    tx: Option<Transaction<'static, Sqlite>>,
+    schema: Option<SchemaRef>,
+    pipeline: String,
+    sink: String,
+}
+
+impl SqliteSink {
+    /// A sink for `config` (validated).
+    pub fn new(config: SqliteSinkConfig) -> Self {
+        SqliteSink {
+            config,
+            pool: None,
+            tx: None,
+            schema: None,
+            pipeline: String::new(),
+            sink: String::new(),
+        }
+    }
+
+    async fn tx(&mut self) -> Result<&mut Transaction<'static, Sqlite>> {
+        if self.tx.is_none() {
+            let pool = self
+                .pool
+                .as_ref()
+                .ok_or_else(|| Error::internal("sink is not open"))?;
+            self.tx = Some(
+                pool.begin()
+                    .await
+                    .map_err(|e| sql_error("begin transaction", e))?,
+            );
+        }
+        self.tx
+            .as_mut()
+            .ok_or_else(|| Error::internal("no transaction"))
+    }
+
+    /// Creates the table, or adds the batch's new columns to it.
+    async fn prepare_table(&mut self, schema: &SchemaRef) -> Result<()> {
+        let table = quote(&self.config.table);
+        let mut ddl = Vec::new();
+        match &self.schema {
+            None => {
+                let mut cols = Vec::new();
+                for f in schema.fields() {
+                    let null = if f.is_nullable() { "" } else { " NOT NULL" };
+                    cols.push(format!(
+                        "{} {}{null}",
+                        quote(f.name()),
+                        declared_type(f.name(), f.data_type())?
+                    ));
+                }
+                if !self.config.key.is_empty() {
+                    let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+                    cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+                }
+                ddl.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {table} ({})",
+                    cols.join(", ")
+                ));
+            }
+            Some(known) if known.as_ref() != schema.as_ref() => {
+                for f in schema.fields() {
+                    if known.field_with_name(f.name()).is_err() {
+                        ddl.push(format!(
+                            "ALTER TABLE {table} ADD COLUMN {} {}",
+                            quote(f.name()),
+                            declared_type(f.name(), f.data_type())?
+                        ));
+                    }
+                }
+            }
+            Some(_) => return Ok(()),
+        }
+        let name = self.config.table.clone();
+        let tx = self.tx().await?;
+        for stmt in ddl {
+            sqlx::query(&stmt)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| sql_error(format!("table \"{name}\": {stmt}"), e))?;
+        }
+        self.schema = Some(schema.clone());
+        Ok(())
+    }
+
+    fn insert_sql(&self, schema: &Schema, rows: usize) -> String {
+        let cols: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+        let one = format!("({})", vec!["?"; cols.len()].join(","));
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES {}",
+            quote(&self.config.table),
+            cols.join(", "),
+            vec![one; rows].join(",")
+        );
+        if self.config.mode == SinkMode::Upsert {
+            let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+            let set: Vec<String> = schema
+                .fields()
+                .iter()
+                .filter(|f| !self.config.key.contains(f.name()))
+                .map(|f| format!("{0} = excluded.{0}", quote(f.name())))
+                .collect();
+            if set.is_empty() {
+                sql.push_str(&format!(" ON CONFLICT ({}) DO NOTHING", key.join(", ")));
+            } else {
+                sql.push_str(&format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    key.join(", "),
+                    set.join(", ")
+                ));
+            }
+        }
+        sql
+    }
+
+    async fn insert(&mut self, batch: &Batch) -> Result<()> {
+        let schema = batch.records.schema();
+        let columns: Vec<Vec<SqlValue>> = schema
+            .fields()
+            .iter()
+            .zip(batch.records.columns())
+            .map(|(f, c)| column_values(f.name(), c))
+            .collect::<Result<_>>()?;
+        let ncols = columns.len().max(1);
+        let per_stmt = (MAX_PARAMS / ncols).clamp(1, MAX_ROWS_PER_STATEMENT);
+        let total = batch.num_rows();
+        let full_sql = self.insert_sql(&schema, per_stmt);
+        let table = self.config.table.clone();
+        let tail_sql = self.insert_sql(&schema, total % per_stmt);
+        let tx = self.tx().await?;
+        let mut start = 0;
+        while start < total {
+            let n = per_stmt.min(total - start);
+            let sql = if n == per_stmt { &full_sql } else { &tail_sql };
+            let mut q = sqlx::query(sql);
+            for r in start..start + n {
+                for col in &columns {
+                    q = match &col[r] {
+                        SqlValue::Null => q.bind(None::<i64>),
+                        SqlValue::Int(v) => q.bind(*v),
+                        SqlValue::Real(v) => q.bind(*v),
+                        SqlValue::Text(v) => q.bind(v.as_str()),
+                        SqlValue::Blob(v) => q.bind(v.as_slice()),
+                    };
+                }
+            }
+            q.execute(&mut **tx).await.map_err(|e| {
+                sql_error(
+                    format!("table \"{table}\": insert of rows {start}..{}", start + n),
+                    e,
+                )
+            })?;
+            start += n;
+        }
+        Ok(())
+    }
+}
+
+#[connector_api::async_trait]
+impl Sink for SqliteSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.pipeline = ctx.pipeline.clone();
+        self.sink = ctx.sink.clone();
+        let pool = connect(&self.config.path, true).await?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (pipeline TEXT NOT NULL, sink TEXT NOT NULL, offsets TEXT NOT NULL, \
+             updated_at TEXT NOT NULL, PRIMARY KEY (pipeline, sink))",
+            quote(OFFSETS_TABLE)
+        ))
+        .execute(&pool)
+        .await
+        .map_err(|e| sql_error("create offsets table", e))?;
+        let stored: Option<(String,)> = sqlx::query_as(&format!(
+            "SELECT offsets FROM {} WHERE pipeline = ? AND sink = ?",
+            quote(OFFSETS_TABLE)
+        ))
+        .bind(&self.pipeline)
+        .bind(&self.sink)
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| sql_error("read stored offsets", e))?;
+        let offsets = stored.map(|(s,)| Offsets::from_envelope(&s)).transpose()?;
+        self.schema = table_schema(&pool, &self.config.table).await?;
+        if let Some(schema) = &self.schema {
+            for k in &self.config.key {
+                if schema.field_with_name(k).is_err() {
+                    return Err(Error::config(format!(
+                        "key column \"{k}\" is not in table \"{}\"",
+                        self.config.table
+                    ))
+                    .with_field("key"));
+                }
+            }
+        }
+        self.pool = Some(pool);
+        Ok(SinkState {
+            offsets,
+            schema: self.schema.clone(),
+        })
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.prepare_table(&batch.records.schema()).await?;
+        // a savepoint makes a failed write leave the transaction as it was, so a retry
+        // cannot insert rows twice
+        let tx = self.tx().await?;
+        sqlx::query("SAVEPOINT sluice_write")
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| sql_error("savepoint", e))?;
+        let result = self.insert(batch).await;
+        let tx = self.tx().await?;
+        let end = if result.is_ok() {
+            "RELEASE sluice_write"
+        } else {
+            "ROLLBACK TO sluice_write"
+        };
+        sqlx::query(end)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| sql_error("savepoint", e))?;
+        result
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        let tx = self.tx().await?;
+        sqlx::query(&format!(
+            "INSERT INTO {} (pipeline, sink, offsets, updated_at) VALUES (?, ?, ?, datetime('now')) \
+             ON CONFLICT (pipeline, sink) DO UPDATE SET offsets = excluded.offsets, updated_at = excluded.updated_at",
+            quote(OFFSETS_TABLE)
+        ))
+        .bind(&pipeline)
+        .bind(&sink)
+        .bind(offsets.to_envelope())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| sql_error("store offsets", e))?;
+        let tx = self
+            .tx
+            .take()
+            .ok_or_else(|| Error::internal("no transaction"))?;
+        tx.commit()
+            .await
+            .map_err(|e| sql_error(format!("table \"{}\": commit", self.config.table), e))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.tx = None;
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+/// `sluice check`: the database opens (or can be created) and the table, if present, maps.
+pub async fn check(config: &SqliteSinkConfig) -> Result<()> {
+    let pool = connect(&config.path, true).await?;
+    let result = table_schema(&pool, &config.table).await.map(|_| ());
+    pool.close().await;
+    result
+}

@@ -1,0 +1,318 @@
+//! The SQLite source: a table in rowid order, or a table or query by cursor columns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::{Field, Schema, SchemaRef};
+use connector_api::{Batch, Error, Offsets, Result, RowBuilder, Source, SourceContext, Value};
+use serde::{Deserialize, Serialize};
+use sqlx::{Column, Row, SqlitePool, TypeInfo};
+
+use crate::config::SqliteSourceConfig;
+use crate::sink::{connect, quote, sql_error, table_schema};
+use crate::types::{arrow_type, read_value};
+
+/// Hidden column carrying the rowid in table reads.
+const ROWID: &str = "__sluice_rowid";
+
+/// Offset of the single split (the table or query). Exclusive: the position of the
+/// last delivered row; reading resumes strictly after it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum SqliteOffset {
+    /// Table order: the rowid of the last delivered row.
+    Rowid {
+        /// Last delivered rowid.
+        rowid: i64,
+    },
+    /// Cursor order: the cursor values of the last delivered row.
+    Cursor {
+        /// Last delivered cursor values, in `cursor` order.
+        values: Vec<serde_json::Value>,
+    },
+    /// A query without cursor: rows delivered so far.
+    Rows {
+        /// Rows delivered.
+        rows: u64,
+    },
+}
+
+/// Reads a table or query.
+pub struct SqliteSource {
+    config: SqliteSourceConfig,
+    pool: Option<SqlitePool>,
+    schema: Option<SchemaRef>,
+    position: Option<SqliteOffset>,
+    batch_size: usize,
+    idle_timeout: Duration,
+    split: String,
+}
+
+impl SqliteSource {
+    /// A source for `config` (validated).
+    pub fn new(config: SqliteSourceConfig) -> Self {
+        let split = match (&config.table, &config.query) {
+            (Some(t), _) => format!("table:{t}"),
+            (None, Some(_)) => "query".to_string(),
+            (None, None) => String::new(),
+        };
+        SqliteSource {
+            config,
+            pool: None,
+            schema: None,
+            position: None,
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+            split,
+        }
+    }
+
+    fn relation(&self) -> String {
+        match (&self.config.table, &self.config.query) {
+            (Some(t), _) => quote(t),
+            (None, Some(q)) => format!("({q})"),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn select(&self) -> (String, Vec<serde_json::Value>) {
+        let rel = self.relation();
+        let limit = self.batch_size;
+        if !self.config.cursor.is_empty() {
+            let cols: Vec<String> = self.config.cursor.iter().map(|c| quote(c)).collect();
+            let order = cols.join(", ");
+            match &self.position {
+                Some(SqliteOffset::Cursor { values }) => {
+                    let marks = vec!["?"; values.len()].join(", ");
+                    (
+                        format!("SELECT * FROM {rel} WHERE ({order}) > ({marks}) ORDER BY {order} LIMIT {limit}"),
+                        values.clone(),
+                    )
+                }
+                _ => (
+                    format!("SELECT * FROM {rel} ORDER BY {order} LIMIT {limit}"),
+                    vec![],
+                ),
+            }
+        } else if self.config.table.is_some() {
+            let after = match &self.position {
+                Some(SqliteOffset::Rowid { rowid }) => *rowid,
+                _ => i64::MIN,
+            };
+            (
+                format!("SELECT rowid AS {ROWID}, * FROM {rel} WHERE rowid > ? ORDER BY rowid LIMIT {limit}"),
+                vec![serde_json::json!(after)],
+            )
+        } else {
+            let done = match &self.position {
+                Some(SqliteOffset::Rows { rows }) => *rows,
+                _ => 0,
+            };
+            (
+                format!("SELECT * FROM {rel} LIMIT {limit} OFFSET {done}"),
+                vec![],
+            )
+        }
+    }
+}
+
+fn json_of(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Bool(b) => serde_json::json!(b),
+        Value::Int(i) => serde_json::json!(i),
+        Value::UInt(i) => serde_json::json!(i),
+        Value::Float(f) => serde_json::json!(f),
+        Value::Str(s) => serde_json::json!(s),
+        Value::Bytes(b) => serde_json::json!(b),
+    }
+}
+
+async fn schema_of(pool: &SqlitePool, config: &SqliteSourceConfig) -> Result<SchemaRef> {
+    if !config.schema.is_empty() {
+        return connector_api::schema_from_specs(&config.schema);
+    }
+    if let Some(table) = &config.table {
+        return table_schema(pool, table).await?.ok_or_else(|| {
+            Error::not_found(format!(
+                "table \"{table}\" does not exist in \"{}\"",
+                config.path
+            ))
+            .with_field("table")
+        });
+    }
+    let query = config.query.clone().unwrap_or_default();
+    let described = sqlx::Executor::describe(pool, &format!("SELECT * FROM ({query})"))
+        .await
+        .map_err(|e| sql_error("query", e).with_field("query"))?;
+    let mut fields = Vec::new();
+    for col in described.columns() {
+        let name = col.name().to_string();
+        let decl = col.type_info().name().to_string();
+        let dt = match decl.as_str() {
+            "NUMERIC" | "NULL" => None,
+            other => arrow_type(other),
+        }
+        .ok_or_else(|| {
+            Error::schema(format!(
+                "query column \"{name}\" has type \"{decl}\", which does not say its Arrow type; declare it in `schema`"
+            ))
+            .with_field("schema")
+        })?;
+        fields.push(Field::new(name, dt, true));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// `sluice schema` / `sluice check`: the schema the source will produce.
+pub async fn discover(config: &SqliteSourceConfig) -> Result<SchemaRef> {
+    if !std::path::Path::new(&config.path).exists() {
+        return Err(
+            Error::not_found(format!("database \"{}\" does not exist", config.path))
+                .with_field("path"),
+        );
+    }
+    let pool = connect(&config.path, false).await?;
+    let result = schema_of(&pool, config).await;
+    pool.close().await;
+    result
+}
+
+#[connector_api::async_trait]
+impl Source for SqliteSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        self.position = committed.get_typed(&self.split)?;
+        if !std::path::Path::new(&self.config.path).exists() {
+            return Err(Error::not_found(format!(
+                "database \"{}\" does not exist",
+                self.config.path
+            ))
+            .with_field("path"));
+        }
+        let pool = connect(&self.config.path, false).await?;
+        let schema = schema_of(&pool, &self.config).await?;
+        for c in &self.config.cursor {
+            if schema.field_with_name(c).is_err() {
+                return Err(Error::config(format!(
+                    "cursor column \"{c}\" is not in the source's columns"
+                ))
+                .with_field("cursor"));
+            }
+        }
+        self.schema = Some(schema);
+        self.pool = Some(pool);
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        let started = std::time::Instant::now();
+        loop {
+            let pool = self
+                .pool
+                .as_ref()
+                .ok_or_else(|| Error::internal("source is not open"))?;
+            let schema = self
+                .schema
+                .clone()
+                .ok_or_else(|| Error::internal("source is not open"))?;
+            let (sql, params) = self.select();
+            let mut q = sqlx::query(&sql);
+            for p in &params {
+                q = match p {
+                    serde_json::Value::Number(n) if n.is_i64() => q.bind(n.as_i64()),
+                    serde_json::Value::Number(n) => q.bind(n.as_f64()),
+                    serde_json::Value::String(s) => q.bind(s.clone()),
+                    serde_json::Value::Bool(b) => q.bind(*b),
+                    serde_json::Value::Null => q.bind(None::<i64>),
+                    other => q.bind(other.to_string()),
+                };
+            }
+            let rows = q
+                .fetch_all(pool)
+                .await
+                .map_err(|e| sql_error(format!("reading {}", self.split), e))?;
+            if rows.is_empty() {
+                match self.config.poll_interval {
+                    None => return Ok(None),
+                    Some(interval) => {
+                        if started.elapsed() >= self.idle_timeout {
+                            return Ok(Some(Batch::idle()));
+                        }
+                        tokio::time::sleep(interval.min(self.idle_timeout)).await;
+                        continue;
+                    }
+                }
+            }
+            let table_order = self.config.cursor.is_empty() && self.config.table.is_some();
+            let skip = usize::from(table_order);
+            let names: Vec<String> = rows[0]
+                .columns()
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect();
+            let mut index = Vec::with_capacity(schema.fields().len());
+            for f in schema.fields() {
+                let i = names
+                    .iter()
+                    .skip(skip)
+                    .position(|n| n == f.name())
+                    .ok_or_else(|| {
+                        Error::schema(format!(
+                            "column \"{}\" is missing from the rows of {}",
+                            f.name(),
+                            self.split
+                        ))
+                    })?;
+                index.push(i + skip);
+            }
+            let mut builder = RowBuilder::new(schema.clone());
+            for row in &rows {
+                let values = index
+                    .iter()
+                    .map(|&i| read_value(row, i))
+                    .collect::<Result<Vec<_>>>()?;
+                builder.push_row(values)?;
+            }
+            let records = builder.finish().map_err(|e| e.context(&self.split))?;
+            let last = &rows[rows.len() - 1];
+            let next = if table_order {
+                SqliteOffset::Rowid {
+                    rowid: last
+                        .try_get::<i64, _>(0)
+                        .map_err(|e| sql_error("rowid", e))?,
+                }
+            } else if !self.config.cursor.is_empty() {
+                let mut values = Vec::new();
+                for c in &self.config.cursor {
+                    let i = names
+                        .iter()
+                        .position(|n| n == c)
+                        .ok_or_else(|| Error::internal("cursor column"))?;
+                    values.push(json_of(&read_value(last, i)?));
+                }
+                SqliteOffset::Cursor { values }
+            } else {
+                let before = match &self.position {
+                    Some(SqliteOffset::Rows { rows }) => *rows,
+                    _ => 0,
+                };
+                SqliteOffset::Rows {
+                    rows: before + rows.len() as u64,
+                }
+            };
+            let mut offsets = Offsets::new();
+            offsets.set_typed(self.split.clone(), &next)?;
+            self.position = Some(next);
+            return Ok(Some(Batch::new(records, offsets)));
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}

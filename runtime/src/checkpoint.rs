@@ -1,0 +1,135 @@
+//! The checkpoint store: the offsets every sink has flushed, per pipeline, in an
+//! embedded SQLite file (`.sluice/state.db` by default). Each store is one durable
+//! transaction (WAL, synchronous = FULL).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use connector_api::{Error, Offsets, Result};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+/// A checkpoint store file.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+fn store_error(path: &Path, what: &str, err: sqlx::Error) -> Error {
+    Error::connect(format!("checkpoint store \"{}\": {what}", path.display())).with_source(err)
+}
+
+impl CheckpointStore {
+    /// Opens (creating) the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Error::from(e)
+                        .context(format!("checkpoint store directory \"{}\"", dir.display()))
+                })?;
+            }
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(|e| {
+                Error::config(format!("checkpoint store path \"{}\"", path.display()))
+                    .with_source(e)
+            })?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .map_err(|e| store_error(path, "cannot open", e))?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS sluice_checkpoints (pipeline TEXT PRIMARY KEY, offsets TEXT NOT NULL, updated_at TEXT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .map_err(|e| store_error(path, "cannot create table", e))?;
+        Ok(CheckpointStore {
+            pool,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The stored offsets of `pipeline`, if any.
+    pub async fn load(&self, pipeline: &str) -> Result<Option<Offsets>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT offsets FROM sluice_checkpoints WHERE pipeline = ?")
+                .bind(pipeline)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| store_error(&self.path, "read", e))?;
+        row.map(|(s,)| Offsets::from_envelope(&s)).transpose()
+    }
+
+    /// The time of the last store of `pipeline`.
+    pub async fn updated_at(&self, pipeline: &str) -> Result<Option<String>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT updated_at FROM sluice_checkpoints WHERE pipeline = ?")
+                .bind(pipeline)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| store_error(&self.path, "read", e))?;
+        Ok(row.map(|(s,)| s))
+    }
+
+    /// Stores the offsets of `pipeline`, durably.
+    pub async fn store(&self, pipeline: &str, offsets: &Offsets) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sluice_checkpoints (pipeline, offsets, updated_at) VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) \
+             ON CONFLICT (pipeline) DO UPDATE SET offsets = excluded.offsets, updated_at = excluded.updated_at",
+        )
+        .bind(pipeline)
+        .bind(offsets.to_envelope())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| store_error(&self.path, "write", e))?;
+        Ok(())
+    }
+
+    /// Forgets the offsets of `pipeline`; true if there were any.
+    pub async fn reset(&self, pipeline: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM sluice_checkpoints WHERE pipeline = ?")
+            .bind(pipeline)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| store_error(&self.path, "write", e))?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stores_loads_and_resets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(&dir.path().join("s/state.db"))
+            .await
+            .unwrap();
+        assert!(store.load("p").await.unwrap().is_none());
+        let mut o = Offsets::new();
+        o.set("a", serde_json::json!(3));
+        store.store("p", &o).await.unwrap();
+        store.close().await;
+        let store = CheckpointStore::open(&dir.path().join("s/state.db"))
+            .await
+            .unwrap();
+        assert_eq!(store.load("p").await.unwrap(), Some(o));
+        assert!(store.reset("p").await.unwrap());
+        assert!(store.load("p").await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,411 @@
+//! The command line: parses arguments, sets up logging, dispatches.
+//!
+//! Exit codes: 0 success (also after a graceful stop), 1 a pipeline or check failed,
+//! 2 a usage or config error (nothing was started or written).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::{self, ConfigError, Pipeline};
+use crate::registry::Registry;
+use crate::{describe, pipeline, progress, shutdown};
+
+/// Exit code of a config or usage error.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of a failed pipeline or check.
+pub const EXIT_FAILED: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Moves records between databases, files, object storage and event streams"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    /// Log filter (tracing syntax), e.g. `info` or `sluice=debug`; RUST_LOG also works.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run pipeline files (a directory runs every *.toml in it).
+    Run {
+        /// Pipeline files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// No progress display.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Check pipeline files without opening any connection.
+    Validate {
+        /// Pipeline files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List the connectors.
+    Connectors,
+    /// Show a connector's options.
+    Describe {
+        /// Connector name.
+        connector: String,
+    },
+    /// Check that a pipeline's connectors can connect.
+    Check {
+        /// Pipeline file.
+        file: PathBuf,
+    },
+    /// Show the schema a pipeline's source produces.
+    Schema {
+        /// Pipeline file.
+        file: PathBuf,
+    },
+    /// Show or reset stored offsets.
+    Offsets {
+        #[command(subcommand)]
+        action: OffsetsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsAction {
+    /// Print the stored offsets of a pipeline.
+    Show {
+        /// Pipeline file.
+        file: PathBuf,
+    },
+    /// Forget the stored offsets: the next run starts from the beginning.
+    Reset {
+        /// Pipeline file.
+        file: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let registry = Registry::builtin();
+    let progress = matches!(cli.log_format, LogFormat::Human);
+    runtime.block_on(dispatch(cli.command, registry, progress))
+}
+
+fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| ConfigError {
+                    file: p.clone(),
+                    position: None,
+                    message: format!("cannot read the directory: {e}"),
+                    hint: None,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<Pipeline>, ExitCode> {
+    let files = expand(paths).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
+    let mut pipelines = Vec::new();
+    let mut failed = false;
+    for f in &files {
+        match config::load(f, registry) {
+            Ok(p) => pipelines.push(p),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    for p in &pipelines {
+        if !names.insert(p.name.clone()) {
+            eprintln!(
+                "error: {}: pipeline name \"{}\" is used twice",
+                p.file.display(),
+                p.name
+            );
+            failed = true;
+        }
+    }
+    if failed {
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
+    Ok(pipelines)
+}
+
+fn load_one(file: &Path, registry: &Registry) -> Result<Pipeline, ExitCode> {
+    config::load(file, registry).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn redact(p: &Pipeline, message: String) -> String {
+    p.secrets
+        .iter()
+        .fold(message, |m, s| m.replace(s.as_str(), "****"))
+}
+
+async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitCode {
+    match command {
+        Command::Run { paths, quiet } => {
+            let pipelines = match load_all(&paths, &registry) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let stop = shutdown::install();
+            let registry = Arc::new(registry);
+            let mut tasks = Vec::new();
+            for p in pipelines {
+                let stats = Arc::new(pipeline::Stats::default());
+                let reporter =
+                    (!quiet).then(|| progress::spawn(p.name.clone(), stats.clone(), progress));
+                let registry = registry.clone();
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    let result = pipeline::run(&p, &registry, stop, stats.clone()).await;
+                    if let Some(r) = reporter {
+                        r.abort();
+                        if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                            eprintln!();
+                        }
+                    }
+                    match result {
+                        Ok(()) => {
+                            println!("{}", progress::summary(&p.name, &stats));
+                            true
+                        }
+                        Err(e) => {
+                            let message =
+                                redact(&p, format!("pipeline \"{}\" failed: {e}", p.name));
+                            tracing::error!(pipeline = %p.name, kind = %e.kind(), "{message}");
+                            eprintln!("error: {message}");
+                            false
+                        }
+                    }
+                }));
+            }
+            let mut ok = true;
+            for t in tasks {
+                ok &= t.await.unwrap_or(false);
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Command::Validate { paths } => match load_all(&paths, &registry) {
+            Ok(pipelines) => {
+                for p in pipelines {
+                    println!("{}: ok (pipeline \"{}\")", p.file.display(), p.name);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Connectors => {
+            for (name, kinds, desc, origin) in registry.list() {
+                println!(
+                    "{name:<10} {:<12} {:<9} {desc}",
+                    kinds.join(","),
+                    format!("{origin:?}").to_lowercase()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Describe { connector } => match describe::describe(&registry, &connector) {
+            Some(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            None => {
+                let mut names = registry.names(true);
+                names.extend(registry.names(false));
+                names.sort();
+                names.dedup();
+                let hint = config::suggest(&connector, &names)
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "error: unknown connector \"{connector}\"{hint}; connectors: {}",
+                    names.join(", ")
+                );
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Check { file } => {
+            let p = match load_one(&file, &registry) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let mut ok = true;
+            let report = |what: String, r: connector_api::Result<()>, ok: &mut bool| match r {
+                Ok(()) => println!("{what}: ok"),
+                Err(e) => {
+                    *ok = false;
+                    println!("{what}: {} error: {}", e.kind(), redact(&p, e.to_string()));
+                }
+            };
+            if let Some(c) = registry.source(&p.source.connector) {
+                report(
+                    format!("source ({})", p.source.connector),
+                    c.check(&p.source.config).await,
+                    &mut ok,
+                );
+            }
+            for s in p.sinks.iter().chain(p.dead_letter.iter()) {
+                if let Some(c) = registry.sink(&s.connector) {
+                    report(
+                        format!("{} ({})", s.path, s.connector),
+                        c.check(&s.config).await,
+                        &mut ok,
+                    );
+                }
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+        Command::Schema { file } => {
+            let p = match load_one(&file, &registry) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let Some(c) = registry.source(&p.source.connector) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            match c.discover(&p.source.config).await {
+                Ok(Some(schema)) => {
+                    println!("schema = [");
+                    for s in connector_api::types::specs_from_schema(&schema) {
+                        println!(
+                            "  {{ name = {:?}, type = {:?}, nullable = {} }},",
+                            s.name, s.data_type, s.nullable
+                        );
+                    }
+                    println!("]");
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!("the source cannot tell its schema before reading");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: source: {}", redact(&p, e.to_string()));
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
+        Command::Offsets { action } => {
+            let (file, reset) = match action {
+                OffsetsAction::Show { file } => (file, false),
+                OffsetsAction::Reset { file } => (file, true),
+            };
+            let p = match load_one(&file, &registry) {
+                Ok(p) => p,
+                Err(code) => return code,
+            };
+            let store = match CheckpointStore::open(&p.checkpoint_path()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            };
+            let code = if reset {
+                match store.reset(&p.name).await {
+                    Ok(true) => {
+                        println!(
+                            "offsets of pipeline \"{}\" reset; the next run reads from the start",
+                            p.name
+                        );
+                        println!("note: sinks that store offsets with their data (sqlite, file) keep theirs; clear the target to re-read");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(false) => {
+                        println!("pipeline \"{}\" has no stored offsets", p.name);
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(EXIT_FAILED)
+                    }
+                }
+            } else {
+                match (store.load(&p.name).await, store.updated_at(&p.name).await) {
+                    (Ok(Some(o)), Ok(at)) => {
+                        let splits: serde_json::Map<String, serde_json::Value> =
+                            o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        let out = serde_json::json!({"pipeline": p.name, "updated_at": at, "splits": splits});
+                        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                        ExitCode::SUCCESS
+                    }
+                    (Ok(None), _) => {
+                        println!("pipeline \"{}\" has no stored offsets", p.name);
+                        ExitCode::SUCCESS
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        eprintln!("error: {e}");
+                        ExitCode::from(EXIT_FAILED)
+                    }
+                }
+            };
+            store.close().await;
+            code
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! `sluice`: see `runtime::cli`.
+
+fn main() -> std::process::ExitCode {
+    runtime::cli::main()
+}
