@@ -222,7 +222,6 @@ pub async fn source_contract(connector: &dyn DynSourceConnector, config: serde_j
     ctx.batch_size = 2;
     ctx.idle_timeout = std::time::Duration::from_millis(50);
     let open = |offsets: Offsets| {
-        let connector = connector;
         let config = config.clone();
         let ctx = ctx.clone();
         async move {

@@ -517,10 +517,7 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         message: format!("invalid TOML: {}", e.message().trim()),
         hint: None,
     });
-    let root = match parsed {
-        Ok(t) => t,
-        Err(e) => return Err(e),
-    };
+    let root = parsed?;
     let json = table_to_json(root.get_ref(), "", &mut doc)?;
     let raw: RawPipeline = serde_path_to_error::deserialize(Value::Object(json)).map_err(|e| {
         let path = e.path().to_string();

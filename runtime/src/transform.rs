@@ -101,10 +101,8 @@ impl TransformSpec {
                     parse_type(t).map_err(|e| e.context(format!("field \"{f}\"")))?;
                 }
             }
-            TransformSpec::Filter { op, value, .. } => {
-                if !matches!(op, Op::IsNull | Op::NotNull) && value.is_none() {
-                    return Err(Error::config("filter needs a `value` for this op"));
-                }
+            TransformSpec::Filter { op, value: None, .. } if !matches!(op, Op::IsNull | Op::NotNull) => {
+                return Err(Error::config("filter needs a `value` for this op"));
             }
             _ => {}
         }

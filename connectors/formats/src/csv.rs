@@ -141,8 +141,8 @@ impl CsvDecoder {
             columns.push(cast);
         }
         let header_lines = usize::from(header);
-        for r in 0..n {
-            if let Some(reason) = reasons[r].take() {
+        for (r, reason) in reasons.iter_mut().enumerate() {
+            if let Some(reason) = reason.take() {
                 let raw: Vec<&str> = (0..text.num_columns())
                     .map(|c| {
                         text.column(c)

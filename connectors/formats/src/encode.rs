@@ -32,7 +32,7 @@ impl<W: Write> Write for Counting<W> {
 
 enum Inner<W: Write + Send> {
     Json(arrow_json::LineDelimitedWriter<Counting<W>>),
-    Csv(arrow_csv::Writer<Counting<W>>),
+    Csv(Box<arrow_csv::Writer<Counting<W>>>),
     Parquet(ArrowWriter<Counting<W>>),
 }
 
@@ -64,11 +64,13 @@ impl<W: Write + Send> Encoder<W> {
                     .build::<_, arrow_json::writer::LineDelimited>(out),
             ),
             Format::Csv => Inner::Csv(
-                arrow_csv::WriterBuilder::new()
-                    .with_header(csv.header)
-                    .with_delimiter(csv.delimiter as u8)
-                    .with_quote(csv.quote as u8)
-                    .build(out),
+                Box::new(
+                    arrow_csv::WriterBuilder::new()
+                        .with_header(csv.header)
+                        .with_delimiter(csv.delimiter as u8)
+                        .with_quote(csv.quote as u8)
+                        .build(out),
+                ),
             ),
             Format::Parquet => {
                 let compression = match parquet.compression {

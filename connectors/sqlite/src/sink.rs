@@ -49,6 +49,16 @@ pub fn sql_error(context: impl std::fmt::Display, err: sqlx::Error) -> Error {
 
 /// Opens (creating when asked) the database file with durable settings.
 pub async fn connect(path: &str, create: bool) -> Result<SqlitePool> {
+    if create {
+        if let Some(dir) = std::path::Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::from(e).context(format!("database directory \"{}\"", dir.display()))
+            })?;
+        }
+    }
     let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
         .map_err(|e| {
             Error::config(format!("database path \"{path}\""))

@@ -1,1 +1,14 @@
-fn main() {}
+//! End-to-end tests: the real `sluice` binary against real files and services,
+//! verified with clients this project did not write (sqlite3, pyarrow).
+//!
+//! One test binary with modules (see STYLE.md: every extra binary relinks Arrow).
+//! Run through `integration-tests/run.sh`, which builds the binary and installs the
+//! clients first.
+
+mod cli_errors;
+mod crash;
+mod quickstart;
+mod roundtrip;
+mod support;
+mod tolerance;
+mod watch;

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The one command that runs the whole test suite on a fresh machine: installs the
+# clients the tests verify with, starts the services they need, builds the real
+# `sluice` binary and runs every test. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
+export CARGO_TERM_COLOR=never
+
+log() { printf '==> %s\n' "$*"; }
+
+# --- clients the tests verify results with (not written by this project) ---
+need_apt=()
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+if ((${#need_apt[@]})); then
+  log "installing ${need_apt[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import pyarrow' >/dev/null 2>&1; then
+  log "installing pyarrow"
+  python3 -m pip install -q pyarrow
+fi
+
+# --- build and static checks ---
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+log "building the sluice binary"
+cargo build -p runtime --bin sluice --quiet
+
+# --- the suite ---
+log "running the tests"
+cargo test --workspace --quiet -- --test-threads 2

@@ -1,0 +1,121 @@
+//! Bad input in pipeline files: precise errors, exit code 2, nothing written.
+
+use crate::support::{sluice, workdir};
+
+fn check(toml: &str, expect: &[&str]) {
+    let dir = workdir();
+    std::fs::write(dir.path().join("p.toml"), toml).unwrap();
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(2), "stderr: {}", run.stderr);
+    for e in expect {
+        assert!(run.stderr.contains(e), "expected {e:?} in:\n{}", run.stderr);
+    }
+    assert!(
+        !dir.path().join("out").exists(),
+        "a config error must not write anything"
+    );
+    assert!(
+        !dir.path().join(".sluice").exists(),
+        "a config error must not create state"
+    );
+}
+
+#[test]
+fn broken_toml_names_file_line_and_column() {
+    check(
+        "[source\nconnector = \"datagen\"\n",
+        &["p.toml:1:", "invalid TOML"],
+    );
+}
+
+#[test]
+fn unknown_key_is_located_and_a_suggestion_given() {
+    check(
+        "[source]\nconnector = \"datagen\"\ncount = 3\n\n[sink]\nconnector = \"file\"\npath = \"out/x\"\nformt = \"json\"\n",
+        &["p.toml:8:1", "unknown field `formt`", "did you mean `format`?"],
+    );
+}
+
+#[test]
+fn unknown_connector_lists_a_suggestion() {
+    check(
+        "[source]\nconnector = \"datagem\"\n[sink]\nconnector = \"file\"\npath = \"out/x\"\n",
+        &[
+            "p.toml:2:1",
+            "unknown connector \"datagem\"",
+            "did you mean \"datagen\"?",
+        ],
+    );
+}
+
+#[test]
+fn missing_env_var_is_named() {
+    check(
+        "[source]\nconnector = \"file\"\npath = \"${env:SLUICE_IT_NOT_SET}\"\n[sink]\nconnector = \"file\"\npath = \"out/x\"\n",
+        &["p.toml:3:8", "environment variable SLUICE_IT_NOT_SET is not set"],
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    check(
+        "[source]\nconnector = \"datagen\"\ncount = \"many\"\n[sink]\nconnector = \"file\"\npath = \"out/x\"\n",
+        &["p.toml:3:1", "`source.count`", "invalid type"],
+    );
+}
+
+#[test]
+fn every_example_config_validates() {
+    let dir = workdir();
+    let run = sluice(dir.path(), &["validate", "configs"]);
+    assert_eq!(
+        run.code,
+        Some(0),
+        "stderr: {}\nstdout: {}",
+        run.stderr,
+        run.stdout
+    );
+    let count = std::fs::read_dir(dir.path().join("configs"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "toml")
+        })
+        .count();
+    assert!(count >= 5);
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.ends_with(")") && l.contains(": ok"))
+            .count(),
+        count,
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn describe_prints_documented_options_and_connectors_lists_builtins() {
+    let dir = workdir();
+    let run = sluice(dir.path(), &["describe", "file"]);
+    assert_eq!(run.code, Some(0));
+    assert!(
+        run.stdout.contains("watch  (boolean, default false)"),
+        "{}",
+        run.stdout
+    );
+    let run = sluice(dir.path(), &["connectors"]);
+    for n in ["datagen", "file", "sqlite", "blackhole"] {
+        assert!(run.stdout.contains(n), "{}", run.stdout);
+    }
+    let run = sluice(dir.path(), &["describe", "fiel"]);
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.contains("did you mean \"file\"?"),
+        "{}",
+        run.stderr
+    );
+}

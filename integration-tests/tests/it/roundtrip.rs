@@ -1,0 +1,118 @@
+//! Type fidelity: JSON lines -> Parquet -> JSON lines with every supported type,
+//! extreme values, unicode and nulls; the Parquet file is read back with pyarrow.
+
+use crate::support::{python, sluice, workdir};
+
+const SCHEMA: &str = r#"schema = [
+  { name = "i8", type = "int8" }, { name = "i16", type = "int16" },
+  { name = "i32", type = "int32" }, { name = "i64", type = "int64" },
+  { name = "u32", type = "uint32" }, { name = "u64", type = "uint64" },
+  { name = "f32", type = "float32" }, { name = "f64", type = "float64" },
+  { name = "b", type = "bool" }, { name = "s", type = "string" },
+  { name = "bin", type = "binary" }, { name = "d", type = "date" },
+  { name = "t", type = "time" }, { name = "ts", type = "timestamp" },
+  { name = "tstz", type = "timestamptz" }, { name = "tsms", type = "timestamp(ms)" },
+  { name = "dec", type = "decimal(20,4)" }, { name = "ls", type = "list<string>" },
+  { name = "li", type = "list<int64>" }, { name = "st", type = "struct<a: int64, b: string>" },
+]"#;
+
+const ROWS: &str = r#"
+import json
+rows = [
+  {"i8": -128, "i16": 32767, "i32": -2147483648, "i64": 9223372036854775807, "u32": 4294967295,
+   "u64": 18446744073709551615, "f32": 1.5, "f64": -1.25e300, "b": True, "s": "h\u00e9llo \u2713 \"q\" \\ \u4e2d",
+   "bin": "deadbeef00", "d": "2024-02-29", "t": "23:59:59.999999", "ts": "2024-05-01T10:00:00.123456",
+   "tstz": "2024-05-01T10:00:00.123456Z", "tsms": "1999-12-31T23:59:59.999", "dec": "1234567890123456.7890",
+   "ls": ["a", "", None], "li": [1, -2], "st": {"a": 1, "b": "x"}},
+  {k: None for k in ["i8","i16","i32","i64","u32","u64","f32","f64","b","s","bin","d","t","ts","tstz","tsms","dec","ls","li","st"]},
+  {"i8": 0, "i16": 0, "i32": 0, "i64": -9223372036854775808, "u32": 0, "u64": 0, "f32": 0.0, "f64": 0.1,
+   "b": False, "s": "", "bin": "", "d": "1970-01-01", "t": "00:00:00", "ts": "1900-01-01T00:00:00",
+   "tstz": "2262-04-11T23:47:16.854775Z", "tsms": "1970-01-01T00:00:00", "dec": "-0.0001",
+   "ls": [], "li": [], "st": {"a": None, "b": None}},
+]
+"#;
+
+const COMPARE: &str = r#"
+import json, datetime
+from decimal import Decimal
+def norm(col, v):
+    if v is None: return None
+    if col == "dec": return Decimal(str(v))
+    if col in ("ts", "tsms", "tstz"): return datetime.datetime.fromisoformat(v)
+    if col == "t": return datetime.time.fromisoformat(v)
+    if col == "bin": return v.lower()
+    if col in ("f32", "f64"): return float(v)
+    return v
+def load(p):
+    out = []
+    for line in open(p):
+        r = json.loads(line, parse_float=Decimal)
+        out.append({k: norm(k, v) for k, v in r.items()})
+    return out
+a = [{k: norm(k, v) for k, v in r.items()} for r in rows]
+b = load(OUT)
+assert len(a) == len(b), (len(a), len(b))
+for x, y in zip(a, b):
+    for k in x:
+        assert x[k] == y.get(k), (k, x[k], y.get(k))
+print("equal", len(b))
+"#;
+
+#[test]
+fn every_type_survives_json_to_parquet_to_json() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    python(&format!(
+        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
+        d.display()
+    ));
+    std::fs::write(
+        d.join("to_parquet.toml"),
+        format!(
+            "[source]\nconnector = \"file\"\npath = \"in/all.jsonl\"\n{SCHEMA}\n[sink]\nconnector = \"file\"\npath = \"out/parquet\"\nformat = \"parquet\"\n"
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "to_parquet.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+
+    let types = python(&format!(
+        "import pyarrow.parquet as pq, glob\n\
+         t = pq.read_table(glob.glob('{}/out/parquet/*.parquet'))\n\
+         print(t.num_rows)\n\
+         print(';'.join(str(f.type) for f in t.schema))\n\
+         r = t.to_pylist()[0]\n\
+         print(r['dec'], r['u64'], r['i64'], r['tstz'].isoformat(), r['bin'].hex(), r['s'])\n\
+         print(t.to_pylist()[1]['st'], t.to_pylist()[2]['ls'])",
+        d.display()
+    ));
+    let lines: Vec<&str> = types.lines().collect();
+    assert_eq!(lines[0], "3");
+    assert_eq!(
+        lines[1],
+        "int8;int16;int32;int64;uint32;uint64;float;double;bool;string;binary;date32[day];time64[us];\
+         timestamp[us];timestamp[us, tz=UTC];timestamp[ms];decimal128(20, 4);list<item: string>;\
+         list<item: int64>;struct<a: int64, b: string>"
+    );
+    assert_eq!(
+        lines[2],
+        "1234567890123456.7890 18446744073709551615 9223372036854775807 2024-05-01T10:00:00.123456+00:00 deadbeef00 h\u{e9}llo \u{2713} \"q\" \\ \u{4e2d}"
+    );
+    assert_eq!(lines[3], "None []");
+
+    std::fs::write(
+        d.join("to_json.toml"),
+        "[source]\nconnector = \"file\"\npath = \"out/parquet/*.parquet\"\nformat = \"parquet\"\n[sink]\nconnector = \"file\"\npath = \"out/json\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "to_json.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = std::fs::read_dir(d.join("out/json"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("a json file");
+    let result = python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", out.display()));
+    assert_eq!(result, "equal 3");
+}

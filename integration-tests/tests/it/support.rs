@@ -1,0 +1,148 @@
+//! Helpers: run the binary, poll with a bound, ask outside clients.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `sluice` binary built next to this test binary.
+pub fn sluice_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (integration-tests/run.sh does: cargo build -p runtime --bin sluice)",
+        bin.display()
+    );
+    bin
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+/// A finished run of the binary.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+fn command(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(sluice_bin());
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `sluice ARGS` in `dir` to the end.
+pub fn sluice(dir: &Path, args: &[&str]) -> Run {
+    command(dir, args).output().expect("run sluice").into()
+}
+
+/// Starts `sluice ARGS` in `dir`.
+pub fn spawn(dir: &Path, args: &[&str]) -> Child {
+    command(dir, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice")
+}
+
+/// Polls `check` every 50 ms until it holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// Runs SQL through the sqlite3 command-line client.
+pub fn sqlite(db: &Path, sql: &str) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 client (apt-get install sqlite3)");
+    assert!(
+        out.status.success(),
+        "sqlite3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs a Python snippet (pyarrow is installed by run.sh); returns stdout.
+pub fn python(code: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{code}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Sends a signal (`TERM`, `KILL`, `INT`) to a child, with the kill(1) command.
+pub fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill command");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
+/// Waits for a child with a bound; kills it if it overruns.
+pub fn finish(mut child: Child, limit: Duration) -> Run {
+    let start = Instant::now();
+    loop {
+        if let Some(_status) = child.try_wait().expect("wait") {
+            return child.wait_with_output().expect("output").into();
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let run: Run = child.wait_with_output().expect("output").into();
+            panic!(
+                "sluice did not exit within {limit:?}\nstderr:\n{}",
+                run.stderr
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A temporary working directory with `configs/` of the repository linked in.
+pub fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(repo_root().join("configs"), dir.path().join("configs"))
+        .expect("link configs");
+    dir
+}

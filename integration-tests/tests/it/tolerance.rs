@@ -1,0 +1,112 @@
+//! A malformed record: stop with its position (tolerance none), or dead-letter it and
+//! deliver the rest (tolerance all), and stop anyway past the failure rate.
+
+use crate::support::{sluice, workdir};
+
+const INPUT: &str = "{\"id\": 1}\n{\"id\": 2}\n{\"id\": oops}\n{\"id\": 4}\n{\"id\": 5}\n";
+
+fn setup(errors: &str) -> tempfile::TempDir {
+    let dir = workdir();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/bad.jsonl"), INPUT).unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        format!(
+            "[source]\nconnector = \"file\"\npath = \"in/bad.jsonl\"\nschema = [{{ name = \"id\", type = \"int64\" }}]\n\
+             [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n{errors}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn lines_in(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl")
+            && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        {
+            out.extend(
+                std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn tolerance_none_stops_naming_file_and_line() {
+    let dir = setup("");
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("file \"in/bad.jsonl\" line 3"),
+        "{}",
+        run.stderr
+    );
+    assert!(lines_in(&dir.path().join("out/good")).is_empty());
+}
+
+#[test]
+fn tolerance_all_dead_letters_the_bad_line_and_delivers_the_rest() {
+    let dir = setup(
+        "[errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq\"\nformat = \"json\"\n",
+    );
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let good = lines_in(&dir.path().join("out/good"));
+    assert_eq!(
+        good,
+        vec!["{\"id\":1}", "{\"id\":2}", "{\"id\":4}", "{\"id\":5}"]
+    );
+    let dlq = lines_in(&dir.path().join("out/dlq"));
+    assert_eq!(dlq.len(), 1);
+    let rec: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(rec["record"], "{\"id\": oops}");
+    assert_eq!(rec["position"], "file \"in/bad.jsonl\" line 3");
+    assert_eq!(rec["error_kind"], "data");
+    assert!(
+        rec["error"].as_str().unwrap().contains("invalid json"),
+        "{rec}"
+    );
+    assert!(run.stdout.contains("1 rejected"), "{}", run.stdout);
+}
+
+#[test]
+fn failure_rate_window_stops_even_with_tolerance_all() {
+    let dir = workdir();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let input: String = (0..40)
+        .map(|i| {
+            if i % 2 == 0 {
+                format!("{{\"id\": {i}}}\n")
+            } else {
+                "not json\n".to_string()
+            }
+        })
+        .collect();
+    std::fs::write(dir.path().join("in/bad.jsonl"), input).unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        "[source]\nconnector = \"file\"\npath = \"in/bad.jsonl\"\nschema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n\
+         [batch]\nmax_records = 5\n\
+         [errors]\ntolerance = \"all\"\nmax_failure_rate = 0.2\nwindow = 10\n\
+         [errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("of the last 10 records were bad"),
+        "{}",
+        run.stderr
+    );
+}

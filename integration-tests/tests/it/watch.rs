@@ -1,0 +1,88 @@
+//! Watch mode: files dropped into a directory while sluice runs arrive in the sink;
+//! SIGTERM drains, flushes and exits 0; a restart resumes without repeating.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{finish, signal, spawn, wait_until, workdir};
+
+fn count_lines(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "jsonl")
+                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+        })
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .count()
+        })
+        .sum()
+}
+
+#[test]
+fn files_dropped_while_running_arrive_and_sigterm_exits_cleanly() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("w.toml"),
+        "name = \"w\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\nwatch = true\npoll_interval = \"200ms\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+         [checkpoint]\ninterval = \"200ms\"\n",
+    )
+    .unwrap();
+    let out = d.join("out");
+    let child = spawn(d, &["run", "--quiet", "w.toml"]);
+    std::fs::write(d.join("in/a.jsonl"), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || count_lines(&out) == 2),
+        "first file did not arrive"
+    );
+    std::fs::write(
+        d.join("in/b.jsonl"),
+        "{\"id\": 3}\n{\"id\": 4}\n{\"id\": 5}\n",
+    )
+    .unwrap();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("in/a.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"id\": 6}\n").unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || count_lines(&out) == 6),
+        "later data did not arrive: {}",
+        count_lines(&out)
+    );
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(20));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("w: "),
+        "summary missing: {}",
+        run.stdout
+    );
+
+    // a restart picks up only what is new
+    let child = spawn(d, &["run", "--quiet", "w.toml"]);
+    std::fs::write(d.join("in/c.jsonl"), "{\"id\": 7}\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || count_lines(&out) == 7),
+        "restart: {}",
+        count_lines(&out)
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(count_lines(&out), 7, "a restart must not repeat records");
+    signal(&child, "TERM");
+    assert_eq!(finish(child, Duration::from_secs(20)).code, Some(0));
+}
