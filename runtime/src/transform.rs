@@ -101,7 +101,9 @@ impl TransformSpec {
                     parse_type(t).map_err(|e| e.context(format!("field \"{f}\"")))?;
                 }
             }
-            TransformSpec::Filter { op, value: None, .. } if !matches!(op, Op::IsNull | Op::NotNull) => {
+            TransformSpec::Filter {
+                op, value: None, ..
+            } if !matches!(op, Op::IsNull | Op::NotNull) => {
                 return Err(Error::config("filter needs a `value` for this op"));
             }
             _ => {}

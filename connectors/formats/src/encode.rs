@@ -63,15 +63,13 @@ impl<W: Write + Send> Encoder<W> {
                     .with_explicit_nulls(true)
                     .build::<_, arrow_json::writer::LineDelimited>(out),
             ),
-            Format::Csv => Inner::Csv(
-                Box::new(
-                    arrow_csv::WriterBuilder::new()
-                        .with_header(csv.header)
-                        .with_delimiter(csv.delimiter as u8)
-                        .with_quote(csv.quote as u8)
-                        .build(out),
-                ),
-            ),
+            Format::Csv => Inner::Csv(Box::new(
+                arrow_csv::WriterBuilder::new()
+                    .with_header(csv.header)
+                    .with_delimiter(csv.delimiter as u8)
+                    .with_quote(csv.quote as u8)
+                    .build(out),
+            )),
             Format::Parquet => {
                 let compression = match parquet.compression {
                     ParquetCompression::Zstd => {
