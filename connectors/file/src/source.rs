@@ -35,7 +35,9 @@ impl Text {
 enum Body {
     Text {
         file: File,
+        /// Read but not yet consumed bytes are `buf[start..]`.
         buf: Vec<u8>,
+        start: usize,
         drained: bool,
     },
     Parquet(ParquetRecordBatchReader),
@@ -127,6 +129,7 @@ impl FileSource {
                 body: Body::Text {
                     file,
                     buf: Vec::new(),
+                    start: 0,
                     drained: false,
                 },
             });
@@ -158,17 +161,22 @@ impl FileSource {
                     Ok(None)
                 }
             },
-            Body::Text { file, buf, drained } => {
+            Body::Text {
+                file,
+                buf,
+                start,
+                drained,
+            } => {
                 let text = self
                     .text
                     .as_mut()
                     .ok_or_else(|| Error::internal("no text decoder"))?;
                 let eof_counts = !self.config.watch;
                 loop {
-                    if !buf.is_empty() {
+                    if *start < buf.len() {
                         let at_start = cur.pos == 0;
                         let decoded = text
-                            .decode(buf, rows, *drained && eof_counts, at_start)
+                            .decode(&buf[*start..], rows, *drained && eof_counts, at_start)
                             .map_err(|e| {
                                 e.context(format!("file \"{}\" after line {}", cur.split, cur.line))
                             })?;
@@ -180,7 +188,7 @@ impl FileSource {
                                 bad,
                             } = decoded;
                             let first_line = cur.line;
-                            buf.drain(..consumed);
+                            *start += consumed;
                             cur.pos += consumed as u64;
                             cur.line += lines;
                             let offsets = offsets_of(cur)?;
@@ -212,19 +220,22 @@ impl FileSource {
                         }
                     }
                     if *drained {
-                        if !buf.is_empty() {
+                        if *start < buf.len() {
                             // an incomplete last line: wait until it grows
-                            let size = cur.pos + buf.len() as u64;
+                            let size = cur.pos + (buf.len() - *start) as u64;
                             self.partial.insert(cur.split.clone(), size);
                         }
                         self.current = None;
                         return Ok(None);
                     }
-                    let want = self.config.read_buffer;
-                    let start = buf.len();
-                    buf.resize(start + want, 0);
-                    let n = file.read(&mut buf[start..])?;
-                    buf.truncate(start + n);
+                    // keep the unconsumed tail, then append the next chunk
+                    if *start > 0 {
+                        buf.copy_within(*start.., 0);
+                        buf.truncate(buf.len() - *start);
+                        *start = 0;
+                    }
+                    let want = self.config.read_buffer as u64;
+                    let n = (&mut *file).take(want).read_to_end(buf)?;
                     if n == 0 {
                         *drained = true;
                     }
@@ -443,4 +454,58 @@ pub fn discover(config: &FileSourceConfig) -> Result<Option<SchemaRef>> {
         .ok_or_else(|| Error::internal("no text decoder"))?;
     let decoded = text.decode(&head, 1000, true, true)?;
     Ok(decoded.batch.map(|b| b.schema()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::File as FileConnector;
+
+    #[tokio::test]
+    async fn passes_the_source_contract_across_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.jsonl"),
+            "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), "{\"id\":4}\n\n{\"id\":5}\n").unwrap();
+        let path = format!("{}/*.jsonl", dir.path().display());
+        connector_api::testkit::source_contract(
+            &FileConnector,
+            serde_json::json!({"path": path, "schema": [{"name": "id", "type": "int64"}]}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_is_read_again_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.jsonl");
+        std::fs::write(&f, "{\"id\":1}\n").unwrap();
+        let cfg: FileSourceConfig =
+            serde_json::from_value(serde_json::json!({"path": f.display().to_string()})).unwrap();
+        let mut s = FileSource::new(cfg.clone()).unwrap();
+        s.open(&SourceContext::for_pipeline("t"), &Offsets::new())
+            .await
+            .unwrap();
+        let b = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(b.num_rows(), 1);
+        // replace the file: new inode, other content, same name
+        std::fs::remove_file(&f).unwrap();
+        std::fs::write(&f, "{\"id\":7}\n{\"id\":8}\n").unwrap();
+        let mut s = FileSource::new(cfg).unwrap();
+        s.open(&SourceContext::for_pipeline("t"), &b.offsets)
+            .await
+            .unwrap();
+        let again = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(again.num_rows(), 2);
+    }
+
+    #[test]
+    fn watch_dir_is_the_part_before_the_first_wildcard() {
+        assert_eq!(watch_dir("in/*.jsonl"), PathBuf::from("in"));
+        assert_eq!(watch_dir("a/b/c.csv"), PathBuf::from("a/b"));
+        assert_eq!(watch_dir("*.csv"), PathBuf::from("."));
+    }
 }

@@ -41,13 +41,14 @@ impl JsonDecoder {
         let mut pos = 0;
         let mut newlines = 0u64;
         while lines.len() < max_rows && pos < buf.len() {
-            let end = match buf[pos..].iter().position(|&b| b == b'\n') {
+            let end = match memchr::memchr(b'\n', &buf[pos..]) {
                 Some(i) => pos + i,
                 None if eof => buf.len(),
                 None => break,
             };
             let line = &buf[pos..end];
-            if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            // fast path: a record line starts with '{'; anything else may be blank
+            if line.first() == Some(&b'{') || line.iter().any(|b| !b.is_ascii_whitespace()) {
                 lines.push((pos, end));
             }
             if end < buf.len() {

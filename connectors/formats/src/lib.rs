@@ -44,5 +44,5 @@ pub struct Decoded {
 
 /// Counts `\n` bytes.
 pub fn count_newlines(buf: &[u8]) -> u64 {
-    buf.iter().filter(|&&b| b == b'\n').count() as u64
+    memchr::memchr_iter(b'\n', buf).count() as u64
 }

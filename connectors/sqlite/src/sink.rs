@@ -369,3 +369,52 @@ pub async fn check(config: &SqliteSinkConfig) -> Result<()> {
     pool.close().await;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Sqlite;
+
+    #[tokio::test]
+    async fn passes_the_sink_and_source_contracts_on_one_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db").display().to_string();
+        let state = connector_api::testkit::sink_contract(
+            &Sqlite,
+            serde_json::json!({"path": db, "table": "t"}),
+            connector_api::testkit::id_batches(9, 4),
+        )
+        .await;
+        assert!(
+            state.offsets.is_some(),
+            "the sqlite sink stores offsets with the data"
+        );
+        assert_eq!(state.schema.unwrap().field(0).name(), "id");
+        connector_api::testkit::source_contract(
+            &Sqlite,
+            serde_json::json!({"path": db, "table": "t"}),
+        )
+        .await;
+        connector_api::testkit::source_contract(
+            &Sqlite,
+            serde_json::json!({"path": db, "table": "t", "cursor": ["id"]}),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn names_with_quotes_cannot_inject_sql() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db").display().to_string();
+        let table = "x\"; DROP TABLE y; --";
+        connector_api::testkit::sink_contract(
+            &Sqlite,
+            serde_json::json!({"path": db, "table": table}),
+            connector_api::testkit::id_batches(3, 3),
+        )
+        .await;
+        let pool = connect(&db, false).await.unwrap();
+        let schema = table_schema(&pool, table).await.unwrap().unwrap();
+        assert_eq!(schema.fields().len(), 1);
+    }
+}

@@ -12,7 +12,7 @@
 //! | Float32 / Float64             | `FLOAT` / `DOUBLE` | real                       |
 //! | Utf8                          | `TEXT`             | text                       |
 //! | Binary                        | `BLOB`             | blob                       |
-//! | Decimal128(p,s)               | `DECIMAL(p,s)`     | text (exact)               |
+//! | Decimal128(p,s)               | `DECIMAL TEXT(p,s)` | text (exact; TEXT affinity) |
 //! | Date32                        | `DATE`             | text `YYYY-MM-DD`          |
 //! | Time64(µs)                    | `TIME`             | text                       |
 //! | Timestamp(unit)               | `TIMESTAMP(0/3/6/9)` | text ISO 8601            |
@@ -72,7 +72,9 @@ pub fn declared_type(column: &str, dt: &DataType) -> Result<String> {
         DataType::Float64 => "DOUBLE".into(),
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "TEXT".into(),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "BLOB".into(),
-        DataType::Decimal128(p, s) => format!("DECIMAL({p},{s})"),
+        // "TEXT" in the name gives the column TEXT affinity: SQLite would turn numeric
+        // text into a lossy REAL under the NUMERIC affinity of a plain DECIMAL
+        DataType::Decimal128(p, s) => format!("DECIMAL TEXT({p},{s})"),
         DataType::Date32 => "DATE".into(),
         DataType::Time64(TimeUnit::Microsecond) => "TIME".into(),
         DataType::Timestamp(unit, None) => format!("TIMESTAMP({})", unit_digits(unit)),
@@ -117,7 +119,7 @@ pub fn arrow_type(declared: &str) -> Option<DataType> {
         "TEXT" | "VARCHAR" | "CHAR" | "CLOB" | "NVARCHAR" | "NCHAR" | "STRING" | "JSON"
         | "UUID" => DataType::Utf8,
         "BLOB" => DataType::Binary,
-        "DECIMAL" | "NUMERIC" => {
+        "DECIMAL" | "NUMERIC" | "DECIMAL TEXT" => {
             let mut parts = args.split(',').map(|p| p.trim().parse::<i64>());
             match (parts.next(), parts.next()) {
                 (Some(Ok(p)), Some(Ok(s))) if (1..=38).contains(&p) && (0..=p).contains(&s) => {

@@ -9,6 +9,7 @@ mod cli_errors;
 mod crash;
 mod quickstart;
 mod roundtrip;
+mod sqlite_io;
 mod support;
 mod tolerance;
 mod watch;

@@ -39,7 +39,7 @@ fn quickstart_writes_parquet_and_sqlite_with_exact_types() {
             &db,
             "SELECT type FROM pragma_table_info('orders') WHERE name = 'amount_eur'"
         ),
-        "DECIMAL(10,2)"
+        "DECIMAL TEXT(10,2)"
     );
 
     let parquet = dir.path().join("out/quickstart/parquet");

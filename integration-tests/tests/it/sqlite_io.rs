@@ -1,0 +1,203 @@
+//! SQLite both ways against the real sqlite3 client: incremental reads by cursor with
+//! many rows sharing a timestamp, upserts, schema drift (evolve, freeze), and the
+//! offsets commands.
+
+use crate::support::{sluice, sqlite, workdir};
+
+fn lines(dir: &std::path::Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .map(|it| {
+            it.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .flat_map(|p| {
+                    std::fs::read_to_string(p)
+                        .unwrap()
+                        .lines()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn incremental_cursor_reads_only_new_rows_and_skips_none_sharing_a_timestamp() {
+    let dir = workdir();
+    let d = dir.path();
+    let db = d.join("src.db");
+    sqlite(
+        &db,
+        "CREATE TABLE ev (id BIGINT NOT NULL, at TEXT NOT NULL, v DECIMAL(8,2));\
+         INSERT INTO ev VALUES (1,'2024-01-01 00:00:00','1.10'),(2,'2024-01-01 00:00:00','2.20'),(3,'2024-01-01 00:00:01','3.30');",
+    );
+    std::fs::write(
+        d.join("inc.toml"),
+        "[source]\nconnector = \"sqlite\"\npath = \"src.db\"\ntable = \"ev\"\ncursor = [\"at\", \"id\"]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n[batch]\nmax_records = 2\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "inc.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(lines(&d.join("out")).len(), 3);
+    // a late row with the same timestamp as the last delivered one, and a newer one
+    sqlite(
+        &db,
+        "INSERT INTO ev VALUES (4,'2024-01-01 00:00:01','4.40'),(5,'2024-01-01 00:00:02',NULL);",
+    );
+    let run = sluice(d, &["run", "inc.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout.contains(": 2 records"), "{}", run.stdout);
+    let all = lines(&d.join("out"));
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(
+        all.iter()
+            .any(|l| l.contains("\"id\":4") && l.contains("4.40")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|l| l.contains("\"id\":5") && l.contains("\"v\":null")),
+        "{all:?}"
+    );
+
+    let show = sluice(d, &["offsets", "show", "inc.toml"]);
+    assert_eq!(show.code, Some(0));
+    assert!(
+        show.stdout.contains("table:ev") && show.stdout.contains("\"by\": \"cursor\""),
+        "{}",
+        show.stdout
+    );
+    let reset = sluice(d, &["offsets", "reset", "inc.toml"]);
+    assert!(reset.stdout.contains("reset"), "{}", reset.stdout);
+    assert!(sluice(d, &["offsets", "show", "inc.toml"])
+        .stdout
+        .contains("no stored offsets"));
+}
+
+#[test]
+fn csv_upsert_example_updates_instead_of_duplicating() {
+    let dir = workdir();
+    let d = dir.path();
+    let run = sluice(d, &["run", "configs/csv-to-sqlite.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let db = d.join("out/customers.db");
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM customers"), "80");
+    assert_eq!(
+        sqlite(&db, "SELECT email FROM customers WHERE id = 1"),
+        "****"
+    );
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT signed_up, typeof(credit) FROM customers WHERE id = 1"
+        ),
+        "2023-02-02|text"
+    );
+    // start over from the beginning of the file: the same keys are updated, not added
+    sluice(d, &["offsets", "reset", "configs/csv-to-sqlite.toml"]);
+    sqlite(&db, "DELETE FROM _sluice_offsets");
+    let run = sluice(d, &["run", "configs/csv-to-sqlite.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stdout.contains("csv-to-sqlite: 80 records"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM customers"), "80");
+}
+
+fn drift_setup(drift: &str) -> tempfile::TempDir {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/1.jsonl"), "{\"id\": 1, \"name\": \"a\"}\n").unwrap();
+    std::fs::write(
+        d.join("in/2.jsonl"),
+        "{\"id\": 2, \"name\": \"b\", \"score\": 9.5}\n{\"id\": 3, \"name\": \"c\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("drift.toml"),
+        format!(
+            "[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n[sink]\nconnector = \"sqlite\"\npath = \"out/t.db\"\ntable = \"t\"\ndrift = \"{drift}\"\n[batch]\nlinger = \"1ms\"\nmax_records = 1\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn drift_evolve_adds_a_nullable_column() {
+    let dir = drift_setup("evolve");
+    let run = sluice(dir.path(), &["run", "drift.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let db = dir.path().join("out/t.db");
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT id || ':' || ifnull(score, 'null') FROM t ORDER BY id"
+        ),
+        "1:null\n2:9.5\n3:null"
+    );
+}
+
+#[test]
+fn drift_freeze_stops_naming_the_new_column() {
+    let dir = drift_setup("freeze");
+    let run = sluice(dir.path(), &["run", "drift.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("new column \"score\""),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn drift_discard_value_keeps_rows_without_the_new_column() {
+    let dir = drift_setup("discard_value");
+    let run = sluice(dir.path(), &["run", "drift.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let db = dir.path().join("out/t.db");
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM t"), "3");
+    assert_eq!(
+        sqlite(
+            &db,
+            "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'score'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn check_and_schema_commands_report_what_they_find() {
+    let dir = workdir();
+    let d = dir.path();
+    let run = sluice(d, &["check", "configs/quickstart.toml"]);
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("source (file): ok"), "{}", run.stdout);
+    let run = sluice(d, &["schema", "configs/csv-to-sqlite.toml"]);
+    assert!(
+        run.stdout
+            .contains("{ name = \"credit\", type = \"decimal(10,2)\", nullable = true }"),
+        "{}",
+        run.stdout
+    );
+    std::fs::write(
+        d.join("missing.toml"),
+        "[source]\nconnector = \"sqlite\"\npath = \"nope.db\"\ntable = \"t\"\n[sink]\nconnector = \"blackhole\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["check", "missing.toml"]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout
+            .contains("not_found error: database \"nope.db\" does not exist"),
+        "{}",
+        run.stdout
+    );
+}
