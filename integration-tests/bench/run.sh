@@ -110,6 +110,9 @@ count_sink() { # name, format
 rows=()
 cat "$INPUT" > /dev/null # warm the page cache for every reader alike
 rows+=("$(measure cat cat "$INPUT") $N")
+# read + write reference for file -> file workloads
+rows+=("$(measure cp cp "$INPUT" "$WORK/copy.jsonl") $N")
+rm -f "$WORK/copy.jsonl"
 for spec in "json-to-json json file" "json-to-parquet parquet file" "datagen-to-parquet parquet datagen" "datagen-to-blackhole blackhole datagen"; do
   read -r name format kind <<<"$spec"
   pipeline "$name" "$format" "$kind"

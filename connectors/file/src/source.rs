@@ -1,7 +1,7 @@
 //! The file source: reads files matching a glob in name order, resumable mid-file,
 //! optionally watching for new files and appended lines.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,28 @@ impl Text {
         match self {
             Text::Json(d) => d.decode(buf, rows, eof),
             Text::Csv(d) => d.decode(buf, rows, eof, at_start),
+        }
+    }
+
+    /// Decodes up to `parts` batches (in parallel where the format allows).
+    fn decode_parts(
+        &mut self,
+        buf: &[u8],
+        rows: usize,
+        parts: usize,
+        eof: bool,
+        at_start: bool,
+    ) -> Result<Vec<Decoded>> {
+        match self {
+            Text::Json(d) => d.decode_parts(buf, rows, parts, eof),
+            Text::Csv(d) => Ok(vec![d.decode(buf, rows, eof, at_start)?]),
+        }
+    }
+
+    fn schema(&self) -> Option<SchemaRef> {
+        match self {
+            Text::Json(d) => d.schema().cloned(),
+            Text::Csv(d) => d.schema().cloned(),
         }
     }
 }
@@ -60,6 +82,12 @@ pub struct FileSource {
     /// Files whose unread tail is an incomplete line, with the size seen then.
     partial: HashMap<String, u64>,
     current: Option<Current>,
+    /// Batches decoded together and not yet returned.
+    ready: VecDeque<Batch>,
+    /// Batches decoded in parallel per read (JSON with a declared schema).
+    parts: usize,
+    /// Average bytes per line seen so far, to size reads.
+    row_bytes: usize,
     batch_size: usize,
     idle_timeout: Duration,
     events: Option<(RecommendedWatcher, mpsc::UnboundedReceiver<()>)>,
@@ -82,6 +110,12 @@ impl FileSource {
             known: BTreeMap::new(),
             partial: HashMap::new(),
             current: None,
+            ready: VecDeque::new(),
+            parts: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
+            row_bytes: 256,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             events: None,
@@ -140,6 +174,9 @@ impl FileSource {
 
     /// Reads the next batch from the current file; `None` when it has no more now.
     fn read_current(&mut self) -> Result<Option<Batch>> {
+        if let Some(b) = self.ready.pop_front() {
+            return Ok(Some(b));
+        }
         let Some(cur) = self.current.as_mut() else {
             return Ok(None);
         };
@@ -172,51 +209,51 @@ impl FileSource {
                     .as_mut()
                     .ok_or_else(|| Error::internal("no text decoder"))?;
                 let eof_counts = !self.config.watch;
+                // enough bytes for `parts` full batches, so batches come out whole
+                let target = self
+                    .config
+                    .read_buffer
+                    .max(self.row_bytes * rows * self.parts);
+                let mut need_more = false;
                 loop {
+                    while !*drained && (need_more || buf.len() - *start < target) {
+                        need_more = false;
+                        if *start > 0 {
+                            buf.copy_within(*start.., 0);
+                            buf.truncate(buf.len() - *start);
+                            *start = 0;
+                        }
+                        let want =
+                            (target - buf.len().min(target)).max(self.config.read_buffer) as u64;
+                        if (&mut *file).take(want).read_to_end(buf)? == 0 {
+                            *drained = true;
+                        }
+                    }
                     if *start < buf.len() {
                         let at_start = cur.pos == 0;
-                        let decoded = text
-                            .decode(&buf[*start..], rows, *drained && eof_counts, at_start)
+                        let parts = text
+                            .decode_parts(
+                                &buf[*start..],
+                                rows,
+                                self.parts,
+                                *drained && eof_counts,
+                                at_start,
+                            )
                             .map_err(|e| {
                                 e.context(format!("file \"{}\" after line {}", cur.split, cur.line))
                             })?;
-                        if decoded.consumed > 0 {
-                            let Decoded {
-                                batch,
-                                consumed,
-                                lines,
-                                bad,
-                            } = decoded;
-                            let first_line = cur.line;
+                        let consumed: usize = parts.iter().map(|d| d.consumed).sum();
+                        if consumed > 0 {
+                            let lines: u64 = parts.iter().map(|d| d.lines).sum();
+                            if lines > 0 {
+                                self.row_bytes = (consumed / lines as usize).max(1);
+                            }
                             *start += consumed;
-                            cur.pos += consumed as u64;
-                            cur.line += lines;
-                            let offsets = offsets_of(cur)?;
-                            let schema =
-                                batch.as_ref().map(|b| b.schema()).or_else(|| match text {
-                                    Text::Json(d) => d.schema().cloned(),
-                                    Text::Csv(d) => d.schema().cloned(),
-                                });
-                            let records = match (batch, schema) {
-                                (Some(b), _) => b,
-                                (None, Some(s)) => RecordBatch::new_empty(s),
-                                (None, None) => Batch::idle().records,
-                            };
-                            let mut out = Batch::new(records, offsets);
-                            out.rejects = bad
-                                .into_iter()
-                                .map(|b| Reject {
-                                    split: cur.split.clone(),
-                                    position: format!(
-                                        "file \"{}\" line {}",
-                                        cur.split,
-                                        first_line + b.index as u64 + 1
-                                    ),
-                                    raw: b.raw,
-                                    error: b.error,
-                                })
-                                .collect();
-                            return Ok(Some(out));
+                            for decoded in parts {
+                                let batch = to_batch(cur, text, decoded)?;
+                                self.ready.push_back(batch);
+                            }
+                            return Ok(self.ready.pop_front());
                         }
                     }
                     if *drained {
@@ -228,17 +265,8 @@ impl FileSource {
                         self.current = None;
                         return Ok(None);
                     }
-                    // keep the unconsumed tail, then append the next chunk
-                    if *start > 0 {
-                        buf.copy_within(*start.., 0);
-                        buf.truncate(buf.len() - *start);
-                        *start = 0;
-                    }
-                    let want = self.config.read_buffer as u64;
-                    let n = (&mut *file).take(want).read_to_end(buf)?;
-                    if n == 0 {
-                        *drained = true;
-                    }
+                    // not one whole record in the buffer: read more
+                    need_more = true;
                 }
             }
         }
@@ -274,6 +302,40 @@ impl FileSource {
         self.partial.clear();
         self.last_scan = Some(Instant::now());
     }
+}
+
+/// Turns one decoded part into a batch, advancing the file position past it.
+fn to_batch(cur: &mut Current, text: &Text, decoded: Decoded) -> Result<Batch> {
+    let Decoded {
+        batch,
+        consumed,
+        lines,
+        bad,
+    } = decoded;
+    let first_line = cur.line;
+    cur.pos += consumed as u64;
+    cur.line += lines;
+    let offsets = offsets_of(cur)?;
+    let records = match (batch, text.schema()) {
+        (Some(b), _) => b,
+        (None, Some(s)) => RecordBatch::new_empty(s),
+        (None, None) => Batch::idle().records,
+    };
+    let mut out = Batch::new(records, offsets);
+    out.rejects = bad
+        .into_iter()
+        .map(|b| Reject {
+            split: cur.split.clone(),
+            position: format!(
+                "file \"{}\" line {}",
+                cur.split,
+                first_line + b.index as u64 + 1
+            ),
+            raw: b.raw,
+            error: b.error,
+        })
+        .collect();
+    Ok(out)
 }
 
 fn offsets_of(cur: &Current) -> Result<Offsets> {

@@ -37,55 +37,103 @@ impl JsonDecoder {
     /// Decodes up to `max_rows` lines from the start of `buf`. Only whole lines (ending
     /// in `\n`) are taken unless `eof`, when a last line without newline counts too.
     pub fn decode(&mut self, buf: &[u8], max_rows: usize, eof: bool) -> Result<Decoded> {
-        let mut lines: Vec<(usize, usize)> = Vec::new();
+        if !self.infer {
+            return self.decode_declared(buf, max_rows, eof);
+        }
+        let (lines, consumed, newlines) = scan_lines(buf, max_rows, eof);
+        if let Some(&(first, _)) = lines.first() {
+            if self.schema.is_none() {
+                self.schema = Some(infer(
+                    lines.iter().take(INFER_LINES).map(|&(s, e)| &buf[s..e]),
+                )?);
+            }
+            let range = &buf[first..lines[lines.len() - 1].1];
+            if self.decode_range(range, lines.len()).is_err() {
+                // a new field: widen the schema, then decode (isolating what still fails)
+                self.widen(&lines, buf);
+            }
+        }
+        self.decode_lines(buf, &lines, consumed, newlines)
+    }
+
+    /// Like [`JsonDecoder::decode`], but splits up to `parts * max_rows` lines into
+    /// `parts` batches decoded on parallel threads (declared schemas only; an inferred
+    /// schema decodes in one part because it may widen). Results are in input order,
+    /// each with its own `consumed` and `lines`.
+    pub fn decode_parts(
+        &mut self,
+        buf: &[u8],
+        max_rows: usize,
+        parts: usize,
+        eof: bool,
+    ) -> Result<Vec<Decoded>> {
+        if self.infer || parts <= 1 {
+            return Ok(vec![self.decode(buf, max_rows, eof)?]);
+        }
+        // cut points after every max_rows newlines
+        let mut cuts = Vec::with_capacity(parts);
         let mut pos = 0;
-        let mut newlines = 0u64;
-        while lines.len() < max_rows && pos < buf.len() {
-            let end = match memchr::memchr(b'\n', &buf[pos..]) {
-                Some(i) => pos + i,
-                None if eof => buf.len(),
-                None => break,
-            };
-            let line = &buf[pos..end];
-            // fast path: a record line starts with '{'; anything else may be blank
-            if line.first() == Some(&b'{') || line.iter().any(|b| !b.is_ascii_whitespace()) {
-                lines.push((pos, end));
+        'outer: while cuts.len() + 1 < parts {
+            for _ in 0..max_rows {
+                match memchr::memchr(b'\n', &buf[pos..]) {
+                    Some(i) => pos += i + 1,
+                    None => break 'outer,
+                }
             }
-            if end < buf.len() {
-                newlines += 1;
+            cuts.push(pos);
+        }
+        if cuts.is_empty() {
+            return Ok(vec![self.decode(buf, max_rows, eof)?]);
+        }
+        let mut segments = Vec::with_capacity(cuts.len() + 1);
+        let mut start = 0;
+        for &c in &cuts {
+            segments.push((&buf[start..c], false));
+            start = c;
+        }
+        segments.push((&buf[start..], eof));
+        let this = &*self;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = segments[1..]
+                .iter()
+                .map(|&(seg, e)| scope.spawn(move || this.decode_declared(seg, max_rows, e)))
+                .collect();
+            let mut out = vec![this.decode_declared(segments[0].0, max_rows, segments[0].1)?];
+            for h in handles {
+                out.push(
+                    h.join()
+                        .map_err(|_| Error::internal("json decoding thread panicked"))??,
+                );
             }
-            pos = (end + 1).min(buf.len());
-        }
-        let consumed = pos;
-        if lines.is_empty() {
-            return Ok(Decoded {
-                consumed,
-                lines: newlines,
-                ..Default::default()
-            });
-        }
-        let range = &buf[lines[0].0..lines[lines.len() - 1].1];
-        if self.schema.is_none() {
-            self.schema = Some(infer(
-                lines.iter().take(INFER_LINES).map(|&(s, e)| &buf[s..e]),
-            )?);
-        }
+            Ok(out)
+        })
+    }
+
+    /// `decode` for a declared schema: no state changes, so it can run in parallel.
+    fn decode_declared(&self, buf: &[u8], max_rows: usize, eof: bool) -> Result<Decoded> {
+        let (lines, consumed, newlines) = scan_lines(buf, max_rows, eof);
+        self.decode_lines(buf, &lines, consumed, newlines)
+    }
+
+    /// Decodes the scanned `lines` of `buf` as one batch, isolating bad lines.
+    fn decode_lines(
+        &self,
+        buf: &[u8],
+        lines: &[(usize, usize)],
+        consumed: usize,
+        newlines: u64,
+    ) -> Result<Decoded> {
         let mut decoded = Decoded {
             consumed,
             lines: newlines,
             ..Default::default()
         };
-        match self.decode_range(range, lines.len()) {
+        let (Some(&(first, _)), Some(&(_, last))) = (lines.first(), lines.last()) else {
+            return Ok(decoded);
+        };
+        match self.decode_range(&buf[first..last], lines.len()) {
             Ok(batch) => decoded.batch = batch,
-            Err(first_error) => {
-                if self.infer && self.widen(&lines, buf) {
-                    if let Ok(batch) = self.decode_range(range, lines.len()) {
-                        decoded.batch = batch;
-                        return Ok(decoded);
-                    }
-                }
-                isolate(self, &lines, buf, &mut decoded, first_error)?;
-            }
+            Err(first_error) => isolate(self, lines, buf, &mut decoded, first_error)?,
         }
         Ok(decoded)
     }
@@ -133,6 +181,32 @@ impl JsonDecoder {
             _ => false,
         }
     }
+}
+
+/// Finds up to `max_rows` non-blank lines at the start of `buf`: their ranges (without
+/// the newline), the bytes consumed (whole lines; a last line without newline only
+/// when `eof`) and the newlines consumed.
+fn scan_lines(buf: &[u8], max_rows: usize, eof: bool) -> (Vec<(usize, usize)>, usize, u64) {
+    let mut lines: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0;
+    let mut newlines = 0u64;
+    while lines.len() < max_rows && pos < buf.len() {
+        let end = match memchr::memchr(b'\n', &buf[pos..]) {
+            Some(i) => pos + i,
+            None if eof => buf.len(),
+            None => break,
+        };
+        let line = &buf[pos..end];
+        // fast path: a record line starts with '{'; anything else may be blank
+        if line.first() == Some(&b'{') || line.iter().any(|b| !b.is_ascii_whitespace()) {
+            lines.push((pos, end));
+        }
+        if end < buf.len() {
+            newlines += 1;
+        }
+        pos = (end + 1).min(buf.len());
+    }
+    (lines, pos, newlines)
 }
 
 /// Decodes line by line to separate the bad lines from the good ones.
