@@ -89,8 +89,6 @@ TOML
 [sink]
 connector = "$([[ $format == blackhole ]] && echo blackhole || echo file)"
 $([[ $format == blackhole ]] || printf 'path = "%s"\nformat = "%s"\nmax_records = 0\nmax_bytes = 0\n' "$WORK/out-$name" "$format")
-[batch]
-max_records = 16384
 [checkpoint]
 path = "$WORK/$name-state.db"
 interval = "10s"

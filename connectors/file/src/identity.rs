@@ -33,7 +33,8 @@ pub struct FileOffset {
     pub line: u64,
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
+/// FNV-1a: a small, stable hash (the same in every build, unlike std's hasher).
+pub fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= b as u64;

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::Encoder;
 
 use crate::config::FileSinkConfig;
+use crate::identity::fnv;
 
 struct Open {
     name: String,
@@ -236,15 +237,6 @@ impl Sink for FileSink {
 
 fn io_error(err: std::io::Error, path: &Path) -> Error {
     Error::from(err).context(format!("\"{}\"", path.display()))
-}
-
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
 }
 
 /// Writes `data` to `path` durably: temp file, fsync, rename, fsync directory.

@@ -2,24 +2,10 @@
 //! many rows sharing a timestamp, upserts, schema drift (evolve, freeze), and the
 //! offsets commands.
 
-use crate::support::{sluice, sqlite, workdir};
+use crate::support::{jsonl_lines, sluice, sqlite, workdir};
 
 fn lines(dir: &std::path::Path) -> Vec<String> {
-    let mut out: Vec<String> = std::fs::read_dir(dir)
-        .map(|it| {
-            it.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-                .flat_map(|p| {
-                    std::fs::read_to_string(p)
-                        .unwrap()
-                        .lines()
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut out = jsonl_lines(dir);
     out.sort();
     out
 }

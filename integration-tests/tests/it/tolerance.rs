@@ -1,7 +1,7 @@
 //! A malformed record: stop with its position (tolerance none), or dead-letter it and
 //! deliver the rest (tolerance all), and stop anyway past the failure rate.
 
-use crate::support::{sluice, workdir};
+use crate::support::{jsonl_lines, sluice, workdir};
 
 const INPUT: &str = "{\"id\": 1}\n{\"id\": 2}\n{\"id\": oops}\n{\"id\": 4}\n{\"id\": 5}\n";
 
@@ -20,27 +20,6 @@ fn setup(errors: &str) -> tempfile::TempDir {
     dir
 }
 
-fn lines_in(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.extension().is_some_and(|x| x == "jsonl")
-            && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        {
-            out.extend(
-                std::fs::read_to_string(&p)
-                    .unwrap()
-                    .lines()
-                    .map(str::to_string),
-            );
-        }
-    }
-    out
-}
-
 #[test]
 fn tolerance_none_stops_naming_file_and_line() {
     let dir = setup("");
@@ -51,7 +30,7 @@ fn tolerance_none_stops_naming_file_and_line() {
         "{}",
         run.stderr
     );
-    assert!(lines_in(&dir.path().join("out/good")).is_empty());
+    assert!(jsonl_lines(&dir.path().join("out/good")).is_empty());
 }
 
 #[test]
@@ -61,12 +40,12 @@ fn tolerance_all_dead_letters_the_bad_line_and_delivers_the_rest() {
     );
     let run = sluice(dir.path(), &["run", "p.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let good = lines_in(&dir.path().join("out/good"));
+    let good = jsonl_lines(&dir.path().join("out/good"));
     assert_eq!(
         good,
         vec!["{\"id\":1}", "{\"id\":2}", "{\"id\":4}", "{\"id\":5}"]
     );
-    let dlq = lines_in(&dir.path().join("out/dlq"));
+    let dlq = jsonl_lines(&dir.path().join("out/dlq"));
     assert_eq!(dlq.len(), 1);
     let rec: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
     assert_eq!(rec["record"], "{\"id\": oops}");

@@ -4,26 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{finish, signal, spawn, wait_until, workdir};
+use crate::support::{finish, jsonl_lines, signal, spawn, wait_until, workdir};
 
 fn count_lines(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "jsonl")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        })
-        .map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .count()
-        })
-        .sum()
+    jsonl_lines(dir).len()
 }
 
 #[test]
