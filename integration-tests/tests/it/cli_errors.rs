@@ -119,3 +119,11 @@ fn describe_prints_documented_options_and_connectors_lists_builtins() {
         run.stderr
     );
 }
+
+#[test]
+fn missing_required_option_points_at_its_section() {
+    check(
+        "[source]\nconnector = \"datagen\"\n\n[sink]\nconnector = \"file\"\nformat = \"json\"\n",
+        &["p.toml:4:", "`sink`: missing field `path`"],
+    );
+}
