@@ -55,7 +55,7 @@ pub fn summary(name: &str, stats: &Stats) -> String {
     let records = stats.records_out.load(Ordering::Relaxed);
     let bytes = stats.bytes_out.load(Ordering::Relaxed);
     format!(
-        "{name}: {records} records, {:.1} MB, {:.2} s, {:.0} records/s, {} rejected, {} checkpoints",
+        "{name}: {records} records, {:.2} MB, {:.2} s, {:.0} records/s, {} rejected, {} checkpoints",
         bytes as f64 / 1e6,
         secs,
         records as f64 / secs.max(1e-9),
