@@ -26,8 +26,9 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-log "building the sluice binary"
+log "building the sluice binary and the plugin libraries the tests load"
 cargo build -p runtime --bin sluice --quiet
+cargo build -p sluice-template -p sluice-testplug --lib --quiet
 
 # --- the suite ---
 log "running the tests"

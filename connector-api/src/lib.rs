@@ -34,6 +34,11 @@
 
 #![warn(missing_docs)]
 
+#[doc = include_str!("../AUTHORING.md")]
+pub mod authoring {}
+
+#[cfg(feature = "plugin")]
+pub mod abi;
 pub mod batch;
 pub mod config;
 pub mod error;

@@ -32,6 +32,9 @@ struct Cli {
     /// Log filter (tracing syntax), e.g. `info` or `sluice=debug`; RUST_LOG also works.
     #[arg(long, default_value = "info", global = true)]
     log_level: String,
+    /// Load every connector plugin library (.so) in this directory; repeatable.
+    #[arg(long = "plugin-dir", global = true)]
+    plugin_dirs: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,9 +126,42 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let registry = Registry::builtin();
+    let mut registry = Registry::builtin();
+    let mut dirs = cli.plugin_dirs.clone();
+    dirs.extend(
+        pipeline_files(&cli.command)
+            .iter()
+            .flat_map(|f| config::plugin_dirs(f)),
+    );
+    dirs.dedup();
+    for dir in &dirs {
+        match registry.load_plugins(dir) {
+            Ok(refused) => {
+                for r in refused {
+                    eprintln!("error: {r}");
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     let progress = matches!(cli.log_format, LogFormat::Human);
     runtime.block_on(dispatch(cli.command, registry, progress))
+}
+
+/// The pipeline files a command names (directories expanded), for `[plugins] dirs`.
+fn pipeline_files(command: &Command) -> Vec<PathBuf> {
+    let paths: Vec<PathBuf> = match command {
+        Command::Run { paths, .. } | Command::Validate { paths } => paths.clone(),
+        Command::Check { file } | Command::Schema { file } => vec![file.clone()],
+        Command::Offsets {
+            action: OffsetsAction::Show { file } | OffsetsAction::Reset { file },
+        } => vec![file.clone()],
+        Command::Connectors | Command::Describe { .. } => Vec::new(),
+    };
+    expand(&paths).unwrap_or_default()
 }
 
 fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
@@ -257,11 +293,7 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
         },
         Command::Connectors => {
             for (name, kinds, desc, origin) in registry.list() {
-                println!(
-                    "{name:<10} {:<12} {:<9} {desc}",
-                    kinds.join(","),
-                    format!("{origin:?}").to_lowercase()
-                );
+                println!("{name:<12} {:<12} {desc}  [{origin}]", kinds.join(","));
             }
             ExitCode::SUCCESS
         }

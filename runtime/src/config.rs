@@ -228,10 +228,44 @@ impl Default for ErrorsConfig {
     }
 }
 
+/// `[plugins]`: where to load connector plugins from for this pipeline.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// Directories of plugin libraries, relative to the pipeline file.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+}
+
+/// The `[plugins] dirs` of a pipeline file, resolved against its directory; read
+/// before the file is validated, because its connectors may come from there.
+pub fn plugin_dirs(file: &Path) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    let Ok(doc) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    doc.get("plugins")
+        .and_then(|p| p.get("dirs"))
+        .and_then(|d| d.as_array())
+        .map(|dirs| {
+            dirs.iter()
+                .filter_map(|d| d.as_str())
+                .map(|d| base.join(d))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPipeline {
     name: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    plugins: PluginsConfig,
     source: Map<String, Value>,
     #[serde(default)]
     transforms: Vec<TransformSpec>,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod describe;
 pub mod interpolate;
 pub mod pipeline;
+pub mod plugin;
 pub mod progress;
 pub mod registry;
 pub mod retry;

@@ -1,5 +1,6 @@
 //! The built-in connectors, registered in one explicit list.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use connector_api::{DynSinkConnector, DynSourceConnector};
@@ -9,6 +10,17 @@ use connector_api::{DynSinkConnector, DynSourceConnector};
 pub enum Origin {
     /// Compiled into this binary.
     BuiltIn,
+    /// Loaded from this plugin library.
+    Plugin(PathBuf),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::BuiltIn => f.write_str("built-in"),
+            Origin::Plugin(p) => write!(f, "plugin {}", p.display()),
+        }
+    }
 }
 
 /// The connectors this runtime knows, by name.
@@ -37,6 +49,51 @@ impl Registry {
 
     fn add_sink(&mut self, c: Arc<dyn DynSinkConnector>) {
         self.sinks.push((c, Origin::BuiltIn));
+    }
+
+    /// Loads every plugin library in `dir`. Returns what was refused (a library that
+    /// is not a plugin or speaks another ABI version, a connector whose name is taken);
+    /// everything else is registered. A directory that cannot be read is an error.
+    pub fn load_plugins(&mut self, dir: &Path) -> Result<Vec<crate::plugin::Refused>, String> {
+        let mut refused = Vec::new();
+        for path in crate::plugin::libraries_in(dir)? {
+            match crate::plugin::load(&path) {
+                Err(r) => refused.push(r),
+                Ok(provided) => {
+                    for p in provided {
+                        let (name, kind) = match &p {
+                            crate::plugin::Provided::Source(c) => (c.name().to_string(), "source"),
+                            crate::plugin::Provided::Sink(c) => (c.name().to_string(), "sink"),
+                        };
+                        let taken = match &p {
+                            crate::plugin::Provided::Source(_) => self
+                                .sources
+                                .iter()
+                                .find(|(c, _)| c.name() == name)
+                                .map(|(_, o)| o.clone()),
+                            crate::plugin::Provided::Sink(_) => self
+                                .sinks
+                                .iter()
+                                .find(|(c, _)| c.name() == name)
+                                .map(|(_, o)| o.clone()),
+                        };
+                        if let Some(origin) = taken {
+                            refused.push(crate::plugin::Refused {
+                                path: path.clone(),
+                                reason: format!("{kind} connector \"{name}\" clashes with the {origin} connector of that name"),
+                            });
+                            continue;
+                        }
+                        let origin = Origin::Plugin(path.clone());
+                        match p {
+                            crate::plugin::Provided::Source(c) => self.sources.push((c, origin)),
+                            crate::plugin::Provided::Sink(c) => self.sinks.push((c, origin)),
+                        }
+                    }
+                }
+            }
+        }
+        Ok(refused)
     }
 
     /// The source connector called `name`.

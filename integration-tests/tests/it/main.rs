@@ -7,6 +7,7 @@
 
 mod cli_errors;
 mod crash;
+mod plugins;
 mod quickstart;
 mod roundtrip;
 mod sqlite_io;
