@@ -21,6 +21,16 @@ if ! python3 -c 'import pyarrow' >/dev/null 2>&1; then
   python3 -m pip install -q pyarrow
 fi
 
+# --- services the tests talk to ---
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  log "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
+export SLUICE_TEST_PG="${SLUICE_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
+
 # --- build and static checks ---
 log "cargo fmt --check"
 cargo fmt --all -- --check

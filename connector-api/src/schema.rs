@@ -128,6 +128,14 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> 
 }
 
 fn fit_column(column: &ArrayRef, field: &Field) -> Result<ArrayRef> {
+    if !field.is_nullable() && column.null_count() > 0 {
+        return Err(Error::data(format!(
+            "column \"{}\" is NOT NULL in the sink but {} of {} records have no value",
+            field.name(),
+            column.null_count(),
+            column.len()
+        )));
+    }
     if column.data_type() == field.data_type() {
         return Ok(column.clone());
     }
@@ -205,6 +213,21 @@ mod tests {
         .unwrap();
         let c = conform(&b, &t, DriftPolicy::Freeze).unwrap();
         assert_eq!(c.batch.column(1).null_count(), 1);
+    }
+
+    #[test]
+    fn nulls_into_a_not_null_column_are_a_data_error() {
+        let b = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from(vec![Some(1), None])) as ArrayRef,
+        )])
+        .unwrap();
+        let err = conform(&b, &target(), DriftPolicy::Evolve).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Data);
+        assert!(
+            err.to_string().contains("column \"id\" is NOT NULL"),
+            "{err}"
+        );
     }
 
     #[test]

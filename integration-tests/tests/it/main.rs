@@ -8,6 +8,7 @@
 mod cli_errors;
 mod crash;
 mod plugins;
+mod postgres;
 mod quickstart;
 mod roundtrip;
 mod sqlite_io;

@@ -1,0 +1,42 @@
+//! # sluice-postgres
+//!
+//! PostgreSQL connectors on sqlx. So far the sink: COPY into a table created from the
+//! Arrow schema (or an existing one), `insert` or `upsert` by key, new nullable columns
+//! added under `drift = "evolve"`, and the pipeline's offsets stored in
+//! `sluice_offsets` in the same transaction as the data: exactly-once. Identifiers are
+//! always quoted. Types: see [`types`].
+
+mod config;
+mod sink;
+pub mod types;
+
+pub use config::{PostgresSinkConfig, SinkMode};
+pub use sink::PostgresSink;
+
+use connector_api::{Result, Sink, SinkConnector};
+
+/// The connector name.
+pub const NAME: &str = "postgres";
+
+/// The `postgres` connector.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Postgres;
+
+#[connector_api::async_trait]
+impl SinkConnector for Postgres {
+    const NAME: &'static str = NAME;
+    const DESCRIPTION: &'static str = "PostgreSQL tables via COPY; insert or upsert; exactly-once (offsets in the same transaction)";
+    type Config = PostgresSinkConfig;
+
+    fn validate(&self, config: &PostgresSinkConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn create_sink(&self, config: PostgresSinkConfig) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(PostgresSink::new(config)))
+    }
+
+    async fn check(&self, config: &PostgresSinkConfig) -> Result<()> {
+        sink::check(config).await
+    }
+}

@@ -1,0 +1,359 @@
+//! The PostgreSQL sink: one transaction per flush, COPY per write (under a savepoint,
+//! so a retried write never inserts twice), offsets in the same transaction.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::{Field, Schema, SchemaRef};
+use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres as Pg, Transaction};
+
+use crate::config::{PostgresSinkConfig, SinkMode};
+use crate::types::{arrow_type, copy_text, pg_type};
+
+/// Table holding the offsets stored with the data, in the sink's schema.
+pub const OFFSETS_TABLE: &str = "sluice_offsets";
+/// Column of the staging table that keeps the order of records (last one wins).
+const SEQ: &str = "_sluice_seq";
+
+/// Quotes an identifier; a name from data can never inject SQL.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Maps a sqlx error to the API error kind, keeping PostgreSQL's message.
+pub fn pg_error(context: impl std::fmt::Display, err: sqlx::Error) -> Error {
+    let kind = match &err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_) => ErrorKind::Connect,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(c) if c.starts_with("28") => ErrorKind::Auth,
+            Some(c) if c.starts_with("08") || c == "57P01" || c == "57P03" => ErrorKind::Connect,
+            Some("40001") | Some("40P01") | Some("55P03") => ErrorKind::Transient,
+            Some("42P01") | Some("3D000") | Some("3F000") => ErrorKind::NotFound,
+            Some(c) if c.starts_with("22") || c.starts_with("23") => ErrorKind::Data,
+            Some(c) if c.starts_with("42") => ErrorKind::Schema,
+            _ => ErrorKind::Internal,
+        },
+        _ => ErrorKind::Internal,
+    };
+    Error::new(kind, context.to_string()).with_source(err)
+}
+
+async fn connect(config: &PostgresSinkConfig) -> Result<PgPool> {
+    let options: PgConnectOptions = config.url.expose().parse().map_err(|e| {
+        Error::config("url is not a valid PostgreSQL URL")
+            .with_source(e)
+            .with_field("url")
+    })?;
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(|e| pg_error("cannot connect to PostgreSQL", e))
+}
+
+/// The Arrow schema of an existing table (None when it does not exist).
+async fn table_schema(pool: &PgPool, schema: &str, table: &str) -> Result<Option<SchemaRef>> {
+    let rows: Vec<(String, String, bool)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let fields: Vec<Field> = rows
+        .into_iter()
+        .map(|(n, t, notnull)| Field::new(n, arrow_type(&t), !notnull))
+        .collect();
+    Ok(Some(Arc::new(Schema::new(fields))))
+}
+
+/// Writes batches into one table.
+pub struct PostgresSink {
+    config: PostgresSinkConfig,
+    pool: Option<PgPool>,
+    tx: Option<Transaction<'static, Pg>>,
+    staging: bool,
+    schema: Option<SchemaRef>,
+    pipeline: String,
+    sink: String,
+}
+
+impl PostgresSink {
+    /// A sink for `config` (validated).
+    pub fn new(config: PostgresSinkConfig) -> Self {
+        PostgresSink {
+            config,
+            pool: None,
+            tx: None,
+            staging: false,
+            schema: None,
+            pipeline: String::new(),
+            sink: String::new(),
+        }
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "{}.{}",
+            quote(&self.config.schema),
+            quote(&self.config.table)
+        )
+    }
+
+    async fn tx(&mut self) -> Result<&mut Transaction<'static, Pg>> {
+        if self.tx.is_none() {
+            let pool = self
+                .pool
+                .as_ref()
+                .ok_or_else(|| Error::internal("sink is not open"))?;
+            self.tx = Some(
+                pool.begin()
+                    .await
+                    .map_err(|e| pg_error("begin transaction", e))?,
+            );
+            self.staging = false;
+        }
+        self.tx
+            .as_mut()
+            .ok_or_else(|| Error::internal("no transaction"))
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<()> {
+        let table = self.target();
+        let tx = self.tx().await?;
+        sqlx::query(sql)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| pg_error(format!("table {table}: {sql}"), e))?;
+        Ok(())
+    }
+
+    /// Creates the table, or adds the batch's new columns to it.
+    async fn prepare_table(&mut self, schema: &SchemaRef) -> Result<()> {
+        let target = self.target();
+        let mut ddl = Vec::new();
+        match &self.schema {
+            None => {
+                let mut cols = Vec::new();
+                for f in schema.fields() {
+                    let null = if f.is_nullable() { "" } else { " NOT NULL" };
+                    cols.push(format!(
+                        "{} {}{null}",
+                        quote(f.name()),
+                        pg_type(f.name(), f.data_type())?
+                    ));
+                }
+                if !self.config.key.is_empty() {
+                    let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+                    cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+                }
+                ddl.push(format!(
+                    "CREATE TABLE IF NOT EXISTS {target} ({})",
+                    cols.join(", ")
+                ));
+            }
+            Some(known) => {
+                for f in schema.fields() {
+                    if known.field_with_name(f.name()).is_err() {
+                        ddl.push(format!(
+                            "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
+                            quote(f.name()),
+                            pg_type(f.name(), f.data_type())?
+                        ));
+                    }
+                }
+            }
+        }
+        if ddl.is_empty() {
+            return Ok(());
+        }
+        for stmt in ddl {
+            self.exec(&stmt).await?;
+        }
+        self.schema = Some(schema.clone());
+        // a staging table made for the old columns no longer fits
+        if self.staging {
+            self.exec("DROP TABLE IF EXISTS pg_temp.sluice_staging")
+                .await?;
+            self.staging = false;
+        }
+        Ok(())
+    }
+
+    async fn copy(&mut self, into: &str, columns: &str, data: Vec<u8>) -> Result<()> {
+        let table = self.target();
+        let tx = self.tx().await?;
+        let mut copy = tx
+            .copy_in_raw(&format!("COPY {into} ({columns}) FROM STDIN"))
+            .await
+            .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+        copy.send(data)
+            .await
+            .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+        copy.finish()
+            .await
+            .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+        Ok(())
+    }
+
+    async fn insert(&mut self, batch: &Batch) -> Result<()> {
+        let schema = batch.records.schema();
+        let names: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+        let columns = names.join(", ");
+        let data = copy_text(&batch.records)?;
+        match self.config.mode {
+            SinkMode::Insert => self.copy(&self.target(), &columns, data).await,
+            SinkMode::Upsert => {
+                if !self.staging {
+                    self.exec(&format!(
+                        "CREATE TEMP TABLE IF NOT EXISTS sluice_staging (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP",
+                        self.target()
+                    ))
+                    .await?;
+                    self.exec(&format!("ALTER TABLE pg_temp.sluice_staging ADD COLUMN IF NOT EXISTS {SEQ} bigserial")).await?;
+                    self.staging = true;
+                }
+                self.copy("pg_temp.sluice_staging", &columns, data).await?;
+                let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+                let set: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !self.config.key.contains(f.name()))
+                    .map(|f| format!("{0} = excluded.{0}", quote(f.name())))
+                    .collect();
+                let action = if set.is_empty() {
+                    "NOTHING".to_string()
+                } else {
+                    format!("UPDATE SET {}", set.join(", "))
+                };
+                let keys = key.join(", ");
+                self.exec(&format!(
+                    "INSERT INTO {} ({columns}) SELECT DISTINCT ON ({keys}) {columns} FROM pg_temp.sluice_staging \
+                     ORDER BY {keys}, {SEQ} DESC ON CONFLICT ({keys}) DO {action}",
+                    self.target()
+                ))
+                .await?;
+                self.exec("TRUNCATE pg_temp.sluice_staging").await
+            }
+        }
+    }
+}
+
+#[connector_api::async_trait]
+impl Sink for PostgresSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.pipeline = ctx.pipeline.clone();
+        self.sink = ctx.sink.clone();
+        let pool = connect(&self.config).await?;
+        let offsets_table = format!("{}.{}", quote(&self.config.schema), quote(OFFSETS_TABLE));
+        let created = sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {offsets_table} (pipeline text NOT NULL, sink text NOT NULL, \
+             offsets text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))"
+        ))
+        .execute(&pool)
+        .await;
+        match created {
+            Ok(_) => {}
+            // another runtime created it at the same moment (CREATE ... IF NOT EXISTS races)
+            Err(sqlx::Error::Database(db))
+                if matches!(db.code().as_deref(), Some("23505") | Some("42P07")) => {}
+            Err(e) => return Err(pg_error(format!("create {offsets_table}"), e)),
+        }
+        let stored: Option<(String,)> = sqlx::query_as(&format!(
+            "SELECT offsets FROM {offsets_table} WHERE pipeline = $1 AND sink = $2"
+        ))
+        .bind(&self.pipeline)
+        .bind(&self.sink)
+        .fetch_optional(&pool)
+        .await
+        .map_err(|e| pg_error("read stored offsets", e))?;
+        let offsets = stored.map(|(s,)| Offsets::from_envelope(&s)).transpose()?;
+        self.schema = table_schema(&pool, &self.config.schema, &self.config.table).await?;
+        if let Some(schema) = &self.schema {
+            for k in &self.config.key {
+                if schema.field_with_name(k).is_err() {
+                    return Err(Error::config(format!(
+                        "key column \"{k}\" is not in table {}",
+                        self.target()
+                    ))
+                    .with_field("key"));
+                }
+            }
+        }
+        self.pool = Some(pool);
+        Ok(SinkState {
+            offsets,
+            schema: self.schema.clone(),
+        })
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.prepare_table(&batch.records.schema()).await?;
+        self.exec("SAVEPOINT sluice_write").await?;
+        let result = self.insert(batch).await;
+        let end = if result.is_ok() {
+            "RELEASE SAVEPOINT sluice_write"
+        } else {
+            "ROLLBACK TO SAVEPOINT sluice_write"
+        };
+        self.exec(end).await?;
+        result
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        let offsets_table = format!("{}.{}", quote(&self.config.schema), quote(OFFSETS_TABLE));
+        let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
+        let tx = self.tx().await?;
+        sqlx::query(&format!(
+            "INSERT INTO {offsets_table} (pipeline, sink, offsets, updated_at) VALUES ($1, $2, $3, now()) \
+             ON CONFLICT (pipeline, sink) DO UPDATE SET offsets = excluded.offsets, updated_at = excluded.updated_at"
+        ))
+        .bind(&pipeline)
+        .bind(&sink)
+        .bind(offsets.to_envelope())
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| pg_error("store offsets", e))?;
+        let tx = self
+            .tx
+            .take()
+            .ok_or_else(|| Error::internal("no transaction"))?;
+        self.staging = false;
+        tx.commit()
+            .await
+            .map_err(|e| pg_error(format!("table {}: commit", self.target()), e))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.tx = None;
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+/// `sluice check`: connects, and reads the table's schema if it exists.
+pub async fn check(config: &PostgresSinkConfig) -> Result<()> {
+    let pool = connect(config).await?;
+    let result = table_schema(&pool, &config.schema, &config.table)
+        .await
+        .map(|_| ());
+    pool.close().await;
+    result
+}

@@ -1,0 +1,337 @@
+//! Arrow <-> PostgreSQL types, and the COPY text encoding of Arrow values.
+//!
+//! | Arrow | PostgreSQL (created by the sink) |
+//! |---|---|
+//! | Boolean | boolean |
+//! | Int8, Int16 / Int32 / Int64 | smallint / integer / bigint |
+//! | UInt8, UInt16 / UInt32 / UInt64 | integer / bigint / numeric(20,0) |
+//! | Float32 / Float64 | real / double precision |
+//! | Utf8 | text |
+//! | Binary | bytea |
+//! | Decimal128(p,s) | numeric(p,s) |
+//! | Date32 | date |
+//! | Time64(µs) | time |
+//! | Timestamp(unit) | timestamp |
+//! | Timestamp(unit, zone) | timestamptz |
+//! | List<T> | T[] |
+//! | Struct | jsonb |
+//!
+//! Reading a table's types back (for the drift policy): the inverse, with `uuid`,
+//! `json`, `jsonb`, `character varying(n)`, enums and other types PostgreSQL reads
+//! from text mapped to Utf8 (the sink writes them as text and PostgreSQL parses them);
+//! unconstrained `numeric` maps to Decimal128(38, 10).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use connector_api::{Error, Result};
+
+/// The PostgreSQL type the sink creates for a column of `dt`.
+pub fn pg_type(column: &str, dt: &DataType) -> Result<String> {
+    Ok(match dt {
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 | DataType::Int16 => "smallint".into(),
+        DataType::Int32 | DataType::UInt8 | DataType::UInt16 => "integer".into(),
+        DataType::Int64 | DataType::UInt32 => "bigint".into(),
+        DataType::UInt64 => "numeric(20,0)".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null => "text".into(),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => "bytea".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Date32 => "date".into(),
+        DataType::Time64(_) => "time".into(),
+        DataType::Timestamp(_, None) => "timestamp".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamptz".into(),
+        DataType::List(f) | DataType::LargeList(f) => {
+            format!("{}[]", pg_type(column, f.data_type())?)
+        }
+        DataType::Struct(_) => "jsonb".into(),
+        other => {
+            return Err(Error::schema(format!(
+                "column \"{column}\": type {} has no PostgreSQL mapping",
+                connector_api::type_name(other)
+            )))
+        }
+    })
+}
+
+/// The Arrow type of a PostgreSQL type as `format_type()` writes it.
+pub fn arrow_type(pg: &str) -> DataType {
+    let t = pg.trim();
+    if let Some(inner) = t.strip_suffix("[]") {
+        return DataType::List(Arc::new(Field::new("item", arrow_type(inner), true)));
+    }
+    let base = t.split('(').next().unwrap_or(t).trim();
+    match base {
+        "boolean" => DataType::Boolean,
+        "smallint" => DataType::Int16,
+        "integer" => DataType::Int32,
+        "bigint" => DataType::Int64,
+        "real" => DataType::Float32,
+        "double precision" => DataType::Float64,
+        "bytea" => DataType::Binary,
+        "date" => DataType::Date32,
+        "numeric" => {
+            let args: Vec<i64> = t
+                .trim_start_matches(base)
+                .trim_matches(|c| c == '(' || c == ')')
+                .split(',')
+                .filter_map(|a| a.trim().parse().ok())
+                .collect();
+            match args.as_slice() {
+                [p, s] if (1..=38).contains(p) => DataType::Decimal128(*p as u8, *s as i8),
+                [p] if (1..=38).contains(p) => DataType::Decimal128(*p as u8, 0),
+                _ => DataType::Decimal128(38, 10),
+            }
+        }
+        _ if t.starts_with("timestamp") && t.ends_with("with time zone") => DataType::Timestamp(
+            TimeUnit::Microsecond,
+            Some(connector_api::types::UTC.into()),
+        ),
+        _ if t.starts_with("timestamp") => DataType::Timestamp(TimeUnit::Microsecond, None),
+        _ if t.starts_with("time") => DataType::Time64(TimeUnit::Microsecond),
+        _ => DataType::Utf8,
+    }
+}
+
+/// Escapes a value for the COPY text format.
+fn escape_into(out: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// A PostgreSQL array literal element: quoted, with `"` and `\` escaped.
+fn array_element(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+}
+
+/// The text of each value of a column as PostgreSQL reads it (None = NULL).
+fn column_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
+    let n = array.len();
+    let err =
+        |e: arrow_schema::ArrowError| Error::data(format!("column \"{name}\"")).with_source(e);
+    Ok(match array.data_type() {
+        DataType::Boolean => {
+            let a = array.as_boolean();
+            (0..n)
+                .map(|i| {
+                    a.is_valid(i)
+                        .then(|| if a.value(i) { "t" } else { "f" }.to_string())
+                })
+                .collect()
+        }
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            let c = arrow_cast::cast(array, &DataType::Binary).map_err(err)?;
+            let a = c.as_binary::<i32>();
+            (0..n)
+                .map(|i| {
+                    a.is_valid(i).then(|| {
+                        let mut s = String::with_capacity(2 + a.value(i).len() * 2);
+                        s.push_str("\\x");
+                        for b in a.value(i) {
+                            let _ = write!(s, "{b:02x}");
+                        }
+                        s
+                    })
+                })
+                .collect()
+        }
+        DataType::Float32 | DataType::Float64 => {
+            let c = arrow_cast::cast(array, &DataType::Float64).map_err(err)?;
+            let a = c.as_primitive::<arrow_array::types::Float64Type>();
+            (0..n)
+                .map(|i| {
+                    a.is_valid(i).then(|| {
+                        let v = a.value(i);
+                        if v.is_nan() {
+                            "NaN".into()
+                        } else if v.is_infinite() {
+                            if v > 0.0 { "Infinity" } else { "-Infinity" }.into()
+                        } else if array.data_type() == &DataType::Float32 {
+                            format!("{}", v as f32)
+                        } else {
+                            format!("{v}")
+                        }
+                    })
+                })
+                .collect()
+        }
+        DataType::List(_) | DataType::LargeList(_) => {
+            let list = arrow_cast::cast(
+                array,
+                &DataType::List(Arc::new(Field::new("item", list_item(array), true))),
+            )
+            .map_err(err)?;
+            let l = list.as_list::<i32>();
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                if l.is_null(i) {
+                    out.push(None);
+                    continue;
+                }
+                let values = l.value(i);
+                let texts = column_text(name, &values)?;
+                let mut s = String::from("{");
+                for (j, t) in texts.iter().enumerate() {
+                    if j > 0 {
+                        s.push(',');
+                    }
+                    match t {
+                        Some(t) => array_element(&mut s, t),
+                        None => s.push_str("NULL"),
+                    }
+                }
+                s.push('}');
+                out.push(Some(s));
+            }
+            out
+        }
+        DataType::Struct(_) => json_text(name, array)?,
+        _ => {
+            let options = FormatOptions::default().with_display_error(true);
+            let f = ArrayFormatter::try_new(array.as_ref(), &options).map_err(err)?;
+            (0..n)
+                .map(|i| array.is_valid(i).then(|| f.value(i).to_string()))
+                .collect()
+        }
+    })
+}
+
+fn list_item(array: &ArrayRef) -> DataType {
+    match array.data_type() {
+        DataType::List(f) | DataType::LargeList(f) => f.data_type().clone(),
+        other => other.clone(),
+    }
+}
+
+fn json_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
+    let schema = Arc::new(Schema::new(vec![Field::new(
+        "v",
+        array.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        w.write(&batch)?;
+        w.finish()?;
+    }
+    let mut lines = buf.split(|&b| b == b'\n');
+    let mut out = Vec::with_capacity(array.len());
+    for i in 0..array.len() {
+        let line = lines.next().unwrap_or_default();
+        if array.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let mut obj: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+            Error::internal(format!("column \"{name}\": json encoding")).with_source(e)
+        })?;
+        out.push(Some(
+            obj.get_mut("v")
+                .map(serde_json::Value::take)
+                .unwrap_or_default()
+                .to_string(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A batch in the COPY text format (tab-separated, `\N` for NULL, escaped).
+pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let schema = batch.schema();
+    let columns: Vec<Vec<Option<String>>> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| column_text(f.name(), c))
+        .collect::<Result<_>>()?;
+    let mut out = Vec::with_capacity(batch.num_rows() * 64);
+    for row in 0..batch.num_rows() {
+        for (i, col) in columns.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            match &col[row] {
+                Some(v) => escape_into(&mut out, v),
+                None => out.extend_from_slice(b"\\N"),
+            }
+        }
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ListArray, StringArray};
+
+    #[test]
+    fn created_types_map_back() {
+        for dt in [
+            DataType::Boolean,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Utf8,
+            DataType::Binary,
+            DataType::Decimal128(12, 2),
+            DataType::Date32,
+            DataType::Time64(TimeUnit::Microsecond),
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ] {
+            let pg = pg_type("c", &dt).unwrap();
+            let pg = match pg.as_str() {
+                "timestamptz" => "timestamp with time zone".to_string(),
+                "timestamp" => "timestamp without time zone".to_string(),
+                "time" => "time without time zone".to_string(),
+                _ => pg,
+            };
+            assert_eq!(arrow_type(&pg), dt, "{pg}");
+        }
+        assert_eq!(arrow_type("numeric"), DataType::Decimal128(38, 10));
+        assert!(matches!(arrow_type("integer[]"), DataType::List(_)));
+    }
+
+    #[test]
+    fn copy_text_escapes_and_writes_arrays() {
+        let list = ListArray::from_iter_primitive::<arrow_array::types::Int32Type, _, _>(vec![
+            Some(vec![Some(1), None]),
+            None,
+        ]);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "s",
+                Arc::new(StringArray::from(vec![Some("a\tb\\c\n"), None])) as ArrayRef,
+            ),
+            ("l", Arc::new(list) as ArrayRef),
+        ])
+        .unwrap();
+        let text = String::from_utf8(copy_text(&batch).unwrap()).unwrap();
+        assert_eq!(text, "a\\tb\\\\c\\n\t{\"1\",NULL}\n\\N\t\\N\n");
+    }
+}

@@ -1,0 +1,224 @@
+//! The PostgreSQL sink against the real server, verified with psql: every type, upsert
+//! (last record of a key wins), schema evolution, a NOT NULL violation, a missing
+//! database, and kill -9 at random points with exactly-once results.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::support::{finish, python, signal, sluice, spawn, workdir};
+
+/// The test database (run.sh exports it after making sure the server runs).
+fn url() -> String {
+    std::env::var("SLUICE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs SQL through psql; returns the unaligned, tuples-only output.
+fn psql(sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-q", "-d", &url(), "-c", sql])
+        .output()
+        .expect("psql client");
+    assert!(
+        out.status.success(),
+        "psql failed: {}\n{sql}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A table name of this test, dropped first (with its offsets row).
+fn fresh(table: &str) -> String {
+    psql(&format!(
+        "DROP TABLE IF EXISTS \"{table}\"; DO $$ BEGIN IF to_regclass('public.sluice_offsets') IS NOT NULL THEN \
+         DELETE FROM sluice_offsets WHERE pipeline = '{table}'; END IF; END $$"
+    ));
+    table.to_string()
+}
+
+fn pipeline(dir: &std::path::Path, table: &str, input: &str, schema: &str, sink_extra: &str) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    std::fs::write(dir.join("in/data.jsonl"), input).unwrap();
+    std::fs::write(
+        dir.join("pg.toml"),
+        format!(
+            "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/data.jsonl\"\n{schema}\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{table}\"\n{sink_extra}\n",
+            url()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn every_type_arrives_with_its_postgres_type_and_value() {
+    let dir = workdir();
+    let t = fresh("it_pg_types");
+    let schema = r#"schema = [
+  { name = "id", type = "int64", nullable = false }, { name = "small", type = "int16" },
+  { name = "i", type = "int32" }, { name = "f", type = "float64" }, { name = "r", type = "float32" },
+  { name = "b", type = "bool" }, { name = "s", type = "string" }, { name = "bin", type = "binary" },
+  { name = "amount", type = "decimal(20,4)" }, { name = "d", type = "date" }, { name = "t", type = "time" },
+  { name = "ts", type = "timestamp" }, { name = "tstz", type = "timestamptz" },
+  { name = "tags", type = "list<string>" }, { name = "nums", type = "list<int64>" },
+  { name = "obj", type = "struct<a: int64, b: string>" },
+]"#;
+    let input = concat!(
+        r#"{"id":1,"small":-32768,"i":2147483647,"f":-1.25e300,"r":1.5,"b":true,"s":"tab\there \"q\" \\ back\nslash ✓","bin":"deadbeef00","amount":"1234567890123456.7890","d":"2024-02-29","t":"23:59:59.999999","ts":"2024-05-01T10:00:00.123456","tstz":"2024-05-01T10:00:00.123456Z","tags":["a","b,c","",null],"nums":[1,-2],"obj":{"a":1,"b":"x"}}"#,
+        "\n",
+        r#"{"id":2}"#,
+        "\n",
+        r#"{"id":3,"tags":[],"nums":[],"s":""}"#,
+        "\n"
+    );
+    pipeline(dir.path(), &t, input, schema, "");
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let types = psql(&format!(
+        "SELECT string_agg(format_type(atttypid, atttypmod), ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = '\"{t}\"'::regclass AND attnum > 0"
+    ));
+    assert_eq!(
+        types,
+        "bigint,smallint,integer,double precision,real,boolean,text,bytea,numeric(20,4),date,time without time zone,\
+         timestamp without time zone,timestamp with time zone,text[],bigint[],jsonb"
+    );
+    let row = psql(&format!(
+        "SET TIME ZONE 'UTC'; SELECT small, i, f, r, b, s, encode(bin, 'hex'), amount, d, t, ts, tstz, tags, nums, obj FROM \"{t}\" WHERE id = 1"
+    ));
+    assert_eq!(
+        row,
+        "-32768|2147483647|-1.25e+300|1.5|t|tab\there \"q\" \\ back\nslash ✓|deadbeef00|1234567890123456.7890|2024-02-29|23:59:59.999999|\
+         2024-05-01 10:00:00.123456|2024-05-01 10:00:00.123456+00|{a,\"b,c\",\"\",NULL}|{1,-2}|{\"a\": 1, \"b\": \"x\"}"
+    );
+    assert_eq!(psql(&format!("SELECT count(*) FROM \"{t}\" WHERE id = 2 AND s IS NULL AND tags IS NULL AND amount IS NULL")), "1");
+    assert_eq!(
+        psql(&format!(
+            "SELECT cardinality(tags), s = '' FROM \"{t}\" WHERE id = 3"
+        )),
+        "0|t"
+    );
+}
+
+#[test]
+fn upsert_keeps_the_last_record_of_each_key_and_evolve_adds_columns() {
+    let dir = workdir();
+    let t = fresh("it_pg_upsert");
+    let input = "{\"id\":1,\"v\":\"a\"}\n{\"id\":2,\"v\":\"b\"}\n{\"id\":1,\"v\":\"c\"}\n";
+    pipeline(
+        dir.path(),
+        &t,
+        input,
+        "",
+        "mode = \"upsert\"\nkey = [\"id\"]",
+    );
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM \"{t}\""
+        )),
+        "1=c,2=b"
+    );
+    // a later file with a new field: the column is added, old rows get NULL
+    std::fs::write(
+        dir.path().join("in/more.jsonl"),
+        "{\"id\":2,\"v\":\"d\",\"extra\":7}\n",
+    )
+    .unwrap();
+    let toml = std::fs::read_to_string(dir.path().join("pg.toml"))
+        .unwrap()
+        .replace("in/data.jsonl", "in/*.jsonl");
+    std::fs::write(dir.path().join("pg.toml"), toml).unwrap();
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(psql(&format!("SELECT string_agg(id || '=' || v || '/' || coalesce(extra::text, '-'), ',' ORDER BY id) FROM \"{t}\"")), "1=c/-,2=d/7");
+}
+
+#[test]
+fn a_not_null_violation_stops_and_a_missing_database_is_named() {
+    let dir = workdir();
+    let t = fresh("it_pg_notnull");
+    psql(&format!(
+        "CREATE TABLE \"{t}\" (id bigint NOT NULL, v text)"
+    ));
+    pipeline(
+        dir.path(),
+        &t,
+        "{\"id\":1,\"v\":\"a\"}\n{\"v\":\"no id\"}\n",
+        "",
+        "",
+    );
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("column \"id\" is NOT NULL in the sink but 1 of 2 records have no value"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{t}\"")),
+        "0",
+        "nothing of the failed transaction is visible"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[source]\nconnector = \"datagen\"\ncount = 1\n[sink]\nconnector = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:5432/no_such_db_sluice\"\ntable = \"x\"\n",
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["check", "bad.toml"]);
+    assert_eq!(run.code, Some(1));
+    assert!(
+        run.stdout
+            .contains("not_found error: cannot connect to PostgreSQL")
+            && run.stdout.contains("no_such_db_sluice"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn kill_9_into_postgres_delivers_every_record_exactly_once() {
+    const ROWS: usize = 200_000;
+    let dir = workdir();
+    let d = dir.path();
+    let t = fresh("it_pg_crash");
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    python(&format!(
+        "with open('{}/in/data.jsonl', 'w') as f:\n    [f.write('{{\"id\": %d, \"amount\": \"%d.%02d\"}}\\n' % (i, i, i % 100)) for i in range({ROWS})]",
+        d.display()
+    ));
+    std::fs::write(
+        d.join("pg.toml"),
+        format!(
+            "name = \"{t}\"\n[source]\nconnector = \"file\"\npath = \"in/data.jsonl\"\n\
+             schema = [{{ name = \"id\", type = \"int64\", nullable = false }}, {{ name = \"amount\", type = \"decimal(12,2)\" }}]\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{t}\"\n[batch]\nmax_records = 2000\n[checkpoint]\ninterval = \"50ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let mut rng = rand::thread_rng();
+    for _ in 0..10 {
+        let child = spawn(d, &["run", "--quiet", "pg.toml"]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..900)));
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+    }
+    let run = sluice(d, &["run", "--quiet", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM \"{t}\""
+        )),
+        format!("{ROWS}|{ROWS}|0|{}", ROWS - 1)
+    );
+    assert_eq!(
+        psql(&format!("SELECT amount FROM \"{t}\" WHERE id = 12345")),
+        "12345.45"
+    );
+}
