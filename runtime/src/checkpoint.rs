@@ -21,7 +21,45 @@ fn store_error(path: &Path, what: &str, err: sqlx::Error) -> Error {
     Error::connect(format!("checkpoint store \"{}\": {what}", path.display())).with_source(err)
 }
 
+/// Stores already open in this process, by path: pipelines that share a file share
+/// one pool instead of racing each other for SQLite's locks.
+static OPEN: std::sync::Mutex<Vec<(PathBuf, CheckpointStore)>> = std::sync::Mutex::new(Vec::new());
+
 impl CheckpointStore {
+    /// The store at `path`, opened once per process and shared.
+    pub async fn shared(path: &Path) -> Result<Self> {
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        if let Some(store) = Self::find(&key) {
+            return Ok(store);
+        }
+        let store = Self::open(path).await?;
+        let winner = {
+            let Ok(mut open) = OPEN.lock() else {
+                return Ok(store);
+            };
+            match open.iter().find(|(p, _)| *p == key) {
+                Some((_, existing)) => Some(existing.clone()),
+                None => {
+                    open.push((key, store.clone()));
+                    None
+                }
+            }
+        };
+        match winner {
+            // opened concurrently by another pipeline: use that one
+            Some(existing) => {
+                store.close().await;
+                Ok(existing)
+            }
+            None => Ok(store),
+        }
+    }
+
+    fn find(key: &Path) -> Option<Self> {
+        let open = OPEN.lock().ok()?;
+        open.iter().find(|(p, _)| p == key).map(|(_, s)| s.clone())
+    }
+
     /// Opens (creating) the store at `path`.
     pub async fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {

@@ -166,7 +166,12 @@ pub async fn run(
         None => None,
     };
 
-    let store = CheckpointStore::open(&pipeline.checkpoint_path()).await?;
+    let store_path = pipeline.checkpoint_path();
+    let store = retrying!(
+        &policy,
+        "checkpoint store open",
+        CheckpointStore::shared(&store_path)
+    )?;
     let stored = store.load(&name).await?;
     let resume = match (sink_offsets.len(), sink_offsets.first().cloned().flatten()) {
         (1, Some(with_data)) => {
@@ -278,7 +283,6 @@ pub async fn run(
             tracing::warn!(sink = %slot.name, error = %e, "sink close failed");
         }
     }
-    store.close().await;
     result
 }
 

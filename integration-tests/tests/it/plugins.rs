@@ -117,7 +117,12 @@ fn a_panicking_plugin_fails_only_its_own_pipeline() {
         "{}",
         run.stderr
     );
-    assert!(run.stdout.contains("b: 50000 records"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("b: 50000 records"),
+        "stdout: {}\nstderr: {}",
+        run.stdout,
+        run.stderr
+    );
     assert_eq!(jsonl_lines(&d.join("out/b")).len(), 50000);
     // the clashing connector of the same library was refused, the rest loaded
     assert!(
