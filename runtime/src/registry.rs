@@ -39,6 +39,7 @@ impl Registry {
         r.add_sink(Arc::new(sluice_file::File));
         r.add_source(Arc::new(sluice_sqlite::Sqlite));
         r.add_sink(Arc::new(sluice_sqlite::Sqlite));
+        r.add_source(Arc::new(sluice_postgres::Postgres));
         r.add_sink(Arc::new(sluice_postgres::Postgres));
         r.add_sink(Arc::new(sluice_datagen::Blackhole));
         r

@@ -61,3 +61,62 @@ impl PostgresSinkConfig {
         Ok(())
     }
 }
+
+/// How the source reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceMode {
+    /// Whole tables in primary-key order, resumable mid-table; ends when read.
+    #[default]
+    Snapshot,
+    /// New rows by cursor columns, polled at `poll_interval`; runs until stopped.
+    Incremental,
+}
+
+/// Options of the `postgres` source.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// Connection URL, e.g. `postgres://user:${env:PGPASSWORD}@127.0.0.1:5432/db`.
+    pub url: Secret,
+    /// Schema of the tables.
+    #[serde(default = "public")]
+    pub schema: String,
+    /// Tables to read, in this order; each is a split.
+    pub tables: Vec<String>,
+    /// `snapshot` or `incremental`.
+    #[serde(default)]
+    pub mode: SourceMode,
+    /// Cursor columns for `incremental`, compared as a tuple (put a unique column last,
+    /// e.g. `["updated_at", "id"]`, so rows sharing a timestamp are never skipped).
+    #[serde(default)]
+    pub cursor: Vec<String>,
+    /// How often `incremental` polls for new rows.
+    #[serde(default = "poll", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub poll_interval: std::time::Duration,
+}
+
+fn poll() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+
+impl PostgresSourceConfig {
+    /// Checks the options without I/O.
+    pub fn validate(&self) -> Result<()> {
+        if !self.url.expose().starts_with("postgres://")
+            && !self.url.expose().starts_with("postgresql://")
+        {
+            return Err(
+                Error::config("url must start with postgres:// or postgresql://").with_field("url"),
+            );
+        }
+        if self.tables.is_empty() {
+            return Err(Error::config("tables must name at least one table").with_field("tables"));
+        }
+        if self.mode == SourceMode::Incremental && self.cursor.is_empty() {
+            return Err(Error::config("mode = \"incremental\" needs cursor columns, e.g. cursor = [\"updated_at\", \"id\"]").with_field("cursor"));
+        }
+        Ok(())
+    }
+}

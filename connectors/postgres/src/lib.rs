@@ -8,12 +8,15 @@
 
 mod config;
 mod sink;
+mod source;
 pub mod types;
 
-pub use config::{PostgresSinkConfig, SinkMode};
+pub use config::{PostgresSinkConfig, PostgresSourceConfig, SinkMode, SourceMode};
 pub use sink::PostgresSink;
+pub use source::{PostgresSource, TableOffset};
 
-use connector_api::{Result, Sink, SinkConnector};
+use connector_api::arrow_schema::SchemaRef;
+use connector_api::{Result, Sink, SinkConnector, Source, SourceConnector};
 
 /// The connector name.
 pub const NAME: &str = "postgres";
@@ -21,6 +24,30 @@ pub const NAME: &str = "postgres";
 /// The `postgres` connector.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Postgres;
+
+#[connector_api::async_trait]
+impl SourceConnector for Postgres {
+    const NAME: &'static str = NAME;
+    const DESCRIPTION: &'static str =
+        "PostgreSQL tables: snapshot in key order, or incremental by cursor columns";
+    type Config = PostgresSourceConfig;
+
+    fn validate(&self, config: &PostgresSourceConfig) -> Result<()> {
+        config.validate()
+    }
+
+    fn create_source(&self, config: PostgresSourceConfig) -> Result<Box<dyn Source>> {
+        Ok(Box::new(PostgresSource::new(config)))
+    }
+
+    async fn check(&self, config: &PostgresSourceConfig) -> Result<()> {
+        source::discover(config).await.map(|_| ())
+    }
+
+    async fn discover(&self, config: &PostgresSourceConfig) -> Result<Option<SchemaRef>> {
+        source::discover(config).await.map(Some)
+    }
+}
 
 #[connector_api::async_trait]
 impl SinkConnector for Postgres {

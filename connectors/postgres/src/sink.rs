@@ -44,7 +44,12 @@ pub fn pg_error(context: impl std::fmt::Display, err: sqlx::Error) -> Error {
 }
 
 async fn connect(config: &PostgresSinkConfig) -> Result<PgPool> {
-    let options: PgConnectOptions = config.url.expose().parse().map_err(|e| {
+    connect_url(&config.url).await
+}
+
+/// Connects with one connection, classifying failures.
+pub async fn connect_url(url: &connector_api::Secret) -> Result<PgPool> {
+    let options: PgConnectOptions = url.expose().parse().map_err(|e| {
         Error::config("url is not a valid PostgreSQL URL")
             .with_source(e)
             .with_field("url")

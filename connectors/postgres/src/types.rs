@@ -99,6 +99,43 @@ pub fn arrow_type(pg: &str) -> DataType {
     }
 }
 
+/// The Arrow type the source reads a column of PostgreSQL type `pg` (as
+/// `format_type()` writes it; `typtype` from pg_type) as; `None` when it has none.
+pub fn source_type(pg: &str, typtype: &str) -> Option<DataType> {
+    if let Some(inner) = pg.strip_suffix("[]") {
+        let item = source_type(inner, "b")?;
+        return Some(DataType::List(Arc::new(Field::new("item", item, true))));
+    }
+    if typtype == "e" {
+        return Some(DataType::Utf8); // enum labels
+    }
+    let base = pg.split('(').next().unwrap_or(pg).trim();
+    let known_text = [
+        "text",
+        "character varying",
+        "character",
+        "\"char\"",
+        "name",
+        "uuid",
+        "json",
+        "jsonb",
+        "interval",
+        "inet",
+        "cidr",
+        "macaddr",
+        "xml",
+        "money",
+        "citext",
+    ];
+    match base {
+        "boolean" | "smallint" | "integer" | "bigint" | "real" | "double precision" | "bytea"
+        | "date" | "numeric" => Some(arrow_type(pg)),
+        _ if pg.starts_with("timestamp") || pg.starts_with("time") => Some(arrow_type(pg)),
+        _ if known_text.contains(&base) => Some(DataType::Utf8),
+        _ => None,
+    }
+}
+
 /// Escapes a value for the COPY text format.
 fn escape_into(out: &mut Vec<u8>, value: &str) {
     for b in value.bytes() {

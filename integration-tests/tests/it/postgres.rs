@@ -222,3 +222,64 @@ fn kill_9_into_postgres_delivers_every_record_exactly_once() {
         "12345.45"
     );
 }
+
+#[test]
+fn postgres_to_parquet_to_postgres_gives_identical_rows() {
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_fidelity_src"), fresh("it_pg_fidelity_dst"));
+    psql(&format!(
+        "DO $$ BEGIN CREATE TYPE it_mood AS ENUM ('sad', 'ok', 'happy'); EXCEPTION WHEN duplicate_object THEN NULL; END $$;\
+         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, sm smallint, i integer, big bigint, amount numeric(20,4), r real,\
+           f double precision, b boolean, t text, v varchar(20), bin bytea, d date, tm time, ts timestamp, tstz timestamptz,\
+           u uuid, j json, jb jsonb, ints integer[], texts text[], mood it_mood, span interval);\
+         INSERT INTO \"{src}\" VALUES\
+           (1, -32768, 2147483647, 9223372036854775807, 1234567890123456.7890, 1.5, -1.25e300, true, 'h\u{e9}llo \"q\" \\\\ \u{4e2d}\ttab',\
+            'vc', '\\xdeadbeef00', '2024-02-29', '23:59:59.999999', '2024-05-01 10:00:00.123456', '2024-05-01 10:00:00.123456+02',\
+            'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2]}}', '{{\"b\": {{\"c\": null}}}}', '{{1,NULL,-3}}', '{{\"x,y\",\"\",NULL}}', 'happy', '1 day 02:03:04'),\
+           (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),\
+           (3, 0, 0, -9223372036854775808, -0.0001, 0, 0.1, false, '', '', '\\x', '1970-01-01', '00:00:00', '1900-01-01 00:00:00',\
+            '1970-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000000', '[]', '{{}}', '{{}}', '{{}}', 'sad', '0 seconds');"
+    ));
+    std::fs::write(
+        d.join("out.toml"),
+        format!(
+            "name = \"{src}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{src}\"]\n\
+             [sink]\nconnector = \"file\"\npath = \"out/parquet\"\nformat = \"parquet\"\n[batch]\nmax_records = 2\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "out.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let types = python(&format!(
+        "import pyarrow.parquet as pq, glob\nt = pq.read_table(glob.glob('{}/out/parquet/*.parquet'))\nprint(t.num_rows)\nprint(t.schema.field('amount').type, t.schema.field('tstz').type, t.schema.field('ints').type)",
+        d.display()
+    ));
+    assert_eq!(
+        types,
+        "3\ndecimal128(20, 4) timestamp[us, tz=UTC] list<item: int32>"
+    );
+
+    std::fs::write(
+        d.join("back.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"file\"\npath = \"out/parquet/*.parquet\"\nformat = \"parquet\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{dst}\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "back.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let cols = "id, sm, i, big, amount, r, f, b, t, v::text, encode(bin, 'hex'), d, tm, ts, tstz, u::text, j::text, jb::text, ints, texts, mood::text, span::text";
+    let diff = psql(&format!(
+        "SELECT count(*) FROM ((SELECT {cols} FROM \"{src}\" EXCEPT SELECT {cols} FROM \"{dst}\") UNION ALL (SELECT {cols} FROM \"{dst}\" EXCEPT SELECT {cols} FROM \"{src}\")) x"
+    ));
+    assert_eq!(
+        diff, "0",
+        "rows differ after Postgres -> Parquet -> Postgres"
+    );
+    assert_eq!(psql(&format!("SELECT count(*) FROM \"{dst}\"")), "3");
+    assert_eq!(psql(&format!("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{dst}\"'::regclass AND attname = 'amount'")), "numeric(20,4)");
+}

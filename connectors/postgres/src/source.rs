@@ -1,0 +1,333 @@
+//! The PostgreSQL source: whole tables in primary-key order (`snapshot`), or new rows
+//! by cursor columns (`incremental`). Rows are read as JSON built by the server
+//! (`row_to_json`, exact numeric digits, timestamps with offsets) and decoded to Arrow
+//! with the table's declared types, so `numeric(p,s)` arrives as Decimal128(p,s) and
+//! `timestamptz` as Timestamp(µs, UTC).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_schema::{Field, Schema, SchemaRef};
+use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
+use serde::{Deserialize, Serialize};
+use sluice_formats::JsonDecoder;
+use sqlx::postgres::PgPool;
+
+use crate::config::{PostgresSourceConfig, SourceMode};
+use crate::sink::{connect_url, pg_error, quote};
+use crate::types::source_type;
+
+/// Offset of a table split. Exclusive: the key (primary key or cursor) values of the
+/// last delivered row; reading resumes strictly after them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableOffset {
+    /// Key values of the last delivered row, as text (cast back to the column types).
+    pub after: Option<Vec<String>>,
+    /// The snapshot of this table is complete.
+    #[serde(default)]
+    pub done: bool,
+}
+
+struct Column {
+    name: String,
+    pg: String,
+}
+
+struct Table {
+    split: String,
+    relation: String,
+    columns: Vec<Column>,
+    /// Indices (into `columns`) of the order key.
+    key: Vec<usize>,
+    decoder: JsonDecoder,
+    offset: TableOffset,
+}
+
+/// Reads tables.
+pub struct PostgresSource {
+    config: PostgresSourceConfig,
+    pool: Option<PgPool>,
+    tables: Vec<Table>,
+    current: usize,
+    batch_size: usize,
+    idle_timeout: Duration,
+}
+
+impl PostgresSource {
+    /// A source for `config` (validated).
+    pub fn new(config: PostgresSourceConfig) -> Self {
+        PostgresSource {
+            config,
+            pool: None,
+            tables: Vec::new(),
+            current: 0,
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The columns, Arrow schema and primary key of a table; an error names any column
+/// whose type has no Arrow mapping.
+async fn describe(
+    pool: &PgPool,
+    schema: &str,
+    table: &str,
+) -> Result<(Vec<Column>, SchemaRef, Vec<usize>)> {
+    let rows: Vec<(String, String, bool, String, Option<i32>)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, t.typtype::text, \
+                (SELECT array_position(i.indkey::int2[], a.attnum)::int4 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_type t ON t.oid = a.atttypid \
+         WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
+    if rows.is_empty() {
+        return Err(
+            Error::not_found(format!("table \"{schema}\".\"{table}\" does not exist"))
+                .with_field("tables"),
+        );
+    }
+    let mut columns = Vec::new();
+    let mut fields = Vec::new();
+    let mut pk: Vec<(i32, usize)> = Vec::new();
+    for (i, (name, pg, notnull, typtype, pkpos)) in rows.into_iter().enumerate() {
+        let dt = source_type(&pg, &typtype).ok_or_else(|| {
+            Error::schema(format!(
+                "table \"{schema}\".\"{table}\": column \"{name}\" has type \"{pg}\", which has no Arrow mapping"
+            ))
+        })?;
+        fields.push(Field::new(&name, dt, !notnull));
+        if let Some(p) = pkpos {
+            pk.push((p, i));
+        }
+        columns.push(Column { name, pg });
+    }
+    pk.sort();
+    Ok((
+        columns,
+        Arc::new(Schema::new(fields)),
+        pk.into_iter().map(|(_, i)| i).collect(),
+    ))
+}
+
+/// The expression that puts a column into the row's JSON so arrow-json reads it back.
+fn json_expr(c: &Column) -> String {
+    let q = quote(&c.name);
+    match c.pg.as_str() {
+        "bytea" => format!("encode({q}, 'hex') AS {q}"),
+        "json" | "jsonb" | "interval" | "money" => format!("{q}::text AS {q}"),
+        _ => q,
+    }
+}
+
+impl Table {
+    fn select(&self, limit: usize) -> (String, Vec<String>) {
+        let exprs: Vec<String> = self.columns.iter().map(json_expr).collect();
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|&i| quote(&self.columns[i].name))
+            .collect();
+        let key_out: Vec<String> = self
+            .key
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} AS __sluice_k{n}", quote(&self.columns[i].name)))
+            .collect();
+        let order = keys.join(", ");
+        let (filter, params) = match &self.offset.after {
+            Some(values) => {
+                let marks: Vec<String> = self
+                    .key
+                    .iter()
+                    .enumerate()
+                    .map(|(n, &i)| format!("${}::{}", n + 1, self.columns[i].pg))
+                    .collect();
+                (
+                    format!("WHERE ({order}) > ({})", marks.join(", ")),
+                    values.clone(),
+                )
+            }
+            None => (String::new(), Vec::new()),
+        };
+        let k: Vec<String> = (0..self.key.len())
+            .map(|n| format!("sub.__sluice_k{n}"))
+            .collect();
+        (
+            format!(
+                "SELECT row_to_json(sub)::text, json_build_array({})::text FROM \
+                 (SELECT {}, {} FROM {} {filter} ORDER BY {order} LIMIT {limit}) sub",
+                k.join(", "),
+                exprs.join(", "),
+                key_out.join(", "),
+                self.relation
+            ),
+            params,
+        )
+    }
+}
+
+fn key_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[connector_api::async_trait]
+impl Source for PostgresSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        let pool = connect_url(&self.config.url).await?;
+        for name in &self.config.tables {
+            let (columns, schema, pk) = describe(&pool, &self.config.schema, name).await?;
+            let key = match self.config.mode {
+                SourceMode::Snapshot if pk.is_empty() => {
+                    return Err(Error::schema(format!(
+                        "table \"{}\".\"{name}\" has no primary key; a resumable snapshot reads in key order",
+                        self.config.schema
+                    ))
+                    .with_field("tables"))
+                }
+                SourceMode::Snapshot => pk,
+                SourceMode::Incremental => self
+                    .config
+                    .cursor
+                    .iter()
+                    .map(|c| {
+                        columns.iter().position(|col| &col.name == c).ok_or_else(|| {
+                            Error::config(format!("cursor column \"{c}\" is not in table \"{name}\"")).with_field("cursor")
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            };
+            let split = format!("{}.{}", self.config.schema, name);
+            let offset = committed
+                .get_typed::<TableOffset>(&split)?
+                .unwrap_or_default();
+            self.tables.push(Table {
+                relation: format!("{}.{}", quote(&self.config.schema), quote(name)),
+                split,
+                columns,
+                key,
+                decoder: JsonDecoder::new(Some(schema)),
+                offset,
+            });
+        }
+        self.pool = Some(pool);
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        let started = Instant::now();
+        let mut empty_pass = 0;
+        loop {
+            if self.tables.is_empty() {
+                return Ok(None);
+            }
+            if self.current >= self.tables.len() {
+                self.current = 0;
+                if self.config.mode == SourceMode::Snapshot {
+                    return Ok(None);
+                }
+                if empty_pass >= self.tables.len() {
+                    if started.elapsed() >= self.idle_timeout {
+                        return Ok(Some(Batch::idle()));
+                    }
+                    tokio::time::sleep(self.config.poll_interval.min(self.idle_timeout)).await;
+                    empty_pass = 0;
+                }
+            }
+            let pool = self
+                .pool
+                .clone()
+                .ok_or_else(|| Error::internal("source is not open"))?;
+            let table = &mut self.tables[self.current];
+            if table.offset.done {
+                self.current += 1;
+                continue;
+            }
+            let (sql, params) = table.select(self.batch_size);
+            let mut q = sqlx::query_as::<_, (String, String)>(&sql);
+            for p in &params {
+                q = q.bind(p);
+            }
+            let rows = q
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| pg_error(format!("reading {}", table.split), e))?;
+            if rows.is_empty() {
+                self.current += 1;
+                empty_pass += 1;
+                if self.config.mode == SourceMode::Snapshot {
+                    table.offset.done = true;
+                    let mut offsets = Offsets::new();
+                    offsets.set_typed(table.split.clone(), &table.offset)?;
+                    return Ok(Some(Batch::new(
+                        arrow_array::RecordBatch::new_empty(Arc::new(Schema::empty())),
+                        offsets,
+                    )));
+                }
+                continue;
+            }
+            let mut buf = Vec::with_capacity(rows.iter().map(|r| r.0.len() + 1).sum());
+            for (json, _) in &rows {
+                buf.extend_from_slice(json.as_bytes());
+                buf.push(b'\n');
+            }
+            let decoded = table.decoder.decode(&buf, rows.len(), true)?;
+            let last: Vec<serde_json::Value> = serde_json::from_str(&rows[rows.len() - 1].1)
+                .map_err(|e| Error::internal("key values").with_source(e))?;
+            table.offset.after = Some(last.iter().map(key_text).collect());
+            let mut offsets = Offsets::new();
+            offsets.set_typed(table.split.clone(), &table.offset)?;
+            let records = match decoded.batch {
+                Some(b) => b,
+                None => arrow_array::RecordBatch::new_empty(
+                    table
+                        .decoder
+                        .schema()
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Schema::empty())),
+                ),
+            };
+            let mut batch = Batch::new(records, offsets);
+            batch.rejects = decoded
+                .bad
+                .into_iter()
+                .map(|b| Reject {
+                    split: table.split.clone(),
+                    position: format!("table {} row {}", table.split, b.index + 1),
+                    raw: b.raw,
+                    error: b.error,
+                })
+                .collect();
+            return Ok(Some(batch));
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+/// `sluice schema` / `check`: the schema of the first table (all tables are checked).
+pub async fn discover(config: &PostgresSourceConfig) -> Result<SchemaRef> {
+    let pool = connect_url(&config.url).await?;
+    let mut first = None;
+    for t in &config.tables {
+        let (_, schema, _) = describe(&pool, &config.schema, t).await?;
+        first.get_or_insert(schema);
+    }
+    pool.close().await;
+    first.ok_or_else(|| Error::config("no table").with_field("tables"))
+}
