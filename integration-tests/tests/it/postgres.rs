@@ -283,3 +283,67 @@ fn postgres_to_parquet_to_postgres_gives_identical_rows() {
     assert_eq!(psql(&format!("SELECT count(*) FROM \"{dst}\"")), "3");
     assert_eq!(psql(&format!("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{dst}\"'::regclass AND attname = 'amount'")), "numeric(20,4)");
 }
+
+#[test]
+fn kill_9_during_a_snapshot_then_upsert_gives_every_row_once_and_incremental_picks_up_new_rows() {
+    const ROWS: usize = 100_000;
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_snap_src"), fresh("it_pg_snap_dst"));
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL, amount numeric(12,2));\
+         INSERT INTO \"{src}\" SELECT g, '2024-01-01'::timestamptz + (g / 100) * interval '1 second', g / 100.0 FROM generate_series(1, {ROWS}) g;"
+    ));
+    let toml = |mode: &str| {
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\n{mode}\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [batch]\nmax_records = 1000\n[checkpoint]\ninterval = \"50ms\"\n",
+            url()
+        )
+    };
+    std::fs::write(d.join("snap.toml"), toml("mode = \"snapshot\"")).unwrap();
+    let mut rng = rand::thread_rng();
+    for _ in 0..10 {
+        let child = spawn(d, &["run", "--quiet", "snap.toml"]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(50..600)));
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+    }
+    let run = sluice(d, &["run", "--quiet", "snap.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), sum(amount) FROM \"{dst}\""
+        )),
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), sum(amount) FROM \"{src}\""
+        ))
+    );
+
+    // incremental by (updated_at, id): rows sharing the last timestamp are not skipped
+    std::fs::write(
+        d.join("inc.toml"),
+        toml(
+            "mode = \"incremental\"\ncursor = [\"updated_at\", \"id\"]\npoll_interval = \"100ms\"",
+        )
+        .replace(&format!("name = \"{dst}\""), "name = \"inc\""),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "--quiet", "inc.toml"]);
+    assert!(
+        crate::support::wait_until(Duration::from_secs(30), || psql(&format!(
+            "SELECT count(*) FROM sluice_offsets WHERE pipeline = 'inc'"
+        )) == "1"),
+        "incremental did not checkpoint"
+    );
+    let last = psql(&format!("SELECT max(updated_at) FROM \"{src}\""));
+    psql(&format!("INSERT INTO \"{src}\" VALUES ({}, '{last}', 1.00), ({}, '{last}'::timestamptz + interval '1 hour', 2.00)", ROWS + 1, ROWS + 2));
+    let arrived = crate::support::wait_until(Duration::from_secs(30), || {
+        psql(&format!("SELECT count(*) FROM \"{dst}\" WHERE id > {ROWS}")) == "2"
+    });
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(20));
+    assert!(arrived, "new rows did not arrive: {}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
