@@ -4,6 +4,7 @@
 //! with the table's declared types, so `numeric(p,s)` arrives as Decimal128(p,s) and
 //! `timestamptz` as Timestamp(µs, UTC).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,10 @@ pub struct PostgresSource {
     pool: Option<PgPool>,
     tables: Vec<Table>,
     current: usize,
+    /// Batches decoded together and not yet returned.
+    ready: VecDeque<Batch>,
+    /// Parts decoded in parallel per fetch.
+    parts: usize,
     batch_size: usize,
     idle_timeout: Duration,
 }
@@ -61,6 +66,11 @@ impl PostgresSource {
             pool: None,
             tables: Vec::new(),
             current: 0,
+            ready: VecDeque::new(),
+            parts: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
         }
@@ -225,6 +235,9 @@ impl Source for PostgresSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if let Some(b) = self.ready.pop_front() {
+            return Ok(Some(b));
+        }
         let started = Instant::now();
         let mut empty_pass = 0;
         loop {
@@ -253,7 +266,7 @@ impl Source for PostgresSource {
                 self.current += 1;
                 continue;
             }
-            let (sql, params) = table.select(self.batch_size);
+            let (sql, params) = table.select(self.batch_size * self.parts);
             let mut q = sqlx::query_as::<_, (String, String)>(&sql);
             for p in &params {
                 q = q.bind(p);
@@ -281,34 +294,48 @@ impl Source for PostgresSource {
                 buf.extend_from_slice(json.as_bytes());
                 buf.push(b'\n');
             }
-            let decoded = table.decoder.decode(&buf, rows.len(), true)?;
-            let last: Vec<serde_json::Value> = serde_json::from_str(&rows[rows.len() - 1].1)
-                .map_err(|e| Error::internal("key values").with_source(e))?;
-            table.offset.after = Some(last.iter().map(key_text).collect());
-            let mut offsets = Offsets::new();
-            offsets.set_typed(table.split.clone(), &table.offset)?;
-            let records = match decoded.batch {
-                Some(b) => b,
-                None => arrow_array::RecordBatch::new_empty(
-                    table
-                        .decoder
-                        .schema()
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(Schema::empty())),
-                ),
-            };
-            let mut batch = Batch::new(records, offsets);
-            batch.rejects = decoded
-                .bad
-                .into_iter()
-                .map(|b| Reject {
-                    split: table.split.clone(),
-                    position: format!("table {} row {}", table.split, b.index + 1),
-                    raw: b.raw,
-                    error: b.error,
-                })
-                .collect();
-            return Ok(Some(batch));
+            // decode on every core: one part per core, each its own batch and offset
+            let per_part = self.batch_size;
+            let parts = table
+                .decoder
+                .decode_parts(&buf, per_part, self.parts, true)?;
+            let mut first_row = 0usize;
+            for decoded in parts {
+                let lines = decoded.lines as usize;
+                if lines == 0 {
+                    continue;
+                }
+                let last_row = (first_row + lines - 1).min(rows.len() - 1);
+                let last: Vec<serde_json::Value> = serde_json::from_str(&rows[last_row].1)
+                    .map_err(|e| Error::internal("key values").with_source(e))?;
+                table.offset.after = Some(last.iter().map(key_text).collect());
+                let mut offsets = Offsets::new();
+                offsets.set_typed(table.split.clone(), &table.offset)?;
+                let records = match decoded.batch {
+                    Some(b) => b,
+                    None => arrow_array::RecordBatch::new_empty(
+                        table
+                            .decoder
+                            .schema()
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(Schema::empty())),
+                    ),
+                };
+                let mut batch = Batch::new(records, offsets);
+                batch.rejects = decoded
+                    .bad
+                    .into_iter()
+                    .map(|b| Reject {
+                        split: table.split.clone(),
+                        position: format!("table {} row {}", table.split, first_row + b.index + 1),
+                        raw: b.raw,
+                        error: b.error,
+                    })
+                    .collect();
+                self.ready.push_back(batch);
+                first_row += lines;
+            }
+            return Ok(self.ready.pop_front());
         }
     }
 

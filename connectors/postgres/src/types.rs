@@ -294,24 +294,62 @@ fn json_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
     Ok(out)
 }
 
+/// How one column's values are written: straight from Arrow's formatter (numbers,
+/// decimals, strings, dates, times, timestamps), or through text built per value
+/// (booleans, floats, bytea, arrays, JSON).
+enum Column<'a> {
+    Direct(&'a ArrayRef, ArrayFormatter<'a>),
+    Built(Vec<Option<String>>),
+}
+
+fn needs_building(dt: &DataType) -> bool {
+    matches!(
+        dt,
+        DataType::Boolean
+            | DataType::Float32
+            | DataType::Float64
+            | DataType::Float16
+            | DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::Struct(_)
+    )
+}
+
 /// A batch in the COPY text format (tab-separated, `\N` for NULL, escaped).
 pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
     let schema = batch.schema();
-    let columns: Vec<Vec<Option<String>>> = schema
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .map(|(f, c)| column_text(f.name(), c))
-        .collect::<Result<_>>()?;
+    let options = FormatOptions::default().with_display_error(true);
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (f, c) in schema.fields().iter().zip(batch.columns()) {
+        columns.push(if needs_building(c.data_type()) {
+            Column::Built(column_text(f.name(), c)?)
+        } else {
+            let formatter = ArrayFormatter::try_new(c.as_ref(), &options)
+                .map_err(|e| Error::data(format!("column \"{}\"", f.name())).with_source(e))?;
+            Column::Direct(c, formatter)
+        });
+    }
     let mut out = Vec::with_capacity(batch.num_rows() * 64);
+    let mut scratch = String::new();
     for row in 0..batch.num_rows() {
         for (i, col) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b'\t');
             }
-            match &col[row] {
-                Some(v) => escape_into(&mut out, v),
-                None => out.extend_from_slice(b"\\N"),
+            match col {
+                Column::Direct(array, _) if array.is_null(row) => out.extend_from_slice(b"\\N"),
+                Column::Direct(_, formatter) => {
+                    scratch.clear();
+                    let _ = write!(scratch, "{}", formatter.value(row));
+                    escape_into(&mut out, &scratch);
+                }
+                Column::Built(values) => match &values[row] {
+                    Some(v) => escape_into(&mut out, v),
+                    None => out.extend_from_slice(b"\\N"),
+                },
             }
         }
         out.push(b'\n');

@@ -322,18 +322,19 @@ fn kill_9_during_a_snapshot_then_upsert_gives_every_row_once_and_incremental_pic
     );
 
     // incremental by (updated_at, id): rows sharing the last timestamp are not skipped
+    let inc = fresh("it_pg_snap_inc");
     std::fs::write(
         d.join("inc.toml"),
         toml(
             "mode = \"incremental\"\ncursor = [\"updated_at\", \"id\"]\npoll_interval = \"100ms\"",
         )
-        .replace(&format!("name = \"{dst}\""), "name = \"inc\""),
+        .replace(&format!("name = \"{dst}\""), &format!("name = \"{inc}\"")),
     )
     .unwrap();
     let child = spawn(d, &["run", "--quiet", "inc.toml"]);
     assert!(
         crate::support::wait_until(Duration::from_secs(30), || psql(&format!(
-            "SELECT count(*) FROM sluice_offsets WHERE pipeline = 'inc'"
+            "SELECT count(*) FROM sluice_offsets WHERE pipeline = '{inc}'"
         )) == "1"),
         "incremental did not checkpoint"
     );
