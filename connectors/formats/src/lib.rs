@@ -42,6 +42,46 @@ pub struct Decoded {
     pub bad: Vec<BadRecord>,
 }
 
+/// Each value of a column as JSON text (None for null): lists, structs and maps as
+/// they appear in JSON lines, for databases that store them as JSON.
+pub fn json_texts(
+    name: &str,
+    array: &arrow_array::ArrayRef,
+) -> connector_api::Result<Vec<Option<String>>> {
+    use arrow_array::Array;
+    let schema = std::sync::Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+        "v",
+        array.data_type().clone(),
+        true,
+    )]));
+    let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        w.write(&batch)?;
+        w.finish()?;
+    }
+    let mut lines = buf.split(|&b| b == b'\n');
+    let mut out = Vec::with_capacity(array.len());
+    for i in 0..array.len() {
+        let line = lines.next().unwrap_or_default();
+        if array.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let mut obj: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
+            connector_api::Error::internal(format!("column \"{name}\": json encoding"))
+                .with_source(e)
+        })?;
+        let v = obj
+            .get_mut("v")
+            .map(serde_json::Value::take)
+            .unwrap_or_default();
+        out.push(Some(v.to_string()));
+    }
+    Ok(out)
+}
+
 /// Counts `\n` bytes.
 pub fn count_newlines(buf: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', buf).count() as u64

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{DataType, Field, TimeUnit};
 use connector_api::{Error, Result};
 
 /// The PostgreSQL type the sink creates for a column of `dt`.
@@ -242,7 +242,7 @@ fn column_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
             }
             out
         }
-        DataType::Struct(_) => json_text(name, array)?,
+        DataType::Struct(_) => sluice_formats::json_texts(name, array)?,
         _ => {
             let options = FormatOptions::default().with_display_error(true);
             let f = ArrayFormatter::try_new(array.as_ref(), &options).map_err(err)?;
@@ -258,40 +258,6 @@ fn list_item(array: &ArrayRef) -> DataType {
         DataType::List(f) | DataType::LargeList(f) => f.data_type().clone(),
         other => other.clone(),
     }
-}
-
-fn json_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "v",
-        array.data_type().clone(),
-        true,
-    )]));
-    let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-        w.write(&batch)?;
-        w.finish()?;
-    }
-    let mut lines = buf.split(|&b| b == b'\n');
-    let mut out = Vec::with_capacity(array.len());
-    for i in 0..array.len() {
-        let line = lines.next().unwrap_or_default();
-        if array.is_null(i) {
-            out.push(None);
-            continue;
-        }
-        let mut obj: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-            Error::internal(format!("column \"{name}\": json encoding")).with_source(e)
-        })?;
-        out.push(Some(
-            obj.get_mut("v")
-                .map(serde_json::Value::take)
-                .unwrap_or_default()
-                .to_string(),
-        ));
-    }
-    Ok(out)
 }
 
 /// How one column's values are written: straight from Arrow's formatter (numbers,

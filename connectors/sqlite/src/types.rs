@@ -23,13 +23,11 @@
 //! (`INTEGER` -> Int64, `REAL` -> Float64, `VARCHAR(n)` -> Utf8, `NUMERIC(p,s)` -> Decimal128).
 //! A column with no declared type, or one that maps to nothing, is an error naming it.
 
-use std::sync::Arc;
-
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef};
 use arrow_cast::cast::{cast_with_options, CastOptions};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{DataType, TimeUnit};
 use connector_api::{Error, Result, Value};
 
 /// A value ready to bind to a statement.
@@ -219,7 +217,10 @@ pub fn column_values(name: &str, array: &ArrayRef) -> Result<Vec<SqlValue>> {
                 .collect()
         }
         DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => {
-            json_values(name, array)?
+            sluice_formats::json_texts(name, array)?
+                .into_iter()
+                .map(|v| v.map_or(SqlValue::Null, SqlValue::Text))
+                .collect()
         }
         DataType::Timestamp(unit, Some(_)) => {
             // store instants in UTC
@@ -247,39 +248,6 @@ fn text_values(
             }
         })
         .collect())
-}
-
-fn json_values(name: &str, array: &ArrayRef) -> Result<Vec<SqlValue>> {
-    let schema = Arc::new(Schema::new(vec![Field::new(
-        "v",
-        array.data_type().clone(),
-        true,
-    )]));
-    let batch = RecordBatch::try_new(schema, vec![array.clone()])?;
-    let mut buf = Vec::new();
-    {
-        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
-        w.write(&batch)?;
-        w.finish()?;
-    }
-    let mut out = Vec::with_capacity(array.len());
-    let mut lines = buf.split(|&b| b == b'\n');
-    for i in 0..array.len() {
-        let line = lines.next().unwrap_or_default();
-        if array.is_null(i) {
-            out.push(SqlValue::Null);
-            continue;
-        }
-        let mut obj: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-            Error::internal(format!("column \"{name}\": json encoding")).with_source(e)
-        })?;
-        let v = obj
-            .get_mut("v")
-            .map(serde_json::Value::take)
-            .unwrap_or_default();
-        out.push(SqlValue::Text(v.to_string()));
-    }
-    Ok(out)
 }
 
 /// Reads one column of a row as a [`Value`] by its storage class.
