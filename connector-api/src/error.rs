@@ -26,6 +26,10 @@ pub enum ErrorKind {
     NotFound,
     /// The connector cannot do what was asked (a mode, a type). Never retried.
     Unsupported,
+    /// A sink lost work it had accepted but not made durable (its connection and
+    /// transaction died). Retrying the call would skip that work, so the runtime
+    /// restarts the whole pipeline from its last checkpoint instead.
+    Aborted,
     /// A bug or a broken invariant. Never retried.
     Internal,
 }
@@ -42,6 +46,7 @@ impl ErrorKind {
             ErrorKind::Schema => "schema",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Aborted => "aborted",
             ErrorKind::Internal => "internal",
         }
     }
@@ -57,6 +62,7 @@ impl ErrorKind {
             "schema" => ErrorKind::Schema,
             "not_found" => ErrorKind::NotFound,
             "unsupported" => ErrorKind::Unsupported,
+            "aborted" => ErrorKind::Aborted,
             _ => ErrorKind::Internal,
         }
     }
@@ -165,6 +171,12 @@ impl Error {
     /// True for kinds the runtime retries with backoff (`Connect`, `Transient`).
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind, ErrorKind::Connect | ErrorKind::Transient)
+    }
+
+    /// True when restarting the pipeline from its last checkpoint may succeed where
+    /// retrying the call did not: the retryable kinds and `Aborted`.
+    pub fn is_restartable(&self) -> bool {
+        self.is_retryable() || self.kind == ErrorKind::Aborted
     }
 }
 

@@ -251,7 +251,7 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                 let registry = registry.clone();
                 let stop = stop.clone();
                 tasks.push(tokio::spawn(async move {
-                    let result = pipeline::run(&p, &registry, stop, stats.clone()).await;
+                    let result = pipeline::supervise(&p, &registry, stop, stats.clone()).await;
                     if let Some(r) = reporter {
                         r.abort();
                         if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {

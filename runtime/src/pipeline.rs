@@ -140,6 +140,50 @@ fn dead_letter_batch(pipeline: &str, rejects: &[Reject]) -> Result<RecordBatch> 
     )?)
 }
 
+/// Runs one pipeline like [`run`], and after a failure that a fresh start may cure
+/// (a lost connection, a sink that lost its transaction) restarts it from its last
+/// checkpoint, with exponential backoff, up to `errors.max_retries` times in a row.
+pub async fn supervise(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    mut shutdown: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    let policy = RetryPolicy {
+        max_retries: pipeline.errors.max_retries,
+        initial: pipeline.errors.retry_backoff,
+        max: pipeline.errors.retry_backoff_max,
+    };
+    let mut backoff = crate::retry::Backoff::new(&policy);
+    loop {
+        let started = Instant::now();
+        let result = run(pipeline, registry, shutdown.clone(), stats.clone()).await;
+        let err = match result {
+            Err(e) if e.is_restartable() && !*shutdown.borrow() => e,
+            other => return other,
+        };
+        if started.elapsed() > Duration::from_secs(60) {
+            // it ran a while: a new failure starts a new count
+            backoff = crate::retry::Backoff::new(&policy);
+        }
+        let Some(delay) = backoff.next_delay() else {
+            return Err(err.context(format!("after {} restarts", policy.max_retries)));
+        };
+        tracing::warn!(
+            pipeline = %pipeline.name,
+            error = %err,
+            kind = %err.kind(),
+            attempt = backoff.attempt(),
+            delay_ms = delay.as_millis() as u64,
+            "pipeline failed; restarting from its last checkpoint"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+}
+
 /// Runs one pipeline until its source ends, it fails, or `shutdown` turns true.
 pub async fn run(
     pipeline: &Pipeline,

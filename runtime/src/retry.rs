@@ -28,11 +28,10 @@ impl<'a> Backoff<'a> {
         Backoff { policy, attempt: 0 }
     }
 
-    /// After a failure of `what`: waits and returns true when it should be retried;
-    /// false when the error is not retryable or the retries are used up.
-    pub async fn wait(&mut self, err: &Error, what: &str) -> bool {
-        if !err.is_retryable() || self.attempt >= self.policy.max_retries {
-            return false;
+    /// The delay before the next attempt, or None when the retries are used up.
+    pub fn next_delay(&mut self) -> Option<Duration> {
+        if self.attempt >= self.policy.max_retries {
+            return None;
         }
         self.attempt += 1;
         let exp = self
@@ -42,8 +41,25 @@ impl<'a> Backoff<'a> {
         let cap = exp.min(self.policy.max);
         // full jitter over the upper half: spreads retries without collapsing to zero
         let millis = cap.as_millis() as u64;
-        let delay =
-            Duration::from_millis(millis / 2 + rand::thread_rng().gen_range(0..=millis / 2));
+        Some(Duration::from_millis(
+            millis / 2 + rand::thread_rng().gen_range(0..=millis / 2),
+        ))
+    }
+
+    /// Attempts made so far.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// After a failure of `what`: waits and returns true when it should be retried;
+    /// false when the error is not retryable or the retries are used up.
+    pub async fn wait(&mut self, err: &Error, what: &str) -> bool {
+        if !err.is_retryable() {
+            return false;
+        }
+        let Some(delay) = self.next_delay() else {
+            return false;
+        };
         tracing::warn!(
             error = %err,
             kind = %err.kind(),

@@ -93,6 +93,8 @@ pub struct PostgresSink {
     schema: Option<SchemaRef>,
     pipeline: String,
     sink: String,
+    /// The open transaction died with uncommitted rows in it.
+    lost: bool,
 }
 
 impl PostgresSink {
@@ -106,7 +108,28 @@ impl PostgresSink {
             schema: None,
             pipeline: String::new(),
             sink: String::new(),
+            lost: false,
         }
+    }
+
+    /// After a failure inside the transaction: if the connection is gone, so is every
+    /// row written since the last flush, and retrying this call would skip them. Turn
+    /// that into `Aborted`, which restarts the pipeline from its last checkpoint.
+    fn after_failure(&mut self, err: Error) -> Error {
+        if err.kind() == ErrorKind::Connect || self.lost {
+            self.lost = true;
+            self.tx = None;
+            self.pool = None;
+            return Error::new(
+                ErrorKind::Aborted,
+                format!(
+                    "table {}: the connection was lost with rows not yet committed",
+                    self.target()
+                ),
+            )
+            .with_source(err);
+        }
+        err
     }
 
     fn target(&self) -> String {
@@ -308,6 +331,29 @@ impl Sink for PostgresSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let result = self.write_in_savepoint(batch).await;
+        result.map_err(|e| self.after_failure(e))
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        let result = self.commit_with(offsets).await;
+        result.map_err(|e| self.after_failure(e))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.tx = None;
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+impl PostgresSink {
+    async fn write_in_savepoint(&mut self, batch: &Batch) -> Result<()> {
+        if self.lost {
+            return Err(Error::new(ErrorKind::Aborted, "the transaction was lost"));
+        }
         self.prepare_table(&batch.records.schema()).await?;
         self.exec("SAVEPOINT sluice_write").await?;
         let result = self.insert(batch).await;
@@ -320,7 +366,10 @@ impl Sink for PostgresSink {
         result
     }
 
-    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+    async fn commit_with(&mut self, offsets: &Offsets) -> Result<()> {
+        if self.lost {
+            return Err(Error::new(ErrorKind::Aborted, "the transaction was lost"));
+        }
         let offsets_table = format!("{}.{}", quote(&self.config.schema), quote(OFFSETS_TABLE));
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
         let tx = self.tx().await?;
@@ -342,14 +391,6 @@ impl Sink for PostgresSink {
         tx.commit()
             .await
             .map_err(|e| pg_error(format!("table {}: commit", self.target()), e))
-    }
-
-    async fn close(&mut self) -> Result<()> {
-        self.tx = None;
-        if let Some(pool) = self.pool.take() {
-            pool.close().await;
-        }
-        Ok(())
     }
 }
 

@@ -9,6 +9,15 @@ use rand::Rng;
 
 use crate::support::{finish, python, signal, sluice, spawn, workdir};
 
+/// The PostgreSQL tests run one at a time: one of them restarts the server.
+static SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn server() -> std::sync::MutexGuard<'static, ()> {
+    SERVER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The test database (run.sh exports it after making sure the server runs).
 fn url() -> String {
     std::env::var("SLUICE_TEST_PG")
@@ -54,6 +63,7 @@ fn pipeline(dir: &std::path::Path, table: &str, input: &str, schema: &str, sink_
 
 #[test]
 fn every_type_arrives_with_its_postgres_type_and_value() {
+    let _server = server();
     let dir = workdir();
     let t = fresh("it_pg_types");
     let schema = r#"schema = [
@@ -103,6 +113,7 @@ fn every_type_arrives_with_its_postgres_type_and_value() {
 
 #[test]
 fn upsert_keeps_the_last_record_of_each_key_and_evolve_adds_columns() {
+    let _server = server();
     let dir = workdir();
     let t = fresh("it_pg_upsert");
     let input = "{\"id\":1,\"v\":\"a\"}\n{\"id\":2,\"v\":\"b\"}\n{\"id\":1,\"v\":\"c\"}\n";
@@ -138,6 +149,7 @@ fn upsert_keeps_the_last_record_of_each_key_and_evolve_adds_columns() {
 
 #[test]
 fn a_not_null_violation_stops_and_a_missing_database_is_named() {
+    let _server = server();
     let dir = workdir();
     let t = fresh("it_pg_notnull");
     psql(&format!(
@@ -183,6 +195,7 @@ fn a_not_null_violation_stops_and_a_missing_database_is_named() {
 
 #[test]
 fn kill_9_into_postgres_delivers_every_record_exactly_once() {
+    let _server = server();
     const ROWS: usize = 200_000;
     let dir = workdir();
     let d = dir.path();
@@ -225,6 +238,7 @@ fn kill_9_into_postgres_delivers_every_record_exactly_once() {
 
 #[test]
 fn postgres_to_parquet_to_postgres_gives_identical_rows() {
+    let _server = server();
     let dir = workdir();
     let d = dir.path();
     let (src, dst) = (fresh("it_pg_fidelity_src"), fresh("it_pg_fidelity_dst"));
@@ -286,6 +300,7 @@ fn postgres_to_parquet_to_postgres_gives_identical_rows() {
 
 #[test]
 fn kill_9_during_a_snapshot_then_upsert_gives_every_row_once_and_incremental_picks_up_new_rows() {
+    let _server = server();
     const ROWS: usize = 100_000;
     let dir = workdir();
     let d = dir.path();
@@ -347,4 +362,63 @@ fn kill_9_during_a_snapshot_then_upsert_gives_every_row_once_and_incremental_pic
     let run = finish(child, Duration::from_secs(20));
     assert!(arrived, "new rows did not arrive: {}", run.stderr);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+#[test]
+fn a_postgres_restart_mid_run_is_retried_and_nothing_is_lost() {
+    const ROWS: usize = 30_000;
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = fresh("it_pg_restart");
+    std::fs::write(
+        d.join("r.toml"),
+        format!(
+            "name = \"{t}\"\n[source]\nconnector = \"datagen\"\ncount = {ROWS}\nrate = 8000\n\
+             schema = [{{ name = \"id\", type = \"int64\", nullable = false }}, {{ name = \"v\", type = \"string\" }}]\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{t}\"\n\
+             [batch]\nmax_records = 500\n[checkpoint]\ninterval = \"200ms\"\n\
+             [errors]\nretry_backoff = \"200ms\"\nretry_backoff_max = \"2s\"\nmax_retries = 20\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "--quiet", "r.toml"]);
+    assert!(
+        crate::support::wait_until(Duration::from_secs(30), || {
+            psql(&format!(
+                "SELECT count(*) > 0 FROM pg_tables WHERE tablename = '{t}'"
+            )) == "t"
+                && psql(&format!("SELECT count(*) FROM \"{t}\"")) != "0"
+        }),
+        "the pipeline never wrote"
+    );
+    let version = std::fs::read_dir("/etc/postgresql")
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let status = Command::new("pg_ctlcluster")
+        .args([
+            "--skip-systemctl-redirect",
+            &version.to_string_lossy(),
+            "main",
+            "restart",
+        ])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "restarting PostgreSQL failed");
+    let run = finish(child, Duration::from_secs(120));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("retrying")
+            || run.stderr.contains("restarting from its last checkpoint"),
+        "the restart left no trace in the log: {}",
+        run.stderr
+    );
+    assert_eq!(
+        psql(&format!("SELECT count(*), count(DISTINCT id) FROM \"{t}\"")),
+        format!("{ROWS}|{ROWS}")
+    );
 }
