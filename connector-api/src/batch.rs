@@ -24,6 +24,17 @@ pub mod columns {
     pub const OP: &str = "_op";
     /// Source position of a record in human form (file and line, table and key).
     pub const POSITION: &str = "_position";
+    /// Log position of a CDC record (PostgreSQL LSN as text).
+    pub const LSN: &str = "_lsn";
+
+    /// True for the reserved metadata column names above. The drift policy never
+    /// applies to them: they travel to the sink, which consumes them or ignores them.
+    pub fn is_reserved(name: &str) -> bool {
+        [
+            KEY, HEADERS, TIMESTAMP, TOPIC, PARTITION, OFFSET, OP, POSITION, LSN,
+        ]
+        .contains(&name)
+    }
 }
 
 /// A record that a source could not read, kept whole so it can go to the dead-letter sink.

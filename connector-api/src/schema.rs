@@ -72,7 +72,10 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> 
         .fields()
         .iter()
         .enumerate()
-        .filter(|(_, f)| target.field_with_name(f.name()).is_err())
+        .filter(|(_, f)| {
+            target.field_with_name(f.name()).is_err()
+                && !crate::batch::columns::is_reserved(f.name())
+        })
         .map(|(i, _)| i)
         .collect();
 
@@ -111,6 +114,14 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> 
                 dropped_rows = mask.false_count();
                 keep = Some(mask);
             }
+        }
+    }
+    // reserved metadata columns (`_op`, `_key`, ...) travel along, outside the policy
+    for (i, f) in source.fields().iter().enumerate() {
+        if crate::batch::columns::is_reserved(f.name()) && target.field_with_name(f.name()).is_err()
+        {
+            fields.push(f.as_ref().clone());
+            columns.push(batch.column(i).clone());
         }
     }
     let schema = Arc::new(Schema::new_with_metadata(fields, target.metadata().clone()));
@@ -228,6 +239,18 @@ mod tests {
             err.to_string().contains("column \"id\" is NOT NULL"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn reserved_columns_pass_even_under_freeze() {
+        let b = RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
+            ("_op", Arc::new(StringArray::from(vec!["d"])) as ArrayRef),
+        ])
+        .unwrap();
+        let c = conform(&b, &target(), DriftPolicy::Freeze).unwrap();
+        assert_eq!(c.batch.schema().field(1).name(), "_op");
+        assert!(c.evolved.is_none());
     }
 
     #[test]

@@ -537,7 +537,15 @@ impl Engine<'_> {
             for slot in &mut self.sinks {
                 let fitted = match &slot.schema {
                     None => {
-                        slot.schema = Some(records.schema());
+                        // the sink's schema: the data columns, without reserved metadata
+                        let schema = records.schema();
+                        let fields: Vec<_> = schema
+                            .fields()
+                            .iter()
+                            .filter(|f| !connector_api::columns::is_reserved(f.name()))
+                            .cloned()
+                            .collect();
+                        slot.schema = Some(Arc::new(Schema::new(fields)));
                         records.clone()
                     }
                     Some(target) => {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_schema::{Field, Schema, SchemaRef};
-use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState};
+use connector_api::{
+    columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres as Pg, Transaction};
 
@@ -175,7 +177,11 @@ impl PostgresSink {
         match &self.schema {
             None => {
                 let mut cols = Vec::new();
-                for f in schema.fields() {
+                for f in schema
+                    .fields()
+                    .iter()
+                    .filter(|f| !columns::is_reserved(f.name()))
+                {
                     let null = if f.is_nullable() { "" } else { " NOT NULL" };
                     cols.push(format!(
                         "{} {}{null}",
@@ -194,7 +200,7 @@ impl PostgresSink {
             }
             Some(known) => {
                 for f in schema.fields() {
-                    if known.field_with_name(f.name()).is_err() {
+                    if known.field_with_name(f.name()).is_err() && !columns::is_reserved(f.name()) {
                         ddl.push(format!(
                             "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
                             quote(f.name()),
@@ -237,45 +243,103 @@ impl PostgresSink {
     }
 
     async fn insert(&mut self, batch: &Batch) -> Result<()> {
-        let schema = batch.records.schema();
-        let names: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
-        let columns = names.join(", ");
-        let data = copy_text(&batch.records)?;
-        match self.config.mode {
-            SinkMode::Insert => self.copy(&self.target(), &columns, data).await,
-            SinkMode::Upsert => {
-                if !self.staging {
-                    self.exec(&format!(
-                        "CREATE TEMP TABLE IF NOT EXISTS sluice_staging (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP",
-                        self.target()
-                    ))
-                    .await?;
-                    self.exec(&format!("ALTER TABLE pg_temp.sluice_staging ADD COLUMN IF NOT EXISTS {SEQ} bigserial")).await?;
-                    self.staging = true;
-                }
-                self.copy("pg_temp.sluice_staging", &columns, data).await?;
-                let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
-                let set: Vec<String> = schema
-                    .fields()
-                    .iter()
-                    .filter(|f| !self.config.key.contains(f.name()))
-                    .map(|f| format!("{0} = excluded.{0}", quote(f.name())))
-                    .collect();
-                let action = if set.is_empty() {
-                    "NOTHING".to_string()
-                } else {
-                    format!("UPDATE SET {}", set.join(", "))
-                };
-                let keys = key.join(", ");
-                self.exec(&format!(
-                    "INSERT INTO {} ({columns}) SELECT DISTINCT ON ({keys}) {columns} FROM pg_temp.sluice_staging \
-                     ORDER BY {keys}, {SEQ} DESC ON CONFLICT ({keys}) DO {action}",
-                    self.target()
+        // data columns, plus `_op` for change records; other metadata is not stored
+        let keep: Vec<usize> = batch
+            .records
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !columns::is_reserved(f.name()) || f.name() == columns::OP)
+            .map(|(i, _)| i)
+            .collect();
+        let records = batch.records.project(&keep)?;
+        let schema = records.schema();
+        let changes = schema.field_with_name(columns::OP).is_ok();
+        let data_fields: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != columns::OP)
+            .map(|f| quote(f.name()))
+            .collect();
+        let all_fields: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
+        let data = copy_text(&records)?;
+        if self.config.mode == SinkMode::Insert {
+            if changes {
+                return Err(Error::config(format!(
+                    "table {}: change records (with {}) need mode = \"upsert\" and key columns, so updates and deletes apply",
+                    self.target(),
+                    columns::OP
                 ))
-                .await?;
-                self.exec("TRUNCATE pg_temp.sluice_staging").await
+                .with_field("mode"));
             }
+            return self
+                .copy(&self.target(), &all_fields.join(", "), data)
+                .await;
         }
+        if !self.staging {
+            // CREATE TABLE AS copies no NOT NULL constraint: delete records carry only keys
+            self.exec(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS sluice_staging ON COMMIT DROP AS SELECT * FROM {} WITH NO DATA",
+                self.target()
+            ))
+            .await?;
+            self.exec(&format!(
+                "ALTER TABLE pg_temp.sluice_staging ADD COLUMN IF NOT EXISTS {} text, ADD COLUMN IF NOT EXISTS {SEQ} bigserial",
+                quote(columns::OP)
+            ))
+            .await?;
+            self.staging = true;
+        }
+        self.copy("pg_temp.sluice_staging", &all_fields.join(", "), data)
+            .await?;
+        let keys = self
+            .config
+            .key
+            .iter()
+            .map(|k| quote(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let last = format!(
+            "(SELECT DISTINCT ON ({keys}) * FROM pg_temp.sluice_staging ORDER BY {keys}, {SEQ} DESC) last"
+        );
+        let op = quote(columns::OP);
+        if changes {
+            // the last record of a key decides: a delete deletes
+            let on: Vec<String> = self
+                .config
+                .key
+                .iter()
+                .map(|k| format!("t.{0} = last.{0}", quote(k)))
+                .collect();
+            self.exec(&format!(
+                "DELETE FROM {} t USING {last} WHERE last.{op} = 'd' AND {}",
+                self.target(),
+                on.join(" AND ")
+            ))
+            .await?;
+        }
+        let set: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter(|f| !self.config.key.contains(f.name()) && f.name() != columns::OP)
+            .map(|f| format!("{0} = excluded.{0}", quote(f.name())))
+            .collect();
+        let action = if set.is_empty() {
+            "NOTHING".to_string()
+        } else {
+            format!("UPDATE SET {}", set.join(", "))
+        };
+        let data_columns = data_fields.join(", ");
+        let picked: Vec<String> = data_fields.iter().map(|c| format!("last.{c}")).collect();
+        self.exec(&format!(
+            "INSERT INTO {} ({data_columns}) SELECT {} FROM {last} WHERE last.{op} IS DISTINCT FROM 'd' \
+             ON CONFLICT ({keys}) DO {action}",
+            self.target(),
+            picked.join(", ")
+        ))
+        .await?;
+        self.exec("TRUNCATE pg_temp.sluice_staging").await
     }
 }
 
