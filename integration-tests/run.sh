@@ -29,6 +29,12 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 psql -h 127.0.0.1 -U postgres -d postgres -Atqc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE test"
+if [[ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SHOW wal_level')" != logical ]]; then
+  log "setting wal_level = logical for the CDC tests (restarts PostgreSQL)"
+  psql -h 127.0.0.1 -U postgres -d postgres -qc "ALTER SYSTEM SET wal_level = logical"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
 export SLUICE_TEST_PG="${SLUICE_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 
 # --- build and static checks ---

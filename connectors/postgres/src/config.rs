@@ -71,6 +71,10 @@ pub enum SourceMode {
     Snapshot,
     /// New rows by cursor columns, polled at `poll_interval`; runs until stopped.
     Incremental,
+    /// A snapshot, then every insert, update and delete from the write-ahead log
+    /// (logical decoding with `pgoutput`); records carry `_op` (`r` snapshot read, `c`,
+    /// `u`, `d`). Needs `wal_level = logical` and one table.
+    Cdc,
 }
 
 /// Options of the `postgres` source.
@@ -91,7 +95,11 @@ pub struct PostgresSourceConfig {
     /// e.g. `["updated_at", "id"]`, so rows sharing a timestamp are never skipped).
     #[serde(default)]
     pub cursor: Vec<String>,
-    /// How often `incremental` polls for new rows.
+    /// Replication slot of `cdc` (default `sluice_<pipeline>`); created on the first run.
+    pub slot: Option<String>,
+    /// Publication of `cdc` (default `sluice_<pipeline>`); created when missing.
+    pub publication: Option<String>,
+    /// How often `incremental` and `cdc` poll for new rows.
     #[serde(default = "poll", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub poll_interval: std::time::Duration,
@@ -113,6 +121,11 @@ impl PostgresSourceConfig {
         }
         if self.tables.is_empty() {
             return Err(Error::config("tables must name at least one table").with_field("tables"));
+        }
+        if self.mode == SourceMode::Cdc && self.tables.len() != 1 {
+            return Err(
+                Error::config("mode = \"cdc\" reads one table per pipeline").with_field("tables")
+            );
         }
         if self.mode == SourceMode::Incremental && self.cursor.is_empty() {
             return Err(Error::config("mode = \"incremental\" needs cursor columns, e.g. cursor = [\"updated_at\", \"id\"]").with_field("cursor"));

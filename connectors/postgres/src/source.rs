@@ -27,6 +27,21 @@ pub struct TableOffset {
     /// The snapshot of this table is complete.
     #[serde(default)]
     pub done: bool,
+    /// `cdc`: end LSN of the last delivered transaction (exclusive start of the next).
+    #[serde(default)]
+    pub lsn: Option<u64>,
+}
+
+/// The state of a `cdc` source.
+struct Cdc {
+    slot: String,
+    publication: String,
+    /// Column names of the relation as the stream last described it.
+    columns: Vec<String>,
+    /// Where the slot was last advanced to.
+    advanced: u64,
+    /// Changes asked for per peek (widened when a peek returns only delivered ones).
+    limit: usize,
 }
 
 struct Column {
@@ -42,6 +57,8 @@ struct Table {
     key: Vec<usize>,
     decoder: JsonDecoder,
     offset: TableOffset,
+    /// `cdc`: rows carry `_op`.
+    op: bool,
 }
 
 /// Reads tables.
@@ -50,6 +67,7 @@ pub struct PostgresSource {
     pool: Option<PgPool>,
     tables: Vec<Table>,
     current: usize,
+    cdc: Option<Cdc>,
     /// Batches decoded together and not yet returned.
     ready: VecDeque<Batch>,
     /// Parts decoded in parallel per fetch.
@@ -66,6 +84,7 @@ impl PostgresSource {
             pool: None,
             tables: Vec::new(),
             current: 0,
+            cdc: None,
             ready: VecDeque::new(),
             parts: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -137,7 +156,10 @@ fn json_expr(c: &Column) -> String {
 
 impl Table {
     fn select(&self, limit: usize) -> (String, Vec<String>) {
-        let exprs: Vec<String> = self.columns.iter().map(json_expr).collect();
+        let mut exprs: Vec<String> = self.columns.iter().map(json_expr).collect();
+        if self.op {
+            exprs.push(format!("'r' AS {}", quote(connector_api::columns::OP)));
+        }
         let keys: Vec<String> = self
             .key
             .iter()
@@ -198,14 +220,14 @@ impl Source for PostgresSource {
         for name in &self.config.tables {
             let (columns, schema, pk) = describe(&pool, &self.config.schema, name).await?;
             let key = match self.config.mode {
-                SourceMode::Snapshot if pk.is_empty() => {
+                SourceMode::Snapshot | SourceMode::Cdc if pk.is_empty() => {
                     return Err(Error::schema(format!(
                         "table \"{}\".\"{name}\" has no primary key; a resumable snapshot reads in key order",
                         self.config.schema
                     ))
                     .with_field("tables"))
                 }
-                SourceMode::Snapshot => pk,
+                SourceMode::Snapshot | SourceMode::Cdc => pk,
                 SourceMode::Incremental => self
                     .config
                     .cursor
@@ -221,22 +243,49 @@ impl Source for PostgresSource {
             let offset = committed
                 .get_typed::<TableOffset>(&split)?
                 .unwrap_or_default();
+            let op = self.config.mode == SourceMode::Cdc;
             self.tables.push(Table {
                 relation: format!("{}.{}", quote(&self.config.schema), quote(name)),
                 split,
                 columns,
                 key,
-                decoder: JsonDecoder::new(Some(schema)),
+                decoder: JsonDecoder::new(Some(if op { with_op(&schema) } else { schema })),
                 offset,
+                op,
             });
         }
+        if self.config.mode == SourceMode::Cdc {
+            self.cdc = Some(self.open_cdc(&pool, &ctx.pipeline).await?);
+        }
         self.pool = Some(pool);
+        Ok(())
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
+        let (Some(cdc), Some(pool), Some(table)) =
+            (self.cdc.as_mut(), self.pool.as_ref(), self.tables.first())
+        else {
+            return Ok(());
+        };
+        let Some(lsn) = offsets
+            .get_typed::<TableOffset>(&table.split)?
+            .and_then(|o| o.lsn)
+        else {
+            return Ok(());
+        };
+        if lsn > cdc.advanced {
+            crate::cdc::advance(pool, &cdc.slot, lsn).await?;
+            cdc.advanced = lsn;
+        }
         Ok(())
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         if let Some(b) = self.ready.pop_front() {
             return Ok(Some(b));
+        }
+        if self.cdc.is_some() && self.tables.first().is_some_and(|t| t.offset.done) {
+            return self.stream().await;
         }
         let started = Instant::now();
         let mut empty_pass = 0;
@@ -278,7 +327,7 @@ impl Source for PostgresSource {
             if rows.is_empty() {
                 self.current += 1;
                 empty_pass += 1;
-                if self.config.mode == SourceMode::Snapshot {
+                if self.config.mode != SourceMode::Incremental {
                     table.offset.done = true;
                     let mut offsets = Offsets::new();
                     offsets.set_typed(table.split.clone(), &table.offset)?;
@@ -344,6 +393,146 @@ impl Source for PostgresSource {
             pool.close().await;
         }
         Ok(())
+    }
+}
+
+/// `schema` plus the `_op` column of change records.
+fn with_op(schema: &SchemaRef) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        connector_api::columns::OP,
+        arrow_schema::DataType::Utf8,
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+impl PostgresSource {
+    /// Checks `wal_level`, makes the publication, and finds or creates the slot: a
+    /// slot that a stored position expects but is gone is a loud error, never a
+    /// silent new slot (changes in between would be lost).
+    async fn open_cdc(&mut self, pool: &PgPool, pipeline: &str) -> Result<Cdc> {
+        crate::cdc::check_wal_level(pool).await?;
+        let table = self
+            .tables
+            .first()
+            .ok_or_else(|| Error::config("no table").with_field("tables"))?;
+        let slot = self
+            .config
+            .slot
+            .clone()
+            .unwrap_or_else(|| crate::cdc::slot_name(pipeline));
+        let publication = self
+            .config
+            .publication
+            .clone()
+            .unwrap_or_else(|| crate::cdc::slot_name(pipeline));
+        crate::cdc::ensure_publication(pool, &publication, &table.relation).await?;
+        let started =
+            table.offset.after.is_some() || table.offset.done || table.offset.lsn.is_some();
+        let advanced = match (crate::cdc::slot_position(pool, &slot).await?, started) {
+            (Some(lsn), true) => lsn,
+            (None, true) => {
+                return Err(Error::not_found(format!(
+                    "replication slot \"{slot}\" is gone, but this pipeline has read from it (up to LSN {}); \
+                     changes since then cannot be read. Run `sluice offsets reset` and clear the target to start \
+                     over with a new snapshot",
+                    crate::cdc::lsn_text(table.offset.lsn.unwrap_or(0))
+                ))
+                .with_field("slot"))
+            }
+            // a first run: the slot comes before the snapshot, so no change falls between
+            (_, false) => crate::cdc::create_slot(pool, &slot).await?,
+        };
+        Ok(Cdc {
+            slot,
+            publication,
+            columns: Vec::new(),
+            advanced,
+            limit: self.batch_size.max(1024),
+        })
+    }
+
+    /// The next batch of changes, or an idle batch after `idle_timeout`.
+    async fn stream(&mut self) -> Result<Option<Batch>> {
+        let started = Instant::now();
+        let pool = self
+            .pool
+            .clone()
+            .ok_or_else(|| Error::internal("source is not open"))?;
+        loop {
+            let (Some(cdc), Some(table)) = (self.cdc.as_mut(), self.tables.first_mut()) else {
+                return Ok(None);
+            };
+            let delivered = table.offset.lsn.unwrap_or(0);
+            let schema = table
+                .decoder
+                .schema()
+                .cloned()
+                .ok_or_else(|| Error::internal("no schema"))?;
+            let args = crate::cdc::PeekArgs {
+                slot: &cdc.slot,
+                publication: &cdc.publication,
+                limit: cdc.limit,
+                delivered,
+                max_changes: self.batch_size,
+            };
+            let peeked = crate::cdc::peek(&pool, args, &mut cdc.columns, &schema).await?;
+            if peeked.relation_changed {
+                // ALTER TABLE: read the new columns, then read the changes again with them
+                let (name, rel) = (self.config.tables[0].clone(), self.config.schema.clone());
+                let (columns, new_schema, _) = describe(&pool, &rel, &name).await?;
+                table.columns = columns;
+                table.decoder = JsonDecoder::new(Some(with_op(&new_schema)));
+                tracing::info!(table = %table.split, "table changed in the stream; new columns picked up");
+                continue;
+            }
+            if peeked.changes.is_empty() {
+                if peeked.returned >= cdc.limit {
+                    cdc.limit = cdc.limit.saturating_mul(2);
+                    continue;
+                }
+                if started.elapsed() >= self.idle_timeout {
+                    return Ok(Some(Batch::idle()));
+                }
+                tokio::time::sleep(self.config.poll_interval.min(self.idle_timeout)).await;
+                continue;
+            }
+            let mut buf = Vec::new();
+            let n = peeked.changes.len();
+            for mut change in peeked.changes {
+                change.row.insert(
+                    crate::cdc::OP.to_string(),
+                    serde_json::Value::String(change.op.to_string()),
+                );
+                serde_json::to_writer(&mut buf, &change.row)
+                    .map_err(|e| Error::internal("change").with_source(e))?;
+                buf.push(b'\n');
+            }
+            let decoded = table.decoder.decode(&buf, n, true)?;
+            table.offset.lsn = Some(peeked.end_lsn);
+            let mut offsets = Offsets::new();
+            offsets.set_typed(table.split.clone(), &table.offset)?;
+            let records = decoded
+                .batch
+                .unwrap_or_else(|| arrow_array::RecordBatch::new_empty(schema.clone()));
+            let mut batch = Batch::new(records, offsets);
+            batch.rejects = decoded
+                .bad
+                .into_iter()
+                .map(|b| Reject {
+                    split: table.split.clone(),
+                    position: format!(
+                        "table {} change before LSN {}",
+                        table.split,
+                        crate::cdc::lsn_text(peeked.end_lsn)
+                    ),
+                    raw: b.raw,
+                    error: b.error,
+                })
+                .collect();
+            return Ok(Some(batch));
+        }
     }
 }
 

@@ -422,3 +422,80 @@ fn a_postgres_restart_mid_run_is_retried_and_nothing_is_lost() {
         format!("{ROWS}|{ROWS}")
     );
 }
+
+#[test]
+fn cdc_snapshot_then_inserts_updates_deletes_rollback_and_alter_table_reach_the_target() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_cdc_src"), fresh("it_pg_cdc_dst"));
+    let slot = "sluice_it_pg_cdc_dst";
+    psql(&format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
+         DROP PUBLICATION IF EXISTS {slot};\
+         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, amount numeric(10,2), tags text[], at timestamptz);\
+         INSERT INTO \"{src}\" VALUES (1, 'one', 1.10, '{{a,b}}', '2024-05-01 10:00:00+02'), (2, 'two', NULL, '{{}}', NULL), (3, 'three', 3.30, NULL, now());"
+    ));
+    std::fs::write(
+        d.join("cdc.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"100ms\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [checkpoint]\ninterval = \"200ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+    let same = |cols: &str| {
+        psql(&format!(
+            "SELECT count(*) FROM ((SELECT {cols} FROM \"{src}\" EXCEPT SELECT {cols} FROM \"{dst}\") UNION ALL \
+             (SELECT {cols} FROM \"{dst}\" EXCEPT SELECT {cols} FROM \"{src}\")) x"
+        )) == "0"
+    };
+    let base = "id, v, amount, tags, at";
+    let snapshot = crate::support::wait_until(Duration::from_secs(30), || {
+        psql(&format!(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'"
+        )) == "1"
+            && same(base)
+    });
+    // one psql call per transaction: a multi-statement -c is one implicit transaction
+    for sql in [
+        format!("INSERT INTO \"{src}\" VALUES (4, 'four', 4.40, '{{\"x,y\",NULL}}', now()), (5, 'five', 5.50, NULL, NULL)"),
+        format!("UPDATE \"{src}\" SET v = 'ONE', amount = 9.99 WHERE id = 1"),
+        format!("DELETE FROM \"{src}\" WHERE id = 2"),
+        format!("BEGIN; INSERT INTO \"{src}\" VALUES (99, 'rolled back', 0, NULL, NULL); ROLLBACK"),
+        format!("INSERT INTO \"{src}\" VALUES (2, 'two again', 2.00, NULL, NULL)"),
+        format!("DELETE FROM \"{src}\" WHERE id = 3"),
+    ] {
+        psql(&sql);
+    }
+    let changes = crate::support::wait_until(Duration::from_secs(30), || same(base));
+    psql(&format!("ALTER TABLE \"{src}\" ADD COLUMN extra integer"));
+    psql(&format!(
+        "INSERT INTO \"{src}\" VALUES (6, 'six', 6.60, NULL, NULL, 42)"
+    ));
+    psql(&format!("UPDATE \"{src}\" SET extra = 7 WHERE id = 4"));
+    let altered = crate::support::wait_until(Duration::from_secs(30), || {
+        psql(&format!("SELECT count(*) FROM pg_attribute WHERE attrelid = '\"{dst}\"'::regclass AND attname = 'extra'")) == "1"
+            && same("id, v, amount, tags, at, extra")
+    });
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    let advanced = psql(&format!("SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = '{slot}'"));
+    psql(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
+    ));
+    assert!(snapshot, "the snapshot did not arrive: {}", run.stderr);
+    assert!(changes, "the changes did not arrive: {}", run.stderr);
+    assert!(altered, "the ALTER TABLE did not arrive: {}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(advanced, "t");
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM \"{dst}\" WHERE id IN (3, 99)"
+        )),
+        "0"
+    );
+}
