@@ -499,3 +499,70 @@ fn cdc_snapshot_then_inserts_updates_deletes_rollback_and_alter_table_reach_the_
         "0"
     );
 }
+
+#[test]
+fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_cdckill_src"), fresh("it_pg_cdckill_dst"));
+    let slot = "sluice_it_pg_cdckill_dst";
+    psql(&format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
+         DROP PUBLICATION IF EXISTS {slot};\
+         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, n integer);\
+         INSERT INTO \"{src}\" SELECT g, 'seed', g FROM generate_series(1, 1000) g;"
+    ));
+    std::fs::write(
+        d.join("cdc.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"50ms\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [batch]\nmax_records = 100\n[checkpoint]\ninterval = \"100ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    // a writer: 300 transactions of inserts, updates and deletes while sluice is killed
+    let writer_src = src.clone();
+    let writer = std::thread::spawn(move || {
+        for i in 1001..1301 {
+            psql(&format!(
+                "INSERT INTO \"{writer_src}\" VALUES ({i}, 'new', {i}); UPDATE \"{writer_src}\" SET v = 'upd{i}', n = n + 1 WHERE id = {}; DELETE FROM \"{writer_src}\" WHERE id = {}",
+                i - 500,
+                i - 900
+            ));
+        }
+    });
+    let mut rng = rand::thread_rng();
+    for _ in 0..10 {
+        let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..900)));
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+    }
+    writer.join().expect("writer");
+    let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+    let cols = "id, v, n";
+    let same = crate::support::wait_until(Duration::from_secs(60), || {
+        psql(&format!(
+            "SELECT count(*) FROM ((SELECT {cols} FROM \"{src}\" EXCEPT SELECT {cols} FROM \"{dst}\") UNION ALL \
+             (SELECT {cols} FROM \"{dst}\" EXCEPT SELECT {cols} FROM \"{src}\")) x"
+        )) == "0"
+    });
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    psql(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
+    ));
+    assert!(
+        same,
+        "the target differs from the source after 10 kills: {}",
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{dst}\"")),
+        psql(&format!("SELECT count(*) FROM \"{src}\""))
+    );
+}
