@@ -184,6 +184,24 @@ fn a_not_null_violation_stops_and_a_missing_database_is_named() {
     .unwrap();
     let run = sluice(dir.path(), &["check", "bad.toml"]);
     assert_eq!(run.code, Some(1));
+    // refused credentials are an auth error (local auth is trust here, so an unknown
+    // role stands in for a wrong password: both are SQLSTATE class 28)
+    let auth = dir.path().join("auth.toml");
+    std::fs::write(
+        &auth,
+        "[source]\nconnector = \"datagen\"\ncount = 1\n[sink]\nconnector = \"postgres\"\nurl = \"postgres://no_such_role_sluice@127.0.0.1:5432/test\"\ntable = \"x\"\n",
+    )
+    .unwrap();
+    let run_auth = sluice(dir.path(), &["check", "auth.toml"]);
+    assert_eq!(run_auth.code, Some(1));
+    assert!(
+        run_auth
+            .stdout
+            .contains("auth error: cannot connect to PostgreSQL")
+            && run_auth.stdout.contains("no_such_role_sluice"),
+        "{}",
+        run_auth.stdout
+    );
     assert!(
         run.stdout
             .contains("not_found error: cannot connect to PostgreSQL")
