@@ -66,6 +66,15 @@ pub async fn connect_url(url: &connector_api::Secret) -> Result<PgPool> {
 
 /// The Arrow schema of an existing table (None when it does not exist).
 async fn table_schema(pool: &PgPool, schema: &str, table: &str) -> Result<Option<SchemaRef>> {
+    Ok(table_columns(pool, schema, table).await?.map(|(s, _)| s))
+}
+
+/// The Arrow schema of an existing table and each column's PostgreSQL type.
+async fn table_columns(
+    pool: &PgPool,
+    schema: &str,
+    table: &str,
+) -> Result<Option<(SchemaRef, std::collections::HashMap<String, String>)>> {
     let rows: Vec<(String, String, bool)> = sqlx::query_as(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -79,11 +88,15 @@ async fn table_schema(pool: &PgPool, schema: &str, table: &str) -> Result<Option
     if rows.is_empty() {
         return Ok(None);
     }
+    let types = rows
+        .iter()
+        .map(|(n, t, _)| (n.clone(), t.clone()))
+        .collect();
     let fields: Vec<Field> = rows
         .into_iter()
         .map(|(n, t, notnull)| Field::new(n, arrow_type(&t), !notnull))
         .collect();
-    Ok(Some(Arc::new(Schema::new(fields))))
+    Ok(Some((Arc::new(Schema::new(fields)), types)))
 }
 
 /// Writes batches into one table.
@@ -97,6 +110,8 @@ pub struct PostgresSink {
     sink: String,
     /// The open transaction died with uncommitted rows in it.
     lost: bool,
+    /// PostgreSQL type of each column of the table (for the binary COPY format).
+    pg_types: std::collections::HashMap<String, String>,
 }
 
 impl PostgresSink {
@@ -111,6 +126,7 @@ impl PostgresSink {
             pipeline: String::new(),
             sink: String::new(),
             lost: false,
+            pg_types: std::collections::HashMap::new(),
         }
     }
 
@@ -217,6 +233,7 @@ impl PostgresSink {
             self.exec(&stmt).await?;
         }
         self.schema = Some(schema.clone());
+        self.refresh_types().await?;
         // a staging table made for the old columns no longer fits
         if self.staging {
             self.exec("DROP TABLE IF EXISTS pg_temp.sluice_staging")
@@ -226,11 +243,55 @@ impl PostgresSink {
         Ok(())
     }
 
-    async fn copy(&mut self, into: &str, columns: &str, data: Vec<u8>) -> Result<()> {
+    /// Reads the column types of the table as this transaction sees them.
+    async fn refresh_types(&mut self) -> Result<()> {
+        let (schema, table) = (self.config.schema.clone(), self.config.table.clone());
+        let tx = self.tx().await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+        )
+        .bind(&schema)
+        .bind(&table)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
+        self.pg_types = rows.into_iter().collect();
+        Ok(())
+    }
+
+    /// The batch in the binary COPY format when every column has one, else as text.
+    fn encode(&self, records: &arrow_array::RecordBatch) -> Result<(Vec<u8>, &'static str)> {
+        let types: Vec<String> = records
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == columns::OP {
+                    "text".to_string()
+                } else {
+                    self.pg_types.get(f.name()).cloned().unwrap_or_default()
+                }
+            })
+            .collect();
+        match crate::types::copy_binary(records, &types)? {
+            Some(data) => Ok((data, " WITH (FORMAT binary)")),
+            None => Ok((copy_text(records)?, "")),
+        }
+    }
+
+    async fn copy(
+        &mut self,
+        into: &str,
+        columns: &str,
+        data: (Vec<u8>, &'static str),
+    ) -> Result<()> {
+        let (data, format) = data;
         let table = self.target();
         let tx = self.tx().await?;
         let mut copy = tx
-            .copy_in_raw(&format!("COPY {into} ({columns}) FROM STDIN"))
+            .copy_in_raw(&format!("COPY {into} ({columns}) FROM STDIN{format}"))
             .await
             .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
         copy.send(data)
@@ -263,7 +324,7 @@ impl PostgresSink {
             .map(|f| quote(f.name()))
             .collect();
         let all_fields: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
-        let data = copy_text(&records)?;
+        let data = self.encode(&records)?;
         if self.config.mode == SinkMode::Insert {
             if changes {
                 return Err(Error::config(format!(
@@ -372,7 +433,9 @@ impl Sink for PostgresSink {
         .await
         .map_err(|e| pg_error("read stored offsets", e))?;
         let offsets = stored.map(|(s,)| Offsets::from_envelope(&s)).transpose()?;
-        self.schema = table_schema(&pool, &self.config.schema, &self.config.table).await?;
+        let found = table_columns(&pool, &self.config.schema, &self.config.table).await?;
+        self.pg_types = found.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
+        self.schema = found.map(|(s, _)| s);
         if let Some(schema) = &self.schema {
             for k in &self.config.key {
                 if schema.field_with_name(k).is_err() {

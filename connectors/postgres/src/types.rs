@@ -323,6 +323,245 @@ pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days from 1970-01-01 to 2000-01-01.
+const PG_EPOCH_DAYS: i32 = 10_957;
+
+/// How one column is written in the binary COPY format, or None when it is not
+/// supported (the batch then goes as text).
+fn binary_kind(dt: &DataType, pg: &str) -> Option<u8> {
+    let base = pg.split('(').next().unwrap_or(pg).trim();
+    Some(match (dt, base) {
+        (DataType::Boolean, "boolean") => b'b',
+        (DataType::Int8 | DataType::Int16, "smallint") => b'2',
+        (
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::UInt8 | DataType::UInt16,
+            "integer",
+        ) => b'4',
+        (dt, "bigint") if dt.is_integer() && *dt != DataType::UInt64 => b'8',
+        (DataType::Float32, "real") => b'f',
+        (DataType::Float32 | DataType::Float64, "double precision") => b'd',
+        (DataType::Utf8, "text" | "character varying" | "name") => b's',
+        (DataType::Utf8, "json") => b's',
+        (DataType::Utf8, "jsonb") => b'j',
+        (DataType::Binary, "bytea") => b'y',
+        (DataType::Date32, "date") => b'D',
+        (DataType::Time64(TimeUnit::Microsecond), _)
+            if pg.starts_with("time") && !pg.contains("zone") || pg == "time without time zone" =>
+        {
+            b't'
+        }
+        (DataType::Timestamp(_, None), _)
+            if pg.starts_with("timestamp") && pg.ends_with("without time zone") =>
+        {
+            b'T'
+        }
+        (DataType::Timestamp(_, Some(_)), _)
+            if pg.starts_with("timestamp") && pg.ends_with("with time zone") =>
+        {
+            b'T'
+        }
+        (DataType::Decimal128(_, _), "numeric") => b'n',
+        _ => return None,
+    })
+}
+
+/// PostgreSQL's binary `numeric`: base-10000 digits, weight, sign, display scale.
+fn numeric_bytes(out: &mut Vec<u8>, unscaled: i128, scale: i8) {
+    let scale = scale.max(0) as usize;
+    let negative = unscaled < 0;
+    let digits = unscaled.unsigned_abs().to_string();
+    let (int_part, frac_part) = if digits.len() > scale {
+        (
+            digits[..digits.len() - scale].to_string(),
+            digits[digits.len() - scale..].to_string(),
+        )
+    } else {
+        (String::new(), format!("{digits:0>scale$}"))
+    };
+    // integer part grouped from the right, fraction from the left
+    let mut groups: Vec<i16> = Vec::new();
+    let int_len = int_part.len();
+    let lead = int_len % 4;
+    let mut weight: i16 = if int_len == 0 {
+        -1
+    } else {
+        int_len.div_ceil(4) as i16 - 1
+    };
+    let mut i = 0;
+    if lead > 0 {
+        groups.push(int_part[..lead].parse().unwrap_or(0));
+        i = lead;
+    }
+    while i < int_len {
+        groups.push(int_part[i..i + 4].parse().unwrap_or(0));
+        i += 4;
+    }
+    let mut f = 0;
+    while f < frac_part.len() {
+        let chunk = &frac_part[f..(f + 4).min(frac_part.len())];
+        groups.push(format!("{chunk:0<4}").parse().unwrap_or(0));
+        f += 4;
+    }
+    // drop leading zero groups (each lowers the weight) and trailing ones
+    while groups.first() == Some(&0) {
+        groups.remove(0);
+        weight -= 1;
+    }
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let sign: u16 = if negative && !groups.is_empty() {
+        0x4000
+    } else {
+        0
+    };
+    let len = 8 + 2 * groups.len();
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(&(groups.len() as i16).to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&sign.to_be_bytes());
+    out.extend_from_slice(&(scale as i16).to_be_bytes());
+    for g in groups {
+        out.extend_from_slice(&g.to_be_bytes());
+    }
+}
+
+fn micros(unit: &TimeUnit, v: i64) -> i64 {
+    match unit {
+        TimeUnit::Second => v * 1_000_000,
+        TimeUnit::Millisecond => v * 1000,
+        TimeUnit::Microsecond => v,
+        TimeUnit::Nanosecond => v / 1000,
+    }
+}
+
+/// A batch in the binary COPY format, when every column has a binary form for its
+/// PostgreSQL type (`pg_types`, as `format_type()` writes them); None otherwise.
+pub fn copy_binary(batch: &RecordBatch, pg_types: &[String]) -> Result<Option<Vec<u8>>> {
+    let mut kinds = Vec::with_capacity(batch.num_columns());
+    for (c, pg) in batch.columns().iter().zip(pg_types) {
+        match binary_kind(c.data_type(), pg) {
+            Some(k) => kinds.push(k),
+            None => return Ok(None),
+        }
+    }
+    let columns: Vec<ArrayRef> = batch
+        .columns()
+        .iter()
+        .zip(&kinds)
+        .map(|(c, k)| match k {
+            b'2' => arrow_cast::cast(c, &DataType::Int16),
+            b'4' => arrow_cast::cast(c, &DataType::Int32),
+            b'8' => arrow_cast::cast(c, &DataType::Int64),
+            b'd' => arrow_cast::cast(c, &DataType::Float64),
+            _ => Ok(c.clone()),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let mut out = Vec::with_capacity(19 + batch.num_rows() * (2 + columns.len() * 12));
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    for row in 0..batch.num_rows() {
+        out.extend_from_slice(&(columns.len() as i16).to_be_bytes());
+        for (c, k) in columns.iter().zip(&kinds) {
+            if c.is_null(row) {
+                out.extend_from_slice(&(-1i32).to_be_bytes());
+                continue;
+            }
+            let mut fixed = |bytes: &[u8]| {
+                out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+                out.extend_from_slice(bytes);
+            };
+            match k {
+                b'b' => fixed(&[u8::from(c.as_boolean().value(row))]),
+                b'2' => fixed(
+                    &c.as_primitive::<arrow_array::types::Int16Type>()
+                        .value(row)
+                        .to_be_bytes(),
+                ),
+                b'4' => fixed(
+                    &c.as_primitive::<arrow_array::types::Int32Type>()
+                        .value(row)
+                        .to_be_bytes(),
+                ),
+                b'8' => fixed(
+                    &c.as_primitive::<arrow_array::types::Int64Type>()
+                        .value(row)
+                        .to_be_bytes(),
+                ),
+                b'f' => fixed(
+                    &c.as_primitive::<arrow_array::types::Float32Type>()
+                        .value(row)
+                        .to_be_bytes(),
+                ),
+                b'd' => fixed(
+                    &c.as_primitive::<arrow_array::types::Float64Type>()
+                        .value(row)
+                        .to_be_bytes(),
+                ),
+                b's' => fixed(c.as_string::<i32>().value(row).as_bytes()),
+                b'j' => {
+                    let text = c.as_string::<i32>().value(row).as_bytes();
+                    out.extend_from_slice(&((text.len() + 1) as i32).to_be_bytes());
+                    out.push(1);
+                    out.extend_from_slice(text);
+                }
+                b'y' => fixed(c.as_binary::<i32>().value(row)),
+                b'D' => fixed(
+                    &(c.as_primitive::<arrow_array::types::Date32Type>()
+                        .value(row)
+                        - PG_EPOCH_DAYS)
+                        .to_be_bytes(),
+                ),
+                b't' => fixed(
+                    &c.as_primitive::<arrow_array::types::Time64MicrosecondType>()
+                        .value(row)
+                        .to_be_bytes(),
+                ),
+                b'T' => {
+                    let DataType::Timestamp(unit, _) = c.data_type() else {
+                        return Ok(None);
+                    };
+                    let v = match unit {
+                        TimeUnit::Second => c
+                            .as_primitive::<arrow_array::types::TimestampSecondType>()
+                            .value(row),
+                        TimeUnit::Millisecond => c
+                            .as_primitive::<arrow_array::types::TimestampMillisecondType>()
+                            .value(row),
+                        TimeUnit::Microsecond => c
+                            .as_primitive::<arrow_array::types::TimestampMicrosecondType>()
+                            .value(row),
+                        TimeUnit::Nanosecond => c
+                            .as_primitive::<arrow_array::types::TimestampNanosecondType>()
+                            .value(row),
+                    };
+                    fixed(&(micros(unit, v) - PG_EPOCH_MICROS).to_be_bytes());
+                }
+                b'n' => {
+                    let DataType::Decimal128(_, scale) = c.data_type() else {
+                        return Ok(None);
+                    };
+                    numeric_bytes(
+                        &mut out,
+                        c.as_primitive::<arrow_array::types::Decimal128Type>()
+                            .value(row),
+                        *scale,
+                    );
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,6 +595,20 @@ mod tests {
         }
         assert_eq!(arrow_type("numeric"), DataType::Decimal128(38, 10));
         assert!(matches!(arrow_type("integer[]"), DataType::List(_)));
+    }
+
+    #[test]
+    fn numeric_binary_matches_postgres_layout() {
+        let mut out = Vec::new();
+        numeric_bytes(&mut out, 12_345_678_901_234_567_890, 4); // 1234567890123456.7890
+                                                                // ndigits 5: 1234 5678 9012 3456 7890; weight 3; dscale 4
+        assert_eq!(&out[4..12], &[0, 5, 0, 3, 0, 0, 0, 4]);
+        let mut out = Vec::new();
+        numeric_bytes(&mut out, -1, 4); // -0.0001
+        assert_eq!(&out[4..14], &[0, 1, 0xff, 0xff, 0x40, 0, 0, 4, 0, 1]);
+        let mut out = Vec::new();
+        numeric_bytes(&mut out, 0, 2);
+        assert_eq!(&out[4..12], &[0, 0, 0, 0, 0, 0, 0, 2]);
     }
 
     #[test]

@@ -584,3 +584,41 @@ fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
         psql(&format!("SELECT count(*) FROM \"{src}\""))
     );
 }
+
+#[test]
+fn binary_copy_writes_every_scalar_type_exactly() {
+    let _server = server();
+    let dir = workdir();
+    let t = fresh("it_pg_binary");
+    // no list or struct column: the sink uses the binary COPY format
+    let schema = r#"schema = [
+  { name = "id", type = "int64", nullable = false }, { name = "small", type = "int16" }, { name = "i", type = "int32" },
+  { name = "f", type = "float64" }, { name = "r", type = "float32" }, { name = "b", type = "bool" },
+  { name = "s", type = "string" }, { name = "bin", type = "binary" }, { name = "amount", type = "decimal(20,4)" },
+  { name = "d", type = "date" }, { name = "t", type = "time" }, { name = "ts", type = "timestamp" },
+  { name = "tstz", type = "timestamptz" }, { name = "ms", type = "timestamp(ms)" },
+]"#;
+    let input = concat!(
+        r#"{"id":1,"small":-32768,"i":2147483647,"f":-1.25e300,"r":1.5,"b":true,"s":"h\u00e9llo \t \\ ✓","bin":"deadbeef00","amount":"1234567890123456.7890","d":"1969-07-20","t":"23:59:59.999999","ts":"1900-01-01T00:00:00.000001","tstz":"2024-05-01T10:00:00.123456Z","ms":"2000-01-01T00:00:00.001"}"#,
+        "\n",
+        r#"{"id":2,"amount":"-0.0001","b":false,"s":"","bin":""}"#,
+        "\n",
+        r#"{"id":3,"amount":"0","f":0.1,"r":-0.5,"d":"2000-01-01","tstz":"1999-12-31T23:59:59.999999Z"}"#,
+        "\n",
+        r#"{"id":4,"amount":"10000.0000","small":0}"#,
+        "\n"
+    );
+    pipeline(dir.path(), &t, input, schema, "");
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let rows = psql(&format!(
+        "SET TIME ZONE 'UTC'; SELECT id, small, i, f, r, b, s, encode(bin, 'hex'), amount, d, t, ts, tstz, ms FROM \"{t}\" ORDER BY id"
+    ));
+    assert_eq!(
+        rows,
+        "1|-32768|2147483647|-1.25e+300|1.5|t|h\u{e9}llo \t \\ ✓|deadbeef00|1234567890123456.7890|1969-07-20|23:59:59.999999|1900-01-01 00:00:00.000001|2024-05-01 10:00:00.123456+00|2000-01-01 00:00:00.001\n\
+         2|||||f|||-0.0001|||||\n\
+         3|||0.1|-0.5||||0.0000|2000-01-01|||1999-12-31 23:59:59.999999+00|\n\
+         4|0|||||||10000.0000|||||"
+    );
+}
