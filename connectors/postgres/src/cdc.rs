@@ -6,7 +6,7 @@
 //! skipped, so a re-read after a restart repeats nothing that was delivered.
 
 use arrow_schema::{DataType, SchemaRef};
-use connector_api::{columns, Error, Result};
+use connector_api::{Error, Result};
 use serde_json::{Map, Value};
 use sqlx::postgres::PgPool;
 
@@ -428,9 +428,6 @@ fn parse_array(text: &str) -> Option<Vec<Option<String>>> {
         }
     }
 }
-
-/// The name of the operation column the CDC source adds.
-pub const OP: &str = columns::OP;
 
 #[cfg(test)]
 mod tests {

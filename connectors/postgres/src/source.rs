@@ -502,7 +502,7 @@ impl PostgresSource {
             let n = peeked.changes.len();
             for mut change in peeked.changes {
                 change.row.insert(
-                    crate::cdc::OP.to_string(),
+                    connector_api::columns::OP.to_string(),
                     serde_json::Value::String(change.op.to_string()),
                 );
                 serde_json::to_writer(&mut buf, &change.row)
