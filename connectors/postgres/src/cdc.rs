@@ -120,6 +120,33 @@ pub struct Change {
     pub op: &'static str,
     /// The row (the key only, for deletes).
     pub row: Map<String, Value>,
+    /// The old row when the server sent it (updates and deletes: the key, or all
+    /// columns under REPLICA IDENTITY FULL).
+    pub before: Option<Map<String, Value>>,
+    /// Commit time, milliseconds since 1970.
+    pub ts_ms: i64,
+    /// Transaction id.
+    pub xid: u32,
+    /// End LSN of the transaction.
+    pub lsn: u64,
+}
+
+impl Change {
+    fn new(
+        op: &'static str,
+        row: Map<String, Value>,
+        before: Option<Map<String, Value>>,
+        xid: u32,
+    ) -> Self {
+        Change {
+            op,
+            row,
+            before,
+            ts_ms: 0,
+            xid,
+            lsn: 0,
+        }
+    }
 }
 
 /// What a peek produced.
@@ -241,10 +268,16 @@ pub async fn peek(
         returned: rows.len(),
     };
     let mut txn: Vec<Change> = Vec::new();
+    let mut xid = 0u32;
     for (data,) in &rows {
         let mut r = Reader { b: data, pos: 0 };
         match r.u8()? {
-            b'B' => txn.clear(),
+            b'B' => {
+                txn.clear();
+                let _final_lsn = r.u64()?;
+                let _commit_ts = r.u64()?;
+                xid = r.u32()?;
+            }
             b'R' => {
                 let _relid = r.u32()?;
                 let _namespace = r.cstr()?;
@@ -269,10 +302,12 @@ pub async fn peek(
                 let _relid = r.u32()?;
                 let _n = r.u8()?;
                 let new = r.tuple()?;
-                txn.push(Change {
-                    op: "c",
-                    row: to_row(columns_now, &new, None, schema),
-                });
+                txn.push(Change::new(
+                    "c",
+                    to_row(columns_now, &new, None, schema),
+                    None,
+                    xid,
+                ));
             }
             b'U' => {
                 let _relid = r.u32()?;
@@ -286,24 +321,31 @@ pub async fn peek(
                     return Err(Error::internal("pgoutput update without a new tuple"));
                 }
                 let new = r.tuple()?;
-                txn.push(Change {
-                    op: "u",
-                    row: to_row(columns_now, &new, old.as_deref(), schema),
-                });
+                let before = old.as_deref().map(|o| to_row(columns_now, o, None, schema));
+                txn.push(Change::new(
+                    "u",
+                    to_row(columns_now, &new, old.as_deref(), schema),
+                    before,
+                    xid,
+                ));
             }
             b'D' => {
                 let _relid = r.u32()?;
                 let _kind = r.u8()?;
                 let old = r.tuple()?;
-                txn.push(Change {
-                    op: "d",
-                    row: to_row(columns_now, &old, None, schema),
-                });
+                let row = to_row(columns_now, &old, None, schema);
+                txn.push(Change::new("d", row.clone(), Some(row), xid));
             }
             b'C' => {
                 let _flags = r.u8()?;
                 let _commit_lsn = r.u64()?;
                 let end_lsn = r.u64()?;
+                // microseconds since 2000-01-01
+                let ts_ms = r.u64()? as i64 / 1000 + 946_684_800_000;
+                for c in &mut txn {
+                    c.ts_ms = ts_ms;
+                    c.lsn = end_lsn;
+                }
                 if end_lsn > delivered {
                     out.changes.append(&mut txn);
                     out.end_lsn = end_lsn;

@@ -77,6 +77,18 @@ pub enum SourceMode {
     Cdc,
 }
 
+/// The shape of `cdc` records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// The row's columns plus `_op` (`r`, `c`, `u`, `d`): what the postgres sink applies.
+    #[default]
+    Row,
+    /// Debezium's envelope: `before`, `after`, `source`, `op`, `ts_ms`, so existing
+    /// Debezium consumers can read the records.
+    Debezium,
+}
+
 /// Options of the `postgres` source.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -99,6 +111,9 @@ pub struct PostgresSourceConfig {
     pub slot: Option<String>,
     /// Publication of `cdc` (default `sluice_<pipeline>`); created when missing.
     pub publication: Option<String>,
+    /// Shape of `cdc` records: `row` or `debezium`.
+    #[serde(default)]
+    pub envelope: Envelope,
     /// How often `incremental` and `cdc` poll for new rows.
     #[serde(default = "poll", with = "humantime_serde")]
     #[schemars(with = "String")]

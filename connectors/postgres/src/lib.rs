@@ -12,7 +12,7 @@ mod sink;
 mod source;
 pub mod types;
 
-pub use config::{PostgresSinkConfig, PostgresSourceConfig, SinkMode, SourceMode};
+pub use config::{Envelope, PostgresSinkConfig, PostgresSourceConfig, SinkMode, SourceMode};
 pub use sink::PostgresSink;
 pub use source::{PostgresSource, TableOffset};
 

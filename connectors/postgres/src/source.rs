@@ -56,6 +56,10 @@ struct Table {
     /// Indices (into `columns`) of the order key.
     key: Vec<usize>,
     decoder: JsonDecoder,
+    /// The row's columns (plus `_op` in `cdc`): how values are typed.
+    row_schema: SchemaRef,
+    /// `cdc` records in Debezium's envelope.
+    debezium: bool,
     offset: TableOffset,
     /// `cdc`: rows carry `_op`.
     op: bool,
@@ -244,12 +248,15 @@ impl Source for PostgresSource {
                 .get_typed::<TableOffset>(&split)?
                 .unwrap_or_default();
             let op = self.config.mode == SourceMode::Cdc;
+            let debezium = op && self.config.envelope == crate::config::Envelope::Debezium;
             self.tables.push(Table {
                 relation: format!("{}.{}", quote(&self.config.schema), quote(name)),
                 split,
                 columns,
                 key,
-                decoder: JsonDecoder::new(Some(if op { with_op(&schema) } else { schema })),
+                decoder: JsonDecoder::new(Some(record_schema(&schema, op, debezium))),
+                row_schema: if op { with_op(&schema) } else { schema.clone() },
+                debezium,
                 offset,
                 op,
             });
@@ -339,8 +346,19 @@ impl Source for PostgresSource {
                 continue;
             }
             let mut buf = Vec::with_capacity(rows.iter().map(|r| r.0.len() + 1).sum());
+            let now_ms = now_millis();
             for (json, _) in &rows {
-                buf.extend_from_slice(json.as_bytes());
+                if table.debezium {
+                    let source = source_json(&table.split, None, None, now_ms, true).to_string();
+                    buf.extend_from_slice(b"{\"before\":null,\"after\":");
+                    buf.extend_from_slice(json.as_bytes());
+                    buf.extend_from_slice(
+                        format!(",\"op\":\"r\",\"ts_ms\":{now_ms},\"source\":{source}}}")
+                            .as_bytes(),
+                    );
+                } else {
+                    buf.extend_from_slice(json.as_bytes());
+                }
                 buf.push(b'\n');
             }
             // decode on every core: one part per core, each its own batch and offset
@@ -394,6 +412,69 @@ impl Source for PostgresSource {
         }
         Ok(())
     }
+}
+
+/// Milliseconds since 1970.
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Debezium's `source` block.
+fn source_json(
+    split: &str,
+    lsn: Option<u64>,
+    xid: Option<u32>,
+    ts_ms: i64,
+    snapshot: bool,
+) -> serde_json::Value {
+    let (schema, table) = split.split_once('.').unwrap_or(("", split));
+    serde_json::json!({
+        "connector": "postgresql",
+        "schema": schema,
+        "table": table,
+        "lsn": lsn,
+        "txId": xid,
+        "ts_ms": ts_ms,
+        "snapshot": if snapshot { "true" } else { "false" },
+    })
+}
+
+/// What the source emits for a table of `schema`: the row (plus `_op` in `cdc`), or
+/// Debezium's envelope around it.
+fn record_schema(schema: &SchemaRef, op: bool, debezium: bool) -> SchemaRef {
+    use arrow_schema::DataType;
+    if !debezium {
+        return if op { with_op(schema) } else { schema.clone() };
+    }
+    let row = DataType::Struct(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+            .collect(),
+    );
+    let source = DataType::Struct(
+        vec![
+            Field::new("connector", DataType::Utf8, true),
+            Field::new("schema", DataType::Utf8, true),
+            Field::new("table", DataType::Utf8, true),
+            Field::new("lsn", DataType::Int64, true),
+            Field::new("txId", DataType::Int64, true),
+            Field::new("ts_ms", DataType::Int64, true),
+            Field::new("snapshot", DataType::Utf8, true),
+        ]
+        .into(),
+    );
+    Arc::new(Schema::new(vec![
+        Field::new("before", row.clone(), true),
+        Field::new("after", row, true),
+        Field::new("source", source, true),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("ts_ms", DataType::Int64, false),
+    ]))
 }
 
 /// `schema` plus the `_op` column of change records.
@@ -465,11 +546,7 @@ impl PostgresSource {
                 return Ok(None);
             };
             let delivered = table.offset.lsn.unwrap_or(0);
-            let schema = table
-                .decoder
-                .schema()
-                .cloned()
-                .ok_or_else(|| Error::internal("no schema"))?;
+            let schema = table.row_schema.clone();
             let args = crate::cdc::PeekArgs {
                 slot: &cdc.slot,
                 publication: &cdc.publication,
@@ -483,7 +560,9 @@ impl PostgresSource {
                 let (name, rel) = (self.config.tables[0].clone(), self.config.schema.clone());
                 let (columns, new_schema, _) = describe(&pool, &rel, &name).await?;
                 table.columns = columns;
-                table.decoder = JsonDecoder::new(Some(with_op(&new_schema)));
+                table.decoder =
+                    JsonDecoder::new(Some(record_schema(&new_schema, true, table.debezium)));
+                table.row_schema = with_op(&new_schema);
                 tracing::info!(table = %table.split, "table changed in the stream; new columns picked up");
                 continue;
             }
@@ -501,11 +580,27 @@ impl PostgresSource {
             let mut buf = Vec::new();
             let n = peeked.changes.len();
             for mut change in peeked.changes {
-                change.row.insert(
-                    connector_api::columns::OP.to_string(),
-                    serde_json::Value::String(change.op.to_string()),
-                );
-                serde_json::to_writer(&mut buf, &change.row)
+                let record = if table.debezium {
+                    let after = if change.op == "d" {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::Value::Object(change.row)
+                    };
+                    serde_json::json!({
+                        "before": change.before.map(serde_json::Value::Object),
+                        "after": after,
+                        "op": change.op,
+                        "ts_ms": change.ts_ms,
+                        "source": source_json(&table.split, Some(change.lsn), Some(change.xid), change.ts_ms, false),
+                    })
+                } else {
+                    change.row.insert(
+                        connector_api::columns::OP.to_string(),
+                        serde_json::Value::String(change.op.to_string()),
+                    );
+                    serde_json::Value::Object(change.row)
+                };
+                serde_json::to_writer(&mut buf, &record)
                     .map_err(|e| Error::internal("change").with_source(e))?;
                 buf.push(b'\n');
             }
