@@ -37,6 +37,31 @@ if [[ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SHOW wal_level')" != l
 fi
 export SLUICE_TEST_PG="${SLUICE_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 
+# S3: the moto server speaks the S3 API on loopback; a second one checks credentials
+# (INITIAL_NO_AUTH_ACTION_COUNT=0), for the wrong-credentials test. 5.2.5 or later:
+# 5.2.1 answers CompleteMultipartUpload with a root element the AWS SDK rejects.
+if ! python3 -c 'import sys, boto3, moto; sys.exit(tuple(map(int, moto.__version__.split(".")[:3])) < (5, 2, 5))' >/dev/null 2>&1; then
+  log "installing moto (S3 API server) and boto3"
+  python3 -m pip install -q 'moto[server]>=5.2.5' boto3
+fi
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+start_moto() {
+  local port=$1
+  shift
+  up "$port" && return 0
+  log "starting the S3 API server (moto) on port $port"
+  mkdir -p "$CARGO_TARGET_DIR"
+  env "$@" setsid nohup python3 -m moto.server -H 127.0.0.1 -p "$port" \
+    >"$CARGO_TARGET_DIR/moto-$port.log" 2>&1 </dev/null &
+  for _ in $(seq 1 60); do up "$port" && return 0; sleep 0.5; done
+  echo "moto did not start on port $port; see $CARGO_TARGET_DIR/moto-$port.log" >&2
+  return 1
+}
+start_moto 9555
+start_moto 9556 INITIAL_NO_AUTH_ACTION_COUNT=0
+export SLUICE_TEST_S3="${SLUICE_TEST_S3:-http://127.0.0.1:9555}"
+export SLUICE_TEST_S3_AUTH="${SLUICE_TEST_S3_AUTH:-http://127.0.0.1:9556}"
+
 # --- build and static checks ---
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -114,6 +114,18 @@ impl Offsets {
     }
 }
 
+/// FNV-1a: a small hash that is the same in every build (unlike std's hasher), for
+/// names and fingerprints that must survive a restart or an upgrade: a sink names what
+/// it writes from the position of its first record, so a replay writes the same names.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use connector_api::Result;
+use connector_api::{stable_hash, Result};
 use serde::{Deserialize, Serialize};
 
 /// Bytes hashed to fingerprint a file.
@@ -33,16 +33,6 @@ pub struct FileOffset {
     pub line: u64,
 }
 
-/// FNV-1a: a small, stable hash (the same in every build, unlike std's hasher).
-pub fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 /// Reads the identity of the file at `path`.
 pub fn identify(path: &Path) -> Result<Identity> {
     let mut f = File::open(path)?;
@@ -58,7 +48,7 @@ pub fn identify(path: &Path) -> Result<Identity> {
     }
     Ok(Identity {
         ino: inode(&meta),
-        fingerprint: fnv(&buf[..n]),
+        fingerprint: stable_hash(&buf[..n]),
         fp_len: n as u32,
     })
 }
@@ -89,6 +79,6 @@ impl Identity {
             return false;
         };
         let mut buf = vec![0u8; self.fp_len as usize];
-        f.read_exact(&mut buf).is_ok() && fnv(&buf) == self.fingerprint
+        f.read_exact(&mut buf).is_ok() && stable_hash(&buf) == self.fingerprint
     }
 }

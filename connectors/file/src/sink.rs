@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::Encoder;
 
 use crate::config::FileSinkConfig;
-use crate::identity::fnv;
 
 struct Open {
     name: String,
@@ -84,7 +83,7 @@ impl FileSink {
         let name = format!(
             "{}-{:016x}.{}",
             self.config.prefix,
-            fnv(self.position.to_envelope().as_bytes()),
+            connector_api::stable_hash(self.position.to_envelope().as_bytes()),
             self.config.format.extension()
         );
         let path = self.dir.join(Self::tmp_name(&name));

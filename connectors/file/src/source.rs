@@ -12,47 +12,11 @@ use arrow_schema::SchemaRef;
 use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use sluice_formats::{CsvDecoder, Decoded, Format, JsonDecoder};
+use sluice_formats::{Decoded, Format, TextDecoder as Text};
 use tokio::sync::mpsc;
 
 use crate::config::FileSourceConfig;
 use crate::identity::{identify, FileOffset, Identity};
-
-enum Text {
-    Json(JsonDecoder),
-    Csv(CsvDecoder),
-}
-
-impl Text {
-    fn decode(&mut self, buf: &[u8], rows: usize, eof: bool, at_start: bool) -> Result<Decoded> {
-        match self {
-            Text::Json(d) => d.decode(buf, rows, eof),
-            Text::Csv(d) => d.decode(buf, rows, eof, at_start),
-        }
-    }
-
-    /// Decodes up to `parts` batches (in parallel where the format allows).
-    fn decode_parts(
-        &mut self,
-        buf: &[u8],
-        rows: usize,
-        parts: usize,
-        eof: bool,
-        at_start: bool,
-    ) -> Result<Vec<Decoded>> {
-        match self {
-            Text::Json(d) => d.decode_parts(buf, rows, parts, eof),
-            Text::Csv(d) => Ok(vec![d.decode(buf, rows, eof, at_start)?]),
-        }
-    }
-
-    fn schema(&self) -> Option<SchemaRef> {
-        match self {
-            Text::Json(d) => d.schema().cloned(),
-            Text::Csv(d) => d.schema().cloned(),
-        }
-    }
-}
 
 enum Body {
     Text {
@@ -99,11 +63,7 @@ impl FileSource {
     pub fn new(config: FileSourceConfig) -> Result<Self> {
         config.validate()?;
         let declared = config.declared_schema()?;
-        let text = match config.format {
-            Format::Json => Some(Text::Json(JsonDecoder::new(declared))),
-            Format::Csv => Some(Text::Csv(CsvDecoder::new(declared, config.csv.clone()))),
-            Format::Parquet => None,
-        };
+        let text = Text::new(config.format, declared, &config.csv);
         Ok(FileSource {
             config,
             text,

@@ -9,11 +9,13 @@ mod csv;
 mod encode;
 mod json;
 mod options;
+mod text;
 
 pub use crate::csv::CsvDecoder;
 pub use encode::Encoder;
 pub use json::JsonDecoder;
 pub use options::{CsvOptions, Format, ParquetCompression, ParquetOptions};
+pub use text::TextDecoder;
 
 use arrow_array::RecordBatch;
 

@@ -11,6 +11,7 @@ mod plugins;
 mod postgres;
 mod quickstart;
 mod roundtrip;
+mod s3;
 mod sqlite_io;
 mod support;
 mod tolerance;

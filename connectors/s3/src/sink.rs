@@ -1,0 +1,661 @@
+//! The S3 sink: partitioned objects written as multipart uploads and published on
+//! flush, with the offsets of the published data in a state object, so a restart
+//! neither loses nor repeats records.
+//!
+//! Every object is a multipart upload, even a small one (one part may be any size), so
+//! nothing is visible until `CompleteMultipartUpload`: readers never see half an
+//! object. Flush protocol:
+//! 1. finish every open object: encode its footer, upload its last part;
+//! 2. write the intent `_sluice/PIPELINE.pending.json`: the uploads (key, upload id,
+//!    parts) and the offsets;
+//! 3. complete each upload;
+//! 4. write the state `_sluice/PIPELINE.state.json` with the offsets; delete the intent.
+//!
+//! On open, an intent left by a crash is rolled forward (steps 3 and 4 again; an
+//! upload already completed is found by its key), every other upload this pipeline
+//! left in progress is aborted (no orphaned parts are billed forever), and the state's
+//! offsets are reported to the runtime, which resumes the source there. Object names
+//! are `FILE_PREFIX-<pipeline tag>-<hash of the start position>.EXT`: a replay writes
+//! the same names, and two pipelines writing one folder never collide.
+//!
+//! The `_sluice/` folder sits under the template's literal prefix; Hive, Spark and
+//! pyarrow skip folders starting with `_` when they read a dataset.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arrow_array::{RecordBatch, UInt32Array};
+use arrow_schema::SchemaRef;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use connector_api::{
+    stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+};
+use serde::{Deserialize, Serialize};
+use sluice_formats::Encoder;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::client::{connect, is_not_found, s3_error};
+use crate::codec::{Compressor, PartBuffer};
+use crate::config::{Connection, S3SinkConfig};
+use crate::template::Template;
+
+/// Part uploads in flight at once, across all objects.
+const PARALLEL_UPLOADS: usize = 4;
+
+/// One uploaded part: its number and the ETag S3 returned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Part {
+    n: i32,
+    etag: String,
+}
+
+/// An object whose parts are all uploaded, waiting to be completed (published).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Finished {
+    key: String,
+    upload_id: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Intent {
+    objects: Vec<Finished>,
+    offsets: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    offsets: String,
+}
+
+/// An object being written.
+struct Writing {
+    key: String,
+    schema: SchemaRef,
+    /// Taken when the object is finished. In a mutex only to be `Sync` (the sink is
+    /// borrowed across awaits); always reached through `get_mut`, never locked.
+    encoder: Option<Mutex<Encoder<Compressor>>>,
+    buf: PartBuffer,
+    upload_id: String,
+    next_part: i32,
+    uploads: Vec<JoinHandle<Result<Part>>>,
+    started: Instant,
+}
+
+/// Writes batches as objects under a bucket and key template.
+pub struct S3Sink {
+    config: S3SinkConfig,
+    conn: Connection,
+    template: Template,
+    client: Option<Client>,
+    pipeline: String,
+    /// `FILE_PREFIX-<pipeline tag>-`: the start of every object name this pipeline writes.
+    name_start: String,
+    state_prefix: String,
+    /// Position after the last batch written: the start of the next object.
+    position: Offsets,
+    open: HashMap<String, Writing>,
+    /// Objects finished since the last flush, uploaded but not yet visible.
+    finished: Vec<Finished>,
+    permits: Arc<Semaphore>,
+    /// The offsets in the state object, to skip rewriting it unchanged.
+    stored: Option<String>,
+}
+
+impl S3Sink {
+    /// A sink for `config` (validated).
+    pub fn new(config: S3SinkConfig) -> Result<Self> {
+        config.validate()?;
+        let template = config.template()?;
+        let state_prefix = format!("{}_sluice/", template.static_prefix());
+        Ok(S3Sink {
+            conn: config.connection(),
+            template,
+            config,
+            client: None,
+            pipeline: String::new(),
+            name_start: String::new(),
+            state_prefix,
+            position: Offsets::new(),
+            open: HashMap::new(),
+            finished: Vec::new(),
+            permits: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
+            stored: None,
+        })
+    }
+
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Error::internal("the S3 sink is not open"))
+    }
+
+    fn state_key(&self) -> String {
+        format!("{}{}.state.json", self.state_prefix, self.pipeline)
+    }
+
+    fn intent_key(&self) -> String {
+        format!("{}{}.pending.json", self.state_prefix, self.pipeline)
+    }
+
+    async fn get_json<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>> {
+        let client = self.client()?;
+        let out = match client
+            .get_object()
+            .bucket(&self.conn.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(s3_error(e, &format!("reading {}", self.conn.url(key)))),
+        };
+        let bytes = out.body.collect().await.map_err(|e| {
+            Error::transient(format!("reading {}", self.conn.url(key))).with_source(e)
+        })?;
+        serde_json::from_slice(&bytes.into_bytes())
+            .map(Some)
+            .map_err(|e| {
+                Error::internal(format!("{} is unreadable", self.conn.url(key))).with_source(e)
+            })
+    }
+
+    async fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        let body =
+            serde_json::to_vec(value).map_err(|e| Error::internal("state").with_source(e))?;
+        self.client()?
+            .put_object()
+            .bucket(&self.conn.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| s3_error(e, &format!("writing {}", self.conn.url(key))))?;
+        Ok(())
+    }
+
+    async fn start_object(&mut self, folder: &str, schema: SchemaRef) -> Result<()> {
+        if self.open.len() >= self.config.max_open_objects {
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, w)| w.started)
+                .map(|(k, _)| k.clone());
+            if let Some(folder) = oldest {
+                self.finish_object(&folder).await?;
+            }
+        }
+        let mut hash_input = self.position.to_envelope();
+        hash_input.push('\0');
+        hash_input.push_str(folder);
+        let key = format!(
+            "{folder}{}{:016x}.{}",
+            self.name_start,
+            stable_hash(hash_input.as_bytes()),
+            self.config.extension()
+        );
+        let created = self
+            .client()?
+            .create_multipart_upload()
+            .bucket(&self.conn.bucket)
+            .key(&key)
+            .content_type(content_type(&self.config))
+            .send()
+            .await
+            .map_err(|e| aborted(s3_error(e, &format!("starting {}", self.conn.url(&key)))))?;
+        let upload_id = created
+            .upload_id
+            .ok_or_else(|| Error::internal("CreateMultipartUpload returned no upload id"))?;
+        let buf = PartBuffer::default();
+        let out = Compressor::new(self.config.compression, buf.clone())?;
+        let encoder = Encoder::new(
+            self.config.format,
+            schema.clone(),
+            out,
+            &self.config.csv,
+            &self.config.parquet,
+        )?;
+        self.open.insert(
+            folder.to_string(),
+            Writing {
+                key,
+                schema,
+                encoder: Some(Mutex::new(encoder)),
+                buf,
+                upload_id,
+                next_part: 1,
+                uploads: Vec::new(),
+                started: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts the upload of `data` as the next part of `w`.
+    async fn upload_part(&self, w: &mut Writing, data: Vec<u8>) -> Result<()> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::internal("upload permits closed"))?;
+        let n = w.next_part;
+        w.next_part += 1;
+        let client = self.client()?.clone();
+        let bucket = self.conn.bucket.clone();
+        let (key, upload_id) = (w.key.clone(), w.upload_id.clone());
+        let url = self.conn.url(&key);
+        w.uploads.push(tokio::spawn(async move {
+            let _permit = permit;
+            let out = client
+                .upload_part()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(n)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| s3_error(e, &format!("uploading part {n} of {url}")))?;
+            let etag = out
+                .e_tag
+                .ok_or_else(|| Error::internal(format!("part {n} of {url}: no ETag")))?;
+            Ok(Part { n, etag })
+        }));
+        Ok(())
+    }
+
+    /// Encodes the object's footer, uploads its last part and waits for all parts.
+    async fn finish_object(&mut self, folder: &str) -> Result<()> {
+        let Some(mut w) = self.open.remove(folder) else {
+            return Ok(());
+        };
+        let result = self.finish_writing(&mut w).await;
+        match result {
+            Ok(parts) => {
+                self.finished.push(Finished {
+                    key: w.key,
+                    upload_id: w.upload_id,
+                    parts,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                self.abort(&w.key, &w.upload_id).await;
+                Err(aborted(e))
+            }
+        }
+    }
+
+    async fn finish_writing(&self, w: &mut Writing) -> Result<Vec<Part>> {
+        if let Some(encoder) = w.encoder.take() {
+            let encoder = encoder.into_inner().unwrap_or_else(|p| p.into_inner());
+            encoder.finish()?.finish()?;
+        }
+        let last = w.buf.take();
+        if !last.is_empty() || w.next_part == 1 {
+            self.upload_part(w, last).await?;
+        }
+        let mut parts = Vec::with_capacity(w.uploads.len());
+        let mut first_error = None;
+        for h in w.uploads.drain(..) {
+            match h.await {
+                Ok(Ok(p)) => parts.push(p),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error
+                        .get_or_insert(Error::internal("part upload task failed").with_source(e));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        parts.sort_by_key(|p| p.n);
+        Ok(parts)
+    }
+
+    /// Aborts an upload, logging (not failing) when that fails too.
+    async fn abort(&self, key: &str, upload_id: &str) {
+        let Ok(client) = self.client() else { return };
+        if let Err(e) = client
+            .abort_multipart_upload()
+            .bucket(&self.conn.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            if !is_not_found(&e) {
+                tracing::warn!(object = %self.conn.url(key), error = %s3_error(e, "abort"), "could not abort an unfinished upload; the next start aborts it");
+            }
+        }
+    }
+
+    /// Completes the intent's uploads and commits its offsets as the state.
+    async fn roll_forward(&mut self, intent: &Intent) -> Result<()> {
+        let client = self.client()?.clone();
+        for obj in &intent.objects {
+            let parts = obj
+                .parts
+                .iter()
+                .map(|p| {
+                    CompletedPart::builder()
+                        .part_number(p.n)
+                        .e_tag(&p.etag)
+                        .build()
+                })
+                .collect();
+            let done = client
+                .complete_multipart_upload()
+                .bucket(&self.conn.bucket)
+                .key(&obj.key)
+                .upload_id(&obj.upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await;
+            match done {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {
+                    // completed before a crash: the object must be there
+                    client
+                        .head_object()
+                        .bucket(&self.conn.bucket)
+                        .key(&obj.key)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            let e = s3_error(e, &format!("checking {}", self.conn.url(&obj.key)));
+                            if e.kind() == ErrorKind::NotFound {
+                                Error::internal(format!(
+                                    "{} was uploaded but neither its upload nor the object exists any more: was the upload aborted by a bucket lifecycle rule?",
+                                    self.conn.url(&obj.key)
+                                ))
+                            } else {
+                                e
+                            }
+                        })?;
+                }
+                Err(e) => {
+                    return Err(aborted(s3_error(
+                        e,
+                        &format!("publishing {}", self.conn.url(&obj.key)),
+                    )))
+                }
+            }
+        }
+        self.put_json(
+            &self.state_key(),
+            &State {
+                offsets: intent.offsets.clone(),
+            },
+        )
+        .await
+        .map_err(aborted)?;
+        self.stored = Some(intent.offsets.clone());
+        let key = self.intent_key();
+        client
+            .delete_object()
+            .bucket(&self.conn.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(|e| aborted(s3_error(e, &format!("deleting {}", self.conn.url(&key)))))?;
+        Ok(())
+    }
+
+    /// Aborts every upload this pipeline left in progress (before a crash).
+    async fn abort_orphans(&self) -> Result<()> {
+        let client = self.client()?;
+        let prefix = self.template.static_prefix();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = client
+                .list_multipart_uploads()
+                .bucket(&self.conn.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    s3_error(e, &format!("listing uploads in {}", self.conn.url(&prefix)))
+                })?;
+            for u in page.uploads() {
+                let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let name = key.rsplit('/').next().unwrap_or(key);
+                if name.starts_with(&self.name_start) {
+                    tracing::info!(object = %self.conn.url(key), "aborting an upload left unfinished by an earlier run");
+                    self.abort(key, id).await;
+                }
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_string);
+                id_marker = page.next_upload_id_marker().map(str::to_string);
+                if key_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An S3 failure after the sink accepted records it had not made durable: the pipeline
+/// restarts from its last checkpoint (after which `open` aborts the half-done uploads).
+fn aborted(e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Auth | ErrorKind::NotFound | ErrorKind::Config | ErrorKind::Internal => e,
+        _ => Error::new(ErrorKind::Aborted, e.to_string()),
+    }
+}
+
+fn content_type(config: &S3SinkConfig) -> &'static str {
+    match (config.format, config.compression.for_key("")) {
+        (_, crate::config::Compression::Gzip) => "application/gzip",
+        (_, crate::config::Compression::Zstd) => "application/zstd",
+        (sluice_formats::Format::Json, _) => "application/x-ndjson",
+        (sluice_formats::Format::Csv, _) => "text/csv",
+        (sluice_formats::Format::Parquet, _) => "application/vnd.apache.parquet",
+    }
+}
+
+#[connector_api::async_trait]
+impl Sink for S3Sink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.pipeline = ctx.pipeline.clone();
+        self.name_start = format!(
+            "{}-{:08x}-",
+            self.config.file_prefix,
+            stable_hash(ctx.pipeline.as_bytes()) as u32
+        );
+        let client = connect(&self.conn).await?;
+        check_bucket(&client, &self.conn).await?;
+        self.client = Some(client);
+        if let Some(intent) = self.get_json::<Intent>(&self.intent_key()).await? {
+            tracing::info!(bucket = %self.conn.bucket, objects = intent.objects.len(), "completing a publish interrupted by a crash");
+            self.roll_forward(&intent).await?;
+        }
+        self.abort_orphans().await?;
+        let offsets = match self.get_json::<State>(&self.state_key()).await? {
+            Some(state) => {
+                self.stored = Some(state.offsets.clone());
+                Some(Offsets::from_envelope(&state.offsets)?)
+            }
+            None => None,
+        };
+        self.position = offsets.clone().unwrap_or_default();
+        Ok(SinkState {
+            offsets,
+            schema: None,
+        })
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            self.position.merge(&batch.offsets);
+            return Ok(());
+        }
+        let records = &batch.records;
+        let groups = self.template.render(records, chrono::Utc::now())?;
+        let whole = groups.len() == 1;
+        for (folder, rows) in groups {
+            let part: RecordBatch = if whole {
+                records.clone()
+            } else {
+                arrow_select::take::take_record_batch(records, &UInt32Array::from(rows))?
+            };
+            let schema = part.schema();
+            if self.open.get(&folder).is_some_and(|w| w.schema != schema) {
+                self.finish_object(&folder).await?;
+            }
+            if !self.open.contains_key(&folder) {
+                self.start_object(&folder, schema).await?;
+            }
+            let mut w = self
+                .open
+                .remove(&folder)
+                .ok_or_else(|| Error::internal("no open object"))?;
+            let encoder = w
+                .encoder
+                .as_mut()
+                .ok_or_else(|| Error::internal("object already finished"))?
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut result = encoder.write(&part);
+            let (rows, bytes) = (encoder.rows(), encoder.bytes());
+            while result.is_ok() && w.buf.len() >= self.config.part_size {
+                let data = w.buf.take();
+                result = self.upload_part(&mut w, data).await;
+            }
+            if let Err(e) = result {
+                self.abort(&w.key, &w.upload_id).await;
+                return Err(aborted(e));
+            }
+            let full = (self.config.max_records > 0 && rows >= self.config.max_records)
+                || (self.config.max_bytes > 0 && bytes >= self.config.max_bytes);
+            self.open.insert(folder.clone(), w);
+            if full {
+                self.finish_object(&folder).await?;
+            }
+        }
+        self.position.merge(&batch.offsets);
+        Ok(())
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        let folders: Vec<String> = self.open.keys().cloned().collect();
+        for folder in folders {
+            self.finish_object(&folder).await?;
+        }
+        let envelope = offsets.to_envelope();
+        if self.finished.is_empty() {
+            if self.stored.as_deref() != Some(envelope.as_str()) {
+                self.put_json(
+                    &self.state_key(),
+                    &State {
+                        offsets: envelope.clone(),
+                    },
+                )
+                .await
+                .map_err(aborted)?;
+                self.stored = Some(envelope);
+            }
+            return Ok(());
+        }
+        let intent = Intent {
+            objects: std::mem::take(&mut self.finished),
+            offsets: envelope,
+        };
+        if let Err(e) = self.put_json(&self.intent_key(), &intent).await {
+            self.finished = intent.objects;
+            return Err(aborted(e));
+        }
+        tracing::debug!(objects = intent.objects.len(), "publishing objects");
+        self.roll_forward(&intent).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        let open: Vec<Writing> = self.open.drain().map(|(_, w)| w).collect();
+        for w in open {
+            for h in &w.uploads {
+                h.abort();
+            }
+            self.abort(&w.key, &w.upload_id).await;
+        }
+        for f in std::mem::take(&mut self.finished) {
+            self.abort(&f.key, &f.upload_id).await;
+        }
+        Ok(())
+    }
+}
+
+/// The bucket exists and the credentials may use it.
+pub async fn check_bucket(client: &Client, conn: &Connection) -> Result<()> {
+    client
+        .head_bucket()
+        .bucket(&conn.bucket)
+        .send()
+        .await
+        .map_err(|e| {
+            let e = s3_error(e, &format!("bucket \"{}\"", conn.bucket));
+            match e.kind() {
+                ErrorKind::NotFound => Error::not_found(format!(
+                    "bucket \"{}\" does not exist (or is in another account)",
+                    conn.bucket
+                ))
+                .with_field("bucket"),
+                ErrorKind::Auth => Error::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "access to bucket \"{}\" was refused: check the credentials (auth) and the bucket policy",
+                        conn.bucket
+                    ),
+                )
+                .with_field("auth"),
+                _ => e,
+            }
+        })?;
+    Ok(())
+}
+
+/// `sluice check`: the bucket is there and an object can be written and deleted.
+pub async fn check(config: &S3SinkConfig) -> Result<()> {
+    let conn = config.connection();
+    let client = connect(&conn).await?;
+    check_bucket(&client, &conn).await?;
+    let key = format!("{}_sluice/.check", config.template()?.static_prefix());
+    client
+        .put_object()
+        .bucket(&conn.bucket)
+        .key(&key)
+        .body(ByteStream::from_static(b"ok"))
+        .send()
+        .await
+        .map_err(|e| s3_error(e, &format!("writing {}", conn.url(&key))))?;
+    client
+        .delete_object()
+        .bucket(&conn.bucket)
+        .key(&key)
+        .send()
+        .await
+        .map_err(|e| s3_error(e, &format!("deleting {}", conn.url(&key))))?;
+    Ok(())
+}

@@ -1,0 +1,629 @@
+//! The S3 source: lists a bucket prefix, reads matching objects in key order, resumable
+//! inside an object, optionally polling for new objects.
+//!
+//! Each object is a split; its offset is the object's ETag (so a replaced object is
+//! noticed), the position after the last delivered record (bytes of the decompressed
+//! text, or rows of a Parquet file), the line count, and `done` once the object is
+//! read to its end. Text objects stream: an uncompressed one resumes with a ranged GET
+//! from its position, a compressed one is decompressed again from its start and the
+//! delivered bytes skipped. A Parquet object needs random access, so it is spooled to a
+//! temporary file first (memory stays flat for any object size).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use arrow_array::{RecordBatch, RecordBatchReader as _};
+use arrow_schema::SchemaRef;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use serde::{Deserialize, Serialize};
+use sluice_formats::{Decoded, Format, TextDecoder};
+
+use crate::client::{connect, s3_error};
+use crate::codec::Decompressor;
+use crate::config::{Compression, Connection, S3SourceConfig};
+use crate::sink::check_bucket;
+
+/// The offset of an object split.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectOffset {
+    /// The object's ETag when it was read.
+    pub etag: String,
+    /// Position after the last delivered record: bytes (text) or rows (Parquet).
+    pub pos: u64,
+    /// Newlines before `pos` (text formats), for line numbers in errors.
+    pub line: u64,
+    /// The object was read to its end.
+    #[serde(default)]
+    pub done: bool,
+}
+
+/// An object found by listing.
+#[derive(Clone, Debug)]
+struct Listed {
+    key: String,
+    etag: String,
+    size: u64,
+}
+
+enum Body {
+    Text {
+        stream: ByteStream,
+        decompress: Decompressor,
+        /// Decompressed bytes not yet decoded are `buf[start..]`.
+        buf: Vec<u8>,
+        start: usize,
+        /// Decompressed bytes still to drop (resuming inside a compressed object).
+        skip: u64,
+        drained: bool,
+    },
+    Parquet(ParquetRecordBatchReader),
+}
+
+struct Current {
+    key: String,
+    etag: String,
+    pos: u64,
+    line: u64,
+    body: Body,
+}
+
+/// Reads objects matching `path` in a bucket.
+pub struct S3Source {
+    config: S3SourceConfig,
+    conn: Connection,
+    pattern: glob::Pattern,
+    client: Option<Client>,
+    text: Option<TextDecoder>,
+    known: BTreeMap<String, ObjectOffset>,
+    pending: VecDeque<Listed>,
+    current: Option<Current>,
+    ready: VecDeque<Batch>,
+    listed: Option<Instant>,
+    batch_size: usize,
+    idle_timeout: Duration,
+    parts: usize,
+    row_bytes: usize,
+}
+
+const READ_TARGET: usize = 1 << 20;
+
+impl S3Source {
+    /// A source for `config` (validated).
+    pub fn new(config: S3SourceConfig) -> Result<Self> {
+        config.validate()?;
+        let pattern = glob::Pattern::new(&config.path)
+            .map_err(|e| Error::config("path").with_source(e).with_field("path"))?;
+        let text = TextDecoder::new(config.format, config.declared_schema()?, &config.csv);
+        Ok(S3Source {
+            conn: config.connection(),
+            config,
+            pattern,
+            client: None,
+            text,
+            known: BTreeMap::new(),
+            pending: VecDeque::new(),
+            current: None,
+            ready: VecDeque::new(),
+            listed: None,
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+            parts: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
+            row_bytes: 256,
+        })
+    }
+
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Error::internal("the S3 source is not open"))
+    }
+
+    /// Lists the objects with unread data, in key order.
+    async fn list(&mut self) -> Result<()> {
+        let all = list_matching(self.client()?, &self.conn, &self.config, &self.pattern).await?;
+        self.listed = Some(Instant::now());
+        self.pending = all
+            .into_iter()
+            .filter(|o| match self.known.get(&o.key) {
+                Some(off) if off.etag == o.etag => !off.done,
+                Some(_) => {
+                    tracing::warn!(object = %self.conn.url(&o.key), "object was replaced since it was read; reading the new object from the start");
+                    true
+                }
+                None => true,
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Opens `obj` at its stored position; a batch of rejects when it cannot be read.
+    async fn open_object(&mut self, obj: Listed) -> Result<Option<Batch>> {
+        let (pos, line) = match self.known.get(&obj.key) {
+            Some(off) if off.etag == obj.etag => (off.pos, off.line),
+            _ => (0, 0),
+        };
+        let url = self.conn.url(&obj.key);
+        let client = self.client()?.clone();
+        if self.config.format == Format::Parquet {
+            let reader = match spool_parquet(&client, &self.conn, &obj, pos, self.batch_size).await
+            {
+                Ok(r) => r,
+                Err(e) if e.kind() == connector_api::ErrorKind::Data => {
+                    return Ok(Some(self.reject_object(&obj.key, &obj.etag, pos, line, e)?))
+                }
+                Err(e) => return Err(e),
+            };
+            match reader {
+                Some(reader) => {
+                    self.current = Some(Current {
+                        key: obj.key,
+                        etag: obj.etag,
+                        pos,
+                        line,
+                        body: Body::Parquet(reader),
+                    })
+                }
+                None => return Ok(Some(Self::done_batch(&obj.key, &obj.etag, pos, line)?)),
+            }
+            return Ok(None);
+        }
+        let compression = self.config.compression.for_key(&obj.key);
+        let ranged = compression == Compression::None && pos > 0;
+        if ranged && pos >= obj.size {
+            return Ok(Some(Self::done_batch(&obj.key, &obj.etag, pos, line)?));
+        }
+        let mut get = client.get_object().bucket(&self.conn.bucket).key(&obj.key);
+        if ranged {
+            get = get.range(format!("bytes={pos}-"));
+        }
+        let out = get
+            .send()
+            .await
+            .map_err(|e| s3_error(e, &format!("reading {url}")))?;
+        self.current = Some(Current {
+            key: obj.key,
+            etag: obj.etag,
+            pos,
+            line,
+            body: Body::Text {
+                stream: out.body,
+                decompress: Decompressor::new(compression)?,
+                buf: Vec::new(),
+                start: 0,
+                skip: if ranged { 0 } else { pos },
+                drained: false,
+            },
+        });
+        Ok(None)
+    }
+
+    fn offsets(key: &str, etag: &str, pos: u64, line: u64, done: bool) -> Result<Offsets> {
+        let mut offsets = Offsets::new();
+        offsets.set_typed(
+            key.to_string(),
+            &ObjectOffset {
+                etag: etag.to_string(),
+                pos,
+                line,
+                done,
+            },
+        )?;
+        Ok(offsets)
+    }
+
+    fn done_batch(key: &str, etag: &str, pos: u64, line: u64) -> Result<Batch> {
+        let mut b = Batch::idle();
+        b.offsets = Self::offsets(key, etag, pos, line, true)?;
+        Ok(b)
+    }
+
+    /// The whole rest of an object as one rejected record: it cannot be read (corrupt
+    /// Parquet, a broken gzip stream). The runtime dead-letters it or stops, per
+    /// `errors.tolerance`; either way the object is not read again.
+    fn reject_object(&self, key: &str, etag: &str, pos: u64, line: u64, e: Error) -> Result<Batch> {
+        let mut b = Self::done_batch(key, etag, pos, line)?;
+        b.rejects.push(Reject {
+            split: key.to_string(),
+            position: format!("object {} after line {line}", self.conn.url(key)),
+            raw: String::new(),
+            error: e,
+        });
+        Ok(b)
+    }
+
+    /// Reads from the current object; `None` when it is finished.
+    async fn read_current(&mut self) -> Result<Option<Batch>> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(None);
+        };
+        let rows = self.batch_size;
+        match &mut cur.body {
+            Body::Parquet(reader) => match reader.next() {
+                Some(Ok(records)) => {
+                    cur.pos += records.num_rows() as u64;
+                    let offsets = Self::offsets(&cur.key, &cur.etag, cur.pos, 0, false)?;
+                    Ok(Some(Batch::new(records, offsets)))
+                }
+                Some(Err(e)) => {
+                    let (key, etag, pos) = (cur.key.clone(), cur.etag.clone(), cur.pos);
+                    self.current = None;
+                    let e = Error::data(format!("unreadable parquet: {e}"));
+                    Ok(Some(self.reject_object(&key, &etag, pos, 0, e)?))
+                }
+                None => {
+                    let b = Self::done_batch(&cur.key, &cur.etag, cur.pos, 0)?;
+                    self.current = None;
+                    Ok(Some(b))
+                }
+            },
+            Body::Text {
+                stream,
+                decompress,
+                buf,
+                start,
+                skip,
+                drained,
+            } => {
+                let text = self
+                    .text
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("no text decoder"))?;
+                let target = READ_TARGET.max(self.row_bytes * rows * self.parts);
+                let mut need_more = false;
+                loop {
+                    while !*drained && (need_more || buf.len() - *start < target) {
+                        need_more = false;
+                        if *start > 0 {
+                            buf.drain(..*start);
+                            *start = 0;
+                        }
+                        let before = buf.len();
+                        let pushed = match stream.next().await {
+                            Some(Ok(chunk)) => decompress.push(&chunk, buf),
+                            Some(Err(e)) => {
+                                return Err(Error::transient(format!(
+                                    "reading {}: the download broke off",
+                                    self.conn.url(&cur.key)
+                                ))
+                                .with_source(e))
+                            }
+                            None => {
+                                *drained = true;
+                                decompress.finish(buf)
+                            }
+                        };
+                        if let Err(e) = pushed {
+                            let (key, etag, pos, line) =
+                                (cur.key.clone(), cur.etag.clone(), cur.pos, cur.line);
+                            self.current = None;
+                            let e = Error::data(format!("cannot decompress: {e}"));
+                            return Ok(Some(self.reject_object(&key, &etag, pos, line, e)?));
+                        }
+                        if *skip > 0 {
+                            let n = (*skip).min((buf.len() - before) as u64) as usize;
+                            buf.drain(before..before + n);
+                            *skip -= n as u64;
+                        }
+                    }
+                    if *start < buf.len() {
+                        let parts = text
+                            .decode_parts(&buf[*start..], rows, self.parts, *drained, cur.pos == 0)
+                            .map_err(|e| {
+                                e.context(format!(
+                                    "{} after line {}",
+                                    self.conn.url(&cur.key),
+                                    cur.line
+                                ))
+                            })?;
+                        let consumed: usize = parts.iter().map(|d| d.consumed).sum();
+                        if consumed > 0 {
+                            let lines: u64 = parts.iter().map(|d| d.lines).sum();
+                            if lines > 0 {
+                                self.row_bytes = (consumed / lines as usize).max(1);
+                            }
+                            *start += consumed;
+                            for decoded in parts {
+                                let batch = to_batch(cur, text, decoded, &self.conn)?;
+                                self.ready.push_back(batch);
+                            }
+                            return Ok(self.ready.pop_front());
+                        }
+                    }
+                    if *drained {
+                        let b = Self::offsets(&cur.key, &cur.etag, cur.pos, cur.line, true)?;
+                        self.current = None;
+                        let mut done = Batch::idle();
+                        done.offsets = b;
+                        return Ok(Some(done));
+                    }
+                    need_more = true;
+                }
+            }
+        }
+    }
+}
+
+/// Turns one decoded part into a batch, advancing the object position past it.
+fn to_batch(
+    cur: &mut Current,
+    text: &TextDecoder,
+    decoded: Decoded,
+    conn: &Connection,
+) -> Result<Batch> {
+    let Decoded {
+        batch,
+        consumed,
+        lines,
+        bad,
+    } = decoded;
+    let first_line = cur.line;
+    cur.pos += consumed as u64;
+    cur.line += lines;
+    let offsets = S3Source::offsets(&cur.key, &cur.etag, cur.pos, cur.line, false)?;
+    let records = match (batch, text.schema()) {
+        (Some(b), _) => b,
+        (None, Some(s)) => RecordBatch::new_empty(s),
+        (None, None) => Batch::idle().records,
+    };
+    let mut out = Batch::new(records, offsets);
+    out.rejects = bad
+        .into_iter()
+        .map(|b| Reject {
+            split: cur.key.clone(),
+            position: format!(
+                "object {} line {}",
+                conn.url(&cur.key),
+                first_line + b.index as u64 + 1
+            ),
+            raw: b.raw,
+            error: b.error,
+        })
+        .collect();
+    Ok(out)
+}
+
+/// Objects under the path's prefix matching its glob, in key order.
+async fn list_matching(
+    client: &Client,
+    conn: &Connection,
+    config: &S3SourceConfig,
+    pattern: &glob::Pattern,
+) -> Result<Vec<Listed>> {
+    let prefix = config.list_prefix();
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let mut out = Vec::new();
+    let mut pages = client
+        .list_objects_v2()
+        .bucket(&conn.bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| s3_error(e, &format!("listing {}", conn.url(prefix))))?;
+        for o in page.contents() {
+            let Some(key) = o.key() else { continue };
+            if key.ends_with('/') || !pattern.matches_with(key, options) {
+                continue;
+            }
+            out.push(Listed {
+                key: key.to_string(),
+                etag: o.e_tag().unwrap_or_default().to_string(),
+                size: o.size().unwrap_or(0).max(0) as u64,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Downloads a Parquet object into a temporary file and opens it at row `pos`; `None`
+/// when it has no rows after `pos`. Data errors mean the object is not Parquet.
+async fn spool_parquet(
+    client: &Client,
+    conn: &Connection,
+    obj: &Listed,
+    pos: u64,
+    rows: usize,
+) -> Result<Option<ParquetRecordBatchReader>> {
+    let url = conn.url(&obj.key);
+    let out = client
+        .get_object()
+        .bucket(&conn.bucket)
+        .key(&obj.key)
+        .send()
+        .await
+        .map_err(|e| s3_error(e, &format!("reading {url}")))?;
+    let mut file = tempfile::tempfile()
+        .map_err(|e| Error::from(e).context("temporary file for a Parquet object"))?;
+    let mut body = out.body;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            Error::transient(format!("reading {url}: the download broke off")).with_source(e)
+        })?;
+        file.write_all(&chunk)
+            .map_err(|e| Error::from(e).context("temporary file for a Parquet object"))?;
+    }
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| Error::data(format!("{url} is not a readable Parquet file: {e}")))?;
+    let total = builder.metadata().file_metadata().num_rows() as u64;
+    if pos >= total {
+        return Ok(None);
+    }
+    let reader = builder
+        .with_batch_size(rows)
+        .with_offset(pos as usize)
+        .build()
+        .map_err(|e| Error::data(format!("{url}: {e}")))?;
+    Ok(Some(reader))
+}
+
+#[connector_api::async_trait]
+impl Source for S3Source {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        for (split, value) in committed.iter() {
+            let off: ObjectOffset = serde_json::from_value(value.clone()).map_err(|e| {
+                Error::internal(format!("stored offset of object \"{split}\" is unreadable"))
+                    .with_source(e)
+            })?;
+            self.known.insert(split.clone(), off);
+        }
+        let client = connect(&self.conn).await?;
+        check_bucket(&client, &self.conn).await?;
+        self.client = Some(client);
+        self.list().await?;
+        if !self.config.watch
+            && self.pending.is_empty()
+            && !self.known.keys().any(|k| self.pattern.matches(k))
+        {
+            return Err(Error::not_found(format!(
+                "no object matches {}",
+                self.conn.url(&self.config.path)
+            ))
+            .with_field("path"));
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        let started = Instant::now();
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                return Ok(Some(b));
+            }
+            if self.current.is_none() {
+                if self.pending.is_empty() {
+                    if !self.config.watch {
+                        return Ok(None);
+                    }
+                    let due = self
+                        .listed
+                        .is_none_or(|t| t.elapsed() >= self.config.poll_interval);
+                    if due {
+                        self.list().await?;
+                    }
+                    if self.pending.is_empty() {
+                        if started.elapsed() >= self.idle_timeout {
+                            return Ok(Some(Batch::idle()));
+                        }
+                        let next_list = self
+                            .listed
+                            .map(|t| self.config.poll_interval.saturating_sub(t.elapsed()))
+                            .unwrap_or_default();
+                        let wake = next_list
+                            .min(self.idle_timeout.saturating_sub(started.elapsed()))
+                            .max(Duration::from_millis(10));
+                        tokio::time::sleep(wake).await;
+                        continue;
+                    }
+                }
+                if let Some(obj) = self.pending.pop_front() {
+                    if let Some(b) = self.open_object(obj).await? {
+                        self.note(&b);
+                        return Ok(Some(b));
+                    }
+                }
+                continue;
+            }
+            if let Some(b) = self.read_current().await? {
+                self.note(&b);
+                return Ok(Some(b));
+            }
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.current = None;
+        Ok(())
+    }
+}
+
+impl S3Source {
+    /// Remembers the positions a batch advances to (for the next listing).
+    fn note(&mut self, b: &Batch) {
+        for (split, value) in b.offsets.iter() {
+            if let Ok(off) = serde_json::from_value::<ObjectOffset>(value.clone()) {
+                self.known.insert(split.clone(), off);
+            }
+        }
+    }
+}
+
+/// `sluice check`: the bucket is readable and (unless watching) something matches.
+pub async fn check(config: &S3SourceConfig) -> Result<()> {
+    let conn = config.connection();
+    let client = connect(&conn).await?;
+    check_bucket(&client, &conn).await?;
+    let pattern = glob::Pattern::new(&config.path)
+        .map_err(|e| Error::config("path").with_source(e).with_field("path"))?;
+    let found = list_matching(&client, &conn, config, &pattern).await?;
+    if found.is_empty() && !config.watch {
+        return Err(
+            Error::not_found(format!("no object matches {}", conn.url(&config.path)))
+                .with_field("path"),
+        );
+    }
+    Ok(())
+}
+
+/// `sluice schema`: the declared schema, or the one of the first object.
+pub async fn discover(config: &S3SourceConfig) -> Result<Option<SchemaRef>> {
+    if let Some(s) = config.declared_schema()? {
+        return Ok(Some(s));
+    }
+    let conn = config.connection();
+    let client = connect(&conn).await?;
+    let pattern = glob::Pattern::new(&config.path)
+        .map_err(|e| Error::config("path").with_source(e).with_field("path"))?;
+    let Some(first) = list_matching(&client, &conn, config, &pattern)
+        .await?
+        .into_iter()
+        .next()
+    else {
+        return Ok(None);
+    };
+    if config.format == Format::Parquet {
+        let Some(reader) = spool_parquet(&client, &conn, &first, 0, 1).await? else {
+            return Ok(None);
+        };
+        return Ok(Some(reader.schema()));
+    }
+    let out = client
+        .get_object()
+        .bucket(&conn.bucket)
+        .key(&first.key)
+        .range(format!("bytes=0-{}", READ_TARGET - 1))
+        .send()
+        .await
+        .map_err(|e| s3_error(e, &format!("reading {}", conn.url(&first.key))))?;
+    let bytes = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::transient("download broke off").with_source(e))?
+        .into_bytes();
+    let mut head = Vec::new();
+    let mut d = Decompressor::new(config.compression.for_key(&first.key))?;
+    let complete = first.size as usize <= READ_TARGET;
+    d.push(&bytes, &mut head)
+        .map_err(|e| Error::data(format!("{}: {e}", conn.url(&first.key))))?;
+    if complete {
+        let _ = d.finish(&mut head);
+    }
+    let mut text = TextDecoder::new(config.format, None, &config.csv)
+        .ok_or_else(|| Error::internal("no text decoder"))?;
+    let decoded = text.decode(&head, 1000, complete, true)?;
+    Ok(decoded.batch.map(|b| b.schema()))
+}
