@@ -191,6 +191,23 @@ fn round_trip(format: &str, compression: &str, ext: &str) {
         let run = sluice(d, &["run", name]);
         assert_eq!(run.code, Some(0), "{name}: {}", run.stderr);
     }
+    // check reaches the objects; schema reads the first one (declared for text formats)
+    let check = sluice(d, &["check", "down.toml"]);
+    assert!(
+        check.stdout.contains("source (s3): ok"),
+        "{}{}",
+        check.stdout,
+        check.stderr
+    );
+    let schema = sluice(d, &["schema", "down.toml"]);
+    assert!(
+        schema
+            .stdout
+            .contains("{ name = \"amount\", type = \"decimal(12,2)\""),
+        "{}{}",
+        schema.stdout,
+        schema.stderr
+    );
     let sorted = |dir: &str| {
         let mut rows: Vec<serde_json::Value> = crate::support::jsonl_lines(&d.join(dir))
             .iter()
@@ -521,4 +538,52 @@ print(t.num_rows, want, t.schema.field('amount').type)
     let parts: Vec<&str> = counts.split_whitespace().collect();
     assert_eq!(parts[0], parts[1], "{counts}");
     assert_eq!(parts[2], "decimal128(10,", "{counts}");
+}
+
+const RESUME_ROWS: usize = 400_000;
+
+#[test]
+fn kill_9_while_reading_resumes_inside_plain_and_gzip_objects() {
+    let bucket = new_bucket("resume");
+    py(
+        &bucket,
+        &format!(
+            r#"
+import gzip
+rows = ''.join('{{"id": %d, "name": "n%d"}}\n' % (i, i) for i in range({RESUME_ROWS}))
+lines = rows.splitlines(keepends=True)
+half = len(lines) // 2
+s3.put_object(Bucket=BUCKET, Key='r/a.jsonl', Body=''.join(lines[:half]).encode())
+s3.put_object(Bucket=BUCKET, Key='r/b.jsonl.gz', Body=gzip.compress(''.join(lines[half:]).encode()))
+"#
+        ),
+    );
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("r.toml"),
+        format!(
+            "name = \"resume\"\n[source]\nconnector = \"s3\"\n{}path = \"r/*\"\nschema = [{{ name = \"id\", type = \"int64\", nullable = false }}, {{ name = \"name\", type = \"string\" }}]\n\
+             [sink]\nconnector = \"sqlite\"\npath = \"out/r.db\"\ntable = \"t\"\n[batch]\nmax_records = 1000\n[checkpoint]\ninterval = \"20ms\"\n",
+            conn(&bucket)
+        ),
+    )
+    .unwrap();
+    let mut rng = rand::thread_rng();
+    for _ in 0..6 {
+        let child = spawn(d, &["run", "--quiet", "r.toml"]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..2000)));
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+    }
+    let run = sluice(d, &["run", "--quiet", "r.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let db = d.join("out/r.db");
+    assert_eq!(
+        crate::support::sqlite(
+            &db,
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM t"
+        ),
+        format!("{RESUME_ROWS}|{RESUME_ROWS}|0|{}", RESUME_ROWS - 1)
+    );
 }
