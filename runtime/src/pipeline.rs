@@ -198,24 +198,40 @@ pub async fn run(
     };
     let name = pipeline.name.clone();
 
+    // a stop signal while connecting (a service still down, retried with backoff)
+    // ends the pipeline at once: nothing was read or written yet
+    macro_rules! unless_stopped {
+        ($fut:expr) => {
+            tokio::select! {
+                r = $fut => r,
+                _ = shutdown.wait_for(|stop| *stop) => {
+                    tracing::info!(pipeline = %name, "stopped while connecting");
+                    return Ok(());
+                }
+            }
+        };
+    }
+
     let mut sinks = Vec::new();
     let mut sink_offsets = Vec::new();
     for section in &pipeline.sinks {
-        let (slot, offsets) = open_sink(registry, section, &name, &policy).await?;
+        let (slot, offsets) = unless_stopped!(open_sink(registry, section, &name, &policy))?;
         sinks.push(slot);
         sink_offsets.push(offsets);
     }
     let mut dead_letter = match &pipeline.dead_letter {
-        Some(section) => Some(open_sink(registry, section, &name, &policy).await?.0),
+        Some(section) => Some(unless_stopped!(open_sink(registry, section, &name, &policy))?.0),
         None => None,
     };
 
     let store_path = pipeline.checkpoint_path();
-    let store = retrying!(
-        &policy,
-        "checkpoint store open",
-        CheckpointStore::shared(&store_path)
-    )?;
+    let store = unless_stopped!(async {
+        retrying!(
+            &policy,
+            "checkpoint store open",
+            CheckpointStore::shared(&store_path)
+        )
+    })?;
     let stored = store.load(&name).await?;
     let resume = match (sink_offsets.len(), sink_offsets.first().cloned().flatten()) {
         (1, Some(with_data)) => {
@@ -241,7 +257,7 @@ pub async fn run(
             .max(Duration::from_millis(100))
             .min(pipeline.checkpoint.interval),
     };
-    retrying!(&policy, "source open", source.open(&ctx, &resume))
+    unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &resume)) })
         .map_err(|e| e.context("source"))?;
     tracing::info!(pipeline = %name, source = %pipeline.source.connector, splits = resume.len(), "pipeline started");
 
