@@ -60,6 +60,13 @@ start_moto() {
 start_moto 9555
 start_moto 9556 INITIAL_NO_AUTH_ACTION_COUNT=0
 export SLUICE_TEST_S3="${SLUICE_TEST_S3:-http://127.0.0.1:9555}"
+
+# Kafka: the tests start librdkafka's mock cluster in their own process; Python
+# confluent-kafka (its own librdkafka) produces and reads messages to check ours.
+if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+  log "installing confluent-kafka"
+  python3 -m pip install -q confluent-kafka
+fi
 export SLUICE_TEST_S3_AUTH="${SLUICE_TEST_S3_AUTH:-http://127.0.0.1:9556}"
 
 # --- build and static checks ---

@@ -7,6 +7,7 @@
 
 mod cli_errors;
 mod crash;
+mod kafka;
 mod plugins;
 mod postgres;
 mod quickstart;

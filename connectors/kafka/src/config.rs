@@ -1,0 +1,428 @@
+//! Options of the Kafka source and sink.
+//!
+//! Both share the connection options (`bootstrap_servers`, `options`): any librdkafka
+//! property (`security.protocol`, `sasl.mechanism`, `fetch.max.bytes`, ...) can be
+//! passed through `options`, so a pipeline runs against any Kafka-protocol broker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use connector_api::arrow_schema::SchemaRef;
+use connector_api::{schema_from_specs, Error, FieldSpec, Result, Secret};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// How message values (and keys) are read and written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// A JSON object per message; its fields are columns (declared in `schema` or
+    /// inferred from the first messages).
+    #[default]
+    Json,
+    /// The message as UTF-8 text, in one column `value`.
+    String,
+    /// The message as raw bytes, in one column `value`.
+    Bytes,
+}
+
+/// How message keys are read into `_key` and written from the key columns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyFormat {
+    /// UTF-8 text (a source rejects a key that is not UTF-8). A sink writes the one
+    /// key column's value as text.
+    #[default]
+    String,
+    /// Raw bytes.
+    Bytes,
+    /// A sink writes the key columns as one JSON object (`{"id": 7}`); a source reads
+    /// the key as text.
+    Json,
+}
+
+/// Where a partition starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// The group's committed offset (or the pipeline's own checkpoint, whichever is
+    /// further); the earliest offset for a partition with neither.
+    #[default]
+    Committed,
+    /// The earliest offset still in the partition, on the first run; later runs resume
+    /// from the checkpoint and committed offsets.
+    Earliest,
+    /// The end of the partition (only new messages), on the first run; later runs
+    /// resume from the checkpoint and committed offsets.
+    Latest,
+    /// The first message at or after `start_timestamp`, on the first run; later runs
+    /// resume from the checkpoint and committed offsets.
+    Timestamp,
+}
+
+/// A metadata column a source adds on request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Metadata {
+    /// `_key`: the message key (string or binary per `key_format`).
+    Key,
+    /// `_headers`: `list<struct<key: string, value: string>>`, in message order.
+    Headers,
+    /// `_timestamp`: the message timestamp, `timestamp(ms, UTC)`.
+    Timestamp,
+    /// `_topic`: the topic name.
+    Topic,
+    /// `_partition`: the partition number (int32).
+    Partition,
+    /// `_offset`: the offset in the partition (int64).
+    Offset,
+}
+
+/// Compression of produced message sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
+    /// LZ4 (the default: cheap and effective).
+    #[default]
+    Lz4,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// How a sink picks the partition of a record that has no `partition_column` value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// murmur2 of the key, as the Java client does (so both agree where a key goes);
+    /// records without key are spread at random.
+    #[default]
+    Murmur2Random,
+    /// murmur2 of the key; records without key all go to one partition.
+    Murmur2,
+    /// CRC32 of the key (librdkafka's own default), random without key.
+    ConsistentRandom,
+    /// FNV-1a of the key (Sarama's choice), random without key.
+    Fnv1aRandom,
+    /// Random, ignoring the key.
+    Random,
+}
+
+impl Partitioner {
+    fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+            Partitioner::Random => "random",
+        }
+    }
+}
+
+/// Options of `connector = "kafka"` as a source.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Brokers to bootstrap from, `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// Topics to read. An entry starting with `^` is a regular expression matched
+    /// against every topic of the cluster (new matching topics are picked up).
+    pub topics: Vec<String>,
+    /// Consumer group id. Absent: `sluice-PIPELINE`. Runtimes with the same group id
+    /// share the partitions between them.
+    pub group_id: Option<String>,
+    /// Where a partition starts: `committed` (default), `earliest`, `latest` or
+    /// `timestamp` (with `start_timestamp`).
+    #[serde(default)]
+    pub start: Start,
+    /// With `start = "timestamp"`: RFC 3339 time of the first message to read.
+    pub start_timestamp: Option<String>,
+    /// Stop when every assigned partition has been read up to the end it had when it
+    /// was assigned (a backfill or a test), instead of waiting for new messages.
+    #[serde(default)]
+    pub bounded: bool,
+    /// Value format: `json` (default), `string` or `bytes`.
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// Key format for the `_key` column: `string` (default) or `bytes`.
+    #[serde(default)]
+    pub key_format: KeyFormat,
+    /// Declared value columns (`format = "json"`); absent = inferred from the first
+    /// messages, widened when new fields appear.
+    #[serde(default)]
+    pub schema: Vec<FieldSpec>,
+    /// Metadata columns to add: `key`, `headers`, `timestamp`, `topic`, `partition`,
+    /// `offset` (as `_key`, `_headers`, ...).
+    #[serde(default)]
+    pub metadata: Vec<Metadata>,
+    /// How long a revoked partition waits for its records in flight to be flushed and
+    /// committed before it is released to another consumer.
+    #[serde(default = "revoke_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub revoke_timeout: Duration,
+    /// Extra librdkafka consumer properties, e.g. `"security.protocol" = "sasl_ssl"`.
+    /// Values may be secret references.
+    #[serde(default)]
+    pub options: BTreeMap<String, Secret>,
+}
+
+fn revoke_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Properties the connector sets itself; `options` may not override them.
+const OWNED_CONSUMER: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+];
+
+const OWNED_PRODUCER: &[&str] = &[
+    "bootstrap.servers",
+    "enable.idempotence",
+    "transactional.id",
+];
+
+fn check_options(options: &BTreeMap<String, Secret>, owned: &[&str]) -> Result<()> {
+    for key in options.keys() {
+        if owned.contains(&key.as_str()) {
+            return Err(Error::config(format!(
+                "\"{key}\" is set by the connector; use its own option instead"
+            ))
+            .with_field(format!("options.{key}")));
+        }
+    }
+    Ok(())
+}
+
+impl KafkaSourceConfig {
+    /// Checks the options without I/O.
+    pub fn validate(&self) -> Result<()> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(Error::config("is empty").with_field("bootstrap_servers"));
+        }
+        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
+            return Err(Error::config("needs at least one topic, none empty").with_field("topics"));
+        }
+        if self.start == Start::Timestamp {
+            self.start_millis()?;
+        } else if self.start_timestamp.is_some() {
+            return Err(Error::config("only applies with start = \"timestamp\"")
+                .with_field("start_timestamp"));
+        }
+        if !self.schema.is_empty() && self.format != ValueFormat::Json {
+            return Err(
+                Error::config("a schema is declared only for format = \"json\"")
+                    .with_field("schema"),
+            );
+        }
+        if self.key_format == KeyFormat::Json {
+            return Err(Error::config(
+                "a source reads keys as \"string\" or \"bytes\" (a JSON key arrives as its text)",
+            )
+            .with_field("key_format"));
+        }
+        self.declared_schema()?;
+        // a revoke waits inside the rebalance; the group waits max.poll.interval.ms
+        let poll_interval = match self.options.get("max.poll.interval.ms") {
+            Some(v) => v.expose().parse::<u64>().map_err(|_| {
+                Error::config("must be a number of milliseconds")
+                    .with_field("options.max.poll.interval.ms")
+            })?,
+            None => 300_000,
+        };
+        if self.revoke_timeout.as_millis() as u64 >= poll_interval {
+            return Err(Error::config(format!(
+                "must be shorter than max.poll.interval.ms ({poll_interval} ms)"
+            ))
+            .with_field("revoke_timeout"));
+        }
+        check_options(&self.options, OWNED_CONSUMER)
+    }
+
+    /// The declared value schema, if any.
+    pub fn declared_schema(&self) -> Result<Option<SchemaRef>> {
+        if self.schema.is_empty() {
+            Ok(None)
+        } else {
+            schema_from_specs(&self.schema).map(Some)
+        }
+    }
+
+    /// `start_timestamp` in milliseconds since the epoch.
+    pub fn start_millis(&self) -> Result<i64> {
+        let text = self.start_timestamp.as_deref().ok_or_else(|| {
+            Error::config("start = \"timestamp\" needs start_timestamp")
+                .with_field("start_timestamp")
+        })?;
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map(|t| t.timestamp_millis())
+            .map_err(|e| {
+                Error::config(format!("\"{text}\" is not an RFC 3339 time: {e}"))
+                    .with_field("start_timestamp")
+            })
+    }
+
+    /// The group id for `pipeline`.
+    pub fn group(&self, pipeline: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{pipeline}"))
+    }
+
+    /// The librdkafka consumer properties.
+    pub fn client_config(&self, pipeline: &str) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("group.id", self.group(pipeline))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .set("client.id", format!("sluice-{pipeline}"));
+        for (k, v) in &self.options {
+            c.set(k, v.expose());
+        }
+        c
+    }
+}
+
+/// Options of `connector = "kafka"` as a sink.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSinkConfig {
+    /// Brokers to bootstrap from, `host:port[,host:port...]`.
+    pub bootstrap_servers: String,
+    /// Topic to write to (the default when `topic_column` is set and null).
+    pub topic: Option<String>,
+    /// Route each record to the topic named in this column (e.g. `_topic`).
+    pub topic_column: Option<String>,
+    /// Columns that make the message key. Absent: the `_key` column when the batch has
+    /// one, else no key.
+    #[serde(default)]
+    pub key: Vec<String>,
+    /// How the key is written: `string` (default; the one key column as text),
+    /// `bytes` (one binary or string column as is) or `json` (an object of the key
+    /// columns).
+    #[serde(default)]
+    pub key_format: KeyFormat,
+    /// Value format: `json` (default; an object of every column but the metadata
+    /// columns), `string` or `bytes` (the one column `value`, or the only column).
+    #[serde(default)]
+    pub format: ValueFormat,
+    /// Column with the message headers (`list<struct<key, value>>`). Absent: `_headers`
+    /// when the batch has it.
+    pub headers_column: Option<String>,
+    /// Timestamp column for the message timestamp. Absent: `_timestamp` when the batch
+    /// has it, else the time of sending.
+    pub timestamp_column: Option<String>,
+    /// Integer column with an explicit partition number.
+    pub partition_column: Option<String>,
+    /// Partitioner for records without an explicit partition.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+    /// Compression of message sets: `lz4` (default), `zstd`, `gzip`, `snappy`, `none`.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Also write the metadata columns (`_key`, `_topic`, ...) into JSON values.
+    #[serde(default)]
+    pub include_metadata: bool,
+    /// Transactional producer: every flush commits one transaction; in a Kafka to
+    /// Kafka pipeline the consumed offsets commit in the same transaction, so a crash
+    /// can neither lose nor duplicate a record for a `read_committed` reader.
+    #[serde(default)]
+    pub exactly_once: bool,
+    /// Transactional id (with `exactly_once`). Absent: `sluice-PIPELINE-SINK`. Each
+    /// replica of a pipeline needs its own (e.g. `"sluice-orders-${env:HOSTNAME}"`).
+    pub transactional_id: Option<String>,
+    /// How long a flush waits for every delivery report before failing.
+    #[serde(default = "delivery_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub delivery_timeout: Duration,
+    /// Extra librdkafka producer properties, e.g. `"linger.ms" = "20"`. Values may be
+    /// secret references.
+    #[serde(default)]
+    pub options: BTreeMap<String, Secret>,
+}
+
+fn delivery_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl KafkaSinkConfig {
+    /// Checks the options without I/O.
+    pub fn validate(&self) -> Result<()> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(Error::config("is empty").with_field("bootstrap_servers"));
+        }
+        if self.topic.is_none() && self.topic_column.is_none() {
+            return Err(Error::config("set topic or topic_column").with_field("topic"));
+        }
+        if self.key_format != KeyFormat::Json && self.key.len() > 1 {
+            return Err(
+                Error::config("several key columns need key_format = \"json\"").with_field("key"),
+            );
+        }
+        if self.transactional_id.is_some() && !self.exactly_once {
+            return Err(Error::config("only applies with exactly_once = true")
+                .with_field("transactional_id"));
+        }
+        if self.delivery_timeout < Duration::from_secs(1) {
+            return Err(Error::config("must be at least 1s").with_field("delivery_timeout"));
+        }
+        check_options(&self.options, OWNED_PRODUCER)
+    }
+
+    /// The transactional id for `pipeline`'s sink `sink`.
+    pub fn txn_id(&self, pipeline: &str, sink: &str) -> String {
+        self.transactional_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{pipeline}-{sink}"))
+    }
+
+    /// The librdkafka producer properties.
+    pub fn client_config(&self, pipeline: &str, sink: &str) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap_servers)
+            .set("enable.idempotence", "true")
+            .set("compression.codec", self.compression.as_str())
+            .set("partitioner", self.partitioner.as_str())
+            .set("linger.ms", "5")
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            )
+            .set("client.id", format!("sluice-{pipeline}-{sink}"));
+        if self.exactly_once {
+            c.set("transactional.id", self.txn_id(pipeline, sink)).set(
+                "transaction.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            );
+        }
+        for (k, v) in &self.options {
+            c.set(k, v.expose());
+        }
+        c
+    }
+}

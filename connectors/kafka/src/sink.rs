@@ -1,0 +1,580 @@
+//! The Kafka sink: an idempotent (or transactional) producer.
+//!
+//! `write` hands every record to librdkafka; `flush` returns only when every message
+//! has a delivery report, and fails the whole pipeline back to its checkpoint
+//! ([`ErrorKind::Aborted`]) when one was not delivered: a failed delivery is never
+//! dropped silently. With `exactly_once = true` each flush commits one transaction;
+//! when the source of the same pipeline is a Kafka consumer, its offsets commit in that
+//! transaction (`send_offsets_to_transaction`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, TimeUnit};
+use connector_api::{
+    columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+use sluice_formats::{CsvOptions, Encoder, Format, ParquetOptions};
+
+use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
+use crate::{kafka_error, log_to_tracing, source};
+
+/// The producer's callbacks: it remembers the first failed delivery.
+pub(crate) struct Ctx {
+    failed: Arc<Mutex<Option<String>>>,
+    errors: crate::ErrorLog,
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        log_to_tracing(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.report("producer", &error, reason);
+        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
+            self.fail(format!("{error}: {reason}"));
+        }
+    }
+}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            use rdkafka::Message;
+            self.fail(format!("delivery to topic \"{}\" failed: {e}", m.topic()));
+        }
+    }
+}
+
+impl Ctx {
+    fn fail(&self, message: String) {
+        let mut slot = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(message);
+        }
+    }
+}
+
+type Producer_ = ThreadedProducer<Ctx>;
+
+/// The `kafka` sink.
+pub struct KafkaSink {
+    config: KafkaSinkConfig,
+    pipeline: String,
+    producer: Option<Arc<Producer_>>,
+    failed: Arc<Mutex<Option<String>>>,
+    in_txn: bool,
+}
+
+impl KafkaSink {
+    /// A sink for `config` (validated); connects in `open`.
+    pub fn new(config: KafkaSinkConfig) -> Result<Self> {
+        Ok(KafkaSink {
+            config,
+            pipeline: String::new(),
+            producer: None,
+            failed: Arc::new(Mutex::new(None)),
+            in_txn: false,
+        })
+    }
+
+    fn producer(&self) -> Result<Arc<Producer_>> {
+        self.producer
+            .clone()
+            .ok_or_else(|| Error::internal("kafka sink used before open"))
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            Some(m) => Err(Error::new(ErrorKind::Aborted, format!("kafka: {m}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Creates a producer and checks the brokers answer.
+pub(crate) fn connect(
+    config: &KafkaSinkConfig,
+    pipeline: &str,
+    sink: &str,
+    failed: Arc<Mutex<Option<String>>>,
+) -> Result<Producer_> {
+    let producer: Producer_ = config
+        .client_config(pipeline, sink)
+        .create_with_context(Ctx {
+            failed,
+            errors: Default::default(),
+        })
+        .map_err(|e| kafka_error("creating the producer", e))?;
+    producer
+        .client()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| {
+            Error::connect(format!(
+                "kafka brokers \"{}\" did not answer: {e}",
+                config.bootstrap_servers
+            ))
+        })?;
+    Ok(producer)
+}
+
+#[connector_api::async_trait]
+impl Sink for KafkaSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.pipeline = ctx.pipeline.clone();
+        self.failed = Arc::new(Mutex::new(None));
+        self.in_txn = false;
+        let config = self.config.clone();
+        let (pipeline, sink, failed) =
+            (ctx.pipeline.clone(), ctx.sink.clone(), self.failed.clone());
+        let producer = blocking(move || {
+            let p = connect(&config, &pipeline, &sink, failed)?;
+            if config.exactly_once {
+                // fences an older instance with the same transactional id and aborts
+                // whatever transaction it left open
+                p.init_transactions(Duration::from_secs(60))
+                    .map_err(|e| txn_error("initialising transactions", e))?;
+            }
+            Ok(p)
+        })
+        .await?;
+        self.producer = Some(Arc::new(producer));
+        Ok(SinkState::default())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.check_failed()?;
+        let rb = &batch.records;
+        if rb.num_rows() == 0 {
+            return Ok(());
+        }
+        let producer = self.producer()?;
+        if self.config.exactly_once && !self.in_txn {
+            producer
+                .begin_transaction()
+                .map_err(|e| txn_error("beginning a transaction", e))?;
+            self.in_txn = true;
+        }
+        let enc = Encoded::new(&self.config, rb)?;
+        for row in 0..rb.num_rows() {
+            let topic = enc.topic(row, self.config.topic.as_deref())?;
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(p) = enc.payload(row) {
+                record = record.payload(p);
+            }
+            if let Some(k) = enc.key(row) {
+                record = record.key(k);
+            }
+            if let Some(h) = enc.headers(row) {
+                record = record.headers(h);
+            }
+            if let Some(ts) = enc.timestamp(row) {
+                record = record.timestamp(ts);
+            }
+            if let Some(p) = enc.partition(row) {
+                record = record.partition(p);
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        // the producer's own thread drains the queue
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        self.check_failed()?;
+                    }
+                    Err((e, r)) => {
+                        return Err(Error::data(format!(
+                            "record {row} to topic \"{}\" cannot be produced: {e}",
+                            r.topic
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        let producer = self.producer()?;
+        let timeout = self.config.delivery_timeout;
+        if !self.config.exactly_once {
+            blocking(move || {
+                producer.flush(timeout).map_err(|e| {
+                    Error::transient(format!("kafka: waiting for delivery reports: {e}"))
+                })
+            })
+            .await?;
+            return self.check_failed();
+        }
+        let group = source::group_of(&self.pipeline)
+            .and_then(|g| g.txn_offsets(offsets))
+            .filter(|(tpl, _)| tpl.count() > 0);
+        if !self.in_txn && group.is_none() {
+            return self.check_failed();
+        }
+        let began = self.in_txn;
+        self.in_txn = false;
+        let failed = self.failed.clone();
+        blocking(move || {
+            if !began {
+                producer
+                    .begin_transaction()
+                    .map_err(|e| txn_error("beginning a transaction", e))?;
+            }
+            let result = (|| {
+                if let Some((tpl, meta)) = &group {
+                    producer
+                        .send_offsets_to_transaction(tpl, meta, timeout)
+                        .map_err(|e| {
+                            txn_error("adding the consumed offsets to the transaction", e)
+                        })?;
+                }
+                if let Some(m) = failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    return Err(Error::new(ErrorKind::Aborted, format!("kafka: {m}")));
+                }
+                producer
+                    .commit_transaction(timeout)
+                    .map_err(|e| txn_error("committing the transaction", e))
+            })();
+            if result.is_err() {
+                if let Err(e) = producer.abort_transaction(timeout) {
+                    tracing::warn!(error = %e, "kafka: aborting the transaction failed");
+                }
+            }
+            result
+        })
+        .await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(p) = self.producer.take() {
+            let in_txn = std::mem::take(&mut self.in_txn);
+            blocking(move || {
+                if in_txn {
+                    let _ = p.abort_transaction(Duration::from_secs(10));
+                }
+                drop(p);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal("kafka task failed").with_source(e))?
+}
+
+/// A transaction error: everything since the last commit is gone, so the pipeline
+/// restarts from its checkpoint.
+fn txn_error(what: &str, e: KafkaError) -> Error {
+    Error::new(ErrorKind::Aborted, format!("kafka: {what}: {e}"))
+}
+
+/// A batch turned into message parts.
+struct Encoded<'a> {
+    values: Vec<u8>,
+    ends: Vec<usize>,
+    raw: Option<ArrayRef>,
+    keys: Option<KeyData>,
+    topics: Option<ArrayRef>,
+    headers: Option<&'a ArrayRef>,
+    timestamps: Option<ArrayRef>,
+    partitions: Option<ArrayRef>,
+}
+
+enum KeyData {
+    Raw(ArrayRef),
+    Json(Vec<u8>, Vec<usize>),
+}
+
+fn column<'b>(rb: &'b RecordBatch, name: &str, option: &str) -> Result<&'b ArrayRef> {
+    rb.column_by_name(name).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Schema,
+            format!("{option}: the records have no column \"{name}\""),
+        )
+    })
+}
+
+/// Encodes `batch` as JSON lines; returns the text and where each line ends.
+fn json_lines(batch: &RecordBatch) -> Result<(Vec<u8>, Vec<usize>)> {
+    let mut enc = Encoder::new(
+        Format::Json,
+        batch.schema(),
+        Vec::with_capacity(batch.get_array_memory_size()),
+        &CsvOptions::default(),
+        &ParquetOptions::default(),
+    )?;
+    enc.write(batch)?;
+    let text = enc.finish()?;
+    let ends: Vec<usize> = memchr_newlines(&text);
+    if ends.len() != batch.num_rows() {
+        return Err(Error::internal(
+            "json encoding: one line per record expected",
+        ));
+    }
+    Ok((text, ends))
+}
+
+fn memchr_newlines(text: &[u8]) -> Vec<usize> {
+    text.iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Raw bytes of a string or binary column (other types as their text).
+fn raw_column(col: &ArrayRef) -> Result<ArrayRef> {
+    Ok(match col.data_type() {
+        DataType::Utf8 | DataType::Binary | DataType::LargeUtf8 | DataType::LargeBinary => {
+            col.clone()
+        }
+        _ => arrow_cast::cast(col, &DataType::Utf8)?,
+    })
+}
+
+fn raw_value(col: &ArrayRef, row: usize) -> Option<&[u8]> {
+    if col.is_null(row) {
+        return None;
+    }
+    Some(match col.data_type() {
+        DataType::Utf8 => col.as_string::<i32>().value(row).as_bytes(),
+        DataType::LargeUtf8 => col.as_string::<i64>().value(row).as_bytes(),
+        DataType::Binary => col.as_binary::<i32>().value(row),
+        DataType::LargeBinary => col.as_binary::<i64>().value(row),
+        _ => return None,
+    })
+}
+
+impl<'a> Encoded<'a> {
+    fn new(config: &KafkaSinkConfig, rb: &'a RecordBatch) -> Result<Self> {
+        let schema = rb.schema();
+        let optional = |explicit: &Option<String>,
+                        reserved: &str,
+                        option: &str|
+         -> Result<Option<&'a ArrayRef>> {
+            match explicit {
+                Some(name) => column(rb, name, option).map(Some),
+                None => Ok(rb.column_by_name(reserved)),
+            }
+        };
+        let topics = match &config.topic_column {
+            Some(name) => Some(raw_column(column(rb, name, "topic_column")?)?),
+            None => None,
+        };
+        let headers = optional(&config.headers_column, columns::HEADERS, "headers_column")?;
+        if let Some(h) = headers {
+            check_headers_type(h.data_type())?;
+        }
+        let timestamps = match optional(
+            &config.timestamp_column,
+            columns::TIMESTAMP,
+            "timestamp_column",
+        )? {
+            Some(c) => match c.data_type() {
+                DataType::Timestamp(_, tz) => {
+                    let ms = arrow_cast::cast(
+                        c,
+                        &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()),
+                    )?;
+                    Some(arrow_cast::cast(&ms, &DataType::Int64)?)
+                }
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Schema,
+                        format!("timestamp_column: the column is {other}, a timestamp is needed"),
+                    ))
+                }
+            },
+            None => None,
+        };
+        let partitions = match &config.partition_column {
+            Some(name) => Some(arrow_cast::cast(
+                column(rb, name, "partition_column")?,
+                &DataType::Int32,
+            )?),
+            None => None,
+        };
+        let keys = if config.key.is_empty() {
+            rb.column_by_name(columns::KEY)
+                .map(raw_column)
+                .transpose()?
+                .map(KeyData::Raw)
+        } else if config.key_format == KeyFormat::Json {
+            let idx = config
+                .key
+                .iter()
+                .map(|k| {
+                    schema.index_of(k).map_err(|_| {
+                        Error::new(
+                            ErrorKind::Schema,
+                            format!("key: the records have no column \"{k}\""),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (text, ends) = json_lines(&rb.project(&idx)?)?;
+            Some(KeyData::Json(text, ends))
+        } else {
+            Some(KeyData::Raw(raw_column(column(
+                rb,
+                &config.key[0],
+                "key",
+            )?)?))
+        };
+        // value: every column but the metadata columns and the routing columns
+        let skip = |name: &str| {
+            (!config.include_metadata && columns::is_reserved(name))
+                || config.topic_column.as_deref() == Some(name)
+                || config.headers_column.as_deref() == Some(name)
+                || config.partition_column.as_deref() == Some(name)
+        };
+        let value_idx: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !skip(f.name()))
+            .map(|(i, _)| i)
+            .collect();
+        let (values, ends, raw) = match config.format {
+            ValueFormat::Json => {
+                let projected = rb.project(&value_idx)?;
+                let (t, e) = json_lines(&projected)?;
+                (t, e, None)
+            }
+            ValueFormat::String | ValueFormat::Bytes => {
+                let col = match rb.column_by_name("value") {
+                    Some(c) => c,
+                    None if value_idx.len() == 1 => rb.column(value_idx[0]),
+                    None => {
+                        return Err(Error::new(
+                            ErrorKind::Schema,
+                            "format: a string or bytes value needs a column \"value\" or exactly one column",
+                        ))
+                    }
+                };
+                (Vec::new(), Vec::new(), Some(raw_column(col)?))
+            }
+        };
+        Ok(Encoded {
+            values,
+            ends,
+            raw,
+            keys,
+            topics,
+            headers,
+            timestamps,
+            partitions,
+        })
+    }
+
+    fn topic<'b>(&'b self, row: usize, default: Option<&'b str>) -> Result<&'b str> {
+        if let Some(t) = &self.topics {
+            if let Some(b) = raw_value(t, row) {
+                return std::str::from_utf8(b)
+                    .map_err(|_| Error::data(format!("record {row}: the topic is not UTF-8")));
+            }
+        }
+        default.ok_or_else(|| {
+            Error::data(format!(
+                "record {row}: no topic (the topic column is null and no topic is set)"
+            ))
+        })
+    }
+
+    fn payload(&self, row: usize) -> Option<&[u8]> {
+        match &self.raw {
+            Some(col) => raw_value(col, row),
+            None => {
+                let start = if row == 0 { 0 } else { self.ends[row - 1] + 1 };
+                Some(&self.values[start..self.ends[row]])
+            }
+        }
+    }
+
+    fn key(&self, row: usize) -> Option<&[u8]> {
+        match self.keys.as_ref()? {
+            KeyData::Raw(col) => raw_value(col, row),
+            KeyData::Json(text, ends) => {
+                let start = if row == 0 { 0 } else { ends[row - 1] + 1 };
+                Some(&text[start..ends[row]])
+            }
+        }
+    }
+
+    fn headers(&self, row: usize) -> Option<OwnedHeaders> {
+        let col = self.headers?;
+        if col.is_null(row) {
+            return None;
+        }
+        let list = col.as_list::<i32>();
+        let entries = list.value(row);
+        let s = entries.as_struct();
+        let keys = s.column(0);
+        let values = raw_column(s.column(1)).ok()?;
+        let mut h = OwnedHeaders::new_with_capacity(s.len());
+        for i in 0..s.len() {
+            let key = raw_value(keys, i)
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .unwrap_or("");
+            h = h.insert(Header {
+                key,
+                value: raw_value(&values, i),
+            });
+        }
+        Some(h)
+    }
+
+    fn timestamp(&self, row: usize) -> Option<i64> {
+        let t = self.timestamps.as_ref()?;
+        (!t.is_null(row)).then(|| t.as_primitive::<Int64Type>().value(row))
+    }
+
+    fn partition(&self, row: usize) -> Option<i32> {
+        let p = self.partitions.as_ref()?;
+        (!p.is_null(row)).then(|| p.as_primitive::<Int32Type>().value(row))
+    }
+}
+
+fn check_headers_type(dt: &DataType) -> Result<()> {
+    if let DataType::List(item) = dt {
+        if let DataType::Struct(fields) = item.data_type() {
+            let text = |t: &DataType| {
+                matches!(
+                    t,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Binary | DataType::LargeBinary
+                )
+            };
+            if fields.len() == 2 && text(fields[0].data_type()) && text(fields[1].data_type()) {
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::new(
+        ErrorKind::Schema,
+        format!("headers: the column is {dt}, list<struct<key: string, value: string>> is needed"),
+    ))
+}
