@@ -265,9 +265,11 @@ fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
     assert_eq!(seven["geo"], serde_json::json!({"lat": 7.5, "lon": -7.25}));
 }
 
-/// Keyed updates read from Kafka land in SQLite as one row per key, the last value.
+/// Keyed updates read from Kafka land in SQLite and in PostgreSQL (upsert, offsets
+/// stored with the data) as one row per key, the last value; checked with sqlite3
+/// and psql.
 #[test]
-fn kafka_to_sqlite_upsert_keeps_the_last_value_per_key() {
+fn kafka_upsert_into_sqlite_and_postgres_keeps_the_last_value_per_key() {
     let dir = workdir();
     let d = dir.path();
     let t = topic("upsert");
@@ -279,18 +281,45 @@ fn kafka_to_sqlite_upsert_keeps_the_last_value_per_key() {
          \x20       p.produce('{t}', key=str(i), value=json.dumps({{'id': i, 'round': round, 'note': 'r%d' % round}}))\n\
          assert p.flush(30) == 0\n"
     ));
+    let table = format!("kafka_upsert_{}", std::process::id());
+    let pg_url = std::env::var("SLUICE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-q", "-d", &pg_url, "-c", sql])
+            .output()
+            .expect("psql client");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    psql(&format!("DROP TABLE IF EXISTS \"{table}\""));
+    let source = format!(
+        "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
+         schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"round\", type = \"int32\" }}, {{ name = \"note\", type = \"string\" }}]\n",
+        bootstrap()
+    );
     write(
         d,
-        "p.toml",
+        "to-sqlite.toml",
         &format!(
-            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
-             schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"round\", type = \"int32\" }}, {{ name = \"note\", type = \"string\" }}]\n\
-             [sink]\nconnector = \"sqlite\"\npath = \"out.db\"\ntable = \"items\"\nmode = \"upsert\"\nkey = [\"id\"]\n",
-            bootstrap()
+            "{source}[sink]\nconnector = \"sqlite\"\npath = \"out.db\"\ntable = \"items\"\nmode = \"upsert\"\nkey = [\"id\"]\n"
         ),
     );
-    let run = sluice(d, &["run", "p.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    write(
+        d,
+        "to-pg.toml",
+        &format!(
+            "name = \"{table}\"\n{source}[sink]\nconnector = \"postgres\"\nurl = \"{pg_url}\"\ntable = \"{table}\"\nmode = \"upsert\"\nkey = [\"id\"]\n"
+        ),
+    );
+    for p in ["to-sqlite.toml", "to-pg.toml"] {
+        let run = sluice(d, &["run", p]);
+        assert_eq!(run.code, Some(0), "{p}: {}", run.stderr);
+    }
     assert_eq!(
         sqlite(
             &d.join("out.db"),
@@ -298,6 +327,28 @@ fn kafka_to_sqlite_upsert_keeps_the_last_value_per_key() {
         ),
         "200|200|2|2|r2"
     );
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), min(round), max(round), min(note) FROM \"{table}\""
+        )),
+        "200|200|2|2|r2"
+    );
+    // the offsets went in with the data: three partitions, 600 messages in all
+    let stored: serde_json::Value = serde_json::from_str(&psql(&format!(
+        "SELECT offsets FROM sluice_offsets WHERE pipeline = '{table}'"
+    )))
+    .unwrap();
+    let next: i64 = (0..3)
+        .map(|p| {
+            stored["splits"][format!("{t}/{p}")]["next"]
+                .as_i64()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(next, 600, "{stored}");
+    psql(&format!(
+        "DROP TABLE \"{table}\"; DELETE FROM sluice_offsets WHERE pipeline = '{table}'"
+    ));
 }
 
 /// A Kafka -> Kafka pipeline with `exactly_once`, killed with SIGKILL ten times while

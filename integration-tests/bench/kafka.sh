@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Kafka throughput: JSON lines file -> Kafka and Kafka -> JSON lines file, by sluice
+# (typed: declared schema, decimals, timestamps, lists) and by Python confluent-kafka
+# doing the same (json.loads of every record, json.dumps out), against one broker:
+# librdkafka's mock cluster (the kafka-mock binary), on this machine.
+#
+#   bash integration-tests/bench/kafka.sh [--quick]     # 1M records by default here
+#
+# The mock cluster keeps only about 5 MB per partition, so the topics get one
+# partition per 2 MB of input. Records are counted at the destination (partition end
+# offsets, lines of the output file), never taken from the tools.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source integration-tests/bench/common.sh "${1:---quick}"
+python3 -c 'import confluent_kafka' 2>/dev/null || python3 -m pip install -q confluent-kafka
+cargo build --release -p integration-tests --bin kafka-mock --quiet
+MOCK="$CARGO_TARGET_DIR/release/kafka-mock"
+
+PARTS=$((BYTES / 2000000 + 1))
+coproc BROKER { exec "$MOCK" 1 "sluice:$PARTS" "python:$PARTS"; }
+read -r BOOT <&"${BROKER[0]}"
+trap 'kill "$BROKER_PID" 2>/dev/null || true' EXIT
+echo "broker: librdkafka mock cluster at $BOOT, $PARTS partitions per topic"
+
+ends() { # sum of the end offsets of a topic
+  python3 - "$BOOT" "$1" <<'PY'
+import sys, confluent_kafka
+boot, topic = sys.argv[1:]
+c = confluent_kafka.Consumer({'bootstrap.servers': boot, 'group.id': 'ends'})
+parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+print(sum(c.get_watermark_offsets(confluent_kafka.TopicPartition(topic, p), timeout=10)[1] for p in parts))
+c.close()
+PY
+}
+
+cat > "$WORK/to-kafka.toml" <<TOML
+name = "to-kafka"
+[source]
+connector = "file"
+path = "$INPUT"
+$SCHEMA
+[sink]
+connector = "kafka"
+bootstrap_servers = "$BOOT"
+topic = "sluice"
+compression = "none"
+[batch]
+max_records = 65536
+[checkpoint]
+path = "$WORK/kafka-state.db"
+interval = "10s"
+TOML
+rm -f "$WORK/kafka-state.db"
+row1=$(measure sluice-file-to-kafka "$SLUICE" run --quiet "$WORK/to-kafka.toml")
+row1="$row1 $(ends sluice)"
+
+rm -rf "$WORK/from-kafka"
+cat > "$WORK/from-kafka.toml" <<TOML
+name = "from-kafka"
+[source]
+connector = "kafka"
+bootstrap_servers = "$BOOT"
+topics = ["sluice"]
+bounded = true
+$SCHEMA
+[sink]
+connector = "file"
+path = "$WORK/from-kafka"
+format = "json"
+[batch]
+max_records = 65536
+[checkpoint]
+path = "$WORK/kafka-state2.db"
+interval = "10s"
+TOML
+rm -f "$WORK/kafka-state2.db"
+row2=$(measure sluice-kafka-to-file "$SLUICE" run --quiet "$WORK/from-kafka.toml")
+row2="$row2 $(cat "$WORK"/from-kafka/*.jsonl | wc -l)"
+
+cat > "$WORK/py-produce.py" <<'PY'
+import json, sys, confluent_kafka
+boot, path = sys.argv[1:]
+p = confluent_kafka.Producer({'bootstrap.servers': boot, 'enable.idempotence': True, 'linger.ms': 5,
+                              'compression.codec': 'none'})
+with open(path, 'rb') as f:
+    for line in f:
+        value = json.dumps(json.loads(line)).encode()
+        while True:
+            try:
+                p.produce('python', value)
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+assert p.flush(120) == 0
+PY
+row3=$(measure python-file-to-kafka python3 "$WORK/py-produce.py" "$BOOT" "$INPUT")
+row3="$row3 $(ends python)"
+
+cat > "$WORK/py-consume.py" <<'PY'
+import json, sys, confluent_kafka
+boot, topic, out, want = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+c = confluent_kafka.Consumer({'bootstrap.servers': boot, 'group.id': 'py-bench', 'auto.offset.reset': 'earliest',
+                              'enable.auto.commit': False})
+parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+c.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in parts])
+n = 0
+with open(out, 'w') as f:
+    while n < want:
+        for m in c.consume(10000, 1.0):
+            if m.error():
+                continue
+            f.write(json.dumps(json.loads(m.value())))
+            f.write('\n')
+            n += 1
+c.close()
+PY
+row4=$(measure python-kafka-to-file python3 "$WORK/py-consume.py" "$BOOT" sluice "$WORK/py-out.jsonl" "$N")
+row4="$row4 $(wc -l < "$WORK/py-out.jsonl")"
+
+print_table "$row1" "$row2" "$row3" "$row4"
+echo "python: confluent-kafka $(python3 -c 'import confluent_kafka as c; print(c.version()[0], "librdkafka", c.libversion()[0])'), json.loads + json.dumps per record (untyped)"
+rm -rf "$WORK/from-kafka" "$WORK/py-out.jsonl"
