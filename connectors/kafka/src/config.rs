@@ -409,6 +409,8 @@ impl KafkaSinkConfig {
             .set("compression.codec", self.compression.as_str())
             .set("partitioner", self.partitioner.as_str())
             .set("linger.ms", "5")
+            // queue at most 64 MB for delivery (librdkafka's default is 1 GB)
+            .set("queue.buffering.max.kbytes", "65536")
             .set(
                 "message.timeout.ms",
                 self.delivery_timeout.as_millis().to_string(),

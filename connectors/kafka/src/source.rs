@@ -79,7 +79,7 @@ struct State {
     stored: HashMap<Tp, i64>,
     /// True while nothing was stored: `start` applies instead of committed offsets.
     first_run: bool,
-    /// At least one assignment happened (bounded mode waits for one).
+    /// At least one partition was assigned (bounded mode waits for one).
     assigned_once: bool,
     /// The source is closing: a revoke releases at once.
     closing: bool,
@@ -242,7 +242,8 @@ impl Ctx {
                 st.durable.insert(tp.clone(), n);
             }
             st.ends.extend(ends);
-            st.assigned_once = true;
+            // a regex subscription first joins with no topics resolved: wait for partitions
+            st.assigned_once |= !starts.is_empty();
         }
         let positions: Vec<String> = tpl
             .elements()
@@ -313,13 +314,27 @@ struct Msg {
     offset: i64,
     timestamp: Option<i64>,
     key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    /// Where the payload is in the chunk's `data` (None: a null payload).
+    payload: Option<std::ops::Range<usize>>,
     headers: Vec<(String, String)>,
+}
+
+/// Messages polled together; payloads are copied once, into one buffer.
+#[derive(Default)]
+struct Messages {
+    msgs: Vec<Msg>,
+    data: Vec<u8>,
+}
+
+impl Messages {
+    fn payload(&self, m: &Msg) -> Option<&[u8]> {
+        m.payload.clone().map(|r| &self.data[r])
+    }
 }
 
 /// A poll-thread result: messages, or a fatal error.
 enum Chunk {
-    Messages(Vec<Msg>),
+    Messages(Messages),
     Failed(Error),
 }
 
@@ -523,17 +538,24 @@ impl Source for KafkaSource {
         let mut offsets = Offsets::new();
         {
             let mut st = self.shared.lock();
-            msgs.retain(|m| st.owned.contains(&(m.topic.to_string(), m.partition)));
-            let mut last: HashMap<(Arc<str>, i32), i64> = HashMap::new();
-            for m in &msgs {
-                last.insert((m.topic.clone(), m.partition), m.offset + 1);
+            let mut owned: HashMap<(*const u8, i32), bool> = HashMap::new();
+            msgs.msgs.retain(|m| {
+                *owned
+                    .entry((m.topic.as_ptr(), m.partition))
+                    .or_insert_with(|| st.owned.contains(&(m.topic.to_string(), m.partition)))
+            });
+            let mut last: HashMap<(*const u8, i32), (Arc<str>, i32, i64)> = HashMap::new();
+            for m in &msgs.msgs {
+                last.entry((m.topic.as_ptr(), m.partition))
+                    .and_modify(|e| e.2 = m.offset + 1)
+                    .or_insert_with(|| (m.topic.clone(), m.partition, m.offset + 1));
             }
-            for ((topic, partition), next) in last {
+            for (topic, partition, next) in last.into_values() {
                 st.handed.insert((topic.to_string(), partition), next);
                 offsets.set_typed(split_id(&topic, partition), &PartitionOffset { next })?;
             }
         }
-        if msgs.is_empty() {
+        if msgs.msgs.is_empty() {
             return Ok(Some(Batch::idle()));
         }
         let batch = self.decode(&msgs, offsets)?;
@@ -614,23 +636,20 @@ impl KafkaSource {
 
     /// Decodes messages into one batch with the requested metadata columns; messages
     /// that do not decode become rejects.
-    fn decode(&mut self, msgs: &[Msg], offsets: Offsets) -> Result<Batch> {
+    fn decode(&mut self, chunk: &Messages, offsets: Offsets) -> Result<Batch> {
+        let msgs = &chunk.msgs[..];
         let mut rejects = Vec::new();
         let mut good: Vec<usize> = Vec::with_capacity(msgs.len());
         let values: Option<RecordBatch> = match self.config.format {
             ValueFormat::Json => {
                 // one line per message: newlines inside a JSON value are whitespace
-                let mut buf = Vec::with_capacity(
-                    msgs.iter()
-                        .map(|m| m.payload.as_ref().map_or(3, Vec::len) + 1)
-                        .sum(),
-                );
+                let mut buf = Vec::with_capacity(chunk.data.len() + 3 * msgs.len());
                 let mut lines = Vec::with_capacity(msgs.len());
                 for (i, m) in msgs.iter().enumerate() {
-                    match &m.payload {
+                    match chunk.payload(m) {
                         None => buf.extend_from_slice(b"{}"),
                         Some(p) if p.iter().all(u8::is_ascii_whitespace) => {
-                            rejects.push(reject(m, Error::data("empty message")));
+                            rejects.push(reject(chunk, m, Error::data("empty message")));
                             continue;
                         }
                         Some(p) => {
@@ -651,7 +670,7 @@ impl KafkaSource {
                 for b in decoded.bad {
                     if let Some(&i) = lines.get(b.index) {
                         bad.insert(i);
-                        rejects.push(reject(&msgs[i], b.error));
+                        rejects.push(reject(chunk, &msgs[i], b.error));
                     }
                 }
                 good.extend(lines.into_iter().filter(|i| !bad.contains(i)));
@@ -666,12 +685,15 @@ impl KafkaSource {
             ValueFormat::String => {
                 let mut b = StringBuilder::new();
                 for (i, m) in msgs.iter().enumerate() {
-                    match m.payload.as_deref().map(std::str::from_utf8) {
+                    match chunk.payload(m).map(std::str::from_utf8) {
                         None => b.append_null(),
                         Some(Ok(s)) => b.append_value(s),
                         Some(Err(e)) => {
-                            rejects
-                                .push(reject(m, Error::data(format!("value is not UTF-8: {e}"))));
+                            rejects.push(reject(
+                                chunk,
+                                m,
+                                Error::data(format!("value is not UTF-8: {e}")),
+                            ));
                             continue;
                         }
                     }
@@ -682,7 +704,7 @@ impl KafkaSource {
             ValueFormat::Bytes => {
                 let mut b = BinaryBuilder::new();
                 for (i, m) in msgs.iter().enumerate() {
-                    b.append_option(m.payload.as_deref());
+                    b.append_option(chunk.payload(m));
                     good.push(i);
                 }
                 Some(value_batch(DataType::Binary, Arc::new(b.finish()))?)
@@ -701,7 +723,11 @@ impl KafkaSource {
                         None => key_strings.append_null(),
                         Some(Ok(s)) => key_strings.append_value(s),
                         Some(Err(e)) => {
-                            rejects.push(reject(m, Error::data(format!("key is not UTF-8: {e}"))));
+                            rejects.push(reject(
+                                chunk,
+                                m,
+                                Error::data(format!("key is not UTF-8: {e}")),
+                            ));
                             continue;
                         }
                     },
@@ -869,16 +895,15 @@ fn value_batch(dt: DataType, col: ArrayRef) -> Result<RecordBatch> {
     )?)
 }
 
-fn reject(m: &Msg, error: Error) -> Reject {
+fn reject(chunk: &Messages, m: &Msg, error: Error) -> Reject {
     Reject {
         split: split_id(&m.topic, m.partition),
         position: format!(
             "topic \"{}\" partition {} offset {}",
             m.topic, m.partition, m.offset
         ),
-        raw: m
-            .payload
-            .as_deref()
+        raw: chunk
+            .payload(m)
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .unwrap_or_default(),
         error,
@@ -899,19 +924,20 @@ struct Poller {
 impl Poller {
     fn run(self) {
         let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-        let mut chunk: Vec<Msg> = Vec::new();
+        let mut chunk = Messages::default();
         loop {
             if self.shared.lock().closing {
                 return;
             }
-            let timeout = if chunk.is_empty() {
+            let timeout = if chunk.msgs.is_empty() {
                 Duration::from_millis(100)
             } else {
                 Duration::ZERO
             };
             match self.consumer.poll(timeout) {
                 None => {
-                    if !chunk.is_empty() && !self.send(Chunk::Messages(std::mem::take(&mut chunk)))
+                    if !chunk.msgs.is_empty()
+                        && !self.send(Chunk::Messages(std::mem::take(&mut chunk)))
                     {
                         return;
                     }
@@ -951,7 +977,12 @@ impl Poller {
                             .collect(),
                         _ => Vec::new(),
                     };
-                    chunk.push(Msg {
+                    let payload = m.payload().map(|p| {
+                        let start = chunk.data.len();
+                        chunk.data.extend_from_slice(p);
+                        start..chunk.data.len()
+                    });
+                    chunk.msgs.push(Msg {
                         topic,
                         partition: m.partition(),
                         offset: m.offset(),
@@ -961,10 +992,10 @@ impl Poller {
                         } else {
                             None
                         },
-                        payload: m.payload().map(<[u8]>::to_vec),
+                        payload,
                         headers,
                     });
-                    if chunk.len() >= self.batch_size
+                    if chunk.msgs.len() >= self.batch_size
                         && !self.send(Chunk::Messages(std::mem::take(&mut chunk)))
                     {
                         return;

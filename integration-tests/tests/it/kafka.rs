@@ -506,6 +506,59 @@ fn two_runtimes_share_a_group_and_survive_one_killed() {
     assert!(run.stderr.contains("partitions assigned"), "{}", run.stderr);
 }
 
+/// A regular expression picks the topics; the metadata columns carry topic, partition,
+/// offset and the message timestamp. (`start = "timestamp"` is not tested: the mock
+/// cluster answers every offset lookup by time with the end of the partition.)
+#[test]
+fn regex_topics_with_metadata_columns() {
+    let prefix = topic("rx");
+    let (a, b) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    create_topic(&a, 2);
+    create_topic(&b, 1);
+    // ten messages stamped in 2020 and ten in 2030 in each topic
+    py(&format!(
+        "p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
+         for t in ['{a}', '{b}']:\n\
+         \x20   for i in range(20):\n\
+         \x20       ts = (1577836800000 if i < 10 else 1893456000000) + i\n\
+         \x20       p.produce(t, value=json.dumps({{'i': i}}), partition=0, timestamp=ts)\n\
+         assert p.flush(30) == 0\n"
+    ));
+    let dir = workdir();
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"^{prefix}-.*\"]\nbounded = true\n\
+             metadata = [\"topic\", \"partition\", \"offset\", \"timestamp\"]\n\
+             schema = [{{ name = \"i\", type = \"int32\" }}]\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+            bootstrap()
+        ),
+    );
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut rows: Vec<serde_json::Value> = jsonl_lines(&dir.path().join("out"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by_key(|r| {
+        (
+            r["_topic"].as_str().unwrap().to_string(),
+            r["_offset"].as_i64(),
+        )
+    });
+    assert_eq!(rows.len(), 40, "{rows:?}");
+    assert_eq!(rows[0]["_topic"], a.as_str());
+    assert_eq!(rows[0]["i"], 0);
+    assert_eq!(rows[0]["_partition"], 0);
+    assert_eq!(rows[0]["_timestamp"], "2020-01-01T00:00:00Z");
+    assert_eq!(rows[12]["_offset"], 12);
+    assert_eq!(rows[12]["_timestamp"], "2030-01-01T00:00:00.012Z");
+    assert_eq!(rows[39]["_topic"], b.as_str());
+    assert_eq!(rows[39]["i"], 19);
+}
+
 /// A message that is not JSON stops the pipeline naming topic, partition and offset,
 /// or goes to the dead-letter sink with that position and the rest is delivered.
 #[test]
