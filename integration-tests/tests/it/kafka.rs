@@ -371,7 +371,7 @@ fn kill_9_during_kafka_to_kafka_exactly_once_loses_nothing() {
         d,
         "p.toml",
         &format!(
-            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{b}\"\ntopics = [\"{input}\"]\n\
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{b}\"\ntopics = [\"{input}\"]\ngroup_id = \"g-{input}\"\n\
              schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"v\", type = \"string\" }}]\n\
              metadata = [\"key\"]\n{}\n\
              [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{b}\"\ntopic = \"{output}\"\nexactly_once = true\n\
@@ -529,7 +529,7 @@ fn regex_topics_with_metadata_columns() {
         dir.path(),
         "p.toml",
         &format!(
-            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"^{prefix}-.*\"]\nbounded = true\n\
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"^{prefix}-.*\"]\ngroup_id = \"g-{prefix}\"\nbounded = true\n\
              metadata = [\"topic\", \"partition\", \"offset\", \"timestamp\"]\n\
              schema = [{{ name = \"i\", type = \"int32\" }}]\n\
              [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
@@ -573,10 +573,11 @@ fn bad_json_message_stops_or_goes_to_dead_letter_with_its_position() {
     ));
     let pipeline = |errors: &str| {
         format!(
-            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\ngroup_id = \"g-{t}-{}\"\nbounded = true\n\
              schema = [{{ name = \"id\", type = \"int64\" }}]\n\
              [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n{errors}",
-            bootstrap()
+            bootstrap(),
+            errors.len()
         )
     };
     let dir = workdir();
