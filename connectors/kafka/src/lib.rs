@@ -91,20 +91,24 @@ impl ErrorLog {
     }
 }
 
+/// The cluster's metadata: the first request of every client, so a broker that is
+/// down is a connect error (retried) naming the servers.
+pub(crate) fn broker_metadata<C: rdkafka::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    servers: &str,
+) -> Result<rdkafka::metadata::Metadata> {
+    client
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| Error::connect(format!("kafka brokers \"{servers}\" did not answer: {e}")))
+}
+
 /// Lists what the brokers know of `topics` (regular expressions match against all).
 fn check_topics(config: &KafkaSourceConfig) -> Result<()> {
     let consumer: BaseConsumer = config
         .client_config("check")
         .create()
         .map_err(|e| kafka_error("creating the consumer", e))?;
-    let md = consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| {
-            Error::connect(format!(
-                "kafka brokers \"{}\" did not answer: {e}",
-                config.bootstrap_servers
-            ))
-        })?;
+    let md = broker_metadata(consumer.client(), &config.bootstrap_servers)?;
     for t in &config.topics {
         if t.starts_with('^') {
             continue;

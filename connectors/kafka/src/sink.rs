@@ -122,15 +122,7 @@ pub(crate) fn connect(
             errors: Default::default(),
         })
         .map_err(|e| kafka_error("creating the producer", e))?;
-    producer
-        .client()
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| {
-            Error::connect(format!(
-                "kafka brokers \"{}\" did not answer: {e}",
-                config.bootstrap_servers
-            ))
-        })?;
+    crate::broker_metadata(producer.client(), &config.bootstrap_servers)?;
     Ok(producer)
 }
 
@@ -190,7 +182,6 @@ impl Sink for KafkaSink {
             if let Some(p) = enc.partition(row) {
                 record = record.partition(p);
             }
-            let mut record = record;
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -329,21 +320,13 @@ fn json_lines(batch: &RecordBatch) -> Result<(Vec<u8>, Vec<usize>)> {
     )?;
     enc.write(batch)?;
     let text = enc.finish()?;
-    let ends: Vec<usize> = memchr_newlines(&text);
+    let ends: Vec<usize> = memchr::memchr_iter(b'\n', &text).collect();
     if ends.len() != batch.num_rows() {
         return Err(Error::internal(
             "json encoding: one line per record expected",
         ));
     }
     Ok((text, ends))
-}
-
-fn memchr_newlines(text: &[u8]) -> Vec<usize> {
-    text.iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .map(|(i, _)| i)
-        .collect()
 }
 
 /// Raw bytes of a string or binary column (other types as their text).

@@ -199,15 +199,18 @@ impl Ctx {
                 }
             }
         }
-        // resolve logical starts to numbers, so `handed` and bounded ends are exact
+        // resolve logical starts to numbers, so `handed` and bounded ends are exact; one
+        // watermark query per partition serves both
         let mut st_starts = HashMap::new();
+        let mut ends = HashMap::new();
         for (tp, start) in &starts {
-            let n = match *start {
-                Offset::Offset(n) => Some(n),
-                Offset::Beginning | Offset::End => consumer
-                    .fetch_watermarks(&tp.0, tp.1, timeout)
-                    .ok()
-                    .map(|(lo, hi)| if *start == Offset::Beginning { lo } else { hi }),
+            let logical = matches!(start, Offset::Beginning | Offset::End);
+            let marks =
+                (logical || self.bounded).then(|| consumer.fetch_watermarks(&tp.0, tp.1, timeout));
+            let n = match (*start, &marks) {
+                (Offset::Offset(n), _) => Some(n),
+                (Offset::Beginning, Some(Ok((lo, _)))) => Some(*lo),
+                (Offset::End, Some(Ok((_, hi)))) => Some(*hi),
                 _ => None,
             };
             if let Some(n) = n {
@@ -216,21 +219,17 @@ impl Ctx {
             } else {
                 let _ = tpl.set_partition_offset(&tp.0, tp.1, *start);
             }
-        }
-        let mut ends = HashMap::new();
-        if self.bounded {
-            for tp in starts.keys() {
-                match consumer.fetch_watermarks(&tp.0, tp.1, timeout) {
-                    Ok((_, hi)) => {
-                        ends.insert(tp.clone(), hi);
-                    }
-                    Err(e) => {
-                        self.shared.lock().fatal = Some(format!(
-                            "topic \"{}\" partition {}: reading the end offset failed: {e}",
-                            tp.0, tp.1
-                        ));
-                    }
+            match marks {
+                Some(Ok((_, hi))) if self.bounded => {
+                    ends.insert(tp.clone(), hi);
                 }
+                Some(Err(e)) if self.bounded => {
+                    self.shared.lock().fatal = Some(format!(
+                        "topic \"{}\" partition {}: reading the end offset failed: {e}",
+                        tp.0, tp.1
+                    ));
+                }
+                _ => {}
             }
         }
         {
@@ -433,14 +432,7 @@ pub(crate) fn connect(
         .client_config(pipeline)
         .create_with_context(ctx)
         .map_err(|e| kafka_error("creating the consumer", e))?;
-    consumer
-        .fetch_metadata(None, Duration::from_secs(10))
-        .map_err(|e| {
-            Error::connect(format!(
-                "kafka brokers \"{}\" did not answer: {e}",
-                config.bootstrap_servers
-            ))
-        })?;
+    crate::broker_metadata(consumer.client(), &config.bootstrap_servers)?;
     Ok(consumer)
 }
 
