@@ -7,9 +7,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
+use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use sluice_formats::{Decoded, Format, TextDecoder as Text};
@@ -266,36 +265,13 @@ impl FileSource {
 
 /// Turns one decoded part into a batch, advancing the file position past it.
 fn to_batch(cur: &mut Current, text: &Text, decoded: Decoded) -> Result<Batch> {
-    let Decoded {
-        batch,
-        consumed,
-        lines,
-        bad,
-    } = decoded;
     let first_line = cur.line;
-    cur.pos += consumed as u64;
-    cur.line += lines;
+    cur.pos += decoded.consumed as u64;
+    cur.line += decoded.lines;
     let offsets = offsets_of(cur)?;
-    let records = match (batch, text.schema()) {
-        (Some(b), _) => b,
-        (None, Some(s)) => RecordBatch::new_empty(s),
-        (None, None) => Batch::idle().records,
-    };
-    let mut out = Batch::new(records, offsets);
-    out.rejects = bad
-        .into_iter()
-        .map(|b| Reject {
-            split: cur.split.clone(),
-            position: format!(
-                "file \"{}\" line {}",
-                cur.split,
-                first_line + b.index as u64 + 1
-            ),
-            raw: b.raw,
-            error: b.error,
-        })
-        .collect();
-    Ok(out)
+    Ok(decoded.into_batch(text.schema(), offsets, &cur.split, |i| {
+        format!("file \"{}\" line {}", cur.split, first_line + i as u64 + 1)
+    }))
 }
 
 fn offsets_of(cur: &Current) -> Result<Offsets> {

@@ -44,6 +44,37 @@ pub struct Decoded {
     pub bad: Vec<BadRecord>,
 }
 
+impl Decoded {
+    /// The decoded records as a batch advancing `offsets` (no records: an empty batch
+    /// of `schema`, or of no columns before a schema is known); every bad record becomes
+    /// a reject of `split` at `position(index)`, `index` counting records of this call.
+    pub fn into_batch(
+        self,
+        schema: Option<arrow_schema::SchemaRef>,
+        offsets: connector_api::Offsets,
+        split: &str,
+        position: impl Fn(usize) -> String,
+    ) -> connector_api::Batch {
+        let records = match (self.batch, schema) {
+            (Some(b), _) => b,
+            (None, Some(s)) => RecordBatch::new_empty(s),
+            (None, None) => connector_api::Batch::idle().records,
+        };
+        let mut out = connector_api::Batch::new(records, offsets);
+        out.rejects = self
+            .bad
+            .into_iter()
+            .map(|b| connector_api::Reject {
+                split: split.to_string(),
+                position: position(b.index),
+                raw: b.raw,
+                error: b.error,
+            })
+            .collect();
+        out
+    }
+}
+
 /// Each value of a column as JSON text (None for null): lists, structs and maps as
 /// they appear in JSON lines, for databases that store them as JSON.
 pub fn json_texts(

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use arrow_array::{RecordBatch, RecordBatchReader as _};
+use arrow_array::RecordBatchReader as _;
 use arrow_schema::SchemaRef;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
@@ -357,36 +357,17 @@ fn to_batch(
     decoded: Decoded,
     conn: &Connection,
 ) -> Result<Batch> {
-    let Decoded {
-        batch,
-        consumed,
-        lines,
-        bad,
-    } = decoded;
     let first_line = cur.line;
-    cur.pos += consumed as u64;
-    cur.line += lines;
+    cur.pos += decoded.consumed as u64;
+    cur.line += decoded.lines;
     let offsets = S3Source::offsets(&cur.key, &cur.etag, cur.pos, cur.line, false)?;
-    let records = match (batch, text.schema()) {
-        (Some(b), _) => b,
-        (None, Some(s)) => RecordBatch::new_empty(s),
-        (None, None) => Batch::idle().records,
-    };
-    let mut out = Batch::new(records, offsets);
-    out.rejects = bad
-        .into_iter()
-        .map(|b| Reject {
-            split: cur.key.clone(),
-            position: format!(
-                "object {} line {}",
-                conn.url(&cur.key),
-                first_line + b.index as u64 + 1
-            ),
-            raw: b.raw,
-            error: b.error,
-        })
-        .collect();
-    Ok(out)
+    Ok(decoded.into_batch(text.schema(), offsets, &cur.key, |i| {
+        format!(
+            "object {} line {}",
+            conn.url(&cur.key),
+            first_line + i as u64 + 1
+        )
+    }))
 }
 
 /// Objects under the path's prefix matching its glob, in key order.
