@@ -1,11 +1,7 @@
 //! Kill -9 at random points of a long file -> SQLite run; after restarts every record
 //! is in the table exactly once (offsets are stored in the sink's transaction).
 
-use std::time::Duration;
-
-use rand::Rng;
-
-use crate::support::{finish, python, signal, sluice, spawn, sqlite, workdir};
+use crate::support::{kill_at_random, python, sluice, sqlite, workdir};
 
 const ROWS: usize = 300_000;
 
@@ -41,23 +37,7 @@ interval = "50ms"
     )
     .unwrap();
     let db = d.join("out/crash.db");
-    let mut rng = rand::thread_rng();
-    let mut killed_mid_run = 0;
-    for _ in 0..10 {
-        let child = spawn(d, &["run", "--quiet", "crash.toml"]);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(30..700)));
-        let exited = std::process::Command::new("kill")
-            .arg("-0")
-            .arg(child.id().to_string())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true);
-        signal(&child, "KILL");
-        let _ = finish(child, Duration::from_secs(10));
-        if !exited {
-            killed_mid_run += 1;
-        }
-    }
+    let killed_mid_run = kill_at_random(d, &["run", "--quiet", "crash.toml"], 10, 30..700);
     let run = sluice(d, &["run", "--quiet", "crash.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::support::{finish, python, signal, sluice, spawn, workdir};
+use crate::support::{finish, kill_at_random, python, signal, sluice, spawn, workdir};
 
 fn endpoint() -> String {
     std::env::var("SLUICE_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:9555".into())
@@ -271,23 +271,7 @@ fn kill_9_mid_upload_leaves_no_duplicates_no_gaps_no_open_uploads() {
         ),
     )
     .unwrap();
-    let mut rng = rand::thread_rng();
-    let mut killed_mid_run = 0;
-    for _ in 0..10 {
-        let child = spawn(d, &["run", "--quiet", "kill.toml"]);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..2800)));
-        let exited = std::process::Command::new("kill")
-            .arg("-0")
-            .arg(child.id().to_string())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true);
-        signal(&child, "KILL");
-        let _ = finish(child, Duration::from_secs(10));
-        if !exited {
-            killed_mid_run += 1;
-        }
-    }
+    let killed_mid_run = kill_at_random(d, &["run", "--quiet", "kill.toml"], 10, 300..2800);
     let run = sluice(d, &["run", "--quiet", "kill.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(

@@ -173,3 +173,32 @@ pub fn jsonl_lines(dir: &Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// Starts `sluice ARGS` in `dir` `rounds` times and kills each run with SIGKILL after a
+/// random pause in `pause_ms`; returns how many kills hit a process still running.
+pub fn kill_at_random(
+    dir: &Path,
+    args: &[&str],
+    rounds: usize,
+    pause_ms: std::ops::Range<u64>,
+) -> usize {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut killed_mid_run = 0;
+    for _ in 0..rounds {
+        let child = spawn(dir, args);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(pause_ms.clone())));
+        let exited = Command::new("kill")
+            .arg("-0")
+            .arg(child.id().to_string())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true);
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+        if !exited {
+            killed_mid_run += 1;
+        }
+    }
+    killed_mid_run
+}
