@@ -46,9 +46,14 @@ pub(crate) type Tp = (String, i32);
 pub struct Kafka;
 
 /// An error creating a client: a bad property is a config error.
+///
+/// The value of a refused property is left out: it may be a resolved secret.
 pub(crate) fn kafka_error(what: &str, e: KafkaError) -> Error {
     match e {
-        KafkaError::ClientConfig(..) => {
+        KafkaError::ClientConfig(_, desc, key, _) => {
+            Error::config(format!("kafka: {what}: {desc}")).with_field(format!("options.{key}"))
+        }
+        KafkaError::ClientCreation(_) => {
             Error::config(format!("kafka: {what}: {e}")).with_field("options")
         }
         e => Error::connect(format!("kafka: {what}: {e}")),

@@ -648,3 +648,22 @@ fn child_alive(child: &Child) -> bool {
             .unwrap_or_default()
             .contains(") Z ")
 }
+
+/// A librdkafka property it does not know stops the pipeline at once (no retries),
+/// naming the property but never printing its value, which may be a secret.
+#[test]
+fn unknown_client_property_is_a_config_error_without_its_value() {
+    let dir = workdir();
+    write(
+        dir.path(),
+        "p.toml",
+        "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"127.0.0.1:1\"\ntopics = [\"t\"]\n\
+         options = { \"sasl.pasword\" = \"hunter2-secret\" }\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    );
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("\"sasl.pasword\""), "{}", run.stderr);
+    assert!(!run.stderr.contains("hunter2-secret"), "{}", run.stderr);
+    assert!(!run.stderr.contains("retrying"), "{}", run.stderr);
+}
