@@ -67,6 +67,13 @@ if ! python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
   log "installing confluent-kafka"
   python3 -m pip install -q confluent-kafka
 fi
+# Avro: fastavro writes and reads messages to check ours; the test schema registry
+# (integration-tests/schema_registry.py, started by the tests) checks compatibility
+# with the Apache Avro library.
+if ! python3 -c 'import fastavro, avro.compatibility' >/dev/null 2>&1; then
+  log "installing fastavro and avro"
+  python3 -m pip install -q fastavro avro
+fi
 export SLUICE_TEST_S3_AUTH="${SLUICE_TEST_S3_AUTH:-http://127.0.0.1:9556}"
 
 # --- build and static checks ---

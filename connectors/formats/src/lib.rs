@@ -5,6 +5,7 @@
 //! records that do not decode, so one bad line becomes a [`connector_api::Reject`]
 //! instead of a failed batch. Encoders write batches to any `std::io::Write`.
 
+pub mod avro;
 mod csv;
 mod encode;
 mod json;

@@ -24,6 +24,64 @@ pub enum ValueFormat {
     String,
     /// The message as raw bytes, in one column `value`.
     Bytes,
+    /// Avro in the Confluent wire format (magic byte 0, schema id, datum); a source
+    /// fetches each writer schema by id, a sink registers the schema it writes. Needs
+    /// `schema_registry`.
+    Avro,
+}
+
+/// A Confluent-compatible Schema Registry (Confluent, Karapace, Apicurio, Redpanda),
+/// for `format = "avro"`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, e.g. `http://localhost:8081` or `https://psrc-xyz.confluent.cloud`.
+    pub url: String,
+    /// Basic auth user (Confluent Cloud: the API key).
+    pub username: Option<String>,
+    /// Basic auth password (Confluent Cloud: the API secret); may be a secret reference.
+    pub password: Option<Secret>,
+    /// How long one request may take before it is retried.
+    #[serde(default = "registry_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+}
+
+fn registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl RegistryConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Error::config(format!(
+                "\"{}\" is not an http:// or https:// URL",
+                self.url
+            ))
+            .with_field("schema_registry.url"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(
+                Error::config("a password needs a username").with_field("schema_registry.username")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `format = "avro"` and `schema_registry` come together.
+fn check_registry(format: ValueFormat, registry: &Option<RegistryConfig>) -> Result<()> {
+    match (format, registry) {
+        (ValueFormat::Avro, None) => Err(Error::config(
+            "format = \"avro\" needs schema_registry = { url = \"http://...\" }",
+        )
+        .with_field("schema_registry")),
+        (ValueFormat::Avro, Some(r)) => r.validate(),
+        (_, Some(_)) => {
+            Err(Error::config("only applies with format = \"avro\"").with_field("schema_registry"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// How message keys are read into `_key` and written from the key columns.
@@ -159,9 +217,11 @@ pub struct KafkaSourceConfig {
     /// was assigned (a backfill or a test), instead of waiting for new messages.
     #[serde(default)]
     pub bounded: bool,
-    /// Value format: `json` (default), `string` or `bytes`.
+    /// Value format: `json` (default), `string`, `bytes` or `avro`.
     #[serde(default)]
     pub format: ValueFormat,
+    /// The schema registry writer schemas are fetched from (`format = "avro"`).
+    pub schema_registry: Option<RegistryConfig>,
     /// Key format for the `_key` column: `string` (default) or `bytes`.
     #[serde(default)]
     pub key_format: KeyFormat,
@@ -236,6 +296,7 @@ impl KafkaSourceConfig {
                     .with_field("schema"),
             );
         }
+        check_registry(self.format, &self.schema_registry)?;
         if self.key_format == KeyFormat::Json {
             return Err(Error::config(
                 "a source reads keys as \"string\" or \"bytes\" (a JSON key arrives as its text)",
@@ -328,9 +389,20 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub key_format: KeyFormat,
     /// Value format: `json` (default; an object of every column but the metadata
-    /// columns), `string` or `bytes` (the one column `value`, or the only column).
+    /// columns), `avro` (the same columns as one Avro record, registered in
+    /// `schema_registry`), `string` or `bytes` (the one column `value`, or the only
+    /// column).
     #[serde(default)]
     pub format: ValueFormat,
+    /// The schema registry the value schema is registered in (`format = "avro"`).
+    pub schema_registry: Option<RegistryConfig>,
+    /// The subject the value schema is registered under; `{topic}` stands for the
+    /// topic written to (TopicNameStrategy).
+    #[serde(default = "subject")]
+    pub subject: String,
+    /// Name of the Avro record written (namespace `sluice`); letters, digits and `_`.
+    #[serde(default = "record_name")]
+    pub record_name: String,
     /// Column with the message headers (`list<struct<key, value>>`). Absent: `_headers`
     /// when the batch has it.
     pub headers_column: Option<String>,
@@ -366,6 +438,14 @@ pub struct KafkaSinkConfig {
     pub options: BTreeMap<String, Secret>,
 }
 
+fn subject() -> String {
+    "{topic}-value".into()
+}
+
+fn record_name() -> String {
+    "Record".into()
+}
+
 fn delivery_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -384,6 +464,10 @@ impl KafkaSinkConfig {
                 Error::config("several key columns need key_format = \"json\"").with_field("key"),
             );
         }
+        check_registry(self.format, &self.schema_registry)?;
+        if self.subject.trim().is_empty() {
+            return Err(Error::config("is empty").with_field("subject"));
+        }
         if self.transactional_id.is_some() && !self.exactly_once {
             return Err(Error::config("only applies with exactly_once = true")
                 .with_field("transactional_id"));
@@ -392,6 +476,11 @@ impl KafkaSinkConfig {
             return Err(Error::config("must be at least 1s").with_field("delivery_timeout"));
         }
         check_options(&self.options, OWNED_PRODUCER)
+    }
+
+    /// The registry subject for `topic`.
+    pub fn subject_for(&self, topic: &str) -> String {
+        self.subject.replace("{topic}", topic)
     }
 
     /// The transactional id for `pipeline`'s sink `sink`.
@@ -426,5 +515,41 @@ impl KafkaSinkConfig {
             c.set(k, v.expose());
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink(extra: serde_json::Value) -> Result<KafkaSinkConfig> {
+        let mut v = serde_json::json!({"bootstrap_servers": "b:9092", "topic": "orders"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let c: KafkaSinkConfig = serde_json::from_value(v).unwrap();
+        c.validate().map(|_| c)
+    }
+
+    #[test]
+    fn avro_needs_a_registry_and_a_registry_needs_avro() {
+        let err = sink(serde_json::json!({"format": "avro"})).unwrap_err();
+        assert_eq!(err.field(), Some("schema_registry"));
+        assert!(err.to_string().contains("needs schema_registry"), "{err}");
+        let err =
+            sink(serde_json::json!({"schema_registry": {"url": "http://r:8081"}})).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only applies with format = \"avro\""),
+            "{err}"
+        );
+        let err = sink(serde_json::json!({"format": "avro", "schema_registry": {"url": "r:8081"}}))
+            .unwrap_err();
+        assert_eq!(err.field(), Some("schema_registry.url"));
+        let c =
+            sink(serde_json::json!({"format": "avro", "schema_registry": {"url": "https://r"}}))
+                .unwrap();
+        assert_eq!(c.subject_for("orders"), "orders-value");
+        assert_eq!(c.record_name, "Record");
     }
 }

@@ -5,20 +5,23 @@
 //! - The source is a consumer-group member: partitions are splits, offsets are
 //!   committed to Kafka and stored in the checkpoint only after every sink has
 //!   flushed, and a revoked partition is released only once what was read from it is
-//!   committed. Values are JSON (declared or inferred schema), strings or bytes; key,
+//!   committed. Values are JSON (declared or inferred schema), Avro in the Confluent
+//!   wire format (schemas from a schema registry), strings or bytes; key,
 //!   headers, timestamp, topic, partition and offset come as metadata columns on
 //!   request. See [`KafkaSource`].
 //! - The sink is an idempotent producer whose flush waits for every delivery report;
 //!   with `exactly_once = true` it is transactional, and in a Kafka to Kafka pipeline
 //!   the consumed offsets commit in the same transaction. See [`KafkaSink`].
 
+mod avro;
 mod config;
+mod registry;
 mod sink;
 mod source;
 
 pub use config::{
-    Compression, KafkaSinkConfig, KafkaSourceConfig, KeyFormat, Metadata, Partitioner, Start,
-    ValueFormat,
+    Compression, KafkaSinkConfig, KafkaSourceConfig, KeyFormat, Metadata, Partitioner,
+    RegistryConfig, Start, ValueFormat,
 };
 pub use sink::KafkaSink;
 pub use source::{headers_type, parse_split, split_id, KafkaSource, PartitionOffset};
@@ -136,7 +139,7 @@ fn check_topics(config: &KafkaSourceConfig) -> Result<()> {
 impl SourceConnector for Kafka {
     const NAME: &'static str = NAME;
     const DESCRIPTION: &'static str =
-        "Kafka topics in a consumer group (JSON, string or bytes values; key, headers and timestamp as columns)";
+        "Kafka topics in a consumer group (JSON, Avro with a schema registry, string or bytes values; key, headers and timestamp as columns)";
     type Config = KafkaSourceConfig;
 
     fn validate(&self, config: &KafkaSourceConfig) -> Result<()> {
@@ -148,10 +151,14 @@ impl SourceConnector for Kafka {
     }
 
     async fn check(&self, config: &KafkaSourceConfig) -> Result<()> {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || check_topics(&config))
+        let owned = config.clone();
+        tokio::task::spawn_blocking(move || check_topics(&owned))
             .await
-            .map_err(|e| Error::internal("kafka check task failed").with_source(e))?
+            .map_err(|e| Error::internal("kafka check task failed").with_source(e))??;
+        if let Some(r) = &config.schema_registry {
+            registry::Registry::new(r)?.check().await?;
+        }
+        Ok(())
     }
 
     async fn discover(&self, config: &KafkaSourceConfig) -> Result<Option<SchemaRef>> {
@@ -160,6 +167,25 @@ impl SourceConnector for Kafka {
                 Some(s) => s.fields().iter().map(|f| f.as_ref().clone()).collect(),
                 None => return Ok(None),
             },
+            ValueFormat::Avro => {
+                // the latest value schema of the one topic (TopicNameStrategy)
+                let (Some(r), [topic]) = (&config.schema_registry, config.topics.as_slice()) else {
+                    return Ok(None);
+                };
+                if topic.starts_with('^') {
+                    return Ok(None);
+                }
+                let subject = format!("{topic}-value");
+                match registry::Registry::new(r)?.latest(&subject).await? {
+                    Some(text) => sluice_formats::avro::AvroSchema::parse(&text)?
+                        .arrow()
+                        .fields()
+                        .iter()
+                        .map(|f| f.as_ref().clone())
+                        .collect(),
+                    None => return Ok(None),
+                }
+            }
             ValueFormat::String => vec![Field::new("value", DataType::Utf8, true)],
             ValueFormat::Bytes => vec![Field::new("value", DataType::Binary, true)],
         };
@@ -205,11 +231,15 @@ impl SinkConnector for Kafka {
     }
 
     async fn check(&self, config: &KafkaSinkConfig) -> Result<()> {
-        let config = config.clone();
+        let owned = config.clone();
         tokio::task::spawn_blocking(move || {
-            sink::connect(&config, "check", "sink", Default::default()).map(|_| ())
+            sink::connect(&owned, "check", "sink", Default::default()).map(|_| ())
         })
         .await
-        .map_err(|e| Error::internal("kafka check task failed").with_source(e))?
+        .map_err(|e| Error::internal("kafka check task failed").with_source(e))??;
+        if let Some(r) = &config.schema_registry {
+            registry::Registry::new(r)?.check().await?;
+        }
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@
 //! when the source of the same pipeline is a Kafka consumer, its offsets commit in that
 //! transaction (`send_offsets_to_transaction`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,8 +23,10 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use sluice_formats::avro::confluent_header;
 use sluice_formats::{CsvOptions, Encoder, Format, ParquetOptions};
 
+use crate::avro::AvroWriter;
 use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
 use crate::{kafka_error, log_to_tracing, source};
 
@@ -75,17 +78,24 @@ pub struct KafkaSink {
     producer: Option<Arc<Producer_>>,
     failed: Arc<Mutex<Option<String>>>,
     in_txn: bool,
+    /// `format = "avro"`: the encoder and the registered schema ids.
+    avro: Option<AvroWriter>,
 }
 
 impl KafkaSink {
     /// A sink for `config` (validated); connects in `open`.
     pub fn new(config: KafkaSinkConfig) -> Result<Self> {
+        let avro = match (&config.format, &config.schema_registry) {
+            (ValueFormat::Avro, Some(r)) => Some(AvroWriter::new(r, &config.record_name)?),
+            _ => None,
+        };
         Ok(KafkaSink {
             config,
             pipeline: String::new(),
             producer: None,
             failed: Arc::new(Mutex::new(None)),
             in_txn: false,
+            avro,
         })
     }
 
@@ -157,13 +167,16 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let producer = self.producer()?;
+        let mut enc = Encoded::new(&self.config, rb, self.avro.as_mut())?;
+        if let Some(avro) = &mut self.avro {
+            enc.set_schema_ids(&self.config, avro).await?;
+        }
         if self.config.exactly_once && !self.in_txn {
             producer
                 .begin_transaction()
                 .map_err(|e| txn_error("beginning a transaction", e))?;
             self.in_txn = true;
         }
-        let enc = Encoded::new(&self.config, rb)?;
         for row in 0..rb.num_rows() {
             let topic = enc.topic(row, self.config.topic.as_deref())?;
             let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
@@ -287,6 +300,10 @@ fn txn_error(what: &str, e: KafkaError) -> Error {
 struct Encoded<'a> {
     values: Vec<u8>,
     ends: Vec<usize>,
+    /// Bytes between one value and the next in `values` (a newline for JSON).
+    sep: usize,
+    /// `format = "avro"`: the Avro schema of the values (JSON).
+    avro_schema: Option<String>,
     raw: Option<ArrayRef>,
     keys: Option<KeyData>,
     topics: Option<ArrayRef>,
@@ -353,7 +370,11 @@ fn raw_value(col: &ArrayRef, row: usize) -> Option<&[u8]> {
 }
 
 impl<'a> Encoded<'a> {
-    fn new(config: &KafkaSinkConfig, rb: &'a RecordBatch) -> Result<Self> {
+    fn new(
+        config: &KafkaSinkConfig,
+        rb: &'a RecordBatch,
+        avro: Option<&mut AvroWriter>,
+    ) -> Result<Self> {
         let schema = rb.schema();
         let optional = |explicit: &Option<String>,
                         reserved: &str,
@@ -442,11 +463,23 @@ impl<'a> Encoded<'a> {
             .filter(|(_, f)| !skip(f.name()))
             .map(|(i, _)| i)
             .collect();
+        let mut avro_schema = None;
         let (values, ends, raw) = match config.format {
             ValueFormat::Json => {
                 let projected = rb.project(&value_idx)?;
                 let (t, e) = json_lines(&projected)?;
                 (t, e, None)
+            }
+            ValueFormat::Avro => {
+                let projected = rb.project(&value_idx)?;
+                let encoder = avro
+                    .ok_or_else(|| Error::internal("kafka: avro format without a writer"))?
+                    .encoder(&projected.schema())?;
+                let mut out = Vec::with_capacity(projected.get_array_memory_size());
+                // the schema id is set per topic once it is registered
+                let ends = encoder.encode(&projected, &confluent_header(0), &mut out)?;
+                avro_schema = Some(encoder.schema_json().to_string());
+                (out, ends, None)
             }
             ValueFormat::String | ValueFormat::Bytes => {
                 let col = match rb.column_by_name("value") {
@@ -465,6 +498,8 @@ impl<'a> Encoded<'a> {
         Ok(Encoded {
             values,
             ends,
+            sep: usize::from(config.format == ValueFormat::Json),
+            avro_schema,
             raw,
             keys,
             topics,
@@ -491,11 +526,45 @@ impl<'a> Encoded<'a> {
     fn payload(&self, row: usize) -> Option<&[u8]> {
         match &self.raw {
             Some(col) => raw_value(col, row),
-            None => {
-                let start = if row == 0 { 0 } else { self.ends[row - 1] + 1 };
-                Some(&self.values[start..self.ends[row]])
-            }
+            None => Some(&self.values[self.start(row)..self.ends[row]]),
         }
+    }
+
+    /// Where the value of `row` starts in `values`.
+    fn start(&self, row: usize) -> usize {
+        if row == 0 {
+            0
+        } else {
+            self.ends[row - 1] + self.sep
+        }
+    }
+
+    /// Registers the Avro schema under the subject of each topic written to, and writes
+    /// that schema id into the wire-format header of the topic's messages.
+    async fn set_schema_ids(
+        &mut self,
+        config: &KafkaSinkConfig,
+        avro: &mut AvroWriter,
+    ) -> Result<()> {
+        let Some(schema) = self.avro_schema.clone() else {
+            return Ok(());
+        };
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        for row in 0..self.ends.len() {
+            let topic = self.topic(row, config.topic.as_deref())?;
+            let id = match ids.get(topic) {
+                Some(id) => *id,
+                None => {
+                    let topic = topic.to_string();
+                    let id = avro.id(&config.subject_for(&topic), &schema).await?;
+                    ids.insert(topic, id);
+                    id
+                }
+            };
+            let start = self.start(row);
+            self.values[start..start + 5].copy_from_slice(&confluent_header(id));
+        }
+        Ok(())
     }
 
     fn key(&self, row: usize) -> Option<&[u8]> {

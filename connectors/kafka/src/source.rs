@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::JsonDecoder;
 use tokio::sync::mpsc;
 
+use crate::avro::AvroReader;
 use crate::config::{KafkaSourceConfig, KeyFormat, Metadata, Start, ValueFormat};
 use crate::{kafka_error, log_to_tracing, Tp};
 
@@ -388,6 +389,11 @@ pub(crate) fn group_of(pipeline: &str) -> Option<Arc<GroupHandle>> {
 pub struct KafkaSource {
     config: KafkaSourceConfig,
     decoder: JsonDecoder,
+    /// `format = "avro"`: schemas by id and their decoders.
+    avro: Option<AvroReader>,
+    /// A chunk whose Avro schemas could not be fetched yet (the registry did not
+    /// answer): decoded on the next call, so it is never lost.
+    pending: Option<(Messages, Offsets)>,
     batch_size: usize,
     idle: Duration,
     shared: Arc<Shared>,
@@ -401,8 +407,14 @@ impl KafkaSource {
     /// A source for `config` (validated); connects in `open`.
     pub fn new(config: KafkaSourceConfig) -> Result<Self> {
         let declared = config.declared_schema()?;
+        let avro = match (&config.format, &config.schema_registry) {
+            (ValueFormat::Avro, Some(r)) => Some(AvroReader::new(r)?),
+            _ => None,
+        };
         Ok(KafkaSource {
             decoder: JsonDecoder::new(declared),
+            avro,
+            pending: None,
             config,
             batch_size: 8192,
             idle: Duration::from_secs(1),
@@ -512,43 +524,22 @@ impl Source for KafkaSource {
                 format!("kafka: {fatal}"),
             ));
         }
-        if self.config.bounded && self.finished() {
+        if self.pending.is_none() && self.config.bounded && self.finished() {
             return Ok(None);
         }
-        let rx = self
-            .rx
-            .as_mut()
-            .ok_or_else(|| Error::internal("kafka source used before open"))?;
-        let chunk = match tokio::time::timeout(self.idle, rx.recv()).await {
-            Err(_) => return Ok(Some(Batch::idle())),
-            Ok(None) => return Err(Error::internal("kafka poll thread ended")),
-            Ok(Some(Chunk::Failed(e))) => return Err(e),
-            Ok(Some(Chunk::Messages(m))) => m,
+        let (msgs, offsets) = match self.pending.take() {
+            Some(p) => p,
+            None => match self.receive().await? {
+                Some(p) => p,
+                None => return Ok(Some(Batch::idle())),
+            },
         };
-        // keep only partitions still owned, and note what is handed out
-        let mut msgs = chunk;
-        let mut offsets = Offsets::new();
-        {
-            let mut st = self.shared.lock();
-            let mut owned: HashMap<(*const u8, i32), bool> = HashMap::new();
-            msgs.msgs.retain(|m| {
-                *owned
-                    .entry((m.topic.as_ptr(), m.partition))
-                    .or_insert_with(|| st.owned.contains(&(m.topic.to_string(), m.partition)))
-            });
-            let mut last: HashMap<(*const u8, i32), (Arc<str>, i32, i64)> = HashMap::new();
-            for m in &msgs.msgs {
-                last.entry((m.topic.as_ptr(), m.partition))
-                    .and_modify(|e| e.2 = m.offset + 1)
-                    .or_insert_with(|| (m.topic.clone(), m.partition, m.offset + 1));
+        if let Some(avro) = &mut self.avro {
+            let payloads = msgs.msgs.iter().filter_map(|m| msgs.payload(m));
+            if let Err(e) = avro.fetch(payloads).await {
+                self.pending = Some((msgs, offsets));
+                return Err(e);
             }
-            for (topic, partition, next) in last.into_values() {
-                st.handed.insert((topic.to_string(), partition), next);
-                offsets.set_typed(split_id(&topic, partition), &PartitionOffset { next })?;
-            }
-        }
-        if msgs.msgs.is_empty() {
-            return Ok(Some(Batch::idle()));
         }
         let batch = self.decode(&msgs, offsets)?;
         Ok(Some(batch))
@@ -611,6 +602,47 @@ impl Source for KafkaSource {
 }
 
 impl KafkaSource {
+    /// The next chunk of messages from the poll thread, with the offsets it advances
+    /// (None: nothing came within the idle time, or nothing left that is still owned).
+    async fn receive(&mut self) -> Result<Option<(Messages, Offsets)>> {
+        let rx = self
+            .rx
+            .as_mut()
+            .ok_or_else(|| Error::internal("kafka source used before open"))?;
+        let chunk = match tokio::time::timeout(self.idle, rx.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(None) => return Err(Error::internal("kafka poll thread ended")),
+            Ok(Some(Chunk::Failed(e))) => return Err(e),
+            Ok(Some(Chunk::Messages(m))) => m,
+        };
+        // keep only partitions still owned, and note what is handed out
+        let mut msgs = chunk;
+        let mut offsets = Offsets::new();
+        {
+            let mut st = self.shared.lock();
+            let mut owned: HashMap<(*const u8, i32), bool> = HashMap::new();
+            msgs.msgs.retain(|m| {
+                *owned
+                    .entry((m.topic.as_ptr(), m.partition))
+                    .or_insert_with(|| st.owned.contains(&(m.topic.to_string(), m.partition)))
+            });
+            let mut last: HashMap<(*const u8, i32), (Arc<str>, i32, i64)> = HashMap::new();
+            for m in &msgs.msgs {
+                last.entry((m.topic.as_ptr(), m.partition))
+                    .and_modify(|e| e.2 = m.offset + 1)
+                    .or_insert_with(|| (m.topic.clone(), m.partition, m.offset + 1));
+            }
+            for (topic, partition, next) in last.into_values() {
+                st.handed.insert((topic.to_string(), partition), next);
+                offsets.set_typed(split_id(&topic, partition), &PartitionOffset { next })?;
+            }
+        }
+        if msgs.msgs.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((msgs, offsets)))
+    }
+
     /// Bounded mode: every assigned partition has been handed out up to its end (the
     /// consumer's position counts too: it moves past transaction markers).
     fn finished(&self) -> bool {
@@ -700,6 +732,18 @@ impl KafkaSource {
                     good.push(i);
                 }
                 Some(value_batch(DataType::Binary, Arc::new(b.finish()))?)
+            }
+            ValueFormat::Avro => {
+                let avro = self
+                    .avro
+                    .as_mut()
+                    .ok_or_else(|| Error::internal("kafka: avro format without a reader"))?;
+                let decoded = avro.decode(msgs.iter().map(|m| chunk.payload(m)))?;
+                for (i, e) in decoded.bad {
+                    rejects.push(reject(chunk, &msgs[i], e));
+                }
+                good.extend(decoded.good);
+                decoded.batch
             }
         };
         // metadata columns, for the good messages only; a bad key rejects the message

@@ -40,12 +40,12 @@ fn cluster() -> &'static (String, Mutex<mpsc::Sender<TopicRequest>>) {
     })
 }
 
-fn bootstrap() -> &'static str {
+pub(crate) fn bootstrap() -> &'static str {
     &cluster().0
 }
 
 /// A topic name unique to this run.
-fn topic(tag: &str) -> String {
+pub(crate) fn topic(tag: &str) -> String {
     format!(
         "{tag}-{}-{:06x}",
         std::process::id(),
@@ -54,7 +54,7 @@ fn topic(tag: &str) -> String {
 }
 
 /// Creates `name` with `partitions` partitions on the mock cluster.
-fn create_topic(name: &str, partitions: i32) {
+pub(crate) fn create_topic(name: &str, partitions: i32) {
     let (tx, rx) = mpsc::channel();
     cluster()
         .1
@@ -66,7 +66,7 @@ fn create_topic(name: &str, partitions: i32) {
 }
 
 /// Runs Python with `confluent_kafka` imported and `BOOT` set.
-fn py(code: &str) -> String {
+pub(crate) fn py(code: &str) -> String {
     python(&format!(
         "import json, sys, confluent_kafka\nBOOT = '{}'\n{code}",
         bootstrap()
@@ -76,7 +76,7 @@ fn py(code: &str) -> String {
 /// Python: reads every message of `topic` (read_committed, partitions assigned directly,
 /// no group) into `msgs`, a list of (partition, offset, key, value, headers), until
 /// `want` messages, 3 s without a new message, or 30 s.
-fn read_all(topic: &str, want: usize) -> String {
+pub(crate) fn read_all(topic: &str, want: usize) -> String {
     format!(
         "c = confluent_kafka.Consumer({{'bootstrap.servers': BOOT, 'group.id': 'check', \
          'enable.auto.commit': False, 'isolation.level': 'read_committed'}})\n\
@@ -132,7 +132,7 @@ fn produce_in_background(topic: &str, n: usize, rate: usize) -> Child {
         .expect("python producer")
 }
 
-fn write(dir: &Path, name: &str, text: &str) {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
@@ -140,7 +140,7 @@ fn write(dir: &Path, name: &str, text: &str) {
 /// rebalance waits at most 15 s for members to rejoin.
 const GROUP_TIMEOUTS: &str = "revoke_timeout = \"5s\"\noptions = { \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\", \"max.poll.interval.ms\" = \"15000\" }";
 
-const ROW_SCHEMA: &str = r#"schema = [
+pub(crate) const ROW_SCHEMA: &str = r#"schema = [
   { name = "id", type = "int64", nullable = false },
   { name = "ts", type = "timestamptz" },
   { name = "day", type = "date" },
@@ -154,18 +154,10 @@ const ROW_SCHEMA: &str = r#"schema = [
   { name = "_headers", type = "list<struct<key: string, value: string>>" },
 ]"#;
 
-/// Every type, nulls, unicode, a key and headers, through file -> Kafka -> file; the
-/// result equals file -> file of the same input, and confluent-kafka sees the keys,
-/// headers and JSON values.
-#[test]
-fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
-    let dir = workdir();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    let t = topic("rt");
-    create_topic(&t, 4);
+/// `n` JSON lines of ROW_SCHEMA: nulls, unicode, escapes, empty lists, keys (some
+/// null) and repeated headers.
+pub(crate) fn every_type_input(n: usize) -> String {
     let mut input = String::new();
-    let n = 500;
     for i in 0..n {
         let name = match i % 4 {
             0 => "\"plain\"".to_string(),
@@ -189,6 +181,21 @@ fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
             if i % 3 == 0 { "[]".to_string() } else { format!("[{{\"key\": \"trace\", \"value\": \"t{i}\"}}, {{\"key\": \"trace\", \"value\": \"dup\"}}]") },
         ));
     }
+    input
+}
+
+/// Every type, nulls, unicode, a key and headers, through file -> Kafka -> file; the
+/// result equals file -> file of the same input, and confluent-kafka sees the keys,
+/// headers and JSON values.
+#[test]
+fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let t = topic("rt");
+    create_topic(&t, 4);
+    let n = 500;
+    let input = every_type_input(n);
     write(d, "in/rows.jsonl", &input);
     write(
         d,

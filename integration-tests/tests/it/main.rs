@@ -8,6 +8,7 @@
 mod cli_errors;
 mod crash;
 mod kafka;
+mod kafka_avro;
 mod plugins;
 mod postgres;
 mod quickstart;

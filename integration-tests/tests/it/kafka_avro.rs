@@ -1,0 +1,403 @@
+//! Avro values in the Confluent wire format, against the mock Kafka cluster and a
+//! Confluent-compatible schema registry (`integration-tests/schema_registry.py`, in
+//! memory, compatibility checked by the Apache Avro library). Messages are also
+//! written and read with Python `fastavro`, a client this project did not write.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use crate::kafka::{
+    bootstrap, create_topic, every_type_input, py, read_all, topic, write, ROW_SCHEMA,
+};
+use crate::support::{finish, jsonl_lines, repo_root, sluice, spawn, workdir};
+
+/// Starts a registry; it serves until its stdin closes, that is until this process ends.
+fn start_registry(args: &[&str]) -> (String, Child) {
+    let mut child = Command::new("python3")
+        .arg(repo_root().join("integration-tests/schema_registry.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the schema registry");
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    assert!(
+        url.starts_with("http://"),
+        "schema registry printed {url:?}"
+    );
+    (url.trim().to_string(), child)
+}
+
+/// The registry the tests share.
+fn registry() -> &'static str {
+    static REGISTRY: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
+    &REGISTRY
+        .get_or_init(|| {
+            let (url, child) = start_registry(&[]);
+            (url, Mutex::new(child))
+        })
+        .0
+}
+
+/// Python with `confluent_kafka`, `fastavro` and a `register(subject, schema)` helper.
+fn py_avro(code: &str) -> String {
+    py(&format!(
+        "import io, urllib.request, fastavro\n\
+         from decimal import Decimal\n\
+         REG = '{}'\n\
+         def register(subject, schema):\n\
+         \x20   body = json.dumps({{'schema': json.dumps(schema)}}).encode()\n\
+         \x20   req = urllib.request.Request(REG + '/subjects/' + subject + '/versions', data=body, method='POST',\n\
+         \x20       headers={{'Content-Type': 'application/vnd.schemaregistry.v1+json'}})\n\
+         \x20   return json.load(urllib.request.urlopen(req))['id']\n\
+         def schema_of(i):\n\
+         \x20   return json.load(urllib.request.urlopen(REG + '/schemas/ids/' + str(i)))['schema']\n\
+         def frame(sid, schema, rec):\n\
+         \x20   b = io.BytesIO()\n\
+         \x20   fastavro.schemaless_writer(b, fastavro.parse_schema(schema), rec)\n\
+         \x20   return bytes([0]) + sid.to_bytes(4, 'big') + b.getvalue()\n\
+         {code}",
+        registry()
+    ))
+}
+
+fn sorted_rows(lines: Vec<String>) -> Vec<serde_json::Value> {
+    let mut rows: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by_key(|r| r["id"].as_i64());
+    rows
+}
+
+/// Every type through file -> Kafka (Avro, schema registered) -> file equals file ->
+/// file; fastavro decodes the same messages with the registered schema.
+#[test]
+fn file_to_kafka_avro_to_file_keeps_every_type() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let t = topic("avro");
+    create_topic(&t, 3);
+    let n = 300;
+    let input = every_type_input(n);
+    write(d, "in/rows.jsonl", &input);
+    let registry_line = format!("schema_registry = {{ url = \"{}\" }}", registry());
+    write(
+        d,
+        "to-kafka.toml",
+        &format!(
+            "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n{ROW_SCHEMA}\n\
+             [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\n\
+             format = \"avro\"\nrecord_name = \"Row\"\n{registry_line}\n",
+            bootstrap()
+        ),
+    );
+    write(
+        d,
+        "from-kafka.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
+             format = \"avro\"\nmetadata = [\"key\"]\n{registry_line}\n\
+             [sink]\nconnector = \"file\"\npath = \"out/kafka\"\nformat = \"json\"\n",
+            bootstrap()
+        ),
+    );
+    write(
+        d,
+        "direct.toml",
+        &format!(
+            "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n{ROW_SCHEMA}\n\
+             [sink]\nconnector = \"file\"\npath = \"out/direct\"\nformat = \"json\"\n"
+        ),
+    );
+    for p in ["to-kafka.toml", "from-kafka.toml", "direct.toml"] {
+        let run = sluice(d, &["run", p]);
+        assert_eq!(run.code, Some(0), "{p}: {}", run.stderr);
+    }
+    let via_kafka = sorted_rows(jsonl_lines(&d.join("out/kafka")));
+    let mut direct = sorted_rows(jsonl_lines(&d.join("out/direct")));
+    for r in &mut direct {
+        r.as_object_mut().unwrap().remove("_headers");
+    }
+    assert_eq!(via_kafka.len(), n);
+    assert_eq!(via_kafka, direct);
+
+    // `sluice schema` reads the value schema back from the registry
+    let schema = sluice(d, &["schema", "from-kafka.toml"]);
+    assert!(
+        schema
+            .stdout
+            .contains("{ name = \"amount\", type = \"decimal(12,2)\""),
+        "{}{}",
+        schema.stdout,
+        schema.stderr
+    );
+
+    // the same messages decoded by fastavro with the schema the registry holds
+    let out = py_avro(&format!(
+        "{}\n\
+         import datetime\n\
+         assert len(msgs) == {n}, len(msgs)\n\
+         ids = set()\n\
+         by_id = {{}}\n\
+         for (p, o, k, v, h) in msgs:\n\
+         \x20   assert v[0] == 0, v[:5]\n\
+         \x20   sid = int.from_bytes(v[1:5], 'big')\n\
+         \x20   ids.add(sid)\n\
+         \x20   schema = json.loads(schema_of(sid))\n\
+         \x20   rec = fastavro.schemaless_reader(io.BytesIO(v[5:]), fastavro.parse_schema(schema), None)\n\
+         \x20   by_id[rec['id']] = (k, rec)\n\
+         assert len(ids) == 1, ids\n\
+         assert schema['name'] == 'Row' and schema['namespace'] == 'sluice', schema\n\
+         fields = {{f['name']: f['type'] for f in schema['fields']}}\n\
+         assert fields['id'] == 'long', fields\n\
+         assert fields['amount'][1] == {{'type': 'bytes', 'logicalType': 'decimal', 'precision': 12, 'scale': 2}}, fields\n\
+         assert fields['ts'][1] == {{'type': 'long', 'logicalType': 'timestamp-micros'}}, fields\n\
+         assert '_key' not in fields and '_headers' not in fields\n\
+         k, r = by_id[7]\n\
+         assert k == b'k7', k\n\
+         assert r['amount'] == Decimal('-4741.07'), r\n\
+         assert r['ts'] == datetime.datetime(2026, 11, 8, 10, 7, 0, 123456, tzinfo=datetime.timezone.utc), r\n\
+         assert r['day'] == datetime.date(2026, 1, 8), r\n\
+         assert r['name'] == 'line\\nbreak 7' and r['ok'] is False and r['ratio'] == 1.0, r\n\
+         assert r['tags'] == ['a7', 'b'] and r['geo'] == {{'lat': 7.5, 'lon': -7.25}}, r\n\
+         r = by_id[6][1]\n\
+         assert r['name'] is None and r['geo'] is None and r['tags'] == ['a6', 'b'] and r['ok'] is True, r\n\
+         assert by_id[5][1]['tags'] == [], by_id[5]\n\
+         assert by_id[9][1]['ratio'] is None\n\
+         assert by_id[1][1]['name'] == 'ñandú 🦆 \"quoted\"'\n\
+         print('ok')\n",
+        read_all(&t, n)
+    ));
+    assert_eq!(out.trim(), "ok");
+}
+
+/// Messages written by another client with two versions of a schema decode with their
+/// own writer schema (older rows get nulls for the new column); a message that is not
+/// in the wire format, one with an unknown schema id and a truncated one stop the
+/// pipeline naming their offset, or go to the dead-letter sink while the rest lands;
+/// a tombstone is a row of nulls.
+#[test]
+fn avro_from_another_client_evolves_and_rejects_bad_messages() {
+    let t = topic("avro-in");
+    create_topic(&t, 1);
+    let ids = py_avro(&format!(
+        "v1 = {{'type': 'record', 'name': 'Order', 'namespace': 'shop', 'fields': [\n\
+         \x20   {{'name': 'id', 'type': 'long'}},\n\
+         \x20   {{'name': 'status', 'type': {{'type': 'enum', 'name': 'Status', 'symbols': ['NEW', 'PAID']}}}},\n\
+         \x20   {{'name': 'note', 'type': ['null', 'string'], 'default': None}}]}}\n\
+         v2 = dict(v1, fields=v1['fields'] + [{{'name': 'price', 'type': ['null', {{'type': 'bytes', 'logicalType': 'decimal', 'precision': 9, 'scale': 2}}], 'default': None}}])\n\
+         id1 = register('{t}-value', v1)\n\
+         id2 = register('{t}-value', v2)\n\
+         msgs = [frame(id1, v1, {{'id': 1, 'status': 'NEW', 'note': 'first'}}),\n\
+         \x20   frame(id1, v1, {{'id': 2, 'status': 'PAID', 'note': None}}),\n\
+         \x20   frame(id2, v2, {{'id': 3, 'status': 'NEW', 'note': 'é', 'price': Decimal('12.34')}}),\n\
+         \x20   b'{{\"id\": 4}}',\n\
+         \x20   bytes([0, 0, 0, 0x27, 0x0f]) + b'\\x08',\n\
+         \x20   frame(id2, v2, {{'id': 6, 'status': 'NEW', 'note': 'x' * 20, 'price': None}})[:-6],\n\
+         \x20   frame(id1, v1, {{'id': 7, 'status': 'PAID', 'note': 'last'}}),\n\
+         \x20   None]\n\
+         p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
+         for m in msgs:\n\
+         \x20   p.produce('{t}', partition=0, key='k', value=m)\n\
+         assert p.flush(30) == 0\n\
+         print(id1, id2)\n"
+    ));
+    assert_eq!(ids.split_whitespace().count(), 2, "{ids}");
+    let pipeline = |errors: &str| {
+        format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\ngroup_id = \"g-{t}-{}\"\nbounded = true\n\
+             format = \"avro\"\nschema_registry = {{ url = \"{}\" }}\n\
+             [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n{errors}",
+            bootstrap(),
+            errors.len(),
+            registry()
+        )
+    };
+    let dir = workdir();
+    write(dir.path(), "p.toml", &pipeline(""));
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("topic \"{t}\" partition 0 offset 3"))
+            && run.stderr.contains("magic byte 123"),
+        "{}",
+        run.stderr
+    );
+
+    let dir = workdir();
+    write(
+        dir.path(),
+        "p.toml",
+        &pipeline(
+            "[errors]\ntolerance = \"all\"\nmax_failure_rate = 0.9\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq\"\nformat = \"json\"\n",
+        ),
+    );
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let good: Vec<serde_json::Value> = jsonl_lines(&dir.path().join("out/good"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<serde_json::Value> = good.iter().map(|r| r["id"].clone()).collect();
+    assert_eq!(
+        ids,
+        vec![
+            serde_json::json!(1),
+            serde_json::json!(2),
+            serde_json::json!(3),
+            serde_json::json!(7),
+            serde_json::Value::Null
+        ],
+        "{good:?}"
+    );
+    assert_eq!(good[0]["status"], "NEW");
+    assert_eq!(good[0]["note"], "first");
+    assert!(good[0]["price"].is_null(), "{good:?}");
+    assert!(good[1]["note"].is_null(), "{good:?}");
+    assert_eq!(good[2]["note"], "é");
+    assert_eq!(good[2]["price"].to_string().trim_matches('"'), "12.34");
+    assert_eq!(good[3]["note"], "last");
+    assert!(good[4]["status"].is_null(), "{good:?}");
+
+    let dlq: Vec<serde_json::Value> = jsonl_lines(&dir.path().join("out/dlq"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dlq.len(), 3, "{dlq:?}");
+    for (rec, (offset, why)) in dlq.iter().zip([
+        (3, "magic byte 123"),
+        (4, "schema id 9999 is not in the schema registry"),
+        (5, "ends early"),
+    ]) {
+        assert_eq!(
+            rec["position"],
+            format!("topic \"{t}\" partition 0 offset {offset}")
+        );
+        assert!(rec.to_string().contains(why), "{rec}");
+    }
+}
+
+/// A value schema the registry refuses as incompatible stops the sink with the
+/// registry's reason and the subject, before any message is sent; a registry that
+/// wants credentials refuses wrong ones (an auth error, not retried) and takes right ones.
+#[test]
+fn incompatible_schema_and_registry_credentials_are_reported() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let t = topic("avro-compat");
+    create_topic(&t, 1);
+    py_avro(&format!(
+        "register('{t}-value', {{'type': 'record', 'name': 'Record', 'namespace': 'sluice', 'fields': [{{'name': 'id', 'type': 'long'}}]}})\n"
+    ));
+    write(d, "in/rows.jsonl", "{\"id\": \"abc\"}\n");
+    let sink = |url: &str, auth: &str| {
+        format!(
+            "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n\
+             [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\n\
+             format = \"avro\"\nschema_registry = {{ url = \"{url}\"{auth} }}\n",
+            bootstrap()
+        )
+    };
+    write(d, "p.toml", &sink(registry(), ""));
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "subject \"{t}-value\" refused the schema as incompatible"
+        )) && run.stderr.contains("reader union lacking writer type long"),
+        "{}",
+        run.stderr
+    );
+    let count = py(&format!("{}\nprint(len(msgs))\n", read_all(&t, 1)));
+    assert_eq!(count.trim(), "0");
+
+    let (secure, _child) = start_registry(&["--user", "team", "--password", "s3cret"]);
+    let t2 = topic("avro-auth");
+    create_topic(&t2, 1);
+    write(d, "in/rows.jsonl", "{\"id\": 1}\n");
+    let with_topic =
+        |auth: &str| sink(&secure, auth).replace(&format!("\"{t}\""), &format!("\"{t2}\""));
+    write(
+        d,
+        "wrong.toml",
+        &with_topic(", username = \"team\", password = \"nope\""),
+    );
+    let run = sluice(d, &["run", "wrong.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("401 Unauthorized"), "{}", run.stderr);
+    write(
+        d,
+        "right.toml",
+        &with_topic(", username = \"team\", password = \"s3cret\""),
+    );
+    let run = sluice(d, &["run", "right.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let count = py(&format!("{}\nprint(len(msgs))\n", read_all(&t2, 1)));
+    assert_eq!(count.trim(), "1");
+}
+
+/// A registry that is down when the messages arrive: the source retries with backoff
+/// and says so, the messages wait, and once the registry answers every one lands.
+#[test]
+fn registry_down_is_retried_and_loses_nothing() {
+    let t = topic("avro-down");
+    create_topic(&t, 1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v1 = "{'type': 'record', 'name': 'R', 'fields': [{'name': 'id', 'type': 'long'}]}";
+    // id 1 is what a fresh registry gives the first schema
+    py_avro(&format!(
+        "p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
+         for i in range(3):\n\
+         \x20   p.produce('{t}', value=frame(1, {v1}, {{'id': i}}))\n\
+         assert p.flush(30) == 0\n"
+    ));
+    let dir = workdir();
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
+             format = \"avro\"\nschema_registry = {{ url = \"http://127.0.0.1:{port}\", timeout = \"2s\" }}\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+             [errors]\nmax_retries = 100\nretry_backoff_max = \"1s\"\n",
+            bootstrap()
+        ),
+    );
+    let child = spawn(dir.path(), &["run", "p.toml"]);
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let subject = format!("{t}-value");
+    let schema = v1.replace('\'', "\"");
+    let (_url, _registry) =
+        start_registry(&["--port", &port.to_string(), "--preload", &subject, &schema]);
+    let run = finish(child, std::time::Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("schema registry http://127.0.0.1:{port}"))
+            && run.stderr.contains("retrying"),
+        "{}",
+        run.stderr
+    );
+    let mut ids: Vec<i64> = jsonl_lines(&dir.path().join("out"))
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![0, 1, 2]);
+}
