@@ -63,8 +63,8 @@ measure() { # name, command...; prints one table row
 print_table() { # rows from measure, each followed by the records counted at the sink
   echo
   echo "records: $N, input: $((BYTES / 1000000)) MB JSON lines ($((BYTES / N)) bytes/record), cores: $(nproc)"
-  printf '| %-22s | %12s | %8s | %14s | %12s | %8s |\n' workload records/s MB/s "CPU-s/M rec" "peak RSS MiB" seconds
-  printf '|%s|%s|%s|%s|%s|%s|\n' ------------------------ -------------- ---------- ---------------- -------------- ----------
+  printf '| %-25s | %12s | %8s | %14s | %12s | %8s |\n' workload records/s MB/s "CPU-s/M rec" "peak RSS MiB" seconds
+  printf '|%s|%s|%s|%s|%s|%s|\n' --------------------------- -------------- ---------- ---------------- -------------- ----------
   for r in "$@"; do
     read -r name start end user sys rss got <<<"$r"
     python3 - "$name" "$start" "$end" "$user" "$sys" "$rss" "$got" "$BYTES" <<'PY'
@@ -72,7 +72,7 @@ import sys
 name, start, end, user, sys_, rss, got, size = sys.argv[1:]
 secs = float(end) - float(start); n = int(got)
 mbps = "-" if name.startswith("datagen") else f"{int(size) / 1e6 / secs:.0f}"
-print(f"| {name:<22} | {n / secs:>12,.0f} | {mbps:>8} | {(float(user) + float(sys_)) / n * 1e6:>14.2f} | {int(rss) / 1024:>12.1f} | {secs:>8.2f} |")
+print(f"| {name:<25} | {n / secs:>12,.0f} | {mbps:>8} | {(float(user) + float(sys_)) / n * 1e6:>14.2f} | {int(rss) / 1024:>12.1f} | {secs:>8.2f} |")
 PY
   done
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kafka throughput: JSON lines file -> Kafka and Kafka -> JSON lines file, by sluice
 # (typed: declared schema, decimals, timestamps, lists) and by Python confluent-kafka
-# doing the same (json.loads of every record, json.dumps out), against one broker:
+# doing the same (json.loads of every record, json.dumps out), with JSON values and
+# with Avro values (Confluent wire format, fastavro for Python), against one broker:
 # librdkafka's mock cluster (the kafka-mock binary), on this machine.
 #
 #   bash integration-tests/bench/kafka.sh [--quick]     # 1M records by default here
@@ -18,7 +19,7 @@ cargo build --release -p integration-tests --bin kafka-mock --quiet
 MOCK="$CARGO_TARGET_DIR/release/kafka-mock"
 
 PARTS=$((BYTES / 1500000 + 1))
-coproc BROKER { exec "$MOCK" 1 "sluice:$PARTS" "python:$PARTS"; }
+coproc BROKER { exec "$MOCK" 1 "sluice:$PARTS" "python:$PARTS" "avro:$PARTS" "pyavro:$PARTS"; }
 read -r BOOT <&"${BROKER[0]}"
 trap 'kill "$BROKER_PID" 2>/dev/null || true' EXIT
 echo "broker: librdkafka mock cluster at $BOOT, $PARTS partitions per topic"
@@ -123,17 +124,93 @@ PY
 row4=$(measure python-kafka-to-file python3 "$WORK/py-consume.py" "$BOOT" sluice "$WORK/py-out.jsonl" "$N")
 row4="$row4 $(wc -l < "$WORK/py-out.jsonl")"
 
-print_table "$row1" "$row2" "$row3" "$row4"
+# Avro in the Confluent wire format: sluice registers its schema in the test registry;
+# the Python reference encodes with fastavro (the fastest Python Avro codec) using that
+# schema, after json.loads and the typed conversions (timestamp, decimal)
+python3 -c 'import fastavro, avro.compatibility' 2>/dev/null || python3 -m pip install -q fastavro avro
+coproc REGISTRY { exec python3 integration-tests/schema_registry.py; }
+read -r REG <&"${REGISTRY[0]}"
+trap 'kill "$BROKER_PID" "$REGISTRY_PID" 2>/dev/null || true' EXIT
+sed -e 's/^name = "to-kafka"/name = "to-kafka-avro"/' -e 's/^topic = "sluice"/topic = "avro"\nformat = "avro"\nschema_registry = { url = "'"${REG//\//\\/}"'" }/' \
+  -e 's/kafka-state.db/kafka-state3.db/' "$WORK/to-kafka.toml" > "$WORK/to-kafka-avro.toml"
+rm -f "$WORK/kafka-state3.db"
+row5=$(measure sluice-file-to-kafka-avro "$SLUICE" run --quiet "$WORK/to-kafka-avro.toml")
+row5="$row5 $(ends avro)"
+rm -rf "$WORK/from-kafka"
+sed -e 's/^name = "from-kafka"/name = "from-kafka-avro"/' -e 's/^topics = \["sluice"\]/topics = ["avro"]\nformat = "avro"\nschema_registry = { url = "'"${REG//\//\\/}"'" }/' \
+  -e '/^schema = \[/,/^\]/d' -e 's/kafka-state2.db/kafka-state4.db/' "$WORK/from-kafka.toml" > "$WORK/from-kafka-avro.toml"
+rm -f "$WORK/kafka-state4.db"
+row6=$(measure sluice-kafka-avro-to-file "$SLUICE" run --quiet "$WORK/from-kafka-avro.toml")
+row6="$row6 $(cat "$WORK"/from-kafka/*.jsonl | wc -l)"
+
+cat > "$WORK/py-produce-avro.py" <<'PY'
+import datetime, decimal, io, json, sys, urllib.request, confluent_kafka, fastavro
+boot, path, reg = sys.argv[1:]
+schema = fastavro.parse_schema(json.loads(json.load(urllib.request.urlopen(reg + '/schemas/ids/1'))['schema']))
+header = bytes([0, 0, 0, 0, 1])
+p = confluent_kafka.Producer({'bootstrap.servers': boot, 'enable.idempotence': True, 'linger.ms': 5,
+                              'compression.codec': 'none'})
+buf = io.BytesIO()
+with open(path, 'rb') as f:
+    for line in f:
+        r = json.loads(line, parse_float=decimal.Decimal)
+        r['ts'] = datetime.datetime.fromisoformat(r['ts'].replace('Z', '+00:00'))
+        buf.seek(0); buf.truncate()
+        fastavro.schemaless_writer(buf, schema, r)
+        while True:
+            try:
+                p.produce('pyavro', header + buf.getvalue(), key=str(r['id']))
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+assert p.flush(120) == 0
+PY
+row7=$(measure python-file-to-kafka-avro python3 "$WORK/py-produce-avro.py" "$BOOT" "$INPUT" "$REG")
+row7="$row7 $(ends pyavro)"
+
+cat > "$WORK/py-consume-avro.py" <<'PY'
+import io, json, sys, urllib.request, confluent_kafka, fastavro
+boot, topic, out, want, reg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+schemas = {}
+c = confluent_kafka.Consumer({'bootstrap.servers': boot, 'group.id': 'py-bench', 'enable.auto.commit': False})
+parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+c.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in parts])
+n = idle = 0
+with open(out, 'w') as f:
+    while n < want and idle < 10:
+        got = c.consume(10000, 1.0)
+        idle = 0 if got else idle + 1
+        for m in got:
+            if m.error():
+                continue
+            v = m.value()
+            sid = int.from_bytes(v[1:5], 'big')
+            if sid not in schemas:
+                text = json.load(urllib.request.urlopen(f'{reg}/schemas/ids/{sid}'))['schema']
+                schemas[sid] = fastavro.parse_schema(json.loads(text))
+            r = fastavro.schemaless_reader(io.BytesIO(v[5:]), schemas[sid], None)
+            f.write(json.dumps(r, default=str))
+            f.write('\n')
+            n += 1
+c.close()
+PY
+row8=$(measure python-kafka-avro-to-file python3 "$WORK/py-consume-avro.py" "$BOOT" avro "$WORK/py-out.jsonl" "$N" "$REG")
+row8="$row8 $(wc -l < "$WORK/py-out.jsonl")"
+
+print_table "$row1" "$row2" "$row3" "$row4" "$row5" "$row6" "$row7" "$row8"
 # sluice joins a consumer group (the broker holds a new group's first rebalance 3 s);
 # the Python reference assigns partitions directly. The rate once assigned:
-python3 - "$WORK/sluice-kafka-to-file.stderr" "$N" <<'PY'
+for run in sluice-kafka-to-file sluice-kafka-avro-to-file; do
+python3 - "$WORK/$run.stderr" "$N" "$run" <<'PY'
 import re, sys, datetime
 text = re.sub(r'\x1b\[[0-9;]*m', '', open(sys.argv[1]).read())
 def at(word):
     line = next(l for l in text.splitlines() if word in l)
     return datetime.datetime.fromisoformat(line.split()[0].replace('Z', '+00:00'))
 secs = (at('pipeline finished') - at('partitions assigned')).total_seconds()
-print(f"sluice-kafka-to-file after the group join: {int(sys.argv[2]) / secs:,.0f} records/s ({secs:.2f} s)")
+print(f"{sys.argv[3]} after the group join: {int(sys.argv[2]) / secs:,.0f} records/s ({secs:.2f} s)")
 PY
+done
 echo "python: confluent-kafka $(python3 -c 'import confluent_kafka as c; print(c.version()[0], "librdkafka", c.libversion()[0])'), json.loads + json.dumps per record (untyped)"
 rm -rf "$WORK/from-kafka" "$WORK/py-out.jsonl"
