@@ -80,30 +80,62 @@ rm -f "$WORK/kafka-state2.db"
 row2=$(measure sluice-kafka-to-file "$SLUICE" run --quiet "$WORK/from-kafka.toml")
 row2="$row2 $(cat "$WORK"/from-kafka/*.jsonl | wc -l)"
 
+# the Python reference, JSON values, or Avro values when given the registry (fastavro
+# with the schema sluice registered, after json.loads and the typed conversions)
 cat > "$WORK/py-produce.py" <<'PY'
-import json, sys, confluent_kafka
-boot, path = sys.argv[1:]
+import datetime, decimal, io, json, sys, urllib.request, confluent_kafka
+boot, path, topic = sys.argv[1:4]
+if len(sys.argv) > 4:
+    import fastavro
+    reg = sys.argv[4]
+    schema = fastavro.parse_schema(json.loads(json.load(urllib.request.urlopen(reg + '/schemas/ids/1'))['schema']))
+    header = bytes([0, 0, 0, 0, 1])
+    buf = io.BytesIO()
+    def load(line):
+        r = json.loads(line, parse_float=decimal.Decimal)
+        r['ts'] = datetime.datetime.fromisoformat(r['ts'].replace('Z', '+00:00'))
+        return r
+    def encode(r):
+        buf.seek(0); buf.truncate()
+        fastavro.schemaless_writer(buf, schema, r)
+        return header + buf.getvalue()
+else:
+    load = json.loads
+    def encode(r):
+        return json.dumps(r).encode()
 p = confluent_kafka.Producer({'bootstrap.servers': boot, 'enable.idempotence': True, 'linger.ms': 5,
                               'compression.codec': 'none'})
 with open(path, 'rb') as f:
     for line in f:
-        record = json.loads(line)
-        value = json.dumps(record).encode()
+        record = load(line)
+        value = encode(record)
         while True:
             try:
-                p.produce('python', value, key=str(record['id']))
+                p.produce(topic, value, key=str(record['id']))
                 break
             except BufferError:
                 p.poll(0.01)
         p.poll(0)
 assert p.flush(120) == 0
 PY
-row3=$(measure python-file-to-kafka python3 "$WORK/py-produce.py" "$BOOT" "$INPUT")
+row3=$(measure python-file-to-kafka python3 "$WORK/py-produce.py" "$BOOT" "$INPUT" python)
 row3="$row3 $(ends python)"
 
 cat > "$WORK/py-consume.py" <<'PY'
-import json, sys, confluent_kafka
+import io, json, sys, urllib.request, confluent_kafka
 boot, topic, out, want = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if len(sys.argv) > 5:
+    import fastavro
+    reg = sys.argv[5]
+    schemas = {}
+    def decode(v):
+        sid = int.from_bytes(v[1:5], 'big')
+        if sid not in schemas:
+            text = json.load(urllib.request.urlopen(f'{reg}/schemas/ids/{sid}'))['schema']
+            schemas[sid] = fastavro.parse_schema(json.loads(text))
+        return fastavro.schemaless_reader(io.BytesIO(v[5:]), schemas[sid], None)
+else:
+    decode = json.loads
 c = confluent_kafka.Consumer({'bootstrap.servers': boot, 'group.id': 'py-bench', 'auto.offset.reset': 'earliest',
                               'enable.auto.commit': False})
 parts = c.list_topics(topic, timeout=10).topics[topic].partitions
@@ -116,7 +148,7 @@ with open(out, 'w') as f:
         for m in got:
             if m.error():
                 continue
-            f.write(json.dumps(json.loads(m.value())))
+            f.write(json.dumps(decode(m.value()), default=str))
             f.write('\n')
             n += 1
 c.close()
@@ -125,8 +157,8 @@ row4=$(measure python-kafka-to-file python3 "$WORK/py-consume.py" "$BOOT" sluice
 row4="$row4 $(wc -l < "$WORK/py-out.jsonl")"
 
 # Avro in the Confluent wire format: sluice registers its schema in the test registry;
-# the Python reference encodes with fastavro (the fastest Python Avro codec) using that
-# schema, after json.loads and the typed conversions (timestamp, decimal)
+# the Python reference (the same scripts, given the registry) uses fastavro, the
+# fastest Python Avro codec
 python3 -c 'import fastavro, avro.compatibility' 2>/dev/null || python3 -m pip install -q fastavro avro
 coproc REGISTRY { exec python3 integration-tests/schema_registry.py; }
 read -r REG <&"${REGISTRY[0]}"
@@ -143,59 +175,10 @@ rm -f "$WORK/kafka-state4.db"
 row6=$(measure sluice-kafka-avro-to-file "$SLUICE" run --quiet "$WORK/from-kafka-avro.toml")
 row6="$row6 $(cat "$WORK"/from-kafka/*.jsonl | wc -l)"
 
-cat > "$WORK/py-produce-avro.py" <<'PY'
-import datetime, decimal, io, json, sys, urllib.request, confluent_kafka, fastavro
-boot, path, reg = sys.argv[1:]
-schema = fastavro.parse_schema(json.loads(json.load(urllib.request.urlopen(reg + '/schemas/ids/1'))['schema']))
-header = bytes([0, 0, 0, 0, 1])
-p = confluent_kafka.Producer({'bootstrap.servers': boot, 'enable.idempotence': True, 'linger.ms': 5,
-                              'compression.codec': 'none'})
-buf = io.BytesIO()
-with open(path, 'rb') as f:
-    for line in f:
-        r = json.loads(line, parse_float=decimal.Decimal)
-        r['ts'] = datetime.datetime.fromisoformat(r['ts'].replace('Z', '+00:00'))
-        buf.seek(0); buf.truncate()
-        fastavro.schemaless_writer(buf, schema, r)
-        while True:
-            try:
-                p.produce('pyavro', header + buf.getvalue(), key=str(r['id']))
-                break
-            except BufferError:
-                p.poll(0.01)
-        p.poll(0)
-assert p.flush(120) == 0
-PY
-row7=$(measure python-file-to-kafka-avro python3 "$WORK/py-produce-avro.py" "$BOOT" "$INPUT" "$REG")
+row7=$(measure python-file-to-kafka-avro python3 "$WORK/py-produce.py" "$BOOT" "$INPUT" pyavro "$REG")
 row7="$row7 $(ends pyavro)"
 
-cat > "$WORK/py-consume-avro.py" <<'PY'
-import io, json, sys, urllib.request, confluent_kafka, fastavro
-boot, topic, out, want, reg = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
-schemas = {}
-c = confluent_kafka.Consumer({'bootstrap.servers': boot, 'group.id': 'py-bench', 'enable.auto.commit': False})
-parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-c.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in parts])
-n = idle = 0
-with open(out, 'w') as f:
-    while n < want and idle < 10:
-        got = c.consume(10000, 1.0)
-        idle = 0 if got else idle + 1
-        for m in got:
-            if m.error():
-                continue
-            v = m.value()
-            sid = int.from_bytes(v[1:5], 'big')
-            if sid not in schemas:
-                text = json.load(urllib.request.urlopen(f'{reg}/schemas/ids/{sid}'))['schema']
-                schemas[sid] = fastavro.parse_schema(json.loads(text))
-            r = fastavro.schemaless_reader(io.BytesIO(v[5:]), schemas[sid], None)
-            f.write(json.dumps(r, default=str))
-            f.write('\n')
-            n += 1
-c.close()
-PY
-row8=$(measure python-kafka-avro-to-file python3 "$WORK/py-consume-avro.py" "$BOOT" avro "$WORK/py-out.jsonl" "$N" "$REG")
+row8=$(measure python-kafka-avro-to-file python3 "$WORK/py-consume.py" "$BOOT" avro "$WORK/py-out.jsonl" "$N" "$REG")
 row8="$row8 $(wc -l < "$WORK/py-out.jsonl")"
 
 print_table "$row1" "$row2" "$row3" "$row4" "$row5" "$row6" "$row7" "$row8"

@@ -140,7 +140,7 @@ pub(crate) fn write(dir: &Path, name: &str, text: &str) {
 /// rebalance waits at most 15 s for members to rejoin.
 const GROUP_TIMEOUTS: &str = "revoke_timeout = \"5s\"\noptions = { \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\", \"max.poll.interval.ms\" = \"15000\" }";
 
-pub(crate) const ROW_SCHEMA: &str = r#"schema = [
+const ROW_SCHEMA: &str = r#"schema = [
   { name = "id", type = "int64", nullable = false },
   { name = "ts", type = "timestamptz" },
   { name = "day", type = "date" },
@@ -156,7 +156,7 @@ pub(crate) const ROW_SCHEMA: &str = r#"schema = [
 
 /// `n` JSON lines of ROW_SCHEMA: nulls, unicode, escapes, empty lists, keys (some
 /// null) and repeated headers.
-pub(crate) fn every_type_input(n: usize) -> String {
+fn every_type_input(n: usize) -> String {
     let mut input = String::new();
     for i in 0..n {
         let name = match i % 4 {
@@ -184,25 +184,40 @@ pub(crate) fn every_type_input(n: usize) -> String {
     input
 }
 
-/// Every type, nulls, unicode, a key and headers, through file -> Kafka -> file; the
-/// result equals file -> file of the same input, and confluent-kafka sees the keys,
-/// headers and JSON values.
-#[test]
-fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
+/// Rows sorted by their `id`, from JSON lines.
+pub(crate) fn sorted_rows(lines: Vec<String>) -> Vec<serde_json::Value> {
+    let mut rows: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by_key(|r| r["id"].as_i64());
+    rows
+}
+
+/// Writes `every_type_input(n)`, then runs file -> Kafka topic `t` (with
+/// `sink_options` added to the Kafka sink), Kafka -> file (bounded, `source_options`
+/// added to the Kafka source) and file -> file. Returns the work dir and the rows that
+/// came through Kafka and directly, sorted by id.
+pub(crate) fn every_type_round_trip(
+    t: &str,
+    n: usize,
+    sink_options: &str,
+    source_options: &str,
+) -> (
+    tempfile::TempDir,
+    Vec<serde_json::Value>,
+    Vec<serde_json::Value>,
+) {
     let dir = workdir();
     let d = dir.path();
     std::fs::create_dir_all(d.join("in")).unwrap();
-    let t = topic("rt");
-    create_topic(&t, 4);
-    let n = 500;
-    let input = every_type_input(n);
-    write(d, "in/rows.jsonl", &input);
+    write(d, "in/rows.jsonl", &every_type_input(n));
     write(
         d,
         "to-kafka.toml",
         &format!(
             "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n{ROW_SCHEMA}\n\
-             [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\n",
+             [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\n{sink_options}\n",
             bootstrap()
         ),
     );
@@ -211,13 +226,9 @@ fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
         "from-kafka.toml",
         &format!(
             "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
-             metadata = [\"key\", \"headers\"]\n{}\n\
+             {source_options}\n\
              [sink]\nconnector = \"file\"\npath = \"out/kafka\"\nformat = \"json\"\n",
-            bootstrap(),
-            ROW_SCHEMA.replace(
-                "  { name = \"_key\", type = \"string\" },\n  { name = \"_headers\", type = \"list<struct<key: string, value: string>>\" },\n",
-                ""
-            )
+            bootstrap()
         ),
     );
     write(
@@ -232,16 +243,31 @@ fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
         let run = sluice(d, &["run", p]);
         assert_eq!(run.code, Some(0), "{p}: {}", run.stderr);
     }
-    let parse = |lines: Vec<String>| {
-        let mut rows: Vec<serde_json::Value> = lines
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        rows.sort_by_key(|r| r["id"].as_i64());
-        rows
-    };
-    let via_kafka = parse(jsonl_lines(&d.join("out/kafka")));
-    let direct = parse(jsonl_lines(&d.join("out/direct")));
+    let via_kafka = sorted_rows(jsonl_lines(&d.join("out/kafka")));
+    let direct = sorted_rows(jsonl_lines(&d.join("out/direct")));
+    (dir, via_kafka, direct)
+}
+
+/// Every type, nulls, unicode, a key and headers, through file -> Kafka -> file; the
+/// result equals file -> file of the same input, and confluent-kafka sees the keys,
+/// headers and JSON values.
+#[test]
+fn file_to_kafka_to_file_keeps_every_type_key_and_header() {
+    let t = topic("rt");
+    create_topic(&t, 4);
+    let n = 500;
+    let (_dir, via_kafka, direct) = every_type_round_trip(
+        &t,
+        n,
+        "",
+        &format!(
+            "metadata = [\"key\", \"headers\"]\n{}",
+            ROW_SCHEMA.replace(
+                "  { name = \"_key\", type = \"string\" },\n  { name = \"_headers\", type = \"list<struct<key: string, value: string>>\" },\n",
+                ""
+            )
+        ),
+    );
     assert_eq!(via_kafka.len(), n);
     assert_eq!(via_kafka, direct);
 

@@ -7,9 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use crate::kafka::{
-    bootstrap, create_topic, every_type_input, py, read_all, topic, write, ROW_SCHEMA,
-};
+use crate::kafka::{bootstrap, create_topic, every_type_round_trip, py, read_all, topic, write};
 use crate::support::{finish, jsonl_lines, repo_root, sluice, spawn, workdir};
 
 /// Starts a registry; it serves until its stdin closes, that is until this process ends.
@@ -65,62 +63,21 @@ fn py_avro(code: &str) -> String {
     ))
 }
 
-fn sorted_rows(lines: Vec<String>) -> Vec<serde_json::Value> {
-    let mut rows: Vec<serde_json::Value> = lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    rows.sort_by_key(|r| r["id"].as_i64());
-    rows
-}
-
 /// Every type through file -> Kafka (Avro, schema registered) -> file equals file ->
 /// file; fastavro decodes the same messages with the registered schema.
 #[test]
 fn file_to_kafka_avro_to_file_keeps_every_type() {
-    let dir = workdir();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
     let t = topic("avro");
     create_topic(&t, 3);
     let n = 300;
-    let input = every_type_input(n);
-    write(d, "in/rows.jsonl", &input);
     let registry_line = format!("schema_registry = {{ url = \"{}\" }}", registry());
-    write(
-        d,
-        "to-kafka.toml",
-        &format!(
-            "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n{ROW_SCHEMA}\n\
-             [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\n\
-             format = \"avro\"\nrecord_name = \"Row\"\n{registry_line}\n",
-            bootstrap()
-        ),
+    let (dir, via_kafka, mut direct) = every_type_round_trip(
+        &t,
+        n,
+        &format!("format = \"avro\"\nrecord_name = \"Row\"\n{registry_line}"),
+        &format!("format = \"avro\"\nmetadata = [\"key\"]\n{registry_line}"),
     );
-    write(
-        d,
-        "from-kafka.toml",
-        &format!(
-            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\nbounded = true\n\
-             format = \"avro\"\nmetadata = [\"key\"]\n{registry_line}\n\
-             [sink]\nconnector = \"file\"\npath = \"out/kafka\"\nformat = \"json\"\n",
-            bootstrap()
-        ),
-    );
-    write(
-        d,
-        "direct.toml",
-        &format!(
-            "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n{ROW_SCHEMA}\n\
-             [sink]\nconnector = \"file\"\npath = \"out/direct\"\nformat = \"json\"\n"
-        ),
-    );
-    for p in ["to-kafka.toml", "from-kafka.toml", "direct.toml"] {
-        let run = sluice(d, &["run", p]);
-        assert_eq!(run.code, Some(0), "{p}: {}", run.stderr);
-    }
-    let via_kafka = sorted_rows(jsonl_lines(&d.join("out/kafka")));
-    let mut direct = sorted_rows(jsonl_lines(&d.join("out/direct")));
+    let d = dir.path();
     for r in &mut direct {
         r.as_object_mut().unwrap().remove("_headers");
     }

@@ -248,16 +248,13 @@ impl<'a> Col<'a> {
     }
 }
 
+/// The values of a timestamp column, cast to millis, micros or nanos for writing.
 fn timestamp_values(a: &dyn Array) -> &[i64] {
     use arrow_array::types::{
         TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-        TimestampSecondType,
     };
     use arrow_schema::TimeUnit;
     match a.data_type() {
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            a.as_primitive::<TimestampSecondType>().values()
-        }
         DataType::Timestamp(TimeUnit::Millisecond, _) => {
             a.as_primitive::<TimestampMillisecondType>().values()
         }
