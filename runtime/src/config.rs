@@ -652,6 +652,17 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
             None,
         ));
     }
+    if raw.checkpoint.interval.is_zero() {
+        // zero would flush and checkpoint in a busy loop, never waiting for data
+        return Err(doc.error_at(
+            doc.span_of("checkpoint.interval"),
+            "checkpoint.interval must be more than 0",
+            Some(
+                "e.g. interval = \"1s\"; a short interval checkpoints after about every batch"
+                    .into(),
+            ),
+        ));
+    }
     for (i, t) in raw.transforms.iter().enumerate() {
         t.validate().map_err(|e| {
             doc.error_at(
@@ -809,6 +820,17 @@ mod tests {
         std::env::set_var("SLUICE_TEST_SECRET_N", "topsecret");
         let err = parse_str("[source]\nconnector = \"datagen\"\ncount = \"${env:SLUICE_TEST_SECRET_N}\"\n[sink]\nconnector = \"file\"\npath = \"y\"\n").unwrap_err();
         assert!(!err.to_string().contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn zero_checkpoint_interval_is_refused() {
+        let err = parse_str("[source]\nconnector = \"datagen\"\n[sink]\nconnector = \"blackhole\"\n[checkpoint]\ninterval = \"0s\"\n").unwrap_err();
+        assert!(
+            err.message
+                .contains("checkpoint.interval must be more than 0"),
+            "{err}"
+        );
+        assert_eq!(err.position.map(|p| p.0), Some(6), "{err}");
     }
 
     #[test]
