@@ -48,7 +48,7 @@ CSV=$(ls "$WORK"/gen-csv/part-*.csv)
 
 DDL="id bigint NOT NULL, ts timestamptz NOT NULL, user_id bigint NOT NULL, uuid text NOT NULL, event text NOT NULL, country text, amount numeric(12,2), mobile boolean, payload text"
 psql -X -q -d "$PG" -c "DROP TABLE IF EXISTS bench_copy, bench_sluice; DELETE FROM sluice_offsets WHERE pipeline LIKE 'bench-%';" 2>/dev/null || true
-psql -X -q -d "$PG" -c "CREATE TABLE bench_copy ($DDL); CREATE TABLE bench_sluice ($DDL, PRIMARY KEY (id));"
+psql -X -q -d "$PG" -c "CREATE TABLE bench_copy ($DDL, PRIMARY KEY (id)); CREATE TABLE bench_sluice ($DDL, PRIMARY KEY (id));"
 
 timed() { # label command...; prints "label seconds cpu"
   local tf; tf=$(mktemp)

@@ -6,6 +6,7 @@
 //! `sluice_offsets` in the same transaction as the data: exactly-once. Identifiers are
 //! always quoted. Types: see [`types`].
 
+mod binary;
 pub mod cdc;
 mod config;
 mod sink;

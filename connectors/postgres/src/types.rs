@@ -345,6 +345,8 @@ fn binary_kind(dt: &DataType, pg: &str) -> Option<u8> {
         (DataType::Utf8, "text" | "character varying" | "name") => b's',
         (DataType::Utf8, "json") => b's',
         (DataType::Utf8, "jsonb") => b'j',
+        (DataType::Utf8, "uuid") => b'u',
+        (DataType::List(f), "text[]") if *f.data_type() == DataType::Utf8 => b'a',
         (DataType::Binary, "bytea") => b'y',
         (DataType::Date32, "date") => b'D',
         (DataType::Time64(TimeUnit::Microsecond), _)
@@ -365,6 +367,44 @@ fn binary_kind(dt: &DataType, pg: &str) -> Option<u8> {
         (DataType::Decimal128(_, _), "numeric") => b'n',
         _ => return None,
     })
+}
+
+/// A uuid in its 16 bytes; `None` when `text` is not one (hyphens optional, any case).
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    let mut digits = text.bytes().filter(|&b| b != b'-');
+    for byte in &mut out {
+        let hi = (digits.next()? as char).to_digit(16)?;
+        let lo = (digits.next()? as char).to_digit(16)?;
+        *byte = (hi * 16 + lo) as u8;
+    }
+    (digits.next().is_none() && matches!(text.len(), 32 | 36)).then_some(out)
+}
+
+/// A one-dimensional `text[]` in the binary array format, with its length prefix.
+fn text_array(out: &mut Vec<u8>, items: &arrow_array::StringArray) {
+    const TEXT_OID: u32 = 25;
+    let at = out.len();
+    out.extend_from_slice(&0i32.to_be_bytes()); // length, set below
+    let ndim: i32 = if items.is_empty() { 0 } else { 1 };
+    out.extend_from_slice(&ndim.to_be_bytes());
+    out.extend_from_slice(&i32::from(items.null_count() > 0).to_be_bytes());
+    out.extend_from_slice(&TEXT_OID.to_be_bytes());
+    if ndim == 1 {
+        out.extend_from_slice(&(items.len() as i32).to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes()); // lower bound
+        for item in items {
+            match item {
+                Some(v) => {
+                    out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    out.extend_from_slice(v.as_bytes());
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+    }
+    let len = (out.len() - at - 4) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// PostgreSQL's binary `numeric`: base-10000 digits, weight, sign, display scale.
@@ -511,6 +551,17 @@ pub fn copy_binary(batch: &RecordBatch, pg_types: &[String]) -> Result<Option<Ve
                     out.push(1);
                     out.extend_from_slice(text);
                 }
+                b'u' => match uuid_bytes(c.as_string::<i32>().value(row)) {
+                    Some(bytes) => fixed(&bytes),
+                    // not a uuid: the text format lets the server name the value
+                    None => return Ok(None),
+                },
+                b'a' => {
+                    let list = c.as_list::<i32>();
+                    let items = list.value(row);
+                    let items = items.as_string::<i32>();
+                    text_array(&mut out, items);
+                }
                 b'y' => fixed(c.as_binary::<i32>().value(row)),
                 b'D' => fixed(
                     &(c.as_primitive::<arrow_array::types::Date32Type>()
@@ -595,6 +646,67 @@ mod tests {
         }
         assert_eq!(arrow_type("numeric"), DataType::Decimal128(38, 10));
         assert!(matches!(arrow_type("integer[]"), DataType::List(_)));
+    }
+
+    #[test]
+    fn uuids_parse_or_fall_back() {
+        let b = uuid_bytes("A0EEBC99-9c0b-4ef8-bb6d-6bb9bd380a11").unwrap();
+        assert_eq!(b[0], 0xa0);
+        assert_eq!(b[15], 0x11);
+        assert_eq!(uuid_bytes("a0eebc999c0b4ef8bb6d6bb9bd380a11"), Some(b));
+        assert_eq!(uuid_bytes("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1"), None);
+        assert_eq!(uuid_bytes("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1g"), None);
+        assert_eq!(uuid_bytes("not a uuid"), None);
+    }
+
+    #[test]
+    fn uuid_and_text_array_columns_use_the_binary_format() {
+        let mut tags =
+            arrow_array::builder::ListBuilder::new(arrow_array::builder::StringBuilder::new());
+        tags.values().append_value("a");
+        tags.values().append_null();
+        tags.append(true);
+        tags.append(true);
+        let tags = tags.finish();
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "u",
+                Arc::new(StringArray::from(vec![
+                    "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+                    "00000000-0000-0000-0000-000000000000",
+                ])) as ArrayRef,
+            ),
+            ("tags", Arc::new(tags) as ArrayRef),
+        ])
+        .unwrap();
+        let types = ["uuid".to_string(), "text[]".to_string()];
+        let out = copy_binary(&batch, &types).unwrap().expect("binary");
+        // row 1: 2 fields; uuid (16 bytes); text[] of ["a", NULL]
+        let row = &out[19..];
+        assert_eq!(&row[..2], &2i16.to_be_bytes());
+        assert_eq!(&row[2..6], &16i32.to_be_bytes());
+        assert_eq!(row[6], 0xa0);
+        let array = &row[22..];
+        let want: Vec<u8> = [
+            29i32.to_be_bytes(), // length
+            1i32.to_be_bytes(),  // ndim
+            1i32.to_be_bytes(),  // has nulls
+            25i32.to_be_bytes(), // text
+            2i32.to_be_bytes(),  // items
+            1i32.to_be_bytes(),  // lower bound
+            1i32.to_be_bytes(),  // "a"
+        ]
+        .concat();
+        assert_eq!(&array[..28], &want[..]);
+        assert_eq!(array[28], b'a');
+        assert_eq!(&array[29..33], &(-1i32).to_be_bytes());
+        // not a uuid: the text format (the server names the value)
+        let bad = RecordBatch::try_from_iter(vec![(
+            "u",
+            Arc::new(StringArray::from(vec!["nope"])) as ArrayRef,
+        )])
+        .unwrap();
+        assert!(copy_binary(&bad, &types[..1]).unwrap().is_none());
     }
 
     #[test]

@@ -624,6 +624,61 @@ fn binary_copy_writes_every_scalar_type_exactly() {
 }
 
 #[test]
+fn uuid_text_array_and_jsonb_columns_of_an_existing_table_are_written_exactly() {
+    let _server = server();
+    let dir = workdir();
+    let t = fresh("it_pg_binary_uuid");
+    psql(&format!(
+        "CREATE TABLE \"{t}\" (id bigint PRIMARY KEY, u uuid, tags text[], doc jsonb)"
+    ));
+    let schema = r#"schema = [
+  { name = "id", type = "int64", nullable = false }, { name = "u", type = "string" },
+  { name = "tags", type = "list<string>" }, { name = "doc", type = "json" },
+]"#;
+    let input = concat!(
+        r#"{"id":1,"u":"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11","tags":["a,b","say \"hi\"",null,"\\","{}"],"doc":"{\"k\": [1, null]}"}"#,
+        "\n",
+        r#"{"id":2,"u":"00000000-0000-0000-0000-000000000000","tags":[],"doc":"null"}"#,
+        "\n",
+        r#"{"id":3}"#,
+        "\n"
+    );
+    pipeline(dir.path(), &t, input, schema, "");
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let rows = psql(&format!(
+        "SELECT id, u, tags, cardinality(tags), doc FROM \"{t}\" ORDER BY id"
+    ));
+    assert_eq!(
+        rows,
+        "1|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11|{\"a,b\",\"say \\\"hi\\\"\",NULL,\"\\\\\",\"{}\"}|5|{\"k\": [1, null]}\n\
+         2|00000000-0000-0000-0000-000000000000|{}|0|null\n\
+         3||||"
+    );
+
+    // a value that is not a uuid: the text format lets the server name it
+    let t2 = fresh("it_pg_binary_baduuid");
+    psql(&format!(
+        "CREATE TABLE \"{t2}\" (id bigint PRIMARY KEY, u uuid)"
+    ));
+    let schema = r#"schema = [{ name = "id", type = "int64", nullable = false }, { name = "u", type = "string" }]"#;
+    pipeline(
+        dir.path(),
+        &t2,
+        "{\"id\":1,\"u\":\"not-a-uuid\"}\n",
+        schema,
+        "",
+    );
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("uuid") && run.stderr.contains("not-a-uuid"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn cdc_debezium_envelope_has_before_after_source_op_and_ts() {
     let _server = server();
     let dir = workdir();
