@@ -116,9 +116,9 @@ pub async fn advance(pool: &PgPool, slot: &str, lsn: u64) -> Result<()> {
 
 /// One change, as a JSON object ready for the table's decoder.
 pub struct Change {
-    /// `c`, `u` or `d`.
+    /// `c`, `u`, `d` or `t` (truncate).
     pub op: &'static str,
-    /// The row (the key only, for deletes).
+    /// The row (the key only, for deletes; empty for a truncate).
     pub row: Map<String, Value>,
     /// The old row when the server sent it (updates and deletes: the key, or all
     /// columns under REPLICA IDENTITY FULL).
@@ -355,7 +355,16 @@ pub async fn peek(
                 }
                 txn.clear();
             }
-            // Type, Origin, Truncate (not applied yet), Message: nothing to emit
+            b'T' => {
+                // the publication holds the one table of the pipeline
+                let relations = r.u32()?;
+                let _options = r.u8()?;
+                for _ in 0..relations {
+                    let _relid = r.u32()?;
+                }
+                txn.push(Change::new("t", Map::new(), None, xid));
+            }
+            // Type, Origin, Message: nothing to emit
             _ => {}
         }
     }

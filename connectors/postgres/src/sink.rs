@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_array::RecordBatch;
 use arrow_schema::{Field, Schema, SchemaRef};
 use connector_api::{
     columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
@@ -97,6 +98,19 @@ async fn table_columns(
         .map(|(n, t, notnull)| Field::new(n, arrow_type(&t), !notnull))
         .collect();
     Ok(Some((Arc::new(Schema::new(fields)), types)))
+}
+
+/// Rows of change records that are truncates (`_op` = `t`), when there are any.
+fn truncates(records: &RecordBatch) -> Option<Vec<usize>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let ops = records
+        .column(records.schema().index_of(columns::OP).ok()?)
+        .as_string_opt::<i32>()?;
+    let rows: Vec<usize> = (0..ops.len())
+        .filter(|&i| ops.is_valid(i) && ops.value(i) == "t")
+        .collect();
+    (!rows.is_empty()).then_some(rows)
 }
 
 /// Writes batches into one table.
@@ -315,6 +329,31 @@ impl PostgresSink {
             .map(|(i, _)| i)
             .collect();
         let records = batch.records.project(&keep)?;
+        if self.config.mode == SinkMode::Upsert {
+            if let Some(truncates) = truncates(&records) {
+                // a truncate in the source: what came before it, then every row goes,
+                // then what came after, in order
+                let mut start = 0;
+                for t in truncates {
+                    if t > start {
+                        self.write_records(records.slice(start, t - start)).await?;
+                    }
+                    self.exec(&format!("DELETE FROM {}", self.target())).await?;
+                    tracing::info!(table = %self.target(), "truncate in the source: every row deleted");
+                    start = t + 1;
+                }
+                if start < records.num_rows() {
+                    self.write_records(records.slice(start, records.num_rows() - start))
+                        .await?;
+                }
+                return Ok(());
+            }
+        }
+        self.write_records(records).await
+    }
+
+    /// Writes records (data columns, plus `_op` for change records).
+    async fn write_records(&mut self, records: RecordBatch) -> Result<()> {
         let schema = records.schema();
         let changes = schema.field_with_name(columns::OP).is_ok();
         let data_fields: Vec<String> = schema

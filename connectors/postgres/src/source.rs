@@ -519,9 +519,14 @@ fn record_schema(schema: &SchemaRef, op: bool, debezium: bool) -> SchemaRef {
     ]))
 }
 
-/// `schema` plus the `_op` column of change records.
+/// `schema` plus the `_op` column of change records. Every column is nullable: a
+/// delete carries only the key, a truncate no value at all.
 fn with_op(schema: &SchemaRef) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
     fields.push(Field::new(
         connector_api::columns::OP,
         arrow_schema::DataType::Utf8,
@@ -624,7 +629,7 @@ impl PostgresSource {
             let n = peeked.changes.len();
             for mut change in peeked.changes {
                 let record = if table.debezium {
-                    let after = if change.op == "d" {
+                    let after = if change.op == "d" || change.op == "t" {
                         serde_json::Value::Null
                     } else {
                         serde_json::Value::Object(change.row)

@@ -519,6 +519,80 @@ fn cdc_snapshot_then_inserts_updates_deletes_rollback_and_alter_table_reach_the_
 }
 
 #[test]
+fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_cdc_trunc_src"), fresh("it_pg_cdc_trunc_dst"));
+    let slot = "sluice_it_pg_cdc_trunc_dst";
+    psql(&format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
+         DROP PUBLICATION IF EXISTS {slot};\
+         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text NOT NULL);\
+         INSERT INTO \"{src}\" VALUES (1, 'one'), (2, 'two');"
+    ));
+    std::fs::write(
+        d.join("cdc.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"100ms\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [checkpoint]\ninterval = \"200ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+    let rows = |table: &str| {
+        psql(&format!(
+            "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM \"{table}\""
+        ))
+    };
+    let dst_exists = || {
+        psql(&format!(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'"
+        )) == "1"
+    };
+    let snapshot = crate::support::wait_until(Duration::from_secs(30), || {
+        dst_exists() && rows(&dst) == "1=one,2=two"
+    });
+    // a delete carries only the key: the NOT NULL column must not stop the stream
+    psql(&format!("DELETE FROM \"{src}\" WHERE id = 1"));
+    let deleted = crate::support::wait_until(Duration::from_secs(30), || rows(&dst) == "2=two");
+    // rows before the truncate go, rows after it stay, within one transaction and across
+    psql(&format!(
+        "BEGIN; INSERT INTO \"{src}\" VALUES (3, 'three'); TRUNCATE \"{src}\"; INSERT INTO \"{src}\" VALUES (4, 'four'); COMMIT"
+    ));
+    psql(&format!("INSERT INTO \"{src}\" VALUES (5, 'five')"));
+    let truncated =
+        crate::support::wait_until(Duration::from_secs(30), || rows(&dst) == "4=four,5=five");
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    psql(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
+    ));
+    assert!(
+        snapshot,
+        "the snapshot did not arrive: {} {}",
+        rows(&dst),
+        run.stderr
+    );
+    assert!(
+        deleted,
+        "the delete did not arrive: {} {}",
+        rows(&dst),
+        run.stderr
+    );
+    assert!(
+        truncated,
+        "the truncate did not arrive: {} {}",
+        rows(&dst),
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(rows(&src), "4=four,5=five");
+}
+
+#[test]
 fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     let _server = server();
     let dir = workdir();
