@@ -99,7 +99,16 @@ pub struct PostgresSourceConfig {
     #[serde(default = "public")]
     pub schema: String,
     /// Tables to read, in this order; each is a split.
+    #[serde(default)]
     pub tables: Vec<String>,
+    /// A query to read instead of tables (`snapshot` or `incremental`), e.g. a join:
+    /// `SELECT o.id, o.total, c.country FROM orders o JOIN customers c USING (customer_id)`.
+    /// Read in the order of `key` (snapshot) or `cursor` (incremental), resumably.
+    pub query: Option<String>,
+    /// Columns of `query` that order its rows uniquely in `snapshot` mode (a restart
+    /// resumes after the last delivered values), e.g. `["id"]`.
+    #[serde(default)]
+    pub key: Vec<String>,
     /// `snapshot` or `incremental`.
     #[serde(default)]
     pub mode: SourceMode,
@@ -134,8 +143,37 @@ impl PostgresSourceConfig {
                 Error::config("url must start with postgres:// or postgresql://").with_field("url"),
             );
         }
-        if self.tables.is_empty() {
-            return Err(Error::config("tables must name at least one table").with_field("tables"));
+        match (&self.query, self.tables.is_empty()) {
+            (None, true) => {
+                return Err(
+                    Error::config("tables must name at least one table (or give a query)")
+                        .with_field("tables"),
+                )
+            }
+            (Some(_), false) => {
+                return Err(Error::config("give tables or a query, not both").with_field("query"))
+            }
+            (Some(q), true) if q.trim().trim_end_matches(';').trim().is_empty() => {
+                return Err(Error::config("query must not be empty").with_field("query"))
+            }
+            (Some(_), true) if self.mode == SourceMode::Cdc => {
+                return Err(
+                    Error::config("mode = \"cdc\" reads a table, not a query").with_field("query")
+                )
+            }
+            (Some(_), true) if self.mode == SourceMode::Snapshot && self.key.is_empty() => {
+                return Err(Error::config(
+                    "a query is read in the order of its key columns, e.g. key = [\"id\"]",
+                )
+                .with_field("key"))
+            }
+            (None, false) if !self.key.is_empty() => {
+                return Err(Error::config(
+                    "key is for a query; tables are read in primary-key order",
+                )
+                .with_field("key"))
+            }
+            _ => {}
         }
         if self.mode == SourceMode::Cdc && self.tables.len() != 1 {
             return Err(
@@ -146,5 +184,47 @@ impl PostgresSourceConfig {
             return Err(Error::config("mode = \"incremental\" needs cursor columns, e.g. cursor = [\"updated_at\", \"id\"]").with_field("cursor"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(extra: serde_json::Value) -> PostgresSourceConfig {
+        let mut config = serde_json::json!({ "url": "postgres://u@h/db" });
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(config).unwrap()
+    }
+
+    fn field_of(config: PostgresSourceConfig) -> Option<String> {
+        config
+            .validate()
+            .err()
+            .and_then(|e| e.field().map(str::to_string))
+    }
+
+    #[test]
+    fn a_query_needs_a_key_and_excludes_tables_and_cdc() {
+        let ok = source(serde_json::json!({ "query": "SELECT 1 AS id;", "key": ["id"] }));
+        assert!(ok.validate().is_ok());
+        let both =
+            source(serde_json::json!({ "query": "SELECT 1", "key": ["id"], "tables": ["t"] }));
+        assert_eq!(field_of(both).as_deref(), Some("query"));
+        let no_key = source(serde_json::json!({ "query": "SELECT 1" }));
+        assert_eq!(field_of(no_key).as_deref(), Some("key"));
+        let cdc = source(serde_json::json!({ "query": "SELECT 1", "mode": "cdc" }));
+        assert_eq!(field_of(cdc).as_deref(), Some("query"));
+        let incremental = source(
+            serde_json::json!({ "query": "SELECT 1", "mode": "incremental", "cursor": ["id"] }),
+        );
+        assert!(incremental.validate().is_ok());
+        let neither = source(serde_json::json!({}));
+        assert_eq!(field_of(neither).as_deref(), Some("tables"));
+        let key_for_tables = source(serde_json::json!({ "tables": ["t"], "key": ["id"] }));
+        assert_eq!(field_of(key_for_tables).as_deref(), Some("key"));
     }
 }

@@ -115,6 +115,42 @@ async fn describe(
     schema: &str,
     table: &str,
 ) -> Result<(Vec<Column>, SchemaRef, Vec<usize>)> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
+    let what = format!("table \"{schema}\".\"{table}\"");
+    describe_on(&mut conn, schema, table, &what).await
+}
+
+/// The columns and Arrow schema of the rows of `query` (a temporary view, dropped with
+/// the transaction, tells their types).
+async fn describe_query(
+    pool: &PgPool,
+    query: &str,
+) -> Result<(Vec<Column>, SchemaRef, Vec<usize>)> {
+    let failed = |e| pg_error("query", e).with_field("query");
+    let mut tx = pool.begin().await.map_err(failed)?;
+    sqlx::query(&format!("CREATE TEMP VIEW sluice_query AS {query}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+    let (temp,): (String,) =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE oid = pg_my_temp_schema()")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed)?;
+    let described = describe_on(&mut tx, &temp, "sluice_query", "query").await;
+    let _ = tx.rollback().await;
+    described
+}
+
+async fn describe_on(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    table: &str,
+    what: &str,
+) -> Result<(Vec<Column>, SchemaRef, Vec<usize>)> {
     let rows: Vec<(String, String, bool, String, Option<i32>)> = sqlx::query_as(
         "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, t.typtype::text, \
                 (SELECT array_position(i.indkey::int2[], a.attnum)::int4 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
@@ -124,14 +160,11 @@ async fn describe(
     )
     .bind(schema)
     .bind(table)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
+    .map_err(|e| pg_error(what, e))?;
     if rows.is_empty() {
-        return Err(
-            Error::not_found(format!("table \"{schema}\".\"{table}\" does not exist"))
-                .with_field("tables"),
-        );
+        return Err(Error::not_found(format!("{what} does not exist")).with_field("tables"));
     }
     let mut columns = Vec::new();
     let mut fields = Vec::new();
@@ -139,7 +172,7 @@ async fn describe(
     for (i, (name, pg, notnull, typtype, pkpos)) in rows.into_iter().enumerate() {
         let dt = source_type(&pg, &typtype).ok_or_else(|| {
             Error::schema(format!(
-                "table \"{schema}\".\"{table}\": column \"{name}\" has type \"{pg}\", which has no Arrow mapping"
+                "{what}: column \"{name}\" has type \"{pg}\", which has no Arrow mapping"
             ))
         })?;
         fields.push(Field::new(&name, dt, !notnull));
@@ -279,36 +312,65 @@ impl Source for PostgresSource {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
         let pool = connect_url(&self.config.url).await?;
-        for name in &self.config.tables {
-            let (columns, schema, pk) = describe(&pool, &self.config.schema, name).await?;
+        // the tables, or the query, each read as one split
+        let query = self
+            .config
+            .query
+            .as_deref()
+            .map(|q| q.trim().trim_end_matches(';'));
+        let reads: Vec<Option<&String>> = match query {
+            Some(_) => vec![None],
+            None => self.config.tables.iter().map(Some).collect(),
+        };
+        for name in reads {
+            let schema_name = &self.config.schema;
+            let (split, relation, what, (columns, schema, pk)) = match (name, query) {
+                (Some(name), _) => (
+                    format!("{schema_name}.{name}"),
+                    format!("{}.{}", quote(schema_name), quote(name)),
+                    format!("table \"{schema_name}\".\"{name}\""),
+                    describe(&pool, schema_name, name).await?,
+                ),
+                (None, Some(q)) => (
+                    "query".to_string(),
+                    format!("({q})"),
+                    "the query".to_string(),
+                    describe_query(&pool, q).await?,
+                ),
+                (None, None) => continue,
+            };
+            let position = |names: &[String], field: &'static str| -> Result<Vec<usize>> {
+                names
+                    .iter()
+                    .map(|c| {
+                        columns
+                            .iter()
+                            .position(|col| &col.name == c)
+                            .ok_or_else(|| {
+                                Error::config(format!("{field} column \"{c}\" is not in {what}"))
+                                    .with_field(field)
+                            })
+                    })
+                    .collect()
+            };
             let key = match self.config.mode {
+                SourceMode::Snapshot if name.is_none() => position(&self.config.key, "key")?,
                 SourceMode::Snapshot | SourceMode::Cdc if pk.is_empty() => {
                     return Err(Error::schema(format!(
-                        "table \"{}\".\"{name}\" has no primary key; a resumable snapshot reads in key order",
-                        self.config.schema
+                        "{what} has no primary key; a resumable snapshot reads in key order"
                     ))
                     .with_field("tables"))
                 }
                 SourceMode::Snapshot | SourceMode::Cdc => pk,
-                SourceMode::Incremental => self
-                    .config
-                    .cursor
-                    .iter()
-                    .map(|c| {
-                        columns.iter().position(|col| &col.name == c).ok_or_else(|| {
-                            Error::config(format!("cursor column \"{c}\" is not in table \"{name}\"")).with_field("cursor")
-                        })
-                    })
-                    .collect::<Result<_>>()?,
+                SourceMode::Incremental => position(&self.config.cursor, "cursor")?,
             };
-            let split = format!("{}.{}", self.config.schema, name);
             let offset = committed
                 .get_typed::<TableOffset>(&split)?
                 .unwrap_or_default();
             let op = self.config.mode == SourceMode::Cdc;
             let debezium = op && self.config.envelope == crate::config::Envelope::Debezium;
             self.tables.push(Table {
-                relation: format!("{}.{}", quote(&self.config.schema), quote(name)),
+                relation,
                 split,
                 columns,
                 key,
@@ -682,6 +744,11 @@ impl PostgresSource {
 /// `sluice schema` / `check`: the schema of the first table (all tables are checked).
 pub async fn discover(config: &PostgresSourceConfig) -> Result<SchemaRef> {
     let pool = connect_url(&config.url).await?;
+    if let Some(q) = &config.query {
+        let described = describe_query(&pool, q.trim().trim_end_matches(';')).await;
+        pool.close().await;
+        return described.map(|(_, schema, _)| schema);
+    }
     let mut first = None;
     for t in &config.tables {
         let (_, schema, _) = describe(&pool, &config.schema, t).await?;

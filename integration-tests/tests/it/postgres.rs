@@ -593,6 +593,85 @@ fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
 }
 
 #[test]
+fn a_query_is_read_in_key_order_and_a_bad_query_is_named() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (orders, customers) = (fresh("it_pg_q_orders"), fresh("it_pg_q_customers"));
+    psql(&format!(
+        "CREATE TABLE \"{customers}\" (cid int PRIMARY KEY, country text NOT NULL);\
+         CREATE TABLE \"{orders}\" (id bigint PRIMARY KEY, cid int, total numeric(10,2));\
+         INSERT INTO \"{customers}\" VALUES (1, 'DE'), (2, 'FR');\
+         INSERT INTO \"{orders}\" SELECT g, 1 + g % 2, g * 1.25 FROM generate_series(1, 7) g;"
+    ));
+    let pipeline = |name: &str, query: &str| {
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\nquery = \"{query}\"\nkey = [\"id\"]\n\
+                 [sink]\nconnector = \"file\"\npath = \"{name}\"\nformat = \"json\"\n[batch]\nmax_records = 2\n",
+                url()
+            ),
+        )
+        .unwrap();
+    };
+    pipeline(
+        "joined",
+        &format!(
+            "SELECT o.id, o.total, c.country FROM \\\"{orders}\\\" o JOIN \\\"{customers}\\\" c USING (cid) WHERE o.id <> 4;"
+        ),
+    );
+    let run = sluice(d, &["run", "joined.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut rows: Vec<serde_json::Value> = std::fs::read_dir(d.join("joined"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort_by_key(|r| r["id"].as_i64());
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| format!("{}:{}:{}", r["id"], r["total"], r["country"]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "1:1.25:\"FR\"",
+            "2:2.5:\"DE\"",
+            "3:3.75:\"FR\"",
+            "5:6.25:\"FR\"",
+            "6:7.5:\"DE\"",
+            "7:8.75:\"FR\""
+        ]
+    );
+    // the types come from the query: numeric(10,2) stays a decimal
+    let schema = sluice(d, &["schema", "joined.toml"]);
+    assert!(
+        schema
+            .stdout
+            .contains(r#"{ name = "total", type = "decimal(10,2)", nullable = true }"#),
+        "{}",
+        schema.stdout
+    );
+
+    pipeline("broken", "SELECT nope FROM it_pg_q_nowhere");
+    let run = sluice(d, &["run", "broken.toml"]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("query") && run.stderr.contains("it_pg_q_nowhere"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     let _server = server();
     let dir = workdir();
