@@ -42,8 +42,12 @@ pub struct Conformed {
 /// Makes `batch` fit `target` under `policy`.
 ///
 /// Columns of `target` missing from the batch are filled with nulls (an error when the
-/// target column is not nullable). A column whose type differs is an error that names
-/// it, unless the batch column is all-null (an inferred `Null` type), which is cast.
+/// target column is not nullable). A column of a narrower type that the target's holds
+/// exactly (`int32` into `int64`, `decimal(5,2)` into `decimal(10,2)`) is cast. A column
+/// of a wider type (the target's fits into it exactly) widens the target under
+/// `evolve`; the sink sees the wider type in the evolved schema. Any other type change
+/// is an error that names the column, unless the batch column is all-null (an
+/// inferred `Null` type), which is cast.
 pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> Result<Conformed> {
     if batch.schema().as_ref() == target.as_ref() {
         return Ok(Conformed {
@@ -55,9 +59,27 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> 
     let rows = batch.num_rows();
     let source = batch.schema();
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
-    for field in target.fields() {
+    let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut widened = false;
+    for (n, field) in target.fields().iter().enumerate() {
         match source.index_of(field.name()) {
-            Ok(i) => columns.push(fit_column(batch.column(i), field)?),
+            Ok(i) => {
+                let column = batch.column(i);
+                if policy == DriftPolicy::Evolve
+                    && exact_into(field.data_type(), column.data_type())
+                {
+                    // the batch's type holds every value of the target's: widen the target
+                    check_nulls(column, field)?;
+                    fields[n] = field
+                        .as_ref()
+                        .clone()
+                        .with_data_type(column.data_type().clone());
+                    columns.push(column.clone());
+                    widened = true;
+                } else {
+                    columns.push(fit_column(column, field)?);
+                }
+            }
             Err(_) if field.is_nullable() => columns.push(new_null_array(field.data_type(), rows)),
             Err(_) => {
                 return Err(Error::schema(format!(
@@ -79,8 +101,7 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> 
         .map(|(i, _)| i)
         .collect();
 
-    let mut fields: Vec<Field> = target.fields().iter().map(|f| f.as_ref().clone()).collect();
-    let mut evolved = None;
+    let mut evolved = widened.then(|| Arc::new(Schema::new(fields.clone())));
     let mut dropped_rows = 0;
     let mut keep: Option<BooleanArray> = None;
     if !new_fields.is_empty() {
@@ -138,7 +159,7 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef, policy: DriftPolicy) -> 
     })
 }
 
-fn fit_column(column: &ArrayRef, field: &Field) -> Result<ArrayRef> {
+fn check_nulls(column: &ArrayRef, field: &Field) -> Result<()> {
     if !field.is_nullable() && column.null_count() > 0 {
         return Err(Error::data(format!(
             "column \"{}\" is NOT NULL in the sink but {} of {} records have no value",
@@ -147,8 +168,49 @@ fn fit_column(column: &ArrayRef, field: &Field) -> Result<ArrayRef> {
             column.len()
         )));
     }
+    Ok(())
+}
+
+/// Every value of type `from` is exactly a value of type `to` (and they differ).
+fn exact_into(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    let int_digits = |t: &DataType| match t {
+        Int8 | UInt8 => Some(3),
+        Int16 | UInt16 => Some(5),
+        Int32 | UInt32 => Some(10),
+        Int64 => Some(19),
+        UInt64 => Some(20),
+        _ => None,
+    };
+    match (from, to) {
+        _ if from == to => false,
+        (Int8, Int16 | Int32 | Int64)
+        | (Int16, Int32 | Int64)
+        | (Int32, Int64)
+        | (UInt8, UInt16 | UInt32 | UInt64 | Int16 | Int32 | Int64)
+        | (UInt16, UInt32 | UInt64 | Int32 | Int64)
+        | (UInt32, UInt64 | Int64)
+        | (Float16, Float32 | Float64)
+        | (Float32, Float64)
+        | (Int8 | Int16 | UInt8 | UInt16, Float32)
+        | (Int8 | Int16 | Int32 | UInt8 | UInt16 | UInt32, Float64)
+        | (Utf8, LargeUtf8)
+        | (Binary, LargeBinary) => true,
+        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
+            s2 >= s1 && (*p2 as i32 - *s2 as i32) >= (*p1 as i32 - *s1 as i32)
+        }
+        (f, Decimal128(p, s)) => int_digits(f).is_some_and(|d| *p as i32 - *s as i32 >= d),
+        _ => false,
+    }
+}
+
+fn fit_column(column: &ArrayRef, field: &Field) -> Result<ArrayRef> {
+    check_nulls(column, field)?;
     if column.data_type() == field.data_type() {
         return Ok(column.clone());
+    }
+    if exact_into(column.data_type(), field.data_type()) {
+        return Ok(arrow_cast::cast(column, field.data_type())?);
     }
     if column.data_type() == &DataType::Null || column.null_count() == column.len() {
         return Ok(new_null_array(field.data_type(), column.len()));
@@ -251,6 +313,51 @@ mod tests {
         let c = conform(&b, &target(), DriftPolicy::Freeze).unwrap();
         assert_eq!(c.batch.schema().field(1).name(), "_op");
         assert!(c.evolved.is_none());
+    }
+
+    fn decimals(p: u8, s: i8, v: i128) -> RecordBatch {
+        let a = arrow_array::Decimal128Array::from(vec![v])
+            .with_precision_and_scale(p, s)
+            .unwrap();
+        RecordBatch::try_from_iter(vec![("amount", Arc::new(a) as ArrayRef)]).unwrap()
+    }
+
+    #[test]
+    fn a_narrower_type_is_cast_and_a_wider_one_widens_under_evolve() {
+        let t = Arc::new(Schema::new(vec![Field::new(
+            "amount",
+            DataType::Decimal128(10, 2),
+            true,
+        )]));
+        // decimal(5,2) fits decimal(10,2): cast, whatever the policy
+        let c = conform(&decimals(5, 2, 12345), &t, DriftPolicy::Freeze).unwrap();
+        assert_eq!(
+            c.batch.schema().field(0).data_type(),
+            &DataType::Decimal128(10, 2)
+        );
+        assert!(c.evolved.is_none());
+        // decimal(12,2) holds decimal(10,2): the target widens under evolve
+        let c = conform(&decimals(12, 2, 123_456_789_012), &t, DriftPolicy::Evolve).unwrap();
+        let evolved = c.evolved.unwrap();
+        assert_eq!(evolved.field(0).data_type(), &DataType::Decimal128(12, 2));
+        assert_eq!(
+            c.batch.schema().field(0).data_type(),
+            &DataType::Decimal128(12, 2)
+        );
+        // ... and is an error naming the column under freeze
+        let err = conform(&decimals(12, 2, 1), &t, DriftPolicy::Freeze).unwrap_err();
+        assert!(err.to_string().contains("\"amount\""), "{err}");
+        // a scale change that loses digits is never exact
+        let err = conform(&decimals(10, 3, 1), &t, DriftPolicy::Evolve).unwrap_err();
+        assert!(err.to_string().contains("\"amount\""), "{err}");
+        // int32 into int64
+        let b = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(arrow_array::Int32Array::from(vec![7])) as ArrayRef,
+        )])
+        .unwrap();
+        let c = conform(&b, &target(), DriftPolicy::Freeze).unwrap();
+        assert_eq!(c.batch.schema().field(0).data_type(), &DataType::Int64);
     }
 
     #[test]

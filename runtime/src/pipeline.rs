@@ -568,7 +568,7 @@ impl Engine<'_> {
                         let c = conform(&records, target, slot.drift)
                             .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
                         if let Some(evolved) = c.evolved {
-                            tracing::info!(sink = %slot.name, columns = evolved.fields().len(), "schema evolved: new nullable columns added");
+                            tracing::info!(sink = %slot.name, columns = evolved.fields().len(), "schema evolved: new nullable columns, or a column widened");
                             slot.schema = Some(evolved);
                         }
                         if c.dropped_rows > 0 {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use arrow_schema::{Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use connector_api::{
     columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
 };
@@ -230,12 +230,33 @@ impl PostgresSink {
             }
             Some(known) => {
                 for f in schema.fields() {
-                    if known.field_with_name(f.name()).is_err() && !columns::is_reserved(f.name()) {
-                        ddl.push(format!(
+                    match known.field_with_name(f.name()) {
+                        Err(_) if !columns::is_reserved(f.name()) => ddl.push(format!(
                             "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
                             quote(f.name()),
                             pg_type(f.name(), f.data_type())?
-                        ));
+                        )),
+                        // more digits at the same scale: PostgreSQL widens a numeric
+                        // without rewriting the table (other changes are left to COPY,
+                        // which names a value that does not fit)
+                        Ok(k) => {
+                            if let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) =
+                                (k.data_type(), f.data_type())
+                            {
+                                let constrained = self
+                                    .pg_types
+                                    .get(f.name())
+                                    .is_some_and(|t| t.starts_with("numeric("));
+                                if p2 > p1 && s1 == s2 && constrained {
+                                    tracing::info!(table = %target, column = %f.name(), "numeric({p1},{s1}) widened to numeric({p2},{s2})");
+                                    ddl.push(format!(
+                                        "ALTER TABLE {target} ALTER COLUMN {} TYPE numeric({p2},{s2})",
+                                        quote(f.name())
+                                    ));
+                                }
+                            }
+                        }
+                        Err(_) => {}
                     }
                 }
             }

@@ -672,6 +672,62 @@ fn a_query_is_read_in_key_order_and_a_bad_query_is_named() {
 }
 
 #[test]
+fn a_wider_numeric_widens_the_column_without_a_rewrite() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = fresh("it_pg_widen");
+    let schema = |p: u8| {
+        format!(
+            r#"schema = [{{ name = "id", type = "int64", nullable = false }}, {{ name = "amount", type = "decimal({p},2)" }}]"#
+        )
+    };
+    pipeline(d, &t, "{\"id\":1,\"amount\":\"123.45\"}\n", &schema(5), "");
+    let run = sluice(d, &["run", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let column_type = || {
+        psql(&format!(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = '\"{t}\"'::regclass AND attname = 'amount'"
+        ))
+    };
+    assert_eq!(column_type(), "numeric(5,2)");
+    let relfile = || {
+        psql(&format!(
+            "SELECT relfilenode FROM pg_class WHERE oid = '\"{t}\"'::regclass"
+        ))
+    };
+    let before = relfile();
+
+    // a later run brings decimal(8,2) values: the column widens, the table is not rewritten
+    std::fs::write(
+        d.join("in/more.jsonl"),
+        "{\"id\":2,\"amount\":\"123456.78\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("more.toml"),
+        format!(
+            "name = \"{t}-more\"\n[source]\nconnector = \"file\"\npath = \"in/more.jsonl\"\n{}\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{t}\"\n",
+            schema(8),
+            url()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "more.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(column_type(), "numeric(8,2)");
+    assert_eq!(relfile(), before, "the table was rewritten");
+    assert_eq!(
+        psql(&format!("SELECT id, amount FROM \"{t}\" ORDER BY id")),
+        "1|123.45\n2|123456.78"
+    );
+    psql(&format!(
+        "DELETE FROM sluice_offsets WHERE pipeline = '{t}-more'"
+    ));
+}
+
+#[test]
 fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     let _server = server();
     let dir = workdir();
