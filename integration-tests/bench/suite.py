@@ -217,6 +217,11 @@ class Suite:
         self.results.append(row)
         return row
 
+    def note_types(self, schema, table):
+        """Records the column types of the table the last (successful) run created."""
+        last = self.results[-1]
+        last["types"] = column_types(schema, table) if last["status"] == "ok" else None
+
     def skip(self, workload, tool, reason):
         log(f"{workload}: {tool}: not run: {reason}")
         self.results.append({"workload": workload, "tool": tool, "status": "not supported", "reason": reason})
@@ -340,9 +345,9 @@ max_records = 65536""", interval="1h")
     return jsonl, csv
 
 
-def head(path, n):
-    """The first n records of a data set (a CSV keeps its header)."""
-    if n >= sum(1 for _ in open(path, "rb")) - (1 if path.endswith(".csv") else 0):
+def head(path, n, total):
+    """The first n records of a data set of `total` records (a CSV keeps its header)."""
+    if n >= total:
         return path
     out = os.path.join(os.path.dirname(path), os.path.basename(path).replace("events-", f"events-head{n}-of-"))
     if not os.path.exists(out):
@@ -450,14 +455,14 @@ def main():
                              f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0'),
                   count_lines(f"{out}/*.jsonl"), input_bytes=json_bytes)
         if peers:
-            src = head(jsonl, peer_n)
+            src = head(jsonl, peer_n, n)
             out = fresh(os.path.join(WORK, "out-sling-json"))
             s.measure(w, "sling", "untyped (types inferred), no delivery guarantee",
                       [sling, "run", "--src-stream", f"file://{src}", "--src-options", "{format: jsonlines}",
                        "--tgt-object", f"file://{out}/out.jsonl", "--tgt-options", "{format: jsonlines}"],
                       count_lines(f"{out}/**/*.jsonl"), records=peer_n, env=sling_env(),
                       input_bytes=per_json * peer_n)
-            src = head(jsonl, dlt_n)
+            src = head(jsonl, dlt_n, n)
             out = fresh(os.path.join(WORK, "out-dlt-json"))
             s.measure(w, "dlt", "types inferred by dlt, load packages (at-least-once)",
                       [py, dlt_script, src, "jsonl", dlt_dir, f"file://{out}"],
@@ -470,14 +475,14 @@ def main():
                              f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\nmax_records = 0\nmax_bytes = 0'),
                   count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
         if peers:
-            src = head(jsonl, peer_n)
+            src = head(jsonl, peer_n, n)
             out = fresh(os.path.join(WORK, "out-sling-parquet"))
             s.measure(w, "sling", "untyped (types inferred)",
                       [sling, "run", "--src-stream", f"file://{src}", "--src-options", "{format: jsonlines, flatten: true}",
                        "--tgt-object", f"file://{out}/out.parquet"],
                       count_parquet(f"{out}/**/*.parquet"), records=peer_n, env=sling_env(),
                       input_bytes=per_json * peer_n)
-            src = head(jsonl, dlt_n)
+            src = head(jsonl, dlt_n, n)
             out = fresh(os.path.join(WORK, "out-dlt-parquet"))
             s.measure(w, "dlt", "types inferred by dlt (pyarrow writer)",
                       [py, dlt_script, src, "parquet", dlt_dir, f"file://{out}"],
@@ -504,19 +509,19 @@ def main():
         if peers and want("json-to-postgres"):
             psql("DROP TABLE IF EXISTS public.bench_sling")
             s.measure(w, "sling", "types inferred (full-refresh), no delivery guarantee",
-                      [sling, "run", "--src-stream", f"file://{head(jsonl, peer_n)}", "--src-options",
+                      [sling, "run", "--src-stream", f"file://{head(jsonl, peer_n, n)}", "--src-options",
                        "{format: jsonlines, flatten: true}", "--tgt-conn", "PG", "--tgt-object", "public.bench_sling",
                        "--mode", "full-refresh"],
                       count_table("public.bench_sling"), records=peer_n, servers=[pg], env=sling_env(),
                       input_bytes=per_json * peer_n)
-            s.results[-1]["types"] = column_types("public", "bench_sling") if s.results[-1]["status"] == "ok" else None
+            s.note_types("public", "bench_sling")
             psql("DROP SCHEMA IF EXISTS bench_dlt CASCADE")
             shutil.rmtree(dlt_dir, ignore_errors=True)
             s.measure(w, "dlt", "types inferred by dlt, insert statements (at-least-once)",
-                      [py, dlt_script, head(jsonl, dlt_n), "postgres", dlt_dir],
+                      [py, dlt_script, head(jsonl, dlt_n, n), "postgres", dlt_dir],
                       count_table("bench_dlt.events"), records=dlt_n, servers=[pg], env=dlt_env(),
                       input_bytes=per_json * dlt_n)
-            s.results[-1]["types"] = column_types("bench_dlt", "events") if s.results[-1]["status"] == "ok" else None
+            s.note_types("bench_dlt", "events")
     if want("csv-to-postgres"):
         w = "csv-to-postgres"
         fresh_table("bench_csv", CSV_EVENTS, w)
@@ -532,11 +537,11 @@ def main():
         if peers:
             psql("DROP TABLE IF EXISTS public.bench_sling_csv")
             s.measure(w, "sling", "types inferred (full-refresh), no delivery guarantee",
-                      [sling, "run", "--src-stream", f"file://{head(csv, peer_n)}", "--tgt-conn", "PG",
+                      [sling, "run", "--src-stream", f"file://{head(csv, peer_n, n)}", "--tgt-conn", "PG",
                        "--tgt-object", "public.bench_sling_csv", "--mode", "full-refresh"],
                       count_table("public.bench_sling_csv"), records=peer_n, servers=[pg], env=sling_env(),
                       input_bytes=per_csv * peer_n)
-            s.results[-1]["types"] = column_types("public", "bench_sling_csv") if s.results[-1]["status"] == "ok" else None
+            s.note_types("public", "bench_sling_csv")
             psql("DROP TABLE IF EXISTS public.bench_sling_csv")
             s.skip(w, "dlt", "dlt reads CSV only through its filesystem source, which `dlt init` generates")
 

@@ -134,6 +134,13 @@ fn poll() -> std::time::Duration {
 }
 
 impl PostgresSourceConfig {
+    /// `query` as the source runs it: trimmed, without a trailing `;`.
+    pub fn query_text(&self) -> Option<&str> {
+        self.query
+            .as_deref()
+            .map(|q| q.trim().trim_end_matches(';').trim())
+    }
+
     /// Checks the options without I/O.
     pub fn validate(&self) -> Result<()> {
         if !self.url.expose().starts_with("postgres://")
@@ -153,7 +160,7 @@ impl PostgresSourceConfig {
             (Some(_), false) => {
                 return Err(Error::config("give tables or a query, not both").with_field("query"))
             }
-            (Some(q), true) if q.trim().trim_end_matches(';').trim().is_empty() => {
+            (Some(_), true) if self.query_text().is_some_and(str::is_empty) => {
                 return Err(Error::config("query must not be empty").with_field("query"))
             }
             (Some(_), true) if self.mode == SourceMode::Cdc => {

@@ -73,6 +73,15 @@ struct Table {
     op: bool,
 }
 
+/// What one split of the source reads.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// A table of the configured schema.
+    Table(&'a str),
+    /// The configured query.
+    Query(&'a str),
+}
+
 /// Reads tables.
 pub struct PostgresSource {
     config: PostgresSourceConfig,
@@ -313,31 +322,25 @@ impl Source for PostgresSource {
         self.idle_timeout = ctx.idle_timeout;
         let pool = connect_url(&self.config.url).await?;
         // the tables, or the query, each read as one split
-        let query = self
-            .config
-            .query
-            .as_deref()
-            .map(|q| q.trim().trim_end_matches(';'));
-        let reads: Vec<Option<&String>> = match query {
-            Some(_) => vec![None],
-            None => self.config.tables.iter().map(Some).collect(),
+        let reads: Vec<Read> = match self.config.query_text() {
+            Some(q) => vec![Read::Query(q)],
+            None => self.config.tables.iter().map(|t| Read::Table(t)).collect(),
         };
-        for name in reads {
+        for read in reads {
             let schema_name = &self.config.schema;
-            let (split, relation, what, (columns, schema, pk)) = match (name, query) {
-                (Some(name), _) => (
+            let (split, relation, what, (columns, schema, pk)) = match read {
+                Read::Table(name) => (
                     format!("{schema_name}.{name}"),
                     format!("{}.{}", quote(schema_name), quote(name)),
                     format!("table \"{schema_name}\".\"{name}\""),
                     describe(&pool, schema_name, name).await?,
                 ),
-                (None, Some(q)) => (
+                Read::Query(q) => (
                     "query".to_string(),
                     format!("({q})"),
                     "the query".to_string(),
                     describe_query(&pool, q).await?,
                 ),
-                (None, None) => continue,
             };
             let position = |names: &[String], field: &'static str| -> Result<Vec<usize>> {
                 names
@@ -354,7 +357,9 @@ impl Source for PostgresSource {
                     .collect()
             };
             let key = match self.config.mode {
-                SourceMode::Snapshot if name.is_none() => position(&self.config.key, "key")?,
+                SourceMode::Snapshot if matches!(read, Read::Query(_)) => {
+                    position(&self.config.key, "key")?
+                }
                 SourceMode::Snapshot | SourceMode::Cdc if pk.is_empty() => {
                     return Err(Error::schema(format!(
                         "{what} has no primary key; a resumable snapshot reads in key order"
@@ -744,8 +749,8 @@ impl PostgresSource {
 /// `sluice schema` / `check`: the schema of the first table (all tables are checked).
 pub async fn discover(config: &PostgresSourceConfig) -> Result<SchemaRef> {
     let pool = connect_url(&config.url).await?;
-    if let Some(q) = &config.query {
-        let described = describe_query(&pool, q.trim().trim_end_matches(';')).await;
+    if let Some(q) = config.query_text() {
+        let described = describe_query(&pool, q).await;
         pool.close().await;
         return described.map(|(_, schema, _)| schema);
     }

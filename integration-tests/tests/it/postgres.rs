@@ -47,6 +47,36 @@ fn fresh(table: &str) -> String {
     table.to_string()
 }
 
+/// Drops a replication slot and its publication left by an earlier run, if any.
+fn drop_stale_slot(slot: &str) {
+    psql(&format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
+         DROP PUBLICATION IF EXISTS {slot}"
+    ));
+}
+
+/// Drops the replication slot the test's run made (it must exist) and its publication.
+fn drop_slot(slot: &str) {
+    psql(&format!(
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
+    ));
+}
+
+/// `cdc.toml`: `src` by CDC into `dst`, upserted by `id` (pipeline, slot and
+/// publication named after `dst`).
+fn cdc_to_upsert(dir: &std::path::Path, src: &str, dst: &str) {
+    std::fs::write(
+        dir.join("cdc.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"100ms\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [checkpoint]\ninterval = \"200ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+}
+
 fn pipeline(dir: &std::path::Path, table: &str, input: &str, schema: &str, sink_extra: &str) {
     std::fs::create_dir_all(dir.join("in")).unwrap();
     std::fs::write(dir.join("in/data.jsonl"), input).unwrap();
@@ -448,22 +478,12 @@ fn cdc_snapshot_then_inserts_updates_deletes_rollback_and_alter_table_reach_the_
     let d = dir.path();
     let (src, dst) = (fresh("it_pg_cdc_src"), fresh("it_pg_cdc_dst"));
     let slot = "sluice_it_pg_cdc_dst";
+    drop_stale_slot(slot);
     psql(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
-         DROP PUBLICATION IF EXISTS {slot};\
-         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, amount numeric(10,2), tags text[], at timestamptz);\
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, amount numeric(10,2), tags text[], at timestamptz);\
          INSERT INTO \"{src}\" VALUES (1, 'one', 1.10, '{{a,b}}', '2024-05-01 10:00:00+02'), (2, 'two', NULL, '{{}}', NULL), (3, 'three', 3.30, NULL, now());"
     ));
-    std::fs::write(
-        d.join("cdc.toml"),
-        format!(
-            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"100ms\"\n\
-             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
-             [checkpoint]\ninterval = \"200ms\"\n",
-            url()
-        ),
-    )
-    .unwrap();
+    cdc_to_upsert(d, &src, &dst);
     let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
     let same = |cols: &str| {
         psql(&format!(
@@ -502,9 +522,7 @@ fn cdc_snapshot_then_inserts_updates_deletes_rollback_and_alter_table_reach_the_
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
     let advanced = psql(&format!("SELECT confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = '{slot}'"));
-    psql(&format!(
-        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
-    ));
+    drop_slot(slot);
     assert!(snapshot, "the snapshot did not arrive: {}", run.stderr);
     assert!(changes, "the changes did not arrive: {}", run.stderr);
     assert!(altered, "the ALTER TABLE did not arrive: {}", run.stderr);
@@ -525,22 +543,12 @@ fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
     let d = dir.path();
     let (src, dst) = (fresh("it_pg_cdc_trunc_src"), fresh("it_pg_cdc_trunc_dst"));
     let slot = "sluice_it_pg_cdc_trunc_dst";
+    drop_stale_slot(slot);
     psql(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
-         DROP PUBLICATION IF EXISTS {slot};\
-         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text NOT NULL);\
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text NOT NULL);\
          INSERT INTO \"{src}\" VALUES (1, 'one'), (2, 'two');"
     ));
-    std::fs::write(
-        d.join("cdc.toml"),
-        format!(
-            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"100ms\"\n\
-             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
-             [checkpoint]\ninterval = \"200ms\"\n",
-            url()
-        ),
-    )
-    .unwrap();
+    cdc_to_upsert(d, &src, &dst);
     let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
     let rows = |table: &str| {
         psql(&format!(
@@ -567,9 +575,7 @@ fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
         crate::support::wait_until(Duration::from_secs(30), || rows(&dst) == "4=four,5=five");
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
-    psql(&format!(
-        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
-    ));
+    drop_slot(slot);
     assert!(
         snapshot,
         "the snapshot did not arrive: {} {}",
@@ -623,17 +629,9 @@ fn a_query_is_read_in_key_order_and_a_bad_query_is_named() {
     );
     let run = sluice(d, &["run", "joined.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let mut rows: Vec<serde_json::Value> = std::fs::read_dir(d.join("joined"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
+    let mut rows: Vec<serde_json::Value> = crate::support::jsonl_lines(&d.join("joined"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     rows.sort_by_key(|r| r["id"].as_i64());
     let got: Vec<String> = rows
@@ -734,10 +732,9 @@ fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     let d = dir.path();
     let (src, dst) = (fresh("it_pg_cdckill_src"), fresh("it_pg_cdckill_dst"));
     let slot = "sluice_it_pg_cdckill_dst";
+    drop_stale_slot(slot);
     psql(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
-         DROP PUBLICATION IF EXISTS {slot};\
-         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, n integer);\
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, n integer);\
          INSERT INTO \"{src}\" SELECT g, 'seed', g FROM generate_series(1, 1000) g;"
     ));
     std::fs::write(
@@ -779,9 +776,7 @@ fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     });
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
-    psql(&format!(
-        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
-    ));
+    drop_slot(slot);
     assert!(
         same,
         "the target differs from the source after 10 kills: {}",
@@ -895,10 +890,9 @@ fn cdc_debezium_envelope_has_before_after_source_op_and_ts() {
     let src = fresh("it_pg_dbz_src");
     let name = fresh("it_pg_dbz");
     let slot = format!("sluice_{name}");
+    drop_stale_slot(&slot);
     psql(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
-         DROP PUBLICATION IF EXISTS {slot};\
-         CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text);\
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text);\
          INSERT INTO \"{src}\" VALUES (1, 'snap');"
     ));
     std::fs::write(
@@ -923,9 +917,7 @@ fn cdc_debezium_envelope_has_before_after_source_op_and_ts() {
     });
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
-    psql(&format!(
-        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
-    ));
+    drop_slot(&slot);
     assert!(
         snap && all,
         "records missing: {:?}\n{}",
