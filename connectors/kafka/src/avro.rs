@@ -34,6 +34,9 @@ pub(crate) struct Decoded {
     pub good: Vec<usize>,
     /// Indexes of the messages that did not decode, and why.
     pub bad: Vec<(usize, Error)>,
+    /// Some message decoded with a schema whose top level is a record (its columns
+    /// are that record's fields; otherwise the one column `value` holds bare values).
+    pub record: bool,
 }
 
 impl AvroReader {
@@ -79,6 +82,7 @@ impl AvroReader {
         // the schema id of the run being decoded; Some(None) for a run of tombstones
         let mut current: Option<Option<u32>> = None;
         let mut tombstones = 0usize;
+        let mut record = false;
         for (i, value) in values.enumerate() {
             let Some(value) = value else {
                 if current != Some(None) {
@@ -111,6 +115,7 @@ impl AvroReader {
                 close_run(&mut self.decoders, current, &mut tombstones, &mut runs)?;
                 current = Some(Some(id));
             }
+            record |= schema.is_record();
             let decoder = self
                 .decoders
                 .entry(id)
@@ -125,6 +130,7 @@ impl AvroReader {
             batch: merge(runs)?,
             good,
             bad,
+            record,
         })
     }
 }
@@ -207,11 +213,13 @@ fn merge(mut runs: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
     )?))
 }
 
-/// Encodes value columns as Confluent-framed Avro and registers their schema.
+/// Encodes value (and key) columns as Confluent-framed Avro and registers their
+/// schemas.
 pub(crate) struct AvroWriter {
     registry: Registry,
     record_name: String,
     encoder: Option<AvroEncoder>,
+    key_encoder: Option<AvroEncoder>,
     /// Per subject: the schema registered last and its id.
     ids: HashMap<String, (String, u32)>,
 }
@@ -222,6 +230,7 @@ impl AvroWriter {
             registry: Registry::new(config)?,
             record_name: record_name.to_string(),
             encoder: None,
+            key_encoder: None,
             ids: HashMap::new(),
         })
     }
@@ -238,6 +247,26 @@ impl AvroWriter {
         self.encoder
             .as_ref()
             .ok_or_else(|| Error::internal("avro encoder missing"))
+    }
+
+    /// The encoder for key columns of `schema`: a record `{record_name}Key`, or with
+    /// `bare` the one column's own type (made again when the schema changes).
+    pub(crate) fn key_encoder(&mut self, schema: &SchemaRef, bare: bool) -> Result<&AvroEncoder> {
+        let name = format!("{}Key", self.record_name);
+        if self
+            .key_encoder
+            .as_ref()
+            .is_none_or(|e| e.source_schema() != schema)
+        {
+            self.key_encoder = Some(if bare {
+                AvroEncoder::unwrapped(schema, &name)?
+            } else {
+                AvroEncoder::new(schema, &name)?
+            });
+        }
+        self.key_encoder
+            .as_ref()
+            .ok_or_else(|| Error::internal("avro key encoder missing"))
     }
 
     /// The id of `schema` (Avro JSON) under `subject`, registering it on first use.

@@ -69,18 +69,28 @@ impl RegistryConfig {
     }
 }
 
-/// Checks that `format = "avro"` and `schema_registry` come together.
-fn check_registry(format: ValueFormat, registry: &Option<RegistryConfig>) -> Result<()> {
-    match (format, registry) {
-        (ValueFormat::Avro, None) => Err(Error::config(
-            "format = \"avro\" needs schema_registry = { url = \"http://...\" }",
+/// Checks that Avro values or keys and `schema_registry` come together.
+fn check_registry(
+    format: ValueFormat,
+    key_format: KeyFormat,
+    registry: &Option<RegistryConfig>,
+) -> Result<()> {
+    let what = match (format, key_format) {
+        (ValueFormat::Avro, _) => Some("format = \"avro\""),
+        (_, KeyFormat::Avro) => Some("key_format = \"avro\""),
+        _ => None,
+    };
+    match (what, registry) {
+        (Some(what), None) => Err(Error::config(format!(
+            "{what} needs schema_registry = {{ url = \"http://...\" }}"
+        ))
+        .with_field("schema_registry")),
+        (Some(_), Some(r)) => r.validate(),
+        (None, Some(_)) => Err(Error::config(
+            "only applies with format = \"avro\" or key_format = \"avro\"",
         )
         .with_field("schema_registry")),
-        (ValueFormat::Avro, Some(r)) => r.validate(),
-        (_, Some(_)) => {
-            Err(Error::config("only applies with format = \"avro\"").with_field("schema_registry"))
-        }
-        _ => Ok(()),
+        (None, None) => Ok(()),
     }
 }
 
@@ -97,6 +107,12 @@ pub enum KeyFormat {
     /// A sink writes the key columns as one JSON object (`{"id": 7}`); a source reads
     /// the key as text.
     Json,
+    /// Avro in the Confluent wire format, with the schema registry of
+    /// `schema_registry`. A sink writes the key columns as one record
+    /// `{record_name}Key` registered under `key_subject` (or passes `_key` on: a
+    /// struct as a record, any other type as a bare Avro value); a source decodes each
+    /// key with its writer schema into `_key` (a struct for a record key).
+    Avro,
 }
 
 /// Where a partition starts reading.
@@ -222,7 +238,8 @@ pub struct KafkaSourceConfig {
     pub format: ValueFormat,
     /// The schema registry writer schemas are fetched from (`format = "avro"`).
     pub schema_registry: Option<RegistryConfig>,
-    /// Key format for the `_key` column: `string` (default) or `bytes`.
+    /// Key format for the `_key` column: `string` (default), `bytes` or `avro`
+    /// (Confluent wire format; a record key becomes a struct column).
     #[serde(default)]
     pub key_format: KeyFormat,
     /// Declared value columns (`format = "json"`); absent = inferred from the first
@@ -296,10 +313,10 @@ impl KafkaSourceConfig {
                     .with_field("schema"),
             );
         }
-        check_registry(self.format, &self.schema_registry)?;
+        check_registry(self.format, self.key_format, &self.schema_registry)?;
         if self.key_format == KeyFormat::Json {
             return Err(Error::config(
-                "a source reads keys as \"string\" or \"bytes\" (a JSON key arrives as its text)",
+                "a source reads keys as \"string\", \"bytes\" or \"avro\" (a JSON key arrives as its text)",
             )
             .with_field("key_format"));
         }
@@ -384,8 +401,9 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub key: Vec<String>,
     /// How the key is written: `string` (default; the one key column as text),
-    /// `bytes` (one binary or string column as is) or `json` (an object of the key
-    /// columns).
+    /// `bytes` (one binary or string column as is), `json` (an object of the key
+    /// columns) or `avro` (a record of the key columns, registered under
+    /// `key_subject`).
     #[serde(default)]
     pub key_format: KeyFormat,
     /// Value format: `json` (default; an object of every column but the metadata
@@ -400,6 +418,10 @@ pub struct KafkaSinkConfig {
     /// topic written to (TopicNameStrategy).
     #[serde(default = "subject")]
     pub subject: String,
+    /// The subject the key schema is registered under (`key_format = "avro"`);
+    /// `{topic}` stands for the topic written to.
+    #[serde(default = "key_subject")]
+    pub key_subject: String,
     /// Name of the Avro record written (namespace `sluice`); letters, digits and `_`.
     #[serde(default = "record_name")]
     pub record_name: String,
@@ -442,6 +464,10 @@ fn subject() -> String {
     "{topic}-value".into()
 }
 
+fn key_subject() -> String {
+    "{topic}-key".into()
+}
+
 fn record_name() -> String {
     "Record".into()
 }
@@ -459,14 +485,18 @@ impl KafkaSinkConfig {
         if self.topic.is_none() && self.topic_column.is_none() {
             return Err(Error::config("set topic or topic_column").with_field("topic"));
         }
-        if self.key_format != KeyFormat::Json && self.key.len() > 1 {
-            return Err(
-                Error::config("several key columns need key_format = \"json\"").with_field("key"),
-            );
+        if !matches!(self.key_format, KeyFormat::Json | KeyFormat::Avro) && self.key.len() > 1 {
+            return Err(Error::config(
+                "several key columns need key_format = \"json\" or \"avro\"",
+            )
+            .with_field("key"));
         }
-        check_registry(self.format, &self.schema_registry)?;
+        check_registry(self.format, self.key_format, &self.schema_registry)?;
         if self.subject.trim().is_empty() {
             return Err(Error::config("is empty").with_field("subject"));
+        }
+        if self.key_subject.trim().is_empty() {
+            return Err(Error::config("is empty").with_field("key_subject"));
         }
         if self.transactional_id.is_some() && !self.exactly_once {
             return Err(Error::config("only applies with exactly_once = true")
@@ -478,9 +508,14 @@ impl KafkaSinkConfig {
         check_options(&self.options, OWNED_PRODUCER)
     }
 
-    /// The registry subject for `topic`.
+    /// The registry subject of the values for `topic`.
     pub fn subject_for(&self, topic: &str) -> String {
         self.subject.replace("{topic}", topic)
+    }
+
+    /// The registry subject of the keys for `topic`.
+    pub fn key_subject_for(&self, topic: &str) -> String {
+        self.key_subject.replace("{topic}", topic)
     }
 
     /// The transactional id for `pipeline`'s sink `sink`.
@@ -540,9 +575,19 @@ mod tests {
             sink(serde_json::json!({"schema_registry": {"url": "http://r:8081"}})).unwrap_err();
         assert!(
             err.to_string()
-                .contains("only applies with format = \"avro\""),
+                .contains("only applies with format = \"avro\" or key_format = \"avro\""),
             "{err}"
         );
+        let err = sink(serde_json::json!({"key_format": "avro"})).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("key_format = \"avro\" needs schema_registry"),
+            "{err}"
+        );
+        let c = sink(serde_json::json!({"key_format": "avro", "key": ["a", "b"],
+            "schema_registry": {"url": "http://r:8081"}}))
+        .unwrap();
+        assert_eq!(c.key_subject_for("orders"), "orders-key");
         let err = sink(serde_json::json!({"format": "avro", "schema_registry": {"url": "r:8081"}}))
             .unwrap_err();
         assert_eq!(err.field(), Some("schema_registry.url"));

@@ -167,25 +167,15 @@ impl SourceConnector for Kafka {
                 Some(s) => s.fields().iter().map(|f| f.as_ref().clone()).collect(),
                 None => return Ok(None),
             },
-            ValueFormat::Avro => {
-                // the latest value schema of the one topic (TopicNameStrategy)
-                let (Some(r), [topic]) = (&config.schema_registry, config.topics.as_slice()) else {
-                    return Ok(None);
-                };
-                if topic.starts_with('^') {
-                    return Ok(None);
-                }
-                let subject = format!("{topic}-value");
-                match registry::Registry::new(r)?.latest(&subject).await? {
-                    Some(text) => sluice_formats::avro::AvroSchema::parse(&text)?
-                        .arrow()
-                        .fields()
-                        .iter()
-                        .map(|f| f.as_ref().clone())
-                        .collect(),
-                    None => return Ok(None),
-                }
-            }
+            ValueFormat::Avro => match latest_schema(config, "value").await? {
+                Some(s) => s
+                    .arrow()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect(),
+                None => return Ok(None),
+            },
             ValueFormat::String => vec![Field::new("value", DataType::Utf8, true)],
             ValueFormat::Bytes => vec![Field::new("value", DataType::Binary, true)],
         };
@@ -193,10 +183,16 @@ impl SourceConnector for Kafka {
             fields.push(match m {
                 Metadata::Key => Field::new(
                     columns::KEY,
-                    if config.key_format == KeyFormat::Bytes {
-                        DataType::Binary
-                    } else {
-                        DataType::Utf8
+                    match config.key_format {
+                        KeyFormat::Bytes => DataType::Binary,
+                        KeyFormat::Avro => match latest_schema(config, "key").await? {
+                            Some(s) if s.is_record() => {
+                                DataType::Struct(s.arrow().fields().clone())
+                            }
+                            Some(s) => s.arrow().field(0).data_type().clone(),
+                            None => return Ok(None),
+                        },
+                        _ => DataType::Utf8,
                     },
                     true,
                 ),
@@ -212,6 +208,27 @@ impl SourceConnector for Kafka {
             });
         }
         Ok(Some(Arc::new(Schema::new(fields))))
+    }
+}
+
+/// The latest `{topic}-{part}` schema (TopicNameStrategy) of a source reading one
+/// topic by name; None without a registry, for a pattern, or before any is registered.
+async fn latest_schema(
+    config: &KafkaSourceConfig,
+    part: &str,
+) -> Result<Option<sluice_formats::avro::AvroSchema>> {
+    let (Some(r), [topic]) = (&config.schema_registry, config.topics.as_slice()) else {
+        return Ok(None);
+    };
+    if topic.starts_with('^') {
+        return Ok(None);
+    }
+    match registry::Registry::new(r)?
+        .latest(&format!("{topic}-{part}"))
+        .await?
+    {
+        Some(text) => Ok(Some(sluice_formats::avro::AvroSchema::parse(&text)?)),
+        None => Ok(None),
     }
 }
 

@@ -78,16 +78,17 @@ pub struct KafkaSink {
     producer: Option<Arc<Producer_>>,
     failed: Arc<Mutex<Option<String>>>,
     in_txn: bool,
-    /// `format = "avro"`: the encoder and the registered schema ids.
+    /// `format = "avro"` or `key_format = "avro"`: the encoders and the registered
+    /// schema ids.
     avro: Option<AvroWriter>,
 }
 
 impl KafkaSink {
     /// A sink for `config` (validated); connects in `open`.
     pub fn new(config: KafkaSinkConfig) -> Result<Self> {
-        let avro = match (&config.format, &config.schema_registry) {
-            (ValueFormat::Avro, Some(r)) => Some(AvroWriter::new(r, &config.record_name)?),
-            _ => None,
+        let avro = match &config.schema_registry {
+            Some(r) => Some(AvroWriter::new(r, &config.record_name)?),
+            None => None,
         };
         Ok(KafkaSink {
             config,
@@ -292,6 +293,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// A transaction error: everything since the last commit is gone, so the pipeline
 /// restarts from its checkpoint.
+/// The id of `schema` under `subject`, asked of the registry once per batch.
+async fn schema_id(
+    avro: &mut AvroWriter,
+    ids: &mut HashMap<String, u32>,
+    subject: String,
+    schema: &str,
+) -> Result<u32> {
+    if let Some(id) = ids.get(&subject) {
+        return Ok(*id);
+    }
+    let id = avro.id(&subject, schema).await?;
+    ids.insert(subject, id);
+    Ok(id)
+}
+
 fn txn_error(what: &str, e: KafkaError) -> Error {
     Error::new(ErrorKind::Aborted, format!("kafka: {what}: {e}"))
 }
@@ -304,6 +320,8 @@ struct Encoded<'a> {
     sep: usize,
     /// `format = "avro"`: the Avro schema of the values (JSON).
     avro_schema: Option<String>,
+    /// `key_format = "avro"`: the Avro schema of the keys (JSON).
+    key_schema: Option<String>,
     raw: Option<ArrayRef>,
     keys: Option<KeyData>,
     topics: Option<ArrayRef>,
@@ -315,6 +333,84 @@ struct Encoded<'a> {
 enum KeyData {
     Raw(ArrayRef),
     Json(Vec<u8>, Vec<usize>),
+    /// Framed Avro datums, where each ends, and for a nullable `_key` the datum of
+    /// each row (None: no key).
+    Avro(Vec<u8>, Vec<usize>, Option<Vec<Option<usize>>>),
+}
+
+/// The key columns to write as Avro: the `key` columns as a record, or `_key` passed
+/// on (a struct as a record, anything else bare); with the datum index of each row
+/// when `_key` has nulls (a null `_key` is a message without key). None: no key.
+#[allow(clippy::type_complexity)]
+fn avro_key_batch(
+    config: &KafkaSinkConfig,
+    rb: &RecordBatch,
+) -> Result<Option<(RecordBatch, bool, Option<Vec<Option<usize>>>)>> {
+    if !config.key.is_empty() {
+        let idx = key_indexes(config, rb)?;
+        return Ok(Some((rb.project(&idx)?, false, None)));
+    }
+    let Some(col) = rb.column_by_name(columns::KEY) else {
+        return Ok(None);
+    };
+    // a null `_key` is a message without key: only the other rows are encoded
+    let (col, rows) = match col.logical_nulls().filter(|n| n.null_count() > 0) {
+        None => (col.clone(), None),
+        Some(nulls) => {
+            let keep = arrow_array::BooleanArray::new(nulls.inner().clone(), None);
+            let mut next = 0;
+            let rows = (0..col.len())
+                .map(|r| {
+                    nulls.is_valid(r).then(|| {
+                        next += 1;
+                        next - 1
+                    })
+                })
+                .collect();
+            (arrow_select::filter::filter(col, &keep)?, Some(rows))
+        }
+    };
+    let rows_left = arrow_array::RecordBatchOptions::new().with_row_count(Some(col.len()));
+    let (batch, bare) = match col.data_type() {
+        DataType::Struct(fields) => (
+            RecordBatch::try_new_with_options(
+                Arc::new(arrow_schema::Schema::new(fields.clone())),
+                col.as_struct().columns().to_vec(),
+                &rows_left,
+            )?,
+            false,
+        ),
+        // the bare schema is the type itself: the rows left all have a value
+        dt => (
+            RecordBatch::try_new(
+                Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+                    columns::KEY,
+                    dt.clone(),
+                    false,
+                )])),
+                vec![col.clone()],
+            )?,
+            true,
+        ),
+    };
+    Ok(Some((batch, bare, rows)))
+}
+
+/// The indexes of the `key` columns.
+fn key_indexes(config: &KafkaSinkConfig, rb: &RecordBatch) -> Result<Vec<usize>> {
+    let schema = rb.schema();
+    config
+        .key
+        .iter()
+        .map(|k| {
+            schema.index_of(k).map_err(|_| {
+                Error::new(
+                    ErrorKind::Schema,
+                    format!("key: the records have no column \"{k}\""),
+                )
+            })
+        })
+        .collect()
 }
 
 fn column<'b>(rb: &'b RecordBatch, name: &str, option: &str) -> Result<&'b ArrayRef> {
@@ -422,24 +518,31 @@ impl<'a> Encoded<'a> {
             )?),
             None => None,
         };
-        let keys = if config.key.is_empty() {
+        let mut avro = avro;
+        let mut key_schema = None;
+        let keys = if config.key_format == KeyFormat::Avro {
+            match avro_key_batch(config, rb)? {
+                None => None,
+                Some((batch, bare, rows)) => {
+                    let encoder = avro
+                        .as_deref_mut()
+                        .ok_or_else(|| Error::internal("kafka: avro key format without a writer"))?
+                        .key_encoder(&batch.schema(), bare)
+                        .map_err(|e| e.with_field("key"))?;
+                    let mut out = Vec::with_capacity(batch.get_array_memory_size() + 8);
+                    // the schema id is set per topic once it is registered
+                    let ends = encoder.encode(&batch, &confluent_header(0), &mut out)?;
+                    key_schema = Some(encoder.schema_json().to_string());
+                    Some(KeyData::Avro(out, ends, rows))
+                }
+            }
+        } else if config.key.is_empty() {
             rb.column_by_name(columns::KEY)
                 .map(raw_column)
                 .transpose()?
                 .map(KeyData::Raw)
         } else if config.key_format == KeyFormat::Json {
-            let idx = config
-                .key
-                .iter()
-                .map(|k| {
-                    schema.index_of(k).map_err(|_| {
-                        Error::new(
-                            ErrorKind::Schema,
-                            format!("key: the records have no column \"{k}\""),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let idx = key_indexes(config, rb)?;
             let (text, ends) = json_lines(&rb.project(&idx)?)?;
             Some(KeyData::Json(text, ends))
         } else {
@@ -500,6 +603,7 @@ impl<'a> Encoded<'a> {
             ends,
             sep: usize::from(config.format == ValueFormat::Json),
             avro_schema,
+            key_schema,
             raw,
             keys,
             topics,
@@ -539,32 +643,49 @@ impl<'a> Encoded<'a> {
         }
     }
 
-    /// Registers the Avro schema under the subject of each topic written to, and writes
-    /// that schema id into the wire-format header of the topic's messages.
+    /// Registers the Avro schemas (values, keys) under the subjects of each topic
+    /// written to, and writes their ids into the wire-format headers of the topic's
+    /// messages.
     async fn set_schema_ids(
         &mut self,
         config: &KafkaSinkConfig,
         avro: &mut AvroWriter,
     ) -> Result<()> {
-        let Some(schema) = self.avro_schema.clone() else {
-            return Ok(());
-        };
-        let mut ids: HashMap<String, u32> = HashMap::new();
-        for row in 0..self.ends.len() {
-            let topic = self.topic(row, config.topic.as_deref())?;
-            let id = match ids.get(topic) {
-                Some(id) => *id,
-                None => {
-                    let topic = topic.to_string();
-                    let id = avro.id(&config.subject_for(&topic), &schema).await?;
-                    ids.insert(topic, id);
-                    id
+        let rows = self.rows();
+        let mut value_ids: HashMap<String, u32> = HashMap::new();
+        let mut key_ids: HashMap<String, u32> = HashMap::new();
+        for row in 0..rows {
+            let topic = self.topic(row, config.topic.as_deref())?.to_string();
+            if let Some(schema) = &self.avro_schema {
+                let id =
+                    schema_id(avro, &mut value_ids, config.subject_for(&topic), schema).await?;
+                let start = self.start(row);
+                self.values[start..start + 5].copy_from_slice(&confluent_header(id));
+            }
+            if let (Some(schema), Some(KeyData::Avro(out, ends, map))) =
+                (&self.key_schema, &mut self.keys)
+            {
+                let datum = match map {
+                    Some(map) => map[row],
+                    None => Some(row),
+                };
+                if let Some(d) = datum {
+                    let id = schema_id(avro, &mut key_ids, config.key_subject_for(&topic), schema)
+                        .await?;
+                    let start = if d == 0 { 0 } else { ends[d - 1] };
+                    out[start..start + 5].copy_from_slice(&confluent_header(id));
                 }
-            };
-            let start = self.start(row);
-            self.values[start..start + 5].copy_from_slice(&confluent_header(id));
+            }
         }
         Ok(())
+    }
+
+    /// Records in the batch.
+    fn rows(&self) -> usize {
+        match &self.raw {
+            Some(col) => col.len(),
+            None => self.ends.len(),
+        }
     }
 
     fn key(&self, row: usize) -> Option<&[u8]> {
@@ -573,6 +694,14 @@ impl<'a> Encoded<'a> {
             KeyData::Json(text, ends) => {
                 let start = if row == 0 { 0 } else { ends[row - 1] + 1 };
                 Some(&text[start..ends[row]])
+            }
+            KeyData::Avro(out, ends, map) => {
+                let d = match map {
+                    Some(map) => map[row]?,
+                    None => row,
+                };
+                let start = if d == 0 { 0 } else { ends[d - 1] };
+                Some(&out[start..ends[d]])
             }
         }
     }

@@ -22,7 +22,7 @@ use arrow_array::builder::{
     BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 use connector_api::{columns, Batch, Error, Offsets, Reject, Result, Source, SourceContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -391,6 +391,9 @@ pub struct KafkaSource {
     decoder: JsonDecoder,
     /// `format = "avro"`: schemas by id and their decoders.
     avro: Option<AvroReader>,
+    /// `key_format = "avro"`: the same for keys, and the `_key` field decoded last (the
+    /// type of a chunk whose keys are all null).
+    key_avro: Option<(AvroReader, Option<Field>)>,
     /// A chunk whose Avro schemas could not be fetched yet (the registry did not
     /// answer): decoded on the next call, so it is never lost.
     pending: Option<(Messages, Offsets)>,
@@ -411,9 +414,14 @@ impl KafkaSource {
             (ValueFormat::Avro, Some(r)) => Some(AvroReader::new(r)?),
             _ => None,
         };
+        let key_avro = match (&config.key_format, &config.schema_registry) {
+            (KeyFormat::Avro, Some(r)) => Some((AvroReader::new(r)?, None)),
+            _ => None,
+        };
         Ok(KafkaSource {
             decoder: JsonDecoder::new(declared),
             avro,
+            key_avro,
             pending: None,
             config,
             batch_size: 8192,
@@ -537,6 +545,13 @@ impl Source for KafkaSource {
         if let Some(avro) = &mut self.avro {
             let payloads = msgs.msgs.iter().filter_map(|m| msgs.payload(m));
             if let Err(e) = avro.fetch(payloads).await {
+                self.pending = Some((msgs, offsets));
+                return Err(e);
+            }
+        }
+        if let Some((avro, _)) = &mut self.key_avro {
+            let keys = msgs.msgs.iter().filter_map(|m| m.key.as_deref());
+            if let Err(e) = avro.fetch(keys).await {
                 self.pending = Some((msgs, offsets));
                 return Err(e);
             }
@@ -750,8 +765,33 @@ impl KafkaSource {
         let mut keep = Vec::with_capacity(good.len());
         let mut key_strings = StringBuilder::new();
         let mut key_bytes = BinaryBuilder::new();
+        let mut avro_keys = None;
+        if let (true, Some((avro, last))) = (self.wants(Metadata::Key), &mut self.key_avro) {
+            // only messages with a key decode; a message without one gets a null `_key`
+            let keyed: Vec<usize> = (0..good.len())
+                .filter(|&r| msgs[good[r]].key.is_some())
+                .collect();
+            let decoded = avro.decode(keyed.iter().map(|&r| msgs[good[r]].key.as_deref()))?;
+            let mut row_of: HashMap<usize, u32> = HashMap::with_capacity(decoded.good.len());
+            for (at, &k) in decoded.good.iter().enumerate() {
+                row_of.insert(keyed[k], at as u32);
+            }
+            let mut bad = HashSet::with_capacity(decoded.bad.len());
+            for (k, e) in decoded.bad {
+                bad.insert(keyed[k]);
+                let m = &msgs[good[keyed[k]]];
+                rejects.push(reject(chunk, m, Error::data(format!("key: {e}"))));
+            }
+            keep = (0..good.len()).filter(|r| !bad.contains(r)).collect();
+            let take: arrow_array::UInt32Array =
+                keep.iter().map(|r| row_of.get(r).copied()).collect();
+            avro_keys = Some(key_column(decoded.batch, decoded.record, &take, last)?);
+        }
         for (row, &i) in good.iter().enumerate() {
             let m = &msgs[i];
+            if avro_keys.is_some() {
+                continue;
+            }
             if self.wants(Metadata::Key) {
                 match self.config.key_format {
                     KeyFormat::Bytes => key_bytes.append_option(m.key.as_deref()),
@@ -800,6 +840,9 @@ impl KafkaSource {
             }
             let (field, col): (Field, ArrayRef) = match m {
                 Metadata::Key => match self.config.key_format {
+                    KeyFormat::Avro => avro_keys
+                        .take()
+                        .ok_or_else(|| Error::internal("kafka: avro keys not decoded"))?,
                     KeyFormat::Bytes => (
                         Field::new(columns::KEY, DataType::Binary, true),
                         Arc::new(key_bytes.finish()),
@@ -922,6 +965,51 @@ fn header_fields() -> Fields {
 fn headers_builder() -> ListBuilder<StructBuilder> {
     ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
         .with_field(Arc::new(Field::new_struct("item", header_fields(), true)))
+}
+
+/// The `_key` column of Avro keys decoded into `batch`, row `take[i]` for message `i`
+/// (null: a message without key): a struct of a record key's fields, or the bare value.
+/// `last` carries the field from chunk to chunk for the type of a chunk whose keys are
+/// all null.
+fn key_column(
+    batch: Option<RecordBatch>,
+    record: bool,
+    take: &arrow_array::UInt32Array,
+    last: &mut Option<Field>,
+) -> Result<(Field, ArrayRef)> {
+    let rows = take.len();
+    let batch = match batch {
+        Some(b) if b.num_columns() > 0 => b,
+        _ => {
+            let field = last
+                .clone()
+                .unwrap_or_else(|| Field::new(columns::KEY, DataType::Null, true));
+            let col = arrow_array::new_null_array(field.data_type(), rows);
+            return Ok((field, col));
+        }
+    };
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| arrow_select::take::take(c, take, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let (field, col): (Field, ArrayRef) = if record {
+        // a child keeps its own nullability: its nulls from `take` lie under null keys
+        let s = arrow_array::StructArray::try_new(
+            batch.schema().fields().clone(),
+            columns,
+            take.nulls().cloned(),
+        )?;
+        (
+            Field::new(columns::KEY, s.data_type().clone(), true),
+            Arc::new(s),
+        )
+    } else {
+        let col = columns[0].clone();
+        (Field::new(columns::KEY, col.data_type().clone(), true), col)
+    };
+    *last = Some(field.clone());
+    Ok((field, col))
 }
 
 fn value_batch(dt: DataType, col: ArrayRef) -> Result<RecordBatch> {

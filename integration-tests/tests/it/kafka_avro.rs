@@ -241,6 +241,159 @@ fn avro_from_another_client_evolves_and_rejects_bad_messages() {
     }
 }
 
+/// Avro keys: key columns written as a record `{record_name}Key` under `{topic}-key`
+/// read back as a struct `_key`; keys from another client (a record, a bare string, no
+/// key, and one not in the wire format) read as a struct, a string, null and a reject;
+/// a `_key` passed on is written with the same schema fastavro reads.
+#[test]
+fn avro_keys_are_written_and_read_as_records_or_bare_values() {
+    let t = topic("avro-key");
+    create_topic(&t, 2);
+    let dir = workdir();
+    let d = dir.path();
+    let reg = format!("schema_registry = {{ url = \"{}\" }}", registry());
+    let rows: String = (0..50)
+        .map(|i| format!("{{\"id\":{i},\"region\":\"r{}\",\"v\":\"x{i}\"}}\n", i % 3))
+        .collect();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    write(d, "in/rows.jsonl", &rows);
+    write(
+        d,
+        "to-kafka.toml",
+        &format!(
+            "[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\nformat = \"json\"\n\
+             schema = [{{ name = \"id\", type = \"int64\", nullable = false }}, {{ name = \"region\", type = \"string\" }}, {{ name = \"v\", type = \"string\" }}]\n\
+             [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\n\
+             key = [\"id\", \"region\"]\nkey_format = \"avro\"\nrecord_name = \"Row\"\n{reg}\n",
+            bootstrap()
+        ),
+    );
+    let run = sluice(d, &["run", "to-kafka.toml"]);
+    assert_eq!(run.code, Some(0), "file -> kafka: {}", run.stderr);
+    // another client: the key schema the registry holds decodes every key
+    let out = py_avro(&format!(
+        "{}\n\
+         assert len(msgs) == 50, len(msgs)\n\
+         for (p, o, k, v, h) in msgs:\n\
+         \x20   assert k[0] == 0, k[:5]\n\
+         \x20   schema = json.loads(schema_of(int.from_bytes(k[1:5], 'big')))\n\
+         \x20   assert schema['name'] == 'RowKey' and schema['namespace'] == 'sluice', schema\n\
+         \x20   key = fastavro.schemaless_reader(io.BytesIO(k[5:]), fastavro.parse_schema(schema), None)\n\
+         \x20   val = json.loads(v)\n\
+         \x20   assert key == {{'id': val['id'], 'region': val['region']}}, (key, val)\n\
+         \x20   assert set(val) == {{'id', 'region', 'v'}}, val\n\
+         print('ok')\n",
+        read_all(&t, 50)
+    ));
+    assert_eq!(out.trim(), "ok");
+
+    // read back: `_key` is a struct of the key record
+    write(
+        d,
+        "from-kafka.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\ngroup_id = \"g-{t}\"\nbounded = true\n\
+             metadata = [\"key\"]\nkey_format = \"avro\"\n{reg}\n\
+             schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"region\", type = \"string\" }}, {{ name = \"v\", type = \"string\" }}]\n\
+             [sink]\nconnector = \"file\"\npath = \"out/read\"\nformat = \"json\"\n",
+            bootstrap()
+        ),
+    );
+    let run = sluice(d, &["run", "from-kafka.toml"]);
+    assert_eq!(run.code, Some(0), "kafka -> file: {}", run.stderr);
+    let read: Vec<serde_json::Value> = jsonl_lines(&d.join("out/read"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(read.len(), 50);
+    for r in &read {
+        assert_eq!(r["_key"]["id"], r["id"], "{r}");
+        assert_eq!(r["_key"]["region"], r["region"], "{r}");
+    }
+    let schema = sluice(d, &["schema", "from-kafka.toml"]);
+    assert!(
+        schema
+            .stdout
+            .contains("name = \"_key\", type = \"struct<id: int64, region: string>\""),
+        "{}{}",
+        schema.stdout,
+        schema.stderr
+    );
+
+    // keys from another client, passed on to another topic: record keys, a message
+    // without key and one whose key is not in the wire format; then bare string keys
+    let t2 = topic("avro-key-in");
+    let t3 = topic("avro-key-bare");
+    create_topic(&t2, 1);
+    create_topic(&t3, 1);
+    py_avro(&format!(
+        "ks = {{'type': 'record', 'name': 'K', 'fields': [{{'name': 'code', 'type': 'string'}}]}}\n\
+         kid = register('{t2}-key', ks)\n\
+         sid = register('{t3}-key', 'string')\n\
+         p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
+         p.produce('{t2}', partition=0, key=frame(kid, ks, {{'code': 'a'}}), value=b'{{\"n\": 0}}')\n\
+         p.produce('{t2}', partition=0, value=b'{{\"n\": 1}}')\n\
+         p.produce('{t2}', partition=0, key=b'plain', value=b'{{\"n\": 2}}')\n\
+         p.produce('{t2}', partition=0, key=frame(kid, ks, {{'code': 'd'}}), value=b'{{\"n\": 3}}')\n\
+         p.produce('{t3}', partition=0, key=frame(sid, 'string', 'b'), value=b'{{\"n\": 0}}')\n\
+         p.produce('{t3}', partition=0, value=b'{{\"n\": 1}}')\n\
+         p.produce('{t3}', partition=0, key=frame(sid, 'string', 'c'), value=b'{{\"n\": 2}}')\n\
+         assert p.flush(30) == 0\n"
+    ));
+    let pass = |from: &str| {
+        let to = format!("{from}-out");
+        create_topic(&to, 1);
+        write(
+            d,
+            "pass.toml",
+            &format!(
+                "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{boot}\"\ntopics = [\"{from}\"]\ngroup_id = \"g-{from}\"\nbounded = true\n\
+                 metadata = [\"key\"]\nkey_format = \"avro\"\n{reg}\n\
+                 [sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{boot}\"\ntopic = \"{to}\"\nkey_format = \"avro\"\n{reg}\n\
+                 [errors]\ntolerance = \"all\"\nmax_failure_rate = 0.9\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq-{from}\"\nformat = \"json\"\n",
+                boot = bootstrap()
+            ),
+        );
+        let run = sluice(d, &["run", "pass.toml"]);
+        assert_eq!(run.code, Some(0), "kafka -> kafka: {}", run.stderr);
+        // each message's value number with its key as fastavro decodes it, and the
+        // key schema's type
+        let out = py_avro(&format!(
+            "{}\n\
+             msgs.sort(key=lambda m: json.loads(m[3])['n'])\n\
+             seen = []\n\
+             for (p, o, k, v, h) in msgs:\n\
+             \x20   if k is None:\n\
+             \x20       seen.append([json.loads(v)['n'], None, None])\n\
+             \x20       continue\n\
+             \x20   schema = json.loads(schema_of(int.from_bytes(k[1:5], 'big')))\n\
+             \x20   key = fastavro.schemaless_reader(io.BytesIO(k[5:]), fastavro.parse_schema(schema), None)\n\
+             \x20   seen.append([json.loads(v)['n'], key, schema if isinstance(schema, str) else schema['type']])\n\
+             print(json.dumps(seen))\n",
+            read_all(&to, 3)
+        ));
+        let seen: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        (seen, jsonl_lines(&d.join(format!("out/dlq-{from}"))))
+    };
+    let (seen, dlq) = pass(&t2);
+    assert_eq!(
+        seen,
+        serde_json::json!([[0, {"code": "a"}, "record"], [1, null, null], [3, {"code": "d"}, "record"]]),
+    );
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert!(
+        dlq[0].contains(&format!("topic \\\"{t2}\\\" partition 0 offset 2"))
+            && dlq[0].contains("key: not in the Confluent wire format"),
+        "{dlq:?}"
+    );
+    let (seen, dlq) = pass(&t3);
+    assert_eq!(
+        seen,
+        serde_json::json!([[0, "b", "string"], [1, null, null], [2, "c", "string"]]),
+    );
+    assert!(dlq.is_empty(), "{dlq:?}");
+}
+
 /// A value schema the registry refuses as incompatible stops the sink with the
 /// registry's reason and the subject, before any message is sent; a registry that
 /// wants credentials refuses wrong ones (an auth error, not retried) and takes right ones.

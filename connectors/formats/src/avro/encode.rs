@@ -31,6 +31,26 @@ impl AvroEncoder {
         })
     }
 
+    /// An encoder for batches of exactly one column whose Avro schema is that column's
+    /// type rather than a record (a primitive message key such as `"string"` or
+    /// `["null", "long"]`). A record of one field is written with the same bytes as
+    /// the field alone, so only the schema differs from [`AvroEncoder::new`].
+    pub fn unwrapped(schema: &SchemaRef, name: &str) -> Result<Self> {
+        if schema.fields().len() != 1 {
+            return Err(Error::schema(format!(
+                "a bare Avro value needs exactly one column, not {}",
+                schema.fields().len()
+            )));
+        }
+        let (json, target) = super::schema::from_arrow(schema, name)?;
+        let json = json["fields"][0]["type"].to_string();
+        Ok(AvroEncoder {
+            source: schema.clone(),
+            target,
+            json,
+        })
+    }
+
     /// The Arrow schema this encoder was made for.
     pub fn source_schema(&self) -> &SchemaRef {
         &self.source

@@ -116,6 +116,7 @@ pub(crate) fn map_type(value: Field) -> DataType {
 pub struct AvroSchema {
     pub(crate) fields: Arc<[(String, AvroType)]>,
     arrow: SchemaRef,
+    record: bool,
 }
 
 impl AvroSchema {
@@ -124,19 +125,30 @@ impl AvroSchema {
     pub fn parse(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| Error::schema(format!("avro schema is not JSON: {e}")))?;
-        let fields: Arc<[(String, AvroType)]> = match Parser::default().parse(&v, None)? {
-            AvroType::Record(fields) => fields,
-            other => Arc::from(vec![("value".to_string(), other)]),
-        };
+        let (fields, record): (Arc<[(String, AvroType)]>, bool) =
+            match Parser::default().parse(&v, None)? {
+                AvroType::Record(fields) => (fields, true),
+                other => (Arc::from(vec![("value".to_string(), other)]), false),
+            };
         let arrow = Arc::new(Schema::new(
             fields.iter().map(|(n, t)| t.field(n)).collect::<Vec<_>>(),
         ));
-        Ok(AvroSchema { fields, arrow })
+        Ok(AvroSchema {
+            fields,
+            arrow,
+            record,
+        })
     }
 
     /// The Arrow schema of decoded records.
     pub fn arrow(&self) -> &SchemaRef {
         &self.arrow
+    }
+
+    /// True when the top level is a record (its fields are the columns); false for any
+    /// other type (one column, `value`).
+    pub fn is_record(&self) -> bool {
+        self.record
     }
 }
 
