@@ -378,6 +378,11 @@ impl KafkaSourceConfig {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             .set("partition.assignment.strategy", "range,roundrobin")
+            // librdkafka waits 1 s before fetching again for a partition once its local
+            // queue is over the thresholds; with many partitions one fetch response
+            // passes them, and the consumer then idles half the time (measured: 4.3 s
+            // against 2.1 s for 1M messages over 160 partitions)
+            .set("fetch.queue.backoff.ms", "10")
             .set("client.id", format!("sluice-{pipeline}"));
         for (k, v) in &self.options {
             c.set(k, v.expose());
