@@ -6,6 +6,7 @@ use arrow_json::reader::{infer_json_schema_from_iterator, ReaderBuilder};
 use arrow_schema::{Schema, SchemaRef};
 use connector_api::{Error, Result};
 
+use crate::json_typed::Plan;
 use crate::{BadRecord, Decoded};
 
 /// Lines read to infer a schema when none is declared.
@@ -18,6 +19,8 @@ const INFER_LINES: usize = 1000;
 pub struct JsonDecoder {
     schema: Option<SchemaRef>,
     infer: bool,
+    /// A declared schema of types the one-pass decoder covers (else arrow-json).
+    plan: Option<Plan>,
 }
 
 impl JsonDecoder {
@@ -25,6 +28,7 @@ impl JsonDecoder {
     pub fn new(schema: Option<SchemaRef>) -> Self {
         JsonDecoder {
             infer: schema.is_none(),
+            plan: schema.as_ref().and_then(Plan::new),
             schema,
         }
     }
@@ -131,6 +135,23 @@ impl JsonDecoder {
         let (Some(&(first, _)), Some(&(_, last))) = (lines.first(), lines.last()) else {
             return Ok(decoded);
         };
+        if let (false, Some(plan)) = (self.infer, &self.plan) {
+            let (batch, bad) = plan.decode(buf, lines)?;
+            decoded.batch = batch;
+            let mut line_index = 0usize;
+            let mut counted_to = 0usize;
+            for (i, error) in bad {
+                let (s, e) = lines[i];
+                line_index += crate::count_newlines(&buf[counted_to..s]) as usize;
+                counted_to = s;
+                decoded.bad.push(BadRecord {
+                    index: line_index,
+                    raw: String::from_utf8_lossy(&buf[s..e]).into_owned(),
+                    error: Error::data(format!("invalid json record: {error}")),
+                });
+            }
+            return Ok(decoded);
+        }
         match self.decode_range(&buf[first..last], lines.len()) {
             Ok(batch) => decoded.batch = batch,
             Err(first_error) => isolate(self, lines, buf, &mut decoded, first_error)?,

@@ -6,9 +6,11 @@
 //! instead of a failed batch. Encoders write batches to any `std::io::Write`.
 
 pub mod avro;
+mod columns;
 mod csv;
 mod encode;
 mod json;
+mod json_typed;
 mod options;
 mod text;
 

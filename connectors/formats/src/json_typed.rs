@@ -1,0 +1,777 @@
+//! JSON lines into a declared schema in one pass: each value is parsed straight into
+//! its column, with no intermediate tape, and a line that fails is cut back out of
+//! every column, so it becomes one bad record while the lines around it stay.
+//!
+//! It reads what arrow-json's decoder reads for the same schema (numbers or numeric
+//! strings for numbers, decimals and timestamps; RFC 3339 or `YYYY-MM-DD` strings for
+//! dates and timestamps, numbers as raw values; fields not in the schema skipped;
+//! missing fields null), with two differences: a fractional number for an integer
+//! column is an error instead of being truncated, and a field given twice in one object
+//! is an error instead of one of the two values being kept. Schemas with types it does
+//! not cover ([`Plan::new`] returns None) decode with arrow-json.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use arrow_array::timezone::Tz;
+use arrow_array::types::{Date32Type, Decimal128Type};
+use arrow_array::{make_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_cast::parse::{parse_decimal, string_to_datetime, Parser};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use connector_api::{Error, Result};
+
+use crate::columns::{offset, Col, Kind};
+
+/// The most fields of one object (their presence is tracked in a 64-bit mask).
+const MAX_FIELDS: usize = 64;
+/// The deepest nesting of arrays and objects a skipped value may have.
+const MAX_DEPTH: usize = 128;
+
+/// How the lines of one schema decode; shared by the threads decoding parts of a buffer.
+pub(crate) struct Plan {
+    schema: SchemaRef,
+    fields: Fields,
+}
+
+enum Ty {
+    Bool,
+    Int32,
+    Int64,
+    Float32,
+    Float64,
+    Utf8,
+    Date32,
+    Timestamp(TimeUnit, Tz),
+    Decimal(u8, i8),
+    List(Box<Node>),
+    Struct(Fields),
+}
+
+struct Node {
+    name: String,
+    ty: Ty,
+    nullable: bool,
+}
+
+struct Fields {
+    nodes: Vec<Node>,
+    by_name: HashMap<Box<[u8]>, usize>,
+}
+
+impl Fields {
+    fn new(fields: &arrow_schema::Fields) -> Option<Fields> {
+        if fields.len() > MAX_FIELDS {
+            return None;
+        }
+        let nodes = fields
+            .iter()
+            .map(|f| node(f.name(), f.data_type(), f.is_nullable()))
+            .collect::<Option<Vec<_>>>()?;
+        let by_name = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.as_bytes().into(), i))
+            .collect();
+        Some(Fields { nodes, by_name })
+    }
+
+    /// The index of the field named `key`, trying `hint` (the field after the last one
+    /// read: objects usually list their fields in the same order) first.
+    fn find(&self, key: &[u8], hint: usize) -> Option<usize> {
+        match self.nodes.get(hint) {
+            Some(n) if n.name.as_bytes() == key => Some(hint),
+            _ => self.by_name.get(key).copied(),
+        }
+    }
+
+    fn cols(&self) -> Vec<Col> {
+        self.nodes.iter().map(|n| col(&n.ty)).collect()
+    }
+}
+
+fn node(name: &str, dt: &DataType, nullable: bool) -> Option<Node> {
+    let ty = match dt {
+        DataType::Boolean => Ty::Bool,
+        DataType::Int32 => Ty::Int32,
+        DataType::Int64 => Ty::Int64,
+        DataType::Float32 => Ty::Float32,
+        DataType::Float64 => Ty::Float64,
+        DataType::Utf8 => Ty::Utf8,
+        DataType::Date32 => Ty::Date32,
+        DataType::Timestamp(unit, tz) => {
+            let tz = Tz::from_str(tz.as_deref().unwrap_or("+00:00")).ok()?;
+            Ty::Timestamp(*unit, tz)
+        }
+        DataType::Decimal128(p, s) => Ty::Decimal(*p, *s),
+        DataType::List(item) => Ty::List(Box::new(node(
+            item.name(),
+            item.data_type(),
+            item.is_nullable(),
+        )?)),
+        DataType::Struct(fields) => Ty::Struct(Fields::new(fields)?),
+        _ => return None,
+    };
+    Some(Node {
+        name: name.to_string(),
+        ty,
+        nullable,
+    })
+}
+
+fn col(ty: &Ty) -> Col {
+    let kind = match ty {
+        Ty::Bool => Kind::Bool(Vec::new()),
+        Ty::Int32 | Ty::Date32 => Kind::Int(Vec::new()),
+        Ty::Int64 | Ty::Timestamp(..) => Kind::Long(Vec::new()),
+        Ty::Float32 => Kind::Float(Vec::new()),
+        Ty::Float64 => Kind::Double(Vec::new()),
+        Ty::Utf8 => Kind::Bytes {
+            offsets: vec![0],
+            data: Vec::new(),
+            utf8: true,
+            symbols: None,
+        },
+        Ty::Decimal(..) => Kind::Decimal(None, Vec::new()),
+        Ty::List(item) => Kind::List(vec![0], Box::new(col(&item.ty))),
+        Ty::Struct(fields) => Kind::Struct(fields.cols()),
+    };
+    Col {
+        null_index: None,
+        valid: Vec::new(),
+        kind,
+    }
+}
+
+impl Plan {
+    /// A plan for `schema`, or None when a type is not covered (arrow-json decodes it).
+    pub(crate) fn new(schema: &SchemaRef) -> Option<Plan> {
+        Some(Plan {
+            schema: schema.clone(),
+            fields: Fields::new(schema.fields())?,
+        })
+    }
+
+    /// Decodes the `lines` (ranges of `buf`) as one batch. Each bad line is returned
+    /// with its index among the lines and why.
+    pub(crate) fn decode(
+        &self,
+        buf: &[u8],
+        lines: &[(usize, usize)],
+    ) -> Result<(Option<RecordBatch>, Vec<(usize, Error)>)> {
+        let mut cols = self.fields.cols();
+        let mut bad = Vec::new();
+        let mut rows = 0usize;
+        let mut p = Cursor::default();
+        for (i, &(s, e)) in lines.iter().enumerate() {
+            match p.row(&buf[s..e], &self.fields, &mut cols) {
+                Ok(()) => rows += 1,
+                Err(err) => {
+                    cols.iter_mut().for_each(|c| c.truncate(rows));
+                    bad.push((i, err));
+                }
+            }
+        }
+        if rows == 0 {
+            return Ok((None, bad));
+        }
+        let arrays = cols
+            .iter_mut()
+            .zip(self.schema.fields())
+            .map(|(c, f)| c.finish(f.data_type()).map(make_array))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            arrays,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        Ok((Some(batch), bad))
+    }
+}
+
+/// The position in the line being read, and scratch space for unescaped keys and for
+/// strings that hold numbers.
+#[derive(Default)]
+struct Cursor<'a> {
+    b: &'a [u8],
+    i: usize,
+    scratch: Vec<u8>,
+}
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::data(msg.into())
+}
+
+impl<'a> Cursor<'a> {
+    fn row(&mut self, line: &'a [u8], fields: &Fields, cols: &mut [Col]) -> Result<()> {
+        std::str::from_utf8(line).map_err(|e| err(format!("not UTF-8: {e}")))?;
+        self.b = line;
+        self.i = 0;
+        self.ws();
+        if self.peek() != Some(b'{') {
+            return Err(self.unexpected("an object"));
+        }
+        self.object(fields, cols)?;
+        self.ws();
+        if self.i < self.b.len() {
+            return Err(self.unexpected("the end of the line"));
+        }
+        Ok(())
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\r' | b'\n') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    fn unexpected(&self, want: &str) -> Error {
+        match self.peek() {
+            None => err(format!("the line ends where {want} was expected")),
+            Some(c) => err(format!(
+                "{want} expected at character {}, found '{}'",
+                self.i + 1,
+                char::from(c).escape_default()
+            )),
+        }
+    }
+
+    fn eat(&mut self, c: u8, want: &str) -> Result<()> {
+        self.ws();
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.unexpected(want))
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Result<()> {
+        if self.b[self.i..].starts_with(word) {
+            self.i += word.len();
+            Ok(())
+        } else {
+            Err(self.unexpected("a value"))
+        }
+    }
+
+    /// Reads an object (at `{`) into `cols`, one column per field of `fields`.
+    fn object(&mut self, fields: &Fields, cols: &mut [Col]) -> Result<()> {
+        self.i += 1;
+        let mut seen: u64 = 0;
+        let mut hint = 0;
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+        } else {
+            loop {
+                self.ws();
+                if self.peek() != Some(b'"') {
+                    return Err(self.unexpected("a field name"));
+                }
+                let found = self.key(fields, hint)?;
+                self.eat(b':', "':'")?;
+                match found {
+                    Some(f) => {
+                        if seen & (1 << f) != 0 {
+                            return Err(err(format!(
+                                "field \"{}\" appears twice",
+                                fields.nodes[f].name
+                            )));
+                        }
+                        seen |= 1 << f;
+                        self.value(&fields.nodes[f], &mut cols[f])?;
+                        hint = f + 1;
+                    }
+                    None => self.skip()?,
+                }
+                self.ws();
+                match self.peek() {
+                    Some(b',') => self.i += 1,
+                    Some(b'}') => {
+                        self.i += 1;
+                        break;
+                    }
+                    _ => return Err(self.unexpected("',' or '}'")),
+                }
+            }
+        }
+        if seen.count_ones() as usize != fields.nodes.len() {
+            for (f, n) in fields.nodes.iter().enumerate() {
+                if seen & (1 << f) == 0 {
+                    if !n.nullable {
+                        return Err(err(format!("field \"{}\" is missing", n.name)));
+                    }
+                    cols[f].push_null();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a field name (at `"`); the index of its field, None when not in `fields`.
+    fn key(&mut self, fields: &Fields, hint: usize) -> Result<Option<usize>> {
+        let start = self.i + 1;
+        match memchr::memchr2(b'"', b'\\', &self.b[start..]) {
+            Some(n) if self.b[start + n] == b'"' => {
+                self.i = start + n + 1;
+                Ok(fields.find(&self.b[start..start + n], hint))
+            }
+            _ => {
+                let mut key = std::mem::take(&mut self.scratch);
+                key.clear();
+                let r = self.string(&mut key);
+                let found = fields.find(&key, hint);
+                self.scratch = key;
+                r.map(|_| found)
+            }
+        }
+    }
+
+    /// Appends the text of a string (at `"`) to `out`, unescaped.
+    fn string(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        self.i += 1;
+        loop {
+            let rest = &self.b[self.i..];
+            let Some(n) = memchr::memchr2(b'"', b'\\', rest) else {
+                return Err(err("a string is not closed"));
+            };
+            out.extend_from_slice(&rest[..n]);
+            self.i += n + 1;
+            if rest[n] == b'"' {
+                return Ok(());
+            }
+            let c = self.peek().ok_or_else(|| err("a string is not closed"))?;
+            self.i += 1;
+            match c {
+                b'"' | b'\\' | b'/' => out.push(c),
+                b'b' => out.push(8),
+                b'f' => out.push(12),
+                b'n' => out.push(b'\n'),
+                b'r' => out.push(b'\r'),
+                b't' => out.push(b'\t'),
+                b'u' => {
+                    let mut cp = self.hex4()?;
+                    if (0xD800..0xDC00).contains(&cp) {
+                        if !self.b[self.i..].starts_with(b"\\u") {
+                            return Err(err("a \\u escape is half a surrogate pair"));
+                        }
+                        self.i += 2;
+                        let low = self.hex4()?;
+                        if !(0xDC00..0xE000).contains(&low) {
+                            return Err(err("a \\u escape is half a surrogate pair"));
+                        }
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                    }
+                    let ch = char::from_u32(cp)
+                        .ok_or_else(|| err("a \\u escape is half a surrogate pair"))?;
+                    out.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
+                }
+                other => {
+                    return Err(err(format!(
+                        "\\{} is not a JSON escape",
+                        char::from(other).escape_default()
+                    )))
+                }
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32> {
+        let digits = self
+            .b
+            .get(self.i..self.i + 4)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| err("a \\u escape needs 4 hex digits"))?;
+        self.i += 4;
+        Ok(digits)
+    }
+
+    /// The text of a number (at its first character).
+    fn number(&mut self) -> &'a [u8] {
+        let start = self.i;
+        while let Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') = self.peek() {
+            self.i += 1;
+        }
+        &self.b[start..self.i]
+    }
+
+    /// The text of a number or of a string holding one (for number, decimal, date and
+    /// timestamp columns); `scratch` holds an unescaped string.
+    fn scalar_text(&mut self, what: &str) -> Result<(&[u8], bool)> {
+        match self.peek() {
+            Some(b'"') => {
+                let start = self.i + 1;
+                match memchr::memchr2(b'"', b'\\', &self.b[start..]) {
+                    Some(n) if self.b[start + n] == b'"' => {
+                        self.i = start + n + 1;
+                        Ok((&self.b[start..start + n], true))
+                    }
+                    _ => {
+                        let mut s = std::mem::take(&mut self.scratch);
+                        s.clear();
+                        let r = self.string(&mut s);
+                        self.scratch = s;
+                        r?;
+                        Ok((&self.scratch, true))
+                    }
+                }
+            }
+            Some(b'-' | b'0'..=b'9') => Ok((self.number(), false)),
+            _ => Err(self.unexpected(what)),
+        }
+    }
+
+    /// Reads one value (after the field name and `:`) into `col`.
+    fn value(&mut self, node: &Node, col: &mut Col) -> Result<()> {
+        self.ws();
+        if self.peek() == Some(b'n') {
+            self.literal(b"null")?;
+            if !node.nullable {
+                return Err(err(format!("field \"{}\" is null", node.name)));
+            }
+            col.push_null();
+            return Ok(());
+        }
+        // valid first: a value that fails halfway is then cut back with its row
+        col.valid.push(true);
+        let named = |e: Error| err(format!("field \"{}\": {e}", node.name));
+        match (&node.ty, &mut col.kind) {
+            (Ty::Bool, Kind::Bool(v)) => match self.peek() {
+                Some(b't') => {
+                    self.literal(b"true")?;
+                    v.push(true);
+                }
+                Some(b'f') => {
+                    self.literal(b"false")?;
+                    v.push(false);
+                }
+                _ => return Err(named(self.unexpected("true or false"))),
+            },
+            (Ty::Int64, Kind::Long(v)) => {
+                let (t, _) = self.scalar_text("a number").map_err(named)?;
+                v.push(int(t).map_err(named)?);
+            }
+            (Ty::Int32, Kind::Int(v)) => {
+                let (t, _) = self.scalar_text("a number").map_err(named)?;
+                let n = int(t).map_err(named)?;
+                v.push(
+                    i32::try_from(n)
+                        .map_err(|_| named(err(format!("{n} is out of range for int32"))))?,
+                );
+            }
+            (Ty::Float64, Kind::Double(v)) => {
+                let (t, _) = self.scalar_text("a number").map_err(named)?;
+                v.push(float(t).map_err(named)?);
+            }
+            (Ty::Float32, Kind::Float(v)) => {
+                let (t, _) = self.scalar_text("a number").map_err(named)?;
+                v.push(float(t).map_err(named)? as f32);
+            }
+            (Ty::Utf8, Kind::Bytes { offsets, data, .. }) => {
+                if self.peek() != Some(b'"') {
+                    return Err(named(self.unexpected("a string")));
+                }
+                self.string(data).map_err(named)?;
+                offsets.push(offset(data.len())?);
+            }
+            (Ty::Date32, Kind::Int(v)) => {
+                let (t, quoted) = self.scalar_text("a date").map_err(named)?;
+                let t = text(t)?;
+                let d = if quoted {
+                    Date32Type::parse(t)
+                } else {
+                    t.parse::<i32>().ok()
+                };
+                v.push(d.ok_or_else(|| named(err(format!("\"{t}\" is not a date"))))?);
+            }
+            (Ty::Timestamp(unit, tz), Kind::Long(v)) => {
+                let (t, quoted) = self.scalar_text("a timestamp").map_err(named)?;
+                let t = text(t)?;
+                v.push(if quoted {
+                    timestamp(t, *unit, tz).map_err(named)?
+                } else {
+                    int(t.as_bytes()).map_err(named)?
+                });
+            }
+            (Ty::Decimal(p, s), Kind::Decimal(_, v)) => {
+                let (t, _) = self.scalar_text("a decimal").map_err(named)?;
+                let t = text(t)?;
+                v.push(
+                    parse_decimal::<Decimal128Type>(t, *p, *s)
+                        .map_err(|e| named(err(format!("\"{t}\": {e}"))))?,
+                );
+            }
+            (Ty::List(item), Kind::List(offsets, items)) => {
+                if self.peek() != Some(b'[') {
+                    return Err(named(self.unexpected("an array")));
+                }
+                self.i += 1;
+                self.ws();
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                } else {
+                    loop {
+                        self.value(item, items)?;
+                        self.ws();
+                        match self.peek() {
+                            Some(b',') => self.i += 1,
+                            Some(b']') => {
+                                self.i += 1;
+                                break;
+                            }
+                            _ => return Err(named(self.unexpected("',' or ']'"))),
+                        }
+                    }
+                }
+                offsets.push(offset(items.valid.len())?);
+            }
+            (Ty::Struct(fields), Kind::Struct(children)) => {
+                if self.peek() != Some(b'{') {
+                    return Err(named(self.unexpected("an object")));
+                }
+                self.object(fields, children)?;
+            }
+            _ => return Err(Error::internal("json column of another type")),
+        }
+        Ok(())
+    }
+
+    /// Skips one value of a field not in the schema.
+    fn skip(&mut self) -> Result<()> {
+        let mut depth = 0usize;
+        loop {
+            self.ws();
+            match self.peek() {
+                Some(b'"') => {
+                    let mut sink = std::mem::take(&mut self.scratch);
+                    sink.clear();
+                    let r = self.string(&mut sink);
+                    self.scratch = sink;
+                    r?;
+                }
+                Some(b'{' | b'[') => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(err("values nest too deeply"));
+                    }
+                    self.i += 1;
+                    continue;
+                }
+                Some(b'}' | b']') if depth > 0 => {
+                    depth -= 1;
+                    self.i += 1;
+                }
+                Some(b't') => self.literal(b"true")?,
+                Some(b'f') => self.literal(b"false")?,
+                Some(b'n') => self.literal(b"null")?,
+                Some(b'-' | b'0'..=b'9') => {
+                    self.number();
+                }
+                _ => return Err(self.unexpected("a value")),
+            }
+            if depth == 0 {
+                return Ok(());
+            }
+            // inside an array or object: a separator, a key's colon, or its end
+            self.ws();
+            match self.peek() {
+                Some(b',' | b':') => self.i += 1,
+                Some(b'}' | b']') => {}
+                _ => return Err(self.unexpected("',' or the end of an array or object")),
+            }
+        }
+    }
+}
+
+fn text(t: &[u8]) -> Result<&str> {
+    std::str::from_utf8(t).map_err(|e| err(format!("not UTF-8: {e}")))
+}
+
+/// An integer from its JSON text; a whole number written with a fraction or exponent
+/// (`3.0`, `1e3`) is taken, a fractional one is an error, never truncated.
+fn int(t: &[u8]) -> Result<i64> {
+    let (neg, digits) = match t {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, t),
+    };
+    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+        let v = digits
+            .iter()
+            .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+        return Ok(if neg { -v } else { v });
+    }
+    let s = text(t)?;
+    if let Ok(v) = s.parse::<i64>() {
+        return Ok(v);
+    }
+    match s.parse::<f64>() {
+        Ok(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => Ok(f as i64),
+        Ok(_) => Err(err(format!("{s} is not a whole number in the int64 range"))),
+        Err(_) => Err(err(format!("\"{s}\" is not a number"))),
+    }
+}
+
+fn float(t: &[u8]) -> Result<f64> {
+    let s = text(t)?;
+    s.parse::<f64>()
+        .map_err(|_| err(format!("\"{s}\" is not a number")))
+}
+
+fn timestamp(t: &str, unit: TimeUnit, tz: &Tz) -> Result<i64> {
+    let d =
+        string_to_datetime(tz, t).map_err(|e| err(format!("\"{t}\" is not a timestamp: {e}")))?;
+    match unit {
+        TimeUnit::Second => Ok(d.timestamp()),
+        TimeUnit::Millisecond => Ok(d.timestamp_millis()),
+        TimeUnit::Microsecond => Ok(d.timestamp_micros()),
+        TimeUnit::Nanosecond => d
+            .timestamp_nanos_opt()
+            .ok_or_else(|| err(format!("\"{t}\" is out of range for nanoseconds"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+    use arrow_array::Array;
+    use arrow_schema::{Field, Schema};
+    use std::sync::Arc;
+
+    fn lines(text: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for (i, c) in text.bytes().enumerate() {
+            if c == b'\n' {
+                out.push((start, i));
+                start = i + 1;
+            }
+        }
+        out
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("amount", DataType::Decimal128(10, 2), true),
+            Field::new(
+                "tags",
+                DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+                true,
+            ),
+            Field::new(
+                "geo",
+                DataType::Struct(
+                    vec![
+                        Field::new("lat", DataType::Float64, false),
+                        Field::new("ok", DataType::Boolean, true),
+                    ]
+                    .into(),
+                ),
+                true,
+            ),
+            Field::new("day", DataType::Date32, true),
+            Field::new("n32", DataType::Int32, true),
+        ]))
+    }
+
+    #[test]
+    fn decodes_every_covered_type_and_cuts_bad_lines_out() {
+        let text = concat!(
+            r#"{"id": 1, "name": "a\"b\u00e9\ud83e\udd86", "ts": "2026-01-02T03:04:05.123456Z", "amount": "12.30", "tags": ["x", null], "geo": {"lat": 1.5, "ok": true}, "day": "2026-03-04", "n32": 7, "extra": {"deep": [1, {"x": "}"}]}}"#,
+            "\n",
+            r#"{"id": 2, "tags": ["half"], "geo": {"lat": "oops"}}"#,
+            "\n",
+            r#"{"n32": "8", "id": "3", "amount": 5, "ts": 1000, "geo": null, "tags": []}"#,
+            "\n",
+            r#"{"id": 4.5}"#,
+            "\n",
+            r#"{"id": 5, "id": 6}"#,
+            "\n",
+            r#"{"name": "no id"}"#,
+            "\n",
+            r#"{"id": 7, "n32": 3000000000}"#,
+            "\n",
+            r#"{"id": 8} trailing"#,
+            "\n",
+            r#"{"id": 9e0, "name": "ünï"}"#,
+            "\n",
+        );
+        let plan = Plan::new(&schema()).unwrap();
+        let (batch, bad) = plan.decode(text.as_bytes(), &lines(text)).unwrap();
+        let batch = batch.unwrap();
+        let bad_lines: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad_lines, vec![1, 3, 4, 5, 6, 7], "{bad:?}");
+        assert!(
+            bad[0].1.to_string().contains("field \"lat\""),
+            "{}",
+            bad[0].1
+        );
+        assert!(
+            bad[1].1.to_string().contains("4.5 is not a whole number"),
+            "{}",
+            bad[1].1
+        );
+        assert!(
+            bad[2].1.to_string().contains("appears twice"),
+            "{}",
+            bad[2].1
+        );
+        assert!(
+            bad[3].1.to_string().contains("\"id\" is missing"),
+            "{}",
+            bad[3].1
+        );
+        assert_eq!(batch.num_rows(), 3);
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids.values(), &[1, 3, 9]);
+        let names = batch.column(1).as_string::<i32>();
+        assert_eq!(names.value(0), "a\"bé🦆");
+        assert!(names.is_null(1));
+        assert_eq!(names.value(2), "ünï");
+        let ts = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(ts.value(0), 1_767_323_045_123_456);
+        assert_eq!(ts.value(1), 1000);
+        let amount = batch.column(3).as_primitive::<Decimal128Type>();
+        assert_eq!((amount.value(0), amount.value(1)), (1230, 500));
+        let tags = batch.column(4).as_list::<i32>();
+        assert_eq!(tags.value(0).len(), 2);
+        assert!(tags.value(0).is_null(1));
+        assert_eq!(tags.value(1).len(), 0);
+        assert!(tags.is_null(2));
+        let geo = batch.column(5).as_struct();
+        assert!(geo.is_valid(0) && geo.is_null(1) && geo.is_null(2));
+        assert_eq!(
+            geo.column(0)
+                .as_primitive::<arrow_array::types::Float64Type>()
+                .value(0),
+            1.5
+        );
+        assert_eq!(batch.column(6).as_primitive::<Date32Type>().value(0), 20516);
+        assert_eq!(
+            batch
+                .column(7)
+                .as_primitive::<arrow_array::types::Int32Type>()
+                .value(1),
+            8
+        );
+    }
+
+    #[test]
+    fn types_it_does_not_cover_fall_back() {
+        let s = Arc::new(Schema::new(vec![Field::new("b", DataType::Binary, true)]));
+        assert!(Plan::new(&s).is_none());
+    }
+}
