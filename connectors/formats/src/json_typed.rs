@@ -153,11 +153,7 @@ impl Plan {
 
     /// Decodes the `lines` (ranges of `buf`) as one batch. Each bad line is returned
     /// with its index among the lines and why.
-    pub(crate) fn decode(
-        &self,
-        buf: &[u8],
-        lines: &[(usize, usize)],
-    ) -> Result<(Option<RecordBatch>, Vec<(usize, Error)>)> {
+    pub(crate) fn decode(&self, buf: &[u8], lines: &[(usize, usize)]) -> Result<Lines> {
         let mut cols = self.fields.cols();
         let mut bad = Vec::new();
         let mut rows = 0usize;
@@ -187,6 +183,9 @@ impl Plan {
         Ok((Some(batch), bad))
     }
 }
+
+/// The decoded lines (None: none decoded), and each bad line's index and error.
+pub(crate) type Lines = (Option<RecordBatch>, Vec<(usize, Error)>);
 
 /// The position in the line being read, and scratch space for unescaped keys and for
 /// strings that hold numbers.

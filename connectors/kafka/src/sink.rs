@@ -338,17 +338,27 @@ enum KeyData {
     Avro(Vec<u8>, Vec<usize>, Option<Vec<Option<usize>>>),
 }
 
+/// Key columns to write as Avro.
+struct KeyBatch {
+    /// The keys to encode, one row per message with a key.
+    batch: RecordBatch,
+    /// Written as the one column's bare type rather than a record.
+    bare: bool,
+    /// When some messages have no key: each message's row in `batch`.
+    rows: Option<Vec<Option<usize>>>,
+}
+
 /// The key columns to write as Avro: the `key` columns as a record, or `_key` passed
-/// on (a struct as a record, anything else bare); with the datum index of each row
-/// when `_key` has nulls (a null `_key` is a message without key). None: no key.
-#[allow(clippy::type_complexity)]
-fn avro_key_batch(
-    config: &KafkaSinkConfig,
-    rb: &RecordBatch,
-) -> Result<Option<(RecordBatch, bool, Option<Vec<Option<usize>>>)>> {
+/// on (a struct as a record, anything else bare; a null `_key` is a message without
+/// key). None: no key.
+fn avro_key_batch(config: &KafkaSinkConfig, rb: &RecordBatch) -> Result<Option<KeyBatch>> {
     if !config.key.is_empty() {
         let idx = key_indexes(config, rb)?;
-        return Ok(Some((rb.project(&idx)?, false, None)));
+        return Ok(Some(KeyBatch {
+            batch: rb.project(&idx)?,
+            bare: false,
+            rows: None,
+        }));
     }
     let Some(col) = rb.column_by_name(columns::KEY) else {
         return Ok(None);
@@ -393,7 +403,7 @@ fn avro_key_batch(
             true,
         ),
     };
-    Ok(Some((batch, bare, rows)))
+    Ok(Some(KeyBatch { batch, bare, rows }))
 }
 
 /// The indexes of the `key` columns.
@@ -523,7 +533,7 @@ impl<'a> Encoded<'a> {
         let keys = if config.key_format == KeyFormat::Avro {
             match avro_key_batch(config, rb)? {
                 None => None,
-                Some((batch, bare, rows)) => {
+                Some(KeyBatch { batch, bare, rows }) => {
                     let encoder = avro
                         .as_deref_mut()
                         .ok_or_else(|| Error::internal("kafka: avro key format without a writer"))?
