@@ -7,10 +7,10 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use connector_api::{Error, Result};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::parquet_writer::ParallelParquet;
 use crate::{CsvOptions, Format, ParquetCompression, ParquetOptions};
 
 /// Counts bytes on their way to the inner writer.
@@ -33,7 +33,7 @@ impl<W: Write> Write for Counting<W> {
 enum Inner<W: Write + Send> {
     Json(arrow_json::LineDelimitedWriter<Counting<W>>),
     Csv(Box<arrow_csv::Writer<Counting<W>>>),
-    Parquet(ArrowWriter<Counting<W>>),
+    Parquet(Box<ParallelParquet<Counting<W>>>),
 }
 
 /// Writes batches of one schema in one format.
@@ -78,9 +78,9 @@ impl<W: Write + Send> Encoder<W> {
                     .set_compression(compression)
                     .set_max_row_group_size(parquet.row_group_size.max(1))
                     .build();
-                Inner::Parquet(
-                    ArrowWriter::try_new(out, schema, Some(props)).map_err(parquet_error)?,
-                )
+                Inner::Parquet(Box::new(
+                    ParallelParquet::try_new(out, schema, props).map_err(parquet_error)?,
+                ))
             }
         };
         Ok(Encoder {
@@ -116,7 +116,7 @@ impl<W: Write + Send> Encoder<W> {
     pub fn bytes(&self) -> u64 {
         match &self.inner {
             Inner::Json(_) | Inner::Csv(_) => self.bytes.load(Ordering::Relaxed),
-            Inner::Parquet(w) => w.bytes_written() as u64 + w.in_progress_size() as u64,
+            Inner::Parquet(w) => w.bytes() as u64,
         }
     }
 

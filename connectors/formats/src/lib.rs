@@ -12,6 +12,7 @@ mod encode;
 mod json;
 mod json_typed;
 mod options;
+mod parquet_writer;
 mod text;
 
 pub use crate::csv::CsvDecoder;
