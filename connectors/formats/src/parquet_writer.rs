@@ -37,8 +37,8 @@ pub(crate) struct ParallelParquet<W: Write + Send> {
 impl<W: Write + Send> ParallelParquet<W> {
     pub(crate) fn try_new(out: W, schema: SchemaRef, props: WriterProperties) -> Result<Self> {
         let max_rows = props.max_row_group_size().max(1);
-        let (file, factory) = ArrowWriter::try_new(out, schema.clone(), Some(props))?
-            .into_serialized_writer()?;
+        let (file, factory) =
+            ArrowWriter::try_new(out, schema.clone(), Some(props))?.into_serialized_writer()?;
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .min(MAX_THREADS);
@@ -146,8 +146,9 @@ fn run<T: Send, R: Send>(
         let mut all = vec![worker()];
         for h in helpers {
             all.push(
-                h.join()
-                    .map_err(|_| ParquetError::General("parquet encoding thread panicked".into()))?,
+                h.join().map_err(|_| {
+                    ParquetError::General("parquet encoding thread panicked".into())
+                })?,
             );
         }
         for part in all {
@@ -178,7 +179,9 @@ mod tests {
         );
         let geo = StructArray::from(vec![(
             Arc::new(Field::new("x", DataType::Int64, true)),
-            Arc::new(Int64Array::from_iter((0..1000).map(|i| (i % 3 != 0).then_some(i)))) as ArrayRef,
+            Arc::new(Int64Array::from_iter(
+                (0..1000).map(|i| (i % 3 != 0).then_some(i)),
+            )) as ArrayRef,
         )]);
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
@@ -190,13 +193,19 @@ mod tests {
             schema.clone(),
             vec![
                 Arc::new(Int64Array::from_iter_values(0..1000)),
-                Arc::new(StringArray::from_iter((0..1000).map(|i| (i % 5 != 0).then(|| format!("v{i}"))))),
+                Arc::new(StringArray::from_iter(
+                    (0..1000).map(|i| (i % 5 != 0).then(|| format!("v{i}"))),
+                )),
                 Arc::new(tags),
                 Arc::new(geo),
             ],
         )
         .unwrap();
-        let props = || WriterProperties::builder().set_max_row_group_size(300).build();
+        let props = || {
+            WriterProperties::builder()
+                .set_max_row_group_size(300)
+                .build()
+        };
         let mut parallel = ParallelParquet::try_new(Vec::new(), schema.clone(), props()).unwrap();
         parallel.write(&batch.slice(0, 450)).unwrap();
         parallel.write(&batch.slice(450, 550)).unwrap();

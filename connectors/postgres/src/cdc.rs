@@ -103,6 +103,15 @@ pub async fn create_slot(pool: &PgPool, slot: &str) -> Result<u64> {
     Ok(parse_lsn(&lsn).unwrap_or(0))
 }
 
+/// The server's current WAL write position.
+pub async fn current_lsn(pool: &PgPool) -> Result<u64> {
+    let (lsn,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| pg_error("read the current WAL position", e))?;
+    parse_lsn(&lsn).ok_or_else(|| Error::internal(format!("WAL position \"{lsn}\"")))
+}
+
 /// Moves the slot to `lsn`, releasing the WAL before it.
 pub async fn advance(pool: &PgPool, slot: &str, lsn: u64) -> Result<()> {
     sqlx::query("SELECT pg_replication_slot_advance($1, $2::pg_lsn)")

@@ -127,6 +127,17 @@ pub struct PostgresSourceConfig {
     #[serde(default = "poll", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub poll_interval: std::time::Duration,
+    /// `cdc`: while the published tables have no changes, the replication slot is
+    /// still moved to the server's current WAL position this often (once every change
+    /// read has been flushed by the sinks), so WAL written for other tables and
+    /// databases is released instead of piling up behind an idle slot.
+    #[serde(default = "heartbeat", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub heartbeat_interval: std::time::Duration,
+}
+
+fn heartbeat() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 fn poll() -> std::time::Duration {
@@ -186,6 +197,9 @@ impl PostgresSourceConfig {
             return Err(
                 Error::config("mode = \"cdc\" reads one table per pipeline").with_field("tables")
             );
+        }
+        if self.heartbeat_interval < std::time::Duration::from_secs(1) {
+            return Err(Error::config("must be at least 1s").with_field("heartbeat_interval"));
         }
         if self.mode == SourceMode::Incremental && self.cursor.is_empty() {
             return Err(Error::config("mode = \"incremental\" needs cursor columns, e.g. cursor = [\"updated_at\", \"id\"]").with_field("cursor"));

@@ -47,6 +47,11 @@ struct Cdc {
     advanced: u64,
     /// Changes asked for per peek (widened when a peek returns only delivered ones).
     limit: usize,
+    /// The last change the sinks have flushed: the checkpoint resumed from, then each
+    /// commit.
+    flushed: u64,
+    /// When the slot was last moved while the tables had no changes.
+    heartbeat: Instant,
 }
 
 struct Column {
@@ -406,6 +411,7 @@ impl Source for PostgresSource {
         else {
             return Ok(());
         };
+        cdc.flushed = cdc.flushed.max(lsn);
         if lsn > cdc.advanced {
             crate::cdc::advance(pool, &cdc.slot, lsn).await?;
             cdc.advanced = lsn;
@@ -645,6 +651,8 @@ impl PostgresSource {
             columns: Vec::new(),
             advanced,
             limit: self.batch_size.max(1024),
+            flushed: self.tables.first().and_then(|t| t.offset.lsn).unwrap_or(0),
+            heartbeat: Instant::now(),
         })
     }
 
@@ -661,6 +669,13 @@ impl PostgresSource {
             };
             let delivered = table.offset.lsn.unwrap_or(0);
             let schema = table.row_schema.clone();
+            // heartbeat: the WAL position before the peek; if the peek then finds no
+            // change, every commit before it is behind the slot's consumer
+            let wal_before = if cdc.heartbeat.elapsed() >= self.config.heartbeat_interval {
+                Some(crate::cdc::current_lsn(&pool).await?)
+            } else {
+                None
+            };
             let args = crate::cdc::PeekArgs {
                 slot: &cdc.slot,
                 publication: &cdc.publication,
@@ -685,6 +700,15 @@ impl PostgresSource {
                 if peeked.returned >= cdc.limit {
                     cdc.limit = cdc.limit.saturating_mul(2);
                     continue;
+                }
+                if let Some(wal) = wal_before {
+                    cdc.heartbeat = Instant::now();
+                    // only once the sinks have flushed everything read so far
+                    if delivered <= cdc.flushed && wal > cdc.advanced {
+                        crate::cdc::advance(&pool, &cdc.slot, wal).await?;
+                        tracing::debug!(slot = %cdc.slot, lsn = %crate::cdc::lsn_text(wal), "no changes; replication slot moved to the current WAL position");
+                        cdc.advanced = wal;
+                    }
                 }
                 if started.elapsed() >= self.idle_timeout {
                     return Ok(Some(Batch::idle()));

@@ -957,3 +957,79 @@ fn cdc_debezium_envelope_has_before_after_source_op_and_ts() {
     assert!(records[3]["ts_ms"].as_i64().unwrap() > 1_700_000_000_000);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
+
+/// A CDC slot whose table has no changes still moves to the current WAL position
+/// (`heartbeat_interval`), so WAL written for other tables is released; changes after
+/// the heartbeat still arrive.
+#[test]
+fn an_idle_cdc_slot_moves_past_other_tables_wal_and_later_changes_still_arrive() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst, other) = (
+        fresh("it_pg_cdc_hb_src"),
+        fresh("it_pg_cdc_hb_dst"),
+        fresh("it_pg_cdc_hb_other"),
+    );
+    let slot = "sluice_it_pg_cdc_hb_dst";
+    drop_stale_slot(slot);
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text); INSERT INTO \"{src}\" VALUES (1, 'one');\
+         CREATE TABLE \"{other}\" (id bigint, pad text)"
+    ));
+    cdc_to_upsert(d, &src, &dst);
+    let toml = std::fs::read_to_string(d.join("cdc.toml")).unwrap();
+    std::fs::write(
+        d.join("cdc.toml"),
+        toml.replace(
+            "poll_interval = \"100ms\"\n",
+            "poll_interval = \"100ms\"\nheartbeat_interval = \"1s\"\n",
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+    let rows = |table: &str| {
+        psql(&format!(
+            "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM \"{table}\""
+        ))
+    };
+    let dst_has = |want: &str| {
+        psql(&format!(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'"
+        )) == "1"
+            && rows(&dst) == want
+    };
+    let snapshot = crate::support::wait_until(Duration::from_secs(30), || dst_has("1=one"));
+    // WAL for a table the slot does not publish, then where the server's WAL is
+    psql(&format!(
+        "INSERT INTO \"{other}\" SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g"
+    ));
+    let wal = psql("SELECT pg_current_wal_lsn()");
+    let past = || {
+        psql(&format!(
+            "SELECT confirmed_flush_lsn >= '{wal}'::pg_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        )) == "t"
+    };
+    let moved = crate::support::wait_until(Duration::from_secs(30), past);
+    psql(&format!("INSERT INTO \"{src}\" VALUES (2, 'two')"));
+    let later = crate::support::wait_until(Duration::from_secs(30), || dst_has("1=one,2=two"));
+    let position = psql(&format!(
+        "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    ));
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    drop_slot(slot);
+    assert!(snapshot, "the snapshot did not arrive: {}", run.stderr);
+    assert!(
+        moved,
+        "the slot stayed at {position}, before the WAL position {wal}: {}",
+        run.stderr
+    );
+    assert!(
+        later,
+        "a change after the heartbeat did not arrive: {} {}",
+        rows(&dst),
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
