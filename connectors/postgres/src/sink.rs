@@ -19,6 +19,18 @@ use crate::types::{arrow_type, copy_text, pg_type};
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
 /// Column of the staging table that keeps the order of records (last one wins).
 const SEQ: &str = "_sluice_seq";
+/// Rows per piece of a COPY: the next piece is encoded while the server takes in one.
+const COPY_CHUNK_ROWS: usize = 2048;
+/// Bytes of the binary COPY header (signature, flags, extension length).
+const BINARY_HEADER: usize = 19;
+
+/// Rows in the binary COPY format (true) when every column has one, else as text.
+fn encode(records: &RecordBatch, types: &[String]) -> Result<(Vec<u8>, bool)> {
+    match crate::types::copy_binary(records, types)? {
+        Some(data) => Ok((data, true)),
+        None => Ok((copy_text(records)?, false)),
+    }
+}
 
 /// Quotes an identifier; a name from data can never inject SQL.
 pub fn quote(ident: &str) -> String {
@@ -296,9 +308,9 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// The batch in the binary COPY format when every column has one, else as text.
-    fn encode(&self, records: &arrow_array::RecordBatch) -> Result<(Vec<u8>, &'static str)> {
-        let types: Vec<String> = records
+    /// The PostgreSQL type of each column of `records` (`_op` is text).
+    fn copy_types(&self, records: &RecordBatch) -> Vec<String> {
+        records
             .schema()
             .fields()
             .iter()
@@ -309,29 +321,43 @@ impl PostgresSink {
                     self.pg_types.get(f.name()).cloned().unwrap_or_default()
                 }
             })
-            .collect();
-        match crate::types::copy_binary(records, &types)? {
-            Some(data) => Ok((data, " WITH (FORMAT binary)")),
-            None => Ok((copy_text(records)?, "")),
-        }
+            .collect()
     }
 
-    async fn copy(
-        &mut self,
-        into: &str,
-        columns: &str,
-        data: (Vec<u8>, &'static str),
-    ) -> Result<()> {
-        let (data, format) = data;
+    /// COPYs `records` into `into`, encoding the next chunk of rows while the server
+    /// takes in the one sent before it (encoding the whole batch first left the server
+    /// idle meanwhile).
+    async fn copy(&mut self, into: &str, columns: &str, records: &RecordBatch) -> Result<()> {
+        let rows = records.num_rows();
+        let chunks: Vec<(usize, usize)> = (0..rows.max(1))
+            .step_by(COPY_CHUNK_ROWS)
+            .map(|start| (start, COPY_CHUNK_ROWS.min(rows - start)))
+            .collect();
+        let types = self.copy_types(records);
+        let (mut first, binary) = encode(&records.slice(chunks[0].0, chunks[0].1), &types)?;
+        let format = if binary { " WITH (FORMAT binary)" } else { "" };
         let table = self.target();
+        let last = chunks.len() - 1;
         let tx = self.tx().await?;
         let mut copy = tx
             .copy_in_raw(&format!("COPY {into} ({columns}) FROM STDIN{format}"))
             .await
             .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
-        copy.send(data)
-            .await
-            .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+        for (i, &(start, len)) in chunks.iter().enumerate() {
+            let data = match i {
+                0 => std::mem::take(&mut first),
+                _ => match encode(&records.slice(start, len), &types)? {
+                    (d, b) if b == binary => d,
+                    _ => return Err(Error::internal("COPY format changed within a batch")),
+                },
+            };
+            // one binary COPY stream: the header once, the trailer once
+            let from = if binary && i > 0 { BINARY_HEADER } else { 0 };
+            let to = if binary && i < last { data.len() - 2 } else { data.len() };
+            copy.send(&data[from..to])
+                .await
+                .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+        }
         copy.finish()
             .await
             .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
@@ -384,7 +410,6 @@ impl PostgresSink {
             .map(|f| quote(f.name()))
             .collect();
         let all_fields: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
-        let data = self.encode(&records)?;
         if self.config.mode == SinkMode::Insert {
             if changes {
                 return Err(Error::config(format!(
@@ -395,7 +420,7 @@ impl PostgresSink {
                 .with_field("mode"));
             }
             return self
-                .copy(&self.target(), &all_fields.join(", "), data)
+                .copy(&self.target(), &all_fields.join(", "), &records)
                 .await;
         }
         if !self.staging {
@@ -412,7 +437,7 @@ impl PostgresSink {
             .await?;
             self.staging = true;
         }
-        self.copy("pg_temp.sluice_staging", &all_fields.join(", "), data)
+        self.copy("pg_temp.sluice_staging", &all_fields.join(", "), &records)
             .await?;
         let keys = self
             .config
