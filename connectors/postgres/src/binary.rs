@@ -38,6 +38,10 @@ enum Kind {
     F32,
     F64,
     Text,
+    /// uuid: 16 bytes, read as its text form
+    Uuid,
+    /// jsonb: a version byte, then the JSON text
+    Jsonb,
     Bytes,
     Date,
     /// time (microseconds of the day)
@@ -51,7 +55,21 @@ enum Kind {
     List(Box<Kind>),
 }
 
+/// The PostgreSQL type name without its modifiers (`numeric(12,2)` -> `numeric`).
+fn base(pg: &str) -> &str {
+    pg.split('(').next().unwrap_or(pg).trim()
+}
+
 impl Kind {
+    /// How a column of PostgreSQL type `pg` read as `dt` decodes.
+    fn of_column(dt: &DataType, pg: &str) -> Option<Kind> {
+        match (dt, base(pg)) {
+            (DataType::Utf8, "uuid") => Some(Kind::Uuid),
+            (DataType::Utf8, "jsonb") => Some(Kind::Jsonb),
+            _ => Kind::of(dt),
+        }
+    }
+
     fn of(dt: &DataType) -> Option<Kind> {
         Some(match dt {
             DataType::Boolean => Kind::Bool,
@@ -79,10 +97,10 @@ impl Kind {
 /// column itself when its binary form is decoded natively, else cast to text.
 pub fn select_expr(name: &str, pg: &str, dt: &DataType) -> String {
     let q = quote(name);
-    let base = |t: &str| t.split('(').next().unwrap_or(t).trim().to_string();
-    let native_text =
-        |t: &str| matches!(base(t).as_str(), "text" | "character varying" | "character");
+    let native_text = |t: &str| matches!(base(t), "text" | "character varying" | "character");
     match dt {
+        // uuid and jsonb are decoded here, json's binary form is its text
+        DataType::Utf8 if matches!(base(pg), "uuid" | "json" | "jsonb") => q,
         DataType::Utf8 if !native_text(pg) => format!("{q}::text AS {q}"),
         DataType::List(f) if *f.data_type() == DataType::Utf8 => match pg.strip_suffix("[]") {
             Some(inner) if native_text(inner) => q,
@@ -107,9 +125,24 @@ enum Value<'a> {
     F32(f32),
     F64(f64),
     Text(&'a str),
+    Uuid([u8; 16]),
     Bytes(&'a [u8]),
     Decimal(i128),
     List(Vec<Value<'a>>),
+}
+
+/// A uuid's text form as PostgreSQL writes it: lowercase hex, 8-4-4-4-12.
+fn uuid_text(b: &[u8; 16]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0xf)]));
+    }
+    s
 }
 
 fn take<const N: usize>(data: &[u8], at: usize) -> std::result::Result<[u8; N], String> {
@@ -134,6 +167,13 @@ fn value<'a>(kind: &Kind, data: &'a [u8]) -> std::result::Result<Value<'a>, Stri
         Kind::F32 => Value::F32(f32::from_be_bytes(exact(data)?)),
         Kind::F64 => Value::F64(f64::from_be_bytes(exact(data)?)),
         Kind::Text => Value::Text(std::str::from_utf8(data).map_err(|e| e.to_string())?),
+        Kind::Uuid => Value::Uuid(exact(data)?),
+        Kind::Jsonb => match data.split_first() {
+            Some((1, json)) => {
+                Value::Text(std::str::from_utf8(json).map_err(|e| e.to_string())?)
+            }
+            _ => return Err("jsonb in an unknown binary version".into()),
+        },
         Kind::Bytes => Value::Bytes(data),
         Kind::Date => {
             let d = i32::from_be_bytes(exact(data)?);
@@ -242,7 +282,8 @@ fn append(b: &mut dyn ArrayBuilder, kind: &Kind, v: &Value) {
         (Kind::I64, Value::I64(x)) => builder!(b, Int64Builder).append_value(*x),
         (Kind::F32, Value::F32(x)) => builder!(b, Float32Builder).append_value(*x),
         (Kind::F64, Value::F64(x)) => builder!(b, Float64Builder).append_value(*x),
-        (Kind::Text, Value::Text(x)) => builder!(b, StringBuilder).append_value(x),
+        (Kind::Text | Kind::Jsonb, Value::Text(x)) => builder!(b, StringBuilder).append_value(x),
+        (Kind::Uuid, Value::Uuid(x)) => builder!(b, StringBuilder).append_value(uuid_text(x)),
         (Kind::Bytes, Value::Bytes(x)) => builder!(b, BinaryBuilder).append_value(x),
         (Kind::Date, Value::I32(x)) => builder!(b, Date32Builder).append_value(*x),
         (Kind::Time, Value::I64(x)) => builder!(b, Time64MicrosecondBuilder).append_value(*x),
@@ -271,7 +312,7 @@ fn append_null(b: &mut dyn ArrayBuilder, kind: &Kind) {
         Kind::I64 => builder!(b, Int64Builder).append_null(),
         Kind::F32 => builder!(b, Float32Builder).append_null(),
         Kind::F64 => builder!(b, Float64Builder).append_null(),
-        Kind::Text => builder!(b, StringBuilder).append_null(),
+        Kind::Text | Kind::Uuid | Kind::Jsonb => builder!(b, StringBuilder).append_null(),
         Kind::Bytes => builder!(b, BinaryBuilder).append_null(),
         Kind::Date => builder!(b, Date32Builder).append_null(),
         Kind::Time => builder!(b, Time64MicrosecondBuilder).append_null(),
@@ -305,6 +346,27 @@ pub fn tuples(buf: &[u8]) -> Result<Vec<usize>> {
     }
 }
 
+/// The key values (as text) of the tuple at `start`: its fields after the first
+/// `columns` (what [`decode`] reports as `last_key`, without decoding the rest).
+pub fn key_of(buf: &[u8], start: usize, columns: usize) -> Result<Vec<String>> {
+    let count = i16::from_be_bytes(take(buf, start).map_err(Error::internal)?).max(0) as usize;
+    let mut at = start + 2;
+    let mut key = Vec::with_capacity(count.saturating_sub(columns));
+    for i in 0..count {
+        let len = i32::from_be_bytes(take(buf, at).map_err(Error::internal)?);
+        at += 4;
+        let len = len.max(0) as usize;
+        if i >= columns {
+            let data = buf
+                .get(at..at + len)
+                .ok_or_else(|| Error::internal("binary COPY tuple cut short"))?;
+            key.push(String::from_utf8_lossy(data).into_owned());
+        }
+        at += len;
+    }
+    Ok(key)
+}
+
 /// Rows decoded from a run of tuples.
 pub struct Decoded {
     /// The rows, in the table's Arrow schema (rejects left out).
@@ -317,12 +379,19 @@ pub struct Decoded {
 
 /// Decodes the tuples starting at `starts` (from [`tuples`]): the columns of
 /// `schema`, then `keys` text columns holding the order key.
-pub fn decode(buf: &[u8], starts: &[usize], schema: &SchemaRef, keys: usize) -> Result<Decoded> {
+pub fn decode(
+    buf: &[u8],
+    starts: &[usize],
+    schema: &SchemaRef,
+    pg_types: &[&str],
+    keys: usize,
+) -> Result<Decoded> {
     let kinds: Vec<Kind> = schema
         .fields()
         .iter()
-        .map(|f| {
-            Kind::of(f.data_type()).ok_or_else(|| {
+        .zip(pg_types.iter().chain(std::iter::repeat(&"")))
+        .map(|(f, pg)| {
+            Kind::of_column(f.data_type(), pg).ok_or_else(|| {
                 Error::schema(format!(
                     "column \"{}\": {} has no binary COPY reading",
                     f.name(),
@@ -437,9 +506,23 @@ mod tests {
     }
 
     #[test]
+    fn uuid_and_jsonb_read_as_postgres_writes_them() {
+        let id = [
+            0x43, 0xaa, 0x86, 0x52, 0xad, 0x94, 0x43, 0xa2, 0x92, 0x14, 0x23, 0x73, 0x55, 0xc3,
+            0x62, 0xf4,
+        ];
+        assert_eq!(uuid_text(&id), "43aa8652-ad94-43a2-9214-237355c362f4");
+        assert!(matches!(value(&Kind::Jsonb, b"\x01{\"a\": 1}"), Ok(Value::Text("{\"a\": 1}"))));
+        assert!(value(&Kind::Jsonb, b"\x02{}").is_err());
+        assert!(value(&Kind::Uuid, &id[..15]).is_err());
+    }
+
+    #[test]
     fn casts_only_what_is_not_native() {
+        assert_eq!(select_expr("a", "uuid", &DataType::Utf8), "\"a\"");
+        assert_eq!(select_expr("a", "jsonb", &DataType::Utf8), "\"a\"");
         assert_eq!(
-            select_expr("a", "uuid", &DataType::Utf8),
+            select_expr("a", "inet", &DataType::Utf8),
             "\"a\"::text AS \"a\""
         );
         assert_eq!(

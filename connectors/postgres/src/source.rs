@@ -87,6 +87,12 @@ enum Read<'a> {
     Query(&'a str),
 }
 
+/// A COPY read ahead: the table's index and the task reading it.
+struct Prefetch {
+    table: usize,
+    task: tokio::task::JoinHandle<std::result::Result<Vec<u8>, sqlx::Error>>,
+}
+
 /// Reads tables.
 pub struct PostgresSource {
     config: PostgresSourceConfig,
@@ -96,6 +102,8 @@ pub struct PostgresSource {
     cdc: Option<Cdc>,
     /// Batches decoded together and not yet returned.
     ready: VecDeque<Batch>,
+    /// The next chunk of a table being read while the current one decodes.
+    prefetch: Option<Prefetch>,
     /// Parts decoded in parallel per fetch.
     parts: usize,
     batch_size: usize,
@@ -112,6 +120,7 @@ impl PostgresSource {
             current: 0,
             cdc: None,
             ready: VecDeque::new(),
+            prefetch: None,
             parts: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -225,10 +234,11 @@ async fn read_copy(pool: &PgPool, sql: &str) -> std::result::Result<Vec<u8>, sql
 }
 
 impl Table {
-    /// The next `limit` rows after the offset, in key order, as a binary COPY: the
-    /// table's columns, then the key columns as text (for the offset). COPY takes no
-    /// bind parameters, so the key values are inlined as quoted literals.
-    fn copy(&self, limit: usize) -> String {
+    /// The next `limit` rows after the key values `after` (None: from the start), in
+    /// key order, as a binary COPY: the table's columns, then the key columns as text
+    /// (for the offset). COPY takes no bind parameters, so the key values are inlined
+    /// as quoted literals.
+    fn copy(&self, after: Option<&[String]>, limit: usize) -> String {
         let exprs: Vec<String> = self
             .columns
             .iter()
@@ -247,7 +257,7 @@ impl Table {
             .map(|(n, k)| format!("{k}::text AS __sluice_k{n}"))
             .collect();
         let order = keys.join(", ");
-        let filter = match &self.offset.after {
+        let filter = match after {
             Some(values) => {
                 let marks: Vec<String> = self
                     .key
@@ -454,11 +464,34 @@ impl Source for PostgresSource {
                 self.current += 1;
                 continue;
             }
-            let sql = table.copy(self.batch_size * self.parts);
-            let buf = read_copy(&pool, &sql)
-                .await
-                .map_err(|e| pg_error(format!("reading {}", table.split), e))?;
+            let limit = self.batch_size * self.parts;
+            let read = match self.prefetch.take() {
+                Some(p) if p.table == self.current => p
+                    .task
+                    .await
+                    .map_err(|e| Error::internal("COPY read-ahead task").with_source(e))?,
+                other => {
+                    if let Some(p) = other {
+                        p.task.abort();
+                    }
+                    read_copy(&pool, &table.copy(table.offset.after.as_deref(), limit)).await
+                }
+            };
+            let buf = read.map_err(|e| pg_error(format!("reading {}", table.split), e))?;
             let starts = crate::binary::tuples(&buf)?;
+            // a full chunk: read the next one while this one decodes (the server and
+            // the decoding threads then work at the same time)
+            if self.config.mode != SourceMode::Incremental && starts.len() >= limit {
+                if let Some(&last) = starts.last() {
+                    let after = crate::binary::key_of(&buf, last, table.columns.len())?;
+                    let sql = table.copy(Some(&after), limit);
+                    let pool = pool.clone();
+                    self.prefetch = Some(Prefetch {
+                        table: self.current,
+                        task: tokio::spawn(async move { read_copy(&pool, &sql).await }),
+                    });
+                }
+            }
             if starts.is_empty() {
                 self.current += 1;
                 empty_pass += 1;
@@ -477,15 +510,19 @@ impl Source for PostgresSource {
             let parts: Vec<&[usize]> = starts.chunks(self.batch_size).collect();
             let schema = &table.table_schema;
             let keys = table.key.len();
+            let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
+            let pg_types = &pg_types[..];
             let decoded: Vec<Result<crate::binary::Decoded>> = if parts.len() == 1 {
-                vec![crate::binary::decode(&buf, parts[0], schema, keys)]
+                vec![crate::binary::decode(&buf, parts[0], schema, pg_types, keys)]
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = parts
                         .iter()
                         .map(|part| {
                             let buf = &buf;
-                            scope.spawn(move || crate::binary::decode(buf, part, schema, keys))
+                            scope.spawn(move || {
+                                crate::binary::decode(buf, part, schema, pg_types, keys)
+                            })
                         })
                         .collect();
                     handles
@@ -522,6 +559,9 @@ impl Source for PostgresSource {
     }
 
     async fn close(&mut self) -> Result<()> {
+        if let Some(p) = self.prefetch.take() {
+            p.task.abort();
+        }
         if let Some(pool) = self.pool.take() {
             pool.close().await;
         }
