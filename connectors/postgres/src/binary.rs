@@ -169,9 +169,7 @@ fn value<'a>(kind: &Kind, data: &'a [u8]) -> std::result::Result<Value<'a>, Stri
         Kind::Text => Value::Text(std::str::from_utf8(data).map_err(|e| e.to_string())?),
         Kind::Uuid => Value::Uuid(exact(data)?),
         Kind::Jsonb => match data.split_first() {
-            Some((1, json)) => {
-                Value::Text(std::str::from_utf8(json).map_err(|e| e.to_string())?)
-            }
+            Some((1, json)) => Value::Text(std::str::from_utf8(json).map_err(|e| e.to_string())?),
             _ => return Err("jsonb in an unknown binary version".into()),
         },
         Kind::Bytes => Value::Bytes(data),
@@ -512,7 +510,10 @@ mod tests {
             0x62, 0xf4,
         ];
         assert_eq!(uuid_text(&id), "43aa8652-ad94-43a2-9214-237355c362f4");
-        assert!(matches!(value(&Kind::Jsonb, b"\x01{\"a\": 1}"), Ok(Value::Text("{\"a\": 1}"))));
+        assert!(matches!(
+            value(&Kind::Jsonb, b"\x01{\"a\": 1}"),
+            Ok(Value::Text("{\"a\": 1}"))
+        ));
         assert!(value(&Kind::Jsonb, b"\x02{}").is_err());
         assert!(value(&Kind::Uuid, &id[..15]).is_err());
     }

@@ -353,7 +353,11 @@ impl PostgresSink {
             };
             // one binary COPY stream: the header once, the trailer once
             let from = if binary && i > 0 { BINARY_HEADER } else { 0 };
-            let to = if binary && i < last { data.len() - 2 } else { data.len() };
+            let to = if binary && i < last {
+                data.len() - 2
+            } else {
+                data.len()
+            };
             copy.send(&data[from..to])
                 .await
                 .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;

@@ -513,7 +513,9 @@ impl Source for PostgresSource {
             let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
             let pg_types = &pg_types[..];
             let decoded: Vec<Result<crate::binary::Decoded>> = if parts.len() == 1 {
-                vec![crate::binary::decode(&buf, parts[0], schema, pg_types, keys)]
+                vec![crate::binary::decode(
+                    &buf, parts[0], schema, pg_types, keys,
+                )]
             } else {
                 std::thread::scope(|scope| {
                     let handles: Vec<_> = parts
