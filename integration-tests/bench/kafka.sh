@@ -49,8 +49,6 @@ bootstrap_servers = "$BOOT"
 topic = "sluice"
 key = ["id"]
 compression = "none"
-[batch]
-max_records = 65536
 [checkpoint]
 path = "$WORK/kafka-state.db"
 interval = "10s"
@@ -72,8 +70,6 @@ $SCHEMA
 connector = "file"
 path = "$WORK/from-kafka"
 format = "json"
-[batch]
-max_records = 65536
 [checkpoint]
 path = "$WORK/kafka-state2.db"
 interval = "10s"

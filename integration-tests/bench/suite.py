@@ -594,7 +594,7 @@ def main():
             s.measure(w, "sluice", "typed (declared schema), JSON values keyed by id, idempotent producer",
                       run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
                                  f'[sink]\nconnector = "kafka"\nbootstrap_servers = "{boot}"\ntopic = "sluice"\n'
-                                 'key = ["id"]\ncompression = "none"\n[batch]\nmax_records = 65536'),
+                                 'key = ["id"]\ncompression = "none"'),
                       lambda: topic_end(boot, "sluice"), servers=[bk], input_bytes=json_bytes)
             s.measure(w, "kcat", "each line as a message, unkeyed, untyped (physical reference)",
                       ["kcat", "-P", "-b", boot, "-t", "kcat", "-l", "-X", "enable.idempotence=true", jsonl],
@@ -611,7 +611,7 @@ def main():
                       run_sluice(sluice, w, f'[source]\nconnector = "kafka"\nbootstrap_servers = "{boot}"\n'
                                  f'topics = ["sluice"]\nbounded = true\n{schema}\n'
                                  f'[sink]\nconnector = "postgres"\nurl = "{PG}"\ntable = "bench_kafka"\n'
-                                 'mode = "upsert"\nkey = ["id"]\n[batch]\nmax_records = 65536'),
+                                 'mode = "upsert"\nkey = ["id"]'),
                       count_table("bench_kafka"), servers=[bk, pg])
             psql("DROP TABLE bench_kafka")
             if peers:
