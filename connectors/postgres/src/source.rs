@@ -87,6 +87,10 @@ enum Read<'a> {
     Query(&'a str),
 }
 
+/// Rows per COPY of a snapshot at least (measured, 1M rows to Parquet: 16,384 per
+/// query 2.04 s, 65,536 1.60-1.69 s).
+const COPY_ROWS: usize = 65_536;
+
 /// A COPY read ahead: the table's index and the task reading it.
 struct Prefetch {
     table: usize,
@@ -464,7 +468,12 @@ impl Source for PostgresSource {
                 self.current += 1;
                 continue;
             }
-            let limit = self.batch_size * self.parts;
+            // whole-table reads in chunks of at least COPY_ROWS: each chunk is one query
+            // with its own start-up through the key index
+            let limit = match self.config.mode {
+                SourceMode::Incremental => self.batch_size * self.parts,
+                _ => (self.batch_size * self.parts).max(COPY_ROWS),
+            };
             let read = match self.prefetch.take() {
                 Some(p) if p.table == self.current => p
                     .task
@@ -506,19 +515,21 @@ impl Source for PostgresSource {
                 }
                 continue;
             }
-            // decode on every core: one part per core, each its own batch and offset
+            // decode on every core: parts of one batch each, as many at a time as cores,
+            // each its own batch and offset
             let parts: Vec<&[usize]> = starts.chunks(self.batch_size).collect();
             let schema = &table.table_schema;
             let keys = table.key.len();
             let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
             let pg_types = &pg_types[..];
-            let decoded: Vec<Result<crate::binary::Decoded>> = if parts.len() == 1 {
-                vec![crate::binary::decode(
-                    &buf, parts[0], schema, pg_types, keys,
-                )]
-            } else {
+            let mut decoded: Vec<Result<crate::binary::Decoded>> = Vec::with_capacity(parts.len());
+            for wave in parts.chunks(self.parts.max(1)) {
+                if let [part] = wave {
+                    decoded.push(crate::binary::decode(&buf, part, schema, pg_types, keys));
+                    continue;
+                }
                 std::thread::scope(|scope| {
-                    let handles: Vec<_> = parts
+                    let handles: Vec<_> = wave
                         .iter()
                         .map(|part| {
                             let buf = &buf;
@@ -527,16 +538,13 @@ impl Source for PostgresSource {
                             })
                         })
                         .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(Error::internal("binary COPY decoder panicked"))
-                            })
+                    decoded.extend(handles.into_iter().map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::internal("binary COPY decoder panicked"))
                         })
-                        .collect()
-                })
-            };
+                    }));
+                });
+            }
             let now_ms = now_millis();
             for part in decoded {
                 let part = part?;
