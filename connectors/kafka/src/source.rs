@@ -787,29 +787,29 @@ impl KafkaSource {
                 keep.iter().map(|r| row_of.get(r).copied()).collect();
             avro_keys = Some(key_column(decoded.batch, decoded.record, &take, last)?);
         }
-        for (row, &i) in good.iter().enumerate() {
-            let m = &msgs[i];
-            if avro_keys.is_some() {
-                continue;
-            }
-            if self.wants(Metadata::Key) {
-                match self.config.key_format {
-                    KeyFormat::Bytes => key_bytes.append_option(m.key.as_deref()),
-                    _ => match m.key.as_deref().map(std::str::from_utf8) {
-                        None => key_strings.append_null(),
-                        Some(Ok(s)) => key_strings.append_value(s),
-                        Some(Err(e)) => {
-                            rejects.push(reject(
-                                chunk,
-                                m,
-                                Error::data(format!("key is not UTF-8: {e}")),
-                            ));
-                            continue;
-                        }
-                    },
+        // string and bytes keys (Avro keys are decoded above)
+        if avro_keys.is_none() {
+            for (row, &i) in good.iter().enumerate() {
+                let m = &msgs[i];
+                if self.wants(Metadata::Key) {
+                    match self.config.key_format {
+                        KeyFormat::Bytes => key_bytes.append_option(m.key.as_deref()),
+                        _ => match m.key.as_deref().map(std::str::from_utf8) {
+                            None => key_strings.append_null(),
+                            Some(Ok(s)) => key_strings.append_value(s),
+                            Some(Err(e)) => {
+                                rejects.push(reject(
+                                    chunk,
+                                    m,
+                                    Error::data(format!("key is not UTF-8: {e}")),
+                                ));
+                                continue;
+                            }
+                        },
+                    }
                 }
+                keep.push(row);
             }
-            keep.push(row);
         }
         let Some(values) = values else {
             return Ok(Batch {
