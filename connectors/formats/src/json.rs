@@ -138,17 +138,9 @@ impl JsonDecoder {
         if let (false, Some(plan)) = (self.infer, &self.plan) {
             let (batch, bad) = plan.decode(buf, lines)?;
             decoded.batch = batch;
-            let mut line_index = 0usize;
-            let mut counted_to = 0usize;
+            let mut index = LineIndex::default();
             for (i, error) in bad {
-                let (s, e) = lines[i];
-                line_index += crate::count_newlines(&buf[counted_to..s]) as usize;
-                counted_to = s;
-                decoded.bad.push(BadRecord {
-                    index: line_index,
-                    raw: String::from_utf8_lossy(&buf[s..e]).into_owned(),
-                    error: Error::data(format!("invalid json record: {error}")),
-                });
+                decoded.bad.push(index.bad(buf, lines[i], error));
             }
             return Ok(decoded);
         }
@@ -230,6 +222,27 @@ fn scan_lines(buf: &[u8], max_rows: usize, eof: bool) -> (Vec<(usize, usize)>, u
     (lines, pos, newlines)
 }
 
+/// Counts the lines of a buffer up to each bad one, in order (blank lines count).
+#[derive(Default)]
+struct LineIndex {
+    index: usize,
+    counted_to: usize,
+}
+
+impl LineIndex {
+    /// The bad record of the line at `(start, end)` of `buf`, which comes after the
+    /// lines asked about before.
+    fn bad(&mut self, buf: &[u8], (start, end): (usize, usize), error: Error) -> BadRecord {
+        self.index += crate::count_newlines(&buf[self.counted_to..start]) as usize;
+        self.counted_to = start;
+        BadRecord {
+            index: self.index,
+            raw: String::from_utf8_lossy(&buf[start..end]).into_owned(),
+            error: Error::data("invalid json record").with_source(error),
+        }
+    }
+}
+
 /// Decodes line by line to separate the bad lines from the good ones.
 fn isolate(
     dec: &JsonDecoder,
@@ -240,11 +253,8 @@ fn isolate(
 ) -> Result<()> {
     let mut good: Vec<u8> = Vec::new();
     let mut good_rows = 0;
-    let mut line_index = 0usize;
-    let mut last_end = 0usize;
+    let mut index = LineIndex::default();
     for &(s, e) in lines {
-        line_index += crate::count_newlines(&buf[last_end..s]) as usize;
-        last_end = s;
         let line = &buf[s..e];
         match dec.decode_range(line, 1) {
             Ok(_) => {
@@ -252,11 +262,7 @@ fn isolate(
                 good.push(b'\n');
                 good_rows += 1;
             }
-            Err(err) => out.bad.push(BadRecord {
-                index: line_index,
-                raw: String::from_utf8_lossy(line).into_owned(),
-                error: Error::data("invalid json record").with_source(err),
-            }),
+            Err(err) => out.bad.push(index.bad(buf, (s, e), err)),
         }
     }
     if out.bad.is_empty() {

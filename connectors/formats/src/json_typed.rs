@@ -271,7 +271,7 @@ impl<'a> Cursor<'a> {
                 if self.peek() != Some(b'"') {
                     return Err(self.unexpected("a field name"));
                 }
-                let found = self.key(fields, hint)?;
+                let found = fields.find(self.str_text()?, hint);
                 self.eat(b':', "':'")?;
                 match found {
                     Some(f) => {
@@ -311,23 +311,21 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    /// Reads a field name (at `"`); the index of its field, None when not in `fields`.
-    fn key(&mut self, fields: &Fields, hint: usize) -> Result<Option<usize>> {
+    /// The text of a string (at `"`): a slice of the line when it has no escape, else
+    /// unescaped into `scratch`.
+    fn str_text(&mut self) -> Result<&[u8]> {
         let start = self.i + 1;
-        match memchr::memchr2(b'"', b'\\', &self.b[start..]) {
-            Some(n) if self.b[start + n] == b'"' => {
+        if let Some(n) = memchr::memchr2(b'"', b'\\', &self.b[start..]) {
+            if self.b[start + n] == b'"' {
                 self.i = start + n + 1;
-                Ok(fields.find(&self.b[start..start + n], hint))
-            }
-            _ => {
-                let mut key = std::mem::take(&mut self.scratch);
-                key.clear();
-                let r = self.string(&mut key);
-                let found = fields.find(&key, hint);
-                self.scratch = key;
-                r.map(|_| found)
+                return Ok(&self.b[start..start + n]);
             }
         }
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        let r = self.string(&mut text);
+        self.scratch = text;
+        r.map(|()| self.scratch.as_slice())
     }
 
     /// Appends the text of a string (at `"`) to `out`, unescaped.
@@ -403,23 +401,7 @@ impl<'a> Cursor<'a> {
     /// timestamp columns); `scratch` holds an unescaped string.
     fn scalar_text(&mut self, what: &str) -> Result<(&[u8], bool)> {
         match self.peek() {
-            Some(b'"') => {
-                let start = self.i + 1;
-                match memchr::memchr2(b'"', b'\\', &self.b[start..]) {
-                    Some(n) if self.b[start + n] == b'"' => {
-                        self.i = start + n + 1;
-                        Ok((&self.b[start..start + n], true))
-                    }
-                    _ => {
-                        let mut s = std::mem::take(&mut self.scratch);
-                        s.clear();
-                        let r = self.string(&mut s);
-                        self.scratch = s;
-                        r?;
-                        Ok((&self.scratch, true))
-                    }
-                }
-            }
+            Some(b'"') => Ok((self.str_text()?, true)),
             Some(b'-' | b'0'..=b'9') => Ok((self.number(), false)),
             _ => Err(self.unexpected(what)),
         }
@@ -547,11 +529,7 @@ impl<'a> Cursor<'a> {
             self.ws();
             match self.peek() {
                 Some(b'"') => {
-                    let mut sink = std::mem::take(&mut self.scratch);
-                    sink.clear();
-                    let r = self.string(&mut sink);
-                    self.scratch = sink;
-                    r?;
+                    self.str_text()?;
                 }
                 Some(b'{' | b'[') => {
                     depth += 1;

@@ -293,21 +293,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 /// A transaction error: everything since the last commit is gone, so the pipeline
 /// restarts from its checkpoint.
-/// The id of `schema` under `subject`, asked of the registry once per batch.
-async fn schema_id(
-    avro: &mut AvroWriter,
-    ids: &mut HashMap<String, u32>,
-    subject: String,
-    schema: &str,
-) -> Result<u32> {
-    if let Some(id) = ids.get(&subject) {
-        return Ok(*id);
-    }
-    let id = avro.id(&subject, schema).await?;
-    ids.insert(subject, id);
-    Ok(id)
-}
-
 fn txn_error(what: &str, e: KafkaError) -> Error {
     Error::new(ErrorKind::Aborted, format!("kafka: {what}: {e}"))
 }
@@ -336,6 +321,19 @@ enum KeyData {
     /// Framed Avro datums, where each ends, and for a nullable `_key` the datum of
     /// each row (None: no key).
     Avro(Vec<u8>, Vec<usize>, Option<Vec<Option<usize>>>),
+}
+
+/// Where the Avro key datum of `row` lies in its buffer (None: the row has no key).
+fn avro_key_range(
+    ends: &[usize],
+    map: &Option<Vec<Option<usize>>>,
+    row: usize,
+) -> Option<std::ops::Range<usize>> {
+    let d = match map {
+        Some(map) => map[row]?,
+        None => row,
+    };
+    Some(if d == 0 { 0 } else { ends[d - 1] }..ends[d])
 }
 
 /// Key columns to write as Avro.
@@ -479,7 +477,7 @@ impl<'a> Encoded<'a> {
     fn new(
         config: &KafkaSinkConfig,
         rb: &'a RecordBatch,
-        avro: Option<&mut AvroWriter>,
+        mut avro: Option<&mut AvroWriter>,
     ) -> Result<Self> {
         let schema = rb.schema();
         let optional = |explicit: &Option<String>,
@@ -528,7 +526,6 @@ impl<'a> Encoded<'a> {
             )?),
             None => None,
         };
-        let mut avro = avro;
         let mut key_schema = None;
         let keys = if config.key_format == KeyFormat::Avro {
             match avro_key_batch(config, rb)? {
@@ -661,29 +658,35 @@ impl<'a> Encoded<'a> {
         config: &KafkaSinkConfig,
         avro: &mut AvroWriter,
     ) -> Result<()> {
-        let rows = self.rows();
-        let mut value_ids: HashMap<String, u32> = HashMap::new();
-        let mut key_ids: HashMap<String, u32> = HashMap::new();
-        for row in 0..rows {
-            let topic = self.topic(row, config.topic.as_deref())?.to_string();
-            if let Some(schema) = &self.avro_schema {
-                let id =
-                    schema_id(avro, &mut value_ids, config.subject_for(&topic), schema).await?;
+        // the ids of each row's topic (value, key), registered once per topic; a key
+        // schema only once a row of the topic has a key
+        let mut by_topic: HashMap<&str, (Option<u32>, Option<u32>)> = HashMap::new();
+        let mut ids = Vec::with_capacity(self.rows());
+        for row in 0..self.rows() {
+            let topic = self.topic(row, config.topic.as_deref())?;
+            let known = by_topic.get(topic).copied().unwrap_or_default();
+            let mut pair = known;
+            if let (None, Some(schema)) = (pair.0, &self.avro_schema) {
+                pair.0 = Some(avro.id(&config.subject_for(topic), schema).await?);
+            }
+            let keyed = matches!(&self.keys, Some(KeyData::Avro(_, ends, map))
+                if avro_key_range(ends, map, row).is_some());
+            if let (None, Some(schema), true) = (pair.1, &self.key_schema, keyed) {
+                pair.1 = Some(avro.id(&config.key_subject_for(topic), schema).await?);
+            }
+            if pair != known {
+                by_topic.insert(topic, pair);
+            }
+            ids.push(pair);
+        }
+        for (row, (value_id, key_id)) in ids.into_iter().enumerate() {
+            if let Some(id) = value_id {
                 let start = self.start(row);
                 self.values[start..start + 5].copy_from_slice(&confluent_header(id));
             }
-            if let (Some(schema), Some(KeyData::Avro(out, ends, map))) =
-                (&self.key_schema, &mut self.keys)
-            {
-                let datum = match map {
-                    Some(map) => map[row],
-                    None => Some(row),
-                };
-                if let Some(d) = datum {
-                    let id = schema_id(avro, &mut key_ids, config.key_subject_for(&topic), schema)
-                        .await?;
-                    let start = if d == 0 { 0 } else { ends[d - 1] };
-                    out[start..start + 5].copy_from_slice(&confluent_header(id));
+            if let (Some(id), Some(KeyData::Avro(out, ends, map))) = (key_id, &mut self.keys) {
+                if let Some(datum) = avro_key_range(ends, map, row) {
+                    out[datum.start..datum.start + 5].copy_from_slice(&confluent_header(id));
                 }
             }
         }
@@ -705,14 +708,7 @@ impl<'a> Encoded<'a> {
                 let start = if row == 0 { 0 } else { ends[row - 1] + 1 };
                 Some(&text[start..ends[row]])
             }
-            KeyData::Avro(out, ends, map) => {
-                let d = match map {
-                    Some(map) => map[row]?,
-                    None => row,
-                };
-                let start = if d == 0 { 0 } else { ends[d - 1] };
-                Some(&out[start..ends[d]])
-            }
+            KeyData::Avro(out, ends, map) => Some(&out[avro_key_range(ends, map, row)?]),
         }
     }
 

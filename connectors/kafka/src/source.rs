@@ -724,19 +724,10 @@ impl KafkaSource {
             ValueFormat::String => {
                 let mut b = StringBuilder::new();
                 for (i, m) in msgs.iter().enumerate() {
-                    match chunk.payload(m).map(std::str::from_utf8) {
-                        None => b.append_null(),
-                        Some(Ok(s)) => b.append_value(s),
-                        Some(Err(e)) => {
-                            rejects.push(reject(
-                                chunk,
-                                m,
-                                Error::data(format!("value is not UTF-8: {e}")),
-                            ));
-                            continue;
-                        }
+                    match append_utf8(&mut b, chunk.payload(m), "value") {
+                        Ok(()) => good.push(i),
+                        Err(e) => rejects.push(reject(chunk, m, e)),
                     }
-                    good.push(i);
                 }
                 Some(value_batch(DataType::Utf8, Arc::new(b.finish()))?)
             }
@@ -794,18 +785,12 @@ impl KafkaSource {
                 if self.wants(Metadata::Key) {
                     match self.config.key_format {
                         KeyFormat::Bytes => key_bytes.append_option(m.key.as_deref()),
-                        _ => match m.key.as_deref().map(std::str::from_utf8) {
-                            None => key_strings.append_null(),
-                            Some(Ok(s)) => key_strings.append_value(s),
-                            Some(Err(e)) => {
-                                rejects.push(reject(
-                                    chunk,
-                                    m,
-                                    Error::data(format!("key is not UTF-8: {e}")),
-                                ));
+                        _ => {
+                            if let Err(e) = append_utf8(&mut key_strings, m.key.as_deref(), "key") {
+                                rejects.push(reject(chunk, m, e));
                                 continue;
                             }
-                        },
+                        }
                     }
                 }
                 keep.push(row);
@@ -1010,6 +995,16 @@ fn key_column(
     };
     *last = Some(field.clone());
     Ok((field, col))
+}
+
+/// Appends `bytes` as text (None: null); an error naming `what` when it is not UTF-8.
+fn append_utf8(b: &mut StringBuilder, bytes: Option<&[u8]>, what: &str) -> Result<()> {
+    match bytes.map(std::str::from_utf8) {
+        None => b.append_null(),
+        Some(Ok(s)) => b.append_value(s),
+        Some(Err(e)) => return Err(Error::data(format!("{what} is not UTF-8: {e}"))),
+    }
+    Ok(())
 }
 
 fn value_batch(dt: DataType, col: ArrayRef) -> Result<RecordBatch> {

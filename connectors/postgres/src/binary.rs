@@ -347,22 +347,39 @@ pub fn tuples(buf: &[u8]) -> Result<Vec<usize>> {
 /// The key values (as text) of the tuple at `start`: its fields after the first
 /// `columns` (what [`decode`] reports as `last_key`, without decoding the rest).
 pub fn key_of(buf: &[u8], start: usize, columns: usize) -> Result<Vec<String>> {
-    let count = i16::from_be_bytes(take(buf, start).map_err(Error::internal)?).max(0) as usize;
+    let mut fields = Vec::new();
+    tuple_fields(buf, start, &mut fields)?;
+    Ok(key_text(fields.get(columns..).unwrap_or_default()))
+}
+
+/// The fields of the tuple at `start` (None: NULL), in `out`.
+fn tuple_fields<'a>(buf: &'a [u8], start: usize, out: &mut Vec<Option<&'a [u8]>>) -> Result<()> {
+    out.clear();
+    let count = i16::from_be_bytes(take(buf, start).map_err(Error::internal)?).max(0);
     let mut at = start + 2;
-    let mut key = Vec::with_capacity(count.saturating_sub(columns));
-    for i in 0..count {
+    for _ in 0..count {
         let len = i32::from_be_bytes(take(buf, at).map_err(Error::internal)?);
         at += 4;
-        let len = len.max(0) as usize;
-        if i >= columns {
-            let data = buf
-                .get(at..at + len)
-                .ok_or_else(|| Error::internal("binary COPY tuple cut short"))?;
-            key.push(String::from_utf8_lossy(data).into_owned());
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = at + len as usize;
+            out.push(Some(
+                buf.get(at..end)
+                    .ok_or_else(|| Error::internal("binary COPY tuple cut short"))?,
+            ));
+            at = end;
         }
-        at += len;
     }
-    Ok(key)
+    Ok(())
+}
+
+/// Key fields (read as text) as strings.
+fn key_text(fields: &[Option<&[u8]>]) -> Vec<String> {
+    fields
+        .iter()
+        .map(|f| String::from_utf8_lossy(f.unwrap_or_default()).into_owned())
+        .collect()
 }
 
 /// Rows decoded from a run of tuples.
@@ -405,36 +422,16 @@ pub fn decode(
         .collect();
     let want = kinds.len() + keys;
     let mut rejects = Vec::new();
-    let mut last_key = Vec::new();
     let mut fields: Vec<Option<&[u8]>> = Vec::with_capacity(want);
     let mut values: Vec<Value> = Vec::with_capacity(kinds.len());
     for &start in starts {
-        fields.clear();
-        let count = i16::from_be_bytes(take(buf, start).map_err(Error::internal)?) as usize;
-        if count != want {
+        tuple_fields(buf, start, &mut fields)?;
+        if fields.len() != want {
             return Err(Error::internal(format!(
-                "binary COPY tuple has {count} fields, expected {want}"
+                "binary COPY tuple has {} fields, expected {want}",
+                fields.len()
             )));
         }
-        let mut at = start + 2;
-        for _ in 0..count {
-            let len = i32::from_be_bytes(take(buf, at).map_err(Error::internal)?);
-            at += 4;
-            if len < 0 {
-                fields.push(None);
-            } else {
-                let end = at + len as usize;
-                fields
-                    .push(Some(buf.get(at..end).ok_or_else(|| {
-                        Error::internal("binary COPY tuple cut short")
-                    })?));
-                at = end;
-            }
-        }
-        last_key = fields[kinds.len()..]
-            .iter()
-            .map(|f| String::from_utf8_lossy(f.unwrap_or_default()).into_owned())
-            .collect();
         values.clear();
         let mut failed = None;
         for ((field, kind), f) in fields.iter().zip(&kinds).zip(schema.fields()) {
@@ -450,7 +447,7 @@ pub fn decode(
             }
         }
         match failed {
-            Some(why) => rejects.push((last_key.clone(), why)),
+            Some(why) => rejects.push((key_text(&fields[kinds.len()..]), why)),
             None => {
                 for ((b, kind), v) in builders.iter_mut().zip(&kinds).zip(&values) {
                     append(b.as_mut(), kind, v);
@@ -458,6 +455,8 @@ pub fn decode(
             }
         }
     }
+    // `fields` holds the last tuple's
+    let last_key = key_text(fields.get(kinds.len()..).unwrap_or_default());
     let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
     let batch = RecordBatch::try_new(Arc::clone(schema), columns)
         .map_err(|e| Error::internal("binary COPY batch").with_source(e))?;

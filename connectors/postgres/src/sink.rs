@@ -337,12 +337,13 @@ impl PostgresSink {
         let (mut first, binary) = encode(&records.slice(chunks[0].0, chunks[0].1), &types)?;
         let format = if binary { " WITH (FORMAT binary)" } else { "" };
         let table = self.target();
+        let copy_error = |e| pg_error(format!("table {table}: COPY"), e);
         let last = chunks.len() - 1;
         let tx = self.tx().await?;
         let mut copy = tx
             .copy_in_raw(&format!("COPY {into} ({columns}) FROM STDIN{format}"))
             .await
-            .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+            .map_err(copy_error)?;
         for (i, &(start, len)) in chunks.iter().enumerate() {
             let data = match i {
                 0 => std::mem::take(&mut first),
@@ -358,13 +359,9 @@ impl PostgresSink {
             } else {
                 data.len()
             };
-            copy.send(&data[from..to])
-                .await
-                .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+            copy.send(&data[from..to]).await.map_err(copy_error)?;
         }
-        copy.finish()
-            .await
-            .map_err(|e| pg_error(format!("table {table}: COPY"), e))?;
+        copy.finish().await.map_err(copy_error)?;
         Ok(())
     }
 
