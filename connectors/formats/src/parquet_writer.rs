@@ -4,7 +4,13 @@
 //! dictionary hashing and compression then bound a pipeline whose decoding already runs
 //! on every core. This writer hands each column's leaves to a pool of scoped threads
 //! that take the next column as they finish one, and writes the finished column chunks
-//! in schema order, so the file is the one `ArrowWriter` would write.
+//! in schema order, so the file is the one `ArrowWriter` would write, with one
+//! difference: a column whose dictionary overflowed in a row group (its values are too
+//! many and too varied for one, e.g. ids, uuids, timestamps) is written without a
+//! dictionary in the file's later row groups. The dictionary would only be built,
+//! hashed into and dropped again for each of them: measured on 1M PostgreSQL rows of
+//! the `events` shape to Parquet (zstd), 1.44-1.56 CPU-s with dictionaries for every
+//! column, 1.15-1.26 without any, for a file 1.6% larger.
 
 use std::io::Write;
 use std::sync::Mutex;
@@ -16,9 +22,12 @@ use parquet::arrow::arrow_writer::{
     ArrowRowGroupWriterFactory,
 };
 use parquet::arrow::ArrowWriter;
+use parquet::basic::{Encoding, PageType};
 use parquet::errors::{ParquetError, Result};
-use parquet::file::properties::WriterProperties;
+use parquet::file::metadata::ColumnChunkMetaData;
+use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::types::ColumnPath;
 
 /// Threads at most for one row group's columns.
 const MAX_THREADS: usize = 4;
@@ -32,6 +41,11 @@ pub(crate) struct ParallelParquet<W: Write + Send> {
     buffered: usize,
     max_rows: usize,
     threads: usize,
+    /// Leaf columns whose dictionary overflowed in an earlier row group.
+    plain: Vec<ColumnPath>,
+    /// The file's properties with those columns' dictionaries turned off (None: no
+    /// column has overflowed).
+    plain_props: Option<WriterPropertiesPtr>,
 }
 
 impl<W: Write + Send> ParallelParquet<W> {
@@ -50,6 +64,8 @@ impl<W: Write + Send> ParallelParquet<W> {
             buffered: 0,
             max_rows,
             threads,
+            plain: Vec::new(),
+            plain_props: None,
         })
     }
 
@@ -72,9 +88,21 @@ impl<W: Write + Send> ParallelParquet<W> {
         let writers = match &mut self.writers {
             Some(w) => w,
             None => {
-                let index = self.file.flushed_row_groups().len();
-                self.writers
-                    .insert(self.factory.create_column_writers(index)?)
+                let writers = match &self.plain_props {
+                    None => {
+                        let index = self.file.flushed_row_groups().len();
+                        self.factory.create_column_writers(index)?
+                    }
+                    // the factory only knows the file's properties; the deprecated
+                    // function takes others (it lacks only encryption, not enabled)
+                    #[allow(deprecated)]
+                    Some(props) => parquet::arrow::arrow_writer::get_column_writers(
+                        self.file.schema_descr(),
+                        props,
+                        &self.schema,
+                    )?,
+                };
+                self.writers.insert(writers)
             }
         };
         let mut leaves: Vec<ArrowLeafColumn> = Vec::with_capacity(writers.len());
@@ -98,7 +126,21 @@ impl<W: Write + Send> ParallelParquet<W> {
         for chunk in chunks {
             chunk.append_to_row_group(&mut row_group)?;
         }
-        row_group.close()?;
+        let written = row_group.close()?;
+        let overflowed: Vec<ColumnPath> = written
+            .columns()
+            .iter()
+            .filter(|c| dictionary_overflowed(c) && !self.plain.contains(c.column_path()))
+            .map(|c| c.column_path().clone())
+            .collect();
+        if !overflowed.is_empty() {
+            self.plain.extend(overflowed);
+            let mut props = WriterProperties::clone(self.file.properties()).into_builder();
+            for path in &self.plain {
+                props = props.set_column_dictionary_enabled(path.clone(), false);
+            }
+            self.plain_props = Some(std::sync::Arc::new(props.build()));
+        }
         Ok(())
     }
 
@@ -118,6 +160,25 @@ impl<W: Write + Send> ParallelParquet<W> {
         self.flush_row_group()?;
         self.file.into_inner()
     }
+}
+
+/// Whether a column chunk began with a dictionary and fell back to another encoding
+/// when the dictionary reached its size limit.
+fn dictionary_overflowed(chunk: &ColumnChunkMetaData) -> bool {
+    let Some(stats) = chunk.page_encoding_stats() else {
+        return false;
+    };
+    let dictionary = stats
+        .iter()
+        .any(|s| s.page_type == PageType::DICTIONARY_PAGE);
+    let fell_back = stats.iter().any(|s| {
+        matches!(s.page_type, PageType::DATA_PAGE | PageType::DATA_PAGE_V2)
+            && !matches!(
+                s.encoding,
+                Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY
+            )
+    });
+    dictionary && fell_back
 }
 
 /// Runs `f` over `items` on up to `threads` threads, each taking the next item when it
@@ -217,5 +278,51 @@ mod tests {
         let theirs = theirs.into_inner().unwrap();
         // byte for byte: the same pages, chunks and footer
         assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn a_column_whose_dictionary_overflowed_is_written_plain_in_later_row_groups() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("kind", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..3000)),
+                Arc::new(StringArray::from_iter_values(
+                    (0..3000).map(|i| ["a", "b", "c"][i % 3]),
+                )),
+            ],
+        )
+        .unwrap();
+        // 1,000 distinct ids overflow a 1 KiB dictionary; three kinds never do (the
+        // size is checked at page boundaries, so pages are small too)
+        let props = WriterProperties::builder()
+            .set_max_row_group_size(1000)
+            .set_dictionary_page_size_limit(1024)
+            .set_data_page_size_limit(256)
+            .set_write_batch_size(100)
+            .build();
+        let mut writer = ParallelParquet::try_new(Vec::new(), schema, props).unwrap();
+        writer.write(&batch).unwrap();
+        let file = bytes::Bytes::from(writer.into_inner().unwrap());
+
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let meta = reader.metadata().clone();
+        let groups = meta.row_groups();
+        assert_eq!(groups.len(), 3);
+        let dictionary =
+            |g: usize, c: usize| groups[g].column(c).dictionary_page_offset().is_some();
+        assert!(dictionary(0, 0) && dictionary_overflowed(groups[0].column(0)));
+        assert!(!dictionary(1, 0) && !dictionary(2, 0), "ids stay plain");
+        assert!(
+            (0..3).all(|g| dictionary(g, 1)),
+            "kinds keep their dictionary"
+        );
+        let read: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let read = arrow_select::concat::concat_batches(&read[0].schema(), &read).unwrap();
+        assert_eq!(read, batch);
     }
 }
