@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # PostgreSQL throughput against psql \copy, the physical reference, on the same data
 # and server: file -> PostgreSQL (insert) vs \copy FROM, PostgreSQL -> Parquet vs
-# \copy TO /dev/null. Records are counted in the table / the Parquet metadata.
+# \copy TO /dev/null (the snapshot read in key order, then in physical order).
+# Records are counted in the table / the Parquet metadata.
 #
 #   bash integration-tests/bench/postgres.sh [RECORDS]    # default 1M
 set -euo pipefail
@@ -76,12 +77,15 @@ got=$(psql -X -Atq -d "$PG" -c "SELECT count(*) FROM bench_sluice")
 [[ "$got" == "$N" ]] || { echo "bench_sluice has $got rows, expected $N"; exit 1; }
 
 read -r copy_out_s copy_out_cpu < <(timed psql -X -q -d "$PG" -c "\\copy bench_sluice TO '/dev/null'")
-cat > "$WORK/out.toml" <<TOML
+snapshot() { # ORDER: the table to Parquet, read in that snapshot_order; prints "seconds cpu"
+  rm -rf "$WORK/out" "$WORK/out-state.db"
+  cat > "$WORK/out.toml" <<TOML
 name = "bench-out"
 [source]
 connector = "postgres"
 url = "$PG"
 tables = ["bench_sluice"]
+snapshot_order = "$1"
 [sink]
 connector = "file"
 path = "$WORK/out"
@@ -89,18 +93,26 @@ format = "parquet"
 [checkpoint]
 path = "$WORK/out-state.db"
 TOML
-read -r out_s out_cpu < <(timed "$SLUICE" run --quiet "$WORK/out.toml")
-got=$(python3 -c "import pyarrow.parquet as pq, glob; print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob('$WORK/out/*.parquet')))")
-[[ "$got" == "$N" ]] || { echo "parquet has $got rows, expected $N"; exit 1; }
+  timed "$SLUICE" run --quiet "$WORK/out.toml"
+}
+parquet_rows() {
+  got=$(python3 -c "import pyarrow.parquet as pq, glob; print(sum(pq.ParquetFile(f).metadata.num_rows for f in glob.glob('$WORK/out/*.parquet')))")
+  [[ "$got" == "$N" ]] || { echo "parquet has $got rows, expected $N"; exit 1; }
+}
+read -r out_s out_cpu < <(snapshot key)
+parquet_rows
+read -r phys_s phys_cpu < <(snapshot physical)
+parquet_rows
 
 echo "records: $N, PostgreSQL on the same 2 cores; CPU-s are the client's (sluice or psql) per million rows"
 printf '| %-34s | %10s | %10s | %8s |\n' workload rows/s "CPU-s/M" "vs psql"
 printf '|%s|%s|%s|%s|\n' ------------------------------------ ------------ ------------ ----------
-python3 - "$N" "$copy_in_s" "$copy_in_cpu" "$in_s" "$in_cpu" "$copy_out_s" "$copy_out_cpu" "$out_s" "$out_cpu" <<'PY'
+python3 - "$N" "$copy_in_s" "$copy_in_cpu" "$in_s" "$in_cpu" "$copy_out_s" "$copy_out_cpu" "$out_s" "$out_cpu" "$phys_s" "$phys_cpu" <<'PY'
 import sys
 n = int(sys.argv[1]); v = [float(x) for x in sys.argv[2:]]
 rows = [("psql \\copy FROM (CSV)", v[0], v[1], None), ("sluice file (JSON) -> postgres", v[2], v[3], v[0]),
-        ("psql \\copy TO /dev/null", v[4], v[5], None), ("sluice postgres -> parquet", v[6], v[7], v[4])]
+        ("psql \\copy TO /dev/null", v[4], v[5], None), ("sluice postgres -> parquet (key)", v[6], v[7], v[4]),
+        ("sluice postgres -> parquet (physical)", v[8], v[9], v[4])]
 for name, secs, cpu, ref in rows:
     ratio = "" if ref is None else f"{ref / secs:.2f}x"
     print(f"| {name:<34} | {n / secs:>10,.0f} | {cpu / n * 1e6:>10.2f} | {ratio:>8} |")

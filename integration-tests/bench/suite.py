@@ -555,12 +555,14 @@ def main():
         s3 = boto3_client(moto.port)
         bucket = f"bench-{os.getpid()}"
         s3.create_bucket(Bucket=bucket)
-        s.measure(w, "sluice", "typed snapshot in key order (resumable), Parquet zstd objects of 1M records",
-                  run_sluice(sluice, w, f'[source]\nconnector = "postgres"\nurl = "{PG}"\ntables = ["bench_events"]\n'
-                             f'[sink]\nconnector = "s3"\nbucket = "{bucket}"\nendpoint = "http://127.0.0.1:{moto.port}"\n'
-                             'auth = { access_key_id = "test", secret_access_key = "test" }\n'
-                             'format = "parquet"\nprefix = "events/"\nmax_records = 1000000\nmax_bytes = 0'),
-                  lambda: count_objects(s3, bucket, "events/"), servers=[pg, moto])
+        for order, tool, prefix in (("physical", "sluice", "events/"), ("key", "sluice (key order)", "keyed/")):
+            s.measure(w, tool, f"typed snapshot in {order} order (resumable), Parquet zstd objects of 1M records",
+                      run_sluice(sluice, w, f'[source]\nconnector = "postgres"\nurl = "{PG}"\ntables = ["bench_events"]\n'
+                                 f'snapshot_order = "{order}"\n'
+                                 f'[sink]\nconnector = "s3"\nbucket = "{bucket}"\nendpoint = "http://127.0.0.1:{moto.port}"\n'
+                                 'auth = { access_key_id = "test", secret_access_key = "test" }\n'
+                                 f'format = "parquet"\nprefix = "{prefix}"\nmax_records = 1000000\nmax_bytes = 0'),
+                      lambda: count_objects(s3, bucket, prefix), servers=[pg, moto])
         if peers:
             s.measure(w, "sling", "to S3 Parquet",
                       [sling, "run", "--src-conn", "PG", "--src-stream", "public.bench_events",

@@ -320,26 +320,61 @@ fn append_null(b: &mut dyn ArrayBuilder, kind: &Kind) {
     }
 }
 
-/// Start offsets of the tuples of a binary COPY stream (header and trailer checked).
-pub fn tuples(buf: &[u8]) -> Result<Vec<usize>> {
-    let bad = |what: &str| Error::internal(format!("binary COPY stream: {what}"));
-    if !buf.starts_with(SIGNATURE) || buf.len() < 19 {
-        return Err(bad("no PGCOPY signature"));
+/// The length of the header of a binary COPY stream (signature, flags, extension),
+/// or None while `buf` does not hold all of it yet.
+pub fn header_len(buf: &[u8]) -> Result<Option<usize>> {
+    if buf.len() < 19 {
+        return Ok(None);
+    }
+    if !buf.starts_with(SIGNATURE) {
+        return Err(Error::internal("binary COPY stream: no PGCOPY signature"));
     }
     let ext = u32::from_be_bytes(buf[15..19].try_into().expect("4 bytes")) as usize;
-    let mut at = 19 + ext;
+    Ok((buf.len() >= 19 + ext).then_some(19 + ext))
+}
+
+/// What starts at `at` of a binary COPY stream.
+pub enum Next {
+    /// A whole tuple, ending at this offset.
+    Tuple(usize),
+    /// The trailer: the stream ends.
+    Trailer,
+}
+
+/// The tuple or trailer at `at`, or None while `buf` ends before it does.
+pub fn next_tuple(buf: &[u8], at: usize) -> Option<Next> {
+    let fields = i16::from_be_bytes(take::<2>(buf, at).ok()?);
+    if fields == -1 {
+        return Some(Next::Trailer);
+    }
+    let mut end = at + 2;
+    for _ in 0..fields {
+        let len = i32::from_be_bytes(take::<4>(buf, end).ok()?);
+        end += 4 + len.max(0) as usize;
+    }
+    (end <= buf.len()).then_some(Next::Tuple(end))
+}
+
+/// The end of a binary COPY stream.
+pub const TRAILER: [u8; 2] = [0xff, 0xff];
+
+/// Start offsets of the tuples of a binary COPY stream (header and trailer checked).
+pub fn tuples(buf: &[u8]) -> Result<Vec<usize>> {
+    let mut at =
+        header_len(buf)?.ok_or_else(|| Error::internal("binary COPY stream: no PGCOPY header"))?;
     let mut starts = Vec::new();
     loop {
-        let n = take::<2>(buf, at).map_err(|_| bad("no trailer"))?;
-        let fields = i16::from_be_bytes(n);
-        if fields == -1 {
-            return Ok(starts);
-        }
-        starts.push(at);
-        at += 2;
-        for _ in 0..fields {
-            let len = i32::from_be_bytes(take::<4>(buf, at).map_err(|_| bad("tuple cut short"))?);
-            at += 4 + len.max(0) as usize;
+        match next_tuple(buf, at) {
+            Some(Next::Tuple(end)) => {
+                starts.push(at);
+                at = end;
+            }
+            Some(Next::Trailer) => return Ok(starts),
+            None => {
+                return Err(Error::internal(
+                    "binary COPY stream: cut short before the trailer",
+                ))
+            }
         }
     }
 }
@@ -349,7 +384,10 @@ pub fn tuples(buf: &[u8]) -> Result<Vec<usize>> {
 pub fn key_of(buf: &[u8], start: usize, columns: usize) -> Result<Vec<String>> {
     let mut fields = Vec::new();
     tuple_fields(buf, start, &mut fields)?;
-    Ok(key_text(fields.get(columns..).unwrap_or_default()))
+    Ok(key_text(
+        fields.get(columns..).unwrap_or_default(),
+        KeyForm::Text,
+    ))
 }
 
 /// The fields of the tuple at `start` (None: NULL), in `out`.
@@ -375,11 +413,31 @@ fn tuple_fields<'a>(buf: &'a [u8], start: usize, out: &mut Vec<Option<&'a [u8]>>
 }
 
 /// Key fields (read as text) as strings.
-fn key_text(fields: &[Option<&[u8]>]) -> Vec<String> {
+fn key_text(fields: &[Option<&[u8]>], form: KeyForm) -> Vec<String> {
     fields
         .iter()
-        .map(|f| String::from_utf8_lossy(f.unwrap_or_default()).into_owned())
+        .map(|f| {
+            let f = f.unwrap_or_default();
+            match (form, f) {
+                (KeyForm::Tid, [b0, b1, b2, b3, l0, l1]) => format!(
+                    "({},{})",
+                    u32::from_be_bytes([*b0, *b1, *b2, *b3]),
+                    u16::from_be_bytes([*l0, *l1])
+                ),
+                _ => String::from_utf8_lossy(f).into_owned(),
+            }
+        })
         .collect()
+}
+
+/// How the fields after a tuple's columns give its position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyForm {
+    /// The order key's columns, as text.
+    Text,
+    /// The `ctid`, binary (block and line number, the server renders no text for it);
+    /// reported as PostgreSQL writes it, `(block,line)`.
+    Tid,
 }
 
 /// Rows decoded from a run of tuples.
@@ -393,13 +451,13 @@ pub struct Decoded {
 }
 
 /// Decodes the tuples starting at `starts` (from [`tuples`]): the columns of
-/// `schema`, then `keys` text columns holding the order key.
+/// `schema`, then `keys` columns giving the tuple's position, in `form`.
 pub fn decode(
     buf: &[u8],
     starts: &[usize],
     schema: &SchemaRef,
     pg_types: &[&str],
-    keys: usize,
+    (keys, form): (usize, KeyForm),
 ) -> Result<Decoded> {
     let kinds: Vec<Kind> = schema
         .fields()
@@ -447,7 +505,7 @@ pub fn decode(
             }
         }
         match failed {
-            Some(why) => rejects.push((key_text(&fields[kinds.len()..]), why)),
+            Some(why) => rejects.push((key_text(&fields[kinds.len()..], form), why)),
             None => {
                 for ((b, kind), v) in builders.iter_mut().zip(&kinds).zip(&values) {
                     append(b.as_mut(), kind, v);
@@ -456,7 +514,7 @@ pub fn decode(
         }
     }
     // `fields` holds the last tuple's
-    let last_key = key_text(fields.get(kinds.len()..).unwrap_or_default());
+    let last_key = key_text(fields.get(kinds.len()..).unwrap_or_default(), form);
     let columns: Vec<ArrayRef> = builders.iter_mut().map(|b| b.finish()).collect();
     let batch = RecordBatch::try_new(Arc::clone(schema), columns)
         .map_err(|e| Error::internal("binary COPY batch").with_source(e))?;

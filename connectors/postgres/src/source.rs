@@ -1,12 +1,15 @@
-//! The PostgreSQL source: whole tables in primary-key order (`snapshot`), or new rows
-//! by cursor columns (`incremental`), then changes (`cdc`). Table rows are read with
-//! `COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT (FORMAT binary)` and decoded
-//! straight into Arrow with the table's types (`crate::binary`), so `numeric(p,s)`
-//! arrives as Decimal128(p,s) and `timestamptz` as Timestamp(µs, UTC). Measured on
-//! 1M rows (integration-tests/bench/postgres.sh): the earlier read, rows as
-//! `row_to_json` text through a query, reached 0.21-0.27x of `psql \copy ... TO`;
-//! binary COPY reaches 0.66-0.70x (the server renders no text, the client parses no
-//! JSON). Changes (`cdc`) arrive as pgoutput text and go through JSON.
+//! The PostgreSQL source: whole tables in primary-key order or in physical order
+//! (`snapshot`), or new rows by cursor columns (`incremental`), then changes (`cdc`).
+//! Table rows are read with binary COPY and decoded straight into Arrow with the
+//! table's types (`crate::binary`), so `numeric(p,s)` arrives as Decimal128(p,s) and
+//! `timestamptz` as Timestamp(µs, UTC). In key order each chunk is one
+//! `COPY (SELECT ... ORDER BY key LIMIT n)`, the next read ahead while one decodes; in
+//! physical order (`snapshot_order = "physical"`) one `COPY (SELECT ..., ctid)` streams
+//! the table, as `COPY table TO` does, and a restart resumes after the last `ctid`.
+//! Measured on 1M rows (integration-tests/bench/postgres.sh): rows as `row_to_json`
+//! text through a query reached 0.21-0.27x of `psql \copy ... TO`; binary COPY in key
+//! order 0.6-0.7x; the physical stream 0.7x and above (the suite's figures are in
+//! BENCHMARKS.md). Changes (`cdc`) arrive as pgoutput text and go through JSON.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
-use crate::config::{PostgresSourceConfig, SourceMode};
+use crate::config::{PostgresSourceConfig, SnapshotOrder, SourceMode};
 use crate::sink::{connect_url, pg_error, quote};
 use crate::types::source_type;
 
@@ -35,6 +38,36 @@ pub struct TableOffset {
     /// `cdc`: end LSN of the last delivered transaction (exclusive start of the next).
     #[serde(default)]
     pub lsn: Option<u64>,
+    /// `snapshot_order = "physical"`: the `ctid` of the last delivered row, as text
+    /// (`(block,line)`); reading resumes strictly after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctid: Option<String>,
+    /// `snapshot_order = "physical"`: the table's file (`relfilenode`) that `ctid`
+    /// points into; a table rewritten since is read again from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filenode: Option<u32>,
+}
+
+/// A row's physical position: block and line pointer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tid {
+    block: u32,
+    line: u16,
+}
+
+impl Tid {
+    /// `(block,line)`, as PostgreSQL writes a `tid`.
+    fn parse(text: &str) -> Option<Tid> {
+        let (block, line) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+        Some(Tid {
+            block: block.parse().ok()?,
+            line: line.parse().ok()?,
+        })
+    }
+
+    fn text(self) -> String {
+        format!("({},{})", self.block, self.line)
+    }
 }
 
 /// The state of a `cdc` source.
@@ -76,6 +109,8 @@ struct Table {
     offset: TableOffset,
     /// `cdc`: rows carry `_op`.
     op: bool,
+    /// `snapshot_order = "physical"`: read in `ctid` order by one streaming COPY.
+    physical: bool,
 }
 
 /// What one split of the source reads.
@@ -97,6 +132,14 @@ struct Prefetch {
     task: tokio::task::JoinHandle<std::result::Result<Vec<u8>, sqlx::Error>>,
 }
 
+/// A physical-order read: one COPY of the table's remaining rows, cut by a task into
+/// chunks of whole tuples (each a binary COPY stream of its own), one chunk ahead.
+struct CopyStream {
+    table: usize,
+    chunks: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// Reads tables.
 pub struct PostgresSource {
     config: PostgresSourceConfig,
@@ -108,6 +151,8 @@ pub struct PostgresSource {
     ready: VecDeque<Batch>,
     /// The next chunk of a table being read while the current one decodes.
     prefetch: Option<Prefetch>,
+    /// The table being read in physical order.
+    stream: Option<CopyStream>,
     /// Parts decoded in parallel per fetch.
     parts: usize,
     batch_size: usize,
@@ -125,6 +170,7 @@ impl PostgresSource {
             cdc: None,
             ready: VecDeque::new(),
             prefetch: None,
+            stream: None,
             parts: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -237,18 +283,170 @@ async fn read_copy(pool: &PgPool, sql: &str) -> std::result::Result<Vec<u8>, sql
     Ok(buf)
 }
 
+impl CopyStream {
+    /// Starts reading `sql`, a binary COPY, in chunks of at least `rows` tuples.
+    fn start(pool: PgPool, sql: String, rows: usize, split: String, table: usize) -> CopyStream {
+        let (tx, chunks) = tokio::sync::mpsc::channel(1);
+        let task = tokio::spawn(async move {
+            if let Err(e) = stream_copy(&pool, &sql, rows, &tx).await {
+                let _ = tx.send(Err(e.context(format!("reading {split}")))).await;
+            }
+        });
+        CopyStream {
+            table,
+            chunks,
+            task,
+        }
+    }
+}
+
+/// Reads the binary COPY `sql` to its end and sends it on as chunks of at least
+/// `rows` whole tuples, each with the stream's header and a trailer. Synchronized and
+/// parallel scans are turned off for it (in its own transaction): either would hand
+/// rows out of block order.
+async fn stream_copy(
+    pool: &PgPool,
+    sql: &str,
+    rows: usize,
+    sender: &tokio::sync::mpsc::Sender<Result<Vec<u8>>>,
+) -> Result<()> {
+    use crate::binary::{header_len, next_tuple, Next, TRAILER};
+    use futures::StreamExt;
+    let failed = |e| pg_error("physical-order COPY", e);
+    let mut tx = pool.begin().await.map_err(failed)?;
+    sqlx::query(
+        "SELECT set_config('synchronize_seqscans', 'off', true), \
+                set_config('max_parallel_workers_per_gather', '0', true)",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(failed)?;
+    let mut copy = tx.copy_out_raw(sql).await.map_err(failed)?;
+    // `chunk` holds the header, then whole tuples up to `scanned`, then a part of one
+    let mut chunk = Vec::new();
+    let mut header = None;
+    let mut scanned = 0;
+    let mut count = 0;
+    while let Some(data) = copy.next().await {
+        chunk.extend_from_slice(&data.map_err(failed)?);
+        let header_end = match header {
+            Some(n) => n,
+            None => match header_len(&chunk)? {
+                Some(n) => {
+                    header = Some(n);
+                    scanned = n;
+                    n
+                }
+                None => continue,
+            },
+        };
+        while let Some(Next::Tuple(end)) = next_tuple(&chunk, scanned) {
+            scanned = end;
+            count += 1;
+        }
+        if count >= rows {
+            let mut next = Vec::with_capacity(chunk.len() + chunk.len() / 8);
+            next.extend_from_slice(&chunk[..header_end]);
+            next.extend_from_slice(&chunk[scanned..]);
+            chunk.truncate(scanned);
+            chunk.extend_from_slice(&TRAILER);
+            if sender
+                .send(Ok(std::mem::replace(&mut chunk, next)))
+                .await
+                .is_err()
+            {
+                return Ok(()); // the source stopped reading
+            }
+            scanned = header_end;
+            count = 0;
+        }
+    }
+    drop(copy);
+    tx.commit().await.map_err(failed)?;
+    // the server's trailer ends the last chunk
+    if count > 0 {
+        let _ = sender.send(Ok(chunk)).await;
+    }
+    Ok(())
+}
+
+/// Where a physical-order snapshot of `relation` starts: after the stored `ctid`, or
+/// from the first block if the table was rewritten since (its rows have moved).
+async fn open_physical(
+    pool: &PgPool,
+    relation: &str,
+    what: &str,
+    offset: &mut TableOffset,
+) -> Result<()> {
+    if offset.after.is_some() && !offset.done {
+        return Err(Error::config(format!(
+            "{what} was being read in key order; finish it with snapshot_order = \"key\", \
+             or run `sluice offsets reset` and start over"
+        ))
+        .with_field("snapshot_order"));
+    }
+    let file = filenode(pool, relation).await?;
+    if offset.ctid.is_some() && !offset.done && offset.filenode != Some(file) {
+        tracing::warn!(table = %relation, "the table was rewritten since the last run (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE): its rows have moved, so its snapshot starts again from the first block");
+        offset.ctid = None;
+    }
+    offset.filenode = Some(file);
+    Ok(())
+}
+
+/// The table's file (`relfilenode`): rewriting the table gives it a new one.
+async fn filenode(pool: &PgPool, relation: &str) -> Result<u32> {
+    let (filenode,): (i64,) =
+        sqlx::query_as("SELECT relfilenode::int8 FROM pg_class WHERE oid = $1::regclass")
+            .bind(relation)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| pg_error(format!("file of {relation}"), e))?;
+    Ok(u32::try_from(filenode).unwrap_or(0))
+}
+
 impl Table {
-    /// The next `limit` rows after the key values `after` (None: from the start), in
-    /// key order, as a binary COPY: the table's columns, then the key columns as text
-    /// (for the offset). COPY takes no bind parameters, so the key values are inlined
-    /// as quoted literals.
-    fn copy(&self, after: Option<&[String]>, limit: usize) -> String {
+    /// The table's columns as a binary COPY reads them.
+    fn select_list(&self) -> String {
         let exprs: Vec<String> = self
             .columns
             .iter()
             .zip(self.table_schema.fields())
             .map(|(c, f)| crate::binary::select_expr(&c.name, &c.pg, f.data_type()))
             .collect();
+        exprs.join(", ")
+    }
+
+    /// The columns after the table's columns in each COPY tuple: the order key as
+    /// text, or the `ctid` in physical order.
+    fn key_columns(&self) -> (usize, crate::binary::KeyForm) {
+        if self.physical {
+            (1, crate::binary::KeyForm::Tid)
+        } else {
+            (self.key.len(), crate::binary::KeyForm::Text)
+        }
+    }
+
+    /// The rows after `after` (None: all), in physical order, as a binary COPY: the
+    /// table's columns, then the `ctid` (for the offset). A bound on `ctid`
+    /// makes it a TID range scan.
+    fn copy_physical(&self, after: Option<Tid>) -> String {
+        let filter = match after {
+            Some(t) => format!("WHERE __sluice_t.ctid > '{}'::tid", t.text()),
+            None => String::new(),
+        };
+        format!(
+            "COPY (SELECT {}, __sluice_t.ctid AS __sluice_k0 FROM {} AS __sluice_t {filter}) TO STDOUT (FORMAT binary)",
+            self.select_list(),
+            self.relation
+        )
+    }
+
+    /// The next `limit` rows after the key values `after` (None: from the start), in
+    /// key order, as a binary COPY: the table's columns, then the key columns as text
+    /// (for the offset). COPY takes no bind parameters, so the key values are inlined
+    /// as quoted literals.
+    fn copy(&self, after: Option<&[String]>, limit: usize) -> String {
         // qualified, so that ORDER BY never means an output column cast to text
         let keys: Vec<String> = self
             .key
@@ -275,10 +473,31 @@ impl Table {
         };
         format!(
             "COPY (SELECT {}, {} FROM {} AS __sluice_t {filter} ORDER BY {order} LIMIT {limit}) TO STDOUT (FORMAT binary)",
-            exprs.join(", "),
+            self.select_list(),
             key_text.join(", "),
             self.relation
         )
+    }
+
+    /// Moves the physical-order offset to the row at `ctid` (the last of a part). Rows
+    /// come in block order from the scan; one that does not is an error, never a
+    /// silently wrong resume point.
+    fn advance_ctid(&mut self, ctid: &[String]) -> Result<()> {
+        let text = ctid.first().map(String::as_str).unwrap_or_default();
+        let tid = Tid::parse(text)
+            .ok_or_else(|| Error::internal(format!("ctid \"{text}\" is not a tid")))?;
+        if let Some(previous) = self.offset.ctid.as_deref().and_then(Tid::parse) {
+            if tid <= previous {
+                return Err(Error::internal(format!(
+                    "{}: rows arrived out of physical order (ctid {} after {})",
+                    self.split,
+                    tid.text(),
+                    previous.text()
+                )));
+            }
+        }
+        self.offset.ctid = Some(tid.text());
+        Ok(())
     }
 
     /// `rows` of the table as the records this source emits: plus `_op` = `r` in
@@ -375,22 +594,43 @@ impl Source for PostgresSource {
                     })
                     .collect()
             };
+            let physical = self.config.snapshot_order == SnapshotOrder::Physical
+                && matches!(read, Read::Table(_))
+                && self.config.mode != SourceMode::Incremental;
             let key = match self.config.mode {
                 SourceMode::Snapshot if matches!(read, Read::Query(_)) => {
                     position(&self.config.key, "key")?
                 }
-                SourceMode::Snapshot | SourceMode::Cdc if pk.is_empty() => {
+                SourceMode::Snapshot if physical => pk,
+                SourceMode::Cdc if pk.is_empty() => {
                     return Err(Error::schema(format!(
-                        "{what} has no primary key; a resumable snapshot reads in key order"
+                        "{what} has no primary key; mode = \"cdc\" needs one to apply updates and deletes"
+                    ))
+                    .with_field("tables"))
+                }
+                SourceMode::Snapshot if pk.is_empty() => {
+                    return Err(Error::schema(format!(
+                        "{what} has no primary key; a resumable snapshot reads in key order, \
+                         or in physical order with snapshot_order = \"physical\""
                     ))
                     .with_field("tables"))
                 }
                 SourceMode::Snapshot | SourceMode::Cdc => pk,
                 SourceMode::Incremental => position(&self.config.cursor, "cursor")?,
             };
-            let offset = committed
+            let mut offset = committed
                 .get_typed::<TableOffset>(&split)?
                 .unwrap_or_default();
+            if physical {
+                open_physical(&pool, &relation, &what, &mut offset).await?;
+            } else if offset.ctid.is_some() && !offset.done {
+                return Err(Error::config(format!(
+                    "{what} was being read in physical order (up to ctid {}); finish it with \
+                     snapshot_order = \"physical\", or run `sluice offsets reset` and start over",
+                    offset.ctid.as_deref().unwrap_or_default()
+                ))
+                .with_field("snapshot_order"));
+            }
             let op = self.config.mode == SourceMode::Cdc;
             let debezium = op && self.config.envelope == crate::config::Envelope::Debezium;
             self.tables.push(Table {
@@ -404,6 +644,7 @@ impl Source for PostgresSource {
                 debezium,
                 offset,
                 op,
+                physical,
             });
         }
         if self.config.mode == SourceMode::Cdc {
@@ -474,23 +715,59 @@ impl Source for PostgresSource {
                 SourceMode::Incremental => self.batch_size * self.parts,
                 _ => (self.batch_size * self.parts).max(COPY_ROWS),
             };
-            let read = match self.prefetch.take() {
-                Some(p) if p.table == self.current => p
-                    .task
-                    .await
-                    .map_err(|e| Error::internal("COPY read-ahead task").with_source(e))?,
-                other => {
-                    if let Some(p) = other {
-                        p.task.abort();
+            let physical = table.physical;
+            let buf = if physical {
+                // one COPY streams the table's remaining rows
+                if self.stream.as_ref().is_none_or(|s| s.table != self.current) {
+                    if let Some(s) = self.stream.take() {
+                        s.task.abort();
                     }
-                    read_copy(&pool, &table.copy(table.offset.after.as_deref(), limit)).await
+                    let after = match table.offset.ctid.as_deref() {
+                        Some(text) => Some(Tid::parse(text).ok_or_else(|| {
+                            Error::internal(format!("stored ctid \"{text}\" is not a tid"))
+                        })?),
+                        None => None,
+                    };
+                    self.stream = Some(CopyStream::start(
+                        pool.clone(),
+                        table.copy_physical(after),
+                        limit,
+                        table.split.clone(),
+                        self.current,
+                    ));
                 }
+                match self.stream.as_mut().map(|s| s.chunks.recv()) {
+                    Some(next) => match next.await {
+                        Some(chunk) => chunk?,
+                        None => Vec::new(),
+                    },
+                    None => Vec::new(),
+                }
+            } else {
+                let read = match self.prefetch.take() {
+                    Some(p) if p.table == self.current => p
+                        .task
+                        .await
+                        .map_err(|e| Error::internal("COPY read-ahead task").with_source(e))?,
+                    other => {
+                        if let Some(p) = other {
+                            p.task.abort();
+                        }
+                        read_copy(&pool, &table.copy(table.offset.after.as_deref(), limit)).await
+                    }
+                };
+                read.map_err(|e| pg_error(format!("reading {}", table.split), e))?
             };
-            let buf = read.map_err(|e| pg_error(format!("reading {}", table.split), e))?;
-            let starts = crate::binary::tuples(&buf)?;
-            // a full chunk: read the next one while this one decodes (the server and
-            // the decoding threads then work at the same time)
-            if self.config.mode != SourceMode::Incremental && starts.len() >= limit {
+            // an empty read: the table has no more rows
+            let starts = if buf.is_empty() {
+                self.stream = None;
+                Vec::new()
+            } else {
+                crate::binary::tuples(&buf)?
+            };
+            // a full chunk in key order: read the next one while this one decodes (the
+            // server and the decoding threads then work at the same time)
+            if !physical && self.config.mode != SourceMode::Incremental && starts.len() >= limit {
                 if let Some(&last) = starts.last() {
                     let after = crate::binary::key_of(&buf, last, table.columns.len())?;
                     let sql = table.copy(Some(&after), limit);
@@ -519,7 +796,7 @@ impl Source for PostgresSource {
             // each its own batch and offset
             let parts: Vec<&[usize]> = starts.chunks(self.batch_size).collect();
             let schema = &table.table_schema;
-            let keys = table.key.len();
+            let keys = table.key_columns();
             let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
             let pg_types = &pg_types[..];
             let mut decoded: Vec<Result<crate::binary::Decoded>> = Vec::with_capacity(parts.len());
@@ -548,7 +825,11 @@ impl Source for PostgresSource {
             let now_ms = now_millis();
             for part in decoded {
                 let part = part?;
-                table.offset.after = Some(part.last_key);
+                if physical {
+                    table.advance_ctid(&part.last_key)?;
+                } else {
+                    table.offset.after = Some(part.last_key);
+                }
                 let mut offsets = Offsets::new();
                 offsets.set_typed(table.split.clone(), &table.offset)?;
                 let mut batch = Batch::new(table.records(part.batch, now_ms)?, offsets);
@@ -557,7 +838,11 @@ impl Source for PostgresSource {
                     .into_iter()
                     .map(|(key, why)| Reject {
                         split: table.split.clone(),
-                        position: format!("table {} key ({})", table.split, key.join(", ")),
+                        position: if physical {
+                            format!("table {} ctid {}", table.split, key.join(", "))
+                        } else {
+                            format!("table {} key ({})", table.split, key.join(", "))
+                        },
                         raw: key.join(", "),
                         error: Error::data(why),
                     })
@@ -571,6 +856,9 @@ impl Source for PostgresSource {
     async fn close(&mut self) -> Result<()> {
         if let Some(p) = self.prefetch.take() {
             p.task.abort();
+        }
+        if let Some(s) = self.stream.take() {
+            s.task.abort();
         }
         if let Some(pool) = self.pool.take() {
             pool.close().await;
@@ -679,8 +967,10 @@ impl PostgresSource {
             .clone()
             .unwrap_or_else(|| crate::cdc::slot_name(pipeline));
         crate::cdc::ensure_publication(pool, &publication, &table.relation).await?;
-        let started =
-            table.offset.after.is_some() || table.offset.done || table.offset.lsn.is_some();
+        let started = table.offset.after.is_some()
+            || table.offset.ctid.is_some()
+            || table.offset.done
+            || table.offset.lsn.is_some();
         let advanced = match (crate::cdc::slot_position(pool, &slot).await?, started) {
             (Some(lsn), true) => lsn,
             (None, true) => {
