@@ -44,8 +44,11 @@ path = "$WORK/gen-$fmt-state.db"
 TOML
   "$SLUICE" run --quiet "$WORK/gen-$fmt.toml" >/dev/null 2>&1
 done
-JSON=$(ls "$WORK"/gen-json/part-*.jsonl)
-CSV=$(ls "$WORK"/gen-csv/part-*.csv)
+# the file sink may roll a large data set into several parts: the JSON is read by glob,
+# the CSV joined into one file for \copy
+JSON="$WORK/gen-json/part-*.jsonl"
+CSV="$WORK/gen.csv"
+cat "$WORK"/gen-csv/part-*.csv > "$CSV" && rm -rf "$WORK/gen-csv"
 
 DDL="id bigint NOT NULL, ts timestamptz NOT NULL, user_id bigint NOT NULL, uuid text NOT NULL, event text NOT NULL, country text, amount numeric(12,2), mobile boolean, payload text"
 psql -X -q -d "$PG" -c "DROP TABLE IF EXISTS bench_copy, bench_sluice; DELETE FROM sluice_offsets WHERE pipeline LIKE 'bench-%';" 2>/dev/null || true
