@@ -133,7 +133,9 @@ struct Prefetch {
 }
 
 /// A physical-order read: one COPY of the table's remaining rows, cut by a task into
-/// chunks of whole tuples (each a binary COPY stream of its own), one chunk ahead.
+/// chunks of whole tuples (each a binary COPY stream of its own), one chunk ahead. An
+/// empty chunk ends the table; a channel closed without one, or an error, ends the
+/// stream, and the next read starts a new one after the last decoded row.
 struct CopyStream {
     table: usize,
     chunks: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
@@ -363,10 +365,11 @@ async fn stream_copy(
     }
     drop(copy);
     tx.commit().await.map_err(failed)?;
-    // the server's trailer ends the last chunk
-    if count > 0 {
-        let _ = sender.send(Ok(chunk)).await;
+    // the server's trailer ends the last chunk; an empty one ends the table
+    if count > 0 && sender.send(Ok(chunk)).await.is_err() {
+        return Ok(());
     }
+    let _ = sender.send(Ok(Vec::new())).await;
     Ok(())
 }
 
@@ -736,12 +739,24 @@ impl Source for PostgresSource {
                         self.current,
                     ));
                 }
-                match self.stream.as_mut().map(|s| s.chunks.recv()) {
-                    Some(next) => match next.await {
-                        Some(chunk) => chunk?,
-                        None => Vec::new(),
-                    },
-                    None => Vec::new(),
+                let next = match self.stream.as_mut() {
+                    Some(s) => s.chunks.recv().await,
+                    None => None,
+                };
+                match next {
+                    Some(Ok(chunk)) => chunk,
+                    // a retried read starts over after the last decoded row
+                    Some(Err(e)) => {
+                        self.stream = None;
+                        return Err(e);
+                    }
+                    None => {
+                        self.stream = None;
+                        return Err(Error::transient(format!(
+                            "the COPY of {} stopped before the end of the table",
+                            table.split
+                        )));
+                    }
                 }
             } else {
                 let read = match self.prefetch.take() {

@@ -522,6 +522,17 @@ fn a_postgres_restart_mid_run_is_retried_and_nothing_is_lost() {
         }),
         "the pipeline never wrote"
     );
+    restart_postgres();
+    let run = finish(child, Duration::from_secs(120));
+    assert_restarted(&run);
+    assert_eq!(
+        psql(&format!("SELECT count(*), count(DISTINCT id) FROM \"{t}\"")),
+        format!("{ROWS}|{ROWS}")
+    );
+}
+
+/// Restarts the PostgreSQL server (the tests hold `server()`).
+fn restart_postgres() {
     let version = std::fs::read_dir("/etc/postgresql")
         .unwrap()
         .next()
@@ -538,7 +549,10 @@ fn a_postgres_restart_mid_run_is_retried_and_nothing_is_lost() {
         .status()
         .expect("pg_ctlcluster");
     assert!(status.success(), "restarting PostgreSQL failed");
-    let run = finish(child, Duration::from_secs(120));
+}
+
+/// The run ended well and its log shows the retry or restart.
+fn assert_restarted(run: &crate::support::Run) {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
         run.stderr.contains("retrying")
@@ -546,9 +560,57 @@ fn a_postgres_restart_mid_run_is_retried_and_nothing_is_lost() {
         "the restart left no trace in the log: {}",
         run.stderr
     );
+}
+
+#[test]
+fn a_postgres_restart_during_a_physical_snapshot_is_retried_and_nothing_is_lost() {
+    const ROWS: usize = 2_000_000;
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let src = fresh("it_pg_phys_restart_src");
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint NOT NULL, v text);\
+         INSERT INTO \"{src}\" SELECT g, md5(g::text) FROM generate_series(1, {ROWS}) g;"
+    ));
+    // into files, so that only the source loses its connection: its COPY stream
+    // breaks mid-table, and the retried read must go on after the last row delivered
+    std::fs::write(
+        d.join("r.toml"),
+        format!(
+            "name = \"{src}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{src}\"]\nsnapshot_order = \"physical\"\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+             [checkpoint]\ninterval = \"100ms\"\n\
+             [errors]\nretry_backoff = \"200ms\"\nretry_backoff_max = \"2s\"\nmax_retries = 20\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "r.toml"]);
+    let out = d.join("out");
+    assert!(
+        crate::support::wait_until(Duration::from_secs(60), || {
+            std::fs::read_dir(&out).is_ok_and(|mut files| files.next().is_some())
+        }),
+        "the pipeline never wrote"
+    );
+    restart_postgres();
+    let run = finish(child, Duration::from_secs(180));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("source read failed, retrying"),
+        "the source did not retry (the snapshot ended before the restart?): {}",
+        run.stderr
+    );
+    let counted = python(&format!(
+        "import glob, json\nids = [json.loads(l)['id'] for f in glob.glob('{}/*.jsonl') for l in open(f)]\n\
+         print(len(ids), len(set(ids)), sum(ids))",
+        out.display()
+    ));
     assert_eq!(
-        psql(&format!("SELECT count(*), count(DISTINCT id) FROM \"{t}\"")),
-        format!("{ROWS}|{ROWS}")
+        counted,
+        format!("{ROWS} {ROWS} {}", ROWS * (ROWS + 1) / 2),
+        "every row once"
     );
 }
 
