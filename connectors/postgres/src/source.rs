@@ -373,6 +373,23 @@ async fn stream_copy(
     Ok(())
 }
 
+/// A table without a primary key cannot be read in key order, nor by `cdc` (which
+/// needs one to apply updates and deletes): an error naming the table and the way out.
+fn need_primary_key(config: &PostgresSourceConfig, what: &str, pk: &[usize]) -> Result<()> {
+    if !pk.is_empty() {
+        return Ok(());
+    }
+    let why = match (config.mode, config.snapshot_order) {
+        (SourceMode::Cdc, _) => "mode = \"cdc\" needs one to apply updates and deletes",
+        (SourceMode::Snapshot, SnapshotOrder::Key) => {
+            "a resumable snapshot reads in key order, or in physical order with \
+             snapshot_order = \"physical\""
+        }
+        _ => return Ok(()),
+    };
+    Err(Error::schema(format!("{what} has no primary key; {why}")).with_field("tables"))
+}
+
 /// Where a physical-order snapshot of `relation` starts: after the stored `ctid`, or
 /// from the first block if the table was rewritten since (its rows have moved).
 async fn open_physical(
@@ -600,23 +617,12 @@ impl Source for PostgresSource {
             let physical = self.config.snapshot_order == SnapshotOrder::Physical
                 && matches!(read, Read::Table(_))
                 && self.config.mode != SourceMode::Incremental;
+            if matches!(read, Read::Table(_)) {
+                need_primary_key(&self.config, &what, &pk)?;
+            }
             let key = match self.config.mode {
                 SourceMode::Snapshot if matches!(read, Read::Query(_)) => {
                     position(&self.config.key, "key")?
-                }
-                SourceMode::Snapshot if physical => pk,
-                SourceMode::Cdc if pk.is_empty() => {
-                    return Err(Error::schema(format!(
-                        "{what} has no primary key; mode = \"cdc\" needs one to apply updates and deletes"
-                    ))
-                    .with_field("tables"))
-                }
-                SourceMode::Snapshot if pk.is_empty() => {
-                    return Err(Error::schema(format!(
-                        "{what} has no primary key; a resumable snapshot reads in key order, \
-                         or in physical order with snapshot_order = \"physical\""
-                    ))
-                    .with_field("tables"))
                 }
                 SourceMode::Snapshot | SourceMode::Cdc => pk,
                 SourceMode::Incremental => position(&self.config.cursor, "cursor")?,
@@ -1135,7 +1141,8 @@ pub async fn discover(config: &PostgresSourceConfig) -> Result<SchemaRef> {
     }
     let mut first = None;
     for t in &config.tables {
-        let (_, schema, _) = describe(&pool, &config.schema, t).await?;
+        let (_, schema, pk) = describe(&pool, &config.schema, t).await?;
+        need_primary_key(config, &format!("table \"{}\".\"{t}\"", config.schema), &pk)?;
         first.get_or_insert(schema);
     }
     pool.close().await;

@@ -430,6 +430,24 @@ fn a_physical_snapshot_of_a_keyless_table_survives_kill_9_exactly_once_and_rerea
          DELETE FROM \"{src}\" WHERE id BETWEEN 100001 AND 200000;"
     ));
     psql(&format!("VACUUM ANALYZE \"{src}\""));
+    // in key order the table cannot be read, and `check` says so
+    std::fs::write(
+        d.join("keyed.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{src}\"]\n\
+             [sink]\nconnector = \"blackhole\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let check = sluice(d, &["check", "keyed.toml"]);
+    assert_ne!(check.code, Some(0));
+    let said = format!("{}{}", check.stdout, check.stderr);
+    assert!(
+        said.contains(&format!("table \"public\".\"{src}\" has no primary key"))
+            && said.contains("snapshot_order = \"physical\""),
+        "{said}"
+    );
     let toml = |name: &str, max_records: usize| {
         format!(
             "name = \"{name}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nsnapshot_order = \"physical\"\n\
