@@ -66,7 +66,8 @@ impl PostgresSinkConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceMode {
-    /// Whole tables in primary-key order, resumable mid-table; ends when read.
+    /// Whole tables in primary-key order (or physical order, `snapshot_order`),
+    /// resumable mid-table; ends when read.
     #[default]
     Snapshot,
     /// New rows by cursor columns, polled at `poll_interval`; runs until stopped.
