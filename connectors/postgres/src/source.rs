@@ -57,12 +57,15 @@ struct Tid {
 
 impl Tid {
     /// `(block,line)`, as PostgreSQL writes a `tid`.
-    fn parse(text: &str) -> Option<Tid> {
-        let (block, line) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
-        Some(Tid {
-            block: block.parse().ok()?,
-            line: line.parse().ok()?,
-        })
+    fn parse(text: &str) -> Result<Tid> {
+        let tid = || {
+            let (block, line) = text.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+            Some(Tid {
+                block: block.parse().ok()?,
+                line: line.parse().ok()?,
+            })
+        };
+        tid().ok_or_else(|| Error::internal(format!("ctid \"{text}\" is not a tid")))
     }
 
     fn text(self) -> String {
@@ -390,21 +393,25 @@ fn need_primary_key(config: &PostgresSourceConfig, what: &str, pk: &[usize]) -> 
     Err(Error::schema(format!("{what} has no primary key; {why}")).with_field("tables"))
 }
 
+/// A snapshot left part-way goes on in the order it was read in: an offset of the
+/// other order is an error naming the way out.
+fn same_order(offset: &TableOffset, physical: bool, what: &str) -> Result<()> {
+    let (read_in, up_to) = match (&offset.after, &offset.ctid) {
+        _ if offset.done => return Ok(()),
+        (Some(key), _) if physical => ("key", format!("key ({})", key.join(", "))),
+        (_, Some(ctid)) if !physical => ("physical", format!("ctid {ctid}")),
+        _ => return Ok(()),
+    };
+    Err(Error::config(format!(
+        "{what} was being read in {read_in} order (up to {up_to}); finish it with \
+         snapshot_order = \"{read_in}\", or run `sluice offsets reset` and start over"
+    ))
+    .with_field("snapshot_order"))
+}
+
 /// Where a physical-order snapshot of `relation` starts: after the stored `ctid`, or
 /// from the first block if the table was rewritten since (its rows have moved).
-async fn open_physical(
-    pool: &PgPool,
-    relation: &str,
-    what: &str,
-    offset: &mut TableOffset,
-) -> Result<()> {
-    if offset.after.is_some() && !offset.done {
-        return Err(Error::config(format!(
-            "{what} was being read in key order; finish it with snapshot_order = \"key\", \
-             or run `sluice offsets reset` and start over"
-        ))
-        .with_field("snapshot_order"));
-    }
+async fn open_physical(pool: &PgPool, relation: &str, offset: &mut TableOffset) -> Result<()> {
     let file = filenode(pool, relation).await?;
     if offset.ctid.is_some() && !offset.done && offset.filenode != Some(file) {
         tracing::warn!(table = %relation, "the table was rewritten since the last run (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE): its rows have moved, so its snapshot starts again from the first block");
@@ -504,9 +511,8 @@ impl Table {
     /// silently wrong resume point.
     fn advance_ctid(&mut self, ctid: &[String]) -> Result<()> {
         let text = ctid.first().map(String::as_str).unwrap_or_default();
-        let tid = Tid::parse(text)
-            .ok_or_else(|| Error::internal(format!("ctid \"{text}\" is not a tid")))?;
-        if let Some(previous) = self.offset.ctid.as_deref().and_then(Tid::parse) {
+        let tid = Tid::parse(text)?;
+        if let Some(previous) = self.offset.ctid.as_deref().map(Tid::parse).transpose()? {
             if tid <= previous {
                 return Err(Error::internal(format!(
                     "{}: rows arrived out of physical order (ctid {} after {})",
@@ -516,7 +522,7 @@ impl Table {
                 )));
             }
         }
-        self.offset.ctid = Some(tid.text());
+        self.offset.ctid = Some(text.to_owned());
         Ok(())
     }
 
@@ -630,15 +636,9 @@ impl Source for PostgresSource {
             let mut offset = committed
                 .get_typed::<TableOffset>(&split)?
                 .unwrap_or_default();
+            same_order(&offset, physical, &what)?;
             if physical {
-                open_physical(&pool, &relation, &what, &mut offset).await?;
-            } else if offset.ctid.is_some() && !offset.done {
-                return Err(Error::config(format!(
-                    "{what} was being read in physical order (up to ctid {}); finish it with \
-                     snapshot_order = \"physical\", or run `sluice offsets reset` and start over",
-                    offset.ctid.as_deref().unwrap_or_default()
-                ))
-                .with_field("snapshot_order"));
+                open_physical(&pool, &relation, &mut offset).await?;
             }
             let op = self.config.mode == SourceMode::Cdc;
             let debezium = op && self.config.envelope == crate::config::Envelope::Debezium;
@@ -731,12 +731,7 @@ impl Source for PostgresSource {
                     if let Some(s) = self.stream.take() {
                         s.task.abort();
                     }
-                    let after = match table.offset.ctid.as_deref() {
-                        Some(text) => Some(Tid::parse(text).ok_or_else(|| {
-                            Error::internal(format!("stored ctid \"{text}\" is not a tid"))
-                        })?),
-                        None => None,
-                    };
+                    let after = table.offset.ctid.as_deref().map(Tid::parse).transpose()?;
                     self.stream = Some(CopyStream::start(
                         pool.clone(),
                         table.copy_physical(after),
@@ -1147,4 +1142,49 @@ pub async fn discover(config: &PostgresSourceConfig) -> Result<SchemaRef> {
     }
     pool.close().await;
     first.ok_or_else(|| Error::config("no table").with_field("tables"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_left_part_way_goes_on_in_its_own_order() {
+        let keyed = TableOffset {
+            after: Some(vec!["42".into()]),
+            ..TableOffset::default()
+        };
+        let physical = TableOffset {
+            ctid: Some("(7,3)".into()),
+            ..TableOffset::default()
+        };
+        assert!(same_order(&keyed, false, "table t").is_ok());
+        assert!(same_order(&physical, true, "table t").is_ok());
+        let e = same_order(&keyed, true, "table t").unwrap_err();
+        assert_eq!(e.field(), Some("snapshot_order"));
+        assert!(
+            e.message().contains("read in key order (up to key (42))"),
+            "{e}"
+        );
+        let e = same_order(&physical, false, "table t").unwrap_err();
+        assert!(
+            e.message()
+                .contains("read in physical order (up to ctid (7,3))"),
+            "{e}"
+        );
+        let done = TableOffset {
+            done: true,
+            ..keyed
+        };
+        assert!(same_order(&done, true, "table t").is_ok());
+    }
+
+    #[test]
+    fn a_tid_reads_as_postgres_writes_it_and_orders_by_block_then_line() {
+        let t = Tid::parse("(12,5)").unwrap();
+        assert_eq!((t.block, t.line), (12, 5));
+        assert_eq!(t.text(), "(12,5)");
+        assert!(Tid::parse("(12,6)").unwrap() > t && Tid::parse("(13,1)").unwrap() > t);
+        assert!(Tid::parse("12,5").is_err() && Tid::parse("(12,x)").is_err());
+    }
 }
