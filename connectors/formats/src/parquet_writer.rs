@@ -41,10 +41,8 @@ pub(crate) struct ParallelParquet<W: Write + Send> {
     buffered: usize,
     max_rows: usize,
     threads: usize,
-    /// Leaf columns whose dictionary overflowed in an earlier row group.
-    plain: Vec<ColumnPath>,
-    /// The file's properties with those columns' dictionaries turned off (None: no
-    /// column has overflowed).
+    /// The file's properties with the dictionaries turned off for the leaf columns
+    /// whose dictionary overflowed in an earlier row group (None: no column has).
     plain_props: Option<WriterPropertiesPtr>,
 }
 
@@ -64,7 +62,6 @@ impl<W: Write + Send> ParallelParquet<W> {
             buffered: 0,
             max_rows,
             threads,
-            plain: Vec::new(),
             plain_props: None,
         })
     }
@@ -126,18 +123,19 @@ impl<W: Write + Send> ParallelParquet<W> {
         for chunk in chunks {
             chunk.append_to_row_group(&mut row_group)?;
         }
+        // a column written plain has no dictionary to overflow: each is found once
         let written = row_group.close()?;
         let overflowed: Vec<ColumnPath> = written
             .columns()
             .iter()
-            .filter(|c| dictionary_overflowed(c) && !self.plain.contains(c.column_path()))
+            .filter(|c| dictionary_overflowed(c))
             .map(|c| c.column_path().clone())
             .collect();
         if !overflowed.is_empty() {
-            self.plain.extend(overflowed);
-            let mut props = WriterProperties::clone(self.file.properties()).into_builder();
-            for path in &self.plain {
-                props = props.set_column_dictionary_enabled(path.clone(), false);
+            let current = self.plain_props.as_ref().unwrap_or(self.file.properties());
+            let mut props = WriterProperties::clone(current).into_builder();
+            for path in overflowed {
+                props = props.set_column_dictionary_enabled(path, false);
             }
             self.plain_props = Some(std::sync::Arc::new(props.build()));
         }
