@@ -48,6 +48,7 @@ pub mod rows;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod task;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod types;
@@ -61,6 +62,7 @@ pub use rows::{RowBuilder, Value};
 pub use schema::{conform, Conformed, DriftPolicy};
 pub use sink::{Sink, SinkContext, SinkState};
 pub use source::{Source, SourceContext};
+pub use task::blocking;
 pub use types::{parse_type, schema_from_specs, type_name, FieldSpec};
 
 /// Re-exported Arrow crates, so connectors and the runtime agree on one version.

@@ -22,8 +22,8 @@ use connector_api::abi::{
 };
 use connector_api::arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema};
 use connector_api::{
-    Batch, DynSinkConnector, DynSourceConnector, Error, Offsets, Result, Sink, SinkContext,
-    SinkState, Source, SourceContext,
+    blocking, Batch, DynSinkConnector, DynSourceConnector, Error, Offsets, Result, Sink,
+    SinkContext, SinkState, Source, SourceContext,
 };
 
 /// A loaded library. Dropped (unloaded) only when no connector, source or sink of it
@@ -286,16 +286,6 @@ struct SendHandle(Handle);
 // SAFETY: a handle is used by one task at a time (`&mut self` on Source/Sink), and the
 // plugin's instances are `Send` (the traits require it).
 unsafe impl Send for SendHandle {}
-
-/// Runs a blocking plugin call without stalling the runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
 
 struct HostSource {
     meta: Arc<Meta>,

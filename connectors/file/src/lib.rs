@@ -16,6 +16,7 @@ mod config;
 mod identity;
 mod sink;
 mod source;
+mod writeback;
 
 pub use config::{FileSinkConfig, FileSourceConfig};
 pub use sink::FileSink;

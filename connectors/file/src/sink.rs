@@ -22,11 +22,12 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::Encoder;
 
 use crate::config::FileSinkConfig;
+use crate::writeback::WriteBehind;
 
 struct Open {
     name: String,
     schema: SchemaRef,
-    encoder: Encoder<BufWriter<File>>,
+    encoder: Encoder<BufWriter<WriteBehind>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,7 +92,7 @@ impl FileSink {
         let encoder = Encoder::new(
             self.config.format,
             schema.clone(),
-            BufWriter::with_capacity(1 << 20, file),
+            BufWriter::with_capacity(1 << 20, WriteBehind::new(file)),
             &self.config.csv,
             &self.config.parquet,
         )?;
@@ -110,7 +111,8 @@ impl FileSink {
                 .encoder
                 .finish()?
                 .into_inner()
-                .map_err(|e| io_error(e.into_error(), &tmp))?;
+                .map_err(|e| io_error(e.into_error(), &tmp))?
+                .into_inner();
             file.sync_all().map_err(|e| io_error(e, &tmp))?;
             self.finished.push(open.name);
         }
@@ -118,6 +120,52 @@ impl FileSink {
     }
 
     /// Renames the intent's files into place and commits its offsets as the state.
+    /// Encodes `batch` into the open file (started or rolled as needed).
+    fn write_batch(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() > 0 {
+            let schema = batch.records.schema();
+            if self.current.as_ref().is_some_and(|o| o.schema != schema) {
+                self.finish_current()?;
+            }
+            if self.current.is_none() {
+                self.start_file(schema)?;
+            }
+            let open = self
+                .current
+                .as_mut()
+                .ok_or_else(|| Error::internal("no open file"))?;
+            open.encoder.write(&batch.records)?;
+            let full = (self.config.max_records > 0
+                && open.encoder.rows() >= self.config.max_records)
+                || (self.config.max_bytes > 0 && open.encoder.bytes() >= self.config.max_bytes);
+            self.position.merge(&batch.offsets);
+            if full {
+                self.finish_current()?;
+            }
+        } else {
+            self.position.merge(&batch.offsets);
+        }
+        Ok(())
+    }
+
+    /// Finishes the open file and publishes every finished file with `offsets`.
+    fn publish(&mut self, offsets: &Offsets) -> Result<()> {
+        self.finish_current()?;
+        let intent = Intent {
+            renames: self
+                .finished
+                .drain(..)
+                .map(|n| (Self::tmp_name(&n), n))
+                .collect(),
+            offsets: offsets.to_envelope(),
+        };
+        write_atomic(
+            &self.intent_path(),
+            &serde_json::to_vec(&intent).map_err(|e| Error::internal("intent").with_source(e))?,
+        )?;
+        self.roll_forward(&intent)
+    }
+
     fn roll_forward(&self, intent: &Intent) -> Result<()> {
         for (tmp, name) in &intent.renames {
             let from = self.dir.join(tmp);
@@ -182,48 +230,13 @@ impl Sink for FileSink {
         })
     }
 
+    // file I/O, encoding and fsyncs block: they run off the runtime's queue
     async fn write(&mut self, batch: &Batch) -> Result<()> {
-        if batch.num_rows() > 0 {
-            let schema = batch.records.schema();
-            if self.current.as_ref().is_some_and(|o| o.schema != schema) {
-                self.finish_current()?;
-            }
-            if self.current.is_none() {
-                self.start_file(schema)?;
-            }
-            let open = self
-                .current
-                .as_mut()
-                .ok_or_else(|| Error::internal("no open file"))?;
-            open.encoder.write(&batch.records)?;
-            let full = (self.config.max_records > 0
-                && open.encoder.rows() >= self.config.max_records)
-                || (self.config.max_bytes > 0 && open.encoder.bytes() >= self.config.max_bytes);
-            self.position.merge(&batch.offsets);
-            if full {
-                self.finish_current()?;
-            }
-        } else {
-            self.position.merge(&batch.offsets);
-        }
-        Ok(())
+        connector_api::blocking(|| self.write_batch(batch))
     }
 
     async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
-        self.finish_current()?;
-        let intent = Intent {
-            renames: self
-                .finished
-                .drain(..)
-                .map(|n| (Self::tmp_name(&n), n))
-                .collect(),
-            offsets: offsets.to_envelope(),
-        };
-        write_atomic(
-            &self.intent_path(),
-            &serde_json::to_vec(&intent).map_err(|e| Error::internal("intent").with_source(e))?,
-        )?;
-        self.roll_forward(&intent)
+        connector_api::blocking(|| self.publish(offsets))
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -387,7 +387,7 @@ impl Source for FileSource {
                 self.wait_for_change().await;
                 continue;
             }
-            if let Some(batch) = self.read_current()? {
+            if let Some(batch) = connector_api::blocking(|| self.read_current())? {
                 for (split, value) in batch.offsets.iter() {
                     if let Ok(off) = serde_json::from_value::<FileOffset>(value.clone()) {
                         self.known.insert(split.clone(), off);

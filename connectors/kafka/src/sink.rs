@@ -168,7 +168,8 @@ impl Sink for KafkaSink {
             return Ok(());
         }
         let producer = self.producer()?;
-        let mut enc = Encoded::new(&self.config, rb, self.avro.as_mut())?;
+        let mut enc =
+            connector_api::blocking(|| Encoded::new(&self.config, rb, self.avro.as_mut()))?;
         if let Some(avro) = &mut self.avro {
             enc.set_schema_ids(&self.config, avro).await?;
         }

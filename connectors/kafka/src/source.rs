@@ -556,7 +556,7 @@ impl Source for KafkaSource {
                 return Err(e);
             }
         }
-        let batch = self.decode(&msgs, offsets)?;
+        let batch = connector_api::blocking(|| self.decode(&msgs, offsets))?;
         Ok(Some(batch))
     }
 

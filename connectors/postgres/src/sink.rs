@@ -334,7 +334,8 @@ impl PostgresSink {
             .map(|start| (start, COPY_CHUNK_ROWS.min(rows - start)))
             .collect();
         let types = self.copy_types(records);
-        let (mut first, binary) = encode(&records.slice(chunks[0].0, chunks[0].1), &types)?;
+        let (mut first, binary) =
+            connector_api::blocking(|| encode(&records.slice(chunks[0].0, chunks[0].1), &types))?;
         let format = if binary { " WITH (FORMAT binary)" } else { "" };
         let table = self.target();
         let copy_error = |e| pg_error(format!("table {table}: COPY"), e);
@@ -347,10 +348,12 @@ impl PostgresSink {
         for (i, &(start, len)) in chunks.iter().enumerate() {
             let data = match i {
                 0 => std::mem::take(&mut first),
-                _ => match encode(&records.slice(start, len), &types)? {
-                    (d, b) if b == binary => d,
-                    _ => return Err(Error::internal("COPY format changed within a batch")),
-                },
+                _ => {
+                    match connector_api::blocking(|| encode(&records.slice(start, len), &types))? {
+                        (d, b) if b == binary => d,
+                        _ => return Err(Error::internal("COPY format changed within a batch")),
+                    }
+                }
             };
             // one binary COPY stream: the header once, the trailer once
             let from = if binary && i > 0 { BINARY_HEADER } else { 0 };

@@ -815,29 +815,35 @@ impl Source for PostgresSource {
             let keys = table.key_columns();
             let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
             let pg_types = &pg_types[..];
-            let mut decoded: Vec<Result<crate::binary::Decoded>> = Vec::with_capacity(parts.len());
-            for wave in parts.chunks(self.parts.max(1)) {
-                if let [part] = wave {
-                    decoded.push(crate::binary::decode(&buf, part, schema, pg_types, keys));
-                    continue;
-                }
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = wave
-                        .iter()
-                        .map(|part| {
-                            let buf = &buf;
-                            scope.spawn(move || {
-                                crate::binary::decode(buf, part, schema, pg_types, keys)
+            let waves = self.parts.max(1);
+            // CPU-heavy: off the runtime's queue, so the sink's task runs meanwhile
+            let decoded = connector_api::blocking(|| {
+                let mut decoded: Vec<Result<crate::binary::Decoded>> =
+                    Vec::with_capacity(parts.len());
+                for wave in parts.chunks(waves) {
+                    if let [part] = wave {
+                        decoded.push(crate::binary::decode(&buf, part, schema, pg_types, keys));
+                        continue;
+                    }
+                    std::thread::scope(|scope| {
+                        let handles: Vec<_> = wave
+                            .iter()
+                            .map(|part| {
+                                let buf = &buf;
+                                scope.spawn(move || {
+                                    crate::binary::decode(buf, part, schema, pg_types, keys)
+                                })
                             })
-                        })
-                        .collect();
-                    decoded.extend(handles.into_iter().map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::internal("binary COPY decoder panicked"))
-                        })
-                    }));
-                });
-            }
+                            .collect();
+                        decoded.extend(handles.into_iter().map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(Error::internal("binary COPY decoder panicked"))
+                            })
+                        }));
+                    });
+                }
+                decoded
+            });
             let now_ms = now_millis();
             for part in decoded {
                 let part = part?;

@@ -539,7 +539,7 @@ impl Sink for S3Sink {
                 .ok_or_else(|| Error::internal("object already finished"))?
                 .get_mut()
                 .unwrap_or_else(|p| p.into_inner());
-            let mut result = encoder.write(&part);
+            let mut result = connector_api::blocking(|| encoder.write(&part));
             let (rows, bytes) = (encoder.rows(), encoder.bytes());
             while result.is_ok() && w.buf.len() >= self.config.part_size {
                 let data = w.buf.take();

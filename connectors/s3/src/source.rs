@@ -313,15 +313,17 @@ impl S3Source {
                         }
                     }
                     if *start < buf.len() {
-                        let parts = text
-                            .decode_parts(&buf[*start..], rows, self.parts, *drained, cur.pos == 0)
-                            .map_err(|e| {
-                                e.context(format!(
-                                    "{} after line {}",
-                                    self.conn.url(&cur.key),
-                                    cur.line
-                                ))
-                            })?;
+                        let (parts, at_start) = (self.parts, cur.pos == 0);
+                        let parts = connector_api::blocking(|| {
+                            text.decode_parts(&buf[*start..], rows, parts, *drained, at_start)
+                        })
+                        .map_err(|e| {
+                            e.context(format!(
+                                "{} after line {}",
+                                self.conn.url(&cur.key),
+                                cur.line
+                            ))
+                        })?;
                         let consumed: usize = parts.iter().map(|d| d.consumed).sum();
                         if consumed > 0 {
                             let lines: u64 = parts.iter().map(|d| d.lines).sum();
