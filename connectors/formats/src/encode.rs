@@ -141,6 +141,7 @@ const PARALLEL_JSON_ROWS: usize = 4096;
 fn json_writer<W: Write>(out: W) -> arrow_json::LineDelimitedWriter<W> {
     arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
+        .with_encoder_factory(Arc::new(crate::json_encoders::FastEncoders))
         .build::<_, arrow_json::writer::LineDelimited>(out)
 }
 

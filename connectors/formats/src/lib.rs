@@ -10,6 +10,7 @@ mod columns;
 mod csv;
 mod encode;
 mod json;
+mod json_encoders;
 mod json_typed;
 mod options;
 mod parquet_writer;
