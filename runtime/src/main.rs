@@ -15,16 +15,11 @@ fn main() -> std::process::ExitCode {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn one_malloc_arena() {
-    /// `M_ARENA_MAX` of glibc's `<malloc.h>`.
-    const M_ARENA_MAX: std::ffi::c_int = -8;
-    extern "C" {
-        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
-    }
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only sets a tunable of glibc's allocator; it is called before
         // any thread but this one exists, and M_ARENA_MAX takes any positive value.
         unsafe {
-            mallopt(M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -119,7 +119,6 @@ impl FileSink {
         Ok(())
     }
 
-    /// Renames the intent's files into place and commits its offsets as the state.
     /// Encodes `batch` into the open file (started or rolled as needed).
     fn write_batch(&mut self, batch: &Batch) -> Result<()> {
         if batch.num_rows() > 0 {
@@ -166,6 +165,7 @@ impl FileSink {
         self.roll_forward(&intent)
     }
 
+    /// Renames the intent's files into place and commits its offsets as the state.
     fn roll_forward(&self, intent: &Intent) -> Result<()> {
         for (tmp, name) in &intent.renames {
             let from = self.dir.join(tmp);

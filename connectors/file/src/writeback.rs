@@ -58,23 +58,13 @@ impl Write for WriteBehind {
 #[allow(unsafe_code)]
 fn start_write_back(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
-    /// `SYNC_FILE_RANGE_WRITE` of `<fcntl.h>`.
-    const SYNC_FILE_RANGE_WRITE: std::ffi::c_uint = 2;
-    extern "C" {
-        fn sync_file_range(
-            fd: std::ffi::c_int,
-            offset: i64,
-            nbytes: i64,
-            flags: std::ffi::c_uint,
-        ) -> std::ffi::c_int;
-    }
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };
     // SAFETY: the descriptor is open for as long as `file` is borrowed, and
     // sync_file_range only reads its integer arguments.
     unsafe {
-        sync_file_range(file.as_raw_fd(), offset, len, SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
