@@ -244,37 +244,33 @@ impl<T: ArrowPrimitiveType<Native = i64>> Encoder for Utc<'_, T> {
         let nanos = v.rem_euclid(self.per_second) * (1_000_000_000 / self.per_second);
         let (year, month, day) = civil(secs.div_euclid(86_400));
         let of_day = secs.rem_euclid(86_400);
-        let two = |out: &mut Vec<u8>, n: i64| {
-            out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
+        // the text is laid out in place, then copied once: `"YYYY-MM-DDTHH:MM:SS.fffffffff`
+        let mut text = *b"\"0000-00-00T00:00:00.000000000";
+        let mut put = |at: usize, n: i64, width: usize| {
+            let mut n = n;
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
         };
-        out.push(b'"');
-        two(out, year / 100);
-        two(out, year % 100);
-        out.push(b'-');
-        two(out, month);
-        out.push(b'-');
-        two(out, day);
-        out.push(b'T');
-        two(out, of_day / 3600);
-        out.push(b':');
-        two(out, of_day / 60 % 60);
-        out.push(b':');
-        two(out, of_day % 60);
+        put(1, year, 4);
+        put(6, month, 2);
+        put(9, day, 2);
+        put(12, of_day / 3600, 2);
+        put(15, of_day / 60 % 60, 2);
+        put(18, of_day % 60, 2);
+        put(21, nanos, 9);
+        // chrono's AutoSi: as few of 3, 6 or 9 digits as show the value, none for 0
         let shown = if nanos == 0 {
             0
         } else if nanos % 1_000_000 == 0 {
-            3
+            4
         } else if nanos % 1_000 == 0 {
-            6
+            7
         } else {
-            9
+            10
         };
-        if shown > 0 {
-            out.push(b'.');
-            let mut buf = [0u8; 40];
-            let d = digits((nanos + 1_000_000_000) as u128, &mut buf);
-            out.extend_from_slice(&d[1..=shown]);
-        }
+        out.extend_from_slice(&text[..20 + shown]);
         out.extend_from_slice(b"Z\"");
     }
 }
