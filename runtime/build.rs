@@ -21,17 +21,24 @@ fn main() {
     }
 }
 
-/// Whether the C compiler driver (the linker rustc calls on linux-gnu) links a program
-/// with `arg`.
+/// Whether the C compiler driver (the linker rustc calls on linux-gnu, unless a
+/// `linker` is configured for the target) links a program with `arg`.
 fn links_with(arg: &str) -> bool {
     let Some(out) = std::env::var_os("OUT_DIR") else {
         return false;
     };
+    // `CC` may carry arguments of its own (`ccache gcc`)
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
-    let child = Command::new(cc)
+    let mut cc = cc.split_whitespace();
+    let Some(program) = cc.next() else {
+        return false;
+    };
+    // GNU ld only warns about a `-z` option it does not know: make that a failure
+    let child = Command::new(program)
+        .args(cc)
         .args(["-x", "c", "-", "-o"])
         .arg(std::path::Path::new(&out).join("relr-probe"))
-        .arg(arg)
+        .args(["-Wl,--fatal-warnings", arg])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -10,7 +10,7 @@
 //! and timestamps went through `core::fmt` and a `String` per value (another 11% each);
 //! here they are written digit by digit. Any other column, a timestamp in another zone
 //! or outside the years 0000-9999, keeps arrow-json's encoder. The output is byte for
-//! byte arrow-json's.
+//! byte arrow-json's, but for the nulls of a dictionary's values (see [`NULL`]).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -63,7 +63,10 @@ impl EncoderFactory for FastEncoders {
                 precision: *precision as usize,
                 scale: *scale,
             }),
-            DataType::Timestamp(unit, Some(tz)) if matches!(tz.as_ref(), "+00:00" | "UTC") => {
+            DataType::Timestamp(unit, Some(tz))
+                if matches!(tz.as_ref(), "+00:00" | "UTC")
+                    && options.timestamp_tz_format().is_none() =>
+            {
                 let encoder = match unit {
                     TimeUnit::Second => utc::<TimestampSecondType>(array, 1),
                     TimeUnit::Millisecond => utc::<TimestampMillisecondType>(array, 1_000),
@@ -153,6 +156,12 @@ fn clean<'a, O: OffsetSizeTrait>(
     (!dirty).then(|| Box::new(CleanStrings(array)) as Box<dyn Encoder + 'a>)
 }
 
+/// What a decimal or timestamp encoder writes for a null slot it is asked for. Only a
+/// dictionary asks (its values may hold nulls, and it encodes the value a key points
+/// to); arrow-json then writes an empty string for a timestamp and nothing at all for a
+/// decimal (`{"d":}`, not JSON). Here it is `null`, the one deliberate difference.
+const NULL: &[u8] = b"null";
+
 /// Decimal128 values as arrow writes them: the digits, cut to the precision, with the
 /// point `scale` digits from the right (zeros padded on either side as needed).
 struct Decimal<'a> {
@@ -163,6 +172,9 @@ struct Decimal<'a> {
 
 impl Encoder for Decimal<'_> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        if self.array.is_null(idx) {
+            return out.extend_from_slice(NULL);
+        }
         let value = self.array.value(idx);
         let mut buf = [0u8; 40];
         let digits = digits(value.unsigned_abs(), &mut buf);
@@ -239,6 +251,9 @@ fn utc<'a, T: ArrowPrimitiveType<Native = i64>>(
 
 impl<T: ArrowPrimitiveType<Native = i64>> Encoder for Utc<'_, T> {
     fn encode(&mut self, idx: usize, out: &mut Vec<u8>) {
+        if self.array.is_null(idx) {
+            return out.extend_from_slice(NULL);
+        }
         let v = self.array.value(idx);
         let secs = v.div_euclid(self.per_second);
         let nanos = v.rem_euclid(self.per_second) * (1_000_000_000 / self.per_second);
@@ -389,7 +404,18 @@ mod tests {
                     -v
                 }
             })
-            .chain([0, 1, -1, 5, -5, 99, -100, i128::from(i64::MAX) + 1])
+            .chain([
+                0,
+                1,
+                -1,
+                5,
+                -5,
+                99,
+                -100,
+                i128::from(i64::MAX) + 1,
+                i128::MIN,
+                i128::MAX,
+            ])
             .collect()
     }
 
@@ -420,11 +446,21 @@ mod tests {
                 .with_precision_and_scale(precision, scale)
                 .unwrap();
             let batch = RecordBatch::try_from_iter([("d", Arc::new(array) as ArrayRef)]).unwrap();
-            assert_eq!(
-                write(&batch, true, true),
-                write(&batch, false, true),
-                "({precision},{scale})"
-            );
+            assert_same_sliced(&batch);
+        }
+    }
+
+    /// Both writers over a few slices of `batch`, with and without explicit nulls.
+    fn assert_same_sliced(batch: &RecordBatch) {
+        let n = batch.num_rows();
+        for explicit_nulls in [true, false] {
+            for offset in [0, 1, 3, n / 2] {
+                let b = batch.slice(offset, n - offset);
+                assert_eq!(
+                    write(&b, true, explicit_nulls),
+                    write(&b, false, explicit_nulls)
+                );
+            }
         }
     }
 
@@ -434,74 +470,110 @@ mod tests {
             TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
             TimestampSecondArray,
         };
-        // 0000-01-01, 1969-12-31T23:59:59.999999999, 2000-02-29, 9999-12-31T23:59:59.999
-        let edges = [
-            -62_167_219_200_000_000_000i128,
-            -1,
-            951_782_400_123_000_000,
-            253_402_300_799_999_000_000,
-        ];
-        let nanos: Vec<i64> = spread(400)
-            .into_iter()
-            .map(|v| (v % 250_000_000_000_000_000_000) as i64)
-            .chain(edges.iter().map(|&v| v as i64))
-            .collect();
+        const FIRST: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+        const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+                                           // instants (seconds, nanoseconds) over the years 0000-9999: the edges, day
+                                           // boundaries around the epoch and a leap day, then spread values
+        let mut instants = vec![(FIRST, 0), (LAST, 999_999_999), (-1, 999_999_999), (0, 0)];
+        instants.extend([
+            (951_782_399, 1_000),
+            (951_782_400, 123_000_000),
+            (951_868_800, 5),
+        ]);
+        let fractions = [0, 7_000_000, 123_456_000, 999_999_999, 1];
+        instants.extend(spread(600).into_iter().enumerate().map(|(i, v)| {
+            let secs = FIRST + (v.unsigned_abs() % (LAST - FIRST + 1) as u128) as i64;
+            (secs, fractions[i % fractions.len()])
+        }));
+        let unit = |per_second: i128| -> Vec<Option<i64>> {
+            instants
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &(secs, nanos))| {
+                    let v = i128::from(secs) * per_second
+                        + i128::from(nanos) / (1_000_000_000 / per_second);
+                    // every seventh a null; nanoseconds fit i64 for 1677-2262 only
+                    i64::try_from(v).ok().map(|v| (i % 7 != 3).then_some(v))
+                })
+                .collect()
+        };
         for tz in ["+00:00", "UTC"] {
             let columns: Vec<(&str, ArrayRef)> = vec![
                 (
                     "s",
-                    Arc::new(
-                        TimestampSecondArray::from(
-                            nanos.iter().map(|v| v / 1_000_000_000).collect::<Vec<_>>(),
-                        )
-                        .with_timezone(tz),
-                    ),
+                    Arc::new(TimestampSecondArray::from(unit(1)).with_timezone(tz)),
                 ),
                 (
                     "ms",
-                    Arc::new(
-                        TimestampMillisecondArray::from(
-                            nanos.iter().map(|v| v / 1_000_000).collect::<Vec<_>>(),
-                        )
-                        .with_timezone(tz),
-                    ),
+                    Arc::new(TimestampMillisecondArray::from(unit(1_000)).with_timezone(tz)),
                 ),
                 (
                     "us",
-                    Arc::new(
-                        TimestampMicrosecondArray::from(
-                            nanos
-                                .iter()
-                                .map(|v| v / 1_000 / 1_000 * 1_000 + v / 1_000 % 3)
-                                .collect::<Vec<_>>(),
-                        )
-                        .with_timezone(tz),
-                    ),
-                ),
-                (
-                    "ns",
-                    Arc::new(TimestampNanosecondArray::from(nanos.clone()).with_timezone(tz)),
+                    Arc::new(TimestampMicrosecondArray::from(unit(1_000_000)).with_timezone(tz)),
                 ),
             ];
-            let batch = RecordBatch::try_from_iter(columns).unwrap();
-            assert_eq!(
-                write(&batch, true, true),
-                write(&batch, false, true),
-                "{tz}"
+            for (name, column) in columns {
+                let batch = RecordBatch::try_from_iter([(name, column)]).unwrap();
+                assert_same_sliced(&batch);
+            }
+            // nanoseconds: the instants that fit, and i64 values over the whole range
+            let mut nanos = unit(1_000_000_000);
+            nanos.extend(spread(400).into_iter().map(|v| Some(v as i64)));
+            nanos.extend([Some(i64::MIN), Some(i64::MAX)]);
+            let ns = TimestampNanosecondArray::from(nanos).with_timezone(tz);
+            assert_same_sliced(
+                &RecordBatch::try_from_iter([("ns", Arc::new(ns) as ArrayRef)]).unwrap(),
             );
         }
-        // a year past 9999, and a zone other than UTC, are arrow's own
-        let late = TimestampSecondArray::from(vec![253_402_300_800]).with_timezone("+00:00");
-        assert!(utc::<TimestampSecondType>(&late, 1).is_none());
+        // a year before 0000 or past 9999, and a zone other than UTC, are arrow's own
+        for outside in [FIRST - 1, LAST + 1] {
+            let a = TimestampSecondArray::from(vec![0, outside]).with_timezone("+00:00");
+            assert!(utc::<TimestampSecondType>(&a, 1).is_none());
+        }
         let batch = RecordBatch::try_from_iter([
-            ("late", Arc::new(late) as ArrayRef),
+            (
+                "late",
+                Arc::new(TimestampSecondArray::from(vec![LAST + 1]).with_timezone("UTC"))
+                    as ArrayRef,
+            ),
             (
                 "cet",
                 Arc::new(TimestampSecondArray::from(vec![0]).with_timezone("+01:00")) as _,
             ),
         ])
         .unwrap();
-        assert_eq!(write(&batch, true, true), write(&batch, false, true));
+        assert_same(&batch);
+    }
+
+    #[test]
+    fn a_null_among_a_dictionarys_values_is_written_as_null() {
+        use arrow_array::types::Int32Type;
+        use arrow_array::{DictionaryArray, Int32Array, TimestampSecondArray};
+        let keys = Int32Array::from(vec![0, 1, 0]);
+        let times = TimestampSecondArray::from(vec![Some(0), None]).with_timezone("UTC");
+        let amounts = arrow_array::Decimal128Array::from(vec![Some(123), None])
+            .with_precision_and_scale(5, 2)
+            .unwrap();
+        let batch = RecordBatch::try_from_iter([
+            (
+                "t",
+                Arc::new(
+                    DictionaryArray::<Int32Type>::try_new(keys.clone(), Arc::new(times)).unwrap(),
+                ) as ArrayRef,
+            ),
+            (
+                "d",
+                Arc::new(DictionaryArray::<Int32Type>::try_new(keys, Arc::new(amounts)).unwrap())
+                    as _,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            write(&batch, true, true),
+            "{\"t\":\"1970-01-01T00:00:00Z\",\"d\":1.23}\n\
+             {\"t\":null,\"d\":null}\n\
+             {\"t\":\"1970-01-01T00:00:00Z\",\"d\":1.23}\n"
+        );
     }
 
     #[test]
