@@ -22,7 +22,8 @@ use arrow_json::writer::{make_encoder, Encoder, EncoderFactory, EncoderOptions, 
 use arrow_json::StructMode;
 use arrow_schema::{ArrowError, DataType, FieldRef, TimeUnit};
 
-/// Hands arrow-json's writer the object and string encoders of this module.
+/// Hands arrow-json's writer the object, string, decimal and UTC timestamp encoders of
+/// this module, and leaves every other array (or one they cannot take) to arrow-json.
 #[derive(Debug)]
 pub(crate) struct FastEncoders;
 
@@ -33,7 +34,7 @@ impl EncoderFactory for FastEncoders {
         array: &'a dyn Array,
         options: &'a EncoderOptions,
     ) -> Result<Option<NullableEncoder<'a>>, ArrowError> {
-        let encoder: Box<dyn Encoder + 'a> = match array.data_type() {
+        let encoder: Option<Box<dyn Encoder + 'a>> = match array.data_type() {
             DataType::Struct(fields) if options.struct_mode() == StructMode::ObjectOnly => {
                 let members = fields
                     .iter()
@@ -45,42 +46,32 @@ impl EncoderFactory for FastEncoders {
                         })
                     })
                     .collect::<Result<_, ArrowError>>()?;
-                Box::new(Object {
+                Some(Box::new(Object {
                     members,
                     explicit_nulls: options.explicit_nulls(),
-                })
+                }))
             }
-            DataType::Utf8 => match clean(array.as_string::<i32>()) {
-                Some(strings) => strings,
-                None => return Ok(None),
-            },
-            DataType::LargeUtf8 => match clean(array.as_string::<i64>()) {
-                Some(strings) => strings,
-                None => return Ok(None),
-            },
-            DataType::Decimal128(precision, scale) => Box::new(Decimal {
+            DataType::Utf8 => clean(array.as_string::<i32>()),
+            DataType::LargeUtf8 => clean(array.as_string::<i64>()),
+            DataType::Decimal128(precision, scale) => Some(Box::new(Decimal {
                 array: array.as_primitive::<Decimal128Type>(),
                 precision: *precision as usize,
                 scale: *scale,
-            }),
+            })),
             DataType::Timestamp(unit, Some(tz))
                 if matches!(tz.as_ref(), "+00:00" | "UTC")
                     && options.timestamp_tz_format().is_none() =>
             {
-                let encoder = match unit {
+                match unit {
                     TimeUnit::Second => utc::<TimestampSecondType>(array, 1),
                     TimeUnit::Millisecond => utc::<TimestampMillisecondType>(array, 1_000),
                     TimeUnit::Microsecond => utc::<TimestampMicrosecondType>(array, 1_000_000),
                     TimeUnit::Nanosecond => utc::<TimestampNanosecondType>(array, 1_000_000_000),
-                };
-                match encoder {
-                    Some(encoder) => encoder,
-                    None => return Ok(None),
                 }
             }
-            _ => return Ok(None),
+            _ => None,
         };
-        Ok(Some(NullableEncoder::new(encoder, array.nulls().cloned())))
+        Ok(encoder.map(|e| NullableEncoder::new(e, array.nulls().cloned())))
     }
 }
 
