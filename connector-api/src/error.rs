@@ -30,6 +30,9 @@ pub enum ErrorKind {
     /// transaction died). Retrying the call would skip that work, so the runtime
     /// restarts the whole pipeline from its last checkpoint instead.
     Aborted,
+    /// Another run holds what this one needs to write safely (the lock or lease on a
+    /// pipeline's stored offsets). Never retried: two runs must not write side by side.
+    Conflict,
     /// A bug or a broken invariant. Never retried.
     Internal,
 }
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Aborted => "aborted",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::Internal => "internal",
         }
     }
@@ -63,6 +67,7 @@ impl ErrorKind {
             "not_found" => ErrorKind::NotFound,
             "unsupported" => ErrorKind::Unsupported,
             "aborted" => ErrorKind::Aborted,
+            "conflict" => ErrorKind::Conflict,
             _ => ErrorKind::Internal,
         }
     }
@@ -252,5 +257,28 @@ mod tests {
     fn config_errors_are_not_retryable() {
         assert!(!Error::config("bad").is_retryable());
         assert_eq!(ErrorKind::from_name("not_found"), ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn every_kind_crosses_the_plugin_boundary_by_name_and_conflict_is_never_retried() {
+        use ErrorKind as K;
+        for kind in [
+            K::Config,
+            K::Connect,
+            K::Auth,
+            K::Transient,
+            K::Data,
+            K::Schema,
+            K::NotFound,
+            K::Unsupported,
+            K::Aborted,
+            K::Conflict,
+            K::Internal,
+        ] {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), kind);
+        }
+        let held = Error::new(K::Conflict, "held by another run");
+        assert!(!held.is_retryable());
+        assert!(!held.is_restartable());
     }
 }
