@@ -21,7 +21,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
 
-use crate::sink::quote;
+use crate::conn::quote;
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 /// Days and microseconds from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).

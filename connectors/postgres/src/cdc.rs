@@ -10,7 +10,8 @@ use connector_api::{Error, Result};
 use serde_json::{Map, Value};
 use sqlx::postgres::PgPool;
 
-use crate::sink::{pg_error, quote};
+use crate::conn::quote;
+use crate::error::pg_error;
 
 /// An LSN as PostgreSQL writes it (`16/B374D848`).
 pub fn lsn_text(lsn: u64) -> String {

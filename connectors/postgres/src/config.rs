@@ -33,6 +33,18 @@ pub struct PostgresSinkConfig {
     /// Key columns for `upsert` (the primary key of a created table).
     #[serde(default)]
     pub key: Vec<String>,
+    /// How long `open` waits for another run of the same pipeline and sink to let go
+    /// of the table's offsets. A run holds them (a session advisory lock) from before
+    /// it reads them until it stops; a killed run's hold ends with its connection, once
+    /// the server has finished the commit it was in. Past this wait the run stops with
+    /// an error naming the holder; `"0s"` stops at once.
+    #[serde(default = "lock_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub lock_timeout: std::time::Duration,
+}
+
+fn lock_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 fn public() -> String {

@@ -9,6 +9,9 @@
 mod binary;
 pub mod cdc;
 mod config;
+mod conn;
+mod error;
+mod lock;
 mod sink;
 mod source;
 pub mod types;

@@ -1,18 +1,22 @@
 //! The PostgreSQL sink: one transaction per flush, COPY per write (under a savepoint,
-//! so a retried write never inserts twice), offsets in the same transaction.
+//! so a retried write never inserts twice), offsets in the same transaction, all on one
+//! connection that holds the run lock ([`crate::lock`]) from before the offsets are
+//! read until the sink closes.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use connector_api::{
     columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
 };
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres as Pg, Transaction};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Executor};
 
 use crate::config::{PostgresSinkConfig, SinkMode};
+use crate::conn::{connect_one, quote};
+use crate::error::pg_error;
+use crate::lock;
 use crate::types::{arrow_type, copy_text, pg_type};
 
 /// Table holding the offsets stored with the data, in the sink's schema.
@@ -32,59 +36,18 @@ fn encode(records: &RecordBatch, types: &[String]) -> Result<(Vec<u8>, bool)> {
     }
 }
 
-/// Quotes an identifier; a name from data can never inject SQL.
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Maps a sqlx error to the API error kind, keeping PostgreSQL's message.
-pub fn pg_error(context: impl std::fmt::Display, err: sqlx::Error) -> Error {
-    let kind = match &err {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Tls(_) => ErrorKind::Connect,
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            Some(c) if c.starts_with("28") => ErrorKind::Auth,
-            Some(c) if c.starts_with("08") || c == "57P01" || c == "57P03" => ErrorKind::Connect,
-            Some("40001") | Some("40P01") | Some("55P03") => ErrorKind::Transient,
-            Some("42P01") | Some("3D000") | Some("3F000") => ErrorKind::NotFound,
-            Some(c) if c.starts_with("22") || c.starts_with("23") => ErrorKind::Data,
-            Some(c) if c.starts_with("42") => ErrorKind::Schema,
-            _ => ErrorKind::Internal,
-        },
-        _ => ErrorKind::Internal,
-    };
-    Error::new(kind, context.to_string()).with_source(err)
-}
-
-async fn connect(config: &PostgresSinkConfig) -> Result<PgPool> {
-    connect_url(&config.url).await
-}
-
-/// Connects with one connection, classifying failures.
-pub async fn connect_url(url: &connector_api::Secret) -> Result<PgPool> {
-    let options: PgConnectOptions = url.expose().parse().map_err(|e| {
-        Error::config("url is not a valid PostgreSQL URL")
-            .with_source(e)
-            .with_field("url")
-    })?;
-    PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await
-        .map_err(|e| pg_error("cannot connect to PostgreSQL", e))
-}
-
 /// The Arrow schema of an existing table (None when it does not exist).
-async fn table_schema(pool: &PgPool, schema: &str, table: &str) -> Result<Option<SchemaRef>> {
-    Ok(table_columns(pool, schema, table).await?.map(|(s, _)| s))
+async fn table_schema(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Option<SchemaRef>> {
+    Ok(table_columns(conn, schema, table).await?.map(|(s, _)| s))
 }
 
 /// The Arrow schema of an existing table and each column's PostgreSQL type.
 async fn table_columns(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     schema: &str,
     table: &str,
 ) -> Result<Option<(SchemaRef, std::collections::HashMap<String, String>)>> {
@@ -95,7 +58,7 @@ async fn table_columns(
     )
     .bind(schema)
     .bind(table)
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
     if rows.is_empty() {
@@ -128,8 +91,10 @@ fn truncates(records: &RecordBatch) -> Option<Vec<usize>> {
 /// Writes batches into one table.
 pub struct PostgresSink {
     config: PostgresSinkConfig,
-    pool: Option<PgPool>,
-    tx: Option<Transaction<'static, Pg>>,
+    /// The one connection: it holds the run lock, so it is never swapped for another.
+    conn: Option<PgConnection>,
+    /// A transaction is open on `conn` (begun at the first write after a flush).
+    in_tx: bool,
     staging: bool,
     schema: Option<SchemaRef>,
     pipeline: String,
@@ -145,8 +110,8 @@ impl PostgresSink {
     pub fn new(config: PostgresSinkConfig) -> Self {
         PostgresSink {
             config,
-            pool: None,
-            tx: None,
+            conn: None,
+            in_tx: false,
             staging: false,
             schema: None,
             pipeline: String::new(),
@@ -162,8 +127,8 @@ impl PostgresSink {
     fn after_failure(&mut self, err: Error) -> Error {
         if err.kind() == ErrorKind::Connect || self.lost {
             self.lost = true;
-            self.tx = None;
-            self.pool = None;
+            self.in_tx = false;
+            self.conn = None;
             return Error::new(
                 ErrorKind::Aborted,
                 format!(
@@ -184,29 +149,27 @@ impl PostgresSink {
         )
     }
 
-    async fn tx(&mut self) -> Result<&mut Transaction<'static, Pg>> {
-        if self.tx.is_none() {
-            let pool = self
-                .pool
-                .as_ref()
-                .ok_or_else(|| Error::internal("sink is not open"))?;
-            self.tx = Some(
-                pool.begin()
-                    .await
-                    .map_err(|e| pg_error("begin transaction", e))?,
-            );
+    /// The connection, inside the flush's transaction (begun here when none is open).
+    async fn tx(&mut self) -> Result<&mut PgConnection> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::internal("sink is not open"))?;
+        if !self.in_tx {
+            conn.execute("BEGIN")
+                .await
+                .map_err(|e| pg_error("begin transaction", e))?;
+            self.in_tx = true;
             self.staging = false;
         }
-        self.tx
-            .as_mut()
-            .ok_or_else(|| Error::internal("no transaction"))
+        Ok(conn)
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
         let table = self.target();
         let tx = self.tx().await?;
         sqlx::query(sql)
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(|e| pg_error(format!("table {table}: {sql}"), e))?;
         Ok(())
@@ -301,7 +264,7 @@ impl PostgresSink {
         )
         .bind(&schema)
         .bind(&table)
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await
         .map_err(|e| pg_error(format!("table \"{schema}\".\"{table}\""), e))?;
         self.pg_types = rows.into_iter().collect();
@@ -498,13 +461,18 @@ impl Sink for PostgresSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
         self.pipeline = ctx.pipeline.clone();
         self.sink = ctx.sink.clone();
-        let pool = connect(&self.config).await?;
+        (self.in_tx, self.lost, self.staging) = (false, false, false);
+        let mut conn = connect_one(
+            &self.config.url,
+            &format!("sluice {}/{}", self.pipeline, self.sink),
+        )
+        .await?;
         let offsets_table = format!("{}.{}", quote(&self.config.schema), quote(OFFSETS_TABLE));
         let created = sqlx::query(&format!(
             "CREATE TABLE IF NOT EXISTS {offsets_table} (pipeline text NOT NULL, sink text NOT NULL, \
              offsets text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (pipeline, sink))"
         ))
-        .execute(&pool)
+        .execute(&mut conn)
         .await;
         match created {
             Ok(_) => {}
@@ -513,16 +481,24 @@ impl Sink for PostgresSink {
                 if matches!(db.code().as_deref(), Some("23505") | Some("42P07")) => {}
             Err(e) => return Err(pg_error(format!("create {offsets_table}"), e)),
         }
+        // before the offsets are read: an earlier run's commit still in flight finishes
+        // (or aborts) first, and a run still going keeps this one out
+        let what = format!(
+            "pipeline \"{}\" sink \"{}\" (its offsets in {offsets_table})",
+            self.pipeline, self.sink
+        );
+        let key = lock::key(&self.config.schema, &self.pipeline, &self.sink);
+        lock::acquire(&mut conn, key, self.config.lock_timeout, &what).await?;
         let stored: Option<(String,)> = sqlx::query_as(&format!(
             "SELECT offsets FROM {offsets_table} WHERE pipeline = $1 AND sink = $2"
         ))
         .bind(&self.pipeline)
         .bind(&self.sink)
-        .fetch_optional(&pool)
+        .fetch_optional(&mut conn)
         .await
         .map_err(|e| pg_error("read stored offsets", e))?;
         let offsets = stored.map(|(s,)| Offsets::from_envelope(&s)).transpose()?;
-        let found = table_columns(&pool, &self.config.schema, &self.config.table).await?;
+        let found = table_columns(&mut conn, &self.config.schema, &self.config.table).await?;
         self.pg_types = found.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
         self.schema = found.map(|(s, _)| s);
         if let Some(schema) = &self.schema {
@@ -536,7 +512,7 @@ impl Sink for PostgresSink {
                 }
             }
         }
-        self.pool = Some(pool);
+        self.conn = Some(conn);
         Ok(SinkState {
             offsets,
             schema: self.schema.clone(),
@@ -557,9 +533,12 @@ impl Sink for PostgresSink {
     }
 
     async fn close(&mut self) -> Result<()> {
-        self.tx = None;
-        if let Some(pool) = self.pool.take() {
-            pool.close().await;
+        // closing the session rolls back a transaction still open and ends the run lock
+        self.in_tx = false;
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.close().await {
+                tracing::debug!(error = %e, table = %self.target(), "closing the connection failed");
+            }
         }
         Ok(())
     }
@@ -589,33 +568,43 @@ impl PostgresSink {
         let offsets_table = format!("{}.{}", quote(&self.config.schema), quote(OFFSETS_TABLE));
         let (pipeline, sink) = (self.pipeline.clone(), self.sink.clone());
         let tx = self.tx().await?;
-        sqlx::query(&format!(
+        let stored = sqlx::query(&format!(
             "INSERT INTO {offsets_table} (pipeline, sink, offsets, updated_at) VALUES ($1, $2, $3, now()) \
              ON CONFLICT (pipeline, sink) DO UPDATE SET offsets = excluded.offsets, updated_at = excluded.updated_at"
         ))
         .bind(&pipeline)
         .bind(&sink)
         .bind(offsets.to_envelope())
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
-        .map_err(|e| pg_error("store offsets", e))?;
-        let tx = self
-            .tx
-            .take()
-            .ok_or_else(|| Error::internal("no transaction"))?;
+        .map_err(|e| pg_error("store offsets", e));
+        let committed = match stored {
+            // COMMIT is never sent for a transaction that an error has already aborted
+            Ok(_) => tx
+                .execute("COMMIT")
+                .await
+                .map(|_| ())
+                .map_err(|e| pg_error(format!("table {}: commit", self.target()), e)),
+            Err(e) => Err(e),
+        };
         self.staging = false;
-        tx.commit()
-            .await
-            .map_err(|e| pg_error(format!("table {}: commit", self.target()), e))
+        if committed.is_err() {
+            // the transaction is over (or can only roll back) and took its rows with it:
+            // retrying the flush would store the offsets without them
+            self.lost = true;
+        } else {
+            self.in_tx = false;
+        }
+        committed
     }
 }
 
 /// `sluice check`: connects, and reads the table's schema if it exists.
 pub async fn check(config: &PostgresSinkConfig) -> Result<()> {
-    let pool = connect(config).await?;
-    let result = table_schema(&pool, &config.schema, &config.table)
+    let mut conn = connect_one(&config.url, "sluice check").await?;
+    let result = table_schema(&mut conn, &config.schema, &config.table)
         .await
         .map(|_| ());
-    pool.close().await;
+    let _ = conn.close().await;
     result
 }

@@ -23,7 +23,8 @@ use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
 use crate::config::{PostgresSourceConfig, SnapshotOrder, SourceMode};
-use crate::sink::{connect_url, pg_error, quote};
+use crate::conn::{connect_url, quote};
+use crate::error::pg_error;
 use crate::types::source_type;
 
 /// Offset of a table split. Exclusive: the key (primary key or cursor) values of the
