@@ -29,6 +29,31 @@
 //! | after `flush`, before checkpoint | data is durable, checkpoint is old: replay; a transactional sink reports newer offsets so nothing repeats, others may repeat (at-least-once) |
 //! | after checkpoint, before `commit` | restart resumes from the checkpoint; the source commits again |
 //! | after `commit`                 | nothing to do                                             |
+//! | restart while the previous run's commit is in flight | the server may still be committing the killed run's last flush when the new run opens; each sink makes `open` see that flush whole or not at all before it reports offsets (below) |
+//!
+//! A killed process can leave a write in flight on a server, and a supervisor may start
+//! the next run before it lands. How each sink that keeps offsets outside the process
+//! stays exact:
+//!
+//! - **PostgreSQL**: the sink holds a session advisory lock keyed by its offsets row
+//!   (pipeline, sink) for the whole run, taken on the connection that writes the data
+//!   before it reads the offsets. A killed run's backend keeps the lock until its commit
+//!   in flight has finished or aborted, then ends and releases it; the new run waits for
+//!   it (`lock_timeout`), so it reads the offsets that commit stored. A second run of a
+//!   live pipeline fails with [`ErrorKind::Conflict`] naming the holder's backend.
+//! - **SQLite**: the write happens inside the process; its death ends it, and the next
+//!   open rolls back a hot journal. Nothing can land later.
+//! - **File**: publishing is a rename, complete when the syscall returns.
+//! - **S3**: object names derive from the first offset they hold, and the intent object
+//!   names the uploads of a flush before they complete; a request the killed run left in
+//!   flight can only complete an upload the next run rolls forward anyway, or write the
+//!   same state, so a late request changes nothing the new run relies on.
+//! - **Kafka** (`exactly_once`): `init_transactions` bumps the `transactional.id` epoch,
+//!   which makes the coordinator finish or abort the earlier producer's transaction and
+//!   fences that producer from writing again.
+//!
+//! A new sink that stores offsets with its data must give the same guarantee from its
+//! first release: fence or wait out an earlier run's writes before `open` reads offsets.
 //!
 //! Nothing is ever committed to a source before every sink has flushed it.
 
