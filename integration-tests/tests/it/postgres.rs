@@ -12,20 +12,20 @@ use crate::support::{finish, python, signal, sluice, spawn, workdir};
 /// The PostgreSQL tests run one at a time: one of them restarts the server.
 static SERVER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn server() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn server() -> std::sync::MutexGuard<'static, ()> {
     SERVER
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The test database (run.sh exports it after making sure the server runs).
-fn url() -> String {
+pub(crate) fn url() -> String {
     std::env::var("SLUICE_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// Runs SQL through psql; returns the unaligned, tuples-only output.
-fn psql(sql: &str) -> String {
+pub(crate) fn psql(sql: &str) -> String {
     let out = Command::new("psql")
         .args(["-X", "-A", "-t", "-q", "-d", &url(), "-c", sql])
         .output()
@@ -39,7 +39,7 @@ fn psql(sql: &str) -> String {
 }
 
 /// A table name of this test, dropped first (with its offsets row).
-fn fresh(table: &str) -> String {
+pub(crate) fn fresh(table: &str) -> String {
     psql(&format!(
         "DROP TABLE IF EXISTS \"{table}\"; DO $$ BEGIN IF to_regclass('public.sluice_offsets') IS NOT NULL THEN \
          DELETE FROM sluice_offsets WHERE pipeline = '{table}'; END IF; END $$"

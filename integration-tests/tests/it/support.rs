@@ -68,6 +68,20 @@ pub fn spawn(dir: &Path, args: &[&str]) -> Child {
         .expect("spawn sluice")
 }
 
+/// Kills the process `pid` with SIGKILL if the test panics while the guard lives, so
+/// that a failed test leaves no run behind to hold locks and ports of the next one.
+pub struct KillOnPanic(pub u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 /// Polls `check` every 50 ms until it holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -186,15 +200,14 @@ pub fn kill_at_random(
     let mut rng = rand::thread_rng();
     let mut killed_mid_run = 0;
     for _ in 0..rounds {
-        let child = spawn(dir, args);
+        let mut child = spawn(dir, args);
         std::thread::sleep(Duration::from_millis(rng.gen_range(pause_ms.clone())));
-        let exited = Command::new("kill")
-            .arg("-0")
-            .arg(child.id().to_string())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true);
-        signal(&child, "KILL");
+        // `try_wait` reaps: a child that has exited but was not yet waited for is a
+        // zombie, which `kill -0` would still report as running
+        let exited = child.try_wait().expect("wait").is_some();
+        if !exited {
+            signal(&child, "KILL");
+        }
         let _ = finish(child, Duration::from_secs(10));
         if !exited {
             killed_mid_run += 1;
