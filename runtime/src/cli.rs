@@ -10,9 +10,10 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::{self, ConfigError, Pipeline};
+use crate::config::{self, Pipeline};
 use crate::registry::Registry;
-use crate::{describe, pipeline, progress, shutdown};
+use crate::service::{self, Service};
+use crate::{describe, http, interpolate, shutdown};
 
 /// Exit code of a config or usage error.
 pub const EXIT_CONFIG: u8 = 2;
@@ -55,6 +56,19 @@ enum Command {
         /// No progress display.
         #[arg(long)]
         quiet: bool,
+        /// Serve the HTTP API (metrics, health, status, control) on ADDR; without a
+        /// value on 127.0.0.1:8686. The process then keeps running until a signal.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = http::DEFAULT_ADDR)]
+        http: Option<std::net::SocketAddr>,
+        /// Bearer token the HTTP API requires (required on a non-loopback address);
+        /// `${env:NAME}` and `${file:PATH}` are resolved, so it need not be on the
+        /// command line.
+        #[arg(long, value_name = "TOKEN", requires = "http")]
+        auth_token: Option<String>,
+        /// Reload when a pipeline file is added, changed or removed (SIGHUP always
+        /// reloads). The process then keeps running until a signal.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check pipeline files without opening any connection.
     Validate {
@@ -104,8 +118,10 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // sqlx logs every server notice ("relation already exists, skipping") at info
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")));
+    // colour only on a terminal: a log redirected to a file or a pipe stays plain text
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -162,34 +178,11 @@ fn pipeline_files(command: &Command) -> Vec<PathBuf> {
         } => vec![file.clone()],
         Command::Connectors | Command::Describe { .. } => Vec::new(),
     };
-    expand(&paths).unwrap_or_default()
-}
-
-fn expand(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
-    let mut files = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
-                .map_err(|e| ConfigError {
-                    file: p.clone(),
-                    position: None,
-                    message: format!("cannot read the directory: {e}"),
-                    hint: None,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(p.clone());
-        }
-    }
-    Ok(files)
+    service::expand(&paths).unwrap_or_default()
 }
 
 fn load_all(paths: &[PathBuf], registry: &Registry) -> Result<Vec<Pipeline>, ExitCode> {
-    let files = expand(paths).map_err(|e| {
+    let files = service::expand(paths).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
@@ -236,48 +229,58 @@ fn redact(p: &Pipeline, message: String) -> String {
 
 async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitCode {
     match command {
-        Command::Run { paths, quiet } => {
+        Command::Run {
+            paths,
+            quiet,
+            http,
+            auth_token,
+            watch,
+        } => {
             let pipelines = match load_all(&paths, &registry) {
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            let token = match auth_token.map(|t| interpolate::resolve(&t)).transpose() {
+                Ok(t) => t.map(|t| t.text),
+                Err(e) => {
+                    eprintln!("error: --auth-token: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let listener = match http {
+                Some(addr) => match http::bind(addr, token.as_deref()).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                None => None,
+            };
             let stop = shutdown::install();
-            let registry = Arc::new(registry);
-            let mut tasks = Vec::new();
-            for p in pipelines {
-                let stats = Arc::new(pipeline::Stats::default());
-                let reporter =
-                    (!quiet).then(|| progress::spawn(p.name.clone(), stats.clone(), progress));
-                let registry = registry.clone();
-                let stop = stop.clone();
-                tasks.push(tokio::spawn(async move {
-                    let result = pipeline::supervise(&p, &registry, stop, stats.clone()).await;
-                    if let Some(r) = reporter {
-                        r.abort();
-                        if progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                            eprintln!();
-                        }
-                    }
-                    match result {
-                        Ok(()) => {
-                            println!("{}", progress::summary(&p.name, &stats));
-                            true
-                        }
-                        Err(e) => {
-                            let message =
-                                redact(&p, format!("pipeline \"{}\" failed: {e}", p.name));
-                            tracing::error!(pipeline = %p.name, kind = %e.kind(), "{message}");
-                            eprintln!("error: {message}");
-                            false
-                        }
-                    }
-                }));
+            let options = service::Options {
+                serve: http.is_some() || watch,
+                progress: !quiet,
+                terminal: progress,
+            };
+            let service = Service::new(Arc::new(registry), paths.clone(), stop.clone(), options);
+            let loaded = pipelines
+                .into_iter()
+                .map(|p| {
+                    let text = std::fs::read_to_string(&p.file).unwrap_or_default();
+                    (p, text)
+                })
+                .collect();
+            service.start_all(loaded).await;
+            if let Some(listener) = listener {
+                http::serve(listener, token, service.clone());
             }
-            let mut ok = true;
-            for t in tasks {
-                ok &= t.await.unwrap_or(false);
+            service::spawn_reloader(service.clone(), &paths, watch);
+            if options.serve {
+                let mut stop = stop;
+                let _ = stop.wait_for(|s| *s).await;
             }
-            if ok {
+            if service.join().await {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_FAILED)

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pipeline::Stats;
+use crate::telemetry::PipelineMetrics as Stats;
 
 /// Reports progress of `stats` until the task is aborted: a redrawn line on a
 /// terminal, a log line every 10 s otherwise.
@@ -21,7 +21,7 @@ pub fn spawn(name: String, stats: Arc<Stats>, terminal: bool) -> tokio::task::Jo
         tick.tick().await;
         loop {
             tick.tick().await;
-            let secs = stats.started.elapsed().as_secs_f64().max(1e-9);
+            let secs = stats.uptime().as_secs_f64().max(1e-9);
             let out = stats.records_out.load(Ordering::Relaxed);
             let rate = out as f64 / secs;
             if tty {
@@ -49,9 +49,16 @@ pub fn spawn(name: String, stats: Arc<Stats>, terminal: bool) -> tokio::task::Jo
     })
 }
 
+/// Ends the redrawn progress line, so the next line does not overwrite it.
+pub fn end_line(terminal: bool) {
+    if terminal && std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
 /// The one-line summary printed when a pipeline ends.
 pub fn summary(name: &str, stats: &Stats) -> String {
-    let secs = stats.started.elapsed().as_secs_f64();
+    let secs = stats.uptime().as_secs_f64();
     let records = stats.records_out.load(Ordering::Relaxed);
     let bytes = stats.bytes_out.load(Ordering::Relaxed);
     format!(

@@ -49,11 +49,13 @@ impl Registry {
         r
     }
 
-    fn add_source(&mut self, c: Arc<dyn DynSourceConnector>) {
+    /// Registers a source connector as built in.
+    pub(crate) fn add_source(&mut self, c: Arc<dyn DynSourceConnector>) {
         self.sources.push((c, Origin::BuiltIn));
     }
 
-    fn add_sink(&mut self, c: Arc<dyn DynSinkConnector>) {
+    /// Registers a sink connector as built in.
+    pub(crate) fn add_sink(&mut self, c: Arc<dyn DynSinkConnector>) {
         self.sinks.push((c, Origin::BuiltIn));
     }
 

@@ -16,6 +16,17 @@ pub struct RetryPolicy {
     pub max: Duration,
 }
 
+impl RetryPolicy {
+    /// The policy of `pipeline`'s `[errors]` section.
+    pub fn of(pipeline: &crate::config::Pipeline) -> Self {
+        RetryPolicy {
+            max_retries: pipeline.errors.max_retries,
+            initial: pipeline.errors.retry_backoff,
+            max: pipeline.errors.retry_backoff_max,
+        }
+    }
+}
+
 /// The retry state of one operation.
 pub struct Backoff<'a> {
     policy: &'a RetryPolicy,
@@ -60,6 +71,7 @@ impl<'a> Backoff<'a> {
         let Some(delay) = self.next_delay() else {
             return false;
         };
+        crate::telemetry::count_retry(err);
         tracing::warn!(
             error = %err,
             kind = %err.kind(),

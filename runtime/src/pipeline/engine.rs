@@ -1,0 +1,348 @@
+//! The engine loop of one run: takes batches from the source task, accumulates them
+//! up to `[batch]` limits, writes them to every sink, and at each checkpoint flushes
+//! every sink, stores the offsets, and only then tells the source to commit.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use connector_api::{conform, Batch, DriftPolicy, Error, Offsets, Reject, Result, Sink};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+
+use super::dead_letter::{self, FailureWindow};
+use crate::checkpoint::CheckpointStore;
+use crate::config::{Pipeline, Tolerance};
+use crate::retry::RetryPolicy;
+use crate::retrying;
+use crate::telemetry::PipelineMetrics;
+
+/// What the source task sends the engine.
+pub(super) enum Msg {
+    /// A batch, with its share of the in-flight budget.
+    Batch(Batch, Option<OwnedSemaphorePermit>),
+    /// The source gave up.
+    Failed(Error),
+}
+
+/// An open sink and the schema it takes.
+pub(super) struct SinkSlot {
+    pub(super) name: String,
+    pub(super) sink: Box<dyn Sink>,
+    pub(super) drift: DriftPolicy,
+    pub(super) schema: Option<SchemaRef>,
+}
+
+pub(super) struct Engine<'a> {
+    pub(super) pipeline: &'a Pipeline,
+    pub(super) policy: &'a RetryPolicy,
+    pub(super) sinks: Vec<SinkSlot>,
+    pub(super) dead_letter: Option<SinkSlot>,
+    /// Position after the last batch written to every sink.
+    pub(super) position: Offsets,
+    /// Something was written since the last checkpoint.
+    dirty: bool,
+    failures: FailureWindow,
+    metrics: Arc<PipelineMetrics>,
+    acc: Vec<Batch>,
+    acc_rows: usize,
+    acc_bytes: usize,
+    acc_since: Option<Instant>,
+    permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl<'a> Engine<'a> {
+    pub(super) fn new(
+        pipeline: &'a Pipeline,
+        policy: &'a RetryPolicy,
+        sinks: Vec<SinkSlot>,
+        dead_letter: Option<SinkSlot>,
+        position: Offsets,
+        metrics: Arc<PipelineMetrics>,
+    ) -> Self {
+        Engine {
+            pipeline,
+            policy,
+            sinks,
+            dead_letter,
+            position,
+            dirty: false,
+            failures: FailureWindow::new(pipeline.errors.window),
+            metrics,
+            acc: Vec::new(),
+            acc_rows: 0,
+            acc_bytes: 0,
+            acc_since: None,
+            permits: Vec::new(),
+        }
+    }
+
+    /// Runs until the source ends (after a last flush and checkpoint) or fails. When
+    /// `paused` turns true, what was read is written and checkpointed at once.
+    pub(super) async fn drive(
+        &mut self,
+        rx: &mut mpsc::Receiver<Msg>,
+        store: &CheckpointStore,
+        commit_tx: &mpsc::UnboundedSender<Offsets>,
+        stop: &watch::Receiver<bool>,
+        paused: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let interval = self.pipeline.checkpoint.interval;
+        let linger = self.pipeline.batch.linger;
+        let mut last_checkpoint = Instant::now();
+        loop {
+            let linger_at = self.acc_since.map(|t| t + linger);
+            let checkpoint_at = last_checkpoint + interval;
+            let wake = linger_at.map_or(checkpoint_at, |l| l.min(checkpoint_at));
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Batch(batch, permit)) => {
+                        self.accept(batch, permit).await?;
+                        if *paused.borrow() {
+                            // the last read before the source saw the pause
+                            self.write_acc().await?;
+                            self.checkpoint(store, commit_tx).await?;
+                        }
+                    }
+                    Some(Msg::Failed(e)) => return Err(e),
+                    None => {
+                        self.write_acc().await?;
+                        self.checkpoint(store, commit_tx).await?;
+                        let stopped = *stop.borrow();
+                        tracing::info!(pipeline = %self.pipeline.name, stopped, "pipeline finished");
+                        return Ok(());
+                    }
+                },
+                Ok(()) = paused.changed() => {
+                    if *paused.borrow_and_update() {
+                        self.write_acc().await?;
+                        self.checkpoint(store, commit_tx).await?;
+                        last_checkpoint = Instant::now();
+                        tracing::info!(pipeline = %self.pipeline.name, "paused: everything read is written and checkpointed");
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if linger_at.is_some_and(|l| Instant::now() >= l) {
+                        self.write_acc().await?;
+                    }
+                    if Instant::now() >= checkpoint_at {
+                        self.write_acc().await?;
+                        self.checkpoint(store, commit_tx).await?;
+                        last_checkpoint = Instant::now();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn accept(
+        &mut self,
+        mut batch: Batch,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<()> {
+        if !batch.rejects.is_empty() {
+            let rejects = std::mem::take(&mut batch.rejects);
+            self.reject(batch.num_rows(), rejects).await?;
+        } else {
+            // good records count in the failure window too
+            self.failures.add(batch.num_rows() as u64, 0);
+        }
+        if batch.num_rows() == 0 {
+            if self.acc.is_empty() {
+                self.position.merge(&batch.offsets);
+                self.dirty = true;
+            } else {
+                self.acc.push(batch);
+            }
+            return Ok(());
+        }
+        if let Some(first) = self.acc.first() {
+            if first.records.schema() != batch.records.schema() {
+                self.write_acc().await?;
+            }
+        }
+        self.acc_rows += batch.num_rows();
+        self.acc_bytes += batch.byte_size();
+        self.acc_since.get_or_insert_with(Instant::now);
+        self.acc.push(batch);
+        if let Some(p) = permit {
+            self.permits.push(p);
+        }
+        if self.acc_rows >= self.pipeline.batch.max_records
+            || self.acc_bytes as u64 >= self.pipeline.batch.max_bytes.0
+        {
+            self.write_acc().await?;
+        }
+        Ok(())
+    }
+
+    async fn reject(&mut self, good: usize, rejects: Vec<Reject>) -> Result<()> {
+        self.metrics
+            .rejected
+            .fetch_add(rejects.len() as u64, Ordering::Relaxed);
+        let errors = &self.pipeline.errors;
+        if errors.tolerance == Tolerance::None {
+            let r = &rejects[0];
+            return Err(
+                Error::data(format!("bad record at {}: {}", r.position, r.error))
+                    .context(format!("pipeline \"{}\"", self.pipeline.name)),
+            );
+        }
+        if let Some(share) = self.failures.add(good as u64, rejects.len() as u64) {
+            if share > errors.max_failure_rate {
+                return Err(Error::data(format!(
+                    "{:.1}% of the last {} records were bad (errors.max_failure_rate = {}); last: {}: {}",
+                    share * 100.0,
+                    errors.window,
+                    errors.max_failure_rate,
+                    rejects[rejects.len() - 1].position,
+                    rejects[rejects.len() - 1].error
+                )));
+            }
+        }
+        for r in &rejects {
+            tracing::warn!(position = %r.position, error = %r.error, "bad record sent to the dead-letter sink");
+        }
+        let records = dead_letter::batch(&self.pipeline.name, &rejects)?;
+        let slot = self
+            .dead_letter
+            .as_mut()
+            .ok_or_else(|| Error::internal("tolerance all without a dead-letter sink"))?;
+        let batch = Batch::new(records, Offsets::new());
+        retrying!(self.policy, "dead-letter write", slot.sink.write(&batch))
+            .map_err(|e| e.context("dead-letter sink"))?;
+        let n = rejects.len() as u64;
+        self.metrics.dead_lettered.fetch_add(n, Ordering::Relaxed);
+        if let Some(m) = self.metrics.sink(&slot.name) {
+            m.records.fetch_add(n, Ordering::Relaxed);
+            m.bytes.fetch_add(
+                batch.records.get_array_memory_size() as u64,
+                Ordering::Relaxed,
+            );
+            m.batches.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Writes the accumulated batches, as one, to every sink.
+    async fn write_acc(&mut self) -> Result<()> {
+        if self.acc.is_empty() {
+            return Ok(());
+        }
+        let batches = std::mem::take(&mut self.acc);
+        self.acc_rows = 0;
+        self.acc_bytes = 0;
+        self.acc_since = None;
+        let mut offsets = Offsets::new();
+        for b in &batches {
+            offsets.merge(&b.offsets);
+        }
+        let with_rows: Vec<&RecordBatch> = batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| &b.records)
+            .collect();
+        let mut records = match with_rows.len() {
+            0 => None,
+            1 => Some(with_rows[0].clone()),
+            _ => Some(arrow_select::concat::concat_batches(
+                &with_rows[0].schema(),
+                with_rows.iter().copied(),
+            )?),
+        };
+        drop(batches);
+        if let Some(r) = records.take() {
+            let mut r = r;
+            for t in &self.pipeline.transforms {
+                r = t.apply(r)?;
+            }
+            records = Some(r);
+        }
+        if let Some(records) = records {
+            let rows = records.num_rows() as u64;
+            let bytes = records.get_array_memory_size() as u64;
+            for slot in &mut self.sinks {
+                let fitted = fit(slot, &records)?;
+                let written = (fitted.num_rows() as u64, fitted.get_array_memory_size());
+                let batch = Batch::new(fitted, offsets.clone());
+                retrying!(self.policy, "sink write", slot.sink.write(&batch))
+                    .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
+                if let Some(m) = self.metrics.sink(&slot.name) {
+                    m.records.fetch_add(written.0, Ordering::Relaxed);
+                    m.bytes.fetch_add(written.1 as u64, Ordering::Relaxed);
+                    m.batches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.metrics.records_out.fetch_add(rows, Ordering::Relaxed);
+            self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        }
+        self.metrics.recovered();
+        self.permits.clear();
+        self.position.merge(&offsets);
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Flushes every sink, stores the checkpoint, then tells the source.
+    async fn checkpoint(
+        &mut self,
+        store: &CheckpointStore,
+        commit_tx: &mpsc::UnboundedSender<Offsets>,
+    ) -> Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        for slot in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
+            let started = Instant::now();
+            retrying!(self.policy, "sink flush", slot.sink.flush(&self.position))
+                .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
+            if let Some(m) = self.metrics.sink(&slot.name) {
+                m.flushes.fetch_add(1, Ordering::Relaxed);
+                m.flush_seconds.observe(started.elapsed());
+            }
+        }
+        retrying!(
+            self.policy,
+            "checkpoint store",
+            store.store(&self.pipeline.name, &self.position)
+        )?;
+        self.metrics.checkpointed(&self.position);
+        self.metrics.recovered();
+        let _ = commit_tx.send(self.position.clone());
+        self.dirty = false;
+        tracing::debug!(pipeline = %self.pipeline.name, "checkpoint stored");
+        Ok(())
+    }
+}
+
+/// `records` fitted to the sink's schema by its drift policy (the first batch sets the
+/// schema of a sink that has none).
+fn fit(slot: &mut SinkSlot, records: &RecordBatch) -> Result<RecordBatch> {
+    match &slot.schema {
+        None => {
+            // the sink's schema: the data columns, without reserved metadata
+            let schema = records.schema();
+            let fields: Vec<_> = schema
+                .fields()
+                .iter()
+                .filter(|f| !connector_api::columns::is_reserved(f.name()))
+                .cloned()
+                .collect();
+            slot.schema = Some(Arc::new(Schema::new(fields)));
+            Ok(records.clone())
+        }
+        Some(target) => {
+            let c = conform(records, target, slot.drift)
+                .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
+            if let Some(evolved) = c.evolved {
+                tracing::info!(sink = %slot.name, columns = evolved.fields().len(), "schema evolved: new nullable columns, or a column widened");
+                slot.schema = Some(evolved);
+            }
+            if c.dropped_rows > 0 {
+                tracing::warn!(sink = %slot.name, rows = c.dropped_rows, "rows with new columns discarded (drift = discard_row)");
+            }
+            Ok(c.batch)
+        }
+    }
+}

@@ -1,0 +1,444 @@
+//! Engine tests in process: the testkit's in-memory source and sink (with injected
+//! failures) behind test connectors, a pipeline file in a temporary directory.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_schema::SchemaRef;
+use connector_api::testkit::{id_batches, Faults, MemorySink, MemorySource, MEMORY_SPLIT};
+use connector_api::{
+    async_trait, Batch, DynSinkConnector, DynSourceConnector, ErrorKind, Offsets, Result, Sink,
+    SinkContext, SinkState, Source, SourceContext,
+};
+use tokio::sync::watch;
+
+use super::{run, supervise, Control};
+use crate::config::{self, Pipeline};
+use crate::registry::Registry;
+use crate::telemetry::{PipelineMetrics, State};
+
+/// What happened, in order: `read N`, `write`, `flush N`, `commit N` (N: the
+/// memory split's offset).
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn position(o: &Offsets) -> usize {
+    o.get_typed::<usize>(MEMORY_SPLIT).unwrap().unwrap_or(0)
+}
+
+fn push(log: &Log, event: String) {
+    log.lock().unwrap().push(event);
+}
+
+/// A source connector over `batches`; with `endless`, the batches repeat forever.
+struct TestSource {
+    batches: Vec<arrow_array::RecordBatch>,
+    fail_at: Option<usize>,
+    endless: bool,
+    /// Sleep 1 ms before each batch (so that checkpoints fall between batches).
+    paced: bool,
+    log: Log,
+}
+
+struct LoggedSource {
+    inner: MemorySource,
+    endless: Option<(Vec<arrow_array::RecordBatch>, usize)>,
+    paced: bool,
+    log: Log,
+}
+
+#[async_trait]
+impl Source for LoggedSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        if let Some((_, next)) = &mut self.endless {
+            *next = position(committed);
+        }
+        self.inner.open(ctx, committed).await
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if self.paced {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let batch = match &mut self.endless {
+            Some((batches, next)) => {
+                let records = batches[*next % batches.len()].clone();
+                *next += 1;
+                let mut offsets = Offsets::new();
+                offsets.set_typed(MEMORY_SPLIT, &*next)?;
+                Some(Batch::new(records, offsets))
+            }
+            None => self.inner.next_batch().await?,
+        };
+        if let Some(b) = &batch {
+            push(&self.log, format!("read {}", position(&b.offsets)));
+        }
+        Ok(batch)
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
+        push(&self.log, format!("commit {}", position(offsets)));
+        self.inner.commit(offsets).await
+    }
+}
+
+#[async_trait]
+impl DynSourceConnector for TestSource {
+    fn name(&self) -> &str {
+        "memory"
+    }
+    fn description(&self) -> &str {
+        "in-memory test source"
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn validate(&self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    fn create_source(&self, _: &serde_json::Value) -> Result<Box<dyn Source>> {
+        let mut inner = MemorySource::new(self.batches.clone());
+        inner.fail_at = self.fail_at;
+        Ok(Box::new(LoggedSource {
+            inner,
+            endless: self.endless.then(|| (self.batches.clone(), 0)),
+            paced: self.paced || self.endless,
+            log: self.log.clone(),
+        }))
+    }
+    async fn check(&self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    async fn discover(&self, _: &serde_json::Value) -> Result<Option<SchemaRef>> {
+        Ok(None)
+    }
+}
+
+/// A sink connector whose sinks all share one [`MemorySink`] store (a restart sees
+/// what the last run flushed, as a database would).
+struct TestSink {
+    sink: MemorySink,
+    log: Log,
+}
+
+struct LoggedSink {
+    inner: MemorySink,
+    log: Log,
+}
+
+#[async_trait]
+impl Sink for LoggedSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.inner.open(ctx).await
+    }
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        self.inner.write(batch).await?;
+        push(&self.log, "write".into());
+        Ok(())
+    }
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        self.inner.flush(offsets).await?;
+        push(&self.log, format!("flush {}", position(offsets)));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl DynSinkConnector for TestSink {
+    fn name(&self) -> &str {
+        "memory"
+    }
+    fn description(&self) -> &str {
+        "in-memory test sink"
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn validate(&self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    fn create_sink(&self, _: &serde_json::Value) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(LoggedSink {
+            inner: self.sink.clone(),
+            log: self.log.clone(),
+        }))
+    }
+    async fn check(&self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    pipeline: Pipeline,
+    registry: Registry,
+    sink: MemorySink,
+    log: Log,
+    metrics: Arc<PipelineMetrics>,
+}
+
+fn setup(source: TestSource, faults: Faults, extra: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let text = format!(
+        "name = \"p\"\n[source]\nconnector = \"memory\"\n[sink]\nconnector = \"memory\"\n\
+         [errors]\nretry_backoff = \"1ms\"\nretry_backoff_max = \"2ms\"\n{extra}"
+    );
+    std::fs::write(&file, text).unwrap();
+    let log = source.log.clone();
+    let mut sink = MemorySink::new();
+    sink.faults = faults;
+    let mut registry = Registry::default();
+    registry.add_source(Arc::new(source));
+    registry.add_sink(Arc::new(TestSink {
+        sink: sink.clone(),
+        log: log.clone(),
+    }));
+    let pipeline = config::load(&file, &registry).unwrap();
+    let metrics = Arc::new(PipelineMetrics::of(&pipeline));
+    Setup {
+        _dir: dir,
+        pipeline,
+        registry,
+        sink,
+        log,
+        metrics,
+    }
+}
+
+fn source(rows: usize, batch: usize) -> TestSource {
+    TestSource {
+        batches: id_batches(rows, batch),
+        fail_at: None,
+        endless: false,
+        paced: false,
+        log: Log::default(),
+    }
+}
+
+/// A control that never stops the run (its sender lives on: a closed channel reads
+/// as a stop).
+fn never() -> Control {
+    let (tx, rx) = watch::channel(false);
+    std::mem::forget(tx);
+    Control::new(rx)
+}
+
+/// Every id in 0..n exactly once in what the sink flushed.
+fn assert_exactly_once(sink: &MemorySink, n: usize) {
+    let store = sink.store.lock().unwrap();
+    let mut ids: Vec<i64> = store
+        .flushed
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..n as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn commits_to_the_source_only_what_every_sink_flushed_and_the_store_holds() {
+    let s = setup(
+        source(1000, 10),
+        Faults::default(),
+        "[batch]\nmax_records = 100\n",
+    );
+    run(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_exactly_once(&s.sink, 1000);
+    let log = s.log.lock().unwrap().clone();
+    let mut flushed = 0;
+    let mut commits = 0;
+    for e in &log {
+        if let Some(n) = e.strip_prefix("flush ") {
+            flushed = n.parse().unwrap();
+        }
+        if let Some(n) = e.strip_prefix("commit ") {
+            let n: usize = n.parse().unwrap();
+            assert!(n <= flushed, "commit {n} before its flush: {log:?}");
+            commits += 1;
+        }
+    }
+    assert!(commits >= 1);
+    assert_eq!(log.last().unwrap(), "commit 100");
+    // the checkpoint store holds the end too
+    let store = crate::checkpoint::CheckpointStore::open(&s.pipeline.checkpoint_path())
+        .await
+        .unwrap();
+    let stored = store.load("p").await.unwrap().unwrap();
+    assert_eq!(position(&stored), 100);
+    store.close().await;
+    // the metrics agree with the sink
+    assert_eq!(s.metrics.records_out.load(Ordering::Relaxed), 1000);
+    assert_eq!(s.metrics.records_in.load(Ordering::Relaxed), 1000);
+    assert_eq!(s.metrics.sinks[0].records.load(Ordering::Relaxed), 1000);
+    let flushes = s.sink.store.lock().unwrap().flushes as u64;
+    assert_eq!(s.metrics.sinks[0].flushes.load(Ordering::Relaxed), flushes);
+    assert_eq!(s.metrics.checkpoints.load(Ordering::Relaxed), flushes);
+}
+
+#[tokio::test]
+async fn a_retryable_write_failure_is_retried_and_counted_without_duplicates() {
+    let faults = Faults {
+        fail_write_at: Some((3, ErrorKind::Transient)),
+        ..Faults::default()
+    };
+    let s = setup(source(500, 10), faults, "[batch]\nmax_records = 50\n");
+    crate::telemetry::scope(
+        s.metrics.clone(),
+        run(&s.pipeline, &s.registry, never(), s.metrics.clone()),
+    )
+    .await
+    .unwrap();
+    assert_exactly_once(&s.sink, 500);
+    assert_eq!(s.metrics.retries(), vec![(ErrorKind::Transient, 1)]);
+}
+
+#[tokio::test]
+async fn a_failed_flush_that_cannot_be_retried_stops_and_commits_nothing() {
+    let faults = Faults {
+        fail_flush_at: Some((0, ErrorKind::Data)),
+        ..Faults::default()
+    };
+    let s = setup(source(100, 10), faults, "");
+    let err = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Data);
+    assert!(
+        err.to_string().contains("injected failure of flush 0"),
+        "{err}"
+    );
+    let log = s.log.lock().unwrap();
+    assert!(!log.iter().any(|e| e.starts_with("commit")), "{log:?}");
+    assert_eq!(s.sink.store.lock().unwrap().flushed_rows(), 0);
+}
+
+#[tokio::test]
+async fn an_aborted_flush_restarts_the_pipeline_from_the_sinks_offsets() {
+    let faults = Faults {
+        fail_flush_at: Some((2, ErrorKind::Aborted)),
+        ..Faults::default()
+    };
+    let mut src = source(300, 10);
+    src.paced = true;
+    let s = setup(
+        src,
+        faults,
+        "[batch]\nmax_records = 10\n[checkpoint]\ninterval = \"5ms\"\n",
+    );
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_exactly_once(&s.sink, 300);
+    let flushes = s.sink.store.lock().unwrap().flushes;
+    assert_eq!(
+        s.metrics.restarts.load(Ordering::Relaxed),
+        1,
+        "{flushes} flushes"
+    );
+}
+
+#[tokio::test]
+async fn a_source_failure_is_retried_and_reads_on() {
+    let mut src = source(300, 10);
+    src.fail_at = Some(5);
+    let s = setup(src, Faults::default(), "");
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_exactly_once(&s.sink, 300);
+    assert_eq!(s.metrics.retries(), vec![(ErrorKind::Transient, 1)]);
+}
+
+#[tokio::test]
+async fn stop_drains_flushes_and_checkpoints_everything_read() {
+    let mut src = source(100, 10);
+    src.endless = true;
+    let s = setup(src, Faults::default(), "[checkpoint]\ninterval = \"1h\"\n");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = s.metrics.clone();
+    let stopper = tokio::spawn(async move {
+        while metrics.records_in.load(Ordering::Relaxed) < 500 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        stop_tx.send(true).unwrap();
+    });
+    run(
+        &s.pipeline,
+        &s.registry,
+        Control::new(stop_rx),
+        s.metrics.clone(),
+    )
+    .await
+    .unwrap();
+    stopper.await.unwrap();
+    let read = s.metrics.records_in.load(Ordering::Relaxed) as usize;
+    assert!(read >= 500);
+    let store = s.sink.store.lock().unwrap();
+    // nothing read is left unflushed, and the stored position is where reading ended
+    assert_eq!(store.flushed_rows(), read);
+    assert!(store.pending.is_empty());
+    assert_eq!(position(store.offsets.as_ref().unwrap()) * 10, read);
+    let log = s.log.lock().unwrap();
+    assert_eq!(log.last().unwrap(), &format!("commit {}", read / 10));
+}
+
+#[tokio::test]
+async fn pause_stops_reading_and_checkpoints_what_was_read_then_resume_reads_on() {
+    let mut src = source(100, 10);
+    src.endless = true;
+    let s = setup(src, Faults::default(), "[checkpoint]\ninterval = \"1h\"\n");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (pause_tx, pause_rx) = watch::channel(false);
+    let metrics = s.metrics.clone();
+    let sink = s.sink.clone();
+    let driver = tokio::spawn(async move {
+        let wait_for = |n: u64| {
+            let metrics = metrics.clone();
+            async move {
+                while metrics.records_in.load(Ordering::Relaxed) < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait_for(200).await;
+        pause_tx.send(true).unwrap();
+        // everything read gets flushed although the checkpoint interval is an hour
+        loop {
+            let read = metrics.records_in.load(Ordering::Relaxed) as usize;
+            if sink.store.lock().unwrap().flushed_rows() == read {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let paused_at = metrics.records_in.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(metrics.records_in.load(Ordering::Relaxed), paused_at);
+        pause_tx.send(false).unwrap();
+        wait_for(paused_at + 200).await;
+        stop_tx.send(true).unwrap();
+        paused_at
+    });
+    run(
+        &s.pipeline,
+        &s.registry,
+        Control::with_pause(stop_rx, pause_rx),
+        s.metrics.clone(),
+    )
+    .await
+    .unwrap();
+    let paused_at = driver.await.unwrap();
+    let read = s.metrics.records_in.load(Ordering::Relaxed) as usize;
+    assert!(read as u64 >= paused_at + 200);
+    assert_eq!(s.sink.store.lock().unwrap().flushed_rows(), read);
+    assert_ne!(s.metrics.state(), State::Failed);
+}
