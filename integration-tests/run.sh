@@ -12,6 +12,7 @@ log() { printf '==> %s\n' "$*"; }
 # --- clients the tests verify results with (not written by this project) ---
 need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -19,6 +20,11 @@ fi
 if ! python3 -c 'import pyarrow' >/dev/null 2>&1; then
   log "installing pyarrow"
   python3 -m pip install -q pyarrow
+fi
+# the HTTP API tests read /metrics with the Prometheus client's own parser
+if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
+  log "installing prometheus_client"
+  python3 -m pip install -q prometheus_client
 fi
 
 # --- services the tests talk to ---

@@ -15,6 +15,7 @@ mod postgres_restart;
 mod quickstart;
 mod roundtrip;
 mod s3;
+mod service;
 mod sqlite_io;
 mod support;
 mod tolerance;

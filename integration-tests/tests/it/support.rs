@@ -68,6 +68,16 @@ pub fn spawn(dir: &Path, args: &[&str]) -> Child {
         .expect("spawn sluice")
 }
 
+/// Starts `sluice ARGS` in `dir` with extra environment variables.
+pub fn command_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut c = command(dir, args);
+    c.envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice")
+}
+
 /// Kills the process `pid` with SIGKILL if the test panics while the guard lives, so
 /// that a failed test leaves no run behind to hold locks and ports of the next one.
 pub struct KillOnPanic(pub u32);
