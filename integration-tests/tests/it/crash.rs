@@ -3,7 +3,8 @@
 
 use crate::support::{kill_at_random, python, sluice, sqlite, workdir};
 
-const ROWS: usize = 300_000;
+/// About 4 s of work for a debug build, so that most of the kills land mid-run.
+const ROWS: usize = 2_000_000;
 
 #[test]
 fn kill_9_at_random_points_loses_and_duplicates_nothing() {
@@ -37,7 +38,7 @@ interval = "50ms"
     )
     .unwrap();
     let db = d.join("out/crash.db");
-    let killed_mid_run = kill_at_random(d, &["run", "--quiet", "crash.toml"], 10, 30..700);
+    let killed_mid_run = kill_at_random(d, &["run", "--quiet", "crash.toml"], 10, 30..500);
     let run = sluice(d, &["run", "--quiet", "crash.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(

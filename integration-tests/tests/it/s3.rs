@@ -259,19 +259,19 @@ fn kill_9_mid_upload_leaves_no_duplicates_no_gaps_no_open_uploads() {
     let bucket = new_bucket("kill");
     let dir = workdir();
     let d = dir.path();
-    // paced at 100k records/s, so a run takes 3 s and the kills land mid-run; ~300
+    // paced at 30k records/s, so a run takes 10 s and the kills land mid-run; ~300
     // bytes a JSON record: an object of 40k records is three parts of 5 MiB
     std::fs::write(
         d.join("kill.toml"),
         format!(
-            "name = \"kill\"\n[source]\nconnector = \"datagen\"\ncount = {KILL_ROWS}\nrate = 100000\n\
+            "name = \"kill\"\n[source]\nconnector = \"datagen\"\ncount = {KILL_ROWS}\nrate = 30000\n\
              [sink]\nconnector = \"s3\"\n{}prefix = \"k/\"\nformat = \"json\"\nmax_records = 40000\npart_size = 5242880\n\
              [batch]\nmax_records = 5000\n[checkpoint]\ninterval = \"700ms\"\n",
             conn(&bucket)
         ),
     )
     .unwrap();
-    let killed_mid_run = kill_at_random(d, &["run", "--quiet", "kill.toml"], 10, 300..2800);
+    let killed_mid_run = kill_at_random(d, &["run", "--quiet", "kill.toml"], 10, 300..1500);
     let run = sluice(d, &["run", "--quiet", "kill.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
