@@ -84,7 +84,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use offsets::{stable_hash, Offsets};
 pub use plugin::{DynSinkConnector, DynSourceConnector, SinkConnector, SourceConnector};
 pub use rows::{RowBuilder, Value};
-pub use schema::{conform, Conformed, DriftPolicy};
+pub use schema::DriftPolicy;
 pub use sink::{Sink, SinkContext, SinkState};
 pub use source::{Source, SourceContext};
 pub use task::blocking;

@@ -4,8 +4,10 @@
 //! only then commit to the source. The channel is bounded in batches and in bytes
 //! (`batch.max_in_flight`), so a slow sink slows the source and memory stays flat.
 //! [`supervise`] restarts a run that failed in a way a fresh start may cure; the
-//! engine loop is in `pipeline/engine.rs`, bad records in `pipeline/dead_letter.rs`.
+//! engine loop is in `pipeline/engine.rs`, bad records in `pipeline/dead_letter.rs`,
+//! the drift policy's schema conformance in `pipeline/conform.rs`.
 
+mod conform;
 mod dead_letter;
 mod engine;
 #[cfg(test)]

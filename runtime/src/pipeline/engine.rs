@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
-use connector_api::{conform, Batch, DriftPolicy, Error, Offsets, Reject, Result, Sink};
+use connector_api::{Batch, DriftPolicy, Error, Offsets, Reject, Result, Sink};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::conform::conform;
 use super::dead_letter::{self, FailureWindow};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Pipeline, Tolerance};
