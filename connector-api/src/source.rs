@@ -31,6 +31,37 @@ impl SourceContext {
     }
 }
 
+/// How far a bounded read has come, for the progress bar and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Units read so far (whether delivered yet or not).
+    pub done: u64,
+    /// Units in the whole read, as far as the source knows (an estimate for some
+    /// sources: `done` may pass it).
+    pub total: u64,
+    /// What is counted.
+    pub unit: ProgressUnit,
+}
+
+/// What a [`Progress`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressUnit {
+    /// Records.
+    Records,
+    /// Bytes of input (files, objects).
+    Bytes,
+}
+
+impl ProgressUnit {
+    /// The lowercase name used in metric labels and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgressUnit::Records => "records",
+            ProgressUnit::Bytes => "bytes",
+        }
+    }
+}
+
 /// Reads records, one batch at a time. The runtime owns the loop; one task owns one
 /// instance, so methods take `&mut self`.
 ///
@@ -61,5 +92,12 @@ pub trait Source: Send {
     /// Releases connections and handles. Default: nothing.
     async fn close(&mut self) -> Result<()> {
         Ok(())
+    }
+
+    /// How far a bounded read has come, when the source knows its total (datagen's
+    /// `count`, the bytes of the files a glob matched). Called after each batch; must
+    /// be cheap (no I/O). Default: unknown.
+    fn progress(&self) -> Option<Progress> {
+        None
     }
 }

@@ -13,7 +13,7 @@ use crate::checkpoint::CheckpointStore;
 use crate::config::{self, Pipeline};
 use crate::registry::Registry;
 use crate::service::{self, Service};
-use crate::{describe, http, interpolate, shutdown};
+use crate::{describe, http, interpolate, progress, shutdown};
 
 /// Exit code of a config or usage error.
 pub const EXIT_CONFIG: u8 = 2;
@@ -122,7 +122,7 @@ fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(|| progress::LogWriter);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),

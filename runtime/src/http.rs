@@ -275,6 +275,11 @@ fn status(m: &PipelineMetrics) -> Value {
         "checkpoints": load(&m.checkpoints),
         "last_checkpoint": checkpoint,
         "in_flight_bytes": m.in_flight().map(|(used, _)| used),
+        "progress": m.progress().map(|p| json!({
+            "done": p.done,
+            "total": p.total,
+            "unit": p.unit.as_str(),
+        })),
         "restarts": load(&m.restarts),
         "retries": retries,
         "last_error": m.last_error(),

@@ -185,6 +185,7 @@ pub async fn run(
     unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &resume)) })
         .map_err(|e| e.context("source"))?;
     tracing::info!(pipeline = %name, source = %pipeline.source.connector, splits = resume.len(), "pipeline started");
+    metrics.set_progress(source.progress());
     metrics.set_state(State::Running);
 
     // source task
@@ -243,6 +244,7 @@ pub async fn run(
                         .bytes_in
                         .fetch_add(batch.byte_size() as u64, Ordering::Relaxed);
                     source_metrics.batches_in.fetch_add(1, Ordering::Relaxed);
+                    source_metrics.set_progress(source.progress());
                     if tx.send(Msg::Batch(batch, permit)).await.is_err() {
                         break;
                     }

@@ -211,8 +211,7 @@ impl Service {
                     }
                 };
                 if let Some(r) = reporter {
-                    r.abort();
-                    progress::end_line(self.options.terminal);
+                    r.finish();
                 }
                 match result {
                     Err(e) => {

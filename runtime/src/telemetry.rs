@@ -176,6 +176,7 @@ struct Inner {
     config_error: Option<String>,
     last_checkpoint: Option<(SystemTime, Offsets)>,
     in_flight: Option<(Arc<Semaphore>, u64)>,
+    progress: Option<connector_api::Progress>,
 }
 
 /// The error kinds retries are counted by.
@@ -359,6 +360,16 @@ impl PipelineMetrics {
     /// and its size in bytes.
     pub fn set_in_flight(&self, budget: Option<(Arc<Semaphore>, u64)>) {
         self.inner().in_flight = budget;
+    }
+
+    /// Records how far the source's bounded read has come.
+    pub fn set_progress(&self, progress: Option<connector_api::Progress>) {
+        self.inner().progress = progress;
+    }
+
+    /// How far the source's bounded read has come, when it knows its total.
+    pub fn progress(&self) -> Option<connector_api::Progress> {
+        self.inner().progress
     }
 
     /// Bytes read but not yet written, and the limit.

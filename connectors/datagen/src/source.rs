@@ -53,6 +53,14 @@ impl Source for DatagenSource {
         Ok(())
     }
 
+    fn progress(&self) -> Option<connector_api::Progress> {
+        self.config.count.map(|total| connector_api::Progress {
+            done: self.next.min(total),
+            total,
+            unit: connector_api::ProgressUnit::Records,
+        })
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let remaining = match self.config.count {
             Some(count) if self.next >= count => return Ok(None),

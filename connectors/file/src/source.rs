@@ -55,6 +55,9 @@ pub struct FileSource {
     idle_timeout: Duration,
     events: Option<(RecommendedWatcher, mpsc::UnboundedReceiver<()>)>,
     last_scan: Option<Instant>,
+    /// Sizes of the files matched at open (a bounded read of a text format), for
+    /// progress.
+    sizes: BTreeMap<String, u64>,
 }
 
 impl FileSource {
@@ -79,6 +82,7 @@ impl FileSource {
             idle_timeout: Duration::from_secs(1),
             events: None,
             last_scan: None,
+            sizes: BTreeMap::new(),
         })
     }
 
@@ -365,13 +369,42 @@ impl Source for FileSource {
         }
         if self.config.watch {
             self.start_watching()?;
-        } else if list(&self.config.path)?.is_empty() {
-            return Err(
-                Error::not_found(format!("no file matches \"{}\"", self.config.path))
-                    .with_field("path"),
-            );
+        } else {
+            let files = list(&self.config.path)?;
+            if files.is_empty() {
+                return Err(
+                    Error::not_found(format!("no file matches \"{}\"", self.config.path))
+                        .with_field("path"),
+                );
+            }
+            // Parquet positions are rows, not bytes: no total to compare them with
+            if self.config.format != Format::Parquet {
+                self.sizes = files
+                    .iter()
+                    .filter_map(|p| {
+                        let size = std::fs::metadata(p).ok()?.len();
+                        Some((p.to_string_lossy().into_owned(), size))
+                    })
+                    .collect();
+            }
         }
         Ok(())
+    }
+
+    fn progress(&self) -> Option<connector_api::Progress> {
+        if self.sizes.is_empty() {
+            return None;
+        }
+        let done = self
+            .sizes
+            .iter()
+            .map(|(split, size)| self.known.get(split).map_or(0, |o| o.pos.min(*size)))
+            .sum();
+        Some(connector_api::Progress {
+            done,
+            total: self.sizes.values().sum(),
+            unit: connector_api::ProgressUnit::Bytes,
+        })
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {

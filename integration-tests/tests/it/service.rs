@@ -172,6 +172,9 @@ fn metrics_agree_with_the_sink_and_parse_with_the_prometheus_client() {
         0.0
     );
     assert!(value("sluice_checkpoint_age_seconds", "pipeline=gen") >= 0.0);
+    let bounded = "connector=datagen,pipeline=gen,unit=records";
+    assert_eq!(value("sluice_source_progress_ratio", bounded), 1.0);
+    assert_eq!(value("sluice_source_remaining", bounded), 0.0);
 
     // the status agrees too, and names the file and the last offsets
     let p = pipeline(&base, "gen");
@@ -186,7 +189,11 @@ fn metrics_agree_with_the_sink_and_parse_with_the_prometheus_client() {
     );
     let (code, body) = request("GET", &format!("{base}/nope"), None);
     assert_eq!(code, 404, "{body}");
-    stop(child);
+    let stderr = stop(child);
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in a piped log: {stderr:?}"
+    );
 }
 
 #[test]
@@ -593,4 +600,70 @@ fn ready_turns_503_while_postgresql_is_down_and_200_when_it_is_back() {
         "t",
         "a record was repeated across the outage"
     );
+}
+
+#[test]
+fn a_terminal_shows_a_bar_per_bounded_pipeline_and_a_pipe_gets_no_colour_codes() {
+    let dir = workdir();
+    let d = dir.path();
+    let p = d.join("pipelines");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(
+        p.join("gen.toml"),
+        "name = \"gen\"\n[source]\nconnector = \"datagen\"\ncount = 200000\nrate = 100000\n\
+         [sink]\nconnector = \"blackhole\"\n",
+    )
+    .unwrap();
+    python(&format!(
+        "with open('{}/lines.jsonl', 'w') as f:\n    [f.write('{{\"id\": %d}}\\n' % i) for i in range(100000)]",
+        d.display()
+    ));
+    std::fs::write(
+        p.join("lines.toml"),
+        format!(
+            "name = \"lines\"\n[source]\nconnector = \"file\"\npath = \"{}/lines.jsonl\"\n\
+             schema = [{{ name = \"id\", type = \"int64\" }}]\n[sink]\nconnector = \"blackhole\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    // `script` runs the binary on a pseudo-terminal, as a user at a shell would
+    let bin = crate::support::sluice_bin();
+    let out = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} run pipelines", bin.display()),
+            "/dev/null",
+        ])
+        .current_dir(d)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux)");
+    let screen = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("100% 200,000/200,000 records") && screen.contains("eta"),
+        "no finished records bar: {screen}"
+    );
+    assert!(
+        screen.contains("100% ")
+            && screen.contains("MiB/")
+            && screen.contains("100000 records written"),
+        "no finished bytes bar: {screen}"
+    );
+    // the summaries start on a line of their own, below the bars
+    for summary in ["gen: 200000 records", "lines: 100000 records"] {
+        assert!(
+            screen.lines().any(|l| l.starts_with(summary)),
+            "{summary} shares a line with a bar: {screen}"
+        );
+    }
+
+    // the same run with stderr into a pipe: plain log lines, no escape codes
+    std::fs::remove_dir_all(p.join(".sluice")).unwrap();
+    let run = crate::support::sluice(d, &["run", "pipelines"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("pipeline finished"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
 }

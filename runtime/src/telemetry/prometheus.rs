@@ -14,6 +14,7 @@
 //! | `sluice_pipeline_restarts_total` | counter | pipeline |
 //! | `sluice_pipeline_state` (1 for the current state) | gauge | pipeline, state |
 //! | `sluice_in_flight_bytes`, `sluice_in_flight_limit_bytes` | gauge | pipeline |
+//! | `sluice_source_remaining` (records or bytes of a bounded read not read yet), `sluice_source_progress_ratio` | gauge | pipeline, connector, unit |
 //! | `sluice_uptime_seconds` | gauge | |
 
 use std::fmt::Write;
@@ -274,6 +275,40 @@ pub fn render(telemetry: &Telemetry) -> String {
                 v,
             );
         }
+    }
+
+    let progress: Vec<_> = pipelines
+        .iter()
+        .filter_map(|m| m.progress().map(|p| (m, p)))
+        .collect();
+    let name = "sluice_source_remaining";
+    f.head(
+        name,
+        "gauge",
+        "What a bounded read has still to read, in records or bytes (unit label).",
+    );
+    for (m, p) in &progress {
+        let labels = [
+            ("pipeline", m.name.as_str()),
+            ("connector", m.source.as_str()),
+            ("unit", p.unit.as_str()),
+        ];
+        f.sample(name, &labels, p.total.saturating_sub(p.done) as f64);
+    }
+    let name = "sluice_source_progress_ratio";
+    f.head(name, "gauge", "Share of a bounded read done, from 0 to 1.");
+    for (m, p) in &progress {
+        let labels = [
+            ("pipeline", m.name.as_str()),
+            ("connector", m.source.as_str()),
+            ("unit", p.unit.as_str()),
+        ];
+        let ratio = if p.total == 0 {
+            1.0
+        } else {
+            (p.done as f64 / p.total as f64).min(1.0)
+        };
+        f.sample(name, &labels, ratio);
     }
 
     let flights: Vec<_> = pipelines
