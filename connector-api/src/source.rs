@@ -62,6 +62,16 @@ impl ProgressUnit {
     }
 }
 
+/// How far one split of a source is behind the end of its input, where the source can
+/// tell (a Kafka partition's last stable offset against the position read).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lag {
+    /// The split, as named in the offsets (`topic/partition` for Kafka).
+    pub split: String,
+    /// Records (or offsets) not read yet.
+    pub records: u64,
+}
+
 /// Reads records, one batch at a time. The runtime owns the loop; one task owns one
 /// instance, so methods take `&mut self`.
 ///
@@ -99,5 +109,12 @@ pub trait Source: Send {
     /// be cheap (no I/O). Default: unknown.
     fn progress(&self) -> Option<Progress> {
         None
+    }
+
+    /// How far each split is behind the end of its input, for splits the source can
+    /// tell about. Called after each batch (also an idle one) and every second while the
+    /// pipeline is paused; must be cheap (no I/O). Default: nothing known.
+    fn lag(&self) -> Vec<Lag> {
+        Vec::new()
     }
 }

@@ -275,6 +275,7 @@ fn status(m: &PipelineMetrics) -> Value {
         "checkpoints": load(&m.checkpoints),
         "last_checkpoint": checkpoint,
         "in_flight_bytes": m.in_flight().map(|(used, _)| used),
+        "lag": m.lag().iter().map(|l| json!({ "split": l.split, "records": l.records })).collect::<Vec<_>>(),
         "progress": m.progress().map(|p| json!({
             "done": p.done,
             "total": p.total,

@@ -216,6 +216,11 @@ pub async fn run(
                     biased;
                     _ = source_stop.wait_for(|stop| *stop) => break 'read,
                     Some(offsets) = commit_rx.recv() => Some(offsets),
+                    // what is waiting grows while nothing is read
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        source_metrics.set_lag(source.lag());
+                        None
+                    }
                     // the controller is gone: nothing will resume this run
                     r = source_paused.changed() => match r {
                         Ok(()) => None,
@@ -232,7 +237,10 @@ pub async fn run(
                 r = source.next_batch() => r,
             };
             match next {
-                Ok(Some(batch)) if batch.is_idle() => continue,
+                Ok(Some(batch)) if batch.is_idle() => {
+                    source_metrics.set_lag(source.lag());
+                    continue;
+                }
                 Ok(Some(batch)) => {
                     backoff = crate::retry::Backoff::new(&source_policy);
                     let kib = ((batch.byte_size() / 1024) as u32).clamp(1, in_flight_kib);
@@ -245,6 +253,7 @@ pub async fn run(
                         .fetch_add(batch.byte_size() as u64, Ordering::Relaxed);
                     source_metrics.batches_in.fetch_add(1, Ordering::Relaxed);
                     source_metrics.set_progress(source.progress());
+                    source_metrics.set_lag(source.lag());
                     if tx.send(Msg::Batch(batch, permit)).await.is_err() {
                         break;
                     }

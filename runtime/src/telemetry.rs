@@ -177,6 +177,7 @@ struct Inner {
     last_checkpoint: Option<(SystemTime, Offsets)>,
     in_flight: Option<(Arc<Semaphore>, u64)>,
     progress: Option<connector_api::Progress>,
+    lag: Vec<connector_api::Lag>,
 }
 
 /// The error kinds retries are counted by.
@@ -365,6 +366,16 @@ impl PipelineMetrics {
     /// Records how far the source's bounded read has come.
     pub fn set_progress(&self, progress: Option<connector_api::Progress>) {
         self.inner().progress = progress;
+    }
+
+    /// Records how far each split of the source is behind its input's end.
+    pub fn set_lag(&self, lag: Vec<connector_api::Lag>) {
+        self.inner().lag = lag;
+    }
+
+    /// How far each split of the source is behind its input's end (where known).
+    pub fn lag(&self) -> Vec<connector_api::Lag> {
+        self.inner().lag.clone()
     }
 
     /// How far the source's bounded read has come, when it knows its total.

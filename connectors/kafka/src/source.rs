@@ -86,6 +86,9 @@ struct State {
     closing: bool,
     /// A fatal client error, reported by the next `next_batch`.
     fatal: Option<String>,
+    /// Each partition's end as the last statistics told it (the last stable offset,
+    /// what a read_committed consumer can reach).
+    latest: HashMap<Tp, i64>,
 }
 
 impl Shared {
@@ -117,6 +120,30 @@ impl ClientContext for Ctx {
         self.errors.report("consumer", &error, reason);
         if fatal {
             self.shared.lock().fatal = Some(format!("{error}: {reason}"));
+        }
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.ends_from(statistics);
+    }
+}
+
+impl Ctx {
+    /// Keeps each partition's end offset from librdkafka's statistics.
+    fn ends_from(&self, stats: rdkafka::Statistics) {
+        let mut st = self.shared.lock();
+        for (topic, t) in stats.topics {
+            for (partition, p) in t.partitions {
+                // partition -1 is librdkafka's internal "unassigned" one
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if partition >= 0 && end >= 0 {
+                    st.latest.insert((topic.clone(), partition), end);
+                }
+            }
         }
     }
 }
@@ -592,6 +619,27 @@ impl Source for KafkaSource {
             tracing::warn!(error = %e, "kafka: committing offsets to the group failed");
         }
         Ok(())
+    }
+
+    /// Per owned partition: its end (the last stable offset, from the statistics
+    /// librdkafka sends every second) less the offset after the last record handed
+    /// out. Offsets, not records: a transaction marker takes an offset too.
+    fn lag(&self) -> Vec<connector_api::Lag> {
+        let st = self.shared.lock();
+        let mut lag: Vec<connector_api::Lag> = st
+            .owned
+            .iter()
+            .filter_map(|tp| {
+                let end = *st.latest.get(tp)?;
+                let at = *st.handed.get(tp)?;
+                Some(connector_api::Lag {
+                    split: format!("{}/{}", tp.0, tp.1),
+                    records: (end - at).max(0) as u64,
+                })
+            })
+            .collect();
+        lag.sort_by(|a, b| a.split.cmp(&b.split));
+        lag
     }
 
     async fn close(&mut self) -> Result<()> {

@@ -98,7 +98,7 @@ pub(crate) fn read_all(topic: &str, want: usize) -> String {
 
 /// Python: produces `n` messages `{"id": i, "v": "..."}` keyed by `i` into `topic`,
 /// at about `rate` per second (0 = as fast as possible).
-fn produce_script(topic: &str, n: usize, rate: usize) -> String {
+pub(crate) fn produce_script(topic: &str, n: usize, rate: usize) -> String {
     format!(
         "import time\n\
          p = confluent_kafka.Producer({{'bootstrap.servers': BOOT, 'enable.idempotence': True, 'linger.ms': 5}})\n\

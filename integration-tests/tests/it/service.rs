@@ -667,3 +667,82 @@ fn a_terminal_shows_a_bar_per_bounded_pipeline_and_a_pipe_gets_no_colour_codes()
     assert!(run.stderr.contains("pipeline finished"), "{}", run.stderr);
     assert!(!run.stderr.contains('\x1b'), "{:?}", run.stderr);
 }
+
+/// The sum of `sluice_source_lag_records` of `pipeline` on `/metrics`, and how many
+/// splits it has.
+fn lag(base: &str, pipeline: &str) -> (u64, usize) {
+    let text = request("GET", &format!("{base}/metrics"), None).1;
+    let prefix = format!("sluice_source_lag_records{{pipeline=\"{pipeline}\"");
+    let values: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .collect();
+    (values.iter().sum(), values.len())
+}
+
+#[test]
+fn kafka_lag_per_partition_is_on_metrics_and_grows_while_paused() {
+    use crate::kafka::{bootstrap, create_topic, produce_script, py, topic};
+    let t = topic("lag");
+    create_topic(&t, 2);
+    py(&produce_script(&t, 2_000, 0));
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("lag.toml"),
+        format!(
+            "name = \"lag\"\n[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\n\
+             group_id = \"g-{t}\"\nschema = [{{ name = \"id\", type = \"int64\" }}]\n\
+             [sink]\nconnector = \"blackhole\"\n[checkpoint]\ninterval = \"200ms\"\n",
+            bootstrap()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let base = format!("http://{addr}");
+    let (child, _guard) = serve(d, &["run", "--quiet", "lag.toml", "--http", &addr], port);
+    let read = || {
+        pipeline(&base, "lag")["source"]["records"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let mut last = (0, 0);
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            last = lag(&base, "lag");
+            read() == 2_000 && last == (0, 2)
+        }),
+        "read {}, lag {last:?}",
+        read()
+    );
+
+    // paused, the source reads nothing: what is produced shows as lag
+    let (code, body) = request("POST", &format!("{base}/pipelines/lag/pause"), None);
+    assert_eq!(code, 202, "{body}");
+    wait_state(&base, "lag", "paused");
+    py(&produce_script(&t, 500, 0));
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            last = lag(&base, "lag");
+            last.0 == 500
+        }),
+        "lag {last:?}"
+    );
+    assert_eq!(read(), 2_000);
+
+    let (code, body) = request("POST", &format!("{base}/pipelines/lag/resume"), None);
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            last = lag(&base, "lag");
+            read() == 2_500 && last.0 == 0
+        }),
+        "read {}, lag {last:?}",
+        read()
+    );
+    let p = pipeline(&base, "lag");
+    assert_eq!(p["lag"].as_array().unwrap().len(), 2, "{p:#}");
+    stop(child);
+}

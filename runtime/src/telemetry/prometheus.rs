@@ -14,6 +14,7 @@
 //! | `sluice_pipeline_restarts_total` | counter | pipeline |
 //! | `sluice_pipeline_state` (1 for the current state) | gauge | pipeline, state |
 //! | `sluice_in_flight_bytes`, `sluice_in_flight_limit_bytes` | gauge | pipeline |
+//! | `sluice_source_lag_records` (a Kafka partition: offsets not read yet) | gauge | pipeline, connector, split |
 //! | `sluice_source_remaining` (records or bytes of a bounded read not read yet), `sluice_source_progress_ratio` | gauge | pipeline, connector, unit |
 //! | `sluice_uptime_seconds` | gauge | |
 
@@ -309,6 +310,23 @@ pub fn render(telemetry: &Telemetry) -> String {
             (p.done as f64 / p.total as f64).min(1.0)
         };
         f.sample(name, &labels, ratio);
+    }
+
+    let name = "sluice_source_lag_records";
+    f.head(
+        name,
+        "gauge",
+        "How far a split of the source is behind the end of its input (Kafka: offsets).",
+    );
+    for m in &pipelines {
+        for lag in m.lag() {
+            let labels = [
+                ("pipeline", m.name.as_str()),
+                ("connector", m.source.as_str()),
+                ("split", lag.split.as_str()),
+            ];
+            f.sample(name, &labels, lag.records as f64);
+        }
     }
 
     let flights: Vec<_> = pipelines
