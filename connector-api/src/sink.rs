@@ -29,9 +29,13 @@ impl SinkContext {
 /// What a sink found when it opened.
 #[derive(Clone, Debug, Default)]
 pub struct SinkState {
-    /// Offsets stored together with the data by a transactional sink. When a pipeline
-    /// has one sink and it returns offsets, the runtime resumes the source from them
-    /// (exactly-once); otherwise from the checkpoint store.
+    /// Offsets stored together with the data by a transactional sink: `Some` with what
+    /// is stored, and `Some` of empty offsets when nothing is (a new or emptied
+    /// destination); `None` from a sink that does not store offsets. When a pipeline has
+    /// one sink and it returns `Some`, the runtime resumes the source from those offsets
+    /// (exactly-once; empty: from the start, even when the checkpoint store has a
+    /// position, since the data it stands for is gone); otherwise from the checkpoint
+    /// store.
     pub offsets: Option<Offsets>,
     /// The schema the destination already has (an existing table), so the runtime can
     /// apply the drift policy to the first batch too. `None` = no fixed schema yet.

@@ -148,7 +148,7 @@ impl Sink for MemorySink {
         let mut s = self.store()?;
         s.pending.clear();
         Ok(SinkState {
-            offsets: s.offsets.clone(),
+            offsets: Some(s.offsets.clone().unwrap_or_default()),
             schema: None,
         })
     }

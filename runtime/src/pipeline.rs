@@ -159,8 +159,20 @@ pub async fn run(
     })?;
     let stored = store.load(&name).await?;
     let resume = match (sink_offsets.len(), sink_offsets.first().cloned().flatten()) {
+        (1, Some(with_data))
+            if with_data.is_empty() && stored.as_ref().is_some_and(|s| !s.is_empty()) =>
+        {
+            tracing::warn!(
+                pipeline = %name,
+                sink = %pipeline.sinks[0].name,
+                "the sink has no stored offsets although the checkpoint store has a position: its data was removed or replaced, so the pipeline reads from the start"
+            );
+            with_data
+        }
         (1, Some(with_data)) => {
-            tracing::info!(pipeline = %name, "resuming from the offsets stored with the sink's data");
+            if !with_data.is_empty() {
+                tracing::info!(pipeline = %name, "resuming from the offsets stored with the sink's data");
+            }
             with_data
         }
         _ => stored.unwrap_or_default(),

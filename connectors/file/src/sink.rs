@@ -225,7 +225,9 @@ impl Sink for FileSink {
         };
         self.position = offsets.clone().unwrap_or_default();
         Ok(SinkState {
-            offsets,
+            // stored with the data: none stored means the data is gone too (or never
+            // was), and the pipeline starts over, whatever the checkpoint store says
+            offsets: Some(offsets.unwrap_or_default()),
             schema: None,
         })
     }

@@ -514,7 +514,9 @@ impl Sink for PostgresSink {
         }
         self.conn = Some(conn);
         Ok(SinkState {
-            offsets,
+            // stored with the data: none stored means the data is gone too (or never
+            // was), and the pipeline starts over, whatever the checkpoint store says
+            offsets: Some(offsets.unwrap_or_default()),
             schema: self.schema.clone(),
         })
     }

@@ -503,7 +503,9 @@ impl Sink for S3Sink {
         };
         self.position = offsets.clone().unwrap_or_default();
         Ok(SinkState {
-            offsets,
+            // stored with the data: none stored means the data is gone too (or never
+            // was), and the pipeline starts over, whatever the checkpoint store says
+            offsets: Some(offsets.unwrap_or_default()),
             schema: None,
         })
     }

@@ -299,7 +299,9 @@ impl Sink for SqliteSink {
         }
         self.pool = Some(pool);
         Ok(SinkState {
-            offsets,
+            // stored with the data: none stored means the data is gone too (or never
+            // was), and the pipeline starts over, whatever the checkpoint store says
+            offsets: Some(offsets.unwrap_or_default()),
             schema: self.schema.clone(),
         })
     }

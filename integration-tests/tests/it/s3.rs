@@ -571,3 +571,44 @@ s3.put_object(Bucket=BUCKET, Key='r/b.jsonl.gz', Body=gzip.compress(''.join(line
         format!("{RESUME_ROWS}|{RESUME_ROWS}|0|{}", RESUME_ROWS - 1)
     );
 }
+
+/// The bucket is emptied between two runs (objects and the `_sluice/` state): the
+/// second run writes everything again instead of resuming from the checkpoint store.
+#[test]
+fn an_emptied_bucket_gets_every_record_again() {
+    let bucket = new_bucket("emptied");
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "name = \"emptied\"\n[source]\nconnector = \"datagen\"\ncount = 3000\n\
+             schema = [{{ name = \"id\", type = \"int64\", nullable = false }}]\n\
+             [sink]\nconnector = \"s3\"\n{}prefix = \"e/\"\nformat = \"json\"\n",
+            conn(&bucket)
+        ),
+    )
+    .unwrap();
+    let count = || {
+        py(
+            &bucket,
+            "ids = []\n\
+             for o in s3.list_objects_v2(Bucket=BUCKET, Prefix='e/').get('Contents', []):\n\
+             \x20   if o['Key'].endswith('.jsonl'):\n\
+             \x20       ids += [json.loads(l)['id'] for l in s3.get_object(Bucket=BUCKET, Key=o['Key'])['Body'].read().splitlines()]\n\
+             print(len(ids), len(set(ids)))",
+        )
+    };
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(count(), "3000 3000");
+    py(
+        &bucket,
+        "for o in s3.list_objects_v2(Bucket=BUCKET).get('Contents', []):\n\
+         \x20   s3.delete_object(Bucket=BUCKET, Key=o['Key'])",
+    );
+    assert_eq!(count(), "0 0");
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(count(), "3000 3000");
+}

@@ -187,3 +187,38 @@ fn check_and_schema_commands_report_what_they_find() {
         run.stdout
     );
 }
+
+/// The sink's table is deleted between two runs: the second run reads from the start
+/// (the offsets stored with the data are gone with it), not from the checkpoint store.
+#[test]
+fn a_deleted_sink_database_gets_every_record_again() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"lost\"\n[source]\nconnector = \"datagen\"\ncount = 5000\n\
+         schema = [{ name = \"id\", type = \"int64\", nullable = false }]\n\
+         [sink]\nconnector = \"sqlite\"\npath = \"out.db\"\ntable = \"t\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let db = d.join("out.db");
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM t"), "5000");
+    std::fs::remove_file(&db).unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the sink has no stored offsets"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        sqlite(&db, "SELECT count(*) || ' ' || count(DISTINCT id) FROM t"),
+        "5000 5000"
+    );
+    // and a third run, with everything there, writes nothing more
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(sqlite(&db, "SELECT count(*) FROM t"), "5000");
+}
