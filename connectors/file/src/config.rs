@@ -91,7 +91,8 @@ pub struct FileSinkConfig {
     /// Parquet options (with `format = "parquet"`).
     #[serde(default)]
     pub parquet: ParquetOptions,
-    /// File name prefix; names are `PREFIX-<start position hash>.<ext>`.
+    /// File name prefix; names are `PREFIX-<pipeline tag>-<start position hash>.<ext>`
+    /// (the tag, a hash of the pipeline name, keeps pipelines sharing a directory apart).
     #[serde(default = "prefix")]
     pub prefix: String,
     /// Start a new file after this many records (0 = no limit).

@@ -46,6 +46,10 @@ pub struct FileSink {
     config: FileSinkConfig,
     dir: PathBuf,
     pipeline: String,
+    /// `PREFIX-TAG-`, TAG a hash of the pipeline's name: every file name this pipeline
+    /// writes starts so, so two pipelines sharing a directory never take each other's
+    /// names or temporary files.
+    name_start: String,
     /// Position after the last batch written: the start of the next file.
     position: Offsets,
     current: Option<Open>,
@@ -60,6 +64,7 @@ impl FileSink {
             dir: PathBuf::from(&config.path),
             config,
             pipeline: String::new(),
+            name_start: String::new(),
             position: Offsets::new(),
             current: None,
             finished: Vec::new(),
@@ -82,8 +87,8 @@ impl FileSink {
 
     fn start_file(&mut self, schema: SchemaRef) -> Result<()> {
         let name = format!(
-            "{}-{:016x}.{}",
-            self.config.prefix,
+            "{}{:016x}.{}",
+            self.name_start,
             connector_api::stable_hash(self.position.to_envelope().as_bytes()),
             self.config.format.extension()
         );
@@ -192,6 +197,7 @@ impl FileSink {
 impl Sink for FileSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
         self.pipeline = ctx.pipeline.clone();
+        self.name_start = name_start(&self.config.prefix, &ctx.pipeline);
         fs::create_dir_all(&self.dir).map_err(|e| io_error(e, &self.dir))?;
         let pending = self.intent_path();
         if pending.exists() {
@@ -207,7 +213,8 @@ impl Sink for FileSink {
         for entry in fs::read_dir(&self.dir).map_err(|e| io_error(e, &self.dir))? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!(".{}-", self.config.prefix)) && name.ends_with(".tmp") {
+            // only this pipeline's: another one may be writing into the same directory
+            if name.starts_with(&format!(".{}", self.name_start)) && name.ends_with(".tmp") {
                 fs::remove_file(entry.path())?;
             }
         }
@@ -251,6 +258,14 @@ impl Sink for FileSink {
 
 fn io_error(err: std::io::Error, path: &Path) -> Error {
     Error::from(err).context(format!("\"{}\"", path.display()))
+}
+
+/// The start of every file name pipeline `pipeline` writes: `PREFIX-TAG-`.
+fn name_start(prefix: &str, pipeline: &str) -> String {
+    format!(
+        "{prefix}-{:08x}-",
+        connector_api::stable_hash(pipeline.as_bytes()) as u32
+    )
 }
 
 /// Writes `data` to `path` durably: temp file, fsync, rename, fsync directory.
@@ -317,7 +332,11 @@ mod tests {
         fs::write(dir.path().join(".part-2.jsonl.tmp"), "{\"id\":2}\n").unwrap();
         fs::write(dir.path().join("part-2.jsonl"), "{\"id\":2}\n").unwrap();
         fs::remove_file(dir.path().join(".part-2.jsonl.tmp")).unwrap();
-        fs::write(dir.path().join(".part-3.jsonl.tmp"), "{\"id\":3}\n").unwrap(); // not in the intent
+        // not in the intent: this pipeline's is removed, another pipeline's is left
+        let own = format!(".{}3.jsonl.tmp", name_start("part", "p"));
+        let other = format!(".{}3.jsonl.tmp", name_start("part", "q"));
+        fs::write(dir.path().join(&own), "{\"id\":3}\n").unwrap();
+        fs::write(dir.path().join(&other), "{\"id\":3}\n").unwrap();
         let mut offsets = Offsets::new();
         offsets.set("s", serde_json::json!(2));
         let intent = Intent {
@@ -338,8 +357,12 @@ mod tests {
         assert_eq!(rows_in(dir.path()), 2);
         assert!(!dir.path().join(".sluice-p.pending.json").exists());
         assert!(
-            !dir.path().join(".part-3.jsonl.tmp").exists(),
+            !dir.path().join(&own).exists(),
             "unpublished temp files are removed"
+        );
+        assert!(
+            dir.path().join(&other).exists(),
+            "another pipeline's temp file was removed"
         );
     }
 }

@@ -222,3 +222,35 @@ fn a_deleted_sink_database_gets_every_record_again() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(sqlite(&db, "SELECT count(*) FROM t"), "5000");
 }
+
+/// Two pipelines write JSON lines into one directory at the same time: neither takes
+/// the other's file names nor removes its temporary files.
+#[test]
+fn two_pipelines_share_an_output_directory_without_losing_a_record() {
+    let dir = workdir();
+    let d = dir.path();
+    for name in ["a", "b"] {
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\n[source]\nconnector = \"datagen\"\ncount = 3000\nrate = 3000\n\
+                 schema = [{{ name = \"id\", type = \"int64\", nullable = false }}]\n\
+                 [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\nmax_records = 500\n\
+                 [checkpoint]\ninterval = \"100ms\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let a = crate::support::spawn(d, &["run", "--quiet", "a.toml"]);
+    let b = crate::support::spawn(d, &["run", "--quiet", "b.toml"]);
+    for child in [a, b] {
+        let run = crate::support::finish(child, std::time::Duration::from_secs(60));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    }
+    let lines = jsonl_lines(&d.join("out"));
+    assert_eq!(
+        lines.len(),
+        6000,
+        "two pipelines' files overwrote each other"
+    );
+}
