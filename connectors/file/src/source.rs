@@ -60,6 +60,9 @@ pub struct FileSource {
     sizes: BTreeMap<String, u64>,
 }
 
+/// Bytes read from a file's start to infer a CSV schema before resuming inside it.
+const PRIME_BYTES: u64 = 4 << 20;
+
 impl FileSource {
     /// A source for `config` (validated).
     pub fn new(config: FileSourceConfig) -> Result<Self> {
@@ -117,6 +120,16 @@ impl FileSource {
             }
             let mut file = File::open(&path)
                 .map_err(|e| Error::from(e).context(format!("file \"{split}\"")))?;
+            if pos > 0 {
+                // resuming inside the file: a CSV schema still to infer comes from the
+                // file's start (its header), not from the first unread row
+                if let Some(text) = self.text.as_mut() {
+                    let mut head = Vec::new();
+                    (&mut file).take(PRIME_BYTES).read_to_end(&mut head)?;
+                    text.prime(&head, (head.len() as u64) < PRIME_BYTES)
+                        .map_err(|e| e.context(format!("file \"{split}\"")))?;
+                }
+            }
             file.seek(SeekFrom::Start(pos))?;
             self.current = Some(Current {
                 split,

@@ -32,6 +32,32 @@ impl CsvDecoder {
         self.schema.as_ref()
     }
 
+    /// Infers the schema from `head`, the first bytes of the input, when none is known
+    /// yet. A reader resuming inside a file calls it first, so that the header names
+    /// the columns and the types come from the same records as on the first run,
+    /// instead of the first unread row becoming the header. `eof`: `head` is the whole
+    /// input.
+    pub fn prime(&mut self, head: &[u8], eof: bool) -> Result<()> {
+        if self.schema.is_some() {
+            return Ok(());
+        }
+        let usable = if eof {
+            head.len()
+        } else {
+            complete_prefix(head, self.options.quote as u8)
+        };
+        if usable == 0 {
+            return Ok(());
+        }
+        let format = CsvFormat::default()
+            .with_header(self.options.header)
+            .with_delimiter(self.options.delimiter as u8)
+            .with_quote(self.options.quote as u8);
+        let (schema, _) = format.infer_schema(&head[..usable], Some(INFER_RECORDS))?;
+        self.schema = Some(Arc::new(schema));
+        Ok(())
+    }
+
     /// Decodes up to `max_rows` records from the start of `buf`, which must begin on a
     /// record boundary. `at_start`: `buf` begins at the start of the file (a header is
     /// skipped). Only complete records are taken unless `eof`.

@@ -39,6 +39,16 @@ impl TextDecoder {
         }
     }
 
+    /// Before resuming inside an input: infers a CSV schema from `head`, the input's
+    /// first bytes, when none is declared or known yet (see [`CsvDecoder::prime`]).
+    /// JSON lines name their fields in every record: nothing to do.
+    pub fn prime(&mut self, head: &[u8], eof: bool) -> Result<()> {
+        match self {
+            TextDecoder::Json(_) => Ok(()),
+            TextDecoder::Csv(d) => d.prime(head, eof),
+        }
+    }
+
     /// Decodes up to `parts` batches of `rows` (in parallel where the format allows).
     pub fn decode_parts(
         &mut self,

@@ -91,6 +91,9 @@ pub struct S3Source {
 
 const READ_TARGET: usize = 1 << 20;
 
+/// Bytes read from an object's start to infer a CSV schema before resuming inside it.
+const PRIME_BYTES: u64 = 4 << 20;
+
 impl S3Source {
     /// A source for `config` (validated).
     pub fn new(config: S3SourceConfig) -> Result<Self> {
@@ -175,6 +178,16 @@ impl S3Source {
             return Ok(None);
         }
         let compression = self.config.compression.for_key(&obj.key);
+        let unknown_schema = self.text.as_ref().is_some_and(|t| t.schema().is_none());
+        if pos > 0 && unknown_schema {
+            // resuming inside the object: a CSV schema still to infer comes from the
+            // object's start (its header), not from the first unread row
+            let (head, eof) = head_bytes(&client, &self.conn, &obj, compression).await?;
+            if let Some(text) = self.text.as_mut() {
+                text.prime(&head, eof)
+                    .map_err(|e| e.context(format!("reading {url}")))?;
+            }
+        }
         let ranged = compression == Compression::None && pos > 0;
         if ranged && pos >= obj.size {
             return Ok(Some(Self::done_batch(&obj.key, &obj.etag, pos, line)?));
@@ -370,6 +383,47 @@ fn to_batch(
             first_line + i as u64 + 1
         )
     }))
+}
+
+/// The first [`PRIME_BYTES`] of `obj`, decompressed, and whether that is all of it.
+async fn head_bytes(
+    client: &Client,
+    conn: &Connection,
+    obj: &Listed,
+    compression: Compression,
+) -> Result<(Vec<u8>, bool)> {
+    let url = conn.url(&obj.key);
+    let mut get = client.get_object().bucket(&conn.bucket).key(&obj.key);
+    if compression == Compression::None {
+        get = get.range(format!("bytes=0-{}", PRIME_BYTES - 1));
+    }
+    let mut stream = get
+        .send()
+        .await
+        .map_err(|e| s3_error(e, &format!("reading {url}")))?
+        .body;
+    let mut decompress = Decompressor::new(compression)?;
+    let mut head = Vec::new();
+    let cannot = |e: std::io::Error| Error::data(format!("{url}: cannot decompress: {e}"));
+    while head.len() < PRIME_BYTES as usize {
+        match stream.next().await {
+            Some(Ok(chunk)) => decompress.push(&chunk, &mut head).map_err(cannot)?,
+            Some(Err(e)) => {
+                return Err(
+                    Error::transient(format!("reading {url}: the download broke off"))
+                        .with_source(e),
+                )
+            }
+            None => {
+                decompress.finish(&mut head).map_err(cannot)?;
+                return Ok((head, true));
+            }
+        }
+    }
+    Ok((
+        head,
+        compression == Compression::None && obj.size <= PRIME_BYTES,
+    ))
 }
 
 /// Objects under the path's prefix matching its glob, in key order.

@@ -612,3 +612,55 @@ fn an_emptied_bucket_gets_every_record_again() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(count(), "3000 3000");
 }
+
+/// CSV objects without a declared schema, read with kills at random points: every run
+/// that resumes inside an object (plain: a ranged read; gzip: the stream skipped) takes
+/// the columns from the object's header, not from the first unread row.
+#[test]
+fn kill_9_while_reading_csv_without_a_schema_keeps_the_header() {
+    let bucket = new_bucket("csvresume");
+    py(
+        &bucket,
+        &format!(
+            r#"
+import gzip
+lines = ['%d,n%d\n' % (i, i) for i in range({RESUME_ROWS})]
+half = len(lines) // 2
+s3.put_object(Bucket=BUCKET, Key='c/a.csv', Body=('id,name\n' + ''.join(lines[:half])).encode())
+s3.put_object(Bucket=BUCKET, Key='c/b.csv.gz', Body=gzip.compress(('id,name\n' + ''.join(lines[half:])).encode()))
+"#
+        ),
+    );
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("c.toml"),
+        format!(
+            "name = \"csvresume\"\n[source]\nconnector = \"s3\"\n{}path = \"c/*\"\nformat = \"csv\"\n\
+             [sink]\nconnector = \"sqlite\"\npath = \"out/c.db\"\ntable = \"t\"\n[batch]\nmax_records = 1000\n[checkpoint]\ninterval = \"20ms\"\n",
+            conn(&bucket)
+        ),
+    )
+    .unwrap();
+    let mut rng = rand::thread_rng();
+    for _ in 0..6 {
+        let child = spawn(d, &["run", "--quiet", "c.toml"]);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..2000)));
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+    }
+    let run = sluice(d, &["run", "--quiet", "c.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let db = d.join("out/c.db");
+    assert_eq!(
+        crate::support::sqlite(&db, "SELECT group_concat(name) FROM pragma_table_info('t')"),
+        "id,name"
+    );
+    assert_eq!(
+        crate::support::sqlite(
+            &db,
+            "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM t"
+        ),
+        format!("{RESUME_ROWS}|{RESUME_ROWS}|0|{}", RESUME_ROWS - 1)
+    );
+}

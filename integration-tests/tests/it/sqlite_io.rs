@@ -254,3 +254,43 @@ fn two_pipelines_share_an_output_directory_without_losing_a_record() {
         "two pipelines' files overwrote each other"
     );
 }
+
+/// A CSV file without a declared schema, read, then grown: the run that resumes inside
+/// it takes the column names from the file's header, not from the first unread row.
+#[test]
+fn a_csv_read_resumed_inside_the_file_keeps_its_header() {
+    let dir = workdir();
+    let d = dir.path();
+    let rows =
+        |from: usize, to: usize| -> String { (from..to).map(|i| format!("{i},n{i}\n")).collect() };
+    std::fs::write(d.join("in.csv"), format!("id,name\n{}", rows(0, 100))).unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"csv\"\n[source]\nconnector = \"file\"\npath = \"in.csv\"\nformat = \"csv\"\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.join("in.csv"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, rows(100, 150).as_bytes()).unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut ids: Vec<i64> = jsonl_lines(&d.join("out"))
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(
+                v.as_object().unwrap().keys().collect::<Vec<_>>(),
+                ["id", "name"],
+                "{l}"
+            );
+            v["id"].as_i64().unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..150).collect::<Vec<_>>());
+}
