@@ -27,6 +27,19 @@ const MAX_FIELDS: usize = 64;
 /// The deepest nesting of arrays and objects a skipped value may have.
 const MAX_DEPTH: usize = 128;
 
+/// True when the decimal number `t` has non-zero digits beyond `scale` decimal places
+/// (`1.005` at scale 2; `1.0050` and `1.005e1` fit), which parsing would drop.
+fn excess_scale(t: &str, scale: i8) -> bool {
+    let t = t.trim();
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().unwrap_or(0)),
+        None => (t, 0),
+    };
+    let fraction = mantissa.split_once('.').map_or("", |(_, f)| f);
+    let digits = fraction.trim_end_matches('0').len() as i32;
+    digits - exp > scale as i32
+}
+
 /// How the lines of one schema decode; shared by the threads decoding parts of a buffer.
 pub(crate) struct Plan {
     schema: SchemaRef,
@@ -482,6 +495,11 @@ impl<'a> Cursor<'a> {
             (Ty::Decimal(p, s), Kind::Decimal(_, v)) => {
                 let (t, _) = self.scalar_text("a decimal").map_err(named)?;
                 let t = text(t)?;
+                if excess_scale(t, *s) {
+                    return Err(named(err(format!(
+                        "\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it"
+                    ))));
+                }
                 v.push(
                     parse_decimal::<Decimal128Type>(t, *p, *s)
                         .map_err(|e| named(err(format!("\"{t}\": {e}"))))?,
@@ -615,6 +633,7 @@ fn timestamp(t: &str, unit: TimeUnit, tz: &Tz) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Int64Type, TimestampMicrosecondType};
     use arrow_array::Array;
@@ -750,5 +769,35 @@ mod tests {
     fn types_it_does_not_cover_fall_back() {
         let s = Arc::new(Schema::new(vec![Field::new("b", DataType::Binary, true)]));
         assert!(Plan::new(&s).is_none());
+    }
+
+    #[test]
+    fn a_decimal_with_more_places_than_the_scale_is_an_error_not_rounded() {
+        assert!(excess_scale("1.005", 2));
+        assert!(excess_scale("-0.001", 2));
+        assert!(excess_scale("1.5e-2", 2));
+        assert!(!excess_scale("1.00", 2));
+        assert!(!excess_scale("1.0500", 2));
+        assert!(!excess_scale("1.005e1", 2));
+        assert!(!excess_scale("12", 2));
+        assert!(!excess_scale("12", 0));
+        assert!(excess_scale("12.5", 0));
+    }
+
+    #[test]
+    fn a_decimal_with_more_places_than_the_scale_is_a_bad_line_naming_the_column() {
+        let plan = Plan::new(&schema()).unwrap();
+        let text = "{\"id\": 1, \"amount\": 1.25}\n{\"id\": 2, \"amount\": 1.005}\n{\"id\": 3, \"amount\": \"2.50\"}\n";
+        let (batch, bad) = plan.decode(text.as_bytes(), &lines(text)).unwrap();
+        assert_eq!(batch.unwrap().num_rows(), 2);
+        assert_eq!(bad.len(), 1);
+        let (line, error) = &bad[0];
+        assert_eq!(*line, 1);
+        let message = error.to_string();
+        assert!(
+            message.contains("amount")
+                && message.contains("\"1.005\" has more than 2 decimal places"),
+            "{message}"
+        );
     }
 }

@@ -89,3 +89,36 @@ fn failure_rate_window_stops_even_with_tolerance_all() {
         run.stderr
     );
 }
+
+/// A decimal with more places than the declared scale is never rounded: the run stops
+/// naming the column, the value and the line.
+#[test]
+fn a_decimal_with_too_many_places_stops_naming_column_and_line() {
+    let dir = crate::support::workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("in/a.jsonl"),
+        "{\"id\": 1, \"amount\": \"1.25\"}\n{\"id\": 2, \"amount\": 1.005}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"dec\"\n[source]\nconnector = \"file\"\npath = \"in/a.jsonl\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }, { name = \"amount\", type = \"decimal(12,2)\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = crate::support::sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("amount")
+            && run
+                .stderr
+                .contains("\"1.005\" has more than 2 decimal places")
+            && run.stderr.contains("line 2"),
+        "{}",
+        run.stderr
+    );
+    assert!(crate::support::jsonl_lines(&d.join("out")).is_empty());
+}
