@@ -222,9 +222,7 @@ fn load_one(file: &Path, registry: &Registry) -> Result<Pipeline, ExitCode> {
 }
 
 fn redact(p: &Pipeline, message: String) -> String {
-    p.secrets
-        .iter()
-        .fold(message, |m, s| m.replace(s.as_str(), "****"))
+    config::redact(&p.secrets, message)
 }
 
 async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitCode {

@@ -320,6 +320,14 @@ pub struct Pipeline {
     pub secrets: Vec<String>,
 }
 
+/// `message` with every value in `secrets` (what references in a pipeline file
+/// resolved to: passwords, tokens) replaced by `****`.
+pub fn redact(secrets: &[String], message: String) -> String {
+    secrets
+        .iter()
+        .fold(message, |m, s| m.replace(s.as_str(), "****"))
+}
+
 impl Pipeline {
     /// The checkpoint store file.
     pub fn checkpoint_path(&self) -> PathBuf {

@@ -320,9 +320,7 @@ impl PipelineMetrics {
     /// `message` with every value substituted for a reference in the pipeline file
     /// (a password, a token) replaced by `****`.
     pub fn redact(&self, message: String) -> String {
-        self.secrets
-            .iter()
-            .fold(message, |m, s| m.replace(s.as_str(), "****"))
+        crate::config::redact(&self.secrets, message)
     }
 
     /// Records the last error (redacted here).

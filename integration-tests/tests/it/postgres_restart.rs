@@ -41,6 +41,18 @@ fn rows(table: &str) -> usize {
     .unwrap()
 }
 
+/// Runs `pg.toml` in `dir` 20 times, each killed with SIGKILL after 100-700 ms and
+/// restarted at once, then once to the end; at least half the kills must land mid-run.
+fn kill_20_times_then_finish(dir: &std::path::Path) {
+    let killed = kill_at_random(dir, &["run", "--quiet", "pg.toml"], 20, 100..700);
+    let run = sluice(dir, &["run", "--quiet", "pg.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        killed >= 10,
+        "only {killed} of 20 kills hit a running pipeline"
+    );
+}
+
 /// `count(*)|count(DISTINCT id)|min(id)|max(id)` of `table`.
 fn counts(table: &str) -> String {
     psql(&format!(
@@ -65,13 +77,7 @@ fn kill_9_and_an_immediate_restart_during_a_slow_commit_repeat_no_row() {
         ),
     )
     .unwrap();
-    let killed = kill_at_random(d, &["run", "--quiet", "pg.toml"], 20, 100..700);
-    let run = sluice(d, &["run", "--quiet", "pg.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        killed >= 10,
-        "only {killed} of 20 kills hit a running pipeline"
-    );
+    kill_20_times_then_finish(d);
     assert_eq!(counts(&t), format!("{ROWS}|{ROWS}|0|{}", ROWS - 1));
 }
 
@@ -98,13 +104,7 @@ fn kill_9_and_an_immediate_restart_of_postgres_to_postgres_repeat_no_row() {
         ),
     )
     .unwrap();
-    let killed = kill_at_random(d, &["run", "--quiet", "pg.toml"], 20, 100..700);
-    let run = sluice(d, &["run", "--quiet", "pg.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        killed >= 10,
-        "only {killed} of 20 kills hit a running pipeline"
-    );
+    kill_20_times_then_finish(d);
     assert_eq!(counts(&dst), format!("{ROWS}|{ROWS}|0|{}", ROWS - 1));
     assert_eq!(
         psql(&format!("SELECT sum(amount) FROM \"{dst}\"")),
