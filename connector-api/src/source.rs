@@ -105,7 +105,7 @@ pub trait Source: Send {
     }
 
     /// How far a bounded read has come, when the source knows its total (datagen's
-    /// `count`, the bytes of the files a glob matched). Called after each batch; must
+    /// `count`, the bytes of the files or objects a glob matched). Called after each batch; must
     /// be cheap (no I/O). Default: unknown.
     fn progress(&self) -> Option<Progress> {
         None

@@ -1,7 +1,8 @@
 //! Progress while a pipeline runs and the summary at its end.
 //!
 //! On a terminal, a bar per pipeline (indicatif): percentage, rate and ETA when the
-//! source knows its total (datagen's `count`, the bytes of the files a glob matched),
+//! source knows its total (datagen's `count`, the bytes of the files or S3 objects a
+//! glob matched),
 //! else a spinner with counts and rate. Log lines are written above the bars
 //! ([`LogWriter`]), and a finished bar stays on screen. Elsewhere (a file, a pipe), a
 //! log line every 10 s.

@@ -87,6 +87,9 @@ pub struct S3Source {
     idle_timeout: Duration,
     parts: usize,
     row_bytes: usize,
+    /// A bounded read: each matching object's size and whether its positions are
+    /// bytes of it (plain text) rather than rows or decompressed bytes, for progress.
+    sizes: BTreeMap<String, (u64, bool)>,
 }
 
 const READ_TARGET: usize = 1 << 20;
@@ -119,6 +122,7 @@ impl S3Source {
                 .unwrap_or(1)
                 .min(4),
             row_bytes: 256,
+            sizes: BTreeMap::new(),
         })
     }
 
@@ -132,6 +136,16 @@ impl S3Source {
     async fn list(&mut self) -> Result<()> {
         let all = list_matching(self.client()?, &self.conn, &self.config, &self.pattern).await?;
         self.listed = Some(Instant::now());
+        if !self.config.watch {
+            let plain = |key: &str| {
+                self.config.format != Format::Parquet
+                    && self.config.compression.for_key(key) == Compression::None
+            };
+            self.sizes = all
+                .iter()
+                .map(|o| (o.key.clone(), (o.size, plain(&o.key))))
+                .collect();
+        }
         self.pending = all
             .into_iter()
             .filter(|o| match self.known.get(&o.key) {
@@ -532,6 +546,28 @@ impl Source for S3Source {
             .with_field("path"));
         }
         Ok(())
+    }
+
+    /// Bytes of the matching objects read: whole objects once done, a plain one also
+    /// part-way (a compressed or Parquet object counts when it is done).
+    fn progress(&self) -> Option<connector_api::Progress> {
+        if self.sizes.is_empty() {
+            return None;
+        }
+        let done = self
+            .sizes
+            .iter()
+            .map(|(key, &(size, plain))| match self.known.get(key) {
+                Some(off) if off.done => size,
+                Some(off) if plain => off.pos.min(size),
+                _ => 0,
+            })
+            .sum();
+        Some(connector_api::Progress {
+            done,
+            total: self.sizes.values().map(|(size, _)| size).sum(),
+            unit: connector_api::ProgressUnit::Bytes,
+        })
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {

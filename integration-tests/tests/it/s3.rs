@@ -664,3 +664,44 @@ s3.put_object(Bucket=BUCKET, Key='c/b.csv.gz', Body=gzip.compress(('id,name\n' +
         format!("{RESUME_ROWS}|{RESUME_ROWS}|0|{}", RESUME_ROWS - 1)
     );
 }
+
+/// A bounded read of a plain and a gzip object reports its progress in bytes of the
+/// objects: at the end, done = total = the sizes S3 lists.
+#[test]
+fn a_bounded_read_reports_progress_in_object_bytes() {
+    use crate::service::{free_port, pipeline, serve, stop, wait_state};
+    let bucket = new_bucket("progress");
+    let sizes = py(
+        &bucket,
+        r#"
+import gzip
+rows = ''.join('{"id": %d}\n' % i for i in range(20000)).encode()
+s3.put_object(Bucket=BUCKET, Key='p/a.jsonl', Body=rows)
+s3.put_object(Bucket=BUCKET, Key='p/b.jsonl.gz', Body=gzip.compress(rows))
+print(sum(o['Size'] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix='p/')['Contents']))
+"#,
+    );
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "name = \"progress\"\n[source]\nconnector = \"s3\"\n{}path = \"p/*\"\n\
+             schema = [{{ name = \"id\", type = \"int64\" }}]\n[sink]\nconnector = \"blackhole\"\n",
+            conn(&bucket)
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let base = format!("http://{addr}");
+    let (child, _guard) = serve(d, &["run", "--quiet", "p.toml", "--http", &addr], port);
+    wait_state(&base, "progress", "finished");
+    let p = pipeline(&base, "progress");
+    assert_eq!(p["source"]["records"], 40000, "{p:#}");
+    let total: u64 = sizes.trim().parse().unwrap();
+    assert_eq!(p["progress"]["unit"], "bytes", "{p:#}");
+    assert_eq!(p["progress"]["total"], total, "{p:#}");
+    assert_eq!(p["progress"]["done"], total, "{p:#}");
+    stop(child);
+}

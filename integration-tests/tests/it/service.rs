@@ -11,13 +11,13 @@ use serde_json::Value;
 use crate::support::{finish, python, signal, spawn, sqlite, wait_until, workdir, KillOnPanic};
 
 /// A port nobody listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
 /// `(status, body)` of a request through curl; status 0 when nothing answered.
-fn request(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
+pub(crate) fn request(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
     let mut c = Command::new("curl");
     c.args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}", url]);
     if let Some(t) = token {
@@ -29,14 +29,14 @@ fn request(method: &str, url: &str, token: Option<&str>) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn get_json(url: &str) -> Value {
+pub(crate) fn get_json(url: &str) -> Value {
     let (code, body) = request("GET", url, None);
     assert_eq!(code, 200, "GET {url}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: {e}: {body}"))
 }
 
 /// The JSON of pipeline `name` on `/pipelines` (Null when it is not listed).
-fn pipeline(base: &str, name: &str) -> Value {
+pub(crate) fn pipeline(base: &str, name: &str) -> Value {
     get_json(&format!("{base}/pipelines"))
         .as_array()
         .unwrap()
@@ -46,7 +46,7 @@ fn pipeline(base: &str, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn wait_state(base: &str, name: &str, state: &str) {
+pub(crate) fn wait_state(base: &str, name: &str, state: &str) {
     let mut last = Value::Null;
     let reached = wait_until(Duration::from_secs(60), || {
         last = pipeline(base, name);
@@ -56,7 +56,7 @@ fn wait_state(base: &str, name: &str, state: &str) {
 }
 
 /// Starts `sluice run ARGS` and waits until its API answers on `port`.
-fn serve(dir: &Path, args: &[&str], port: u16) -> (Child, KillOnPanic) {
+pub(crate) fn serve(dir: &Path, args: &[&str], port: u16) -> (Child, KillOnPanic) {
     let child = spawn(dir, args);
     let guard = KillOnPanic(child.id());
     let url = format!("http://127.0.0.1:{port}/health");
@@ -68,7 +68,7 @@ fn serve(dir: &Path, args: &[&str], port: u16) -> (Child, KillOnPanic) {
     (child, guard)
 }
 
-fn stop(child: Child) -> String {
+pub(crate) fn stop(child: Child) -> String {
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(60));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
