@@ -132,9 +132,14 @@ impl Service {
             .is_some_and(|m| m.commands.send(command).is_ok())
     }
 
+    /// The files that do not load (a poisoned lock still holds a usable map).
+    fn invalid(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, String>> {
+        self.invalid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Files that do not load and run no version, with their errors.
     pub fn invalid_files(&self) -> Vec<(PathBuf, String)> {
-        let map = self.invalid.lock().unwrap_or_else(|e| e.into_inner());
+        let map = self.invalid();
         map.iter().map(|(f, e)| (f.clone(), e.clone())).collect()
     }
 
@@ -274,10 +279,7 @@ impl Service {
                 self.stop(old).await;
             }
         }
-        self.invalid
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|f, _| files.contains(f));
+        self.invalid().retain(|f, _| files.contains(f));
         for file in files {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
@@ -311,10 +313,7 @@ impl Service {
                 }
                 (Err(e), None) => {
                     tracing::error!(error = %e, "reload: the new file does not validate");
-                    self.invalid
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(file.clone(), e.to_string());
+                    self.invalid().insert(file.clone(), e.to_string());
                 }
                 (Ok(p), running) => {
                     if running.is_some() {
@@ -325,10 +324,7 @@ impl Service {
                     } else {
                         tracing::info!(pipeline = %p.name, file = %file.display(), "new pipeline file; starting");
                     }
-                    self.invalid
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&file);
+                    self.invalid().remove(&file);
                     let started = self.start(p, text);
                     map.insert(file, started);
                 }

@@ -553,13 +553,7 @@ s3.put_object(Bucket=BUCKET, Key='r/b.jsonl.gz', Body=gzip.compress(''.join(line
         ),
     )
     .unwrap();
-    let mut rng = rand::thread_rng();
-    for _ in 0..6 {
-        let child = spawn(d, &["run", "--quiet", "r.toml"]);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(200..2000)));
-        signal(&child, "KILL");
-        let _ = finish(child, Duration::from_secs(10));
-    }
+    kill_at_random(d, &["run", "--quiet", "r.toml"], 6, 200..2000);
     let run = sluice(d, &["run", "--quiet", "r.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let db = d.join("out/r.db");
@@ -642,13 +636,7 @@ s3.put_object(Bucket=BUCKET, Key='c/b.csv.gz', Body=gzip.compress(('id,name\n' +
         ),
     )
     .unwrap();
-    let mut rng = rand::thread_rng();
-    for _ in 0..6 {
-        let child = spawn(d, &["run", "--quiet", "c.toml"]);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(200..2000)));
-        signal(&child, "KILL");
-        let _ = finish(child, Duration::from_secs(10));
-    }
+    kill_at_random(d, &["run", "--quiet", "c.toml"], 6, 200..2000);
     let run = sluice(d, &["run", "--quiet", "c.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let db = d.join("out/c.db");
