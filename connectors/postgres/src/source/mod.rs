@@ -1,0 +1,244 @@
+//! The PostgreSQL source: whole tables in primary-key order or in physical order
+//! (`snapshot`), or new rows by cursor columns (`incremental`), then changes (`cdc`).
+//! Table rows are read with binary COPY and decoded straight into Arrow with the
+//! table's types (`crate::binary`), so `numeric(p,s)` arrives as Decimal128(p,s) and
+//! `timestamptz` as Timestamp(µs, UTC). In key order each chunk is one
+//! `COPY (SELECT ... ORDER BY key LIMIT n)`, the next read ahead while one decodes; in
+//! physical order (`snapshot_order = "physical"`) one `COPY (SELECT ..., ctid)` streams
+//! the table, as `COPY table TO` does, and a restart resumes after the last `ctid`.
+//! Measured on 1M rows (integration-tests/bench/postgres.sh): rows as `row_to_json`
+//! text through a query reached 0.21-0.27x of `psql \copy ... TO`; binary COPY in key
+//! order 0.6-0.7x; the physical stream 0.7x and above (the suite's figures are in
+//! BENCHMARKS.md). Changes (`cdc`) arrive as pgoutput text and go through JSON.
+
+mod cdc;
+mod describe;
+mod envelope;
+mod snapshot;
+mod table;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
+use serde::{Deserialize, Serialize};
+use sluice_formats::JsonDecoder;
+use sqlx::postgres::PgPool;
+
+use crate::config::{PostgresSourceConfig, SnapshotOrder, SourceMode};
+use crate::conn::{connect_url, quote};
+
+use self::cdc::Cdc;
+pub use self::describe::discover;
+use self::describe::{describe, describe_query, need_primary_key};
+use self::envelope::{record_schema, with_op};
+use self::snapshot::{CopyStream, Prefetch};
+use self::table::{open_physical, same_order, Table};
+
+/// Offset of a table split. Exclusive: the key (primary key or cursor) values of the
+/// last delivered row; reading resumes strictly after them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TableOffset {
+    /// Key values of the last delivered row, as text (cast back to the column types).
+    pub after: Option<Vec<String>>,
+    /// The snapshot of this table is complete.
+    #[serde(default)]
+    pub done: bool,
+    /// `cdc`: end LSN of the last delivered transaction (exclusive start of the next).
+    #[serde(default)]
+    pub lsn: Option<u64>,
+    /// `snapshot_order = "physical"`: the `ctid` of the last delivered row, as text
+    /// (`(block,line)`); reading resumes strictly after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctid: Option<String>,
+    /// `snapshot_order = "physical"`: the table's file (`relfilenode`) that `ctid`
+    /// points into; a table rewritten since is read again from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filenode: Option<u32>,
+}
+
+/// What one split of the source reads.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// A table of the configured schema.
+    Table(&'a str),
+    /// The configured query.
+    Query(&'a str),
+}
+
+/// Reads tables.
+pub struct PostgresSource {
+    config: PostgresSourceConfig,
+    pool: Option<PgPool>,
+    tables: Vec<Table>,
+    current: usize,
+    cdc: Option<Cdc>,
+    /// Batches decoded together and not yet returned.
+    ready: VecDeque<Batch>,
+    /// The next chunk of a table being read while the current one decodes.
+    prefetch: Option<Prefetch>,
+    /// The table being read in physical order.
+    stream: Option<CopyStream>,
+    /// Parts decoded in parallel per fetch.
+    parts: usize,
+    batch_size: usize,
+    idle_timeout: Duration,
+}
+
+impl PostgresSource {
+    /// A source for `config` (validated).
+    pub fn new(config: PostgresSourceConfig) -> Self {
+        PostgresSource {
+            config,
+            pool: None,
+            tables: Vec::new(),
+            current: 0,
+            cdc: None,
+            ready: VecDeque::new(),
+            prefetch: None,
+            stream: None,
+            parts: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(4),
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[connector_api::async_trait]
+impl Source for PostgresSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        let pool = connect_url(&self.config.url).await?;
+        // the tables, or the query, each read as one split
+        let reads: Vec<Read> = match self.config.query_text() {
+            Some(q) => vec![Read::Query(q)],
+            None => self.config.tables.iter().map(|t| Read::Table(t)).collect(),
+        };
+        for read in reads {
+            let schema_name = &self.config.schema;
+            let (split, relation, what, (columns, schema, pk)) = match read {
+                Read::Table(name) => (
+                    format!("{schema_name}.{name}"),
+                    format!("{}.{}", quote(schema_name), quote(name)),
+                    format!("table \"{schema_name}\".\"{name}\""),
+                    describe(&pool, schema_name, name).await?,
+                ),
+                Read::Query(q) => (
+                    "query".to_string(),
+                    format!("({q})"),
+                    "the query".to_string(),
+                    describe_query(&pool, q).await?,
+                ),
+            };
+            let position = |names: &[String], field: &'static str| -> Result<Vec<usize>> {
+                names
+                    .iter()
+                    .map(|c| {
+                        columns
+                            .iter()
+                            .position(|col| &col.name == c)
+                            .ok_or_else(|| {
+                                Error::config(format!("{field} column \"{c}\" is not in {what}"))
+                                    .with_field(field)
+                            })
+                    })
+                    .collect()
+            };
+            let physical = self.config.snapshot_order == SnapshotOrder::Physical
+                && matches!(read, Read::Table(_))
+                && self.config.mode != SourceMode::Incremental;
+            if matches!(read, Read::Table(_)) {
+                need_primary_key(&self.config, &what, &pk)?;
+            }
+            let key = match self.config.mode {
+                SourceMode::Snapshot if matches!(read, Read::Query(_)) => {
+                    position(&self.config.key, "key")?
+                }
+                SourceMode::Snapshot | SourceMode::Cdc => pk,
+                SourceMode::Incremental => position(&self.config.cursor, "cursor")?,
+            };
+            let mut offset = committed
+                .get_typed::<TableOffset>(&split)?
+                .unwrap_or_default();
+            same_order(&offset, physical, &what)?;
+            if physical {
+                open_physical(&pool, &relation, &mut offset).await?;
+            }
+            let op = self.config.mode == SourceMode::Cdc;
+            let debezium = op && self.config.envelope == crate::config::Envelope::Debezium;
+            self.tables.push(Table {
+                relation,
+                split,
+                columns,
+                key,
+                decoder: JsonDecoder::new(Some(record_schema(&schema, op, debezium))),
+                table_schema: schema.clone(),
+                row_schema: if op { with_op(&schema) } else { schema.clone() },
+                debezium,
+                offset,
+                op,
+                physical,
+            });
+        }
+        if self.config.mode == SourceMode::Cdc {
+            self.cdc = Some(self.open_cdc(&pool, &ctx.pipeline).await?);
+        }
+        self.pool = Some(pool);
+        Ok(())
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
+        let (Some(cdc), Some(pool), Some(table)) =
+            (self.cdc.as_mut(), self.pool.as_ref(), self.tables.first())
+        else {
+            return Ok(());
+        };
+        let Some(lsn) = offsets
+            .get_typed::<TableOffset>(&table.split)?
+            .and_then(|o| o.lsn)
+        else {
+            return Ok(());
+        };
+        cdc.flushed = cdc.flushed.max(lsn);
+        if lsn > cdc.advanced {
+            crate::cdc::advance(pool, &cdc.slot, lsn).await?;
+            cdc.advanced = lsn;
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if let Some(b) = self.ready.pop_front() {
+            return Ok(Some(b));
+        }
+        if self.cdc.is_some() && self.tables.first().is_some_and(|t| t.offset.done) {
+            return self.stream().await;
+        }
+        self.read_tables().await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(p) = self.prefetch.take() {
+            p.task.abort();
+        }
+        if let Some(s) = self.stream.take() {
+            s.task.abort();
+        }
+        if let Some(pool) = self.pool.take() {
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds since 1970.
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
