@@ -41,6 +41,13 @@ if [[ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SHOW wal_level')" != l
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart
   for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
+# CDC streams over a replication connection, which pg_hba.conf must allow on its own line
+hba="$(psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SHOW hba_file')"
+if ! grep -Eq '^host[[:space:]]+replication[[:space:]]+all[[:space:]]+127\.0\.0\.1/32' "$hba"; then
+  log "allowing replication connections from loopback (pg_hba.conf)"
+  printf 'host replication all 127.0.0.1/32 trust\n' >>"$hba"
+  psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'SELECT pg_reload_conf()' >/dev/null
+fi
 export SLUICE_TEST_PG="${SLUICE_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 
 # S3: the moto server speaks the S3 API on loopback; a second one checks credentials

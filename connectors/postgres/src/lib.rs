@@ -18,7 +18,7 @@ pub mod types;
 
 pub use config::{Envelope, PostgresSinkConfig, PostgresSourceConfig, SinkMode, SourceMode};
 pub use sink::PostgresSink;
-pub use source::{PostgresSource, TableOffset};
+pub use source::{PostgresSource, TableOffset, TxnOffset};
 
 use connector_api::arrow_schema::SchemaRef;
 use connector_api::{Result, Sink, SinkConnector, Source, SourceConnector};

@@ -11,6 +11,7 @@ mod kafka;
 mod kafka_avro;
 mod plugins;
 mod postgres;
+mod postgres_cdc;
 mod postgres_restart;
 mod quickstart;
 mod roundtrip;

@@ -1,80 +1,192 @@
-//! `cdc`: the slot, the publication, and the stream of changes after the snapshot.
+//! `cdc`: the checks at start (the table is the one read before, its publication
+//! covers it, its out-of-line values reach the changes, the slot is there), then the
+//! changes after the snapshot as one stream.
+//!
+//! A transaction's changes are returned as they arrive, in batches of at most
+//! `batch_size`, so memory stays bounded whatever its size. The offset says how far:
+//! `lsn`, the end of the last transaction returned whole, and `txn`, how many changes
+//! of the next one were returned. The server is told it may release WAL up to `lsn`
+//! once the runtime committed it (after every sink flushed): a crash re-reads from
+//! there and skips what the offset says was returned, so nothing is lost or repeated.
+//! While idle and flushed, the keepalive's WAL position is confirmed too, but never
+//! past the position of the last check that the publication still covers the table.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use connector_api::{Batch, Error, Offsets, Reject, Result};
+use futures::FutureExt;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
 use super::describe::describe;
 use super::envelope::{record_schema, source_json, with_op};
+use super::table::Table;
 use super::PostgresSource;
+use crate::cdc::catalog::{self, PublicationRef, TableName};
+use crate::cdc::pgoutput::{self, Datum, Message, Old, RelationColumn};
+use crate::cdc::values::json_value;
+use crate::cdc::{lsn_text, parse_lsn, replication};
+
+/// How often, at most, the catalog is asked whether the publication still covers the
+/// table (between transactions).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Events buffered between the replication connection and the source.
+const BUFFER: usize = 1024;
+/// Microseconds from 1970-01-01 to 2000-01-01 (PostgreSQL's epoch), in milliseconds.
+const EPOCH_MS: i64 = 946_684_800_000;
+
+/// How far a transaction was returned when a batch ended inside it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TxnOffset {
+    /// The transaction's commit LSN (Begin's final LSN).
+    pub final_lsn: u64,
+    /// Changes of the table in it returned so far.
+    pub changes: u64,
+}
+
+/// The transaction being read.
+struct Txn {
+    final_lsn: u64,
+    xid: u32,
+    ts_ms: i64,
+    /// Changes of the table seen in it.
+    seen: u64,
+    /// Changes returned before a restart: skipped.
+    skip: u64,
+    /// Returned whole before a restart: skipped.
+    skip_all: bool,
+}
 
 /// The state of a `cdc` source.
 pub(super) struct Cdc {
-    pub(super) slot: String,
-    pub(super) publication: String,
-    /// Column names of the relation as the stream last described it.
-    pub(super) columns: Vec<String>,
-    /// Where the slot was last advanced to.
-    pub(super) advanced: u64,
-    /// Changes asked for per peek (widened when a peek returns only delivered ones).
-    pub(super) limit: usize,
-    /// The last change the sinks have flushed: the checkpoint resumed from, then each
-    /// commit.
-    pub(super) flushed: u64,
-    /// When the slot was last moved while the tables had no changes.
-    pub(super) heartbeat: Instant,
+    slot: String,
+    publication: String,
+    table: TableName,
+    /// The table's OID.
+    relid: u32,
+    client: Option<ReplicationClient>,
+    /// The slot's confirmed position when opened: where the stream starts.
+    start: u64,
+    /// The table's columns as the stream last described them.
+    layout: Option<Vec<RelationColumn>>,
+    txn: Option<Txn>,
+    /// A message to handle first on the next call (a relation change that waits
+    /// until the changes before it are returned).
+    deferred: Option<(Message, u64)>,
+    /// Changes decoded and not yet returned, as JSON lines.
+    pending: Vec<u8>,
+    pending_n: usize,
+    /// End LSN of the last transaction decoded whole.
+    done: u64,
+    /// `done` as of the last batch returned.
+    emitted: u64,
+    /// The last position the runtime committed.
+    flushed: u64,
+    /// The last position confirmed to the server.
+    confirmed: u64,
+    /// The last check that the publication covers the table: when, and the WAL
+    /// position then (every change before it was decoded with the table covered).
+    checked: Option<(Instant, u64)>,
+    status_interval: Duration,
+    name: String,
 }
 
 impl PostgresSource {
-    /// Checks `wal_level`, makes the publication, and finds or creates the slot: a
-    /// slot that a stored position expects but is gone is a loud error, never a
-    /// silent new slot (changes in between would be lost).
+    /// Checks `wal_level`, the table and the publication, and finds or creates the
+    /// slot: a slot that a stored position expects but is gone is a loud error, never
+    /// a silent new slot (changes in between would be lost).
     pub(super) async fn open_cdc(&mut self, pool: &PgPool, pipeline: &str) -> Result<Cdc> {
-        crate::cdc::check_wal_level(pool).await?;
+        catalog::check_wal_level(pool).await?;
         let table = self
             .tables
-            .first()
+            .first_mut()
             .ok_or_else(|| Error::config("no table").with_field("tables"))?;
+        let name = TableName {
+            schema: self.config.schema.clone(),
+            name: self.config.tables[0].clone(),
+        };
         let slot = self
             .config
             .slot
             .clone()
             .unwrap_or_else(|| crate::cdc::slot_name(pipeline));
+        let ours = self.config.publication.is_none();
         let publication = self
             .config
             .publication
             .clone()
             .unwrap_or_else(|| crate::cdc::slot_name(pipeline));
-        crate::cdc::ensure_publication(pool, &publication, &table.relation).await?;
-        let started = table.offset.after.is_some()
-            || table.offset.ctid.is_some()
-            || table.offset.done
-            || table.offset.lsn.is_some();
-        let advanced = match (crate::cdc::slot_position(pool, &slot).await?, started) {
-            (Some(lsn), true) => lsn,
-            (None, true) => {
-                return Err(Error::not_found(format!(
-                    "replication slot \"{slot}\" is gone, but this pipeline has read from it (up to LSN {}); \
-                     changes since then cannot be read. Run `sluice offsets reset` and clear the target to start \
-                     over with a new snapshot",
-                    crate::cdc::lsn_text(table.offset.lsn.unwrap_or(0))
-                ))
-                .with_field("slot"))
-            }
-            // a first run: the slot comes before the snapshot, so no change falls between
-            (_, false) => crate::cdc::create_slot(pool, &slot).await?,
+        let offset = &mut table.offset;
+        let started =
+            offset.after.is_some() || offset.ctid.is_some() || offset.done || offset.lsn.is_some();
+        let now = catalog::table_state(pool, &publication, &name).await?;
+        let relid = now
+            .oid
+            .ok_or_else(|| Error::not_found(format!("table {name} does not exist")))?;
+        if let Some(was) = offset.relid.filter(|&was| was != relid) {
+            return Err(catalog::recreated(&name, was, Some(relid)));
+        }
+        offset.relid = Some(relid);
+        catalog::check_identity(pool, &name).await?;
+        let publication_ref = PublicationRef {
+            name: &publication,
+            ours,
         };
+        catalog::cover(pool, &publication_ref, &name, !started).await?;
+        let start = match (catalog::slot(pool, &slot).await?, started) {
+            (Some(s), true) if !s.lost => s.confirmed,
+            (Some(_), true) => {
+                return Err(catalog::slot_gone(&slot, true, offset.lsn, offset.done))
+            }
+            (None, true) => return Err(catalog::slot_gone(&slot, false, offset.lsn, offset.done)),
+            // a first run: the slot comes before the snapshot, so no change falls between
+            (_, false) => catalog::create_slot(pool, &slot).await?,
+        };
+        let done = offset.lsn.unwrap_or(start);
         Ok(Cdc {
             slot,
             publication,
-            columns: Vec::new(),
-            advanced,
-            limit: self.batch_size.max(1024),
-            flushed: self.tables.first().and_then(|t| t.offset.lsn).unwrap_or(0),
-            heartbeat: Instant::now(),
+            table: name,
+            relid,
+            client: None,
+            start,
+            layout: None,
+            txn: None,
+            deferred: None,
+            pending: Vec::new(),
+            pending_n: 0,
+            done,
+            emitted: done,
+            flushed: done,
+            confirmed: start,
+            checked: None,
+            status_interval: self.config.heartbeat_interval.min(Duration::from_secs(10)),
+            name: format!("sluice {pipeline}"),
         })
+    }
+
+    /// The runtime committed `lsn`: the server may release the WAL before it.
+    pub(super) fn commit_cdc(&mut self, lsn: u64) {
+        let Some(cdc) = self.cdc.as_mut() else {
+            return;
+        };
+        cdc.flushed = cdc.flushed.max(lsn);
+        cdc.confirm(lsn);
+    }
+
+    /// Stops streaming.
+    pub(super) async fn close_cdc(&mut self) {
+        if let Some(mut client) = self.cdc.as_mut().and_then(|c| c.client.take()) {
+            if tokio::time::timeout(Duration::from_secs(2), client.shutdown())
+                .await
+                .is_err()
+            {
+                client.abort();
+            }
+        }
     }
 
     /// The next batch of changes, or an idle batch after `idle_timeout`.
@@ -84,109 +196,382 @@ impl PostgresSource {
             .pool
             .clone()
             .ok_or_else(|| Error::internal("source is not open"))?;
-        loop {
-            let (Some(cdc), Some(table)) = (self.cdc.as_mut(), self.tables.first_mut()) else {
-                return Ok(None);
-            };
-            let delivered = table.offset.lsn.unwrap_or(0);
-            let schema = table.row_schema.clone();
-            // heartbeat: the WAL position before the peek; if the peek then finds no
-            // change, every commit before it is behind the slot's consumer
-            let wal_before = if cdc.heartbeat.elapsed() >= self.config.heartbeat_interval {
-                Some(crate::cdc::current_lsn(&pool).await?)
-            } else {
-                None
-            };
-            let args = crate::cdc::PeekArgs {
+        let (Some(cdc), Some(table)) = (self.cdc.as_mut(), self.tables.first_mut()) else {
+            return Ok(None);
+        };
+        if cdc.client.is_none() {
+            let stream = replication::Stream {
+                url: &self.config.url,
                 slot: &cdc.slot,
                 publication: &cdc.publication,
-                limit: cdc.limit,
-                delivered,
-                max_changes: self.batch_size,
+                start: cdc.start,
+                status_interval: cdc.status_interval,
+                buffer: BUFFER,
+                name: &cdc.name,
             };
-            let peeked = crate::cdc::peek(&pool, args, &mut cdc.columns, &schema).await?;
-            if peeked.relation_changed {
-                // ALTER TABLE: read the new columns, then read the changes again with them
-                let (name, rel) = (self.config.tables[0].clone(), self.config.schema.clone());
-                let (columns, new_schema, _) = describe(&pool, &rel, &name).await?;
-                table.columns = columns;
-                table.decoder =
-                    JsonDecoder::new(Some(record_schema(&new_schema, true, table.debezium)));
-                table.row_schema = with_op(&new_schema);
-                table.table_schema = new_schema;
-                tracing::info!(table = %table.split, "table changed in the stream; new columns picked up");
-                continue;
-            }
-            if peeked.changes.is_empty() {
-                if peeked.returned >= cdc.limit {
-                    cdc.limit = cdc.limit.saturating_mul(2);
-                    continue;
-                }
-                if let Some(wal) = wal_before {
-                    cdc.heartbeat = Instant::now();
-                    // only once the sinks have flushed everything read so far
-                    if delivered <= cdc.flushed && wal > cdc.advanced {
-                        crate::cdc::advance(&pool, &cdc.slot, wal).await?;
-                        tracing::debug!(slot = %cdc.slot, lsn = %crate::cdc::lsn_text(wal), "no changes; replication slot moved to the current WAL position");
-                        cdc.advanced = wal;
-                    }
-                }
-                if started.elapsed() >= self.idle_timeout {
-                    return Ok(Some(Batch::idle()));
-                }
-                tokio::time::sleep(self.config.poll_interval.min(self.idle_timeout)).await;
-                continue;
-            }
-            let mut buf = Vec::new();
-            let n = peeked.changes.len();
-            for mut change in peeked.changes {
-                let record = if table.debezium {
-                    let after = if change.op == "d" || change.op == "t" {
-                        serde_json::Value::Null
-                    } else {
-                        serde_json::Value::Object(change.row)
-                    };
-                    serde_json::json!({
-                        "before": change.before.map(serde_json::Value::Object),
-                        "after": after,
-                        "op": change.op,
-                        "ts_ms": change.ts_ms,
-                        "source": source_json(&table.split, Some(change.lsn), Some(change.xid), change.ts_ms, false),
-                    })
-                } else {
-                    change.row.insert(
-                        connector_api::columns::OP.to_string(),
-                        serde_json::Value::String(change.op.to_string()),
-                    );
-                    serde_json::Value::Object(change.row)
-                };
-                serde_json::to_writer(&mut buf, &record)
-                    .map_err(|e| Error::internal("change").with_source(e))?;
-                buf.push(b'\n');
-            }
-            let decoded = table.decoder.decode(&buf, n, true)?;
-            table.offset.lsn = Some(peeked.end_lsn);
-            let mut offsets = Offsets::new();
-            offsets.set_typed(table.split.clone(), &table.offset)?;
-            let records = decoded
-                .batch
-                .unwrap_or_else(|| arrow_array::RecordBatch::new_empty(schema.clone()));
-            let mut batch = Batch::new(records, offsets);
-            batch.rejects = decoded
-                .bad
-                .into_iter()
-                .map(|b| Reject {
-                    split: table.split.clone(),
-                    position: format!(
-                        "table {} change before LSN {}",
-                        table.split,
-                        crate::cdc::lsn_text(peeked.end_lsn)
-                    ),
-                    raw: b.raw,
-                    error: b.error,
-                })
-                .collect();
-            return Ok(Some(batch));
+            cdc.client = Some(replication::start(&stream).await?);
+            tracing::info!(slot = %cdc.slot, lsn = %lsn_text(cdc.start), "streaming changes");
         }
+        if let Some((message, lsn)) = cdc.deferred.take() {
+            cdc.apply(&pool, table, message, lsn).await?;
+        }
+        loop {
+            if cdc.txn.is_none()
+                && cdc
+                    .checked
+                    .is_none_or(|(at, _)| at.elapsed() >= CHECK_EVERY)
+            {
+                cdc.check(&pool).await?;
+            }
+            if cdc.pending_n >= self.batch_size || cdc.deferred.is_some() {
+                return cdc.emit(table).map(Some);
+            }
+            let client = cdc
+                .client
+                .as_mut()
+                .ok_or_else(|| Error::internal("not streaming"))?;
+            let event = if cdc.pending_n > 0 {
+                // return what is decoded as soon as nothing more is at hand
+                match client.recv().now_or_never() {
+                    Some(event) => event,
+                    None => return cdc.emit(table).map(Some),
+                }
+            } else {
+                let left = self.idle_timeout.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left.min(CHECK_EVERY), client.recv()).await {
+                    Ok(event) => event,
+                    Err(_) if started.elapsed() >= self.idle_timeout => {
+                        return Ok(Some(Batch::idle()))
+                    }
+                    Err(_) => continue,
+                }
+            };
+            let what = format!("streaming from replication slot \"{}\"", cdc.slot);
+            let event = event.map_err(|e| replication::wire_error(&what, e))?;
+            let Some(event) = event else {
+                return Err(Error::connect(format!(
+                    "{what}: the server ended the stream"
+                )));
+            };
+            match event {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
+                    let final_lsn = final_lsn.as_u64();
+                    let resume = table.offset.txn.filter(|t| t.final_lsn == final_lsn);
+                    cdc.txn = Some(Txn {
+                        final_lsn,
+                        xid,
+                        ts_ms: commit_time_micros / 1000 + EPOCH_MS,
+                        seen: 0,
+                        skip: resume.map_or(0, |t| t.changes),
+                        skip_all: final_lsn < cdc.done,
+                    });
+                }
+                ReplicationEvent::XLogData {
+                    wal_start, data, ..
+                } => {
+                    let message = pgoutput::parse(&data)?;
+                    cdc.apply(&pool, table, message, wal_start.as_u64()).await?;
+                }
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    if let Some(txn) = cdc.txn.take() {
+                        if !txn.skip_all {
+                            cdc.done = cdc.done.max(end_lsn.as_u64());
+                        }
+                    }
+                    table.offset.txn = None;
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => cdc.idle(wal_end.as_u64()),
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::StoppedAt { .. } => {
+                    return Err(Error::internal("the replication stream stopped"))
+                }
+            }
+        }
+    }
+}
+
+impl Cdc {
+    /// Tells the server it may release WAL before `lsn`.
+    fn confirm(&mut self, lsn: u64) {
+        if lsn > self.confirmed {
+            if let Some(client) = &self.client {
+                client.update_applied_lsn(Lsn::from_u64(lsn));
+                self.confirmed = lsn;
+            }
+        }
+    }
+
+    /// A keepalive at `wal_end`: with nothing read and unflushed, and the publication
+    /// just found covering the table, WAL up to the check's position is released.
+    fn idle(&mut self, wal_end: u64) {
+        if self.txn.is_some() || self.pending_n > 0 || self.flushed < self.emitted {
+            return;
+        }
+        if let Some((_, safe)) = self.checked {
+            self.confirm(wal_end.min(safe));
+        }
+    }
+
+    /// Fails when the publication no longer covers the table or the table was dropped
+    /// (or dropped and created again): its changes since are not decoded.
+    async fn check(&mut self, pool: &PgPool) -> Result<()> {
+        let (wal,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| crate::error::pg_error("read the current WAL position", e))?;
+        let state = catalog::table_state(pool, &self.publication, &self.table).await?;
+        if state.oid != Some(self.relid) {
+            return Err(catalog::recreated(&self.table, self.relid, state.oid));
+        }
+        if !state.published {
+            return Err(catalog::not_covered(&self.publication, &self.table));
+        }
+        let wal = parse_lsn(&wal).ok_or_else(|| Error::internal(format!("WAL position {wal}")))?;
+        self.checked = Some((Instant::now(), wal));
+        Ok(())
+    }
+
+    /// Decodes one message of the stream at `lsn` into the pending changes.
+    async fn apply(
+        &mut self,
+        pool: &PgPool,
+        table: &mut Table,
+        message: Message,
+        lsn: u64,
+    ) -> Result<()> {
+        let rel = match &message {
+            Message::Relation(r) => {
+                if r.oid != self.relid {
+                    if r.namespace == self.table.schema && r.name == self.table.name {
+                        return Err(catalog::recreated(&self.table, self.relid, Some(r.oid)));
+                    }
+                    return Ok(());
+                }
+                let known = r
+                    .columns
+                    .iter()
+                    .all(|c| table.table_schema.field_with_name(&c.name).is_ok());
+                let changed = self.layout.as_ref().is_some_and(|l| l != &r.columns);
+                if changed || !known {
+                    if self.pending_n > 0 {
+                        // the changes before it are typed by the old columns
+                        self.deferred = Some((message, lsn));
+                        return Ok(());
+                    }
+                    redescribe(pool, &self.table, table).await?;
+                }
+                self.layout = Some(r.columns.clone());
+                return Ok(());
+            }
+            Message::Insert { rel, .. }
+            | Message::Update { rel, .. }
+            | Message::Delete { rel, .. } => *rel == self.relid,
+            Message::Truncate { rels } => rels.contains(&self.relid),
+            Message::Other => false,
+        };
+        let Some(txn) = self.txn.as_mut() else {
+            return Err(Error::internal("a change outside a transaction"));
+        };
+        if !rel || txn.skip_all {
+            return Ok(());
+        }
+        txn.seen += 1;
+        if txn.seen <= txn.skip {
+            return Ok(());
+        }
+        let (xid, ts_ms) = (txn.xid, txn.ts_ms);
+        let layout = self.layout.as_deref().ok_or_else(|| {
+            Error::internal(format!("a change of {} before its relation", self.table))
+        })?;
+        let at = Change {
+            table: &*table,
+            layout,
+            lsn,
+            xid,
+            ts_ms,
+        };
+        for record in at.records(message)? {
+            serde_json::to_writer(&mut self.pending, &record)
+                .map_err(|e| Error::internal("change").with_source(e))?;
+            self.pending.push(b'\n');
+            self.pending_n += 1;
+        }
+        Ok(())
+    }
+
+    /// The pending changes as one batch, with the offset after them.
+    fn emit(&mut self, table: &mut Table) -> Result<Batch> {
+        table.offset.lsn = Some(self.done);
+        table.offset.txn = self
+            .txn
+            .as_ref()
+            .filter(|t| !t.skip_all && t.seen > 0)
+            .map(|t| TxnOffset {
+                final_lsn: t.final_lsn,
+                changes: t.seen,
+            });
+        let decoded = table.decoder.decode(&self.pending, self.pending_n, true)?;
+        self.pending.clear();
+        self.pending_n = 0;
+        self.emitted = self.done;
+        let mut offsets = Offsets::new();
+        offsets.set_typed(table.split.clone(), &table.offset)?;
+        let records = decoded
+            .batch
+            .unwrap_or_else(|| arrow_array::RecordBatch::new_empty(table.row_schema.clone()));
+        let mut batch = Batch::new(records, offsets);
+        let position = format!(
+            "table {} change after LSN {}",
+            table.split,
+            lsn_text(self.done)
+        );
+        batch.rejects = decoded
+            .bad
+            .into_iter()
+            .map(|b| Reject {
+                split: table.split.clone(),
+                position: position.clone(),
+                raw: b.raw,
+                error: b.error,
+            })
+            .collect();
+        Ok(batch)
+    }
+}
+
+/// Reads the table's columns again after the stream described a change of them.
+async fn redescribe(pool: &PgPool, name: &TableName, table: &mut Table) -> Result<()> {
+    let (columns, schema, key) = describe(pool, &name.schema, &name.name).await?;
+    table.columns = columns;
+    table.key = key;
+    table.decoder = JsonDecoder::new(Some(record_schema(&schema, true, table.debezium)));
+    table.row_schema = with_op(&schema);
+    table.table_schema = schema;
+    tracing::info!(table = %name, "the table's columns changed in the stream; picked up");
+    Ok(())
+}
+
+/// One change message and where it stands.
+struct Change<'a> {
+    table: &'a Table,
+    layout: &'a [RelationColumn],
+    lsn: u64,
+    xid: u32,
+    ts_ms: i64,
+}
+
+impl Change<'_> {
+    /// The records of a change: one, or for an update that changed the key, a
+    /// delete of the old key and a create of the new row (as Debezium does), so
+    /// that an upsert sink ends with the source's rows.
+    fn records(&self, message: Message) -> Result<Vec<Value>> {
+        Ok(match message {
+            Message::Insert { new, .. } => {
+                vec![self.record("c", Some(self.row(&new, None)?), None)]
+            }
+            Message::Update { old, new, .. } => {
+                let after = self.row(&new, old.as_ref())?;
+                let before = old
+                    .as_ref()
+                    .map(|o| self.row(o.values(), None))
+                    .transpose()?;
+                match (&old, before) {
+                    (Some(old), Some(before)) if self.key_changed(old.values(), &new) => vec![
+                        self.record("d", None, Some(before)),
+                        self.record("c", Some(after), None),
+                    ],
+                    (_, before) => vec![self.record("u", Some(after), before)],
+                }
+            }
+            Message::Delete { old, .. } => {
+                let before = self.row(old.values(), None)?;
+                vec![self.record("d", None, Some(before))]
+            }
+            Message::Truncate { .. } => vec![self.record("t", None, None)],
+            Message::Relation(_) | Message::Other => Vec::new(),
+        })
+    }
+
+    /// A key column has another value in `new` than in `old`.
+    fn key_changed(&self, old: &[Datum], new: &[Datum]) -> bool {
+        self.table.key.iter().any(|&k| {
+            let name = &self.table.columns[k].name;
+            self.layout
+                .iter()
+                .position(|c| &c.name == name)
+                .is_some_and(|i| match (old.get(i), new.get(i)) {
+                    (_, Some(Datum::Unchanged)) => false,
+                    (a, b) => a != b,
+                })
+        })
+    }
+
+    /// A record in the source's envelope.
+    fn record(
+        &self,
+        op: &str,
+        after: Option<Map<String, Value>>,
+        before: Option<Map<String, Value>>,
+    ) -> Value {
+        if self.table.debezium {
+            return serde_json::json!({
+                "before": before.map(Value::Object),
+                "after": after.map(Value::Object),
+                "op": op,
+                "ts_ms": self.ts_ms,
+                "source": source_json(&self.table.split, Some(self.lsn), Some(self.xid), self.ts_ms, false),
+            });
+        }
+        // the row envelope: the new row, or the old key of a delete
+        let mut row = after.or(before).unwrap_or_default();
+        row.insert(
+            connector_api::columns::OP.to_string(),
+            Value::String(op.to_string()),
+        );
+        Value::Object(row)
+    }
+
+    /// A tuple as JSON typed by the table's schema. An unchanged out-of-line value is
+    /// taken from the old row when the server sent it, and is an error otherwise:
+    /// never written as NULL.
+    fn row(&self, values: &[Datum], old: Option<&Old>) -> Result<Map<String, Value>> {
+        let mut row = Map::new();
+        for (i, column) in self.layout.iter().enumerate() {
+            let value = match values.get(i) {
+                Some(Datum::Unchanged) => match old.and_then(|o| o.values().get(i)) {
+                    Some(Datum::Text(t)) => Some(t),
+                    Some(Datum::Null) if matches!(old, Some(Old::Full(_))) => None,
+                    _ => return Err(self.unchanged(&column.name)),
+                },
+                Some(Datum::Text(t)) => Some(t),
+                _ => None,
+            };
+            let Some(text) = value else {
+                continue;
+            };
+            let dt = self
+                .table
+                .table_schema
+                .field_with_name(&column.name)
+                .map(|f| f.data_type().clone())
+                .unwrap_or(arrow_schema::DataType::Utf8);
+            row.insert(column.name.clone(), json_value(text, &dt));
+        }
+        Ok(row)
+    }
+
+    fn unchanged(&self, column: &str) -> Error {
+        Error::schema(format!(
+            "table {}: the change at LSN {} left column \"{column}\" unchanged (an out-of-line TOAST value) and the \
+             server did not send its value, so it cannot be written without losing it. Run ALTER TABLE {} REPLICA \
+             IDENTITY FULL; then re-snapshot: `sluice offsets reset` and clear the target",
+            self.table.split,
+            lsn_text(self.lsn),
+            self.table.relation
+        ))
     }
 }

@@ -29,6 +29,7 @@ use crate::config::{PostgresSourceConfig, SnapshotOrder, SourceMode};
 use crate::conn::{connect_url, quote};
 
 use self::cdc::Cdc;
+pub use self::cdc::TxnOffset;
 pub use self::describe::discover;
 use self::describe::{describe, describe_query, need_primary_key};
 use self::envelope::{record_schema, with_op};
@@ -55,6 +56,13 @@ pub struct TableOffset {
     /// points into; a table rewritten since is read again from the start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filenode: Option<u32>,
+    /// `cdc`: the table's OID; a table dropped and created again has another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relid: Option<u32>,
+    /// `cdc`: how far the transaction after `lsn` was returned, when a batch ended
+    /// inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txn: Option<TxnOffset>,
 }
 
 /// What one split of the source reads.
@@ -192,21 +200,14 @@ impl Source for PostgresSource {
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
-        let (Some(cdc), Some(pool), Some(table)) =
-            (self.cdc.as_mut(), self.pool.as_ref(), self.tables.first())
-        else {
+        let Some(table) = self.tables.first().filter(|_| self.cdc.is_some()) else {
             return Ok(());
         };
-        let Some(lsn) = offsets
+        if let Some(lsn) = offsets
             .get_typed::<TableOffset>(&table.split)?
             .and_then(|o| o.lsn)
-        else {
-            return Ok(());
-        };
-        cdc.flushed = cdc.flushed.max(lsn);
-        if lsn > cdc.advanced {
-            crate::cdc::advance(pool, &cdc.slot, lsn).await?;
-            cdc.advanced = lsn;
+        {
+            self.commit_cdc(lsn);
         }
         Ok(())
     }
@@ -228,6 +229,7 @@ impl Source for PostgresSource {
         if let Some(s) = self.stream.take() {
             s.task.abort();
         }
+        self.close_cdc().await;
         if let Some(pool) = self.pool.take() {
             pool.close().await;
         }
