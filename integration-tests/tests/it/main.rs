@@ -12,6 +12,7 @@ mod kafka_avro;
 mod plugins;
 mod postgres;
 mod postgres_cdc;
+mod postgres_cdc_faults;
 mod postgres_restart;
 mod quickstart;
 mod roundtrip;

@@ -183,15 +183,15 @@ pub fn not_covered(publication: &str, table: &TableName) -> Error {
 }
 
 /// The table was dropped, or dropped and created again, after this pipeline read it.
-pub fn recreated(table: &TableName, was: u32, now: Option<u32>) -> Error {
+pub fn recreated(table: &TableName, publication: &str, was: u32, now: Option<u32>) -> Error {
     let what = match now {
         Some(now) => format!("was dropped and created again (OID {was}, now {now})"),
         None => "was dropped".to_string(),
     };
     Error::not_found(format!(
-        "table {table} {what} after this pipeline read it: changes of the new table before it joins the \
-         publication are never decoded, and the target still holds the old rows. Re-snapshot it: `sluice offsets \
-         reset` and clear the target"
+        "table {table} {what} after this pipeline read it through publication \"{publication}\": the changes \
+         of the new table were never decoded (a dropped table leaves its publication), and the target still \
+         holds the old rows. Re-snapshot it: `sluice offsets reset` and clear the target"
     ))
     .with_field("tables")
 }

@@ -127,7 +127,7 @@ impl PostgresSource {
             .oid
             .ok_or_else(|| Error::not_found(format!("table {name} does not exist")))?;
         if let Some(was) = offset.relid.filter(|&was| was != relid) {
-            return Err(catalog::recreated(&name, was, Some(relid)));
+            return Err(catalog::recreated(&name, &publication, was, Some(relid)));
         }
         offset.relid = Some(relid);
         catalog::check_identity(pool, &name).await?;
@@ -325,7 +325,12 @@ impl Cdc {
             .map_err(|e| crate::error::pg_error("read the current WAL position", e))?;
         let state = catalog::table_state(pool, &self.publication, &self.table).await?;
         if state.oid != Some(self.relid) {
-            return Err(catalog::recreated(&self.table, self.relid, state.oid));
+            return Err(catalog::recreated(
+                &self.table,
+                &self.publication,
+                self.relid,
+                state.oid,
+            ));
         }
         if !state.published {
             return Err(catalog::not_covered(&self.publication, &self.table));
@@ -347,7 +352,12 @@ impl Cdc {
             Message::Relation(r) => {
                 if r.oid != self.relid {
                     if r.namespace == self.table.schema && r.name == self.table.name {
-                        return Err(catalog::recreated(&self.table, self.relid, Some(r.oid)));
+                        return Err(catalog::recreated(
+                            &self.table,
+                            &self.publication,
+                            self.relid,
+                            Some(r.oid),
+                        ));
                     }
                     return Ok(());
                 }
