@@ -13,6 +13,7 @@ mod plugins;
 mod postgres;
 mod postgres_cdc;
 mod postgres_cdc_faults;
+mod postgres_cdc_load;
 mod postgres_restart;
 mod quickstart;
 mod roundtrip;

@@ -520,7 +520,7 @@ fn a_postgres_restart_mid_run_is_retried_and_nothing_is_lost() {
 }
 
 /// Restarts the PostgreSQL server (the tests hold `server()`).
-fn restart_postgres() {
+pub(crate) fn restart_postgres() {
     let version = std::fs::read_dir("/etc/postgresql")
         .unwrap()
         .next()
@@ -540,7 +540,7 @@ fn restart_postgres() {
 }
 
 /// The run ended well and its log shows the retry or restart.
-fn assert_restarted(run: &crate::support::Run) {
+pub(crate) fn assert_restarted(run: &crate::support::Run) {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
         run.stderr.contains("retrying")

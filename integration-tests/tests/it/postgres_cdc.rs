@@ -168,6 +168,8 @@ fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
     assert_eq!(rows(&src), "4=four,5=five");
 }
 
+/// Ten kills under a writer of inserts, updates and deletes, some updating only a small
+/// column of a row with a large out-of-line value.
 #[test]
 fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     let _server = server();
@@ -177,8 +179,10 @@ fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     let slot = "sluice_it_pg_cdckill_dst";
     drop_stale_slot(slot);
     psql(&format!(
-        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, n integer); ALTER TABLE \"{src}\" REPLICA IDENTITY FULL;\
-         INSERT INTO \"{src}\" SELECT g, 'seed', g FROM generate_series(1, 1000) g;"
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text, n integer, big text); ALTER TABLE \"{src}\" REPLICA IDENTITY FULL;\
+         INSERT INTO \"{src}\" SELECT g, 'seed', g, CASE WHEN g % 10 = 0 THEN \
+             (SELECT string_agg(md5(g::text || i::text), '') FROM generate_series(1, 300) i) END \
+         FROM generate_series(1, 1000) g;"
     ));
     std::fs::write(
         d.join("cdc.toml"),
@@ -199,6 +203,11 @@ fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
                 i - 500,
                 i - 900
             ));
+            // rows with a large (out-of-line) value: an update of a small column only
+            psql(&format!(
+                "UPDATE \"{writer_src}\" SET n = n + 1 WHERE id = {}",
+                (i % 100) * 10 + 10
+            ));
         }
     });
     let mut rng = rand::thread_rng();
@@ -210,7 +219,7 @@ fn kill_9_during_cdc_streaming_loses_and_repeats_nothing() {
     }
     writer.join().expect("writer");
     let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
-    let cols = "id, v, n";
+    let cols = "id, v, n, md5(big)";
     let same = crate::support::wait_until(Duration::from_secs(60), || {
         psql(&format!(
             "SELECT count(*) FROM ((SELECT {cols} FROM \"{src}\" EXCEPT SELECT {cols} FROM \"{dst}\") UNION ALL \
