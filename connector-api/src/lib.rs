@@ -56,6 +56,21 @@
 //! first release: fence or wait out an earlier run's writes before `open` reads offsets.
 //!
 //! Nothing is ever committed to a source before every sink has flushed it.
+//!
+//! Sources whose server keeps the position (a PostgreSQL replication slot, a Kafka
+//! group) are told only what the checkpoint holds; where the server's state can change
+//! under a stopped pipeline, the source checks it at `open` and fails rather than read
+//! on from a position that no longer means what it meant:
+//!
+//! - **PostgreSQL CDC**: the slot's confirmed position moves on `commit` (the end of
+//!   the last whole transaction the checkpoint holds) and, while idle and flushed, to
+//!   the keepalive position, but never past the WAL position of the last check that the
+//!   publication covers the table. A crash inside a transaction resumes inside it: the
+//!   offset counts the changes of that transaction already returned, and they are
+//!   skipped. A slot that is gone or invalidated, a table dropped or created again (its
+//!   OID), or a publication that lost the table is an error at `open` (and, for the
+//!   table and the publication, within a second while streaming): the changes in
+//!   between were never decoded.
 
 #![warn(missing_docs)]
 

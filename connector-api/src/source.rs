@@ -62,14 +62,20 @@ impl ProgressUnit {
     }
 }
 
-/// How far one split of a source is behind the end of its input, where the source can
-/// tell (a Kafka partition's last stable offset against the position read).
-#[derive(Clone, Debug, PartialEq)]
+/// How far one split of a source is behind the end of its input, in whichever measures
+/// the source can tell: a Kafka partition's last stable offset against the position
+/// read (records); a PostgreSQL replication stream's WAL position against the last
+/// change read (bytes) and that change's commit time (seconds).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Lag {
     /// The split, as named in the offsets (`topic/partition` for Kafka).
     pub split: String,
     /// Records (or offsets) not read yet.
-    pub records: u64,
+    pub records: Option<u64>,
+    /// Bytes of the input not read yet (PostgreSQL CDC: WAL).
+    pub bytes: Option<u64>,
+    /// How old the input at the read position is: 0 when caught up.
+    pub seconds: Option<f64>,
 }
 
 /// Reads records, one batch at a time. The runtime owns the loop; one task owns one

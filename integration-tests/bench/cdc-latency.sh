@@ -18,7 +18,7 @@ q() { psql -X -Atq -d "$PG" -c "$1"; }
 [[ "$(q 'SHOW wal_level')" == logical ]] || { echo "wal_level must be logical"; exit 1; }
 q "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'sluice_bench_cdc'" >/dev/null
 q "DROP PUBLICATION IF EXISTS sluice_bench_cdc; DROP TABLE IF EXISTS bench_cdc_src, bench_cdc_dst" >/dev/null
-q "CREATE TABLE bench_cdc_src (id bigint PRIMARY KEY, v text, committed timestamptz)"
+q "CREATE TABLE bench_cdc_src (id bigint PRIMARY KEY, v text, committed timestamptz); ALTER TABLE bench_cdc_src REPLICA IDENTITY FULL"
 q "CREATE TABLE bench_cdc_dst (id bigint PRIMARY KEY, v text, committed timestamptz, arrived timestamptz)"
 # a trigger, not a default: the sink writes every column of its schema, NULLs included
 q "CREATE OR REPLACE FUNCTION bench_cdc_arrived() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN NEW.arrived := clock_timestamp(); RETURN NEW; END \$\$"
@@ -31,7 +31,6 @@ connector = "postgres"
 url = "$PG"
 tables = ["bench_cdc_src"]
 mode = "cdc"
-poll_interval = "20ms"
 [sink]
 connector = "postgres"
 url = "$PG"

@@ -275,7 +275,12 @@ fn status(m: &PipelineMetrics) -> Value {
         "checkpoints": load(&m.checkpoints),
         "last_checkpoint": checkpoint,
         "in_flight_bytes": m.in_flight().map(|(used, _)| used),
-        "lag": m.lag().iter().map(|l| json!({ "split": l.split, "records": l.records })).collect::<Vec<_>>(),
+        "lag": m.lag().iter().map(|l| json!({
+            "split": l.split,
+            "records": l.records,
+            "bytes": l.bytes,
+            "seconds": l.seconds,
+        })).collect::<Vec<_>>(),
         "progress": m.progress().map(|p| json!({
             "done": p.done,
             "total": p.total,

@@ -634,7 +634,8 @@ impl Source for KafkaSource {
                 let at = *st.handed.get(tp)?;
                 Some(connector_api::Lag {
                     split: format!("{}/{}", tp.0, tp.1),
-                    records: (end - at).max(0) as u64,
+                    records: Some((end - at).max(0) as u64),
+                    ..Default::default()
                 })
             })
             .collect();

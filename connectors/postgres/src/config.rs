@@ -151,20 +151,22 @@ pub struct PostgresSourceConfig {
     #[serde(default)]
     pub cursor: Vec<String>,
     /// Replication slot of `cdc` (default `sluice_<pipeline>`); created on the first run.
+    /// Lowercase letters, digits and underscores, as PostgreSQL requires.
     pub slot: Option<String>,
-    /// Publication of `cdc` (default `sluice_<pipeline>`); created when missing.
+    /// Publication of `cdc` (default `sluice_<pipeline>`); created when missing. The
+    /// default one gains the table on a first run; one named here is never changed.
     pub publication: Option<String>,
     /// Shape of `cdc` records: `row` or `debezium`.
     #[serde(default)]
     pub envelope: Envelope,
-    /// How often `incremental` and `cdc` poll for new rows.
+    /// How often `incremental` polls for new rows (`cdc` streams; it ignores this).
     #[serde(default = "poll", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub poll_interval: std::time::Duration,
-    /// `cdc`: while the published tables have no changes, the replication slot is
-    /// still moved to the server's current WAL position this often (once every change
-    /// read has been flushed by the sinks), so WAL written for other tables and
-    /// databases is released instead of piling up behind an idle slot.
+    /// `cdc`: how often the position the server may release WAL up to is reported
+    /// (at most every 10 s). While the table has no changes and everything read was
+    /// flushed, the server's keepalive position is confirmed too, so WAL written for
+    /// other tables and databases is released instead of piling up behind the slot.
     #[serde(default = "heartbeat", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub heartbeat_interval: std::time::Duration,
@@ -249,6 +251,15 @@ impl PostgresSourceConfig {
         if self.heartbeat_interval < std::time::Duration::from_secs(1) {
             return Err(Error::config("must be at least 1s").with_field("heartbeat_interval"));
         }
+        if let Some(slot) = &self.slot {
+            let valid = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+            if slot.is_empty() || slot.len() > 63 || !slot.chars().all(valid) {
+                return Err(Error::config(format!(
+                    "slot \"{slot}\": a replication slot name has 1 to 63 lowercase letters, digits and underscores"
+                ))
+                .with_field("slot"));
+            }
+        }
         if self.mode == SourceMode::Incremental && self.cursor.is_empty() {
             return Err(Error::config("mode = \"incremental\" needs cursor columns, e.g. cursor = [\"updated_at\", \"id\"]").with_field("cursor"));
         }
@@ -274,6 +285,16 @@ mod tests {
             .validate()
             .err()
             .and_then(|e| e.field().map(str::to_string))
+    }
+
+    #[test]
+    fn a_slot_name_is_what_postgres_accepts() {
+        let cdc = |slot: &str| {
+            source(serde_json::json!({ "tables": ["t"], "mode": "cdc", "slot": slot }))
+        };
+        assert!(cdc("orders_2").validate().is_ok());
+        assert_eq!(field_of(cdc("Orders")).as_deref(), Some("slot"));
+        assert_eq!(field_of(cdc("a;b")).as_deref(), Some("slot"));
     }
 
     #[test]

@@ -174,3 +174,84 @@ fn a_postgres_restart_mid_stream_is_retried_and_the_target_equals_the_source() {
     assert!(snapshot && equal, "{}", run.stderr);
     crate::postgres::assert_restarted(&run);
 }
+
+/// The value of `metric` for `pipeline` on `/metrics` (None when absent).
+fn metric(base: &str, metric: &str, pipeline: &str) -> Option<f64> {
+    let text = crate::service::request("GET", &format!("{base}/metrics"), None).1;
+    let prefix = format!("{metric}{{pipeline=\"{pipeline}\"");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_backlog_shows_as_wal_lag_on_metrics_and_drains_to_nothing() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_cdclag_src"), fresh("it_pg_cdclag_dst"));
+    drop_slot(&dst);
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer); INSERT INTO \"{src}\" VALUES (0, 0)"
+    ));
+    std::fs::write(
+        d.join("lag.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [batch]\nmax_records = 2000\n[checkpoint]\ninterval = \"200ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    // the first run takes the snapshot and makes the slot; a backlog then waits in it
+    let first = spawn(d, &["run", "--quiet", "lag.toml"]);
+    let snapshot = wait_until(Duration::from_secs(30), || {
+        psql(&format!(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'"
+        )) == "1"
+    });
+    signal(&first, "TERM");
+    let first = finish(first, Duration::from_secs(30));
+    assert!(snapshot, "{}", first.stderr);
+    for lo in (1..300_000).step_by(50_000) {
+        psql(&format!(
+            "INSERT INTO \"{src}\" SELECT g, g FROM generate_series({lo}, {}) g",
+            lo + 49_999
+        ));
+    }
+    let port = crate::service::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let (run, _guard) = crate::service::serve(
+        d,
+        &[
+            "run",
+            "--quiet",
+            "lag.toml",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+        ],
+        port,
+    );
+    let mut most = 0.0f64;
+    let drained = wait_until(Duration::from_secs(120), || {
+        most = most.max(metric(&base, "sluice_source_lag_bytes", &dst).unwrap_or(0.0));
+        psql(&format!("SELECT count(*) FROM \"{dst}\"")) == "300001"
+    });
+    // caught up: the next check and keepalive bring the lag down to (almost) nothing
+    let mut last = None;
+    let settled = wait_until(Duration::from_secs(30), || {
+        last = metric(&base, "sluice_source_lag_bytes", &dst);
+        last.is_some_and(|b| b < 65_536.0)
+    });
+    let seconds = metric(&base, "sluice_source_lag_seconds", &dst);
+    let run = crate::service::stop(run);
+    drop_slot(&dst);
+    assert!(drained, "{run}");
+    assert!(
+        most > 1_000_000.0,
+        "the backlog never showed: at most {most} bytes"
+    );
+    assert!(settled, "lag stayed at {last:?} bytes");
+    assert!(seconds.is_some_and(|s| s < 60.0), "lag seconds {seconds:?}");
+}

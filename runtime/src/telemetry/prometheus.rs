@@ -14,7 +14,7 @@
 //! | `sluice_pipeline_restarts_total` | counter | pipeline |
 //! | `sluice_pipeline_state` (1 for the current state) | gauge | pipeline, state |
 //! | `sluice_in_flight_bytes`, `sluice_in_flight_limit_bytes` | gauge | pipeline |
-//! | `sluice_source_lag_records` (a Kafka partition: offsets not read yet) | gauge | pipeline, connector, split |
+//! | `sluice_source_lag_records` (a Kafka partition: offsets not read yet), `sluice_source_lag_bytes` (PostgreSQL CDC: WAL not read yet), `sluice_source_lag_seconds` (age of the input at the read position) | gauge | pipeline, connector, split |
 //! | `sluice_source_remaining` (records or bytes of a bounded read not read yet), `sluice_source_progress_ratio` | gauge | pipeline, connector, unit |
 //! | `sluice_uptime_seconds` | gauge | |
 
@@ -312,20 +312,39 @@ pub fn render(telemetry: &Telemetry) -> String {
         f.sample(name, &labels, ratio);
     }
 
-    let name = "sluice_source_lag_records";
-    f.head(
-        name,
-        "gauge",
-        "How far a split of the source is behind the end of its input (Kafka: offsets).",
-    );
-    for m in &pipelines {
-        for lag in m.lag() {
-            let labels = [
-                ("pipeline", m.name.as_str()),
-                ("connector", m.source.as_str()),
-                ("split", lag.split.as_str()),
-            ];
-            f.sample(name, &labels, lag.records as f64);
+    let lags: Vec<(&super::PipelineMetrics, connector_api::Lag)> = pipelines
+        .iter()
+        .flat_map(|m| m.lag().into_iter().map(move |l| (m.as_ref(), l)))
+        .collect();
+    type Measure = fn(&connector_api::Lag) -> Option<f64>;
+    let measures: [(&str, &str, Measure); 3] = [
+        (
+            "sluice_source_lag_records",
+            "How far a split of the source is behind the end of its input (Kafka: offsets).",
+            |l| l.records.map(|r| r as f64),
+        ),
+        (
+            "sluice_source_lag_bytes",
+            "Bytes of a split's input not read yet (PostgreSQL CDC: WAL).",
+            |l| l.bytes.map(|b| b as f64),
+        ),
+        (
+            "sluice_source_lag_seconds",
+            "How old the input at a split's read position is (0 when caught up).",
+            |l| l.seconds,
+        ),
+    ];
+    for (name, help, value) in measures {
+        f.head(name, "gauge", help);
+        for (m, lag) in &lags {
+            if let Some(v) = value(lag) {
+                let labels = [
+                    ("pipeline", m.name.as_str()),
+                    ("connector", m.source.as_str()),
+                    ("split", lag.split.as_str()),
+                ];
+                f.sample(name, &labels, v);
+            }
         }
     }
 

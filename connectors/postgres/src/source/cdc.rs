@@ -17,17 +17,16 @@ use connector_api::{Batch, Error, Offsets, Reject, Result};
 use futures::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
+use super::change::Change;
 use super::describe::describe;
-use super::envelope::{record_schema, source_json, with_op};
+use super::envelope::{record_schema, with_op};
 use super::table::Table;
 use super::PostgresSource;
 use crate::cdc::catalog::{self, PublicationRef, TableName};
-use crate::cdc::pgoutput::{self, Datum, Message, Old, RelationColumn};
-use crate::cdc::values::json_value;
+use crate::cdc::pgoutput::{self, Message, RelationColumn};
 use crate::cdc::{lsn_text, parse_lsn, replication};
 
 /// How often, at most, the catalog is asked whether the publication still covers the
@@ -92,6 +91,11 @@ pub(super) struct Cdc {
     checked: Option<(Instant, u64)>,
     status_interval: Duration,
     name: String,
+    /// The position of the stream read so far, and the commit time (ms) of the
+    /// transaction there.
+    read: (u64, i64),
+    /// The server's WAL write position at the last check.
+    server: u64,
 }
 
 impl PostgresSource {
@@ -165,6 +169,8 @@ impl PostgresSource {
             checked: None,
             status_interval: self.config.heartbeat_interval.min(Duration::from_secs(10)),
             name: format!("sluice {pipeline}"),
+            read: (start, 0),
+            server: start,
         })
     }
 
@@ -260,6 +266,7 @@ impl PostgresSource {
                     commit_time_micros,
                 } => {
                     let final_lsn = final_lsn.as_u64();
+                    cdc.read.1 = commit_time_micros / 1000 + EPOCH_MS;
                     let resume = table.offset.txn.filter(|t| t.final_lsn == final_lsn);
                     cdc.txn = Some(Txn {
                         final_lsn,
@@ -274,9 +281,11 @@ impl PostgresSource {
                     wal_start, data, ..
                 } => {
                     let message = pgoutput::parse(&data)?;
+                    cdc.read.0 = cdc.read.0.max(wal_start.as_u64());
                     cdc.apply(&pool, table, message, wal_start.as_u64()).await?;
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
+                    cdc.read.0 = cdc.read.0.max(end_lsn.as_u64());
                     if let Some(txn) = cdc.txn.take() {
                         if !txn.skip_all {
                             cdc.done = cdc.done.max(end_lsn.as_u64());
@@ -284,7 +293,11 @@ impl PostgresSource {
                     }
                     table.offset.txn = None;
                 }
-                ReplicationEvent::KeepAlive { wal_end, .. } => cdc.idle(wal_end.as_u64()),
+                ReplicationEvent::KeepAlive {
+                    wal_end,
+                    server_time_micros,
+                    ..
+                } => cdc.idle(wal_end.as_u64(), server_time_micros / 1000 + EPOCH_MS),
                 ReplicationEvent::Message { .. } => {}
                 ReplicationEvent::StoppedAt { .. } => {
                     return Err(Error::internal("the replication stream stopped"))
@@ -295,6 +308,25 @@ impl PostgresSource {
 }
 
 impl Cdc {
+    /// How far the stream is behind the server: WAL bytes between the position read and
+    /// the server's write position at the last check, and, while behind, the age of
+    /// the transaction at the read position.
+    pub(super) fn lag(&self, split: &str) -> connector_api::Lag {
+        let bytes = self.server.saturating_sub(self.read.0);
+        let now_ms = super::now_millis();
+        let seconds = match bytes {
+            0 => 0.0,
+            _ if self.read.1 == 0 => 0.0,
+            _ => (now_ms - self.read.1).max(0) as f64 / 1000.0,
+        };
+        connector_api::Lag {
+            split: split.to_string(),
+            bytes: Some(bytes),
+            seconds: Some(seconds),
+            ..Default::default()
+        }
+    }
+
     /// Tells the server it may release WAL before `lsn`.
     fn confirm(&mut self, lsn: u64) {
         if lsn > self.confirmed {
@@ -305,9 +337,13 @@ impl Cdc {
         }
     }
 
-    /// A keepalive at `wal_end`: with nothing read and unflushed, and the publication
+    /// A keepalive at `wal_end`, sent at `at_ms`: with nothing read and unflushed, and the publication
     /// just found covering the table, WAL up to the check's position is released.
-    fn idle(&mut self, wal_end: u64) {
+    fn idle(&mut self, wal_end: u64, at_ms: i64) {
+        // everything before the keepalive was sent, so it is read
+        if wal_end >= self.read.0 {
+            self.read = (wal_end, at_ms);
+        }
         if self.txn.is_some() || self.pending_n > 0 || self.flushed < self.emitted {
             return;
         }
@@ -337,6 +373,7 @@ impl Cdc {
         }
         let wal = parse_lsn(&wal).ok_or_else(|| Error::internal(format!("WAL position {wal}")))?;
         self.checked = Some((Instant::now(), wal));
+        self.server = self.server.max(wal);
         Ok(())
     }
 
@@ -422,7 +459,8 @@ impl Cdc {
             .filter(|t| !t.skip_all && t.seen > 0)
             .map(|t| TxnOffset {
                 final_lsn: t.final_lsn,
-                changes: t.seen,
+                // while still skipping what a run before returned, that much is returned
+                changes: t.seen.max(t.skip),
             });
         let decoded = table.decoder.decode(&self.pending, self.pending_n, true)?;
         self.pending.clear();
@@ -463,125 +501,4 @@ async fn redescribe(pool: &PgPool, name: &TableName, table: &mut Table) -> Resul
     table.table_schema = schema;
     tracing::info!(table = %name, "the table's columns changed in the stream; picked up");
     Ok(())
-}
-
-/// One change message and where it stands.
-struct Change<'a> {
-    table: &'a Table,
-    layout: &'a [RelationColumn],
-    lsn: u64,
-    xid: u32,
-    ts_ms: i64,
-}
-
-impl Change<'_> {
-    /// The records of a change: one, or for an update that changed the key, a
-    /// delete of the old key and a create of the new row (as Debezium does), so
-    /// that an upsert sink ends with the source's rows.
-    fn records(&self, message: Message) -> Result<Vec<Value>> {
-        Ok(match message {
-            Message::Insert { new, .. } => {
-                vec![self.record("c", Some(self.row(&new, None)?), None)]
-            }
-            Message::Update { old, new, .. } => {
-                let after = self.row(&new, old.as_ref())?;
-                let before = old
-                    .as_ref()
-                    .map(|o| self.row(o.values(), None))
-                    .transpose()?;
-                match (&old, before) {
-                    (Some(old), Some(before)) if self.key_changed(old.values(), &new) => vec![
-                        self.record("d", None, Some(before)),
-                        self.record("c", Some(after), None),
-                    ],
-                    (_, before) => vec![self.record("u", Some(after), before)],
-                }
-            }
-            Message::Delete { old, .. } => {
-                let before = self.row(old.values(), None)?;
-                vec![self.record("d", None, Some(before))]
-            }
-            Message::Truncate { .. } => vec![self.record("t", None, None)],
-            Message::Relation(_) | Message::Other => Vec::new(),
-        })
-    }
-
-    /// A key column has another value in `new` than in `old`.
-    fn key_changed(&self, old: &[Datum], new: &[Datum]) -> bool {
-        self.table.key.iter().any(|&k| {
-            let name = &self.table.columns[k].name;
-            self.layout
-                .iter()
-                .position(|c| &c.name == name)
-                .is_some_and(|i| match (old.get(i), new.get(i)) {
-                    (_, Some(Datum::Unchanged)) => false,
-                    (a, b) => a != b,
-                })
-        })
-    }
-
-    /// A record in the source's envelope.
-    fn record(
-        &self,
-        op: &str,
-        after: Option<Map<String, Value>>,
-        before: Option<Map<String, Value>>,
-    ) -> Value {
-        if self.table.debezium {
-            return serde_json::json!({
-                "before": before.map(Value::Object),
-                "after": after.map(Value::Object),
-                "op": op,
-                "ts_ms": self.ts_ms,
-                "source": source_json(&self.table.split, Some(self.lsn), Some(self.xid), self.ts_ms, false),
-            });
-        }
-        // the row envelope: the new row, or the old key of a delete
-        let mut row = after.or(before).unwrap_or_default();
-        row.insert(
-            connector_api::columns::OP.to_string(),
-            Value::String(op.to_string()),
-        );
-        Value::Object(row)
-    }
-
-    /// A tuple as JSON typed by the table's schema. An unchanged out-of-line value is
-    /// taken from the old row when the server sent it, and is an error otherwise:
-    /// never written as NULL.
-    fn row(&self, values: &[Datum], old: Option<&Old>) -> Result<Map<String, Value>> {
-        let mut row = Map::new();
-        for (i, column) in self.layout.iter().enumerate() {
-            let value = match values.get(i) {
-                Some(Datum::Unchanged) => match old.and_then(|o| o.values().get(i)) {
-                    Some(Datum::Text(t)) => Some(t),
-                    Some(Datum::Null) if matches!(old, Some(Old::Full(_))) => None,
-                    _ => return Err(self.unchanged(&column.name)),
-                },
-                Some(Datum::Text(t)) => Some(t),
-                _ => None,
-            };
-            let Some(text) = value else {
-                continue;
-            };
-            let dt = self
-                .table
-                .table_schema
-                .field_with_name(&column.name)
-                .map(|f| f.data_type().clone())
-                .unwrap_or(arrow_schema::DataType::Utf8);
-            row.insert(column.name.clone(), json_value(text, &dt));
-        }
-        Ok(row)
-    }
-
-    fn unchanged(&self, column: &str) -> Error {
-        Error::schema(format!(
-            "table {}: the change at LSN {} left column \"{column}\" unchanged (an out-of-line TOAST value) and the \
-             server did not send its value, so it cannot be written without losing it. Run ALTER TABLE {} REPLICA \
-             IDENTITY FULL; then re-snapshot: `sluice offsets reset` and clear the target",
-            self.table.split,
-            lsn_text(self.lsn),
-            self.table.relation
-        ))
-    }
 }

@@ -12,6 +12,7 @@
 //! BENCHMARKS.md). Changes (`cdc`) arrive as pgoutput text and go through JSON.
 
 mod cdc;
+mod change;
 mod describe;
 mod envelope;
 mod snapshot;
@@ -220,6 +221,13 @@ impl Source for PostgresSource {
             return self.stream().await;
         }
         self.read_tables().await
+    }
+
+    fn lag(&self) -> Vec<connector_api::Lag> {
+        match (&self.cdc, self.tables.first()) {
+            (Some(cdc), Some(table)) if table.offset.done => vec![cdc.lag(&table.split)],
+            _ => Vec::new(),
+        }
     }
 
     async fn close(&mut self) -> Result<()> {
