@@ -8,7 +8,8 @@ peeking).
 
     python3 integration-tests/bench/cdc-backlog.py [ROWS]     # default 5,000,000
 
-SLUICE=path/to/sluice picks the binary (default: the release build).
+SLUICE=path/to/sluice picks the binary (default: the release build); ONLY=pg or
+ONLY=parquet runs one of the two.
 """
 
 import glob
@@ -98,11 +99,15 @@ def main():
     runs = {
         "bench_cdcb_pg": (f'connector = "postgres"\nurl = "{PG}"\ntable = "bench_cdcb_dst"\n'
                           'mode = "upsert"\nkey = ["id"]',
-                          lambda: int(psql("SELECT count(*) FROM bench_cdcb_dst WHERE n < 0")) >= ROWS // 10
+                          lambda: psql("SELECT to_regclass('bench_cdcb_dst') IS NOT NULL") == "t"
+                          and int(psql("SELECT count(*) FROM bench_cdcb_dst WHERE n < 0")) >= ROWS // 10
                           and int(psql("SELECT count(*) FROM bench_cdcb_dst")) >= ROWS),
         "bench_cdcb_pq": (f'connector = "file"\npath = "{WORK}/pq"\nformat = "parquet"',
                           lambda: parquet_rows() >= changes),
     }
+    only = os.environ.get("ONLY")
+    if only:
+        runs = {k: v for k, v in runs.items() if k == {"pg": "bench_cdcb_pg", "parquet": "bench_cdcb_pq"}[only]}
     psql("DROP TABLE IF EXISTS bench_cdcb_src, bench_cdcb_dst")
     psql("CREATE TABLE bench_cdcb_src (id bigint PRIMARY KEY, n integer, amount numeric(12,2), "
          "at timestamptz, v text); ALTER TABLE bench_cdcb_src REPLICA IDENTITY FULL")
@@ -127,7 +132,11 @@ def main():
         started = time.time()
         p = start(sluice, paths[name])
         sender, sender_cpu, peak = None, 0.0, 0.0
-        while not done():
+        try:
+            finished = done()
+        except subprocess.CalledProcessError:
+            finished = False
+        while not finished:
             sender = sender or walsender(name)
             if sender:
                 sender_cpu = max(sender_cpu, cpu_seconds(sender))
@@ -135,6 +144,7 @@ def main():
             if p.poll() is not None:
                 sys.exit(f"{name} ended early; see {paths[name]}.log")
             time.sleep(0.5)
+            finished = done()
         took = time.time() - started
         if sender:
             sender_cpu = max(sender_cpu, cpu_seconds(sender))

@@ -5,6 +5,7 @@
 # of arrival - commit, and checks that every row arrived.
 #
 #   bash integration-tests/bench/cdc-latency.sh [DURATION_SECONDS]   # default 20
+#   LINGER=5ms bash ...   # the sink batch linger (default 20ms)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sluice-target}"
@@ -38,7 +39,7 @@ table = "bench_cdc_dst"
 mode = "upsert"
 key = ["id"]
 [batch]
-linger = "20ms"
+linger = "${LINGER:-20ms}"
 [checkpoint]
 path = "$WORK/state.db"
 interval = "100ms"
