@@ -72,6 +72,9 @@ pub(super) struct Cdc {
     /// The table's columns as the stream last described them.
     layout: Option<Vec<RelationColumn>>,
     txn: Option<Txn>,
+    /// How far a transaction was returned before a restart (from the offset), until
+    /// that transaction comes again.
+    resume: Option<TxnOffset>,
     /// A message to handle first on the next call (a relation change that waits
     /// until the changes before it are returned).
     deferred: Option<(Message, u64)>,
@@ -160,6 +163,7 @@ impl PostgresSource {
             layout: None,
             txn: None,
             deferred: None,
+            resume: offset.txn,
             pending: Vec::new(),
             pending_n: 0,
             done,
@@ -265,17 +269,9 @@ impl PostgresSource {
                     xid,
                     commit_time_micros,
                 } => {
-                    let final_lsn = final_lsn.as_u64();
-                    cdc.read.1 = commit_time_micros / 1000 + EPOCH_MS;
-                    let resume = table.offset.txn.filter(|t| t.final_lsn == final_lsn);
-                    cdc.txn = Some(Txn {
-                        final_lsn,
-                        xid,
-                        ts_ms: commit_time_micros / 1000 + EPOCH_MS,
-                        seen: 0,
-                        skip: resume.map_or(0, |t| t.changes),
-                        skip_all: final_lsn < cdc.done,
-                    });
+                    let ts_ms = commit_time_micros / 1000 + EPOCH_MS;
+                    cdc.read.1 = ts_ms;
+                    cdc.begin(final_lsn.as_u64(), xid, ts_ms);
                 }
                 ReplicationEvent::XLogData {
                     wal_start, data, ..
@@ -286,12 +282,7 @@ impl PostgresSource {
                 }
                 ReplicationEvent::Commit { end_lsn, .. } => {
                     cdc.read.0 = cdc.read.0.max(end_lsn.as_u64());
-                    if let Some(txn) = cdc.txn.take() {
-                        if !txn.skip_all {
-                            cdc.done = cdc.done.max(end_lsn.as_u64());
-                        }
-                    }
-                    table.offset.txn = None;
+                    cdc.end(end_lsn.as_u64());
                 }
                 ReplicationEvent::KeepAlive {
                     wal_end,
@@ -308,6 +299,37 @@ impl PostgresSource {
 }
 
 impl Cdc {
+    /// A transaction begins: one that ends before the last returned whole is skipped,
+    /// and the one a batch before a restart ended inside skips what was returned.
+    fn begin(&mut self, final_lsn: u64, xid: u32, ts_ms: i64) {
+        let mut skip = 0;
+        match self.resume {
+            Some(r) if r.final_lsn == final_lsn => {
+                skip = r.changes;
+                self.resume = None;
+            }
+            Some(r) if r.final_lsn < final_lsn => self.resume = None,
+            _ => {}
+        }
+        self.txn = Some(Txn {
+            final_lsn,
+            xid,
+            ts_ms,
+            seen: 0,
+            skip,
+            skip_all: final_lsn < self.done,
+        });
+    }
+
+    /// The transaction ends at `end_lsn`.
+    fn end(&mut self, end_lsn: u64) {
+        if let Some(txn) = self.txn.take() {
+            if !txn.skip_all {
+                self.done = self.done.max(end_lsn);
+            }
+        }
+    }
+
     /// How far the stream is behind the server: WAL bytes between the position read and
     /// the server's write position at the last check, and, while behind, the age of
     /// the transaction at the read position.
@@ -337,19 +359,24 @@ impl Cdc {
         }
     }
 
-    /// A keepalive at `wal_end`, sent at `at_ms`: with nothing read and unflushed, and the publication
-    /// just found covering the table, WAL up to the check's position is released.
+    /// A keepalive at `wal_end`, sent at `at_ms`: everything before it was read.
     fn idle(&mut self, wal_end: u64, at_ms: i64) {
-        // everything before the keepalive was sent, so it is read
         if wal_end >= self.read.0 {
             self.read = (wal_end, at_ms);
         }
+        if let Some(lsn) = self.releasable(wal_end) {
+            self.confirm(lsn);
+        }
+    }
+
+    /// How far a keepalive at `wal_end` may release WAL: with nothing read and
+    /// unflushed, up to the WAL position of the last check that found the table
+    /// covered; otherwise not at all.
+    fn releasable(&self, wal_end: u64) -> Option<u64> {
         if self.txn.is_some() || self.pending_n > 0 || self.flushed < self.emitted {
-            return;
+            return None;
         }
-        if let Some((_, safe)) = self.checked {
-            self.confirm(wal_end.min(safe));
-        }
+        self.checked.map(|(_, safe)| wal_end.min(safe))
     }
 
     /// Fails when the publication no longer covers the table or the table was dropped
@@ -501,4 +528,80 @@ async fn redescribe(pool: &PgPool, name: &TableName, table: &mut Table) -> Resul
     table.table_schema = schema;
     tracing::info!(table = %name, "the table's columns changed in the stream; picked up");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cdc(done: u64, resume: Option<TxnOffset>) -> Cdc {
+        Cdc {
+            slot: "s".into(),
+            publication: "p".into(),
+            table: TableName {
+                schema: "public".into(),
+                name: "t".into(),
+            },
+            relid: 1,
+            client: None,
+            start: 0,
+            layout: None,
+            txn: None,
+            resume,
+            deferred: None,
+            pending: Vec::new(),
+            pending_n: 0,
+            done,
+            emitted: done,
+            flushed: done,
+            confirmed: 0,
+            checked: None,
+            status_interval: Duration::from_secs(1),
+            name: "t".into(),
+            read: (0, 0),
+            server: 0,
+        }
+    }
+
+    #[test]
+    fn a_restart_skips_whole_transactions_returned_and_the_returned_part_of_the_next() {
+        // returned: everything up to 100, and 50 changes of the transaction at 150
+        let mut c = cdc(
+            100,
+            Some(TxnOffset {
+                final_lsn: 150,
+                changes: 50,
+            }),
+        );
+        // the server replays a transaction returned whole: skipped, the resume point kept
+        c.begin(90, 1, 0);
+        assert!(c.txn.as_ref().unwrap().skip_all);
+        c.end(99);
+        assert_eq!(c.done, 100);
+        c.begin(150, 2, 0);
+        let txn = c.txn.as_ref().unwrap();
+        assert_eq!((txn.skip, txn.skip_all), (50, false));
+        c.end(160);
+        assert_eq!(c.done, 160);
+        // the next one is read whole
+        c.begin(170, 3, 0);
+        assert_eq!(c.txn.as_ref().unwrap().skip, 0);
+    }
+
+    #[test]
+    fn a_keepalive_releases_wal_only_when_flushed_and_never_past_the_last_check() {
+        let mut c = cdc(100, None);
+        assert_eq!(c.releasable(500), None, "no check yet");
+        c.checked = Some((Instant::now(), 400));
+        assert_eq!(c.releasable(500), Some(400), "not past the check");
+        assert_eq!(c.releasable(300), Some(300));
+        c.emitted = 120;
+        assert_eq!(c.releasable(500), None, "a batch is not flushed yet");
+        c.flushed = 120;
+        c.begin(450, 1, 0);
+        assert_eq!(c.releasable(500), None, "inside a transaction");
+        c.end(460);
+        c.idle(500, 7);
+        assert_eq!(c.read, (500, 7));
+    }
 }
