@@ -249,8 +249,8 @@ pub async fn slot(pool: &PgPool, slot: &str) -> Result<Option<Slot>> {
     }))
 }
 
-/// Creates the slot (dropping a stale one of the same name first); its position.
-pub async fn create_slot(pool: &PgPool, name: &str) -> Result<u64> {
+/// Drops a slot of that name left by an earlier pipeline, so a first run starts clean.
+pub async fn drop_stale_slot(pool: &PgPool, name: &str) -> Result<()> {
     if slot(pool, name).await?.is_some() {
         sqlx::query("SELECT pg_drop_replication_slot($1)")
             .bind(name)
@@ -258,13 +258,7 @@ pub async fn create_slot(pool: &PgPool, name: &str) -> Result<u64> {
             .await
             .map_err(|e| pg_error(format!("drop stale replication slot \"{name}\""), e))?;
     }
-    let (lsn,): (String,) =
-        sqlx::query_as("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')")
-            .bind(name)
-            .fetch_one(pool)
-            .await
-            .map_err(|e| pg_error(format!("create replication slot \"{name}\""), e))?;
-    Ok(parse_lsn(&lsn).unwrap_or(0))
+    Ok(())
 }
 
 /// The slot is gone or invalidated while this pipeline still needs its changes.

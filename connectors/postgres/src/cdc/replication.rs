@@ -129,6 +129,77 @@ pub async fn start(stream: &Stream<'_>) -> Result<ReplicationClient> {
     started.map_err(|e| wire_error(&what, e))
 }
 
+/// A slot created on a replication connection, with the snapshot it exported: the
+/// table as of the slot's consistent point. The snapshot stays importable while the
+/// connection stays idle, so the connection is kept until the snapshot is read, then
+/// streams from that point ([`start_gated`]).
+pub struct Exported {
+    /// The connection, not streaming yet.
+    pub client: ReplicationClient,
+    /// The slot's consistent point.
+    pub lsn: u64,
+    /// The exported snapshot's name, for `SET TRANSACTION SNAPSHOT`.
+    pub snapshot: String,
+}
+
+/// Creates `stream.slot` with an exported snapshot (`CREATE_REPLICATION_SLOT ...
+/// LOGICAL pgoutput (SNAPSHOT 'export')`).
+pub async fn create_exported(stream: &Stream<'_>) -> Result<Exported> {
+    let config = config(stream)?;
+    let what = format!("create replication slot \"{}\"", stream.slot);
+    let created = tokio::time::timeout(START_TIMEOUT, async {
+        let mut client = ReplicationClient::connect_gated(config).await?;
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                stream.slot
+            ))
+            .await?;
+        Ok::<_, PgWireError>((client, rows))
+    })
+    .await
+    .map_err(|_| {
+        Error::connect(format!(
+            "{what}: no answer within {}s",
+            START_TIMEOUT.as_secs()
+        ))
+    })?;
+    let (client, rows) = created.map_err(|e| wire_error(&what, e))?;
+    let field = |i: usize| {
+        rows.first()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    };
+    match (field(1).as_deref().and_then(super::parse_lsn), field(2)) {
+        (Some(lsn), Some(snapshot)) => Ok(Exported {
+            client,
+            lsn,
+            snapshot,
+        }),
+        _ => Err(Error::internal(format!(
+            "{what}: the server's answer has no consistent point and snapshot"
+        ))),
+    }
+}
+
+/// Starts streaming on a connection made by [`create_exported`], from the slot's
+/// position; the exported snapshot ends with it.
+pub async fn start_gated(client: &mut ReplicationClient, slot: &str) -> Result<()> {
+    let what = format!("start streaming from replication slot \"{slot}\"");
+    tokio::time::timeout(START_TIMEOUT, async {
+        client.start().await?;
+        client.wait_started().await
+    })
+    .await
+    .map_err(|_| {
+        Error::connect(format!(
+            "{what}: no answer within {}s",
+            START_TIMEOUT.as_secs()
+        ))
+    })?
+    .map_err(|e| wire_error(&what, e))
+}
+
 /// Maps an error of the replication connection to the API's kinds, keeping the
 /// server's message; the way out where there is one.
 pub fn wire_error(context: &str, err: PgWireError) -> Error {

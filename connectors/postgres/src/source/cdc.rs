@@ -67,6 +67,11 @@ pub(super) struct Cdc {
     /// The table's OID.
     relid: u32,
     client: Option<ReplicationClient>,
+    /// The client made the slot and waits, not streaming yet, while the table is read in
+    /// the snapshot it exported.
+    gated: bool,
+    /// That snapshot's name, until streaming starts.
+    snapshot: Option<String>,
     /// The slot's confirmed position when opened: where the stream starts.
     start: u64,
     /// The table's columns as the stream last described them.
@@ -143,14 +148,38 @@ impl PostgresSource {
             ours,
         };
         catalog::cover(pool, &publication_ref, &name, !started).await?;
+        let app = format!("sluice {pipeline}");
+        let status_interval = self.config.heartbeat_interval.min(Duration::from_secs(10));
+        let mut exported = None;
         let start = match (catalog::slot(pool, &slot).await?, started) {
             (Some(s), true) if !s.lost => s.confirmed,
             (Some(_), true) => {
                 return Err(catalog::slot_gone(&slot, true, offset.lsn, offset.done))
             }
             (None, true) => return Err(catalog::slot_gone(&slot, false, offset.lsn, offset.done)),
-            // a first run: the slot comes before the snapshot, so no change falls between
-            (_, false) => catalog::create_slot(pool, &slot).await?,
+            // a first run: the slot exports a snapshot of its consistent point; the table
+            // is read in it, and the stream starts at that point: no change is missed or
+            // read twice
+            (_, false) => {
+                catalog::drop_stale_slot(pool, &slot).await?;
+                let stream = replication::Stream {
+                    url: &self.config.url,
+                    slot: &slot,
+                    publication: &publication,
+                    start: 0,
+                    status_interval,
+                    buffer: BUFFER,
+                    name: &app,
+                };
+                let made = replication::create_exported(&stream).await?;
+                let lsn = made.lsn;
+                exported = Some(made);
+                lsn
+            }
+        };
+        let (client, snapshot) = match exported {
+            Some(e) => (Some(e.client), Some(e.snapshot)),
+            None => (None, None),
         };
         let done = offset.lsn.unwrap_or(start);
         Ok(Cdc {
@@ -158,7 +187,9 @@ impl PostgresSource {
             publication,
             table: name,
             relid,
-            client: None,
+            gated: client.is_some(),
+            client,
+            snapshot,
             start,
             layout: None,
             txn: None,
@@ -171,8 +202,8 @@ impl PostgresSource {
             flushed: done,
             confirmed: start,
             checked: None,
-            status_interval: self.config.heartbeat_interval.min(Duration::from_secs(10)),
-            name: format!("sluice {pipeline}"),
+            status_interval,
+            name: app,
             read: (start, 0),
             server: start,
         })
@@ -209,6 +240,12 @@ impl PostgresSource {
         let (Some(cdc), Some(table)) = (self.cdc.as_mut(), self.tables.first_mut()) else {
             return Ok(None);
         };
+        if let (true, Some(client)) = (cdc.gated, cdc.client.as_mut()) {
+            replication::start_gated(client, &cdc.slot).await?;
+            cdc.gated = false;
+            cdc.snapshot = None;
+            tracing::info!(slot = %cdc.slot, lsn = %lsn_text(cdc.start), "snapshot read; streaming changes from its consistent point");
+        }
         if cdc.client.is_none() {
             let stream = replication::Stream {
                 url: &self.config.url,
@@ -328,6 +365,11 @@ impl Cdc {
                 self.done = self.done.max(end_lsn);
             }
         }
+    }
+
+    /// The snapshot the slot exported, while the table is read in it (a first run).
+    pub(super) fn snapshot(&self) -> Option<&str> {
+        self.snapshot.as_deref()
     }
 
     /// How far the stream is behind the server: WAL bytes between the position read and
@@ -544,6 +586,8 @@ mod tests {
             },
             relid: 1,
             client: None,
+            gated: false,
+            snapshot: None,
             start: 0,
             layout: None,
             txn: None,

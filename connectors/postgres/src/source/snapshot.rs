@@ -35,19 +35,62 @@ pub(super) struct CopyStream {
     pub(super) task: tokio::task::JoinHandle<()>,
 }
 
-/// The whole output of a `COPY ... TO STDOUT`.
+/// The whole output of a `COPY ... TO STDOUT`; in `snapshot` (exported with a `cdc`
+/// slot) when given.
 pub(super) async fn read_copy(
     pool: &PgPool,
     sql: &str,
+    snapshot: Option<&str>,
 ) -> std::result::Result<Vec<u8>, sqlx::Error> {
     use futures::StreamExt;
     use sqlx::postgres::PgPoolCopyExt;
-    let mut stream = pool.copy_out_raw(sql).await?;
     let mut buf = Vec::new();
+    let Some(snapshot) = snapshot else {
+        let mut stream = pool.copy_out_raw(sql).await?;
+        while let Some(chunk) = stream.next().await {
+            buf.extend_from_slice(&chunk?);
+        }
+        return Ok(buf);
+    };
+    let mut tx = pool.begin().await?;
+    in_snapshot(&mut tx, snapshot).await?;
+    let mut stream = tx.copy_out_raw(sql).await?;
     while let Some(chunk) = stream.next().await {
         buf.extend_from_slice(&chunk?);
     }
+    drop(stream);
+    tx.commit().await?;
     Ok(buf)
+}
+
+/// Makes the transaction read in `snapshot`, as of the slot's consistent point.
+async fn in_snapshot(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    snapshot: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(&format!(
+        "SET TRANSACTION SNAPSHOT '{}'",
+        snapshot.replace('\'', "''")
+    ))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A failed read of `split`: a snapshot that can no longer be imported (its
+/// replication connection ended) is retried, since the run after goes on without it.
+fn read_error(split: &str, e: sqlx::Error) -> Error {
+    if crate::error::sqlstate(&e).as_deref() == Some("22023") && e.to_string().contains("snapshot")
+    {
+        return Error::transient(format!(
+            "reading {split}: the snapshot exported with the replication slot is gone (its connection ended)"
+        ))
+        .with_source(e);
+    }
+    pg_error(format!("reading {split}"), e)
 }
 
 impl CopyStream {
@@ -56,12 +99,12 @@ impl CopyStream {
         pool: PgPool,
         sql: String,
         rows: usize,
-        split: String,
-        table: usize,
+        (split, table): (String, usize),
+        snapshot: Option<String>,
     ) -> CopyStream {
         let (tx, chunks) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(async move {
-            if let Err(e) = stream_copy(&pool, &sql, rows, &tx).await {
+            if let Err(e) = stream_copy(&pool, &sql, rows, snapshot.as_deref(), &tx).await {
                 let _ = tx.send(Err(e.context(format!("reading {split}")))).await;
             }
         });
@@ -81,12 +124,16 @@ pub(super) async fn stream_copy(
     pool: &PgPool,
     sql: &str,
     rows: usize,
+    snapshot: Option<&str>,
     sender: &tokio::sync::mpsc::Sender<Result<Vec<u8>>>,
 ) -> Result<()> {
     use crate::binary::{header_len, next_tuple, Next, TRAILER};
     use futures::StreamExt;
-    let failed = |e| pg_error("physical-order COPY", e);
+    let failed = |e| read_error("physical-order COPY", e);
     let mut tx = pool.begin().await.map_err(failed)?;
+    if let Some(snapshot) = snapshot {
+        in_snapshot(&mut tx, snapshot).await.map_err(failed)?;
+    }
     sqlx::query(
         "SELECT set_config('synchronize_seqscans', 'off', true), \
                 set_config('max_parallel_workers_per_gather', '0', true)",
@@ -172,6 +219,12 @@ impl PostgresSource {
                 .pool
                 .clone()
                 .ok_or_else(|| Error::internal("source is not open"))?;
+            // a first `cdc` run reads in the snapshot its slot exported
+            let snapshot = self
+                .cdc
+                .as_ref()
+                .and_then(|c| c.snapshot())
+                .map(str::to_owned);
             let table = &mut self.tables[self.current];
             if table.offset.done {
                 self.current += 1;
@@ -195,8 +248,8 @@ impl PostgresSource {
                         pool.clone(),
                         table.copy_physical(after),
                         limit,
-                        table.split.clone(),
-                        self.current,
+                        (table.split.clone(), self.current),
+                        snapshot.clone(),
                     ));
                 }
                 let next = match self.stream.as_mut() {
@@ -228,10 +281,11 @@ impl PostgresSource {
                         if let Some(p) = other {
                             p.task.abort();
                         }
-                        read_copy(&pool, &table.copy(table.offset.after.as_deref(), limit)).await
+                        let sql = table.copy(table.offset.after.as_deref(), limit);
+                        read_copy(&pool, &sql, snapshot.as_deref()).await
                     }
                 };
-                read.map_err(|e| pg_error(format!("reading {}", table.split), e))?
+                read.map_err(|e| read_error(&table.split, e))?
             };
             // an empty read: the table has no more rows
             let starts = if buf.is_empty() {
@@ -247,9 +301,12 @@ impl PostgresSource {
                     let after = crate::binary::key_of(&buf, last, table.columns.len())?;
                     let sql = table.copy(Some(&after), limit);
                     let pool = pool.clone();
+                    let snapshot = snapshot.clone();
                     self.prefetch = Some(Prefetch {
                         table: self.current,
-                        task: tokio::spawn(async move { read_copy(&pool, &sql).await }),
+                        task: tokio::spawn(async move {
+                            read_copy(&pool, &sql, snapshot.as_deref()).await
+                        }),
                     });
                 }
             }
