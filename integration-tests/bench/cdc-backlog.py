@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""CDC throughput on a backlog: ROWS changes (inserts in transactions of 100,000, plus
+"""CDC throughput on a backlog: ROWS changes (inserts in transactions of TXN = 100,000, plus
 one update of every tenth row) wait in the slot, then the pipeline starts and streams
 them into a PostgreSQL upsert sink and, separately, into Parquet files. Prints changes/s,
 the runtime's peak resident memory, and the CPU the server's WAL sender spent per
@@ -9,7 +9,7 @@ peeking).
     python3 integration-tests/bench/cdc-backlog.py [ROWS]     # default 5,000,000
 
 SLUICE=path/to/sluice picks the binary (default: the release build); ONLY=pg or
-ONLY=parquet runs one of the two.
+ONLY=parquet runs one of the two; TXN=ROWS writes the inserts as one transaction.
 """
 
 import glob
@@ -124,9 +124,10 @@ def main():
         p.terminate()
         p.wait()
     print(f"writing the backlog: {ROWS:,} inserts and {ROWS // 10:,} updates", file=sys.stderr)
-    for lo in range(0, ROWS, 100_000):
+    txn = int(os.environ.get("TXN", "100000"))
+    for lo in range(0, ROWS, txn):
         psql(f"INSERT INTO bench_cdcb_src SELECT g, g, g / 100.0, now(), 'row ' || g "
-             f"FROM generate_series({lo + 1}, {min(lo + 100_000, ROWS)}) g")
+             f"FROM generate_series({lo + 1}, {min(lo + txn, ROWS)}) g")
     psql("UPDATE bench_cdcb_src SET n = -n WHERE id % 10 = 0")
     for name, (_, done) in runs.items():
         started = time.time()
