@@ -99,10 +99,58 @@ impl CsvDecoder {
             ..Default::default()
         };
         match d.flush() {
-            Ok(batch) => out.batch = batch,
+            Ok(batch) if !self.excess_scale(&buf[..consumed], header, rows, &schema)? => {
+                out.batch = batch
+            }
+            // a decimal with more places than its scale: arrow-csv would drop them
+            Ok(_) => {
+                let err = arrow_schema::ArrowError::ParseError("decimal places".into());
+                self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?
+            }
             Err(err) => self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?,
         }
         Ok(out)
+    }
+
+    /// Whether a decimal column of `buf` has a value with more decimal places than its
+    /// scale (read again as text, those columns only).
+    fn excess_scale(
+        &self,
+        buf: &[u8],
+        header: bool,
+        rows: usize,
+        schema: &SchemaRef,
+    ) -> Result<bool> {
+        let decimals: Vec<(usize, i8)> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| match f.data_type() {
+                DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => Some((i, *s)),
+                _ => None,
+            })
+            .collect();
+        if decimals.is_empty() {
+            return Ok(false);
+        }
+        let mut d = self
+            .builder(text_schema(schema), header, rows)
+            .with_projection(decimals.iter().map(|&(i, _)| i).collect())
+            .build_decoder();
+        feed(&mut d, buf)?;
+        let Some(text) = d.flush()? else {
+            return Ok(false);
+        };
+        Ok(decimals.iter().enumerate().any(|(c, &(_, scale))| {
+            text.column(c)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .is_some_and(|s| {
+                    s.iter()
+                        .flatten()
+                        .any(|v| crate::json_typed::excess_scale(v, scale))
+                })
+        }))
     }
 
     fn builder(&self, schema: SchemaRef, header: bool, rows: usize) -> ReaderBuilder {
@@ -124,14 +172,9 @@ impl CsvDecoder {
         out: &mut Decoded,
         first_error: arrow_schema::ArrowError,
     ) -> Result<()> {
-        let text_schema = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| Field::new(f.name(), DataType::Utf8, true))
-                .collect::<Vec<_>>(),
-        ));
-        let mut d = self.builder(text_schema, header, rows).build_decoder();
+        let mut d = self
+            .builder(text_schema(schema), header, rows)
+            .build_decoder();
         feed(&mut d, buf)?;
         let Some(text) = d.flush().map_err(|_| Error::from(first_error))? else {
             return Ok(());
@@ -144,12 +187,32 @@ impl CsvDecoder {
         for (i, field) in schema.fields().iter().enumerate() {
             let col = text.column(i);
             let cast = cast_with_options(col, field.data_type(), &safe)?;
+            let scale = match field.data_type() {
+                DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => Some(*s),
+                _ => None,
+            };
             for r in 0..n {
                 let empty = col
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .map(|s| s.is_null(r) || s.value(r).is_empty())
                     .unwrap_or(true);
+                let value = col
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .filter(|s| !s.is_null(r))
+                    .map(|s| s.value(r));
+                if let (Some(scale), Some(v), true) = (scale, value, ok[r]) {
+                    if crate::json_typed::excess_scale(v, scale) {
+                        ok[r] = false;
+                        reasons[r] = Some(format!(
+                            "column \"{}\": \"{v}\" has more than {scale} decimal places: {} would round it",
+                            field.name(),
+                            connector_api::type_name(field.data_type())
+                        ));
+                        continue;
+                    }
+                }
                 if cast.is_null(r) && !empty && ok[r] {
                     ok[r] = false;
                     let value = col
@@ -192,6 +255,17 @@ impl CsvDecoder {
     }
 }
 
+/// `schema` with every column read as text.
+fn text_schema(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// Feeds `buf` until the batch is full or the input ends (the header skip and the
 /// end of input each take a call of their own); returns the bytes consumed.
 fn feed(d: &mut arrow_csv::reader::Decoder, buf: &[u8]) -> Result<usize> {
@@ -232,6 +306,33 @@ mod tests {
         assert_eq!(b.num_rows(), 2);
         assert_eq!(out.consumed, buf.len() - "3,partial".len());
         assert_eq!(d.schema().unwrap().field(0).data_type(), &DataType::Int64);
+    }
+
+    #[test]
+    fn a_decimal_with_more_places_than_its_scale_is_a_bad_record_not_rounded() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("amount", DataType::Decimal128(12, 2), true),
+        ]));
+        let mut d = CsvDecoder::new(Some(schema), CsvOptions::default());
+        let out = d
+            .decode(
+                b"id,amount\n1,1.00\n2,1.005\n3,2.5\n4,1.0500\n",
+                100,
+                true,
+                true,
+            )
+            .unwrap();
+        let batch = out.batch.unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(out.bad.len(), 1);
+        assert_eq!(out.bad[0].index, 2);
+        assert_eq!(out.bad[0].raw, "2,1.005");
+        assert!(
+            out.bad[0].error.to_string().contains("column \"amount\""),
+            "{}",
+            out.bad[0].error
+        );
     }
 
     #[test]

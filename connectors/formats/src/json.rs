@@ -19,7 +19,8 @@ const INFER_LINES: usize = 1000;
 pub struct JsonDecoder {
     schema: Option<SchemaRef>,
     infer: bool,
-    /// A declared schema of types the one-pass decoder covers (else arrow-json).
+    /// The schema, declared or inferred so far, when the one-pass decoder covers its
+    /// types (else arrow-json decodes).
     plan: Option<Plan>,
 }
 
@@ -28,7 +29,7 @@ impl JsonDecoder {
     pub fn new(schema: Option<SchemaRef>) -> Self {
         JsonDecoder {
             infer: schema.is_none(),
-            plan: schema.as_ref().and_then(Plan::new),
+            plan: schema.as_ref().and_then(|s| Plan::new(s, false)),
             schema,
         }
     }
@@ -50,11 +51,12 @@ impl JsonDecoder {
                 self.schema = Some(infer(
                     lines.iter().take(INFER_LINES).map(|&(s, e)| &buf[s..e]),
                 )?);
+                self.plan = self.schema.as_ref().and_then(|s| Plan::new(s, true));
             }
             let range = &buf[first..lines[lines.len() - 1].1];
-            if self.decode_range(range, lines.len()).is_err() {
-                // a new field: widen the schema, then decode (isolating what still fails)
-                self.widen(&lines, buf);
+            if self.decode_range(range, lines.len()).is_err() && self.widen(&lines, buf) {
+                // a new field: the schema widened; decode (isolating what still fails)
+                self.plan = self.schema.as_ref().and_then(|s| Plan::new(s, true));
             }
         }
         self.decode_lines(buf, &lines, consumed, newlines)
@@ -135,7 +137,9 @@ impl JsonDecoder {
         let (Some(&(first, _)), Some(&(_, last))) = (lines.first(), lines.last()) else {
             return Ok(decoded);
         };
-        if let (false, Some(plan)) = (self.infer, &self.plan) {
+        // the one-pass decoder: a fractional number for an integer column is a bad line,
+        // where arrow-json would truncate it
+        if let Some(plan) = &self.plan {
             let (batch, bad) = plan.decode(buf, lines)?;
             decoded.batch = batch;
             let mut index = LineIndex::default();
@@ -325,5 +329,21 @@ mod tests {
         let b = out.batch.unwrap();
         assert_eq!(b.num_columns(), 2);
         assert_eq!(b.column(1).len(), 1);
+    }
+
+    #[test]
+    fn an_inferred_integer_column_rejects_a_fraction_instead_of_truncating_it() {
+        let mut d = JsonDecoder::new(None);
+        let mut text = String::new();
+        for i in 0..1200 {
+            text.push_str(&format!("{{\"a\":{i},\"tags\":[\"x\"]}}\n"));
+        }
+        text.push_str("{\"a\":4.5,\"tags\":[\"y\"]}\n{\"a\":7,\"tags\":[]}\n");
+        let out = d.decode(text.as_bytes(), 2000, true).unwrap();
+        assert_eq!(out.batch.unwrap().num_rows(), 1201);
+        assert_eq!(out.bad.len(), 1);
+        assert_eq!(out.bad[0].index, 1200);
+        let why = format!("{:?}", out.bad[0].error);
+        assert!(why.contains("4.5") && why.contains("\"a\""), "{why}");
     }
 }

@@ -29,7 +29,7 @@ const MAX_DEPTH: usize = 128;
 
 /// True when the decimal number `t` has non-zero digits beyond `scale` decimal places
 /// (`1.005` at scale 2; `1.0050` and `1.005e1` fit), which parsing would drop.
-fn excess_scale(t: &str, scale: i8) -> bool {
+pub(crate) fn excess_scale(t: &str, scale: i8) -> bool {
     let t = t.trim();
     let (mantissa, exp) = match t.find(['e', 'E']) {
         Some(i) => (&t[..i], t[i + 1..].parse::<i32>().unwrap_or(0)),
@@ -44,6 +44,9 @@ fn excess_scale(t: &str, scale: i8) -> bool {
 pub(crate) struct Plan {
     schema: SchemaRef,
     fields: Fields,
+    /// A field the schema does not have is an error (an inferred schema, which widens
+    /// instead), not skipped (a declared one, which ignores it).
+    strict: bool,
 }
 
 enum Ty {
@@ -157,10 +160,11 @@ fn col(ty: &Ty) -> Col {
 
 impl Plan {
     /// A plan for `schema`, or None when a type is not covered (arrow-json decodes it).
-    pub(crate) fn new(schema: &SchemaRef) -> Option<Plan> {
+    pub(crate) fn new(schema: &SchemaRef, strict: bool) -> Option<Plan> {
         Some(Plan {
             schema: schema.clone(),
             fields: Fields::new(schema.fields())?,
+            strict,
         })
     }
 
@@ -170,7 +174,10 @@ impl Plan {
         let mut cols = self.fields.cols();
         let mut bad = Vec::new();
         let mut rows = 0usize;
-        let mut p = Cursor::default();
+        let mut p = Cursor {
+            strict: self.strict,
+            ..Cursor::default()
+        };
         for (i, &(s, e)) in lines.iter().enumerate() {
             match p.row(&buf[s..e], &self.fields, &mut cols) {
                 Ok(()) => rows += 1,
@@ -207,6 +214,8 @@ struct Cursor<'a> {
     b: &'a [u8],
     i: usize,
     scratch: Vec<u8>,
+    /// A field not in the schema is an error.
+    strict: bool,
 }
 
 fn err(msg: impl Into<String>) -> Error {
@@ -284,7 +293,15 @@ impl<'a> Cursor<'a> {
                 if self.peek() != Some(b'"') {
                     return Err(self.unexpected("a field name"));
                 }
-                let found = fields.find(self.str_text()?, hint);
+                let strict = self.strict;
+                let key = self.str_text()?;
+                let found = fields.find(key, hint);
+                if found.is_none() && strict {
+                    return Err(err(format!(
+                        "field \"{}\" is not in the schema",
+                        String::from_utf8_lossy(key)
+                    )));
+                }
                 self.eat(b':', "':'")?;
                 match found {
                     Some(f) => {
@@ -705,7 +722,7 @@ mod tests {
             r#"{"id": 9e0, "name": "ünï"}"#,
             "\n",
         );
-        let plan = Plan::new(&schema()).unwrap();
+        let plan = Plan::new(&schema(), false).unwrap();
         let (batch, bad) = plan.decode(text.as_bytes(), &lines(text)).unwrap();
         let batch = batch.unwrap();
         let bad_lines: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
@@ -768,7 +785,7 @@ mod tests {
     #[test]
     fn types_it_does_not_cover_fall_back() {
         let s = Arc::new(Schema::new(vec![Field::new("b", DataType::Binary, true)]));
-        assert!(Plan::new(&s).is_none());
+        assert!(Plan::new(&s, false).is_none());
     }
 
     #[test]
@@ -786,7 +803,7 @@ mod tests {
 
     #[test]
     fn a_decimal_with_more_places_than_the_scale_is_a_bad_line_naming_the_column() {
-        let plan = Plan::new(&schema()).unwrap();
+        let plan = Plan::new(&schema(), false).unwrap();
         let text = "{\"id\": 1, \"amount\": 1.25}\n{\"id\": 2, \"amount\": 1.005}\n{\"id\": 3, \"amount\": \"2.50\"}\n";
         let (batch, bad) = plan.decode(text.as_bytes(), &lines(text)).unwrap();
         assert_eq!(batch.unwrap().num_rows(), 2);

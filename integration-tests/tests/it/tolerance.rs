@@ -122,3 +122,49 @@ fn a_decimal_with_too_many_places_stops_naming_column_and_line() {
     );
     assert!(crate::support::jsonl_lines(&d.join("out")).is_empty());
 }
+
+/// Runs `p.toml` over `in/NAME` holding `input`; the run must stop naming `expect`.
+fn stops_naming(name: &str, input: &str, source: &str, expect: &[&str]) {
+    let dir = crate::support::workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in").join(name), input).unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "name = \"exact\"\n[source]\nconnector = \"file\"\npath = \"in/{name}\"\n{source}\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n"
+        ),
+    )
+    .unwrap();
+    let run = crate::support::sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    for e in expect {
+        assert!(run.stderr.contains(e), "expected {e:?} in {}", run.stderr);
+    }
+    assert!(crate::support::jsonl_lines(&d.join("out")).is_empty());
+}
+
+#[test]
+fn a_fraction_for_an_inferred_integer_column_stops_instead_of_truncating() {
+    let mut input: String = (0..1200)
+        .map(|i| format!("{{\"a\": {i}, \"tags\": [\"x\"]}}\n"))
+        .collect();
+    input.push_str("{\"a\": 4.5, \"tags\": []}\n");
+    stops_naming(
+        "a.jsonl",
+        &input,
+        "",
+        &["line 1201", "field \"a\"", "4.5 is not a whole number"],
+    );
+}
+
+#[test]
+fn a_csv_decimal_with_too_many_places_stops_instead_of_rounding() {
+    stops_naming(
+        "a.csv",
+        "id,amount\n1,1.00\n2,1.005\n",
+        "format = \"csv\"\nschema = [{ name = \"id\", type = \"int64\" }, { name = \"amount\", type = \"decimal(12,2)\" }]",
+        &["line 3", "column \"amount\"", "\"1.005\" has more than 2 decimal places"],
+    );
+}
