@@ -70,8 +70,9 @@ impl AvroReader {
         Ok(())
     }
 
-    /// Decodes the values of a chunk (None: a tombstone, a row of nulls), each with
-    /// its writer schema; [`AvroReader::fetch`] must have seen them.
+    /// Decodes the values of a chunk, each with its writer schema;
+    /// [`AvroReader::fetch`] must have seen them. A tombstone (None) is a bad value:
+    /// it has no row, and a row of nulls would overwrite an upsert target's values.
     pub(crate) fn decode<'a>(
         &mut self,
         values: impl Iterator<Item = Option<&'a [u8]>>,
@@ -79,18 +80,12 @@ impl AvroReader {
         let mut runs: Vec<RecordBatch> = Vec::new();
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        // the schema id of the run being decoded; Some(None) for a run of tombstones
-        let mut current: Option<Option<u32>> = None;
-        let mut tombstones = 0usize;
+        // the schema id of the run being decoded
+        let mut current: Option<u32> = None;
         let mut record = false;
         for (i, value) in values.enumerate() {
             let Some(value) = value else {
-                if current != Some(None) {
-                    close_run(&mut self.decoders, current, &mut tombstones, &mut runs)?;
-                    current = Some(None);
-                }
-                tombstones += 1;
-                good.push(i);
+                bad.push((i, crate::source::tombstone()));
                 continue;
             };
             let (id, datum) = match confluent_split(value) {
@@ -111,9 +106,9 @@ impl AvroReader {
                     continue;
                 }
             };
-            if current != Some(Some(id)) {
-                close_run(&mut self.decoders, current, &mut tombstones, &mut runs)?;
-                current = Some(Some(id));
+            if current != Some(id) {
+                close_run(&mut self.decoders, current, &mut runs)?;
+                current = Some(id);
             }
             record |= schema.is_record();
             let decoder = self
@@ -125,7 +120,7 @@ impl AvroReader {
                 Err(e) => bad.push((i, Error::data(format!("schema id {id}: {e}")))),
             }
         }
-        close_run(&mut self.decoders, current, &mut tombstones, &mut runs)?;
+        close_run(&mut self.decoders, current, &mut runs)?;
         Ok(Decoded {
             batch: merge(runs)?,
             good,
@@ -138,21 +133,12 @@ impl AvroReader {
 /// Ends the run being decoded: its rows become one batch of `runs`.
 fn close_run(
     decoders: &mut HashMap<u32, AvroDecoder>,
-    run: Option<Option<u32>>,
-    tombstones: &mut usize,
+    run: Option<u32>,
     runs: &mut Vec<RecordBatch>,
 ) -> Result<()> {
-    let batch = match run {
+    let batch = match run.and_then(|id| decoders.get_mut(&id)) {
+        Some(d) => d.flush()?,
         None => return Ok(()),
-        Some(None) => RecordBatch::try_new_with_options(
-            Arc::new(Schema::empty()),
-            vec![],
-            &RecordBatchOptions::new().with_row_count(Some(std::mem::take(tombstones))),
-        )?,
-        Some(Some(id)) => match decoders.get_mut(&id) {
-            Some(d) => d.flush()?,
-            None => return Ok(()),
-        },
     };
     if batch.num_rows() > 0 {
         runs.push(batch);

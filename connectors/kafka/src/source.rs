@@ -733,11 +733,16 @@ impl KafkaSource {
                 // one line per message: newlines inside a JSON value are whitespace
                 let mut buf = Vec::with_capacity(chunk.data.len() + 3 * msgs.len());
                 let mut lines = Vec::with_capacity(msgs.len());
+                // in message order: the first of them is the one a stop names
+                let mut bad_at: Vec<(usize, Error)> = Vec::new();
                 for (i, m) in msgs.iter().enumerate() {
                     match chunk.payload(m) {
-                        None => buf.extend_from_slice(b"{}"),
+                        None => {
+                            bad_at.push((i, tombstone()));
+                            continue;
+                        }
                         Some(p) if p.iter().all(u8::is_ascii_whitespace) => {
-                            rejects.push(reject(chunk, m, Error::data("empty message")));
+                            bad_at.push((i, Error::data("empty message")));
                             continue;
                         }
                         Some(p) => {
@@ -758,9 +763,11 @@ impl KafkaSource {
                 for b in decoded.bad {
                     if let Some(&i) = lines.get(b.index) {
                         bad.insert(i);
-                        rejects.push(reject(chunk, &msgs[i], b.error));
+                        bad_at.push((i, b.error));
                     }
                 }
+                bad_at.sort_by_key(|&(i, _)| i);
+                rejects.extend(bad_at.into_iter().map(|(i, e)| reject(chunk, &msgs[i], e)));
                 good.extend(lines.into_iter().filter(|i| !bad.contains(i)));
                 match decoded.batch {
                     Some(b) => Some(b),
@@ -1061,6 +1068,15 @@ fn value_batch(dt: DataType, col: ArrayRef) -> Result<RecordBatch> {
         Arc::new(Schema::new(vec![Field::new("value", dt, true)])),
         vec![col],
     )?)
+}
+
+/// A tombstone (a message with no value) in a row format: it has no row, and a row of
+/// nulls would overwrite an upsert target's values.
+pub(crate) fn tombstone() -> Error {
+    Error::data(
+        "a tombstone (a message with no value): no row to decode; a row of nulls would overwrite the target's \
+         values (dead-letter tombstones with [errors] tolerance = \"all\", or read format = \"bytes\")",
+    )
 }
 
 fn reject(chunk: &Messages, m: &Msg, error: Error) -> Reject {

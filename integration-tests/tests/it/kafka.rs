@@ -595,14 +595,15 @@ fn regex_topics_with_metadata_columns() {
 }
 
 /// A message that is not JSON stops the pipeline naming topic, partition and offset,
-/// or goes to the dead-letter sink with that position and the rest is delivered.
+/// or goes to the dead-letter sink with that position and the rest is delivered; so
+/// does a tombstone.
 #[test]
 fn bad_json_message_stops_or_goes_to_dead_letter_with_its_position() {
     let t = topic("bad");
     create_topic(&t, 1);
     py(&format!(
         "p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
-         for v in ['{{\"id\": 1}}', '{{\"id\": 2}}', '{{\"id\": oops', '{{\"id\": 4}}']:\n\
+         for v in ['{{\"id\": 1}}', '{{\"id\": 2}}', '{{\"id\": oops', '{{\"id\": 4}}', None]:\n\
          \x20   p.produce('{t}', partition=0, value=v)\n\
          assert p.flush(30) == 0\n"
     ));
@@ -641,13 +642,20 @@ fn bad_json_message_stops_or_goes_to_dead_letter_with_its_position() {
         vec!["{\"id\":1}", "{\"id\":2}", "{\"id\":4}"]
     );
     let dlq = jsonl_lines(&dir.path().join("out/dlq"));
-    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
     let rec: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
     assert_eq!(rec["record"], "{\"id\": oops");
     assert_eq!(
         rec["position"],
         format!("topic \"{t}\" partition 0 offset 2")
     );
+    // a tombstone has no row: never a row of nulls that would overwrite a target
+    let rec: serde_json::Value = serde_json::from_str(&dlq[1]).unwrap();
+    assert_eq!(
+        rec["position"],
+        format!("topic \"{t}\" partition 0 offset 4")
+    );
+    assert!(rec.to_string().contains("a tombstone"), "{rec}");
 }
 
 /// An unreachable broker at start: the pipeline retries with backoff and says so.
