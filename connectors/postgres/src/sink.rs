@@ -182,11 +182,7 @@ impl PostgresSink {
         match &self.schema {
             None => {
                 let mut cols = Vec::new();
-                for f in schema
-                    .fields()
-                    .iter()
-                    .filter(|f| !columns::is_reserved(f.name()))
-                {
+                for f in schema.fields().iter().filter(|f| f.name() != columns::OP) {
                     let null = if f.is_nullable() { "" } else { " NOT NULL" };
                     cols.push(format!(
                         "{} {}{null}",
@@ -206,7 +202,7 @@ impl PostgresSink {
             Some(known) => {
                 for f in schema.fields() {
                     match known.field_with_name(f.name()) {
-                        Err(_) if !columns::is_reserved(f.name()) => ddl.push(format!(
+                        Err(_) if f.name() != columns::OP => ddl.push(format!(
                             "ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {} {}",
                             quote(f.name()),
                             pg_type(f.name(), f.data_type())?
@@ -332,17 +328,9 @@ impl PostgresSink {
     }
 
     async fn insert(&mut self, batch: &Batch) -> Result<()> {
-        // data columns, plus `_op` for change records; other metadata is not stored
-        let keep: Vec<usize> = batch
-            .records
-            .schema()
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !columns::is_reserved(f.name()) || f.name() == columns::OP)
-            .map(|(i, _)| i)
-            .collect();
-        let records = batch.records.project(&keep)?;
+        // every column: the data, the metadata the source was asked for (`_key`,
+        // `_offset`, ...: stored as columns, never dropped), `_op` of change records
+        let records = batch.records.clone();
         if self.config.mode == SinkMode::Upsert {
             if let Some(truncates) = truncates(&records) {
                 // a truncate in the source: what came before it, then every row goes,

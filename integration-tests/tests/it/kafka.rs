@@ -542,7 +542,7 @@ fn two_runtimes_share_a_group_and_survive_one_killed() {
 }
 
 /// A regular expression picks the topics; the metadata columns carry topic, partition,
-/// offset and the message timestamp. (`start = "timestamp"` is not tested: the mock
+/// offset and the message timestamp, into files and into PostgreSQL. (`start = "timestamp"` is not tested: the mock
 /// cluster answers every offset lookup by time with the end of the partition.)
 #[test]
 fn regex_topics_with_metadata_columns() {
@@ -592,6 +592,38 @@ fn regex_topics_with_metadata_columns() {
     assert_eq!(rows[12]["_timestamp"], "2030-01-01T00:00:00.012Z");
     assert_eq!(rows[39]["_topic"], b.as_str());
     assert_eq!(rows[39]["i"], 19);
+
+    // into PostgreSQL the metadata columns are stored too, never dropped
+    let table = format!("kafka_meta_{}", std::process::id());
+    let pg = std::env::var("SLUICE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    write(
+        dir.path(),
+        "pg.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"^{prefix}-.*\"]\ngroup_id = \"g-{prefix}-pg\"\nbounded = true\n\
+             metadata = [\"topic\", \"partition\", \"offset\", \"timestamp\"]\n\
+             schema = [{{ name = \"i\", type = \"int32\" }}]\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{pg}\"\ntable = \"{table}\"\n",
+            bootstrap()
+        ),
+    );
+    let run = sluice(dir.path(), &["run", "pg.toml"]);
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-q", "-d", &pg, "-c"])
+        .arg(format!(
+            "SELECT _topic, _partition, _offset, _timestamp AT TIME ZONE 'UTC', i FROM \"{table}\" \
+             WHERE _topic = '{b}' AND _offset = 12; DROP TABLE \"{table}\""
+        ))
+        .output()
+        .expect("psql client");
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{b}|0|12|2030-01-01 00:00:00.012|12"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A message that is not JSON stops the pipeline naming topic, partition and offset,
