@@ -18,13 +18,21 @@ const INFER_RECORDS: usize = 1000;
 pub struct CsvDecoder {
     schema: Option<SchemaRef>,
     options: CsvOptions,
+    /// The current file's header names the schema's columns in another order: file
+    /// column `i` is schema column `order[i]`.
+    order: Option<Vec<usize>>,
 }
 
 impl CsvDecoder {
-    /// A decoder for `schema` (columns by position); `None` infers it from the header
-    /// and the first records.
+    /// A decoder for `schema` (columns by position; a header that names the same
+    /// columns in another order is followed); `None` infers it from the header and the
+    /// first records.
     pub fn new(schema: Option<SchemaRef>, options: CsvOptions) -> Self {
-        CsvDecoder { schema, options }
+        CsvDecoder {
+            schema,
+            options,
+            order: None,
+        }
     }
 
     /// The schema so far.
@@ -38,9 +46,6 @@ impl CsvDecoder {
     /// instead of the first unread row becoming the header. `eof`: `head` is the whole
     /// input.
     pub fn prime(&mut self, head: &[u8], eof: bool) -> Result<()> {
-        if self.schema.is_some() {
-            return Ok(());
-        }
         let usable = if eof {
             head.len()
         } else {
@@ -49,12 +54,48 @@ impl CsvDecoder {
         if usable == 0 {
             return Ok(());
         }
-        let format = CsvFormat::default()
-            .with_header(self.options.header)
+        if self.schema.is_none() {
+            let (schema, _) = self
+                .format(self.options.header)
+                .infer_schema(&head[..usable], Some(INFER_RECORDS))?;
+            self.schema = Some(Arc::new(schema));
+        }
+        self.follow_header(&head[..usable])
+    }
+
+    fn format(&self, header: bool) -> CsvFormat {
+        CsvFormat::default()
+            .with_header(header)
             .with_delimiter(self.options.delimiter as u8)
-            .with_quote(self.options.quote as u8);
-        let (schema, _) = format.infer_schema(&head[..usable], Some(INFER_RECORDS))?;
-        self.schema = Some(Arc::new(schema));
+            .with_quote(self.options.quote as u8)
+    }
+
+    /// Reads the header at the start of `buf` (a file's start): when it names the
+    /// schema's columns in another order, the file's columns are mapped by name, not
+    /// by position (which would swap values between columns).
+    fn follow_header(&mut self, buf: &[u8]) -> Result<()> {
+        self.order = None;
+        let Some(schema) = self.schema.as_ref().filter(|_| self.options.header) else {
+            return Ok(());
+        };
+        let (file, _) = self.format(true).infer_schema(buf, Some(0))?;
+        if file.fields().len() != schema.fields().len() {
+            return Ok(());
+        }
+        let order: Option<Vec<usize>> = file
+            .fields()
+            .iter()
+            .map(|f| schema.index_of(f.name()).ok())
+            .collect();
+        if let Some(order) = order {
+            let mut seen = vec![false; order.len()];
+            let permutation = order
+                .iter()
+                .all(|&j| !std::mem::replace(&mut seen[j], true));
+            if permutation && order.iter().enumerate().any(|(i, &j)| i != j) {
+                self.order = Some(order);
+            }
+        }
         Ok(())
     }
 
@@ -79,17 +120,28 @@ impl CsvDecoder {
         }
         let header = self.options.header && at_start;
         if self.schema.is_none() {
-            let format = CsvFormat::default()
-                .with_header(self.options.header)
-                .with_delimiter(self.options.delimiter as u8)
-                .with_quote(self.options.quote as u8);
-            let (schema, _) = format.infer_schema(buf, Some(INFER_RECORDS))?;
+            let (schema, _) = self
+                .format(self.options.header)
+                .infer_schema(buf, Some(INFER_RECORDS))?;
             self.schema = Some(Arc::new(schema));
         }
-        let schema = self
+        if at_start {
+            self.follow_header(buf)?;
+        }
+        let wanted = self
             .schema
             .clone()
             .ok_or_else(|| Error::internal("no csv schema"))?;
+        // the columns in the file's order
+        let schema = match &self.order {
+            Some(order) => Arc::new(Schema::new(
+                order
+                    .iter()
+                    .map(|&j| wanted.field(j).clone())
+                    .collect::<Vec<_>>(),
+            )),
+            None => wanted.clone(),
+        };
         let rows = max_rows;
         let mut d = self.builder(schema.clone(), header, rows).build_decoder();
         let consumed = feed(&mut d, buf)?;
@@ -108,6 +160,15 @@ impl CsvDecoder {
                 self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?
             }
             Err(err) => self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?,
+        }
+        if let Some(order) = &self.order {
+            // back to the schema's order
+            let from: Vec<usize> = (0..order.len())
+                .map(|j| order.iter().position(|&o| o == j).unwrap_or(j))
+                .collect();
+            if let Some(batch) = out.batch.take() {
+                out.batch = Some(batch.project(&from)?.with_schema(wanted)?);
+            }
         }
         Ok(out)
     }
@@ -333,6 +394,37 @@ mod tests {
             "{}",
             out.bad[0].error
         );
+    }
+
+    #[test]
+    fn a_file_whose_header_orders_the_columns_otherwise_is_read_by_name() {
+        let mut d = CsvDecoder::new(None, CsvOptions::default());
+        let first = d.decode(b"id,name\n1,a\n", 100, true, true).unwrap();
+        let first = first.batch.unwrap();
+        let second = d.decode(b"name,id\nb,2\n", 100, false, true).unwrap();
+        let more = d.decode(b"c,3\n", 100, true, false).unwrap();
+        for batch in [second.batch.unwrap(), more.batch.unwrap()] {
+            assert_eq!(batch.schema(), first.schema());
+            let id = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>();
+            assert!(
+                id.is_some_and(|a| a.value(0) == 2 || a.value(0) == 3),
+                "{batch:?}"
+            );
+        }
+        // resuming inside such a file follows its header too
+        let mut d = CsvDecoder::new(Some(first.schema()), CsvOptions::default());
+        d.prime(b"name,id\nb,2\n", true).unwrap();
+        let out = d.decode(b"c,3\n", 100, true, false).unwrap();
+        let batch = out.batch.unwrap();
+        let name = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(name.value(0), "c");
     }
 
     #[test]

@@ -116,3 +116,34 @@ fn every_type_survives_json_to_parquet_to_json() {
     let result = python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", out.display()));
     assert_eq!(result, "equal 3");
 }
+
+/// CSV files of one glob whose headers list the same columns in another order: each
+/// is read by its header's names, never by position (which would swap the values).
+#[test]
+fn csv_files_with_columns_in_another_order_keep_each_value_in_its_column() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/a.csv"), "id,city,amount\n1,Oslo,10.50\n").unwrap();
+    std::fs::write(d.join("in/b.csv"), "amount,id,city\n20.25,2,Lima\n").unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"order\"\n[source]\nconnector = \"file\"\npath = \"in/*.csv\"\nformat = \"csv\"\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut rows: Vec<serde_json::Value> = crate::support::jsonl_lines(&d.join("out"))
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(
+        rows,
+        vec![
+            serde_json::json!({"id": 1, "city": "Oslo", "amount": 10.5}),
+            serde_json::json!({"id": 2, "city": "Lima", "amount": 20.25}),
+        ]
+    );
+}
