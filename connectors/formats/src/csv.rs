@@ -46,6 +46,7 @@ impl CsvDecoder {
     /// instead of the first unread row becoming the header. `eof`: `head` is the whole
     /// input.
     pub fn prime(&mut self, head: &[u8], eof: bool) -> Result<()> {
+        let head = head.strip_prefix(crate::BOM).unwrap_or(head);
         let usable = if eof {
             head.len()
         } else {
@@ -114,9 +115,18 @@ impl CsvDecoder {
         } else {
             complete_prefix(buf, self.options.quote as u8)
         };
-        let buf = &buf[..usable];
+        // a UTF-8 byte order mark at the file's start is not part of the first name
+        let bom = if at_start && buf[..usable].starts_with(crate::BOM) {
+            crate::BOM.len()
+        } else {
+            0
+        };
+        let buf = &buf[bom..usable];
         if buf.is_empty() {
-            return Ok(Decoded::default());
+            return Ok(Decoded {
+                consumed: bom,
+                ..Default::default()
+            });
         }
         let header = self.options.header && at_start;
         if self.schema.is_none() {
@@ -170,6 +180,7 @@ impl CsvDecoder {
                 out.batch = Some(batch.project(&from)?.with_schema(wanted)?);
             }
         }
+        out.consumed += bom;
         Ok(out)
     }
 
@@ -425,6 +436,17 @@ mod tests {
             .downcast_ref::<StringArray>()
             .unwrap();
         assert_eq!(name.value(0), "c");
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_not_part_of_the_first_name() {
+        let mut d = CsvDecoder::new(None, CsvOptions::default());
+        let input = b"\xEF\xBB\xBFid,name\n1,a\n";
+        let out = d.decode(input, 100, true, true).unwrap();
+        assert_eq!(out.consumed, input.len());
+        let batch = out.batch.unwrap();
+        assert_eq!(batch.schema().field(0).name(), "id");
+        assert_eq!(batch.num_rows(), 1);
     }
 
     #[test]

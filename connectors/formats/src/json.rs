@@ -213,10 +213,16 @@ fn scan_lines(buf: &[u8], max_rows: usize, eof: bool) -> (Vec<(usize, usize)>, u
             None if eof => buf.len(),
             None => break,
         };
-        let line = &buf[pos..end];
+        // a UTF-8 byte order mark (an editor's, at the file's start) is not part of it
+        let from = if buf[pos..end].starts_with(crate::BOM) {
+            pos + crate::BOM.len()
+        } else {
+            pos
+        };
+        let line = &buf[from..end];
         // fast path: a record line starts with '{'; anything else may be blank
         if line.first() == Some(&b'{') || line.iter().any(|b| !b.is_ascii_whitespace()) {
-            lines.push((pos, end));
+            lines.push((from, end));
         }
         if end < buf.len() {
             newlines += 1;
@@ -345,5 +351,19 @@ mod tests {
         assert_eq!(out.bad[0].index, 1200);
         let why = format!("{:?}", out.bad[0].error);
         assert!(why.contains("4.5") && why.contains("\"a\""), "{why}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_skipped() {
+        let mut d = JsonDecoder::new(Some(schema()));
+        let input = b"\xEF\xBB\xBF{\"id\":1}\n{\"id\":2}\n";
+        let out = d.decode(input, 10, true).unwrap();
+        assert!(
+            out.bad.is_empty(),
+            "{:?}",
+            out.bad.first().map(|b| b.error.to_string())
+        );
+        assert_eq!(out.batch.unwrap().num_rows(), 2);
+        assert_eq!(out.consumed, input.len());
     }
 }

@@ -120,6 +120,9 @@ pub fn json_texts(
     Ok(out)
 }
 
+/// The UTF-8 byte order mark some editors put at the start of a text file.
+pub(crate) const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 /// Counts `\n` bytes.
 pub fn count_newlines(buf: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', buf).count() as u64

@@ -175,7 +175,9 @@ impl PostgresSink {
         Ok(())
     }
 
-    /// Creates the table, or adds the batch's new columns to it.
+    /// Creates the table, or adds the batch's new columns to it. Another writer doing the
+    /// same at the same moment makes `IF NOT EXISTS` fail on the catalog's unique index:
+    /// that is retried (the next attempt sees the table), never a stop.
     async fn prepare_table(&mut self, schema: &SchemaRef) -> Result<()> {
         let target = self.target();
         let mut ddl = Vec::new();
@@ -236,7 +238,7 @@ impl PostgresSink {
             return Ok(());
         }
         for stmt in ddl {
-            self.exec(&stmt).await?;
+            self.exec(&stmt).await.map_err(|e| raced(e, &target))?;
         }
         self.schema = Some(schema.clone());
         self.refresh_types().await?;
@@ -539,9 +541,13 @@ impl PostgresSink {
         if self.lost {
             return Err(Error::new(ErrorKind::Aborted, "the transaction was lost"));
         }
-        self.prepare_table(&batch.records.schema()).await?;
+        // the table's DDL too: a failed one (another writer creating the table at the
+        // same moment) is undone alone, and the transaction goes on
         self.exec("SAVEPOINT sluice_write").await?;
-        let result = self.insert(batch).await;
+        let result = match self.prepare_table(&batch.records.schema()).await {
+            Ok(()) => self.insert(batch).await,
+            Err(e) => Err(e),
+        };
         let end = if result.is_ok() {
             "RELEASE SAVEPOINT sluice_write"
         } else {
@@ -597,4 +603,20 @@ pub async fn check(config: &PostgresSinkConfig) -> Result<()> {
         .map(|_| ());
     let _ = conn.close().await;
     result
+}
+
+/// A DDL error caused by another writer creating the same table or column at once
+/// (`23505` on the catalog, `42P07`, `42701`): transient, with what happened.
+fn raced(e: Error, target: &str) -> Error {
+    let race = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<sqlx::Error>())
+        .and_then(crate::error::sqlstate)
+        .is_some_and(|c| matches!(c.as_str(), "23505" | "42P07" | "42701"));
+    if race {
+        return Error::transient(format!(
+            "table {target}: another writer changed it at the same moment; retrying"
+        ))
+        .with_source(e);
+    }
+    e
 }

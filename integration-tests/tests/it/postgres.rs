@@ -821,3 +821,40 @@ fn uuid_text_array_and_jsonb_columns_of_an_existing_table_are_written_exactly() 
         run.stderr
     );
 }
+
+/// Two runtimes that create the same new table at the same moment: `IF NOT EXISTS`
+/// can fail on the catalog for one of them; it retries instead of stopping.
+#[test]
+fn two_writers_creating_one_table_at_once_both_finish() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = fresh("it_pg_race");
+    for name in ["it_pg_race_a", "it_pg_race_b"] {
+        fresh(name);
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\n[source]\nconnector = \"datagen\"\ncount = 2000\nseed = {}\n\
+                 schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"v\", type = \"string\" }}]\n\
+                 [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{t}\"\n\
+                 [errors]\nretry_backoff = \"100ms\"\n",
+                name.len() + usize::from(name.ends_with('b')),
+                url()
+            ),
+        )
+        .unwrap();
+    }
+    for _ in 0..3 {
+        psql(&format!("DROP TABLE IF EXISTS \"{t}\"; DELETE FROM sluice_offsets WHERE pipeline LIKE 'it_pg_race_%'"));
+        let a = spawn(d, &["run", "--quiet", "it_pg_race_a.toml"]);
+        let b = spawn(d, &["run", "--quiet", "it_pg_race_b.toml"]);
+        let (a, b) = (
+            finish(a, Duration::from_secs(60)),
+            finish(b, Duration::from_secs(60)),
+        );
+        assert_eq!(a.code, Some(0), "{}", a.stderr);
+        assert_eq!(b.code, Some(0), "{}", b.stderr);
+        assert_eq!(psql(&format!("SELECT count(*) FROM \"{t}\"")), "4000");
+    }
+}

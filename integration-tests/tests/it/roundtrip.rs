@@ -147,3 +147,33 @@ fn csv_files_with_columns_in_another_order_keep_each_value_in_its_column() {
         ]
     );
 }
+
+/// A UTF-8 byte order mark (as some editors write) at the start of a JSON lines or CSV
+/// file is skipped, not a bad first line or part of the first column's name.
+#[test]
+fn a_byte_order_mark_at_a_files_start_is_skipped() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("in/a.jsonl"),
+        b"\xEF\xBB\xBF{\"id\": 1}\n{\"id\": 2}\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("in/b.csv"), b"\xEF\xBB\xBFid\n3\n").unwrap();
+    for (name, path, format) in [("j", "in/*.jsonl", "json"), ("c", "in/*.csv", "csv")] {
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\n[source]\nconnector = \"file\"\npath = \"{path}\"\nformat = \"{format}\"\n\
+                 [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n"
+            ),
+        )
+        .unwrap();
+        let run = sluice(d, &["run", "--quiet", &format!("{name}.toml")]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    }
+    let mut lines = crate::support::jsonl_lines(&d.join("out"));
+    lines.sort();
+    assert_eq!(lines, vec!["{\"id\":1}", "{\"id\":2}", "{\"id\":3}"]);
+}
