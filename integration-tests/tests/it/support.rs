@@ -104,9 +104,11 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-/// Runs SQL through the sqlite3 command-line client.
+/// Runs SQL through the sqlite3 command-line client, waiting (up to 10 s) while a
+/// running pipeline holds the database's write lock.
 pub fn sqlite(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
+        .args(["-cmd", ".timeout 10000"])
         .arg(db)
         .arg(sql)
         .output()
