@@ -257,7 +257,14 @@ impl FileSource {
         })
         .map_err(|e| Error::internal("cannot start the file watcher").with_source(e))?;
         let dir = watch_dir(&self.config.path);
-        std::fs::create_dir_all(&dir)?;
+        if !dir.is_dir() {
+            // made so files can be dropped in, but said: a mistyped path would otherwise
+            // wait for files that never come without a word
+            tracing::warn!(directory = %dir.display(), pattern = %self.config.path, "the watched directory did not exist; created it (check `path` if files never arrive)");
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                Error::from(e).context(format!("create watched directory \"{}\"", dir.display()))
+            })?;
+        }
         watcher.watch(&dir, RecursiveMode::Recursive).map_err(|e| {
             Error::internal(format!("cannot watch \"{}\"", dir.display())).with_source(e)
         })?;

@@ -70,3 +70,32 @@ fn files_dropped_while_running_arrive_and_sigterm_exits_cleanly() {
     signal(&child, "TERM");
     assert_eq!(finish(child, Duration::from_secs(20)).code, Some(0));
 }
+
+/// A watched directory that does not exist is made so files can be dropped in, and the
+/// log says so (a mistyped `path` would otherwise wait in silence); a file dropped
+/// into it arrives.
+#[test]
+fn a_missing_watched_directory_is_made_and_named_in_the_log() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("w.toml"),
+        "name = \"w\"\n[source]\nconnector = \"file\"\npath = \"inbox/*.jsonl\"\nwatch = true\npoll_interval = \"200ms\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+         [checkpoint]\ninterval = \"200ms\"\n",
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "w.toml"]);
+    let made = wait_until(Duration::from_secs(30), || d.join("inbox").is_dir());
+    std::fs::write(d.join("inbox/a.jsonl"), "{\"id\": 1}\n").unwrap();
+    let arrived = wait_until(Duration::from_secs(30), || count_lines(&d.join("out")) == 1);
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    assert!(made && arrived, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the watched directory did not exist") && run.stderr.contains("inbox"),
+        "{}",
+        run.stderr
+    );
+}
