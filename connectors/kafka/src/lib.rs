@@ -250,7 +250,34 @@ impl SinkConnector for Kafka {
     async fn check(&self, config: &KafkaSinkConfig) -> Result<()> {
         let owned = config.clone();
         tokio::task::spawn_blocking(move || {
-            sink::connect(&owned, "check", "sink", Default::default()).map(|_| ())
+            let producer = sink::connect(&owned, "check", "sink", Default::default())?;
+            // the fixed topic must exist (records routed by `topic_column` name theirs)
+            let Some(topic) = owned
+                .topic
+                .as_deref()
+                .filter(|_| owned.topic_column.is_none())
+            else {
+                return Ok(());
+            };
+            let md = broker_metadata(
+                rdkafka::producer::Producer::client(&producer),
+                &owned.bootstrap_servers,
+            )?;
+            if md
+                .topics()
+                .iter()
+                .any(|m| m.name() == topic && m.error().is_none())
+            {
+                return Ok(());
+            }
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "kafka: topic \"{topic}\" does not exist; create it (a broker with \
+                     auto.create.topics.enable makes it on the first write)"
+                ),
+            )
+            .with_field("topic"))
         })
         .await
         .map_err(|e| Error::internal("kafka check task failed").with_source(e))??;

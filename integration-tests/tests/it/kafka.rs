@@ -690,6 +690,37 @@ fn bad_json_message_stops_or_goes_to_dead_letter_with_its_position() {
     assert!(rec.to_string().contains("a tombstone"), "{rec}");
 }
 
+/// `sluice check` of a Kafka sink looks for its topic: a missing one is named, an
+/// existing one passes.
+#[test]
+fn check_names_a_missing_sink_topic() {
+    let t = topic("check");
+    create_topic(&t, 1);
+    let dir = workdir();
+    for (file, name) in [
+        ("ok.toml", t.clone()),
+        ("missing.toml", format!("{t}-nope")),
+    ] {
+        write(
+            dir.path(),
+            file,
+            &format!(
+                "[source]\nconnector = \"datagen\"\ncount = 1\n[sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{name}\"\n",
+                bootstrap()
+            ),
+        );
+    }
+    let ok = sluice(dir.path(), &["check", "ok.toml"]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let missing = sluice(dir.path(), &["check", "missing.toml"]);
+    let said = format!("{}{}", missing.stdout, missing.stderr);
+    assert_ne!(missing.code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("topic \"{t}-nope\" does not exist")),
+        "{said}"
+    );
+}
+
 /// An unreachable broker at start: the pipeline retries with backoff and says so.
 #[test]
 fn unreachable_broker_is_retried_with_a_clear_log() {
