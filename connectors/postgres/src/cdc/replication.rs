@@ -110,23 +110,33 @@ fn config(stream: &Stream<'_>) -> Result<ReplicationConfig> {
     .with_application_name(stream.name))
 }
 
+/// `work` on the replication connection, bounded by [`START_TIMEOUT`]; its errors
+/// named by `what`.
+async fn bounded<T>(
+    what: &str,
+    work: impl std::future::Future<Output = std::result::Result<T, PgWireError>>,
+) -> Result<T> {
+    tokio::time::timeout(START_TIMEOUT, work)
+        .await
+        .map_err(|_| {
+            Error::connect(format!(
+                "{what}: no answer within {}s",
+                START_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| wire_error(what, e))
+}
+
 /// Connects and starts streaming from `stream.start`.
 pub async fn start(stream: &Stream<'_>) -> Result<ReplicationClient> {
     let config = config(stream)?;
     let what = format!("start streaming from replication slot \"{}\"", stream.slot);
-    let started = tokio::time::timeout(START_TIMEOUT, async {
+    bounded(&what, async {
         let mut client = ReplicationClient::connect(config).await?;
         client.wait_started().await?;
-        Ok::<_, PgWireError>(client)
+        Ok(client)
     })
     .await
-    .map_err(|_| {
-        Error::connect(format!(
-            "{what}: no answer within {}s",
-            START_TIMEOUT.as_secs()
-        ))
-    })?;
-    started.map_err(|e| wire_error(&what, e))
 }
 
 /// A slot created on a replication connection, with the snapshot it exported: the
@@ -147,7 +157,7 @@ pub struct Exported {
 pub async fn create_exported(stream: &Stream<'_>) -> Result<Exported> {
     let config = config(stream)?;
     let what = format!("create replication slot \"{}\"", stream.slot);
-    let created = tokio::time::timeout(START_TIMEOUT, async {
+    let (client, rows) = bounded(&what, async {
         let mut client = ReplicationClient::connect_gated(config).await?;
         let rows = client
             .simple_query(&format!(
@@ -155,16 +165,9 @@ pub async fn create_exported(stream: &Stream<'_>) -> Result<Exported> {
                 stream.slot
             ))
             .await?;
-        Ok::<_, PgWireError>((client, rows))
+        Ok((client, rows))
     })
-    .await
-    .map_err(|_| {
-        Error::connect(format!(
-            "{what}: no answer within {}s",
-            START_TIMEOUT.as_secs()
-        ))
-    })?;
-    let (client, rows) = created.map_err(|e| wire_error(&what, e))?;
+    .await?;
     let field = |i: usize| {
         rows.first()
             .and_then(|r| r.get(i).cloned().flatten())
@@ -186,18 +189,11 @@ pub async fn create_exported(stream: &Stream<'_>) -> Result<Exported> {
 /// position; the exported snapshot ends with it.
 pub async fn start_gated(client: &mut ReplicationClient, slot: &str) -> Result<()> {
     let what = format!("start streaming from replication slot \"{slot}\"");
-    tokio::time::timeout(START_TIMEOUT, async {
+    bounded(&what, async {
         client.start().await?;
         client.wait_started().await
     })
     .await
-    .map_err(|_| {
-        Error::connect(format!(
-            "{what}: no answer within {}s",
-            START_TIMEOUT.as_secs()
-        ))
-    })?
-    .map_err(|e| wire_error(&what, e))
 }
 
 /// Maps an error of the replication connection to the API's kinds, keeping the
