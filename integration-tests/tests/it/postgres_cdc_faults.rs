@@ -3,6 +3,7 @@
 //! the table, a table dropped and created again, a slot gone after the snapshot, and
 //! one transaction far larger than memory.
 
+use std::process::Child;
 use std::time::Duration;
 
 use crate::postgres::{fresh, psql, server, url};
@@ -10,7 +11,7 @@ use crate::support::{finish, jsonl_lines, signal, spawn, wait_until, workdir, Ru
 
 /// Drops the slot, publication and stored offsets of pipeline `name` left by an
 /// earlier run, if any.
-fn drop_slot(name: &str) {
+pub(crate) fn drop_slot(name: &str) {
     fresh(name);
     psql(&format!(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'sluice_{name}';\
@@ -41,7 +42,7 @@ fn upsert(dst: &str, key: &str) -> String {
 }
 
 /// `src` and `dst` hold the same rows of `cols`.
-fn same(src: &str, dst: &str, cols: &str) -> bool {
+pub(crate) fn same(src: &str, dst: &str, cols: &str) -> bool {
     psql(&format!("SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'")) == "1"
         && psql(&format!(
             "SELECT count(*) FROM ((SELECT {cols} FROM \"{src}\" EXCEPT SELECT {cols} FROM \"{dst}\") UNION ALL \
@@ -55,6 +56,24 @@ fn ended(dir: &std::path::Path, name: &str) -> Run {
         spawn(dir, &["run", "--quiet", &format!("{name}.toml")]),
         Duration::from_secs(60),
     )
+}
+
+/// The statement that makes `src` with five rows of `(id, n)`.
+fn five_rows(src: &str) -> String {
+    format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer);\
+         INSERT INTO \"{src}\" SELECT g, g FROM generate_series(1, 5) g"
+    )
+}
+
+/// `src` with five rows, streamed by pipeline `name` into an upsert of `dst`: the run,
+/// and whether its snapshot arrived.
+fn five_rows_streaming(dir: &std::path::Path, name: &str, src: &str, dst: &str) -> (Child, bool) {
+    psql(&five_rows(src));
+    cdc(dir, name, src, "", &upsert(dst, "\"id\""));
+    let run = spawn(dir, &["run", "--quiet", &format!("{name}.toml")]);
+    let snapshot = wait_until(Duration::from_secs(30), || same(src, dst, "id, n"));
+    (run, snapshot)
 }
 
 /// The confirmed position of pipeline `name`'s slot.
@@ -241,14 +260,7 @@ fn a_left_over_publication_without_the_re_created_table_stops_the_next_run_and_h
     let (src, dst) = (fresh("it_pg_pub_src"), fresh("it_pg_pub_dst"));
     let name = "it_pg_pub";
     drop_slot(name);
-    let create = format!(
-        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer);\
-         INSERT INTO \"{src}\" SELECT g, g FROM generate_series(1, 5) g"
-    );
-    psql(&create);
-    cdc(d, name, &src, "", &upsert(&dst, "\"id\""));
-    let run = spawn(d, &["run", "--quiet", &format!("{name}.toml")]);
-    let snapshot = wait_until(Duration::from_secs(30), || same(&src, &dst, "id, n"));
+    let (run, snapshot) = five_rows_streaming(d, name, &src, &dst);
     psql(&format!("INSERT INTO \"{src}\" VALUES (6, 6)"));
     let streamed = wait_until(Duration::from_secs(30), || same(&src, &dst, "id, n"));
     signal(&run, "TERM");
@@ -256,7 +268,7 @@ fn a_left_over_publication_without_the_re_created_table_stops_the_next_run_and_h
     assert!(snapshot && streamed, "{}", first.stderr);
     // a migration drops and re-creates the table: it leaves the publication
     psql(&format!("DROP TABLE \"{src}\""));
-    psql(&create);
+    psql(&five_rows(&src));
     psql(&format!(
         "INSERT INTO \"{src}\" SELECT g, g FROM generate_series(100, 2000) g"
     ));
@@ -285,17 +297,10 @@ fn a_table_dropped_and_re_created_while_streaming_stops_the_pipeline_within_seco
     let (src, dst) = (fresh("it_pg_drop_src"), fresh("it_pg_drop_dst"));
     let name = "it_pg_drop";
     drop_slot(name);
-    let create = format!(
-        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer);\
-         INSERT INTO \"{src}\" SELECT g, g FROM generate_series(1, 5) g"
-    );
-    psql(&create);
-    cdc(d, name, &src, "", &upsert(&dst, "\"id\""));
-    let run = spawn(d, &["run", "--quiet", &format!("{name}.toml")]);
-    let snapshot = wait_until(Duration::from_secs(30), || same(&src, &dst, "id, n"));
+    let (run, snapshot) = five_rows_streaming(d, name, &src, &dst);
     let held = slot_position(name);
     psql(&format!("DROP TABLE \"{src}\""));
-    psql(&create);
+    psql(&five_rows(&src));
     psql(&format!("INSERT INTO \"{src}\" VALUES (7, 7)"));
     let run = finish(run, Duration::from_secs(20));
     let after = slot_position(name);
@@ -359,13 +364,7 @@ fn a_slot_dropped_after_a_snapshot_only_run_is_named_gone_after_the_snapshot() {
     let (src, dst) = (fresh("it_pg_gone_src"), fresh("it_pg_gone_dst"));
     let name = "it_pg_gone";
     drop_slot(name);
-    psql(&format!(
-        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer);\
-         INSERT INTO \"{src}\" SELECT g, g FROM generate_series(1, 5) g"
-    ));
-    cdc(d, name, &src, "", &upsert(&dst, "\"id\""));
-    let run = spawn(d, &["run", "--quiet", &format!("{name}.toml")]);
-    let snapshot = wait_until(Duration::from_secs(30), || same(&src, &dst, "id, n"));
+    let (run, snapshot) = five_rows_streaming(d, name, &src, &dst);
     // a checkpoint after the snapshot's last batch
     std::thread::sleep(Duration::from_millis(800));
     signal(&run, "TERM");

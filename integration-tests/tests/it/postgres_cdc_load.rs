@@ -4,16 +4,8 @@
 use std::time::Duration;
 
 use crate::postgres::{fresh, psql, server, url};
+use crate::postgres_cdc_faults::{drop_slot, same};
 use crate::support::{finish, jsonl_lines, kill_at_random, signal, spawn, wait_until, workdir};
-
-/// Drops the slot, publication and stored offsets of pipeline `name`, if any.
-fn drop_slot(name: &str) {
-    fresh(name);
-    psql(&format!(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'sluice_{name}';\
-         DROP PUBLICATION IF EXISTS sluice_{name}"
-    ));
-}
 
 /// Peak resident memory of a running process, in KiB.
 fn peak_kib(pid: u32) -> u64 {
@@ -152,26 +144,20 @@ fn a_postgres_restart_mid_stream_is_retried_and_the_target_equals_the_source() {
         ),
     )
     .unwrap();
-    let same = || {
-        psql(&format!("SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'")) == "1"
-            && psql(&format!(
-                "SELECT count(*) FROM ((SELECT id, n FROM \"{src}\" EXCEPT SELECT id, n FROM \"{dst}\") UNION ALL \
-                 (SELECT id, n FROM \"{dst}\" EXCEPT SELECT id, n FROM \"{src}\")) x"
-            )) == "0"
-    };
+    let equal = || same(&src, &dst, "id, n");
     let run = spawn(d, &["run", "--quiet", "r.toml"]);
-    let snapshot = wait_until(Duration::from_secs(30), same);
+    let snapshot = wait_until(Duration::from_secs(30), equal);
     psql(&format!(
         "INSERT INTO \"{src}\" SELECT g, g FROM generate_series(101, 50000) g"
     ));
     crate::postgres::restart_postgres();
     psql(&format!("UPDATE \"{src}\" SET n = -n WHERE id % 7 = 0"));
     psql(&format!("DELETE FROM \"{src}\" WHERE id % 11 = 0"));
-    let equal = wait_until(Duration::from_secs(120), same);
+    let caught_up = wait_until(Duration::from_secs(120), equal);
     signal(&run, "TERM");
     let run = finish(run, Duration::from_secs(30));
     drop_slot(&dst);
-    assert!(snapshot && equal, "{}", run.stderr);
+    assert!(snapshot && caught_up, "{}", run.stderr);
     crate::postgres::assert_restarted(&run);
 }
 
