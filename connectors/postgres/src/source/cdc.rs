@@ -424,6 +424,9 @@ impl Cdc {
     /// Fails when the publication no longer covers the table or the table was dropped
     /// (or dropped and created again): its changes since are not decoded.
     async fn check(&mut self, pool: &PgPool) -> Result<()> {
+        // the WAL position first, in a statement of its own: the catalog read after it
+        // then vouches for everything before it (one statement could read the catalog
+        // before a drop and the position after it)
         let (wal,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
             .fetch_one(pool)
             .await
