@@ -65,7 +65,8 @@ impl ProgressUnit {
 /// How far one split of a source is behind the end of its input, in whichever measures
 /// the source can tell: a Kafka partition's last stable offset against the position
 /// read (records); a PostgreSQL replication stream's WAL position against the last
-/// change read (bytes) and that change's commit time (seconds).
+/// change read (bytes) and that change's commit time (seconds); the files or objects
+/// that a file or S3 source has found and not read to their end (files, bytes).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Lag {
     /// The split, as named in the offsets (`topic/partition` for Kafka).
@@ -76,6 +77,8 @@ pub struct Lag {
     pub bytes: Option<u64>,
     /// How old the input at the read position is: 0 when caught up.
     pub seconds: Option<f64>,
+    /// Files or objects with data not read yet (file and S3 sources).
+    pub files: Option<u64>,
 }
 
 /// Reads records, one batch at a time. The runtime owns the loop; one task owns one

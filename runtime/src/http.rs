@@ -280,6 +280,7 @@ fn status(m: &PipelineMetrics) -> Value {
             "records": l.records,
             "bytes": l.bytes,
             "seconds": l.seconds,
+            "files": l.files,
         })).collect::<Vec<_>>(),
         "progress": m.progress().map(|p| json!({
             "done": p.done,

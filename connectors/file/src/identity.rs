@@ -53,14 +53,16 @@ pub fn identify(path: &Path) -> Result<Identity> {
     })
 }
 
+/// The inode number of a file (0 where the platform has none).
 #[cfg(unix)]
-fn inode(meta: &std::fs::Metadata) -> u64 {
+pub fn inode(meta: &std::fs::Metadata) -> u64 {
     use std::os::unix::fs::MetadataExt;
     meta.ino()
 }
 
+/// The inode number of a file (0 where the platform has none).
 #[cfg(not(unix))]
-fn inode(_meta: &std::fs::Metadata) -> u64 {
+pub fn inode(_meta: &std::fs::Metadata) -> u64 {
     0
 }
 

@@ -66,6 +66,8 @@ enum Body {
 struct Current {
     key: String,
     etag: String,
+    /// The object's size as listed.
+    size: u64,
     pos: u64,
     line: u64,
     body: Body,
@@ -137,13 +139,9 @@ impl S3Source {
         let all = list_matching(self.client()?, &self.conn, &self.config, &self.pattern).await?;
         self.listed = Some(Instant::now());
         if !self.config.watch {
-            let plain = |key: &str| {
-                self.config.format != Format::Parquet
-                    && self.config.compression.for_key(key) == Compression::None
-            };
             self.sizes = all
                 .iter()
-                .map(|o| (o.key.clone(), (o.size, plain(&o.key))))
+                .map(|o| (o.key.clone(), (o.size, self.plain(&o.key))))
                 .collect();
         }
         self.pending = all
@@ -158,6 +156,13 @@ impl S3Source {
             })
             .collect();
         Ok(())
+    }
+
+    /// True when positions in the object `key` are bytes of it (plain text), not rows
+    /// or decompressed bytes.
+    fn plain(&self, key: &str) -> bool {
+        self.config.format != Format::Parquet
+            && self.config.compression.for_key(key) == Compression::None
     }
 
     /// Opens `obj` at its stored position; a batch of rejects when it cannot be read.
@@ -182,6 +187,7 @@ impl S3Source {
                     self.current = Some(Current {
                         key: obj.key,
                         etag: obj.etag,
+                        size: obj.size,
                         pos,
                         line,
                         body: Body::Parquet(reader),
@@ -217,6 +223,7 @@ impl S3Source {
         self.current = Some(Current {
             key: obj.key,
             etag: obj.etag,
+            size: obj.size,
             pos,
             line,
             body: Body::Text {
@@ -568,6 +575,34 @@ impl Source for S3Source {
             total: self.sizes.values().map(|(size, _)| size).sum(),
             unit: connector_api::ProgressUnit::Bytes,
         })
+    }
+
+    /// The objects with data not read yet, as of the last listing, and their unread
+    /// bytes (an object whose positions are not bytes of it counts whole).
+    fn lag(&self) -> Vec<connector_api::Lag> {
+        let unread = |key: &str, size: u64, pos: u64| match self.plain(key) {
+            true => size.saturating_sub(pos),
+            false => size,
+        };
+        let mut files = self.pending.len() as u64;
+        let mut bytes: u64 = self
+            .pending
+            .iter()
+            .map(|o| match self.known.get(&o.key) {
+                Some(off) if off.etag == o.etag => unread(&o.key, o.size, off.pos),
+                _ => o.size,
+            })
+            .sum();
+        if let Some(cur) = &self.current {
+            files += 1;
+            bytes += unread(&cur.key, cur.size, cur.pos);
+        }
+        vec![connector_api::Lag {
+            split: self.conn.url(&self.config.path),
+            files: Some(files),
+            bytes: Some(bytes),
+            ..Default::default()
+        }]
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {

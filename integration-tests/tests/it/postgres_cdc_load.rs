@@ -161,15 +161,6 @@ fn a_postgres_restart_mid_stream_is_retried_and_the_target_equals_the_source() {
     crate::postgres::assert_restarted(&run);
 }
 
-/// The value of `metric` for `pipeline` on `/metrics` (None when absent).
-fn metric(base: &str, metric: &str, pipeline: &str) -> Option<f64> {
-    let text = crate::service::request("GET", &format!("{base}/metrics"), None).1;
-    let prefix = format!("{metric}{{pipeline=\"{pipeline}\"");
-    text.lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
 #[test]
 fn a_backlog_shows_as_wal_lag_on_metrics_and_drains_to_nothing() {
     let _server = server();
@@ -221,16 +212,17 @@ fn a_backlog_shows_as_wal_lag_on_metrics_and_drains_to_nothing() {
     );
     let mut most = 0.0f64;
     let drained = wait_until(Duration::from_secs(120), || {
-        most = most.max(metric(&base, "sluice_source_lag_bytes", &dst).unwrap_or(0.0));
+        most =
+            most.max(crate::service::metric(&base, "sluice_source_lag_bytes", &dst).unwrap_or(0.0));
         psql(&format!("SELECT count(*) FROM \"{dst}\"")) == "300001"
     });
     // caught up: the next check and keepalive bring the lag down to (almost) nothing
     let mut last = None;
     let settled = wait_until(Duration::from_secs(30), || {
-        last = metric(&base, "sluice_source_lag_bytes", &dst);
+        last = crate::service::metric(&base, "sluice_source_lag_bytes", &dst);
         last.is_some_and(|b| b < 65_536.0)
     });
-    let seconds = metric(&base, "sluice_source_lag_seconds", &dst);
+    let seconds = crate::service::metric(&base, "sluice_source_lag_seconds", &dst);
     let run = crate::service::stop(run);
     drop_slot(&dst);
     assert!(drained, "{run}");

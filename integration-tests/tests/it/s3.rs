@@ -13,7 +13,7 @@ fn endpoint() -> String {
 }
 
 /// Runs Python with `s3` (a boto3 client of the test server) and `BUCKET` defined.
-fn py(bucket: &str, code: &str) -> String {
+pub(crate) fn py(bucket: &str, code: &str) -> String {
     python(&format!(
         "import boto3, io, json\n\
          s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
@@ -23,7 +23,7 @@ fn py(bucket: &str, code: &str) -> String {
 }
 
 /// A new, empty bucket for one test.
-fn new_bucket(tag: &str) -> String {
+pub(crate) fn new_bucket(tag: &str) -> String {
     let name = format!(
         "sluice-{tag}-{}-{:06x}",
         std::process::id(),
@@ -34,7 +34,7 @@ fn new_bucket(tag: &str) -> String {
 }
 
 /// The connection lines of a pipeline's `[source]` or `[sink]`.
-fn conn(bucket: &str) -> String {
+pub(crate) fn conn(bucket: &str) -> String {
     format!(
         "bucket = \"{bucket}\"\nendpoint = \"{}\"\nauth = {{ access_key_id = \"test\", secret_access_key = \"test\" }}\n",
         endpoint()

@@ -46,6 +46,15 @@ pub(crate) fn pipeline(base: &str, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// The value of `metric` for `pipeline` on `/metrics` (None when absent).
+pub(crate) fn metric(base: &str, metric: &str, pipeline: &str) -> Option<f64> {
+    let text = crate::service::request("GET", &format!("{base}/metrics"), None).1;
+    let prefix = format!("{metric}{{pipeline=\"{pipeline}\"");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 pub(crate) fn wait_state(base: &str, name: &str, state: &str) {
     let mut last = Value::Null;
     let reached = wait_until(Duration::from_secs(60), || {

@@ -14,7 +14,7 @@
 //! | `sluice_pipeline_restarts_total` | counter | pipeline |
 //! | `sluice_pipeline_state` (1 for the current state) | gauge | pipeline, state |
 //! | `sluice_in_flight_bytes`, `sluice_in_flight_limit_bytes` | gauge | pipeline |
-//! | `sluice_source_lag_records` (a Kafka partition: offsets not read yet), `sluice_source_lag_bytes` (PostgreSQL CDC: WAL not read yet), `sluice_source_lag_seconds` (age of the input at the read position) | gauge | pipeline, connector, split |
+//! | `sluice_source_lag_records` (a Kafka partition: offsets not read yet), `sluice_source_lag_bytes` (PostgreSQL CDC: WAL not read yet; files and objects: their unread bytes), `sluice_source_lag_seconds` (age of the input at the read position), `sluice_source_lag_files` (files or objects found and not read to their end) | gauge | pipeline, connector, split |
 //! | `sluice_source_remaining` (records or bytes of a bounded read not read yet), `sluice_source_progress_ratio` | gauge | pipeline, connector, unit |
 //! | `sluice_uptime_seconds` | gauge | |
 
@@ -317,7 +317,7 @@ pub fn render(telemetry: &Telemetry) -> String {
         .flat_map(|m| m.lag().into_iter().map(move |l| (m.as_ref(), l)))
         .collect();
     type Measure = fn(&connector_api::Lag) -> Option<f64>;
-    let measures: [(&str, &str, Measure); 3] = [
+    let measures: [(&str, &str, Measure); 4] = [
         (
             "sluice_source_lag_records",
             "How far a split of the source is behind the end of its input (Kafka: offsets).",
@@ -325,13 +325,18 @@ pub fn render(telemetry: &Telemetry) -> String {
         ),
         (
             "sluice_source_lag_bytes",
-            "Bytes of a split's input not read yet (PostgreSQL CDC: WAL).",
+            "Bytes of a split's input not read yet (PostgreSQL CDC: WAL; files and objects).",
             |l| l.bytes.map(|b| b as f64),
         ),
         (
             "sluice_source_lag_seconds",
             "How old the input at a split's read position is (0 when caught up).",
             |l| l.seconds,
+        ),
+        (
+            "sluice_source_lag_files",
+            "Files or objects found and not read to their end.",
+            |l| l.files.map(|n| n as f64),
         ),
     ];
     for (name, help, value) in measures {

@@ -4,18 +4,23 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::RecommendedWatcher;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use sluice_formats::{Decoded, Format, TextDecoder as Text};
 use tokio::sync::mpsc;
 
 use crate::config::FileSourceConfig;
 use crate::identity::{identify, FileOffset, Identity};
+
+mod listing;
+
+pub use self::listing::check;
+use self::listing::list;
 
 enum Body {
     Text {
@@ -32,6 +37,8 @@ enum Body {
 struct Current {
     split: String,
     id: Identity,
+    /// The file's size when it was opened.
+    size: u64,
     pos: u64,
     line: u64,
     body: Body,
@@ -58,6 +65,9 @@ pub struct FileSource {
     /// Sizes of the files matched at open (a bounded read of a text format), for
     /// progress.
     sizes: BTreeMap<String, u64>,
+    /// Files with data not read yet, other than the one being read, and their unread
+    /// bytes, as of the last listing (for lag).
+    waiting: (u64, u64),
 }
 
 /// Bytes read from a file's start to infer a CSV schema before resuming inside it.
@@ -86,12 +96,19 @@ impl FileSource {
             events: None,
             last_scan: None,
             sizes: BTreeMap::new(),
+            waiting: (0, 0),
         })
     }
 
     /// Opens the first file (in name order) that has unread data.
     fn pick(&mut self) -> Result<bool> {
-        for path in list(&self.config.path)? {
+        let paths = list(&self.config.path)?;
+        let unread: Vec<u64> = paths.iter().map(|p| self.unread(p)).collect();
+        self.waiting = (
+            unread.iter().filter(|&&n| n > 0).count() as u64,
+            unread.iter().sum(),
+        );
+        for (path, left) in paths.into_iter().zip(unread) {
             let split = path.to_string_lossy().into_owned();
             let id = match identify(&path) {
                 Ok(id) => id,
@@ -108,9 +125,12 @@ impl FileSource {
                 }
             }
             let size = std::fs::metadata(&path)?.len();
+            let (files, bytes) = self.waiting;
+            let picked = (files.saturating_sub(u64::from(left > 0)), bytes - left);
             if self.config.format == Format::Parquet {
                 if let Some(cur) = open_parquet(&path, &split, id, pos, self.batch_size)? {
                     self.current = Some(cur);
+                    self.waiting = picked;
                     return Ok(true);
                 }
                 continue;
@@ -131,9 +151,11 @@ impl FileSource {
                 }
             }
             file.seek(SeekFrom::Start(pos))?;
+            self.waiting = picked;
             self.current = Some(Current {
                 split,
                 id,
+                size,
                 pos,
                 line,
                 body: Body::Text {
@@ -247,44 +269,6 @@ impl FileSource {
             }
         }
     }
-
-    fn start_watching(&mut self) -> Result<()> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
-                let _ = tx.send(());
-            }
-        })
-        .map_err(|e| Error::internal("cannot start the file watcher").with_source(e))?;
-        let dir = watch_dir(&self.config.path);
-        if !dir.is_dir() {
-            // made so files can be dropped in, but said: a mistyped path would otherwise
-            // wait for files that never come without a word
-            tracing::warn!(directory = %dir.display(), pattern = %self.config.path, "the watched directory did not exist; created it (check `path` if files never arrive)");
-            std::fs::create_dir_all(&dir).map_err(|e| {
-                Error::from(e).context(format!("create watched directory \"{}\"", dir.display()))
-            })?;
-        }
-        watcher.watch(&dir, RecursiveMode::Recursive).map_err(|e| {
-            Error::internal(format!("cannot watch \"{}\"", dir.display())).with_source(e)
-        })?;
-        self.events = Some((watcher, rx));
-        Ok(())
-    }
-
-    async fn wait_for_change(&mut self) {
-        let poll = self.config.poll_interval.min(self.idle_timeout);
-        if let Some((_, rx)) = self.events.as_mut() {
-            if tokio::time::timeout(poll, rx.recv()).await.is_ok() {
-                // a burst of events is one change
-                while rx.try_recv().is_ok() {}
-            }
-        } else {
-            tokio::time::sleep(poll).await;
-        }
-        self.partial.clear();
-        self.last_scan = Some(Instant::now());
-    }
 }
 
 /// Turns one decoded part into a batch, advancing the file position past it.
@@ -334,45 +318,11 @@ fn open_parquet(
     Ok(Some(Current {
         split: split.to_string(),
         id,
+        size: 0,
         pos,
         line: 0,
         body: Body::Parquet(reader),
     }))
-}
-
-/// Files matching the glob, in name order.
-fn list(pattern: &str) -> Result<Vec<PathBuf>> {
-    let paths = glob::glob(pattern)
-        .map_err(|e| Error::config(format!("path \"{pattern}\"")).with_source(e))?;
-    let mut out: Vec<PathBuf> = paths
-        .filter_map(|p| p.ok())
-        .filter(|p| p.is_file())
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-/// The directory to watch: the longest leading part of the glob without wildcards.
-fn watch_dir(pattern: &str) -> PathBuf {
-    let mut dir = PathBuf::new();
-    for part in Path::new(pattern).components() {
-        let s = part.as_os_str().to_string_lossy();
-        if s.contains(['*', '?', '[']) {
-            break;
-        }
-        dir.push(part);
-    }
-    if dir.as_os_str().is_empty() || dir == Path::new(pattern) {
-        dir = Path::new(pattern)
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-    }
-    if dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        dir
-    }
 }
 
 #[connector_api::async_trait]
@@ -427,6 +377,22 @@ impl Source for FileSource {
         })
     }
 
+    /// The files found with data not read yet, as of the last listing, and their
+    /// unread bytes (text formats; a Parquet file's positions are rows).
+    fn lag(&self) -> Vec<connector_api::Lag> {
+        let (mut files, mut bytes) = self.waiting;
+        if let Some(cur) = &self.current {
+            files += 1;
+            bytes += cur.size.saturating_sub(cur.pos);
+        }
+        vec![connector_api::Lag {
+            split: self.config.path.clone(),
+            files: Some(files),
+            bytes: (self.config.format != Format::Parquet).then_some(bytes),
+            ..Default::default()
+        }]
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let started = Instant::now();
         loop {
@@ -456,31 +422,6 @@ impl Source for FileSource {
         self.events = None;
         Ok(())
     }
-}
-
-/// `sluice check`: the glob matches readable files (or, in watch mode, its directory exists).
-pub fn check(config: &FileSourceConfig) -> Result<()> {
-    if config.watch {
-        let dir = watch_dir(&config.path);
-        if !dir.is_dir() {
-            return Err(Error::not_found(format!(
-                "directory \"{}\" does not exist",
-                dir.display()
-            ))
-            .with_field("path"));
-        }
-        return Ok(());
-    }
-    let files = list(&config.path)?;
-    if files.is_empty() {
-        return Err(
-            Error::not_found(format!("no file matches \"{}\"", config.path)).with_field("path"),
-        );
-    }
-    for f in files {
-        File::open(&f).map_err(|e| Error::from(e).context(format!("file \"{}\"", f.display())))?;
-    }
-    Ok(())
 }
 
 /// `sluice schema`: the declared schema, or the one inferred from the first file.
@@ -551,12 +492,5 @@ mod tests {
             .unwrap();
         let again = s.next_batch().await.unwrap().unwrap();
         assert_eq!(again.num_rows(), 2);
-    }
-
-    #[test]
-    fn watch_dir_is_the_part_before_the_first_wildcard() {
-        assert_eq!(watch_dir("in/*.jsonl"), PathBuf::from("in"));
-        assert_eq!(watch_dir("a/b/c.csv"), PathBuf::from("a/b"));
-        assert_eq!(watch_dir("*.csv"), PathBuf::from("."));
     }
 }
