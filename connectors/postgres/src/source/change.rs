@@ -167,6 +167,7 @@ mod tests {
             offset: Default::default(),
             op: true,
             physical: false,
+            cursor: None,
         }
     }
 

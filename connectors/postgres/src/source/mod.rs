@@ -13,8 +13,10 @@
 
 mod cdc;
 mod change;
+mod cursor;
 mod describe;
 mod envelope;
+mod estimate;
 mod snapshot;
 mod table;
 
@@ -92,6 +94,10 @@ pub struct PostgresSource {
     parts: usize,
     batch_size: usize,
     idle_timeout: Duration,
+    /// `snapshot`: the estimated rows in all and read before this run, for progress.
+    estimate: Option<(u64, u64)>,
+    /// Rows returned by this run.
+    rows: u64,
 }
 
 impl PostgresSource {
@@ -112,6 +118,8 @@ impl PostgresSource {
                 .min(4),
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
+            estimate: None,
+            rows: 0,
         }
     }
 }
@@ -177,6 +185,19 @@ impl Source for PostgresSource {
             if physical {
                 open_physical(&pool, &relation, &mut offset).await?;
             }
+            let cursor = match self.config.mode {
+                SourceMode::Incremental => Some(
+                    cursor::Cursor::open(
+                        &pool,
+                        &relation,
+                        matches!(read, Read::Table(_)),
+                        &schema,
+                        &key,
+                    )
+                    .await?,
+                ),
+                _ => None,
+            };
             let op = self.config.mode == SourceMode::Cdc;
             let debezium = op && self.config.envelope == crate::config::Envelope::Debezium;
             self.tables.push(Table {
@@ -191,10 +212,18 @@ impl Source for PostgresSource {
                 offset,
                 op,
                 physical,
+                cursor,
             });
         }
         if self.config.mode == SourceMode::Cdc {
             self.cdc = Some(self.open_cdc(&pool, &ctx.pipeline).await?);
+        }
+        if self.config.mode == SourceMode::Snapshot {
+            // only for the progress bar: a failure costs the bar, not the run
+            self.estimate = estimate::estimate(&pool, &self.tables)
+                .await
+                .inspect_err(|e| tracing::warn!(error = %e, "no row estimate for progress"))
+                .ok();
         }
         self.pool = Some(pool);
         Ok(())
@@ -214,13 +243,27 @@ impl Source for PostgresSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
-        if let Some(b) = self.ready.pop_front() {
-            return Ok(Some(b));
+        let batch = match self.ready.pop_front() {
+            Some(b) => Some(b),
+            None if self.cdc.is_some() && self.tables.first().is_some_and(|t| t.offset.done) => {
+                return self.stream().await;
+            }
+            None => self.read_tables().await?,
+        };
+        if let Some(b) = &batch {
+            self.rows += (b.num_rows() + b.rejects.len()) as u64;
         }
-        if self.cdc.is_some() && self.tables.first().is_some_and(|t| t.offset.done) {
-            return self.stream().await;
-        }
-        self.read_tables().await
+        Ok(batch)
+    }
+
+    /// `snapshot`: rows read against the planner's estimate of the tables' rows.
+    fn progress(&self) -> Option<connector_api::Progress> {
+        let (total, before) = self.estimate?;
+        Some(connector_api::Progress {
+            done: before + self.rows,
+            total,
+            unit: connector_api::ProgressUnit::Records,
+        })
     }
 
     fn lag(&self) -> Vec<connector_api::Lag> {

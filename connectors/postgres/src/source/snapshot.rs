@@ -310,6 +310,10 @@ impl PostgresSource {
                     });
                 }
             }
+            if let Some(cursor) = table.cursor.as_ref().filter(|_| starts.len() < limit) {
+                // caught up: a row no cursor position reaches is an error, not a gap
+                cursor.check_nulls(&pool, table).await?;
+            }
             if starts.is_empty() {
                 self.current += 1;
                 empty_pass += 1;
@@ -327,6 +331,10 @@ impl PostgresSource {
             // decode on every core: parts of one batch each, as many at a time as cores,
             // each its own batch and offset
             let parts: Vec<&[usize]> = starts.chunks(self.batch_size).collect();
+            let ties = match table.cursor {
+                Some(_) => super::cursor::ties(&buf, &parts, table.columns.len())?,
+                None => vec![false; parts.len()],
+            };
             let schema = &table.table_schema;
             let keys = table.key_columns();
             let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
@@ -361,11 +369,11 @@ impl PostgresSource {
                 decoded
             });
             let now_ms = now_millis();
-            for part in decoded {
+            for (part, tie) in decoded.into_iter().zip(ties) {
                 let part = part?;
                 if physical {
                     table.advance_ctid(&part.last_key)?;
-                } else {
+                } else if !tie {
                     table.offset.after = Some(part.last_key);
                 }
                 let mut offsets = Offsets::new();

@@ -60,6 +60,28 @@ pub(super) struct Table {
     pub(super) op: bool,
     /// `snapshot_order = "physical"`: read in `ctid` order by one streaming COPY.
     pub(super) physical: bool,
+    /// `incremental`: how reads by the cursor are kept exact.
+    pub(super) cursor: Option<super::cursor::Cursor>,
+}
+
+/// `WHERE` the rows come after the physical position `after` (empty for None): a TID
+/// range scan.
+fn tid_filter(after: Option<Tid>) -> String {
+    match after {
+        Some(t) => format!("WHERE __sluice_t.ctid > '{}'::tid", t.text()),
+        None => String::new(),
+    }
+}
+
+/// `WHERE` all of `conditions` (empty for none).
+fn where_all<S: AsRef<str>>(conditions: &[S]) -> String {
+    match conditions {
+        [] => String::new(),
+        _ => {
+            let all: Vec<&str> = conditions.iter().map(AsRef::as_ref).collect();
+            format!("WHERE {}", all.join(" AND "))
+        }
+    }
 }
 
 /// A text value as an SQL literal, whatever `standard_conforming_strings` says.
@@ -140,10 +162,7 @@ impl Table {
     /// table's columns, then the `ctid` (for the offset). A bound on `ctid`
     /// makes it a TID range scan.
     pub(super) fn copy_physical(&self, after: Option<Tid>) -> String {
-        let filter = match after {
-            Some(t) => format!("WHERE __sluice_t.ctid > '{}'::tid", t.text()),
-            None => String::new(),
-        };
+        let filter = tid_filter(after);
         format!(
             "COPY (SELECT {}, __sluice_t.ctid AS __sluice_k0 FROM {} AS __sluice_t {filter}) TO STDOUT (FORMAT binary)",
             self.select_list(),
@@ -156,36 +175,69 @@ impl Table {
     /// (for the offset). COPY takes no bind parameters, so the key values are inlined
     /// as quoted literals.
     pub(super) fn copy(&self, after: Option<&[String]>, limit: usize) -> String {
-        // qualified, so that ORDER BY never means an output column cast to text
-        let keys: Vec<String> = self
-            .key
-            .iter()
-            .map(|&i| format!("__sluice_t.{}", quote(&self.columns[i].name)))
-            .collect();
+        let keys = self.qualified_key();
         let key_text: Vec<String> = keys
             .iter()
             .enumerate()
             .map(|(n, k)| format!("{k}::text AS __sluice_k{n}"))
             .collect();
         let order = keys.join(", ");
-        let filter = match after {
-            Some(values) => {
-                let marks: Vec<String> = self
-                    .key
-                    .iter()
-                    .zip(values)
-                    .map(|(&i, v)| format!("{}::{}", literal(v), self.columns[i].pg))
-                    .collect();
-                format!("WHERE ({order}) > ({})", marks.join(", "))
+        let mut conditions: Vec<String> = self.key_condition(after).into_iter().collect();
+        // a batch never ends inside a run of rows with equal cursor values: the next
+        // read starts after them
+        let limit = match &self.cursor {
+            Some(cursor) => {
+                conditions.extend(cursor.conditions());
+                format!("FETCH FIRST {limit} ROWS WITH TIES")
             }
-            None => String::new(),
+            None => format!("LIMIT {limit}"),
         };
+        let filter = where_all(&conditions);
         format!(
-            "COPY (SELECT {}, {} FROM {} AS __sluice_t {filter} ORDER BY {order} LIMIT {limit}) TO STDOUT (FORMAT binary)",
+            "COPY (SELECT {}, {} FROM {} AS __sluice_t {filter} ORDER BY {order} {limit}) TO STDOUT (FORMAT binary)",
             self.select_list(),
             key_text.join(", "),
             self.relation
         )
+    }
+
+    /// The order key's columns, qualified, so that ORDER BY never means an output
+    /// column cast to text.
+    pub(super) fn qualified_key(&self) -> Vec<String> {
+        self.key
+            .iter()
+            .map(|&i| format!("__sluice_t.{}", quote(&self.columns[i].name)))
+            .collect()
+    }
+
+    /// The rows come after the key values `after` (None: no condition).
+    fn key_condition(&self, after: Option<&[String]>) -> Option<String> {
+        let values = after?;
+        let marks: Vec<String> = self
+            .key
+            .iter()
+            .zip(values)
+            .map(|(&i, v)| format!("{}::{}", literal(v), self.columns[i].pg))
+            .collect();
+        Some(format!(
+            "({}) > ({})",
+            self.qualified_key().join(", "),
+            marks.join(", ")
+        ))
+    }
+
+    /// `EXPLAIN` of the table's rows (`rest`: those after its offset), whose plan's
+    /// row estimate costs no scan.
+    pub(super) fn explain(&self, rest: bool) -> Result<String> {
+        let filter = match (rest, self.physical) {
+            (false, _) => String::new(),
+            (true, true) => tid_filter(self.offset.ctid.as_deref().map(Tid::parse).transpose()?),
+            (true, false) => where_all(self.key_condition(self.offset.after.as_deref()).as_slice()),
+        };
+        Ok(format!(
+            "EXPLAIN SELECT 1 FROM {} AS __sluice_t {filter}",
+            self.relation
+        ))
     }
 
     /// Moves the physical-order offset to the row at `ctid` (the last of a part). Rows
