@@ -12,6 +12,8 @@
 //! Types: see [`types`] for the mapping between Arrow and SQLite declared types.
 
 mod config;
+mod conn;
+mod error;
 mod sink;
 mod source;
 pub mod types;

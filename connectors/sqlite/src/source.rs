@@ -6,10 +6,12 @@ use std::time::Duration;
 use arrow_schema::{Field, Schema, SchemaRef};
 use connector_api::{Batch, Error, Offsets, Result, RowBuilder, Source, SourceContext, Value};
 use serde::{Deserialize, Serialize};
+use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, SqlitePool, TypeInfo};
 
 use crate::config::SqliteSourceConfig;
-use crate::sink::{connect, quote, sql_error, table_schema};
+use crate::conn::{connect, quote, table_schema};
+use crate::error::sql_error;
 use crate::types::{arrow_type, read_value};
 
 /// Hidden column carrying the rowid in table reads.
@@ -84,8 +86,12 @@ impl SqliteSource {
             match &self.position {
                 Some(SqliteOffset::Cursor { values }) => {
                     let marks = vec!["?"; values.len()].join(", ");
+                    // rows with a NULL cursor come too, first, to be named as an error
+                    // (no position comes after them)
+                    let nulls: Vec<String> =
+                        cols.iter().map(|c| format!(" OR {c} IS NULL")).collect();
                     (
-                        format!("SELECT * FROM {rel} WHERE ({order}) > ({marks}) ORDER BY {order} LIMIT {limit}"),
+                        format!("SELECT * FROM {rel} WHERE (({order}) > ({marks}){}) ORDER BY {order} LIMIT {limit}", nulls.concat()),
                         values.clone(),
                     )
                 }
@@ -114,6 +120,91 @@ impl SqliteSource {
             )
         }
     }
+}
+
+impl SqliteSource {
+    /// The cursor values of `row`; an error naming the column when one is NULL (no
+    /// position comes after it, so the row could never be read in turn).
+    fn cursor_of(&self, row: &SqliteRow) -> Result<Vec<serde_json::Value>> {
+        self.config
+            .cursor
+            .iter()
+            .map(|c| {
+                let i = row
+                    .columns()
+                    .iter()
+                    .position(|col| col.name() == c)
+                    .ok_or_else(|| Error::internal(format!("cursor column \"{c}\" not in the rows")))?;
+                match json_of(&read_value(row, i)?) {
+                    serde_json::Value::Null => Err(Error::data(format!(
+                        "{}: a row has NULL in the cursor column \"{c}\"; no cursor position comes after NULL, so it would never be read. \
+                         Fill the column and make it NOT NULL, or read a query that gives it a value (coalesce)",
+                        self.split
+                    ))
+                    .with_field("cursor")),
+                    v => Ok(v),
+                }
+            })
+            .collect()
+    }
+
+    /// A read by cursor that filled its limit may end inside a run of rows with equal
+    /// cursors, and the next read (after that value) would skip the rest of the run:
+    /// the run is left to the next read, or, when the whole read is one run, read
+    /// whole here.
+    async fn whole_runs(
+        &self,
+        pool: &SqlitePool,
+        mut rows: Vec<SqliteRow>,
+    ) -> Result<Vec<SqliteRow>> {
+        let mut cursors = rows
+            .iter()
+            .map(|r| self.cursor_of(r))
+            .collect::<Result<Vec<_>>>()?;
+        if rows.len() < self.batch_size {
+            return Ok(rows);
+        }
+        let last = cursors.pop().unwrap_or_default();
+        let kept = cursors
+            .iter()
+            .rposition(|c| *c != last)
+            .map_or(0, |i| i + 1);
+        if kept > 0 {
+            rows.truncate(kept);
+            return Ok(rows);
+        }
+        let cols: Vec<String> = self.config.cursor.iter().map(|c| quote(c)).collect();
+        let marks = vec!["?"; last.len()].join(", ");
+        let sql = format!(
+            "SELECT * FROM {} WHERE ({}) = ({marks})",
+            self.relation(),
+            cols.join(", ")
+        );
+        fetch(pool, &sql, &last, &self.split).await
+    }
+}
+
+/// The rows of `sql` with `params` bound.
+async fn fetch(
+    pool: &SqlitePool,
+    sql: &str,
+    params: &[serde_json::Value],
+    split: &str,
+) -> Result<Vec<SqliteRow>> {
+    let mut q = sqlx::query(sql);
+    for p in params {
+        q = match p {
+            serde_json::Value::Number(n) if n.is_i64() => q.bind(n.as_i64()),
+            serde_json::Value::Number(n) => q.bind(n.as_f64()),
+            serde_json::Value::String(s) => q.bind(s.clone()),
+            serde_json::Value::Bool(b) => q.bind(*b),
+            serde_json::Value::Null => q.bind(None::<i64>),
+            other => q.bind(other.to_string()),
+        };
+    }
+    q.fetch_all(pool)
+        .await
+        .map_err(|e| sql_error(format!("reading {split}"), e))
 }
 
 fn json_of(v: &Value) -> serde_json::Value {
@@ -184,6 +275,17 @@ impl Source for SqliteSource {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
         self.position = committed.get_typed(&self.split)?;
+        if let (Some(q), Some(SqliteOffset::Rows { rows })) = (&self.config.query, &self.position) {
+            // a query without cursor resumes by position: only its own order makes the
+            // first rows the same ones as before
+            if *rows > 0 && !q.to_ascii_lowercase().contains("order by") {
+                return Err(Error::config(format!(
+                    "the query has no ORDER BY, so the {rows} rows read before cannot be skipped exactly on resume; \
+                     add ORDER BY on columns that only grow, or set cursor columns"
+                ))
+                .with_field("query"));
+            }
+        }
         if !std::path::Path::new(&self.config.path).exists() {
             return Err(Error::not_found(format!(
                 "database \"{}\" does not exist",
@@ -218,21 +320,10 @@ impl Source for SqliteSource {
                 .clone()
                 .ok_or_else(|| Error::internal("source is not open"))?;
             let (sql, params) = self.select();
-            let mut q = sqlx::query(&sql);
-            for p in &params {
-                q = match p {
-                    serde_json::Value::Number(n) if n.is_i64() => q.bind(n.as_i64()),
-                    serde_json::Value::Number(n) => q.bind(n.as_f64()),
-                    serde_json::Value::String(s) => q.bind(s.clone()),
-                    serde_json::Value::Bool(b) => q.bind(*b),
-                    serde_json::Value::Null => q.bind(None::<i64>),
-                    other => q.bind(other.to_string()),
-                };
+            let mut rows = fetch(pool, &sql, &params, &self.split).await?;
+            if !self.config.cursor.is_empty() && !rows.is_empty() {
+                rows = self.whole_runs(pool, rows).await?;
             }
-            let rows = q
-                .fetch_all(pool)
-                .await
-                .map_err(|e| sql_error(format!("reading {}", self.split), e))?;
             if rows.is_empty() {
                 match self.config.poll_interval {
                     None => return Ok(None),

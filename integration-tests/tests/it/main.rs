@@ -21,6 +21,7 @@ mod quickstart;
 mod roundtrip;
 mod s3;
 mod service;
+mod sqlite_incremental;
 mod sqlite_io;
 mod support;
 mod tolerance;

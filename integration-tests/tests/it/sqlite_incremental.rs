@@ -1,0 +1,132 @@
+//! SQLite reads by cursor and by query made exact: a single-column cursor whose runs
+//! of equal values cross read boundaries, a NULL cursor (an error naming the column),
+//! and a query without cursor, which resumes by position only in its own order.
+
+use std::path::Path;
+
+use crate::support::{jsonl_lines, sluice, sqlite, workdir};
+
+/// The ids in the JSON lines under `out`, sorted, and how many lines.
+fn ids(out: &Path) -> (Vec<i64>, usize) {
+    let lines = jsonl_lines(out);
+    let mut ids: Vec<i64> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    (ids, lines.len())
+}
+
+fn pipeline(d: &Path, name: &str, source: &str, max_records: usize) {
+    std::fs::write(
+        d.join(format!("{name}.toml")),
+        format!(
+            "name = \"{name}\"\n[source]\nconnector = \"sqlite\"\npath = \"src.db\"\n{source}\n\
+             [sink]\nconnector = \"file\"\npath = \"{name}\"\nformat = \"json\"\n[batch]\nmax_records = {max_records}\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Runs of 20 equal values read 30 rows at a time (reads end inside runs), and 10 at
+/// a time (a read is all one run): every row arrives once.
+#[test]
+fn rows_sharing_a_single_column_cursor_across_reads_all_arrive_once() {
+    let dir = workdir();
+    let d = dir.path();
+    sqlite(
+        &d.join("src.db"),
+        "CREATE TABLE ev (id INTEGER NOT NULL, v INTEGER NOT NULL);\
+         WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 250) \
+         INSERT INTO ev SELECT i, i / 20 FROM g;",
+    );
+    for (name, max) in [("thirty", 30), ("ten", 10)] {
+        pipeline(d, name, "table = \"ev\"\ncursor = [\"v\"]", max);
+        let run = sluice(d, &["run", &format!("{name}.toml")]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        let (ids, lines) = ids(&d.join(name));
+        assert_eq!((ids.len(), lines), (250, 250), "{name}: {ids:?}");
+    }
+}
+
+#[test]
+fn a_null_cursor_value_is_an_error_naming_the_column() {
+    let dir = workdir();
+    let d = dir.path();
+    sqlite(
+        &d.join("src.db"),
+        "CREATE TABLE ev (id INTEGER NOT NULL, at TEXT);\
+         INSERT INTO ev VALUES (1, '2024-01-01'), (2, NULL), (3, '2024-01-03');",
+    );
+    pipeline(d, "nulls", "table = \"ev\"\ncursor = [\"at\", \"id\"]", 100);
+    let run = sluice(d, &["run", "nulls.toml"]);
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("NULL in the cursor column \"at\""),
+        "{}",
+        run.stderr
+    );
+    // a NULL that appears after a position was stored is found as well
+    sqlite(
+        &d.join("src.db"),
+        "UPDATE ev SET at = '2024-01-02' WHERE id = 2",
+    );
+    let run = sluice(d, &["run", "nulls.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    sqlite(&d.join("src.db"), "INSERT INTO ev VALUES (4, NULL)");
+    let run = sluice(d, &["run", "nulls.toml"]);
+    assert!(
+        run.code != Some(0) && run.stderr.contains("NULL in the cursor column \"at\""),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A query without cursor resumes by skipping the rows read before: refused without
+/// ORDER BY (the first rows might be others), exact with one.
+#[test]
+fn a_query_without_cursor_resumes_only_in_its_own_order() {
+    let dir = workdir();
+    let d = dir.path();
+    let db = d.join("src.db");
+    sqlite(
+        &db,
+        "CREATE TABLE ev (id INTEGER NOT NULL, k TEXT NOT NULL); CREATE INDEX ev_k ON ev (k);\
+         WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < 100) \
+         INSERT INTO ev SELECT i, printf('k%03d', i) FROM g;",
+    );
+    pipeline(
+        d,
+        "bare",
+        "query = \"SELECT id, k FROM ev WHERE k > ''\"",
+        1000,
+    );
+    pipeline(
+        d,
+        "ordered",
+        "query = \"SELECT id, k FROM ev ORDER BY id\"",
+        1000,
+    );
+    for name in ["bare", "ordered"] {
+        let run = sluice(d, &["run", &format!("{name}.toml")]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    }
+    // new rows that an index on k puts first
+    sqlite(
+        &db,
+        "WITH RECURSIVE g(i) AS (SELECT 101 UNION ALL SELECT i + 1 FROM g WHERE i < 150) \
+         INSERT INTO ev SELECT i, printf('a%03d', i) FROM g;",
+    );
+    let run = sluice(d, &["run", "bare.toml"]);
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("no ORDER BY"), "{}", run.stderr);
+    let run = sluice(d, &["run", "ordered.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (ids, lines) = ids(&d.join("ordered"));
+    assert_eq!((ids.len(), lines), (150, 150));
+}
