@@ -115,22 +115,22 @@ pub enum KeyFormat {
     Avro,
 }
 
-/// Where a partition starts reading.
+/// Where a partition starts reading when nobody has read it: neither the pipeline's
+/// checkpoint nor the consumer group has a position for it. A partition with a
+/// position always resumes there (the further of the two), also when a rebalance
+/// moves it between runtimes, as Kafka's `auto.offset.reset` does; to read a topic
+/// again, use another `group_id` and run `sluice offsets reset`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Start {
-    /// The group's committed offset (or the pipeline's own checkpoint, whichever is
-    /// further); the earliest offset for a partition with neither.
+    /// The earliest offset still in the partition (the same as `earliest`).
     #[default]
     Committed,
-    /// The earliest offset still in the partition, on the first run; later runs resume
-    /// from the checkpoint and committed offsets.
+    /// The earliest offset still in the partition.
     Earliest,
-    /// The end of the partition (only new messages), on the first run; later runs
-    /// resume from the checkpoint and committed offsets.
+    /// The end of the partition: only messages produced after it was assigned.
     Latest,
-    /// The first message at or after `start_timestamp`, on the first run; later runs
-    /// resume from the checkpoint and committed offsets.
+    /// The first message at or after `start_timestamp`.
     Timestamp,
 }
 

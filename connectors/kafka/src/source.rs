@@ -9,9 +9,12 @@
 //! Rebalances: when partitions are revoked the poll thread stops handing out their
 //! messages and waits (up to `revoke_timeout`) until the runtime has committed every
 //! record it already handed out, then releases them; the new owner starts exactly
-//! there. When they are assigned, each starts at the further of the pipeline's own
-//! checkpoint and the group's committed offset, so neither a restart nor a partition
-//! moving between runtimes reads a committed record again.
+//! there, and what is durable is committed to the group before they go, also when the
+//! runtime's own commit failed. When they are assigned, each starts at the further of
+//! the pipeline's own checkpoint and the group's committed offset, so neither a restart
+//! nor a partition moving between runtimes reads a committed record again; `start`
+//! applies only to a partition with neither. A commit never moves a group offset
+//! backwards (a partition that comes back finds the position its other owner reached).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -72,14 +75,14 @@ struct State {
     handed: HashMap<Tp, i64>,
     /// Same keys as `handed`: the offset up to which the runtime has committed.
     durable: HashMap<Tp, i64>,
+    /// Same keys as `handed`: the group's committed offset as last read or written.
+    in_group: HashMap<Tp, i64>,
     /// Bounded mode: the end offset of each partition when it was assigned.
     ends: HashMap<Tp, i64>,
     /// Bounded mode: the consumer's position, read when no message was waiting.
     positions: HashMap<Tp, i64>,
     /// Positions handed to `open` (the checkpoint store or a transactional sink).
     stored: HashMap<Tp, i64>,
-    /// True while nothing was stored: `start` applies instead of committed offsets.
-    first_run: bool,
     /// At least one partition was assigned (bounded mode waits for one).
     assigned_once: bool,
     /// The source is closing: a revoke releases at once.
@@ -177,12 +180,10 @@ impl Ctx {
                 tracing::warn!(error = %e, "kafka: reading the group's committed offsets failed; using the checkpoint");
                 HashMap::new()
             });
-        let (stored, first_run) = {
-            let st = self.shared.lock();
-            (st.stored.clone(), st.first_run)
-        };
+        let stored = self.shared.lock().stored.clone();
         let mut by_time = TopicPartitionList::new();
         let mut starts: BTreeMap<Tp, Offset> = BTreeMap::new();
+        let mut in_group = HashMap::new();
         for e in tpl.elements() {
             let tp: Tp = (e.topic().to_string(), e.partition());
             let group = match committed.get(&tp) {
@@ -194,14 +195,16 @@ impl Ctx {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(n) = group {
+                in_group.insert(tp.clone(), n);
+            }
+            // `start` is where a partition nobody has read starts, never a reset: a
+            // rebalance that moves a partition here keeps its committed position
             let start = match (resume, self.start) {
-                (Some(n), Start::Committed) => Offset::Offset(n),
-                (Some(n), _) if !first_run => Offset::Offset(n),
-                (None, Start::Committed | Start::Earliest) | (_, Start::Earliest) => {
-                    Offset::Beginning
-                }
-                (_, Start::Latest) => Offset::End,
-                (_, Start::Timestamp) => {
+                (Some(n), _) => Offset::Offset(n),
+                (None, Start::Committed | Start::Earliest) => Offset::Beginning,
+                (None, Start::Latest) => Offset::End,
+                (None, Start::Timestamp) => {
                     let _ = by_time.add_partition_offset(
                         &tp.0,
                         tp.1,
@@ -269,6 +272,7 @@ impl Ctx {
                 st.durable.insert(tp.clone(), n);
             }
             st.ends.extend(ends);
+            st.in_group.extend(in_group);
             // a regex subscription first joins with no topics resolved: wait for partitions
             st.assigned_once |= !starts.is_empty();
         }
@@ -320,13 +324,27 @@ impl Ctx {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
+        // what is durable goes to the group before the partitions do, so the next owner
+        // starts there even when the runtime's last commit to the group failed
+        let mut tpl = TopicPartitionList::new();
         for tp in &revoked {
+            if let Some(&d) = st.durable.get(tp) {
+                if st.in_group.get(tp).is_none_or(|&g| g < d) {
+                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(d));
+                }
+            }
             st.handed.remove(tp);
             st.durable.remove(tp);
+            st.in_group.remove(tp);
             st.ends.remove(tp);
             st.positions.remove(tp);
         }
         drop(st);
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(error = %e, "kafka: committing the revoked partitions' positions to the group failed; their next owner reads again from the group's older offsets");
+            }
+        }
         tracing::info!(partitions = revoked.len(), "kafka: partitions revoked");
         if let Err(e) = consumer.unassign() {
             tracing::warn!(error = %e, "kafka: unassign failed");
@@ -499,7 +517,6 @@ impl Source for KafkaSource {
                     st.stored.insert(tp, pos.next);
                 }
             }
-            st.first_run = st.stored.is_empty();
         }
         let context = Ctx {
             shared: self.shared.clone(),
@@ -601,9 +618,14 @@ impl Source for KafkaSource {
                 ) else {
                     continue;
                 };
+                // only owned partitions, and never backwards: the offsets of a partition
+                // that went to another member and came back are older than where that
+                // member left it
                 if let Some(d) = st.durable.get_mut(&tp) {
-                    *d = (*d).max(pos.next);
-                    let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(pos.next));
+                    if pos.next >= *d {
+                        *d = pos.next;
+                        let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(pos.next));
+                    }
                 }
             }
         }
@@ -611,12 +633,24 @@ impl Source for KafkaSource {
         if tpl.count() == 0 {
             return Ok(());
         }
+        let sent = tpl.clone();
         let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
             .await
             .map_err(|e| Error::internal("kafka commit task failed").with_source(e))?;
-        if let Err(e) = result {
-            // the checkpoint store holds the position; Kafka's copy catches up next time
-            tracing::warn!(error = %e, "kafka: committing offsets to the group failed");
+        match result {
+            Ok(()) => {
+                let mut st = self.shared.lock();
+                for e in sent.elements() {
+                    let tp = (e.topic().to_string(), e.partition());
+                    if let (Offset::Offset(n), true) = (e.offset(), st.durable.contains_key(&tp)) {
+                        let g = st.in_group.entry(tp).or_insert(n);
+                        *g = (*g).max(n);
+                    }
+                }
+            }
+            // the checkpoint store holds the position; the group's copy catches up with
+            // the next commit, or when the partitions are revoked
+            Err(e) => tracing::warn!(error = %e, "kafka: committing offsets to the group failed"),
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ mod cli_errors;
 mod crash;
 mod kafka;
 mod kafka_avro;
+mod kafka_group;
 mod plugins;
 mod postgres;
 mod postgres_cdc;
