@@ -15,8 +15,8 @@
 //! | Decimal128(p,s)               | `DECIMAL TEXT(p,s)` | text (exact; TEXT affinity) |
 //! | Date32                        | `DATE`             | text `YYYY-MM-DD`          |
 //! | Time64(µs)                    | `TIME`             | text                       |
-//! | Timestamp(unit)               | `TIMESTAMP(0/3/6/9)` | text ISO 8601            |
-//! | Timestamp(unit, zone)         | `TIMESTAMPTZ(0/3/6/9)` | text ISO 8601 in UTC; reads back with zone UTC |
+//! | Timestamp(unit)               | `TIMESTAMP(0/3/6/9)` | text ISO 8601, all the unit's fraction digits (sorts as time) |
+//! | Timestamp(unit, zone)         | `TIMESTAMPTZ(0/3/6/9)` | the same in UTC, `Z`; reads back with zone UTC |
 //! | List, Struct                  | `JSON`             | text (JSON); reads back as Utf8 |
 //!
 //! Declared types of tables not made by Sluice map by SQLite's affinity rules
@@ -27,6 +27,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef};
 use arrow_cast::cast::{cast_with_options, CastOptions};
+use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, TimeUnit};
 use connector_api::{Error, Result, Value};
 
@@ -226,11 +227,39 @@ pub fn column_values(name: &str, array: &ArrayRef) -> Result<Vec<SqlValue>> {
             // store instants in UTC
             let utc = DataType::Timestamp(*unit, Some(connector_api::types::UTC.into()));
             let c = cast_with_options(array, &utc, &strict).map_err(err)?;
-            text_values(&c, &strict).map_err(err)?
+            timestamp_texts(&c, unit, "Z").map_err(err)?
         }
+        DataType::Timestamp(unit, None) => timestamp_texts(array, unit, "").map_err(err)?,
         _ => text_values(array, &strict).map_err(err)?,
     };
     Ok(out)
+}
+
+/// Timestamps as ISO 8601 text with all the fraction digits of their unit, always, so
+/// that the text sorts as the times do (`10:00:00.000Z` before `10:00:00.500Z`; with
+/// the digits left out when zero, `10:00:00Z` would sort after it).
+fn timestamp_texts(
+    array: &ArrayRef,
+    unit: &TimeUnit,
+    zone: &str,
+) -> std::result::Result<Vec<SqlValue>, arrow_schema::ArrowError> {
+    let fraction = match unit {
+        TimeUnit::Second => "",
+        TimeUnit::Millisecond => "%.3f",
+        TimeUnit::Microsecond => "%.6f",
+        TimeUnit::Nanosecond => "%.9f",
+    };
+    let format = format!("%Y-%m-%dT%H:%M:%S{fraction}{zone}");
+    let options = FormatOptions::new()
+        .with_timestamp_format(Some(&format))
+        .with_timestamp_tz_format(Some(&format));
+    let texts = ArrayFormatter::try_new(array.as_ref(), &options)?;
+    Ok((0..array.len())
+        .map(|i| match array.is_null(i) {
+            true => SqlValue::Null,
+            false => SqlValue::Text(texts.value(i).to_string()),
+        })
+        .collect())
 }
 
 fn text_values(
@@ -272,6 +301,32 @@ pub fn read_value(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_stored_as_text_that_sorts_as_the_times_do() {
+        use arrow_array::TimestampMillisecondArray;
+        let times = TimestampMillisecondArray::from(vec![Some(500), Some(0), None, Some(-1)])
+            .with_timezone("+02:00");
+        let array: ArrayRef = std::sync::Arc::new(times);
+        let texts: Vec<String> = column_values("t", &array)
+            .unwrap()
+            .into_iter()
+            .map(|v| match v {
+                SqlValue::Text(t) => t,
+                SqlValue::Null => "NULL".into(),
+                _ => panic!("not text"),
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "1970-01-01T00:00:00.500Z",
+                "1970-01-01T00:00:00.000Z",
+                "NULL",
+                "1969-12-31T23:59:59.999Z"
+            ]
+        );
+    }
 
     #[test]
     fn declared_types_map_back_to_the_same_arrow_types() {

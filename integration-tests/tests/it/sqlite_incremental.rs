@@ -130,3 +130,48 @@ fn a_query_without_cursor_resumes_only_in_its_own_order() {
     let (ids, lines) = ids(&d.join("ordered"));
     assert_eq!((ids.len(), lines), (150, 150));
 }
+
+/// Timestamps written by the sink sort as the times do, so a cursor on them (or any
+/// ORDER BY) sees them in time order: a whole second after a fraction of it.
+#[test]
+fn stored_timestamps_sort_in_time_order_for_a_cursor() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("in/t.jsonl"),
+        "{\"id\": 3, \"at\": \"2024-05-01T10:00:01Z\"}\n{\"id\": 1, \"at\": \"2024-05-01T10:00:00Z\"}\n\
+         {\"id\": 2, \"at\": \"2024-05-01T10:00:00.500Z\"}\n{\"id\": 0, \"at\": \"2024-05-01T09:59:59.999Z\"}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("w.toml"),
+        "name = \"w\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }, { name = \"at\", type = \"timestamp(ms, UTC)\" }]\n\
+         [sink]\nconnector = \"sqlite\"\npath = \"src.db\"\ntable = \"ev\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "w.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        sqlite(
+            &d.join("src.db"),
+            "SELECT group_concat(id) FROM (SELECT id FROM ev ORDER BY at)"
+        ),
+        "0,1,2,3"
+    );
+    // read back by a cursor on the timestamp, two rows at a time: all four, in order
+    pipeline(d, "bytime", "table = \"ev\"\ncursor = [\"at\"]", 2);
+    let run = sluice(d, &["run", "bytime.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let lines = jsonl_lines(&d.join("bytime"));
+    let order: Vec<i64> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(order, [0, 1, 2, 3], "{lines:?}");
+}
