@@ -31,6 +31,17 @@ pub struct FileOffset {
     pub pos: u64,
     /// Newlines before `pos` (text formats), for line numbers in errors.
     pub line: u64,
+    /// Hash of the `tail_len` bytes just before `pos` (text formats): a file rewritten
+    /// in place with the same first bytes is told apart by them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tail: u64,
+    /// How many bytes `tail` covers (0: none stored).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tail_len: u32,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Reads the identity of the file at `path`.

@@ -7,6 +7,7 @@
 
 mod cli_errors;
 mod crash;
+mod file_follow;
 mod kafka;
 mod kafka_avro;
 mod kafka_group;

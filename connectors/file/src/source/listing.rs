@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use connector_api::{Error, Result};
-use notify::{RecursiveMode, Watcher};
+use notify::event::ModifyKind;
+use notify::{EventKind, RecursiveMode, Watcher};
 use sluice_formats::Format;
 use tokio::sync::mpsc;
 
@@ -39,7 +40,15 @@ impl FileSource {
     pub(super) fn start_watching(&mut self) -> Result<()> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // the source's own opening and reading of files is not a change: woken by
+            // it, an idle source would look again and again
+            let change = res.is_ok_and(|e| {
+                !matches!(
+                    e.kind,
+                    EventKind::Access(_) | EventKind::Modify(ModifyKind::Metadata(_))
+                )
+            });
+            if change {
                 let _ = tx.send(());
             }
         })

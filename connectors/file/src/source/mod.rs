@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::config::FileSourceConfig;
 use crate::identity::{identify, FileOffset, Identity};
 
+mod follow;
 mod listing;
 
 pub use self::listing::check;
@@ -41,6 +42,10 @@ struct Current {
     size: u64,
     pos: u64,
     line: u64,
+    /// Length and hash of the bytes just before `pos`.
+    tail: (u32, u64),
+    /// Read through a kept handle after the name moved on: it will not grow.
+    renamed_away: bool,
     body: Body,
 }
 
@@ -68,6 +73,10 @@ pub struct FileSource {
     /// Files with data not read yet, other than the one being read, and their unread
     /// bytes, as of the last listing (for lag).
     waiting: (u64, u64),
+    /// Watch mode: open handles of files read to their end, by split.
+    handles: HashMap<String, (Identity, File)>,
+    /// Positions of files whose name moved on to another file (oldest first).
+    moved: Vec<(String, FileOffset)>,
 }
 
 /// Bytes read from a file's start to infer a CSV schema before resuming inside it.
@@ -97,11 +106,16 @@ impl FileSource {
             last_scan: None,
             sizes: BTreeMap::new(),
             waiting: (0, 0),
+            handles: HashMap::new(),
+            moved: Vec::new(),
         })
     }
 
     /// Opens the first file (in name order) that has unread data.
     fn pick(&mut self) -> Result<bool> {
+        if self.config.watch && self.renamed_away()? {
+            return Ok(true);
+        }
         let paths = list(&self.config.path)?;
         let unread: Vec<u64> = paths.iter().map(|p| self.unread(p)).collect();
         self.waiting = (
@@ -116,15 +130,8 @@ impl FileSource {
                 Err(e) if e.kind() == connector_api::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.context(format!("file \"{split}\""))),
             };
-            let (mut pos, mut line) = (0, 0);
-            if let Some(off) = self.known.get(&split) {
-                if off.id.same_file(&id, &path) {
-                    (pos, line) = (off.pos, off.line);
-                } else {
-                    tracing::warn!(file = %split, "file was replaced since it was read; reading the new file from the start");
-                }
-            }
             let size = std::fs::metadata(&path)?.len();
+            let (pos, line) = self.resume_point(&split, &path, id, size);
             let (files, bytes) = self.waiting;
             let picked = (files.saturating_sub(u64::from(left > 0)), bytes - left);
             if self.config.format == Format::Parquet {
@@ -158,6 +165,8 @@ impl FileSource {
                 size,
                 pos,
                 line,
+                tail: (0, 0),
+                renamed_away: false,
                 body: Body::Text {
                     file,
                     buf: Vec::new(),
@@ -206,7 +215,7 @@ impl FileSource {
                     .text
                     .as_mut()
                     .ok_or_else(|| Error::internal("no text decoder"))?;
-                let eof_counts = !self.config.watch;
+                let eof_counts = !self.config.watch || cur.renamed_away;
                 // enough bytes for `parts` full batches, so batches come out whole
                 let target = self
                     .config
@@ -246,8 +255,18 @@ impl FileSource {
                             if lines > 0 {
                                 self.row_bytes = (consumed / lines as usize).max(1);
                             }
+                            // the bytes before each part's end, to tell the file again
+                            let mut end = *start;
+                            let tails: Vec<(u32, u64)> = parts
+                                .iter()
+                                .map(|d| {
+                                    end += d.consumed;
+                                    follow::tail_of(&buf[..end])
+                                })
+                                .collect();
                             *start += consumed;
-                            for decoded in parts {
+                            for (decoded, tail) in parts.into_iter().zip(tails) {
+                                cur.tail = tail;
                                 let batch = to_batch(cur, text, decoded)?;
                                 self.ready.push_back(batch);
                             }
@@ -260,7 +279,9 @@ impl FileSource {
                             let size = cur.pos + (buf.len() - *start) as u64;
                             self.partial.insert(cur.split.clone(), size);
                         }
-                        self.current = None;
+                        if let Some(done) = self.current.take().filter(|_| self.config.watch) {
+                            self.keep_handle(done);
+                        }
                         return Ok(None);
                     }
                     // not one whole record in the buffer: read more
@@ -290,6 +311,8 @@ fn offsets_of(cur: &Current) -> Result<Offsets> {
             id: cur.id,
             pos: cur.pos,
             line: cur.line,
+            tail: cur.tail.1,
+            tail_len: cur.tail.0,
         },
     )?;
     Ok(offsets)
@@ -319,6 +342,8 @@ fn open_parquet(
         split: split.to_string(),
         id,
         size: 0,
+        tail: (0, 0),
+        renamed_away: false,
         pos,
         line: 0,
         body: Body::Parquet(reader),
@@ -396,7 +421,13 @@ impl Source for FileSource {
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let started = Instant::now();
         loop {
-            if self.current.is_none() && !self.pick()? {
+            // (a file found renamed queues its position to checkpoint, maybe with
+            // nothing to read)
+            if self.current.is_none()
+                && self.ready.is_empty()
+                && !self.pick()?
+                && self.ready.is_empty()
+            {
                 if !self.config.watch {
                     return Ok(None);
                 }

@@ -1,0 +1,197 @@
+//! Following files by who they are, not only by name, as log shippers do:
+//!
+//! - **Renamed** (rotation by rename, the new name matched by the glob): a file seen
+//!   for the first time that is a file already read under another name (same inode,
+//!   same leading bytes, same bytes before the position) goes on from that position.
+//! - **Renamed away** (the new name not matched, or the file deleted): in watch mode
+//!   the handle of each file read to its end stays open, and when its name no longer
+//!   leads to it, what was written to it before the rename is read through the handle
+//!   before the file now under that name.
+//! - **Truncated** (copy-and-truncate rotation): a file shorter than its position is
+//!   read again from the start.
+//! - **Rewritten in place** (same inode, same first KiB, other content): the bytes
+//!   just before the position are checked against a hash stored with it; other bytes
+//!   mean another file, read from the start.
+//!
+//! Each of these is logged once per file, not at every look at the directory.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use connector_api::{stable_hash, Result};
+use sluice_formats::Format;
+
+use super::{Body, Current, FileSource};
+use crate::identity::{inode, FileOffset, Identity};
+
+/// Bytes before a position whose hash is stored with it.
+pub(super) const TAIL_BYTES: usize = 256;
+
+/// Positions of files whose name now leads to another file, kept to be found under
+/// a new name, at most.
+const MOVED: usize = 1024;
+
+/// Handles kept open for files read to their end, at most (a directory with more
+/// active files follows renames away only for that many).
+const HANDLES: usize = 64;
+
+impl FileSource {
+    /// Where to read the file `split` (at `path`, now `id`, `size` bytes) from: the
+    /// stored position when it is still the same file, the position of the same file
+    /// read under another name, or its start.
+    pub(super) fn resume_point(
+        &mut self,
+        split: &str,
+        path: &Path,
+        id: Identity,
+        size: u64,
+    ) -> (u64, u64) {
+        let parquet = self.config.format == Format::Parquet;
+        let fresh = FileOffset {
+            id,
+            pos: 0,
+            line: 0,
+            tail: 0,
+            tail_len: 0,
+        };
+        match self.known.get(split).cloned() {
+            Some(off) if off.id.same_file(&id, path) => {
+                let why = if parquet {
+                    None
+                } else if size < off.pos {
+                    Some("is shorter than the position read (truncated)")
+                } else if !tail_matches(path, &off) {
+                    Some("holds other bytes before the position read (rewritten in place)")
+                } else {
+                    None
+                };
+                match why {
+                    None => (off.pos, off.line),
+                    Some(why) => {
+                        tracing::warn!(file = %split, position = off.pos, "file {why}; reading it from the start");
+                        self.known.insert(split.to_string(), fresh);
+                        (0, 0)
+                    }
+                }
+            }
+            Some(old) => {
+                tracing::warn!(file = %split, "file was replaced since it was read; reading the new file from the start");
+                self.known.insert(split.to_string(), fresh);
+                // the old file may turn up under another name (rotation by rename)
+                if self.moved.len() >= MOVED {
+                    self.moved.remove(0);
+                }
+                self.moved.push((split.to_string(), old));
+                (0, 0)
+            }
+            None => {
+                let renamed = self
+                    .known
+                    .iter()
+                    .chain(self.moved.iter().map(|(s, o)| (s, o)))
+                    .find(|(other, off)| {
+                        other.as_str() != split
+                            && off.id.ino == id.ino
+                            && off.id.same_file(&id, path)
+                            && (parquet || (off.pos <= size && tail_matches(path, off)))
+                    })
+                    .map(|(other, off)| (other.clone(), off.clone()));
+                match renamed {
+                    Some((other, off)) => {
+                        tracing::info!(file = %split, from = %other, position = off.pos, "file was renamed; going on from where it was read");
+                        let at = (off.pos, off.line);
+                        let moved = FileOffset { id, ..off };
+                        // checkpointed under the new name at once, even with nothing
+                        // left to read, so a restart does not read it again
+                        let mut offsets = connector_api::Offsets::new();
+                        if offsets.set_typed(split.to_string(), &moved).is_ok() {
+                            let mut b = connector_api::Batch::idle();
+                            b.offsets = offsets;
+                            self.ready.push_back(b);
+                        }
+                        self.known.insert(split.to_string(), moved);
+                        at
+                    }
+                    None => (0, 0),
+                }
+            }
+        }
+    }
+
+    /// Keeps the handle of a file read to its end, to read what is written to it
+    /// before it is renamed away (watch mode).
+    pub(super) fn keep_handle(&mut self, cur: Current) {
+        if let (Body::Text { file, .. }, false) = (cur.body, cur.renamed_away) {
+            if self.handles.len() < HANDLES || self.handles.contains_key(&cur.split) {
+                self.handles.insert(cur.split, (cur.id, file));
+            }
+        }
+    }
+
+    /// Makes current a kept file whose name no longer leads to it and that has bytes
+    /// not read yet; true when there was one. Handles of files gone for good are
+    /// closed.
+    pub(super) fn renamed_away(&mut self) -> Result<bool> {
+        let gone: Vec<String> = self
+            .handles
+            .iter()
+            .filter(|(split, (id, _))| {
+                std::fs::metadata(split.as_str()).map_or(true, |m| inode(&m) != id.ino)
+            })
+            .map(|(split, _)| split.clone())
+            .collect();
+        for split in gone {
+            let Some((id, mut file)) = self.handles.remove(&split) else {
+                continue;
+            };
+            let Some(off) = self.known.get(&split).filter(|o| o.id == id) else {
+                continue;
+            };
+            let size = file.metadata()?.len();
+            if size <= off.pos {
+                continue;
+            }
+            tracing::info!(file = %split, unread = size - off.pos, "file was renamed or removed with lines not read yet; reading them first");
+            file.seek(SeekFrom::Start(off.pos))?;
+            self.current = Some(Current {
+                split,
+                id,
+                size,
+                pos: off.pos,
+                line: off.line,
+                tail: (off.tail_len, off.tail),
+                renamed_away: true,
+                body: Body::Text {
+                    file,
+                    buf: Vec::new(),
+                    start: 0,
+                    drained: false,
+                },
+            });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// True when the bytes of `path` just before `off.pos` hash as stored (or nothing was
+/// stored).
+fn tail_matches(path: &Path, off: &FileOffset) -> bool {
+    let len = off.tail_len as u64;
+    if len == 0 || off.pos < len {
+        return len == 0;
+    }
+    let mut buf = vec![0u8; len as usize];
+    let read = File::open(path).and_then(|mut f| {
+        f.seek(SeekFrom::Start(off.pos - len))?;
+        f.read_exact(&mut buf)
+    });
+    read.is_ok() && stable_hash(&buf) == off.tail
+}
+
+/// The hash and length of the last `TAIL_BYTES` (at most) of `bytes`.
+pub(super) fn tail_of(bytes: &[u8]) -> (u32, u64) {
+    let tail = &bytes[bytes.len().saturating_sub(TAIL_BYTES)..];
+    (tail.len() as u32, stable_hash(tail))
+}

@@ -1,0 +1,159 @@
+//! The file source follows files by identity: rotation by rename (whether or not the
+//! glob matches the rotated name), copy-and-truncate, and a file rewritten in place
+//! with the same first bytes; every line arrives once.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{finish, jsonl_lines, signal, sluice, spawn, wait_until, workdir};
+
+/// Appends lines `{"id": i}` for `ids` to `path`.
+fn append(path: &Path, ids: std::ops::Range<u64>) {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let text: String = ids.map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// How many times each id arrived in the JSON lines under `out`.
+fn arrivals(out: &Path) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for l in jsonl_lines(out) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        *seen.entry(v["id"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn watch_pipeline(d: &Path, glob: &str) {
+    std::fs::create_dir_all(d.join("logs")).unwrap();
+    std::fs::write(
+        d.join("w.toml"),
+        format!(
+            "name = \"w\"\n[source]\nconnector = \"file\"\npath = \"{glob}\"\nformat = \"json\"\nwatch = true\npoll_interval = \"100ms\"\n\
+             schema = [{{ name = \"id\", type = \"int64\" }}]\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n[checkpoint]\ninterval = \"100ms\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// `app.log` is written, renamed to `app.log.1` right after more lines went into it,
+/// and a new `app.log` is written: 20,000 ids, each once.
+fn rotation_by_rename(glob: &str) {
+    let dir = workdir();
+    let d = dir.path();
+    watch_pipeline(d, glob);
+    let log = d.join("logs/app.log");
+    let child = spawn(d, &["run", "--quiet", "w.toml"]);
+    append(&log, 0..10_000);
+    let started = wait_until(Duration::from_secs(30), || {
+        arrivals(&d.join("out")).len() == 10_000
+    });
+    // lines written just before the rename, then the rename, then the new file
+    append(&log, 10_000..15_000);
+    std::fs::rename(&log, d.join("logs/app.log.1")).unwrap();
+    append(&log, 15_000..20_000);
+    let all = wait_until(Duration::from_secs(30), || {
+        arrivals(&d.join("out")).len() == 20_000
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    let seen = arrivals(&d.join("out"));
+    let twice = seen.values().filter(|&&n| n > 1).count();
+    assert!(started, "{}", run.stderr);
+    assert!(all, "{} of 20000 ids: {}", seen.len(), run.stderr);
+    assert_eq!(
+        twice, 0,
+        "{twice} ids arrived more than once: {}",
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+#[test]
+fn a_file_renamed_away_from_the_glob_is_read_to_its_end_first() {
+    rotation_by_rename("logs/*.log");
+}
+
+#[test]
+fn a_file_renamed_within_the_glob_goes_on_from_its_position() {
+    rotation_by_rename("logs/app.log*");
+}
+
+/// Copy-and-truncate: the file is emptied (a warning, once) and written again from
+/// its start; the new lines arrive.
+#[test]
+fn a_truncated_file_is_read_again_from_its_start_with_one_warning() {
+    let dir = workdir();
+    let d = dir.path();
+    watch_pipeline(d, "logs/*.log");
+    let log = d.join("logs/app.log");
+    append(&log, 0..100);
+    let child = spawn(d, &["run", "w.toml"]);
+    let first = wait_until(Duration::from_secs(30), || {
+        arrivals(&d.join("out")).len() == 100
+    });
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .unwrap();
+    // empty for a while: looked at many times, warned about once
+    std::thread::sleep(Duration::from_secs(2));
+    append(&log, 100..110);
+    let later = wait_until(Duration::from_secs(30), || {
+        arrivals(&d.join("out")).len() == 110
+    });
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    assert!(first && later, "{}", run.stderr);
+    let warnings = run.stderr.matches("from the start").count();
+    assert!(
+        (1..=2).contains(&warnings),
+        "{warnings} warnings: {}",
+        run.stderr
+    );
+}
+
+/// A file rewritten in place (same inode, same first KiB, longer, other lines after
+/// it) is another file: read from its start, not from the old position.
+#[test]
+fn a_file_rewritten_in_place_with_the_same_start_is_read_from_its_start() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("b.toml"),
+        "name = \"b\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let file = d.join("in/a.jsonl");
+    append(&file, 0..200);
+    let run = sluice(d, &["run", "--quiet", "b.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // the same first 100 lines (well over 1 KiB), then 300 others
+    let mut text: String = (0..100).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    text.extend((1000..1300).map(|i| format!("{{\"id\": {i}}}\n")));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let run = sluice(d, &["run", "b.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let seen = arrivals(&d.join("out"));
+    let new: Vec<u64> = seen.keys().copied().filter(|&i| i >= 1000).collect();
+    assert_eq!(new.len(), 300, "{}", run.stderr);
+    assert!(run.stderr.contains("rewritten in place"), "{}", run.stderr);
+}
