@@ -56,12 +56,33 @@ impl CsvDecoder {
             return Ok(());
         }
         if self.schema.is_none() {
-            let (schema, _) = self
-                .format(self.options.header)
-                .infer_schema(&head[..usable], Some(INFER_RECORDS))?;
-            self.schema = Some(Arc::new(schema));
+            match self.infer(&head[..usable])? {
+                Some(schema) => self.schema = Some(schema),
+                None => return Ok(()),
+            }
         }
         self.follow_header(&head[..usable])
+    }
+
+    /// The schema of the records in `buf` (which starts with the header, if any);
+    /// None when it holds no record to tell the types by. A column empty in every
+    /// record read is text: typed Null, its later values would all read as null.
+    fn infer(&self, buf: &[u8]) -> Result<Option<SchemaRef>> {
+        let (schema, records) = self
+            .format(self.options.header)
+            .infer_schema(buf, Some(INFER_RECORDS))?;
+        if records == 0 {
+            return Ok(None);
+        }
+        let fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Null => Field::new(f.name(), DataType::Utf8, true),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        Ok(Some(Arc::new(Schema::new(fields))))
     }
 
     fn format(&self, header: bool) -> CsvFormat {
@@ -130,10 +151,19 @@ impl CsvDecoder {
         }
         let header = self.options.header && at_start;
         if self.schema.is_none() {
-            let (schema, _) = self
-                .format(self.options.header)
-                .infer_schema(buf, Some(INFER_RECORDS))?;
-            self.schema = Some(Arc::new(schema));
+            match self.infer(buf)? {
+                Some(schema) => self.schema = Some(schema),
+                // a header and no record yet: its types are unknown; wait for records
+                // (or, at the end of the input, go on to the next one)
+                None if eof => {
+                    return Ok(Decoded {
+                        consumed: bom + buf.len(),
+                        lines: crate::count_newlines(buf),
+                        ..Default::default()
+                    })
+                }
+                None => return Ok(Decoded::default()),
+            }
         }
         if at_start {
             self.follow_header(buf)?;
@@ -378,6 +408,37 @@ mod tests {
         assert_eq!(b.num_rows(), 2);
         assert_eq!(out.consumed, buf.len() - "3,partial".len());
         assert_eq!(d.schema().unwrap().field(0).data_type(), &DataType::Int64);
+    }
+
+    #[test]
+    fn a_header_without_records_waits_for_them_before_the_types_are_inferred() {
+        let mut d = CsvDecoder::new(None, CsvOptions::default());
+        let out = d.decode(b"id,note,extra\n", 100, false, true).unwrap();
+        assert_eq!((out.consumed, out.batch.is_none()), (0, true));
+        assert!(d.schema().is_none());
+        // the rows appended later: typed by them, the empty column as text
+        let buf = b"id,note,extra\n1,a,\n2,b,\n";
+        let out = d.decode(buf, 100, false, true).unwrap();
+        let b = out.batch.unwrap();
+        assert_eq!(b.num_rows(), 2);
+        let schema = d.schema().unwrap();
+        assert_eq!(schema.field(0).data_type(), &DataType::Int64);
+        assert_eq!(schema.field(2).data_type(), &DataType::Utf8);
+        // a value in the column empty so far is kept, not turned into null
+        let out = d.decode(b"3,c,kept\n", 100, false, false).unwrap();
+        let extra = out.batch.unwrap().column(2).clone();
+        assert_eq!(
+            extra
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0),
+            "kept"
+        );
+        // at the end of a header-only input: consumed, still nothing inferred
+        let mut d = CsvDecoder::new(None, CsvOptions::default());
+        let out = d.decode(b"id,note\n", 100, true, true).unwrap();
+        assert_eq!((out.consumed, d.schema().is_none()), (8, true));
     }
 
     #[test]

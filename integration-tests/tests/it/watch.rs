@@ -99,3 +99,40 @@ fn a_missing_watched_directory_is_made_and_named_in_the_log() {
         run.stderr
     );
 }
+
+/// A watched CSV file without a declared schema that starts as a header alone: the
+/// rows appended later arrive with their values, typed by them.
+#[test]
+fn a_csv_file_that_starts_as_a_header_gets_its_types_from_the_rows_appended() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("c.toml"),
+        "name = \"c\"\n[source]\nconnector = \"file\"\npath = \"in/*.csv\"\nformat = \"csv\"\nwatch = true\npoll_interval = \"100ms\"\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n[checkpoint]\ninterval = \"100ms\"\n",
+    )
+    .unwrap();
+    let csv = d.join("in/a.csv");
+    std::fs::write(&csv, "id,name,note\n").unwrap();
+    let child = spawn(d, &["run", "--quiet", "c.toml"]);
+    std::thread::sleep(Duration::from_secs(1));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
+        f.write_all(b"1,ann,\n2,bob,x\n").unwrap();
+    }
+    let arrived = wait_until(Duration::from_secs(20), || count_lines(&d.join("out")) == 2);
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(20));
+    assert!(arrived, "{}", run.stderr);
+    let mut lines = jsonl_lines(&d.join("out"));
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "{\"id\":1,\"name\":\"ann\",\"note\":null}",
+            "{\"id\":2,\"name\":\"bob\",\"note\":\"x\"}"
+        ]
+    );
+}
