@@ -361,7 +361,8 @@ struct Msg {
     key: Option<Vec<u8>>,
     /// Where the payload is in the chunk's `data` (None: a null payload).
     payload: Option<std::ops::Range<usize>>,
-    headers: Vec<(String, String)>,
+    /// Header keys and values as sent (a value may be null).
+    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// Messages polled together; payloads are copied once, into one buffer.
@@ -842,7 +843,25 @@ impl KafkaSource {
                 decoded.batch
             }
         };
-        // metadata columns, for the good messages only; a bad key rejects the message
+        // metadata columns, for the good messages only; a bad key or a header value
+        // that is not text rejects the message
+        let mut bad_headers = HashSet::new();
+        if self.wants(Metadata::Headers) {
+            for (row, &i) in good.iter().enumerate() {
+                let m = &msgs[i];
+                let not_text = m.headers.iter().find(|(_, v)| {
+                    v.as_deref()
+                        .is_some_and(|v| std::str::from_utf8(v).is_err())
+                });
+                if let Some((k, _)) = not_text {
+                    bad_headers.insert(row);
+                    let e = Error::data(format!(
+                        "header \"{k}\": the value is not UTF-8 text, and _headers holds text"
+                    ));
+                    rejects.push(reject(chunk, m, e));
+                }
+            }
+        }
         let mut keep = Vec::with_capacity(good.len());
         let mut key_strings = StringBuilder::new();
         let mut key_bytes = BinaryBuilder::new();
@@ -850,7 +869,7 @@ impl KafkaSource {
         if let (true, Some((avro, last))) = (self.wants(Metadata::Key), &mut self.key_avro) {
             // only messages with a key decode; a message without one gets a null `_key`
             let keyed: Vec<usize> = (0..good.len())
-                .filter(|&r| msgs[good[r]].key.is_some())
+                .filter(|&r| msgs[good[r]].key.is_some() && !bad_headers.contains(&r))
                 .collect();
             let decoded = avro.decode(keyed.iter().map(|&r| msgs[good[r]].key.as_deref()))?;
             let mut row_of: HashMap<usize, u32> = HashMap::with_capacity(decoded.good.len());
@@ -863,7 +882,9 @@ impl KafkaSource {
                 let m = &msgs[good[keyed[k]]];
                 rejects.push(reject(chunk, m, Error::data(format!("key: {e}"))));
             }
-            keep = (0..good.len()).filter(|r| !bad.contains(r)).collect();
+            keep = (0..good.len())
+                .filter(|r| !bad.contains(r) && !bad_headers.contains(r))
+                .collect();
             let take: arrow_array::UInt32Array =
                 keep.iter().map(|r| row_of.get(r).copied()).collect();
             avro_keys = Some(key_column(decoded.batch, decoded.record, &take, last)?);
@@ -872,6 +893,9 @@ impl KafkaSource {
         if avro_keys.is_none() {
             for (row, &i) in good.iter().enumerate() {
                 let m = &msgs[i];
+                if bad_headers.contains(&row) {
+                    continue;
+                }
                 if self.wants(Metadata::Key) {
                     match self.config.key_format {
                         KeyFormat::Bytes => key_bytes.append_option(m.key.as_deref()),
@@ -935,9 +959,12 @@ impl KafkaSource {
                             s.field_builder::<StringBuilder>(0)
                                 .expect("key builder")
                                 .append_value(k);
+                            // text, checked above; a null value stays null
                             s.field_builder::<StringBuilder>(1)
                                 .expect("value builder")
-                                .append_value(v);
+                                .append_option(
+                                    v.as_deref().and_then(|v| std::str::from_utf8(v).ok()),
+                                );
                             s.append(true);
                         }
                         b.append(true);
@@ -1184,14 +1211,7 @@ impl Poller {
                     let headers = match (self.headers, m.headers()) {
                         (true, Some(h)) => h
                             .iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    h.value
-                                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                                        .unwrap_or_default(),
-                                )
-                            })
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
                             .collect(),
                         _ => Vec::new(),
                     };

@@ -623,6 +623,50 @@ fn bad_json_message_stops_or_goes_to_dead_letter_with_its_position() {
     assert!(rec.to_string().contains("a tombstone"), "{rec}");
 }
 
+/// Header values arrive as sent: a null one as null, text as text; one that is not
+/// text is a bad record naming the message and the header, never U+FFFD.
+#[test]
+fn header_values_arrive_exactly_or_as_a_bad_record() {
+    let t = topic("headers");
+    create_topic(&t, 1);
+    py(&format!(
+        "p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
+         p.produce('{t}', partition=0, value='{{\"id\": 1}}', headers=[('h', None)])\n\
+         p.produce('{t}', partition=0, value='{{\"id\": 2}}', headers=[('h', b'\\xff\\x00')])\n\
+         p.produce('{t}', partition=0, value='{{\"id\": 3}}', headers=[('h', b'text')])\n\
+         assert p.flush(30) == 0\n"
+    ));
+    let dir = workdir();
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\ngroup_id = \"g-{t}\"\nbounded = true\n\
+             metadata = [\"headers\"]\nschema = [{{ name = \"id\", type = \"int64\" }}]\n\
+             [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n\
+             [errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq\"\nformat = \"json\"\n",
+            bootstrap()
+        ),
+    );
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        jsonl_lines(&dir.path().join("out/good")),
+        vec![
+            "{\"id\":1,\"_headers\":[{\"key\":\"h\",\"value\":null}]}",
+            "{\"id\":3,\"_headers\":[{\"key\":\"h\",\"value\":\"text\"}]}"
+        ]
+    );
+    let dlq = jsonl_lines(&dir.path().join("out/dlq"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let rec: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(
+        rec["position"],
+        format!("topic \"{t}\" partition 0 offset 1")
+    );
+    assert!(rec.to_string().contains("header \\\"h\\\""), "{rec}");
+}
+
 /// `sluice check` of a Kafka sink looks for its topic: a missing one is named, an
 /// existing one passes.
 #[test]
