@@ -263,16 +263,29 @@ impl<'a> Engine<'a> {
         if let Some(records) = records {
             let rows = records.num_rows() as u64;
             let bytes = records.get_array_memory_size() as u64;
+            let per_write = self.rows_per_write(&records);
             for slot in &mut self.sinks {
                 let fitted = fit(slot, &records)?;
-                let written = (fitted.num_rows() as u64, fitted.get_array_memory_size());
-                let batch = Batch::new(fitted, offsets.clone());
-                retrying!(self.policy, "sink write", slot.sink.write(&batch))
-                    .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
-                if let Some(m) = self.metrics.sink(&slot.name) {
-                    m.records.fetch_add(written.0, Ordering::Relaxed);
-                    m.bytes.fetch_add(written.1 as u64, Ordering::Relaxed);
-                    m.batches.fetch_add(1, Ordering::Relaxed);
+                // a source batch larger than [batch] allows goes out in parts; the
+                // offsets go with the last (they hold at its end)
+                let mut at = 0;
+                while at < fitted.num_rows() {
+                    let n = per_write.min(fitted.num_rows() - at);
+                    let part = fitted.slice(at, n);
+                    at += n;
+                    let written = (part.num_rows() as u64, part.get_array_memory_size());
+                    let part_offsets = match at == fitted.num_rows() {
+                        true => offsets.clone(),
+                        false => Offsets::new(),
+                    };
+                    let batch = Batch::new(part, part_offsets);
+                    retrying!(self.policy, "sink write", slot.sink.write(&batch))
+                        .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
+                    if let Some(m) = self.metrics.sink(&slot.name) {
+                        m.records.fetch_add(written.0, Ordering::Relaxed);
+                        m.bytes.fetch_add(written.1 as u64, Ordering::Relaxed);
+                        m.batches.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             self.metrics.records_out.fetch_add(rows, Ordering::Relaxed);
@@ -283,6 +296,19 @@ impl<'a> Engine<'a> {
         self.position.merge(&offsets);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Rows of `records` per sink write: `max_records`, fewer when the average row
+    /// would make a write larger than `max_bytes`.
+    fn rows_per_write(&self, records: &RecordBatch) -> usize {
+        let batch = &self.pipeline.batch;
+        let rows = records.num_rows().max(1) as u128;
+        let bytes = records.get_array_memory_size().max(1) as u128;
+        let by_bytes = (rows * batch.max_bytes.0 as u128 / bytes).max(1);
+        batch
+            .max_records
+            .max(1)
+            .min(by_bytes.min(usize::MAX as u128) as usize)
     }
 
     /// Flushes every sink, stores the checkpoint, then tells the source.

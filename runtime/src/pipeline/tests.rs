@@ -286,6 +286,51 @@ async fn commits_to_the_source_only_what_every_sink_flushed_and_the_store_holds(
 }
 
 #[tokio::test]
+async fn a_source_batch_larger_than_max_records_reaches_the_sink_in_parts_of_at_most_that() {
+    let s = setup(
+        source(5000, 5000),
+        Faults::default(),
+        "[batch]\nmax_records = 1000\n",
+    );
+    run(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_exactly_once(&s.sink, 5000);
+    let sizes: Vec<usize> = s
+        .sink
+        .store
+        .lock()
+        .unwrap()
+        .flushed
+        .iter()
+        .map(|b| b.num_rows())
+        .collect();
+    assert_eq!(sizes, [1000; 5]);
+    assert_eq!(s.metrics.sinks[0].batches.load(Ordering::Relaxed), 5);
+    // and a byte limit below one write's rows makes the parts smaller still
+    let s = setup(
+        source(5000, 5000),
+        Faults::default(),
+        "[batch]\nmax_records = 1000\nmax_bytes = \"4KiB\"\n",
+    );
+    run(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_exactly_once(&s.sink, 5000);
+    // 8-byte ids: 4 KiB is 512 rows
+    let sizes: Vec<usize> = s
+        .sink
+        .store
+        .lock()
+        .unwrap()
+        .flushed
+        .iter()
+        .map(|b| b.num_rows())
+        .collect();
+    assert!(sizes.iter().all(|&n| n <= 512), "{sizes:?}");
+}
+
+#[tokio::test]
 async fn a_retryable_write_failure_is_retried_and_counted_without_duplicates() {
     let faults = Faults {
         fail_write_at: Some((3, ErrorKind::Transient)),
