@@ -136,3 +136,61 @@ fn a_csv_file_that_starts_as_a_header_gets_its_types_from_the_rows_appended() {
         ]
     );
 }
+
+/// A Parquet file copied into a watched directory in two halves is read once it is
+/// whole, and a file that is not Parquet at all is one dead letter: the pipeline
+/// runs on.
+#[test]
+fn a_parquet_file_still_being_copied_is_waited_for_and_a_corrupt_one_is_a_dead_letter() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let whole = d.join("whole.parquet");
+    crate::support::python(&format!(
+        "import pyarrow as pa, pyarrow.parquet as pq\n\
+         pq.write_table(pa.table({{'id': list(range(5000))}}), '{}')\n",
+        whole.display()
+    ));
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"p\"\n[source]\nconnector = \"file\"\npath = \"in/*.parquet\"\nformat = \"parquet\"\nwatch = true\npoll_interval = \"100ms\"\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n[checkpoint]\ninterval = \"100ms\"\n\
+         [errors]\ntolerance = \"all\"\n[errors.dead_letter]\nconnector = \"file\"\npath = \"dlq\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "--quiet", "p.toml"]);
+    let bytes = std::fs::read(&whole).unwrap();
+    let (head, rest) = bytes.split_at(bytes.len() / 2);
+    let copy = d.join("in/a.parquet");
+    std::fs::write(&copy, head).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&copy)
+            .unwrap();
+        f.write_all(rest).unwrap();
+    }
+    let arrived = wait_until(Duration::from_secs(20), || {
+        count_lines(&d.join("out")) == 5000
+    });
+    std::fs::write(
+        d.join("in/b.parquet"),
+        b"not parquet at all, but ends in PAR1",
+    )
+    .unwrap();
+    let dead = wait_until(Duration::from_secs(20), || count_lines(&d.join("dlq")) == 1);
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(20));
+    assert!(
+        arrived,
+        "{} rows: {}",
+        count_lines(&d.join("out")),
+        run.stderr
+    );
+    assert!(dead, "{}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let dlq = jsonl_lines(&d.join("dlq"));
+    assert!(dlq[0].contains("in/b.parquet"), "{dlq:?}");
+}

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
@@ -19,9 +18,11 @@ use crate::identity::{identify, FileOffset, Identity};
 
 mod follow;
 mod listing;
+mod parquet_file;
 
 pub use self::listing::check;
 use self::listing::list;
+use self::parquet_file::Opened;
 
 enum Body {
     Text {
@@ -135,12 +136,33 @@ impl FileSource {
             let (files, bytes) = self.waiting;
             let picked = (files.saturating_sub(u64::from(left > 0)), bytes - left);
             if self.config.format == Format::Parquet {
-                if let Some(cur) = open_parquet(&path, &split, id, pos, self.batch_size)? {
-                    self.current = Some(cur);
-                    self.waiting = picked;
-                    return Ok(true);
+                if self.partial.get(&split) == Some(&size) {
+                    continue;
                 }
-                continue;
+                match parquet_file::open(
+                    &path,
+                    &split,
+                    id,
+                    pos,
+                    self.batch_size,
+                    self.config.watch,
+                )? {
+                    Opened::Reading(cur) => {
+                        self.current = Some(cur);
+                        self.waiting = picked;
+                        return Ok(true);
+                    }
+                    Opened::Done => continue,
+                    Opened::Incomplete => {
+                        self.partial.insert(split, size);
+                        continue;
+                    }
+                    Opened::Bad(e) => {
+                        self.ready
+                            .push_back(parquet_file::reject_rest(&split, id, pos, e)?);
+                        return Ok(true);
+                    }
+                }
             }
             if size <= pos || self.partial.get(&split) == Some(&size) {
                 continue;
@@ -195,11 +217,12 @@ impl FileSource {
                     let offsets = offsets_of(cur)?;
                     Ok(Some(Batch::new(records, offsets)))
                 }
-                Some(Err(e)) => Err(Error::data(format!(
-                    "file \"{}\": unreadable parquet",
-                    cur.split
-                ))
-                .with_source(e)),
+                Some(Err(e)) => {
+                    let e = Error::data(format!("unreadable parquet: {e}"));
+                    let rest = parquet_file::reject_rest(&cur.split, cur.id, cur.pos, e)?;
+                    self.current = None;
+                    Ok(Some(rest))
+                }
                 None => {
                     self.current = None;
                     Ok(None)
@@ -316,38 +339,6 @@ fn offsets_of(cur: &Current) -> Result<Offsets> {
         },
     )?;
     Ok(offsets)
-}
-
-fn open_parquet(
-    path: &Path,
-    split: &str,
-    id: Identity,
-    pos: u64,
-    rows: usize,
-) -> Result<Option<Current>> {
-    let file = File::open(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-        Error::data(format!("file \"{split}\" is not a readable parquet file")).with_source(e)
-    })?;
-    let total = builder.metadata().file_metadata().num_rows() as u64;
-    if pos >= total {
-        return Ok(None);
-    }
-    let reader = builder
-        .with_batch_size(rows)
-        .with_offset(pos as usize)
-        .build()
-        .map_err(|e| Error::data(format!("file \"{split}\"")).with_source(e))?;
-    Ok(Some(Current {
-        split: split.to_string(),
-        id,
-        size: 0,
-        tail: (0, 0),
-        renamed_away: false,
-        pos,
-        line: 0,
-        body: Body::Parquet(reader),
-    }))
 }
 
 #[connector_api::async_trait]
