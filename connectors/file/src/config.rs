@@ -6,7 +6,7 @@ use connector_api::arrow_schema::SchemaRef;
 use connector_api::{schema_from_specs, Error, FieldSpec, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_formats::{CsvOptions, Format, ParquetOptions};
+use sluice_formats::{Compression, CsvOptions, Format, ParquetOptions};
 
 /// Options of the `file` source.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -35,6 +35,12 @@ pub struct FileSourceConfig {
     /// Bytes read from a file at a time.
     #[serde(default = "read_buffer")]
     pub read_buffer: usize,
+    /// Compression of JSON lines and CSV files: `auto` (from the name: `.gz`, `.zst`),
+    /// `none`, `gzip` or `zstd`. A compressed file is read as a whole: it should
+    /// appear whole (written aside, then renamed in), and resuming inside it
+    /// decompresses it again from its start.
+    #[serde(default)]
+    pub compression: Compression,
 }
 
 fn poll_interval() -> Duration {
@@ -57,6 +63,14 @@ impl FileSourceConfig {
                 .with_field("path")
         })?;
         self.csv.validate()?;
+        if self.format == Format::Parquet
+            && !matches!(self.compression, Compression::Auto | Compression::None)
+        {
+            return Err(Error::config(
+                "compression applies to json and csv; Parquet compresses inside the file",
+            )
+            .with_field("compression"));
+        }
         self.declared_schema()?;
         if self.read_buffer < 4096 {
             return Err(

@@ -7,6 +7,7 @@
 
 pub mod avro;
 mod columns;
+mod compression;
 mod csv;
 mod encode;
 mod json;
@@ -17,6 +18,7 @@ mod parquet_writer;
 mod text;
 
 pub use crate::csv::CsvDecoder;
+pub use compression::{decompressing, Compression};
 pub use encode::Encoder;
 pub use json::JsonDecoder;
 pub use options::{CsvOptions, Format, ParquetCompression, ParquetOptions};

@@ -10,6 +10,7 @@ use connector_api::arrow_schema::SchemaRef;
 use connector_api::{schema_from_specs, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
+pub use sluice_formats::Compression;
 use sluice_formats::{CsvOptions, Format, ParquetOptions};
 
 use crate::template::Template;
@@ -85,46 +86,6 @@ impl Connection {
     /// `s3://bucket/key` for messages.
     pub fn url(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
-    }
-}
-
-/// Compression of JSON lines and CSV objects.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    /// From the object name when reading (`.gz`, `.zst`); none when writing.
-    #[default]
-    Auto,
-    /// Not compressed.
-    None,
-    /// gzip.
-    Gzip,
-    /// Zstandard.
-    Zstd,
-}
-
-impl Compression {
-    /// The compression of an object named `key` under this option.
-    pub fn for_key(self, key: &str) -> Compression {
-        match self {
-            Compression::Auto if key.ends_with(".gz") || key.ends_with(".gzip") => {
-                Compression::Gzip
-            }
-            Compression::Auto if key.ends_with(".zst") || key.ends_with(".zstd") => {
-                Compression::Zstd
-            }
-            Compression::Auto => Compression::None,
-            c => c,
-        }
-    }
-
-    /// The file name suffix, with its dot ("" for none).
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::Gzip => ".gz",
-            Compression::Zstd => ".zst",
-            Compression::Auto | Compression::None => "",
-        }
     }
 }
 

@@ -157,3 +157,38 @@ fn a_file_rewritten_in_place_with_the_same_start_is_read_from_its_start() {
     assert_eq!(new.len(), 300, "{}", run.stderr);
     assert!(run.stderr.contains("rewritten in place"), "{}", run.stderr);
 }
+
+/// gzip files are read decompressed next to plain ones, and a rerun reads only the
+/// file added since, not the compressed ones again.
+#[test]
+fn gzip_files_are_read_decompressed_and_not_again_on_a_rerun() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let gzip = |name: &str, ids: std::ops::Range<u64>| {
+        let path = d.join("in").join(name);
+        let text: String = ids.map(|i| format!("{{\"id\": {i}}}\n")).collect();
+        crate::support::python(&format!(
+            "import gzip\nopen('{}', 'wb').write(gzip.compress(b'''{text}'''))\n",
+            path.display()
+        ));
+    };
+    gzip("a.jsonl.gz", 0..1000);
+    append(&d.join("in/b.jsonl"), 1000..2000);
+    std::fs::write(
+        d.join("z.toml"),
+        "name = \"z\"\n[source]\nconnector = \"file\"\npath = \"in/*\"\nformat = \"json\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "z.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(arrivals(&d.join("out")).len(), 2000, "{}", run.stderr);
+    gzip("c.jsonl.gz", 2000..2500);
+    let run = sluice(d, &["run", "z.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let seen = arrivals(&d.join("out"));
+    assert_eq!(seen.len(), 2500, "{}", run.stderr);
+    assert!(seen.values().all(|&n| n == 1), "{}", run.stderr);
+}

@@ -22,7 +22,7 @@ use std::path::Path;
 use connector_api::{stable_hash, Result};
 use sluice_formats::Format;
 
-use super::{Body, Current, FileSource};
+use super::{Body, Current, FileSource, Input};
 use crate::identity::{inode, FileOffset, Identity};
 
 /// Bytes before a position whose hash is stored with it.
@@ -47,7 +47,10 @@ impl FileSource {
         id: Identity,
         size: u64,
     ) -> (u64, u64) {
-        let parquet = self.config.format == Format::Parquet;
+        // positions of Parquet (rows) and compressed files (decompressed bytes) are not
+        // bytes of the file: no size or tail to check them against
+        let parquet = self.config.format == Format::Parquet
+            || self.config.compression.for_key(split) != sluice_formats::Compression::None;
         let fresh = FileOffset {
             id,
             pos: 0,
@@ -122,7 +125,14 @@ impl FileSource {
     /// Keeps the handle of a file read to its end, to read what is written to it
     /// before it is renamed away (watch mode).
     pub(super) fn keep_handle(&mut self, cur: Current) {
-        if let (Body::Text { file, .. }, false) = (cur.body, cur.renamed_away) {
+        if let (
+            Body::Text {
+                file: Input::Plain(file),
+                ..
+            },
+            false,
+        ) = (cur.body, cur.renamed_away)
+        {
             if self.handles.len() < HANDLES || self.handles.contains_key(&cur.split) {
                 self.handles.insert(cur.split, (cur.id, file));
             }
@@ -163,7 +173,7 @@ impl FileSource {
                 tail: (off.tail_len, off.tail),
                 renamed_away: true,
                 body: Body::Text {
-                    file,
+                    file: Input::Plain(file),
                     buf: Vec::new(),
                     start: 0,
                     drained: false,

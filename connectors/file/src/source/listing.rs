@@ -26,7 +26,14 @@ impl FileSource {
         };
         let size = meta.len();
         let pos = match self.known.get(split.as_ref()) {
-            Some(_) if self.config.format == Format::Parquet => return 0,
+            // positions not in bytes of the file (rows, decompressed bytes)
+            Some(_)
+                if self.config.format == Format::Parquet
+                    || self.config.compression.for_key(&split)
+                        != sluice_formats::Compression::None =>
+            {
+                return 0
+            }
             Some(off) if off.id.ino == inode(&meta) => off.pos,
             _ => 0,
         };

@@ -3,14 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use notify::RecommendedWatcher;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use sluice_formats::{Decoded, Format, TextDecoder as Text};
+use sluice_formats::{Compression, Decoded, Format, TextDecoder as Text};
 use tokio::sync::mpsc;
 
 use crate::config::FileSourceConfig;
@@ -19,14 +19,16 @@ use crate::identity::{identify, FileOffset, Identity};
 mod follow;
 mod listing;
 mod parquet_file;
+mod text_file;
 
 pub use self::listing::check;
 use self::listing::list;
 use self::parquet_file::Opened;
+use self::text_file::Input;
 
 enum Body {
     Text {
-        file: File,
+        file: Input,
         /// Read but not yet consumed bytes are `buf[start..]`.
         buf: Vec<u8>,
         start: usize,
@@ -78,6 +80,9 @@ pub struct FileSource {
     handles: HashMap<String, (Identity, File)>,
     /// Positions of files whose name moved on to another file (oldest first).
     moved: Vec<(String, FileOffset)>,
+    /// Compressed files read to their end in this run (their positions are not bytes
+    /// of the file, so their size cannot tell).
+    finished: HashMap<String, Identity>,
 }
 
 /// Bytes read from a file's start to infer a CSV schema before resuming inside it.
@@ -109,6 +114,7 @@ impl FileSource {
             waiting: (0, 0),
             handles: HashMap::new(),
             moved: Vec::new(),
+            finished: HashMap::new(),
         })
     }
 
@@ -164,38 +170,11 @@ impl FileSource {
                     }
                 }
             }
-            if size <= pos || self.partial.get(&split) == Some(&size) {
+            let Some(cur) = self.open_text(&path, split, id, (pos, line), size)? else {
                 continue;
-            }
-            let mut file = File::open(&path)
-                .map_err(|e| Error::from(e).context(format!("file \"{split}\"")))?;
-            if pos > 0 {
-                // resuming inside the file: a CSV schema still to infer comes from the
-                // file's start (its header), not from the first unread row
-                if let Some(text) = self.text.as_mut() {
-                    let mut head = Vec::new();
-                    (&mut file).take(PRIME_BYTES).read_to_end(&mut head)?;
-                    text.prime(&head, (head.len() as u64) < PRIME_BYTES)
-                        .map_err(|e| e.context(format!("file \"{split}\"")))?;
-                }
-            }
-            file.seek(SeekFrom::Start(pos))?;
+            };
             self.waiting = picked;
-            self.current = Some(Current {
-                split,
-                id,
-                size,
-                pos,
-                line,
-                tail: (0, 0),
-                renamed_away: false,
-                body: Body::Text {
-                    file,
-                    buf: Vec::new(),
-                    start: 0,
-                    drained: false,
-                },
-            });
+            self.current = Some(cur);
             return Ok(true);
         }
         Ok(false)
@@ -302,8 +281,18 @@ impl FileSource {
                             let size = cur.pos + (buf.len() - *start) as u64;
                             self.partial.insert(cur.split.clone(), size);
                         }
-                        if let Some(done) = self.current.take().filter(|_| self.config.watch) {
-                            self.keep_handle(done);
+                        if let Some(done) = self.current.take() {
+                            if matches!(
+                                done.body,
+                                Body::Text {
+                                    file: Input::Compressed(_),
+                                    ..
+                                }
+                            ) {
+                                self.finished.insert(done.split.clone(), done.id);
+                            } else if self.config.watch {
+                                self.keep_handle(done);
+                            }
                         }
                         return Ok(None);
                     }
@@ -384,7 +373,17 @@ impl Source for FileSource {
         let done = self
             .sizes
             .iter()
-            .map(|(split, size)| self.known.get(split).map_or(0, |o| o.pos.min(*size)))
+            .map(|(split, &size)| {
+                // a compressed file's position is not in its bytes: it counts when done
+                if self.config.compression.for_key(split) != Compression::None {
+                    return if self.finished.contains_key(split) {
+                        size
+                    } else {
+                        0
+                    };
+                }
+                self.known.get(split).map_or(0, |o| o.pos.min(size))
+            })
             .sum();
         Some(connector_api::Progress {
             done,
