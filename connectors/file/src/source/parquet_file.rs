@@ -39,7 +39,12 @@ pub(super) fn open(
         // rejected whole before
         return Ok(Opened::Done);
     }
-    let mut file = File::open(path)?;
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        // renamed or deleted since the listing
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Opened::Done),
+        Err(e) => return Err(e.into()),
+    };
     if !has_footer(&mut file)? {
         return Ok(match watch {
             true => Opened::Incomplete,

@@ -53,7 +53,12 @@ impl FileSource {
                 true => Input::Compressed(sluice_formats::decompressing(compression, file)?),
             })
         };
-        let mut file = open()?;
+        let mut file = match open() {
+            Ok(f) => f,
+            // renamed or deleted since the listing
+            Err(e) if e.kind() == connector_api::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
         if pos > 0 {
             // resuming inside the file: a CSV schema still to infer comes from the
             // file's start (its header), not from the first unread row
