@@ -35,6 +35,11 @@ pub struct FileSourceConfig {
     /// Bytes read from a file at a time.
     #[serde(default = "read_buffer")]
     pub read_buffer: usize,
+    /// How many bytes of input a record may take before it ends: a line not ended
+    /// within them is a bad record (naming its file and line), skipped without being
+    /// held in memory.
+    #[serde(default = "max_line_bytes")]
+    pub max_line_bytes: usize,
     /// Compression of JSON lines and CSV files: `auto` (from the name: `.gz`, `.zst`),
     /// `none`, `gzip` or `zstd`. A compressed file is read as a whole: it should
     /// appear whole (written aside, then renamed in), and resuming inside it
@@ -49,6 +54,10 @@ fn poll_interval() -> Duration {
 
 fn read_buffer() -> usize {
     1 << 20
+}
+
+fn max_line_bytes() -> usize {
+    16 << 20
 }
 
 impl FileSourceConfig {

@@ -192,3 +192,40 @@ fn gzip_files_are_read_decompressed_and_not_again_on_a_rerun() {
     assert_eq!(seen.len(), 2500, "{}", run.stderr);
     assert!(seen.values().all(|&n| n == 1), "{}", run.stderr);
 }
+
+/// A line longer than `max_line_bytes` is one bad record naming its file and line,
+/// skipped without holding it; the lines around it arrive.
+#[test]
+fn a_line_longer_than_the_limit_is_a_bad_record_and_the_rest_arrives() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let mut text: String = (0..100).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    text.push_str(&format!(
+        "{{\"id\": 100, \"pad\": \"{}\"}}\n",
+        "x".repeat(3 << 20)
+    ));
+    text.extend((101..200).map(|i| format!("{{\"id\": {i}}}\n")));
+    std::fs::write(d.join("in/a.jsonl"), text).unwrap();
+    std::fs::write(
+        d.join("l.toml"),
+        "name = \"l\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\nmax_line_bytes = 65536\nread_buffer = 16384\n\
+         schema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n[batch]\nmax_records = 10\n\
+         [errors]\ntolerance = \"all\"\n[errors.dead_letter]\nconnector = \"file\"\npath = \"dlq\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "l.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let seen = arrivals(&d.join("out"));
+    assert_eq!(seen.len(), 199, "{}", run.stderr);
+    assert!(!seen.contains_key(&100));
+    let dlq = jsonl_lines(&d.join("dlq"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert!(
+        dlq[0].contains("in/a.jsonl")
+            && dlq[0].contains("line 101")
+            && dlq[0].contains("max_line_bytes"),
+        "{dlq:?}"
+    );
+}

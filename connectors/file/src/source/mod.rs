@@ -137,7 +137,12 @@ impl FileSource {
                 Err(e) if e.kind() == connector_api::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.context(format!("file \"{split}\""))),
             };
-            let size = std::fs::metadata(&path)?.len();
+            let size = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                // renamed or deleted since the listing: looked at again next time
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
             let (pos, line) = self.resume_point(&split, &path, id, size);
             let (files, bytes) = self.waiting;
             let picked = (files.saturating_sub(u64::from(left > 0)), bytes - left);
@@ -296,12 +301,56 @@ impl FileSource {
                         }
                         return Ok(None);
                     }
+                    if buf.len() - *start > self.config.max_line_bytes {
+                        // one record longer than allowed: a bad record, skipped to the
+                        // end of its line without holding it
+                        let skipped = skip_line(file, buf, start)?;
+                        return Ok(Some(long_line(cur, skipped, self.config.max_line_bytes)?));
+                    }
                     // not one whole record in the buffer: read more
                     need_more = true;
                 }
             }
         }
     }
+}
+
+/// Drops the bytes of the line at `buf[*start..]` up to and with its newline (or the
+/// end of the input), reading on as needed; how many.
+fn skip_line(file: &mut Input, buf: &mut Vec<u8>, start: &mut usize) -> Result<u64> {
+    let mut skipped = 0u64;
+    loop {
+        if let Some(at) = buf[*start..].iter().position(|&b| b == b'\n') {
+            skipped += at as u64 + 1;
+            *start += at + 1;
+            return Ok(skipped);
+        }
+        skipped += (buf.len() - *start) as u64;
+        buf.clear();
+        *start = 0;
+        if file.take(1 << 20).read_to_end(buf)? == 0 {
+            return Ok(skipped);
+        }
+    }
+}
+
+/// A batch with the line of `skipped` bytes at the current position as its one bad
+/// record, moving the position past it.
+fn long_line(cur: &mut Current, skipped: u64, limit: usize) -> Result<Batch> {
+    let line = cur.line + 1;
+    cur.pos += skipped;
+    cur.line += 1;
+    let mut batch = Batch::idle();
+    batch.offsets = offsets_of(cur)?;
+    batch.rejects.push(connector_api::Reject {
+        split: cur.split.clone(),
+        position: format!("file \"{}\" line {line}", cur.split),
+        raw: String::new(),
+        error: Error::data(format!(
+            "the line is {skipped} bytes, longer than max_line_bytes ({limit})"
+        )),
+    });
+    Ok(batch)
 }
 
 /// Turns one decoded part into a batch, advancing the file position past it.
