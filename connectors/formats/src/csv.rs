@@ -184,22 +184,36 @@ impl CsvDecoder {
         };
         let rows = max_rows;
         let mut d = self.builder(schema.clone(), header, rows).build_decoder();
-        let consumed = feed(&mut d, buf)?;
-        let mut out = Decoded {
-            consumed,
-            lines: crate::count_newlines(&buf[..consumed]),
-            ..Default::default()
-        };
-        match d.flush() {
-            Ok(batch) if !self.excess_scale(&buf[..consumed], header, rows, &schema)? => {
-                out.batch = batch
+        let mut out = Decoded::default();
+        match feed(&mut d, buf) {
+            Ok(consumed) => {
+                out.consumed = consumed;
+                out.lines = crate::count_newlines(&buf[..consumed]);
+                let all = &buf[..consumed];
+                match d.flush() {
+                    Ok(batch) if !self.excess_scale(all, header, rows, &schema)? => {
+                        out.batch = batch
+                    }
+                    // a decimal with more places than its scale: arrow-csv would drop them
+                    Ok(_) => {
+                        let err = arrow_schema::ArrowError::ParseError("decimal places".into());
+                        self.isolate(all, header, rows, &schema, &mut out, err)?
+                    }
+                    Err(err) => {
+                        if let Err(e) = self.isolate(all, header, rows, &schema, &mut out, err) {
+                            // not even text: a record with the wrong number of fields or
+                            // bytes that are not UTF-8; each record on its own finds which
+                            let n = self.one_by_one(all, header, rows, &schema, &mut out, e)?;
+                            out.consumed = n;
+                            out.lines = crate::count_newlines(&buf[..n]);
+                        }
+                    }
+                }
             }
-            // a decimal with more places than its scale: arrow-csv would drop them
-            Ok(_) => {
-                let err = arrow_schema::ArrowError::ParseError("decimal places".into());
-                self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?
+            Err(e) => {
+                out.consumed = self.one_by_one(buf, header, rows, &schema, &mut out, e)?;
+                out.lines = crate::count_newlines(&buf[..out.consumed]);
             }
-            Err(err) => self.isolate(&buf[..consumed], header, rows, &schema, &mut out, err)?,
         }
         if let Some(order) = &self.order {
             // back to the schema's order
@@ -357,6 +371,70 @@ impl CsvDecoder {
     }
 }
 
+impl CsvDecoder {
+    /// Decodes the first `rows` records of `buf` one at a time (after `first`, the
+    /// error of all of them at once): each that does not read becomes a
+    /// [`BadRecord`]. Returns the bytes they take.
+    fn one_by_one(
+        &self,
+        buf: &[u8],
+        header: bool,
+        rows: usize,
+        schema: &SchemaRef,
+        out: &mut Decoded,
+        first: Error,
+    ) -> Result<usize> {
+        let mut batches = Vec::new();
+        let mut start = 0;
+        let ends = record_ends(buf, self.options.quote as u8);
+        for (index, &end) in ends.iter().take(rows + usize::from(header)).enumerate() {
+            let record = &buf[start..end];
+            start = end;
+            if header && index == 0 {
+                continue;
+            }
+            let mut one = Decoded::default();
+            let parse = || arrow_schema::ArrowError::ParseError("record".into());
+            match self.isolate(record, false, 1, schema, &mut one, parse()) {
+                Ok(()) => {
+                    batches.extend(one.batch);
+                    out.bad
+                        .extend(one.bad.into_iter().map(|b| BadRecord { index, ..b }));
+                }
+                Err(e) => out.bad.push(BadRecord {
+                    index,
+                    raw: String::from_utf8_lossy(record).trim_end().to_string(),
+                    error: Error::data(format!("not a CSV record of the schema: {e}")),
+                }),
+            }
+        }
+        if out.bad.is_empty() {
+            // the records read one by one but not together: nothing to tell them by
+            return Err(first);
+        }
+        out.batch = Some(arrow_select::concat::concat_batches(schema, &batches)?);
+        Ok(start)
+    }
+}
+
+/// The end (after its newline) of each record of `buf`: newlines inside quotes do not
+/// end one; a last record without a newline ends with `buf`.
+fn record_ends(buf: &[u8], quote: u8) -> Vec<usize> {
+    let mut in_quotes = false;
+    let mut ends = Vec::new();
+    for (i, &b) in buf.iter().enumerate() {
+        if b == quote {
+            in_quotes = !in_quotes;
+        } else if b == b'\n' && !in_quotes {
+            ends.push(i + 1);
+        }
+    }
+    if ends.last() != Some(&buf.len()) && !buf.is_empty() {
+        ends.push(buf.len());
+    }
+    ends
+}
+
 /// `schema` with every column read as text.
 fn text_schema(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(
@@ -439,6 +517,27 @@ mod tests {
         let mut d = CsvDecoder::new(None, CsvOptions::default());
         let out = d.decode(b"id,note\n", 100, true, true).unwrap();
         assert_eq!((out.consumed, d.schema().is_none()), (8, true));
+    }
+
+    #[test]
+    fn a_record_with_the_wrong_field_count_or_bytes_not_utf8_is_a_bad_record() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let mut d = CsvDecoder::new(Some(schema), CsvOptions::default());
+        let buf = b"id,name\n1,a\n2\n3,c,extra\n4,\xff\xfe\n5,e\n";
+        let out = d.decode(buf, 100, true, true).unwrap();
+        let ids = out.batch.unwrap().column(0).clone();
+        let ids: Vec<i64> = ids
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap()
+            .values()
+            .to_vec();
+        assert_eq!(ids, [1, 5]);
+        let bad: Vec<(usize, &str)> = out.bad.iter().map(|b| (b.index, b.raw.as_str())).collect();
+        assert_eq!(bad, [(2, "2"), (3, "3,c,extra"), (4, "4,\u{fffd}\u{fffd}")]);
     }
 
     #[test]

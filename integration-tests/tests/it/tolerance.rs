@@ -168,3 +168,38 @@ fn a_csv_decimal_with_too_many_places_stops_instead_of_rounding() {
         &["line 3", "column \"amount\"", "\"1.005\" has more than 2 decimal places"],
     );
 }
+
+/// CSV records with too few or too many fields, or bytes that are not UTF-8, are dead
+/// letters naming their line under `tolerance = "all"`; the others arrive.
+#[test]
+fn csv_records_of_the_wrong_shape_or_encoding_are_dead_letters() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("in/a.csv"),
+        b"id,name\n1,a\n2\n3,c,extra\n4,\xff\xfe\n5,e\n".as_slice(),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("c.toml"),
+        "name = \"c\"\n[source]\nconnector = \"file\"\npath = \"in/*.csv\"\nformat = \"csv\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }, { name = \"name\", type = \"string\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+         [errors]\ntolerance = \"all\"\nmax_failure_rate = 0.9\n[errors.dead_letter]\nconnector = \"file\"\npath = \"dlq\"\nformat = \"json\"\n",
+    )
+    .unwrap();
+    let run = crate::support::sluice(d, &["run", "c.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut good = crate::support::jsonl_lines(&d.join("out"));
+    good.sort();
+    assert_eq!(
+        good,
+        ["{\"id\":1,\"name\":\"a\"}", "{\"id\":5,\"name\":\"e\"}"]
+    );
+    let dlq = crate::support::jsonl_lines(&d.join("dlq"));
+    assert_eq!(dlq.len(), 3, "{dlq:?}");
+    for (line, rec) in [3, 4, 5].iter().zip(&dlq) {
+        assert!(rec.contains(&format!("line {line}")), "{rec}");
+    }
+}
