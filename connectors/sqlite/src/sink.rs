@@ -81,6 +81,20 @@ impl SqliteSink {
                 ));
             }
             Some(known) if known.as_ref() != schema.as_ref() => {
+                let widened = schema.fields().iter().any(|f| {
+                    known
+                        .field_with_name(f.name())
+                        .is_ok_and(|k| k.data_type() != f.data_type())
+                });
+                if widened {
+                    // SQLite cannot change a column's declared type, and the declared
+                    // type is what reads it back (INT is int32): the table is built
+                    // again with the wider types
+                    let known = known.clone();
+                    self.rebuild(&known, schema).await?;
+                    self.schema = Some(schema.clone());
+                    return Ok(());
+                }
                 for f in schema.fields() {
                     if known.field_with_name(f.name()).is_err() {
                         ddl.push(format!(
@@ -102,6 +116,55 @@ impl SqliteSink {
                 .map_err(|e| sql_error(format!("table \"{name}\": {stmt}"), e))?;
         }
         self.schema = Some(schema.clone());
+        Ok(())
+    }
+
+    /// Builds the table again with `schema`'s columns (a column widened under
+    /// `evolve`), as SQLite's documented procedure does: a new table, the rows copied,
+    /// the old one dropped, the new one renamed, its indexes and triggers made again;
+    /// all in the flush's transaction.
+    async fn rebuild(&mut self, known: &SchemaRef, schema: &SchemaRef) -> Result<()> {
+        let name = self.config.table.clone();
+        let table = quote(&name);
+        let fresh = quote(&format!("{name}__sluice_rebuild"));
+        let mut cols = Vec::new();
+        for f in schema.fields() {
+            let null = if f.is_nullable() { "" } else { " NOT NULL" };
+            cols.push(format!(
+                "{} {}{null}",
+                quote(f.name()),
+                declared_type(f.name(), f.data_type())?
+            ));
+        }
+        if !self.config.key.is_empty() {
+            let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
+            cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
+        }
+        let old: Vec<String> = known.fields().iter().map(|f| quote(f.name())).collect();
+        let old = old.join(", ");
+        let tx = self.tx().await?;
+        let failed = |stmt: &str, e| sql_error(format!("table \"{name}\": {stmt}"), e);
+        let extras: Vec<(String,)> = sqlx::query_as(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger') AND sql IS NOT NULL",
+        )
+        .bind(&name)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(|e| failed("its indexes", e))?;
+        let mut steps = vec![
+            format!("CREATE TABLE {fresh} ({})", cols.join(", ")),
+            format!("INSERT INTO {fresh} ({old}) SELECT {old} FROM {table}"),
+            format!("DROP TABLE {table}"),
+            format!("ALTER TABLE {fresh} RENAME TO {table}"),
+        ];
+        steps.extend(extras.into_iter().map(|(sql,)| sql));
+        for stmt in steps {
+            sqlx::query(&stmt)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| failed(&stmt, e))?;
+        }
+        tracing::info!(table = %name, "table built again with wider column types (drift = \"evolve\")");
         Ok(())
     }
 

@@ -175,3 +175,49 @@ fn stored_timestamps_sort_in_time_order_for_a_cursor() {
         .collect();
     assert_eq!(order, [0, 1, 2, 3], "{lines:?}");
 }
+
+/// `evolve` widening int32 to int64 builds the table again with the wider declared
+/// type (SQLite cannot alter it), keeping its rows and indexes, so it reads back.
+#[test]
+fn evolve_widening_a_column_builds_the_table_again_and_it_reads_back() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let write = |ty: &str, line: &str| {
+        std::fs::write(d.join("in/a.jsonl"), line).unwrap();
+        std::fs::write(
+            d.join("w.toml"),
+            format!(
+                "name = \"w\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n\
+                 schema = [{{ name = \"id\", type = \"{ty}\" }}, {{ name = \"v\", type = \"string\" }}]\n\
+                 [sink]\nconnector = \"sqlite\"\npath = \"src.db\"\ntable = \"ev\"\ndrift = \"evolve\"\n"
+            ),
+        )
+        .unwrap();
+        let run = sluice(d, &["run", "w.toml"]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    };
+    write("int32", "{\"id\": 1, \"v\": \"a\"}\n");
+    sqlite(&d.join("src.db"), "CREATE INDEX ev_v ON ev (v)");
+    std::fs::remove_file(d.join("in/a.jsonl")).unwrap();
+    write("int64", "{\"id\": 5000000000, \"v\": \"b\"}\n");
+    assert_eq!(
+        sqlite(
+            &d.join("src.db"),
+            "SELECT type FROM pragma_table_info('ev') WHERE name = 'id'"
+        ),
+        "BIGINT"
+    );
+    assert_eq!(
+        sqlite(
+            &d.join("src.db"),
+            "SELECT count(*) FROM sqlite_master WHERE name = 'ev_v'"
+        ),
+        "1"
+    );
+    pipeline(d, "back", "table = \"ev\"", 100);
+    let run = sluice(d, &["run", "back.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (ids, _) = ids(&d.join("back"));
+    assert_eq!(ids, [1, 5_000_000_000]);
+}
