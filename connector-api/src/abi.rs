@@ -183,6 +183,15 @@ pub struct WireReject {
     pub raw: String,
     /// See [`Reject::error`].
     pub error: WireError,
+    /// See [`Reject::bytes`].
+    #[serde(default)]
+    pub bytes: Option<Vec<u8>>,
+    /// See [`Reject::key`].
+    #[serde(default)]
+    pub key: Option<Vec<u8>>,
+    /// See [`Reject::headers`].
+    #[serde(default)]
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 /// What accompanies a batch from a plugin source.
@@ -562,6 +571,9 @@ unsafe extern "C" fn p_source_next(
                             position: r.position.clone(),
                             raw: r.raw.clone(),
                             error: WireError::from(&r.error),
+                            bytes: r.bytes.clone(),
+                            key: r.key.clone(),
+                            headers: r.headers.clone(),
                         })
                         .collect(),
                     has_data,
@@ -697,6 +709,9 @@ pub fn rejects_from_wire(rejects: Vec<WireReject>) -> Vec<Reject> {
             position: r.position,
             raw: r.raw,
             error: Error::from(r.error),
+            bytes: r.bytes,
+            key: r.key,
+            headers: r.headers,
         })
         .collect()
 }

@@ -48,6 +48,35 @@ pub struct Reject {
     pub raw: String,
     /// Why it could not be read (usually [`crate::ErrorKind::Data`]).
     pub error: Error,
+    /// The record's bytes exactly as read, where `raw` may not hold all of them (a
+    /// message's payload, a line that is not UTF-8): the dead letter keeps them.
+    pub bytes: Option<Vec<u8>>,
+    /// The message's key as read (event streams).
+    pub key: Option<Vec<u8>>,
+    /// The message's headers as read (event streams): names and values (a value may
+    /// be null).
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Reject {
+    /// A reject of the record at `position` in `split`, read as `raw`, for `error`;
+    /// no bytes, key or headers kept beyond `raw`.
+    pub fn new(
+        split: impl Into<String>,
+        position: impl Into<String>,
+        raw: impl Into<String>,
+        error: Error,
+    ) -> Self {
+        Reject {
+            split: split.into(),
+            position: position.into(),
+            raw: raw.into(),
+            error,
+            bytes: None,
+            key: None,
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// Records with one schema and the source positions they advance.

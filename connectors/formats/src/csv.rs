@@ -361,6 +361,7 @@ impl CsvDecoder {
                     index: r + header_lines,
                     raw: raw.join(&self.options.delimiter.to_string()),
                     error: Error::data(reason),
+                    bytes: None,
                 });
             }
         }
@@ -401,11 +402,12 @@ impl CsvDecoder {
                     out.bad
                         .extend(one.bad.into_iter().map(|b| BadRecord { index, ..b }));
                 }
-                Err(e) => out.bad.push(BadRecord {
-                    index,
-                    raw: String::from_utf8_lossy(record).trim_end().to_string(),
-                    error: Error::data(format!("not a CSV record of the schema: {e}")),
-                }),
+                Err(e) => {
+                    let line = record.strip_suffix(b"\n").unwrap_or(record);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let e = Error::data(format!("not a CSV record of the schema: {e}"));
+                    out.bad.push(BadRecord::of(index, line, e));
+                }
             }
         }
         if out.bad.is_empty() {

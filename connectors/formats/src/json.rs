@@ -245,11 +245,11 @@ impl LineIndex {
     fn bad(&mut self, buf: &[u8], (start, end): (usize, usize), error: Error) -> BadRecord {
         self.index += crate::count_newlines(&buf[self.counted_to..start]) as usize;
         self.counted_to = start;
-        BadRecord {
-            index: self.index,
-            raw: String::from_utf8_lossy(&buf[start..end]).into_owned(),
-            error: Error::data("invalid json record").with_source(error),
-        }
+        BadRecord::of(
+            self.index,
+            &buf[start..end],
+            Error::data("invalid json record").with_source(error),
+        )
     }
 }
 

@@ -36,6 +36,23 @@ pub struct BadRecord {
     pub raw: String,
     /// What was wrong.
     pub error: connector_api::Error,
+    /// The record's bytes when `raw` could not hold them exactly (not UTF-8).
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl BadRecord {
+    /// The bad record at `index`, read from `bytes`, for `error`: its text, and its
+    /// bytes too when they are not UTF-8.
+    pub fn of(index: usize, bytes: &[u8], error: connector_api::Error) -> Self {
+        let raw = String::from_utf8_lossy(bytes);
+        let exact = matches!(raw, std::borrow::Cow::Borrowed(_));
+        BadRecord {
+            index,
+            raw: raw.into_owned(),
+            error,
+            bytes: (!exact).then(|| bytes.to_vec()),
+        }
+    }
 }
 
 /// What one call of a text decoder produced.
@@ -72,10 +89,8 @@ impl Decoded {
             .bad
             .into_iter()
             .map(|b| connector_api::Reject {
-                split: split.to_string(),
-                position: position(b.index),
-                raw: b.raw,
-                error: b.error,
+                bytes: b.bytes,
+                ..connector_api::Reject::new(split, position(b.index), b.raw, b.error)
             })
             .collect();
         out

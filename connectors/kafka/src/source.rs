@@ -358,10 +358,12 @@ struct Msg {
     partition: i32,
     offset: i64,
     timestamp: Option<i64>,
-    key: Option<Vec<u8>>,
+    /// Where the key is in the chunk's `data` (None: no key).
+    key: Option<std::ops::Range<usize>>,
     /// Where the payload is in the chunk's `data` (None: a null payload).
     payload: Option<std::ops::Range<usize>>,
-    /// Header keys and values as sent (a value may be null).
+    /// Header keys and values as sent (a value may be null): kept for every message,
+    /// as the key is, so that a dead letter holds them.
     headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
@@ -375,6 +377,10 @@ struct Messages {
 impl Messages {
     fn payload(&self, m: &Msg) -> Option<&[u8]> {
         m.payload.clone().map(|r| &self.data[r])
+    }
+
+    fn key(&self, m: &Msg) -> Option<&[u8]> {
+        m.key.clone().map(|r| &self.data[r])
     }
 }
 
@@ -554,8 +560,6 @@ impl Source for KafkaSource {
             shared: self.shared.clone(),
             tx,
             batch_size: self.batch_size,
-            key: self.wants(Metadata::Key),
-            headers: self.wants(Metadata::Headers),
             bounded: self.config.bounded,
         };
         self.thread = Some(
@@ -595,7 +599,7 @@ impl Source for KafkaSource {
             }
         }
         if let Some((avro, _)) = &mut self.key_avro {
-            let keys = msgs.msgs.iter().filter_map(|m| m.key.as_deref());
+            let keys = msgs.msgs.iter().filter_map(|m| msgs.key(m));
             if let Err(e) = avro.fetch(keys).await {
                 self.pending = Some((msgs, offsets));
                 return Err(e);
@@ -871,7 +875,7 @@ impl KafkaSource {
             let keyed: Vec<usize> = (0..good.len())
                 .filter(|&r| msgs[good[r]].key.is_some() && !bad_headers.contains(&r))
                 .collect();
-            let decoded = avro.decode(keyed.iter().map(|&r| msgs[good[r]].key.as_deref()))?;
+            let decoded = avro.decode(keyed.iter().map(|&r| chunk.key(&msgs[good[r]])))?;
             let mut row_of: HashMap<usize, u32> = HashMap::with_capacity(decoded.good.len());
             for (at, &k) in decoded.good.iter().enumerate() {
                 row_of.insert(keyed[k], at as u32);
@@ -898,9 +902,9 @@ impl KafkaSource {
                 }
                 if self.wants(Metadata::Key) {
                     match self.config.key_format {
-                        KeyFormat::Bytes => key_bytes.append_option(m.key.as_deref()),
+                        KeyFormat::Bytes => key_bytes.append_option(chunk.key(m)),
                         _ => {
-                            if let Err(e) = append_utf8(&mut key_strings, m.key.as_deref(), "key") {
+                            if let Err(e) = append_utf8(&mut key_strings, chunk.key(m), "key") {
                                 rejects.push(reject(chunk, m, e));
                                 continue;
                             }
@@ -1140,18 +1144,25 @@ pub(crate) fn tombstone() -> Error {
     )
 }
 
+/// The message `m` as a reject: its position, its payload as text and exactly, its
+/// key and headers.
 fn reject(chunk: &Messages, m: &Msg, error: Error) -> Reject {
+    let payload = chunk.payload(m);
     Reject {
-        split: split_id(&m.topic, m.partition),
-        position: format!(
-            "topic \"{}\" partition {} offset {}",
-            m.topic, m.partition, m.offset
-        ),
-        raw: chunk
-            .payload(m)
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default(),
-        error,
+        bytes: payload.map(<[u8]>::to_vec),
+        key: chunk.key(m).map(<[u8]>::to_vec),
+        headers: m.headers.clone(),
+        ..Reject::new(
+            split_id(&m.topic, m.partition),
+            format!(
+                "topic \"{}\" partition {} offset {}",
+                m.topic, m.partition, m.offset
+            ),
+            payload
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            error,
+        )
     }
 }
 
@@ -1161,8 +1172,6 @@ struct Poller {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Chunk>,
     batch_size: usize,
-    key: bool,
-    headers: bool,
     bounded: bool,
 }
 
@@ -1208,8 +1217,8 @@ impl Poller {
                             t
                         }
                     };
-                    let headers = match (self.headers, m.headers()) {
-                        (true, Some(h)) => h
+                    let headers = match m.headers() {
+                        Some(h) => h
                             .iter()
                             .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
                             .collect(),
@@ -1225,11 +1234,11 @@ impl Poller {
                         partition: m.partition(),
                         offset: m.offset(),
                         timestamp: m.timestamp().to_millis(),
-                        key: if self.key {
-                            m.key().map(<[u8]>::to_vec)
-                        } else {
-                            None
-                        },
+                        key: m.key().map(|k| {
+                            let start = chunk.data.len();
+                            chunk.data.extend_from_slice(k);
+                            start..chunk.data.len()
+                        }),
                         payload,
                         headers,
                     });

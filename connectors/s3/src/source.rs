@@ -268,6 +268,9 @@ impl S3Source {
             position: format!("object {} after line {line}", self.conn.url(key)),
             raw: String::new(),
             error: e,
+            bytes: None,
+            key: None,
+            headers: Vec::new(),
         });
         Ok(b)
     }

@@ -624,7 +624,8 @@ fn bad_json_message_stops_or_goes_to_dead_letter_with_its_position() {
 }
 
 /// Header values arrive as sent: a null one as null, text as text; one that is not
-/// text is a bad record naming the message and the header, never U+FFFD.
+/// text is a bad record naming the message and the header, never U+FFFD, and its
+/// dead letter keeps the payload, key and headers exactly.
 #[test]
 fn header_values_arrive_exactly_or_as_a_bad_record() {
     let t = topic("headers");
@@ -632,7 +633,7 @@ fn header_values_arrive_exactly_or_as_a_bad_record() {
     py(&format!(
         "p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
          p.produce('{t}', partition=0, value='{{\"id\": 1}}', headers=[('h', None)])\n\
-         p.produce('{t}', partition=0, value='{{\"id\": 2}}', headers=[('h', b'\\xff\\x00')])\n\
+         p.produce('{t}', partition=0, key=b'\\x00\\x01', value='{{\"id\": 2}}', headers=[('h', b'\\xff\\x00'), ('n', None)])\n\
          p.produce('{t}', partition=0, value='{{\"id\": 3}}', headers=[('h', b'text')])\n\
          assert p.flush(30) == 0\n"
     ));
@@ -665,6 +666,15 @@ fn header_values_arrive_exactly_or_as_a_bad_record() {
         format!("topic \"{t}\" partition 0 offset 1")
     );
     assert!(rec.to_string().contains("header \\\"h\\\""), "{rec}");
+    // the dead letter keeps the message exactly: payload, key and headers, as base64
+    assert_eq!(rec["record_base64"], "eyJpZCI6IDJ9", "{rec}");
+    assert_eq!(rec["key_base64"], "AAE=", "{rec}");
+    let headers: serde_json::Value =
+        serde_json::from_str(rec["headers"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        headers,
+        serde_json::json!([{"key": "h", "value_base64": "/wA="}, {"key": "n", "value_base64": null}])
+    );
 }
 
 /// `sluice check` of a Kafka sink looks for its topic: a missing one is named, an

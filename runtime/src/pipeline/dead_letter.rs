@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use arrow_array::{RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use connector_api::{Reject, Result};
 
 /// Tracks the share of bad records over the last `window` records.
@@ -53,6 +55,9 @@ fn schema() -> SchemaRef {
         s("error_kind"),
         s("error"),
         s("record"),
+        s("record_base64"),
+        s("key_base64"),
+        s("headers"),
         Field::new(
             "failed_at",
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -61,7 +66,10 @@ fn schema() -> SchemaRef {
     ]))
 }
 
-/// One dead-letter record per reject: where it was, why, and its raw text.
+/// One dead-letter record per reject: where it was, why, and its raw text; its exact
+/// bytes (`record_base64`, where the text may not hold them), key (`key_base64`) and
+/// headers (`headers`: JSON, `[{"key": ..., "value_base64": ...}]`) when the source
+/// kept them, base64 so that any sink stores them as text, exactly.
 pub(super) fn batch(pipeline: &str, rejects: &[Reject]) -> Result<RecordBatch> {
     let col = |f: &dyn Fn(&Reject) -> String| -> Arc<StringArray> {
         Arc::new(StringArray::from_iter_values(rejects.iter().map(f)))
@@ -79,11 +87,33 @@ pub(super) fn batch(pipeline: &str, rejects: &[Reject]) -> Result<RecordBatch> {
             col(&|r| r.error.kind().to_string()),
             col(&|r| r.error.to_string()),
             col(&|r| r.raw.clone()),
+            optional(rejects, |r| r.bytes.as_deref().map(|b| BASE64.encode(b))),
+            optional(rejects, |r| r.key.as_deref().map(|b| BASE64.encode(b))),
+            optional(rejects, |r| {
+                (!r.headers.is_empty()).then(|| {
+                    let list: Vec<serde_json::Value> = r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| {
+                            serde_json::json!({
+                                "key": k,
+                                "value_base64": v.as_deref().map(|v| BASE64.encode(v)),
+                            })
+                        })
+                        .collect();
+                    serde_json::Value::Array(list).to_string()
+                })
+            }),
             Arc::new(
                 TimestampMicrosecondArray::from(vec![now; rejects.len()]).with_timezone("UTC"),
             ),
         ],
     )?)
+}
+
+/// A text column of `f` of each reject (null where it gives None).
+fn optional(rejects: &[Reject], f: impl Fn(&Reject) -> Option<String>) -> Arc<StringArray> {
+    Arc::new(rejects.iter().map(f).collect::<StringArray>())
 }
 
 #[cfg(test)]

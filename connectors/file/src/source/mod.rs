@@ -349,6 +349,9 @@ fn long_line(cur: &mut Current, skipped: u64, limit: usize) -> Result<Batch> {
         error: Error::data(format!(
             "the line is {skipped} bytes, longer than max_line_bytes ({limit})"
         )),
+        bytes: None,
+        key: None,
+        headers: Vec::new(),
     });
     Ok(batch)
 }

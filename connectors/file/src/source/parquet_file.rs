@@ -119,6 +119,9 @@ pub(super) fn reject_rest(split: &str, id: Identity, pos: u64, error: Error) -> 
         position: format!("file \"{split}\" after row {pos}"),
         raw: String::new(),
         error,
+        bytes: None,
+        key: None,
+        headers: Vec::new(),
     });
     Ok(batch)
 }

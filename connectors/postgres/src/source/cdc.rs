@@ -557,6 +557,9 @@ impl Cdc {
                 position: position.clone(),
                 raw: b.raw,
                 error: b.error,
+                bytes: b.bytes,
+                key: None,
+                headers: Vec::new(),
             })
             .collect();
         Ok(batch)

@@ -391,6 +391,9 @@ impl PostgresSource {
                         },
                         raw: key.join(", "),
                         error: Error::data(why),
+                        bytes: None,
+                        key: None,
+                        headers: Vec::new(),
                     })
                     .collect();
                 self.ready.push_back(batch);
