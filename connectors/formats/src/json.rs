@@ -285,8 +285,13 @@ fn isolate(
     Ok(())
 }
 
+/// The schema of the JSON objects among `lines`; a line that is no object (a number,
+/// an array, not JSON at all) does not take part, and is a bad record when decoded.
 fn infer<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Result<SchemaRef> {
-    let values = lines.filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok().map(Ok));
+    let values = lines
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .filter(serde_json::Value::is_object)
+        .map(Ok);
     let schema = infer_json_schema_from_iterator(values)?;
     Ok(Arc::new(schema))
 }
@@ -324,6 +329,16 @@ mod tests {
         assert_eq!(out.bad.len(), 1);
         assert_eq!(out.bad[0].index, 1);
         assert_eq!(out.bad[0].raw, "{\"id\": oops}");
+    }
+
+    #[test]
+    fn a_line_that_is_no_object_is_a_bad_record_under_an_inferred_schema() {
+        let mut d = JsonDecoder::new(None);
+        let buf = b"{\"id\":1}\n42\n[1,2]\n{\"id\":2}\n";
+        let out = d.decode(buf, 100, false).unwrap();
+        assert_eq!(out.batch.unwrap().num_rows(), 2);
+        let bad: Vec<(usize, &str)> = out.bad.iter().map(|b| (b.index, b.raw.as_str())).collect();
+        assert_eq!(bad, [(1, "42"), (2, "[1,2]")]);
     }
 
     #[test]

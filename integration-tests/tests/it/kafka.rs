@@ -677,6 +677,40 @@ fn header_values_arrive_exactly_or_as_a_bad_record() {
     );
 }
 
+/// With an inferred schema, a message that is JSON but no object is a dead letter
+/// with its position under `tolerance = "all"`, not a stopped pipeline.
+#[test]
+fn a_message_that_is_no_object_is_a_dead_letter_under_an_inferred_schema() {
+    let t = topic("noobject");
+    create_topic(&t, 1);
+    py(&format!(
+        "p = confluent_kafka.Producer({{'bootstrap.servers': BOOT}})\n\
+         for v in ['{{\"id\": 1}}', '42', '{{\"id\": 3}}']:\n\
+         \x20   p.produce('{t}', partition=0, value=v)\n\
+         assert p.flush(30) == 0\n"
+    ));
+    let dir = workdir();
+    write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[source]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopics = [\"{t}\"]\ngroup_id = \"g-{t}\"\nbounded = true\n\
+             [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n\
+             [errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq\"\nformat = \"json\"\n",
+            bootstrap()
+        ),
+    );
+    let run = sluice(dir.path(), &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        jsonl_lines(&dir.path().join("out/good")),
+        vec!["{\"id\":1}", "{\"id\":3}"]
+    );
+    let dlq = jsonl_lines(&dir.path().join("out/dlq"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    assert!(dlq[0].contains("partition 0 offset 1"), "{dlq:?}");
+}
+
 /// `sluice check` of a Kafka sink looks for its topic: a missing one is named, an
 /// existing one passes.
 #[test]
