@@ -30,9 +30,33 @@ use crate::avro::AvroWriter;
 use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
 use crate::{kafka_error, log_to_tracing, source};
 
+/// The first failed delivery: what kind of error it makes, and the message.
+type Failure = (ErrorKind, String);
+
+/// The error a delivery failure with `code` to `topic` makes: a missing topic or a
+/// record larger than the broker takes fail for good, naming the way out; anything
+/// else (a broker not answering before `delivery_timeout`) aborts the run, which
+/// starts again from its checkpoint.
+fn delivery_failure(code: Option<RDKafkaErrorCode>, topic: &str, e: &KafkaError) -> Failure {
+    match code {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => (
+            ErrorKind::NotFound,
+            format!("topic \"{topic}\" does not exist: create it (or let the brokers create topics): {e}"),
+        ),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => (
+            ErrorKind::Data,
+            format!("a record is larger than topic \"{topic}\" takes (the broker's message.max.bytes): {e}"),
+        ),
+        _ => (
+            ErrorKind::Aborted,
+            format!("delivery to topic \"{topic}\" failed: {e}"),
+        ),
+    }
+}
+
 /// The producer's callbacks: it remembers the first failed delivery.
 pub(crate) struct Ctx {
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<Failure>>>,
     errors: crate::ErrorLog,
 }
 
@@ -44,7 +68,7 @@ impl ClientContext for Ctx {
     fn error(&self, error: KafkaError, reason: &str) {
         self.errors.report("producer", &error, reason);
         if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)) {
-            self.fail(format!("{error}: {reason}"));
+            self.fail((ErrorKind::Aborted, format!("{error}: {reason}")));
         }
     }
 }
@@ -55,13 +79,13 @@ impl ProducerContext for Ctx {
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((e, m)) = result {
             use rdkafka::Message;
-            self.fail(format!("delivery to topic \"{}\" failed: {e}", m.topic()));
+            self.fail(delivery_failure(e.rdkafka_error_code(), m.topic(), e));
         }
     }
 }
 
 impl Ctx {
-    fn fail(&self, message: String) {
+    fn fail(&self, message: Failure) {
         let mut slot = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             *slot = Some(message);
@@ -76,7 +100,7 @@ pub struct KafkaSink {
     config: KafkaSinkConfig,
     pipeline: String,
     producer: Option<Arc<Producer_>>,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<Failure>>>,
     in_txn: bool,
     /// `format = "avro"` or `key_format = "avro"`: the encoders and the registered
     /// schema ids.
@@ -113,7 +137,7 @@ impl KafkaSink {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
         {
-            Some(m) => Err(Error::new(ErrorKind::Aborted, format!("kafka: {m}"))),
+            Some((kind, m)) => Err(Error::new(kind, format!("kafka: {m}"))),
             None => Ok(()),
         }
     }
@@ -124,7 +148,7 @@ pub(crate) fn connect(
     config: &KafkaSinkConfig,
     pipeline: &str,
     sink: &str,
-    failed: Arc<Mutex<Option<String>>>,
+    failed: Arc<Mutex<Option<Failure>>>,
 ) -> Result<Producer_> {
     let producer: Producer_ = config
         .client_config(pipeline, sink)
@@ -207,10 +231,14 @@ impl Sink for KafkaSink {
                         self.check_failed()?;
                     }
                     Err((e, r)) => {
-                        return Err(Error::data(format!(
-                            "record {row} to topic \"{}\" cannot be produced: {e}",
-                            r.topic
-                        )));
+                        // refused before it left: about this record, unless the topic is
+                        // missing
+                        let (kind, m) = delivery_failure(e.rdkafka_error_code(), r.topic, &e);
+                        let kind = match kind {
+                            ErrorKind::Aborted => ErrorKind::Data,
+                            k => k,
+                        };
+                        return Err(Error::new(kind, format!("kafka: record {row}: {m}")));
                     }
                 }
             }
@@ -253,8 +281,8 @@ impl Sink for KafkaSink {
                             txn_error("adding the consumed offsets to the transaction", e)
                         })?;
                 }
-                if let Some(m) = failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-                    return Err(Error::new(ErrorKind::Aborted, format!("kafka: {m}")));
+                if let Some((kind, m)) = failed.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                    return Err(Error::new(kind, format!("kafka: {m}")));
                 }
                 producer
                     .commit_transaction(timeout)
@@ -765,4 +793,24 @@ fn check_headers_type(dt: &DataType) -> Result<()> {
         ErrorKind::Schema,
         format!("headers: the column is {dt}, list<struct<key: string, value: string>> is needed"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_topic_and_a_record_too_large_fail_for_good_a_timeout_aborts_the_run() {
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::UnknownTopicOrPartition);
+        let (kind, m) = delivery_failure(e.rdkafka_error_code(), "orders", &e);
+        assert_eq!(kind, ErrorKind::NotFound);
+        assert!(m.contains("topic \"orders\" does not exist"), "{m}");
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        let (kind, m) = delivery_failure(e.rdkafka_error_code(), "orders", &e);
+        assert_eq!(kind, ErrorKind::Data);
+        assert!(m.contains("message.max.bytes"), "{m}");
+        let e = KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut);
+        let (kind, _) = delivery_failure(e.rdkafka_error_code(), "orders", &e);
+        assert_eq!(kind, ErrorKind::Aborted);
+    }
 }
