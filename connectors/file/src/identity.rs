@@ -71,6 +71,21 @@ pub fn inode(meta: &std::fs::Metadata) -> u64 {
     meta.ino()
 }
 
+/// How many names a file has (0: deleted, still open); 1 where the platform cannot
+/// tell.
+#[cfg(unix)]
+pub fn links(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.nlink()
+}
+
+/// How many names a file has (0: deleted, still open); 1 where the platform cannot
+/// tell.
+#[cfg(not(unix))]
+pub fn links(_meta: &std::fs::Metadata) -> u64 {
+    1
+}
+
 /// The inode number of a file (0 where the platform has none).
 #[cfg(not(unix))]
 pub fn inode(_meta: &std::fs::Metadata) -> u64 {

@@ -200,12 +200,15 @@ fn a_line_longer_than_the_limit_is_a_bad_record_and_the_rest_arrives() {
     let dir = workdir();
     let d = dir.path();
     std::fs::create_dir_all(d.join("in")).unwrap();
-    let mut text: String = (0..100).map(|i| format!("{{\"id\": {i}}}\n")).collect();
+    // the long line last: the position after it is where a rerun starts
+    let mut text: String = (0..200)
+        .filter(|&i| i != 100)
+        .map(|i| format!("{{\"id\": {i}}}\n"))
+        .collect();
     text.push_str(&format!(
         "{{\"id\": 100, \"pad\": \"{}\"}}\n",
         "x".repeat(3 << 20)
     ));
-    text.extend((101..200).map(|i| format!("{{\"id\": {i}}}\n")));
     std::fs::write(d.join("in/a.jsonl"), text).unwrap();
     std::fs::write(
         d.join("l.toml"),
@@ -224,8 +227,13 @@ fn a_line_longer_than_the_limit_is_a_bad_record_and_the_rest_arrives() {
     assert_eq!(dlq.len(), 1, "{dlq:?}");
     assert!(
         dlq[0].contains("in/a.jsonl")
-            && dlq[0].contains("line 101")
+            && dlq[0].contains("line 200")
             && dlq[0].contains("max_line_bytes"),
         "{dlq:?}"
     );
+    // a rerun finds the file read to its end: nothing again
+    let run = sluice(d, &["run", "l.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(jsonl_lines(&d.join("out")).len(), 199, "{}", run.stderr);
+    assert_eq!(jsonl_lines(&d.join("dlq")).len(), 1, "{}", run.stderr);
 }

@@ -6,7 +6,9 @@
 //! - **Renamed away** (the new name not matched, or the file deleted): in watch mode
 //!   the handle of each file read to its end stays open, and when its name no longer
 //!   leads to it, what was written to it before the rename is read through the handle
-//!   before the file now under that name.
+//!   before the file now under that name. A last line without its newline yet is read
+//!   only once the file is deleted (a renamed file's writer may still finish it; under
+//!   a name the glob matches, it is read there).
 //! - **Truncated** (copy-and-truncate rotation): a file shorter than its position is
 //!   read again from the start.
 //! - **Rewritten in place** (same inode, same first KiB, other content): the bytes
@@ -23,7 +25,7 @@ use connector_api::{stable_hash, Result};
 use sluice_formats::Format;
 
 use super::{Body, Current, FileSource, Input};
-use crate::identity::{inode, FileOffset, Identity};
+use crate::identity::{inode, links, FileOffset, Identity};
 
 /// Bytes before a position whose hash is stored with it.
 pub(super) const TAIL_BYTES: usize = 256;
@@ -158,10 +160,14 @@ impl FileSource {
             let Some(off) = self.known.get(&split).filter(|o| o.id == id) else {
                 continue;
             };
-            let size = file.metadata()?.len();
+            let meta = file.metadata()?;
+            let size = meta.len();
             if size <= off.pos {
                 continue;
             }
+            // renamed, its writer may still finish a line in it: its end is the end of
+            // a line only once it is deleted
+            let deleted = links(&meta) == 0;
             tracing::info!(file = %split, unread = size - off.pos, "file was renamed or removed with lines not read yet; reading them first");
             file.seek(SeekFrom::Start(off.pos))?;
             self.current = Some(Current {
@@ -171,7 +177,7 @@ impl FileSource {
                 pos: off.pos,
                 line: off.line,
                 tail: (off.tail_len, off.tail),
-                renamed_away: true,
+                renamed_away: deleted,
                 body: Body::Text {
                     file: Input::Plain(file),
                     buf: Vec::new(),

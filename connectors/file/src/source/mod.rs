@@ -47,7 +47,8 @@ struct Current {
     line: u64,
     /// Length and hash of the bytes just before `pos`.
     tail: (u32, u64),
-    /// Read through a kept handle after the name moved on: it will not grow.
+    /// Read through a kept handle after its name moved on and it was deleted: it will
+    /// not grow.
     renamed_away: bool,
     body: Body,
 }
@@ -173,6 +174,13 @@ impl FileSource {
                             .push_back(parquet_file::reject_rest(&split, id, pos, e)?);
                         return Ok(true);
                     }
+                    Opened::Cut(e) => {
+                        // not done with it: a later run reads it once it is whole
+                        self.partial.insert(split.clone(), size);
+                        self.ready
+                            .push_back(parquet_file::reject_for_now(&split, pos, e));
+                        return Ok(true);
+                    }
                 }
             }
             let Some(cur) = self.open_text(&path, split, id, (pos, line), size)? else {
@@ -222,7 +230,10 @@ impl FileSource {
                     .text
                     .as_mut()
                     .ok_or_else(|| Error::internal("no text decoder"))?;
-                let eof_counts = !self.config.watch || cur.renamed_away;
+                // the end of a compressed file (written whole), or of one renamed away
+                // and deleted, is the end of its last line
+                let eof_counts =
+                    !self.config.watch || cur.renamed_away || matches!(file, Input::Compressed(_));
                 // enough bytes for `parts` full batches, so batches come out whole
                 let target = self
                     .config
@@ -304,7 +315,15 @@ impl FileSource {
                     if buf.len() - *start > self.config.max_line_bytes {
                         // one record longer than allowed: a bad record, skipped to the
                         // end of its line without holding it
-                        let skipped = skip_line(file, buf, start)?;
+                        let (skipped, ended) = skip_line(file, buf, start)?;
+                        if !ended && !eof_counts {
+                            // its end is not written yet: read again from its start, and
+                            // skipped whole, once the file grows
+                            let size = cur.pos + skipped;
+                            self.partial.insert(cur.split.clone(), size);
+                            self.current = None;
+                            return Ok(None);
+                        }
                         return Ok(Some(long_line(cur, skipped, self.config.max_line_bytes)?));
                     }
                     // not one whole record in the buffer: read more
@@ -316,20 +335,20 @@ impl FileSource {
 }
 
 /// Drops the bytes of the line at `buf[*start..]` up to and with its newline (or the
-/// end of the input), reading on as needed; how many.
-fn skip_line(file: &mut Input, buf: &mut Vec<u8>, start: &mut usize) -> Result<u64> {
+/// end of the input), reading on as needed; how many, and whether its newline came.
+fn skip_line(file: &mut Input, buf: &mut Vec<u8>, start: &mut usize) -> Result<(u64, bool)> {
     let mut skipped = 0u64;
     loop {
         if let Some(at) = buf[*start..].iter().position(|&b| b == b'\n') {
             skipped += at as u64 + 1;
             *start += at + 1;
-            return Ok(skipped);
+            return Ok((skipped, true));
         }
         skipped += (buf.len() - *start) as u64;
         buf.clear();
         *start = 0;
         if file.take(1 << 20).read_to_end(buf)? == 0 {
-            return Ok(skipped);
+            return Ok((skipped, false));
         }
     }
 }
@@ -340,6 +359,8 @@ fn long_line(cur: &mut Current, skipped: u64, limit: usize) -> Result<Batch> {
     let line = cur.line + 1;
     cur.pos += skipped;
     cur.line += 1;
+    // the bytes before the new position were not kept: no tail to check it by
+    cur.tail = (0, 0);
     let mut batch = Batch::idle();
     batch.offsets = offsets_of(cur)?;
     batch.rejects.push(connector_api::Reject {

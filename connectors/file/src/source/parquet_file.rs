@@ -24,6 +24,8 @@ pub(super) enum Opened {
     Incomplete,
     /// It cannot be read.
     Bad(Error),
+    /// It ends before its footer, outside watch mode: cut short or still being copied.
+    Cut(Error),
 }
 
 /// Opens `path` at row `pos`; `watch`: a file without its footer yet is waited for.
@@ -48,8 +50,9 @@ pub(super) fn open(
     if !has_footer(&mut file)? {
         return Ok(match watch {
             true => Opened::Incomplete,
-            false => Opened::Bad(Error::data(
-                "the file ends before a parquet footer (cut short, or still being written)",
+            false => Opened::Cut(Error::data(
+                "the file ends before a parquet footer (cut short, or still being written); \
+                 it is read again by a later run",
             )),
         });
     }
@@ -96,6 +99,19 @@ fn has_footer(file: &mut File) -> Result<bool> {
     file.read_exact(&mut magic)?;
     file.seek(SeekFrom::Start(0))?;
     Ok(&magic == b"PAR1")
+}
+
+/// The file `split` as a rejected record that keeps its position: a later run reads
+/// it again.
+pub(super) fn reject_for_now(split: &str, pos: u64, error: Error) -> Batch {
+    let mut batch = Batch::idle();
+    batch.rejects.push(Reject::new(
+        split,
+        format!("file \"{split}\" after row {pos}"),
+        "",
+        error,
+    ));
+    batch
 }
 
 /// The rows of `split` after row `pos` as one rejected record, with the position
