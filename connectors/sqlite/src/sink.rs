@@ -62,30 +62,22 @@ impl SqliteSink {
         let mut ddl = Vec::new();
         match &self.schema {
             None => {
-                let mut cols = Vec::new();
-                for f in schema.fields() {
-                    let null = if f.is_nullable() { "" } else { " NOT NULL" };
-                    cols.push(format!(
-                        "{} {}{null}",
-                        quote(f.name()),
-                        declared_type(f.name(), f.data_type())?
-                    ));
-                }
-                if !self.config.key.is_empty() {
-                    let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
-                    cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
-                }
+                let cols = self.column_defs(schema)?;
                 ddl.push(format!(
                     "CREATE TABLE IF NOT EXISTS {table} ({})",
                     cols.join(", ")
                 ));
             }
             Some(known) if known.as_ref() != schema.as_ref() => {
-                let widened = schema.fields().iter().any(|f| {
-                    known
-                        .field_with_name(f.name())
-                        .is_ok_and(|k| k.data_type() != f.data_type())
-                });
+                // only a change of the declared type needs it (Utf8 and LargeUtf8 are
+                // both TEXT)
+                let declared = |f: &arrow_schema::Field| declared_type(f.name(), f.data_type());
+                let mut widened = false;
+                for f in schema.fields() {
+                    if let Ok(k) = known.field_with_name(f.name()) {
+                        widened |= declared(k)? != declared(f)?;
+                    }
+                }
                 if widened {
                     // SQLite cannot change a column's declared type, and the declared
                     // type is what reads it back (INT is int32): the table is built
@@ -119,14 +111,8 @@ impl SqliteSink {
         Ok(())
     }
 
-    /// Builds the table again with `schema`'s columns (a column widened under
-    /// `evolve`), as SQLite's documented procedure does: a new table, the rows copied,
-    /// the old one dropped, the new one renamed, its indexes and triggers made again;
-    /// all in the flush's transaction.
-    async fn rebuild(&mut self, known: &SchemaRef, schema: &SchemaRef) -> Result<()> {
-        let name = self.config.table.clone();
-        let table = quote(&name);
-        let fresh = quote(&format!("{name}__sluice_rebuild"));
+    /// The column definitions of a table of `schema`, with the key.
+    fn column_defs(&self, schema: &SchemaRef) -> Result<Vec<String>> {
         let mut cols = Vec::new();
         for f in schema.fields() {
             let null = if f.is_nullable() { "" } else { " NOT NULL" };
@@ -140,6 +126,20 @@ impl SqliteSink {
             let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
             cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
         }
+        Ok(cols)
+    }
+
+    /// Builds the table again with `schema`'s columns (a column widened under
+    /// `evolve`), as SQLite's documented procedure does: a new table, the rows copied
+    /// with their rowids, the old one dropped, the new one renamed, its indexes and
+    /// triggers made again; all in the flush's transaction. The new table has the
+    /// columns, NOT NULL and key the sink declares: other constraints a user added
+    /// (CHECK, UNIQUE, DEFAULT, foreign keys) are not carried over.
+    async fn rebuild(&mut self, known: &SchemaRef, schema: &SchemaRef) -> Result<()> {
+        let name = self.config.table.clone();
+        let table = quote(&name);
+        let fresh = quote(&format!("{name}__sluice_rebuild"));
+        let cols = self.column_defs(schema)?;
         let old: Vec<String> = known.fields().iter().map(|f| quote(f.name())).collect();
         let old = old.join(", ");
         let tx = self.tx().await?;
@@ -153,7 +153,7 @@ impl SqliteSink {
         .map_err(|e| failed("its indexes", e))?;
         let mut steps = vec![
             format!("CREATE TABLE {fresh} ({})", cols.join(", ")),
-            format!("INSERT INTO {fresh} ({old}) SELECT {old} FROM {table}"),
+            format!("INSERT INTO {fresh} (rowid, {old}) SELECT rowid, {old} FROM {table}"),
             format!("DROP TABLE {table}"),
             format!("ALTER TABLE {fresh} RENAME TO {table}"),
         ];

@@ -86,12 +86,8 @@ impl SqliteSource {
             match &self.position {
                 Some(SqliteOffset::Cursor { values }) => {
                     let marks = vec!["?"; values.len()].join(", ");
-                    // rows with a NULL cursor come too, first, to be named as an error
-                    // (no position comes after them)
-                    let nulls: Vec<String> =
-                        cols.iter().map(|c| format!(" OR {c} IS NULL")).collect();
                     (
-                        format!("SELECT * FROM {rel} WHERE (({order}) > ({marks}){}) ORDER BY {order} LIMIT {limit}", nulls.concat()),
+                        format!("SELECT * FROM {rel} WHERE ({order}) > ({marks}) ORDER BY {order} LIMIT {limit}"),
                         values.clone(),
                     )
                 }
@@ -148,6 +144,41 @@ impl SqliteSource {
             .collect()
     }
 
+    /// An error naming the cursor columns when a row has NULL in one of them.
+    async fn check_nulls(&self, pool: &SqlitePool) -> Result<()> {
+        let any: Vec<String> = self
+            .config
+            .cursor
+            .iter()
+            .map(|c| format!("{} IS NULL", quote(c)))
+            .collect();
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {})",
+            self.relation(),
+            any.join(" OR ")
+        );
+        let found: bool = sqlx::query_scalar(&sql)
+            .fetch_one(pool)
+            .await
+            .map_err(|e| sql_error(format!("reading {}", self.split), e))?;
+        if !found {
+            return Ok(());
+        }
+        let names: Vec<String> = self
+            .config
+            .cursor
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect();
+        Err(Error::data(format!(
+            "{}: a row has NULL in the cursor column {}; no cursor position comes after NULL, so it would never be read. \
+             Fill the column and make it NOT NULL, or read a query that gives it a value (coalesce)",
+            self.split,
+            names.join(" or ")
+        ))
+        .with_field("cursor"))
+    }
+
     /// A read by cursor that filled its limit may end inside a run of rows with equal
     /// cursors, and the next read (after that value) would skip the rest of the run:
     /// the run is left to the next read, or, when the whole read is one run, read
@@ -162,6 +193,9 @@ impl SqliteSource {
             .map(|r| self.cursor_of(r))
             .collect::<Result<Vec<_>>>()?;
         if rows.len() < self.batch_size {
+            // caught up: a row no cursor position reaches (a NULL cursor) is an error,
+            // looked for apart so that the reads keep the cursor's index
+            self.check_nulls(pool).await?;
             return Ok(rows);
         }
         let last = cursors.pop().unwrap_or_default();
@@ -278,7 +312,8 @@ impl Source for SqliteSource {
         if let (Some(q), Some(SqliteOffset::Rows { rows })) = (&self.config.query, &self.position) {
             // a query without cursor resumes by position: only its own order makes the
             // first rows the same ones as before
-            if *rows > 0 && !q.to_ascii_lowercase().contains("order by") {
+            let words = q.split_whitespace().collect::<Vec<_>>().join(" ");
+            if *rows > 0 && !words.to_ascii_lowercase().contains("order by") {
                 return Err(Error::config(format!(
                     "the query has no ORDER BY, so the {rows} rows read before cannot be skipped exactly on resume; \
                      add ORDER BY on columns that only grow, or set cursor columns"
@@ -321,8 +356,14 @@ impl Source for SqliteSource {
                 .ok_or_else(|| Error::internal("source is not open"))?;
             let (sql, params) = self.select();
             let mut rows = fetch(pool, &sql, &params, &self.split).await?;
-            if !self.config.cursor.is_empty() && !rows.is_empty() {
-                rows = self.whole_runs(pool, rows).await?;
+            if !self.config.cursor.is_empty() {
+                rows = match rows.is_empty() {
+                    true => {
+                        self.check_nulls(pool).await?;
+                        rows
+                    }
+                    false => self.whole_runs(pool, rows).await?,
+                };
             }
             if rows.is_empty() {
                 match self.config.poll_interval {
