@@ -10,13 +10,18 @@
 //!   read only when the transaction that wrote them is older than the oldest one still
 //!   running (the row's `xmin` against the snapshot's `xmin`): a newer row waits until
 //!   nothing older can commit before it. A long-open transaction (anywhere on the
-//!   server) therefore holds the reads back; the rows arrive when it ends. A `query`
-//!   has no `xmin`: its cursor must only grow in commit order (a sequence-assigned
-//!   id written at commit, for example).
+//!   server) therefore holds the reads back; the rows arrive when it ends. This is
+//!   exact for a cursor that grows in the order transactions write (a sequence id
+//!   taken by the insert, a timestamp set by a trigger); a cursor taken earlier than
+//!   the transaction's first write (`now()` at its start, an id fetched before it)
+//!   can still come out of that order. A `query` has no `xmin`: its cursor must grow
+//!   in commit order.
 //! - **NULL.** No position comes after a NULL cursor, so such a row would never be
 //!   read: rows with a NULL in a nullable cursor column are left out of reads, and
 //!   when the source has caught up it looks for them and stops with an error that
 //!   names the columns.
+
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use connector_api::{Error, Result};
@@ -25,15 +30,20 @@ use sqlx::postgres::PgPool;
 use crate::conn::quote;
 use crate::error::pg_error;
 
-use super::table::Table;
-
 /// How one relation's cursor reads are bounded.
 pub(super) struct Cursor {
     /// The cursor columns that may hold NULL.
     nullable: Vec<String>,
     /// The relation is a table (it has `xmin`).
     horizon: bool,
+    /// When NULLs were last looked for.
+    checked: Option<Instant>,
 }
+
+/// How often, at most, a caught-up source looks for NULL cursors: the rows with one
+/// are left out of every read meanwhile, so a later look loses nothing, and a query
+/// (each of whose columns may be NULL) is not run again at every poll.
+const NULL_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Rows written by a transaction older than the oldest still running (whose `xmin`
 /// is further in the past); frozen rows count as oldest. The snapshot's `xmin` is a
@@ -66,7 +76,11 @@ impl Cursor {
             .filter(|f| f.is_nullable())
             .map(|f| f.name().clone())
             .collect();
-        Ok(Cursor { nullable, horizon })
+        Ok(Cursor {
+            nullable,
+            horizon,
+            checked: None,
+        })
     }
 
     /// The conditions every read adds.
@@ -84,32 +98,37 @@ impl Cursor {
 
     /// Caught up: stops with an error naming the cursor columns when `table` has a
     /// row with a NULL in one (it would never be read).
-    pub(super) async fn check_nulls(&self, pool: &PgPool, table: &Table) -> Result<()> {
-        if self.nullable.is_empty() {
+    pub(super) async fn check_nulls(
+        &mut self,
+        pool: &PgPool,
+        relation: &str,
+        split: &str,
+    ) -> Result<()> {
+        let recent = self.checked.is_some_and(|t| t.elapsed() < NULL_CHECK_EVERY);
+        if self.nullable.is_empty() || recent {
             return Ok(());
         }
+        self.checked = Some(Instant::now());
         let any: Vec<String> = self
             .nullable
             .iter()
             .map(|c| format!("__sluice_t.{} IS NULL", quote(c)))
             .collect();
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {} AS __sluice_t WHERE {})",
-            table.relation,
+            "SELECT EXISTS (SELECT 1 FROM {relation} AS __sluice_t WHERE {})",
             any.join(" OR ")
         );
         let found: bool = sqlx::query_scalar(&sql)
             .fetch_one(pool)
             .await
-            .map_err(|e| pg_error(format!("reading {}", table.split), e))?;
+            .map_err(|e| pg_error(format!("reading {split}"), e))?;
         if !found {
             return Ok(());
         }
         let names: Vec<String> = self.nullable.iter().map(|c| format!("\"{c}\"")).collect();
         Err(Error::data(format!(
-            "{}: a row has NULL in the cursor column {}; no cursor position comes after NULL, so it would never be read. \
+            "{split}: a row has NULL in the cursor column {}; no cursor position comes after NULL, so it would never be read. \
              Fill the column and set it NOT NULL, or read a query that gives it a value (COALESCE)",
-            table.split,
             names.join(" or ")
         ))
         .with_field("cursor"))

@@ -310,9 +310,13 @@ impl PostgresSource {
                     });
                 }
             }
-            if let Some(cursor) = table.cursor.as_ref().filter(|_| starts.len() < limit) {
-                // caught up: a row no cursor position reaches is an error, not a gap
-                cursor.check_nulls(&pool, table).await?;
+            if starts.len() < limit {
+                if let Some(cursor) = table.cursor.as_mut() {
+                    // caught up: a row no cursor position reaches is an error, not a gap
+                    cursor
+                        .check_nulls(&pool, &table.relation, &table.split)
+                        .await?;
+                }
             }
             if starts.is_empty() {
                 self.current += 1;
