@@ -329,7 +329,10 @@ impl Ctx {
         let mut tpl = TopicPartitionList::new();
         for tp in &revoked {
             if let Some(&d) = st.durable.get(tp) {
-                if st.in_group.get(tp).is_none_or(|&g| g < d) {
+                // (0 with no group offset: nothing read, or a start never resolved;
+                // committing it would move the next owner to the partition's start)
+                let behind = st.in_group.get(tp).map_or(d > 0, |&g| g < d);
+                if behind {
                     let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(d));
                 }
             }

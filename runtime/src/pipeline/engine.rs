@@ -273,7 +273,10 @@ impl<'a> Engine<'a> {
                     let n = per_write.min(fitted.num_rows() - at);
                     let part = fitted.slice(at, n);
                     at += n;
-                    let written = (part.num_rows() as u64, part.get_array_memory_size());
+                    // a slice reports its whole buffers: its share of them instead
+                    let share = fitted.get_array_memory_size() as u128 * n as u128
+                        / fitted.num_rows().max(1) as u128;
+                    let written = (part.num_rows() as u64, share as usize);
                     let part_offsets = match at == fitted.num_rows() {
                         true => offsets.clone(),
                         false => Offsets::new(),
