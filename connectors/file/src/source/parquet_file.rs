@@ -11,7 +11,7 @@ use std::path::Path;
 use connector_api::{Batch, Error, Offsets, Reject, Result};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::{Body, Current};
+use super::{offsets_of, Body, Current, FileSource};
 use crate::identity::{FileOffset, Identity};
 
 /// What opening a Parquet file found.
@@ -140,4 +140,34 @@ pub(super) fn reject_rest(split: &str, id: Identity, pos: u64, error: Error) -> 
         headers: Vec::new(),
     });
     Ok(batch)
+}
+
+impl FileSource {
+    /// Reads the next batch of the current Parquet file; a batch that cannot be read
+    /// makes the rest of the file one bad record.
+    pub(super) fn read_parquet(&mut self) -> Result<Option<Batch>> {
+        let Some(cur) = self.current.as_mut() else {
+            return Ok(None);
+        };
+        let Body::Parquet(reader) = &mut cur.body else {
+            return Ok(None);
+        };
+        match reader.next() {
+            Some(Ok(records)) => {
+                cur.pos += records.num_rows() as u64;
+                let offsets = offsets_of(cur)?;
+                Ok(Some(Batch::new(records, offsets)))
+            }
+            Some(Err(e)) => {
+                let e = Error::data(format!("unreadable parquet: {e}"));
+                let rest = reject_rest(&cur.split, cur.id, cur.pos, e)?;
+                self.current = None;
+                Ok(Some(rest))
+            }
+            None => {
+                self.current = None;
+                Ok(None)
+            }
+        }
+    }
 }
