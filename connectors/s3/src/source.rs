@@ -263,15 +263,12 @@ impl S3Source {
     /// `errors.tolerance`; either way the object is not read again.
     fn reject_object(&self, key: &str, etag: &str, pos: u64, line: u64, e: Error) -> Result<Batch> {
         let mut b = Self::done_batch(key, etag, pos, line)?;
-        b.rejects.push(Reject {
-            split: key.to_string(),
-            position: format!("object {} after line {line}", self.conn.url(key)),
-            raw: String::new(),
-            error: e,
-            bytes: None,
-            key: None,
-            headers: Vec::new(),
-        });
+        b.rejects.push(Reject::new(
+            key,
+            format!("object {} after line {line}", self.conn.url(key)),
+            "",
+            e,
+        ));
         Ok(b)
     }
 

@@ -130,15 +130,12 @@ pub(super) fn reject_rest(split: &str, id: Identity, pos: u64, error: Error) -> 
     )?;
     let mut batch = Batch::idle();
     batch.offsets = offsets;
-    batch.rejects.push(Reject {
-        split: split.to_string(),
-        position: format!("file \"{split}\" after row {pos}"),
-        raw: String::new(),
+    batch.rejects.push(Reject::new(
+        split,
+        format!("file \"{split}\" after row {pos}"),
+        "",
         error,
-        bytes: None,
-        key: None,
-        headers: Vec::new(),
-    });
+    ));
     Ok(batch)
 }
 

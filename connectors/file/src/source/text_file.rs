@@ -258,17 +258,14 @@ fn long_line(cur: &mut Current, skipped: u64, limit: usize) -> Result<Batch> {
     cur.tail = (0, 0);
     let mut batch = Batch::idle();
     batch.offsets = offsets_of(cur)?;
-    batch.rejects.push(connector_api::Reject {
-        split: cur.split.clone(),
-        position: format!("file \"{}\" line {line}", cur.split),
-        raw: String::new(),
-        error: Error::data(format!(
+    batch.rejects.push(connector_api::Reject::new(
+        cur.split.clone(),
+        format!("file \"{}\" line {line}", cur.split),
+        "",
+        Error::data(format!(
             "the line is {skipped} bytes, longer than max_line_bytes ({limit})"
         )),
-        bytes: None,
-        key: None,
-        headers: Vec::new(),
-    });
+    ));
     Ok(batch)
 }
 

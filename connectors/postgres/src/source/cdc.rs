@@ -553,13 +553,8 @@ impl Cdc {
             .bad
             .into_iter()
             .map(|b| Reject {
-                split: table.split.clone(),
-                position: position.clone(),
-                raw: b.raw,
-                error: b.error,
                 bytes: b.bytes,
-                key: None,
-                headers: Vec::new(),
+                ..Reject::new(table.split.clone(), position.clone(), b.raw, b.error)
             })
             .collect();
         Ok(batch)

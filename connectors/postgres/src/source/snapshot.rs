@@ -386,18 +386,18 @@ impl PostgresSource {
                 batch.rejects = part
                     .rejects
                     .into_iter()
-                    .map(|(key, why)| Reject {
-                        split: table.split.clone(),
-                        position: if physical {
+                    .map(|(key, why)| {
+                        let position = if physical {
                             format!("table {} ctid {}", table.split, key.join(", "))
                         } else {
                             format!("table {} key ({})", table.split, key.join(", "))
-                        },
-                        raw: key.join(", "),
-                        error: Error::data(why),
-                        bytes: None,
-                        key: None,
-                        headers: Vec::new(),
+                        };
+                        Reject::new(
+                            table.split.clone(),
+                            position,
+                            key.join(", "),
+                            Error::data(why),
+                        )
                     })
                     .collect();
                 self.ready.push_back(batch);
