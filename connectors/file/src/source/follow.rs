@@ -22,7 +22,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use connector_api::{stable_hash, Result};
-use sluice_formats::Format;
 
 use super::{Body, Current, FileSource, Input};
 use crate::identity::{inode, links, FileOffset, Identity};
@@ -49,10 +48,8 @@ impl FileSource {
         id: Identity,
         size: u64,
     ) -> (u64, u64) {
-        // positions of Parquet (rows) and compressed files (decompressed bytes) are not
-        // bytes of the file: no size or tail to check them against
-        let parquet = self.config.format == Format::Parquet
-            || self.config.compression.for_key(split) != sluice_formats::Compression::None;
+        // positions not in bytes of the file: no size or tail to check them against
+        let opaque = !self.positions_are_bytes(split);
         let fresh = FileOffset {
             id,
             pos: 0,
@@ -62,7 +59,7 @@ impl FileSource {
         };
         match self.known.get(split).cloned() {
             Some(off) if off.id.same_file(&id, path) => {
-                let why = if parquet {
+                let why = if opaque {
                     None
                 } else if size < off.pos {
                     Some("is shorter than the position read (truncated)")
@@ -99,7 +96,7 @@ impl FileSource {
                         other.as_str() != split
                             && off.id.ino == id.ino
                             && off.id.same_file(&id, path)
-                            && (parquet || (off.pos <= size && tail_matches(path, off)))
+                            && (opaque || (off.pos <= size && tail_matches(path, off)))
                     })
                     .map(|(other, off)| (other.clone(), off.clone()));
                 match renamed {

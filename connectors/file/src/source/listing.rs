@@ -8,7 +8,6 @@ use std::time::Instant;
 use connector_api::{Error, Result};
 use notify::event::ModifyKind;
 use notify::{EventKind, RecursiveMode, Watcher};
-use sluice_formats::Format;
 use tokio::sync::mpsc;
 
 use super::FileSource;
@@ -27,13 +26,7 @@ impl FileSource {
         let size = meta.len();
         let pos = match self.known.get(split.as_ref()) {
             // positions not in bytes of the file (rows, decompressed bytes)
-            Some(_)
-                if self.config.format == Format::Parquet
-                    || self.config.compression.for_key(&split)
-                        != sluice_formats::Compression::None =>
-            {
-                return 0
-            }
+            Some(_) if !self.positions_are_bytes(&split) => return 0,
             Some(off) if off.id.ino == inode(&meta) => off.pos,
             _ => 0,
         };

@@ -119,6 +119,13 @@ impl FileSource {
         })
     }
 
+    /// True when positions in the file `split` are bytes of it (plain text), not rows
+    /// (Parquet) or decompressed bytes.
+    fn positions_are_bytes(&self, split: &str) -> bool {
+        self.config.format != Format::Parquet
+            && self.config.compression.for_key(split) == Compression::None
+    }
+
     /// Opens the first file (in name order) that has unread data.
     fn pick(&mut self) -> Result<bool> {
         if self.config.watch && self.renamed_away()? {
@@ -270,7 +277,7 @@ impl Source for FileSource {
             .iter()
             .map(|(split, &size)| {
                 // a compressed file's position is not in its bytes: it counts when done
-                if self.config.compression.for_key(split) != Compression::None {
+                if !self.positions_are_bytes(split) {
                     return if self.finished.contains_key(split) {
                         size
                     } else {
