@@ -130,14 +130,13 @@ impl SqliteSource {
                     .columns()
                     .iter()
                     .position(|col| col.name() == c)
-                    .ok_or_else(|| Error::internal(format!("cursor column \"{c}\" not in the rows")))?;
+                    .ok_or_else(|| {
+                        Error::internal(format!("cursor column \"{c}\" not in the rows"))
+                    })?;
                 match json_of(&read_value(row, i)?) {
-                    serde_json::Value::Null => Err(Error::data(format!(
-                        "{}: a row has NULL in the cursor column \"{c}\"; no cursor position comes after NULL, so it would never be read. \
-                         Fill the column and make it NOT NULL, or read a query that gives it a value (coalesce)",
-                        self.split
-                    ))
-                    .with_field("cursor")),
+                    serde_json::Value::Null => {
+                        Err(null_cursor(&self.split, std::slice::from_ref(c)))
+                    }
                     v => Ok(v),
                 }
             })
@@ -164,19 +163,7 @@ impl SqliteSource {
         if !found {
             return Ok(());
         }
-        let names: Vec<String> = self
-            .config
-            .cursor
-            .iter()
-            .map(|c| format!("\"{c}\""))
-            .collect();
-        Err(Error::data(format!(
-            "{}: a row has NULL in the cursor column {}; no cursor position comes after NULL, so it would never be read. \
-             Fill the column and make it NOT NULL, or read a query that gives it a value (coalesce)",
-            self.split,
-            names.join(" or ")
-        ))
-        .with_field("cursor"))
+        Err(null_cursor(&self.split, &self.config.cursor))
     }
 
     /// A read by cursor that filled its limit may end inside a run of rows with equal
@@ -216,6 +203,17 @@ impl SqliteSource {
         );
         fetch(pool, &sql, &last, &self.split).await
     }
+}
+
+/// The error of a row of `split` with NULL in one of the cursor `columns`.
+fn null_cursor(split: &str, columns: &[String]) -> Error {
+    let names: Vec<String> = columns.iter().map(|c| format!("\"{c}\"")).collect();
+    Error::data(format!(
+        "{split}: a row has NULL in the cursor column {}; no cursor position comes after NULL, so it would never be read. \
+         Fill the column and make it NOT NULL, or read a query that gives it a value (coalesce)",
+        names.join(" or ")
+    ))
+    .with_field("cursor")
 }
 
 /// The rows of `sql` with `params` bound.
