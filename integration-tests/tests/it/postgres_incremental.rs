@@ -59,6 +59,47 @@ fn rows_sharing_a_single_column_cursor_across_reads_all_arrive() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
 }
 
+/// Ten kills of a run reading 100,000 rows in runs of seven equal cursor values into a
+/// plain (insert) table: the primary key breaks the ties, so no row arrives twice or
+/// not at all.
+#[test]
+fn kill_9_inside_runs_of_equal_cursor_values_repeats_and_loses_nothing() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_inc_kill_src"), fresh("it_pg_inc_kill_dst"));
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v integer NOT NULL); \
+         INSERT INTO \"{src}\" SELECT g, g / 7 FROM generate_series(1, 100000) g; \
+         CREATE TABLE \"{dst}\" (id bigint, v integer)"
+    ));
+    std::fs::write(
+        d.join("inc.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\n\
+             mode = \"incremental\"\ncursor = [\"v\"]\npoll_interval = \"100ms\"\n\
+             [sink]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\n\
+             [batch]\nmax_records = 100\nlinger = \"5ms\"\n[checkpoint]\ninterval = \"20ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    crate::support::kill_at_random(d, &["run", "--quiet", "inc.toml"], 10, 50..500);
+    let child = spawn(d, &["run", "--quiet", "inc.toml"]);
+    let all = wait_until(Duration::from_secs(60), || {
+        psql(&format!("SELECT count(DISTINCT id) FROM \"{dst}\"")) == "100000"
+    });
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(20));
+    assert!(all, "{}", run.stderr);
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id) FROM \"{dst}\""
+        )),
+        "100000|100000"
+    );
+}
+
 /// A transaction that wrote a smaller cursor value commits three seconds after a
 /// newer one: its row arrives all the same.
 #[test]

@@ -1,10 +1,14 @@
 //! `incremental` reads by cursor columns, kept exact where a plain `cursor > last`
 //! loses rows:
 //!
-//! - **Ties.** A read ends after every row equal (in the cursor) to its last one
-//!   (`FETCH FIRST n ROWS WITH TIES`), and a batch inside a read carries an offset
-//!   only where the cursor changes, so a restart never resumes in the middle of rows
-//!   that share a value.
+//! - **Ties.** A table's primary key follows the cursor in the read order, so each
+//!   position is one row: a restart repeats and skips none, even among rows that
+//!   share a cursor value. Without a key (a `query`, a keyless table) a read ends after
+//!   every row equal to its last one (`FETCH FIRST n ROWS WITH TIES`), and a batch
+//!   inside a read carries an offset only where the cursor changes: nothing is
+//!   skipped, and a restart may repeat the rows of one value. Either way a row written
+//!   later with a cursor equal to one already read is behind the position: the cursor
+//!   must grow for new rows.
 //! - **Late commits.** A transaction that began before another but commits after it
 //!   may write a smaller cursor value than rows already read. From a table, rows are
 //!   read only when the transaction that wrote them is older than the oldest one still

@@ -176,7 +176,15 @@ impl Source for PostgresSource {
                     position(&self.config.key, "key")?
                 }
                 SourceMode::Snapshot | SourceMode::Cdc => pk,
-                SourceMode::Incremental => position(&self.config.cursor, "cursor")?,
+                SourceMode::Incremental => {
+                    // the primary key after the cursor breaks its ties: each position
+                    // is one row, so a restart repeats and skips none
+                    let mut key = position(&self.config.cursor, "cursor")?;
+                    let extra: Vec<usize> =
+                        pk.iter().filter(|i| !key.contains(i)).copied().collect();
+                    key.extend(extra);
+                    key
+                }
             };
             let mut offset = committed
                 .get_typed::<TableOffset>(&split)?

@@ -210,7 +210,9 @@ impl Table {
             .collect()
     }
 
-    /// The rows come after the key values `after` (None: no condition).
+    /// The rows come after the key values `after` (None: no condition). An offset
+    /// stored with fewer values than the key has (an incremental read from before the
+    /// primary key broke the cursor's ties) compares the columns it has.
     fn key_condition(&self, after: Option<&[String]>) -> Option<String> {
         let values = after?;
         let marks: Vec<String> = self
@@ -219,9 +221,10 @@ impl Table {
             .zip(values)
             .map(|(&i, v)| format!("{}::{}", literal(v), self.columns[i].pg))
             .collect();
+        let keys = self.qualified_key();
         Some(format!(
             "({}) > ({})",
-            self.qualified_key().join(", "),
+            keys[..marks.len()].join(", "),
             marks.join(", ")
         ))
     }
