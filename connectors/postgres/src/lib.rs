@@ -7,6 +7,7 @@
 //! always quoted. Types: see [`types`].
 
 mod binary;
+mod calendar;
 pub mod cdc;
 mod config;
 mod conn;

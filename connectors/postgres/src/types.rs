@@ -244,13 +244,37 @@ fn column_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
         }
         DataType::Struct(_) => sluice_formats::json_texts(name, array)?,
         _ => {
-            let options = FormatOptions::default().with_display_error(true);
-            let f = ArrayFormatter::try_new(array.as_ref(), &options).map_err(err)?;
+            let f =
+                ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(err)?;
             (0..n)
-                .map(|i| array.is_valid(i).then(|| f.value(i).to_string()))
-                .collect()
+                .map(|i| {
+                    array
+                        .is_valid(i)
+                        .then(|| formatted(name, i, &f))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?
         }
     })
+}
+
+/// The text of value `row` of a column, or an error naming it: a value Arrow cannot
+/// format is never written as the formatter's error text.
+fn formatted(name: &str, row: usize, f: &ArrayFormatter) -> Result<String> {
+    let mut s = String::new();
+    write!(s, "{}", f.value(row)).map_err(|_| {
+        Error::data(format!(
+            "column \"{name}\" row {row}: the value has no text form (out of its type's range)"
+        ))
+    })?;
+    Ok(s)
+}
+
+fn unformattable(schema: &arrow_schema::Schema, column: usize, row: usize) -> Error {
+    Error::data(format!(
+        "column \"{}\" row {row}: the value has no text form (out of its type's range)",
+        schema.field(column).name()
+    ))
 }
 
 fn list_item(array: &ArrayRef) -> DataType {
@@ -287,11 +311,13 @@ fn needs_building(dt: &DataType) -> bool {
 /// A batch in the COPY text format (tab-separated, `\N` for NULL, escaped).
 pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
     let schema = batch.schema();
-    let options = FormatOptions::default().with_display_error(true);
+    let options = FormatOptions::default();
     let mut columns = Vec::with_capacity(batch.num_columns());
     for (f, c) in schema.fields().iter().zip(batch.columns()) {
         columns.push(if needs_building(c.data_type()) {
             Column::Built(column_text(f.name(), c)?)
+        } else if let Some(texts) = calendar_text(f.name(), c)? {
+            Column::Built(texts)
         } else {
             let formatter = ArrayFormatter::try_new(c.as_ref(), &options)
                 .map_err(|e| Error::data(format!("column \"{}\"", f.name())).with_source(e))?;
@@ -309,7 +335,8 @@ pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
                 Column::Direct(array, _) if array.is_null(row) => out.extend_from_slice(b"\\N"),
                 Column::Direct(_, formatter) => {
                     scratch.clear();
-                    let _ = write!(scratch, "{}", formatter.value(row));
+                    write!(scratch, "{}", formatter.value(row))
+                        .map_err(|_| unformattable(&schema, i, row))?;
                     escape_into(&mut out, &scratch);
                 }
                 Column::Built(values) => match &values[row] {
@@ -471,12 +498,92 @@ fn numeric_bytes(out: &mut Vec<u8>, unscaled: i128, scale: i8) {
     }
 }
 
-fn micros(unit: &TimeUnit, v: i64) -> i64 {
-    match unit {
-        TimeUnit::Second => v * 1_000_000,
-        TimeUnit::Millisecond => v * 1000,
-        TimeUnit::Microsecond => v,
-        TimeUnit::Nanosecond => v / 1000,
+/// A timestamp of `unit` in microseconds, PostgreSQL's precision: a value with digits
+/// below the microsecond or beyond its range is an error naming column and row, never
+/// rounded.
+fn micros(name: &str, row: usize, unit: &TimeUnit, v: i64) -> Result<i64> {
+    let exact = match unit {
+        TimeUnit::Second => v.checked_mul(1_000_000),
+        TimeUnit::Millisecond => v.checked_mul(1000),
+        TimeUnit::Microsecond => Some(v),
+        TimeUnit::Nanosecond => (v % 1000 == 0).then_some(v / 1000),
+    };
+    exact.ok_or_else(|| {
+        Error::data(format!(
+            "column \"{name}\" row {row}: timestamp {v} ({unit:?}) has no exact microsecond value for PostgreSQL; not rounded"
+        ))
+    })
+}
+
+/// A date or timestamp column Arrow's formatter would write in a form PostgreSQL
+/// refuses (a year before 1 or after 9999), or a timestamp in nanoseconds, as text built
+/// per value; None when the formatter's text is right.
+fn calendar_text(name: &str, array: &ArrayRef) -> Result<Option<Vec<Option<String>>>> {
+    use crate::calendar::{date_text, formatter_writes, time_text, timestamp_text, MICROS_PER_DAY};
+    match array.data_type() {
+        DataType::Date32 => {
+            let a = array.as_primitive::<arrow_array::types::Date32Type>();
+            if a.iter().flatten().all(|d| formatter_writes(d.into())) {
+                return Ok(None);
+            }
+            Ok(Some(
+                a.iter().map(|d| d.map(|d| date_text(d.into()))).collect(),
+            ))
+        }
+        DataType::Timestamp(unit, zone) => {
+            let raw = arrow_cast::cast(array, &DataType::Int64)?;
+            let raw = raw.as_primitive::<arrow_array::types::Int64Type>();
+            let values = raw
+                .iter()
+                .enumerate()
+                .map(|(row, v)| v.map(|v| micros(name, row, unit, v)).transpose())
+                .collect::<Result<Vec<_>>>()?;
+            let in_range = values
+                .iter()
+                .flatten()
+                .all(|m| formatter_writes(m.div_euclid(MICROS_PER_DAY)));
+            if in_range && *unit != TimeUnit::Nanosecond {
+                return Ok(None);
+            }
+            Ok(Some(
+                values
+                    .into_iter()
+                    .map(|m| m.map(|m| timestamp_text(m, zone.is_some())))
+                    .collect(),
+            ))
+        }
+        DataType::Time64(unit) => {
+            let raw = arrow_cast::cast(array, &DataType::Int64)?;
+            let raw = raw.as_primitive::<arrow_array::types::Int64Type>();
+            let per_micro = if *unit == TimeUnit::Nanosecond {
+                1000
+            } else {
+                1
+            };
+            if *unit == TimeUnit::Microsecond
+                && raw
+                    .iter()
+                    .flatten()
+                    .all(|t| (0..MICROS_PER_DAY).contains(&t))
+            {
+                return Ok(None);
+            }
+            // PostgreSQL's time goes to 24:00:00 inclusive, Arrow's formatter stops before
+            raw.iter()
+                .enumerate()
+                .map(|(row, t)| {
+                    t.map(|t| match t % per_micro == 0 && (0..=MICROS_PER_DAY).contains(&(t / per_micro)) {
+                        true => Ok(time_text(t / per_micro)),
+                        false => Err(Error::data(format!(
+                            "column \"{name}\" row {row}: time {t} ({unit:?}) has no exact PostgreSQL time; not rounded"
+                        ))),
+                    })
+                    .transpose()
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        }
+        _ => Ok(None),
     }
 }
 
@@ -508,7 +615,7 @@ pub fn copy_binary(batch: &RecordBatch, pg_types: &[String]) -> Result<Option<Ve
     out.extend_from_slice(&0i32.to_be_bytes());
     for row in 0..batch.num_rows() {
         out.extend_from_slice(&(columns.len() as i16).to_be_bytes());
-        for (c, k) in columns.iter().zip(&kinds) {
+        for (i, (c, k)) in columns.iter().zip(&kinds).enumerate() {
             if c.is_null(row) {
                 out.extend_from_slice(&(-1i32).to_be_bytes());
                 continue;
@@ -592,7 +699,8 @@ pub fn copy_binary(batch: &RecordBatch, pg_types: &[String]) -> Result<Option<Ve
                             .as_primitive::<arrow_array::types::TimestampNanosecondType>()
                             .value(row),
                     };
-                    fixed(&(micros(unit, v) - PG_EPOCH_MICROS).to_be_bytes());
+                    let name = batch.schema_ref().field(i).name();
+                    fixed(&(micros(name, row, unit, v)? - PG_EPOCH_MICROS).to_be_bytes());
                 }
                 b'n' => {
                     let DataType::Decimal128(_, scale) = c.data_type() else {
@@ -739,5 +847,37 @@ mod tests {
         .unwrap();
         let text = String::from_utf8(copy_text(&batch).unwrap()).unwrap();
         assert_eq!(text, "a\\tb\\\\c\\n\t{\"1\",NULL}\n\\N\t\\N\n");
+    }
+
+    #[test]
+    fn dates_and_times_outside_the_formatters_range_are_written_as_postgres_reads_them() {
+        use arrow_array::{Date32Array, Time64MicrosecondArray, TimestampNanosecondArray};
+        let bc = crate::calendar::days_from_civil(-43, 3, 15);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "d",
+                Arc::new(Date32Array::from(vec![bc as i32])) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(Time64MicrosecondArray::from(vec![86_400_000_000])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let text = String::from_utf8(copy_text(&batch).unwrap()).unwrap();
+        assert_eq!(text, "0044-03-15 BC\t24:00:00.000000\n");
+        // digits below the microsecond would be rounded by the server: refused
+        let ns = RecordBatch::try_from_iter(vec![(
+            "at",
+            Arc::new(TimestampNanosecondArray::from(vec![1_000, 1_500])) as ArrayRef,
+        )])
+        .unwrap();
+        let e = copy_text(&ns).unwrap_err();
+        assert!(e.message().contains("column \"at\" row 1"), "{e}");
+        let pg = vec!["timestamp without time zone".to_string()];
+        assert!(copy_binary(&ns, &pg)
+            .unwrap_err()
+            .message()
+            .contains("row 1"));
     }
 }
