@@ -246,6 +246,9 @@ pub async fn run(
             let next = tokio::select! {
                 biased;
                 _ = source_stop.wait_for(|stop| *stop) => break,
+                // the engine ended (a sink failed): a read that waits for data must not
+                // hold the run open
+                _ = tx.closed() => break,
                 r = source.next_batch() => r,
             };
             match next {

@@ -37,6 +37,9 @@ struct TestSource {
     endless: bool,
     /// Sleep 1 ms before each batch (so that checkpoints fall between batches).
     paced: bool,
+    /// When the batches are read, wait for more forever (a stream with nothing new)
+    /// instead of ending.
+    then_wait: bool,
     log: Log,
 }
 
@@ -44,6 +47,7 @@ struct LoggedSource {
     inner: MemorySource,
     endless: Option<(Vec<arrow_array::RecordBatch>, usize)>,
     paced: bool,
+    then_wait: bool,
     log: Log,
 }
 
@@ -68,7 +72,10 @@ impl Source for LoggedSource {
                 offsets.set_typed(MEMORY_SPLIT, &*next)?;
                 Some(Batch::new(records, offsets))
             }
-            None => self.inner.next_batch().await?,
+            None => match self.inner.next_batch().await? {
+                None if self.then_wait => std::future::pending().await,
+                batch => batch,
+            },
         };
         if let Some(b) = &batch {
             push(&self.log, format!("read {}", position(&b.offsets)));
@@ -103,6 +110,7 @@ impl DynSourceConnector for TestSource {
             inner,
             endless: self.endless.then(|| (self.batches.clone(), 0)),
             paced: self.paced || self.endless,
+            then_wait: self.then_wait,
             log: self.log.clone(),
         }))
     }
@@ -212,6 +220,7 @@ fn source(rows: usize, batch: usize) -> TestSource {
         fail_at: None,
         endless: false,
         paced: false,
+        then_wait: false,
         log: Log::default(),
     }
 }
@@ -345,6 +354,32 @@ async fn a_retryable_write_failure_is_retried_and_counted_without_duplicates() {
     .unwrap();
     assert_exactly_once(&s.sink, 500);
     assert_eq!(s.metrics.retries(), vec![(ErrorKind::Transient, 1)]);
+}
+
+#[tokio::test]
+async fn a_sink_failure_ends_the_run_while_the_source_waits_for_data() {
+    let faults = Faults {
+        fail_write_at: Some((0, ErrorKind::Data)),
+        ..Faults::default()
+    };
+    let s = setup(
+        TestSource {
+            then_wait: true,
+            ..source(10, 10)
+        },
+        faults,
+        "[batch]\nlinger = \"1ms\"\n",
+    );
+    // a hang guard, not a timing: the source never returns again
+    let run = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone());
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ended")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("injected failure of write 0"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
