@@ -16,6 +16,7 @@ mod lock;
 mod sink;
 mod source;
 pub mod types;
+mod value;
 
 pub use config::{Envelope, PostgresSinkConfig, PostgresSourceConfig, SinkMode, SourceMode};
 pub use sink::PostgresSink;

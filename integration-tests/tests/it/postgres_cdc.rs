@@ -168,6 +168,103 @@ fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
     assert_eq!(rows(&src), "4=four,5=five");
 }
 
+/// Every type the source reads arrives from the stream exactly as from the snapshot:
+/// numerics beyond a double's digits, dates and timestamps before Christ and after
+/// 9999, infinities, arrays with NULLs and quotes; a numeric with more fraction digits
+/// than its column holds stops the run naming the column, never rounded.
+#[test]
+fn cdc_changes_carry_every_type_exactly_as_the_snapshot_does() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let (src, dst) = (fresh("it_pg_cdc_types_src"), fresh("it_pg_cdc_types_dst"));
+    let slot = "sluice_it_pg_cdc_types_dst";
+    drop_stale_slot(slot);
+    let columns = "n, f, r, b, dt, ts, tz, tm, ttz, u, j, iv, ia, ta, bo";
+    let first = r#"'1234567890123456789012345678.0123456789', 0.1, 3.4028235e+38, '\x00ff10', '0044-03-15 BC',
+        '0044-03-15 10:00:00.123456 BC', '2024-05-01 10:00:00.5+05:30', '24:00:00', '01:00:00+02',
+        'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"k": [1, 2.50]}', '1 year 2 mons 3 days 04:05:06.5',
+        '{1,NULL,-3}', '{"a,b","q\"",NULL,"NULL"}', true"#;
+    let second = r#"'-0.0000000001', '-Infinity', 'NaN', '\x', '12345-06-07', '2024-02-29 23:59:59.999999',
+        '1900-01-01 00:00:00+00', '00:00:00.000001', '23:30:00-01', NULL, 'null', '-1 days', '{}', NULL, false"#;
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n numeric, f double precision, r real, b bytea, dt date, \
+         ts timestamp, tz timestamptz, tm time, ttz timetz, u uuid, j jsonb, iv interval, ia integer[], ta text[], bo boolean);\
+         ALTER TABLE \"{src}\" REPLICA IDENTITY FULL;\
+         INSERT INTO \"{src}\" (id, {columns}) VALUES (1, {first}), (2, {second});"
+    ));
+    cdc_to_upsert(d, &src, &dst);
+    let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+    // the target's types where they differ: a time with zone is read as its UTC time,
+    // uuid, jsonb and interval as their text
+    let pairs = [
+        "n", "f", "r", "b", "dt", "ts", "tz", "tm", "ttz", "u", "j", "iv", "ia", "ta", "bo",
+    ]
+    .map(|c| match c {
+        "ttz" => (
+            "(s.ttz AT TIME ZONE 'UTC')::time".to_string(),
+            "t.ttz".to_string(),
+        ),
+        "u" | "j" | "iv" => (format!("s.{c}::text"), format!("t.{c}")),
+        c => (format!("s.{c}"), format!("t.{c}")),
+    });
+    let (s_cols, t_cols): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+    let differing = || {
+        psql(&format!(
+            "SELECT count(*) FROM \"{src}\" s FULL JOIN \"{dst}\" t USING (id) \
+             WHERE s.id IS NULL OR t.id IS NULL OR ({}) IS DISTINCT FROM ({})",
+            s_cols.join(", "),
+            t_cols.join(", ")
+        ))
+    };
+    let exists = || {
+        psql(&format!(
+            "SELECT count(*) FROM pg_tables WHERE tablename = '{dst}'"
+        )) == "1"
+    };
+    let snapshot =
+        crate::support::wait_until(Duration::from_secs(30), || exists() && differing() == "0");
+    // the same values again as inserts, then each row updated to the other's values
+    psql(&format!(
+        "INSERT INTO \"{src}\" (id, {columns}) VALUES (3, {first}), (4, {second})"
+    ));
+    psql(&format!(
+        "UPDATE \"{src}\" s SET ({columns}) = (SELECT {columns} FROM \"{src}\" o WHERE o.id = 3 - s.id) WHERE s.id IN (1, 2)"
+    ));
+    let streamed = crate::support::wait_until(Duration::from_secs(30), || {
+        exists() && psql(&format!("SELECT count(*) FROM \"{dst}\"")) == "4" && differing() == "0"
+    });
+    let swapped = psql(&format!("SELECT b FROM \"{dst}\" WHERE id = 1"));
+    psql(&format!(
+        "INSERT INTO \"{src}\" (id, n) VALUES (9, 1.00000000001)"
+    ));
+    let run = finish(child, Duration::from_secs(30));
+    drop_slot(slot);
+    assert!(
+        snapshot,
+        "the snapshot differs: {} rows; {}",
+        differing(),
+        run.stderr
+    );
+    assert!(
+        streamed,
+        "the changes differ: {} rows; {}",
+        differing(),
+        run.stderr
+    );
+    assert_eq!(swapped, "\\x", "the update did not arrive");
+    assert_ne!(run.code, Some(0), "a numeric that does not fit was taken");
+    assert!(
+        run.stderr.contains("column \"n\"") && run.stderr.contains("fraction digits"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        psql(&format!("SELECT count(*) FROM \"{dst}\" WHERE id = 9")),
+        "0"
+    );
+}
+
 /// Ten kills under a writer of inserts, updates and deletes, some updating only a small
 /// column of a row with a large out-of-line value.
 #[test]

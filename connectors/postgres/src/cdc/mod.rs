@@ -10,7 +10,6 @@
 pub mod catalog;
 pub mod pgoutput;
 pub mod replication;
-pub mod values;
 
 /// An LSN as PostgreSQL writes it (`16/B374D848`).
 pub fn lsn_text(lsn: u64) -> String {

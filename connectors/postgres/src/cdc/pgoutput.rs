@@ -2,7 +2,7 @@
 //! its changes. Begin and Commit arrive as events of the replication client (with the
 //! transaction's final LSN, commit time and end LSN), Type, Origin and logical
 //! decoding messages are of no use here. A value stays PostgreSQL's text output
-//! until it is typed by the table's schema ([`super::values`]).
+//! until the source types it by the table's schema.
 
 use connector_api::{Error, Result};
 

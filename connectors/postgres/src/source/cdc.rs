@@ -13,20 +13,19 @@
 
 use std::time::{Duration, Instant};
 
-use connector_api::{Batch, Error, Offsets, Reject, Result};
+use connector_api::{Batch, Error, Offsets, Result};
 use futures::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::{Deserialize, Serialize};
-use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
-use super::change::Change;
+use super::change::{Change, Layout};
 use super::describe::describe;
-use super::envelope::{record_schema, with_op};
+use super::rows::Rows;
 use super::table::Table;
 use super::PostgresSource;
 use crate::cdc::catalog::{self, PublicationRef, TableName};
-use crate::cdc::pgoutput::{self, Message, RelationColumn};
+use crate::cdc::pgoutput::{self, Message};
 use crate::cdc::{lsn_text, parse_lsn, replication};
 
 /// How often, at most, the catalog is asked whether the publication still covers the
@@ -75,7 +74,7 @@ pub(super) struct Cdc {
     /// The slot's confirmed position when opened: where the stream starts.
     start: u64,
     /// The table's columns as the stream last described them.
-    layout: Option<Vec<RelationColumn>>,
+    layout: Option<Layout>,
     txn: Option<Txn>,
     /// How far a transaction was returned before a restart (from the offset), until
     /// that transaction comes again.
@@ -83,9 +82,9 @@ pub(super) struct Cdc {
     /// A message to handle first on the next call (a relation change that waits
     /// until the changes before it are returned).
     deferred: Option<(Message, u64)>,
-    /// Changes decoded and not yet returned, as JSON lines.
-    pending: Vec<u8>,
-    pending_n: usize,
+    /// Changes decoded and not yet returned (made for the table's columns when the
+    /// first one comes).
+    pending: Option<Rows>,
     /// End LSN of the last transaction decoded whole.
     done: u64,
     /// `done` as of the last batch returned.
@@ -195,8 +194,7 @@ impl PostgresSource {
             txn: None,
             deferred: None,
             resume: offset.txn,
-            pending: Vec::new(),
-            pending_n: 0,
+            pending: None,
             done,
             emitted: done,
             flushed: done,
@@ -270,14 +268,15 @@ impl PostgresSource {
             {
                 cdc.check(&pool).await?;
             }
-            if cdc.pending_n >= self.batch_size || cdc.deferred.is_some() {
+            let pending = cdc.pending();
+            if pending >= self.batch_size || cdc.deferred.is_some() {
                 return cdc.emit(table).map(Some);
             }
             let client = cdc
                 .client
                 .as_mut()
                 .ok_or_else(|| Error::internal("not streaming"))?;
-            let event = if cdc.pending_n > 0 {
+            let event = if pending > 0 {
                 // return what is decoded as soon as nothing more is at hand
                 match client.recv().now_or_never() {
                     Some(event) => event,
@@ -415,7 +414,7 @@ impl Cdc {
     /// unflushed, up to the WAL position of the last check that found the table
     /// covered; otherwise not at all.
     fn releasable(&self, wal_end: u64) -> Option<u64> {
-        if self.txn.is_some() || self.pending_n > 0 || self.flushed < self.emitted {
+        if self.txn.is_some() || self.pending() > 0 || self.flushed < self.emitted {
             return None;
         }
         self.checked.map(|(_, safe)| wal_end.min(safe))
@@ -474,16 +473,17 @@ impl Cdc {
                     .columns
                     .iter()
                     .all(|c| table.table_schema.field_with_name(&c.name).is_ok());
-                let changed = self.layout.as_ref().is_some_and(|l| l != &r.columns);
+                let changed = self.layout.as_ref().is_some_and(|l| l.columns != r.columns);
                 if changed || !known {
-                    if self.pending_n > 0 {
+                    if self.pending() > 0 {
                         // the changes before it are typed by the old columns
                         self.deferred = Some((message, lsn));
                         return Ok(());
                     }
                     redescribe(pool, &self.table, table).await?;
+                    self.pending = None;
                 }
-                self.layout = Some(r.columns.clone());
+                self.layout = Some(Layout::new(r.columns.clone(), table));
                 return Ok(());
             }
             Message::Insert { rel, .. }
@@ -503,7 +503,7 @@ impl Cdc {
             return Ok(());
         }
         let (xid, ts_ms) = (txn.xid, txn.ts_ms);
-        let layout = self.layout.as_deref().ok_or_else(|| {
+        let layout = self.layout.as_ref().ok_or_else(|| {
             Error::internal(format!("a change of {} before its relation", self.table))
         })?;
         let at = Change {
@@ -513,13 +513,16 @@ impl Cdc {
             xid,
             ts_ms,
         };
-        for record in at.records(message)? {
-            serde_json::to_writer(&mut self.pending, &record)
-                .map_err(|e| Error::internal("change").with_source(e))?;
-            self.pending.push(b'\n');
-            self.pending_n += 1;
-        }
-        Ok(())
+        let rows = match &mut self.pending {
+            Some(rows) => rows,
+            None => self.pending.insert(Rows::new(table)?),
+        };
+        at.append(&message, rows)
+    }
+
+    /// Changes decoded and not yet returned.
+    fn pending(&self) -> usize {
+        self.pending.as_ref().map_or(0, Rows::len)
     }
 
     /// The pending changes as one batch, with the offset after them.
@@ -534,29 +537,15 @@ impl Cdc {
                 // while still skipping what a run before returned, that much is returned
                 changes: t.seen.max(t.skip),
             });
-        let decoded = table.decoder.decode(&self.pending, self.pending_n, true)?;
-        self.pending.clear();
-        self.pending_n = 0;
+        let (records, rejects) = match &mut self.pending {
+            Some(rows) => rows.finish(&table.split)?,
+            None => Rows::new(table)?.finish(&table.split)?,
+        };
         self.emitted = self.done;
         let mut offsets = Offsets::new();
         offsets.set_typed(table.split.clone(), &table.offset)?;
-        let records = decoded
-            .batch
-            .unwrap_or_else(|| arrow_array::RecordBatch::new_empty(table.row_schema.clone()));
         let mut batch = Batch::new(records, offsets);
-        let position = format!(
-            "table {} change after LSN {}",
-            table.split,
-            lsn_text(self.done)
-        );
-        batch.rejects = decoded
-            .bad
-            .into_iter()
-            .map(|b| Reject {
-                bytes: b.bytes,
-                ..Reject::new(table.split.clone(), position.clone(), b.raw, b.error)
-            })
-            .collect();
+        batch.rejects = rejects;
         Ok(batch)
     }
 }
@@ -566,8 +555,6 @@ async fn redescribe(pool: &PgPool, name: &TableName, table: &mut Table) -> Resul
     let (columns, schema, key) = describe(pool, &name.schema, &name.name).await?;
     table.columns = columns;
     table.key = key;
-    table.decoder = JsonDecoder::new(Some(record_schema(&schema, true, table.debezium)));
-    table.row_schema = with_op(&schema);
     table.table_schema = schema;
     tracing::info!(table = %name, "the table's columns changed in the stream; picked up");
     Ok(())
@@ -594,8 +581,7 @@ mod tests {
             txn: None,
             resume,
             deferred: None,
-            pending: Vec::new(),
-            pending_n: 0,
+            pending: None,
             done,
             emitted: done,
             flushed: done,

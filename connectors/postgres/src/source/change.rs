@@ -1,54 +1,96 @@
 //! One change of the stream as the records the source emits: the row envelope (the
-//! row plus `_op`) or Debezium's, typed by the table's schema.
+//! row plus `_op`) or Debezium's, typed by the table's schema. Values go from
+//! pgoutput's text output straight into Arrow builders ([`crate::value::text`]), as the
+//! snapshot's go from binary COPY, so a column reads the same in both: a value that
+//! does not fit its column is a reject naming the column and the change's LSN, and the
+//! changes around it stay.
 
-use connector_api::{Error, Result};
-use serde_json::{Map, Value};
+use std::borrow::Cow;
 
-use super::envelope::source_json;
+use connector_api::{Error, Reject, Result};
+use serde_json::{Map, Value as Json};
+
+use super::rows::Rows;
 use super::table::Table;
 use crate::cdc::lsn_text;
 use crate::cdc::pgoutput::{Datum, Message, Old, RelationColumn};
-use crate::cdc::values::json_value;
+use crate::value::{text, Kind, Value};
+
+/// The table's columns as the stream describes them (a Relation message), and where
+/// each one is in the table's schema.
+pub(super) struct Layout {
+    pub(super) columns: Vec<RelationColumn>,
+    /// Per column of the stream: its index in the table's schema (None: not in it).
+    slots: Vec<Option<usize>>,
+}
+
+impl Layout {
+    pub(super) fn new(columns: Vec<RelationColumn>, table: &Table) -> Layout {
+        let slots = columns
+            .iter()
+            .map(|c| table.table_schema.index_of(&c.name).ok())
+            .collect();
+        Layout { columns, slots }
+    }
+}
 
 /// One change message and where it stands.
 pub(super) struct Change<'a> {
     pub(super) table: &'a Table,
-    pub(super) layout: &'a [RelationColumn],
+    pub(super) layout: &'a Layout,
     pub(super) lsn: u64,
     pub(super) xid: u32,
     pub(super) ts_ms: i64,
 }
 
+/// A row in the table's column order, or why one of its values does not fit.
+type Row<'m> = std::result::Result<Vec<Value<'m>>, Error>;
+
 impl Change<'_> {
-    /// The records of a change: one, or for an update that changed the key, a
-    /// delete of the old key and a create of the new row (as Debezium does), so
-    /// that an upsert sink ends with the source's rows.
-    pub(super) fn records(&self, message: Message) -> Result<Vec<Value>> {
-        Ok(match message {
-            Message::Insert { new, .. } => {
-                vec![self.record("c", Some(self.row(&new, None)?), None)]
-            }
+    /// Appends the records of a change to `rows`: one, or for an update that changed
+    /// the key, a delete of the old key and a create of the new row (as Debezium does),
+    /// so that an upsert sink ends with the source's rows. A value that does not fit
+    /// its column makes the change one reject.
+    pub(super) fn append(&self, message: &Message, rows: &mut Rows) -> Result<()> {
+        match message {
+            Message::Insert { new, .. } => match self.row(rows.kinds(), new, None)? {
+                Ok(after) => rows.push(self, "c", Some(&after), None),
+                Err(e) => rows.reject(self.reject("c", Some(new), None, e)),
+            },
             Message::Update { old, new, .. } => {
-                let after = self.row(&new, old.as_ref())?;
+                let after = self.row(rows.kinds(), new, old.as_ref())?;
                 let before = old
                     .as_ref()
-                    .map(|o| self.row(o.values(), None))
+                    .map(|o| self.row(rows.kinds(), o.values(), None))
                     .transpose()?;
-                match (&old, before) {
-                    (Some(old), Some(before)) if self.key_changed(old.values(), &new) => vec![
-                        self.record("d", None, Some(before)),
-                        self.record("c", Some(after), None),
-                    ],
-                    (_, before) => vec![self.record("u", Some(after), before)],
+                match (after, before) {
+                    (Err(e), _) | (_, Some(Err(e))) => {
+                        rows.reject(self.reject("u", Some(new), old.as_ref().map(Old::values), e))
+                    }
+                    (Ok(after), Some(Ok(before)))
+                        if old
+                            .as_ref()
+                            .is_some_and(|o| self.key_changed(o.values(), new)) =>
+                    {
+                        rows.push(self, "d", None, Some(&before));
+                        rows.push(self, "c", Some(&after), None);
+                    }
+                    (Ok(after), before) => rows.push(
+                        self,
+                        "u",
+                        Some(&after),
+                        before.and_then(Result::ok).as_deref(),
+                    ),
                 }
             }
-            Message::Delete { old, .. } => {
-                let before = self.row(old.values(), None)?;
-                vec![self.record("d", None, Some(before))]
-            }
-            Message::Truncate { .. } => vec![self.record("t", None, None)],
-            Message::Relation(_) | Message::Other => Vec::new(),
-        })
+            Message::Delete { old, .. } => match self.row(rows.kinds(), old.values(), None)? {
+                Ok(before) => rows.push(self, "d", None, Some(&before)),
+                Err(e) => rows.reject(self.reject("d", None, Some(old.values()), e)),
+            },
+            Message::Truncate { .. } => rows.push(self, "t", None, None),
+            Message::Relation(_) | Message::Other => {}
+        }
+        Ok(())
     }
 
     /// A key column has another value in `new` than in `old`.
@@ -56,6 +98,7 @@ impl Change<'_> {
         self.table.key.iter().any(|&k| {
             let name = &self.table.columns[k].name;
             self.layout
+                .columns
                 .iter()
                 .position(|c| &c.name == name)
                 .is_some_and(|i| match (old.get(i), new.get(i)) {
@@ -65,38 +108,24 @@ impl Change<'_> {
         })
     }
 
-    /// A record in the source's envelope.
-    fn record(
+    /// A tuple's values in the table's column order (a column the tuple lacks is
+    /// null). An unchanged out-of-line value is taken from the old row when the server
+    /// sent it, and stops the stream otherwise: never written as NULL.
+    fn row<'m>(
         &self,
-        op: &str,
-        after: Option<Map<String, Value>>,
-        before: Option<Map<String, Value>>,
-    ) -> Value {
-        if self.table.debezium {
-            return serde_json::json!({
-                "before": before.map(Value::Object),
-                "after": after.map(Value::Object),
-                "op": op,
-                "ts_ms": self.ts_ms,
-                "source": source_json(&self.table.split, Some(self.lsn), Some(self.xid), self.ts_ms, false),
-            });
-        }
-        // the row envelope: the new row, or the old key of a delete
-        let mut row = after.or(before).unwrap_or_default();
-        row.insert(
-            connector_api::columns::OP.to_string(),
-            Value::String(op.to_string()),
-        );
-        Value::Object(row)
-    }
-
-    /// A tuple as JSON typed by the table's schema. An unchanged out-of-line value is
-    /// taken from the old row when the server sent it, and is an error otherwise:
-    /// never written as NULL.
-    fn row(&self, values: &[Datum], old: Option<&Old>) -> Result<Map<String, Value>> {
-        let mut row = Map::new();
-        for (i, column) in self.layout.iter().enumerate() {
-            let value = match values.get(i) {
+        kinds: &[Kind],
+        values: &'m [Datum],
+        old: Option<&'m Old>,
+    ) -> Result<Row<'m>> {
+        let mut row: Vec<Value> = (0..self.table.columns.len()).map(|_| Value::Null).collect();
+        for (i, (column, slot)) in self
+            .layout
+            .columns
+            .iter()
+            .zip(&self.layout.slots)
+            .enumerate()
+        {
+            let text = match values.get(i) {
                 Some(Datum::Unchanged) => match old.and_then(|o| o.values().get(i)) {
                     Some(Datum::Text(t)) => Some(t),
                     Some(Datum::Null) if matches!(old, Some(Old::Full(_))) => None,
@@ -105,18 +134,48 @@ impl Change<'_> {
                 Some(Datum::Text(t)) => Some(t),
                 _ => None,
             };
-            let Some(text) = value else {
+            let (Some(text), Some(slot)) = (text, *slot) else {
                 continue;
             };
-            let dt = self
-                .table
-                .table_schema
-                .field_with_name(&column.name)
-                .map(|f| f.data_type().clone())
-                .unwrap_or(arrow_schema::DataType::Utf8);
-            row.insert(column.name.clone(), json_value(text, &dt));
+            match text::value(&kinds[slot], Cow::Borrowed(text)) {
+                Ok(v) => row[slot] = v,
+                Err(e) => return Ok(Err(Error::data(format!("column \"{}\": {e}", column.name)))),
+            }
         }
-        Ok(row)
+        Ok(Ok(row))
+    }
+
+    /// The dead letter of a change whose value did not fit: its values as the server
+    /// wrote them.
+    fn reject(
+        &self,
+        op: &str,
+        new: Option<&[Datum]>,
+        old: Option<&[Datum]>,
+        error: Error,
+    ) -> Reject {
+        let tuple = |values: &[Datum]| {
+            let columns = self.layout.columns.iter().zip(values).map(|(c, d)| {
+                let v = match d {
+                    Datum::Null => Json::Null,
+                    Datum::Unchanged => Json::String("__unchanged_toast".into()),
+                    Datum::Text(t) => Json::String(t.clone()),
+                };
+                (c.name.clone(), v)
+            });
+            Json::Object(columns.collect::<Map<_, _>>())
+        };
+        let raw = serde_json::json!({
+            "op": op,
+            "after": new.map(tuple),
+            "before": old.map(tuple),
+        });
+        let position = format!(
+            "table {} change at LSN {}",
+            self.table.split,
+            lsn_text(self.lsn)
+        );
+        Reject::new(self.table.split.clone(), position, raw.to_string(), error)
     }
 
     fn unchanged(&self, column: &str) -> Error {
@@ -135,8 +194,10 @@ impl Change<'_> {
 mod tests {
     use std::sync::Arc;
 
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
+    use arrow_array::{Array, RecordBatch};
     use arrow_schema::{DataType, Field, Schema};
-    use sluice_formats::JsonDecoder;
 
     use super::*;
     use crate::source::table::Column;
@@ -145,24 +206,22 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("body", DataType::Utf8, true),
+            Field::new("amount", DataType::Decimal128(38, 10), true),
         ]));
+        let column = |name: &str, pg: &str| Column {
+            name: name.into(),
+            pg: pg.into(),
+        };
         Table {
             split: "public.t".into(),
             relation: "\"public\".\"t\"".into(),
             columns: vec![
-                Column {
-                    name: "id".into(),
-                    pg: "bigint".into(),
-                },
-                Column {
-                    name: "body".into(),
-                    pg: "text".into(),
-                },
+                column("id", "bigint"),
+                column("body", "text"),
+                column("amount", "numeric(38,10)"),
             ],
             key: vec![0],
-            decoder: JsonDecoder::new(Some(schema.clone())),
-            table_schema: schema.clone(),
-            row_schema: schema,
+            table_schema: schema,
             debezium,
             offset: Default::default(),
             op: true,
@@ -171,8 +230,8 @@ mod tests {
         }
     }
 
-    fn layout() -> Vec<RelationColumn> {
-        ["id", "body"]
+    fn layout(t: &Table) -> Layout {
+        let columns = ["id", "body", "amount"]
             .iter()
             .map(|n| RelationColumn {
                 key: *n == "id",
@@ -180,75 +239,126 @@ mod tests {
                 type_oid: 0,
                 typmod: -1,
             })
-            .collect()
+            .collect();
+        Layout::new(columns, t)
     }
 
     fn text(v: &str) -> Datum {
         Datum::Text(v.into())
     }
 
-    #[test]
-    fn a_key_update_is_a_delete_of_the_old_key_then_a_create() {
-        let (t, l) = (table(false), layout());
+    /// The records of `messages`, and the rejects.
+    fn records(t: &Table, messages: &[Message]) -> Result<(RecordBatch, Vec<Reject>)> {
+        let l = layout(t);
         let at = Change {
-            table: &t,
-            layout: &l,
-            lsn: 1,
-            xid: 2,
-            ts_ms: 3,
-        };
-        let update = Message::Update {
-            rel: 1,
-            old: Some(Old::Key(vec![text("5"), Datum::Null])),
-            new: vec![text("100"), text("b")],
-        };
-        let records = at.records(update).unwrap();
-        assert_eq!(
-            records,
-            vec![
-                serde_json::json!({"id": 5, "_op": "d"}),
-                serde_json::json!({"id": 100, "body": "b", "_op": "c"}),
-            ]
-        );
-        let same_key = Message::Update {
-            rel: 1,
-            old: Some(Old::Full(vec![text("7"), text("a")])),
-            new: vec![text("7"), text("b")],
-        };
-        assert_eq!(
-            at.records(same_key).unwrap(),
-            vec![serde_json::json!({"id": 7, "body": "b", "_op": "u"})]
-        );
-    }
-
-    #[test]
-    fn an_unchanged_toasted_value_comes_from_the_old_row_or_is_an_error_never_null() {
-        let (t, l) = (table(true), layout());
-        let at = Change {
-            table: &t,
+            table: t,
             layout: &l,
             lsn: 0x10,
             xid: 2,
             ts_ms: 3,
         };
+        let mut rows = Rows::new(t)?;
+        for m in messages {
+            at.append(m, &mut rows)?;
+        }
+        rows.finish(&t.split)
+    }
+
+    fn column_text(batch: &RecordBatch, name: &str) -> Vec<Option<String>> {
+        let c = batch.column_by_name(name).unwrap();
+        let c = arrow_cast::cast(c, &DataType::Utf8).unwrap();
+        c.as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn a_key_update_is_a_delete_of_the_old_key_then_a_create() {
+        let t = table(false);
+        let update = Message::Update {
+            rel: 1,
+            old: Some(Old::Key(vec![text("5"), Datum::Null, Datum::Null])),
+            new: vec![text("100"), text("b"), text("1.5")],
+        };
+        let same_key = Message::Update {
+            rel: 1,
+            old: Some(Old::Full(vec![text("7"), text("a"), Datum::Null])),
+            new: vec![text("7"), text("b"), Datum::Null],
+        };
+        let (batch, rejects) = records(&t, &[update, same_key]).unwrap();
+        assert!(rejects.is_empty());
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(ids.values().to_vec(), vec![5, 100, 7]);
+        assert_eq!(
+            column_text(&batch, "_op"),
+            ["d", "c", "u"].map(|s| Some(s.to_string()))
+        );
+        assert_eq!(
+            column_text(&batch, "body"),
+            vec![None, Some("b".into()), Some("b".into())]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_toasted_value_comes_from_the_old_row_or_is_an_error_never_null() {
+        let t = table(true);
         let full = Message::Update {
             rel: 1,
-            old: Some(Old::Full(vec![text("1"), text("big")])),
-            new: vec![text("1"), Datum::Unchanged],
+            old: Some(Old::Full(vec![text("1"), text("big"), Datum::Null])),
+            new: vec![text("1"), Datum::Unchanged, Datum::Null],
         };
-        let records = at.records(full).unwrap();
-        assert_eq!(records[0]["after"]["body"], "big");
-        assert_eq!(records[0]["op"], "u");
+        let (batch, _) = records(&t, &[full]).unwrap();
+        let after = batch.column_by_name("after").unwrap().as_struct();
+        assert_eq!(after.column(1).as_string::<i32>().value(0), "big");
+        assert!(batch.column_by_name("before").unwrap().is_valid(0));
+        let source = batch.column_by_name("source").unwrap().as_struct();
+        assert_eq!(source.column(3).as_primitive::<Int64Type>().value(0), 0x10);
         let without_old = Message::Update {
             rel: 1,
             old: None,
-            new: vec![text("1"), Datum::Unchanged],
+            new: vec![text("1"), Datum::Unchanged, Datum::Null],
         };
-        let e = at.records(without_old).unwrap_err();
+        let e = records(&t, &[without_old]).unwrap_err();
         assert!(
             e.message().contains("column \"body\"")
                 && e.message().contains("REPLICA IDENTITY FULL"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn numerics_stay_exact_and_a_value_that_does_not_fit_is_a_reject_naming_its_column() {
+        let t = table(false);
+        let wide = "1234567890123456789012345678.0123456789";
+        let insert = |id: &str, amount: &str| Message::Insert {
+            rel: 1,
+            new: vec![text(id), Datum::Null, text(amount)],
+        };
+        let (batch, rejects) = records(
+            &t,
+            &[
+                insert("1", wide),
+                insert("2", "1.00000000001"),
+                insert("3", "-0.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            column_text(&batch, "amount"),
+            vec![Some(wide.into()), Some("-0.5000000000".into())]
+        );
+        assert_eq!(rejects.len(), 1);
+        let r = &rejects[0];
+        assert!(
+            r.error.message().contains("column \"amount\""),
+            "{}",
+            r.error
+        );
+        assert!(r.position.contains("LSN 0/10"), "{}", r.position);
+        assert!(r.raw.contains("1.00000000001"), "{}", r.raw);
     }
 }

@@ -63,26 +63,6 @@ impl Table {
     }
 }
 
-/// Debezium's `source` block.
-pub(super) fn source_json(
-    split: &str,
-    lsn: Option<u64>,
-    xid: Option<u32>,
-    ts_ms: i64,
-    snapshot: bool,
-) -> serde_json::Value {
-    let (schema, table) = split.split_once('.').unwrap_or(("", split));
-    serde_json::json!({
-        "connector": "postgresql",
-        "schema": schema,
-        "table": table,
-        "lsn": lsn,
-        "txId": xid,
-        "ts_ms": ts_ms,
-        "snapshot": if snapshot { "true" } else { "false" },
-    })
-}
-
 /// What the source emits for a table of `schema`: the row (plus `_op` in `cdc`), or
 /// Debezium's envelope around it.
 pub(super) fn record_schema(schema: &SchemaRef, op: bool, debezium: bool) -> SchemaRef {

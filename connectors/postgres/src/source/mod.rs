@@ -17,6 +17,7 @@ mod cursor;
 mod describe;
 mod envelope;
 mod estimate;
+mod rows;
 mod snapshot;
 mod table;
 
@@ -25,7 +26,6 @@ use std::time::Duration;
 
 use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use serde::{Deserialize, Serialize};
-use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
 use crate::config::{PostgresSourceConfig, SnapshotOrder, SourceMode};
@@ -35,7 +35,6 @@ use self::cdc::Cdc;
 pub use self::cdc::TxnOffset;
 pub use self::describe::discover;
 use self::describe::{describe, describe_query, need_primary_key};
-use self::envelope::{record_schema, with_op};
 use self::snapshot::{CopyStream, Prefetch};
 use self::table::{open_physical, same_order, Table};
 
@@ -213,9 +212,7 @@ impl Source for PostgresSource {
                 split,
                 columns,
                 key,
-                decoder: JsonDecoder::new(Some(record_schema(&schema, op, debezium))),
                 table_schema: schema.clone(),
-                row_schema: if op { with_op(&schema) } else { schema.clone() },
                 debezium,
                 offset,
                 op,

@@ -3,7 +3,6 @@
 
 use arrow_schema::SchemaRef;
 use connector_api::{Error, Result};
-use sluice_formats::JsonDecoder;
 use sqlx::postgres::PgPool;
 
 use crate::conn::quote;
@@ -47,12 +46,8 @@ pub(super) struct Table {
     pub(super) columns: Vec<Column>,
     /// Indices (into `columns`) of the order key.
     pub(super) key: Vec<usize>,
-    /// Decodes `cdc` changes (as JSON) into the records this source emits.
-    pub(super) decoder: JsonDecoder,
     /// The table's columns as Arrow fields.
     pub(super) table_schema: SchemaRef,
-    /// The row's columns (plus `_op` in `cdc`): how values are typed.
-    pub(super) row_schema: SchemaRef,
     /// `cdc` records in Debezium's envelope.
     pub(super) debezium: bool,
     pub(super) offset: TableOffset,
