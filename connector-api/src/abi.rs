@@ -150,6 +150,9 @@ pub struct WireError {
     pub message: String,
     /// The config key, if any.
     pub field: Option<String>,
+    /// See [`Error::refused`]: rows in the batch and their rejects.
+    #[serde(default)]
+    pub refused: Vec<(usize, WireReject)>,
 }
 
 impl From<&Error> for WireError {
@@ -158,16 +161,57 @@ impl From<&Error> for WireError {
             kind: e.kind().as_str().to_string(),
             message: e.to_string(),
             field: e.field().map(str::to_string),
+            refused: e
+                .refused_rows()
+                .iter()
+                .map(|(row, r)| (*row, WireReject::from(r)))
+                .collect(),
         }
     }
 }
 
 impl From<WireError> for Error {
     fn from(w: WireError) -> Self {
+        if !w.refused.is_empty() {
+            return Error::refused(
+                w.refused
+                    .into_iter()
+                    .map(|(row, r)| (row, Reject::from(r)))
+                    .collect(),
+            );
+        }
         let e = Error::new(ErrorKind::from_name(&w.kind), w.message);
         match w.field {
             Some(f) => e.with_field(f),
             None => e,
+        }
+    }
+}
+
+impl From<&Reject> for WireReject {
+    fn from(r: &Reject) -> Self {
+        WireReject {
+            split: r.split.clone(),
+            position: r.position.clone(),
+            raw: r.raw.clone(),
+            error: WireError::from(&r.error),
+            bytes: r.bytes.clone(),
+            key: r.key.clone(),
+            headers: r.headers.clone(),
+        }
+    }
+}
+
+impl From<WireReject> for Reject {
+    fn from(r: WireReject) -> Self {
+        Reject {
+            split: r.split,
+            position: r.position,
+            raw: r.raw,
+            error: Error::from(r.error),
+            bytes: r.bytes,
+            key: r.key,
+            headers: r.headers,
         }
     }
 }
@@ -563,19 +607,7 @@ unsafe extern "C" fn p_source_next(
                 }
                 let m = BatchMeta {
                     offsets: batch.offsets.to_envelope(),
-                    rejects: batch
-                        .rejects
-                        .iter()
-                        .map(|r| WireReject {
-                            split: r.split.clone(),
-                            position: r.position.clone(),
-                            raw: r.raw.clone(),
-                            error: WireError::from(&r.error),
-                            bytes: r.bytes.clone(),
-                            key: r.key.clone(),
-                            headers: r.headers.clone(),
-                        })
-                        .collect(),
+                    rejects: batch.rejects.iter().map(WireReject::from).collect(),
                     has_data,
                 };
                 let text = serde_json::to_string(&m)
@@ -702,18 +734,7 @@ unsafe extern "C" fn p_sink_free(h: Handle) {
 
 /// Rebuilds the rejects of a batch from their wire form (host side).
 pub fn rejects_from_wire(rejects: Vec<WireReject>) -> Vec<Reject> {
-    rejects
-        .into_iter()
-        .map(|r| Reject {
-            split: r.split,
-            position: r.position,
-            raw: r.raw,
-            error: Error::from(r.error),
-            bytes: r.bytes,
-            key: r.key,
-            headers: r.headers,
-        })
-        .collect()
+    rejects.into_iter().map(Reject::from).collect()
 }
 
 /// Exports a connector crate as a plugin library: generates the two C symbols a

@@ -88,6 +88,7 @@ pub struct Error {
     message: String,
     field: Option<String>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    refused: Vec<(usize, crate::Reject)>,
 }
 
 /// `Result` with [`Error`] as the error type.
@@ -101,7 +102,42 @@ impl Error {
             message: message.into(),
             field: None,
             source: None,
+            refused: Vec::new(),
         }
+    }
+
+    /// A [`ErrorKind::Data`] error from a sink's `write` that refused records of the
+    /// batch before it wrote any of it (a message over the broker's size limit, an
+    /// object key too long): each with its row in the batch and its reject, naming
+    /// where it would have gone. Under `errors.tolerance = "all"` the runtime sends
+    /// them to the dead-letter sink and writes the rest of the batch again; otherwise
+    /// it stops, naming the first. `rows` must not be empty.
+    pub fn refused(rows: Vec<(usize, crate::Reject)>) -> Self {
+        let message = match rows.first() {
+            Some((_, r)) if rows.len() > 1 => format!(
+                "{}: {} (and {} more records refused)",
+                r.position,
+                r.error,
+                rows.len() - 1
+            ),
+            Some((_, r)) => format!("{}: {}", r.position, r.error),
+            None => "no record refused".to_string(),
+        };
+        Error {
+            refused: rows,
+            ..Self::data(message)
+        }
+    }
+
+    /// The records a sink refused ([`Error::refused`]): rows in the batch and their
+    /// rejects; empty for any other error.
+    pub fn refused_rows(&self) -> &[(usize, crate::Reject)] {
+        &self.refused
+    }
+
+    /// Takes the records a sink refused out of the error.
+    pub fn take_refused(&mut self) -> Vec<(usize, crate::Reject)> {
+        std::mem::take(&mut self.refused)
     }
 
     /// A [`ErrorKind::Config`] error.

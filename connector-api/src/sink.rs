@@ -53,7 +53,11 @@ pub trait Sink: Send {
     /// Connects, creates what is missing, and reports what is already there.
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState>;
 
-    /// Accepts a batch. Need not be durable until `flush`.
+    /// Accepts a batch. Need not be durable until `flush`. Records the destination
+    /// cannot take (a message over the broker's size limit, an object key too long)
+    /// are found before any of the batch is written and returned as
+    /// [`crate::Error::refused`]: the runtime dead-letters them or stops, and writes
+    /// the rest again.
     async fn write(&mut self, batch: &Batch) -> Result<()>;
 
     /// Makes everything written so far durable; when it returns, the runtime records

@@ -98,6 +98,9 @@ pub struct Faults {
     pub fail_flush_at: Option<(usize, ErrorKind)>,
     /// Never return from `flush`.
     pub hang_flush: bool,
+    /// Refuse these rows of the nth call to `write` (0-based), writing none of its
+    /// batch ([`Error::refused`]).
+    pub refuse_write_at: Option<(usize, Vec<usize>)>,
 }
 
 /// What a [`MemorySink`] has received; shared so a test can look while it runs.
@@ -160,6 +163,21 @@ impl Sink for MemorySink {
         if let Some((at, kind)) = self.faults.fail_write_at {
             if at == n {
                 return Err(Error::new(kind, format!("injected failure of write {n}")));
+            }
+        }
+        if let Some((at, rows)) = &self.faults.refuse_write_at {
+            if *at == n {
+                let refused = rows
+                    .iter()
+                    .map(|&row| {
+                        let error = Error::data(format!("injected refusal of row {row}"));
+                        (
+                            row,
+                            crate::Reject::new("memory", format!("row {row}"), "", error),
+                        )
+                    })
+                    .collect();
+                return Err(Error::refused(refused));
             }
         }
         s.pending.push(batch.records.clone());

@@ -264,8 +264,8 @@ impl<'a> Engine<'a> {
             let rows = records.num_rows() as u64;
             let bytes = records.get_array_memory_size() as u64;
             let per_write = self.rows_per_write(&records);
-            for slot in &mut self.sinks {
-                let fitted = fit(slot, &records)?;
+            for i in 0..self.sinks.len() {
+                let fitted = fit(&mut self.sinks[i], &records)?;
                 // a source batch larger than [batch] allows goes out in parts; the
                 // offsets go with the last (they hold at its end)
                 let mut at = 0;
@@ -276,17 +276,15 @@ impl<'a> Engine<'a> {
                     // a slice reports its whole buffers: its share of them instead
                     let share = fitted.get_array_memory_size() as u128 * n as u128
                         / fitted.num_rows().max(1) as u128;
-                    let written = (part.num_rows() as u64, share as usize);
                     let part_offsets = match at == fitted.num_rows() {
                         true => offsets.clone(),
                         false => Offsets::new(),
                     };
-                    let batch = Batch::new(part, part_offsets);
-                    retrying!(self.policy, "sink write", slot.sink.write(&batch))
-                        .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
-                    if let Some(m) = self.metrics.sink(&slot.name) {
-                        m.records.fetch_add(written.0, Ordering::Relaxed);
-                        m.bytes.fetch_add(written.1 as u64, Ordering::Relaxed);
+                    let written = self.write_part(i, Batch::new(part, part_offsets)).await?;
+                    if let Some(m) = self.metrics.sink(&self.sinks[i].name) {
+                        m.records.fetch_add(written as u64, Ordering::Relaxed);
+                        let bytes = share * written as u128 / n.max(1) as u128;
+                        m.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                         m.batches.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -299,6 +297,46 @@ impl<'a> Engine<'a> {
         self.position.merge(&offsets);
         self.dirty = true;
         Ok(())
+    }
+
+    /// Writes one part to sink `i`; returns the rows written. Records the sink refused
+    /// before writing any of the part ([`Error::refused`]) are bad records: under
+    /// `errors.tolerance = "all"` they go to the dead-letter sink and the rest of the
+    /// part is written again; otherwise the run stops naming the first.
+    async fn write_part(&mut self, i: usize, mut batch: Batch) -> Result<usize> {
+        loop {
+            let slot = &mut self.sinks[i];
+            let Err(mut e) = retrying!(self.policy, "sink write", slot.sink.write(&batch)) else {
+                return Ok(batch.num_rows());
+            };
+            let name = slot.name.clone();
+            let refused = e.take_refused();
+            let mut keep = vec![true; batch.num_rows()];
+            for (row, _) in &refused {
+                if let Some(k) = keep.get_mut(*row) {
+                    *k = false;
+                }
+            }
+            let left = keep.iter().filter(|k| **k).count();
+            if refused.is_empty()
+                || self.pipeline.errors.tolerance == Tolerance::None
+                || left == batch.num_rows()
+            {
+                return Err(e.context(format!("sink \"{name}\"")));
+            }
+            let keep = arrow_array::BooleanArray::from(keep);
+            batch.records = arrow_select::filter::filter_record_batch(&batch.records, &keep)?;
+            let rejects = refused
+                .into_iter()
+                .map(|(_, mut r)| {
+                    r.position = format!("sink \"{name}\" {}", r.position);
+                    r
+                })
+                .collect();
+            // the good records of the part were counted when they were read; an emptied
+            // part is still written, for its offsets
+            self.reject(0, rejects).await?;
+        }
     }
 
     /// Rows of `records` per sink write: `max_records`, fewer when the average row

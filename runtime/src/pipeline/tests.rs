@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arrow_array::cast::AsArray;
 use arrow_schema::SchemaRef;
 use connector_api::testkit::{id_batches, Faults, MemorySink, MemorySource, MEMORY_SPLIT};
 use connector_api::{
@@ -380,6 +381,53 @@ async fn a_sink_failure_ends_the_run_while_the_source_waits_for_data() {
         err.to_string().contains("injected failure of write 0"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn records_a_sink_refuses_go_to_the_dead_letter_sink_and_the_rest_is_written() {
+    let faults = Faults {
+        refuse_write_at: Some((0, vec![3, 7])),
+        ..Faults::default()
+    };
+    let dead_letter = "tolerance = \"all\"\nmax_failure_rate = 1.0\n[errors.dead_letter]\nconnector = \"memory\"\n";
+    let s = setup(source(100, 10), faults.clone(), dead_letter);
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    let flushed = s.sink.store.lock().unwrap().flushed.clone();
+    let (letters, data): (Vec<_>, Vec<_>) = flushed
+        .iter()
+        .partition(|b| b.schema().field_with_name("pipeline").is_ok());
+    let mut ids: Vec<i64> = data
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<arrow_array::types::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    let expected: Vec<i64> = (0..100).filter(|i| *i != 3 && *i != 7).collect();
+    assert_eq!(ids, expected);
+    let positions: Vec<String> = letters
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("position").unwrap().as_string::<i32>();
+            c.iter().map(|p| p.unwrap().to_string()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(positions, ["sink \"sink\" row 3", "sink \"sink\" row 7"]);
+    // without tolerance the run stops, naming the first
+    let s = setup(source(100, 10), faults, "");
+    let err = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("injected refusal of row 3"),
+        "{err}"
+    );
+    assert_eq!(s.sink.store.lock().unwrap().flushed_rows(), 0);
 }
 
 #[tokio::test]
