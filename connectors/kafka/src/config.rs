@@ -533,6 +533,21 @@ impl KafkaSinkConfig {
             .unwrap_or_else(|| format!("sluice-{pipeline}-{sink}"))
     }
 
+    /// The largest message librdkafka sends: `options."message.max.bytes"`, or its
+    /// default (1,000,000).
+    pub fn max_message_bytes(&self) -> Result<usize> {
+        match self.options.get("message.max.bytes") {
+            None => Ok(1_000_000),
+            Some(v) => v.expose().trim().parse().map_err(|_| {
+                Error::config(format!(
+                    "options.\"message.max.bytes\" = \"{}\" is not a number of bytes",
+                    v.expose()
+                ))
+                .with_field("options.message.max.bytes")
+            }),
+        }
+    }
+
     /// The librdkafka producer properties.
     pub fn client_config(&self, pipeline: &str, sink: &str) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();

@@ -180,6 +180,12 @@ impl S3Sink {
         Ok(())
     }
 
+    /// The length of an object's name after its folder (see [`Self::start_object`]):
+    /// the name start, 16 hex digits of the hash, the dot and the extension.
+    fn name_len(&self) -> usize {
+        self.name_start.len() + 16 + 1 + self.config.extension().len()
+    }
+
     async fn start_object(&mut self, folder: &str, schema: SchemaRef) -> Result<()> {
         if self.open.len() >= self.config.max_open_objects {
             let oldest = self
@@ -517,6 +523,10 @@ impl Sink for S3Sink {
         }
         let records = &batch.records;
         let groups = self.template.render(records, chrono::Utc::now())?;
+        let refused = crate::template::too_long(&groups, self.name_len(), records)?;
+        if !refused.is_empty() {
+            return Err(Error::refused(refused));
+        }
         let whole = groups.len() == 1;
         for (folder, rows) in groups {
             let part: RecordBatch = if whole {

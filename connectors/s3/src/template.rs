@@ -198,6 +198,54 @@ impl Template {
     }
 }
 
+/// The longest object key S3 takes, in bytes of UTF-8.
+pub const MAX_KEY: usize = 1024;
+
+/// The rows of `groups` (from [`Template::render`]) whose object key, the folder plus
+/// a file name of `name_len` bytes, would be longer than S3 takes: each a reject naming
+/// the folder, with the row as JSON. AWS answers such a key with KeyTooLongError (some
+/// S3 APIs take it), so it is refused before anything of the batch is written.
+pub fn too_long(
+    groups: &[(String, Vec<u32>)],
+    name_len: usize,
+    batch: &RecordBatch,
+) -> Result<Vec<(usize, connector_api::Reject)>> {
+    let mut out = Vec::new();
+    let mut texts = None;
+    for (folder, rows) in groups {
+        let len = folder.len() + name_len;
+        if len <= MAX_KEY {
+            continue;
+        }
+        let texts = match &mut texts {
+            Some(t) => t,
+            None => texts.insert(row_json(batch)?),
+        };
+        let shown: String = folder.chars().take(100).collect();
+        for &row in rows {
+            let error = Error::data(format!(
+                "the object key would be {len} bytes, over the {MAX_KEY} S3 takes: shorten the prefix template or the partition values"
+            ));
+            out.push((
+                row as usize,
+                connector_api::Reject::new(
+                    folder.clone(),
+                    format!("folder \"{shown}...\" row {row} of the write"),
+                    std::mem::take(&mut texts[row as usize]).unwrap_or_default(),
+                    error,
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Each row of `batch` as a JSON object.
+fn row_json(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
+    let rows: ArrayRef = std::sync::Arc::new(arrow_array::StructArray::from(batch.clone()));
+    sluice_formats::json_texts("row", &rows)
+}
+
 /// `key` as a folder: ends with `/` unless empty.
 fn folder(key: &str) -> String {
     if key.is_empty() || key.ends_with('/') {
@@ -397,6 +445,32 @@ mod tests {
         assert!(e.to_string().contains("\"missing\""), "{e}");
         let t = Template::parse("a/{region:%Y}/").unwrap();
         assert!(t.render(&batch(), Utc::now()).is_err());
+    }
+
+    #[test]
+    fn a_key_longer_than_s3_takes_refuses_its_rows_only() {
+        let long = "x".repeat(1000);
+        let batch = RecordBatch::try_from_iter(vec![(
+            "region",
+            std::sync::Arc::new(arrow_array::StringArray::from(vec![
+                "eu",
+                long.as_str(),
+                "us",
+            ])) as ArrayRef,
+        )])
+        .unwrap();
+        let t = Template::parse("data/region={region}/").unwrap();
+        let groups = t.render(&batch, Utc::now()).unwrap();
+        let refused = too_long(&groups, 40, &batch).unwrap();
+        assert_eq!(refused.len(), 1);
+        let (row, reject) = &refused[0];
+        assert_eq!(*row, 1);
+        assert!(
+            reject.error.message().contains("1,024") || reject.error.message().contains("1024"),
+            "{}",
+            reject.error
+        );
+        assert!(reject.raw.contains(&long), "{}", reject.raw);
     }
 
     #[test]

@@ -203,3 +203,133 @@ fn csv_records_of_the_wrong_shape_or_encoding_are_dead_letters() {
         assert!(rec.contains(&format!("line {line}")), "{rec}");
     }
 }
+
+/// `in/r.jsonl`: `n` records `{"id", "region", "body"}`, the ones in `big` with a body
+/// of `big_len` bytes and a region of `region_len` bytes.
+fn refusal_input(d: &std::path::Path, n: usize, big: &[usize], big_len: usize, region_len: usize) {
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let lines: String = (0..n)
+        .map(|i| {
+            let (body, region) = match big.contains(&i) {
+                true => ("b".repeat(big_len), "r".repeat(region_len)),
+                false => ("small".to_string(), "eu".to_string()),
+            };
+            format!("{{\"id\": {i}, \"region\": \"{region}\", \"body\": \"{body}\"}}\n")
+        })
+        .collect();
+    std::fs::write(d.join("in/r.jsonl"), lines).unwrap();
+}
+
+const REFUSAL_SOURCE: &str = "[source]\nconnector = \"file\"\npath = \"in/r.jsonl\"\n\
+    schema = [{ name = \"id\", type = \"int64\" }, { name = \"region\", type = \"string\" }, { name = \"body\", type = \"string\" }]\n";
+
+const DEAD_LETTERS: &str = "[errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n\
+    [errors.dead_letter]\nconnector = \"file\"\npath = \"dlq\"\nformat = \"json\"\n";
+
+/// A record over the producer's `message.max.bytes` is refused before any record of its
+/// write is sent: a dead letter naming the topic under tolerance all (the others
+/// delivered once each), a stop naming it otherwise (nothing sent).
+#[test]
+fn a_message_too_large_for_kafka_is_a_dead_letter_and_the_rest_arrive_once() {
+    use crate::kafka::{bootstrap, create_topic, py, read_all, topic};
+    let dir = workdir();
+    let d = dir.path();
+    refusal_input(d, 50, &[20], 2_000_000, 2);
+    let sink = |t: &str| {
+        format!(
+            "[sink]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{t}\"\nformat = \"json\"\n",
+            bootstrap()
+        )
+    };
+    let count = |t: &str| {
+        py(&format!(
+            "{}print(len(msgs), sorted(json.loads(m[3])['id'] for m in msgs) == [i for i in range(50) if i != 20])",
+            read_all(t, 49)
+        ))
+    };
+    // tolerance none: stops, nothing of the write sent
+    let stopped = topic("refused-none");
+    create_topic(&stopped, 1);
+    std::fs::write(
+        d.join("n.toml"),
+        format!("name = \"n\"\n{REFUSAL_SOURCE}{}", sink(&stopped)),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "n.toml"]);
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("topic \"{stopped}\" record 20"))
+            && run.stderr.contains("message.max.bytes"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(count(&stopped), "0 False");
+    // tolerance all: a dead letter, the rest once each
+    let t = topic("refused-all");
+    create_topic(&t, 1);
+    std::fs::write(
+        d.join("a.toml"),
+        format!("name = \"a\"\n{REFUSAL_SOURCE}{}{DEAD_LETTERS}", sink(&t)),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "a.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(count(&t), "49 True");
+    let dlq = jsonl_lines(&d.join("dlq"));
+    assert_eq!(dlq.len(), 1);
+    let letter: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert_eq!(letter["split"], t.as_str());
+    assert!(
+        letter["position"]
+            .as_str()
+            .unwrap()
+            .starts_with("sink \"sink\" topic"),
+        "{letter}"
+    );
+    assert!(
+        letter["record"].as_str().unwrap().contains("\"id\":20"),
+        "{letter}"
+    );
+}
+
+/// A partition value that makes an object key longer than S3 takes (1,024 bytes) is a
+/// dead letter; the other rows are written.
+#[test]
+fn a_row_whose_s3_key_would_be_too_long_is_a_dead_letter_and_the_rest_are_written() {
+    use crate::s3::{conn, new_bucket, py};
+    let dir = workdir();
+    let d = dir.path();
+    refusal_input(d, 30, &[3, 17], 10, 1100);
+    let bucket = new_bucket("longkey");
+    std::fs::write(
+        d.join("s.toml"),
+        format!(
+            "name = \"s\"\n{REFUSAL_SOURCE}[sink]\nconnector = \"s3\"\n{}prefix = \"t/region={{region}}/\"\nformat = \"json\"\n{DEAD_LETTERS}",
+            conn(&bucket)
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "s.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let ids = py(
+        &bucket,
+        "ids = []\n\
+         for o in s3.list_objects_v2(Bucket=BUCKET, Prefix='t/').get('Contents', []):\n\
+         \x20   if '/_sluice/' in o['Key']: continue\n\
+         \x20   assert len(o['Key']) <= 1024, o['Key']\n\
+         \x20   body = s3.get_object(Bucket=BUCKET, Key=o['Key'])['Body'].read().decode()\n\
+         \x20   ids += [json.loads(l)['id'] for l in body.splitlines() if l]\n\
+         print(sorted(ids) == [i for i in range(30) if i not in (3, 17)], len(ids))",
+    );
+    assert_eq!(ids, "True 28");
+    let dlq = jsonl_lines(&d.join("dlq"));
+    assert_eq!(dlq.len(), 2, "{dlq:?}");
+    for letter in &dlq {
+        let letter: serde_json::Value = serde_json::from_str(letter).unwrap();
+        assert!(
+            letter["error"].as_str().unwrap().contains("1024"),
+            "{letter}"
+        );
+    }
+}
