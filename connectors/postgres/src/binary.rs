@@ -36,10 +36,6 @@ pub fn select_expr(name: &str, pg: &str, dt: &DataType) -> String {
             Some(inner) if native_text(inner) => q,
             _ => format!("{q}::text[] AS {q}"),
         },
-        // a time with zone is read as the UTC time of day
-        DataType::Time64(_) if pg.contains("with time zone") => {
-            format!("({q} AT TIME ZONE 'UTC')::time AS {q}")
-        }
         _ => q,
     }
 }

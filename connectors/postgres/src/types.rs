@@ -94,6 +94,9 @@ pub fn arrow_type(pg: &str) -> DataType {
             Some(connector_api::types::UTC.into()),
         ),
         _ if t.starts_with("timestamp") => DataType::Timestamp(TimeUnit::Microsecond, None),
+        // a time with zone keeps its offset as text (`04:05:06.789-08`): Arrow's times
+        // have no zone, and converting to UTC would lose it
+        _ if t.starts_with("time") && t.ends_with("with time zone") => DataType::Utf8,
         _ if t.starts_with("time") => DataType::Time64(TimeUnit::Microsecond),
         _ => DataType::Utf8,
     }
@@ -753,6 +756,12 @@ mod tests {
             assert_eq!(arrow_type(&pg), dt, "{pg}");
         }
         assert_eq!(arrow_type("numeric"), DataType::Decimal128(38, 10));
+        // the offset of a time with zone is kept, as text
+        assert_eq!(arrow_type("time with time zone"), DataType::Utf8);
+        assert_eq!(
+            arrow_type("time(3) without time zone"),
+            DataType::Time64(TimeUnit::Microsecond)
+        );
         assert!(matches!(arrow_type("integer[]"), DataType::List(_)));
     }
 
