@@ -19,7 +19,7 @@ use connector_api::{Error, Result};
 
 use crate::conn::quote;
 use crate::value::binary::{take, value};
-use crate::value::{append, base, Kind, Value};
+use crate::value::{append, base, Value};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
 
@@ -179,20 +179,7 @@ pub fn decode(
     pg_types: &[&str],
     (keys, form): (usize, KeyForm),
 ) -> Result<Decoded> {
-    let kinds: Vec<Kind> = schema
-        .fields()
-        .iter()
-        .zip(pg_types.iter().chain(std::iter::repeat(&"")))
-        .map(|(f, pg)| {
-            Kind::of_column(f.data_type(), pg).ok_or_else(|| {
-                Error::schema(format!(
-                    "column \"{}\": {} has no binary COPY reading",
-                    f.name(),
-                    f.data_type()
-                ))
-            })
-        })
-        .collect::<Result<_>>()?;
+    let kinds = crate::value::kinds(schema.fields(), pg_types.iter().copied())?;
     let mut builders: Vec<Box<dyn ArrayBuilder>> = schema
         .fields()
         .iter()

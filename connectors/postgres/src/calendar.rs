@@ -5,6 +5,10 @@
 
 /// Microseconds in a day.
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
+/// Days from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).
+pub const PG_EPOCH_DAYS: i32 = 10_957;
+/// Microseconds from 1970-01-01 to 2000-01-01.
+pub const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// Days from 0001-01-01 to 1970-01-01: the first day written without ` BC`.
 const FIRST_AD: i64 = -719_162;
 /// Days from 1970-01-01 to 9999-12-31: the last day Arrow's formatter writes as

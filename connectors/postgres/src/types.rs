@@ -66,7 +66,7 @@ pub fn arrow_type(pg: &str) -> DataType {
     if let Some(inner) = t.strip_suffix("[]") {
         return DataType::List(Arc::new(Field::new("item", arrow_type(inner), true)));
     }
-    let base = t.split('(').next().unwrap_or(t).trim();
+    let base = crate::value::base(t);
     match base {
         "boolean" => DataType::Boolean,
         "smallint" => DataType::Int16,
@@ -94,9 +94,6 @@ pub fn arrow_type(pg: &str) -> DataType {
             Some(connector_api::types::UTC.into()),
         ),
         _ if t.starts_with("timestamp") => DataType::Timestamp(TimeUnit::Microsecond, None),
-        // a time with zone keeps its offset as text (`04:05:06.789-08`): Arrow's times
-        // have no zone, and converting to UTC would lose it
-        _ if t.starts_with("time") && t.ends_with("with time zone") => DataType::Utf8,
         _ if t.starts_with("time") => DataType::Time64(TimeUnit::Microsecond),
         _ => DataType::Utf8,
     }
@@ -112,7 +109,7 @@ pub fn source_type(pg: &str, typtype: &str) -> Option<DataType> {
     if typtype == "e" {
         return Some(DataType::Utf8); // enum labels
     }
-    let base = pg.split('(').next().unwrap_or(pg).trim();
+    let base = crate::value::base(pg);
     let known_text = [
         "text",
         "character varying",
@@ -133,6 +130,14 @@ pub fn source_type(pg: &str, typtype: &str) -> Option<DataType> {
     match base {
         "boolean" | "smallint" | "integer" | "bigint" | "real" | "double precision" | "bytea"
         | "date" | "numeric" => Some(arrow_type(pg)),
+        // a time with zone keeps its offset as text (`04:05:06.789-08`): Arrow's times
+        // have no zone, and converting to UTC would lose it
+        _ if pg.starts_with("time ") || pg.starts_with("time(") => {
+            match pg.ends_with("with time zone") {
+                true => Some(DataType::Utf8),
+                false => Some(arrow_type(pg)),
+            }
+        }
         _ if pg.starts_with("timestamp") || pg.starts_with("time") => Some(arrow_type(pg)),
         _ if known_text.contains(&base) => Some(DataType::Utf8),
         _ => None,
@@ -246,18 +251,21 @@ fn column_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
             out
         }
         DataType::Struct(_) => sluice_formats::json_texts(name, array)?,
-        _ => {
-            let f =
-                ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default()).map_err(err)?;
-            (0..n)
-                .map(|i| {
-                    array
-                        .is_valid(i)
-                        .then(|| formatted(name, i, &f))
-                        .transpose()
-                })
-                .collect::<Result<_>>()?
-        }
+        _ => match calendar_text(name, array)? {
+            Some(texts) => texts,
+            None => {
+                let f = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())
+                    .map_err(err)?;
+                (0..n)
+                    .map(|i| {
+                        array
+                            .is_valid(i)
+                            .then(|| formatted(name, i, &f))
+                            .transpose()
+                    })
+                    .collect::<Result<_>>()?
+            }
+        },
     })
 }
 
@@ -265,18 +273,13 @@ fn column_text(name: &str, array: &ArrayRef) -> Result<Vec<Option<String>>> {
 /// format is never written as the formatter's error text.
 fn formatted(name: &str, row: usize, f: &ArrayFormatter) -> Result<String> {
     let mut s = String::new();
-    write!(s, "{}", f.value(row)).map_err(|_| {
-        Error::data(format!(
-            "column \"{name}\" row {row}: the value has no text form (out of its type's range)"
-        ))
-    })?;
+    write!(s, "{}", f.value(row)).map_err(|_| unformattable(name, row))?;
     Ok(s)
 }
 
-fn unformattable(schema: &arrow_schema::Schema, column: usize, row: usize) -> Error {
+fn unformattable(name: &str, row: usize) -> Error {
     Error::data(format!(
-        "column \"{}\" row {row}: the value has no text form (out of its type's range)",
-        schema.field(column).name()
+        "column \"{name}\" row {row}: the value has no text form (out of its type's range)"
     ))
 }
 
@@ -339,7 +342,7 @@ pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
                 Column::Direct(_, formatter) => {
                     scratch.clear();
                     write!(scratch, "{}", formatter.value(row))
-                        .map_err(|_| unformattable(&schema, i, row))?;
+                        .map_err(|_| unformattable(schema.field(i).name(), row))?;
                     escape_into(&mut out, &scratch);
                 }
                 Column::Built(values) => match &values[row] {
@@ -353,15 +356,12 @@ pub fn copy_text(batch: &RecordBatch) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Microseconds from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-/// Days from 1970-01-01 to 2000-01-01.
-const PG_EPOCH_DAYS: i32 = 10_957;
+use crate::calendar::{PG_EPOCH_DAYS, PG_EPOCH_MICROS};
 
 /// How one column is written in the binary COPY format, or None when it is not
 /// supported (the batch then goes as text).
 fn binary_kind(dt: &DataType, pg: &str) -> Option<u8> {
-    let base = pg.split('(').next().unwrap_or(pg).trim();
+    let base = crate::value::base(pg);
     Some(match (dt, base) {
         (DataType::Boolean, "boolean") => b'b',
         (DataType::Int8 | DataType::Int16, "smallint") => b'2',
@@ -541,10 +541,12 @@ fn calendar_text(name: &str, array: &ArrayRef) -> Result<Option<Vec<Option<Strin
                 .enumerate()
                 .map(|(row, v)| v.map(|v| micros(name, row, unit, v)).transpose())
                 .collect::<Result<Vec<_>>>()?;
-            let in_range = values
-                .iter()
-                .flatten()
-                .all(|m| formatter_writes(m.div_euclid(MICROS_PER_DAY)));
+            // the formatter writes a zoned column's local day: a day either side of UTC's
+            let margin = if zone.is_some() { 1 } else { 0 };
+            let in_range = values.iter().flatten().all(|m| {
+                let day = m.div_euclid(MICROS_PER_DAY);
+                formatter_writes(day - margin) && formatter_writes(day + margin)
+            });
             if in_range && *unit != TimeUnit::Nanosecond {
                 return Ok(None);
             }
@@ -703,7 +705,10 @@ pub fn copy_binary(batch: &RecordBatch, pg_types: &[String]) -> Result<Option<Ve
                             .value(row),
                     };
                     let name = batch.schema_ref().field(i).name();
-                    fixed(&(micros(name, row, unit, v)? - PG_EPOCH_MICROS).to_be_bytes());
+                    let pg = micros(name, row, unit, v)?
+                        .checked_sub(PG_EPOCH_MICROS)
+                        .ok_or_else(|| unformattable(name, row))?;
+                    fixed(&pg.to_be_bytes());
                 }
                 b'n' => {
                     let DataType::Decimal128(_, scale) = c.data_type() else {
@@ -756,8 +761,15 @@ mod tests {
             assert_eq!(arrow_type(&pg), dt, "{pg}");
         }
         assert_eq!(arrow_type("numeric"), DataType::Decimal128(38, 10));
-        // the offset of a time with zone is kept, as text
-        assert_eq!(arrow_type("time with time zone"), DataType::Utf8);
+        // the source keeps the offset of a time with zone, as text
+        assert_eq!(
+            source_type("time with time zone", "b"),
+            Some(DataType::Utf8)
+        );
+        assert_eq!(
+            source_type("time(3) with time zone", "b"),
+            Some(DataType::Utf8)
+        );
         assert_eq!(
             arrow_type("time(3) without time zone"),
             DataType::Time64(TimeUnit::Microsecond)

@@ -107,8 +107,15 @@ fn config(stream: &Stream<'_>) -> Result<ReplicationConfig> {
     .with_status_interval(stream.status_interval)
     .with_wakeup_interval(stream.status_interval)
     .with_buffer_size(stream.buffer.max(1))
-    .with_application_name(stream.name))
+    .with_application_name(stream.name)
+    .with_options(SESSION))
 }
+
+/// The settings a change's text output is read with (value/text.rs), pinned for the
+/// session whatever the server's, database's or role's defaults: ISO dates, hex
+/// bytea, floats written to round-trip exactly, intervals as PostgreSQL writes them.
+const SESSION: &str =
+    "-c DateStyle=ISO -c bytea_output=hex -c extra_float_digits=3 -c IntervalStyle=postgres";
 
 /// `work` on the replication connection, bounded by [`START_TIMEOUT`]; its errors
 /// named by `what`.

@@ -50,40 +50,44 @@ impl Change<'_> {
     /// Appends the records of a change to `rows`: one, or for an update that changed
     /// the key, a delete of the old key and a create of the new row (as Debezium does),
     /// so that an upsert sink ends with the source's rows. A value that does not fit
-    /// its column makes the change one reject.
+    /// its column makes its record a reject.
     pub(super) fn append(&self, message: &Message, rows: &mut Rows) -> Result<()> {
         match message {
-            Message::Insert { new, .. } => match self.row(rows.kinds(), new, None)? {
+            Message::Insert { new, .. } => match self.row(rows.kinds(), new, None, false)? {
                 Ok(after) => rows.push(self, "c", Some(&after), None),
                 Err(e) => rows.reject(self.reject("c", Some(new), None, e)),
             },
             Message::Update { old, new, .. } => {
-                let after = self.row(rows.kinds(), new, old.as_ref())?;
-                let before = old
-                    .as_ref()
-                    .map(|o| self.row(rows.kinds(), o.values(), None))
-                    .transpose()?;
+                let old_values = old.as_ref().map(Old::values);
+                let key_changed = old_values.is_some_and(|o| self.key_changed(o, new));
+                let after = self.row(rows.kinds(), new, old.as_ref(), false)?;
+                let before = match old_values {
+                    Some(o) if key_changed || self.table.debezium => {
+                        Some(self.before(rows.kinds(), o)?)
+                    }
+                    _ => None,
+                };
                 match (after, before) {
+                    (after, Some(before)) if key_changed => {
+                        match before {
+                            Ok(b) => rows.push(self, "d", None, Some(&b)),
+                            Err(e) => rows.reject(self.reject("d", None, old_values, e)),
+                        }
+                        match after {
+                            Ok(a) => rows.push(self, "c", Some(&a), None),
+                            Err(e) => rows.reject(self.reject("c", Some(new), None, e)),
+                        }
+                    }
+                    (Ok(after), None) => rows.push(self, "u", Some(&after), None),
+                    (Ok(after), Some(Ok(before))) => {
+                        rows.push(self, "u", Some(&after), Some(&before))
+                    }
                     (Err(e), _) | (_, Some(Err(e))) => {
-                        rows.reject(self.reject("u", Some(new), old.as_ref().map(Old::values), e))
+                        rows.reject(self.reject("u", Some(new), old_values, e))
                     }
-                    (Ok(after), Some(Ok(before)))
-                        if old
-                            .as_ref()
-                            .is_some_and(|o| self.key_changed(o.values(), new)) =>
-                    {
-                        rows.push(self, "d", None, Some(&before));
-                        rows.push(self, "c", Some(&after), None);
-                    }
-                    (Ok(after), before) => rows.push(
-                        self,
-                        "u",
-                        Some(&after),
-                        before.and_then(Result::ok).as_deref(),
-                    ),
                 }
             }
-            Message::Delete { old, .. } => match self.row(rows.kinds(), old.values(), None)? {
+            Message::Delete { old, .. } => match self.before(rows.kinds(), old.values())? {
                 Ok(before) => rows.push(self, "d", None, Some(&before)),
                 Err(e) => rows.reject(self.reject("d", None, Some(old.values()), e)),
             },
@@ -91,6 +95,17 @@ impl Change<'_> {
             Message::Relation(_) | Message::Other => {}
         }
         Ok(())
+    }
+
+    /// The old row of an update or a delete as its record carries it: whole in
+    /// Debezium's `before`; in the row envelope whole when it fits, else its key (all a
+    /// delete needs: a value of the old row that did not fit was a reject when the row
+    /// was written, and must not hold back its update or delete).
+    fn before<'m>(&self, kinds: &[Kind], old: &'m [Datum]) -> Result<Row<'m>> {
+        match self.row(kinds, old, None, false)? {
+            Err(_) if !self.table.debezium => self.row(kinds, old, None, true),
+            whole => Ok(whole),
+        }
     }
 
     /// A key column has another value in `new` than in `old`.
@@ -109,13 +124,15 @@ impl Change<'_> {
     }
 
     /// A tuple's values in the table's column order (a column the tuple lacks is
-    /// null). An unchanged out-of-line value is taken from the old row when the server
-    /// sent it, and stops the stream otherwise: never written as NULL.
+    /// null; with `key_only`, all but the key columns). An unchanged out-of-line value
+    /// is taken from the old row when the server sent it, and stops the stream
+    /// otherwise: never written as NULL.
     fn row<'m>(
         &self,
         kinds: &[Kind],
         values: &'m [Datum],
         old: Option<&'m Old>,
+        key_only: bool,
     ) -> Result<Row<'m>> {
         let mut row: Vec<Value> = (0..self.table.columns.len()).map(|_| Value::Null).collect();
         for (i, (column, slot)) in self
@@ -137,6 +154,9 @@ impl Change<'_> {
             let (Some(text), Some(slot)) = (text, *slot) else {
                 continue;
             };
+            if key_only && !self.table.key.contains(&slot) {
+                continue;
+            }
             match text::value(&kinds[slot], Cow::Borrowed(text)) {
                 Ok(v) => row[slot] = v,
                 Err(e) => return Ok(Err(Error::data(format!("column \"{}\": {e}", column.name)))),
@@ -360,5 +380,41 @@ mod tests {
         );
         assert!(r.position.contains("LSN 0/10"), "{}", r.position);
         assert!(r.raw.contains("1.00000000001"), "{}", r.raw);
+    }
+
+    #[test]
+    fn an_old_value_that_does_not_fit_holds_back_neither_the_update_nor_the_delete() {
+        let t = table(false);
+        let update = Message::Update {
+            rel: 1,
+            old: Some(Old::Full(vec![text("1"), Datum::Null, text("NaN")])),
+            new: vec![text("1"), Datum::Null, text("1.5")],
+        };
+        let delete = Message::Delete {
+            rel: 1,
+            old: Old::Full(vec![text("1"), Datum::Null, text("NaN")]),
+        };
+        // a key update whose new row does not fit still deletes the old key
+        let moved = Message::Update {
+            rel: 1,
+            old: Some(Old::Key(vec![text("2"), Datum::Null, Datum::Null])),
+            new: vec![text("3"), Datum::Null, text("NaN")],
+        };
+        let (batch, rejects) = records(&t, &[update, delete, moved]).unwrap();
+        assert_eq!(
+            column_text(&batch, "_op"),
+            ["u", "d", "d"].map(|s| Some(s.to_string()))
+        );
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(ids.values().to_vec(), vec![1, 1, 2]);
+        assert_eq!(rejects.len(), 1);
+        assert!(
+            rejects[0].raw.contains("\"op\":\"c\""),
+            "{}",
+            rejects[0].raw
+        );
     }
 }

@@ -77,22 +77,9 @@ pub(super) struct Rows {
 impl Rows {
     /// Builders for `table`'s records.
     pub(super) fn new(table: &Table) -> Result<Rows> {
-        let kinds = table
-            .table_schema
-            .fields()
-            .iter()
-            .zip(&table.columns)
-            .map(|(f, c)| {
-                Kind::of_column(f.data_type(), &c.pg).ok_or_else(|| {
-                    Error::schema(format!(
-                        "table {} column \"{}\": {} cannot be read from a change",
-                        table.split,
-                        f.name(),
-                        f.data_type()
-                    ))
-                })
-            })
-            .collect::<Result<_>>()?;
+        let pg_types = table.columns.iter().map(|c| c.pg.as_str());
+        let kinds = crate::value::kinds(table.table_schema.fields(), pg_types)
+            .map_err(|e| e.context(format!("table {}", table.split)))?;
         Ok(Rows {
             schema: record_schema(&table.table_schema, true, table.debezium),
             kinds,

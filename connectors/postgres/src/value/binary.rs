@@ -3,7 +3,8 @@
 
 use std::borrow::Cow;
 
-use super::{Kind, Value, EPOCH_DAYS, EPOCH_MICROS};
+use super::{Kind, Value};
+use crate::calendar::{PG_EPOCH_DAYS as EPOCH_DAYS, PG_EPOCH_MICROS as EPOCH_MICROS};
 
 /// `N` bytes of `data` at `at`.
 pub fn take<const N: usize>(data: &[u8], at: usize) -> Result<[u8; N], String> {
@@ -54,7 +55,10 @@ pub fn value<'a>(kind: &Kind, data: &'a [u8]) -> Result<Value<'a>, String> {
             if t == i64::MAX || t == i64::MIN {
                 return Err("timestamp infinity has no Arrow value".into());
             }
-            Value::I64(t + EPOCH_MICROS)
+            Value::I64(
+                t.checked_add(EPOCH_MICROS)
+                    .ok_or("timestamp does not fit Arrow's microseconds since 1970")?,
+            )
         }
         Kind::Numeric { precision, scale } => Value::Decimal(numeric(data, *precision, *scale)?),
         Kind::List(item) => Value::List(array(item, data)?),

@@ -19,10 +19,6 @@ use arrow_array::builder::{
 };
 use arrow_schema::{DataType, TimeUnit};
 
-/// Days and microseconds from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).
-const EPOCH_DAYS: i32 = 10_957;
-const EPOCH_MICROS: i64 = 946_684_800_000_000;
-
 /// How a column's value is read.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
@@ -53,6 +49,27 @@ pub enum Kind {
 /// The PostgreSQL type name without its modifiers (`numeric(12,2)` -> `numeric`).
 pub fn base(pg: &str) -> &str {
     pg.split('(').next().unwrap_or(pg).trim()
+}
+
+/// How each field of `fields` decodes, given the PostgreSQL type of each (as
+/// `format_type()` writes it; missing ones count as none).
+pub fn kinds<'a>(
+    fields: &arrow_schema::Fields,
+    pg_types: impl IntoIterator<Item = &'a str>,
+) -> connector_api::Result<Vec<Kind>> {
+    fields
+        .iter()
+        .zip(pg_types.into_iter().chain(std::iter::repeat("")))
+        .map(|(f, pg)| {
+            Kind::of_column(f.data_type(), pg).ok_or_else(|| {
+                connector_api::Error::schema(format!(
+                    "column \"{}\": {} has no PostgreSQL reading",
+                    f.name(),
+                    f.data_type()
+                ))
+            })
+        })
+        .collect()
 }
 
 impl Kind {

@@ -1,7 +1,7 @@
 //! Values in PostgreSQL's text output, as pgoutput streams them: what the type's
-//! output function writes with the server's defaults (`DateStyle` ISO, `bytea_output`
-//! hex, floats written to round-trip exactly). A value in another form is refused
-//! with what was expected, never guessed at.
+//! output function writes with the settings the replication session pins (`DateStyle`
+//! ISO, `bytea_output` hex, floats written to round-trip exactly). A value in another
+//! form is refused with what was expected, never guessed at.
 
 use std::borrow::Cow;
 
@@ -47,11 +47,13 @@ fn hex(text: &str) -> Result<Vec<u8>, String> {
         .strip_prefix("\\x")
         .filter(|d| d.len() % 2 == 0)
         .ok_or("bytea not in hex output (bytea_output = 'hex')")?;
-    (0..digits.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&digits[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| "bytea with a non-hex digit".to_string())
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    digits
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect::<Option<_>>()
+        .ok_or_else(|| "bytea with a non-hex digit".to_string())
 }
 
 /// A number of exactly the digits in `s`.
@@ -89,7 +91,8 @@ fn civil_days(text: &str, bc: bool) -> Option<i64> {
     let year: i64 = digits(parts.next()?)?;
     let month: i64 = digits(parts.next()?)?;
     let day: i64 = digits(parts.next()?)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    // PostgreSQL's dates end in year 5874897
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || year > 10_000_000 {
         return None;
     }
     let year = if bc { 1 - year } else { year };
@@ -154,11 +157,19 @@ fn timestamp(text: &str) -> Result<i64, String> {
             Some(z) => offset(z)?,
             None => 0,
         };
-        days.checked_mul(MICROS_PER_DAY)?
-            .checked_add(clock(clock_text)?)?
-            .checked_sub(zone.checked_mul(1_000_000)?)
+        Some(
+            days.checked_mul(MICROS_PER_DAY)
+                .and_then(|d| d.checked_add(clock(clock_text)?))
+                .and_then(|d| d.checked_sub(zone * 1_000_000)),
+        )
     };
-    parse().ok_or_else(|| not_iso(text, "timestamp"))
+    match parse() {
+        Some(Some(micros)) => Ok(micros),
+        Some(None) => Err(format!(
+            "timestamp {text} does not fit Arrow's microseconds since 1970"
+        )),
+        None => Err(not_iso(text, "timestamp")),
+    }
 }
 
 /// `-12345.6700` -> the unscaled value of Decimal128(precision, scale), exactly.
@@ -219,6 +230,11 @@ fn array(text: &str) -> Result<Vec<Option<String>>, String> {
         } else {
             format!("\"{text}\" is not a one-dimensional array literal")
         }
+    };
+    // explicit bounds (`[0:1]={1,2}`) are left out, as the binary reading does
+    let text = match text.starts_with('[') {
+        true => text.split_once("]=").map(|(_, t)| t).ok_or_else(refused)?,
+        false => text,
     };
     let inner = text
         .strip_prefix('{')
@@ -366,7 +382,13 @@ mod tests {
         assert!(parse(&texts, "{{a,b},{c,d}}")
             .unwrap_err()
             .contains("multi-dimensional"));
-        assert!(parse(&texts, "[0:1]={a,b}").is_err());
+        assert_eq!(
+            parse(&texts, "[0:1]={a,b}"),
+            Ok(Value::List(vec![
+                Value::Text("a".into()),
+                Value::Text("b".into())
+            ]))
+        );
         assert_eq!(
             parse(&Kind::List(Box::new(Kind::I32)), "{1,NULL,-3}"),
             Ok(Value::List(vec![
