@@ -97,6 +97,14 @@ impl Decoded {
     }
 }
 
+/// Each row of `batch` as a JSON object (as in JSON lines), for a record that has to
+/// be shown whole: a dead letter.
+pub fn row_texts(batch: &RecordBatch) -> connector_api::Result<Vec<Option<String>>> {
+    let rows: arrow_array::ArrayRef =
+        std::sync::Arc::new(arrow_array::StructArray::from(batch.clone()));
+    json_texts("row", &rows)
+}
+
 /// Each value of a column as JSON text (None for null): lists, structs and maps as
 /// they appear in JSON lines, for databases that store them as JSON.
 pub fn json_texts(

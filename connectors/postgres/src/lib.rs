@@ -13,6 +13,7 @@ mod config;
 mod conn;
 mod error;
 mod lock;
+mod nul;
 mod sink;
 mod source;
 pub mod types;

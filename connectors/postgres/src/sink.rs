@@ -515,6 +515,10 @@ impl Sink for PostgresSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        let refused = crate::nul::refused(&batch.records, &self.target())?;
+        if !refused.is_empty() {
+            return Err(Error::refused(refused));
+        }
         let result = self.write_in_savepoint(batch).await;
         result.map_err(|e| self.after_failure(e))
     }
