@@ -173,12 +173,9 @@ impl From<&Error> for WireError {
 impl From<WireError> for Error {
     fn from(w: WireError) -> Self {
         if !w.refused.is_empty() {
-            return Error::refused(
-                w.refused
-                    .into_iter()
-                    .map(|(row, r)| (row, Reject::from(r)))
-                    .collect(),
-            );
+            let rows = w.refused.into_iter().map(|(row, r)| (row, Reject::from(r)));
+            // the plugin's message, context included
+            return Error::refused(rows.collect()).with_message(w.message);
         }
         let e = Error::new(ErrorKind::from_name(&w.kind), w.message);
         match w.field {

@@ -135,6 +135,12 @@ impl Error {
         &self.refused
     }
 
+    /// The same error with `message` (the plugin boundary keeps the plugin's).
+    pub(crate) fn with_message(mut self, message: String) -> Self {
+        self.message = message;
+        self
+    }
+
     /// Takes the records a sink refused out of the error.
     pub fn take_refused(&mut self) -> Vec<(usize, crate::Reject)> {
         std::mem::take(&mut self.refused)

@@ -180,10 +180,18 @@ impl S3Sink {
         Ok(())
     }
 
-    /// The length of an object's name after its folder (see [`Self::start_object`]):
-    /// the name start, 16 hex digits of the hash, the dot and the extension.
+    /// The key of an object in `folder` whose name hashes to `hash`.
+    fn object_key(&self, folder: &str, hash: u64) -> String {
+        format!(
+            "{folder}{}{hash:016x}.{}",
+            self.name_start,
+            self.config.extension()
+        )
+    }
+
+    /// The length of an object's name after its folder (the hash is fixed-width).
     fn name_len(&self) -> usize {
-        self.name_start.len() + 16 + 1 + self.config.extension().len()
+        self.object_key("", 0).len()
     }
 
     async fn start_object(&mut self, folder: &str, schema: SchemaRef) -> Result<()> {
@@ -200,12 +208,7 @@ impl S3Sink {
         let mut hash_input = self.position.to_envelope();
         hash_input.push('\0');
         hash_input.push_str(folder);
-        let key = format!(
-            "{folder}{}{:016x}.{}",
-            self.name_start,
-            stable_hash(hash_input.as_bytes()),
-            self.config.extension()
-        );
+        let key = self.object_key(folder, stable_hash(hash_input.as_bytes()));
         let created = self
             .client()?
             .create_multipart_upload()
@@ -492,6 +495,14 @@ impl Sink for S3Sink {
             self.config.file_prefix,
             stable_hash(ctx.pipeline.as_bytes()) as u32
         );
+        let shortest = self.template.static_prefix().len() + self.name_len();
+        if shortest > crate::template::MAX_KEY {
+            return Err(Error::config(format!(
+                "prefix: every object key would be at least {shortest} bytes, over the {} S3 takes",
+                crate::template::MAX_KEY
+            ))
+            .with_field("prefix"));
+        }
         let client = connect(&self.conn).await?;
         check_bucket(&client, &self.conn).await?;
         self.client = Some(client);

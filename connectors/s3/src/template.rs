@@ -219,7 +219,7 @@ pub fn too_long(
         }
         let texts = match &mut texts {
             Some(t) => t,
-            None => texts.insert(row_json(batch)?),
+            None => texts.insert(sluice_formats::row_texts(batch)?),
         };
         let shown: String = folder.chars().take(100).collect();
         for &row in rows {
@@ -238,12 +238,6 @@ pub fn too_long(
         }
     }
     Ok(out)
-}
-
-/// Each row of `batch` as a JSON object.
-fn row_json(batch: &RecordBatch) -> Result<Vec<Option<String>>> {
-    let rows: ArrayRef = std::sync::Arc::new(arrow_array::StructArray::from(batch.clone()));
-    sluice_formats::json_texts("row", &rows)
 }
 
 /// `key` as a folder: ends with `/` unless empty.

@@ -333,3 +333,61 @@ fn a_row_whose_s3_key_would_be_too_long_is_a_dead_letter_and_the_rest_are_writte
         );
     }
 }
+
+/// Text with a NUL character, which PostgreSQL cannot store, is refused by the sink
+/// before its write: a dead letter naming the column, the other rows written (COPY
+/// used to fail the whole write with the server's message, naming neither).
+#[test]
+fn text_with_a_nul_character_into_postgres_is_a_dead_letter_naming_the_column() {
+    use crate::postgres::{fresh, psql, server, url};
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("in/r.jsonl"),
+        "{\"id\": 1, \"v\": \"a\"}\n{\"id\": 2, \"v\": \"b\\u0000c\"}\n{\"id\": 3, \"v\": \"d\"}\n",
+    )
+    .unwrap();
+    let pipeline = |table: &str, errors: &str| {
+        std::fs::write(
+            d.join(format!("{table}.toml")),
+            format!(
+                "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/r.jsonl\"\n\
+                 schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"v\", type = \"string\" }}]\n\
+                 [sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{table}\"\n{errors}",
+                url()
+            ),
+        )
+        .unwrap();
+        sluice(d, &["run", &format!("{table}.toml")])
+    };
+    let stopped = fresh("it_pg_nul_none");
+    let run = pipeline(&stopped, "");
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("column \"v\"") && run.stderr.contains("row 1"),
+        "{}",
+        run.stderr
+    );
+    let table = fresh("it_pg_nul_all");
+    let run = pipeline(&table, DEAD_LETTERS);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        psql(&format!(
+            "SELECT string_agg(id || '=' || v, ',' ORDER BY id) FROM \"{table}\""
+        )),
+        "1=a,3=d"
+    );
+    let dlq = jsonl_lines(&d.join("dlq"));
+    assert_eq!(dlq.len(), 1, "{dlq:?}");
+    let letter: serde_json::Value = serde_json::from_str(&dlq[0]).unwrap();
+    assert!(
+        letter["error"].as_str().unwrap().contains("column \"v\""),
+        "{letter}"
+    );
+    assert!(
+        letter["record"].as_str().unwrap().contains("\"id\":2"),
+        "{letter}"
+    );
+}

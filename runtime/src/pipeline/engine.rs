@@ -310,25 +310,27 @@ impl<'a> Engine<'a> {
                 return Ok(batch.num_rows());
             };
             let name = slot.name.clone();
-            let refused = e.take_refused();
             let mut keep = vec![true; batch.num_rows()];
-            for (row, _) in &refused {
-                if let Some(k) = keep.get_mut(*row) {
-                    *k = false;
-                }
-            }
-            let left = keep.iter().filter(|k| **k).count();
-            if refused.is_empty()
-                || self.pipeline.errors.tolerance == Tolerance::None
-                || left == batch.num_rows()
-            {
+            // one reject per row of the part, whatever the sink sent
+            let refused: Vec<Reject> = e
+                .take_refused()
+                .into_iter()
+                .filter_map(|(row, r)| match keep.get_mut(row) {
+                    Some(k) if *k => {
+                        *k = false;
+                        Some(r)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if refused.is_empty() || self.pipeline.errors.tolerance == Tolerance::None {
                 return Err(e.context(format!("sink \"{name}\"")));
             }
             let keep = arrow_array::BooleanArray::from(keep);
             batch.records = arrow_select::filter::filter_record_batch(&batch.records, &keep)?;
             let rejects = refused
                 .into_iter()
-                .map(|(_, mut r)| {
+                .map(|mut r| {
                     r.position = format!("sink \"{name}\" {}", r.position);
                     r
                 })

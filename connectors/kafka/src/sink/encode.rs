@@ -432,26 +432,35 @@ impl<'a> Encoded<'a> {
     }
 
     pub(super) fn headers(&self, row: usize) -> Option<OwnedHeaders> {
-        let col = self.headers?;
+        let mut h = OwnedHeaders::new();
+        let any = self.each_header(row, |key, value| {
+            h = std::mem::replace(&mut h, OwnedHeaders::new()).insert(Header { key, value });
+        });
+        any.then_some(h)
+    }
+
+    /// Calls `f` with the name and value of each header of `row`, as they are sent;
+    /// false when the row has no headers.
+    fn each_header(&self, row: usize, mut f: impl FnMut(&str, Option<&[u8]>)) -> bool {
+        let Some(col) = self.headers else {
+            return false;
+        };
         if col.is_null(row) {
-            return None;
+            return false;
         }
         let list = col.as_list::<i32>();
         let entries = list.value(row);
         let s = entries.as_struct();
-        let keys = s.column(0);
-        let values = raw_column(s.column(1)).ok()?;
-        let mut h = OwnedHeaders::new_with_capacity(s.len());
+        let Ok(values) = raw_column(s.column(1)) else {
+            return false;
+        };
         for i in 0..s.len() {
-            let key = raw_value(keys, i)
+            let key = raw_value(s.column(0), i)
                 .and_then(|k| std::str::from_utf8(k).ok())
                 .unwrap_or("");
-            h = h.insert(Header {
-                key,
-                value: raw_value(&values, i),
-            });
+            f(key, raw_value(&values, i));
         }
-        Some(h)
+        true
     }
 
     /// The size librdkafka gives the message of `row` to check against
@@ -470,36 +479,15 @@ impl<'a> Encoded<'a> {
             }
             size
         };
-        let headers: usize = self.header_sizes(row).map_or(0, |sizes| {
-            sizes
-                .into_iter()
-                .map(|(name, value)| name + value + varint(name) + varint(value))
-                .sum()
+        let mut headers = 0;
+        self.each_header(row, |name, value| {
+            let (name, value) = (name.len(), value.map_or(0, <[u8]>::len));
+            headers += name + value + varint(name) + varint(value);
         });
         RECORD_OVERHEAD
             + self.key(row).map_or(0, <[u8]>::len)
             + self.payload(row).map_or(0, <[u8]>::len)
             + headers
-    }
-
-    /// The name and value length of each header of `row` (a null value counts 0).
-    fn header_sizes(&self, row: usize) -> Option<Vec<(usize, usize)>> {
-        let col = self.headers?;
-        if col.is_null(row) {
-            return None;
-        }
-        let list = col.as_list::<i32>();
-        let entries = list.value(row);
-        let s = entries.as_struct();
-        let values = raw_column(s.column(1)).ok()?;
-        Some(
-            (0..s.len())
-                .map(|i| {
-                    let name = raw_value(s.column(0), i).map_or(0, <[u8]>::len);
-                    (name, raw_value(&values, i).map_or(0, <[u8]>::len))
-                })
-                .collect(),
-        )
     }
 
     pub(super) fn timestamp(&self, row: usize) -> Option<i64> {

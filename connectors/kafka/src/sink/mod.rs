@@ -156,10 +156,12 @@ fn oversized(enc: &Encoded, rows: usize, config: &KafkaSinkConfig) -> Result<Vec
             "a message of {size} bytes is over message.max.bytes ({max}): raise `options.\"message.max.bytes\"` \
              (and the topic's max.message.bytes) or make the record smaller"
         ));
+        // the text is a preview: the bytes are all there, once
+        let preview = String::from_utf8_lossy(&payload[..payload.len().min(1024)]);
         let mut reject = Reject::new(
             topic,
             format!("topic \"{topic}\" record {row} of the write"),
-            String::from_utf8_lossy(payload),
+            format!("{preview}... ({size} bytes, all in record_base64)"),
             error,
         );
         reject.bytes = Some(payload.to_vec());
