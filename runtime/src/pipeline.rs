@@ -211,6 +211,7 @@ pub async fn run(
     let source_policy = policy.clone();
     let mut source_stop = stop.clone();
     let mut source_paused = paused.clone();
+    let source_budget = budget.clone();
     let source_task = tokio::spawn(telemetry::scope(metrics.clone(), async move {
         let mut backoff = crate::retry::Backoff::new(&source_policy);
         'read: loop {
@@ -227,6 +228,8 @@ pub async fn run(
                 let committed = tokio::select! {
                     biased;
                     _ = source_stop.wait_for(|stop| *stop) => break 'read,
+                    // the engine ended: nothing will resume this run
+                    _ = tx.closed() => break 'read,
                     Some(offsets) = commit_rx.recv() => Some(offsets),
                     // what is waiting grows while nothing is read
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
@@ -259,7 +262,7 @@ pub async fn run(
                 Ok(Some(batch)) => {
                     backoff = crate::retry::Backoff::new(&source_policy);
                     let kib = ((batch.byte_size() / 1024) as u32).clamp(1, in_flight_kib);
-                    let permit = budget.clone().acquire_many_owned(kib).await.ok();
+                    let permit = source_budget.clone().acquire_many_owned(kib).await.ok();
                     source_metrics
                         .records_in
                         .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
@@ -305,6 +308,8 @@ pub async fn run(
         .await;
     drop(commit_tx);
     drop(rx);
+    // a source waiting for in-flight budget the engine still holds gets none, and ends
+    budget.close();
     let _ = source_task.await;
     for slot in engine.sinks.iter_mut().chain(engine.dead_letter.iter_mut()) {
         if let Err(e) = slot.sink.close().await {

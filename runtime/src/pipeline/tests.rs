@@ -38,8 +38,8 @@ struct TestSource {
     endless: bool,
     /// Sleep 1 ms before each batch (so that checkpoints fall between batches).
     paced: bool,
-    /// When the batches are read, wait for more forever (a stream with nothing new)
-    /// instead of ending.
+    /// When the batches are read, wait for more forever (a stream with nothing new:
+    /// an idle batch every 10 ms) instead of ending.
     then_wait: bool,
     log: Log,
 }
@@ -74,7 +74,10 @@ impl Source for LoggedSource {
                 Some(Batch::new(records, offsets))
             }
             None => match self.inner.next_batch().await? {
-                None if self.then_wait => std::future::pending().await,
+                None if self.then_wait => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    return Ok(Some(Batch::idle()));
+                }
                 batch => batch,
             },
         };
@@ -373,6 +376,45 @@ async fn a_sink_failure_ends_the_run_while_the_source_waits_for_data() {
     );
     // a hang guard, not a timing: the source never returns again
     let run = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone());
+    let err = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ended")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("injected failure of write 0"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_sink_failure_while_paused_ends_the_run() {
+    let faults = Faults {
+        fail_write_at: Some((0, ErrorKind::Data)),
+        ..Faults::default()
+    };
+    // the write comes only with the pause: the linger and the checkpoint are an hour
+    let s = setup(
+        TestSource {
+            then_wait: true,
+            ..source(10, 10)
+        },
+        faults,
+        "[batch]\nlinger = \"1h\"\n[checkpoint]\ninterval = \"1h\"\n",
+    );
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let (pause_tx, pause_rx) = watch::channel(false);
+    let metrics = s.metrics.clone();
+    tokio::spawn(async move {
+        while metrics.records_in.load(Ordering::Relaxed) < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pause_tx.send(true).unwrap();
+        // the controller stays: nothing else would end the paused source
+        std::future::pending::<()>().await;
+    });
+    let control = Control::with_pause(stop_rx, pause_rx);
+    // a hang guard, not a timing
+    let run = run(&s.pipeline, &s.registry, control, s.metrics.clone());
     let err = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the run ended")
