@@ -2,9 +2,9 @@
 """CDC throughput on a backlog: ROWS changes (inserts in transactions of TXN = 100,000, plus
 one update of every tenth row) wait in the slot, then the pipeline starts and streams
 them into a PostgreSQL upsert sink and, separately, into Parquet files. Prints changes/s,
-the runtime's peak resident memory, and the CPU the server's WAL sender spent per
+the runtime's peak resident memory, the CPU the server's WAL sender spent per
 million changes (decoding and sending: what the replication protocol saves against
-peeking).
+peeking), and the CPU the runtime spent per million changes.
 
     python3 integration-tests/bench/cdc-backlog.py [ROWS]     # default 5,000,000
 
@@ -150,11 +150,13 @@ def main():
         if sender:
             sender_cpu = max(sender_cpu, cpu_seconds(sender))
         peak = max(peak, peak_mib(p.pid))
+        runtime_cpu = cpu_seconds(p.pid)
         p.terminate()
         p.wait()
         reset(name)
         print(f"{name}: {changes:,} changes in {took:.1f} s = {changes / took:,.0f} changes/s, "
-              f"peak RSS {peak:.0f} MiB, WAL sender CPU {sender_cpu / (changes / 1e6):.2f} s per million changes")
+              f"peak RSS {peak:.0f} MiB, WAL sender CPU {sender_cpu / (changes / 1e6):.2f} s per million changes, "
+              f"runtime CPU {runtime_cpu / (changes / 1e6):.2f} s per million changes")
     psql("DROP TABLE IF EXISTS bench_cdcb_src, bench_cdcb_dst")
 
 
