@@ -11,6 +11,7 @@ mod calendar;
 pub mod cdc;
 mod config;
 mod conn;
+mod copy;
 mod error;
 mod lock;
 mod nul;

@@ -15,9 +15,10 @@ use sqlx::{Connection, Executor};
 
 use crate::config::{PostgresSinkConfig, SinkMode};
 use crate::conn::{connect_one, quote};
+use crate::copy::copy_text;
 use crate::error::pg_error;
 use crate::lock;
-use crate::types::{arrow_type, copy_text, pg_type};
+use crate::types::{arrow_type, pg_type};
 
 /// Table holding the offsets stored with the data, in the sink's schema.
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
@@ -30,7 +31,7 @@ const BINARY_HEADER: usize = 19;
 
 /// Rows in the binary COPY format (true) when every column has one, else as text.
 fn encode(records: &RecordBatch, types: &[String]) -> Result<(Vec<u8>, bool)> {
-    match crate::types::copy_binary(records, types)? {
+    match crate::copy::copy_binary(records, types)? {
         Some(data) => Ok((data, true)),
         None => Ok((copy_text(records)?, false)),
     }
