@@ -15,6 +15,7 @@ mod json_encoders;
 mod json_typed;
 mod options;
 mod parquet_writer;
+pub mod scan;
 mod text;
 
 pub use crate::csv::CsvDecoder;

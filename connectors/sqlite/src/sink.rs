@@ -241,6 +241,26 @@ impl SqliteSink {
     }
 }
 
+/// The rows with a float SQLite would change: it stores NaN as NULL and -0.0 as 0.0.
+fn refusals(
+    records: &arrow_array::RecordBatch,
+    table: &str,
+) -> Result<Vec<(usize, connector_api::Reject)>> {
+    use sluice_formats::scan;
+    let changed = |v: f64| v.is_nan() || (v == 0.0 && v.is_sign_negative());
+    let found = scan::rows_where(records, &|a| scan::floats_where(a, changed));
+    let place = format!("table \"{table}\"");
+    scan::refusals(
+        records,
+        found,
+        &place,
+        &|row| format!("{place} row {row} of the write"),
+        &|column| {
+            format!("column \"{column}\": NaN or -0.0, which SQLite would store as NULL or 0.0")
+        },
+    )
+}
+
 #[connector_api::async_trait]
 impl Sink for SqliteSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
@@ -289,6 +309,10 @@ impl Sink for SqliteSink {
     async fn write(&mut self, batch: &Batch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
+        }
+        let refused = refusals(&batch.records, &self.config.table)?;
+        if !refused.is_empty() {
+            return Err(Error::refused(refused));
         }
         self.prepare_table(&batch.records.schema()).await?;
         // a savepoint makes a failed write leave the transaction as it was, so a retry

@@ -391,3 +391,70 @@ fn text_with_a_nul_character_into_postgres_is_a_dead_letter_naming_the_column() 
         "{letter}"
     );
 }
+
+/// Floats a destination would change are refused by its sink: NaN and infinities into
+/// JSON lines (written as null before), NaN and -0.0 into SQLite (stored as NULL and
+/// 0.0 before). Dead letters under tolerance all; the other rows are written.
+#[test]
+fn floats_json_or_sqlite_would_change_are_dead_letters_not_nulls() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(
+        d.join("in/f.csv"),
+        "id,x\n1,1.5\n2,NaN\n3,inf\n4,-0.0\n5,-2.25\n",
+    )
+    .unwrap();
+    let source = "[source]\nconnector = \"file\"\npath = \"in/f.csv\"\nformat = \"csv\"\n\
+        schema = [{ name = \"id\", type = \"int64\" }, { name = \"x\", type = \"float64\" }]\n";
+    let run = |name: &str, sink: &str| {
+        std::fs::write(
+            d.join(format!("{name}.toml")),
+            format!("name = \"{name}\"\n{source}{sink}[errors]\ntolerance = \"all\"\nmax_failure_rate = 0.9\n\
+                     [errors.dead_letter]\nconnector = \"file\"\npath = \"dlq-{name}\"\nformat = \"json\"\n"),
+        )
+        .unwrap();
+        let run = sluice(d, &["run", &format!("{name}.toml")]);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        jsonl_lines(&d.join(format!("dlq-{name}")))
+    };
+    let letters = run(
+        "j",
+        "[sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n",
+    );
+    let mut good = jsonl_lines(&d.join("out"));
+    good.sort();
+    assert_eq!(
+        good,
+        [
+            "{\"id\":1,\"x\":1.5}",
+            "{\"id\":4,\"x\":-0.0}",
+            "{\"id\":5,\"x\":-2.25}"
+        ]
+    );
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l.contains("no JSON number")),
+        "{letters:?}"
+    );
+    let db = d.join("f.db");
+    let letters = run(
+        "s",
+        &format!(
+            "[sink]\nconnector = \"sqlite\"\npath = \"{}\"\ntable = \"f\"\n",
+            db.display()
+        ),
+    );
+    assert_eq!(
+        crate::support::sqlite(
+            &db,
+            "SELECT group_concat(id || '=' || x, ',') FROM (SELECT * FROM f ORDER BY id)"
+        ),
+        "1=1.5,3=Inf,5=-2.25"
+    );
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l.contains("SQLite would store")),
+        "{letters:?}"
+    );
+}

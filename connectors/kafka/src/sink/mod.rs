@@ -23,7 +23,7 @@ use rdkafka::ClientContext;
 
 use self::encode::Encoded;
 use crate::avro::AvroWriter;
-use crate::config::KafkaSinkConfig;
+use crate::config::{KafkaSinkConfig, ValueFormat};
 use crate::{kafka_error, log_to_tracing, source};
 
 /// The first failed delivery: what kind of error it makes, and the message.
@@ -225,9 +225,16 @@ impl Sink for KafkaSink {
         if let Some(avro) = &mut self.avro {
             enc.set_schema_ids(&self.config, avro).await?;
         }
-        let oversized = oversized(&enc, rb.num_rows(), &self.config)?;
-        if !oversized.is_empty() {
-            return Err(Error::refused(oversized));
+        let mut refused = oversized(&enc, rb.num_rows(), &self.config)?;
+        if self.config.format == ValueFormat::Json {
+            let place = format!(
+                "kafka sink \"{}\"",
+                self.config.topic.as_deref().unwrap_or("(topic column)")
+            );
+            refused.extend(sluice_formats::scan::json_refusals(rb, &place)?);
+        }
+        if !refused.is_empty() {
+            return Err(Error::refused(refused));
         }
         if self.config.exactly_once && !self.in_txn {
             producer

@@ -1,0 +1,219 @@
+//! Rows holding a value a destination cannot keep, found before anything of a batch is
+//! written ([`connector_api::Error::refused`]): text with a NUL for PostgreSQL, a float
+//! JSON has no number for (NaN, infinities), a NaN or -0.0 that SQLite turns into
+//! NULL or 0.0.
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float16Type, Float32Type, Float64Type};
+use arrow_array::{Array, ArrayRef, OffsetSizeTrait, RecordBatch};
+use arrow_schema::DataType;
+
+/// Each row of `batch` where `leaf` finds a value, with the first such column, in row
+/// order. `leaf` gives the rows of a plain (not list, not struct) array; lists and
+/// structs are searched through.
+pub fn rows_where(
+    batch: &RecordBatch,
+    leaf: &dyn Fn(&ArrayRef) -> Vec<usize>,
+) -> Vec<(usize, String)> {
+    let schema = batch.schema_ref();
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for (i, column) in batch.columns().iter().enumerate() {
+        found.extend(rows_of(column, leaf).into_iter().map(|row| (row, i)));
+    }
+    found.sort_unstable();
+    found.dedup_by_key(|(row, _)| *row);
+    found
+        .into_iter()
+        .map(|(row, i)| (row, schema.field(i).name().clone()))
+        .collect()
+}
+
+fn rows_of(array: &ArrayRef, leaf: &dyn Fn(&ArrayRef) -> Vec<usize>) -> Vec<usize> {
+    match array.data_type() {
+        DataType::List(_) => {
+            let l = array.as_list::<i32>();
+            parents(&rows_of(l.values(), leaf), l.value_offsets())
+        }
+        DataType::LargeList(_) => {
+            let l = array.as_list::<i64>();
+            parents(&rows_of(l.values(), leaf), l.value_offsets())
+        }
+        DataType::Struct(_) => {
+            let s = array.as_struct();
+            let mut rows: Vec<usize> = s.columns().iter().flat_map(|c| rows_of(c, leaf)).collect();
+            rows.sort_unstable();
+            rows.dedup();
+            rows
+        }
+        _ => leaf(array),
+    }
+}
+
+/// The list rows holding the child rows `children` (sorted), by the list's offsets (a
+/// sliced list's children may reach outside its rows: those are left out).
+fn parents<O: OffsetSizeTrait>(children: &[usize], offsets: &[O]) -> Vec<usize> {
+    let (Some(first), Some(end)) = (offsets.first(), offsets.last()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<usize> = children
+        .iter()
+        .filter(|&&c| first.as_usize() <= c && c < end.as_usize())
+        .map(|&c| offsets.partition_point(|o| o.as_usize() <= c) - 1)
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The rows of `batch` with a float JSON has no number for (NaN, an infinity), nested
+/// too: arrow's JSON writer writes them as null.
+pub fn json_non_finite(batch: &RecordBatch) -> Vec<(usize, String)> {
+    rows_where(batch, &|a| floats_where(a, |v| !v.is_finite()))
+}
+
+/// The rows of `records` with a float JSON has no number for, each a reject at `place`
+/// (a JSON sink refuses them: arrow's JSON writer would write null).
+pub fn json_refusals(
+    records: &RecordBatch,
+    place: &str,
+) -> connector_api::Result<Vec<(usize, connector_api::Reject)>> {
+    refusals(
+        records,
+        json_non_finite(records),
+        place,
+        &|row| format!("{place} row {row} of the write"),
+        &|column| {
+            format!("column \"{column}\": NaN or an infinity has no JSON number (it would be written as null)")
+        },
+    )
+}
+
+/// `found` (from [`rows_where`]) as refused rows of `batch`: each a reject of `split`
+/// at `position(row)`, with the row as JSON and the error `why(column)`.
+pub fn refusals(
+    batch: &RecordBatch,
+    found: Vec<(usize, String)>,
+    split: &str,
+    position: &dyn Fn(usize) -> String,
+    why: &dyn Fn(&str) -> String,
+) -> connector_api::Result<Vec<(usize, connector_api::Reject)>> {
+    if found.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut texts = crate::row_texts(batch)?;
+    Ok(found
+        .into_iter()
+        .map(|(row, column)| {
+            let raw = std::mem::take(&mut texts[row]).unwrap_or_default();
+            let error = connector_api::Error::data(why(&column));
+            (
+                row,
+                connector_api::Reject::new(split, position(row), raw, error),
+            )
+        })
+        .collect())
+}
+
+/// The rows of a float array whose value `bad` picks (a non-float array has none).
+pub fn floats_where(array: &ArrayRef, bad: fn(f64) -> bool) -> Vec<usize> {
+    let pick = |values: Vec<Option<f64>>| {
+        values
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_some_and(bad))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    match array.data_type() {
+        DataType::Float16 => pick(
+            array
+                .as_primitive::<Float16Type>()
+                .iter()
+                .map(|v| v.map(f64::from))
+                .collect(),
+        ),
+        DataType::Float32 => pick(
+            array
+                .as_primitive::<Float32Type>()
+                .iter()
+                .map(|v| v.map(f64::from))
+                .collect(),
+        ),
+        DataType::Float64 => pick(array.as_primitive::<Float64Type>().iter().collect()),
+        _ => Vec::new(),
+    }
+}
+
+/// The rows of a text array with a NUL character.
+pub fn text_with_nul(array: &ArrayRef) -> Vec<usize> {
+    let has_nul = |s: Option<&str>| s.is_some_and(|s| s.as_bytes().contains(&0));
+    match array.data_type() {
+        DataType::Utf8 => {
+            let a = array.as_string::<i32>();
+            if !a.values().contains(&0) {
+                return Vec::new();
+            }
+            (0..a.len())
+                .filter(|&i| has_nul(a.is_valid(i).then(|| a.value(i))))
+                .collect()
+        }
+        DataType::LargeUtf8 => {
+            let a = array.as_string::<i64>();
+            if !a.values().contains(&0) {
+                return Vec::new();
+            }
+            (0..a.len())
+                .filter(|&i| has_nul(a.is_valid(i).then(|| a.value(i))))
+                .collect()
+        }
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            (0..a.len())
+                .filter(|&i| has_nul(a.is_valid(i).then(|| a.value(i))))
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::builder::{Float64Builder, ListBuilder};
+    use arrow_array::{Float64Array, StringArray};
+
+    use super::*;
+
+    #[test]
+    fn rows_are_found_in_plain_list_and_sliced_columns_and_named_by_their_first_column() {
+        let mut lists = ListBuilder::new(Float64Builder::new());
+        lists.append_value([Some(1.0)]);
+        lists.append_value([Some(f64::NAN)]);
+        lists.append_value([None]);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![
+                    Some(1.0),
+                    None,
+                    Some(f64::INFINITY),
+                ])) as ArrayRef,
+            ),
+            ("l", Arc::new(lists.finish()) as ArrayRef),
+            (
+                "s",
+                Arc::new(StringArray::from(vec![Some("a\0"), None, Some("c")])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let non_finite = |a: &ArrayRef| floats_where(a, |v| !v.is_finite());
+        let found = rows_where(&batch, &non_finite);
+        assert_eq!(found, vec![(1, "l".to_string()), (2, "f".to_string())]);
+        assert_eq!(
+            rows_where(&batch, &text_with_nul),
+            vec![(0, "s".to_string())]
+        );
+        assert!(rows_where(&batch.slice(0, 1), &non_finite).is_empty());
+        assert_eq!(rows_where(&batch.slice(1, 2), &non_finite).len(), 2);
+    }
+}
