@@ -138,7 +138,14 @@ pub fn floats_where(array: &ArrayRef, bad: fn(f64) -> bool) -> Vec<usize> {
                 .map(|v| v.map(f64::from))
                 .collect(),
         ),
-        DataType::Float64 => pick(array.as_primitive::<Float64Type>().iter().collect()),
+        DataType::Float64 => {
+            let a = array.as_primitive::<Float64Type>();
+            // the common case, no such value at all, without building anything
+            if !a.values().iter().any(|v| bad(*v)) {
+                return Vec::new();
+            }
+            pick(a.iter().collect())
+        }
         _ => Vec::new(),
     }
 }
