@@ -248,7 +248,7 @@ impl<T: ArrowPrimitiveType<Native = i64>> Encoder for Utc<'_, T> {
         let v = self.array.value(idx);
         let secs = v.div_euclid(self.per_second);
         let nanos = v.rem_euclid(self.per_second) * (1_000_000_000 / self.per_second);
-        let (year, month, day) = civil(secs.div_euclid(86_400));
+        let (year, month, day) = crate::calendar::civil_from_days(secs.div_euclid(86_400));
         let of_day = secs.rem_euclid(86_400);
         // the text is laid out in place, then copied once: `"YYYY-MM-DDTHH:MM:SS.fffffffff`
         let mut text = *b"\"0000-00-00T00:00:00.000000000";
@@ -279,21 +279,6 @@ impl<T: ArrowPrimitiveType<Native = i64>> Encoder for Utc<'_, T> {
         out.extend_from_slice(&text[..20 + shown]);
         out.extend_from_slice(b"Z\"");
     }
-}
-
-/// (year, month, day) of the proleptic Gregorian calendar for days since 1970-01-01.
-fn civil(days: i64) -> (i64, i64, i64) {
-    // Howard Hinnant's days_from_civil, inverted: eras of 400 years from 0000-03-01
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

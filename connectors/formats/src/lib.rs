@@ -6,6 +6,7 @@
 //! instead of a failed batch. Encoders write batches to any `std::io::Write`.
 
 pub mod avro;
+pub mod calendar;
 mod columns;
 mod compression;
 mod csv;

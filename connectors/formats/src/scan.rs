@@ -5,7 +5,7 @@
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type};
-use arrow_array::{Array, ArrayRef, OffsetSizeTrait, RecordBatch};
+use arrow_array::{Array, ArrayRef, GenericStringArray, OffsetSizeTrait, RecordBatch};
 use arrow_schema::DataType;
 
 /// Each row of `batch` where `leaf` finds a value, with the first such column, in row
@@ -152,34 +152,27 @@ pub fn floats_where(array: &ArrayRef, bad: fn(f64) -> bool) -> Vec<usize> {
 
 /// The rows of a text array with a NUL character.
 pub fn text_with_nul(array: &ArrayRef) -> Vec<usize> {
-    let has_nul = |s: Option<&str>| s.is_some_and(|s| s.as_bytes().contains(&0));
     match array.data_type() {
-        DataType::Utf8 => {
-            let a = array.as_string::<i32>();
-            if !a.values().contains(&0) {
-                return Vec::new();
-            }
-            (0..a.len())
-                .filter(|&i| has_nul(a.is_valid(i).then(|| a.value(i))))
-                .collect()
-        }
-        DataType::LargeUtf8 => {
-            let a = array.as_string::<i64>();
-            if !a.values().contains(&0) {
-                return Vec::new();
-            }
-            (0..a.len())
-                .filter(|&i| has_nul(a.is_valid(i).then(|| a.value(i))))
-                .collect()
-        }
+        DataType::Utf8 => strings_with_nul(array.as_string::<i32>()),
+        DataType::LargeUtf8 => strings_with_nul(array.as_string::<i64>()),
         DataType::Utf8View => {
             let a = array.as_string_view();
             (0..a.len())
-                .filter(|&i| has_nul(a.is_valid(i).then(|| a.value(i))))
+                .filter(|&i| a.is_valid(i) && a.value(i).as_bytes().contains(&0))
                 .collect()
         }
         _ => Vec::new(),
     }
+}
+
+fn strings_with_nul<O: OffsetSizeTrait>(a: &GenericStringArray<O>) -> Vec<usize> {
+    // the common case, no NUL in the whole buffer, in one pass
+    if !a.values().contains(&0) {
+        return Vec::new();
+    }
+    (0..a.len())
+        .filter(|&i| a.is_valid(i) && a.value(i).as_bytes().contains(&0))
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! `12345-06-07`): Arrow's own formatter writes years before 1 as negative numbers and
 //! years after 9999 with a `+`, which PostgreSQL refuses.
 
+pub use sluice_formats::calendar::{civil_from_days, days_from_civil};
+
 /// Microseconds in a day.
 pub const MICROS_PER_DAY: i64 = 86_400_000_000;
 /// Days from 1970-01-01 (Arrow's epoch) to 2000-01-01 (PostgreSQL's).
@@ -14,31 +16,6 @@ const FIRST_AD: i64 = -719_162;
 /// Days from 1970-01-01 to 9999-12-31: the last day Arrow's formatter writes as
 /// PostgreSQL does.
 const LAST_FOUR_DIGITS: i64 = 2_932_896;
-
-/// Days from 1970-01-01 to a date (astronomical year: 1 BC is 0).
-pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date `days` after 1970-01-01: astronomical year, month, day.
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
 
 /// True when Arrow's formatter writes the day as PostgreSQL reads it (years 1-9999).
 pub fn formatter_writes(days: i64) -> bool {

@@ -362,20 +362,33 @@ async fn a_retryable_write_failure_is_retried_and_counted_without_duplicates() {
 
 #[tokio::test]
 async fn a_sink_failure_ends_the_run_while_the_source_waits_for_data() {
+    let s = first_write_fails("[batch]\nlinger = \"1ms\"\n");
+    ends_with_the_write_failure(supervise(
+        &s.pipeline,
+        &s.registry,
+        never(),
+        s.metrics.clone(),
+    ))
+    .await;
+}
+
+/// Ten records, then a source that waits for more forever, into a sink whose first
+/// write fails for good.
+fn first_write_fails(extra: &str) -> Setup {
     let faults = Faults {
         fail_write_at: Some((0, ErrorKind::Data)),
         ..Faults::default()
     };
-    let s = setup(
-        TestSource {
-            then_wait: true,
-            ..source(10, 10)
-        },
-        faults,
-        "[batch]\nlinger = \"1ms\"\n",
-    );
-    // a hang guard, not a timing: the source never returns again
-    let run = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone());
+    let waiting = TestSource {
+        then_wait: true,
+        ..source(10, 10)
+    };
+    setup(waiting, faults, extra)
+}
+
+/// The run ends (a hang guard, not a timing: the source never returns again) with the
+/// sink's injected failure of its first write.
+async fn ends_with_the_write_failure(run: impl std::future::Future<Output = Result<()>>) {
     let err = tokio::time::timeout(Duration::from_secs(60), run)
         .await
         .expect("the run ended")
@@ -388,19 +401,8 @@ async fn a_sink_failure_ends_the_run_while_the_source_waits_for_data() {
 
 #[tokio::test]
 async fn a_sink_failure_while_paused_ends_the_run() {
-    let faults = Faults {
-        fail_write_at: Some((0, ErrorKind::Data)),
-        ..Faults::default()
-    };
     // the write comes only with the pause: the linger and the checkpoint are an hour
-    let s = setup(
-        TestSource {
-            then_wait: true,
-            ..source(10, 10)
-        },
-        faults,
-        "[batch]\nlinger = \"1h\"\n[checkpoint]\ninterval = \"1h\"\n",
-    );
+    let s = first_write_fails("[batch]\nlinger = \"1h\"\n[checkpoint]\ninterval = \"1h\"\n");
     let (_stop_tx, stop_rx) = watch::channel(false);
     let (pause_tx, pause_rx) = watch::channel(false);
     let metrics = s.metrics.clone();
@@ -413,16 +415,7 @@ async fn a_sink_failure_while_paused_ends_the_run() {
         std::future::pending::<()>().await;
     });
     let control = Control::with_pause(stop_rx, pause_rx);
-    // a hang guard, not a timing
-    let run = run(&s.pipeline, &s.registry, control, s.metrics.clone());
-    let err = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the run ended")
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("injected failure of write 0"),
-        "{err}"
-    );
+    ends_with_the_write_failure(run(&s.pipeline, &s.registry, control, s.metrics.clone())).await;
 }
 
 #[tokio::test]

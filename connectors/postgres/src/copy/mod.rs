@@ -50,20 +50,32 @@ fn calendar_text(name: &str, array: &ArrayRef) -> Result<Option<Vec<Option<Strin
         DataType::Timestamp(unit, zone) => {
             let raw = arrow_cast::cast(array, &DataType::Int64)?;
             let raw = raw.as_primitive::<arrow_array::types::Int64Type>();
+            // the formatter writes a zoned column's local day: a day either side of UTC's
+            let margin = if zone.is_some() { 1 } else { 0 };
+            let fits = |m: i64| {
+                let day = m.div_euclid(MICROS_PER_DAY);
+                formatter_writes(day - margin) && formatter_writes(day + margin)
+            };
+            if *unit != TimeUnit::Nanosecond {
+                // the common case, every value in range, checked without building anything
+                let mut all = true;
+                for (row, v) in raw.iter().enumerate() {
+                    if let Some(v) = v {
+                        if !fits(micros(name, row, unit, v)?) {
+                            all = false;
+                            break;
+                        }
+                    }
+                }
+                if all {
+                    return Ok(None);
+                }
+            }
             let values = raw
                 .iter()
                 .enumerate()
                 .map(|(row, v)| v.map(|v| micros(name, row, unit, v)).transpose())
                 .collect::<Result<Vec<_>>>()?;
-            // the formatter writes a zoned column's local day: a day either side of UTC's
-            let margin = if zone.is_some() { 1 } else { 0 };
-            let in_range = values.iter().flatten().all(|m| {
-                let day = m.div_euclid(MICROS_PER_DAY);
-                formatter_writes(day - margin) && formatter_writes(day + margin)
-            });
-            if in_range && *unit != TimeUnit::Nanosecond {
-                return Ok(None);
-            }
             Ok(Some(
                 values
                     .into_iter()
