@@ -555,10 +555,13 @@ def main():
         s3 = boto3_client(moto.port)
         bucket = f"bench-{os.getpid()}"
         s3.create_bucket(Bucket=bucket)
-        for order, tool, prefix in (("physical", "sluice", "events/"), ("key", "sluice (key order)", "keyed/")):
-            s.measure(w, tool, f"typed snapshot in {order} order (resumable), Parquet zstd objects of 1M records",
+        for order, readers, tool, prefix in (("physical", 1, "sluice", "events/"),
+                                             ("physical", 2, "sluice (2 readers)", "ranges/"),
+                                             ("key", 1, "sluice (key order)", "keyed/")):
+            by = f", {readers} block ranges at once" if readers > 1 else ""
+            s.measure(w, tool, f"typed snapshot in {order} order (resumable){by}, Parquet zstd objects of 1M records",
                       run_sluice(sluice, w, f'[source]\nconnector = "postgres"\nurl = "{PG}"\ntables = ["bench_events"]\n'
-                                 f'snapshot_order = "{order}"\n'
+                                 f'snapshot_order = "{order}"\nsnapshot_readers = {readers}\n'
                                  f'[sink]\nconnector = "s3"\nbucket = "{bucket}"\nendpoint = "http://127.0.0.1:{moto.port}"\n'
                                  'auth = { access_key_id = "test", secret_access_key = "test" }\n'
                                  f'format = "parquet"\nprefix = "{prefix}"\nmax_records = 1000000\nmax_bytes = 0'),

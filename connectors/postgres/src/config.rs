@@ -146,6 +146,14 @@ pub struct PostgresSourceConfig {
     /// (primary-key order) or `physical` (`ctid` order, faster, no key needed).
     #[serde(default)]
     pub snapshot_order: SnapshotOrder,
+    /// `snapshot_order = "physical"`: how many COPY streams read at once. When its
+    /// snapshot starts, a table is cut into up to this many block ranges of at least
+    /// 1 MiB, and the ranges of all tables are read this many at a time, each on a
+    /// connection of its own (in `cdc`, all in the slot's exported snapshot). The
+    /// ranges are kept in the offset: a restart resumes each after its last delivered
+    /// row, whatever this says then.
+    #[serde(default = "one")]
+    pub snapshot_readers: usize,
     /// Cursor columns for `incremental`, compared as a tuple (put a unique column last,
     /// e.g. `["updated_at", "id"]`, so rows sharing a timestamp are never skipped).
     #[serde(default)]
@@ -174,6 +182,10 @@ pub struct PostgresSourceConfig {
 
 fn heartbeat() -> std::time::Duration {
     std::time::Duration::from_secs(30)
+}
+
+fn one() -> usize {
+    1
 }
 
 fn poll() -> std::time::Duration {
@@ -242,6 +254,15 @@ impl PostgresSourceConfig {
                 )
                 .with_field("snapshot_order"));
             }
+        }
+        if !(1..=64).contains(&self.snapshot_readers) {
+            return Err(Error::config("must be 1 to 64").with_field("snapshot_readers"));
+        }
+        if self.snapshot_readers > 1 && self.snapshot_order != SnapshotOrder::Physical {
+            return Err(Error::config(
+                "snapshot_readers reads block ranges at once; it needs snapshot_order = \"physical\"",
+            )
+            .with_field("snapshot_readers"));
         }
         if self.mode == SourceMode::Cdc && self.tables.len() != 1 {
             return Err(
@@ -330,5 +351,19 @@ mod tests {
             "tables": ["t"], "mode": "incremental", "cursor": ["id"], "snapshot_order": "physical"
         }));
         assert_eq!(field_of(incremental).as_deref(), Some("snapshot_order"));
+    }
+
+    #[test]
+    fn several_readers_are_for_physical_order() {
+        let ok = source(serde_json::json!({
+            "tables": ["t"], "snapshot_order": "physical", "snapshot_readers": 4
+        }));
+        assert!(ok.validate().is_ok());
+        let keyed = source(serde_json::json!({ "tables": ["t"], "snapshot_readers": 2 }));
+        assert_eq!(field_of(keyed).as_deref(), Some("snapshot_readers"));
+        let none = source(serde_json::json!({
+            "tables": ["t"], "snapshot_order": "physical", "snapshot_readers": 0
+        }));
+        assert_eq!(field_of(none).as_deref(), Some("snapshot_readers"));
     }
 }

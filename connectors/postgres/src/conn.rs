@@ -24,25 +24,34 @@ fn options(url: &Secret) -> Result<PgConnectOptions> {
 
 /// Connects with one pooled connection, classifying failures.
 pub async fn connect_url(url: &Secret) -> Result<PgPool> {
+    connect_pool(url, 1, "sluice").await
+}
+
+/// Connects with a pool of up to `size` connections named `name` (see
+/// [`connect_one`]), classifying failures.
+pub async fn connect_pool(url: &Secret, size: u32, name: &str) -> Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(1)
+        .max_connections(size.max(1))
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options(url)?)
+        .connect_with(named(options(url)?, name))
         .await
         .map_err(|e| pg_error("cannot connect to PostgreSQL", e))
 }
 
 /// Opens one connection that is never replaced behind the caller's back (a pool may
-/// reconnect silently, which would drop the session's advisory lock). Without an
-/// `application_name` in the URL (or `PGAPPNAME`), the session is named `name`, so
-/// `pg_stat_activity` shows which pipeline holds it.
+/// reconnect silently, which would drop the session's advisory lock).
 pub async fn connect_one(url: &Secret, name: &str) -> Result<PgConnection> {
-    let mut options = options(url)?;
-    if options.get_application_name().is_none() {
-        options = options.application_name(name);
-    }
-    options
+    named(options(url)?, name)
         .connect()
         .await
         .map_err(|e| pg_error("cannot connect to PostgreSQL", e))
+}
+
+/// Without an `application_name` in the URL (or `PGAPPNAME`), sessions are named
+/// `name`, so `pg_stat_activity` shows which pipeline holds them.
+fn named(options: PgConnectOptions, name: &str) -> PgConnectOptions {
+    match options.get_application_name() {
+        Some(_) => options,
+        None => options.application_name(name),
+    }
 }

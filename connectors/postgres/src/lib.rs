@@ -22,7 +22,7 @@ mod value;
 
 pub use config::{Envelope, PostgresSinkConfig, PostgresSourceConfig, SinkMode, SourceMode};
 pub use sink::PostgresSink;
-pub use source::{PostgresSource, TableOffset, TxnOffset};
+pub use source::{BlockRange, PostgresSource, TableOffset, TxnOffset};
 
 use connector_api::arrow_schema::SchemaRef;
 use connector_api::{Result, Sink, SinkConnector, Source, SourceConnector};

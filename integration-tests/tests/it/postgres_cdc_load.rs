@@ -236,12 +236,27 @@ fn a_backlog_shows_as_wal_lag_on_metrics_and_drains_to_nothing() {
 
 #[test]
 fn writes_during_the_initial_copy_arrive_exactly_once() {
+    handoff("it_pg_handoff", "", 1);
+}
+
+#[test]
+fn writes_during_an_initial_copy_by_three_readers_arrive_exactly_once() {
+    handoff(
+        "it_pg_handoff_ranges",
+        "snapshot_order = \"physical\"\nsnapshot_readers = 3\n",
+        3,
+    );
+}
+
+/// A CDC run into JSON lines while rows are inserted and updated during its initial
+/// copy (read with `order` by `readers` connections): each row arrives once, each
+/// update once.
+fn handoff(name: &str, order: &str, readers: usize) {
     const ROWS: i64 = 300_000;
     let _server = server();
     let dir = workdir();
     let d = dir.path();
-    let src = fresh("it_pg_handoff_src");
-    let name = "it_pg_handoff";
+    let src = fresh(&format!("{name}_src"));
     drop_slot(name);
     psql(&format!(
         "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer);\
@@ -250,7 +265,7 @@ fn writes_during_the_initial_copy_arrive_exactly_once() {
     std::fs::write(
         d.join("h.toml"),
         format!(
-            "name = \"{name}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\n\
+            "name = \"{name}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\n{order}\
              [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n[checkpoint]\ninterval = \"500ms\"\n",
             url()
         ),
@@ -280,10 +295,21 @@ fn writes_during_the_initial_copy_arrive_exactly_once() {
     };
     let arrived = wait_until(Duration::from_secs(180), || records().len() >= expected);
     std::thread::sleep(Duration::from_millis(1500));
+    // the source's connections: one per range read at once (a pool opens one only
+    // when none is free)
+    let connections: usize = psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sluice {name} source'"
+    ))
+    .parse()
+    .unwrap();
     signal(&run, "TERM");
     let run = finish(run, Duration::from_secs(30));
     drop_slot(name);
     assert!(slot && arrived, "{}", run.stderr);
+    assert!(
+        connections >= readers,
+        "{connections} connections read {readers} ranges"
+    );
     let records = records();
     let mut rows: std::collections::HashMap<i64, usize> = Default::default();
     let mut updates: std::collections::HashMap<i64, usize> = Default::default();

@@ -131,8 +131,7 @@ impl PostgresSource {
             .clone()
             .unwrap_or_else(|| crate::cdc::slot_name(pipeline));
         let offset = &mut table.offset;
-        let started =
-            offset.after.is_some() || offset.ctid.is_some() || offset.done || offset.lsn.is_some();
+        let started = offset.started();
         let now = catalog::table_state(pool, &publication, &name).await?;
         let relid = now
             .oid

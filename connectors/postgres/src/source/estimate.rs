@@ -18,7 +18,7 @@ pub(super) async fn estimate(pool: &PgPool, tables: &[Table]) -> Result<(u64, u6
     for table in tables {
         let all = plan_rows(pool, &table.explain(false)?, &table.split).await?;
         total += all;
-        let started = table.offset.after.is_some() || table.offset.ctid.is_some();
+        let started = table.offset.started();
         if table.offset.done {
             before += all;
         } else if started {

@@ -4,12 +4,14 @@
 //! table's types (`crate::binary`), so `numeric(p,s)` arrives as Decimal128(p,s) and
 //! `timestamptz` as Timestamp(µs, UTC). In key order each chunk is one
 //! `COPY (SELECT ... ORDER BY key LIMIT n)`, the next read ahead while one decodes; in
-//! physical order (`snapshot_order = "physical"`) one `COPY (SELECT ..., ctid)` streams
-//! the table, as `COPY table TO` does, and a restart resumes after the last `ctid`.
-//! Measured on 1M rows (integration-tests/bench/postgres.sh): rows as `row_to_json`
-//! text through a query reached 0.21-0.27x of `psql \copy ... TO`; binary COPY in key
-//! order 0.6-0.7x; the physical stream 0.7x and above (the suite's figures are in
-//! BENCHMARKS.md). Changes (`cdc`) arrive as pgoutput text and go through JSON.
+//! physical order (`snapshot_order = "physical"`) one `COPY (SELECT ..., ctid)` per
+//! block range streams the table, as `COPY table TO` does, `snapshot_readers` ranges
+//! at once, and a restart resumes each range after its last `ctid`. Measured on 1M
+//! rows (integration-tests/bench/postgres.sh): rows as `row_to_json` text through a
+//! query reached 0.21-0.27x of `psql \copy ... TO`; binary COPY in key order
+//! 0.6-0.7x; the physical stream 0.7x and above (the suite's figures are in
+//! BENCHMARKS.md). Changes (`cdc`) arrive as pgoutput text, decoded straight into
+//! Arrow too (`crate::value::text`).
 
 mod cdc;
 mod change;
@@ -17,6 +19,7 @@ mod cursor;
 mod describe;
 mod envelope;
 mod estimate;
+mod physical;
 mod rows;
 mod snapshot;
 mod table;
@@ -29,13 +32,14 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPool;
 
 use crate::config::{PostgresSourceConfig, SnapshotOrder, SourceMode};
-use crate::conn::{connect_url, quote};
+use crate::conn::{connect_pool, quote};
 
 use self::cdc::Cdc;
 pub use self::cdc::TxnOffset;
 pub use self::describe::discover;
 use self::describe::{describe, describe_query, need_primary_key};
-use self::snapshot::{CopyStream, Prefetch};
+use self::physical::CopyStream;
+use self::snapshot::Prefetch;
 use self::table::{open_physical, same_order, Table};
 
 /// Offset of a table split. Exclusive: the key (primary key or cursor) values of the
@@ -50,12 +54,16 @@ pub struct TableOffset {
     /// `cdc`: end LSN of the last delivered transaction (exclusive start of the next).
     #[serde(default)]
     pub lsn: Option<u64>,
-    /// `snapshot_order = "physical"`: the `ctid` of the last delivered row, as text
-    /// (`(block,line)`); reading resumes strictly after it.
+    /// `snapshot_order = "physical"` as offsets from before block ranges stored it:
+    /// the `ctid` of the last delivered row; read as one range from block 0 after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctid: Option<String>,
-    /// `snapshot_order = "physical"`: the table's file (`relfilenode`) that `ctid`
-    /// points into; a table rewritten since is read again from the start.
+    /// `snapshot_order = "physical"`: the block ranges the table's snapshot reads,
+    /// planned when it starts; each resumes after its own last delivered row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranges: Vec<BlockRange>,
+    /// `snapshot_order = "physical"`: the table's file (`relfilenode`) that the ranges
+    /// point into; a table rewritten since is read again from the start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filenode: Option<u32>,
     /// `cdc`: the table's OID; a table dropped and created again has another.
@@ -65,6 +73,36 @@ pub struct TableOffset {
     /// inside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub txn: Option<TxnOffset>,
+}
+
+impl TableOffset {
+    /// Some of the table was delivered (planned ranges alone are not a start).
+    pub fn started(&self) -> bool {
+        self.after.is_some()
+            || self.ctid.is_some()
+            || self.done
+            || self.lsn.is_some()
+            || self.ranges.iter().any(|r| r.ctid.is_some() || r.done)
+    }
+}
+
+/// Blocks `from..to` of a table read in physical order, and how far they were
+/// delivered.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockRange {
+    /// The range's first block.
+    pub from: u32,
+    /// The block after the range; none: to the table's end, so rows stored in blocks
+    /// added since the range was planned are read too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+    /// The `ctid` of the range's last delivered row, as text (`(block,line)`);
+    /// reading resumes strictly after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctid: Option<String>,
+    /// Every row of the range was delivered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
 }
 
 /// What one split of the source reads.
@@ -87,8 +125,13 @@ pub struct PostgresSource {
     ready: VecDeque<Batch>,
     /// The next chunk of a table being read while the current one decodes.
     prefetch: Option<Prefetch>,
-    /// The table being read in physical order.
-    stream: Option<CopyStream>,
+    /// The block ranges being read in physical order, at most `readers`.
+    streams: Vec<CopyStream>,
+    /// Block ranges read at once in physical order.
+    readers: usize,
+    /// The stream whose chunk is taken first next time, so that none waits behind
+    /// the others.
+    turn: usize,
     /// Parts decoded in parallel per fetch.
     parts: usize,
     batch_size: usize,
@@ -102,6 +145,7 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// A source for `config` (validated).
     pub fn new(config: PostgresSourceConfig) -> Self {
+        let readers = config.snapshot_readers.max(1);
         PostgresSource {
             config,
             pool: None,
@@ -110,7 +154,9 @@ impl PostgresSource {
             cdc: None,
             ready: VecDeque::new(),
             prefetch: None,
-            stream: None,
+            streams: Vec::new(),
+            readers,
+            turn: 0,
             parts: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1)
@@ -128,7 +174,10 @@ impl Source for PostgresSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
-        let pool = connect_url(&self.config.url).await?;
+        // a connection for each block range read at once, and one for the rest
+        let size = u32::try_from(self.readers + 1).unwrap_or(u32::MAX);
+        let name = format!("sluice {} source", ctx.pipeline);
+        let pool = connect_pool(&self.config.url, size, &name).await?;
         // the tables, or the query, each read as one split
         let reads: Vec<Read> = match self.config.query_text() {
             Some(q) => vec![Read::Query(q)],
@@ -190,7 +239,7 @@ impl Source for PostgresSource {
                 .unwrap_or_default();
             same_order(&offset, physical, &what)?;
             if physical {
-                open_physical(&pool, &relation, &mut offset).await?;
+                open_physical(&pool, &relation, &mut offset, self.readers).await?;
             }
             let cursor = match self.config.mode {
                 SourceMode::Incremental => Some(
@@ -282,7 +331,7 @@ impl Source for PostgresSource {
         if let Some(p) = self.prefetch.take() {
             p.task.abort();
         }
-        if let Some(s) = self.stream.take() {
+        for s in self.streams.drain(..) {
             s.task.abort();
         }
         self.close_cdc().await;

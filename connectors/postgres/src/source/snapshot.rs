@@ -1,5 +1,5 @@
-//! Reading tables by binary COPY: chunks in key order with one read ahead, or one
-//! streaming COPY in physical order cut into chunks by a task.
+//! Reading tables by binary COPY in key order: chunks with one read ahead, decoded on
+//! every core. The physical order (`physical.rs`) shares the decoding.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,30 +9,21 @@ use arrow_schema::Schema;
 use connector_api::{Batch, Error, Offsets, Reject, Result};
 use sqlx::postgres::PgPool;
 
+use crate::binary::Decoded;
 use crate::config::SourceMode;
 use crate::error::pg_error;
 
-use super::table::Tid;
+use super::table::Table;
 use super::{now_millis, PostgresSource};
 
 /// Rows per COPY of a snapshot at least (measured, 1M rows to Parquet: 16,384 per
 /// query 2.04 s, 65,536 1.60-1.69 s).
-const COPY_ROWS: usize = 65_536;
+pub(super) const COPY_ROWS: usize = 65_536;
 
 /// A COPY read ahead: the table's index and the task reading it.
 pub(super) struct Prefetch {
     pub(super) table: usize,
     pub(super) task: tokio::task::JoinHandle<std::result::Result<Vec<u8>, sqlx::Error>>,
-}
-
-/// A physical-order read: one COPY of the table's remaining rows, cut by a task into
-/// chunks of whole tuples (each a binary COPY stream of its own), one chunk ahead. An
-/// empty chunk ends the table; a channel closed without one, or an error, ends the
-/// stream, and the next read starts a new one after the last decoded row.
-pub(super) struct CopyStream {
-    pub(super) table: usize,
-    pub(super) chunks: tokio::sync::mpsc::Receiver<Result<Vec<u8>>>,
-    pub(super) task: tokio::task::JoinHandle<()>,
 }
 
 /// The whole output of a `COPY ... TO STDOUT`; in `snapshot` (exported with a `cdc`
@@ -64,7 +55,7 @@ pub(super) async fn read_copy(
 }
 
 /// Makes the transaction read in `snapshot`, as of the slot's consistent point.
-async fn in_snapshot(
+pub(super) async fn in_snapshot(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     snapshot: &str,
 ) -> std::result::Result<(), sqlx::Error> {
@@ -82,7 +73,7 @@ async fn in_snapshot(
 
 /// A failed read of `split`: a snapshot that can no longer be imported (its
 /// replication connection ended) is retried, since the run after goes on without it.
-fn read_error(split: &str, e: sqlx::Error) -> Error {
+pub(super) fn read_error(split: &str, e: sqlx::Error) -> Error {
     if crate::error::sqlstate(&e).as_deref() == Some("22023") && e.to_string().contains("snapshot")
     {
         return Error::transient(format!(
@@ -93,109 +84,14 @@ fn read_error(split: &str, e: sqlx::Error) -> Error {
     pg_error(format!("reading {split}"), e)
 }
 
-impl CopyStream {
-    /// Starts reading `sql`, a binary COPY, in chunks of at least `rows` tuples.
-    pub(super) fn start(
-        pool: PgPool,
-        sql: String,
-        rows: usize,
-        (split, table): (String, usize),
-        snapshot: Option<String>,
-    ) -> CopyStream {
-        let (tx, chunks) = tokio::sync::mpsc::channel(1);
-        let task = tokio::spawn(async move {
-            if let Err(e) = stream_copy(&pool, &sql, rows, snapshot.as_deref(), &tx).await {
-                let _ = tx.send(Err(e.context(format!("reading {split}")))).await;
-            }
-        });
-        CopyStream {
-            table,
-            chunks,
-            task,
-        }
-    }
-}
-
-/// Reads the binary COPY `sql` to its end and sends it on as chunks of at least
-/// `rows` whole tuples, each with the stream's header and a trailer. Synchronized and
-/// parallel scans are turned off for it (in its own transaction): either would hand
-/// rows out of block order.
-pub(super) async fn stream_copy(
-    pool: &PgPool,
-    sql: &str,
-    rows: usize,
-    snapshot: Option<&str>,
-    sender: &tokio::sync::mpsc::Sender<Result<Vec<u8>>>,
-) -> Result<()> {
-    use crate::binary::{header_len, next_tuple, Next, TRAILER};
-    use futures::StreamExt;
-    let failed = |e| read_error("physical-order COPY", e);
-    let mut tx = pool.begin().await.map_err(failed)?;
-    if let Some(snapshot) = snapshot {
-        in_snapshot(&mut tx, snapshot).await.map_err(failed)?;
-    }
-    sqlx::query(
-        "SELECT set_config('synchronize_seqscans', 'off', true), \
-                set_config('max_parallel_workers_per_gather', '0', true)",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(failed)?;
-    let mut copy = tx.copy_out_raw(sql).await.map_err(failed)?;
-    // `chunk` holds the header, then whole tuples up to `scanned`, then a part of one
-    let mut chunk = Vec::new();
-    let mut header = None;
-    let mut scanned = 0;
-    let mut count = 0;
-    while let Some(data) = copy.next().await {
-        chunk.extend_from_slice(&data.map_err(failed)?);
-        let header_end = match header {
-            Some(n) => n,
-            None => match header_len(&chunk)? {
-                Some(n) => {
-                    header = Some(n);
-                    scanned = n;
-                    n
-                }
-                None => continue,
-            },
-        };
-        while let Some(Next::Tuple(end)) = next_tuple(&chunk, scanned) {
-            scanned = end;
-            count += 1;
-        }
-        if count >= rows {
-            let mut next = Vec::with_capacity(chunk.len() + chunk.len() / 8);
-            next.extend_from_slice(&chunk[..header_end]);
-            next.extend_from_slice(&chunk[scanned..]);
-            chunk.truncate(scanned);
-            chunk.extend_from_slice(&TRAILER);
-            if sender
-                .send(Ok(std::mem::replace(&mut chunk, next)))
-                .await
-                .is_err()
-            {
-                return Ok(()); // the source stopped reading
-            }
-            scanned = header_end;
-            count = 0;
-        }
-    }
-    drop(copy);
-    tx.commit().await.map_err(failed)?;
-    // the server's trailer ends the last chunk; an empty one ends the table
-    if count > 0 && sender.send(Ok(chunk)).await.is_err() {
-        return Ok(());
-    }
-    let _ = sender.send(Ok(Vec::new())).await;
-    Ok(())
-}
-
 impl PostgresSource {
     /// The next batch of table rows (`snapshot`, `incremental`, and the snapshot that
     /// starts `cdc`): an empty batch with the offset `done` ends a table; a
     /// `snapshot` ends after the last; `incremental` polls at `poll_interval`.
     pub(super) async fn read_tables(&mut self) -> Result<Option<Batch>> {
+        if self.tables.first().is_some_and(|t| t.physical) {
+            return self.read_physical().await;
+        }
         let started = Instant::now();
         let mut empty_pass = 0;
         loop {
@@ -215,16 +111,8 @@ impl PostgresSource {
                     empty_pass = 0;
                 }
             }
-            let pool = self
-                .pool
-                .clone()
-                .ok_or_else(|| Error::internal("source is not open"))?;
-            // a first `cdc` run reads in the snapshot its slot exported
-            let snapshot = self
-                .cdc
-                .as_ref()
-                .and_then(|c| c.snapshot())
-                .map(str::to_owned);
+            let pool = self.pool()?;
+            let snapshot = self.exported_snapshot();
             let table = &mut self.tables[self.current];
             if table.offset.done {
                 self.current += 1;
@@ -236,67 +124,28 @@ impl PostgresSource {
                 SourceMode::Incremental => self.batch_size * self.parts,
                 _ => (self.batch_size * self.parts).max(COPY_ROWS),
             };
-            let physical = table.physical;
-            let buf = if physical {
-                // one COPY streams the table's remaining rows
-                if self.stream.as_ref().is_none_or(|s| s.table != self.current) {
-                    if let Some(s) = self.stream.take() {
-                        s.task.abort();
+            let read = match self.prefetch.take() {
+                Some(p) if p.table == self.current => p
+                    .task
+                    .await
+                    .map_err(|e| Error::internal("COPY read-ahead task").with_source(e))?,
+                other => {
+                    if let Some(p) = other {
+                        p.task.abort();
                     }
-                    let after = table.offset.ctid.as_deref().map(Tid::parse).transpose()?;
-                    self.stream = Some(CopyStream::start(
-                        pool.clone(),
-                        table.copy_physical(after),
-                        limit,
-                        (table.split.clone(), self.current),
-                        snapshot.clone(),
-                    ));
+                    let sql = table.copy(table.offset.after.as_deref(), limit);
+                    read_copy(&pool, &sql, snapshot.as_deref()).await
                 }
-                let next = match self.stream.as_mut() {
-                    Some(s) => s.chunks.recv().await,
-                    None => None,
-                };
-                match next {
-                    Some(Ok(chunk)) => chunk,
-                    // a retried read starts over after the last decoded row
-                    Some(Err(e)) => {
-                        self.stream = None;
-                        return Err(e);
-                    }
-                    None => {
-                        self.stream = None;
-                        return Err(Error::transient(format!(
-                            "the COPY of {} stopped before the end of the table",
-                            table.split
-                        )));
-                    }
-                }
-            } else {
-                let read = match self.prefetch.take() {
-                    Some(p) if p.table == self.current => p
-                        .task
-                        .await
-                        .map_err(|e| Error::internal("COPY read-ahead task").with_source(e))?,
-                    other => {
-                        if let Some(p) = other {
-                            p.task.abort();
-                        }
-                        let sql = table.copy(table.offset.after.as_deref(), limit);
-                        read_copy(&pool, &sql, snapshot.as_deref()).await
-                    }
-                };
-                read.map_err(|e| read_error(&table.split, e))?
             };
+            let buf = read.map_err(|e| read_error(&table.split, e))?;
             // an empty read: the table has no more rows
-            let starts = if buf.is_empty() {
-                self.stream = None;
-                Vec::new()
-            } else {
-                crate::binary::tuples(&buf)?
+            let starts = match buf.is_empty() {
+                true => Vec::new(),
+                false => crate::binary::tuples(&buf)?,
             };
             // a full chunk in key order: read the next one while this one decodes (the
             // server and the decoding threads then work at the same time)
-            if !physical && self.config.mode != SourceMode::Incremental && starts.len() >= limit {
+            if self.config.mode != SourceMode::Incremental && starts.len() >= limit {
                 if let Some(&last) = starts.last() {
                     let after = crate::binary::key_of(&buf, last, table.columns.len())?;
                     let sql = table.copy(Some(&after), limit);
@@ -323,86 +172,113 @@ impl PostgresSource {
                 empty_pass += 1;
                 if self.config.mode != SourceMode::Incremental {
                     table.offset.done = true;
-                    let mut offsets = Offsets::new();
-                    offsets.set_typed(table.split.clone(), &table.offset)?;
-                    return Ok(Some(Batch::new(
-                        RecordBatch::new_empty(Arc::new(Schema::empty())),
-                        offsets,
-                    )));
+                    return Ok(Some(offset_batch(table)?));
                 }
                 continue;
             }
-            // decode on every core: parts of one batch each, as many at a time as cores,
-            // each its own batch and offset
             let parts: Vec<&[usize]> = starts.chunks(self.batch_size).collect();
             let ties = match table.cursor {
                 Some(_) => super::cursor::ties(&buf, &parts, table.columns.len())?,
                 None => vec![false; parts.len()],
             };
-            let schema = &table.table_schema;
-            let keys = table.key_columns();
-            let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
-            let pg_types = &pg_types[..];
-            let waves = self.parts.max(1);
-            // CPU-heavy: off the runtime's queue, so the sink's task runs meanwhile
-            let decoded = connector_api::blocking(|| {
-                let mut decoded: Vec<Result<crate::binary::Decoded>> =
-                    Vec::with_capacity(parts.len());
-                for wave in parts.chunks(waves) {
-                    if let [part] = wave {
-                        decoded.push(crate::binary::decode(&buf, part, schema, pg_types, keys));
-                        continue;
-                    }
-                    std::thread::scope(|scope| {
-                        let handles: Vec<_> = wave
-                            .iter()
-                            .map(|part| {
-                                let buf = &buf;
-                                scope.spawn(move || {
-                                    crate::binary::decode(buf, part, schema, pg_types, keys)
-                                })
-                            })
-                            .collect();
-                        decoded.extend(handles.into_iter().map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(Error::internal("binary COPY decoder panicked"))
-                            })
-                        }));
-                    });
-                }
-                decoded
-            });
+            let decoded = decode_parts(table, &buf, &parts, self.parts);
             let now_ms = now_millis();
             for (part, tie) in decoded.into_iter().zip(ties) {
                 let part = part?;
-                if physical {
-                    table.advance_ctid(&part.last_key)?;
-                } else if !tie {
-                    table.offset.after = Some(part.last_key);
+                if !tie {
+                    table.offset.after = Some(part.last_key.clone());
                 }
-                let mut offsets = Offsets::new();
-                offsets.set_typed(table.split.clone(), &table.offset)?;
-                let mut batch = Batch::new(table.records(part.batch, now_ms)?, offsets);
-                batch.rejects = part
-                    .rejects
-                    .into_iter()
-                    .map(|(key, why)| {
-                        let position = if physical {
-                            format!("table {} ctid {}", table.split, key.join(", "))
-                        } else {
-                            format!("table {} key ({})", table.split, key.join(", "))
-                        };
-                        Reject::new(
-                            table.split.clone(),
-                            position,
-                            key.join(", "),
-                            Error::data(why),
-                        )
-                    })
-                    .collect();
-                self.ready.push_back(batch);
+                self.ready.push_back(part_batch(table, part, now_ms)?);
             }
             return Ok(self.ready.pop_front());
         }
     }
+
+    /// The open connection pool.
+    pub(super) fn pool(&self) -> Result<PgPool> {
+        self.pool
+            .clone()
+            .ok_or_else(|| Error::internal("source is not open"))
+    }
+
+    /// The snapshot a first `cdc` run reads in: the one its slot exported.
+    pub(super) fn exported_snapshot(&self) -> Option<String> {
+        self.cdc
+            .as_ref()
+            .and_then(|c| c.snapshot())
+            .map(str::to_owned)
+    }
+}
+
+/// An empty batch carrying `table`'s offset as it stands (a table or range done).
+pub(super) fn offset_batch(table: &Table) -> Result<Batch> {
+    let mut offsets = Offsets::new();
+    offsets.set_typed(table.split.clone(), &table.offset)?;
+    Ok(Batch::new(
+        RecordBatch::new_empty(Arc::new(Schema::empty())),
+        offsets,
+    ))
+}
+
+/// Decodes the tuples of `buf` in `parts` (from [`crate::binary::tuples`]) on up to
+/// `cores` threads at a time, each part its own batch. CPU-heavy: off the runtime's
+/// queue, so the sink's task runs meanwhile.
+pub(super) fn decode_parts(
+    table: &Table,
+    buf: &[u8],
+    parts: &[&[usize]],
+    cores: usize,
+) -> Vec<Result<Decoded>> {
+    let schema = &table.table_schema;
+    let keys = table.key_columns();
+    let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
+    let pg_types = &pg_types[..];
+    connector_api::blocking(|| {
+        let mut decoded = Vec::with_capacity(parts.len());
+        for wave in parts.chunks(cores.max(1)) {
+            if let [part] = wave {
+                decoded.push(crate::binary::decode(buf, part, schema, pg_types, keys));
+                continue;
+            }
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = wave
+                    .iter()
+                    .map(|part| {
+                        scope
+                            .spawn(move || crate::binary::decode(buf, part, schema, pg_types, keys))
+                    })
+                    .collect();
+                decoded.extend(handles.into_iter().map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::internal("binary COPY decoder panicked")))
+                }));
+            });
+        }
+        decoded
+    })
+}
+
+/// The batch of a decoded part, with `table`'s offset as it stands (advanced past the
+/// part) and the part's rejects, each named by its key or `ctid`.
+pub(super) fn part_batch(table: &Table, part: Decoded, now_ms: i64) -> Result<Batch> {
+    let mut offsets = Offsets::new();
+    offsets.set_typed(table.split.clone(), &table.offset)?;
+    let mut batch = Batch::new(table.records(part.batch, now_ms)?, offsets);
+    batch.rejects = part
+        .rejects
+        .into_iter()
+        .map(|(key, why)| {
+            let position = match table.physical {
+                true => format!("table {} ctid {}", table.split, key.join(", ")),
+                false => format!("table {} key ({})", table.split, key.join(", ")),
+            };
+            Reject::new(
+                table.split.clone(),
+                position,
+                key.join(", "),
+                Error::data(why),
+            )
+        })
+        .collect();
+    Ok(batch)
 }

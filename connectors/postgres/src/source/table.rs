@@ -8,7 +8,7 @@ use sqlx::postgres::PgPool;
 use crate::conn::quote;
 use crate::error::pg_error;
 
-use super::TableOffset;
+use super::{BlockRange, TableOffset};
 
 /// A row's physical position: block and line pointer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,13 +59,40 @@ pub(super) struct Table {
     pub(super) cursor: Option<super::cursor::Cursor>,
 }
 
-/// `WHERE` the rows come after the physical position `after` (empty for None): a TID
-/// range scan.
-fn tid_filter(after: Option<Tid>) -> String {
-    match after {
-        Some(t) => format!("WHERE __sluice_t.ctid > '{}'::tid", t.text()),
-        None => String::new(),
+/// Blocks per range at least when a table is cut into ranges (1 MiB of 8 KiB
+/// blocks): a smaller table is one range, as its own COPY would cost more than it
+/// saves.
+const RANGE_BLOCKS: u64 = 128;
+
+/// The rows of `range` not yet delivered, as conditions on `ctid`: bounds make it a
+/// TID range scan.
+fn range_conditions(range: &BlockRange) -> Result<Vec<String>> {
+    let mut conditions = Vec::with_capacity(2);
+    match range.ctid.as_deref().map(Tid::parse).transpose()? {
+        Some(t) => conditions.push(format!("__sluice_t.ctid > '{}'::tid", t.text())),
+        None if range.from > 0 => {
+            conditions.push(format!("__sluice_t.ctid >= '({},0)'::tid", range.from))
+        }
+        None => {}
     }
+    if let Some(to) = range.to {
+        conditions.push(format!("__sluice_t.ctid < '({to},0)'::tid"));
+    }
+    Ok(conditions)
+}
+
+/// `blocks` cut into up to `readers` ranges of at least [`RANGE_BLOCKS`]; the last
+/// runs to the table's end.
+fn plan_ranges(blocks: u64, readers: usize) -> Vec<BlockRange> {
+    let n = (blocks / RANGE_BLOCKS).clamp(1, readers.max(1) as u64);
+    let edge = |i: u64| u32::try_from(blocks * i / n).unwrap_or(u32::MAX);
+    (0..n)
+        .map(|i| BlockRange {
+            from: edge(i),
+            to: (i + 1 < n).then(|| edge(i + 1)),
+            ..BlockRange::default()
+        })
+        .collect()
 }
 
 /// `WHERE` all of `conditions` (empty for none).
@@ -91,7 +118,11 @@ pub(super) fn literal(v: &str) -> String {
 /// A snapshot left part-way goes on in the order it was read in: an offset of the
 /// other order is an error naming the way out.
 pub(super) fn same_order(offset: &TableOffset, physical: bool, what: &str) -> Result<()> {
-    let (read_in, up_to) = match (&offset.after, &offset.ctid) {
+    let ctid = offset
+        .ctid
+        .as_ref()
+        .or_else(|| offset.ranges.iter().find_map(|r| r.ctid.as_ref()));
+    let (read_in, up_to) = match (&offset.after, ctid) {
         _ if offset.done => return Ok(()),
         (Some(key), _) if physical => ("key", format!("key ({})", key.join(", "))),
         (_, Some(ctid)) if !physical => ("physical", format!("ctid {ctid}")),
@@ -104,31 +135,51 @@ pub(super) fn same_order(offset: &TableOffset, physical: bool, what: &str) -> Re
     .with_field("snapshot_order"))
 }
 
-/// Where a physical-order snapshot of `relation` starts: after the stored `ctid`, or
-/// from the first block if the table was rewritten since (its rows have moved).
+/// Where a physical-order snapshot of `relation` starts: the stored block ranges,
+/// each after its last delivered `ctid`; or, on a first run or when the table was
+/// rewritten since (its rows have moved), ranges planned afresh for `readers`.
 pub(super) async fn open_physical(
     pool: &PgPool,
     relation: &str,
     offset: &mut TableOffset,
+    readers: usize,
 ) -> Result<()> {
-    let file = filenode(pool, relation).await?;
-    if offset.ctid.is_some() && !offset.done && offset.filenode != Some(file) {
+    let (file, blocks) = filenode(pool, relation).await?;
+    if offset.done {
+        return Ok(());
+    }
+    if let Some(ctid) = offset.ctid.take() {
+        offset.ranges = vec![BlockRange {
+            ctid: Some(ctid),
+            ..BlockRange::default()
+        }];
+    }
+    if offset.started() && offset.filenode != Some(file) {
         tracing::warn!(table = %relation, "the table was rewritten since the last run (VACUUM FULL, CLUSTER or a rewriting ALTER TABLE): its rows have moved, so its snapshot starts again from the first block");
-        offset.ctid = None;
+        offset.ranges.clear();
     }
     offset.filenode = Some(file);
+    if offset.ranges.is_empty() {
+        offset.ranges = plan_ranges(blocks, readers);
+    }
     Ok(())
 }
 
-/// The table's file (`relfilenode`): rewriting the table gives it a new one.
-pub(super) async fn filenode(pool: &PgPool, relation: &str) -> Result<u32> {
-    let (filenode,): (i64,) =
-        sqlx::query_as("SELECT relfilenode::int8 FROM pg_class WHERE oid = $1::regclass")
-            .bind(relation)
-            .fetch_one(pool)
-            .await
-            .map_err(|e| pg_error(format!("file of {relation}"), e))?;
-    Ok(u32::try_from(filenode).unwrap_or(0))
+/// The table's file (`relfilenode`), which rewriting the table replaces, and its
+/// size in blocks.
+pub(super) async fn filenode(pool: &PgPool, relation: &str) -> Result<(u32, u64)> {
+    let (filenode, blocks): (i64, i64) = sqlx::query_as(
+        "SELECT relfilenode::int8, pg_relation_size(oid) / current_setting('block_size')::int8 \
+         FROM pg_class WHERE oid = $1::regclass",
+    )
+    .bind(relation)
+    .fetch_one(pool)
+    .await
+    .map_err(|e| pg_error(format!("file of {relation}"), e))?;
+    Ok((
+        u32::try_from(filenode).unwrap_or(0),
+        u64::try_from(blocks).unwrap_or(0),
+    ))
 }
 
 impl Table {
@@ -153,16 +204,40 @@ impl Table {
         }
     }
 
-    /// The rows after `after` (None: all), in physical order, as a binary COPY: the
-    /// table's columns, then the `ctid` (for the offset). A bound on `ctid`
-    /// makes it a TID range scan.
-    pub(super) fn copy_physical(&self, after: Option<Tid>) -> String {
-        let filter = tid_filter(after);
-        format!(
-            "COPY (SELECT {}, __sluice_t.ctid AS __sluice_k0 FROM {} AS __sluice_t {filter}) TO STDOUT (FORMAT binary)",
+    /// The rows of block range `range` not yet delivered, in physical order, as a
+    /// binary COPY: the table's columns, then the `ctid` (for the offset).
+    pub(super) fn copy_range(&self, range: usize) -> Result<String> {
+        let range = self.range(range)?;
+        Ok(format!(
+            "COPY (SELECT {}, __sluice_t.ctid AS __sluice_k0 FROM {} AS __sluice_t {}) TO STDOUT (FORMAT binary)",
             self.select_list(),
-            self.relation
-        )
+            self.relation,
+            where_all(&range_conditions(range)?)
+        ))
+    }
+
+    /// Block range `at` of the offset.
+    fn range(&self, at: usize) -> Result<&BlockRange> {
+        self.offset
+            .ranges
+            .get(at)
+            .ok_or_else(|| Error::internal(format!("{}: no block range {at}", self.split)))
+    }
+
+    /// `table.schema.name blocks 0..1024`, for messages.
+    pub(super) fn range_name(&self, at: usize) -> String {
+        match self.offset.ranges.get(at) {
+            Some(BlockRange {
+                from, to: Some(to), ..
+            }) => {
+                format!("{} blocks {from}..{to}", self.split)
+            }
+            Some(BlockRange {
+                from: 0, to: None, ..
+            })
+            | None => self.split.clone(),
+            Some(BlockRange { from, .. }) => format!("{} blocks {from}..", self.split),
+        }
     }
 
     /// The next `limit` rows after the key values `after` (None: from the start), in
@@ -229,7 +304,20 @@ impl Table {
     pub(super) fn explain(&self, rest: bool) -> Result<String> {
         let filter = match (rest, self.physical) {
             (false, _) => String::new(),
-            (true, true) => tid_filter(self.offset.ctid.as_deref().map(Tid::parse).transpose()?),
+            (true, true) => {
+                let mut rest = Vec::new();
+                for range in self.offset.ranges.iter().filter(|r| !r.done) {
+                    let conditions = range_conditions(range)?;
+                    rest.push(match conditions.is_empty() {
+                        true => "true".to_owned(),
+                        false => format!("({})", conditions.join(" AND ")),
+                    });
+                }
+                match rest.is_empty() {
+                    true => "WHERE false".to_owned(),
+                    false => format!("WHERE {}", rest.join(" OR ")),
+                }
+            }
             (true, false) => where_all(self.key_condition(self.offset.after.as_deref()).as_slice()),
         };
         Ok(format!(
@@ -238,24 +326,37 @@ impl Table {
         ))
     }
 
-    /// Moves the physical-order offset to the row at `ctid` (the last of a part). Rows
-    /// come in block order from the scan; one that does not is an error, never a
-    /// silently wrong resume point.
-    pub(super) fn advance_ctid(&mut self, ctid: &[String]) -> Result<()> {
+    /// Moves block range `at` to the row at `ctid` (the last of a part). Rows come in
+    /// block order from the scan and stay inside the range; one that does not is an
+    /// error, never a silently wrong resume point.
+    pub(super) fn advance(&mut self, at: usize, ctid: &[String]) -> Result<()> {
         let text = ctid.first().map(String::as_str).unwrap_or_default();
         let tid = Tid::parse(text)?;
-        if let Some(previous) = self.offset.ctid.as_deref().map(Tid::parse).transpose()? {
-            if tid <= previous {
-                return Err(Error::internal(format!(
-                    "{}: rows arrived out of physical order (ctid {} after {})",
-                    self.split,
-                    tid.text(),
-                    previous.text()
-                )));
-            }
+        let name = self.range_name(at);
+        let range = self.range(at)?;
+        let previous = range.ctid.as_deref().map(Tid::parse).transpose()?;
+        if previous.is_some_and(|p| tid <= p)
+            || tid.block < range.from
+            || range.to.is_some_and(|to| tid.block >= to)
+        {
+            return Err(Error::internal(format!(
+                "{name}: rows arrived out of physical order (ctid {} after {})",
+                tid.text(),
+                previous.map_or("the range's start".to_owned(), Tid::text),
+            )));
         }
-        self.offset.ctid = Some(text.to_owned());
+        if let Some(range) = self.offset.ranges.get_mut(at) {
+            range.ctid = Some(text.to_owned());
+        }
         Ok(())
+    }
+
+    /// Block range `at` was read to its end; the table is done with its last range.
+    pub(super) fn finish(&mut self, at: usize) {
+        if let Some(range) = self.offset.ranges.get_mut(at) {
+            range.done = true;
+        }
+        self.offset.done = self.offset.ranges.iter().all(|r| r.done);
     }
 }
 
@@ -270,7 +371,10 @@ mod tests {
             ..TableOffset::default()
         };
         let physical = TableOffset {
-            ctid: Some("(7,3)".into()),
+            ranges: vec![BlockRange {
+                ctid: Some("(7,3)".into()),
+                ..BlockRange::default()
+            }],
             ..TableOffset::default()
         };
         assert!(same_order(&keyed, false, "table t").is_ok());
@@ -301,5 +405,53 @@ mod tests {
         assert_eq!(t.text(), "(12,5)");
         assert!(Tid::parse("(12,6)").unwrap() > t && Tid::parse("(13,1)").unwrap() > t);
         assert!(Tid::parse("12,5").is_err() && Tid::parse("(12,x)").is_err());
+    }
+
+    #[test]
+    fn a_table_is_cut_into_ranges_of_at_least_1_mib_the_last_open_ended() {
+        let one = plan_ranges(127, 4);
+        assert_eq!(one, vec![BlockRange::default()]);
+        let two = plan_ranges(256 + 5, 4);
+        assert_eq!(
+            two.iter().map(|r| (r.from, r.to)).collect::<Vec<_>>(),
+            vec![(0, Some(130)), (130, None)]
+        );
+        let four = plan_ranges(100_000, 4);
+        assert_eq!(
+            four.iter().map(|r| (r.from, r.to)).collect::<Vec<_>>(),
+            vec![
+                (0, Some(25_000)),
+                (25_000, Some(50_000)),
+                (50_000, Some(75_000)),
+                (75_000, None)
+            ]
+        );
+        assert_eq!(plan_ranges(0, 4).len(), 1);
+    }
+
+    #[test]
+    fn a_range_resumes_after_its_last_row_and_stops_before_the_next() {
+        let fresh = BlockRange {
+            from: 10,
+            to: Some(20),
+            ..BlockRange::default()
+        };
+        assert_eq!(
+            range_conditions(&fresh).unwrap(),
+            vec![
+                "__sluice_t.ctid >= '(10,0)'::tid",
+                "__sluice_t.ctid < '(20,0)'::tid"
+            ]
+        );
+        let resumed = BlockRange {
+            ctid: Some("(12,7)".into()),
+            to: None,
+            ..fresh
+        };
+        assert_eq!(
+            range_conditions(&resumed).unwrap(),
+            vec!["__sluice_t.ctid > '(12,7)'::tid"]
+        );
+        assert!(range_conditions(&BlockRange::default()).unwrap().is_empty());
     }
 }
