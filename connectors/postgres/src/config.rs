@@ -99,11 +99,13 @@ pub enum SnapshotOrder {
     #[default]
     Key,
     /// The table's physical order (`ctid`), in block ranges read by a TID range scan:
-    /// the work `COPY table TO` does, with no index. A restart resumes after the last
-    /// delivered `ctid`. Tables without a primary key can be read. A row updated while
-    /// the snapshot runs can be read twice (its old and new version; an upsert sink
-    /// folds them), and a table rewritten between a crash and the restart
-    /// (`VACUUM FULL`, `CLUSTER`) is read again from the start.
+    /// the work `COPY table TO` does, with no index. Tables without a primary key can
+    /// be read. A restart resumes after the last delivered `ctid`: a row updated
+    /// between the runs may have moved to a block read before (it is missed) or to one
+    /// not read yet (it comes twice), so a table written to while it is read takes
+    /// `key` order, or `cdc`, whose changes carry every update. A table rewritten
+    /// between a crash and the restart (`VACUUM FULL`, `CLUSTER`) is read again from
+    /// the start.
     Physical,
 }
 
@@ -149,9 +151,10 @@ pub struct PostgresSourceConfig {
     /// `snapshot_order = "physical"`: how many COPY streams read at once. When its
     /// snapshot starts, a table is cut into up to this many block ranges of at least
     /// 1 MiB, and the ranges of all tables are read this many at a time, each on a
-    /// connection of its own (in `cdc`, all in the slot's exported snapshot). The
-    /// ranges are kept in the offset: a restart resumes each after its last delivered
-    /// row, whatever this says then.
+    /// connection of its own, all in one snapshot (in `cdc` the slot's, in `snapshot`
+    /// one exported for the run, as `pg_dump -j` does). The ranges are kept in the
+    /// offset: a restart resumes each after its last delivered row, whatever this says
+    /// then.
     #[serde(default = "one")]
     pub snapshot_readers: usize,
     /// Cursor columns for `incremental`, compared as a tuple (put a unique column last,

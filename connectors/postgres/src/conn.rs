@@ -31,7 +31,7 @@ pub async fn connect_url(url: &Secret) -> Result<PgPool> {
 /// [`connect_one`]), classifying failures.
 pub async fn connect_pool(url: &Secret, size: u32, name: &str) -> Result<PgPool> {
     PgPoolOptions::new()
-        .max_connections(size.max(1))
+        .max_connections(size)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(named(options(url)?, name))
         .await

@@ -494,6 +494,36 @@ fn a_physical_snapshot_of_a_keyless_table_survives_kill_9_exactly_once_and_rerea
         )),
         format!("{}|200000", 200_000 + before)
     );
+
+    // three readers in a `snapshot` run read in one snapshot, exported by a
+    // transaction that stays open while the ranges are read (here held up by a sink
+    // waiting for a lock)
+    let held = fresh("it_pg_phys_held");
+    psql(&format!(
+        "CREATE TABLE \"{held}\" (id bigint NOT NULL, v text)"
+    ));
+    let lock = Command::new("psql")
+        .args(["-X", "-q", "-d", &url(), "-c"])
+        .arg(format!(
+            "BEGIN; LOCK TABLE \"{held}\" IN SHARE MODE; SELECT pg_sleep(4); COMMIT"
+        ))
+        .spawn()
+        .unwrap();
+    std::fs::write(d.join("held.toml"), toml(&held, 1000, 3)).unwrap();
+    let child = spawn(d, &["run", "--quiet", "held.toml"]);
+    let exporter = || {
+        psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'sluice {held} source' \
+             AND state = 'idle in transaction' AND query LIKE '%pg_export_snapshot()%'"
+        ))
+    };
+    let exported = crate::support::wait_until(Duration::from_secs(10), || exporter() == "1");
+    let run = finish(child, Duration::from_secs(60));
+    let _ = lock.wait_with_output();
+    assert!(exported, "no exported snapshot was held: {}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(totals(&held), totals(&src));
+    assert_eq!(exporter(), "0");
 }
 
 #[test]

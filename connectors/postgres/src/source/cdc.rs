@@ -230,10 +230,7 @@ impl PostgresSource {
     /// The next batch of changes, or an idle batch after `idle_timeout`.
     pub(super) async fn stream(&mut self) -> Result<Option<Batch>> {
         let started = Instant::now();
-        let pool = self
-            .pool
-            .clone()
-            .ok_or_else(|| Error::internal("source is not open"))?;
+        let pool = self.pool()?;
         let (Some(cdc), Some(table)) = (self.cdc.as_mut(), self.tables.first_mut()) else {
             return Ok(None);
         };

@@ -16,17 +16,25 @@ use super::table::Table;
 pub(super) async fn estimate(pool: &PgPool, tables: &[Table]) -> Result<(u64, u64)> {
     let (mut total, mut before) = (0, 0);
     for table in tables {
-        let all = plan_rows(pool, &table.explain(false)?, &table.split).await?;
+        let all = rows(pool, &table.explain(false)?, &table.split).await?;
         total += all;
-        let started = table.offset.started();
         if table.offset.done {
             before += all;
-        } else if started {
-            let rest = plan_rows(pool, &table.explain(true)?, &table.split).await?;
+        } else if table.offset.started() {
+            let rest = rows(pool, &table.explain(true)?, &table.split).await?;
             before += all.saturating_sub(rest);
         }
     }
     Ok((total, before))
+}
+
+/// The row estimates of `explains` added up.
+async fn rows(pool: &PgPool, explains: &[String], split: &str) -> Result<u64> {
+    let mut rows = 0;
+    for explain in explains {
+        rows += plan_rows(pool, explain, split).await?;
+    }
+    Ok(rows)
 }
 
 /// The row estimate of the top node of the plan of `explain`.

@@ -16,6 +16,7 @@
 mod cdc;
 mod change;
 mod cursor;
+mod decode;
 mod describe;
 mod envelope;
 mod estimate;
@@ -38,7 +39,7 @@ use self::cdc::Cdc;
 pub use self::cdc::TxnOffset;
 pub use self::describe::discover;
 use self::describe::{describe, describe_query, need_primary_key};
-use self::physical::CopyStream;
+use self::physical::{CopyStream, Exported};
 use self::snapshot::Prefetch;
 use self::table::{open_physical, same_order, Table};
 
@@ -129,6 +130,10 @@ pub struct PostgresSource {
     streams: Vec<CopyStream>,
     /// Block ranges read at once in physical order.
     readers: usize,
+    /// The snapshot a `snapshot` run's block ranges read in, with several readers.
+    exported: Option<Exported>,
+    /// The name the source's sessions carry (`application_name`).
+    session: String,
     /// The stream whose chunk is taken first next time, so that none waits behind
     /// the others.
     turn: usize,
@@ -145,7 +150,7 @@ pub struct PostgresSource {
 impl PostgresSource {
     /// A source for `config` (validated).
     pub fn new(config: PostgresSourceConfig) -> Self {
-        let readers = config.snapshot_readers.max(1);
+        let readers = config.snapshot_readers;
         PostgresSource {
             config,
             pool: None,
@@ -156,6 +161,8 @@ impl PostgresSource {
             prefetch: None,
             streams: Vec::new(),
             readers,
+            exported: None,
+            session: String::new(),
             turn: 0,
             parts: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -176,8 +183,8 @@ impl Source for PostgresSource {
         self.idle_timeout = ctx.idle_timeout;
         // a connection for each block range read at once, and one for the rest
         let size = u32::try_from(self.readers + 1).unwrap_or(u32::MAX);
-        let name = format!("sluice {} source", ctx.pipeline);
-        let pool = connect_pool(&self.config.url, size, &name).await?;
+        self.session = format!("sluice {} source", ctx.pipeline);
+        let pool = connect_pool(&self.config.url, size, &self.session).await?;
         // the tables, or the query, each read as one split
         let reads: Vec<Read> = match self.config.query_text() {
             Some(q) => vec![Read::Query(q)],
@@ -302,6 +309,7 @@ impl Source for PostgresSource {
             None if self.cdc.is_some() && self.tables.first().is_some_and(|t| t.offset.done) => {
                 return self.stream().await;
             }
+            None if self.tables.first().is_some_and(|t| t.physical) => self.read_physical().await?,
             None => self.read_tables().await?,
         };
         if let Some(b) = &batch {
@@ -334,11 +342,29 @@ impl Source for PostgresSource {
         for s in self.streams.drain(..) {
             s.task.abort();
         }
+        self.exported = None;
         self.close_cdc().await;
         if let Some(pool) = self.pool.take() {
             pool.close().await;
         }
         Ok(())
+    }
+}
+
+impl PostgresSource {
+    /// The open connection pool.
+    pub(super) fn pool(&self) -> Result<PgPool> {
+        self.pool
+            .clone()
+            .ok_or_else(|| Error::internal("source is not open"))
+    }
+
+    /// The snapshot a first `cdc` run reads in: the one its slot exported.
+    pub(super) fn exported_snapshot(&self) -> Option<String> {
+        self.cdc
+            .as_ref()
+            .and_then(|c| c.snapshot())
+            .map(str::to_owned)
     }
 }
 

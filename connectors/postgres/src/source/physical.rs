@@ -2,8 +2,9 @@
 //! of a table is one `COPY (SELECT ..., ctid ... WHERE ctid in the range)`, a TID
 //! range scan, streamed by a task that cuts it into chunks of whole tuples.
 //! `snapshot_readers` ranges, of one table or of several, stream at once, each on a
-//! connection of its own and, in a first `cdc` run, in the slot's exported snapshot;
-//! their chunks are decoded here as they come. Each range's offset is its last
+//! connection of its own and all in one snapshot: the slot's, exported when a `cdc`
+//! run starts, or one exported for a `snapshot` run (`Exported`); their chunks are
+//! decoded here as they come. Each range's offset is its last
 //! delivered `ctid`, so the ranges resume on their own, and a table is done when its
 //! last range is.
 
@@ -12,7 +13,10 @@ use std::task::Poll;
 use connector_api::{Batch, Error, Result};
 use sqlx::postgres::PgPool;
 
-use super::snapshot::{decode_parts, in_snapshot, offset_batch, part_batch, read_error, COPY_ROWS};
+use crate::config::SourceMode;
+
+use super::decode::{decode_parts, offset_batch, part_batch};
+use super::snapshot::{in_snapshot, read_error, COPY_ROWS};
 use super::{now_millis, PostgresSource};
 
 /// One block range being read: a task streams its COPY and sends it on in chunks of
@@ -53,79 +57,134 @@ impl CopyStream {
     }
 }
 
+/// A snapshot exported for a `snapshot` run with several readers, as `pg_dump -j`
+/// does: held by a REPEATABLE READ transaction on a connection of its own, and
+/// imported by every range's COPY, so that all ranges read the tables as of one
+/// moment (a row an update moves from one range to another is read once, not twice
+/// or never).
+pub(super) struct Exported {
+    conn: sqlx::PgConnection,
+    name: String,
+}
+
+impl Exported {
+    async fn export(url: &connector_api::Secret, session: &str) -> Result<Exported> {
+        let mut conn = crate::conn::connect_one(url, session).await?;
+        let failed = |e| crate::error::pg_error("export a snapshot for the block ranges", e);
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut conn)
+            .await
+            .map_err(failed)?;
+        let name: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(failed)?;
+        Ok(Exported { conn, name })
+    }
+}
+
 impl PostgresSource {
     /// The next batch of a physical-order snapshot: rows of whichever range has a
     /// chunk ready, or an empty batch with the offset when a range ends (`done` with
     /// a table's last); none when every range of every table is done.
     pub(super) async fn read_physical(&mut self) -> Result<Option<Batch>> {
-        self.start_streams()?;
+        self.start_streams().await?;
         if self.streams.is_empty() {
+            self.exported = None;
             return Ok(None);
         }
         let (at, next) = self.next_chunk().await;
         let (t, r) = (self.streams[at].table, self.streams[at].range);
-        let table = &mut self.tables[t];
-        let buf = match next {
-            Some(Ok(buf)) if !buf.is_empty() => buf,
+        let read = match next {
+            Some(Ok(buf)) if !buf.is_empty() => self.take_chunk((t, r), &buf),
             Some(Ok(_)) => {
                 self.streams.remove(at);
+                let table = &mut self.tables[t];
                 table.finish(r);
                 return Ok(Some(offset_batch(table)?));
             }
-            // a retried read starts over after the range's last decoded row
-            Some(Err(e)) => {
-                self.streams.remove(at);
-                return Err(e);
-            }
-            None => {
-                self.streams.remove(at);
-                return Err(Error::transient(format!(
-                    "the COPY of {} stopped before the end of the range",
-                    table.range_name(r)
-                )));
-            }
+            Some(Err(e)) => Err(e),
+            None => Err(Error::transient(format!(
+                "the COPY of {} stopped before the end of the range",
+                self.tables[t].range_name(r)
+            ))),
         };
-        let starts = crate::binary::tuples(&buf)?;
+        if let Err(e) = read {
+            // a retried read starts over after the range's last decoded row
+            self.streams.remove(at).task.abort();
+            self.check_exported().await;
+            return Err(e);
+        }
+        Ok(self.ready.pop_front())
+    }
+
+    /// Decodes a chunk of block range `r` of table `t` into batches, ready in turn,
+    /// each moving the range's offset past its rows.
+    fn take_chunk(&mut self, (t, r): (usize, usize), buf: &[u8]) -> Result<()> {
+        let table = &mut self.tables[t];
+        let starts = crate::binary::tuples(buf)?;
         let parts: Vec<&[usize]> = starts.chunks(self.batch_size).collect();
-        let decoded = decode_parts(table, &buf, &parts, self.parts);
+        let decoded = decode_parts(table, buf, &parts, self.parts);
         let now_ms = now_millis();
         for part in decoded {
             let part = part?;
             table.advance(r, &part.last_key)?;
             self.ready.push_back(part_batch(table, part, now_ms)?);
         }
-        Ok(self.ready.pop_front())
+        Ok(())
     }
 
     /// Starts streams for the ranges neither done nor being read, in table order,
-    /// until `readers` stream.
-    fn start_streams(&mut self) -> Result<()> {
-        if self.streams.len() >= self.readers {
-            return Ok(());
-        }
-        let pool = self.pool()?;
-        let snapshot = self.exported_snapshot();
-        let rows = (self.batch_size * self.parts).max(COPY_ROWS);
+    /// until `readers` stream; a `snapshot` run with several readers exports the
+    /// snapshot they read in first.
+    async fn start_streams(&mut self) -> Result<()> {
+        let mut pending = Vec::new();
         for (t, table) in self.tables.iter().enumerate() {
             for (r, range) in table.offset.ranges.iter().enumerate() {
-                if self.streams.len() >= self.readers {
-                    return Ok(());
-                }
                 let reading = self.streams.iter().any(|s| (s.table, s.range) == (t, r));
-                if range.done || reading {
-                    continue;
+                if !range.done && !reading {
+                    pending.push((t, r));
                 }
-                let sql = (table.copy_range(r)?, table.range_name(r));
-                self.streams.push(CopyStream::start(
-                    pool.clone(),
-                    sql,
-                    rows,
-                    (t, r),
-                    snapshot.clone(),
-                ));
             }
         }
+        pending.truncate(self.readers.saturating_sub(self.streams.len()));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if self.readers > 1 && self.config.mode == SourceMode::Snapshot && self.exported.is_none() {
+            self.exported = Some(Exported::export(&self.config.url, &self.session).await?);
+        }
+        let pool = self.pool()?;
+        let snapshot = match &self.exported {
+            Some(exported) => Some(exported.name.clone()),
+            None => self.exported_snapshot(),
+        };
+        // each stream holds up to two chunks: their size shrinks as readers are added
+        let rows = (self.batch_size * self.parts).max(COPY_ROWS / self.readers);
+        for (t, r) in pending {
+            let table = &self.tables[t];
+            let sql = (table.copy_range(r)?, table.range_name(r));
+            self.streams.push(CopyStream::start(
+                pool.clone(),
+                sql,
+                rows,
+                (t, r),
+                snapshot.clone(),
+            ));
+        }
         Ok(())
+    }
+
+    /// After a failed read: a snapshot this run exported whose connection is gone can
+    /// no longer be imported, so the next read exports another.
+    async fn check_exported(&mut self) {
+        use sqlx::Connection;
+        if let Some(exported) = self.exported.as_mut() {
+            if exported.conn.ping().await.is_err() {
+                tracing::warn!("the connection holding the snapshot of the block ranges ended: the ranges not yet read go on in a new snapshot");
+                self.exported = None;
+            }
+        }
     }
 
     /// The next chunk of any stream, and the stream's index; the streams are asked in
@@ -152,7 +211,7 @@ impl PostgresSource {
 /// `rows` whole tuples, each with the stream's header and a trailer. Synchronized and
 /// parallel scans are turned off for it (in its own transaction): either would hand
 /// rows out of block order.
-pub(super) async fn stream_copy(
+async fn stream_copy(
     pool: &PgPool,
     sql: &str,
     rows: usize,

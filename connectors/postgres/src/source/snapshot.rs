@@ -1,19 +1,15 @@
 //! Reading tables by binary COPY in key order: chunks with one read ahead, decoded on
-//! every core. The physical order (`physical.rs`) shares the decoding.
+//! every core (`decode.rs`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
-use arrow_schema::Schema;
-use connector_api::{Batch, Error, Offsets, Reject, Result};
+use connector_api::{Batch, Error, Result};
 use sqlx::postgres::PgPool;
 
-use crate::binary::Decoded;
 use crate::config::SourceMode;
 use crate::error::pg_error;
 
-use super::table::Table;
+use super::decode::{decode_parts, offset_batch, part_batch};
 use super::{now_millis, PostgresSource};
 
 /// Rows per COPY of a snapshot at least (measured, 1M rows to Parquet: 16,384 per
@@ -71,13 +67,14 @@ pub(super) async fn in_snapshot(
     Ok(())
 }
 
-/// A failed read of `split`: a snapshot that can no longer be imported (its
-/// replication connection ended) is retried, since the run after goes on without it.
+/// A failed read of `split`: a snapshot that can no longer be imported (the
+/// connection that exported it ended) is retried: the read after goes on without it
+/// (`cdc`) or in a new one (`physical::Exported`).
 pub(super) fn read_error(split: &str, e: sqlx::Error) -> Error {
     if crate::error::sqlstate(&e).as_deref() == Some("22023") && e.to_string().contains("snapshot")
     {
         return Error::transient(format!(
-            "reading {split}: the snapshot exported with the replication slot is gone (its connection ended)"
+            "reading {split}: the exported snapshot is gone (the connection that exported it ended)"
         ))
         .with_source(e);
     }
@@ -89,9 +86,6 @@ impl PostgresSource {
     /// starts `cdc`): an empty batch with the offset `done` ends a table; a
     /// `snapshot` ends after the last; `incremental` polls at `poll_interval`.
     pub(super) async fn read_tables(&mut self) -> Result<Option<Batch>> {
-        if self.tables.first().is_some_and(|t| t.physical) {
-            return self.read_physical().await;
-        }
         let started = Instant::now();
         let mut empty_pass = 0;
         loop {
@@ -193,92 +187,4 @@ impl PostgresSource {
             return Ok(self.ready.pop_front());
         }
     }
-
-    /// The open connection pool.
-    pub(super) fn pool(&self) -> Result<PgPool> {
-        self.pool
-            .clone()
-            .ok_or_else(|| Error::internal("source is not open"))
-    }
-
-    /// The snapshot a first `cdc` run reads in: the one its slot exported.
-    pub(super) fn exported_snapshot(&self) -> Option<String> {
-        self.cdc
-            .as_ref()
-            .and_then(|c| c.snapshot())
-            .map(str::to_owned)
-    }
-}
-
-/// An empty batch carrying `table`'s offset as it stands (a table or range done).
-pub(super) fn offset_batch(table: &Table) -> Result<Batch> {
-    let mut offsets = Offsets::new();
-    offsets.set_typed(table.split.clone(), &table.offset)?;
-    Ok(Batch::new(
-        RecordBatch::new_empty(Arc::new(Schema::empty())),
-        offsets,
-    ))
-}
-
-/// Decodes the tuples of `buf` in `parts` (from [`crate::binary::tuples`]) on up to
-/// `cores` threads at a time, each part its own batch. CPU-heavy: off the runtime's
-/// queue, so the sink's task runs meanwhile.
-pub(super) fn decode_parts(
-    table: &Table,
-    buf: &[u8],
-    parts: &[&[usize]],
-    cores: usize,
-) -> Vec<Result<Decoded>> {
-    let schema = &table.table_schema;
-    let keys = table.key_columns();
-    let pg_types: Vec<&str> = table.columns.iter().map(|c| c.pg.as_str()).collect();
-    let pg_types = &pg_types[..];
-    connector_api::blocking(|| {
-        let mut decoded = Vec::with_capacity(parts.len());
-        for wave in parts.chunks(cores.max(1)) {
-            if let [part] = wave {
-                decoded.push(crate::binary::decode(buf, part, schema, pg_types, keys));
-                continue;
-            }
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = wave
-                    .iter()
-                    .map(|part| {
-                        scope
-                            .spawn(move || crate::binary::decode(buf, part, schema, pg_types, keys))
-                    })
-                    .collect();
-                decoded.extend(handles.into_iter().map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(Error::internal("binary COPY decoder panicked")))
-                }));
-            });
-        }
-        decoded
-    })
-}
-
-/// The batch of a decoded part, with `table`'s offset as it stands (advanced past the
-/// part) and the part's rejects, each named by its key or `ctid`.
-pub(super) fn part_batch(table: &Table, part: Decoded, now_ms: i64) -> Result<Batch> {
-    let mut offsets = Offsets::new();
-    offsets.set_typed(table.split.clone(), &table.offset)?;
-    let mut batch = Batch::new(table.records(part.batch, now_ms)?, offsets);
-    batch.rejects = part
-        .rejects
-        .into_iter()
-        .map(|(key, why)| {
-            let position = match table.physical {
-                true => format!("table {} ctid {}", table.split, key.join(", ")),
-                false => format!("table {} key ({})", table.split, key.join(", ")),
-            };
-            Reject::new(
-                table.split.clone(),
-                position,
-                key.join(", "),
-                Error::data(why),
-            )
-        })
-        .collect();
-    Ok(batch)
 }

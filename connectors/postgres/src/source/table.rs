@@ -84,7 +84,7 @@ fn range_conditions(range: &BlockRange) -> Result<Vec<String>> {
 /// `blocks` cut into up to `readers` ranges of at least [`RANGE_BLOCKS`]; the last
 /// runs to the table's end.
 fn plan_ranges(blocks: u64, readers: usize) -> Vec<BlockRange> {
-    let n = (blocks / RANGE_BLOCKS).clamp(1, readers.max(1) as u64);
+    let n = (blocks / RANGE_BLOCKS).clamp(1, readers as u64);
     let edge = |i: u64| u32::try_from(blocks * i / n).unwrap_or(u32::MAX);
     (0..n)
         .map(|i| BlockRange {
@@ -299,31 +299,29 @@ impl Table {
         ))
     }
 
-    /// `EXPLAIN` of the table's rows (`rest`: those after its offset), whose plan's
-    /// row estimate costs no scan.
-    pub(super) fn explain(&self, rest: bool) -> Result<String> {
-        let filter = match (rest, self.physical) {
-            (false, _) => String::new(),
-            (true, true) => {
-                let mut rest = Vec::new();
-                for range in self.offset.ranges.iter().filter(|r| !r.done) {
-                    let conditions = range_conditions(range)?;
-                    rest.push(match conditions.is_empty() {
-                        true => "true".to_owned(),
-                        false => format!("({})", conditions.join(" AND ")),
-                    });
-                }
-                match rest.is_empty() {
-                    true => "WHERE false".to_owned(),
-                    false => format!("WHERE {}", rest.join(" OR ")),
-                }
-            }
-            (true, false) => where_all(self.key_condition(self.offset.after.as_deref()).as_slice()),
+    /// `EXPLAIN`s of the table's rows (`rest`: those after its offset), whose plans'
+    /// row estimates cost no scan and add up: one per block range not done (the
+    /// planner would take ranges joined by OR as overlapping), else one.
+    pub(super) fn explain(&self, rest: bool) -> Result<Vec<String>> {
+        let explain = |filter: String| {
+            format!(
+                "EXPLAIN SELECT 1 FROM {} AS __sluice_t {filter}",
+                self.relation
+            )
         };
-        Ok(format!(
-            "EXPLAIN SELECT 1 FROM {} AS __sluice_t {filter}",
-            self.relation
-        ))
+        match (rest, self.physical) {
+            (false, _) => Ok(vec![explain(String::new())]),
+            (true, true) => self
+                .offset
+                .ranges
+                .iter()
+                .filter(|r| !r.done)
+                .map(|r| Ok(explain(where_all(&range_conditions(r)?))))
+                .collect(),
+            (true, false) => Ok(vec![explain(where_all(
+                self.key_condition(self.offset.after.as_deref()).as_slice(),
+            ))]),
+        }
     }
 
     /// Moves block range `at` to the row at `ctid` (the last of a part). Rows come in
