@@ -639,6 +639,25 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         )?),
         None => None,
     };
+    let mut places: Vec<(std::path::PathBuf, &Section)> = Vec::new();
+    for sink in sinks.iter().chain(dead_letter.as_ref()) {
+        let Some(dir) = file_sink_dir(sink) else {
+            continue;
+        };
+        if let Some((_, other)) = places.iter().find(|(d, _)| *d == dir) {
+            return Err(doc.error_at(
+                doc.span_of(&format!("{}.path", sink.path)),
+                format!(
+                    "[{}] writes into the directory of [{}] (\"{}\"): one sink's files and state would replace the other's",
+                    sink.path,
+                    other.path,
+                    dir.display()
+                ),
+                Some("give each file sink a directory of its own".into()),
+            ));
+        }
+        places.push((dir, sink));
+    }
     if raw.errors.tolerance == Tolerance::All && dead_letter.is_none() {
         return Err(doc.error_at(
             doc.span_of("errors.tolerance"),
@@ -692,6 +711,17 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         errors: raw.errors,
         secrets: doc.secrets.clone(),
     })
+}
+
+/// The directory a `file` sink writes into, absolute and without `.` parts, so that
+/// two spellings of one directory compare equal.
+fn file_sink_dir(sink: &Section) -> Option<std::path::PathBuf> {
+    if sink.connector != "file" {
+        return None;
+    }
+    let path = sink.config.get("path")?.as_str()?;
+    let absolute = std::path::absolute(path).ok()?;
+    Some(absolute.components().collect())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -778,6 +808,9 @@ fn section(
         }),
     }
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

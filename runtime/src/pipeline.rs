@@ -196,7 +196,7 @@ pub async fn run(
     };
     unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &resume)) })
         .map_err(|e| e.context("source"))?;
-    tracing::info!(pipeline = %name, source = %pipeline.source.connector, splits = resume.len(), "pipeline started");
+    tracing::info!(pipeline = %name, source = %pipeline.source.connector, resumed_splits = resume.len(), "pipeline started");
     metrics.set_progress(source.progress());
     metrics.set_state(State::Running);
 

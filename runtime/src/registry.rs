@@ -156,9 +156,11 @@ impl Registry {
                 }
                 if let Some((c, o)) = self.sinks.iter().find(|(c, _)| c.name() == n) {
                     kinds.push("sink");
-                    if desc.is_empty() {
-                        desc = c.description().to_string();
-                    }
+                    desc = match desc.is_empty() {
+                        true => c.description().to_string(),
+                        // both: each side says what it does
+                        false => format!("source: {desc}; sink: {}", c.description()),
+                    };
                     origin = o.clone();
                 }
                 (n, kinds, desc, origin)

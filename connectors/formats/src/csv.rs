@@ -191,12 +191,13 @@ impl CsvDecoder {
                 out.lines = crate::count_newlines(&buf[..consumed]);
                 let all = &buf[..consumed];
                 match d.flush() {
-                    Ok(batch) if !self.excess_scale(all, header, rows, &schema)? => {
+                    Ok(batch) if !self.loses_digits(all, header, rows, &schema)? => {
                         out.batch = batch
                     }
-                    // a decimal with more places than its scale: arrow-csv would drop them
+                    // digits arrow-csv would drop: decimal places beyond the scale,
+                    // sub-second digits beyond the unit
                     Ok(_) => {
-                        let err = arrow_schema::ArrowError::ParseError("decimal places".into());
+                        let err = arrow_schema::ArrowError::ParseError("digits lost".into());
                         self.isolate(all, header, rows, &schema, &mut out, err)?
                     }
                     Err(err) => {
@@ -228,43 +229,47 @@ impl CsvDecoder {
         Ok(out)
     }
 
-    /// Whether a decimal column of `buf` has a value with more decimal places than its
-    /// scale (read again as text, those columns only).
-    fn excess_scale(
+    /// Whether a decimal or timestamp column of `buf` has a value with more decimal
+    /// places than its scale, or sub-second digits than its unit, which arrow-csv would
+    /// drop (read again as text, those columns only).
+    fn loses_digits(
         &self,
         buf: &[u8],
         header: bool,
         rows: usize,
         schema: &SchemaRef,
     ) -> Result<bool> {
-        let decimals: Vec<(usize, i8)> = schema
+        let exact: Vec<(usize, &DataType)> = schema
             .fields()
             .iter()
             .enumerate()
-            .filter_map(|(i, f)| match f.data_type() {
-                DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => Some((i, *s)),
-                _ => None,
+            .filter(|(_, f)| {
+                matches!(
+                    f.data_type(),
+                    DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::Timestamp(..)
+                )
             })
+            .map(|(i, f)| (i, f.data_type()))
             .collect();
-        if decimals.is_empty() {
+        if exact.is_empty() {
             return Ok(false);
         }
         let mut d = self
             .builder(text_schema(schema), header, rows)
-            .with_projection(decimals.iter().map(|&(i, _)| i).collect())
+            .with_projection(exact.iter().map(|&(i, _)| i).collect())
             .build_decoder();
         feed(&mut d, buf)?;
         let Some(text) = d.flush()? else {
             return Ok(false);
         };
-        Ok(decimals.iter().enumerate().any(|(c, &(_, scale))| {
+        Ok(exact.iter().enumerate().any(|(c, &(_, data_type))| {
             text.column(c)
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .is_some_and(|s| {
                     s.iter()
                         .flatten()
-                        .any(|v| crate::json_typed::excess_scale(v, scale))
+                        .any(|v| crate::json_typed::loses_digits(v, data_type).is_some())
                 })
         }))
     }
@@ -303,10 +308,6 @@ impl CsvDecoder {
         for (i, field) in schema.fields().iter().enumerate() {
             let col = text.column(i);
             let cast = cast_with_options(col, field.data_type(), &safe)?;
-            let scale = match field.data_type() {
-                DataType::Decimal128(_, s) | DataType::Decimal256(_, s) => Some(*s),
-                _ => None,
-            };
             for r in 0..n {
                 let empty = col
                     .as_any()
@@ -318,14 +319,10 @@ impl CsvDecoder {
                     .downcast_ref::<StringArray>()
                     .filter(|s| !s.is_null(r))
                     .map(|s| s.value(r));
-                if let (Some(scale), Some(v), true) = (scale, value, ok[r]) {
-                    if crate::json_typed::excess_scale(v, scale) {
+                if let (Some(v), true) = (value, ok[r]) {
+                    if let Some(why) = crate::json_typed::loses_digits(v, field.data_type()) {
                         ok[r] = false;
-                        reasons[r] = Some(format!(
-                            "column \"{}\": \"{v}\" has more than {scale} decimal places: {} would round it",
-                            field.name(),
-                            connector_api::type_name(field.data_type())
-                        ));
+                        reasons[r] = Some(format!("column \"{}\": {why}", field.name()));
                         continue;
                     }
                 }

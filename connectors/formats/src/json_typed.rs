@@ -40,6 +40,54 @@ pub(crate) fn excess_scale(t: &str, scale: i8) -> bool {
     digits - exp > scale as i32
 }
 
+/// True when the timestamp `t` (ISO 8601 text) has non-zero sub-second digits beyond
+/// what `unit` holds (`.9999999` into microseconds; `.1234560` fits), which parsing
+/// would drop.
+pub(crate) fn excess_precision(t: &str, unit: TimeUnit) -> bool {
+    let Some(dot) = t.find('.') else {
+        return false;
+    };
+    let fraction: &str = &t[dot + 1..];
+    let digits = fraction.len()
+        - fraction
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    let significant = fraction[..digits].trim_end_matches('0').len();
+    significant > unit_digits(unit)
+}
+
+/// The sub-second digits a timestamp of `unit` holds.
+fn unit_digits(unit: TimeUnit) -> usize {
+    match unit {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 3,
+        TimeUnit::Microsecond => 6,
+        TimeUnit::Nanosecond => 9,
+    }
+}
+
+/// Why the text `t` cannot be read into `data_type` without losing digits, if it
+/// cannot: more decimal places than a decimal's scale, or sub-second digits than a
+/// timestamp's unit.
+pub(crate) fn loses_digits(t: &str, data_type: &DataType) -> Option<String> {
+    match data_type {
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if excess_scale(t, *s) => Some(
+            format!("\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it"),
+        ),
+        DataType::Timestamp(unit, _) if excess_precision(t, *unit) => Some(format!(
+            "\"{t}\" has more than {} sub-second digits: a timestamp in {} would cut them off",
+            unit_digits(*unit),
+            match unit {
+                TimeUnit::Second => "seconds",
+                TimeUnit::Millisecond => "milliseconds",
+                TimeUnit::Microsecond => "microseconds",
+                TimeUnit::Nanosecond => "nanoseconds",
+            }
+        )),
+        _ => None,
+    }
+}
+
 /// How the lines of one schema decode; shared by the threads decoding parts of a buffer.
 pub(crate) struct Plan {
     schema: SchemaRef,
@@ -512,10 +560,8 @@ impl<'a> Cursor<'a> {
             (Ty::Decimal(p, s), Kind::Decimal(_, v)) => {
                 let (t, _) = self.scalar_text("a decimal").map_err(named)?;
                 let t = text(t)?;
-                if excess_scale(t, *s) {
-                    return Err(named(err(format!(
-                        "\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it"
-                    ))));
+                if let Some(why) = loses_digits(t, &DataType::Decimal128(*p, *s)) {
+                    return Err(named(err(why)));
                 }
                 v.push(
                     parse_decimal::<Decimal128Type>(t, *p, *s)
@@ -635,6 +681,9 @@ fn float(t: &[u8]) -> Result<f64> {
 }
 
 fn timestamp(t: &str, unit: TimeUnit, tz: &Tz) -> Result<i64> {
+    if let Some(why) = loses_digits(t, &DataType::Timestamp(unit, None)) {
+        return Err(err(why));
+    }
     let d =
         string_to_datetime(tz, t).map_err(|e| err(format!("\"{t}\" is not a timestamp: {e}")))?;
     match unit {
@@ -790,6 +839,20 @@ mod tests {
 
     #[test]
     fn a_decimal_with_more_places_than_the_scale_is_an_error_not_rounded() {
+        assert!(excess_precision(
+            "2024-01-01T10:00:00.9999999Z",
+            TimeUnit::Microsecond
+        ));
+        assert!(excess_precision("2024-01-01 10:00:00.5", TimeUnit::Second));
+        assert!(!excess_precision(
+            "2024-01-01T10:00:00.1234560+05:00",
+            TimeUnit::Microsecond
+        ));
+        assert!(!excess_precision("2024-01-01T10:00:00Z", TimeUnit::Second));
+        assert!(!excess_precision(
+            "2024-01-01T10:00:00.123456789Z",
+            TimeUnit::Nanosecond
+        ));
         assert!(excess_scale("1.005", 2));
         assert!(excess_scale("-0.001", 2));
         assert!(excess_scale("1.5e-2", 2));

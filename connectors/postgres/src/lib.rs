@@ -38,7 +38,7 @@ pub struct Postgres;
 impl SourceConnector for Postgres {
     const NAME: &'static str = NAME;
     const DESCRIPTION: &'static str =
-        "PostgreSQL tables: snapshot in key order, or incremental by cursor columns";
+        "PostgreSQL tables or a query: snapshot in key or physical order, incremental by cursor columns, or cdc (snapshot, then changes over logical replication)";
     type Config = PostgresSourceConfig;
 
     fn validate(&self, config: &PostgresSourceConfig) -> Result<()> {

@@ -37,6 +37,25 @@ fn unknown_key_is_located_and_a_suggestion_given() {
 }
 
 #[test]
+fn two_file_sinks_into_one_directory_are_refused_naming_both() {
+    check(
+        "[source]\nconnector = \"datagen\"\ncount = 10\n\
+         [sinks.a]\nconnector = \"file\"\npath = \"out\"\n\
+         [sinks.b]\nconnector = \"file\"\npath = \"./out/\"\nformat = \"csv\"\n",
+        &[
+            "p.toml:9:",
+            "[sinks.b] writes into the directory of [sinks.a]",
+            "give each file sink a directory of its own",
+        ],
+    );
+    check(
+        "[source]\nconnector = \"datagen\"\ncount = 10\n[sink]\nconnector = \"file\"\npath = \"out\"\n\
+         [errors]\ntolerance = \"all\"\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out\"\n",
+        &["[errors.dead_letter] writes into the directory of [sink]"],
+    );
+}
+
+#[test]
 fn unknown_connector_lists_a_suggestion() {
     check(
         "[source]\nconnector = \"datagem\"\n[sink]\nconnector = \"file\"\npath = \"out/x\"\n",
@@ -111,6 +130,15 @@ fn describe_prints_documented_options_and_connectors_lists_builtins() {
     for n in ["datagen", "file", "sqlite", "blackhole"] {
         assert!(run.stdout.contains(n), "{}", run.stdout);
     }
+    // a connector that is both says what each side does
+    let postgres = run.stdout.lines().find(|l| l.starts_with("postgres "));
+    assert!(
+        postgres.is_some_and(|l| l.contains("source: ")
+            && l.contains("cdc (snapshot, then changes")
+            && l.contains("; sink: PostgreSQL tables via COPY")),
+        "{}",
+        run.stdout
+    );
     let run = sluice(dir.path(), &["describe", "fiel"]);
     assert_eq!(run.code, Some(2));
     assert!(

@@ -169,6 +169,36 @@ fn a_csv_decimal_with_too_many_places_stops_instead_of_rounding() {
     );
 }
 
+/// A timestamp with more sub-second digits than its unit holds is never cut: the run
+/// stops naming the column, the value and the line (JSON lines and CSV alike); trailing
+/// zeros fit.
+#[test]
+fn a_timestamp_with_more_digits_than_its_unit_stops_instead_of_cutting_them() {
+    let schema =
+        "schema = [{ name = \"id\", type = \"int64\" }, { name = \"at\", type = \"timestamptz\" }]";
+    stops_naming(
+        "a.jsonl",
+        "{\"id\": 1, \"at\": \"2024-05-01T10:00:00.1234560Z\"}\n\
+         {\"id\": 2, \"at\": \"2024-05-01T10:00:00.9999999Z\"}\n",
+        schema,
+        &[
+            "line 2",
+            "\"at\"",
+            "\"2024-05-01T10:00:00.9999999Z\" has more than 6 sub-second digits",
+        ],
+    );
+    stops_naming(
+        "a.csv",
+        "id,at\n1,2024-05-01T10:00:00.123456Z\n2,2024-05-01 10:00:00.0000001+02:00\n",
+        &format!("format = \"csv\"\n{schema}"),
+        &[
+            "line 3",
+            "column \"at\"",
+            "\"2024-05-01 10:00:00.0000001+02:00\" has more than 6 sub-second digits",
+        ],
+    );
+}
+
 /// CSV records with too few or too many fields, or bytes that are not UTF-8, are dead
 /// letters naming their line under `tolerance = "all"`; the others arrive.
 #[test]
