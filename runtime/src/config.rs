@@ -201,7 +201,8 @@ pub struct ErrorsConfig {
     /// Records the failure rate is measured over.
     #[serde(default = "default_window")]
     pub window: usize,
-    /// Retries of a retryable error (connection lost, timeout) before the pipeline stops.
+    /// Retries of a retryable error (connection lost, timeout) before the pipeline stops;
+    /// also the restarts of the whole pipeline in a row without a stored checkpoint.
     #[serde(default = "default_retries")]
     pub max_retries: u32,
     /// First retry delay; doubles each time, with jitter.

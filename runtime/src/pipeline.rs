@@ -15,7 +15,7 @@ mod tests;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use connector_api::{Error, Offsets, Result, SinkContext, SourceContext};
 use tokio::sync::{mpsc, watch, Semaphore};
@@ -74,7 +74,7 @@ pub async fn supervise(
     let mut stop = control.stop.clone();
     let mut backoff = crate::retry::Backoff::new(&policy);
     loop {
-        let started = Instant::now();
+        let checkpoints = metrics.checkpoints.load(Ordering::Relaxed);
         let result = telemetry::scope(
             metrics.clone(),
             run(pipeline, registry, control.clone(), metrics.clone()),
@@ -84,23 +84,34 @@ pub async fn supervise(
             Err(e) if e.is_restartable() && !*stop.borrow() => e,
             other => return other,
         };
-        if started.elapsed() > Duration::from_secs(60) {
-            // it ran a while: a new failure starts a new count
+        if metrics.checkpoints.load(Ordering::Relaxed) > checkpoints {
+            // the run stored a checkpoint: it got on, so a new failure starts a new
+            // count. Time alone is no progress: a run that spent minutes retrying its
+            // connections counts as a failed attempt.
             backoff = crate::retry::Backoff::new(&policy);
         }
         let Some(delay) = backoff.next_delay() else {
-            return Err(err.context(format!("after {} restarts", policy.max_retries)));
+            return Err(err.context(format!(
+                "after {} restarts in a row without a checkpoint",
+                policy.max_retries
+            )));
         };
+        let attempt = backoff.attempt();
         tracing::warn!(
             pipeline = %pipeline.name,
             error = %err,
             kind = %err.kind(),
-            attempt = backoff.attempt(),
+            attempt,
+            max_retries = policy.max_retries,
             delay_ms = delay.as_millis() as u64,
             "pipeline failed; restarting from its last checkpoint"
         );
         metrics.restarts.fetch_add(1, Ordering::Relaxed);
-        metrics.set_error(Some(format!("{} error: {err}", err.kind())));
+        metrics.set_error(Some(format!(
+            "{} error (restart {attempt} of {}): {err}",
+            err.kind(),
+            policy.max_retries
+        )));
         metrics.set_state(State::Retrying);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

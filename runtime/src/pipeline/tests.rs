@@ -131,11 +131,16 @@ impl DynSourceConnector for TestSource {
 struct TestSink {
     sink: MemorySink,
     log: Log,
+    /// Each sink's flush with this index (0-based) fails as Aborted: every run gets on
+    /// and then loses its connection.
+    abort_flush: Option<usize>,
 }
 
 struct LoggedSink {
     inner: MemorySink,
     log: Log,
+    abort_flush: Option<usize>,
+    flushes: usize,
 }
 
 #[async_trait]
@@ -149,6 +154,13 @@ impl Sink for LoggedSink {
         Ok(())
     }
     async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        self.flushes += 1;
+        if self.abort_flush == Some(self.flushes - 1) {
+            return Err(connector_api::Error::new(
+                ErrorKind::Aborted,
+                "injected abort: the connection died",
+            ));
+        }
         self.inner.flush(offsets).await?;
         push(&self.log, format!("flush {}", position(offsets)));
         Ok(())
@@ -173,6 +185,8 @@ impl DynSinkConnector for TestSink {
         Ok(Box::new(LoggedSink {
             inner: self.sink.clone(),
             log: self.log.clone(),
+            abort_flush: self.abort_flush,
+            flushes: 0,
         }))
     }
     async fn check(&self, _: &serde_json::Value) -> Result<()> {
@@ -190,6 +204,16 @@ struct Setup {
 }
 
 fn setup(source: TestSource, faults: Faults, extra: &str) -> Setup {
+    setup_aborting(source, faults, None, extra)
+}
+
+/// [`setup`], with sinks whose flush `abort_flush` fails as Aborted.
+fn setup_aborting(
+    source: TestSource,
+    faults: Faults,
+    abort_flush: Option<usize>,
+    extra: &str,
+) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("p.toml");
     let text = format!(
@@ -205,6 +229,7 @@ fn setup(source: TestSource, faults: Faults, extra: &str) -> Setup {
     registry.add_sink(Arc::new(TestSink {
         sink: sink.clone(),
         log: log.clone(),
+        abort_flush,
     }));
     let pipeline = config::load(&file, &registry).unwrap();
     let metrics = Arc::new(PipelineMetrics::of(&pipeline));
@@ -604,4 +629,36 @@ async fn pause_stops_reading_and_checkpoints_what_was_read_then_resume_reads_on(
     assert!(read as u64 >= paused_at + 200);
     assert_eq!(s.sink.store.lock().unwrap().flushed_rows(), read);
     assert_ne!(s.metrics.state(), State::Failed);
+}
+
+/// Restarts count in a row only while no run stores a checkpoint: runs that each get
+/// on and then lose their connection go on past `max_retries` and deliver everything
+/// once; runs that never get on stop after `max_retries`, whatever time they took.
+#[tokio::test]
+async fn restarts_count_only_while_no_checkpoint_is_stored() {
+    let extra = "max_retries = 1\n[batch]\nmax_records = 10\nlinger = \"1ms\"\n\
+                 [checkpoint]\ninterval = \"5ms\"\n";
+    let paced = TestSource {
+        paced: true,
+        ..source(400, 10)
+    };
+    let s = setup_aborting(paced, Faults::default(), Some(1), extra);
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_exactly_once(&s.sink, 400);
+    let restarts = s.metrics.restarts.load(Ordering::Relaxed);
+    assert!(restarts > 1, "{restarts} restarts");
+
+    // the first flush of every run fails: no run gets on
+    let s = setup_aborting(source(400, 10), Faults::default(), Some(0), extra);
+    let err = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("after 1 restarts in a row without a checkpoint"),
+        "{err}"
+    );
+    assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
 }
