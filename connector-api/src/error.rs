@@ -33,6 +33,10 @@ pub enum ErrorKind {
     /// Another run holds what this one needs to write safely (the lock or lease on a
     /// pipeline's stored offsets). Never retried: two runs must not write side by side.
     Conflict,
+    /// Local storage cannot take or give what it must: the disk is full or read-only,
+    /// or a state file is not what it should be (not a database, damaged). Never
+    /// retried: someone has to free space or move the file; the message says which.
+    Storage,
     /// A bug or a broken invariant. Never retried.
     Internal,
 }
@@ -51,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Aborted => "aborted",
             ErrorKind::Conflict => "conflict",
+            ErrorKind::Storage => "storage",
             ErrorKind::Internal => "internal",
         }
     }
@@ -68,6 +73,7 @@ impl ErrorKind {
             "unsupported" => ErrorKind::Unsupported,
             "aborted" => ErrorKind::Aborted,
             "conflict" => ErrorKind::Conflict,
+            "storage" => ErrorKind::Storage,
             _ => ErrorKind::Internal,
         }
     }
@@ -159,6 +165,11 @@ impl Error {
     /// A [`ErrorKind::Transient`] error.
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)
+    }
+
+    /// A [`ErrorKind::Storage`] error.
+    pub fn storage(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Storage, message)
     }
 
     /// A [`ErrorKind::Data`] error.
@@ -276,6 +287,7 @@ impl From<std::io::Error> for Error {
             K::ConnectionRefused | K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe => {
                 ErrorKind::Connect
             }
+            K::StorageFull | K::ReadOnlyFilesystem => ErrorKind::Storage,
             _ => ErrorKind::Internal,
         };
         Error::new(kind, "i/o").with_source(err)

@@ -17,8 +17,43 @@ pub struct CheckpointStore {
     path: PathBuf,
 }
 
+/// A failure of the store at `path`, classified by SQLite's result code: a full or
+/// read-only disk and a file that is not a database stop at once with the way out; a
+/// busy file is retried; the rest as a lost connection.
 fn store_error(path: &Path, what: &str, err: sqlx::Error) -> Error {
-    Error::connect(format!("checkpoint store \"{}\": {what}", path.display())).with_source(err)
+    let at = format!("checkpoint store \"{}\"", path.display());
+    let error = match sqlite_code(&err) {
+        // SQLITE_FULL
+        Some(13) => Error::storage(format!(
+            "{at}: {what}: the disk is full; free space and run again (the offsets stored last are kept)"
+        )),
+        // SQLITE_READONLY
+        Some(8) => Error::storage(format!(
+            "{at}: {what}: the file or its disk is read-only; make it writable or set [checkpoint] path"
+        )),
+        // SQLITE_CORRUPT, SQLITE_NOTADB
+        Some(11 | 26) => Error::storage(format!(
+            "{at}: {what}: the file is not a SQLite database or is damaged; \
+             `sluice offsets reset` sets it aside and starts a new one (every pipeline in it \
+             then reads from the start), or move it away yourself"
+        )),
+        // SQLITE_BUSY, SQLITE_LOCKED
+        Some(5 | 6) => Error::transient(format!("{at}: {what}: the file is busy")),
+        _ => Error::connect(format!("{at}: {what}")),
+    };
+    error.with_source(err)
+}
+
+/// SQLite's primary result code of a database error.
+fn sqlite_code(err: &sqlx::Error) -> Option<i32> {
+    let code = err.as_database_error()?.code()?;
+    code.parse::<i32>().ok().map(|c| c & 0xff)
+}
+
+/// The store's file is not a database or is damaged.
+pub fn is_corrupt(err: &Error) -> bool {
+    err.kind() == connector_api::ErrorKind::Storage
+        && err.message().contains("not a SQLite database")
 }
 
 /// Stores already open in this process, by path: pipelines that share a file share
@@ -96,6 +131,33 @@ impl CheckpointStore {
         })
     }
 
+    /// Opens the store at `path`; one that is not a database (or is damaged) is
+    /// renamed to `PATH.corrupt-SECONDS` and a new one created. Returns the store and
+    /// where the old file went. For `sluice offsets reset`, which must recover.
+    pub async fn open_or_set_aside(path: &Path) -> Result<(Self, Option<PathBuf>)> {
+        match Self::open(path).await {
+            Ok(store) => Ok((store, None)),
+            Err(e) if is_corrupt(&e) => {
+                let seconds = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = PathBuf::from(format!("{}.corrupt-{seconds}", path.display()));
+                std::fs::rename(path, &aside).map_err(|io| {
+                    Error::from(io).context(format!(
+                        "setting aside checkpoint store \"{}\"",
+                        path.display()
+                    ))
+                })?;
+                for suffix in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Ok((Self::open(path).await?, Some(aside)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The stored offsets of `pipeline`, if any.
     pub async fn load(&self, pipeline: &str) -> Result<Option<Offsets>> {
         let row: Option<(String,)> =
@@ -168,6 +230,41 @@ mod tests {
             .unwrap();
         assert_eq!(store.load("p").await.unwrap(), Some(o));
         assert!(store.reset("p").await.unwrap());
+        assert!(store.load("p").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_and_a_file_that_is_no_database_stop_at_once_naming_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = CheckpointStore::open(&path).await.unwrap();
+        // a database that may not grow: SQLite answers SQLITE_FULL, as on a full disk
+        let mut conn = store.pool.acquire().await.unwrap();
+        sqlx::query("PRAGMA max_page_count = 3")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let big = "x".repeat(64 * 1024);
+        let err = sqlx::query("INSERT INTO sluice_checkpoints VALUES ('p', ?, 'now')")
+            .bind(&big)
+            .execute(&mut *conn)
+            .await
+            .unwrap_err();
+        let err = store_error(&path, "write", err);
+        assert_eq!(err.kind(), connector_api::ErrorKind::Storage, "{err}");
+        assert!(err.message().contains("the disk is full"), "{err}");
+        drop(conn);
+        store.close().await;
+
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![b'g'; 8192]).unwrap();
+        let err = CheckpointStore::open(&garbage).await.err().unwrap();
+        assert!(is_corrupt(&err), "{err}");
+        assert!(!err.is_retryable());
+        assert!(err.message().contains("sluice offsets reset"), "{err}");
+        let (store, aside) = CheckpointStore::open_or_set_aside(&garbage).await.unwrap();
+        let aside = aside.unwrap();
+        assert_eq!(std::fs::read(&aside).unwrap(), vec![b'g'; 8192]);
         assert!(store.load("p").await.unwrap().is_none());
     }
 }

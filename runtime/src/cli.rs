@@ -393,8 +393,23 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                 Ok(p) => p,
                 Err(code) => return code,
             };
-            let store = match CheckpointStore::open(&p.checkpoint_path()).await {
-                Ok(s) => s,
+            // a reset recovers a store that is not a database by setting it aside
+            let opened = match reset {
+                true => CheckpointStore::open_or_set_aside(&p.checkpoint_path()).await,
+                false => CheckpointStore::open(&p.checkpoint_path())
+                    .await
+                    .map(|s| (s, None)),
+            };
+            let store = match opened {
+                Ok((s, None)) => s,
+                Ok((s, Some(aside))) => {
+                    println!(
+                        "checkpoint store \"{}\" was not a SQLite database: set aside as \"{}\"; every pipeline it held reads from the start",
+                        p.checkpoint_path().display(),
+                        aside.display()
+                    );
+                    s
+                }
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(EXIT_FAILED);

@@ -181,7 +181,7 @@ struct Inner {
 }
 
 /// The error kinds retries are counted by.
-const KINDS: [ErrorKind; 11] = [
+const KINDS: [ErrorKind; 12] = [
     ErrorKind::Config,
     ErrorKind::Connect,
     ErrorKind::Auth,
@@ -192,6 +192,7 @@ const KINDS: [ErrorKind; 11] = [
     ErrorKind::Aborted,
     ErrorKind::Conflict,
     ErrorKind::Unsupported,
+    ErrorKind::Storage,
     ErrorKind::Internal,
 ];
 

@@ -471,7 +471,11 @@ impl S3Sink {
 /// restarts from its last checkpoint (after which `open` aborts the half-done uploads).
 fn aborted(e: Error) -> Error {
     match e.kind() {
-        ErrorKind::Auth | ErrorKind::NotFound | ErrorKind::Config | ErrorKind::Internal => e,
+        ErrorKind::Auth
+        | ErrorKind::NotFound
+        | ErrorKind::Config
+        | ErrorKind::Storage
+        | ErrorKind::Internal => e,
         _ => Error::new(ErrorKind::Aborted, e.to_string()),
     }
 }

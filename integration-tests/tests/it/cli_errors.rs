@@ -155,3 +155,41 @@ fn missing_required_option_points_at_its_section() {
         &["p.toml:4:", "`sink`: missing field `path`"],
     );
 }
+
+/// A checkpoint store that is not a SQLite database stops the run at once (no
+/// restarts), naming the file and the way out; `sluice offsets reset` sets it aside
+/// and the next run starts over.
+#[test]
+fn a_state_file_that_is_no_database_stops_at_once_and_offsets_reset_recovers() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "[source]\nconnector = \"datagen\"\ncount = 100\n[sink]\nconnector = \"file\"\npath = \"out\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join(".sluice")).unwrap();
+    std::fs::write(d.join(".sluice/state.db"), "not a database\n".repeat(600)).unwrap();
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(".sluice/state.db")
+            && run.stderr.contains("is not a SQLite database")
+            && run.stderr.contains("sluice offsets reset")
+            && !run.stderr.contains("restarting"),
+        "{}",
+        run.stderr
+    );
+    let reset = sluice(d, &["offsets", "reset", "p.toml"]);
+    assert_eq!(reset.code, Some(0), "{}", reset.stderr);
+    assert!(reset.stdout.contains("set aside as"), "{}", reset.stdout);
+    let aside: Vec<_> = std::fs::read_dir(d.join(".sluice"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(crate::support::jsonl_lines(&d.join("out")).len(), 100);
+}
