@@ -150,6 +150,10 @@ pub struct CheckpointConfig {
     /// Flush the sinks and store a checkpoint at least this often.
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
+    /// How long a run waits for another run of the same pipeline (same name and
+    /// checkpoint store) to end before it fails naming that run; `0s` fails at once.
+    #[serde(default, with = "humantime_serde")]
+    pub lock_timeout: Duration,
 }
 
 impl Default for CheckpointConfig {
@@ -157,6 +161,7 @@ impl Default for CheckpointConfig {
         CheckpointConfig {
             path: None,
             interval: default_interval(),
+            lock_timeout: Duration::ZERO,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod describe;
 pub mod http;
 pub mod interpolate;
+pub mod lock;
 pub mod pipeline;
 pub mod plugin;
 pub mod progress;

@@ -73,6 +73,10 @@ pub async fn supervise(
     let policy = RetryPolicy::of(pipeline);
     let mut stop = control.stop.clone();
     let mut backoff = crate::retry::Backoff::new(&policy);
+    // held until the pipeline ends for good: restarts keep it
+    let Some(_lock) = crate::lock::hold(pipeline, &control.stop).await? else {
+        return Ok(()); // stopped while waiting for another run to end
+    };
     loop {
         let checkpoints = metrics.checkpoints.load(Ordering::Relaxed);
         let result = telemetry::scope(

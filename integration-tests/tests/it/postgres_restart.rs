@@ -123,13 +123,16 @@ fn a_second_run_of_a_running_pipeline_names_the_holder_or_waits_for_it() {
     let toml = |lock_timeout: &str| {
         format!(
             "name = \"{t}\"\n{}watch = true\n[sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{t}\"\n\
-             lock_timeout = \"{lock_timeout}\"\n[checkpoint]\ninterval = \"100ms\"\n",
+             lock_timeout = \"{lock_timeout}\"\n[checkpoint]\ninterval = \"100ms\"\nlock_timeout = \"{lock_timeout}\"\n",
             JSON_SOURCE,
             url()
         )
     };
     std::fs::write(d.join("short.toml"), toml("1s")).unwrap();
     std::fs::write(d.join("long.toml"), toml("60s")).unwrap();
+    // the same pipeline with a checkpoint store of its own, as on another machine
+    std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+    std::fs::write(d.join("elsewhere/short.toml"), toml("1s")).unwrap();
 
     // the first run delivers everything and keeps watching the file
     let first = spawn(d, &["run", "--quiet", "short.toml"]);
@@ -139,8 +142,21 @@ fn a_second_run_of_a_running_pipeline_names_the_holder_or_waits_for_it() {
         "the first run did not deliver"
     );
 
-    // a second one, started while the first runs, gives up after 1s naming the holder
+    // a second one of the same file, started while the first runs, gives up after 1s
+    // naming the process that runs it
     let second = sluice(d, &["run", "short.toml"]);
+    assert_eq!(second.code, Some(1), "{}", second.stderr);
+    assert!(
+        second.stderr.contains(&format!(
+            "pipeline \"{t}\" is already running: process {} on ",
+            first.id()
+        )),
+        "the holder is not named: {}",
+        second.stderr
+    );
+    // one with a store of its own gets past that, and its sink gives up after 1s
+    // naming the holder of the target
+    let second = sluice(d, &["run", "elsewhere/short.toml"]);
     assert_eq!(second.code, Some(1), "{}", second.stderr);
     assert!(
         second.stderr.contains("in use by another run")

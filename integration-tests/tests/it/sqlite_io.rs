@@ -223,6 +223,50 @@ fn a_deleted_sink_database_gets_every_record_again() {
     assert_eq!(sqlite(&db, "SELECT count(*) FROM t"), "5000");
 }
 
+/// Two runs of one pipeline file at once: the second fails at start naming the first
+/// (it wrote every row a second time before); after a kill -9 of the first, the lock
+/// is free and the next run finishes the rows exactly once.
+#[test]
+fn a_second_run_of_a_running_pipeline_fails_naming_it_and_a_killed_one_frees_the_lock() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"twice\"\n[source]\nconnector = \"datagen\"\ncount = 3000\nrate = 1000\n\
+         schema = [{ name = \"id\", type = \"int64\", nullable = false }]\n\
+         [sink]\nconnector = \"sqlite\"\npath = \"out.db\"\ntable = \"t\"\n\
+         [checkpoint]\ninterval = \"100ms\"\n",
+    )
+    .unwrap();
+    let first = crate::support::spawn(d, &["run", "--quiet", "p.toml"]);
+    let lock = d.join(".sluice/twice.lock");
+    let held = crate::support::wait_until(std::time::Duration::from_secs(30), || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("process"))
+    });
+    let second = sluice(d, &["run", "--quiet", "p.toml"]);
+    crate::support::signal(&first, "KILL");
+    let _ = crate::support::finish(first, std::time::Duration::from_secs(10));
+    assert!(held, "no lock file");
+    assert_eq!(second.code, Some(1), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("pipeline \"twice\" is already running: process")
+            && second.stderr.contains("twice.lock"),
+        "{}",
+        second.stderr
+    );
+    let third = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(third.code, Some(0), "{}", third.stderr);
+    assert_eq!(
+        sqlite(
+            &d.join("out.db"),
+            "SELECT count(*) || ' ' || count(DISTINCT id) FROM t"
+        ),
+        "3000 3000"
+    );
+}
+
 /// Two pipelines write JSON lines into one directory at the same time: neither takes
 /// the other's file names nor removes its temporary files.
 #[test]
