@@ -705,6 +705,29 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
             )
         })?;
     }
+    if let Some(schema) = declared_schema(&source) {
+        // the transforms run on no rows of the declared schema: a field it does not
+        // have, a cast it cannot take, a filter value of the wrong type fail here
+        let mut batch = arrow_array::RecordBatch::new_empty(schema);
+        for (i, t) in raw.transforms.iter().enumerate() {
+            let names: Vec<String> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| format!("\"{}\"", f.name()))
+                .collect();
+            batch = t.apply(batch).map_err(|e| {
+                doc.error_at(
+                    doc.span_of(&format!("transforms[{i}]")),
+                    format!("`transforms[{i}]`: {e}"),
+                    Some(format!(
+                        "from the source's declared schema, the records here have {}",
+                        names.join(", ")
+                    )),
+                )
+            })?;
+        }
+    }
     Ok(Pipeline {
         file: file.to_path_buf(),
         name,
@@ -717,6 +740,20 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         errors: raw.errors,
         secrets: doc.secrets.clone(),
     })
+}
+
+/// The declared `schema` of a source whose records are exactly it (`file`, `s3` and
+/// `datagen` add no columns of their own), as the transforms will first see it.
+fn declared_schema(source: &Section) -> Option<arrow_schema::SchemaRef> {
+    if !matches!(source.connector.as_str(), "file" | "s3" | "datagen") {
+        return None;
+    }
+    let specs: Vec<connector_api::FieldSpec> =
+        serde_json::from_value(source.config.get("schema")?.clone()).ok()?;
+    if specs.is_empty() {
+        return None;
+    }
+    connector_api::schema_from_specs(&specs).ok()
 }
 
 /// The directory a `file` sink writes into, absolute and without `.` parts, so that

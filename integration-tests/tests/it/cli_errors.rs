@@ -56,6 +56,33 @@ fn two_file_sinks_into_one_directory_are_refused_naming_both() {
 }
 
 #[test]
+fn a_transform_naming_a_field_the_declared_schema_lacks_is_refused() {
+    let source = "[source]\nconnector = \"file\"\npath = \"in.jsonl\"\n\
+                  schema = [{ name = \"id\", type = \"int64\" }, { name = \"status\", type = \"string\" }]\n";
+    check(
+        &format!(
+            "{source}[[transforms]]\ntype = \"rename\"\nfields = {{ status = \"state\" }}\n\
+             [[transforms]]\ntype = \"filter\"\nfield = \"status\"\nop = \"ne\"\nvalue = \"x\"\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\n"
+        ),
+        &[
+            "p.toml:8:",
+            "`transforms[1]`",
+            "field \"status\" is not in the batch",
+            "from the source's declared schema, the records here have \"id\", \"state\"",
+        ],
+    );
+    // a filter value of the wrong type for its field is caught the same way
+    check(
+        &format!(
+            "{source}[[transforms]]\ntype = \"filter\"\nfield = \"id\"\nop = \"gt\"\nvalue = \"ten\"\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\n"
+        ),
+        &["`transforms[0]`", "\"id\""],
+    );
+}
+
+#[test]
 fn unknown_connector_lists_a_suggestion() {
     check(
         "[source]\nconnector = \"datagem\"\n[sink]\nconnector = \"file\"\npath = \"out/x\"\n",
