@@ -74,6 +74,16 @@ pub trait SinkConnector: Send + Sync + 'static {
         let _ = config;
         Ok(())
     }
+
+    /// Checks, without I/O, that records of `schema` can be written with `config`
+    /// (e.g. a nested column into CSV); the runtime calls it at validation when it
+    /// knows the records' schema (a source's declared schema, after the transforms).
+    /// An error names the column, and its field the option that is the way out. The
+    /// default takes every schema.
+    fn accepts(&self, config: &Self::Config, schema: &arrow_schema::Schema) -> Result<()> {
+        let _ = (config, schema);
+        Ok(())
+    }
 }
 
 /// The object-safe form of [`SourceConnector`]; configs as JSON.
@@ -110,6 +120,12 @@ pub trait DynSinkConnector: Send + Sync {
     fn create_sink(&self, config: &serde_json::Value) -> Result<Box<dyn Sink>>;
     /// Checks connectivity.
     async fn check(&self, config: &serde_json::Value) -> Result<()>;
+    /// Checks that records of `schema` can be written ([`SinkConnector::accepts`]);
+    /// the default takes every schema.
+    fn accepts(&self, config: &serde_json::Value, schema: &arrow_schema::Schema) -> Result<()> {
+        let _ = (config, schema);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -165,5 +181,9 @@ impl<T: SinkConnector> DynSinkConnector for T {
     async fn check(&self, config: &serde_json::Value) -> Result<()> {
         let cfg: T::Config = parse_config(config)?;
         SinkConnector::check(self, &cfg).await
+    }
+    fn accepts(&self, config: &serde_json::Value, schema: &arrow_schema::Schema) -> Result<()> {
+        let cfg: T::Config = parse_config(config)?;
+        SinkConnector::accepts(self, &cfg, schema)
     }
 }

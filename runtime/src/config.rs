@@ -727,6 +727,23 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
                 )
             })?;
         }
+        // and each sink says whether it can write such records
+        for sink in &sinks {
+            let Some(connector) = registry.sink(&sink.connector) else {
+                continue;
+            };
+            if let Err(e) = connector.accepts(&sink.config, &batch.schema()) {
+                let at = match e.field() {
+                    Some(field) => format!("{}.{field}", sink.path),
+                    None => sink.path.clone(),
+                };
+                return Err(doc.error_at(
+                    doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
+                    format!("[{}]: {}", sink.path, e.message()),
+                    None,
+                ));
+            }
+        }
     }
     Ok(Pipeline {
         file: file.to_path_buf(),

@@ -67,6 +67,13 @@ impl SinkConnector for File {
         config.validate()
     }
 
+    fn accepts(&self, config: &FileSinkConfig, schema: &arrow_schema::Schema) -> Result<()> {
+        match config.format {
+            sluice_formats::Format::Csv => config.csv.refuse_nested(schema),
+            _ => Ok(()),
+        }
+    }
+
     fn create_sink(&self, config: FileSinkConfig) -> Result<Box<dyn Sink>> {
         Ok(Box::new(FileSink::new(config)))
     }

@@ -32,8 +32,38 @@ impl<W: Write> Write for Counting<W> {
 
 enum Inner<W: Write + Send> {
     Json(arrow_json::LineDelimitedWriter<Counting<W>>),
-    Csv(Box<arrow_csv::Writer<Counting<W>>>),
+    /// With `csv.nested = "json"`: nested columns become their JSON text first.
+    Csv(Box<arrow_csv::Writer<Counting<W>>>, bool),
     Parquet(Box<ParallelParquet<Counting<W>>>),
+}
+
+/// `batch` with each nested (list, struct, map) column replaced by a string column of
+/// its values' JSON text, for a CSV writer.
+fn nested_as_json(batch: &RecordBatch) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| f.data_type().is_nested()) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if !field.data_type().is_nested() {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let texts = crate::json_texts(field.name(), column)?;
+        fields.push(arrow_schema::Field::new(
+            field.name(),
+            arrow_schema::DataType::Utf8,
+            field.is_nullable(),
+        ));
+        columns.push(Arc::new(arrow_array::StringArray::from(texts)) as arrow_array::ArrayRef);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow_schema::Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// Writes batches of one schema in one format.
@@ -59,13 +89,19 @@ impl<W: Write + Send> Encoder<W> {
         };
         let inner = match format {
             Format::Json => Inner::Json(json_writer(out)),
-            Format::Csv => Inner::Csv(Box::new(
-                arrow_csv::WriterBuilder::new()
-                    .with_header(csv.header)
-                    .with_delimiter(csv.delimiter as u8)
-                    .with_quote(csv.quote as u8)
-                    .build(out),
-            )),
+            Format::Csv => {
+                csv.refuse_nested(&schema)?;
+                Inner::Csv(
+                    Box::new(
+                        arrow_csv::WriterBuilder::new()
+                            .with_header(csv.header)
+                            .with_delimiter(csv.delimiter as u8)
+                            .with_quote(csv.quote as u8)
+                            .build(out),
+                    ),
+                    csv.nested == crate::NestedCsv::Json,
+                )
+            }
             Format::Parquet => {
                 let compression = match parquet.compression {
                     ParquetCompression::Zstd => {
@@ -101,7 +137,8 @@ impl<W: Write + Send> Encoder<W> {
                 }
             }
             Inner::Json(w) => w.write(batch)?,
-            Inner::Csv(w) => w.write(batch)?,
+            Inner::Csv(w, true) => w.write(&nested_as_json(batch)?)?,
+            Inner::Csv(w, false) => w.write(batch)?,
             Inner::Parquet(w) => w.write(batch).map_err(parquet_error)?,
         }
         Ok(())
@@ -115,7 +152,7 @@ impl<W: Write + Send> Encoder<W> {
     /// Bytes of output so far, including what a Parquet writer still buffers.
     pub fn bytes(&self) -> u64 {
         match &self.inner {
-            Inner::Json(_) | Inner::Csv(_) => self.bytes.load(Ordering::Relaxed),
+            Inner::Json(_) | Inner::Csv(..) => self.bytes.load(Ordering::Relaxed),
             Inner::Parquet(w) => w.bytes() as u64,
         }
     }
@@ -127,7 +164,7 @@ impl<W: Write + Send> Encoder<W> {
                 w.finish()?;
                 w.into_inner()
             }
-            Inner::Csv(w) => w.into_inner(),
+            Inner::Csv(w, _) => w.into_inner(),
             Inner::Parquet(w) => w.into_inner().map_err(parquet_error)?,
         };
         out.flush()?;

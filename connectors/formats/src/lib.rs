@@ -23,7 +23,7 @@ pub use crate::csv::CsvDecoder;
 pub use compression::{decompressing, Compression};
 pub use encode::Encoder;
 pub use json::JsonDecoder;
-pub use options::{CsvOptions, Format, ParquetCompression, ParquetOptions};
+pub use options::{CsvOptions, Format, NestedCsv, ParquetCompression, ParquetOptions};
 pub use text::TextDecoder;
 
 use arrow_array::RecordBatch;

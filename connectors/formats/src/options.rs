@@ -40,6 +40,41 @@ pub struct CsvOptions {
     /// Quote character, one ASCII character.
     #[serde(default = "double_quote")]
     pub quote: char,
+    /// Writing: how a list, struct or map column goes into CSV, which has no nested
+    /// values: `error` (the default: the column is named, nothing is written) or
+    /// `json` (each value as its JSON text, as in JSON lines).
+    #[serde(default)]
+    pub nested: NestedCsv,
+}
+
+/// How a CSV writer takes a nested column (`csv.nested`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NestedCsv {
+    /// A nested column is an error naming it.
+    #[default]
+    Error,
+    /// Each value is written as its JSON text.
+    Json,
+}
+
+impl CsvOptions {
+    /// The first nested (list, struct or map) field of `schema` when `nested` is
+    /// `error`: CSV cannot hold it. The error names the column and the way out.
+    pub fn refuse_nested(&self, schema: &arrow_schema::Schema) -> connector_api::Result<()> {
+        if self.nested == NestedCsv::Json {
+            return Ok(());
+        }
+        match schema.fields().iter().find(|f| f.data_type().is_nested()) {
+            Some(f) => Err(connector_api::Error::schema(format!(
+                "column \"{}\" is {}: CSV holds no nested values; set csv.nested = \"json\" to write each as its JSON text",
+                f.name(),
+                connector_api::type_name(f.data_type())
+            ))
+            .with_field("csv.nested")),
+            None => Ok(()),
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -58,6 +93,7 @@ impl Default for CsvOptions {
             header: true,
             delimiter: ',',
             quote: '"',
+            nested: NestedCsv::Error,
         }
     }
 }

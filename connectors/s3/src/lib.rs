@@ -72,6 +72,13 @@ impl SinkConnector for S3 {
         config.validate()
     }
 
+    fn accepts(&self, config: &S3SinkConfig, schema: &arrow_schema::Schema) -> Result<()> {
+        match config.format {
+            sluice_formats::Format::Csv => config.csv.refuse_nested(schema),
+            _ => Ok(()),
+        }
+    }
+
     fn create_sink(&self, config: S3SinkConfig) -> Result<Box<dyn Sink>> {
         Ok(Box::new(S3Sink::new(config)?))
     }

@@ -177,3 +177,59 @@ fn a_byte_order_mark_at_a_files_start_is_skipped() {
     lines.sort();
     assert_eq!(lines, vec!["{\"id\":1}", "{\"id\":2}", "{\"id\":3}"]);
 }
+
+/// A list or struct column into CSV: with a declared schema `validate` names the
+/// column and `csv.nested`; without one the run stops at the first write naming it;
+/// with `csv.nested = "json"` each value is its JSON text, read back by Python's csv
+/// and json modules.
+#[test]
+fn nested_columns_into_csv_are_named_or_written_as_json_text() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"id\": 1, \"tags\": [\"a\", \"b,c\"], \"at\": {\"x\": 1.5}}\n{\"id\": 2, \"tags\": null, \"at\": {\"x\": null}}\n",
+    )
+    .unwrap();
+    let declared = "schema = [{ name = \"id\", type = \"int64\" }, { name = \"tags\", type = \"list<string>\" }, \
+                    { name = \"at\", type = \"struct<x: float64>\" }]\n";
+    let pipeline = |name: &str, schema: &str, nested: &str| {
+        format!(
+            "name = \"{name}\"\n[source]\nconnector = \"file\"\npath = \"in.jsonl\"\n{schema}\
+             [sink]\nconnector = \"file\"\npath = \"{name}\"\nformat = \"csv\"\n{nested}"
+        )
+    };
+    std::fs::write(d.join("declared.toml"), pipeline("declared", declared, "")).unwrap();
+    let run = sluice(d, &["validate", "declared.toml"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("[sink]: column \"tags\" is list<string>")
+            && run.stderr.contains("csv.nested = \"json\""),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(d.join("inferred.toml"), pipeline("inferred", "", "")).unwrap();
+    let run = sluice(d, &["run", "--quiet", "inferred.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("column \"at\" is struct<x: float64>: CSV holds no nested values"),
+        "{}",
+        run.stderr
+    );
+    std::fs::write(
+        d.join("json.toml"),
+        pipeline("json", declared, "csv = { nested = \"json\" }\n"),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "json.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = python(&format!(
+        "import csv, glob, json\n\
+         rows = [r for f in sorted(glob.glob('{}/json/*.csv')) for r in csv.DictReader(open(f))]\n\
+         print(json.dumps([[r['id'], json.loads(r['tags']) if r['tags'] else None, json.loads(r['at'])] for r in rows]))",
+        d.display()
+    ));
+    assert_eq!(out, r#"[["1", ["a", "b,c"], {"x": 1.5}], ["2", null, {}]]"#);
+}
