@@ -126,13 +126,15 @@ impl FileSink {
 
     /// Encodes `batch` into the open file (started or rolled as needed).
     fn write_batch(&mut self, batch: &Batch) -> Result<()> {
-        if self.config.format == sluice_formats::Format::Json {
-            let dir = self.dir.display().to_string();
-            let place = format!("file sink \"{dir}\"");
-            let refused = sluice_formats::scan::json_refusals(&batch.records, &place)?;
-            if !refused.is_empty() {
-                return Err(Error::refused(refused));
-            }
+        let place = format!("file sink \"{}\"", self.dir.display());
+        let refused = sluice_formats::scan::format_refusals(
+            self.config.format,
+            &self.config.csv,
+            &batch.records,
+            &place,
+        )?;
+        if !refused.is_empty() {
+            return Err(Error::refused(refused));
         }
         if batch.num_rows() > 0 {
             let schema = batch.records.schema();

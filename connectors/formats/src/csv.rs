@@ -86,10 +86,14 @@ impl CsvDecoder {
     }
 
     fn format(&self, header: bool) -> CsvFormat {
-        CsvFormat::default()
+        let format = CsvFormat::default()
             .with_header(header)
             .with_delimiter(self.options.delimiter as u8)
-            .with_quote(self.options.quote as u8)
+            .with_quote(self.options.quote as u8);
+        match self.options.null_regex() {
+            Some(nulls) => format.with_null_regex(nulls),
+            None => format,
+        }
     }
 
     /// Reads the header at the start of `buf` (a file's start): when it names the
@@ -275,11 +279,15 @@ impl CsvDecoder {
     }
 
     fn builder(&self, schema: SchemaRef, header: bool, rows: usize) -> ReaderBuilder {
-        ReaderBuilder::new(schema)
+        let builder = ReaderBuilder::new(schema)
             .with_header(header)
             .with_delimiter(self.options.delimiter as u8)
             .with_quote(self.options.quote as u8)
-            .with_batch_size(rows.max(1))
+            .with_batch_size(rows.max(1));
+        match self.options.null_regex() {
+            Some(nulls) => builder.with_null_regex(nulls),
+            None => builder,
+        }
     }
 
     /// Re-reads `buf` as text and converts column by column; a record with a value that
@@ -309,10 +317,13 @@ impl CsvDecoder {
             let col = text.column(i);
             let cast = cast_with_options(col, field.data_type(), &safe)?;
             for r in 0..n {
+                // null: read as null; or, with no `null_value`, an empty field
                 let empty = col
                     .as_any()
                     .downcast_ref::<StringArray>()
-                    .map(|s| s.is_null(r) || s.value(r).is_empty())
+                    .map(|s| {
+                        s.is_null(r) || (s.value(r).is_empty() && self.options.null_value.is_none())
+                    })
                     .unwrap_or(true);
                 let value = col
                     .as_any()

@@ -97,6 +97,7 @@ impl<W: Write + Send> Encoder<W> {
                             .with_header(csv.header)
                             .with_delimiter(csv.delimiter as u8)
                             .with_quote(csv.quote as u8)
+                            .with_null(csv.null_value.clone().unwrap_or_default())
                             .build(out),
                     ),
                     csv.nested == crate::NestedCsv::Json,

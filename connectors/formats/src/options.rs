@@ -40,6 +40,13 @@ pub struct CsvOptions {
     /// Quote character, one ASCII character.
     #[serde(default = "double_quote")]
     pub quote: char,
+    /// Text that stands for null, read and written (e.g. `\\N`, as PostgreSQL's COPY
+    /// writes it). Unset: an empty field reads as null and null is written as an empty
+    /// field, so an empty string does not come back as one. Set: only this text is
+    /// null, an empty field is an empty string (and an error in a column of another
+    /// type), and a text value equal to it is refused when writing (it would read back
+    /// as null).
+    pub null_value: Option<String>,
     /// Writing: how a list, struct or map column goes into CSV, which has no nested
     /// values: `error` (the default: the column is named, nothing is written) or
     /// `json` (each value as its JSON text, as in JSON lines).
@@ -59,6 +66,12 @@ pub enum NestedCsv {
 }
 
 impl CsvOptions {
+    /// The pattern arrow-csv reads nulls by: `null_value` exactly, when set.
+    pub(crate) fn null_regex(&self) -> Option<regex::Regex> {
+        let text = self.null_value.as_deref()?;
+        regex::Regex::new(&format!("^{}$", regex::escape(text))).ok()
+    }
+
     /// The first nested (list, struct or map) field of `schema` when `nested` is
     /// `error`: CSV cannot hold it. The error names the column and the way out.
     pub fn refuse_nested(&self, schema: &arrow_schema::Schema) -> connector_api::Result<()> {
@@ -93,6 +106,7 @@ impl Default for CsvOptions {
             header: true,
             delimiter: ',',
             quote: '"',
+            null_value: None,
             nested: NestedCsv::Error,
         }
     }
@@ -101,6 +115,12 @@ impl Default for CsvOptions {
 impl CsvOptions {
     /// Checks the characters are single ASCII bytes; names the key otherwise.
     pub fn validate(&self) -> connector_api::Result<()> {
+        if self.null_value.as_deref() == Some("") {
+            return Err(connector_api::Error::config(
+                "csv.null_value must not be empty: leave it out for empty fields as null",
+            )
+            .with_field("csv.null_value"));
+        }
         for (key, c) in [("csv.delimiter", self.delimiter), ("csv.quote", self.quote)] {
             if !c.is_ascii() {
                 return Err(connector_api::Error::config(format!(

@@ -87,6 +87,48 @@ pub fn json_refusals(
     )
 }
 
+/// The rows of `records` a sink writing `format` refuses before writing any, each a
+/// reject at `place`: a float JSON has no number for (arrow's JSON writer would
+/// write null); in CSV with a `null_value`, a text equal to it (it would read back as
+/// null).
+pub fn format_refusals(
+    format: crate::Format,
+    csv: &crate::CsvOptions,
+    records: &RecordBatch,
+    place: &str,
+) -> connector_api::Result<Vec<(usize, connector_api::Reject)>> {
+    match (format, csv.null_value.as_deref()) {
+        (crate::Format::Json, _) => json_refusals(records, place),
+        (crate::Format::Csv, Some(null)) => refusals(
+            records,
+            rows_where(records, &|a| text_where(a, &|v| v == null)),
+            place,
+            &|row| format!("{place} row {row} of the write"),
+            &|column| {
+                format!("column \"{column}\": the text \"{null}\" is csv.null_value (it would read back as null)")
+            },
+        ),
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// The rows of a string array whose text `bad` picks (other arrays have none).
+pub fn text_where(array: &ArrayRef, bad: &dyn Fn(&str) -> bool) -> Vec<usize> {
+    fn pick<O: OffsetSizeTrait>(
+        a: &GenericStringArray<O>,
+        bad: &dyn Fn(&str) -> bool,
+    ) -> Vec<usize> {
+        (0..a.len())
+            .filter(|&i| a.is_valid(i) && bad(a.value(i)))
+            .collect()
+    }
+    match array.data_type() {
+        DataType::Utf8 => pick(array.as_string::<i32>(), bad),
+        DataType::LargeUtf8 => pick(array.as_string::<i64>(), bad),
+        _ => Vec::new(),
+    }
+}
+
 /// `found` (from [`rows_where`]) as refused rows of `batch`: each a reject of `split`
 /// at `position(row)`, with the row as JSON and the error `why(column)`.
 pub fn refusals(

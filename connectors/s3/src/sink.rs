@@ -539,10 +539,13 @@ impl Sink for S3Sink {
         let records = &batch.records;
         let groups = self.template.render(records, chrono::Utc::now())?;
         let mut refused = crate::template::too_long(&groups, self.name_len(), records)?;
-        if self.config.format == sluice_formats::Format::Json {
-            let place = format!("bucket \"{}\"", self.conn.bucket);
-            refused.extend(sluice_formats::scan::json_refusals(records, &place)?);
-        }
+        let place = format!("bucket \"{}\"", self.conn.bucket);
+        refused.extend(sluice_formats::scan::format_refusals(
+            self.config.format,
+            &self.config.csv,
+            records,
+            &place,
+        )?);
         if !refused.is_empty() {
             return Err(Error::refused(refused));
         }

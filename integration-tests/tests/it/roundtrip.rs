@@ -233,3 +233,67 @@ fn nested_columns_into_csv_are_named_or_written_as_json_text() {
     ));
     assert_eq!(out, r#"[["1", ["a", "b,c"], {"x": 1.5}], ["2", null, {}]]"#);
 }
+
+/// An empty string and a null survive JSON lines -> CSV -> JSON lines when both CSV
+/// ends set `null_value`; a text equal to it is refused, naming the column.
+#[test]
+fn csv_null_value_keeps_empty_strings_apart_from_nulls() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"id\": 1, \"s\": \"\"}\n{\"id\": 2, \"s\": null}\n{\"id\": 3, \"s\": \"x\"}\n",
+    )
+    .unwrap();
+    let schema =
+        "schema = [{ name = \"id\", type = \"int64\" }, { name = \"s\", type = \"string\" }]\n";
+    let nulls = "csv = { null_value = \"\\\\N\" }\n";
+    std::fs::write(
+        d.join("to_csv.toml"),
+        format!(
+            "name = \"to_csv\"\n[source]\nconnector = \"file\"\npath = \"in.jsonl\"\n{schema}\
+             [sink]\nconnector = \"file\"\npath = \"csv\"\nformat = \"csv\"\n{nulls}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("back.toml"),
+        format!(
+            "name = \"back\"\n[source]\nconnector = \"file\"\npath = \"csv/*.csv\"\nformat = \"csv\"\n{schema}{nulls}\
+             [sink]\nconnector = \"file\"\npath = \"back\"\n"
+        ),
+    )
+    .unwrap();
+    for p in ["to_csv.toml", "back.toml"] {
+        let run = sluice(d, &["run", "--quiet", p]);
+        assert_eq!(run.code, Some(0), "{p}: {}", run.stderr);
+    }
+    let mut back: Vec<String> = crate::support::jsonl_lines(&d.join("back"));
+    back.sort();
+    assert_eq!(
+        back,
+        vec![
+            r#"{"id":1,"s":""}"#.to_string(),
+            r#"{"id":2,"s":null}"#.to_string(),
+            r#"{"id":3,"s":"x"}"#.to_string()
+        ]
+    );
+    // the null text itself as a value would come back as null: refused
+    std::fs::write(d.join("in.jsonl"), "{\"id\": 4, \"s\": \"\\\\N\"}\n").unwrap();
+    std::fs::write(
+        d.join("clash.toml"),
+        format!(
+            "name = \"clash\"\n[source]\nconnector = \"file\"\npath = \"in.jsonl\"\n{schema}\
+             [sink]\nconnector = \"file\"\npath = \"clash\"\nformat = \"csv\"\n{nulls}"
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "clash.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("column \"s\": the text \"\\N\" is csv.null_value"),
+        "{}",
+        run.stderr
+    );
+}
