@@ -48,6 +48,16 @@ pub trait SourceConnector: Send + Sync + 'static {
         let _ = config;
         Ok(None)
     }
+
+    /// The schema every record has, known from the config alone, without I/O: a
+    /// declared schema the source enforces and adds no column to. The runtime runs the
+    /// transforms on it at validation and asks each sink whether it
+    /// [accepts](SinkConnector::accepts) the result. The default, None: only reading
+    /// tells.
+    fn record_schema(&self, config: &Self::Config) -> Option<SchemaRef> {
+        let _ = config;
+        None
+    }
 }
 
 /// A connector that writes: builds [`Sink`]s from its typed config.
@@ -77,12 +87,22 @@ pub trait SinkConnector: Send + Sync + 'static {
 
     /// Checks, without I/O, that records of `schema` can be written with `config`
     /// (e.g. a nested column into CSV); the runtime calls it at validation when it
-    /// knows the records' schema (a source's declared schema, after the transforms).
-    /// An error names the column, and its field the option that is the way out. The
-    /// default takes every schema.
+    /// knows the records' schema (a source's [`SourceConnector::declared_schema`],
+    /// after the transforms). An error names the column, and its field the option
+    /// that is the way out. The default takes every schema. Not called across the
+    /// plugin boundary yet: a plugin sink finds such records at its first write.
     fn accepts(&self, config: &Self::Config, schema: &arrow_schema::Schema) -> Result<()> {
         let _ = (config, schema);
         Ok(())
+    }
+
+    /// Where the sink writes, when two sinks of one pipeline writing there would
+    /// replace each other's data or state: a directory, a bucket and prefix. The
+    /// runtime refuses two sinks with the same destination at validation. The
+    /// default, None: sinks of this connector may share one.
+    fn destination(&self, config: &Self::Config) -> Option<String> {
+        let _ = config;
+        None
     }
 }
 
@@ -103,6 +123,12 @@ pub trait DynSourceConnector: Send + Sync {
     async fn check(&self, config: &serde_json::Value) -> Result<()>;
     /// Discovers the schema.
     async fn discover(&self, config: &serde_json::Value) -> Result<Option<SchemaRef>>;
+    /// The schema every record has, from the config alone
+    /// ([`SourceConnector::record_schema`]); the default: unknown.
+    fn record_schema(&self, config: &serde_json::Value) -> Option<SchemaRef> {
+        let _ = config;
+        None
+    }
 }
 
 /// The object-safe form of [`SinkConnector`]; configs as JSON.
@@ -125,6 +151,12 @@ pub trait DynSinkConnector: Send + Sync {
     fn accepts(&self, config: &serde_json::Value, schema: &arrow_schema::Schema) -> Result<()> {
         let _ = (config, schema);
         Ok(())
+    }
+    /// Where the sink writes ([`SinkConnector::destination`]); the default: nowhere
+    /// another sink must keep off.
+    fn destination(&self, config: &serde_json::Value) -> Option<String> {
+        let _ = config;
+        None
     }
 }
 
@@ -156,6 +188,10 @@ impl<T: SourceConnector> DynSourceConnector for T {
         let cfg: T::Config = parse_config(config)?;
         SourceConnector::discover(self, &cfg).await
     }
+    fn record_schema(&self, config: &serde_json::Value) -> Option<SchemaRef> {
+        let cfg: T::Config = parse_config(config).ok()?;
+        SourceConnector::record_schema(self, &cfg)
+    }
 }
 
 #[async_trait]
@@ -185,5 +221,9 @@ impl<T: SinkConnector> DynSinkConnector for T {
     fn accepts(&self, config: &serde_json::Value, schema: &arrow_schema::Schema) -> Result<()> {
         let cfg: T::Config = parse_config(config)?;
         SinkConnector::accepts(self, &cfg, schema)
+    }
+    fn destination(&self, config: &serde_json::Value) -> Option<String> {
+        let cfg: T::Config = parse_config(config).ok()?;
+        SinkConnector::destination(self, &cfg)
     }
 }

@@ -149,8 +149,14 @@ impl CheckpointStore {
                         path.display()
                     ))
                 })?;
+                // its write-ahead log goes with it: it may hold the newest checkpoints
                 for suffix in ["-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                    let from = format!("{}{suffix}", path.display());
+                    if Path::new(&from).exists() {
+                        std::fs::rename(&from, format!("{}{suffix}", aside.display())).map_err(
+                            |io| Error::from(io).context(format!("setting aside \"{from}\"")),
+                        )?;
+                    }
                 }
                 Ok((Self::open(path).await?, Some(aside)))
             }

@@ -393,6 +393,18 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                 Ok(p) => p,
                 Err(code) => return code,
             };
+            // a reset while the pipeline runs would be undone by its next checkpoint
+            let (_stop, unstopped) = tokio::sync::watch::channel(false);
+            let _lock = match reset {
+                true => match crate::lock::hold(&p, &unstopped).await {
+                    Ok(lock) => lock,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(EXIT_FAILED);
+                    }
+                },
+                false => None,
+            };
             // a reset recovers a store that is not a database by setting it aside
             let opened = match reset {
                 true => CheckpointStore::open_or_set_aside(&p.checkpoint_path()).await,
@@ -404,7 +416,7 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                 Ok((s, None)) => s,
                 Ok((s, Some(aside))) => {
                     println!(
-                        "checkpoint store \"{}\" was not a SQLite database: set aside as \"{}\"; every pipeline it held reads from the start",
+                        "checkpoint store \"{}\" was not a SQLite database or was damaged: set aside as \"{}\"; every pipeline it held reads from the start",
                         p.checkpoint_path().display(),
                         aside.display()
                     );

@@ -151,7 +151,7 @@ pub struct CheckpointConfig {
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// How long a run waits for another run of the same pipeline (same name and
-    /// checkpoint store) to end before it fails naming that run; `0s` fails at once.
+    /// checkpoint directory) to end before it fails naming that run; `0s` fails at once.
     #[serde(default, with = "humantime_serde")]
     pub lock_timeout: Duration,
 }
@@ -645,24 +645,25 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         )?),
         None => None,
     };
-    let mut places: Vec<(std::path::PathBuf, &Section)> = Vec::new();
+    let mut places: Vec<(String, &Section)> = Vec::new();
     for sink in sinks.iter().chain(dead_letter.as_ref()) {
-        let Some(dir) = file_sink_dir(sink) else {
+        let place = registry
+            .sink(&sink.connector)
+            .and_then(|c| c.destination(&sink.config));
+        let Some(place) = place else {
             continue;
         };
-        if let Some((_, other)) = places.iter().find(|(d, _)| *d == dir) {
+        if let Some((_, other)) = places.iter().find(|(p, _)| *p == place) {
             return Err(doc.error_at(
-                doc.span_of(&format!("{}.path", sink.path)),
+                doc.span_of(&sink.path),
                 format!(
-                    "[{}] writes into the directory of [{}] (\"{}\"): one sink's files and state would replace the other's",
-                    sink.path,
-                    other.path,
-                    dir.display()
+                    "[{}] writes where [{}] does ({place}): one sink's data and state would replace the other's",
+                    sink.path, other.path
                 ),
-                Some("give each file sink a directory of its own".into()),
+                Some("give each sink a place of its own".into()),
             ));
         }
-        places.push((dir, sink));
+        places.push((place, sink));
     }
     if raw.errors.tolerance == Tolerance::All && dead_letter.is_none() {
         return Err(doc.error_at(
@@ -705,7 +706,10 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
             )
         })?;
     }
-    if let Some(schema) = declared_schema(&source) {
+    let record_schema = registry
+        .source(&source.connector)
+        .and_then(|c| c.record_schema(&source.config));
+    if let Some(schema) = record_schema {
         // the transforms run on no rows of the declared schema: a field it does not
         // have, a cast it cannot take, a filter value of the wrong type fail here
         let mut batch = arrow_array::RecordBatch::new_empty(schema);
@@ -757,31 +761,6 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         errors: raw.errors,
         secrets: doc.secrets.clone(),
     })
-}
-
-/// The declared `schema` of a source whose records are exactly it (`file`, `s3` and
-/// `datagen` add no columns of their own), as the transforms will first see it.
-fn declared_schema(source: &Section) -> Option<arrow_schema::SchemaRef> {
-    if !matches!(source.connector.as_str(), "file" | "s3" | "datagen") {
-        return None;
-    }
-    let specs: Vec<connector_api::FieldSpec> =
-        serde_json::from_value(source.config.get("schema")?.clone()).ok()?;
-    if specs.is_empty() {
-        return None;
-    }
-    connector_api::schema_from_specs(&specs).ok()
-}
-
-/// The directory a `file` sink writes into, absolute and without `.` parts, so that
-/// two spellings of one directory compare equal.
-fn file_sink_dir(sink: &Section) -> Option<std::path::PathBuf> {
-    if sink.connector != "file" {
-        return None;
-    }
-    let path = sink.config.get("path")?.as_str()?;
-    let absolute = std::path::absolute(path).ok()?;
-    Some(absolute.components().collect())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

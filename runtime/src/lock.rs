@@ -32,8 +32,12 @@ pub async fn hold(
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<PipelineLock>> {
     let path = path(pipeline);
-    let failed =
-        |e: std::io::Error| Error::from(e).context(format!("lock file \"{}\"", path.display()));
+    let failed = |e: std::io::Error| {
+        Error::storage(format!(
+            "lock file \"{}\": {e}; the pipeline's checkpoint directory must be writable (or set [checkpoint] path)",
+            path.display()
+        ))
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed)?;
     }

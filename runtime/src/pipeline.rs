@@ -78,7 +78,8 @@ pub async fn supervise(
         return Ok(()); // stopped while waiting for another run to end
     };
     loop {
-        let checkpoints = metrics.checkpoints.load(Ordering::Relaxed);
+        let position = || metrics.last_checkpoint().map(|(_, offsets)| offsets);
+        let before = position();
         let result = telemetry::scope(
             metrics.clone(),
             run(pipeline, registry, control.clone(), metrics.clone()),
@@ -88,15 +89,17 @@ pub async fn supervise(
             Err(e) if e.is_restartable() && !*stop.borrow() => e,
             other => return other,
         };
-        if metrics.checkpoints.load(Ordering::Relaxed) > checkpoints {
-            // the run stored a checkpoint: it got on, so a new failure starts a new
-            // count. Time alone is no progress: a run that spent minutes retrying its
-            // connections counts as a failed attempt.
+        let after = position();
+        if after.is_some() && after != before {
+            // the run stored a checkpoint further on: it got on, so a new failure
+            // starts a new count. Time alone is no progress, nor a checkpoint of the
+            // same position: a run that spent minutes retrying its connections, or
+            // idled, counts as a failed attempt.
             backoff = crate::retry::Backoff::new(&policy);
         }
         let Some(delay) = backoff.next_delay() else {
             return Err(err.context(format!(
-                "after {} restarts in a row without a checkpoint",
+                "after {} restarts in a row without a checkpoint further on",
                 policy.max_retries
             )));
         };

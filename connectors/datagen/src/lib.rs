@@ -40,6 +40,14 @@ impl SourceConnector for Datagen {
     ) -> Result<Option<connector_api::arrow_schema::SchemaRef>> {
         config.schema().map(Some)
     }
+
+    /// Its schema: every record is generated to it.
+    fn record_schema(
+        &self,
+        config: &DatagenConfig,
+    ) -> Option<connector_api::arrow_schema::SchemaRef> {
+        config.schema().ok()
+    }
 }
 
 /// The `blackhole` sink: accepts and discards every record (for benchmarks and tests).

@@ -54,6 +54,15 @@ impl SourceConnector for File {
     async fn discover(&self, config: &FileSourceConfig) -> Result<Option<SchemaRef>> {
         source::discover(config)
     }
+
+    /// The declared schema, which JSON lines and CSV are read into; Parquet files
+    /// bring their own.
+    fn record_schema(&self, config: &FileSourceConfig) -> Option<SchemaRef> {
+        match config.format {
+            sluice_formats::Format::Parquet => None,
+            _ => config.declared_schema().ok().flatten(),
+        }
+    }
 }
 
 #[connector_api::async_trait]
@@ -68,10 +77,17 @@ impl SinkConnector for File {
     }
 
     fn accepts(&self, config: &FileSinkConfig, schema: &arrow_schema::Schema) -> Result<()> {
-        match config.format {
-            sluice_formats::Format::Csv => config.csv.refuse_nested(schema),
-            _ => Ok(()),
-        }
+        config.csv.accepts(config.format, schema)
+    }
+
+    /// The directory, absolute, through symbolic links when it exists: one sink's
+    /// files and state per directory.
+    fn destination(&self, config: &FileSinkConfig) -> Option<String> {
+        let dir = std::fs::canonicalize(&config.path)
+            .or_else(|_| std::path::absolute(&config.path))
+            .ok()?;
+        let dir: std::path::PathBuf = dir.components().collect();
+        Some(format!("directory \"{}\"", dir.display()))
     }
 
     fn create_sink(&self, config: FileSinkConfig) -> Result<Box<dyn Sink>> {

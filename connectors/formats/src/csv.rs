@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
 use arrow_cast::cast::{cast_with_options, CastOptions};
 use arrow_csv::reader::{Format as CsvFormat, ReaderBuilder};
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
 
 use crate::{BadRecord, CsvOptions, Decoded};
@@ -79,6 +79,12 @@ impl CsvDecoder {
             .iter()
             .map(|f| match f.data_type() {
                 DataType::Null => Field::new(f.name(), DataType::Utf8, true),
+                // the unit of the records seen: a later `.5` would not fit seconds
+                DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, tz) => Field::new(
+                    f.name(),
+                    DataType::Timestamp(TimeUnit::Microsecond, tz.clone()),
+                    f.is_nullable(),
+                ),
                 _ => f.as_ref().clone(),
             })
             .collect();
@@ -330,14 +336,15 @@ impl CsvDecoder {
                     .downcast_ref::<StringArray>()
                     .filter(|s| !s.is_null(r))
                     .map(|s| s.value(r));
-                if let (Some(v), true) = (value, ok[r]) {
+                let parsed = !cast.is_null(r);
+                if let (Some(v), true, true) = (value, ok[r], parsed) {
                     if let Some(why) = crate::json_typed::loses_digits(v, field.data_type()) {
                         ok[r] = false;
                         reasons[r] = Some(format!("column \"{}\": {why}", field.name()));
                         continue;
                     }
                 }
-                if cast.is_null(r) && !empty && ok[r] {
+                if !parsed && !empty && ok[r] {
                     ok[r] = false;
                     let value = col
                         .as_any()
@@ -496,6 +503,34 @@ mod tests {
         assert_eq!(b.num_rows(), 2);
         assert_eq!(out.consumed, buf.len() - "3,partial".len());
         assert_eq!(d.schema().unwrap().field(0).data_type(), &DataType::Int64);
+    }
+
+    #[test]
+    fn inferred_timestamps_hold_microseconds_so_a_later_fraction_fits() {
+        let mut d = CsvDecoder::new(None, CsvOptions::default());
+        // whole seconds only in the records the types are inferred from
+        let out = d
+            .decode(b"at\n2024-05-01T10:00:00\n", 100, false, true)
+            .unwrap();
+        assert_eq!(out.batch.unwrap().num_rows(), 1);
+        let out = d
+            .decode(b"2024-05-01T10:00:01.5\n", 100, false, false)
+            .unwrap();
+        assert!(out.bad.is_empty());
+        let at = out.batch.unwrap();
+        assert_eq!(
+            at.column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+                .unwrap()
+                .value(0)
+                % 1_000_000,
+            500_000
+        );
+        assert_eq!(
+            d.schema().unwrap().field(0).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub(crate) fn excess_precision(t: &str, unit: TimeUnit) -> bool {
 }
 
 /// The sub-second digits a timestamp of `unit` holds.
-fn unit_digits(unit: TimeUnit) -> usize {
+pub fn unit_digits(unit: TimeUnit) -> usize {
     match unit {
         TimeUnit::Second => 0,
         TimeUnit::Millisecond => 3,
@@ -681,11 +681,11 @@ fn float(t: &[u8]) -> Result<f64> {
 }
 
 fn timestamp(t: &str, unit: TimeUnit, tz: &Tz) -> Result<i64> {
+    let d =
+        string_to_datetime(tz, t).map_err(|e| err(format!("\"{t}\" is not a timestamp: {e}")))?;
     if let Some(why) = loses_digits(t, &DataType::Timestamp(unit, None)) {
         return Err(err(why));
     }
-    let d =
-        string_to_datetime(tz, t).map_err(|e| err(format!("\"{t}\" is not a timestamp: {e}")))?;
     match unit {
         TimeUnit::Second => Ok(d.timestamp()),
         TimeUnit::Millisecond => Ok(d.timestamp_millis()),

@@ -23,6 +23,7 @@ pub use crate::csv::CsvDecoder;
 pub use compression::{decompressing, Compression};
 pub use encode::Encoder;
 pub use json::JsonDecoder;
+pub use json_typed::unit_digits;
 pub use options::{CsvOptions, Format, NestedCsv, ParquetCompression, ParquetOptions};
 pub use text::TextDecoder;
 

@@ -66,6 +66,19 @@ pub enum NestedCsv {
 }
 
 impl CsvOptions {
+    /// Whether records of `schema` can be written in `format` with these options: a
+    /// nested column into CSV needs `nested = "json"` ([`Self::refuse_nested`]).
+    pub fn accepts(
+        &self,
+        format: crate::Format,
+        schema: &arrow_schema::Schema,
+    ) -> connector_api::Result<()> {
+        match format {
+            crate::Format::Csv => self.refuse_nested(schema),
+            _ => Ok(()),
+        }
+    }
+
     /// The pattern arrow-csv reads nulls by: `null_value` exactly, when set.
     pub(crate) fn null_regex(&self) -> Option<regex::Regex> {
         let text = self.null_value.as_deref()?;

@@ -101,7 +101,7 @@ pub fn format_refusals(
         (crate::Format::Json, _) => json_refusals(records, place),
         (crate::Format::Csv, Some(null)) => refusals(
             records,
-            rows_where(records, &|a| text_where(a, &|v| v == null)),
+            null_text_clashes(records, null)?,
             place,
             &|row| format!("{place} row {row} of the write"),
             &|column| {
@@ -110,6 +110,38 @@ pub fn format_refusals(
         ),
         _ => Ok(Vec::new()),
     }
+}
+
+/// The rows of `batch` whose CSV text in a column would be `null`, so would read back
+/// as null: a string equal to it, or a number or boolean written as it (`0`, `true`).
+/// Top-level columns only: a nested value is written inside its JSON text, quoted.
+fn null_text_clashes(
+    batch: &RecordBatch,
+    null: &str,
+) -> connector_api::Result<Vec<(usize, String)>> {
+    let scalar = null.parse::<f64>().is_ok() || null == "true" || null == "false";
+    let options = arrow_cast::display::FormatOptions::default();
+    let mut found: Vec<(usize, usize)> = Vec::new();
+    for (i, column) in batch.columns().iter().enumerate() {
+        let rows = match column.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 => text_where(column, &|v| v == null),
+            t if scalar && (t.is_numeric() || *t == DataType::Boolean) => {
+                let formatter = arrow_cast::display::ArrayFormatter::try_new(column, &options)?;
+                (0..column.len())
+                    .filter(|&r| column.is_valid(r) && formatter.value(r).to_string() == null)
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        found.extend(rows.into_iter().map(|r| (r, i)));
+    }
+    found.sort_unstable();
+    found.dedup_by_key(|(row, _)| *row);
+    let schema = batch.schema_ref();
+    Ok(found
+        .into_iter()
+        .map(|(row, i)| (row, schema.field(i).name().clone()))
+        .collect())
 }
 
 /// The rows of a string array whose text `bad` picks (other arrays have none).
@@ -257,5 +289,32 @@ mod tests {
         );
         assert!(rows_where(&batch.slice(0, 1), &non_finite).is_empty());
         assert_eq!(rows_where(&batch.slice(1, 2), &non_finite).len(), 2);
+    }
+
+    #[test]
+    fn a_csv_value_written_as_the_null_text_is_found_at_the_top_level_only() {
+        let mut tags = ListBuilder::new(arrow_array::builder::StringBuilder::new());
+        tags.values().append_value("\\N");
+        tags.append(true);
+        tags.append(true);
+        tags.append(true);
+        let batch = RecordBatch::try_from_iter(vec![
+            (
+                "s",
+                Arc::new(StringArray::from(vec!["x", "\\N", "y"])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(arrow_array::Int64Array::from(vec![1, 2, 0])) as ArrayRef,
+            ),
+            ("tags", Arc::new(tags.finish()) as ArrayRef),
+        ])
+        .unwrap();
+        // the list's "\\N" sits quoted inside JSON text: no clash
+        let found = null_text_clashes(&batch, "\\N").unwrap();
+        assert_eq!(found, vec![(1, "s".to_string())]);
+        // a number written as the null text would read back as null
+        let found = null_text_clashes(&batch, "0").unwrap();
+        assert_eq!(found, vec![(2, "n".to_string())]);
     }
 }

@@ -59,6 +59,15 @@ impl SourceConnector for S3 {
     async fn discover(&self, config: &S3SourceConfig) -> Result<Option<SchemaRef>> {
         source::discover(config).await
     }
+
+    /// The declared schema, which JSON lines and CSV are read into; Parquet objects
+    /// bring their own.
+    fn record_schema(&self, config: &S3SourceConfig) -> Option<SchemaRef> {
+        match config.format {
+            sluice_formats::Format::Parquet => None,
+            _ => config.declared_schema().ok().flatten(),
+        }
+    }
 }
 
 #[connector_api::async_trait]
@@ -73,10 +82,14 @@ impl SinkConnector for S3 {
     }
 
     fn accepts(&self, config: &S3SinkConfig, schema: &arrow_schema::Schema) -> Result<()> {
-        match config.format {
-            sluice_formats::Format::Csv => config.csv.refuse_nested(schema),
-            _ => Ok(()),
-        }
+        config.csv.accepts(config.format, schema)
+    }
+
+    /// The bucket and the prefix's fixed part, where the objects and the
+    /// `_sluice/` state go.
+    fn destination(&self, config: &S3SinkConfig) -> Option<String> {
+        let prefix = config.template().ok()?.static_prefix();
+        Some(format!("s3://{}/{prefix}", config.bucket))
     }
 
     fn create_sink(&self, config: S3SinkConfig) -> Result<Box<dyn Sink>> {

@@ -195,6 +195,8 @@ impl S3Sink {
     }
 
     async fn start_object(&mut self, folder: &str, schema: SchemaRef) -> Result<()> {
+        // before an upload is started that nothing would finish
+        self.config.csv.accepts(self.config.format, &schema)?;
         if self.open.len() >= self.config.max_open_objects {
             let oldest = self
                 .open

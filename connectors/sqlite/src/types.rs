@@ -46,15 +46,6 @@ pub enum SqlValue {
     Blob(Vec<u8>),
 }
 
-fn unit_digits(unit: &TimeUnit) -> u8 {
-    match unit {
-        TimeUnit::Second => 0,
-        TimeUnit::Millisecond => 3,
-        TimeUnit::Microsecond => 6,
-        TimeUnit::Nanosecond => 9,
-    }
-}
-
 /// The declared type the sink gives a column of `dt`.
 pub fn declared_type(column: &str, dt: &DataType) -> Result<String> {
     Ok(match dt {
@@ -76,8 +67,12 @@ pub fn declared_type(column: &str, dt: &DataType) -> Result<String> {
         DataType::Decimal128(p, s) => format!("DECIMAL TEXT({p},{s})"),
         DataType::Date32 => "DATE".into(),
         DataType::Time64(TimeUnit::Microsecond) => "TIME".into(),
-        DataType::Timestamp(unit, None) => format!("TIMESTAMP({})", unit_digits(unit)),
-        DataType::Timestamp(unit, Some(_)) => format!("TIMESTAMPTZ({})", unit_digits(unit)),
+        DataType::Timestamp(unit, None) => {
+            format!("TIMESTAMP({})", sluice_formats::unit_digits(*unit))
+        }
+        DataType::Timestamp(unit, Some(_)) => {
+            format!("TIMESTAMPTZ({})", sluice_formats::unit_digits(*unit))
+        }
         DataType::List(_) | DataType::LargeList(_) | DataType::Struct(_) => "JSON".into(),
         DataType::Null => "TEXT".into(),
         other => {

@@ -43,15 +43,15 @@ fn two_file_sinks_into_one_directory_are_refused_naming_both() {
          [sinks.a]\nconnector = \"file\"\npath = \"out\"\n\
          [sinks.b]\nconnector = \"file\"\npath = \"./out/\"\nformat = \"csv\"\n",
         &[
-            "p.toml:9:",
-            "[sinks.b] writes into the directory of [sinks.a]",
-            "give each file sink a directory of its own",
+            "p.toml:7:",
+            "[sinks.b] writes where [sinks.a] does (directory \"",
+            "give each sink a place of its own",
         ],
     );
     check(
         "[source]\nconnector = \"datagen\"\ncount = 10\n[sink]\nconnector = \"file\"\npath = \"out\"\n\
          [errors]\ntolerance = \"all\"\n[errors.dead_letter]\nconnector = \"file\"\npath = \"out\"\n",
-        &["[errors.dead_letter] writes into the directory of [sink]"],
+        &["[errors.dead_letter] writes where [sink] does"],
     );
 }
 

@@ -244,6 +244,8 @@ fn a_second_run_of_a_running_pipeline_fails_naming_it_and_a_killed_one_frees_the
         std::fs::read_to_string(&lock).is_ok_and(|t| t.contains("process"))
     });
     let second = sluice(d, &["run", "--quiet", "p.toml"]);
+    // a reset now would be undone by the running pipeline's next checkpoint
+    let reset = sluice(d, &["offsets", "reset", "p.toml"]);
     crate::support::signal(&first, "KILL");
     let _ = crate::support::finish(first, std::time::Duration::from_secs(10));
     assert!(held, "no lock file");
@@ -255,6 +257,12 @@ fn a_second_run_of_a_running_pipeline_fails_naming_it_and_a_killed_one_frees_the
             && second.stderr.contains("twice.lock"),
         "{}",
         second.stderr
+    );
+    assert_ne!(reset.code, Some(0), "{}", reset.stdout);
+    assert!(
+        reset.stderr.contains("is already running"),
+        "{}",
+        reset.stderr
     );
     let third = sluice(d, &["run", "--quiet", "p.toml"]);
     assert_eq!(third.code, Some(0), "{}", third.stderr);

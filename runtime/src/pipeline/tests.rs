@@ -657,7 +657,7 @@ async fn restarts_count_only_while_no_checkpoint_is_stored() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("after 1 restarts in a row without a checkpoint"),
+            .contains("after 1 restarts in a row without a checkpoint further on"),
         "{err}"
     );
     assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
