@@ -53,7 +53,7 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// declared schema the source enforces and adds no column to. The runtime runs the
     /// transforms on it at validation and asks each sink whether it
     /// [accepts](SinkConnector::accepts) the result. The default, None: only reading
-    /// tells.
+    /// tells. Not asked across the plugin boundary yet.
     fn record_schema(&self, config: &Self::Config) -> Option<SchemaRef> {
         let _ = config;
         None
@@ -99,7 +99,8 @@ pub trait SinkConnector: Send + Sync + 'static {
     /// Where the sink writes, when two sinks of one pipeline writing there would
     /// replace each other's data or state: a directory, a bucket and prefix. The
     /// runtime refuses two sinks with the same destination at validation. The
-    /// default, None: sinks of this connector may share one.
+    /// default, None: sinks of this connector may share one. Not asked across the
+    /// plugin boundary yet.
     fn destination(&self, config: &Self::Config) -> Option<String> {
         let _ = config;
         None

@@ -416,7 +416,7 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                 Ok((s, None)) => s,
                 Ok((s, Some(aside))) => {
                     println!(
-                        "checkpoint store \"{}\" was not a SQLite database or was damaged: set aside as \"{}\"; every pipeline it held reads from the start",
+                        "checkpoint store \"{}\" was not a SQLite database or was damaged: set aside as \"{}\"; every pipeline it held reads from the start (stop any other pipeline using it before you run them again)",
                         p.checkpoint_path().display(),
                         aside.display()
                     );

@@ -540,7 +540,8 @@ fn table_to_json(
     Ok(out)
 }
 
-/// Reads, parses and validates a pipeline file (no I/O beyond reading it).
+/// Reads, parses and validates a pipeline file (no I/O beyond reading it, and a file
+/// sink's directory resolved through symbolic links).
 pub fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),

@@ -34,9 +34,17 @@ pub async fn hold(
     let path = path(pipeline);
     let failed = |e: std::io::Error| {
         Error::storage(format!(
-            "lock file \"{}\": {e}; the pipeline's checkpoint directory must be writable (or set [checkpoint] path)",
+            "lock file \"{}\" cannot be made; the pipeline's checkpoint directory must be writable (or set [checkpoint] path)",
             path.display()
         ))
+        .with_source(e)
+    };
+    let unlockable = |e: std::io::Error| {
+        Error::storage(format!(
+            "lock file \"{}\" cannot be locked (a file system without locks?); set [checkpoint] path to a local disk",
+            path.display()
+        ))
+        .with_source(e)
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(failed)?;
@@ -53,7 +61,7 @@ pub async fn hold(
     loop {
         match file.try_lock() {
             Ok(()) => break,
-            Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(unlockable(e)),
             Err(std::fs::TryLockError::WouldBlock) => {}
         }
         let holder = holder(&mut file);

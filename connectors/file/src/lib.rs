@@ -80,13 +80,20 @@ impl SinkConnector for File {
         config.csv.accepts(config.format, schema)
     }
 
-    /// The directory, absolute, through symbolic links when it exists: one sink's
-    /// files and state per directory.
+    /// The directory, absolute, its longest existing part resolved through symbolic
+    /// links and `..`: one sink's files and state per directory.
     fn destination(&self, config: &FileSinkConfig) -> Option<String> {
-        let dir = std::fs::canonicalize(&config.path)
-            .or_else(|_| std::path::absolute(&config.path))
-            .ok()?;
-        let dir: std::path::PathBuf = dir.components().collect();
+        let dir = std::path::absolute(&config.path).ok()?;
+        let mut existing = dir.as_path();
+        let mut rest = Vec::new();
+        let resolved = loop {
+            if let Ok(real) = std::fs::canonicalize(existing) {
+                break real;
+            }
+            rest.push(existing.file_name()?.to_owned());
+            existing = existing.parent()?;
+        };
+        let dir = rest.iter().rev().fold(resolved, |d, part| d.join(part));
         Some(format!("directory \"{}\"", dir.display()))
     }
 

@@ -89,7 +89,8 @@ impl SinkConnector for S3 {
     /// `_sluice/` state go.
     fn destination(&self, config: &S3SinkConfig) -> Option<String> {
         let prefix = config.template().ok()?.static_prefix();
-        Some(format!("s3://{}/{prefix}", config.bucket))
+        let at = config.endpoint.as_deref().unwrap_or("AWS");
+        Some(format!("s3://{}/{prefix} at {at}", config.bucket))
     }
 
     fn create_sink(&self, config: S3SinkConfig) -> Result<Box<dyn Sink>> {

@@ -182,7 +182,20 @@ fn exact_into(from: &DataType, to: &DataType) -> bool {
             s2 >= s1 && (*p2 as i32 - *s2 as i32) >= (*p1 as i32 - *s1 as i32)
         }
         (f, Decimal128(p, s)) => int_digits(f).is_some_and(|d| *p as i32 - *s as i32 >= d),
+        // a finer unit, the same zone: a scaling, checked for overflow when cast
+        (Timestamp(u1, z1), Timestamp(u2, z2)) => z1 == z2 && unit_rank(u2) > unit_rank(u1),
         _ => false,
+    }
+}
+
+/// Orders time units from coarse to fine.
+fn unit_rank(unit: &arrow_schema::TimeUnit) -> u8 {
+    use arrow_schema::TimeUnit::*;
+    match unit {
+        Second => 0,
+        Millisecond => 1,
+        Microsecond => 2,
+        Nanosecond => 3,
     }
 }
 
@@ -192,7 +205,19 @@ fn fit_column(column: &ArrayRef, field: &Field) -> Result<ArrayRef> {
         return Ok(column.clone());
     }
     if exact_into(column.data_type(), field.data_type()) {
-        return Ok(arrow_cast::cast(column, field.data_type())?);
+        // not `safe`: a value past the wider type's range (a timestamp in seconds far
+        // beyond year 294,000 in microseconds) is an error, never a null
+        let exact = arrow_cast::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        return arrow_cast::cast_with_options(column, field.data_type(), &exact).map_err(|e| {
+            Error::data(format!(
+                "column \"{}\": a value does not fit {}: {e}",
+                field.name(),
+                field.data_type()
+            ))
+        });
     }
     if column.data_type() == &DataType::Null || column.null_count() == column.len() {
         return Ok(new_null_array(field.data_type(), column.len()));
@@ -232,6 +257,62 @@ mod tests {
         assert_eq!(evolved.fields().len(), 2);
         assert!(evolved.field(1).is_nullable());
         assert_eq!(c.batch.num_columns(), 2);
+    }
+
+    #[test]
+    fn a_finer_timestamp_widens_the_sink_and_a_coarser_one_fits_unless_it_overflows() {
+        use arrow_array::{TimestampMicrosecondArray, TimestampSecondArray};
+        use arrow_schema::TimeUnit;
+        let schema = |unit| {
+            Arc::new(Schema::new(vec![Field::new(
+                "at",
+                DataType::Timestamp(unit, None),
+                true,
+            )]))
+        };
+        let micros = RecordBatch::try_new(
+            schema(TimeUnit::Microsecond),
+            vec![Arc::new(TimestampMicrosecondArray::from(vec![1_500_000]))],
+        )
+        .unwrap();
+        // a sink of seconds (whole seconds inferred earlier) takes microseconds by widening
+        let c = conform(&micros, &schema(TimeUnit::Second), DriftPolicy::Evolve).unwrap();
+        assert_eq!(
+            c.evolved.unwrap().field(0).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
+        assert!(conform(&micros, &schema(TimeUnit::Second), DriftPolicy::Freeze).is_err());
+        // seconds into a sink of microseconds: scaled exactly, or an error, never null
+        let seconds = |v: i64| {
+            RecordBatch::try_new(
+                schema(TimeUnit::Second),
+                vec![Arc::new(TimestampSecondArray::from(vec![v]))],
+            )
+            .unwrap()
+        };
+        let c = conform(
+            &seconds(2),
+            &schema(TimeUnit::Microsecond),
+            DriftPolicy::Freeze,
+        )
+        .unwrap();
+        let at = c
+            .batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>();
+        assert_eq!(at.unwrap().value(0), 2_000_000);
+        let err = conform(
+            &seconds(i64::MAX / 10),
+            &schema(TimeUnit::Microsecond),
+            DriftPolicy::Freeze,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("column \"at\": a value does not fit"),
+            "{err}"
+        );
     }
 
     #[test]
