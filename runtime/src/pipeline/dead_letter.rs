@@ -43,6 +43,25 @@ impl FailureWindow {
         }
         (self.total >= self.window).then(|| self.bad as f64 / self.total as f64)
     }
+
+    /// `n` records counted good when read turned out bad (a sink refused them): they
+    /// move from good to bad, latest first, without being counted twice. Returns the
+    /// bad share when the window is full.
+    pub(super) fn refused(&mut self, n: u64) -> Option<f64> {
+        let mut left = n;
+        for (good, bad) in self.entries.iter_mut().rev() {
+            let moved = left.min(*good);
+            *good -= moved;
+            *bad += moved;
+            self.bad += moved;
+            left -= moved;
+            if left == 0 {
+                break;
+            }
+        }
+        // read so long ago they left the window: counted now
+        self.add(0, left)
+    }
 }
 
 /// The schema of the records written to the dead-letter sink.
@@ -129,5 +148,15 @@ mod tests {
         // old entries slide out
         let share = w.add(10, 0).unwrap();
         assert_eq!(share, 0.0);
+    }
+
+    #[test]
+    fn records_refused_after_they_were_counted_good_move_to_bad_once() {
+        let mut w = FailureWindow::new(10);
+        assert_eq!(w.add(10, 0), Some(0.0));
+        // 2 of the 10 turn out bad: 2 in 10, not 2 in 12
+        let share = w.refused(2).unwrap();
+        assert!((share - 0.2).abs() < 1e-9, "{share}");
+        assert_eq!(w.total, 10);
     }
 }

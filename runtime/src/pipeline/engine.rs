@@ -144,7 +144,7 @@ impl<'a> Engine<'a> {
     ) -> Result<()> {
         if !batch.rejects.is_empty() {
             let rejects = std::mem::take(&mut batch.rejects);
-            self.reject(batch.num_rows(), rejects).await?;
+            self.reject(Some(batch.num_rows()), rejects).await?;
         } else {
             // good records count in the failure window too
             self.failures.add(batch.num_rows() as u64, 0);
@@ -178,7 +178,10 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    async fn reject(&mut self, good: usize, rejects: Vec<Reject>) -> Result<()> {
+    /// Stops on `rejects`, or sends them to the dead-letter sink, by the tolerance.
+    /// `good`: the good records read with them (counted in the failure window too);
+    /// None for records a sink refused, already counted good when they were read.
+    async fn reject(&mut self, good: Option<usize>, rejects: Vec<Reject>) -> Result<()> {
         self.metrics
             .rejected
             .fetch_add(rejects.len() as u64, Ordering::Relaxed);
@@ -190,7 +193,12 @@ impl<'a> Engine<'a> {
                     .context(format!("pipeline \"{}\"", self.pipeline.name)),
             );
         }
-        if let Some(share) = self.failures.add(good as u64, rejects.len() as u64) {
+        let bad = rejects.len() as u64;
+        let share = match good {
+            Some(good) => self.failures.add(good as u64, bad),
+            None => self.failures.refused(bad),
+        };
+        if let Some(share) = share {
             if share > errors.max_failure_rate {
                 return Err(Error::data(format!(
                     "{:.1}% of the last {} records were bad (errors.max_failure_rate = {}); last: {}: {}",
@@ -264,7 +272,10 @@ impl<'a> Engine<'a> {
             let rows = records.num_rows() as u64;
             let bytes = records.get_array_memory_size() as u64;
             let per_write = self.rows_per_write(&records);
+            // records out: those every sink took (a refused record is a dead letter)
+            let mut taken = rows;
             for i in 0..self.sinks.len() {
+                let mut written_here = 0;
                 let fitted = fit(&mut self.sinks[i], &records)?;
                 // a source batch larger than [batch] allows goes out in parts; the
                 // offsets go with the last (they hold at its end)
@@ -281,6 +292,7 @@ impl<'a> Engine<'a> {
                         false => Offsets::new(),
                     };
                     let written = self.write_part(i, Batch::new(part, part_offsets)).await?;
+                    written_here += written as u64;
                     if let Some(m) = self.metrics.sink(&self.sinks[i].name) {
                         m.records.fetch_add(written as u64, Ordering::Relaxed);
                         let bytes = share * written as u128 / n.max(1) as u128;
@@ -288,8 +300,9 @@ impl<'a> Engine<'a> {
                         m.batches.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                taken = taken.min(written_here);
             }
-            self.metrics.records_out.fetch_add(rows, Ordering::Relaxed);
+            self.metrics.records_out.fetch_add(taken, Ordering::Relaxed);
             self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }
         self.metrics.recovered();
@@ -335,9 +348,9 @@ impl<'a> Engine<'a> {
                     r
                 })
                 .collect();
-            // the good records of the part were counted when they were read; an emptied
-            // part is still written, for its offsets
-            self.reject(0, rejects).await?;
+            // counted good when they were read; an emptied part is still written, for
+            // its offsets
+            self.reject(None, rejects).await?;
         }
     }
 

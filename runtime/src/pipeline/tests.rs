@@ -478,6 +478,9 @@ async fn records_a_sink_refuses_go_to_the_dead_letter_sink_and_the_rest_is_writt
         })
         .collect();
     assert_eq!(positions, ["sink \"sink\" row 3", "sink \"sink\" row 7"]);
+    // records out are those the sink took; the refused two are rejected, once each
+    assert_eq!(s.metrics.records_out.load(Ordering::Relaxed), 98);
+    assert_eq!(s.metrics.rejected.load(Ordering::Relaxed), 2);
     // without tolerance the run stops, naming the first
     let s = setup(source(100, 10), faults, "");
     let err = supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
