@@ -95,6 +95,9 @@ pub(crate) struct Plan {
     /// A field the schema does not have is an error (an inferred schema, which widens
     /// instead), not skipped (a declared one, which ignores it).
     strict: bool,
+    /// Fields found inside a declared struct but not declared in it, already logged:
+    /// a new nested key is said once, not dropped without a word.
+    warned: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 enum Ty {
@@ -213,6 +216,7 @@ impl Plan {
             schema: schema.clone(),
             fields: Fields::new(schema.fields())?,
             strict,
+            warned: Default::default(),
         })
     }
 
@@ -235,6 +239,7 @@ impl Plan {
                 }
             }
         }
+        self.warn_dropped(&p.dropped);
         if rows == 0 {
             return Ok((None, bad));
         }
@@ -252,6 +257,30 @@ impl Plan {
     }
 }
 
+impl Plan {
+    /// Logs, once per plan, each field a struct column does not declare that lines
+    /// held (a top-level field not in the schema is skipped as documented; one inside
+    /// a declared struct is easy to miss).
+    fn warn_dropped(&self, dropped: &[(String, String, u64)]) {
+        if dropped.is_empty() {
+            return;
+        }
+        let Ok(mut warned) = self.warned.lock() else {
+            return;
+        };
+        for (within, field, count) in dropped {
+            if warned.insert((within.clone(), field.clone())) {
+                tracing::warn!(
+                    column = %within,
+                    field = %field,
+                    records = count,
+                    "field \"{field}\" inside struct column \"{within}\" is not in its declared type: dropped (said once; add it to the schema to keep it)"
+                );
+            }
+        }
+    }
+}
+
 /// The decoded lines (None: none decoded), and each bad line's index and error.
 pub(crate) type Lines = (Option<RecordBatch>, Vec<(usize, Error)>);
 
@@ -264,6 +293,8 @@ struct Cursor<'a> {
     scratch: Vec<u8>,
     /// A field not in the schema is an error.
     strict: bool,
+    /// Fields skipped inside struct columns: the column, the field, how many times.
+    dropped: Vec<(String, String, u64)>,
 }
 
 fn err(msg: impl Into<String>) -> Error {
@@ -279,7 +310,7 @@ impl<'a> Cursor<'a> {
         if self.peek() != Some(b'{') {
             return Err(self.unexpected("an object"));
         }
-        self.object(fields, cols)?;
+        self.object(fields, cols, None)?;
         self.ws();
         if self.i < self.b.len() {
             return Err(self.unexpected("the end of the line"));
@@ -327,8 +358,9 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// Reads an object (at `{`) into `cols`, one column per field of `fields`.
-    fn object(&mut self, fields: &Fields, cols: &mut [Col]) -> Result<()> {
+    /// Reads an object (at `{`) into `cols`, one column per field of `fields`;
+    /// `within`: the struct column it is a value of (None: the line itself).
+    fn object(&mut self, fields: &Fields, cols: &mut [Col], within: Option<&str>) -> Result<()> {
         self.i += 1;
         let mut seen: u64 = 0;
         let mut hint = 0;
@@ -344,6 +376,9 @@ impl<'a> Cursor<'a> {
                 let strict = self.strict;
                 let key = self.str_text()?;
                 let found = fields.find(key, hint);
+                // owned only for a field about to be dropped inside a struct
+                let key_text = (found.is_none() && within.is_some())
+                    .then(|| String::from_utf8_lossy(key).into_owned());
                 if found.is_none() && strict {
                     return Err(err(format!(
                         "field \"{}\" is not in the schema",
@@ -363,7 +398,12 @@ impl<'a> Cursor<'a> {
                         self.value(&fields.nodes[f], &mut cols[f])?;
                         hint = f + 1;
                     }
-                    None => self.skip()?,
+                    None => {
+                        if let Some(within) = within {
+                            self.note_dropped(within, key_text.as_deref());
+                        }
+                        self.skip()?
+                    }
                 }
                 self.ws();
                 match self.peek() {
@@ -596,11 +636,24 @@ impl<'a> Cursor<'a> {
                 if self.peek() != Some(b'{') {
                     return Err(named(self.unexpected("an object")));
                 }
-                self.object(fields, children)?;
+                self.object(fields, children, Some(&node.name))?;
             }
             _ => return Err(Error::internal("json column of another type")),
         }
         Ok(())
+    }
+
+    /// Counts a field `key` dropped inside struct column `within`.
+    fn note_dropped(&mut self, within: &str, key: Option<&str>) {
+        let key = key.unwrap_or_default();
+        match self
+            .dropped
+            .iter_mut()
+            .find(|(w, k, _)| w == within && k == key)
+        {
+            Some((_, _, n)) => *n += 1,
+            None => self.dropped.push((within.to_owned(), key.to_owned(), 1)),
+        }
     }
 
     /// Skips one value of a field not in the schema.

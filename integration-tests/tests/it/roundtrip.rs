@@ -297,3 +297,27 @@ fn csv_null_value_keeps_empty_strings_apart_from_nulls() {
         run.stderr
     );
 }
+
+/// A field inside a declared struct that the struct does not declare is not dropped
+/// without a word: the log names it once, however many lines hold it.
+#[test]
+fn a_nested_field_the_declared_struct_lacks_is_named_once_in_the_log() {
+    let dir = workdir();
+    let d = dir.path();
+    let lines: String = (0..500)
+        .map(|i| format!("{{\"id\": {i}, \"at\": {{\"x\": 1.5, \"y\": {i}}}}}\n"))
+        .collect();
+    std::fs::write(d.join("in.jsonl"), lines).unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        "[source]\nconnector = \"file\"\npath = \"in.jsonl\"\n\
+         schema = [{ name = \"id\", type = \"int64\" }, { name = \"at\", type = \"struct<x: float64>\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\n[batch]\nmax_records = 100\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let said = "field \"y\" inside struct column \"at\" is not in its declared type: dropped";
+    assert_eq!(run.stderr.matches(said).count(), 1, "{}", run.stderr);
+    assert_eq!(crate::support::jsonl_lines(&d.join("out")).len(), 500);
+}
