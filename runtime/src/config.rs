@@ -646,26 +646,7 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         )?),
         None => None,
     };
-    let mut places: Vec<(String, &Section)> = Vec::new();
-    for sink in sinks.iter().chain(dead_letter.as_ref()) {
-        let place = registry
-            .sink(&sink.connector)
-            .and_then(|c| c.destination(&sink.config));
-        let Some(place) = place else {
-            continue;
-        };
-        if let Some((_, other)) = places.iter().find(|(p, _)| *p == place) {
-            return Err(doc.error_at(
-                doc.span_of(&sink.path),
-                format!(
-                    "[{}] writes where [{}] does ({place}): one sink's data and state would replace the other's",
-                    sink.path, other.path
-                ),
-                Some("give each sink a place of its own".into()),
-            ));
-        }
-        places.push((place, sink));
-    }
+    distinct_destinations(&doc, registry, sinks.iter().chain(dead_letter.as_ref()))?;
     if raw.errors.tolerance == Tolerance::All && dead_letter.is_none() {
         return Err(doc.error_at(
             doc.span_of("errors.tolerance"),
@@ -707,49 +688,7 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
             )
         })?;
     }
-    let record_schema = registry
-        .source(&source.connector)
-        .and_then(|c| c.record_schema(&source.config));
-    if let Some(schema) = record_schema {
-        // the transforms run on no rows of the declared schema: a field it does not
-        // have, a cast it cannot take, a filter value of the wrong type fail here
-        let mut batch = arrow_array::RecordBatch::new_empty(schema);
-        for (i, t) in raw.transforms.iter().enumerate() {
-            let names: Vec<String> = batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| format!("\"{}\"", f.name()))
-                .collect();
-            batch = t.apply(batch).map_err(|e| {
-                doc.error_at(
-                    doc.span_of(&format!("transforms[{i}]")),
-                    format!("`transforms[{i}]`: {e}"),
-                    Some(format!(
-                        "from the source's declared schema, the records here have {}",
-                        names.join(", ")
-                    )),
-                )
-            })?;
-        }
-        // and each sink says whether it can write such records
-        for sink in &sinks {
-            let Some(connector) = registry.sink(&sink.connector) else {
-                continue;
-            };
-            if let Err(e) = connector.accepts(&sink.config, &batch.schema()) {
-                let at = match e.field() {
-                    Some(field) => format!("{}.{field}", sink.path),
-                    None => sink.path.clone(),
-                };
-                return Err(doc.error_at(
-                    doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
-                    format!("[{}]: {}", sink.path, e.message()),
-                    None,
-                ));
-            }
-        }
-    }
+    check_record_schema(&doc, registry, &source, &raw.transforms, &sinks)?;
     Ok(Pipeline {
         file: file.to_path_buf(),
         name,
@@ -847,6 +786,91 @@ fn section(
             drift,
         }),
     }
+}
+
+/// No two of `sinks` write where the other does (their connectors say where:
+/// [`connector_api::DynSinkConnector::destination`]).
+fn distinct_destinations<'a>(
+    doc: &Doc,
+    registry: &Registry,
+    sinks: impl Iterator<Item = &'a Section>,
+) -> Result<(), ConfigError> {
+    let mut places: Vec<(String, &Section)> = Vec::new();
+    for sink in sinks {
+        let place = registry
+            .sink(&sink.connector)
+            .and_then(|c| c.destination(&sink.config));
+        let Some(place) = place else {
+            continue;
+        };
+        if let Some((_, other)) = places.iter().find(|(p, _)| *p == place) {
+            return Err(doc.error_at(
+                doc.span_of(&sink.path),
+                format!(
+                    "[{}] writes where [{}] does ({place}): one sink's data and state would replace the other's",
+                    sink.path, other.path
+                ),
+                Some("give each sink a place of its own".into()),
+            ));
+        }
+        places.push((place, sink));
+    }
+    Ok(())
+}
+
+/// When the source's connector knows the schema of every record from its config
+/// alone, the transforms run on no rows of it: a field it does not have, a cast it
+/// cannot take, a filter value of the wrong type fail here. Then each sink says
+/// whether it can write the records that come out.
+fn check_record_schema(
+    doc: &Doc,
+    registry: &Registry,
+    source: &Section,
+    transforms: &[TransformSpec],
+    sinks: &[Section],
+) -> Result<(), ConfigError> {
+    let Some(schema) = registry
+        .source(&source.connector)
+        .and_then(|c| c.record_schema(&source.config))
+    else {
+        return Ok(());
+    };
+    let mut batch = arrow_array::RecordBatch::new_empty(schema);
+    for (i, t) in transforms.iter().enumerate() {
+        let before = batch.schema();
+        batch = t.apply(batch).map_err(|e| {
+            let names: Vec<String> = before
+                .fields()
+                .iter()
+                .map(|f| format!("\"{}\"", f.name()))
+                .collect();
+            doc.error_at(
+                doc.span_of(&format!("transforms[{i}]")),
+                format!("`transforms[{i}]`: {e}"),
+                Some(format!(
+                    "from the source's declared schema, the records here have {}",
+                    names.join(", ")
+                )),
+            )
+        })?;
+    }
+    for sink in sinks {
+        let Some(connector) = registry.sink(&sink.connector) else {
+            continue;
+        };
+        if let Err(e) = connector.accepts(&sink.config, &batch.schema()) {
+            let at = match e.field() {
+                Some(field) => format!("{}.{field}", sink.path),
+                None => sink.path.clone(),
+            };
+            return Err(doc.error_at(
+                doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
+                format!("[{}]: {}", sink.path, e.message()),
+                None,
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

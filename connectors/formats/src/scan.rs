@@ -15,13 +15,19 @@ pub fn rows_where(
     batch: &RecordBatch,
     leaf: &dyn Fn(&ArrayRef) -> Vec<usize>,
 ) -> Vec<(usize, String)> {
-    let schema = batch.schema_ref();
     let mut found: Vec<(usize, usize)> = Vec::new();
     for (i, column) in batch.columns().iter().enumerate() {
         found.extend(rows_of(column, leaf).into_iter().map(|row| (row, i)));
     }
+    by_first_column(batch, found)
+}
+
+/// `found` (row, column index) as each row once, in row order, named by its first
+/// column.
+fn by_first_column(batch: &RecordBatch, mut found: Vec<(usize, usize)>) -> Vec<(usize, String)> {
     found.sort_unstable();
     found.dedup_by_key(|(row, _)| *row);
+    let schema = batch.schema_ref();
     found
         .into_iter()
         .map(|(row, i)| (row, schema.field(i).name().clone()))
@@ -135,13 +141,7 @@ fn null_text_clashes(
         };
         found.extend(rows.into_iter().map(|r| (r, i)));
     }
-    found.sort_unstable();
-    found.dedup_by_key(|(row, _)| *row);
-    let schema = batch.schema_ref();
-    Ok(found
-        .into_iter()
-        .map(|(row, i)| (row, schema.field(i).name().clone()))
-        .collect())
+    Ok(by_first_column(batch, found))
 }
 
 /// The rows of a string array whose text `bad` picks (other arrays have none).
@@ -157,6 +157,12 @@ pub fn text_where(array: &ArrayRef, bad: &dyn Fn(&str) -> bool) -> Vec<usize> {
     match array.data_type() {
         DataType::Utf8 => pick(array.as_string::<i32>(), bad),
         DataType::LargeUtf8 => pick(array.as_string::<i64>(), bad),
+        DataType::Utf8View => {
+            let a = array.as_string_view();
+            (0..a.len())
+                .filter(|&i| a.is_valid(i) && bad(a.value(i)))
+                .collect()
+        }
         _ => Vec::new(),
     }
 }
@@ -226,27 +232,16 @@ pub fn floats_where(array: &ArrayRef, bad: fn(f64) -> bool) -> Vec<usize> {
 
 /// The rows of a text array with a NUL character.
 pub fn text_with_nul(array: &ArrayRef) -> Vec<usize> {
-    match array.data_type() {
-        DataType::Utf8 => strings_with_nul(array.as_string::<i32>()),
-        DataType::LargeUtf8 => strings_with_nul(array.as_string::<i64>()),
-        DataType::Utf8View => {
-            let a = array.as_string_view();
-            (0..a.len())
-                .filter(|&i| a.is_valid(i) && a.value(i).as_bytes().contains(&0))
-                .collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
-fn strings_with_nul<O: OffsetSizeTrait>(a: &GenericStringArray<O>) -> Vec<usize> {
     // the common case, no NUL in the whole buffer, in one pass
-    if !a.values().contains(&0) {
-        return Vec::new();
+    let clean = match array.data_type() {
+        DataType::Utf8 => !array.as_string::<i32>().values().contains(&0),
+        DataType::LargeUtf8 => !array.as_string::<i64>().values().contains(&0),
+        _ => false,
+    };
+    match clean {
+        true => Vec::new(),
+        false => text_where(array, &|v| v.contains('\0')),
     }
-    (0..a.len())
-        .filter(|&i| a.is_valid(i) && a.value(i).as_bytes().contains(&0))
-        .collect()
 }
 
 #[cfg(test)]
