@@ -38,6 +38,11 @@ pub struct FileOffset {
     /// How many bytes `tail` covers (0: none stored).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub tail_len: u32,
+    /// A compressed file read to its end: its size then, in bytes of the file. Its
+    /// positions are decompressed bytes, which its size cannot be compared with, so
+    /// without this every run would decompress it again to find nothing left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whole: Option<u64>,
 }
 
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {

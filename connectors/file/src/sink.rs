@@ -10,7 +10,9 @@
 //! On open, an intent left by a crash is rolled forward (step 3 and 4 again), leftover
 //! temporary files are removed, and the state's offsets are reported to the runtime,
 //! which resumes the source there. File names derive from the position of their first
-//! record, so a replay writes the same names.
+//! record, so a replay writes the same names. No state with this pipeline's files in
+//! the directory means the state was deleted: the sink stops rather than write those
+//! names again.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -98,8 +100,7 @@ impl FileSink {
             self.config.format,
             schema.clone(),
             BufWriter::with_capacity(1 << 20, WriteBehind::new(file)),
-            &self.config.csv,
-            &self.config.parquet,
+            (&self.config.json, &self.config.csv, &self.config.parquet),
         )?;
         self.current = Some(Open {
             name,
@@ -203,6 +204,38 @@ impl FileSink {
     }
 }
 
+impl FileSink {
+    /// Fails when this pipeline's published files are here but its state is not: the
+    /// state was deleted (or the files copied in), and starting over would write the
+    /// same names over published data.
+    fn refuse_published_without_state(&self) -> Result<()> {
+        let mut published = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| io_error(e, &self.dir))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.name_start) {
+                published.push(name);
+            }
+        }
+        if published.is_empty() {
+            return Ok(());
+        }
+        published.sort();
+        Err(Error::storage(format!(
+            "file sink \"{}\": {} file(s) of pipeline \"{}\" are published here ({}{}), but its \
+             state file \"{}\" is missing, so a new run would write over them; restore the \
+             state file, or move the files whose names start with \"{}\" out of the \
+             directory to write everything again",
+            self.dir.display(),
+            published.len(),
+            self.pipeline,
+            published[0],
+            if published.len() > 1 { ", ..." } else { "" },
+            self.state_path().display(),
+            self.name_start,
+        )))
+    }
+}
+
 #[connector_api::async_trait]
 impl Sink for FileSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
@@ -238,6 +271,7 @@ impl Sink for FileSink {
                     })?;
             Some(Offsets::from_envelope(&s.offsets)?)
         } else {
+            self.refuse_published_without_state()?;
             None
         };
         self.position = offsets.clone().unwrap_or_default();

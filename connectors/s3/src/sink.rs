@@ -14,7 +14,9 @@
 //! On open, an intent left by a crash is rolled forward (steps 3 and 4 again; an
 //! upload already completed is found by its key), every other upload this pipeline
 //! left in progress is aborted (no orphaned parts are billed forever), and the state's
-//! offsets are reported to the runtime, which resumes the source there. Object names
+//! offsets are reported to the runtime, which resumes the source there (no state
+//! object beside this pipeline's objects means it was deleted: the sink stops rather
+//! than write those keys again). Object names
 //! are `FILE_PREFIX-<pipeline tag>-<hash of the start position>.EXT`: a replay writes
 //! the same names, and two pipelines writing one folder never collide.
 //!
@@ -229,8 +231,7 @@ impl S3Sink {
             self.config.format,
             schema.clone(),
             out,
-            &self.config.csv,
-            &self.config.parquet,
+            (&self.config.json, &self.config.csv, &self.config.parquet),
         )?;
         self.open.insert(
             folder.to_string(),
@@ -427,6 +428,41 @@ impl S3Sink {
         Ok(())
     }
 
+    /// Fails when an object this pipeline published is in the bucket but its state
+    /// object is not: the state was deleted, and starting over would write the same
+    /// keys over published data. Lists the template's literal prefix, only when there
+    /// is no state (a first run, or a lost state).
+    async fn refuse_published_without_state(&self) -> Result<()> {
+        let client = self.client()?;
+        let prefix = self.template.static_prefix();
+        let mut pages = client
+            .list_objects_v2()
+            .bucket(&self.conn.bucket)
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| s3_error(e, &format!("listing {}", self.conn.url(&prefix))))?;
+            let published = page.contents().iter().filter_map(|o| o.key()).find(|key| {
+                let name = key.rsplit('/').next().unwrap_or(key);
+                name.starts_with(&self.name_start) && !key.starts_with(&self.state_prefix)
+            });
+            if let Some(key) = published {
+                return Err(Error::storage(format!(
+                    "{} was published by pipeline \"{}\", but its state object {} is missing, \
+                     so a new run would write over what it published; restore the state object, \
+                     or move the objects whose names start with \"{}\" away to write everything again",
+                    self.conn.url(key),
+                    self.pipeline,
+                    self.conn.url(&self.state_key()),
+                    self.name_start,
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Aborts every upload this pipeline left in progress (before a crash).
     async fn abort_orphans(&self) -> Result<()> {
         let client = self.client()?;
@@ -522,7 +558,10 @@ impl Sink for S3Sink {
                 self.stored = Some(state.offsets.clone());
                 Some(Offsets::from_envelope(&state.offsets)?)
             }
-            None => None,
+            None => {
+                self.refuse_published_without_state().await?;
+                None
+            }
         };
         self.position = offsets.clone().unwrap_or_default();
         Ok(SinkState {

@@ -568,8 +568,9 @@ s3.put_object(Bucket=BUCKET, Key='r/b.jsonl.gz', Body=gzip.compress(''.join(line
 
 /// The bucket is emptied between two runs (objects and the `_sluice/` state): the
 /// second run writes everything again instead of resuming from the checkpoint store.
+/// The state object alone deleted: the run stops, naming it, and writes over nothing.
 #[test]
-fn an_emptied_bucket_gets_every_record_again() {
+fn an_emptied_bucket_gets_every_record_again_and_a_lost_state_stops_the_run() {
     let bucket = new_bucket("emptied");
     let dir = workdir();
     let d = dir.path();
@@ -605,6 +606,29 @@ fn an_emptied_bucket_gets_every_record_again() {
     let run = sluice(d, &["run", "--quiet", "p.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(count(), "3000 3000");
+
+    let stamps = || {
+        py(
+            &bucket,
+            "print(sorted((o['Key'], o['ETag'], str(o['LastModified'])) for o in \
+             s3.list_objects_v2(Bucket=BUCKET, Prefix='e/').get('Contents', []) if o['Key'].endswith('.jsonl')))",
+        )
+    };
+    let before = stamps();
+    py(
+        &bucket,
+        "s3.delete_object(Bucket=BUCKET, Key='e/_sluice/emptied.state.json')",
+    );
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("_sluice/emptied.state.json")
+            && run.stderr.contains("is missing")
+            && run.stderr.contains("was published by pipeline \"emptied\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(stamps(), before, "published objects were written over");
 }
 
 /// CSV objects without a declared schema, read with kills at random points: every run

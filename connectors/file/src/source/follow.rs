@@ -56,6 +56,7 @@ impl FileSource {
             line: 0,
             tail: 0,
             tail_len: 0,
+            whole: None,
         };
         match self.known.get(split).cloned() {
             Some(off) if off.id.same_file(&id, path) => {

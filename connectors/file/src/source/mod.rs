@@ -81,9 +81,6 @@ pub struct FileSource {
     handles: HashMap<String, (Identity, File)>,
     /// Positions of files whose name moved on to another file (oldest first).
     moved: Vec<(String, FileOffset)>,
-    /// Compressed files read to their end in this run (their positions are not bytes
-    /// of the file, so their size cannot tell).
-    finished: HashMap<String, Identity>,
 }
 
 /// Bytes read from a file's start to infer a CSV schema before resuming inside it.
@@ -115,7 +112,6 @@ impl FileSource {
             waiting: (0, 0),
             handles: HashMap::new(),
             moved: Vec::new(),
-            finished: HashMap::new(),
         })
     }
 
@@ -217,7 +213,9 @@ impl FileSource {
     }
 }
 
-fn offsets_of(cur: &Current) -> Result<Offsets> {
+/// The offset of `cur` as read so far; `whole`: a compressed file read to its end,
+/// of that size.
+fn offsets_of(cur: &Current, whole: Option<u64>) -> Result<Offsets> {
     let mut offsets = Offsets::new();
     offsets.set_typed(
         cur.split.clone(),
@@ -227,6 +225,7 @@ fn offsets_of(cur: &Current) -> Result<Offsets> {
             line: cur.line,
             tail: cur.tail.1,
             tail_len: cur.tail.0,
+            whole,
         },
     )?;
     Ok(offsets)
@@ -278,11 +277,8 @@ impl Source for FileSource {
             .map(|(split, &size)| {
                 // a compressed file's position is not in its bytes: it counts when done
                 if !self.positions_are_bytes(split) {
-                    return if self.finished.contains_key(split) {
-                        size
-                    } else {
-                        0
-                    };
+                    let whole = self.known.get(split).is_some_and(|o| o.whole.is_some());
+                    return if whole { size } else { 0 };
                 }
                 self.known.get(split).map_or(0, |o| o.pos.min(size))
             })

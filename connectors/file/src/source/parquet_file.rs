@@ -126,6 +126,7 @@ pub(super) fn reject_rest(split: &str, id: Identity, pos: u64, error: Error) -> 
             line: 0,
             tail: 0,
             tail_len: 0,
+            whole: None,
         },
     )?;
     let mut batch = Batch::idle();
@@ -152,7 +153,7 @@ impl FileSource {
         match reader.next() {
             Some(Ok(records)) => {
                 cur.pos += records.num_rows() as u64;
-                let offsets = offsets_of(cur)?;
+                let offsets = offsets_of(cur, None)?;
                 Ok(Some(Batch::new(records, offsets)))
             }
             Some(Err(e)) => {

@@ -4,7 +4,10 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 
+use arrow_array::RecordBatch;
+use arrow_schema::Schema;
 use connector_api::{Batch, Error, Result};
 use sluice_formats::{Compression, Decoded, TextDecoder as Text};
 
@@ -39,7 +42,12 @@ impl FileSource {
     ) -> Result<Option<Current>> {
         let compression = self.config.compression.for_key(&split);
         let compressed = compression != Compression::None;
-        if compressed && self.finished.get(&split) == Some(&id) {
+        if compressed
+            && self
+                .known
+                .get(&split)
+                .is_some_and(|o| o.whole == Some(size) && o.id == id)
+        {
             return Ok(None);
         }
         if (!compressed && size <= pos) || self.partial.get(&split) == Some(&size) {
@@ -202,7 +210,14 @@ impl FileSource {
                             ..
                         }
                     ) {
-                        self.finished.insert(done.split.clone(), done.id);
+                        // stored, so neither this run nor the next decompresses it again
+                        if let Ok(meta) = std::fs::metadata(&done.split) {
+                            let offsets = offsets_of(&done, Some(meta.len()))?;
+                            return Ok(Some(Batch::new(
+                                RecordBatch::new_empty(Arc::new(Schema::empty())),
+                                offsets,
+                            )));
+                        }
                     } else if self.config.watch {
                         self.keep_handle(done);
                     }
@@ -257,7 +272,7 @@ fn long_line(cur: &mut Current, skipped: u64, limit: usize) -> Result<Batch> {
     // the bytes before the new position were not kept: no tail to check it by
     cur.tail = (0, 0);
     let mut batch = Batch::idle();
-    batch.offsets = offsets_of(cur)?;
+    batch.offsets = offsets_of(cur, None)?;
     batch.rejects.push(connector_api::Reject::new(
         cur.split.clone(),
         format!("file \"{}\" line {line}", cur.split),
@@ -274,7 +289,7 @@ fn to_batch(cur: &mut Current, text: &Text, decoded: Decoded) -> Result<Batch> {
     let first_line = cur.line;
     cur.pos += decoded.consumed as u64;
     cur.line += decoded.lines;
-    let offsets = offsets_of(cur)?;
+    let offsets = offsets_of(cur, None)?;
     Ok(decoded.into_batch(text.schema(), offsets, &cur.split, |i| {
         format!("file \"{}\" line {}", cur.split, first_line + i as u64 + 1)
     }))
