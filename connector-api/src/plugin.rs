@@ -58,6 +58,16 @@ pub trait SourceConnector: Send + Sync + 'static {
         let _ = config;
         None
     }
+
+    /// True when the records are changes a sink must apply rather than append: each
+    /// carries [`columns::OP`](crate::columns::OP) (`c`, `u`, `d`, `r`, `t`), and a
+    /// delete holds only its key. The runtime asks each sink whether it
+    /// [applies changes](SinkConnector::accepts_changes) at validation. The default:
+    /// plain records. Not asked across the plugin boundary yet.
+    fn emits_changes(&self, config: &Self::Config) -> bool {
+        let _ = config;
+        false
+    }
 }
 
 /// A connector that writes: builds [`Sink`]s from its typed config.
@@ -105,6 +115,15 @@ pub trait SinkConnector: Send + Sync + 'static {
         let _ = config;
         None
     }
+
+    /// Checks, without I/O, that the sink can take change records with `config` (the
+    /// source [emits changes](SourceConnector::emits_changes)): a table sink must apply
+    /// deletes, not insert them as rows. An error names the option that is the way out
+    /// in its field. The default takes them, writing `_op` as a column, as a log.
+    fn accepts_changes(&self, config: &Self::Config) -> Result<()> {
+        let _ = config;
+        Ok(())
+    }
 }
 
 /// The object-safe form of [`SourceConnector`]; configs as JSON.
@@ -129,6 +148,12 @@ pub trait DynSourceConnector: Send + Sync {
     fn record_schema(&self, config: &serde_json::Value) -> Option<SchemaRef> {
         let _ = config;
         None
+    }
+    /// True when the records are changes ([`SourceConnector::emits_changes`]); the
+    /// default: plain records.
+    fn emits_changes(&self, config: &serde_json::Value) -> bool {
+        let _ = config;
+        false
     }
 }
 
@@ -158,6 +183,12 @@ pub trait DynSinkConnector: Send + Sync {
     fn destination(&self, config: &serde_json::Value) -> Option<String> {
         let _ = config;
         None
+    }
+    /// Checks that change records can be taken ([`SinkConnector::accepts_changes`]);
+    /// the default takes them.
+    fn accepts_changes(&self, config: &serde_json::Value) -> Result<()> {
+        let _ = config;
+        Ok(())
     }
 }
 
@@ -193,6 +224,10 @@ impl<T: SourceConnector> DynSourceConnector for T {
         let cfg: T::Config = parse_config(config).ok()?;
         SourceConnector::record_schema(self, &cfg)
     }
+    fn emits_changes(&self, config: &serde_json::Value) -> bool {
+        parse_config::<T::Config>(config)
+            .is_ok_and(|cfg| SourceConnector::emits_changes(self, &cfg))
+    }
 }
 
 #[async_trait]
@@ -226,5 +261,9 @@ impl<T: SinkConnector> DynSinkConnector for T {
     fn destination(&self, config: &serde_json::Value) -> Option<String> {
         let cfg: T::Config = parse_config(config).ok()?;
         SinkConnector::destination(self, &cfg)
+    }
+    fn accepts_changes(&self, config: &serde_json::Value) -> Result<()> {
+        let cfg: T::Config = parse_config(config)?;
+        SinkConnector::accepts_changes(self, &cfg)
     }
 }

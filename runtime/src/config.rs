@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use connector_api::DriftPolicy;
+use connector_api::{columns, DriftPolicy};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::de::{DeTable, DeValue};
@@ -689,6 +689,7 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         })?;
     }
     check_record_schema(&doc, registry, &source, &raw.transforms, &sinks)?;
+    check_changes(&doc, registry, &source, &raw.transforms, &sinks)?;
     Ok(Pipeline {
         file: file.to_path_buf(),
         name,
@@ -867,6 +868,43 @@ fn check_record_schema(
                 doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
                 format!("[{}]: {}", sink.path, e.message()),
                 None,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A source of change records: each sink must say it can take them (a table sink in
+/// `insert` mode would add deletes as rows), unless a transform removes `_op`.
+fn check_changes(
+    doc: &Doc,
+    registry: &Registry,
+    source: &Section,
+    transforms: &[TransformSpec],
+    sinks: &[Section],
+) -> Result<(), ConfigError> {
+    let emits = registry
+        .source(&source.connector)
+        .is_some_and(|c| c.emits_changes(&source.config));
+    if !emits || transforms.iter().any(|t| t.removes(columns::OP)) {
+        return Ok(());
+    }
+    for sink in sinks {
+        let Some(connector) = registry.sink(&sink.connector) else {
+            continue;
+        };
+        if let Err(e) = connector.accepts_changes(&sink.config) {
+            let at = match e.field() {
+                Some(field) => format!("{}.{field}", sink.path),
+                None => sink.path.clone(),
+            };
+            return Err(doc.error_at(
+                doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
+                format!("[{}]: {}", sink.path, e.message()),
+                Some(format!(
+                    "[{}] emits changes (inserts, updates, deletes)",
+                    source.path
+                )),
             ));
         }
     }

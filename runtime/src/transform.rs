@@ -111,6 +111,17 @@ impl TransformSpec {
         Ok(())
     }
 
+    /// True when records come out of this transform without field `name` whatever
+    /// they held (a select leaving it out, a drop or rename of it).
+    pub fn removes(&self, name: &str) -> bool {
+        match self {
+            TransformSpec::Select { fields } => !fields.iter().any(|f| f == name),
+            TransformSpec::Drop { fields } => fields.iter().any(|f| f == name),
+            TransformSpec::Rename { fields } => fields.contains_key(name),
+            _ => false,
+        }
+    }
+
     /// Applies the transform to a batch.
     pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let schema = batch.schema();

@@ -72,6 +72,20 @@ impl PostgresSinkConfig {
         }
         Ok(())
     }
+
+    /// Change records (with `_op`) are applied only by `upsert`: `insert` would add
+    /// deletes and updates as rows.
+    pub fn accepts_changes(&self) -> Result<()> {
+        if self.mode == SinkMode::Insert {
+            return Err(Error::config(format!(
+                "table \"{}\": change records (with {}) need mode = \"upsert\" and key columns, so updates and deletes apply",
+                self.table,
+                connector_api::columns::OP
+            ))
+            .with_field("mode"));
+        }
+        Ok(())
+    }
 }
 
 /// How the source reads.

@@ -56,6 +56,10 @@ impl SourceConnector for Postgres {
     async fn discover(&self, config: &PostgresSourceConfig) -> Result<Option<SchemaRef>> {
         source::discover(config).await.map(Some)
     }
+
+    fn emits_changes(&self, config: &PostgresSourceConfig) -> bool {
+        config.mode == SourceMode::Cdc && config.envelope == Envelope::Row
+    }
 }
 
 #[connector_api::async_trait]
@@ -74,5 +78,9 @@ impl SinkConnector for Postgres {
 
     async fn check(&self, config: &PostgresSinkConfig) -> Result<()> {
         sink::check(config).await
+    }
+
+    fn accepts_changes(&self, config: &PostgresSinkConfig) -> Result<()> {
+        config.accepts_changes()
     }
 }

@@ -370,12 +370,7 @@ impl PostgresSink {
         let all_fields: Vec<String> = schema.fields().iter().map(|f| quote(f.name())).collect();
         if self.config.mode == SinkMode::Insert {
             if changes {
-                return Err(Error::config(format!(
-                    "table {}: change records (with {}) need mode = \"upsert\" and key columns, so updates and deletes apply",
-                    self.target(),
-                    columns::OP
-                ))
-                .with_field("mode"));
+                self.config.accepts_changes()?;
             }
             return self
                 .copy(&self.target(), &all_fields.join(", "), &records)

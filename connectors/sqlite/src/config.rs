@@ -22,6 +22,14 @@ pub struct SqliteSourceConfig {
     /// share a timestamp). Absent: tables are read in rowid order.
     #[serde(default)]
     pub cursor: Vec<String>,
+    /// With `cursor`: read only rows whose first cursor column, a time, is at least
+    /// this old by the clock (`"30s"`), so that a row written with an earlier time by a
+    /// transaction that commits after a later one's is still ahead of the cursor when
+    /// it commits (Kafka Connect's `timestamp.delay.interval.ms`). Set it above the
+    /// longest write transaction. A time without a zone is taken as UTC.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub lag: Option<Duration>,
     /// Keep polling for new rows at this interval (`"5s"`); absent = stop at the end.
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
@@ -41,6 +49,10 @@ impl SqliteSourceConfig {
                 "poll_interval with a query needs cursor columns, or every poll would read it all again",
             )
             .with_field("poll_interval")),
+            _ if self.lag.is_some() && self.cursor.is_empty() => Err(Error::config(
+                "lag holds back rows by their cursor's time: it needs cursor columns, the first a time",
+            )
+            .with_field("lag")),
             _ => {
                 if !self.schema.is_empty() {
                     connector_api::schema_from_specs(&self.schema)?;
@@ -76,6 +88,24 @@ pub struct SqliteSinkConfig {
     /// Key columns for `upsert` (the primary key of a created table).
     #[serde(default)]
     pub key: Vec<String>,
+    /// NaN in a float column, which SQLite itself stores as NULL: `error` (the
+    /// default: the row is refused, a dead letter under `errors.tolerance = "all"`)
+    /// or `text` (stored as the text `NaN`, which the `sqlite` source reads back as
+    /// NaN; other readers find text in a REAL column). -0.0 is refused either way:
+    /// SQLite keeps no sign of zero, in a REAL column or in numeric text.
+    #[serde(default)]
+    pub nan: NanPolicy,
+}
+
+/// How the `sqlite` sink stores NaN (`nan`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NanPolicy {
+    /// The row is refused, naming the column.
+    #[default]
+    Error,
+    /// Stored as the text `NaN`.
+    Text,
 }
 
 impl SqliteSinkConfig {
@@ -89,6 +119,20 @@ impl SqliteSinkConfig {
                 Error::config("mode = \"upsert\" needs key columns, e.g. key = [\"id\"]")
                     .with_field("key"),
             );
+        }
+        Ok(())
+    }
+
+    /// Change records (with `_op`) are applied only by `upsert`: `insert` would add
+    /// deletes and updates as rows.
+    pub fn accepts_changes(&self) -> Result<()> {
+        if self.mode == SinkMode::Insert {
+            return Err(Error::config(format!(
+                "table \"{}\": change records (with {}) need mode = \"upsert\" and key columns, so updates and deletes apply",
+                self.table,
+                connector_api::columns::OP
+            ))
+            .with_field("mode"));
         }
         Ok(())
     }

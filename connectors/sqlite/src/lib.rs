@@ -11,6 +11,7 @@
 //!
 //! Types: see [`types`] for the mapping between Arrow and SQLite declared types.
 
+mod changes;
 mod config;
 mod conn;
 mod error;
@@ -73,5 +74,9 @@ impl SinkConnector for Sqlite {
 
     async fn check(&self, config: &SqliteSinkConfig) -> Result<()> {
         sink::check(config).await
+    }
+
+    fn accepts_changes(&self, config: &SqliteSinkConfig) -> Result<()> {
+        config.accepts_changes()
     }
 }

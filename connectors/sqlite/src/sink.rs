@@ -1,10 +1,13 @@
-//! The SQLite sink: one transaction per flush, offsets in the same transaction.
+//! The SQLite sink: one transaction per flush, offsets in the same transaction; change
+//! records applied in `upsert` mode ([`crate::changes`]).
 
+use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use crate::config::{SinkMode, SqliteSinkConfig};
+use crate::changes::Apply;
+use crate::config::{NanPolicy, SinkMode, SqliteSinkConfig};
 use crate::conn::{connect, quote, table_schema};
 use crate::error::sql_error;
 use crate::types::{column_values, declared_type, SqlValue};
@@ -198,17 +201,24 @@ impl SqliteSink {
         sql
     }
 
-    async fn insert(&mut self, batch: &Batch) -> Result<()> {
-        let schema = batch.records.schema();
-        let columns: Vec<Vec<SqlValue>> = schema
+    async fn insert(&mut self, records: &RecordBatch) -> Result<()> {
+        let schema = records.schema();
+        let mut columns: Vec<Vec<SqlValue>> = schema
             .fields()
             .iter()
-            .zip(batch.records.columns())
+            .zip(records.columns())
             .map(|(f, c)| column_values(f.name(), c))
             .collect::<Result<_>>()?;
+        if self.config.nan == NanPolicy::Text {
+            for v in columns.iter_mut().flatten() {
+                if matches!(v, SqlValue::Real(x) if x.is_nan()) {
+                    *v = SqlValue::Text("NaN".into());
+                }
+            }
+        }
         let ncols = columns.len().max(1);
         let per_stmt = (MAX_PARAMS / ncols).clamp(1, MAX_ROWS_PER_STATEMENT);
-        let total = batch.num_rows();
+        let total = records.num_rows();
         let full_sql = self.insert_sql(&schema, per_stmt);
         let table = self.config.table.clone();
         let tail_sql = self.insert_sql(&schema, total % per_stmt);
@@ -220,13 +230,7 @@ impl SqliteSink {
             let mut q = sqlx::query(sql);
             for r in start..start + n {
                 for col in &columns {
-                    q = match &col[r] {
-                        SqlValue::Null => q.bind(None::<i64>),
-                        SqlValue::Int(v) => q.bind(*v),
-                        SqlValue::Real(v) => q.bind(*v),
-                        SqlValue::Text(v) => q.bind(v.as_str()),
-                        SqlValue::Blob(v) => q.bind(v.as_slice()),
-                    };
+                    q = bind(q, &col[r]);
                 }
             }
             q.execute(&mut **tx).await.map_err(|e| {
@@ -239,15 +243,93 @@ impl SqliteSink {
         }
         Ok(())
     }
+
+    /// Applies change records in order (`data` without `_op`, cut into `runs`).
+    async fn apply(&mut self, data: &RecordBatch, runs: &[(Apply, usize, usize)]) -> Result<()> {
+        let table = self.config.table.clone();
+        for &(apply, start, len) in runs {
+            let part = data.slice(start, len);
+            match apply {
+                Apply::Upsert => self.insert(&part).await?,
+                Apply::Delete => self.delete(&part).await?,
+                Apply::Truncate => {
+                    let tx = self.tx().await?;
+                    sqlx::query(&format!("DELETE FROM {}", quote(&table)))
+                        .execute(&mut **tx)
+                        .await
+                        .map_err(|e| sql_error(format!("table \"{table}\": truncate"), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the rows with the keys of `keys`.
+    async fn delete(&mut self, keys: &RecordBatch) -> Result<()> {
+        let table = self.config.table.clone();
+        let values: Vec<Vec<SqlValue>> = self
+            .config
+            .key
+            .iter()
+            .map(|k| {
+                let column = keys.column_by_name(k).ok_or_else(|| {
+                    Error::schema(format!(
+                        "table \"{table}\": a delete without key column \"{k}\""
+                    ))
+                })?;
+                column_values(k, column)
+            })
+            .collect::<Result<_>>()?;
+        let matches: Vec<String> = self
+            .config
+            .key
+            .iter()
+            .map(|k| format!("{} = ?", quote(k)))
+            .collect();
+        let sql = format!(
+            "DELETE FROM {} WHERE {}",
+            quote(&table),
+            matches.join(" AND ")
+        );
+        let tx = self.tx().await?;
+        for r in 0..keys.num_rows() {
+            let mut q = sqlx::query(&sql);
+            for col in &values {
+                q = bind(q, &col[r]);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map_err(|e| sql_error(format!("table \"{table}\": delete of row {r}"), e))?;
+        }
+        Ok(())
+    }
 }
 
-/// The rows with a float SQLite would change: it stores NaN as NULL and -0.0 as 0.0.
+type Query<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+fn bind<'q>(q: Query<'q>, value: &'q SqlValue) -> Query<'q> {
+    match value {
+        SqlValue::Null => q.bind(None::<i64>),
+        SqlValue::Int(v) => q.bind(*v),
+        SqlValue::Real(v) => q.bind(*v),
+        SqlValue::Text(v) => q.bind(v.as_str()),
+        SqlValue::Blob(v) => q.bind(v.as_slice()),
+    }
+}
+
+/// The rows with a float SQLite would change: it stores NaN as NULL (unless `nan`
+/// stores it as text) and -0.0 as 0.0.
 fn refusals(
     records: &arrow_array::RecordBatch,
     table: &str,
+    nan: NanPolicy,
 ) -> Result<Vec<(usize, connector_api::Reject)>> {
     use sluice_formats::scan;
-    let changed = |v: f64| v.is_nan() || (v == 0.0 && v.is_sign_negative());
+    let nan_refused = nan == NanPolicy::Error;
+    let changed: fn(f64) -> bool = match nan_refused {
+        true => |v| v.is_nan() || (v == 0.0 && v.is_sign_negative()),
+        false => |v| v == 0.0 && v.is_sign_negative(),
+    };
     let found = scan::rows_where(records, &|a| scan::floats_where(a, changed));
     let place = format!("table \"{table}\"");
     scan::refusals(
@@ -256,7 +338,12 @@ fn refusals(
         &place,
         &|row| format!("{place} row {row} of the write"),
         &|column| {
-            format!("column \"{column}\": NaN or -0.0, which SQLite would store as NULL or 0.0")
+            match nan_refused {
+            true => format!(
+                "column \"{column}\": NaN or -0.0, which SQLite would store as NULL or 0.0 (nan = \"text\" stores NaN as text)"
+            ),
+            false => format!("column \"{column}\": -0.0, which SQLite would store as 0.0"),
+        }
         },
     )
 }
@@ -310,11 +397,16 @@ impl Sink for SqliteSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let refused = refusals(&batch.records, &self.config.table)?;
+        let refused = refusals(&batch.records, &self.config.table, self.config.nan)?;
         if !refused.is_empty() {
             return Err(Error::refused(refused));
         }
-        self.prepare_table(&batch.records.schema()).await?;
+        let changes = crate::changes::split(&batch.records)?;
+        if changes.is_some() {
+            self.config.accepts_changes()?;
+        }
+        let data = changes.as_ref().map_or(&batch.records, |(data, _)| data);
+        self.prepare_table(&data.schema()).await?;
         // a savepoint makes a failed write leave the transaction as it was, so a retry
         // cannot insert rows twice
         let tx = self.tx().await?;
@@ -322,7 +414,10 @@ impl Sink for SqliteSink {
             .execute(&mut **tx)
             .await
             .map_err(|e| sql_error("savepoint", e))?;
-        let result = self.insert(batch).await;
+        let result = match &changes {
+            None => self.insert(&batch.records).await,
+            Some((data, runs)) => self.apply(data, runs).await,
+        };
         let tx = self.tx().await?;
         let end = if result.is_ok() {
             "RELEASE sluice_write"

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_schema::{Field, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use connector_api::{Batch, Error, Offsets, Result, RowBuilder, Source, SourceContext, Value};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteRow;
@@ -77,25 +77,37 @@ impl SqliteSource {
         }
     }
 
+    /// With `lag`: the condition that the first cursor column's time is old enough.
+    fn aged(&self) -> Option<String> {
+        let lag = self.config.lag?;
+        let first = quote(self.config.cursor.first()?);
+        Some(format!(
+            "unixepoch({first}, 'subsec') <= unixepoch('now', 'subsec') - {}",
+            lag.as_secs_f64()
+        ))
+    }
+
     fn select(&self) -> (String, Vec<serde_json::Value>) {
         let rel = self.relation();
         let limit = self.batch_size;
         if !self.config.cursor.is_empty() {
             let cols: Vec<String> = self.config.cursor.iter().map(|c| quote(c)).collect();
             let order = cols.join(", ");
-            match &self.position {
-                Some(SqliteOffset::Cursor { values }) => {
-                    let marks = vec!["?"; values.len()].join(", ");
-                    (
-                        format!("SELECT * FROM {rel} WHERE ({order}) > ({marks}) ORDER BY {order} LIMIT {limit}"),
-                        values.clone(),
-                    )
-                }
-                _ => (
-                    format!("SELECT * FROM {rel} ORDER BY {order} LIMIT {limit}"),
-                    vec![],
-                ),
+            let mut conditions: Vec<String> = self.aged().into_iter().collect();
+            let mut params = Vec::new();
+            if let Some(SqliteOffset::Cursor { values }) = &self.position {
+                let marks = vec!["?"; values.len()].join(", ");
+                conditions.push(format!("({order}) > ({marks})"));
+                params = values.clone();
             }
+            let filter = match conditions.is_empty() {
+                true => String::new(),
+                false => format!(" WHERE {}", conditions.join(" AND ")),
+            };
+            (
+                format!("SELECT * FROM {rel}{filter} ORDER BY {order} LIMIT {limit}"),
+                params,
+            )
         } else if self.config.table.is_some() {
             let after = match &self.position {
                 Some(SqliteOffset::Rowid { rowid }) => *rowid,
@@ -160,10 +172,31 @@ impl SqliteSource {
             .fetch_one(pool)
             .await
             .map_err(|e| sql_error(format!("reading {}", self.split), e))?;
-        if !found {
-            return Ok(());
+        if found {
+            return Err(null_cursor(&self.split, &self.config.cursor));
         }
-        Err(null_cursor(&self.split, &self.config.cursor))
+        let (Some(_), Some(first)) = (self.config.lag, self.config.cursor.first()) else {
+            return Ok(());
+        };
+        // a value that is no time never passes the lag's condition
+        let sql = format!(
+            "SELECT CAST({0} AS TEXT) FROM {1} WHERE unixepoch({0}, 'subsec') IS NULL LIMIT 1",
+            quote(first),
+            self.relation(),
+        );
+        let stuck: Option<(String,)> = sqlx::query_as(&sql)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| sql_error(format!("reading {}", self.split), e))?;
+        match stuck {
+            None => Ok(()),
+            Some((value,)) => Err(Error::data(format!(
+                "{}: cursor column \"{first}\" holds \"{value}\", which SQLite does not read as a time, \
+                 so lag would hold the row back for ever",
+                self.split
+            ))
+            .with_field("lag")),
+        }
     }
 
     /// A read by cursor that filled its limit may end inside a run of rows with equal
@@ -336,6 +369,16 @@ impl Source for SqliteSource {
                 .with_field("cursor"));
             }
         }
+        if let (Some(_), Some(first)) = (self.config.lag, self.config.cursor.first()) {
+            let dt = schema.field_with_name(first).map(|f| f.data_type().clone());
+            if !matches!(dt, Ok(DataType::Timestamp(..) | DataType::Date32)) {
+                return Err(Error::config(format!(
+                    "lag compares the first cursor column with the clock, but \"{first}\" is not a time ({})",
+                    dt.map_or_else(|_| "missing".to_string(), |t| t.to_string())
+                ))
+                .with_field("lag"));
+            }
+        }
         self.schema = Some(schema);
         self.pool = Some(pool);
         Ok(())
@@ -398,10 +441,20 @@ impl Source for SqliteSource {
                 index.push(i + skip);
             }
             let mut builder = RowBuilder::new(schema.clone());
+            let floats: Vec<bool> = schema
+                .fields()
+                .iter()
+                .map(|f| f.data_type().is_floating())
+                .collect();
             for row in &rows {
                 let values = index
                     .iter()
-                    .map(|&i| read_value(row, i))
+                    .zip(&floats)
+                    .map(|(&i, &float)| match read_value(row, i)? {
+                        // the sqlite sink's `nan = "text"`
+                        Value::Str(s) if float && s == "NaN" => Ok(Value::Float(f64::NAN)),
+                        v => Ok(v),
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 builder.push_row(values)?;
             }

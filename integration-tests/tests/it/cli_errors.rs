@@ -36,6 +36,34 @@ fn unknown_key_is_located_and_a_suggestion_given() {
     );
 }
 
+/// A CDC source into a table sink in insert mode would add deletes as rows: refused
+/// before anything is created (no slot, no table), naming the sink's mode; a transform
+/// dropping `_op` makes plain rows of the changes, and passes.
+#[test]
+fn changes_into_an_insert_mode_table_sink_are_refused_before_anything_is_created() {
+    let cdc = "[source]\nconnector = \"postgres\"\nurl = \"postgres://nobody@127.0.0.1:1/x\"\ntables = [\"t\"]\nmode = \"cdc\"\n";
+    check(
+        &format!("{cdc}[sinks.pg]\nconnector = \"postgres\"\nurl = \"postgres://nobody@127.0.0.1:1/x\"\ntable = \"t2\"\n"),
+        &[
+            "p.toml:",
+            "[sinks.pg]: table \"t2\": change records (with _op) need mode = \"upsert\"",
+            "[source] emits changes",
+        ],
+    );
+    check(
+        &format!("{cdc}[sink]\nconnector = \"sqlite\"\npath = \"out/x.db\"\ntable = \"t2\"\nmode = \"insert\"\n"),
+        &["p.toml:10:", "[sink]: table \"t2\": change records"],
+    );
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        format!("{cdc}[[transforms]]\ntype = \"drop\"\nfields = [\"_op\"]\n[sink]\nconnector = \"sqlite\"\npath = \"out/x.db\"\ntable = \"t2\"\n"),
+    )
+    .unwrap();
+    let run = sluice(dir.path(), &["validate", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
 #[test]
 fn two_file_sinks_into_one_directory_are_refused_naming_both() {
     check(
@@ -216,6 +244,56 @@ fn a_state_file_that_is_no_database_stops_at_once_and_offsets_reset_recovers() {
         .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
         .collect();
     assert_eq!(aside.len(), 1);
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(crate::support::jsonl_lines(&d.join("out")).len(), 100);
+}
+
+/// The file sink's state file deleted between runs, the checkpoint kept: the next run
+/// stops naming the state file instead of writing over the published files; with this
+/// pipeline's files moved away it writes everything again.
+#[test]
+fn a_deleted_file_sink_state_stops_the_run_instead_of_overwriting() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"p\"\n[source]\nconnector = \"datagen\"\ncount = 100\n[sink]\nconnector = \"file\"\npath = \"out\"\nmax_records = 25\n[batch]\nmax_records = 25\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let published = || -> Vec<(String, std::time::SystemTime)> {
+        let mut files: Vec<_> = std::fs::read_dir(d.join("out"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().modified().unwrap(),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = published();
+    assert_eq!(before.len(), 4);
+    std::fs::remove_file(d.join("out/.sluice-p.state.json")).unwrap();
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(".sluice-p.state.json")
+            && run
+                .stderr
+                .contains("4 file(s) of pipeline \"p\" are published here")
+            && !run.stderr.contains("restarting"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(published(), before, "published files were written over");
+    std::fs::rename(d.join("out"), d.join("moved")).unwrap();
     let run = sluice(d, &["run", "--quiet", "p.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(crate::support::jsonl_lines(&d.join("out")).len(), 100);

@@ -107,7 +107,7 @@ fn cdc_snapshot_then_inserts_updates_deletes_rollback_and_alter_table_reach_the_
 }
 
 #[test]
-fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
+fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_postgres_and_sqlite() {
     let _server = server();
     let dir = workdir();
     let d = dir.path();
@@ -118,12 +118,43 @@ fn cdc_truncate_and_deletes_of_rows_with_not_null_columns_reach_the_target() {
         "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, v text NOT NULL); ALTER TABLE \"{src}\" REPLICA IDENTITY FULL;\
          INSERT INTO \"{src}\" VALUES (1, 'one'), (2, 'two');"
     ));
-    cdc_to_upsert(d, &src, &dst);
+    // the same changes into PostgreSQL and into SQLite, both upserted by key
+    std::fs::write(
+        d.join("cdc.toml"),
+        format!(
+            "name = \"{dst}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npoll_interval = \"100ms\"\n\
+             [sinks.pg]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{dst}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [sinks.lite]\nconnector = \"sqlite\"\npath = \"out/t.db\"\ntable = \"t\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
+             [checkpoint]\ninterval = \"200ms\"\n",
+            url()
+        ),
+    )
+    .unwrap();
     let child = spawn(d, &["run", "--quiet", "cdc.toml"]);
+    let db = d.join("out/t.db");
     let rows = |table: &str| {
-        psql(&format!(
+        let pg = psql(&format!(
             "SELECT coalesce(string_agg(id || '=' || v, ',' ORDER BY id), '') FROM \"{table}\""
-        ))
+        ));
+        if table == src {
+            return pg;
+        }
+        let made = db.exists()
+            && crate::support::sqlite(&db, "SELECT count(*) FROM sqlite_master WHERE name = 't'")
+                == "1";
+        let lite = if made {
+            crate::support::sqlite(
+                &db,
+                "SELECT coalesce(group_concat(id || '=' || v, ','), '') FROM (SELECT * FROM t ORDER BY id)",
+            )
+        } else {
+            "no table yet".into()
+        };
+        if lite == pg {
+            pg
+        } else {
+            format!("postgres {pg}, sqlite {lite}")
+        }
     };
     let dst_exists = || {
         psql(&format!(

@@ -221,3 +221,53 @@ fn evolve_widening_a_column_builds_the_table_again_and_it_reads_back() {
     let (ids, _) = ids(&d.join("back"));
     assert_eq!(ids, [1, 5_000_000_000]);
 }
+
+/// `lag`: a row whose time is younger than the lag waits; a row written later with an
+/// earlier time (a transaction that committed after a later one) is still read, which
+/// without the lag the cursor would have passed; a cursor value that is no time stops
+/// the run naming it, instead of being held back for ever.
+#[test]
+fn lag_holds_back_young_rows_so_a_late_commit_with_an_earlier_time_is_read() {
+    let dir = workdir();
+    let d = dir.path();
+    let db = d.join("src.db");
+    let at = |ago: &str| format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '-{ago} seconds')");
+    sqlite(
+        &db,
+        &format!(
+            "CREATE TABLE ev (at TIMESTAMP(3) NOT NULL, id INTEGER NOT NULL);\
+             INSERT INTO ev VALUES ({}, 1), ({}, 2);",
+            at("120"),
+            at("0")
+        ),
+    );
+    pipeline(
+        d,
+        "lag",
+        "table = \"ev\"\ncursor = [\"at\", \"id\"]\nlag = \"3s\"",
+        100,
+    );
+    let run = sluice(d, &["run", "lag.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        ids(&d.join("lag")).0,
+        vec![1],
+        "row 2 is younger than the lag"
+    );
+    // written now with a time before row 2's: what a slow transaction commits
+    sqlite(&db, &format!("INSERT INTO ev VALUES ({}, 3)", at("1")));
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let run = sluice(d, &["run", "lag.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(ids(&d.join("lag")), (vec![1, 2, 3], 3));
+
+    sqlite(&db, "INSERT INTO ev VALUES ('yesterday', 4)");
+    let run = sluice(d, &["run", "lag.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("cursor column \"at\" holds \"yesterday\""),
+        "{}",
+        run.stderr
+    );
+}

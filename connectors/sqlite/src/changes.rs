@@ -1,0 +1,95 @@
+//! Change records (`_op`: `r`, `c`, `u`, `d`, `t`) applied to an upsert table, in
+//! their order: runs of reads, inserts and updates are upserted, deletes delete by key
+//! (a delete carries only its key), a truncate empties the table.
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch};
+use connector_api::{columns, Error, Result};
+
+/// What a run of change records does to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Insert or update by key (`r`, `c`, `u`).
+    Upsert,
+    /// Delete by key (`d`).
+    Delete,
+    /// Delete every row (`t`).
+    Truncate,
+}
+
+/// The records without `_op`, and the runs of rows `(apply, start, len)` in order;
+/// None when `records` are not changes.
+#[allow(clippy::type_complexity)]
+pub fn split(records: &RecordBatch) -> Result<Option<(RecordBatch, Vec<(Apply, usize, usize)>)>> {
+    let Ok(at) = records.schema().index_of(columns::OP) else {
+        return Ok(None);
+    };
+    let ops = records.column(at).as_string_opt::<i32>().ok_or_else(|| {
+        Error::schema(format!(
+            "column \"{}\" is {}, not text",
+            columns::OP,
+            records.column(at).data_type()
+        ))
+    })?;
+    let mut runs: Vec<(Apply, usize, usize)> = Vec::new();
+    for row in 0..ops.len() {
+        let apply = match ops.is_valid(row).then(|| ops.value(row)) {
+            Some("r" | "c" | "u") => Apply::Upsert,
+            Some("d") => Apply::Delete,
+            Some("t") => Apply::Truncate,
+            other => {
+                return Err(Error::data(format!(
+                    "row {row}: column \"{}\" is {other:?}, not one of r, c, u, d, t",
+                    columns::OP
+                )))
+            }
+        };
+        match runs.last_mut() {
+            Some((last, _, len)) if *last == apply => *len += 1,
+            _ => runs.push((apply, row, 1)),
+        }
+    }
+    let mut data = records.clone();
+    data.remove_column(at);
+    Ok(Some((data, runs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray};
+    use std::sync::Arc;
+
+    #[test]
+    fn rows_split_into_runs_in_order_and_lose_op() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![1, 2, 1, 3, 4, 4])) as _,
+            ),
+            (
+                columns::OP,
+                Arc::new(StringArray::from(vec!["r", "c", "d", "t", "u", "d"])) as _,
+            ),
+        ])
+        .unwrap();
+        let (data, runs) = split(&batch).unwrap().unwrap();
+        assert_eq!(data.num_columns(), 1);
+        assert_eq!(
+            runs,
+            vec![
+                (Apply::Upsert, 0, 2),
+                (Apply::Delete, 2, 1),
+                (Apply::Truncate, 3, 1),
+                (Apply::Upsert, 4, 1),
+                (Apply::Delete, 5, 1),
+            ]
+        );
+        let bad = RecordBatch::try_from_iter([(
+            columns::OP,
+            Arc::new(StringArray::from(vec![Some("x")])) as _,
+        )])
+        .unwrap();
+        assert!(split(&bad).unwrap_err().to_string().contains("\"x\""));
+    }
+}
