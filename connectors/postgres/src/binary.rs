@@ -19,6 +19,7 @@ use connector_api::{Error, Result};
 
 use crate::conn::quote;
 use crate::value::binary::{take, value};
+use crate::value::render::row_text;
 use crate::value::{append, base, Value};
 
 const SIGNATURE: &[u8] = b"PGCOPY\n\xff\r\n\0";
@@ -164,8 +165,9 @@ pub enum KeyForm {
 pub struct Decoded {
     /// The rows, in the table's Arrow schema (rejects left out).
     pub batch: RecordBatch,
-    /// Rejected rows: their key values (as text) and why.
-    pub rejects: Vec<(Vec<String>, String)>,
+    /// Rejected rows: their key values (as text), why, and the row as text
+    /// ([`row_text`]).
+    pub rejects: Vec<(Vec<String>, String, String)>,
     /// Key values (as text) of the last tuple, rejected or not.
     pub last_key: Vec<String>,
 }
@@ -212,7 +214,11 @@ pub fn decode(
             }
         }
         match failed {
-            Some(why) => rejects.push((key_text(&fields[kinds.len()..], form), why)),
+            Some(why) => rejects.push((
+                key_text(&fields[kinds.len()..], form),
+                why,
+                row_text(&fields[..kinds.len()], &kinds, schema.fields()),
+            )),
             None => {
                 for ((b, kind), v) in builders.iter_mut().zip(&kinds).zip(&values) {
                     append(b.as_mut(), kind, v);

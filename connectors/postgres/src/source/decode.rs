@@ -60,7 +60,8 @@ pub(super) fn decode_parts(
 }
 
 /// The batch of a decoded part, with `table`'s offset as it stands (advanced past the
-/// part) and the part's rejects, each named by its key or `ctid`.
+/// part) and the part's rejects, each named by its key or `ctid` and carrying its
+/// row as text.
 pub(super) fn part_batch(table: &Table, part: Decoded, now_ms: i64) -> Result<Batch> {
     let mut offsets = Offsets::new();
     offsets.set_typed(table.split.clone(), &table.offset)?;
@@ -68,17 +69,12 @@ pub(super) fn part_batch(table: &Table, part: Decoded, now_ms: i64) -> Result<Ba
     batch.rejects = part
         .rejects
         .into_iter()
-        .map(|(key, why)| {
+        .map(|(key, why, row)| {
             let position = match table.physical {
                 true => format!("table {} ctid {}", table.split, key.join(", ")),
                 false => format!("table {} key ({})", table.split, key.join(", ")),
             };
-            Reject::new(
-                table.split.clone(),
-                position,
-                key.join(", "),
-                Error::data(why),
-            )
+            Reject::new(table.split.clone(), position, row, Error::data(why))
         })
         .collect();
     Ok(batch)

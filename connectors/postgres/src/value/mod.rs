@@ -8,6 +8,7 @@
 //! one-dimensional arrays.
 
 pub mod binary;
+pub mod render;
 pub mod text;
 
 use std::borrow::Cow;
