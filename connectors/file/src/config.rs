@@ -6,7 +6,7 @@ use connector_api::arrow_schema::SchemaRef;
 use connector_api::{schema_from_specs, Error, FieldSpec, Result};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_formats::{Compression, CsvOptions, Format, ParquetOptions};
+use sluice_formats::{Compression, CsvOptions, Format, JsonOptions, ParquetOptions};
 
 /// Options of the `file` source.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
@@ -108,6 +108,9 @@ pub struct FileSinkConfig {
     /// Record format: `json` (JSON lines), `csv` or `parquet`.
     #[serde(default)]
     pub format: Format,
+    /// JSON lines options (with `format = "json"`).
+    #[serde(default)]
+    pub json: JsonOptions,
     /// CSV options (with `format = "csv"`).
     #[serde(default)]
     pub csv: CsvOptions,

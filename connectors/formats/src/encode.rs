@@ -10,8 +10,9 @@ use connector_api::{Error, Result};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
+use crate::json_encoders::FastEncoders;
 use crate::parquet_writer::ParallelParquet;
-use crate::{CsvOptions, Format, ParquetCompression, ParquetOptions};
+use crate::{CsvOptions, DecimalJson, Format, JsonOptions, ParquetCompression, ParquetOptions};
 
 /// Counts bytes on their way to the inner writer.
 struct Counting<W> {
@@ -31,7 +32,8 @@ impl<W: Write> Write for Counting<W> {
 }
 
 enum Inner<W: Write + Send> {
-    Json(arrow_json::LineDelimitedWriter<Counting<W>>),
+    /// The writer, and how its encoders write (for the parallel path's writers).
+    Json(arrow_json::LineDelimitedWriter<Counting<W>>, FastEncoders),
     /// With `csv.nested = "json"`: nested columns become their JSON text first.
     Csv(Box<arrow_csv::Writer<Counting<W>>>, bool),
     Parquet(Box<ParallelParquet<Counting<W>>>),
@@ -74,13 +76,13 @@ pub struct Encoder<W: Write + Send> {
 }
 
 impl<W: Write + Send> Encoder<W> {
-    /// An encoder writing `format` for `schema` into `out`.
+    /// An encoder writing `format` for `schema` into `out`, with the options of that
+    /// format.
     pub fn new(
         format: Format,
         schema: SchemaRef,
         out: W,
-        csv: &CsvOptions,
-        parquet: &ParquetOptions,
+        (json, csv, parquet): (&JsonOptions, &CsvOptions, &ParquetOptions),
     ) -> Result<Self> {
         let bytes = Arc::new(AtomicU64::new(0));
         let out = Counting {
@@ -88,7 +90,12 @@ impl<W: Write + Send> Encoder<W> {
             bytes: bytes.clone(),
         };
         let inner = match format {
-            Format::Json => Inner::Json(json_writer(out)),
+            Format::Json => {
+                let encoders = FastEncoders {
+                    decimals_as_strings: json.decimals == DecimalJson::String,
+                };
+                Inner::Json(json_writer(out, encoders), encoders)
+            }
             Format::Csv => {
                 csv.refuse_nested(&schema)?;
                 Inner::Csv(
@@ -131,13 +138,13 @@ impl<W: Write + Send> Encoder<W> {
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
         match &mut self.inner {
-            Inner::Json(w) if batch.num_rows() >= PARALLEL_JSON_ROWS => {
+            Inner::Json(w, encoders) if batch.num_rows() >= PARALLEL_JSON_ROWS => {
                 let out = w.get_mut();
-                for part in encode_json_parallel(batch)? {
+                for part in encode_json_parallel(batch, *encoders)? {
                     out.write_all(&part)?;
                 }
             }
-            Inner::Json(w) => w.write(batch)?,
+            Inner::Json(w, _) => w.write(batch)?,
             Inner::Csv(w, true) => w.write(&nested_as_json(batch)?)?,
             Inner::Csv(w, false) => w.write(batch)?,
             Inner::Parquet(w) => w.write(batch).map_err(parquet_error)?,
@@ -153,7 +160,7 @@ impl<W: Write + Send> Encoder<W> {
     /// Bytes of output so far, including what a Parquet writer still buffers.
     pub fn bytes(&self) -> u64 {
         match &self.inner {
-            Inner::Json(_) | Inner::Csv(..) => self.bytes.load(Ordering::Relaxed),
+            Inner::Json(..) | Inner::Csv(..) => self.bytes.load(Ordering::Relaxed),
             Inner::Parquet(w) => w.bytes() as u64,
         }
     }
@@ -161,7 +168,7 @@ impl<W: Write + Send> Encoder<W> {
     /// Writes any footer and returns the writer, flushed.
     pub fn finish(self) -> Result<W> {
         let mut out = match self.inner {
-            Inner::Json(mut w) => {
+            Inner::Json(mut w, _) => {
                 w.finish()?;
                 w.into_inner()
             }
@@ -176,16 +183,16 @@ impl<W: Write + Send> Encoder<W> {
 /// Batches at least this long are JSON-encoded on parallel threads.
 const PARALLEL_JSON_ROWS: usize = 4096;
 
-fn json_writer<W: Write>(out: W) -> arrow_json::LineDelimitedWriter<W> {
+fn json_writer<W: Write>(out: W, encoders: FastEncoders) -> arrow_json::LineDelimitedWriter<W> {
     arrow_json::WriterBuilder::new()
         .with_explicit_nulls(true)
-        .with_encoder_factory(Arc::new(crate::json_encoders::FastEncoders))
+        .with_encoder_factory(Arc::new(encoders))
         .build::<_, arrow_json::writer::LineDelimited>(out)
 }
 
 /// Encodes slices of `batch` as JSON lines on parallel threads, in order. JSON lines
 /// have no header or footer, so the parts concatenate to the same bytes as one pass.
-fn encode_json_parallel(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+fn encode_json_parallel(batch: &RecordBatch, encoders: FastEncoders) -> Result<Vec<Vec<u8>>> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -197,7 +204,7 @@ fn encode_json_parallel(batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         .map(|s| batch.slice(s, per.min(rows - s)))
         .collect();
     let encode = |b: &RecordBatch| -> Result<Vec<u8>> {
-        let mut w = json_writer(Vec::with_capacity(b.num_rows() * 256));
+        let mut w = json_writer(Vec::with_capacity(b.num_rows() * 256), encoders);
         w.write(b)?;
         w.finish()?;
         Ok(w.into_inner())

@@ -148,9 +148,47 @@ impl JsonDecoder {
             }
             return Ok(decoded);
         }
-        match self.decode_range(&buf[first..last], lines.len()) {
-            Ok(batch) => decoded.batch = batch,
-            Err(first_error) => isolate(self, lines, buf, &mut decoded, first_error)?,
+        // arrow-json would cut the digits a decimal or timestamp column cannot hold:
+        // those lines are bad before it decodes the others
+        let lost = match &self.schema {
+            Some(schema) => crate::json_exact::lost(schema.fields(), buf, lines),
+            None => Vec::new(),
+        };
+        if lost.is_empty() {
+            match self.decode_range(&buf[first..last], lines.len()) {
+                Ok(batch) => decoded.batch = batch,
+                Err(first_error) => isolate(self, lines, buf, &mut decoded, first_error)?,
+            }
+            return Ok(decoded);
+        }
+        let mut index = LineIndex::default();
+        for &(i, ref why) in &lost {
+            decoded
+                .bad
+                .push(index.bad(buf, lines[i], Error::data(why.clone())));
+        }
+        let kept: Vec<(usize, usize)> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| lost.binary_search_by_key(i, |(l, _)| *l).is_err())
+            .map(|(_, &line)| line)
+            .collect();
+        if !kept.is_empty() {
+            let mut joined = Vec::new();
+            for &(s, e) in &kept {
+                joined.extend_from_slice(&buf[s..e]);
+                joined.push(b'\n');
+            }
+            match self.decode_range(&joined[..joined.len() - 1], kept.len()) {
+                Ok(batch) => decoded.batch = batch,
+                Err(first_error) => {
+                    let mut rest = Decoded::default();
+                    isolate(self, &kept, buf, &mut rest, first_error)?;
+                    decoded.batch = rest.batch;
+                    decoded.bad.extend(rest.bad);
+                    decoded.bad.sort_by_key(|b| b.index);
+                }
+            }
         }
         Ok(decoded)
     }

@@ -24,8 +24,11 @@ use arrow_schema::{ArrowError, DataType, FieldRef, TimeUnit};
 
 /// Hands arrow-json's writer the object, string, decimal and UTC timestamp encoders of
 /// this module, and leaves every other array (or one they cannot take) to arrow-json.
-#[derive(Debug)]
-pub(crate) struct FastEncoders;
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FastEncoders {
+    /// Decimals between quotes, as JSON strings (`json.decimals = "string"`).
+    pub decimals_as_strings: bool,
+}
 
 impl EncoderFactory for FastEncoders {
     fn make_default_encoder<'a>(
@@ -57,6 +60,7 @@ impl EncoderFactory for FastEncoders {
                 array: array.as_primitive::<Decimal128Type>(),
                 precision: *precision as usize,
                 scale: *scale,
+                quoted: self.decimals_as_strings,
             })),
             DataType::Timestamp(unit, Some(tz))
                 if matches!(tz.as_ref(), "+00:00" | "UTC")
@@ -159,6 +163,8 @@ struct Decimal<'a> {
     array: &'a PrimitiveArray<Decimal128Type>,
     precision: usize,
     scale: i8,
+    /// Written as a JSON string.
+    quoted: bool,
 }
 
 impl Encoder for Decimal<'_> {
@@ -166,6 +172,18 @@ impl Encoder for Decimal<'_> {
         if self.array.is_null(idx) {
             return out.extend_from_slice(NULL);
         }
+        if self.quoted {
+            out.push(b'"');
+            self.digits(idx, out);
+            out.push(b'"');
+        } else {
+            self.digits(idx, out);
+        }
+    }
+}
+
+impl Decimal<'_> {
+    fn digits(&self, idx: usize, out: &mut Vec<u8>) {
         let value = self.array.value(idx);
         let mut buf = [0u8; 40];
         let digits = digits(value.unsigned_abs(), &mut buf);
@@ -292,7 +310,7 @@ mod tests {
     fn write(batch: &RecordBatch, fast: bool, explicit_nulls: bool) -> String {
         let mut b = arrow_json::WriterBuilder::new().with_explicit_nulls(explicit_nulls);
         if fast {
-            b = b.with_encoder_factory(Arc::new(FastEncoders));
+            b = b.with_encoder_factory(Arc::new(FastEncoders::default()));
         }
         let mut w = b.build::<_, arrow_json::writer::LineDelimited>(Vec::new());
         w.write(batch).unwrap();
@@ -519,6 +537,26 @@ mod tests {
         ])
         .unwrap();
         assert_same(&batch);
+    }
+
+    #[test]
+    fn decimals_as_strings_keep_every_digit_between_quotes() {
+        let amounts = arrow_array::Decimal128Array::from(vec![Some(1250), None, Some(-5)])
+            .with_precision_and_scale(12, 2)
+            .unwrap();
+        let batch = RecordBatch::try_from_iter([("a", Arc::new(amounts) as ArrayRef)]).unwrap();
+        let mut w = arrow_json::WriterBuilder::new()
+            .with_explicit_nulls(true)
+            .with_encoder_factory(Arc::new(FastEncoders {
+                decimals_as_strings: true,
+            }))
+            .build::<_, arrow_json::writer::LineDelimited>(Vec::new());
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        assert_eq!(
+            String::from_utf8(w.into_inner()).unwrap(),
+            "{\"a\":\"12.50\"}\n{\"a\":null}\n{\"a\":\"-0.05\"}\n"
+        );
     }
 
     #[test]

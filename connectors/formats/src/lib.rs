@@ -13,6 +13,7 @@ mod csv;
 mod encode;
 mod json;
 mod json_encoders;
+mod json_exact;
 mod json_typed;
 mod options;
 mod parquet_writer;
@@ -24,7 +25,9 @@ pub use compression::{decompressing, Compression};
 pub use encode::Encoder;
 pub use json::JsonDecoder;
 pub use json_typed::unit_digits;
-pub use options::{CsvOptions, Format, NestedCsv, ParquetCompression, ParquetOptions};
+pub use options::{
+    CsvOptions, DecimalJson, Format, JsonOptions, NestedCsv, ParquetCompression, ParquetOptions,
+};
 pub use text::TextDecoder;
 
 use arrow_array::RecordBatch;

@@ -159,6 +159,29 @@ pub enum ParquetCompression {
     None,
 }
 
+/// JSON lines writer options.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonOptions {
+    /// How decimal columns are written: `number` (the default: `12.50`) or `string`
+    /// (`"12.50"`). A reader without a declared schema takes a number for a float,
+    /// losing digits and the scale; a string keeps both, and a declared decimal
+    /// column reads either form.
+    #[serde(default)]
+    pub decimals: DecimalJson,
+}
+
+/// How a JSON writer writes a decimal (`json.decimals`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalJson {
+    /// A JSON number with the column's scale: `12.50`.
+    #[default]
+    Number,
+    /// A JSON string of the same digits: `"12.50"`.
+    String,
+}
+
 /// Parquet writer options.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

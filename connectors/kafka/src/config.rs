@@ -420,6 +420,9 @@ pub struct KafkaSinkConfig {
     /// column).
     #[serde(default)]
     pub format: ValueFormat,
+    /// JSON options (with `format = "json"`, and `key_format = "json"`).
+    #[serde(default)]
+    pub json: sluice_formats::JsonOptions,
     /// The schema registry the value schema is registered in (`format = "avro"`).
     pub schema_registry: Option<RegistryConfig>,
     /// The subject the value schema is registered under; `{topic}` stands for the

@@ -11,7 +11,7 @@ use connector_api::{schema_from_specs, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 pub use sluice_formats::Compression;
-use sluice_formats::{CsvOptions, Format, ParquetOptions};
+use sluice_formats::{CsvOptions, Format, JsonOptions, ParquetOptions};
 
 use crate::template::Template;
 
@@ -219,6 +219,9 @@ pub struct S3SinkConfig {
     /// Parquet compresses inside the file (`parquet.compression`).
     #[serde(default)]
     pub compression: Compression,
+    /// JSON lines options (with `format = "json"`).
+    #[serde(default)]
+    pub json: JsonOptions,
     /// CSV options (with `format = "csv"`).
     #[serde(default)]
     pub csv: CsvOptions,

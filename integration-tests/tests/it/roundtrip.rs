@@ -321,3 +321,77 @@ fn a_nested_field_the_declared_struct_lacks_is_named_once_in_the_log() {
     assert_eq!(run.stderr.matches(said).count(), 1, "{}", run.stderr);
     assert_eq!(crate::support::jsonl_lines(&d.join("out")).len(), 500);
 }
+
+/// Decimals written as JSON strings (`json.decimals = "string"`) keep their digits and
+/// scale through a reader without a declared schema (as numbers they come back as
+/// floats), and read back into the declared decimal column exactly.
+#[test]
+fn decimals_as_json_strings_survive_a_schemaless_round_trip() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(
+        d.join("in.jsonl"),
+        "{\"id\": 1, \"a\": \"12345678901234.50\"}\n{\"id\": 2, \"a\": 0.10}\n{\"id\": 3, \"a\": null}\n",
+    )
+    .unwrap();
+    let decimal =
+        "schema = [{ name = \"id\", type = \"int64\" }, { name = \"a\", type = \"decimal(18,2)\" }]\n";
+    let steps = [
+        (
+            "out",
+            format!("path = \"in.jsonl\"\n{decimal}"),
+            "json = { decimals = \"string\" }\n",
+        ),
+        ("schemaless", "path = \"out/*.jsonl\"\n".to_string(), ""),
+        (
+            "typed",
+            format!("path = \"schemaless/*.jsonl\"\n{decimal}"),
+            "",
+        ),
+    ];
+    for (out, source, sink) in &steps {
+        std::fs::write(
+            d.join(format!("{out}.toml")),
+            format!(
+                "name = \"{out}\"\n[source]\nconnector = \"file\"\n{source}\
+                 [sink]\nconnector = \"file\"\npath = \"{out}\"\n{sink}"
+            ),
+        )
+        .unwrap();
+        let run = sluice(d, &["run", "--quiet", &format!("{out}.toml")]);
+        assert_eq!(run.code, Some(0), "{out}: {}", run.stderr);
+    }
+    // the text of each value, as written (a schemaless read orders fields by name)
+    let read = |dir: &str| {
+        let mut values: Vec<(i64, String)> = crate::support::jsonl_lines(&d.join(dir))
+            .iter()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["id"].as_i64().unwrap(), v["a"].to_string())
+            })
+            .collect();
+        values.sort();
+        values
+    };
+    let strings = vec![
+        (1, "\"12345678901234.50\"".to_string()),
+        (2, "\"0.10\"".to_string()),
+        (3, "null".to_string()),
+    ];
+    assert_eq!(read("out"), strings);
+    assert_eq!(
+        read("schemaless"),
+        strings,
+        "the schemaless read changed them"
+    );
+    let mut typed = crate::support::jsonl_lines(&d.join("typed"));
+    typed.sort();
+    assert_eq!(
+        typed,
+        vec![
+            r#"{"id":1,"a":12345678901234.50}"#.to_string(),
+            r#"{"id":2,"a":0.10}"#.to_string(),
+            r#"{"id":3,"a":null}"#.to_string(),
+        ]
+    );
+}

@@ -11,7 +11,7 @@ use arrow_schema::{DataType, TimeUnit};
 use connector_api::{columns, Error, ErrorKind, Result};
 use rdkafka::message::{Header, OwnedHeaders};
 use sluice_formats::avro::confluent_header;
-use sluice_formats::{CsvOptions, Encoder, Format, ParquetOptions};
+use sluice_formats::{CsvOptions, Encoder, Format, JsonOptions, ParquetOptions};
 
 use crate::avro::AvroWriter;
 use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
@@ -150,13 +150,12 @@ fn column<'b>(rb: &'b RecordBatch, name: &str, option: &str) -> Result<&'b Array
 }
 
 /// Encodes `batch` as JSON lines; returns the text and where each line ends.
-fn json_lines(batch: &RecordBatch) -> Result<(Vec<u8>, Vec<usize>)> {
+fn json_lines(batch: &RecordBatch, json: &JsonOptions) -> Result<(Vec<u8>, Vec<usize>)> {
     let mut enc = Encoder::new(
         Format::Json,
         batch.schema(),
         Vec::with_capacity(batch.get_array_memory_size()),
-        &CsvOptions::default(),
-        &ParquetOptions::default(),
+        (json, &CsvOptions::default(), &ParquetOptions::default()),
     )?;
     enc.write(batch)?;
     let text = enc.finish()?;
@@ -269,7 +268,7 @@ impl<'a> Encoded<'a> {
                 .map(KeyData::Raw)
         } else if config.key_format == KeyFormat::Json {
             let idx = key_indexes(config, rb)?;
-            let (text, ends) = json_lines(&rb.project(&idx)?)?;
+            let (text, ends) = json_lines(&rb.project(&idx)?, &config.json)?;
             Some(KeyData::Json(text, ends))
         } else {
             Some(KeyData::Raw(raw_column(column(
@@ -296,7 +295,7 @@ impl<'a> Encoded<'a> {
         let (values, ends, raw) = match config.format {
             ValueFormat::Json => {
                 let projected = rb.project(&value_idx)?;
-                let (t, e) = json_lines(&projected)?;
+                let (t, e) = json_lines(&projected, &config.json)?;
                 (t, e, None)
             }
             ValueFormat::Avro => {
