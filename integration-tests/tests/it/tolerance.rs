@@ -187,6 +187,17 @@ fn a_timestamp_with_more_digits_than_its_unit_stops_instead_of_cutting_them() {
             "\"2024-05-01T10:00:00.9999999Z\" has more than 6 sub-second digits",
         ],
     );
+    // a uint32 column: arrow-json decodes these lines, and the digits are checked first
+    stops_naming(
+        "u.jsonl",
+        "{\"id\": 1, \"n\": 7, \"at\": \"2024-05-01T10:00:00.1234560Z\"}\n\
+         {\"id\": 2, \"n\": 8, \"at\": \"2024-05-01T10:00:00.9999999Z\"}\n",
+        "schema = [{ name = \"id\", type = \"int64\" }, { name = \"n\", type = \"uint32\" }, { name = \"at\", type = \"timestamptz\" }]",
+        &[
+            "line 2",
+            "column \"at\": \"2024-05-01T10:00:00.9999999Z\" has more than 6 sub-second digits",
+        ],
+    );
     stops_naming(
         "a.csv",
         "id,at\n1,2024-05-01T10:00:00.123456Z\n2,2024-05-01 10:00:00.0000001+02:00\n",
@@ -320,6 +331,37 @@ fn a_message_too_large_for_kafka_is_a_dead_letter_and_the_rest_arrive_once() {
     assert!(
         letter["record"].as_str().unwrap().contains("\"id\":20"),
         "{letter}"
+    );
+    // a Kafka dead-letter sink cannot take the letter of a record too large for Kafka:
+    // a stop naming the record and the way out, nothing lost
+    let (t, dead) = (topic("refused-dlq"), topic("refused-dlq-letters"));
+    create_topic(&t, 1);
+    create_topic(&dead, 1);
+    std::fs::write(
+        d.join("k.toml"),
+        format!(
+            "name = \"k\"\n{REFUSAL_SOURCE}{}[errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n\
+             [errors.dead_letter]\nconnector = \"kafka\"\nbootstrap_servers = \"{}\"\ntopic = \"{dead}\"\n",
+            sink(&t),
+            bootstrap()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "k.toml"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "the dead-letter sink refused 1 letter(s), first the one of sink \"sink\" topic"
+        ) && run.stderr.contains("nothing is lost"),
+        "{}",
+        run.stderr
+    );
+    let rerun = sluice(d, &["run", "k.toml"]);
+    assert_eq!(
+        rerun.code,
+        Some(1),
+        "the record is still there to refuse: {}",
+        rerun.stderr
     );
 }
 
@@ -487,4 +529,113 @@ fn floats_json_or_sqlite_would_change_are_dead_letters_not_nulls() {
         letters.iter().all(|l| l.contains("SQLite would store")),
         "{letters:?}"
     );
+    // nan = "text": NaN kept as the text NaN, read back by the sqlite source as NaN;
+    // -0.0 still refused
+    let letters = run(
+        "t",
+        &format!(
+            "[sink]\nconnector = \"sqlite\"\npath = \"{}\"\ntable = \"t\"\nnan = \"text\"\n",
+            db.display()
+        ),
+    );
+    assert_eq!(
+        crate::support::sqlite(
+            &db,
+            "SELECT group_concat(id || '=' || x || ':' || typeof(x), ',') FROM (SELECT * FROM t ORDER BY id)"
+        ),
+        "1=1.5:real,2=NaN:text,3=Inf:real,5=-2.25:real"
+    );
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].contains("-0.0, which SQLite"), "{letters:?}");
+    std::fs::write(
+        d.join("back.toml"),
+        format!(
+            "name = \"back\"\n[source]\nconnector = \"sqlite\"\npath = \"{}\"\ntable = \"t\"\n\
+             [sink]\nconnector = \"file\"\npath = \"back\"\nformat = \"csv\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let back = sluice(d, &["run", "back.toml"]);
+    assert_eq!(back.code, Some(0), "{}", back.stderr);
+    let text: String = std::fs::read_dir(d.join("back"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "csv"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(text.contains("2,NaN"), "{text}");
+}
+
+/// Rows of a PostgreSQL table with a value Arrow cannot hold (numeric NaN, an infinite
+/// date) are dead letters carrying the whole row as text, in both read orders: each
+/// column as read, the failed value as the server writes it, so the row can be
+/// replayed; the other rows are written.
+#[test]
+fn postgres_rows_with_values_arrow_cannot_hold_are_dead_letters_carrying_the_row() {
+    use crate::postgres::{fresh, psql, server, url};
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let src = fresh("it_pg_dlq_rows");
+    psql(&format!(
+        "CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n numeric(10,2), d date, tags text[], v text); \
+         INSERT INTO \"{src}\" VALUES (1, 1.50, '2024-01-02', '{{a,b}}', 'one'), \
+         (2, 'NaN', '2024-01-03', NULL, 'two'), (3, 3.25, 'infinity', '{{c}}', NULL), \
+         (4, 4.00, '2024-01-05', '{{}}', 'four'); \
+         INSERT INTO \"{src}\" SELECT g, g, '2024-02-01', NULL, 'more' FROM generate_series(5, 20) g"
+    ));
+    for order in ["key", "physical"] {
+        std::fs::write(
+            d.join("p.toml"),
+            format!(
+                "name = \"{src}_{order}\"\n[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{src}\"]\nsnapshot_order = \"{order}\"\n\
+                 [sink]\nconnector = \"file\"\npath = \"out/{order}\"\nformat = \"json\"\n{}",
+                url(),
+                DEAD_LETTERS.replace("path = \"dlq\"", &format!("path = \"dlq/{order}\""))
+            ),
+        )
+        .unwrap();
+        let run = sluice(d, &["run", "p.toml"]);
+        assert_eq!(run.code, Some(0), "{order}: {}", run.stderr);
+        let mut ids: Vec<i64> = jsonl_lines(&d.join(format!("out/{order}")))
+            .iter()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        ids.sort();
+        let expected: Vec<i64> = [1].into_iter().chain(4..=20).collect();
+        assert_eq!(ids, expected, "{order}");
+        let mut letters: Vec<serde_json::Value> = jsonl_lines(&d.join(format!("dlq/{order}")))
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        letters.sort_by_key(|l| l["record"].as_str().unwrap().to_string());
+        assert_eq!(letters.len(), 2, "{order}: {letters:?}");
+        let rows: Vec<serde_json::Value> = letters
+            .iter()
+            .map(|l| serde_json::from_str(l["record"].as_str().unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            rows[0],
+            serde_json::json!({"id": "2", "n": "NaN", "d": "2024-01-03", "tags": null, "v": "two"}),
+            "{order}"
+        );
+        assert_eq!(
+            rows[1],
+            serde_json::json!({"id": "3", "n": "3.25", "d": "infinity", "tags": "[c]", "v": null}),
+            "{order}"
+        );
+        assert!(
+            letters[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("column \"n\""),
+            "{order}: {}",
+            letters[0]
+        );
+    }
 }

@@ -220,7 +220,7 @@ impl<'a> Engine<'a> {
             .ok_or_else(|| Error::internal("tolerance all without a dead-letter sink"))?;
         let batch = Batch::new(records, Offsets::new());
         retrying!(self.policy, "dead-letter write", slot.sink.write(&batch))
-            .map_err(|e| e.context("dead-letter sink"))?;
+            .map_err(|e| dead_letters_refused(e, &rejects))?;
         let n = rejects.len() as u64;
         self.metrics.dead_lettered.fetch_add(n, Ordering::Relaxed);
         if let Some(m) = self.metrics.sink(&slot.name) {
@@ -428,4 +428,20 @@ fn fit(slot: &mut SinkSlot, records: &RecordBatch) -> Result<RecordBatch> {
             Ok(c.batch)
         }
     }
+}
+
+/// The dead-letter sink's failure. Letters it refused (one too large for its topic,
+/// say) stop the run before the next checkpoint, so nothing is lost; the message says
+/// which letter and how to take it.
+fn dead_letters_refused(e: Error, rejects: &[Reject]) -> Error {
+    let Some((row, refusal)) = e.refused_rows().first() else {
+        return e.context("dead-letter sink");
+    };
+    let of = rejects.get(*row).map_or("", |r| r.position.as_str());
+    Error::data(format!(
+        "the dead-letter sink refused {} letter(s), first the one of {of}: {}; nothing is lost (the run stops \
+         before its next checkpoint): give [errors.dead_letter] a sink that takes them (file and s3 take any size)",
+        e.refused_rows().len(),
+        refusal.error
+    ))
 }
