@@ -27,6 +27,15 @@ pub mod columns {
     /// Log position of a CDC record (PostgreSQL LSN as text).
     pub const LSN: &str = "_lsn";
 
+    /// The error of change records (with [`OP`]) a table sink in insert mode would add
+    /// as rows: deletes and updates apply only by key, in `upsert` mode.
+    pub fn changes_need_upsert(table: &str) -> crate::Error {
+        crate::Error::config(format!(
+            "table \"{table}\": change records (with {OP}) need mode = \"upsert\" and key columns, so updates and deletes apply"
+        ))
+        .with_field("mode")
+    }
+
     /// True for the reserved metadata column names above. The drift policy never
     /// applies to them: they travel to the sink, which consumes them or ignores them.
     pub fn is_reserved(name: &str) -> bool {

@@ -96,7 +96,7 @@ pub mod types;
 pub use batch::{columns, Batch, Reject};
 pub use config::{config_schema, parse_config, Secret};
 pub use error::{Error, ErrorKind, Result};
-pub use offsets::{stable_hash, Offsets};
+pub use offsets::{stable_hash, Offsets, PositionNames};
 pub use plugin::{DynSinkConnector, DynSourceConnector, SinkConnector, SourceConnector};
 pub use rows::{RowBuilder, Value};
 pub use schema::DriftPolicy;

@@ -126,9 +126,64 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
     h
 }
 
+/// Hashes naming what a sink starts at a position (files, objects): the same position
+/// gives the same names in the same order, so a replay writes what it wrote before,
+/// and several started at one position (a dead-letter sink's, whose records carry no
+/// offsets, rolled within one flush) do not share a name.
+#[derive(Debug, Default)]
+pub struct PositionNames {
+    position: String,
+    started: std::collections::HashMap<String, u64>,
+}
+
+impl PositionNames {
+    /// The hash of the next output started at `position` in `place` (a folder): the
+    /// position's (and place's) alone for the first, numbered after it.
+    pub fn next(&mut self, position: &Offsets, place: Option<&str>) -> u64 {
+        let envelope = position.to_envelope();
+        if envelope != self.position {
+            self.position = envelope;
+            self.started.clear();
+        }
+        let mut input = self.position.clone();
+        if let Some(place) = place {
+            input.push('\0');
+            input.push_str(place);
+        }
+        let n = self.started.entry(input.clone()).or_insert(0);
+        if *n > 0 {
+            input.push('\0');
+            input.push_str(&n.to_string());
+        }
+        *n += 1;
+        stable_hash(input.as_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_at_one_position_differ_and_repeat_in_a_replay() {
+        let mut at = Offsets::new();
+        at.set("s", serde_json::json!(1));
+        let names = |n: &mut PositionNames| {
+            vec![
+                n.next(&at, None),
+                n.next(&at, Some("a/")),
+                n.next(&at, None),
+                n.next(&at, Some("a/")),
+            ]
+        };
+        let first = names(&mut PositionNames::default());
+        assert_eq!(first, names(&mut PositionNames::default()));
+        let mut unique = first.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 4);
+        assert_eq!(first[0], stable_hash(at.to_envelope().as_bytes()));
+    }
 
     #[test]
     fn later_position_of_a_split_wins() {

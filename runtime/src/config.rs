@@ -875,7 +875,7 @@ fn check_record_schema(
 }
 
 /// A source of change records: each sink must say it can take them (a table sink in
-/// `insert` mode would add deletes as rows), unless a transform removes `_op`.
+/// `insert` mode would add deletes as rows), unless the transforms remove `_op`.
 fn check_changes(
     doc: &Doc,
     registry: &Registry,
@@ -886,7 +886,11 @@ fn check_changes(
     let emits = registry
         .source(&source.connector)
         .is_some_and(|c| c.emits_changes(&source.config));
-    if !emits || transforms.iter().any(|t| t.removes(columns::OP)) {
+    if !emits
+        || !transforms
+            .iter()
+            .fold(true, |held, t| t.keeps(columns::OP, held))
+    {
         return Ok(());
     }
     for sink in sinks {

@@ -111,14 +111,18 @@ impl TransformSpec {
         Ok(())
     }
 
-    /// True when records come out of this transform without field `name` whatever
-    /// they held (a select leaving it out, a drop or rename of it).
-    pub fn removes(&self, name: &str) -> bool {
+    /// Whether records hold field `name` after this transform, given whether they
+    /// held it before (a select or drop removes it, a rename or `add_field` may make
+    /// it).
+    pub fn keeps(&self, name: &str, before: bool) -> bool {
         match self {
-            TransformSpec::Select { fields } => !fields.iter().any(|f| f == name),
-            TransformSpec::Drop { fields } => fields.iter().any(|f| f == name),
-            TransformSpec::Rename { fields } => fields.contains_key(name),
-            _ => false,
+            TransformSpec::Select { fields } => before && fields.iter().any(|f| f == name),
+            TransformSpec::Drop { fields } => before && !fields.iter().any(|f| f == name),
+            TransformSpec::Rename { fields } => {
+                fields.values().any(|to| to == name) || (before && !fields.contains_key(name))
+            }
+            TransformSpec::AddField { name: added, .. } => before || added == name,
+            _ => before,
         }
     }
 

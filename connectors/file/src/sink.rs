@@ -19,7 +19,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use arrow_schema::SchemaRef;
-use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
+use connector_api::{Batch, Error, Offsets, PositionNames, Result, Sink, SinkContext, SinkState};
 use serde::{Deserialize, Serialize};
 use sluice_formats::Encoder;
 
@@ -54,6 +54,8 @@ pub struct FileSink {
     name_start: String,
     /// Position after the last batch written: the start of the next file.
     position: Offsets,
+    /// Names of the files started, from their start positions.
+    names: PositionNames,
     current: Option<Open>,
     /// Files finished since the last flush, under their temporary names.
     finished: Vec<String>,
@@ -68,6 +70,7 @@ impl FileSink {
             pipeline: String::new(),
             name_start: String::new(),
             position: Offsets::new(),
+            names: PositionNames::default(),
             current: None,
             finished: Vec::new(),
         }
@@ -91,7 +94,7 @@ impl FileSink {
         let name = format!(
             "{}{:016x}.{}",
             self.name_start,
-            connector_api::stable_hash(self.position.to_envelope().as_bytes()),
+            self.names.next(&self.position, None),
             self.config.format.extension()
         );
         let path = self.dir.join(Self::tmp_name(&name));
@@ -166,6 +169,9 @@ impl FileSink {
     /// Finishes the open file and publishes every finished file with `offsets`.
     fn publish(&mut self, offsets: &Offsets) -> Result<()> {
         self.finish_current()?;
+        // files started after this flush are named from its position: a dead-letter
+        // sink, whose batches carry no offsets, names each flush's files apart too
+        self.position = offsets.clone();
         let intent = Intent {
             renames: self
                 .finished
@@ -202,9 +208,7 @@ impl FileSink {
         fs::remove_file(&pending).map_err(|e| io_error(e, &pending))?;
         sync_dir(&self.dir)
     }
-}
 
-impl FileSink {
     /// Fails when this pipeline's published files are here but its state is not: the
     /// state was deleted (or the files copied in), and starting over would write the
     /// same names over published data.

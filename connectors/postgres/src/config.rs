@@ -77,12 +77,7 @@ impl PostgresSinkConfig {
     /// deletes and updates as rows.
     pub fn accepts_changes(&self) -> Result<()> {
         if self.mode == SinkMode::Insert {
-            return Err(Error::config(format!(
-                "table \"{}\": change records (with {}) need mode = \"upsert\" and key columns, so updates and deletes apply",
-                self.table,
-                connector_api::columns::OP
-            ))
-            .with_field("mode"));
+            return Err(connector_api::columns::changes_need_upsert(&self.table));
         }
         Ok(())
     }

@@ -33,7 +33,8 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use connector_api::{
-    stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+    stable_hash, Batch, Error, ErrorKind, Offsets, PositionNames, Result, Sink, SinkContext,
+    SinkState,
 };
 use serde::{Deserialize, Serialize};
 use sluice_formats::Encoder;
@@ -100,6 +101,8 @@ pub struct S3Sink {
     state_prefix: String,
     /// Position after the last batch written: the start of the next object.
     position: Offsets,
+    /// Names of the objects started, from their start positions and folders.
+    names: PositionNames,
     open: HashMap<String, Writing>,
     /// Objects finished since the last flush, uploaded but not yet visible.
     finished: Vec<Finished>,
@@ -123,6 +126,7 @@ impl S3Sink {
             name_start: String::new(),
             state_prefix,
             position: Offsets::new(),
+            names: PositionNames::default(),
             open: HashMap::new(),
             finished: Vec::new(),
             permits: Arc::new(Semaphore::new(PARALLEL_UPLOADS)),
@@ -209,10 +213,8 @@ impl S3Sink {
                 self.finish_object(&folder).await?;
             }
         }
-        let mut hash_input = self.position.to_envelope();
-        hash_input.push('\0');
-        hash_input.push_str(folder);
-        let key = self.object_key(folder, stable_hash(hash_input.as_bytes()));
+        let hash = self.names.next(&self.position, Some(folder));
+        let key = self.object_key(folder, hash);
         let created = self
             .client()?
             .create_multipart_upload()
@@ -428,6 +430,20 @@ impl S3Sink {
         Ok(())
     }
 
+    /// True when `key` is one this sink writes: its name, its extension, and as many
+    /// folders below the static prefix as the template renders (another sink of the
+    /// pipeline under a deeper prefix, the dead-letter sink say, is not this one).
+    fn is_own(&self, key: &str) -> bool {
+        let Some(below) = key.strip_prefix(&self.template.static_prefix()) else {
+            return false;
+        };
+        let name = below.rsplit('/').next().unwrap_or(below);
+        name.starts_with(&self.name_start)
+            && name.ends_with(&format!(".{}", self.config.extension()))
+            && self.template.depths().contains(&below.matches('/').count())
+            && !key.starts_with(&self.state_prefix)
+    }
+
     /// Fails when an object this pipeline published is in the bucket but its state
     /// object is not: the state was deleted, and starting over would write the same
     /// keys over published data. Lists the template's literal prefix, only when there
@@ -444,10 +460,11 @@ impl S3Sink {
         while let Some(page) = pages.next().await {
             let page =
                 page.map_err(|e| s3_error(e, &format!("listing {}", self.conn.url(&prefix))))?;
-            let published = page.contents().iter().filter_map(|o| o.key()).find(|key| {
-                let name = key.rsplit('/').next().unwrap_or(key);
-                name.starts_with(&self.name_start) && !key.starts_with(&self.state_prefix)
-            });
+            let published = page
+                .contents()
+                .iter()
+                .filter_map(|o| o.key())
+                .find(|key| self.is_own(key));
             if let Some(key) = published {
                 return Err(Error::storage(format!(
                     "{} was published by pipeline \"{}\", but its state object {} is missing, \
@@ -636,6 +653,9 @@ impl Sink for S3Sink {
     }
 
     async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        // objects started after this flush are named from its position: a dead-letter
+        // sink, whose batches carry no offsets, names each flush's objects apart too
+        self.position = offsets.clone();
         let folders: Vec<String> = self.open.keys().cloned().collect();
         for folder in folders {
             self.finish_object(&folder).await?;

@@ -139,6 +139,29 @@ impl Template {
         }
     }
 
+    /// How many `/` the folders the template renders have after the static prefix: a
+    /// value is one path segment, but a time format may hold `/` (and its null, one
+    /// segment, none).
+    pub fn depths(&self) -> std::ops::RangeInclusive<usize> {
+        let mut text = String::new();
+        let mut in_formats = 0;
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => text.push_str(l),
+                Segment::Now(f)
+                | Segment::Column {
+                    format: Some(f), ..
+                } => {
+                    in_formats += f.matches('/').count();
+                    text.push('x');
+                }
+                Segment::Column { .. } => text.push('x'),
+            }
+        }
+        let least = folder(&text).matches('/').count() - self.static_prefix().matches('/').count();
+        least..=least + in_formats
+    }
+
     /// The folder of each row of `batch`, grouped: folder -> row indices, in order of
     /// first appearance. A template without columns gives one group.
     pub fn render(
@@ -405,6 +428,10 @@ mod tests {
         );
         assert_eq!(groups[0].1, [0, 3]);
         assert_eq!(t.static_prefix(), "orders/");
+        assert_eq!(t.depths(), 2..=2);
+        let t = Template::parse("y={ts:%Y}/{ts:%m/%d}/n={n}/{@now:%Y}").unwrap();
+        assert_eq!(t.depths(), 4..=5);
+        assert_eq!(Template::parse("e/").unwrap().depths(), 0..=0);
     }
 
     #[test]

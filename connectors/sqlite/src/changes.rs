@@ -17,10 +17,20 @@ pub enum Apply {
     Truncate,
 }
 
-/// The records without `_op`, and the runs of rows `(apply, start, len)` in order;
-/// None when `records` are not changes.
-#[allow(clippy::type_complexity)]
-pub fn split(records: &RecordBatch) -> Result<Option<(RecordBatch, Vec<(Apply, usize, usize)>)>> {
+/// Rows next to each other that do the same to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// What they do.
+    pub apply: Apply,
+    /// The first row.
+    pub start: usize,
+    /// How many rows.
+    pub len: usize,
+}
+
+/// The records without `_op`, and their runs in order; None when `records` are not
+/// changes.
+pub fn split(records: &RecordBatch) -> Result<Option<(RecordBatch, Vec<Run>)>> {
     let Ok(at) = records.schema().index_of(columns::OP) else {
         return Ok(None);
     };
@@ -31,7 +41,7 @@ pub fn split(records: &RecordBatch) -> Result<Option<(RecordBatch, Vec<(Apply, u
             records.column(at).data_type()
         ))
     })?;
-    let mut runs: Vec<(Apply, usize, usize)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     for row in 0..ops.len() {
         let apply = match ops.is_valid(row).then(|| ops.value(row)) {
             Some("r" | "c" | "u") => Apply::Upsert,
@@ -45,8 +55,12 @@ pub fn split(records: &RecordBatch) -> Result<Option<(RecordBatch, Vec<(Apply, u
             }
         };
         match runs.last_mut() {
-            Some((last, _, len)) if *last == apply => *len += 1,
-            _ => runs.push((apply, row, 1)),
+            Some(run) if run.apply == apply => run.len += 1,
+            _ => runs.push(Run {
+                apply,
+                start: row,
+                len: 1,
+            }),
         }
     }
     let mut data = records.clone();
@@ -75,6 +89,8 @@ mod tests {
         .unwrap();
         let (data, runs) = split(&batch).unwrap().unwrap();
         assert_eq!(data.num_columns(), 1);
+        let runs: Vec<(Apply, usize, usize)> =
+            runs.iter().map(|r| (r.apply, r.start, r.len)).collect();
         assert_eq!(
             runs,
             vec![

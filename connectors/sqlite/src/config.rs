@@ -26,7 +26,9 @@ pub struct SqliteSourceConfig {
     /// this old by the clock (`"30s"`), so that a row written with an earlier time by a
     /// transaction that commits after a later one's is still ahead of the cursor when
     /// it commits (Kafka Connect's `timestamp.delay.interval.ms`). Set it above the
-    /// longest write transaction. A time without a zone is taken as UTC.
+    /// longest write transaction. A time without a zone is taken as UTC. The column's
+    /// text must sort as its times do (one format and one offset, as the `sqlite` sink
+    /// writes them): the cursor moves in text order.
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub lag: Option<Duration>,
@@ -123,16 +125,13 @@ impl SqliteSinkConfig {
         Ok(())
     }
 
-    /// Change records (with `_op`) are applied only by `upsert`: `insert` would add
-    /// deletes and updates as rows.
+    /// Change records (with `_op`) are applied only by `upsert`: `validate` refuses a
+    /// change source into `insert`, which would add deletes and updates as rows.
+    /// Records with an `_op` column from another source (a change log read back from
+    /// files) are inserted as they are.
     pub fn accepts_changes(&self) -> Result<()> {
         if self.mode == SinkMode::Insert {
-            return Err(Error::config(format!(
-                "table \"{}\": change records (with {}) need mode = \"upsert\" and key columns, so updates and deletes apply",
-                self.table,
-                connector_api::columns::OP
-            ))
-            .with_field("mode"));
+            return Err(connector_api::columns::changes_need_upsert(&self.table));
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use arrow_schema::{Schema, SchemaRef};
 use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use crate::changes::Apply;
+use crate::changes::{Apply, Run};
 use crate::config::{NanPolicy, SinkMode, SqliteSinkConfig};
 use crate::conn::{connect, quote, table_schema};
 use crate::error::sql_error;
@@ -245,11 +245,11 @@ impl SqliteSink {
     }
 
     /// Applies change records in order (`data` without `_op`, cut into `runs`).
-    async fn apply(&mut self, data: &RecordBatch, runs: &[(Apply, usize, usize)]) -> Result<()> {
+    async fn apply(&mut self, data: &RecordBatch, runs: &[Run]) -> Result<()> {
         let table = self.config.table.clone();
-        for &(apply, start, len) in runs {
-            let part = data.slice(start, len);
-            match apply {
+        for run in runs {
+            let part = data.slice(run.start, run.len);
+            match run.apply {
                 Apply::Upsert => self.insert(&part).await?,
                 Apply::Delete => self.delete(&part).await?,
                 Apply::Truncate => {
@@ -284,7 +284,7 @@ impl SqliteSink {
             .config
             .key
             .iter()
-            .map(|k| format!("{} = ?", quote(k)))
+            .map(|k| format!("{} IS ?", quote(k)))
             .collect();
         let sql = format!(
             "DELETE FROM {} WHERE {}",
@@ -401,10 +401,11 @@ impl Sink for SqliteSink {
         if !refused.is_empty() {
             return Err(Error::refused(refused));
         }
-        let changes = crate::changes::split(&batch.records)?;
-        if changes.is_some() {
-            self.config.accepts_changes()?;
-        }
+        // upsert applies change records; insert keeps `_op` as a column, a log
+        let changes = match self.config.mode {
+            SinkMode::Upsert => crate::changes::split(&batch.records)?,
+            SinkMode::Insert => None,
+        };
         let data = changes.as_ref().map_or(&batch.records, |(data, _)| data);
         self.prepare_table(&data.schema()).await?;
         // a savepoint makes a failed write leave the transaction as it was, so a retry
@@ -501,6 +502,90 @@ mod tests {
             serde_json::json!({"path": db, "table": "t", "cursor": ["id"]}),
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn changes_in_one_batch_apply_in_their_order() {
+        use arrow_array::{Int64Array, StringArray};
+        use connector_api::columns::OP;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db").display().to_string();
+        let config: SqliteSinkConfig = serde_json::from_value(
+            serde_json::json!({"path": db, "table": "t", "mode": "upsert", "key": ["id"]}),
+        )
+        .unwrap();
+        let mut sink = SqliteSink::new(config);
+        sink.open(&SinkContext::for_pipeline("p")).await.unwrap();
+        // 1: created, deleted, created again; 2: updated then deleted; 3: before a
+        // truncate (gone); 4: after it (kept); a delete's v is null (key only)
+        let records = RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![1, 2, 1, 2, 1, 3, 2, 4])) as _,
+            ),
+            (
+                "v",
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    None,
+                    Some("b2"),
+                    Some("a2"),
+                    Some("c"),
+                    None,
+                    Some("d"),
+                ])) as _,
+            ),
+            (
+                OP,
+                Arc::new(StringArray::from(vec![
+                    "c", "c", "d", "u", "c", "c", "d", "c",
+                ])) as _,
+            ),
+        ])
+        .unwrap();
+        sink.write(&Batch::new(records.clone(), Offsets::new()))
+            .await
+            .unwrap();
+        sink.flush(&Offsets::new()).await.unwrap();
+        let pool = connect(&db, false).await.unwrap();
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, v FROM t ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (1, "a2".to_string()),
+                (3, "c".to_string()),
+                (4, "d".to_string())
+            ]
+        );
+        // a truncate in the middle of a batch empties what came before it only
+        let truncate = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from(vec![5, 0, 6])) as _),
+            (
+                "v",
+                Arc::new(StringArray::from(vec![Some("e"), None, Some("f")])) as _,
+            ),
+            (OP, Arc::new(StringArray::from(vec!["c", "t", "c"])) as _),
+        ])
+        .unwrap();
+        sink.write(&Batch::new(truncate, Offsets::new()))
+            .await
+            .unwrap();
+        sink.flush(&Offsets::new()).await.unwrap();
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, v FROM t ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, [(6, "f".to_string())]);
+        let names: Vec<(String,)> = sqlx::query_as("SELECT name FROM pragma_table_info('t')")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert!(names.iter().all(|(c,)| c != OP), "{names:?}");
     }
 
     #[tokio::test]

@@ -178,19 +178,29 @@ impl SqliteSource {
         let (Some(_), Some(first)) = (self.config.lag, self.config.cursor.first()) else {
             return Ok(());
         };
-        // a value that is no time never passes the lag's condition
-        let sql = format!(
-            "SELECT CAST({0} AS TEXT) FROM {1} WHERE unixepoch({0}, 'subsec') IS NULL LIMIT 1",
+        // a value that is no time never passes the lag's condition: looked for ahead
+        // of the cursor only (one read before lag was set is no longer waited for)
+        let mut sql = format!(
+            "SELECT CAST({0} AS TEXT) FROM {1} WHERE unixepoch({0}, 'subsec') IS NULL",
             quote(first),
             self.relation(),
         );
-        let stuck: Option<(String,)> = sqlx::query_as(&sql)
-            .fetch_optional(pool)
-            .await
-            .map_err(|e| sql_error(format!("reading {}", self.split), e))?;
+        let mut after = Vec::new();
+        if let Some(SqliteOffset::Cursor { values }) = &self.position {
+            let cols: Vec<String> = self.config.cursor.iter().map(|c| quote(c)).collect();
+            let marks = vec!["?"; values.len()].join(", ");
+            sql.push_str(&format!(" AND ({}) > ({marks})", cols.join(", ")));
+            after = values.clone();
+        }
+        sql.push_str(" LIMIT 1");
+        let rows = fetch(pool, &sql, &after, &self.split).await?;
+        let stuck: Option<String> = match rows.first() {
+            Some(row) => Some(row.try_get(0).map_err(|e| sql_error("a cursor value", e))?),
+            None => None,
+        };
         match stuck {
             None => Ok(()),
-            Some((value,)) => Err(Error::data(format!(
+            Some(value) => Err(Error::data(format!(
                 "{}: cursor column \"{first}\" holds \"{value}\", which SQLite does not read as a time, \
                  so lag would hold the row back for ever",
                 self.split

@@ -639,3 +639,43 @@ fn postgres_rows_with_values_arrow_cannot_hold_are_dead_letters_carrying_the_row
         );
     }
 }
+
+/// Dead letters over many checkpoints, and more of them in one flush than a
+/// dead-letter file holds: every letter is kept (their batches carry no position, and
+/// each flush's files, and each file rolled within one, used to get the same name).
+#[test]
+fn dead_letters_of_many_flushes_and_rolled_files_are_all_kept() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let text: String = (0..3000)
+        .map(|i| match i % 10 {
+            0 => format!("{{\"id\": bad{i}}}\n"),
+            _ => format!("{{\"id\": {i}}}\n"),
+        })
+        .collect();
+    std::fs::write(d.join("in/a.jsonl"), text).unwrap();
+    std::fs::write(
+        d.join("p.toml"),
+        "name = \"letters\"\n[source]\nconnector = \"file\"\npath = \"in/a.jsonl\"\nschema = [{ name = \"id\", type = \"int64\" }]\n\
+         [sink]\nconnector = \"file\"\npath = \"out\"\n[batch]\nmax_records = 200\n[checkpoint]\ninterval = \"1ms\"\n\
+         [errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n\
+         [errors.dead_letter]\nconnector = \"file\"\npath = \"dlq\"\nformat = \"json\"\nmax_records = 7\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(jsonl_lines(&d.join("out")).len(), 2700);
+    let letters = jsonl_lines(&d.join("dlq"));
+    let mut lines: Vec<u64> = letters
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let position = v["position"].as_str().unwrap().to_string();
+            position.rsplit(' ').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 300, "letters lost: {} of 300 kept", lines.len());
+}

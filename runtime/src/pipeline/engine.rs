@@ -444,4 +444,5 @@ fn dead_letters_refused(e: Error, rejects: &[Reject]) -> Error {
         e.refused_rows().len(),
         refusal.error
     ))
+    .with_source(e)
 }

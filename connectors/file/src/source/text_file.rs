@@ -4,10 +4,7 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::sync::Arc;
 
-use arrow_array::RecordBatch;
-use arrow_schema::Schema;
 use connector_api::{Batch, Error, Result};
 use sluice_formats::{Compression, Decoded, TextDecoder as Text};
 
@@ -212,11 +209,9 @@ impl FileSource {
                     ) {
                         // stored, so neither this run nor the next decompresses it again
                         if let Ok(meta) = std::fs::metadata(&done.split) {
-                            let offsets = offsets_of(&done, Some(meta.len()))?;
-                            return Ok(Some(Batch::new(
-                                RecordBatch::new_empty(Arc::new(Schema::empty())),
-                                offsets,
-                            )));
+                            let mut marker = Batch::idle();
+                            marker.offsets = offsets_of(&done, Some(meta.len()))?;
+                            return Ok(Some(marker));
                         }
                     } else if self.config.watch {
                         self.keep_handle(done);
