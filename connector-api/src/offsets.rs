@@ -79,6 +79,33 @@ impl Offsets {
         self.0.remove(split)
     }
 
+    /// The name under which the runtime keeps, beside the splits, how many records
+    /// the pipeline has delivered since it began (after its transforms): the ordinal
+    /// of the next record, the same in a replay from the same checkpoint. Sources
+    /// never see it; sinks get it in `resume` and `flush`.
+    pub const RECORDS: &'static str = "_sluice.records";
+
+    /// The records delivered before this position ([`Offsets::RECORDS`]), when kept.
+    pub fn records(&self) -> Option<u64> {
+        self.0
+            .get(Self::RECORDS)
+            .and_then(serde_json::Value::as_u64)
+    }
+
+    /// Counts `n` more records delivered.
+    pub fn add_records(&mut self, n: u64) {
+        let next = self.records().unwrap_or(0) + n;
+        self.0
+            .insert(Self::RECORDS.to_string(), serde_json::json!(next));
+    }
+
+    /// The positions of the source's splits alone, without [`Offsets::RECORDS`].
+    pub fn splits(&self) -> Offsets {
+        let mut out = self.clone();
+        out.0.remove(Self::RECORDS);
+        out
+    }
+
     /// Takes every position of `later`: a split present in both ends at `later`'s position.
     pub fn merge(&mut self, later: &Offsets) {
         for (k, v) in &later.0 {

@@ -196,6 +196,13 @@ pub async fn run(
         _ => stored.unwrap_or_default(),
     };
 
+    for slot in &mut sinks {
+        slot.sink
+            .resume(&resume)
+            .await
+            .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
+    }
+
     let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
         Error::config(format!(
             "unknown connector \"{}\"",
@@ -212,9 +219,10 @@ pub async fn run(
             .max(Duration::from_millis(100))
             .min(pipeline.checkpoint.interval),
     };
-    unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &resume)) })
+    let splits = resume.splits();
+    unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &splits)) })
         .map_err(|e| e.context("source"))?;
-    tracing::info!(pipeline = %name, source = %pipeline.source.connector, resumed_splits = resume.len(), "pipeline started");
+    tracing::info!(pipeline = %name, source = %pipeline.source.connector, resumed_splits = splits.len(), "pipeline started");
     metrics.set_progress(source.progress());
     metrics.set_state(State::Running);
 
@@ -340,7 +348,7 @@ pub async fn run(
 
 /// Tells the source that `offsets` are checkpointed; a failure only costs a replay.
 async fn commit(source: &mut dyn connector_api::Source, offsets: &Offsets) {
-    if let Err(e) = source.commit(offsets).await {
+    if let Err(e) = source.commit(&offsets.splits()).await {
         tracing::warn!(error = %e, "source commit failed; the checkpoint store has the position");
     }
 }

@@ -228,3 +228,23 @@ fn encode_json_parallel(batch: &RecordBatch, encoders: FastEncoders) -> Result<V
 fn parquet_error(err: parquet::errors::ParquetError) -> Error {
     Error::data("parquet").with_source(err)
 }
+
+/// `batch` as JSON lines, one per record: the text and where each line ends (at its
+/// newline), for writers of one message per record.
+pub fn json_lines(batch: &RecordBatch, json: &JsonOptions) -> Result<(Vec<u8>, Vec<usize>)> {
+    let mut enc = Encoder::new(
+        Format::Json,
+        batch.schema(),
+        Vec::with_capacity(batch.get_array_memory_size()),
+        (json, &CsvOptions::default(), &ParquetOptions::default()),
+    )?;
+    enc.write(batch)?;
+    let text = enc.finish()?;
+    let ends: Vec<usize> = memchr::memchr_iter(b'\n', &text).collect();
+    if ends.len() != batch.num_rows() {
+        return Err(Error::internal(
+            "json encoding: one line per record expected",
+        ));
+    }
+    Ok((text, ends))
+}

@@ -15,6 +15,7 @@ mod json;
 mod json_encoders;
 mod json_exact;
 mod json_typed;
+pub mod messages;
 mod options;
 mod parquet_writer;
 pub mod scan;
@@ -22,7 +23,7 @@ mod text;
 
 pub use crate::csv::CsvDecoder;
 pub use compression::{decompressing, Compression};
-pub use encode::Encoder;
+pub use encode::{json_lines, Encoder};
 pub use json::JsonDecoder;
 pub use json_typed::unit_digits;
 pub use options::{

@@ -677,5 +677,10 @@ fn dead_letters_of_many_flushes_and_rolled_files_are_all_kept() {
         .collect();
     lines.sort();
     lines.dedup();
-    assert_eq!(lines.len(), 300, "letters lost: {} of 300 kept", lines.len());
+    assert_eq!(
+        lines.len(),
+        300,
+        "letters lost: {} of 300 kept",
+        lines.len()
+    );
 }

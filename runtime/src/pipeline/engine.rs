@@ -268,6 +268,9 @@ impl<'a> Engine<'a> {
             }
             records = Some(r);
         }
+        // the ordinal sinks name records by: every record after the transforms, taken
+        // or refused, so a replay counts the same
+        let delivered = records.as_ref().map_or(0, |r| r.num_rows() as u64);
         if let Some(records) = records {
             let rows = records.num_rows() as u64;
             let bytes = records.get_array_memory_size() as u64;
@@ -308,6 +311,7 @@ impl<'a> Engine<'a> {
         self.metrics.recovered();
         self.permits.clear();
         self.position.merge(&offsets);
+        self.position.add_records(delivered);
         self.dirty = true;
         Ok(())
     }

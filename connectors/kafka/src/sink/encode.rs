@@ -11,7 +11,7 @@ use arrow_schema::{DataType, TimeUnit};
 use connector_api::{columns, Error, ErrorKind, Result};
 use rdkafka::message::{Header, OwnedHeaders};
 use sluice_formats::avro::confluent_header;
-use sluice_formats::{CsvOptions, Encoder, Format, JsonOptions, ParquetOptions};
+use sluice_formats::json_lines;
 
 use crate::avro::AvroWriter;
 use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
@@ -147,25 +147,6 @@ fn column<'b>(rb: &'b RecordBatch, name: &str, option: &str) -> Result<&'b Array
             format!("{option}: the records have no column \"{name}\""),
         )
     })
-}
-
-/// Encodes `batch` as JSON lines; returns the text and where each line ends.
-fn json_lines(batch: &RecordBatch, json: &JsonOptions) -> Result<(Vec<u8>, Vec<usize>)> {
-    let mut enc = Encoder::new(
-        Format::Json,
-        batch.schema(),
-        Vec::with_capacity(batch.get_array_memory_size()),
-        (json, &CsvOptions::default(), &ParquetOptions::default()),
-    )?;
-    enc.write(batch)?;
-    let text = enc.finish()?;
-    let ends: Vec<usize> = memchr::memchr_iter(b'\n', &text).collect();
-    if ends.len() != batch.num_rows() {
-        return Err(Error::internal(
-            "json encoding: one line per record expected",
-        ));
-    }
-    Ok((text, ends))
 }
 
 /// Raw bytes of a string or binary column (other types as their text).

@@ -5,12 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BinaryBuilder, Int32Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
-    TimestampMillisecondBuilder,
+    BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use connector_api::{columns, Batch, Error, Offsets, Reject, Result};
+
+use sluice_formats::messages::{headers_builder, headers_type};
 
 use crate::config::{KeyFormat, Metadata, ValueFormat};
 
@@ -313,23 +314,6 @@ pub(super) fn arrow_select_take(
         cols,
         &arrow_array::RecordBatchOptions::new().with_row_count(Some(idx.len())),
     )?)
-}
-
-/// The type of the `_headers` column.
-pub fn headers_type() -> DataType {
-    DataType::List(Arc::new(Field::new_struct("item", header_fields(), true)))
-}
-
-pub(super) fn header_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("key", DataType::Utf8, false),
-        Field::new("value", DataType::Utf8, true),
-    ])
-}
-
-pub(super) fn headers_builder() -> ListBuilder<StructBuilder> {
-    ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
-        .with_field(Arc::new(Field::new_struct("item", header_fields(), true)))
 }
 
 /// The `_key` column of Avro keys decoded into `batch`, row `take[i]` for message `i`

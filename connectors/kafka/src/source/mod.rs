@@ -40,11 +40,11 @@ mod decode;
 mod group;
 mod poll;
 
-pub use self::decode::headers_type;
 pub(crate) use self::decode::tombstone;
 pub(crate) use self::group::group_of;
 use self::group::*;
 use self::poll::*;
+pub use sluice_formats::messages::headers_type;
 
 /// The position of a partition: the offset of the next message to read (exclusive of
 /// everything before it).

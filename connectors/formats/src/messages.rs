@@ -1,0 +1,412 @@
+//! Messages of an event stream (NATS, and the brokers after it) into Arrow: the
+//! payload in one of the shared formats, plus the metadata columns a source adds on
+//! request. A message that does not decode is reported by its index; the others
+//! decode. The `_headers` column type is Kafka's too, so sinks take either.
+
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMillisecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use connector_api::{columns, Error, Result};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::JsonDecoder;
+
+/// How a message payload is read and written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// A JSON object per message; its fields are columns (declared in `schema` or
+    /// inferred from the first messages).
+    #[default]
+    Json,
+    /// The payload as UTF-8 text, in one column `value`.
+    String,
+    /// The payload as raw bytes, in one column `value`.
+    Bytes,
+}
+
+/// A metadata column a message source adds on request (`metadata = [...]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageField {
+    /// `_topic`: the subject, topic or routing key the message was published to.
+    Topic,
+    /// `_headers`: `list<struct<key: string, value: string>>`, in message order.
+    Headers,
+    /// `_offset`: the message's position in its stream (int64).
+    Offset,
+    /// `_timestamp`: when the broker stored the message, `timestamp(ms, UTC)`.
+    Timestamp,
+}
+
+/// One message as a source read it.
+#[derive(Debug, Clone, Default)]
+pub struct Message<'a> {
+    /// The payload.
+    pub payload: &'a [u8],
+    /// Subject, topic or routing key.
+    pub topic: &'a str,
+    /// Header names and values (a value may be absent).
+    pub headers: Vec<(&'a str, Option<&'a str>)>,
+    /// Position in the stream.
+    pub offset: i64,
+    /// When the broker stored it, milliseconds since 1970.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Decodes batches of messages.
+pub struct MessageDecoder {
+    format: PayloadFormat,
+    json: JsonDecoder,
+    metadata: Vec<MessageField>,
+}
+
+/// What one call of [`MessageDecoder::decode`] produced.
+#[derive(Debug)]
+pub struct DecodedMessages {
+    /// The messages that decoded, in order, with the metadata columns; None when no
+    /// schema is known yet (an inferred JSON schema and no message decoded).
+    pub records: Option<RecordBatch>,
+    /// The messages that did not, by index, with why.
+    pub bad: Vec<(usize, Error)>,
+}
+
+impl MessageDecoder {
+    /// A decoder of `format` payloads (`schema`: the declared JSON columns; None
+    /// infers them) adding the `metadata` columns.
+    pub fn new(
+        format: PayloadFormat,
+        schema: Option<SchemaRef>,
+        metadata: &[MessageField],
+    ) -> Self {
+        MessageDecoder {
+            format,
+            json: JsonDecoder::new(schema),
+            metadata: metadata.to_vec(),
+        }
+    }
+
+    /// Decodes `msgs`.
+    pub fn decode(&mut self, msgs: &[Message]) -> Result<DecodedMessages> {
+        let mut bad: Vec<(usize, Error)> = Vec::new();
+        let mut good: Vec<usize> = Vec::with_capacity(msgs.len());
+        let values = match self.format {
+            PayloadFormat::Json => self.json_values(msgs, &mut good, &mut bad)?,
+            PayloadFormat::String => {
+                let mut b = StringBuilder::new();
+                for (i, m) in msgs.iter().enumerate() {
+                    match std::str::from_utf8(m.payload) {
+                        Ok(s) => {
+                            b.append_value(s);
+                            good.push(i);
+                        }
+                        Err(e) => bad.push((
+                            i,
+                            Error::data(format!("the payload is not UTF-8 text: {e}")),
+                        )),
+                    }
+                }
+                Some(value_batch(DataType::Utf8, Arc::new(b.finish()))?)
+            }
+            PayloadFormat::Bytes => {
+                let mut b = BinaryBuilder::new();
+                for m in msgs {
+                    b.append_value(m.payload);
+                }
+                good.extend(0..msgs.len());
+                Some(value_batch(DataType::Binary, Arc::new(b.finish()))?)
+            }
+        };
+        bad.sort_by_key(|(i, _)| *i);
+        let Some(values) = values else {
+            return Ok(DecodedMessages { records: None, bad });
+        };
+        let rows: Vec<&Message> = good.iter().map(|&i| &msgs[i]).collect();
+        let mut fields: Vec<Arc<Field>> = values.schema().fields().iter().cloned().collect();
+        let mut cols: Vec<ArrayRef> = values.columns().to_vec();
+        for m in &self.metadata {
+            let (field, col) = metadata_column(*m, &rows);
+            fields.push(Arc::new(field));
+            cols.push(col);
+        }
+        let records = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
+        Ok(DecodedMessages {
+            records: Some(records),
+            bad,
+        })
+    }
+
+    /// JSON payloads, one line each (a newline inside a JSON value is whitespace).
+    fn json_values(
+        &mut self,
+        msgs: &[Message],
+        good: &mut Vec<usize>,
+        bad: &mut Vec<(usize, Error)>,
+    ) -> Result<Option<RecordBatch>> {
+        let mut buf = Vec::with_capacity(msgs.iter().map(|m| m.payload.len() + 1).sum());
+        let mut lines = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter().enumerate() {
+            if m.payload.iter().all(u8::is_ascii_whitespace) {
+                bad.push((i, Error::data("empty message")));
+                continue;
+            }
+            let start = buf.len();
+            buf.extend_from_slice(m.payload);
+            for b in &mut buf[start..] {
+                if *b == b'\n' || *b == b'\r' {
+                    *b = b' ';
+                }
+            }
+            buf.push(b'\n');
+            lines.push(i);
+        }
+        let decoded = self.json.decode(&buf, lines.len().max(1), true)?;
+        let mut failed = vec![false; lines.len()];
+        for b in decoded.bad {
+            if let Some(&i) = lines.get(b.index) {
+                failed[b.index] = true;
+                bad.push((i, b.error));
+            }
+        }
+        good.extend(
+            lines
+                .iter()
+                .zip(&failed)
+                .filter(|(_, f)| !**f)
+                .map(|(&i, _)| i),
+        );
+        Ok(match decoded.batch {
+            Some(b) => Some(b),
+            None => self
+                .json
+                .schema()
+                .map(|s| RecordBatch::new_empty(s.clone())),
+        })
+    }
+}
+
+fn value_batch(dt: DataType, col: ArrayRef) -> Result<RecordBatch> {
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("value", dt, false)])),
+        vec![col],
+    )?)
+}
+
+fn metadata_column(m: MessageField, rows: &[&Message]) -> (Field, ArrayRef) {
+    match m {
+        MessageField::Topic => {
+            let mut b = StringBuilder::new();
+            for r in rows {
+                b.append_value(r.topic);
+            }
+            (
+                Field::new(columns::TOPIC, DataType::Utf8, false),
+                Arc::new(b.finish()),
+            )
+        }
+        MessageField::Headers => {
+            let mut b = headers_builder();
+            for r in rows {
+                for (k, v) in &r.headers {
+                    let s = b.values();
+                    s.field_builder::<StringBuilder>(0)
+                        .expect("key builder")
+                        .append_value(k);
+                    s.field_builder::<StringBuilder>(1)
+                        .expect("value builder")
+                        .append_option(*v);
+                    s.append(true);
+                }
+                b.append(true);
+            }
+            (
+                Field::new(columns::HEADERS, headers_type(), true),
+                Arc::new(b.finish()),
+            )
+        }
+        MessageField::Offset => {
+            let mut b = Int64Builder::new();
+            for r in rows {
+                b.append_value(r.offset);
+            }
+            (
+                Field::new(columns::OFFSET, DataType::Int64, false),
+                Arc::new(b.finish()),
+            )
+        }
+        MessageField::Timestamp => {
+            let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+            for r in rows {
+                b.append_option(r.timestamp_ms);
+            }
+            (
+                Field::new(
+                    columns::TIMESTAMP,
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    true,
+                ),
+                Arc::new(b.finish()),
+            )
+        }
+    }
+}
+
+/// Records as message payloads, one per row.
+pub struct Payloads {
+    data: Vec<u8>,
+    bounds: Vec<(usize, usize)>,
+}
+
+impl Payloads {
+    /// The rows of `batch` in `format`: a JSON object of every column, or the bytes of
+    /// the column `value` (else the only column; other types than text and binary as
+    /// their text) for `string` and `bytes`. A null becomes an empty payload.
+    pub fn encode(
+        batch: &RecordBatch,
+        format: PayloadFormat,
+        json: &crate::JsonOptions,
+    ) -> Result<Payloads> {
+        if format == PayloadFormat::Json {
+            let (data, ends) = crate::json_lines(batch, json)?;
+            let mut start = 0;
+            let bounds = ends
+                .into_iter()
+                .map(|end| {
+                    let b = (start, end);
+                    start = end + 1;
+                    b
+                })
+                .collect();
+            return Ok(Payloads { data, bounds });
+        }
+        let column = match (batch.column_by_name("value"), batch.num_columns()) {
+            (Some(c), _) => c.clone(),
+            (None, 1) => batch.column(0).clone(),
+            (None, n) => {
+                return Err(Error::schema(format!(
+                    "a {} payload is the column \"value\" or the only column; the records have {n} columns and no \"value\"",
+                    match format {
+                        PayloadFormat::String => "string",
+                        _ => "bytes",
+                    }
+                )))
+            }
+        };
+        let column = match column.data_type() {
+            DataType::Binary | DataType::Utf8 => column,
+            DataType::LargeBinary | DataType::BinaryView => {
+                arrow_cast::cast(&column, &DataType::Binary)?
+            }
+            _ => arrow_cast::cast(&column, &DataType::Utf8)?,
+        };
+        let mut data = Vec::new();
+        let mut bounds = Vec::with_capacity(column.len());
+        let mut push = |v: Option<&[u8]>| {
+            let start = data.len();
+            data.extend_from_slice(v.unwrap_or_default());
+            bounds.push((start, data.len()));
+        };
+        use arrow_array::cast::AsArray;
+        match column.data_type() {
+            DataType::Binary => column.as_binary::<i32>().iter().for_each(&mut push),
+            _ => column
+                .as_string::<i32>()
+                .iter()
+                .for_each(|v| push(v.map(str::as_bytes))),
+        }
+        Ok(Payloads { data, bounds })
+    }
+
+    /// The payload of `row`.
+    pub fn get(&self, row: usize) -> &[u8] {
+        let (s, e) = self.bounds[row];
+        &self.data[s..e]
+    }
+
+    /// How many payloads.
+    pub fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
+    }
+}
+
+/// The type of the `_headers` column: `list<struct<key: string, value: string>>`.
+pub fn headers_type() -> DataType {
+    DataType::List(Arc::new(Field::new_struct("item", header_fields(), true)))
+}
+
+fn header_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("key", DataType::Utf8, false),
+        Field::new("value", DataType::Utf8, true),
+    ])
+}
+
+/// A builder of a `_headers` column.
+pub fn headers_builder() -> ListBuilder<StructBuilder> {
+    ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
+        .with_field(Arc::new(Field::new_struct("item", header_fields(), true)))
+}
+
+/// The rows `keep` of `batch`, in that order.
+pub fn take_rows(batch: &RecordBatch, keep: &[usize]) -> Result<RecordBatch> {
+    let idx = UInt32Array::from_iter_values(keep.iter().map(|&r| r as u32));
+    Ok(arrow_select::take::take_record_batch(batch, &idx)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+
+    #[test]
+    fn payloads_decode_with_metadata_and_bad_ones_are_named_by_index() {
+        let msgs: Vec<Message> = [&b"{\"id\": 1}"[..], b"oops", b"  ", b"{\"id\":\n2}"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Message {
+                payload: p,
+                topic: "orders.eu",
+                headers: vec![("h", Some("v"))],
+                offset: 10 + i as i64,
+                timestamp_ms: Some(1_000),
+            })
+            .collect();
+        let mut d = MessageDecoder::new(
+            PayloadFormat::Json,
+            None,
+            &[
+                MessageField::Topic,
+                MessageField::Offset,
+                MessageField::Headers,
+            ],
+        );
+        let out = d.decode(&msgs).unwrap();
+        let records = out.records.unwrap();
+        assert_eq!(records.num_rows(), 2);
+        let offsets = records.column_by_name("_offset").unwrap();
+        assert_eq!(
+            offsets
+                .as_primitive::<arrow_array::types::Int64Type>()
+                .values(),
+            &[10, 13]
+        );
+        assert_eq!(out.bad.iter().map(|(i, _)| *i).collect::<Vec<_>>(), [1, 2]);
+        let mut s = MessageDecoder::new(PayloadFormat::String, None, &[]);
+        let bad_text = [Message {
+            payload: b"\xff",
+            ..Default::default()
+        }];
+        assert_eq!(s.decode(&bad_text).unwrap().bad.len(), 1);
+    }
+}

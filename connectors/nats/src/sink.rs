@@ -1,0 +1,374 @@
+//! The NATS sink: JetStream publishes acknowledged by the stream and de-duplicated by
+//! message id, or core NATS publishes.
+//!
+//! The id of a record is its ordinal in the pipeline: how many records it delivered
+//! before this one since it began ([`Offsets::records`], kept with each checkpoint).
+//! A run that crashed after publishing and before its checkpoint reads the same
+//! records again in the same order (for a source that reads in order: a stream, one
+//! partition, files, a table), gives them the same ids, and the stream drops them
+//! within its duplicate window (two minutes unless the stream says otherwise). Rows
+//! this sink refuses (no subject, a payload over the server's limit) shift the ids of
+//! the rows after them until the next checkpoint. `msg_id_column` takes the id from
+//! the records instead.
+
+use std::future::IntoFuture;
+use std::str::FromStr;
+
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::{Client, HeaderMap, HeaderName, HeaderValue};
+use connector_api::{
+    columns, stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+};
+use sluice_formats::messages::Payloads;
+
+use crate::config::NatsSinkConfig;
+use crate::conn::{connect, nats_error};
+
+/// Publishes records to subjects.
+pub struct NatsSink {
+    config: NatsSinkConfig,
+    client: Option<Client>,
+    js: Option<async_nats::jetstream::Context>,
+    /// Acknowledgements of JetStream publishes not yet awaited.
+    acks: Vec<PublishAckFuture>,
+    /// Hash of the pipeline and sink names: ids of two pipelines never meet.
+    tag: u64,
+    /// The ordinal of the first record after the position the sink resumed from or
+    /// last flushed ([`Offsets::records`]).
+    base: u64,
+    /// Records published since that position.
+    count: u64,
+    name: String,
+}
+
+impl NatsSink {
+    /// A sink for `config` (validated).
+    pub fn new(config: NatsSinkConfig) -> Self {
+        NatsSink {
+            config,
+            client: None,
+            js: None,
+            acks: Vec::new(),
+            tag: 0,
+            base: 0,
+            count: 0,
+            name: String::new(),
+        }
+    }
+
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| Error::internal("nats sink is not open"))
+    }
+}
+
+/// JetStream publishes whose acks are not awaited yet, at most: below the context's
+/// own limit on acks in flight (5,000), past which a publish waits for one.
+const MAX_UNAWAITED: usize = 4096;
+
+impl NatsSink {
+    /// Waits for every publish's ack; one that failed sends the run back to its
+    /// checkpoint.
+    async fn await_acks(&mut self) -> Result<()> {
+        let acks = std::mem::take(&mut self.acks);
+        for ack in futures::future::join_all(acks.into_iter().map(|a| a.into_future())).await {
+            ack.map_err(|e| {
+                aborted(nats_error(
+                    "a publish was not acknowledged by its stream",
+                    e,
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// What each record is published as.
+struct Outgoing {
+    subjects: Vec<String>,
+    headers: Vec<HeaderMap>,
+    payloads: Payloads,
+}
+
+impl NatsSink {
+    /// Subjects, headers and payloads of `records`, or the rows that cannot be
+    /// published (no subject, a header NATS does not take, a payload over the server's
+    /// limit), found before anything is sent.
+    fn outgoing(&self, records: &RecordBatch) -> Result<Outgoing> {
+        let rows = records.num_rows();
+        let mut found: Vec<(usize, String)> = Vec::new();
+        let subjects: Vec<Option<String>> = match &self.config.subject_column {
+            Some(name) => {
+                let col = text_column(records, name, "subject_column")?;
+                let col = col.as_string::<i32>();
+                (0..rows)
+                    .map(|r| {
+                        col.is_valid(r)
+                            .then(|| col.value(r).to_string())
+                            .or_else(|| self.config.subject.clone())
+                    })
+                    .collect()
+            }
+            None => vec![self.config.subject.clone(); rows],
+        };
+        for (r, s) in subjects.iter().enumerate() {
+            match s {
+                None => found.push((
+                    r,
+                    "no subject: the subject column is null and no subject is set".into(),
+                )),
+                Some(s) if s.is_empty() || s.contains(['*', '>', ' ', '\t', '\r', '\n']) => {
+                    found.push((r, format!("\"{s}\" is not a subject to publish to")))
+                }
+                _ => {}
+            }
+        }
+        let mut headers = vec![HeaderMap::new(); rows];
+        if let Some(name) = &self.config.headers_column {
+            let col = records.column_by_name(name).ok_or_else(|| {
+                Error::schema(format!(
+                    "headers_column: the records have no column \"{name}\""
+                ))
+                .with_field("headers_column")
+            })?;
+            for (r, pairs) in header_pairs(col)?.into_iter().enumerate() {
+                for (k, v) in pairs {
+                    match (HeaderName::from_str(&k), HeaderValue::from_str(v.as_deref().unwrap_or(""))) {
+                        (Ok(k), Ok(v)) => headers[r].append(k, v),
+                        _ => found.push((r, format!("header \"{k}\": a name or value NATS does not take (a colon, a line break, not ASCII)"))),
+                    }
+                }
+            }
+        }
+        let ids: Option<ArrayRef> = match &self.config.msg_id_column {
+            Some(name) => Some(text_column(records, name, "msg_id_column")?),
+            None => None,
+        };
+        for (r, h) in headers.iter_mut().enumerate() {
+            if !self.config.jetstream {
+                break;
+            }
+            let id = match &ids {
+                Some(col) => {
+                    let col = col.as_string::<i32>();
+                    if col.is_null(r) {
+                        found.push((r, "the msg_id column is null".into()));
+                        continue;
+                    }
+                    col.value(r).to_string()
+                }
+                None => format!("{:016x}-{}", self.tag, self.base + self.count + r as u64),
+            };
+            match HeaderValue::from_str(&id) {
+                Ok(v) => h.insert(async_nats::header::NATS_MESSAGE_ID, v),
+                Err(_) => found.push((
+                    r,
+                    format!("message id \"{id}\" is not a header value NATS takes"),
+                )),
+            }
+        }
+        let skip = |name: &str| {
+            (!self.config.include_metadata && columns::is_reserved(name))
+                || self.config.subject_column.as_deref() == Some(name)
+                || self.config.headers_column.as_deref() == Some(name)
+        };
+        let keep: Vec<usize> = (0..records.num_columns())
+            .filter(|&i| !skip(records.schema().field(i).name()))
+            .collect();
+        let payloads = Payloads::encode(
+            &records.project(&keep)?,
+            self.config.format,
+            &self.config.json,
+        )?;
+        let max = self.client()?.server_info().max_payload;
+        for r in 0..rows {
+            let size = payloads.get(r).len();
+            if max > 0 && size > max {
+                found.push((
+                    r,
+                    format!("a payload of {size} bytes is over the server's max_payload ({max})"),
+                ));
+            }
+        }
+        if !found.is_empty() {
+            found.sort_by_key(|(r, _)| *r);
+            found.dedup_by_key(|(r, _)| *r);
+            let place = format!("sink \"{}\"", self.name);
+            let refused = sluice_formats::scan::refusals(
+                records,
+                found,
+                &place,
+                &|row| format!("{place} record {row} of the write"),
+                &|why| why.to_string(),
+            )?;
+            return Err(Error::refused(refused));
+        }
+        Ok(Outgoing {
+            subjects: subjects
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect(),
+            headers,
+            payloads,
+        })
+    }
+}
+
+/// The column `name` as text (`option` names the setting that named it).
+fn text_column(records: &RecordBatch, name: &str, option: &str) -> Result<ArrayRef> {
+    let col = records.column_by_name(name).ok_or_else(|| {
+        Error::schema(format!("{option}: the records have no column \"{name}\"")).with_field(option)
+    })?;
+    Ok(arrow_cast::cast(col, &DataType::Utf8)?)
+}
+
+/// A record's headers: names and values (a value may be null).
+type Pairs = Vec<(String, Option<String>)>;
+
+/// The header pairs of each row of a `list<struct<key, value>>` column.
+fn header_pairs(col: &ArrayRef) -> Result<Vec<Pairs>> {
+    let DataType::List(_) = col.data_type() else {
+        return Err(Error::schema(format!(
+            "headers_column is {}, not list<struct<key: string, value: string>>",
+            col.data_type()
+        ))
+        .with_field("headers_column"));
+    };
+    let list = col.as_list::<i32>();
+    let mut out = Vec::with_capacity(list.len());
+    for r in 0..list.len() {
+        let mut pairs = Vec::new();
+        if list.is_valid(r) {
+            let item = list.value(r);
+            let item = item.as_struct_opt().ok_or_else(|| {
+                Error::schema("headers_column items are not struct<key, value>")
+                    .with_field("headers_column")
+            })?;
+            let (Some(k), Some(v)) = (item.column_by_name("key"), item.column_by_name("value"))
+            else {
+                return Err(
+                    Error::schema("headers_column items need fields key and value")
+                        .with_field("headers_column"),
+                );
+            };
+            let (k, v) = (
+                arrow_cast::cast(k, &DataType::Utf8)?,
+                arrow_cast::cast(v, &DataType::Utf8)?,
+            );
+            let (k, v) = (k.as_string::<i32>(), v.as_string::<i32>());
+            for i in 0..item.len() {
+                pairs.push((
+                    k.value(i).to_string(),
+                    v.is_valid(i).then(|| v.value(i).to_string()),
+                ));
+            }
+        }
+        out.push(pairs);
+    }
+    Ok(out)
+}
+
+#[connector_api::async_trait]
+impl Sink for NatsSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.name = ctx.sink.clone();
+        self.tag = stable_hash(format!("{}\u{0}{}", ctx.pipeline, ctx.sink).as_bytes());
+        let client = connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;
+        if self.config.jetstream {
+            let js = async_nats::jetstream::new(client.clone());
+            if let Some(subject) = &self.config.subject {
+                // a subject no stream stores would fail every publish
+                js.stream_by_subject(subject.clone()).await.map_err(|e| {
+                    Error::not_found(format!(
+                        "nats: no JetStream stream stores subject \"{subject}\": create one (or set jetstream = false)"
+                    ))
+                    .with_field("subject")
+                    .with_source(e)
+                })?;
+            }
+            self.js = Some(js);
+        }
+        self.client = Some(client);
+        Ok(SinkState::default())
+    }
+
+    async fn resume(&mut self, from: &Offsets) -> Result<()> {
+        self.base = from.records().unwrap_or(0);
+        self.count = 0;
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let out = self.outgoing(&batch.records)?;
+        for r in 0..rows {
+            let (subject, headers) = (out.subjects[r].clone(), out.headers[r].clone());
+            let payload = bytes::Bytes::copy_from_slice(out.payloads.get(r));
+            match &self.js {
+                Some(js) => {
+                    let ack = js
+                        .publish_with_headers(subject, headers, payload)
+                        .await
+                        .map_err(|e| aborted(nats_error("publishing", e)))?;
+                    self.acks.push(ack);
+                    // the context lets only so many acks be outstanding: a publish past
+                    // them would wait for acks nobody awaits
+                    if self.acks.len() >= MAX_UNAWAITED {
+                        self.await_acks().await?;
+                    }
+                }
+                None => self
+                    .client()?
+                    .publish_with_headers(subject, headers, payload)
+                    .await
+                    .map_err(|e| nats_error("publishing", e))?,
+            }
+        }
+        self.count += rows as u64;
+        Ok(())
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        self.await_acks().await?;
+        self.client()?
+            .flush()
+            .await
+            .map_err(|e| nats_error("flushing", e))?;
+        self.base = offsets.records().unwrap_or(self.base + self.count);
+        self.count = 0;
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.acks.clear();
+        self.client = None;
+        self.js = None;
+        Ok(())
+    }
+}
+
+/// A publish that may not have reached its stream: the run goes back to its
+/// checkpoint, and the message ids keep what did arrive from being stored twice.
+fn aborted(e: Error) -> Error {
+    match e.kind() {
+        ErrorKind::Transient | ErrorKind::Connect | ErrorKind::Internal => {
+            Error::new(ErrorKind::Aborted, e.message().to_string())
+        }
+        _ => e,
+    }
+}
+
+/// `sluice check`: the servers answer and, for JetStream, a stream stores the subject.
+pub async fn check(config: &NatsSinkConfig) -> Result<()> {
+    let mut sink = NatsSink::new(config.clone());
+    sink.open(&SinkContext::for_pipeline("check"))
+        .await
+        .map(|_| ())
+}
