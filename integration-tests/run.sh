@@ -27,6 +27,12 @@ if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
   python3 -m pip install -q prometheus_client
 fi
 
+# the NATS tests check what they publish and read with the NATS project's Python client
+if ! python3 -c 'import nats' >/dev/null 2>&1; then
+  log "installing nats-py"
+  python3 -m pip install -q nats-py
+fi
+
 # --- services the tests talk to ---
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   log "starting PostgreSQL"
@@ -88,6 +94,15 @@ if ! python3 -c 'import fastavro, avro.compatibility' >/dev/null 2>&1; then
   python3 -m pip install -q fastavro avro
 fi
 export SLUICE_TEST_S3_AUTH="${SLUICE_TEST_S3_AUTH:-http://127.0.0.1:9556}"
+# NATS with JetStream: the machine's own on 4222, started when it is down
+if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
+  log "starting nats-server (JetStream)"
+  mkdir -p /var/lib/nats-server
+  start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 1; done
+fi
+export SLUICE_TEST_NATS="${SLUICE_TEST_NATS:-nats://127.0.0.1:4222}"
 
 # --- build and static checks ---
 log "cargo fmt --check"

@@ -117,7 +117,9 @@ enum OffsetsAction {
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // sqlx logs every server notice ("relation already exists, skipping") at info
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")));
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,async_nats=warn"))
+        });
     // colour only on a terminal: a log redirected to a file or a pipe stays plain text
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

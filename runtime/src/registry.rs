@@ -45,6 +45,8 @@ impl Registry {
         r.add_sink(Arc::new(sluice_s3::S3));
         r.add_source(Arc::new(sluice_kafka::Kafka));
         r.add_sink(Arc::new(sluice_kafka::Kafka));
+        r.add_source(Arc::new(sluice_nats::Nats));
+        r.add_sink(Arc::new(sluice_nats::Nats));
         r.add_sink(Arc::new(sluice_datagen::Blackhole));
         r
     }

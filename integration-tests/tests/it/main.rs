@@ -11,6 +11,7 @@ mod file_follow;
 mod kafka;
 mod kafka_avro;
 mod kafka_group;
+mod nats;
 mod plugins;
 mod postgres;
 mod postgres_cdc;

@@ -3,7 +3,7 @@
 
 use crate::support::{python, sluice, workdir};
 
-const SCHEMA: &str = r#"schema = [
+pub(crate) const SCHEMA: &str = r#"schema = [
   { name = "i8", type = "int8" }, { name = "i16", type = "int16" },
   { name = "i32", type = "int32" }, { name = "i64", type = "int64" },
   { name = "u32", type = "uint32" }, { name = "u64", type = "uint64" },
@@ -16,7 +16,7 @@ const SCHEMA: &str = r#"schema = [
   { name = "li", type = "list<int64>" }, { name = "st", type = "struct<a: int64, b: string>" },
 ]"#;
 
-const ROWS: &str = r#"
+pub(crate) const ROWS: &str = r#"
 import json
 rows = [
   {"i8": -128, "i16": 32767, "i32": -2147483648, "i64": 9223372036854775807, "u32": 4294967295,
@@ -32,7 +32,7 @@ rows = [
 ]
 "#;
 
-const COMPARE: &str = r#"
+pub(crate) const COMPARE: &str = r#"
 import json, datetime
 from decimal import Decimal
 def norm(col, v):
