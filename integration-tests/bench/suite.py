@@ -18,8 +18,8 @@ their rates are per record like every other figure. A peer that cannot do a work
 here is a result too: the row says why.
 
 Services: PostgreSQL at $PG_URL (default the test server); the Kafka broker is
-librdkafka's mock cluster (the kafka-mock binary) and the S3 server is moto, both
-started here. Peers are installed into a virtualenv under $BENCH_DIR.
+librdkafka's mock cluster (the kafka-mock binary), the S3 server is moto and NATS a
+private nats-server with JetStream, all started here. Peers are installed into a virtualenv under $BENCH_DIR.
 """
 import argparse
 import datetime
@@ -242,6 +242,7 @@ def install():
     """Python clients in this interpreter, the peers in their own virtualenv, kcat."""
     moto_ok = "import moto, sys; sys.exit(tuple(map(int, moto.__version__.split('.')[:3])) < (5, 2, 5))"
     need = [m for m, check in [("pyarrow", "import pyarrow"), ("confluent-kafka", "import confluent_kafka"),
+                               ("nats-py", "import nats"),
                                ("boto3", "import boto3"), ("moto[server]>=5.2.5", moto_ok)]
             if subprocess.run([sys.executable, "-c", check], capture_output=True).returncode]
     if need:
@@ -625,7 +626,47 @@ def main():
         finally:
             broker.kill()
 
-    # 5. engine overhead
+    # 5. JSON lines -> NATS JetStream, JetStream -> JSON lines (a private nats-server)
+    if want("json-to-nats") or want("nats-to-json"):
+        port = free_port()
+        store = fresh(os.path.join(WORK, "nats-store"))
+        server = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"nats://127.0.0.1:{port}"
+        ns = Process("nats-server", server)
+        try:
+            wait_port(port)
+            nats_py(url, "await js.add_stream(name='SLUICE', subjects=['sluice.>'])\n"
+                         "await js.add_stream(name='PY', subjects=['py.>'])")
+            py_n = min(args.peer_records, n)
+            w = "json-to-nats"
+            s.measure(w, "sluice", "typed (declared schema), JetStream publishes with message ids, every ack awaited",
+                      run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                                 f'[sink]\nconnector = "nats"\nurl = "{url}"\nsubject = "sluice.events"'),
+                      lambda: stream_messages(url, "SLUICE"), servers=[ns], input_bytes=json_bytes)
+            s.measure(w, "nats-py", "each line as a JetStream publish, 256 acks awaited at a time, untyped",
+                      [sys.executable, "-c", NATS_PUB, url, head(jsonl, py_n, n), "py.events"],
+                      lambda: stream_messages(url, "PY"), records=py_n, servers=[ns],
+                      input_bytes=per_json * py_n)
+            w = "nats-to-json"
+            out = fresh(os.path.join(WORK, "out-nats"))
+            s.measure(w, "sluice", "durable pull consumer, typed, acked after each checkpoint, exactly-once file sink",
+                      run_sluice(sluice, w, f'[source]\nconnector = "nats"\nurl = "{url}"\nstream = "SLUICE"\n'
+                                 f'bounded = true\n{schema}\n'
+                                 f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0'),
+                      count_lines(f"{out}/*.jsonl"), servers=[ns])
+            out = os.path.join(WORK, "out-nats-py.jsonl")
+            s.measure(w, "nats-py", "pull consumer, batches of 1000, the last of each acked, payloads to a file",
+                      [sys.executable, "-c", NATS_SUB, url, "SLUICE", str(py_n), out],
+                      count_lines(out), records=py_n, servers=[ns])
+            if peers:
+                for w in ["json-to-nats", "nats-to-json"]:
+                    s.skip(w, "sling", "Sling has no NATS connector")
+                    s.skip(w, "dlt", "dlt has no NATS source or destination")
+        finally:
+            server.kill()
+
+    # 6. engine overhead
     if want("datagen-to-blackhole"):
         w = "datagen-to-blackhole"
         for interval, what in [("1h", "one checkpoint at the end"), ("1ms", "a checkpoint after every batch")]:
@@ -641,6 +682,83 @@ def main():
     report(s, sling, py)
     if s.failed:
         sys.exit(f"sluice failed or miscounted: {', '.join(s.failed)}")
+
+
+NATS_PUB = r'''
+import asyncio, sys, nats
+async def main(url, path, subject):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    pending = []
+    with open(path, "rb") as f:
+        for line in f:
+            pending.append(asyncio.ensure_future(js.publish(subject, line.rstrip(b"\n"))))
+            if len(pending) >= 256:
+                await asyncio.gather(*pending)
+                pending = []
+    await asyncio.gather(*pending)
+    await nc.close()
+asyncio.run(main(*sys.argv[1:4]))
+'''
+
+NATS_SUB = r'''
+import asyncio, sys, nats
+from nats.js.api import ConsumerConfig, AckPolicy
+async def main(url, stream, want, path):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    sub = await js.pull_subscribe(stream.lower() + ".>", durable=None, stream=stream,
+                                  config=ConsumerConfig(ack_policy=AckPolicy.ALL))
+    got = 0
+    with open(path, "wb") as out:
+        while got < int(want):
+            msgs = await sub.fetch(min(1000, int(want) - got), timeout=10)
+            for m in msgs:
+                out.write(m.data + b"\n")
+            got += len(msgs)
+            await msgs[-1].ack()
+    await nc.close()
+asyncio.run(main(*sys.argv[1:5]))
+'''
+
+
+def nats_py(url, body):
+    """Runs `body` in an async function with `js` the JetStream context of `url`."""
+    import asyncio, nats
+    code = "async def _f(js):\n" + "".join(f"    {l}\n" for l in body.splitlines())
+    scope = {}
+    exec(code, scope)
+
+    async def run():
+        nc = await nats.connect(url)
+        try:
+            return await scope["_f"](nc.jetstream())
+        finally:
+            await nc.close()
+    return asyncio.run(run())
+
+
+def stream_messages(url, stream):
+    return nats_py(url, f"return (await js.stream_info('{stream}')).state.messages")
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, limit=20):
+    import socket
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def count_dlt_jsonl(out):
