@@ -860,18 +860,29 @@ fn check_record_schema(
             continue;
         };
         if let Err(e) = connector.accepts(&sink.config, &batch.schema()) {
-            let at = match e.field() {
-                Some(field) => format!("{}.{field}", sink.path),
-                None => sink.path.clone(),
-            };
-            return Err(doc.error_at(
-                doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
-                format!("[{}]: {}", sink.path, e.message()),
-                None,
-            ));
+            return Err(sink_refusal(doc, sink, &e, None));
         }
     }
     Ok(())
+}
+
+/// A sink's refusal of the pipeline's records, at the option its error names (else
+/// at the sink's section).
+fn sink_refusal(
+    doc: &Doc,
+    sink: &Section,
+    e: &connector_api::Error,
+    hint: Option<String>,
+) -> ConfigError {
+    let at = match e.field() {
+        Some(field) => format!("{}.{field}", sink.path),
+        None => sink.path.clone(),
+    };
+    doc.error_at(
+        doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
+        format!("[{}]: {}", sink.path, e.message()),
+        hint,
+    )
 }
 
 /// A source of change records: each sink must say it can take them (a table sink in
@@ -898,18 +909,11 @@ fn check_changes(
             continue;
         };
         if let Err(e) = connector.accepts_changes(&sink.config) {
-            let at = match e.field() {
-                Some(field) => format!("{}.{field}", sink.path),
-                None => sink.path.clone(),
-            };
-            return Err(doc.error_at(
-                doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
-                format!("[{}]: {}", sink.path, e.message()),
-                Some(format!(
-                    "[{}] emits changes (inserts, updates, deletes)",
-                    source.path
-                )),
-            ));
+            let hint = format!(
+                "[{}] emits changes (inserts, updates, deletes)",
+                source.path
+            );
+            return Err(sink_refusal(doc, sink, &e, Some(hint)));
         }
     }
     Ok(())

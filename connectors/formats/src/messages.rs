@@ -240,21 +240,24 @@ fn metadata_column(m: MessageField, rows: &[&Message]) -> (Field, ArrayRef) {
                 Arc::new(b.finish()),
             )
         }
-        MessageField::Timestamp => {
-            let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
-            for r in rows {
-                b.append_option(r.timestamp_ms);
-            }
-            (
-                Field::new(
-                    columns::TIMESTAMP,
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    true,
-                ),
-                Arc::new(b.finish()),
-            )
-        }
+        MessageField::Timestamp => timestamp_column(rows.iter().map(|r| r.timestamp_ms)),
     }
+}
+
+/// The `_timestamp` column of message times in milliseconds since 1970 (UTC).
+pub fn timestamp_column(millis: impl Iterator<Item = Option<i64>>) -> (Field, ArrayRef) {
+    let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+    for ms in millis {
+        b.append_option(ms);
+    }
+    (
+        Field::new(
+            columns::TIMESTAMP,
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Arc::new(b.finish()),
+    )
 }
 
 /// Records as message payloads, one per row.

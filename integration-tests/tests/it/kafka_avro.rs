@@ -499,14 +499,8 @@ fn registry_down_is_retried_and_loses_nothing() {
         "{}",
         run.stderr
     );
-    let mut ids: Vec<i64> = jsonl_lines(&dir.path().join("out"))
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    ids.sort();
-    assert_eq!(ids, vec![0, 1, 2]);
+    assert_eq!(
+        crate::support::jsonl_ids(&dir.path().join("out")),
+        vec![0, 1, 2]
+    );
 }

@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    finish, jsonl_lines, kill_at_random, python, signal, sluice, spawn, wait_until, workdir,
+    finish, jsonl_ids, jsonl_lines, kill_at_random, python, signal, sluice, spawn, wait_until,
+    workdir,
 };
 
 /// The server the tests use.
@@ -81,20 +82,6 @@ fn publish(subject: &str, ids: std::ops::Range<u64>) {
         "for i in range({}, {}):\n    await js.publish('{subject}', json.dumps({{'id': i}}).encode())",
         ids.start, ids.end
     ));
-}
-
-/// The ids in the JSON lines under `out`: every one, sorted, repeats kept.
-fn out_ids(out: &Path) -> Vec<i64> {
-    let mut ids: Vec<i64> = jsonl_lines(out)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    ids.sort();
-    ids
 }
 
 /// Every type of the round-trip data set, file -> NATS -> file: the values come back
@@ -174,7 +161,7 @@ fn kill_9_of_the_reader_and_of_the_writer_loses_and_repeats_nothing() {
     let killed = kill_at_random(d, &["run", "--quiet", "read.toml"], 10, 150..900);
     let run = sluice(d, &["run", "--quiet", "read.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let ids = out_ids(&d.join("out"));
+    let ids = jsonl_ids(&d.join("out"));
     assert_eq!(ids.len() as u64, N, "killed {killed} times mid-run");
     assert_eq!(ids, (0..N as i64).collect::<Vec<_>>());
 
@@ -232,7 +219,7 @@ fn a_malformed_message_is_a_dead_letter_naming_stream_and_sequence() {
     let run = sluice(d, &["run", "p.toml"]);
     delete_stream(&stream);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(out_ids(&d.join("out")), [0, 1, 2, 3, 4, 5]);
+    assert_eq!(jsonl_ids(&d.join("out")), [0, 1, 2, 3, 4, 5]);
     let first: serde_json::Value = serde_json::from_str(&jsonl_lines(&d.join("out"))[0]).unwrap();
     assert_eq!(first["_topic"], format!("{stream}.a"));
     let letters = jsonl_lines(&d.join("dlq"));
@@ -294,7 +281,7 @@ fn a_server_restart_mid_run_is_waited_out_and_nothing_is_lost() {
     .unwrap();
     let child = spawn(d, &["run", "--quiet", "p.toml"]);
     let first = wait_until(Duration::from_secs(30), || {
-        out_ids(&d.join("out")).len() == 2000
+        jsonl_ids(&d.join("out")).len() == 2000
     });
     signal(&server, "KILL");
     let _ = server.wait();
@@ -302,7 +289,7 @@ fn a_server_restart_mid_run_is_waited_out_and_nothing_is_lost() {
     server = private_server(port, &store);
     publish_here(2000..4000);
     let all = wait_until(Duration::from_secs(60), || {
-        out_ids(&d.join("out")).len() >= 4000
+        jsonl_ids(&d.join("out")).len() >= 4000
     });
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
@@ -315,7 +302,7 @@ fn a_server_restart_mid_run_is_waited_out_and_nothing_is_lost() {
         run.stderr
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(out_ids(&d.join("out")), (0..4000).collect::<Vec<_>>());
+    assert_eq!(jsonl_ids(&d.join("out")), (0..4000).collect::<Vec<_>>());
 }
 
 /// Core NATS (`jetstream = false`) both ways: what is published while the pipeline

@@ -8,18 +8,10 @@ use crate::support::{jsonl_lines, sluice, sqlite, workdir};
 
 /// The ids in the JSON lines under `out`, sorted, and how many lines.
 fn ids(out: &Path) -> (Vec<i64>, usize) {
-    let lines = jsonl_lines(out);
-    let mut ids: Vec<i64> = lines
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    ids.sort();
+    let mut ids = crate::support::jsonl_ids(out);
+    let lines = ids.len();
     ids.dedup();
-    (ids, lines.len())
+    (ids, lines)
 }
 
 fn pipeline(d: &Path, name: &str, source: &str, max_records: usize) {

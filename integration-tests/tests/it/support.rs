@@ -200,6 +200,20 @@ pub fn jsonl_lines(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The `id` of every JSON line under `dir`, sorted, repeats kept.
+pub fn jsonl_ids(dir: &Path) -> Vec<i64> {
+    let mut ids: Vec<i64> = jsonl_lines(dir)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// Starts `sluice ARGS` in `dir` `rounds` times and kills each run with SIGKILL after a
 /// random pause in `pause_ms`; returns how many kills hit a process still running.
 pub fn kill_at_random(

@@ -598,15 +598,7 @@ fn postgres_rows_with_values_arrow_cannot_hold_are_dead_letters_carrying_the_row
         .unwrap();
         let run = sluice(d, &["run", "p.toml"]);
         assert_eq!(run.code, Some(0), "{order}: {}", run.stderr);
-        let mut ids: Vec<i64> = jsonl_lines(&d.join(format!("out/{order}")))
-            .iter()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect();
-        ids.sort();
+        let ids = crate::support::jsonl_ids(&d.join(format!("out/{order}")));
         let expected: Vec<i64> = [1].into_iter().chain(4..=20).collect();
         assert_eq!(ids, expected, "{order}");
         let mut letters: Vec<serde_json::Value> = jsonl_lines(&d.join(format!("dlq/{order}")))

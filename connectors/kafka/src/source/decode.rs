@@ -4,14 +4,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-};
+use arrow_array::builder::{BinaryBuilder, Int32Builder, Int64Builder, StringBuilder};
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use arrow_schema::{DataType, Field, Schema};
 use connector_api::{columns, Batch, Error, Offsets, Reject, Result};
 
-use sluice_formats::messages::{headers_builder, headers_type};
+use sluice_formats::messages::{headers_builder, headers_type, timestamp_column};
 
 use crate::config::{KeyFormat, Metadata, ValueFormat};
 
@@ -235,20 +233,7 @@ impl KafkaSource {
                         Arc::new(b.finish()),
                     )
                 }
-                Metadata::Timestamp => {
-                    let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
-                    for r in &rows {
-                        b.append_option(r.timestamp);
-                    }
-                    (
-                        Field::new(
-                            columns::TIMESTAMP,
-                            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                            true,
-                        ),
-                        Arc::new(b.finish()),
-                    )
-                }
+                Metadata::Timestamp => timestamp_column(rows.iter().map(|r| r.timestamp)),
                 Metadata::Topic => {
                     let mut b = StringBuilder::new();
                     for r in &rows {
