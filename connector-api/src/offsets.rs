@@ -192,6 +192,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_record_count_travels_with_the_offsets_but_not_to_sources() {
+        let mut at = Offsets::new();
+        at.set("s", serde_json::json!(7));
+        assert_eq!(at.records(), None);
+        at.add_records(10);
+        at.add_records(5);
+        assert_eq!(at.records(), Some(15));
+        let back = Offsets::from_envelope(&at.to_envelope()).unwrap();
+        assert_eq!(back.records(), Some(15));
+        let splits = back.splits();
+        assert_eq!(splits.records(), None);
+        assert_eq!(
+            splits.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+            ["s"]
+        );
+    }
+
+    #[test]
     fn names_at_one_position_differ_and_repeat_in_a_replay() {
         let mut at = Offsets::new();
         at.set("s", serde_json::json!(1));

@@ -642,7 +642,7 @@ def main():
             w = "json-to-nats"
             s.measure(w, "sluice", "typed (declared schema), JetStream publishes with message ids, every ack awaited",
                       run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-                                 f'[sink]\nconnector = "nats"\nurl = "{url}"\nsubject = "sluice.events"'),
+                                 f'[sink]\nconnector = "nats"\nurl = "{url}"\nsubject = "sluice.events"\nmsg_id = "ordinal"'),
                       lambda: stream_messages(url, "SLUICE"), servers=[ns], input_bytes=json_bytes)
             s.measure(w, "nats-py", "each line as a JetStream publish, 256 acks awaited at a time, untyped",
                       [sys.executable, "-c", NATS_PUB, url, head(jsonl, py_n, n), "py.events"],

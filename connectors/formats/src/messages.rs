@@ -152,7 +152,9 @@ impl MessageDecoder {
         let mut buf = Vec::with_capacity(msgs.iter().map(|m| m.payload.len() + 1).sum());
         let mut lines = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
-            if m.payload.iter().all(u8::is_ascii_whitespace) {
+            // a byte order mark alone counts as empty, as the JSON decoder skips it
+            let text = m.payload.strip_prefix(b"\xef\xbb\xbf").unwrap_or(m.payload);
+            if text.iter().all(u8::is_ascii_whitespace) {
                 bad.push((i, Error::data("empty message")));
                 continue;
             }

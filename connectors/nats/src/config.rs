@@ -17,8 +17,8 @@ pub enum Start {
     /// The first message the stream still holds.
     #[default]
     All,
-    /// Only messages stored after the source first opens (that position is
-    /// checkpointed at once, so a restart does not skip what came meanwhile).
+    /// Only messages stored after the source first opens (that position is stored
+    /// at the first checkpoint; a run stopped before it starts at the end again).
     New,
     /// The stream sequence `start_sequence`.
     Sequence,
@@ -195,6 +195,17 @@ impl NatsSourceConfig {
     }
 }
 
+/// Where a NATS sink's message ids come from (`msg_id`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MsgId {
+    /// No id: at least once.
+    #[default]
+    None,
+    /// The record's ordinal in the pipeline, for a source that replays in order.
+    Ordinal,
+}
+
 /// Options of `connector = "nats"` as a sink.
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -222,8 +233,18 @@ pub struct NatsSinkConfig {
     /// Message headers from this `list<struct<key, value>>` column (`_headers`, as the
     /// `nats` and `kafka` sources write it).
     pub headers_column: Option<String>,
-    /// `Nats-Msg-Id` from this column instead of the pipeline's position: records
-    /// with the same value within the stream's duplicate window are stored once.
+    /// `Nats-Msg-Id` of each message, which the stream de-duplicates by within its
+    /// duplicate window (two minutes unless the stream says otherwise): `none` (the
+    /// default: after a crash, records since the last checkpoint may be stored
+    /// twice) or `ordinal` (the record's ordinal in the pipeline, so a replay after a
+    /// crash is stored once). `ordinal` is only for a source whose replay from a
+    /// checkpoint gives the same records in the same order (files, S3 objects, a
+    /// table, a NATS stream, one Kafka partition): a replay in another order would
+    /// give a record an id another one had, and the stream would drop it.
+    #[serde(default)]
+    pub msg_id: MsgId,
+    /// `Nats-Msg-Id` from this column (a key, `_offset`) instead: records with the
+    /// same value within the stream's duplicate window are stored once.
     pub msg_id_column: Option<String>,
     /// Write the reserved `_`-columns (`_topic`, `_offset`, ...) into JSON payloads too.
     #[serde(default)]
@@ -245,9 +266,9 @@ impl NatsSinkConfig {
                 .with_field("subject"));
             }
         }
-        if !self.jetstream && self.msg_id_column.is_some() {
+        if !self.jetstream && (self.msg_id_column.is_some() || self.msg_id == MsgId::Ordinal) {
             return Err(Error::config(
-                "msg_id_column de-duplicates in a JetStream stream: it needs jetstream = true",
+                "message ids de-duplicate in a JetStream stream: msg_id and msg_id_column need jetstream = true",
             )
             .with_field("msg_id_column"));
         }

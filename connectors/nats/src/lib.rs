@@ -11,9 +11,10 @@
 //! - Source, core NATS (`jetstream = false`): a plain subscription, at most once: what
 //!   arrives while the pipeline is down, or is read and not yet written when it
 //!   crashes, is gone.
-//! - Sink: JetStream publishes with a `Nats-Msg-Id` derived from the pipeline's
-//!   position, so the stream's duplicate window drops what a replay after a crash
-//!   sends again; `flush` waits for every publish acknowledgement. Core NATS publishes
+//! - Sink: JetStream publishes, `flush` waiting for every acknowledgement; with
+//!   `msg_id = "ordinal"` (a source that replays in order) or `msg_id_column`, each
+//!   carries a `Nats-Msg-Id`, so the stream's duplicate window drops what a replay
+//!   after a crash sends again. Core NATS publishes
 //!   (`jetstream = false`) are at most once.
 
 mod config;
@@ -21,7 +22,7 @@ mod conn;
 mod sink;
 mod source;
 
-pub use config::{NatsSinkConfig, NatsSourceConfig, Start};
+pub use config::{MsgId, NatsSinkConfig, NatsSourceConfig, Start};
 pub use sink::NatsSink;
 pub use source::NatsSource;
 
@@ -61,7 +62,7 @@ impl SourceConnector for Nats {
 #[connector_api::async_trait]
 impl SinkConnector for Nats {
     const NAME: &'static str = NAME;
-    const DESCRIPTION: &'static str = "NATS subjects: JetStream publishes de-duplicated by a message id from the pipeline's position, flush waits for every ack (core NATS at most once)";
+    const DESCRIPTION: &'static str = "NATS subjects: JetStream publishes, flush waits for every ack, de-duplicated by message id on request (core NATS at most once)";
     type Config = NatsSinkConfig;
 
     fn validate(&self, config: &NatsSinkConfig) -> Result<()> {

@@ -1,7 +1,7 @@
 //! The NATS sink: JetStream publishes acknowledged by the stream and de-duplicated by
 //! message id, or core NATS publishes.
 //!
-//! The id of a record is its ordinal in the pipeline: how many records it delivered
+//! With `msg_id = "ordinal"`, the id of a record is its ordinal in the pipeline: how many records it delivered
 //! before this one since it began ([`Offsets::records`], kept with each checkpoint).
 //! A run that crashed after publishing and before its checkpoint reads the same
 //! records again in the same order (for a source that reads in order: a stream, one
@@ -9,7 +9,8 @@
 //! within its duplicate window (two minutes unless the stream says otherwise). Rows
 //! this sink refuses (no subject, a payload over the server's limit) shift the ids of
 //! the rows after them until the next checkpoint. `msg_id_column` takes the id from
-//! the records instead.
+//! the records instead; without either (the default) a replay may store records
+//! twice: at least once.
 
 use std::future::IntoFuture;
 use std::str::FromStr;
@@ -24,7 +25,7 @@ use connector_api::{
 };
 use sluice_formats::messages::Payloads;
 
-use crate::config::NatsSinkConfig;
+use crate::config::{MsgId, NatsSinkConfig};
 use crate::conn::{connect, nats_error};
 
 /// Publishes records to subjects.
@@ -149,7 +150,7 @@ impl NatsSink {
             None => None,
         };
         for (r, h) in headers.iter_mut().enumerate() {
-            if !self.config.jetstream {
+            if ids.is_none() && self.config.msg_id == MsgId::None {
                 break;
             }
             let id = match &ids {
@@ -185,8 +186,9 @@ impl NatsSink {
             &self.config.json,
         )?;
         let max = self.client()?.server_info().max_payload;
-        for r in 0..rows {
-            let size = payloads.get(r).len();
+        for (r, h) in headers.iter().enumerate() {
+            // the server's limit counts the headers too
+            let size = payloads.get(r).len() + header_bytes(h);
             if max > 0 && size > max {
                 found.push((
                     r,
@@ -216,6 +218,22 @@ impl NatsSink {
             payloads,
         })
     }
+}
+
+/// The bytes `headers` take in a message (`NATS/1.0`, each `name: value`, line ends).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    if headers.is_empty() {
+        return 0;
+    }
+    let lines: usize = headers
+        .iter()
+        .map(|(k, vs)| {
+            vs.iter()
+                .map(|v| k.to_string().len() + v.as_str().len() + 4)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n\r\n".len() + lines
 }
 
 /// The column `name` as text (`option` names the setting that named it).
@@ -340,7 +358,7 @@ impl Sink for NatsSink {
         self.client()?
             .flush()
             .await
-            .map_err(|e| nats_error("flushing", e))?;
+            .map_err(|e| aborted(nats_error("flushing", e)))?;
         self.base = offsets.records().unwrap_or(self.base + self.count);
         self.count = 0;
         Ok(())

@@ -63,6 +63,8 @@ pub struct NatsSource {
     consumer: Option<async_nats::jetstream::consumer::PullConsumer>,
     /// `start = "new"`: the position to checkpoint before the first message.
     first: Option<Batch>,
+    /// An error met after some messages were read: returned after their batch.
+    deferred: Option<Error>,
     batch_size: usize,
     idle_timeout: Duration,
 }
@@ -87,6 +89,7 @@ impl NatsSource {
             end: None,
             consumer: None,
             first: None,
+            deferred: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
         })
@@ -117,6 +120,19 @@ impl NatsSource {
             .get_info()
             .await
             .map_err(|e| nats_error(format!("stream \"{}\"", self.split), e))?;
+        use async_nats::jetstream::stream::RetentionPolicy;
+        if info.config.retention != RetentionPolicy::Limits {
+            // the consumer is placed again at each open: on an interest stream deleting
+            // it drops the unacknowledged messages, a work-queue stream refuses it
+            return Err(Error::new(
+                connector_api::ErrorKind::Unsupported,
+                format!(
+                    "nats: stream \"{}\" keeps messages by {:?} retention; the source reads streams with limits retention (the default)",
+                    self.split, info.config.retention
+                ),
+            )
+            .with_field("stream"));
+        }
         let stored: Option<StreamOffset> = committed.get_typed(&self.split)?;
         let deliver = match (stored, self.config.start) {
             (Some(at), _) => {
@@ -188,6 +204,7 @@ impl NatsSource {
         let messages = consumer
             .stream()
             .max_messages_per_batch(self.batch_size.clamp(1, 10_000))
+            .max_bytes_per_batch(MAX_PULL_BYTES)
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(10))
             .messages()
@@ -207,9 +224,18 @@ impl NatsSource {
             .ok_or_else(|| Error::internal("nats source is not open"))?;
         let next = match reader {
             Reader::Jet(stream) => match tokio::time::timeout(wait, stream.next()).await {
-                Err(_) | Ok(None) => return Ok(None),
+                Err(_) => return Ok(None),
+                // the pull stream ended (its consumer deleted): the run goes back to its
+                // checkpoint, which places a consumer again
+                Ok(None) => return Err(lost(&self.split, "the consumer's message stream ended")),
                 Ok(Some(Err(e))) => {
-                    return Err(nats_error(format!("reading stream \"{}\"", self.split), e))
+                    use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+                    if e.kind() == MessagesErrorKind::MissingHeartbeat {
+                        // the server went quiet (a reconnect): the stream pulls again
+                        tracing::warn!(stream = %self.split, "nats: missed heartbeats; pulling again");
+                        return Ok(None);
+                    }
+                    return Err(lost(&self.split, &e.to_string()));
                 }
                 Ok(Some(Ok(m))) => {
                     let info = m
@@ -221,7 +247,8 @@ impl NatsSource {
                 }
             },
             Reader::Core(subs) => match tokio::time::timeout(wait, subs.next()).await {
-                Err(_) | Ok(None) => return Ok(None),
+                Err(_) => return Ok(None),
+                Ok(None) => return Err(lost(&self.split, "the subscriptions ended")),
                 Ok(Some(m)) => Read::of(&m, 0, None),
             },
         };
@@ -286,6 +313,19 @@ impl NatsSource {
     }
 }
 
+/// Bytes one pull asks for at most, so a stream of large messages does not fill memory
+/// (the client pulls again when half is consumed).
+const MAX_PULL_BYTES: usize = 32 << 20;
+
+/// The reader failed in a way only a new one mends: the run goes back to its
+/// checkpoint (nothing read after it was acknowledged).
+fn lost(split: &str, why: &str) -> Error {
+    Error::new(
+        connector_api::ErrorKind::Aborted,
+        format!("nats: reading \"{split}\": {why}"),
+    )
+}
+
 impl Read {
     fn of(m: &async_nats::Message, seq: u64, published_ms: Option<i64>) -> Read {
         let headers = m
@@ -339,8 +379,13 @@ impl Source for NatsSource {
         if self.end.is_some_and(|end| self.last >= end) {
             return Ok(None);
         }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let started = Instant::now();
         let mut reads: Vec<Read> = Vec::new();
+        // the highest sequence in `reads`: `last` moves only with a batch handed out
+        let mut high = self.last;
         while reads.len() < self.batch_size {
             // the first message waits up to the idle timeout; the rest only take what
             // has arrived already
@@ -348,15 +393,22 @@ impl Source for NatsSource {
                 true => self.idle_timeout.saturating_sub(started.elapsed()),
                 false => Duration::ZERO,
             };
-            let Some(read) = self.next_message(wait).await? else {
-                break;
+            let read = match self.next_message(wait).await {
+                Ok(Some(read)) => read,
+                Ok(None) => break,
+                // the messages read so far go out first; the error comes next call
+                Err(e) if !reads.is_empty() => {
+                    self.deferred = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
             };
             if self.config.jetstream {
-                if read.seq <= self.last {
+                if read.seq <= high {
                     // sent again (its ack wait ran out): read before, dropped
                     continue;
                 }
-                self.last = read.seq;
+                high = read.seq;
                 if self.end.is_some_and(|end| read.seq >= end) {
                     reads.push(read);
                     break;
@@ -364,6 +416,7 @@ impl Source for NatsSource {
             }
             reads.push(read);
         }
+        self.last = high;
         if reads.is_empty() {
             if let (Some(_), Some(consumer)) = (self.end, &self.consumer) {
                 let info = consumer

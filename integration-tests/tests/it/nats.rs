@@ -103,7 +103,7 @@ fn every_type_goes_through_a_jetstream_stream_and_back() {
         d.join("to_nats.toml"),
         format!(
             "name = \"to_nats\"\n[source]\nconnector = \"file\"\npath = \"in/all.jsonl\"\n{SCHEMA}\n\
-             [sink]\n{nats}subject = \"{stream}.rows\"\n"
+             [sink]\n{nats}subject = \"{stream}.rows\"\nmsg_id = \"ordinal\"\n"
         ),
     )
     .unwrap();
@@ -136,8 +136,9 @@ fn every_type_goes_through_a_jetstream_stream_and_back() {
 }
 
 /// The reading runtime killed 10 times mid-stream into an exactly-once file sink:
-/// every message arrives once. The writing runtime killed 10 times: the stream holds
-/// every record once, the ids a replay sends again dropped by JetStream.
+/// every message arrives once. The writing runtime (`msg_id = "ordinal"`, a file read
+/// in order) killed 10 times: the stream holds every record once, the ids a replay
+/// sends again dropped by JetStream.
 #[test]
 fn kill_9_of_the_reader_and_of_the_writer_loses_and_repeats_nothing() {
     const N: u64 = 20_000;
@@ -175,7 +176,7 @@ fn kill_9_of_the_reader_and_of_the_writer_loses_and_repeats_nothing() {
         format!(
             "name = \"write\"\n[source]\nconnector = \"file\"\npath = \"in/a.jsonl\"\n\
              schema = [{{ name = \"id\", type = \"int64\" }}]\n\
-             [sink]\n{nats}subject = \"{sunk}.out\"\n\
+             [sink]\n{nats}subject = \"{sunk}.out\"\nmsg_id = \"ordinal\"\n\
              [batch]\nmax_records = 500\n[checkpoint]\ninterval = \"20ms\"\n"
         ),
     )
@@ -308,7 +309,7 @@ fn a_server_restart_mid_run_is_waited_out_and_nothing_is_lost() {
 /// Core NATS (`jetstream = false`) both ways: what is published while the pipeline
 /// runs arrives; and `validate` names what a JetStream source lacks.
 #[test]
-fn core_nats_subjects_are_read_and_written_at_most_once_and_bad_options_are_named() {
+fn core_nats_subjects_are_read_and_written_at_most_once_and_bad_options_and_streams_are_named() {
     let dir = workdir();
     let d = dir.path();
     let subject = unique("core");
@@ -353,6 +354,31 @@ fn core_nats_subjects_are_read_and_written_at_most_once_and_bad_options_are_name
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(
         run.stderr.contains("jetstream needs the stream"),
+        "{}",
+        run.stderr
+    );
+
+    // an interest stream would lose its unacknowledged messages when the consumer is
+    // placed again: refused, naming it
+    let interest = unique("interest");
+    py(&format!(
+        "await js.add_stream(name='{interest}', subjects=['{interest}.>'], retention='interest')"
+    ));
+    std::fs::write(
+        d.join("interest.toml"),
+        format!(
+            "[source]\nconnector = \"nats\"\nurl = \"{}\"\nstream = \"{interest}\"\n[sink]\nconnector = \"file\"\npath = \"out\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "interest.toml"]);
+    delete_stream(&interest);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "stream \"{interest}\" keeps messages by Interest retention"
+        )),
         "{}",
         run.stderr
     );
