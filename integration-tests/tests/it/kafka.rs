@@ -470,8 +470,9 @@ fn kill_9_during_kafka_to_kafka_exactly_once_loses_nothing() {
     );
     // on the mock, aborted transactions stay visible to read_committed readers, so
     // each kill leaves the backlog its open transaction held (up to several thousand
-    // records after a 4 s rejoin); a sanity bound against re-sending everything
-    assert!(total < 3 * N, "{total} messages for {N} records");
+    // records after a 4 s rejoin; 10 kills have left 3.7 N in all on a loaded
+    // machine); a sanity bound against re-sending everything at every kill (11 N)
+    assert!(total < 5 * N, "{total} messages for {N} records");
 }
 
 /// A regular expression picks the topics; the metadata columns carry topic, partition,
