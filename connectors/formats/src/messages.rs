@@ -9,7 +9,7 @@ use arrow_array::builder::{
     BinaryBuilder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
     TimestampMillisecondBuilder,
 };
-use arrow_array::{ArrayRef, RecordBatch, UInt32Array};
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use connector_api::{columns, Error, Result};
 use schemars::JsonSchema;
@@ -212,26 +212,7 @@ fn metadata_column(m: MessageField, rows: &[&Message]) -> (Field, ArrayRef) {
                 Arc::new(b.finish()),
             )
         }
-        MessageField::Headers => {
-            let mut b = headers_builder();
-            for r in rows {
-                for (k, v) in &r.headers {
-                    let s = b.values();
-                    s.field_builder::<StringBuilder>(0)
-                        .expect("key builder")
-                        .append_value(k);
-                    s.field_builder::<StringBuilder>(1)
-                        .expect("value builder")
-                        .append_option(*v);
-                    s.append(true);
-                }
-                b.append(true);
-            }
-            (
-                Field::new(columns::HEADERS, headers_type(), true),
-                Arc::new(b.finish()),
-            )
-        }
+        MessageField::Headers => headers_column(rows.iter().map(|r| r.headers.iter().copied())),
         MessageField::Offset => {
             let mut b = Int64Builder::new();
             for r in rows {
@@ -357,16 +338,32 @@ fn header_fields() -> Fields {
     ])
 }
 
-/// A builder of a `_headers` column.
-pub fn headers_builder() -> ListBuilder<StructBuilder> {
-    ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
-        .with_field(Arc::new(Field::new_struct("item", header_fields(), true)))
-}
-
-/// The rows `keep` of `batch`, in that order.
-pub fn take_rows(batch: &RecordBatch, keep: &[usize]) -> Result<RecordBatch> {
-    let idx = UInt32Array::from_iter_values(keep.iter().map(|&r| r as u32));
-    Ok(arrow_select::take::take_record_batch(batch, &idx)?)
+/// The `_headers` column of each message's headers, in order (a null value stays
+/// null).
+pub fn headers_column<'a, H>(messages: impl Iterator<Item = H>) -> (Field, ArrayRef)
+where
+    H: Iterator<Item = (&'a str, Option<&'a str>)>,
+{
+    let mut b = ListBuilder::new(StructBuilder::from_fields(header_fields(), 0))
+        .with_field(Arc::new(Field::new_struct("item", header_fields(), true)));
+    for headers in messages {
+        for (k, v) in headers {
+            let s = b.values();
+            // the struct builder is made from header_fields: key and value, both text
+            s.field_builder::<StringBuilder>(0)
+                .expect("key builder")
+                .append_value(k);
+            s.field_builder::<StringBuilder>(1)
+                .expect("value builder")
+                .append_option(v);
+            s.append(true);
+        }
+        b.append(true);
+    }
+    (
+        Field::new(columns::HEADERS, headers_type(), true),
+        Arc::new(b.finish()),
+    )
 }
 
 #[cfg(test)]

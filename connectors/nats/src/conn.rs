@@ -58,3 +58,16 @@ pub fn nats_error(
     };
     Error::new(kind, format!("nats: {what}")).with_source(e)
 }
+
+/// A failed lookup of stream `name`: not there (naming it), or a failure to ask.
+pub fn stream_error(name: &str, e: async_nats::jetstream::context::GetStreamError) -> Error {
+    use async_nats::jetstream::context::GetStreamErrorKind;
+    match e.kind() {
+        GetStreamErrorKind::JetStream(_) => {
+            Error::not_found(format!("nats: stream \"{name}\" does not exist"))
+                .with_field("stream")
+                .with_source(e)
+        }
+        _ => nats_error(format!("looking up stream \"{name}\""), e),
+    }
+}

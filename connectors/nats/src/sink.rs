@@ -45,6 +45,17 @@ pub struct NatsSink {
     name: String,
 }
 
+/// JetStream publishes whose acks are not awaited yet, at most: below the context's
+/// own limit on acks in flight (5,000), past which a publish waits for one.
+const MAX_UNAWAITED: usize = 4096;
+
+/// What each record is published as.
+struct Outgoing {
+    subjects: Vec<String>,
+    headers: Vec<HeaderMap>,
+    payloads: Payloads,
+}
+
 impl NatsSink {
     /// A sink for `config` (validated).
     pub fn new(config: NatsSinkConfig) -> Self {
@@ -65,13 +76,7 @@ impl NatsSink {
             .as_ref()
             .ok_or_else(|| Error::internal("nats sink is not open"))
     }
-}
 
-/// JetStream publishes whose acks are not awaited yet, at most: below the context's
-/// own limit on acks in flight (5,000), past which a publish waits for one.
-const MAX_UNAWAITED: usize = 4096;
-
-impl NatsSink {
     /// Waits for every publish's ack; one that failed sends the run back to its
     /// checkpoint.
     async fn await_acks(&mut self) -> Result<()> {
@@ -86,16 +91,7 @@ impl NatsSink {
         }
         Ok(())
     }
-}
 
-/// What each record is published as.
-struct Outgoing {
-    subjects: Vec<String>,
-    headers: Vec<HeaderMap>,
-    payloads: Payloads,
-}
-
-impl NatsSink {
     /// Subjects, headers and payloads of `records`, or the rows that cannot be
     /// published (no subject, a header NATS does not take, a payload over the server's
     /// limit), found before anything is sent.

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::messages::{Message, MessageDecoder};
 
 use crate::config::{NatsSourceConfig, Start};
-use crate::conn::{connect, nats_error};
+use crate::conn::{connect, nats_error, stream_error};
 
 /// The offset of a stream: the sequence of the last message delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,18 +104,10 @@ impl NatsSource {
         committed: &Offsets,
     ) -> Result<()> {
         let js = async_nats::jetstream::new(client.clone());
-        let stream = js.get_stream(&self.split).await.map_err(|e| {
-            let missing = matches!(
-                e.kind(),
-                async_nats::jetstream::context::GetStreamErrorKind::JetStream(_)
-            );
-            match missing {
-                true => Error::not_found(format!("nats: stream \"{}\" does not exist", self.split))
-                    .with_field("stream")
-                    .with_source(e),
-                false => nats_error(format!("looking up stream \"{}\"", self.split), e),
-            }
-        })?;
+        let stream = js
+            .get_stream(&self.split)
+            .await
+            .map_err(|e| stream_error(&self.split, e))?;
         let info = stream
             .get_info()
             .await
@@ -472,11 +464,9 @@ pub async fn check(config: &NatsSourceConfig) -> Result<()> {
     let client = connect(&config.url, "sluice check").await?;
     if let Some(stream) = &config.stream {
         let js = async_nats::jetstream::new(client);
-        js.get_stream(stream).await.map_err(|e| {
-            Error::not_found(format!("nats: stream \"{stream}\" is not there"))
-                .with_field("stream")
-                .with_source(e)
-        })?;
+        js.get_stream(stream)
+            .await
+            .map_err(|e| stream_error(stream, e))?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use connector_api::{columns, Batch, Error, Offsets, Reject, Result};
 
-use sluice_formats::messages::{headers_builder, headers_type, timestamp_column};
+use sluice_formats::messages::{headers_column, timestamp_column};
 
 use crate::config::{KeyFormat, Metadata, ValueFormat};
 
@@ -210,29 +210,13 @@ impl KafkaSource {
                         Arc::new(key_strings.finish()),
                     ),
                 },
-                Metadata::Headers => {
-                    let mut b = headers_builder();
-                    for r in &rows {
-                        for (k, v) in &r.headers {
-                            let s = b.values();
-                            s.field_builder::<StringBuilder>(0)
-                                .expect("key builder")
-                                .append_value(k);
-                            // text, checked above; a null value stays null
-                            s.field_builder::<StringBuilder>(1)
-                                .expect("value builder")
-                                .append_option(
-                                    v.as_deref().and_then(|v| std::str::from_utf8(v).ok()),
-                                );
-                            s.append(true);
-                        }
-                        b.append(true);
-                    }
-                    (
-                        Field::new(columns::HEADERS, headers_type(), true),
-                        Arc::new(b.finish()),
-                    )
-                }
+                // text, checked above; a null value stays null
+                Metadata::Headers => headers_column(rows.iter().map(|r| {
+                    r.headers.iter().map(|(k, v)| {
+                        let text = v.as_deref().and_then(|v| std::str::from_utf8(v).ok());
+                        (k.as_str(), text)
+                    })
+                })),
                 Metadata::Timestamp => timestamp_column(rows.iter().map(|r| r.timestamp)),
                 Metadata::Topic => {
                     let mut b = StringBuilder::new();
