@@ -26,6 +26,8 @@ pub mod columns {
     pub const POSITION: &str = "_position";
     /// Log position of a CDC record (PostgreSQL LSN as text).
     pub const LSN: &str = "_lsn";
+    /// A message's id in its stream, as text (a Redis stream entry id).
+    pub const ID: &str = "_id";
 
     /// The error of change records (with [`OP`]) a table sink in insert mode would add
     /// as rows: deletes and updates apply only by key, in `upsert` mode.
@@ -40,7 +42,7 @@ pub mod columns {
     /// applies to them: they travel to the sink, which consumes them or ignores them.
     pub fn is_reserved(name: &str) -> bool {
         [
-            KEY, HEADERS, TIMESTAMP, TOPIC, PARTITION, OFFSET, OP, POSITION, LSN,
+            KEY, HEADERS, TIMESTAMP, TOPIC, PARTITION, OFFSET, OP, POSITION, LSN, ID,
         ]
         .contains(&name)
     }

@@ -47,6 +47,15 @@ impl Secret {
     }
 }
 
+/// A URL (`scheme://user:password@host...`) without its user and password, to name a
+/// server in messages and logs.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://{REDACTED}@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 const REDACTED: &str = "****";
 
 impl fmt::Debug for Secret {

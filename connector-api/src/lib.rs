@@ -94,7 +94,7 @@ pub mod testkit;
 pub mod types;
 
 pub use batch::{columns, Batch, Reject};
-pub use config::{config_schema, parse_config, Secret};
+pub use config::{config_schema, parse_config, redacted_url, Secret};
 pub use error::{Error, ErrorKind, Result};
 pub use offsets::{stable_hash, Offsets, PositionNames};
 pub use plugin::{DynSinkConnector, DynSourceConnector, SinkConnector, SourceConnector};

@@ -3,8 +3,7 @@
 
 use std::sync::Arc;
 
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
-use arrow_cast::cast::{cast_with_options, CastOptions};
+use arrow_array::{Array, BooleanArray, RecordBatch, StringArray};
 use arrow_csv::reader::{Format as CsvFormat, ReaderBuilder};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
@@ -314,52 +313,11 @@ impl CsvDecoder {
         let Some(text) = d.flush().map_err(|_| Error::from(first_error))? else {
             return Ok(());
         };
-        let n = text.num_rows();
-        let safe = CastOptions::default();
-        let mut ok = vec![true; n];
-        let mut reasons: Vec<Option<String>> = vec![None; n];
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
-        for (i, field) in schema.fields().iter().enumerate() {
-            let col = text.column(i);
-            let cast = cast_with_options(col, field.data_type(), &safe)?;
-            for r in 0..n {
-                // null: read as null; or, with no `null_value`, an empty field
-                let empty = col
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .map(|s| {
-                        s.is_null(r) || (s.value(r).is_empty() && self.options.null_value.is_none())
-                    })
-                    .unwrap_or(true);
-                let value = col
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .filter(|s| !s.is_null(r))
-                    .map(|s| s.value(r));
-                let parsed = !cast.is_null(r);
-                if let (Some(v), true, true) = (value, ok[r], parsed) {
-                    if let Some(why) = crate::json_typed::loses_digits(v, field.data_type()) {
-                        ok[r] = false;
-                        reasons[r] = Some(format!("column \"{}\": {why}", field.name()));
-                        continue;
-                    }
-                }
-                if !parsed && !empty && ok[r] {
-                    ok[r] = false;
-                    let value = col
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .map(|s| s.value(r))
-                        .unwrap_or("");
-                    reasons[r] = Some(format!(
-                        "column \"{}\": \"{value}\" is not a valid {}",
-                        field.name(),
-                        connector_api::type_name(field.data_type())
-                    ));
-                }
-            }
-            columns.push(cast);
-        }
+        let crate::CastText {
+            columns,
+            failed: mut reasons,
+        } = crate::cast_text(&text, schema, self.options.null_value.is_none())?;
+        let ok: Vec<bool> = reasons.iter().map(Option::is_none).collect();
         let header_lines = usize::from(header);
         for (r, reason) in reasons.iter_mut().enumerate() {
             if let Some(reason) = reason.take() {

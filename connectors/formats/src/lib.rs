@@ -7,6 +7,7 @@
 
 pub mod avro;
 pub mod calendar;
+pub mod changes;
 mod columns;
 mod compression;
 mod csv;
@@ -20,6 +21,7 @@ mod options;
 mod parquet_writer;
 pub mod scan;
 mod text;
+mod text_cast;
 
 pub use crate::csv::CsvDecoder;
 pub use compression::{decompressing, Compression};
@@ -30,6 +32,7 @@ pub use options::{
     CsvOptions, DecimalJson, Format, JsonOptions, NestedCsv, ParquetCompression, ParquetOptions,
 };
 pub use text::TextDecoder;
+pub use text_cast::{cast_text, CastText};
 
 use arrow_array::RecordBatch;
 

@@ -43,6 +43,8 @@ pub enum MessageField {
     Offset,
     /// `_timestamp`: when the broker stored the message, `timestamp(ms, UTC)`.
     Timestamp,
+    /// `_id`: the message's id as text, where ids are not numbers (a Redis entry id).
+    Id,
 }
 
 /// One message as a source read it.
@@ -58,6 +60,8 @@ pub struct Message<'a> {
     pub offset: i64,
     /// When the broker stored it, milliseconds since 1970.
     pub timestamp_ms: Option<i64>,
+    /// Its id as text, where ids are not numbers.
+    pub id: &'a str,
 }
 
 /// Decodes batches of messages.
@@ -128,16 +132,8 @@ impl MessageDecoder {
             return Ok(DecodedMessages { records: None, bad });
         };
         let rows: Vec<&Message> = good.iter().map(|&i| &msgs[i]).collect();
-        let mut fields: Vec<Arc<Field>> = values.schema().fields().iter().cloned().collect();
-        let mut cols: Vec<ArrayRef> = values.columns().to_vec();
-        for m in &self.metadata {
-            let (field, col) = metadata_column(*m, &rows);
-            fields.push(Arc::new(field));
-            cols.push(col);
-        }
-        let records = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?;
         Ok(DecodedMessages {
-            records: Some(records),
+            records: Some(with_metadata(&values, &rows, &self.metadata)?),
             bad,
         })
     }
@@ -200,6 +196,22 @@ fn value_batch(dt: DataType, col: ArrayRef) -> Result<RecordBatch> {
     )?)
 }
 
+/// `values` (one row per message of `rows`) with the `metadata` columns after them.
+pub fn with_metadata(
+    values: &RecordBatch,
+    rows: &[&Message],
+    metadata: &[MessageField],
+) -> Result<RecordBatch> {
+    let mut fields: Vec<Arc<Field>> = values.schema().fields().iter().cloned().collect();
+    let mut cols: Vec<ArrayRef> = values.columns().to_vec();
+    for m in metadata {
+        let (field, col) = metadata_column(*m, rows);
+        fields.push(Arc::new(field));
+        cols.push(col);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
+}
+
 fn metadata_column(m: MessageField, rows: &[&Message]) -> (Field, ArrayRef) {
     match m {
         MessageField::Topic => {
@@ -224,6 +236,16 @@ fn metadata_column(m: MessageField, rows: &[&Message]) -> (Field, ArrayRef) {
             )
         }
         MessageField::Timestamp => timestamp_column(rows.iter().map(|r| r.timestamp_ms)),
+        MessageField::Id => {
+            let mut b = StringBuilder::new();
+            for r in rows {
+                b.append_value(r.id);
+            }
+            (
+                Field::new(columns::ID, DataType::Utf8, false),
+                Arc::new(b.finish()),
+            )
+        }
     }
 }
 
@@ -284,13 +306,13 @@ impl Payloads {
                 )))
             }
         };
-        let column = match column.data_type() {
-            DataType::Binary | DataType::Utf8 => column,
-            DataType::LargeBinary | DataType::BinaryView => {
-                arrow_cast::cast(&column, &DataType::Binary)?
-            }
-            _ => arrow_cast::cast(&column, &DataType::Utf8)?,
-        };
+        Payloads::column(&column)
+    }
+
+    /// Each value of `column` as bytes: text and binary as they are, lists, structs
+    /// and maps as JSON, other types as their text (`12.50`, `2024-01-01T10:00:00Z`).
+    /// A null becomes an empty payload (the column's null mask tells them apart).
+    pub fn column(column: &ArrayRef) -> Result<Payloads> {
         let mut data = Vec::new();
         let mut bounds = Vec::with_capacity(column.len());
         let mut push = |v: Option<&[u8]>| {
@@ -301,7 +323,20 @@ impl Payloads {
         use arrow_array::cast::AsArray;
         match column.data_type() {
             DataType::Binary => column.as_binary::<i32>().iter().for_each(&mut push),
-            _ => column
+            DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+                arrow_cast::cast(column, &DataType::Binary)?
+                    .as_binary::<i32>()
+                    .iter()
+                    .for_each(&mut push)
+            }
+            DataType::Utf8 => column
+                .as_string::<i32>()
+                .iter()
+                .for_each(|v| push(v.map(str::as_bytes))),
+            t if t.is_nested() => crate::json_texts("value", column)?
+                .iter()
+                .for_each(|v| push(v.as_deref().map(str::as_bytes))),
+            _ => arrow_cast::cast(column, &DataType::Utf8)?
                 .as_string::<i32>()
                 .iter()
                 .for_each(|v| push(v.map(str::as_bytes))),
@@ -366,6 +401,55 @@ where
     )
 }
 
+/// A record's headers: names and values (a value may be null).
+pub type Pairs = Vec<(String, Option<String>)>;
+
+/// The header pairs of each row of a `list<struct<key, value>>` column (`_headers`,
+/// as the message sources write it), for a sink's `headers_column`.
+pub fn header_pairs(col: &ArrayRef) -> Result<Vec<Pairs>> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::Array;
+    let DataType::List(_) = col.data_type() else {
+        return Err(Error::schema(format!(
+            "headers_column is {}, not list<struct<key: string, value: string>>",
+            col.data_type()
+        ))
+        .with_field("headers_column"));
+    };
+    let list = col.as_list::<i32>();
+    let mut out = Vec::with_capacity(list.len());
+    for r in 0..list.len() {
+        let mut pairs = Vec::new();
+        if list.is_valid(r) {
+            let item = list.value(r);
+            let item = item.as_struct_opt().ok_or_else(|| {
+                Error::schema("headers_column items are not struct<key, value>")
+                    .with_field("headers_column")
+            })?;
+            let (Some(k), Some(v)) = (item.column_by_name("key"), item.column_by_name("value"))
+            else {
+                return Err(
+                    Error::schema("headers_column items need fields key and value")
+                        .with_field("headers_column"),
+                );
+            };
+            let (k, v) = (
+                arrow_cast::cast(k, &DataType::Utf8)?,
+                arrow_cast::cast(v, &DataType::Utf8)?,
+            );
+            let (k, v) = (k.as_string::<i32>(), v.as_string::<i32>());
+            for i in 0..item.len() {
+                pairs.push((
+                    k.value(i).to_string(),
+                    v.is_valid(i).then(|| v.value(i).to_string()),
+                ));
+            }
+        }
+        out.push(pairs);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +466,7 @@ mod tests {
                 headers: vec![("h", Some("v"))],
                 offset: 10 + i as i64,
                 timestamp_ms: Some(1_000),
+                id: "",
             })
             .collect();
         let mut d = MessageDecoder::new(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use connector_api::arrow_schema::SchemaRef;
-use connector_api::{schema_from_specs, Error, FieldSpec, Result, Secret};
+use connector_api::{redacted_url, schema_from_specs, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{MessageField, PayloadFormat};
@@ -130,6 +130,12 @@ impl NatsSourceConfig {
                 self.start_time_nanos()?;
             }
             _ => {}
+        }
+        if self.metadata.contains(&MessageField::Id) {
+            return Err(Error::config(
+                "metadata \"id\": NATS messages are numbered; ask for \"offset\" (the stream sequence)",
+            )
+            .with_field("metadata"));
         }
         if self.format != PayloadFormat::Json && !self.schema.is_empty() {
             return Err(
@@ -283,18 +289,10 @@ fn check_url(url: &Secret) -> Result<()> {
         if !one.contains("://") || !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
             return Err(Error::config(format!(
                 "url \"{}\": expected nats://host:port",
-                redacted(one)
+                redacted_url(one)
             ))
             .with_field("url"));
         }
     }
     Ok(())
-}
-
-/// `url` without the password.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
 }

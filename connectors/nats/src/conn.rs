@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions};
 use connector_api::{Error, ErrorKind, Secret};
 
-use crate::config::redacted;
+use connector_api::redacted_url;
 
 /// A client of the servers in `url`, named `name` (seen in the server's connection
 /// list). Fails at once, naming the servers, when none answers; after that the client
@@ -14,7 +14,7 @@ pub async fn connect(url: &Secret, name: &str) -> connector_api::Result<Client> 
     let servers: Vec<&str> = url.expose().split(',').map(str::trim).collect();
     let shown = servers
         .iter()
-        .map(|s| redacted(s))
+        .map(|s| redacted_url(s))
         .collect::<Vec<_>>()
         .join(",");
     ConnectOptions::new()

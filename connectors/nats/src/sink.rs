@@ -23,7 +23,7 @@ use async_nats::{Client, HeaderMap, HeaderName, HeaderValue};
 use connector_api::{
     columns, stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
 };
-use sluice_formats::messages::Payloads;
+use sluice_formats::messages::{header_pairs, Payloads};
 
 use crate::config::{MsgId, NatsSinkConfig};
 use crate::conn::{connect, nats_error};
@@ -238,52 +238,6 @@ fn text_column(records: &RecordBatch, name: &str, option: &str) -> Result<ArrayR
         Error::schema(format!("{option}: the records have no column \"{name}\"")).with_field(option)
     })?;
     Ok(arrow_cast::cast(col, &DataType::Utf8)?)
-}
-
-/// A record's headers: names and values (a value may be null).
-type Pairs = Vec<(String, Option<String>)>;
-
-/// The header pairs of each row of a `list<struct<key, value>>` column.
-fn header_pairs(col: &ArrayRef) -> Result<Vec<Pairs>> {
-    let DataType::List(_) = col.data_type() else {
-        return Err(Error::schema(format!(
-            "headers_column is {}, not list<struct<key: string, value: string>>",
-            col.data_type()
-        ))
-        .with_field("headers_column"));
-    };
-    let list = col.as_list::<i32>();
-    let mut out = Vec::with_capacity(list.len());
-    for r in 0..list.len() {
-        let mut pairs = Vec::new();
-        if list.is_valid(r) {
-            let item = list.value(r);
-            let item = item.as_struct_opt().ok_or_else(|| {
-                Error::schema("headers_column items are not struct<key, value>")
-                    .with_field("headers_column")
-            })?;
-            let (Some(k), Some(v)) = (item.column_by_name("key"), item.column_by_name("value"))
-            else {
-                return Err(
-                    Error::schema("headers_column items need fields key and value")
-                        .with_field("headers_column"),
-                );
-            };
-            let (k, v) = (
-                arrow_cast::cast(k, &DataType::Utf8)?,
-                arrow_cast::cast(v, &DataType::Utf8)?,
-            );
-            let (k, v) = (k.as_string::<i32>(), v.as_string::<i32>());
-            for i in 0..item.len() {
-                pairs.push((
-                    k.value(i).to_string(),
-                    v.is_valid(i).then(|| v.value(i).to_string()),
-                ));
-            }
-        }
-        out.push(pairs);
-    }
-    Ok(out)
 }
 
 #[connector_api::async_trait]

@@ -262,6 +262,7 @@ impl NatsSource {
                     .collect(),
                 offset: r.seq as i64,
                 timestamp_ms: r.published_ms,
+                id: "",
             })
             .collect();
         let decoded = self.decoder.decode(&msgs)?;

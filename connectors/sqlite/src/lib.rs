@@ -11,7 +11,6 @@
 //!
 //! Types: see [`types`] for the mapping between Arrow and SQLite declared types.
 
-mod changes;
 mod config;
 mod conn;
 mod error;

@@ -6,11 +6,11 @@ use arrow_schema::{Schema, SchemaRef};
 use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use crate::changes::{Apply, Run};
 use crate::config::{NanPolicy, SinkMode, SqliteSinkConfig};
 use crate::conn::{connect, quote, table_schema};
 use crate::error::sql_error;
 use crate::types::{column_values, declared_type, SqlValue};
+use sluice_formats::changes::{Apply, Run};
 
 /// SQLite's limit on bound parameters in one statement.
 const MAX_PARAMS: usize = 32_766;
@@ -403,7 +403,7 @@ impl Sink for SqliteSink {
         }
         // upsert applies change records; insert keeps `_op` as a column, a log
         let changes = match self.config.mode {
-            SinkMode::Upsert => crate::changes::split(&batch.records)?,
+            SinkMode::Upsert => sluice_formats::changes::split(&batch.records)?,
             SinkMode::Insert => None,
         };
         let data = changes.as_ref().map_or(&batch.records, |(data, _)| data);

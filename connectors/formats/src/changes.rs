@@ -1,6 +1,7 @@
-//! Change records (`_op`: `r`, `c`, `u`, `d`, `t`) applied to an upsert table, in
-//! their order: runs of reads, inserts and updates are upserted, deletes delete by key
-//! (a delete carries only its key), a truncate empties the table.
+//! Change records (`_op`: `r`, `c`, `u`, `d`, `t`) as runs to apply to a keyed
+//! destination (an upsert table, Redis keys), in their order: runs of reads, inserts
+//! and updates are upserted, deletes delete by key (a delete carries only its key), a
+//! truncate empties the destination.
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
