@@ -13,6 +13,9 @@ log() { printf '==> %s\n' "$*"; }
 need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-server redis-tools)
+command -v rabbitmq-server >/dev/null 2>&1 || need_apt+=(rabbitmq-server)
+command -v mosquitto >/dev/null 2>&1 || need_apt+=(mosquitto)
 if ((${#need_apt[@]})); then
   log "installing ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -28,6 +31,14 @@ if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
 fi
 
 # the NATS tests check what they publish and read with the NATS project's Python client
+if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+  log "installing paho-mqtt"
+  python3 -m pip install -q 'paho-mqtt>=2'
+fi
+if ! python3 -c 'import pika' >/dev/null 2>&1; then
+  log "installing pika"
+  python3 -m pip install -q pika
+fi
 if ! python3 -c 'import nats' >/dev/null 2>&1; then
   log "installing nats-py"
   python3 -m pip install -q nats-py
@@ -103,6 +114,18 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; then
   for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null && break; sleep 1; done
 fi
 export SLUICE_TEST_NATS="${SLUICE_TEST_NATS:-nats://127.0.0.1:4222}"
+if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  log "starting rabbitmq-server"
+  rabbitmq-server -detached
+  for _ in $(seq 1 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done
+fi
+if ! redis-cli -p 6379 PING 2>/dev/null | grep -q PONG; then
+  log "starting redis-server"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 30); do redis-cli -p 6379 PING 2>/dev/null | grep -q PONG && break; sleep 1; done
+fi
 
 # --- build and static checks ---
 log "cargo fmt --check"

@@ -47,6 +47,12 @@ impl Registry {
         r.add_sink(Arc::new(sluice_kafka::Kafka));
         r.add_source(Arc::new(sluice_nats::Nats));
         r.add_sink(Arc::new(sluice_nats::Nats));
+        r.add_source(Arc::new(sluice_redis::Redis));
+        r.add_sink(Arc::new(sluice_redis::Redis));
+        r.add_source(Arc::new(sluice_rabbitmq::RabbitMq));
+        r.add_sink(Arc::new(sluice_rabbitmq::RabbitMq));
+        r.add_source(Arc::new(sluice_mqtt::Mqtt));
+        r.add_sink(Arc::new(sluice_mqtt::Mqtt));
         r.add_sink(Arc::new(sluice_datagen::Blackhole));
         r
     }

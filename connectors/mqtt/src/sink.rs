@@ -1,0 +1,230 @@
+//! The MQTT sink: publishes to a topic (or each record's topic), `flush` waiting for
+//! every acknowledgement (`PUBACK`, or `PUBCOMP` at QoS 2). At least once; QoS 0 at
+//! most once.
+
+use arrow_array::{Array, RecordBatch};
+use connector_api::{
+    columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+};
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use rumqttc::v5::mqttbytes::QoS;
+use sluice_formats::messages::{header_pairs, Payloads};
+
+use crate::config::MqttSinkConfig;
+use crate::conn::{client_error, connect, lost, qos, Link, Note, Setup};
+
+/// Publishes records.
+pub struct MqttSink {
+    config: MqttSinkConfig,
+    link: Option<Link>,
+    /// Publishes not yet acknowledged.
+    pending: u64,
+    name: String,
+}
+
+/// What each record is published as.
+struct Outgoing {
+    topics: Vec<String>,
+    /// User properties.
+    props: Vec<Vec<(String, String)>>,
+    payloads: Payloads,
+}
+
+/// Publishes in flight at most before `write` waits for acknowledgements.
+const MAX_PENDING: u64 = 16_384;
+
+impl MqttSink {
+    /// A sink for `config` (validated).
+    pub fn new(config: MqttSinkConfig) -> Self {
+        MqttSink {
+            config,
+            link: None,
+            pending: 0,
+            name: String::new(),
+        }
+    }
+
+    /// Waits until at most `left` publishes are unacknowledged.
+    async fn await_acks(&mut self, left: u64) -> Result<()> {
+        let link = self
+            .link
+            .as_mut()
+            .ok_or_else(|| Error::internal("mqtt sink is not open"))?;
+        while self.pending > left {
+            match tokio::time::timeout(std::time::Duration::from_secs(60), link.notes.recv()).await
+            {
+                Err(_) => return Err(lost("no acknowledgement within 60 s")),
+                Ok(None) => return Err(lost("the event loop stopped")),
+                Ok(Some(Note::Lost(why))) => return Err(lost(&why)),
+                Ok(Some(Note::Acked(Ok(())))) => self.pending -= 1,
+                Ok(Some(Note::Acked(Err(why)))) => {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!("mqtt: the broker refused a publish: {why}"),
+                    ))
+                }
+                Ok(Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Topics, user properties and payloads of `records`; rows without a topic are
+    /// refused before anything is sent.
+    fn outgoing(&self, records: &RecordBatch) -> Result<Outgoing> {
+        let rows = records.num_rows();
+        let mut found: Vec<(usize, String)> = Vec::new();
+        let topics: Vec<String> = match &self.config.topic_column {
+            Some(name) => {
+                let col = records.column_by_name(name).ok_or_else(|| {
+                    Error::schema(format!(
+                        "topic_column: the records have no column \"{name}\""
+                    ))
+                    .with_field("topic_column")
+                })?;
+                let text = Payloads::column(col)?;
+                (0..rows)
+                    .map(|r| match (col.is_valid(r), &self.config.topic) {
+                        (true, _) => String::from_utf8_lossy(text.get(r)).into_owned(),
+                        (false, Some(t)) => t.clone(),
+                        (false, None) => String::new(),
+                    })
+                    .collect()
+            }
+            None => vec![self.config.topic.clone().unwrap_or_default(); rows],
+        };
+        for (r, t) in topics.iter().enumerate() {
+            if t.is_empty() || t.contains(['+', '#', '\0']) {
+                found.push((r, format!("\"{t}\" is not a topic to publish to")));
+            }
+        }
+        let mut props = vec![Vec::new(); rows];
+        if let Some(name) = &self.config.headers_column {
+            let col = records.column_by_name(name).ok_or_else(|| {
+                Error::schema(format!(
+                    "headers_column: the records have no column \"{name}\""
+                ))
+                .with_field("headers_column")
+            })?;
+            for (r, pairs) in header_pairs(col)?.into_iter().enumerate() {
+                props[r] = pairs
+                    .into_iter()
+                    .map(|(k, v)| (k, v.unwrap_or_default()))
+                    .collect();
+            }
+        }
+        if !found.is_empty() {
+            let place = format!("sink \"{}\"", self.name);
+            let refused = sluice_formats::scan::refusals(
+                records,
+                found,
+                &place,
+                &|row| format!("{place} record {row} of the write"),
+                &|why| why.to_string(),
+            )?;
+            return Err(Error::refused(refused));
+        }
+        let skip = |name: &str| {
+            (!self.config.include_metadata && columns::is_reserved(name))
+                || self.config.topic_column.as_deref() == Some(name)
+                || self.config.headers_column.as_deref() == Some(name)
+        };
+        let keep: Vec<usize> = (0..records.num_columns())
+            .filter(|&i| !skip(records.schema().field(i).name()))
+            .collect();
+        let payloads = Payloads::encode(
+            &records.project(&keep)?,
+            self.config.format,
+            &self.config.json,
+        )?;
+        Ok(Outgoing {
+            topics,
+            props,
+            payloads,
+        })
+    }
+}
+
+#[connector_api::async_trait]
+impl Sink for MqttSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.name = ctx.sink.clone();
+        self.pending = 0;
+        let client_id = self
+            .config
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{}-{}", ctx.pipeline, ctx.sink));
+        self.link = Some(
+            connect(
+                &self.config.url,
+                Setup {
+                    client_id,
+                    session: None,
+                    receive_maximum: 100,
+                    manual_acks: false,
+                },
+            )
+            .await?,
+        );
+        Ok(SinkState::default())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let Outgoing {
+            topics,
+            props,
+            payloads,
+        } = self.outgoing(&batch.records)?;
+        let qos = qos(self.config.qos);
+        for (r, (topic, user)) in topics.into_iter().zip(props).enumerate() {
+            let properties = PublishProperties {
+                user_properties: user,
+                ..Default::default()
+            };
+            let link = self
+                .link
+                .as_ref()
+                .ok_or_else(|| Error::internal("mqtt sink is not open"))?;
+            link.client
+                .publish_with_properties(
+                    topic,
+                    qos,
+                    self.config.retain,
+                    payloads.get(r).to_vec(),
+                    properties,
+                )
+                .await
+                .map_err(|e| client_error("publishing", e))?;
+            if qos != QoS::AtMostOnce {
+                self.pending += 1;
+                if self.pending >= MAX_PENDING {
+                    self.await_acks(MAX_PENDING / 2).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, _offsets: &Offsets) -> Result<()> {
+        self.await_acks(0).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(link) = self.link.take() {
+            let _ = link.client.disconnect().await;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
+/// `sluice check`: the broker accepts a connection.
+pub async fn check(config: &MqttSinkConfig) -> Result<()> {
+    let mut sink = MqttSink::new(config.clone());
+    sink.open(&SinkContext::for_pipeline("check")).await?;
+    sink.close().await
+}

@@ -1,0 +1,229 @@
+//! The RabbitMQ sink: persistent, mandatory publishes with publisher confirms; `flush`
+//! waits for every confirm, and a message the broker could not route or store fails
+//! it, naming exchange and routing key.
+
+use arrow_array::{Array, RecordBatch};
+use connector_api::{
+    columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
+use sluice_formats::messages::{header_pairs, PayloadFormat, Payloads};
+
+use crate::config::RabbitSinkConfig;
+use crate::conn::{amqp_error, connect};
+
+/// Publishes records to an exchange.
+pub struct RabbitSink {
+    config: RabbitSinkConfig,
+    conn: Option<Connection>,
+    channel: Option<Channel>,
+    /// Confirms not yet awaited, with each message's routing key.
+    confirms: Vec<(PublisherConfirm, String)>,
+    name: String,
+}
+
+/// Publishes whose confirms are not awaited yet, at most.
+const MAX_UNCONFIRMED: usize = 8192;
+
+impl RabbitSink {
+    /// A sink for `config` (validated).
+    pub fn new(config: RabbitSinkConfig) -> Self {
+        RabbitSink {
+            config,
+            conn: None,
+            channel: None,
+            confirms: Vec::new(),
+            name: String::new(),
+        }
+    }
+
+    /// Waits for every confirm: a nack sends the run back to its checkpoint, a
+    /// returned (unroutable) message stops it, naming where it went.
+    async fn await_confirms(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.confirms);
+        let (futures, keys): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+        let exchange = self.config.exchange.clone();
+        for (done, key) in futures::future::join_all(futures)
+            .await
+            .into_iter()
+            .zip(keys)
+        {
+            match done.map_err(|e| amqp_error("waiting for publisher confirms", e))? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                    return Err(Error::config(format!(
+                        "rabbitmq: exchange \"{exchange}\" routed a message with routing key \"{key}\" to no queue (returned: {} {}): bind a queue, or fix routing_key",
+                        returned.reply_code, returned.reply_text
+                    ))
+                    .with_field("routing_key"))
+                }
+                Confirmation::Nack(None) => {
+                    return Err(Error::new(
+                        ErrorKind::Aborted,
+                        format!("rabbitmq: the broker did not store a message to exchange \"{exchange}\" (nack)"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Routing keys, headers and payloads of `records`.
+    fn outgoing(&self, records: &RecordBatch) -> Result<(Vec<String>, Vec<FieldTable>, Payloads)> {
+        let rows = records.num_rows();
+        let keys: Vec<String> = match &self.config.routing_key_column {
+            Some(name) => {
+                let col = records.column_by_name(name).ok_or_else(|| {
+                    Error::schema(format!(
+                        "routing_key_column: the records have no column \"{name}\""
+                    ))
+                    .with_field("routing_key_column")
+                })?;
+                let text = Payloads::column(col)?;
+                (0..rows)
+                    .map(|r| match col.is_valid(r) {
+                        true => String::from_utf8_lossy(text.get(r)).into_owned(),
+                        false => self.config.routing_key.clone(),
+                    })
+                    .collect()
+            }
+            None => vec![self.config.routing_key.clone(); rows],
+        };
+        let mut headers = vec![FieldTable::default(); rows];
+        if let Some(name) = &self.config.headers_column {
+            let col = records.column_by_name(name).ok_or_else(|| {
+                Error::schema(format!(
+                    "headers_column: the records have no column \"{name}\""
+                ))
+                .with_field("headers_column")
+            })?;
+            for (r, pairs) in header_pairs(col)?.into_iter().enumerate() {
+                for (k, v) in pairs {
+                    let v = match v {
+                        Some(v) => AMQPValue::LongString(v.into()),
+                        None => AMQPValue::Void,
+                    };
+                    headers[r].insert(k.as_str().into(), v);
+                }
+            }
+        }
+        let skip = |name: &str| {
+            (!self.config.include_metadata && columns::is_reserved(name))
+                || self.config.routing_key_column.as_deref() == Some(name)
+                || self.config.headers_column.as_deref() == Some(name)
+        };
+        let keep: Vec<usize> = (0..records.num_columns())
+            .filter(|&i| !skip(records.schema().field(i).name()))
+            .collect();
+        let payloads = Payloads::encode(
+            &records.project(&keep)?,
+            self.config.format,
+            &self.config.json,
+        )?;
+        Ok((keys, headers, payloads))
+    }
+}
+
+#[connector_api::async_trait]
+impl Sink for RabbitSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.name = ctx.sink.clone();
+        let (conn, channel) =
+            connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;
+        if !self.config.exchange.is_empty() {
+            let exchange = self.config.exchange.clone();
+            channel
+                .exchange_declare(
+                    exchange.as_str().into(),
+                    ExchangeKind::Direct,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    amqp_error(format!("exchange \"{exchange}\""), e).with_field("exchange")
+                })?;
+        }
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| amqp_error("turning on publisher confirms", e))?;
+        self.channel = Some(channel);
+        self.conn = Some(conn);
+        Ok(SinkState::default())
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let (keys, headers, payloads) = self.outgoing(&batch.records)?;
+        let content_type = match self.config.format {
+            PayloadFormat::Json => Some("application/json"),
+            PayloadFormat::String => Some("text/plain"),
+            PayloadFormat::Bytes => None,
+        };
+        let mode = if self.config.persistent { 2 } else { 1 };
+        for (r, (key, h)) in keys.into_iter().zip(headers).enumerate() {
+            let mut props = BasicProperties::default().with_delivery_mode(mode);
+            if let Some(t) = content_type {
+                props = props.with_content_type(t.into());
+            }
+            if !h.inner().is_empty() {
+                props = props.with_headers(h);
+            }
+            let channel = self
+                .channel
+                .as_ref()
+                .ok_or_else(|| Error::internal("rabbitmq sink is not open"))?;
+            let confirm = channel
+                .basic_publish(
+                    self.config.exchange.as_str().into(),
+                    key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    payloads.get(r),
+                    props,
+                )
+                .await
+                .map_err(|e| amqp_error("publishing", e))?;
+            self.confirms.push((confirm, key));
+            if self.confirms.len() >= MAX_UNCONFIRMED {
+                self.await_confirms().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, _offsets: &Offsets) -> Result<()> {
+        self.await_confirms().await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.confirms.clear();
+        self.channel = None;
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        Ok(())
+    }
+}
+
+/// `sluice check`: the broker answers and the exchange exists.
+pub async fn check(config: &RabbitSinkConfig) -> Result<()> {
+    let mut sink = RabbitSink::new(config.clone());
+    let opened = sink
+        .open(&SinkContext::for_pipeline("check"))
+        .await
+        .map(|_| ());
+    let _ = sink.close().await;
+    opened
+}

@@ -1,0 +1,286 @@
+//! Options of the Redis source and sink.
+
+use std::time::Duration;
+
+use connector_api::arrow_schema::SchemaRef;
+use connector_api::{redacted_url, schema_from_specs, Error, FieldSpec, Result, Secret};
+use schemars::JsonSchema;
+use serde::Deserialize;
+use sluice_formats::messages::{MessageField, PayloadFormat};
+use sluice_formats::JsonOptions;
+
+/// How a stream entry becomes a record, and a record an entry or a value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryFormat {
+    /// A JSON object in the field `body_field`; its fields are columns (declared in
+    /// `schema` or inferred from the first entries).
+    #[default]
+    Json,
+    /// The field `body_field` as UTF-8 text, in one column `value`.
+    String,
+    /// The field `body_field` as raw bytes, in one column `value`.
+    Bytes,
+    /// Every field of the entry is a column (`XADD s * id 7 name ada`): text, or the
+    /// type `schema` declares (a value that does not parse is a dead letter). Written
+    /// back the same way: each non-null column a field, in its text form.
+    Fields,
+}
+
+impl EntryFormat {
+    /// The shared payload format, for the formats that read one field.
+    pub fn payload(self) -> Option<PayloadFormat> {
+        match self {
+            EntryFormat::Json => Some(PayloadFormat::Json),
+            EntryFormat::String => Some(PayloadFormat::String),
+            EntryFormat::Bytes => Some(PayloadFormat::Bytes),
+            EntryFormat::Fields => None,
+        }
+    }
+}
+
+/// Where a new consumer group starts reading when the pipeline has no checkpoint yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Start {
+    /// The first entry the stream holds.
+    #[default]
+    All,
+    /// Only entries added after the group is created.
+    New,
+}
+
+/// Options of `connector = "redis"` as a source: one stream, read by a consumer group.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSourceConfig {
+    /// Server URL, `redis://[user:password@]host:6379[/db]`.
+    pub url: Secret,
+    /// The stream key to read.
+    pub stream: String,
+    /// The consumer group (created when missing, with the stream). Absent:
+    /// `sluice-PIPELINE`.
+    pub group: Option<String>,
+    /// This runtime's consumer name in the group. Absent: `sluice-PIPELINE`. Runtimes
+    /// that share a group each need their own, kept across restarts (the entries a
+    /// consumer read and did not acknowledge are read again by the same name).
+    pub consumer: Option<String>,
+    /// Where a group this source creates starts, when the pipeline has no checkpoint:
+    /// `all` (default) or `new`. A checkpoint always wins: the group is placed at it.
+    #[serde(default)]
+    pub start: Start,
+    /// Entry format: `json` (default), `string` or `bytes` (of the field
+    /// `body_field`), or `fields` (every field a column).
+    #[serde(default)]
+    pub format: EntryFormat,
+    /// The field holding the payload, with `json`, `string` and `bytes`.
+    #[serde(default = "body")]
+    pub body_field: String,
+    /// Declared columns: of the JSON payload, or of the fields (`format = "fields"`);
+    /// absent: inferred from the first entries (`fields`: every field as text).
+    #[serde(default)]
+    pub schema: Vec<FieldSpec>,
+    /// Metadata columns to add: `topic` (`_topic`: the stream key), `headers`
+    /// (`_headers`: the entry's other fields), `id` (`_id`: the entry id, text) and
+    /// `timestamp` (`_timestamp`: the time in the entry id).
+    #[serde(default)]
+    pub metadata: Vec<MessageField>,
+    /// Entries another consumer of the group read and left unacknowledged this long
+    /// (it died) are claimed and read by this one (`XAUTOCLAIM`).
+    #[serde(default = "claim_idle", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub claim_idle: Duration,
+    /// Stop once the entries the stream holds when the source opens are read (a
+    /// backfill or a test), instead of waiting for new ones.
+    #[serde(default)]
+    pub bounded: bool,
+}
+
+fn body() -> String {
+    "body".into()
+}
+
+fn claim_idle() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl RedisSourceConfig {
+    /// Checks the options without I/O.
+    pub fn validate(&self) -> Result<()> {
+        check_url(&self.url)?;
+        if self.stream.is_empty() {
+            return Err(Error::config("stream is empty").with_field("stream"));
+        }
+        if self.metadata.contains(&MessageField::Offset) {
+            return Err(Error::config(
+                "metadata \"offset\": a Redis entry id is not a number; ask for \"id\" (the entry id as text)",
+            )
+            .with_field("metadata"));
+        }
+        if matches!(self.format, EntryFormat::String | EntryFormat::Bytes)
+            && !self.schema.is_empty()
+        {
+            return Err(Error::config(
+                "schema declares columns of format = \"json\" or \"fields\"",
+            )
+            .with_field("schema"));
+        }
+        self.declared_schema()?;
+        Ok(())
+    }
+
+    /// The declared columns, when there are any.
+    pub fn declared_schema(&self) -> Result<Option<SchemaRef>> {
+        match self.schema.is_empty() {
+            true => Ok(None),
+            false => schema_from_specs(&self.schema).map(Some),
+        }
+    }
+
+    /// Every record's schema when the config tells it: declared columns and no
+    /// metadata columns.
+    pub fn record_schema(&self) -> Option<SchemaRef> {
+        match self.metadata.is_empty() {
+            true => self.declared_schema().ok().flatten(),
+            false => None,
+        }
+    }
+
+    /// The group's name for `pipeline`.
+    pub fn group_name(&self, pipeline: &str) -> String {
+        self.group
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{pipeline}"))
+    }
+
+    /// This consumer's name for `pipeline`.
+    pub fn consumer_name(&self, pipeline: &str) -> String {
+        self.consumer
+            .clone()
+            .unwrap_or_else(|| format!("sluice-{pipeline}"))
+    }
+}
+
+/// What the sink writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkMode {
+    /// Each record an entry of a stream (`XADD`).
+    #[default]
+    Stream,
+    /// Each record a hash at its key (`DEL` then `HSET` of every non-null column);
+    /// change records (`_op`) delete by key.
+    Hash,
+    /// Each record a string value at its key (`SET`, the payload in `format`); change
+    /// records (`_op`) delete by key.
+    String,
+}
+
+/// Options of `connector = "redis"` as a sink. What one checkpoint interval wrote is
+/// applied in one transaction (`MULTI`/`EXEC`) together with the pipeline's offsets,
+/// so a restart resumes exactly after what the server holds: exactly once.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// Server URL, `redis://[user:password@]host:6379[/db]`.
+    pub url: Secret,
+    /// `stream` (default: `XADD`), `hash` (`HSET` by key) or `string` (`SET` by key).
+    #[serde(default)]
+    pub mode: SinkMode,
+    /// With `mode = "stream"`: the stream key to add to.
+    pub stream: Option<String>,
+    /// With `mode = "stream"`: trim the stream to about this many entries
+    /// (`MAXLEN ~`).
+    pub maxlen: Option<u64>,
+    /// With `hash` and `string`: the columns whose values, joined by `:`, make the key.
+    #[serde(default)]
+    pub key_columns: Vec<String>,
+    /// Put before every key (`user:`).
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Payload format of `stream` and `string`: `json` (default: an object of every
+    /// column), `string` or `bytes` (the column `value`, or the only column), or, for
+    /// streams, `fields` (each non-null column a field). Hashes always hold one field
+    /// per column.
+    #[serde(default)]
+    pub format: EntryFormat,
+    /// The stream field the payload goes in (`json`, `string`, `bytes`).
+    #[serde(default = "body")]
+    pub body_field: String,
+    /// JSON options (with `format = "json"`).
+    #[serde(default)]
+    pub json: JsonOptions,
+    /// Write the reserved `_`-columns (`_topic`, `_id`, ...) too.
+    #[serde(default)]
+    pub include_metadata: bool,
+    /// The key holding the pipeline's offsets, written in the same transaction as the
+    /// data. Absent: `sluice:offsets:PIPELINE:SINK`.
+    pub offsets_key: Option<String>,
+}
+
+impl RedisSinkConfig {
+    /// Checks the options without I/O.
+    pub fn validate(&self) -> Result<()> {
+        check_url(&self.url)?;
+        match self.mode {
+            SinkMode::Stream => {
+                if self.stream.as_deref().unwrap_or("").is_empty() {
+                    return Err(Error::config("mode = \"stream\" needs the stream key")
+                        .with_field("stream"));
+                }
+                if !self.key_columns.is_empty() {
+                    return Err(Error::config(
+                        "key_columns name the key of a hash or string; a stream entry has none",
+                    )
+                    .with_field("key_columns"));
+                }
+            }
+            SinkMode::Hash | SinkMode::String => {
+                if self.key_columns.is_empty() {
+                    return Err(Error::config(
+                        "mode = \"hash\" and \"string\" need key_columns, the columns of each record's key",
+                    )
+                    .with_field("key_columns"));
+                }
+                if self.stream.is_some() || self.maxlen.is_some() {
+                    return Err(Error::config("stream and maxlen are of mode = \"stream\"")
+                        .with_field("stream"));
+                }
+                if self.mode == SinkMode::String && self.format == EntryFormat::Fields {
+                    return Err(Error::config(
+                        "format = \"fields\" writes stream entries (or use mode = \"hash\")",
+                    )
+                    .with_field("format"));
+                }
+            }
+        }
+        if self.maxlen == Some(0) {
+            return Err(Error::config("maxlen must be at least 1").with_field("maxlen"));
+        }
+        Ok(())
+    }
+
+    /// The key of the offsets for `pipeline` and `sink`.
+    pub fn offsets_key(&self, pipeline: &str, sink: &str) -> String {
+        self.offsets_key
+            .clone()
+            .unwrap_or_else(|| format!("sluice:offsets:{pipeline}:{sink}"))
+    }
+}
+
+fn check_url(url: &Secret) -> Result<()> {
+    let u = url.expose();
+    match u.split("://").next() {
+        Some("redis" | "redis+unix" | "unix") if u.contains("://") => Ok(()),
+        Some("rediss") => Err(Error::config(format!(
+            "url \"{}\": TLS (rediss://) is not built in; connect through a TLS tunnel, or use redis://",
+            redacted_url(u)
+        ))
+        .with_field("url")),
+        _ => Err(Error::config(format!(
+            "url \"{}\": expected redis://host:6379",
+            redacted_url(u)
+        ))
+        .with_field("url")),
+    }
+}

@@ -1,0 +1,434 @@
+//! The Redis source: one stream read by a consumer group, acknowledged (`XACK`) only
+//! after every sink flushed and the checkpoint was stored.
+//!
+//! The group is placed at the pipeline's checkpoint when the pipeline owns it (no
+//! other consumer of the group has entries pending or was active within
+//! `claim_idle`): `XGROUP SETID`, so a restart reads exactly the entries after the
+//! checkpoint, whatever the group remembers. When other consumers share the group,
+//! the group's position rules: this consumer first reads again what it read and did
+//! not acknowledge before it stopped, and claims what dead consumers left
+//! (`XAUTOCLAIM`): at least once, an entry repeating only if a crash fell between a
+//! checkpoint and its acknowledgement, or it was claimed from a consumer that was only
+//! slow.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use arrow_schema::Schema;
+use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
+use redis::aio::MultiplexedConnection;
+use redis::{cmd, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{RedisSourceConfig, Start};
+use crate::conn::{connect, items, query, redis_error, text};
+use crate::entries::{parse_entries, parse_read, Entry, EntryDecoder, EntryId};
+
+/// The offset of a stream: the last entry read in order, and the ordinal of the batch
+/// it came in (which entries a commit acknowledges).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamOffset {
+    /// The last entry id read by `XREADGROUP` (claimed entries do not move it);
+    /// None before the first.
+    pub id: Option<EntryId>,
+    /// The batch's ordinal.
+    pub batch: u64,
+}
+
+/// What the source reads next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// This consumer's own pending entries, after this id.
+    Own(EntryId),
+    /// New entries (`>`).
+    New,
+}
+
+/// Reads one stream through a consumer group.
+pub struct RedisSource {
+    config: RedisSourceConfig,
+    con: Option<MultiplexedConnection>,
+    decoder: EntryDecoder,
+    group: String,
+    consumer: String,
+    phase: Phase,
+    /// The last entry read in order.
+    last: Option<EntryId>,
+    /// Batches handed out.
+    batches: u64,
+    /// The ids of each batch handed out and not yet acknowledged.
+    unacked: VecDeque<(u64, Vec<EntryId>)>,
+    /// Other consumers share the group: claim what dead ones left.
+    shared: bool,
+    /// When to look for entries to claim next, and the scan's cursor.
+    next_claim: Instant,
+    claim_cursor: EntryId,
+    /// `bounded`: the stream's last entry when the source opened.
+    end: Option<EntryId>,
+    batch_size: usize,
+    idle_timeout: Duration,
+}
+
+impl RedisSource {
+    /// A source for `config` (validated).
+    pub fn new(config: RedisSourceConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(RedisSource {
+            decoder: EntryDecoder::new(&config)?,
+            config,
+            con: None,
+            group: String::new(),
+            consumer: String::new(),
+            phase: Phase::New,
+            last: None,
+            batches: 0,
+            unacked: VecDeque::new(),
+            shared: false,
+            next_claim: Instant::now(),
+            claim_cursor: EntryId::default(),
+            end: None,
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+        })
+    }
+
+    fn con(&mut self) -> Result<&mut MultiplexedConnection> {
+        self.con
+            .as_mut()
+            .ok_or_else(|| Error::internal("redis source is not open"))
+    }
+
+    /// Creates the group when missing, places it, and says what to read first.
+    async fn place(&mut self, at: Option<EntryId>) -> Result<()> {
+        let key = self.config.stream.clone();
+        let (group, consumer) = (self.group.clone(), self.consumer.clone());
+        let from = match (at, self.config.start) {
+            (Some(id), _) => id.to_string(),
+            (None, Start::All) => "0".into(),
+            (None, Start::New) => "$".into(),
+        };
+        let create = cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&key)
+            .arg(&group)
+            .arg(&from)
+            .arg("MKSTREAM")
+            .query_async::<Value>(self.con()?)
+            .await;
+        let created = match create {
+            Ok(_) => true,
+            Err(e) if e.code() == Some("BUSYGROUP") => false,
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                return Err(Error::schema(format!(
+                    "redis: key \"{key}\" holds no stream (WRONGTYPE)"
+                ))
+                .with_field("stream"))
+            }
+            Err(e) => {
+                return Err(redis_error(
+                    format!("creating group \"{group}\" on stream \"{key}\""),
+                    e,
+                ))
+            }
+        };
+        self.shared = !created && self.others_active().await?;
+        self.phase = match (at, created, self.shared) {
+            (_, true, _) => Phase::New,
+            (Some(id), false, false) => {
+                // the pipeline owns the group: its checkpoint is the position
+                let setid = cmd("XGROUP")
+                    .arg("SETID")
+                    .arg(&key)
+                    .arg(&group)
+                    .arg(id.to_string())
+                    .clone();
+                query(
+                    self.con()?,
+                    &setid,
+                    format!("placing group \"{group}\" at {id}"),
+                )
+                .await?;
+                self.ack_own_through(id).await?;
+                Phase::New
+            }
+            _ => Phase::Own(EntryId::default()),
+        };
+        self.last = at;
+        tracing::info!(stream = %key, %group, %consumer, at = ?at.map(|a| a.to_string()), shared = self.shared, "redis: reading the stream");
+        Ok(())
+    }
+
+    /// True when another consumer of the group has entries pending or was active
+    /// within `claim_idle`.
+    async fn others_active(&mut self) -> Result<bool> {
+        let info = cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&self.config.stream)
+            .arg(&self.group)
+            .clone();
+        let what = format!("the consumers of group \"{}\"", self.group);
+        let reply = query(self.con()?, &info, what).await?;
+        let idle_ms = self.config.claim_idle.as_millis() as i64;
+        for c in items(reply) {
+            let mut name = String::new();
+            let (mut pending, mut idle) = (0i64, i64::MAX);
+            for kv in items(c).chunks(2) {
+                let value = kv.get(1);
+                match kv.first().and_then(text).as_deref() {
+                    Some("name") => name = value.and_then(text).unwrap_or_default(),
+                    Some("pending") => pending = int(value),
+                    Some("idle") => idle = int(value),
+                    _ => {}
+                }
+            }
+            if name != self.consumer && (pending > 0 || idle < idle_ms) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Acknowledges this consumer's pending entries up to `id`: the checkpoint holds them.
+    async fn ack_own_through(&mut self, id: EntryId) -> Result<()> {
+        loop {
+            let pending = cmd("XPENDING")
+                .arg(&self.config.stream)
+                .arg(&self.group)
+                .arg("-")
+                .arg(id.to_string())
+                .arg(ACK_CHUNK)
+                .arg(&self.consumer)
+                .clone();
+            let reply = query(self.con()?, &pending, "this consumer's pending entries").await?;
+            let ids: Vec<EntryId> = items(reply)
+                .into_iter()
+                .filter_map(|e| items(e).first().and_then(text))
+                .map(|t| t.parse())
+                .collect::<Result<_>>()?;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            self.ack(&ids).await?;
+            if ids.len() < ACK_CHUNK {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn ack(&mut self, ids: &[EntryId]) -> Result<()> {
+        for chunk in ids.chunks(ACK_CHUNK) {
+            let mut c = cmd("XACK");
+            c.arg(&self.config.stream).arg(&self.group);
+            for id in chunk {
+                c.arg(id.to_string());
+            }
+            query(self.con()?, &c, "acknowledging entries").await?;
+        }
+        Ok(())
+    }
+
+    /// Up to `count` entries: own pending ones first, then new ones (waiting up to
+    /// `block`), and, in a shared group, ones claimed from dead consumers.
+    async fn read(&mut self, count: usize, block: Duration) -> Result<(Vec<Entry>, bool)> {
+        // claimed entries join this consumer's pending ones: claim only once those
+        // are read again, or they would come twice
+        if self.shared && self.phase == Phase::New && Instant::now() >= self.next_claim {
+            let claimed = self.claim(count).await?;
+            if !claimed.is_empty() {
+                return Ok((claimed, true));
+            }
+        }
+        if let Phase::Own(after) = self.phase {
+            let entries = self.read_group(count, &after.to_string(), None).await?;
+            match entries.last() {
+                Some(e) => {
+                    self.phase = Phase::Own(e.id);
+                    return Ok((entries, false));
+                }
+                // none left: on to new entries
+                None => self.phase = Phase::New,
+            }
+        }
+        Ok((self.read_group(count, ">", Some(block)).await?, false))
+    }
+
+    /// `XREADGROUP` from `from` (`>`: new entries; an id: this consumer's pending
+    /// entries after it), blocking up to `block`.
+    async fn read_group(
+        &mut self,
+        count: usize,
+        from: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<Entry>> {
+        let mut c = cmd("XREADGROUP");
+        c.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(block) = block {
+            c.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+        }
+        c.arg("STREAMS").arg(&self.config.stream).arg(from);
+        let what = format!("reading stream \"{}\"", self.config.stream);
+        let reply = query(self.con()?, &c, what).await?;
+        parse_read(reply)
+    }
+
+    /// Entries other consumers left pending longer than `claim_idle`, now this one's.
+    async fn claim(&mut self, count: usize) -> Result<Vec<Entry>> {
+        let c = cmd("XAUTOCLAIM")
+            .arg(&self.config.stream)
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg(self.config.claim_idle.as_millis() as u64)
+            .arg(self.claim_cursor.to_string())
+            .arg("COUNT")
+            .arg(count)
+            .clone();
+        let reply = query(self.con()?, &c, "claiming entries of stopped consumers").await?;
+        let mut parts = items(reply).into_iter();
+        let cursor: EntryId = parts
+            .next()
+            .and_then(|v| text(&v))
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_default();
+        let entries = parts
+            .next()
+            .map(parse_entries)
+            .transpose()?
+            .unwrap_or_default();
+        if cursor == EntryId::default() {
+            // the scan went round: look again after a while
+            self.next_claim = Instant::now() + self.config.claim_idle / 2;
+        }
+        self.claim_cursor = cursor;
+        if !entries.is_empty() {
+            tracing::warn!(stream = %self.config.stream, entries = entries.len(), "redis: claimed entries a stopped consumer left");
+        }
+        Ok(entries)
+    }
+
+    /// The entries as a batch: records, dead letters, and the offset.
+    fn batch(&mut self, entries: Vec<Entry>, claimed: bool) -> Result<Batch> {
+        if !claimed {
+            if let Some(e) = entries.last() {
+                self.last = Some(e.id);
+            }
+        }
+        self.batches += 1;
+        self.unacked
+            .push_back((self.batches, entries.iter().map(|e| e.id).collect()));
+        let live: Vec<Entry> = entries.into_iter().filter(|e| e.fields.is_some()).collect();
+        let decoded = self.decoder.decode(&live)?;
+        let mut offsets = Offsets::new();
+        offsets.set_typed(
+            self.config.stream.clone(),
+            &StreamOffset {
+                id: self.last,
+                batch: self.batches,
+            },
+        )?;
+        let records = decoded
+            .records
+            .unwrap_or_else(|| RecordBatch::new_empty(Schema::empty().into()));
+        let mut batch = Batch::new(records, offsets);
+        batch.rejects = decoded.rejects;
+        Ok(batch)
+    }
+}
+
+/// Entries one `XACK` or `XPENDING` names at most.
+const ACK_CHUNK: usize = 10_000;
+
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Int(i)) => *i,
+        Some(other) => text(other).and_then(|t| t.parse().ok()).unwrap_or(0),
+        None => 0,
+    }
+}
+
+#[connector_api::async_trait]
+impl Source for RedisSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        self.group = self.config.group_name(&ctx.pipeline);
+        self.consumer = self.config.consumer_name(&ctx.pipeline);
+        self.con =
+            Some(connect(&self.config.url, &format!("sluice {} source", ctx.pipeline)).await?);
+        let stored: Option<StreamOffset> = committed.get_typed(&self.config.stream)?;
+        if let Some(at) = stored {
+            self.batches = at.batch;
+        }
+        self.place(stored.and_then(|s| s.id)).await?;
+        if self.config.bounded {
+            let info = cmd("XINFO").arg("STREAM").arg(&self.config.stream).clone();
+            let what = format!("stream \"{}\"", self.config.stream);
+            let reply = query(self.con()?, &info, what).await?;
+            for kv in items(reply).chunks(2) {
+                if kv.first().and_then(text).as_deref() == Some("last-generated-id") {
+                    self.end = kv.get(1).and_then(text).map(|t| t.parse()).transpose()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        let done = |s: &Self| match (s.end, s.phase) {
+            (Some(end), Phase::New) => s.last.unwrap_or_default() >= end,
+            _ => false,
+        };
+        if done(self) {
+            return Ok(None);
+        }
+        let (entries, claimed) = self.read(self.batch_size, self.idle_timeout).await?;
+        if entries.is_empty() {
+            if self.end.is_some() && self.phase == Phase::New {
+                // nothing new arrived within the idle timeout: the stream's end
+                return Ok(None);
+            }
+            return Ok(Some(Batch::idle()));
+        }
+        self.batch(entries, claimed).map(Some)
+    }
+
+    async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
+        let Some(at) = offsets.get_typed::<StreamOffset>(&self.config.stream)? else {
+            return Ok(());
+        };
+        let mut ids = Vec::new();
+        while self.unacked.front().is_some_and(|(n, _)| *n <= at.batch) {
+            if let Some((_, batch)) = self.unacked.pop_front() {
+                ids.extend(batch);
+            }
+        }
+        self.ack(&ids).await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.con = None;
+        Ok(())
+    }
+}
+
+/// `sluice check`: the server answers, and the key is a stream or absent.
+pub async fn check(config: &RedisSourceConfig) -> Result<()> {
+    let mut con = connect(&config.url, "sluice check").await?;
+    let t = cmd("TYPE").arg(&config.stream).clone();
+    match query(&mut con, &t, format!("key \"{}\"", config.stream))
+        .await
+        .map(|v| text(&v))
+    {
+        Ok(Some(t)) if t != "stream" && t != "none" => Err(Error::schema(format!(
+            "redis: key \"{}\" holds a {t}, not a stream",
+            config.stream
+        ))
+        .with_field("stream")),
+        other => other.map(|_| ()),
+    }
+}
