@@ -19,7 +19,9 @@ here is a result too: the row says why.
 
 Services: PostgreSQL at $PG_URL (default the test server); the Kafka broker is
 librdkafka's mock cluster (the kafka-mock binary), the S3 server is moto and NATS a
-private nats-server with JetStream, all started here. Peers are installed into a virtualenv under $BENCH_DIR.
+private nats-server with JetStream, Redis a private redis-server, MQTT a private mosquitto,
+all started here; RabbitMQ is the machine's (5672, or $SLUICE_BENCH_AMQP). Peers are installed into a
+virtualenv under $BENCH_DIR.
 """
 import argparse
 import datetime
@@ -242,7 +244,8 @@ def install():
     """Python clients in this interpreter, the peers in their own virtualenv, kcat."""
     moto_ok = "import moto, sys; sys.exit(tuple(map(int, moto.__version__.split('.')[:3])) < (5, 2, 5))"
     need = [m for m, check in [("pyarrow", "import pyarrow"), ("confluent-kafka", "import confluent_kafka"),
-                               ("nats-py", "import nats"),
+                               ("nats-py", "import nats"), ("redis", "import redis"), ("pika", "import pika"),
+                               ("paho-mqtt>=2", "import paho.mqtt.client"),
                                ("boto3", "import boto3"), ("moto[server]>=5.2.5", moto_ok)]
             if subprocess.run([sys.executable, "-c", check], capture_output=True).returncode]
     if need:
@@ -666,7 +669,110 @@ def main():
         finally:
             server.kill()
 
-    # 6. engine overhead
+    # 6. Redis streams, RabbitMQ queues, MQTT topics, each both ways against a Python
+    #    client doing the same on the same broker (private redis-server and mosquitto;
+    #    the machine's RabbitMQ)
+    py_n = min(args.peer_records, n)
+    if want("json-to-redis") or want("redis-to-json"):
+        port = free_port()
+        server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rs = Process("redis-server", server)
+        url = f"redis://127.0.0.1:{port}"
+        try:
+            wait_port(port)
+            w = "json-to-redis"
+            s.measure(w, "sluice", "typed, each record an XADD entry (fields), one MULTI/EXEC with the offsets per checkpoint",
+                      run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                                 f'[sink]\nconnector = "redis"\nurl = "{url}"\nstream = "sluice"\nformat = "fields"'),
+                      lambda: redis_len(port, "sluice"), servers=[rs], input_bytes=json_bytes)
+            s.measure(w, "redis-py", "each line an XADD (field body), pipelined by 1000, untyped",
+                      [sys.executable, "-c", REDIS_PUB, str(port), head(jsonl, py_n, n), "py"],
+                      lambda: redis_len(port, "py"), records=py_n, servers=[rs], input_bytes=per_json * py_n)
+            s.measure(w, "redis-benchmark", "XADD of one small field, pipelined by 100 (the server's own tool)",
+                      ["redis-benchmark", "-p", str(port), "-n", str(n), "-P", "100", "-q",
+                       "XADD", "bench", "*", "id", "1"],
+                      lambda: redis_len(port, "bench"), servers=[rs])
+            w = "redis-to-json"
+            out = fresh(os.path.join(WORK, "out-redis"))
+            s.measure(w, "sluice", "consumer group, typed (fields), XACK after each checkpoint, exactly-once file sink",
+                      run_sluice(sluice, w, f'[source]\nconnector = "redis"\nurl = "{url}"\nstream = "sluice"\n'
+                                 f'format = "fields"\nbounded = true\n{schema}\n'
+                                 f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0'),
+                      count_lines(f"{out}/*.jsonl"), servers=[rs])
+            out = os.path.join(WORK, "out-redis-py.jsonl")
+            s.measure(w, "redis-py", "XREADGROUP by 1000, XACK of each read, bodies to a file",
+                      [sys.executable, "-c", REDIS_SUB, str(port), "py", str(py_n), out],
+                      count_lines(out), records=py_n, servers=[rs])
+        finally:
+            server.kill()
+    if want("json-to-rabbitmq") or want("rabbitmq-to-json"):
+        amqp = os.environ.get("SLUICE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f")
+        for q in ["bench_sluice", "bench_py"]:
+            pika_run(amqp, f"ch.queue_delete('{q}')\nch.queue_declare('{q}', durable=True)")
+        w = "json-to-rabbitmq"
+        s.measure(w, "sluice", "typed, persistent mandatory publishes, every publisher confirm awaited",
+                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                             f'[sink]\nconnector = "rabbitmq"\nurl = "{amqp}"\nrouting_key = "bench_sluice"'),
+                  lambda: queue_len(amqp, "bench_sluice"), input_bytes=json_bytes)
+        s.measure(w, "pika", "each line a persistent publish with publisher confirms (blocking), untyped",
+                  [sys.executable, "-c", PIKA_PUB, amqp, head(jsonl, py_n, n), "bench_py"],
+                  lambda: queue_len(amqp, "bench_py"), records=py_n, input_bytes=per_json * py_n)
+        w = "rabbitmq-to-json"
+        out = fresh(os.path.join(WORK, "out-rabbitmq"))
+        s.measure(w, "sluice", "manual acks (multiple) after each checkpoint, prefetch 10,000, typed, file sink",
+                  run_sluice(sluice, w, f'[source]\nconnector = "rabbitmq"\nurl = "{amqp}"\nqueue = "bench_sluice"\n'
+                             f'bounded = true\n{schema}\n'
+                             f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0'),
+                  count_lines(f"{out}/*.jsonl"))
+        out = os.path.join(WORK, "out-rabbitmq-py.jsonl")
+        s.measure(w, "pika", "basic_consume, prefetch 1000, ack multiple every 1000, bodies to a file",
+                  [sys.executable, "-c", PIKA_SUB, amqp, "bench_py", str(py_n), out],
+                  count_lines(out), records=py_n)
+        for q in ["bench_sluice", "bench_py"]:
+            pika_run(amqp, f"ch.queue_delete('{q}')")
+    if want("json-to-mqtt") or want("mqtt-to-json"):
+        port = free_port()
+        store = fresh(os.path.join(WORK, "mosquitto"))
+        conf = os.path.join(store, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n")
+        server = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ms = Process("mosquitto", server)
+        url = f"mqtt://127.0.0.1:{port}"
+        try:
+            wait_port(port)
+            out = fresh(os.path.join(WORK, "out-mqtt"))
+            reader = (f'[source]\nconnector = "mqtt"\nurl = "{url}"\ntopics = ["bench/#"]\nclient_id = "bench"\n'
+                      f'bounded = true\nmax_in_flight = 65535\n{schema}\n'
+                      f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0')
+            # the session first, so the broker keeps what is published for it
+            subprocess.run(run_sluice(sluice, "mqtt-session", reader), check=True, capture_output=True)
+            subprocess.run([sys.executable, "-c", PAHO_SESSION, str(port), "py-bench", "py/#"], check=True)
+            w = "json-to-mqtt"
+            s.measure(w, "sluice", "typed, QoS 1 publishes, every PUBACK awaited",
+                      run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                                 f'[sink]\nconnector = "mqtt"\nurl = "{url}"\ntopic = "bench/events"'),
+                      lambda: n, servers=[ms], input_bytes=json_bytes)
+            s.measure(w, "paho-mqtt", "each line a QoS 1 publish, every PUBACK awaited, untyped",
+                      [sys.executable, "-c", PAHO_PUB, str(port), head(jsonl, py_n, n), "py/events"],
+                      lambda: py_n, records=py_n, servers=[ms], input_bytes=per_json * py_n)
+            w = "mqtt-to-json"
+            s.measure(w, "sluice", "persistent session, QoS 1, PUBACK after each checkpoint, typed, file sink",
+                      run_sluice(sluice, w, reader), count_lines(f"{out}/*.jsonl"), servers=[ms])
+            pout = os.path.join(WORK, "out-mqtt-py.jsonl")
+            s.measure(w, "paho-mqtt", "persistent session, QoS 1, automatic PUBACKs, payloads to a file",
+                      [sys.executable, "-c", PAHO_SUB, str(port), "py-bench", "py/#", str(py_n), pout],
+                      count_lines(pout), records=py_n, servers=[ms])
+        finally:
+            server.kill()
+    if peers:
+        for w in ["json-to-redis", "redis-to-json", "json-to-rabbitmq", "rabbitmq-to-json", "json-to-mqtt", "mqtt-to-json"]:
+            if want(w):
+                s.skip(w, "sling", "Sling has no connector for it")
+                s.skip(w, "dlt", "dlt has no source or destination for it")
+
+    # 7. engine overhead
     if want("datagen-to-blackhole"):
         w = "datagen-to-blackhole"
         for interval, what in [("1h", "one checkpoint at the end"), ("1ms", "a checkpoint after every batch")]:
@@ -720,6 +826,149 @@ async def main(url, stream, want, path):
     await nc.close()
 asyncio.run(main(*sys.argv[1:5]))
 '''
+
+
+REDIS_PUB = r'''
+import sys, redis
+port, path, key = sys.argv[1:4]
+r = redis.Redis(port=int(port))
+p = r.pipeline(transaction=False)
+with open(path, "rb") as f:
+    for i, line in enumerate(f, 1):
+        p.xadd(key, {"body": line.rstrip(b"\n")})
+        if i % 1000 == 0:
+            p.execute()
+p.execute()
+'''
+
+REDIS_SUB = r'''
+import sys, redis
+port, key, want, path = sys.argv[1:5]
+r = redis.Redis(port=int(port))
+r.xgroup_create(key, "py", id="0", mkstream=True)
+got = 0
+with open(path, "wb") as out:
+    while got < int(want):
+        reply = r.xreadgroup("py", "c", {key: ">"}, count=1000, block=5000)
+        entries = reply[0][1] if reply else []
+        for _, fields in entries:
+            out.write(fields[b"body"] + b"\n")
+        if entries:
+            r.xack(key, "py", *[i for i, _ in entries])
+        got += len(entries)
+'''
+
+PIKA_PUB = r'''
+import sys, pika
+url, path, queue = sys.argv[1:4]
+conn = pika.BlockingConnection(pika.URLParameters(url))
+ch = conn.channel()
+ch.confirm_delivery()
+props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
+with open(path, "rb") as f:
+    for line in f:
+        ch.basic_publish("", queue, line.rstrip(b"\n"), props, mandatory=True)
+conn.close()
+'''
+
+PIKA_SUB = r'''
+import sys, pika
+url, queue, want, path = sys.argv[1:5]
+conn = pika.BlockingConnection(pika.URLParameters(url))
+ch = conn.channel()
+ch.basic_qos(prefetch_count=1000)
+got = 0
+with open(path, "wb") as out:
+    for m, props, body in ch.consume(queue, inactivity_timeout=10):
+        if m is None:
+            break
+        out.write(body + b"\n")
+        got += 1
+        if got % 1000 == 0 or got == int(want):
+            ch.basic_ack(m.delivery_tag, multiple=True)
+        if got >= int(want):
+            break
+conn.close()
+'''
+
+PAHO_SESSION = r'''
+import sys, time
+import paho.mqtt.client as mqtt
+port, cid, topic = sys.argv[1:4]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+c.connect("127.0.0.1", int(port))
+c.loop_start()
+c.subscribe(topic, qos=1)
+time.sleep(0.5)
+c.disconnect()
+c.loop_stop()
+'''
+
+PAHO_PUB = r'''
+import sys
+import paho.mqtt.client as mqtt
+port, path, topic = sys.argv[1:4]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="py-pub")
+c.max_inflight_messages_set(1000)
+c.max_queued_messages_set(0)
+c.connect("127.0.0.1", int(port))
+c.loop_start()
+infos = []
+with open(path, "rb") as f:
+    for line in f:
+        infos.append(c.publish(topic, line.rstrip(b"\n"), qos=1))
+        if len(infos) == 10000:  # packet ids run out at 65535 in flight or queued
+            for i in infos:
+                i.wait_for_publish(60)
+            infos = []
+for i in infos:
+    i.wait_for_publish(60)
+c.disconnect()
+c.loop_stop()
+'''
+
+PAHO_SUB = r'''
+import sys, threading
+import paho.mqtt.client as mqtt
+port, cid, topic, want, path = sys.argv[1:6]
+done = threading.Event()
+out = open(path, "wb")
+got = [0]
+def on_message(c, u, m):
+    out.write(m.payload + b"\n")
+    got[0] += 1
+    if got[0] >= int(want):
+        done.set()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, clean_session=False)
+c.on_message = on_message
+c.connect("127.0.0.1", int(port))
+c.subscribe(topic, qos=1)
+c.loop_start()
+done.wait(600)
+c.disconnect()
+c.loop_stop()
+out.close()
+'''
+
+
+def redis_len(port, key):
+    out = subprocess.run(["redis-cli", "-p", str(port), "XLEN", key], capture_output=True, text=True)
+    return int(out.stdout.strip() or 0)
+
+
+def pika_run(url, body):
+    import pika
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    scope = {"ch": conn.channel(), "pika": pika}
+    try:
+        exec(body, scope)
+        return scope.get("result")
+    finally:
+        conn.close()
+
+
+def queue_len(url, queue):
+    return pika_run(url, f"result = ch.queue_declare('{queue}', passive=True).method.message_count")
 
 
 def nats_py(url, body):
