@@ -361,6 +361,135 @@ impl Payloads {
     }
 }
 
+/// The declared JSON columns of a message source's `schema`, when there are any.
+pub fn declared_schema(schema: &[connector_api::FieldSpec]) -> Result<Option<SchemaRef>> {
+    match schema.is_empty() {
+        true => Ok(None),
+        false => connector_api::schema_from_specs(schema).map(Some),
+    }
+}
+
+/// Every record's schema when a message source's config tells it: declared columns
+/// and no metadata columns.
+pub fn record_schema(
+    schema: &[connector_api::FieldSpec],
+    metadata: &[MessageField],
+) -> Option<SchemaRef> {
+    match metadata.is_empty() {
+        true => declared_schema(schema).ok().flatten(),
+        false => None,
+    }
+}
+
+/// Checks a message source's declared `schema`: valid, and only with JSON payloads.
+pub fn check_schema(format: PayloadFormat, schema: &[connector_api::FieldSpec]) -> Result<()> {
+    if format != PayloadFormat::Json && !schema.is_empty() {
+        return Err(
+            Error::config("schema declares JSON columns: it needs format = \"json\"")
+                .with_field("schema"),
+        );
+    }
+    declared_schema(schema).map(|_| ())
+}
+
+/// The column a sink option names (`headers_column = "h"`), or an error naming both.
+pub fn named_column<'a>(
+    records: &'a RecordBatch,
+    name: &str,
+    option: &str,
+) -> Result<&'a ArrayRef> {
+    records.column_by_name(name).ok_or_else(|| {
+        Error::schema(format!("{option}: the records have no column \"{name}\"")).with_field(option)
+    })
+}
+
+/// Each row's text in the column a sink option names (a subject, routing key or
+/// topic column), None for a null.
+pub fn column_texts(
+    records: &RecordBatch,
+    name: &str,
+    option: &str,
+) -> Result<Vec<Option<String>>> {
+    use arrow_array::Array;
+    let col = named_column(records, name, option)?;
+    let text = Payloads::column(col)?;
+    Ok((0..records.num_rows())
+        .map(|r| {
+            col.is_valid(r)
+                .then(|| String::from_utf8_lossy(text.get(r)).into_owned())
+        })
+        .collect())
+}
+
+/// Each row's headers from a sink's `headers_column` (none without one).
+pub fn record_headers(records: &RecordBatch, headers_column: Option<&str>) -> Result<Vec<Pairs>> {
+    match headers_column {
+        Some(name) => header_pairs(named_column(records, name, "headers_column")?),
+        None => Ok(vec![Vec::new(); records.num_rows()]),
+    }
+}
+
+/// The payloads a message sink publishes: every column but the reserved ones (unless
+/// `include_metadata`) and the `routing` columns the sink consumes (subject, headers),
+/// in `format`.
+pub fn record_payloads(
+    records: &RecordBatch,
+    format: PayloadFormat,
+    json: &crate::JsonOptions,
+    include_metadata: bool,
+    routing: &[Option<&str>],
+) -> Result<Payloads> {
+    let skip = |name: &str| {
+        (!include_metadata && columns::is_reserved(name)) || routing.contains(&Some(name))
+    };
+    let keep: Vec<usize> = (0..records.num_columns())
+        .filter(|&i| !skip(records.schema().field(i).name()))
+        .collect();
+    Payloads::encode(&records.project(&keep)?, format, json)
+}
+
+/// Refuses the rows of `records` in `found` (row, why) before a message sink sends
+/// any of its write: the runtime makes them dead letters or stops, naming them.
+pub fn refuse(records: &RecordBatch, mut found: Vec<(usize, String)>, sink: &str) -> Result<()> {
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort_by_key(|(r, _)| *r);
+    found.dedup_by_key(|(r, _)| *r);
+    let place = format!("sink \"{sink}\"");
+    let refused = crate::scan::refusals(
+        records,
+        found,
+        &place,
+        &|row| format!("{place} record {row} of the write"),
+        &|why| why.to_string(),
+    )?;
+    Err(Error::refused(refused))
+}
+
+/// A dead letter of a message a source could not decode: its payload as text and
+/// bytes, and its headers.
+pub fn message_reject(
+    split: &str,
+    position: String,
+    payload: &[u8],
+    headers: &[(String, Option<String>)],
+    error: Error,
+) -> connector_api::Reject {
+    let mut reject = connector_api::Reject::new(
+        split.to_string(),
+        position,
+        String::from_utf8_lossy(payload).into_owned(),
+        error,
+    );
+    reject.bytes = Some(payload.to_vec());
+    reject.headers = headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.as_bytes().to_vec())))
+        .collect();
+    reject
+}
+
 /// The type of the `_headers` column: `list<struct<key: string, value: string>>`.
 pub fn headers_type() -> DataType {
     DataType::List(Arc::new(Field::new_struct("item", header_fields(), true)))

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use connector_api::arrow_schema::SchemaRef;
-use connector_api::{redacted_url, schema_from_specs, Error, FieldSpec, Result, Secret};
+use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_formats::messages::{MessageField, PayloadFormat};
+use sluice_formats::messages::{self, MessageField, PayloadFormat};
 use sluice_formats::JsonOptions;
 
 /// Options of `connector = "mqtt"` as a source.
@@ -89,29 +89,17 @@ impl MqttSourceConfig {
             ))
             .with_field("metadata"));
         }
-        if self.format != PayloadFormat::Json && !self.schema.is_empty() {
-            return Err(
-                Error::config("schema declares JSON columns: it needs format = \"json\"")
-                    .with_field("schema"),
-            );
-        }
-        self.declared_schema().map(|_| ())
+        messages::check_schema(self.format, &self.schema)
     }
 
     /// The declared JSON columns, when there are any.
     pub fn declared_schema(&self) -> Result<Option<SchemaRef>> {
-        match self.schema.is_empty() {
-            true => Ok(None),
-            false => schema_from_specs(&self.schema).map(Some),
-        }
+        messages::declared_schema(&self.schema)
     }
 
     /// Every record's schema when the config tells it.
     pub fn record_schema(&self) -> Option<SchemaRef> {
-        match self.metadata.is_empty() {
-            true => self.declared_schema().ok().flatten(),
-            false => None,
-        }
+        messages::record_schema(&self.schema, &self.metadata)
     }
 }
 
@@ -197,7 +185,7 @@ pub fn parse_url(url: &Secret) -> Result<Address> {
     let (login, hostport) = match rest.rsplit_once('@') {
         Some((login, hp)) => {
             let (user, pass) = login.split_once(':').unwrap_or((login, ""));
-            (Some((user.to_string(), pass.to_string())), hp)
+            (Some((percent_decoded(user), percent_decoded(pass))), hp)
         }
         None => (None, rest),
     };
@@ -213,4 +201,31 @@ pub fn parse_url(url: &Secret) -> Result<Address> {
         port,
         login,
     })
+}
+
+/// `text` with `%XX` escapes decoded (a password holding `@` or `:` is written `%40`,
+/// `%3A` in a URL).
+fn percent_decoded(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        let code = b
+            .get(i + 1)
+            .copied()
+            .and_then(hex)
+            .zip(b.get(i + 2).copied().and_then(hex));
+        match (b[i], code) {
+            (b'%', Some((h, l))) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -17,8 +17,8 @@ use crate::config::parse_url;
 pub enum Note {
     /// A message arrived.
     Message(Box<Publish>),
-    /// A subscription was answered: each filter's failure, if it failed.
-    Subscribed(Vec<Option<String>>),
+    /// A subscription was answered: each filter's granted QoS, or why it failed.
+    Subscribed(Vec<std::result::Result<QoS, String>>),
     /// A publish of this client was acknowledged (`PUBACK`, or `PUBCOMP` for QoS 2),
     /// or refused (with why).
     Acked(std::result::Result<(), String>),
@@ -30,6 +30,8 @@ pub enum Note {
 pub struct Link {
     /// The client.
     pub client: AsyncClient,
+    /// The broker still had this client id's session.
+    pub session_present: bool,
     /// What the event loop saw, in order.
     pub notes: mpsc::UnboundedReceiver<Note>,
     task: JoinHandle<()>,
@@ -82,13 +84,8 @@ pub async fn connect(url: &Secret, setup: Setup) -> Result<Link> {
         }
     })
     .await;
-    match first {
-        Ok(Ok(ack)) if ack.code == ConnectReturnCode::Success => {
-            tracing::debug!(
-                session_present = ack.session_present,
-                "mqtt: connected to {shown}"
-            );
-        }
+    let session_present = match first {
+        Ok(Ok(ack)) if ack.code == ConnectReturnCode::Success => ack.session_present,
         Ok(Ok(ack)) => return Err(refused(&shown, ack.code)),
         Ok(Err(ConnectionError::ConnectionRefused(code))) => return Err(refused(&shown, code)),
         Ok(Err(e)) => {
@@ -104,7 +101,7 @@ pub async fn connect(url: &Secret, setup: Setup) -> Result<Link> {
                 format!("mqtt: {shown} did not answer within 10 s"),
             ))
         }
-    }
+    };
     let (tx, notes) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         loop {
@@ -114,8 +111,8 @@ pub async fn connect(url: &Secret, setup: Setup) -> Result<Link> {
                     ack.return_codes
                         .iter()
                         .map(|c| match c {
-                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_) => None,
-                            other => Some(format!("{other:?}")),
+                            rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(q) => Ok(*q),
+                            other => Err(format!("{other:?}")),
                         })
                         .collect(),
                 ),
@@ -141,6 +138,7 @@ pub async fn connect(url: &Secret, setup: Setup) -> Result<Link> {
     });
     Ok(Link {
         client,
+        session_present,
         notes,
         task,
     })

@@ -2,13 +2,11 @@
 //! every acknowledgement (`PUBACK`, or `PUBCOMP` at QoS 2). At least once; QoS 0 at
 //! most once.
 
-use arrow_array::{Array, RecordBatch};
-use connector_api::{
-    columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
-};
+use arrow_array::RecordBatch;
+use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use sluice_formats::messages::{header_pairs, Payloads};
+use sluice_formats::messages::{column_texts, record_headers, record_payloads, refuse, Payloads};
 
 use crate::config::MqttSinkConfig;
 use crate::conn::{client_error, connect, lost, qos, Link, Note, Setup};
@@ -72,70 +70,38 @@ impl MqttSink {
     /// Topics, user properties and payloads of `records`; rows without a topic are
     /// refused before anything is sent.
     fn outgoing(&self, records: &RecordBatch) -> Result<Outgoing> {
-        let rows = records.num_rows();
-        let mut found: Vec<(usize, String)> = Vec::new();
         let topics: Vec<String> = match &self.config.topic_column {
-            Some(name) => {
-                let col = records.column_by_name(name).ok_or_else(|| {
-                    Error::schema(format!(
-                        "topic_column: the records have no column \"{name}\""
-                    ))
-                    .with_field("topic_column")
-                })?;
-                let text = Payloads::column(col)?;
-                (0..rows)
-                    .map(|r| match (col.is_valid(r), &self.config.topic) {
-                        (true, _) => String::from_utf8_lossy(text.get(r)).into_owned(),
-                        (false, Some(t)) => t.clone(),
-                        (false, None) => String::new(),
-                    })
-                    .collect()
-            }
-            None => vec![self.config.topic.clone().unwrap_or_default(); rows],
+            Some(name) => column_texts(records, name, "topic_column")?
+                .into_iter()
+                .map(|t| t.or_else(|| self.config.topic.clone()).unwrap_or_default())
+                .collect(),
+            None => vec![self.config.topic.clone().unwrap_or_default(); records.num_rows()],
         };
-        for (r, t) in topics.iter().enumerate() {
-            if t.is_empty() || t.contains(['+', '#', '\0']) {
-                found.push((r, format!("\"{t}\" is not a topic to publish to")));
-            }
-        }
-        let mut props = vec![Vec::new(); rows];
-        if let Some(name) = &self.config.headers_column {
-            let col = records.column_by_name(name).ok_or_else(|| {
-                Error::schema(format!(
-                    "headers_column: the records have no column \"{name}\""
-                ))
-                .with_field("headers_column")
-            })?;
-            for (r, pairs) in header_pairs(col)?.into_iter().enumerate() {
-                props[r] = pairs
+        let found = topics
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.is_empty() || t.contains(['+', '#', '\0']))
+            .map(|(r, t)| (r, format!("\"{t}\" is not a topic to publish to")))
+            .collect();
+        refuse(records, found, &self.name)?;
+        let props = record_headers(records, self.config.headers_column.as_deref())?
+            .into_iter()
+            .map(|pairs| {
+                pairs
                     .into_iter()
                     .map(|(k, v)| (k, v.unwrap_or_default()))
-                    .collect();
-            }
-        }
-        if !found.is_empty() {
-            let place = format!("sink \"{}\"", self.name);
-            let refused = sluice_formats::scan::refusals(
-                records,
-                found,
-                &place,
-                &|row| format!("{place} record {row} of the write"),
-                &|why| why.to_string(),
-            )?;
-            return Err(Error::refused(refused));
-        }
-        let skip = |name: &str| {
-            (!self.config.include_metadata && columns::is_reserved(name))
-                || self.config.topic_column.as_deref() == Some(name)
-                || self.config.headers_column.as_deref() == Some(name)
-        };
-        let keep: Vec<usize> = (0..records.num_columns())
-            .filter(|&i| !skip(records.schema().field(i).name()))
+                    .collect()
+            })
             .collect();
-        let payloads = Payloads::encode(
-            &records.project(&keep)?,
+        let payloads = record_payloads(
+            records,
             self.config.format,
             &self.config.json,
+            self.config.include_metadata,
+            &[
+                self.config.topic_column.as_deref(),
+                self.config.headers_column.as_deref(),
+            ],
         )?;
         Ok(Outgoing {
             topics,

@@ -201,14 +201,32 @@ impl Source for MqttSource {
                 "mqtt: the broker did not answer the subscription within 10 s",
             )
         })??;
-        for (filter, failed) in self.config.topics.iter().zip(answer) {
-            if let Some(why) = failed {
-                return Err(Error::new(
-                    ErrorKind::Auth,
-                    format!("mqtt: the broker refused the subscription to \"{filter}\": {why}"),
-                )
-                .with_field("topics"));
+        for (filter, granted) in self.config.topics.iter().zip(answer) {
+            match granted {
+                Err(why) => {
+                    let kind = match why.as_str() {
+                        "NotAuthorized" => ErrorKind::Auth,
+                        _ => ErrorKind::Config,
+                    };
+                    return Err(Error::new(
+                        kind,
+                        format!("mqtt: the broker refused the subscription to \"{filter}\": {why}"),
+                    )
+                    .with_field("topics"));
+                }
+                // a broker that grants less would make the source at most once unsaid
+                Ok(q) if q == QoS::AtMostOnce && qos != QoS::AtMostOnce => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!("mqtt: the broker grants only QoS 0 on \"{filter}\": the source would lose messages; allow QoS 1, or set qos = 0"),
+                    )
+                    .with_field("qos"))
+                }
+                Ok(_) => {}
             }
+        }
+        if !link.session_present && self.batches > 0 {
+            tracing::warn!(client_id = %self.split, "mqtt: the broker no longer had this pipeline's session (expired, or the broker lost it): messages published while the pipeline was down may be gone");
         }
         tracing::info!(client_id = %self.split, topics = ?self.config.topics, "mqtt: subscribed");
         self.link = Some(link);
@@ -258,6 +276,8 @@ impl Source for MqttSource {
         let Some(link) = &self.link else {
             return Ok(());
         };
+        // the receive maximum held messages back until now: a bounded read waits afresh
+        self.quiet_since = Instant::now();
         while self.unacked.front().is_some_and(|(n, _)| *n <= at.batch) {
             let Some((_, pkids)) = self.unacked.pop_front() else {
                 break;

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use connector_api::arrow_schema::SchemaRef;
-use connector_api::{redacted_url, schema_from_specs, Error, FieldSpec, Result, Secret};
+use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_formats::messages::{MessageField, PayloadFormat};
+use sluice_formats::messages::{self, MessageField, PayloadFormat};
 use sluice_formats::JsonOptions;
 
 /// Where a JetStream source starts when the pipeline has no checkpoint yet; with one,
@@ -137,15 +137,7 @@ impl NatsSourceConfig {
             )
             .with_field("metadata"));
         }
-        if self.format != PayloadFormat::Json && !self.schema.is_empty() {
-            return Err(
-                Error::config("schema declares JSON columns: it needs format = \"json\"")
-                    .with_field("schema"),
-            );
-        }
-        if !self.schema.is_empty() {
-            schema_from_specs(&self.schema)?;
-        }
+        messages::check_schema(self.format, &self.schema)?;
         if self.max_ack_pending < 1 {
             return Err(
                 Error::config("max_ack_pending must be at least 1").with_field("max_ack_pending")
@@ -170,19 +162,13 @@ impl NatsSourceConfig {
 
     /// The declared JSON columns, when there are any.
     pub fn declared_schema(&self) -> Result<Option<SchemaRef>> {
-        match self.schema.is_empty() {
-            true => Ok(None),
-            false => schema_from_specs(&self.schema).map(Some),
-        }
+        messages::declared_schema(&self.schema)
     }
 
     /// Every record's schema when the config tells it: declared JSON columns and no
     /// metadata columns.
     pub fn record_schema(&self) -> Option<SchemaRef> {
-        match self.metadata.is_empty() {
-            true => self.declared_schema().ok().flatten(),
-            false => None,
-        }
+        messages::record_schema(&self.schema, &self.metadata)
     }
 
     /// The durable consumer's name for `pipeline`.

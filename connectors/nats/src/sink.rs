@@ -15,15 +15,13 @@
 use std::future::IntoFuture;
 use std::str::FromStr;
 
-use arrow_array::cast::AsArray;
-use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::DataType;
+use arrow_array::RecordBatch;
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::{Client, HeaderMap, HeaderName, HeaderValue};
 use connector_api::{
-    columns, stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
+    stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
 };
-use sluice_formats::messages::{header_pairs, Payloads};
+use sluice_formats::messages::{column_texts, record_headers, record_payloads, refuse, Payloads};
 
 use crate::config::{MsgId, NatsSinkConfig};
 use crate::conn::{connect, nats_error};
@@ -99,17 +97,10 @@ impl NatsSink {
         let rows = records.num_rows();
         let mut found: Vec<(usize, String)> = Vec::new();
         let subjects: Vec<Option<String>> = match &self.config.subject_column {
-            Some(name) => {
-                let col = text_column(records, name, "subject_column")?;
-                let col = col.as_string::<i32>();
-                (0..rows)
-                    .map(|r| {
-                        col.is_valid(r)
-                            .then(|| col.value(r).to_string())
-                            .or_else(|| self.config.subject.clone())
-                    })
-                    .collect()
-            }
+            Some(name) => column_texts(records, name, "subject_column")?
+                .into_iter()
+                .map(|s| s.or_else(|| self.config.subject.clone()))
+                .collect(),
             None => vec![self.config.subject.clone(); rows],
         };
         for (r, s) in subjects.iter().enumerate() {
@@ -125,40 +116,32 @@ impl NatsSink {
             }
         }
         let mut headers = vec![HeaderMap::new(); rows];
-        if let Some(name) = &self.config.headers_column {
-            let col = records.column_by_name(name).ok_or_else(|| {
-                Error::schema(format!(
-                    "headers_column: the records have no column \"{name}\""
-                ))
-                .with_field("headers_column")
-            })?;
-            for (r, pairs) in header_pairs(col)?.into_iter().enumerate() {
-                for (k, v) in pairs {
-                    match (HeaderName::from_str(&k), HeaderValue::from_str(v.as_deref().unwrap_or(""))) {
-                        (Ok(k), Ok(v)) => headers[r].append(k, v),
-                        _ => found.push((r, format!("header \"{k}\": a name or value NATS does not take (a colon, a line break, not ASCII)"))),
-                    }
+        let pairs = record_headers(records, self.config.headers_column.as_deref())?;
+        for (r, pairs) in pairs.into_iter().enumerate() {
+            for (k, v) in pairs {
+                match (HeaderName::from_str(&k), HeaderValue::from_str(v.as_deref().unwrap_or(""))) {
+                    (Ok(k), Ok(v)) => headers[r].append(k, v),
+                    _ => found.push((r, format!("header \"{k}\": a name or value NATS does not take (a colon, a line break, not ASCII)"))),
                 }
             }
         }
-        let ids: Option<ArrayRef> = match &self.config.msg_id_column {
-            Some(name) => Some(text_column(records, name, "msg_id_column")?),
+        let ids: Option<Vec<Option<String>>> = match &self.config.msg_id_column {
+            Some(name) => Some(column_texts(records, name, "msg_id_column")?),
             None => None,
         };
         for (r, h) in headers.iter_mut().enumerate() {
-            if ids.is_none() && self.config.msg_id == MsgId::None {
-                break;
-            }
-            let id = match &ids {
-                Some(col) => {
-                    let col = col.as_string::<i32>();
-                    if col.is_null(r) {
+            let id = match (&ids, self.config.msg_id) {
+                (Some(ids), _) => match &ids[r] {
+                    Some(id) => id.clone(),
+                    None => {
                         found.push((r, "the msg_id column is null".into()));
                         continue;
                     }
-                    col.value(r).to_string()
+                },
+                (None, MsgId::Ordinal) => {
+                    format!("{:016x}-{}", self.tag, self.base + self.count + r as u64)
                 }
-                None => format!("{:016x}-{}", self.tag, self.base + self.count + r as u64),
+                (None, MsgId::None) => break,
             };
             match HeaderValue::from_str(&id) {
                 Ok(v) => h.insert(async_nats::header::NATS_MESSAGE_ID, v),
@@ -168,18 +151,15 @@ impl NatsSink {
                 )),
             }
         }
-        let skip = |name: &str| {
-            (!self.config.include_metadata && columns::is_reserved(name))
-                || self.config.subject_column.as_deref() == Some(name)
-                || self.config.headers_column.as_deref() == Some(name)
-        };
-        let keep: Vec<usize> = (0..records.num_columns())
-            .filter(|&i| !skip(records.schema().field(i).name()))
-            .collect();
-        let payloads = Payloads::encode(
-            &records.project(&keep)?,
+        let payloads = record_payloads(
+            records,
             self.config.format,
             &self.config.json,
+            self.config.include_metadata,
+            &[
+                self.config.subject_column.as_deref(),
+                self.config.headers_column.as_deref(),
+            ],
         )?;
         let max = self.client()?.server_info().max_payload;
         for (r, h) in headers.iter().enumerate() {
@@ -192,19 +172,7 @@ impl NatsSink {
                 ));
             }
         }
-        if !found.is_empty() {
-            found.sort_by_key(|(r, _)| *r);
-            found.dedup_by_key(|(r, _)| *r);
-            let place = format!("sink \"{}\"", self.name);
-            let refused = sluice_formats::scan::refusals(
-                records,
-                found,
-                &place,
-                &|row| format!("{place} record {row} of the write"),
-                &|why| why.to_string(),
-            )?;
-            return Err(Error::refused(refused));
-        }
+        refuse(records, found, &self.name)?;
         Ok(Outgoing {
             subjects: subjects
                 .into_iter()
@@ -230,14 +198,6 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         })
         .sum();
     "NATS/1.0\r\n\r\n".len() + lines
-}
-
-/// The column `name` as text (`option` names the setting that named it).
-fn text_column(records: &RecordBatch, name: &str, option: &str) -> Result<ArrayRef> {
-    let col = records.column_by_name(name).ok_or_else(|| {
-        Error::schema(format!("{option}: the records have no column \"{name}\"")).with_field(option)
-    })?;
-    Ok(arrow_cast::cast(col, &DataType::Utf8)?)
 }
 
 #[connector_api::async_trait]

@@ -9,10 +9,10 @@ use arrow_schema::Schema;
 use async_nats::jetstream::consumer::pull::{Config as PullConfig, Stream as PullStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy};
 use async_nats::{Client, Subject};
-use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
+use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use futures::stream::{SelectAll, StreamExt};
 use serde::{Deserialize, Serialize};
-use sluice_formats::messages::{Message, MessageDecoder};
+use sluice_formats::messages::{message_reject, Message, MessageDecoder};
 
 use crate::config::{NatsSourceConfig, Start};
 use crate::conn::{connect, nats_error, stream_error};
@@ -278,19 +278,7 @@ impl NatsSource {
                     ),
                     false => format!("subject \"{}\"", r.subject),
                 };
-                let mut reject = Reject::new(
-                    self.split.clone(),
-                    position,
-                    String::from_utf8_lossy(&r.payload).into_owned(),
-                    error,
-                );
-                reject.bytes = Some(r.payload.to_vec());
-                reject.headers = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.as_bytes().to_vec())))
-                    .collect();
-                reject
+                message_reject(&self.split, position, &r.payload, &r.headers, error)
             })
             .collect();
         let mut offsets = Offsets::new();

@@ -1,10 +1,10 @@
 //! Options of the RabbitMQ source and sink.
 
 use connector_api::arrow_schema::SchemaRef;
-use connector_api::{redacted_url, schema_from_specs, Error, FieldSpec, Result, Secret};
+use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_formats::messages::{MessageField, PayloadFormat};
+use sluice_formats::messages::{self, MessageField, PayloadFormat};
 use sluice_formats::JsonOptions;
 
 /// Where a stream queue is read from when the pipeline has no checkpoint yet.
@@ -90,29 +90,17 @@ impl RabbitSourceConfig {
             )
             .with_field("start"));
         }
-        if self.format != PayloadFormat::Json && !self.schema.is_empty() {
-            return Err(
-                Error::config("schema declares JSON columns: it needs format = \"json\"")
-                    .with_field("schema"),
-            );
-        }
-        self.declared_schema().map(|_| ())
+        messages::check_schema(self.format, &self.schema)
     }
 
     /// The declared JSON columns, when there are any.
     pub fn declared_schema(&self) -> Result<Option<SchemaRef>> {
-        match self.schema.is_empty() {
-            true => Ok(None),
-            false => schema_from_specs(&self.schema).map(Some),
-        }
+        messages::declared_schema(&self.schema)
     }
 
     /// Every record's schema when the config tells it.
     pub fn record_schema(&self) -> Option<SchemaRef> {
-        match self.metadata.is_empty() {
-            true => self.declared_schema().ok().flatten(),
-            false => None,
-        }
+        messages::record_schema(&self.schema, &self.metadata)
     }
 }
 

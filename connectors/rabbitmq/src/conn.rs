@@ -41,7 +41,12 @@ fn classify(e: &lapin::Error) -> ErrorKind {
                 ErrorKind::Auth
             } else if text.contains("NOT_FOUND") {
                 ErrorKind::NotFound
-            } else if text.contains("CONNECTION_FORCED") || text.contains("RESOURCE_LOCKED") {
+            } else if text.contains("CONNECTION_FORCED")
+                || text.contains("RESOURCE_LOCKED")
+                // the broker's acknowledgement timeout (consumer_timeout) closed the
+                // channel: the run goes back to its checkpoint
+                || text.contains("PRECONDITION_FAILED")
+            {
                 ErrorKind::Aborted
             } else {
                 ErrorKind::Internal
@@ -54,7 +59,7 @@ fn classify(e: &lapin::Error) -> ErrorKind {
 /// A failure of `what`: the run goes back to its checkpoint when the connection or
 /// channel was lost (a broker restart), else an error naming the broker's answer.
 pub fn amqp_error(what: impl std::fmt::Display, e: lapin::Error) -> Error {
-    Error::new(classify(&e), format!("rabbitmq: {what}: {e}")).with_source(e)
+    Error::new(classify(&e), format!("rabbitmq: {what}")).with_source(e)
 }
 
 /// An AMQP header value as text.

@@ -2,15 +2,15 @@
 //! waits for every confirm, and a message the broker could not route or store fails
 //! it, naming exchange and routing key.
 
-use arrow_array::{Array, RecordBatch};
-use connector_api::{
-    columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
-};
+use arrow_array::RecordBatch;
+use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
-use sluice_formats::messages::{header_pairs, PayloadFormat, Payloads};
+use sluice_formats::messages::{
+    column_texts, record_headers, record_payloads, PayloadFormat, Payloads,
+};
 
 use crate::config::RabbitSinkConfig;
 use crate::conn::{amqp_error, connect};
@@ -25,8 +25,15 @@ pub struct RabbitSink {
     name: String,
 }
 
+/// Publishes started together.
+const PUBLISH_CHUNK: usize = 1024;
+
 /// Publishes whose confirms are not awaited yet, at most.
 const MAX_UNCONFIRMED: usize = 8192;
+
+/// How long `flush` waits for the broker's confirms before the run goes back to its
+/// checkpoint.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl RabbitSink {
     /// A sink for `config` (validated).
@@ -46,11 +53,17 @@ impl RabbitSink {
         let pending = std::mem::take(&mut self.confirms);
         let (futures, keys): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
         let exchange = self.config.exchange.clone();
-        for (done, key) in futures::future::join_all(futures)
-            .await
-            .into_iter()
-            .zip(keys)
-        {
+        let all = futures::future::join_all(futures);
+        let confirmed = tokio::time::timeout(CONFIRM_WAIT, all).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Aborted,
+                format!(
+                    "rabbitmq: exchange \"{exchange}\": no publisher confirm within {} s (a queue without its quorum?)",
+                    CONFIRM_WAIT.as_secs()
+                ),
+            )
+        })?;
+        for (done, key) in confirmed.into_iter().zip(keys) {
             match done.map_err(|e| amqp_error("waiting for publisher confirms", e))? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
                 Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
@@ -73,55 +86,36 @@ impl RabbitSink {
 
     /// Routing keys, headers and payloads of `records`.
     fn outgoing(&self, records: &RecordBatch) -> Result<(Vec<String>, Vec<FieldTable>, Payloads)> {
-        let rows = records.num_rows();
         let keys: Vec<String> = match &self.config.routing_key_column {
-            Some(name) => {
-                let col = records.column_by_name(name).ok_or_else(|| {
-                    Error::schema(format!(
-                        "routing_key_column: the records have no column \"{name}\""
-                    ))
-                    .with_field("routing_key_column")
-                })?;
-                let text = Payloads::column(col)?;
-                (0..rows)
-                    .map(|r| match col.is_valid(r) {
-                        true => String::from_utf8_lossy(text.get(r)).into_owned(),
-                        false => self.config.routing_key.clone(),
-                    })
-                    .collect()
-            }
-            None => vec![self.config.routing_key.clone(); rows],
+            Some(name) => column_texts(records, name, "routing_key_column")?
+                .into_iter()
+                .map(|k| k.unwrap_or_else(|| self.config.routing_key.clone()))
+                .collect(),
+            None => vec![self.config.routing_key.clone(); records.num_rows()],
         };
-        let mut headers = vec![FieldTable::default(); rows];
-        if let Some(name) = &self.config.headers_column {
-            let col = records.column_by_name(name).ok_or_else(|| {
-                Error::schema(format!(
-                    "headers_column: the records have no column \"{name}\""
-                ))
-                .with_field("headers_column")
-            })?;
-            for (r, pairs) in header_pairs(col)?.into_iter().enumerate() {
+        let headers = record_headers(records, self.config.headers_column.as_deref())?
+            .into_iter()
+            .map(|pairs| {
+                let mut table = FieldTable::default();
                 for (k, v) in pairs {
                     let v = match v {
                         Some(v) => AMQPValue::LongString(v.into()),
                         None => AMQPValue::Void,
                     };
-                    headers[r].insert(k.as_str().into(), v);
+                    table.insert(k.as_str().into(), v);
                 }
-            }
-        }
-        let skip = |name: &str| {
-            (!self.config.include_metadata && columns::is_reserved(name))
-                || self.config.routing_key_column.as_deref() == Some(name)
-                || self.config.headers_column.as_deref() == Some(name)
-        };
-        let keep: Vec<usize> = (0..records.num_columns())
-            .filter(|&i| !skip(records.schema().field(i).name()))
+                table
+            })
             .collect();
-        let payloads = Payloads::encode(
-            &records.project(&keep)?,
+        let payloads = record_payloads(
+            records,
             self.config.format,
             &self.config.json,
+            self.config.include_metadata,
+            &[
+                self.config.routing_key_column.as_deref(),
+                self.config.headers_column.as_deref(),
+            ],
         )?;
         Ok((keys, headers, payloads))
     }
@@ -170,32 +164,45 @@ impl Sink for RabbitSink {
             PayloadFormat::Bytes => None,
         };
         let mode = if self.config.persistent { 2 } else { 1 };
-        for (r, (key, h)) in keys.into_iter().zip(headers).enumerate() {
-            let mut props = BasicProperties::default().with_delivery_mode(mode);
-            if let Some(t) = content_type {
-                props = props.with_content_type(t.into());
-            }
-            if !h.inner().is_empty() {
-                props = props.with_headers(h);
-            }
+        let props: Vec<BasicProperties> = headers
+            .into_iter()
+            .map(|h| {
+                let mut props = BasicProperties::default().with_delivery_mode(mode);
+                if let Some(t) = content_type {
+                    props = props.with_content_type(t.into());
+                }
+                match h.inner().is_empty() {
+                    true => props,
+                    false => props.with_headers(h),
+                }
+            })
+            .collect();
+        let rows: Vec<usize> = (0..keys.len()).collect();
+        for part in rows.chunks(PUBLISH_CHUNK) {
             let channel = self
                 .channel
                 .as_ref()
                 .ok_or_else(|| Error::internal("rabbitmq sink is not open"))?;
-            let confirm = channel
-                .basic_publish(
+            // a publish resolves once the connection's writer sent it: started
+            // together (in order: each queues its frames when first polled), they go
+            // out in one write instead of one wake-up each
+            let sent = futures::future::join_all(part.iter().map(|&r| {
+                channel.basic_publish(
                     self.config.exchange.as_str().into(),
-                    key.as_str().into(),
+                    keys[r].as_str().into(),
                     BasicPublishOptions {
                         mandatory: true,
                         ..Default::default()
                     },
                     payloads.get(r),
-                    props,
+                    props[r].clone(),
                 )
-                .await
-                .map_err(|e| amqp_error("publishing", e))?;
-            self.confirms.push((confirm, key));
+            }))
+            .await;
+            for (confirm, &r) in sent.into_iter().zip(part) {
+                let confirm = confirm.map_err(|e| amqp_error("publishing", e))?;
+                self.confirms.push((confirm, keys[r].clone()));
+            }
             if self.confirms.len() >= MAX_UNCONFIRMED {
                 self.await_confirms().await?;
             }

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
-use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
+use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use serde::{Deserialize, Serialize};
-use sluice_formats::messages::{Message, MessageDecoder};
+use sluice_formats::messages::{message_reject, Message, MessageDecoder};
 
 use crate::config::{RabbitSourceConfig, Start};
 use crate::conn::{amqp_error, connect, value_int, value_text};
@@ -117,6 +117,14 @@ impl RabbitSource {
                 headers.push((k.as_str().to_string(), Some(value_text(v))));
             }
         }
+        if offset.is_some() && !self.config.stream {
+            // read as a queue, a stream starts at its end at every open: what came
+            // while the pipeline was down would be skipped
+            return Err(Error::config(format!(
+                "rabbitmq: queue \"{queue}\" is a stream queue: set stream = true, so it is read from the checkpoint"
+            ))
+            .with_field("stream"));
+        }
         Ok(Some(Read {
             tag: d.delivery_tag,
             routing_key: d.routing_key.as_str().to_string(),
@@ -195,19 +203,7 @@ impl RabbitSource {
                     ),
                     None => format!("queue \"{queue}\" (routing key \"{}\")", r.routing_key),
                 };
-                let mut reject = Reject::new(
-                    queue.clone(),
-                    position,
-                    String::from_utf8_lossy(&r.payload).into_owned(),
-                    error,
-                );
-                reject.bytes = Some(r.payload.clone());
-                reject.headers = r
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_ref().map(|v| v.as_bytes().to_vec())))
-                    .collect();
-                reject
+                message_reject(queue, position, &r.payload, &r.headers, error)
             })
             .collect();
         self.batches += 1;
@@ -331,6 +327,8 @@ impl Source for RabbitSource {
         let (Some(tag), Some(channel)) = (tag, &self.channel) else {
             return Ok(());
         };
+        // the prefetch held deliveries back until now: a bounded read waits afresh
+        self.quiet_since = Instant::now();
         channel
             .basic_ack(tag, BasicAckOptions { multiple: true })
             .await

@@ -22,20 +22,8 @@ pub fn commands(
         SinkMode::Stream => stream(config, records, &mut found)?,
         SinkMode::Hash | SinkMode::String => keyed(config, records, &mut found)?,
     };
-    if found.is_empty() {
-        return Ok(out);
-    }
-    found.sort_by_key(|(r, _)| *r);
-    found.dedup_by_key(|(r, _)| *r);
-    let place = format!("sink \"{sink}\"");
-    let refused = sluice_formats::scan::refusals(
-        records,
-        found,
-        &place,
-        &|row| format!("{place} record {row} of the write"),
-        &|why| why.to_string(),
-    )?;
-    Err(Error::refused(refused))
+    sluice_formats::messages::refuse(records, found, sink)?;
+    Ok(out)
 }
 
 /// The columns written: all but the reserved ones (unless `include_metadata`); a

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use connector_api::arrow_schema::SchemaRef;
-use connector_api::{redacted_url, schema_from_specs, Error, FieldSpec, Result, Secret};
+use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
-use sluice_formats::messages::{MessageField, PayloadFormat};
+use sluice_formats::messages::{self, MessageField, PayloadFormat};
 use sluice_formats::JsonOptions;
 
 /// How a stream entry becomes a record, and a record an entry or a value.
@@ -131,19 +131,13 @@ impl RedisSourceConfig {
 
     /// The declared columns, when there are any.
     pub fn declared_schema(&self) -> Result<Option<SchemaRef>> {
-        match self.schema.is_empty() {
-            true => Ok(None),
-            false => schema_from_specs(&self.schema).map(Some),
-        }
+        messages::declared_schema(&self.schema)
     }
 
     /// Every record's schema when the config tells it: declared columns and no
     /// metadata columns.
     pub fn record_schema(&self) -> Option<SchemaRef> {
-        match self.metadata.is_empty() {
-            true => self.declared_schema().ok().flatten(),
-            false => None,
-        }
+        messages::record_schema(&self.schema, &self.metadata)
     }
 
     /// The group's name for `pipeline`.

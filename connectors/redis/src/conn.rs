@@ -47,9 +47,11 @@ pub async fn connect(url: &Secret, name: &str) -> Result<MultiplexedConnection> 
     Ok(con)
 }
 
-/// A failure of `what`: retried from the last checkpoint when the connection is the
-/// cause (a server restart), else an error naming the server's answer.
+/// A failure of `what`: the run goes back to its last checkpoint when the connection
+/// or the server's state is the cause (a restart, a failover, a group deleted under
+/// it), waits on a full server, else stops naming the server's answer.
 pub fn redis_error(what: impl std::fmt::Display, e: redis::RedisError) -> Error {
+    use redis::ServerErrorKind as S;
     let kind = if e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
@@ -57,16 +59,22 @@ pub fn redis_error(what: impl std::fmt::Display, e: redis::RedisError) -> Error 
     {
         ErrorKind::Aborted
     } else {
-        match e.kind() {
-            redis::ErrorKind::AuthenticationFailed => ErrorKind::Auth,
-            redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-            | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain)
-            | redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown) => ErrorKind::Aborted,
-            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) => ErrorKind::Unsupported,
+        match (e.kind(), e.code()) {
+            (redis::ErrorKind::AuthenticationFailed, _) => ErrorKind::Auth,
+            (
+                redis::ErrorKind::Server(
+                    S::BusyLoading | S::TryAgain | S::MasterDown | S::ReadOnly,
+                ),
+                _,
+            )
+            | (_, Some("NOGROUP")) => ErrorKind::Aborted,
+            (_, Some("OOM")) => ErrorKind::Transient,
+            (_, Some("WRONGTYPE")) => ErrorKind::Schema,
+            (_, Some("NOPERM")) => ErrorKind::Auth,
             _ => ErrorKind::Internal,
         }
     };
-    Error::new(kind, format!("redis: {what}: {e}")).with_source(e)
+    Error::new(kind, format!("redis: {what}")).with_source(e)
 }
 
 /// Runs `cmd`, naming `what` when it fails.

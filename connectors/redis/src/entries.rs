@@ -84,6 +84,10 @@ pub fn parse_read(reply: Value) -> Result<Vec<Entry>> {
 pub fn parse_entries(list: Value) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     for e in items(list) {
+        if e == Value::Nil {
+            // a claimed entry deleted since (Redis 6.2 lists it as nil)
+            continue;
+        }
         let mut parts = items(e).into_iter();
         let id = parts
             .next()
@@ -93,17 +97,17 @@ pub fn parse_entries(list: Value) -> Result<Vec<Entry>> {
         let fields = match parts.next() {
             None | Some(Value::Nil) => None,
             Some(v) => {
-                let flat = items(v);
+                let mut flat = items(v).into_iter();
                 let mut pairs = Vec::with_capacity(flat.len() / 2);
-                for kv in flat.chunks(2) {
-                    let (Some(k), Some(v)) =
-                        (kv.first().and_then(bytes), kv.get(1).and_then(bytes))
+                while let Some(k) = flat.next() {
+                    // the reply's buffers are moved, not copied
+                    let (Some(k), Some(v)) = (into_bytes(k), flat.next().and_then(into_bytes))
                     else {
                         return Err(Error::internal(format!(
                             "redis: entry {id} has a field that is not a string"
                         )));
                     };
-                    pairs.push((k.to_vec(), v.to_vec()));
+                    pairs.push((k, v));
                 }
                 Some(pairs)
             }
@@ -111,6 +115,15 @@ pub fn parse_entries(list: Value) -> Result<Vec<Entry>> {
         out.push(Entry { id, fields });
     }
     Ok(out)
+}
+
+/// The bytes of a reply that is a string, taken.
+fn into_bytes(v: Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.into_bytes()),
+        other => bytes(&other).map(<[u8]>::to_vec),
+    }
 }
 
 /// Decodes entries of one stream into records.
@@ -149,8 +162,16 @@ impl EntryDecoder {
     }
 
     /// Decodes `entries` (none deleted).
-    pub fn decode(&mut self, entries: &[Entry]) -> Result<Decoded> {
-        let ids: Vec<String> = entries.iter().map(|e| e.id.to_string()).collect();
+    pub fn decode(&mut self, entries: &[&Entry]) -> Result<Decoded> {
+        // ids and the other fields as text only when a metadata column wants them
+        let want_ids = self.metadata.contains(&MessageField::Id);
+        let ids: Vec<String> = entries
+            .iter()
+            .map(|e| match want_ids {
+                true => e.id.to_string(),
+                false => String::new(),
+            })
+            .collect();
         let stream = self.stream.clone();
         let owned: Vec<Owned> = entries.iter().map(|e| self.owned(e)).collect();
         let msgs: Vec<Message> = owned
@@ -193,7 +214,7 @@ impl EntryDecoder {
         bad.sort_by_key(|(i, _)| *i);
         let rejects = bad
             .into_iter()
-            .map(|(i, error)| self.reject(&entries[i], error))
+            .map(|(i, error)| self.reject(entries[i], error))
             .collect();
         Ok(Decoded { records, rejects })
     }
@@ -207,7 +228,7 @@ impl EntryDecoder {
         for (k, v) in e.fields.iter().flatten() {
             if self.payloads.is_some() && o.payload.is_none() && *k == self.body {
                 o.payload = Some(v);
-            } else {
+            } else if self.metadata.contains(&MessageField::Headers) {
                 o.headers.push((
                     String::from_utf8_lossy(k).into_owned(),
                     String::from_utf8_lossy(v).into_owned(),
@@ -220,7 +241,7 @@ impl EntryDecoder {
     /// `format = "fields"`: each field a column, as text or in the declared type.
     fn fields(
         &mut self,
-        entries: &[Entry],
+        entries: &[&Entry],
         msgs: &[Message],
         bad: &mut Vec<(usize, Error)>,
     ) -> Result<Option<RecordBatch>> {
@@ -324,7 +345,7 @@ struct Owned<'e> {
 }
 
 /// Every field name of `entries`, in the order first seen, as nullable text.
-fn text_schema(entries: &[Entry]) -> SchemaRef {
+fn text_schema(entries: &[&Entry]) -> SchemaRef {
     let mut names: Vec<&[u8]> = Vec::new();
     for (k, _) in entries.iter().flat_map(|e| e.fields.iter().flatten()) {
         if !names.contains(&k.as_slice()) {

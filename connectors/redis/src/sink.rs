@@ -20,6 +20,9 @@ pub struct RedisSink {
     offsets_key: String,
     /// A transaction is open on the connection.
     in_multi: bool,
+    /// The record (row of its write) of each command queued in it, to name one that
+    /// fails.
+    queued: Vec<usize>,
     /// Commands sent per pipeline at most.
     chunk: usize,
 }
@@ -33,6 +36,7 @@ impl RedisSink {
             name: String::new(),
             offsets_key: String::new(),
             in_multi: false,
+            queued: Vec::new(),
             chunk: 2048,
         }
     }
@@ -41,6 +45,14 @@ impl RedisSink {
         self.con
             .as_mut()
             .ok_or_else(|| Error::internal("redis sink is not open"))
+    }
+
+    /// Where the sink writes, in words.
+    fn target(&self) -> String {
+        match (&self.config.stream, self.config.mode) {
+            (Some(stream), SinkMode::Stream) => format!("stream \"{stream}\""),
+            _ => format!("keys \"{}*\"", self.config.key_prefix),
+        }
     }
 
     async fn begin(&mut self) -> Result<()> {
@@ -58,6 +70,7 @@ impl Sink for RedisSink {
         self.name = ctx.sink.clone();
         self.offsets_key = self.config.offsets_key(&ctx.pipeline, &ctx.sink);
         self.in_multi = false;
+        self.queued.clear();
         let mut con = connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;
         if let (SinkMode::Stream, Some(stream)) = (self.config.mode, &self.config.stream) {
             let t = cmd("TYPE").arg(stream).clone();
@@ -100,11 +113,16 @@ impl Sink for RedisSink {
         }
         let cmds = commands(&self.config, &self.name, &batch.records)?;
         self.begin().await?;
-        let chunk = self.chunk;
-        for part in cmds.chunks(chunk) {
+        let mut cmds = cmds.into_iter();
+        loop {
             let mut p = redis::pipe();
-            for (c, _) in part {
-                p.add_command(c.clone());
+            let first = self.queued.len();
+            for (c, row) in cmds.by_ref().take(self.chunk) {
+                p.add_command(c);
+                self.queued.push(row);
+            }
+            if self.queued.len() == first {
+                return Ok(());
             }
             // each is queued ("QUEUED"); an error here (out of memory) aborts the
             // transaction, and EXEC says so
@@ -122,14 +140,13 @@ impl Sink for RedisSink {
                     ErrorKind::Aborted,
                     format!(
                         "redis: record {} of the write was not queued: {} {}",
-                        part[i].1,
+                        self.queued[first + i],
                         e.code(),
                         e.details().unwrap_or_default()
                     ),
                 ));
             }
         }
-        Ok(())
     }
 
     async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
@@ -150,15 +167,26 @@ impl Sink for RedisSink {
                 ))
             }
         };
-        if let Some(Value::ServerError(e)) =
-            replies.iter().find(|v| matches!(v, Value::ServerError(_)))
+        let queued = std::mem::take(&mut self.queued);
+        if let Some((i, Value::ServerError(e))) = replies
+            .iter()
+            .enumerate()
+            .find(|(_, v)| matches!(v, Value::ServerError(_)))
         {
-            // the other commands of the transaction were applied (Redis does not roll
-            // back): stop rather than go on past a record that was not written
+            // Redis applied the transaction's other commands, the offsets too: stop,
+            // naming what failed, rather than go on past it
+            let kind = match e.code() {
+                "WRONGTYPE" => ErrorKind::Schema,
+                _ => ErrorKind::Internal,
+            };
             return Err(Error::new(
-                ErrorKind::Internal,
+                kind,
                 format!(
-                    "redis: a command of the transaction failed ({} {}), the others were applied: check the keys' types",
+                    "redis: {} failed in the transaction: {} {}; Redis applied the rest of it, the offsets too, so that record is not written: fix the key, then replay from an earlier checkpoint",
+                    match queued.get(i) {
+                        Some(row) => format!("the command writing record {row} of a write to {}", self.target()),
+                        None => "storing the offsets".to_string(),
+                    },
                     e.code(),
                     e.details().unwrap_or_default()
                 ),

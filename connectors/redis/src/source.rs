@@ -11,7 +11,7 @@
 //! checkpoint and its acknowledgement, or it was claimed from a consumer that was only
 //! slow.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -59,6 +59,12 @@ pub struct RedisSource {
     batches: u64,
     /// The ids of each batch handed out and not yet acknowledged.
     unacked: VecDeque<(u64, Vec<EntryId>)>,
+    /// Every entry id in `unacked`: a claim of one of them (idle past `claim_idle`
+    /// because its checkpoint is slow) is not a new entry.
+    in_flight: HashSet<EntryId>,
+    /// Pending entries to read again by id (delivered more than once before the
+    /// checkpoint, so maybe claimed and not written).
+    redo: Vec<EntryId>,
     /// Other consumers share the group: claim what dead ones left.
     shared: bool,
     /// When to look for entries to claim next, and the scan's cursor.
@@ -84,6 +90,8 @@ impl RedisSource {
             last: None,
             batches: 0,
             unacked: VecDeque::new(),
+            in_flight: HashSet::new(),
+            redo: Vec::new(),
             shared: false,
             next_claim: Instant::now(),
             claim_cursor: EntryId::default(),
@@ -152,6 +160,29 @@ impl RedisSource {
                 self.ack_own_through(id).await?;
                 Phase::New
             }
+            (None, false, false) => {
+                // the pipeline owns the group and has no checkpoint (a first run, or a
+                // sink whose data is gone): from where `start` says
+                let setid = cmd("XGROUP")
+                    .arg("SETID")
+                    .arg(&key)
+                    .arg(&group)
+                    .arg(&from)
+                    .clone();
+                query(
+                    self.con()?,
+                    &setid,
+                    format!("placing group \"{group}\" at {from}"),
+                )
+                .await?;
+                self.ack_own_through(EntryId {
+                    ms: u64::MAX,
+                    seq: u64::MAX,
+                })
+                .await?;
+                self.redo.clear();
+                Phase::New
+            }
             _ => Phase::Own(EntryId::default()),
         };
         self.last = at;
@@ -189,28 +220,39 @@ impl RedisSource {
         Ok(false)
     }
 
-    /// Acknowledges this consumer's pending entries up to `id`: the checkpoint holds them.
+    /// Acknowledges this consumer's pending entries up to `id` that it read once, in
+    /// order: the checkpoint holds them. Ones delivered more than once may have been
+    /// claimed from another consumer and not written: they are read again.
     async fn ack_own_through(&mut self, id: EntryId) -> Result<()> {
+        let mut from = "-".to_string();
         loop {
             let pending = cmd("XPENDING")
                 .arg(&self.config.stream)
                 .arg(&self.group)
-                .arg("-")
+                .arg(&from)
                 .arg(id.to_string())
                 .arg(ACK_CHUNK)
                 .arg(&self.consumer)
                 .clone();
             let reply = query(self.con()?, &pending, "this consumer's pending entries").await?;
-            let ids: Vec<EntryId> = items(reply)
-                .into_iter()
-                .filter_map(|e| items(e).first().and_then(text))
-                .map(|t| t.parse())
-                .collect::<Result<_>>()?;
-            if ids.is_empty() {
-                return Ok(());
+            // [id, consumer, idle ms, deliveries] each
+            let mut once = Vec::new();
+            let mut seen = 0;
+            for e in items(reply) {
+                let e = items(e);
+                let Some(pid) = e.first().and_then(text) else {
+                    continue;
+                };
+                let pid: EntryId = pid.parse()?;
+                seen += 1;
+                from = format!("({pid}");
+                match int(e.get(3)) {
+                    1 => once.push(pid),
+                    _ => self.redo.push(pid),
+                }
             }
-            self.ack(&ids).await?;
-            if ids.len() < ACK_CHUNK {
+            self.ack(&once).await?;
+            if seen < ACK_CHUNK {
                 return Ok(());
             }
         }
@@ -231,6 +273,10 @@ impl RedisSource {
     /// Up to `count` entries: own pending ones first, then new ones (waiting up to
     /// `block`), and, in a shared group, ones claimed from dead consumers.
     async fn read(&mut self, count: usize, block: Duration) -> Result<(Vec<Entry>, bool)> {
+        if !self.redo.is_empty() {
+            let ids: Vec<EntryId> = self.redo.drain(..self.redo.len().min(count)).collect();
+            return Ok((self.read_ids(ids).await?, true));
+        }
         // claimed entries join this consumer's pending ones: claim only once those
         // are read again, or they would come twice
         if self.shared && self.phase == Phase::New && Instant::now() >= self.next_claim {
@@ -253,6 +299,27 @@ impl RedisSource {
         Ok((self.read_group(count, ">", Some(block)).await?, false))
     }
 
+    /// The entries `ids` (`XRANGE`), in order; one deleted since comes without fields.
+    async fn read_ids(&mut self, ids: Vec<EntryId>) -> Result<Vec<Entry>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let c = cmd("XRANGE")
+                .arg(&self.config.stream)
+                .arg(id.to_string())
+                .arg(id.to_string())
+                .clone();
+            let what = format!("reading entry {id} again");
+            let found = parse_entries(query(self.con()?, &c, what).await?)?;
+            out.push(
+                found
+                    .into_iter()
+                    .next()
+                    .unwrap_or(Entry { id, fields: None }),
+            );
+        }
+        Ok(out)
+    }
+
     /// `XREADGROUP` from `from` (`>`: new entries; an id: this consumer's pending
     /// entries after it), blocking up to `block`.
     async fn read_group(
@@ -268,7 +335,9 @@ impl RedisSource {
             .arg("COUNT")
             .arg(count);
         if let Some(block) = block {
-            c.arg("BLOCK").arg(block.as_millis().max(1) as u64);
+            // well inside the connection's response timeout
+            let ms = block.min(Duration::from_secs(30)).as_millis().max(1) as u64;
+            c.arg("BLOCK").arg(ms);
         }
         c.arg("STREAMS").arg(&self.config.stream).arg(from);
         let what = format!("reading stream \"{}\"", self.config.stream);
@@ -295,11 +364,14 @@ impl RedisSource {
             .unwrap_or_default()
             .parse()
             .unwrap_or_default();
-        let entries = parts
+        let mut entries = parts
             .next()
             .map(parse_entries)
             .transpose()?
             .unwrap_or_default();
+        // this consumer's own entries whose checkpoint is slow are idle too: they are
+        // out already, not claimed
+        entries.retain(|e| !self.in_flight.contains(&e.id));
         if cursor == EntryId::default() {
             // the scan went round: look again after a while
             self.next_claim = Instant::now() + self.config.claim_idle / 2;
@@ -313,16 +385,17 @@ impl RedisSource {
 
     /// The entries as a batch: records, dead letters, and the offset.
     fn batch(&mut self, entries: Vec<Entry>, claimed: bool) -> Result<Batch> {
+        let live: Vec<&Entry> = entries.iter().filter(|e| e.fields.is_some()).collect();
+        let decoded = self.decoder.decode(&live)?;
         if !claimed {
             if let Some(e) = entries.last() {
                 self.last = Some(e.id);
             }
         }
         self.batches += 1;
+        self.in_flight.extend(entries.iter().map(|e| e.id));
         self.unacked
             .push_back((self.batches, entries.iter().map(|e| e.id).collect()));
-        let live: Vec<Entry> = entries.into_iter().filter(|e| e.fields.is_some()).collect();
-        let decoded = self.decoder.decode(&live)?;
         let mut offsets = Offsets::new();
         offsets.set_typed(
             self.config.stream.clone(),
@@ -404,6 +477,9 @@ impl Source for RedisSource {
         let mut ids = Vec::new();
         while self.unacked.front().is_some_and(|(n, _)| *n <= at.batch) {
             if let Some((_, batch)) = self.unacked.pop_front() {
+                for id in &batch {
+                    self.in_flight.remove(id);
+                }
                 ids.extend(batch);
             }
         }
