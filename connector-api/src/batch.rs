@@ -104,6 +104,11 @@ pub struct Batch {
     pub offsets: Offsets,
     /// Records that could not be read.
     pub rejects: Vec<Reject>,
+    /// Checkpoint soon after this batch instead of at the interval: the source holds
+    /// as many unacknowledged messages as its broker lets it (a prefetch, a receive
+    /// maximum) and reads no further until a commit acknowledges them. Not carried
+    /// across the plugin boundary yet.
+    pub checkpoint: bool,
 }
 
 impl Batch {
@@ -113,6 +118,7 @@ impl Batch {
             records,
             offsets,
             rejects: Vec::new(),
+            checkpoint: false,
         }
     }
 

@@ -682,9 +682,9 @@ def main():
         try:
             wait_port(port)
             w = "json-to-redis"
-            s.measure(w, "sluice", "typed, each record an XADD entry (fields), one MULTI/EXEC with the offsets per checkpoint",
+            s.measure(w, "sluice", "typed, each record an XADD entry (JSON body), one MULTI/EXEC with the offsets per checkpoint",
                       run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-                                 f'[sink]\nconnector = "redis"\nurl = "{url}"\nstream = "sluice"\nformat = "fields"'),
+                                 f'[sink]\nconnector = "redis"\nurl = "{url}"\nstream = "sluice"'),
                       lambda: redis_len(port, "sluice"), servers=[rs], input_bytes=json_bytes)
             s.measure(w, "redis-py", "each line an XADD (field body), pipelined by 1000, untyped",
                       [sys.executable, "-c", REDIS_PUB, str(port), head(jsonl, py_n, n), "py"],
@@ -695,9 +695,9 @@ def main():
                       lambda: redis_len(port, "bench"), servers=[rs])
             w = "redis-to-json"
             out = fresh(os.path.join(WORK, "out-redis"))
-            s.measure(w, "sluice", "consumer group, typed (fields), XACK after each checkpoint, exactly-once file sink",
+            s.measure(w, "sluice", "consumer group, typed (JSON body), XACK after each checkpoint, exactly-once file sink",
                       run_sluice(sluice, w, f'[source]\nconnector = "redis"\nurl = "{url}"\nstream = "sluice"\n'
-                                 f'format = "fields"\nbounded = true\n{schema}\n'
+                                 f'bounded = true\n{schema}\n'
                                  f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0'),
                       count_lines(f"{out}/*.jsonl"), servers=[rs])
             out = os.path.join(WORK, "out-redis-py.jsonl")

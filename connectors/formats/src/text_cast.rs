@@ -25,6 +25,14 @@ pub fn cast_text(text: &RecordBatch, schema: &SchemaRef, empty_is_null: bool) ->
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for (i, field) in schema.fields().iter().enumerate() {
         let col = text.column(i);
+        if field.data_type().is_nested() {
+            // arrow would wrap the text in a one-item list: a changed value
+            return Err(connector_api::Error::schema(format!(
+                "column \"{}\" is {}: text is not read into a nested type",
+                field.name(),
+                connector_api::type_name(field.data_type())
+            )));
+        }
         let cast = cast_with_options(col, field.data_type(), &safe)?;
         let strings = col.as_string_opt::<i32>();
         for (r, why) in failed.iter_mut().enumerate() {

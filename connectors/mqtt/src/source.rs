@@ -38,6 +38,8 @@ pub struct MqttSource {
     batches: u64,
     /// The packet ids of each batch handed out and not yet acknowledged.
     unacked: VecDeque<(u64, Vec<u16>)>,
+    /// Messages handed out and not yet acknowledged.
+    held: usize,
     batch_size: usize,
     idle_timeout: Duration,
     /// When the last message came (or the source opened).
@@ -61,6 +63,7 @@ impl MqttSource {
             early: VecDeque::new(),
             batches: 0,
             unacked: VecDeque::new(),
+            held: 0,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             quiet_since: Instant::now(),
@@ -130,6 +133,8 @@ impl MqttSource {
             .filter(|p| p.qos != QoS::AtMostOnce)
             .map(|p| p.pkid)
             .collect();
+        let pkids: Vec<u16> = pkids;
+        self.held += pkids.len();
         self.unacked.push_back((self.batches, pkids));
         let mut offsets = Offsets::new();
         offsets.set_typed(
@@ -143,6 +148,9 @@ impl MqttSource {
             .unwrap_or_else(|| RecordBatch::new_empty(Schema::empty().into()));
         let mut batch = Batch::new(records, offsets);
         batch.rejects = rejects;
+        // the broker sends no more past the receive maximum until a commit
+        // acknowledges
+        batch.checkpoint = self.held * 2 >= usize::from(self.config.max_in_flight);
         Ok(batch)
     }
 }
@@ -158,6 +166,7 @@ impl Source for MqttSource {
             .clone()
             .unwrap_or_else(|| format!("sluice-{}", ctx.pipeline));
         self.unacked.clear();
+        self.held = 0;
         self.early.clear();
         if let Some(at) = committed.get_typed::<SessionOffset>(&self.split)? {
             self.batches = at.batch;
@@ -282,6 +291,7 @@ impl Source for MqttSource {
             let Some((_, pkids)) = self.unacked.pop_front() else {
                 break;
             };
+            self.held -= pkids.len();
             for pkid in pkids {
                 let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new(), None);
                 p.pkid = pkid;

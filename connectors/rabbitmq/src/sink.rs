@@ -29,7 +29,7 @@ pub struct RabbitSink {
 const PUBLISH_CHUNK: usize = 1024;
 
 /// Publishes whose confirms are not awaited yet, at most.
-const MAX_UNCONFIRMED: usize = 8192;
+const MAX_UNCONFIRMED: usize = 32_768;
 
 /// How long `flush` waits for the broker's confirms before the run goes back to its
 /// checkpoint.

@@ -52,6 +52,10 @@ pub struct RabbitSource {
     batches: u64,
     /// The last delivery tag of each batch handed out and not yet acknowledged.
     unacked: VecDeque<(u64, u64)>,
+    /// Deliveries handed out and not yet acknowledged.
+    held: usize,
+    /// How many deliveries each batch in `unacked` holds.
+    held_by: VecDeque<usize>,
     /// The stream offset of the last message handed out.
     stream_offset: Option<i64>,
     batch_size: usize,
@@ -81,6 +85,8 @@ impl RabbitSource {
             decoder,
             batches: 0,
             unacked: VecDeque::new(),
+            held: 0,
+            held_by: VecDeque::new(),
             stream_offset: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
@@ -209,6 +215,8 @@ impl RabbitSource {
         self.batches += 1;
         if let Some(last) = reads.last() {
             self.unacked.push_back((self.batches, last.tag));
+            self.held_by.push_back(reads.len());
+            self.held += reads.len();
             if last.offset.is_some() {
                 self.stream_offset = last.offset;
             }
@@ -226,6 +234,8 @@ impl RabbitSource {
             .unwrap_or_else(|| RecordBatch::new_empty(Schema::empty().into()));
         let mut batch = Batch::new(records, offsets);
         batch.rejects = rejects;
+        // the broker sends no more past the prefetch until a commit acknowledges
+        batch.checkpoint = self.held * 2 >= usize::from(self.config.max_in_flight);
         Ok(batch)
     }
 }
@@ -236,6 +246,8 @@ impl Source for RabbitSource {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
         self.unacked.clear();
+        self.held_by.clear();
+        self.held = 0;
         let (conn, channel) =
             connect(&self.config.url, &format!("sluice {} source", ctx.pipeline)).await?;
         let queue = self.config.queue.clone();
@@ -323,6 +335,7 @@ impl Source for RabbitSource {
         let mut tag = None;
         while self.unacked.front().is_some_and(|(n, _)| *n <= at.batch) {
             tag = self.unacked.pop_front().map(|(_, t)| t);
+            self.held -= self.held_by.pop_front().unwrap_or(0);
         }
         let (Some(tag), Some(channel)) = (tag, &self.channel) else {
             return Ok(());

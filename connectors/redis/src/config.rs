@@ -125,7 +125,16 @@ impl RedisSourceConfig {
             )
             .with_field("schema"));
         }
-        self.declared_schema()?;
+        if let (EntryFormat::Fields, Some(schema)) = (self.format, self.declared_schema()?) {
+            if let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested()) {
+                return Err(Error::config(format!(
+                    "schema: column \"{}\" is {}; entry fields are text, read into plain types only: use format = \"json\" for nested columns",
+                    f.name(),
+                    connector_api::type_name(f.data_type())
+                ))
+                .with_field("schema"));
+            }
+        }
         Ok(())
     }
 

@@ -492,6 +492,20 @@ fn bad_options_are_named() {
         "{}",
         run.stderr
     );
+    // a list declared for text fields would be read as a one-item list of the text
+    std::fs::write(
+        d.join("p.toml"),
+        "[source]\nconnector = \"redis\"\nurl = \"redis://h\"\nstream = \"s\"\nformat = \"fields\"\n\
+         schema = [{ name = \"tags\", type = \"list<string>\" }]\n[sink]\nconnector = \"file\"\npath = \"out\"\n",
+    )
+    .unwrap();
+    let run = sluice(d, &["validate", "p.toml"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("column \"tags\" is list<string>"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// PostgreSQL CDC into Redis hashes, as `configs/postgres-cdc-to-redis.toml` does: the

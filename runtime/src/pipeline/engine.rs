@@ -99,7 +99,14 @@ impl<'a> Engine<'a> {
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Batch(batch, permit)) => {
+                        let soon = batch.checkpoint;
                         self.accept(batch, permit).await?;
+                        if soon {
+                            // the source waits for acknowledgements: give them now
+                            self.write_acc().await?;
+                            self.checkpoint(store, commit_tx).await?;
+                            last_checkpoint = Instant::now();
+                        }
                         if *paused.borrow() {
                             // the last read before the source saw the pause
                             self.write_acc().await?;

@@ -174,6 +174,7 @@ impl KafkaSource {
                 records: RecordBatch::new_empty(Arc::new(Schema::empty())),
                 offsets,
                 rejects,
+                checkpoint: false,
             });
         };
         let values = if keep.len() == values.num_rows() {
@@ -265,6 +266,7 @@ impl KafkaSource {
             records,
             offsets,
             rejects,
+            checkpoint: false,
         })
     }
 }
