@@ -25,6 +25,17 @@ pub async fn connect(url: &Secret, name: &str) -> Result<(Connection, Channel)> 
     Ok((conn, channel))
 }
 
+/// Closes `channel`, then `conn` (closing the connection under an open channel makes
+/// lapin log an error).
+pub async fn disconnect(conn: Option<Connection>, channel: Option<Channel>) {
+    if let Some(channel) = channel {
+        let _ = channel.close(200, "bye".into()).await;
+    }
+    if let Some(conn) = conn {
+        let _ = conn.close(200, "bye".into()).await;
+    }
+}
+
 fn classify(e: &lapin::Error) -> ErrorKind {
     use lapin::ErrorKind as K;
     match e.kind() {

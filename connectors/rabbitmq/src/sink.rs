@@ -13,7 +13,7 @@ use sluice_formats::messages::{
 };
 
 use crate::config::RabbitSinkConfig;
-use crate::conn::{amqp_error, connect};
+use crate::conn::{amqp_error, connect, disconnect};
 
 /// Publishes records to an exchange.
 pub struct RabbitSink {
@@ -216,10 +216,7 @@ impl Sink for RabbitSink {
 
     async fn close(&mut self) -> Result<()> {
         self.confirms.clear();
-        self.channel = None;
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close(200, "bye".into()).await;
-        }
+        disconnect(self.conn.take(), self.channel.take()).await;
         Ok(())
     }
 }

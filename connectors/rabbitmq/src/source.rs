@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::messages::{message_reject, Message, MessageDecoder};
 
 use crate::config::{RabbitSourceConfig, Start};
-use crate::conn::{amqp_error, connect, value_int, value_text};
+use crate::conn::{amqp_error, connect, disconnect, value_int, value_text};
 
 /// The offset of a queue: the ordinal of the last batch handed out (which deliveries
 /// a commit acknowledges) and, for a stream queue, the stream offset of its last
@@ -350,10 +350,7 @@ impl Source for RabbitSource {
 
     async fn close(&mut self) -> Result<()> {
         self.consumer = None;
-        self.channel = None;
-        if let Some(conn) = self.conn.take() {
-            let _ = conn.close(200, "bye".into()).await;
-        }
+        disconnect(self.conn.take(), self.channel.take()).await;
         Ok(())
     }
 }

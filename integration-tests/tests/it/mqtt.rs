@@ -123,16 +123,12 @@ fn reader(d: &Path, file: &str, port: u16, topics: &str, extra: &str) {
 /// exactly; paho reads what the sink published.
 #[test]
 fn every_type_goes_through_a_topic_and_back() {
-    use crate::roundtrip::{COMPARE, ROWS, SCHEMA};
+    use crate::roundtrip::SCHEMA;
     let dir = workdir();
     let d = dir.path();
     let port = crate::service::free_port();
     let b = broker(port, &d.join("broker"));
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    python(&format!(
-        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
-        d.display()
-    ));
+    crate::roundtrip::write_rows(d);
     reader(d, "from.toml", port, "\"rows/#\"", SCHEMA);
     let first = sluice(d, &["run", "from.toml"]);
     assert_eq!(first.code, Some(0), "{}", first.stderr);
@@ -155,12 +151,7 @@ fn every_type_goes_through_a_topic_and_back() {
     );
     stop(b);
     assert_eq!(seen, "3 18446744073709551615");
-    let out = std::fs::read_dir(d.join("out"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("a json file");
-    let result = python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", out.display()));
+    let result = crate::roundtrip::compare_out(&d.join("out"));
     assert_eq!(result, "equal 3");
 }
 

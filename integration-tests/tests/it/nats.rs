@@ -88,16 +88,12 @@ fn publish(subject: &str, ids: std::ops::Range<u64>) {
 /// exactly, and nats-py reads the messages the sink published.
 #[test]
 fn every_type_goes_through_a_jetstream_stream_and_back() {
-    use crate::roundtrip::{COMPARE, ROWS, SCHEMA};
+    use crate::roundtrip::SCHEMA;
     let dir = workdir();
     let d = dir.path();
     let stream = unique("types");
     create_stream(&stream);
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    python(&format!(
-        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
-        d.display()
-    ));
+    crate::roundtrip::write_rows(d);
     let nats = format!("connector = \"nats\"\nurl = \"{}\"\n", url());
     std::fs::write(
         d.join("to_nats.toml"),
@@ -125,12 +121,7 @@ fn every_type_goes_through_a_jetstream_stream_and_back() {
          print(info.state.messages, m.subject, json.loads(m.data)['u64'], 'Nats-Msg-Id' in (m.headers or {{}}))"
     ));
     assert_eq!(seen, format!("3 {stream}.rows 18446744073709551615 True"));
-    let out = std::fs::read_dir(d.join("out"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("a json file");
-    let result = python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", out.display()));
+    let result = crate::roundtrip::compare_out(&d.join("out"));
     delete_stream(&stream);
     assert_eq!(result, "equal 3");
 }

@@ -111,11 +111,7 @@ fn every_type_goes_through_a_queue_and_back() {
     let d = dir.path();
     let queue = unique("types");
     declare(&queue, false);
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    python(&format!(
-        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
-        d.display()
-    ));
+    crate::roundtrip::write_rows(d);
     let amqp = format!("connector = \"rabbitmq\"\nurl = \"{}\"\n", url());
     std::fs::write(
         d.join("to.toml"),

@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    finish, jsonl_ids, jsonl_lines, kill_at_random, python, signal, sluice, spawn, wait_until,
-    workdir,
+    finish, jsonl_ids, jsonl_lines, kill_at_random, signal, sluice, spawn, wait_until, workdir,
 };
 
 /// The server the tests use.
@@ -114,15 +113,11 @@ fn stream_ids(stream: &str) -> Vec<i64> {
 /// come back exactly, and redis-cli reads what the sink added.
 #[test]
 fn every_type_goes_through_a_stream_and_back() {
-    use crate::roundtrip::{COMPARE, ROWS, SCHEMA};
+    use crate::roundtrip::SCHEMA;
     let dir = workdir();
     let d = dir.path();
     let stream = unique("types");
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    python(&format!(
-        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
-        d.display()
-    ));
+    crate::roundtrip::write_rows(d);
     let redis = format!("connector = \"redis\"\nurl = \"{}\"\n", url_at(port()));
     std::fs::write(
         d.join("to.toml"),
@@ -152,12 +147,7 @@ fn every_type_goes_through_a_stream_and_back() {
     // the group read everything and acknowledged it
     let pending = cli(&["XPENDING", &stream, "sluice-from_redis"]);
     assert!(pending.starts_with('0'), "{pending}");
-    let out = std::fs::read_dir(d.join("out"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("a json file");
-    let result = python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", out.display()));
+    let result = crate::roundtrip::compare_out(&d.join("out"));
     cli(&["DEL", &stream, "sluice:offsets:to_redis:sink"]);
     assert_eq!(result, "equal 3");
 }

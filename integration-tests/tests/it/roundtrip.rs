@@ -58,15 +58,31 @@ for x, y in zip(a, b):
 print("equal", len(b))
 "#;
 
+/// Writes the data set to `dir/in/all.jsonl`.
+pub(crate) fn write_rows(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    python(&format!(
+        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
+        dir.display()
+    ));
+}
+
+/// Compares the JSON lines file under `out` with the data set, value by value:
+/// "equal 3" when every value came back exactly.
+pub(crate) fn compare_out(out: &std::path::Path) -> String {
+    let file = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .expect("a json file");
+    python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", file.display()))
+}
+
 #[test]
 fn every_type_survives_json_to_parquet_to_json() {
     let dir = workdir();
     let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    python(&format!(
-        "{ROWS}\nwith open('{}/in/all.jsonl', 'w') as f:\n    [f.write(json.dumps(r) + '\\n') for r in rows]",
-        d.display()
-    ));
+    write_rows(d);
     std::fs::write(
         d.join("to_parquet.toml"),
         format!(
@@ -108,13 +124,7 @@ fn every_type_survives_json_to_parquet_to_json() {
     .unwrap();
     let run = sluice(d, &["run", "to_json.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let out = std::fs::read_dir(d.join("out/json"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .expect("a json file");
-    let result = python(&format!("{ROWS}\nOUT = '{}'\n{COMPARE}", out.display()));
-    assert_eq!(result, "equal 3");
+    assert_eq!(compare_out(&d.join("out/json")), "equal 3");
 }
 
 /// CSV files of one glob whose headers list the same columns in another order: each
