@@ -410,15 +410,25 @@ pub fn column_texts(
     name: &str,
     option: &str,
 ) -> Result<Vec<Option<String>>> {
-    use arrow_array::Array;
     let col = named_column(records, name, option)?;
     let text = Payloads::column(col)?;
-    Ok((0..records.num_rows())
+    // logical nulls: a column of type null has no null mask, every row is null
+    let nulls = col.logical_nulls();
+    (0..records.num_rows())
         .map(|r| {
-            col.is_valid(r)
-                .then(|| String::from_utf8_lossy(text.get(r)).into_owned())
+            if nulls.as_ref().is_some_and(|n| n.is_null(r)) {
+                return Ok(None);
+            }
+            String::from_utf8(text.get(r).to_vec())
+                .map(Some)
+                .map_err(|_| {
+                    Error::data(format!(
+                        "{option}: row {r} of column \"{name}\" is not UTF-8 text"
+                    ))
+                    .with_field(option)
+                })
         })
-        .collect())
+        .collect()
 }
 
 /// Each row's headers from a sink's `headers_column` (none without one).

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
-use connector_api::{Batch, Error, ErrorKind, Offsets, Reject, Result, Source, SourceContext};
+use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Source, SourceContext};
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
-use sluice_formats::messages::{Message, MessageDecoder};
+use sluice_formats::messages::{message_reject, Message, MessageDecoder};
 
 use crate::config::MqttSourceConfig;
 use crate::conn::{client_error, connect, lost, qos, Link, Note, Setup};
@@ -40,6 +40,8 @@ pub struct MqttSource {
     unacked: VecDeque<(u64, Vec<u16>)>,
     /// Messages handed out and not yet acknowledged.
     held: usize,
+    /// An error met after some messages were read: returned after their batch.
+    deferred: Option<Error>,
     batch_size: usize,
     idle_timeout: Duration,
     /// When the last message came (or the source opened).
@@ -64,6 +66,7 @@ impl MqttSource {
             batches: 0,
             unacked: VecDeque::new(),
             held: 0,
+            deferred: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             quiet_since: Instant::now(),
@@ -117,23 +120,27 @@ impl MqttSource {
             .into_iter()
             .map(|(i, error)| {
                 let p = &msgs[i];
-                let mut reject = Reject::new(
-                    self.split.clone(),
+                let headers: Vec<(String, Option<String>)> = p
+                    .properties
+                    .iter()
+                    .flat_map(|props| props.user_properties.iter())
+                    .map(|(k, v)| (k.clone(), Some(v.clone())))
+                    .collect();
+                message_reject(
+                    &self.split,
                     format!("topic \"{}\"", topics[i]),
-                    String::from_utf8_lossy(&p.payload).into_owned(),
+                    &p.payload,
+                    &headers,
                     error,
-                );
-                reject.bytes = Some(p.payload.to_vec());
-                reject
+                )
             })
             .collect();
         self.batches += 1;
-        let pkids = msgs
+        let pkids: Vec<u16> = msgs
             .iter()
             .filter(|p| p.qos != QoS::AtMostOnce)
             .map(|p| p.pkid)
             .collect();
-        let pkids: Vec<u16> = pkids;
         self.held += pkids.len();
         self.unacked.push_back((self.batches, pkids));
         let mut offsets = Offsets::new();
@@ -165,6 +172,7 @@ impl Source for MqttSource {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("sluice-{}", ctx.pipeline));
+        self.deferred = None;
         self.unacked.clear();
         self.held = 0;
         self.early.clear();
@@ -244,6 +252,9 @@ impl Source for MqttSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let started = Instant::now();
         let mut msgs = Vec::new();
         while msgs.len() < self.batch_size {
@@ -255,9 +266,10 @@ impl Source for MqttSource {
                 Ok(Some(p)) => msgs.push(p),
                 Ok(None) => break,
                 Err(e) if msgs.is_empty() => return Err(e),
-                // what arrived goes out; the broker sends the rest again
+                // what arrived goes out; the error comes at the next call, before
+                // anything after it is read (a later acknowledgement covers it)
                 Err(e) => {
-                    tracing::warn!(error = %e, "mqtt: handing out what arrived");
+                    self.deferred = Some(e);
                     break;
                 }
             }

@@ -27,12 +27,14 @@ pub async fn connect(url: &Secret, name: &str) -> Result<(Connection, Channel)> 
 
 /// Closes `channel`, then `conn` (closing the connection under an open channel makes
 /// lapin log an error).
+/// Each waits at most two seconds: a broker that went away answers neither.
 pub async fn disconnect(conn: Option<Connection>, channel: Option<Channel>) {
+    let wait = std::time::Duration::from_secs(2);
     if let Some(channel) = channel {
-        let _ = channel.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(wait, channel.close(200, "bye".into())).await;
     }
     if let Some(conn) = conn {
-        let _ = conn.close(200, "bye".into()).await;
+        let _ = tokio::time::timeout(wait, conn.close(200, "bye".into())).await;
     }
 }
 

@@ -58,6 +58,8 @@ pub struct RabbitSource {
     held_by: VecDeque<usize>,
     /// The stream offset of the last message handed out.
     stream_offset: Option<i64>,
+    /// An error met after some messages were read: returned after their batch.
+    deferred: Option<Error>,
     batch_size: usize,
     idle_timeout: Duration,
     /// When the last message arrived (or the source opened).
@@ -88,6 +90,7 @@ impl RabbitSource {
             held: 0,
             held_by: VecDeque::new(),
             stream_offset: None,
+            deferred: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             quiet_since: Instant::now(),
@@ -245,6 +248,7 @@ impl Source for RabbitSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
+        self.deferred = None;
         self.unacked.clear();
         self.held_by.clear();
         self.held = 0;
@@ -299,6 +303,9 @@ impl Source for RabbitSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         let started = Instant::now();
         let mut reads = Vec::new();
         while reads.len() < self.batch_size {
@@ -310,9 +317,10 @@ impl Source for RabbitSource {
                 Ok(Some(r)) => reads.push(r),
                 Ok(None) => break,
                 Err(e) if reads.is_empty() => return Err(e),
-                // what arrived goes out; the broker delivers the rest again
+                // what arrived goes out; the error comes at the next call, before
+                // anything after it is read (a later acknowledgement covers it)
                 Err(e) => {
-                    tracing::warn!(error = %e, "rabbitmq: consuming stopped; handing out what arrived");
+                    self.deferred = Some(e);
                     break;
                 }
             }
@@ -370,6 +378,6 @@ pub async fn check(config: &RabbitSourceConfig) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|e| amqp_error(format!("queue \"{}\"", config.queue), e).with_field("queue"));
-    let _ = conn.close(200, "bye".into()).await;
+    disconnect(Some(conn), Some(channel)).await;
     found
 }

@@ -65,8 +65,10 @@ pub struct RedisSourceConfig {
     /// that share a group each need their own, kept across restarts (the entries a
     /// consumer read and did not acknowledge are read again by the same name).
     pub consumer: Option<String>,
-    /// Where a group this source creates starts, when the pipeline has no checkpoint:
-    /// `all` (default) or `new`. A checkpoint always wins: the group is placed at it.
+    /// Where the pipeline starts without a checkpoint: `all` (default) or `new`. A
+    /// group this source creates starts there, and so does a group the pipeline owns
+    /// (no other consumer active): a checkpoint always wins, and without one the group
+    /// is placed here.
     #[serde(default)]
     pub start: Start,
     /// Entry format: `json` (default), `string` or `bytes` (of the field

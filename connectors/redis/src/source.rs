@@ -108,7 +108,8 @@ impl RedisSource {
     }
 
     /// Creates the group when missing, places it, and says what to read first.
-    async fn place(&mut self, at: Option<EntryId>) -> Result<()> {
+    async fn place(&mut self, stored: Option<StreamOffset>) -> Result<()> {
+        let at = stored.and_then(|s| s.id);
         let key = self.config.stream.clone();
         let (group, consumer) = (self.group.clone(), self.consumer.clone());
         let from = match (at, self.config.start) {
@@ -141,53 +142,48 @@ impl RedisSource {
             }
         };
         self.shared = !created && self.others_active().await?;
-        self.phase = match (at, created, self.shared) {
+        self.phase = match (stored, created, self.shared) {
             (_, true, _) => Phase::New,
-            (Some(id), false, false) => {
+            (Some(StreamOffset { id: Some(id), .. }), false, false) => {
                 // the pipeline owns the group: its checkpoint is the position
-                let setid = cmd("XGROUP")
-                    .arg("SETID")
-                    .arg(&key)
-                    .arg(&group)
-                    .arg(id.to_string())
-                    .clone();
-                query(
-                    self.con()?,
-                    &setid,
-                    format!("placing group \"{group}\" at {id}"),
-                )
-                .await?;
-                self.ack_own_through(id).await?;
+                self.set_id(&id.to_string()).await?;
+                self.ack_own_through(id, false).await?;
                 Phase::New
             }
             (None, false, false) => {
-                // the pipeline owns the group and has no checkpoint (a first run, or a
-                // sink whose data is gone): from where `start` says
-                let setid = cmd("XGROUP")
-                    .arg("SETID")
-                    .arg(&key)
-                    .arg(&group)
-                    .arg(&from)
-                    .clone();
-                query(
-                    self.con()?,
-                    &setid,
-                    format!("placing group \"{group}\" at {from}"),
+                // the pipeline owns the group and has no checkpoint at all (a first
+                // run, or a sink whose data is gone): from where `start` says, and
+                // what it read before is superseded
+                self.set_id(&from).await?;
+                self.ack_own_through(
+                    EntryId {
+                        ms: u64::MAX,
+                        seq: u64::MAX,
+                    },
+                    true,
                 )
                 .await?;
-                self.ack_own_through(EntryId {
-                    ms: u64::MAX,
-                    seq: u64::MAX,
-                })
-                .await?;
-                self.redo.clear();
                 Phase::New
             }
+            // a shared group, or a checkpoint of claimed entries only: the group's
+            // position, this consumer's own pending entries first
             _ => Phase::Own(EntryId::default()),
         };
         self.last = at;
         tracing::info!(stream = %key, %group, %consumer, at = ?at.map(|a| a.to_string()), shared = self.shared, "redis: reading the stream");
         Ok(())
+    }
+
+    /// Places the group at `id` (`XGROUP SETID`).
+    async fn set_id(&mut self, id: &str) -> Result<()> {
+        let setid = cmd("XGROUP")
+            .arg("SETID")
+            .arg(&self.config.stream)
+            .arg(&self.group)
+            .arg(id)
+            .clone();
+        let what = format!("placing group \"{}\" at {id}", self.group);
+        query(self.con()?, &setid, what).await.map(|_| ())
     }
 
     /// True when another consumer of the group has entries pending or was active
@@ -222,8 +218,9 @@ impl RedisSource {
 
     /// Acknowledges this consumer's pending entries up to `id` that it read once, in
     /// order: the checkpoint holds them. Ones delivered more than once may have been
-    /// claimed from another consumer and not written: they are read again.
-    async fn ack_own_through(&mut self, id: EntryId) -> Result<()> {
+    /// claimed from another consumer and not written: they are read again (with
+    /// `all`, they are acknowledged too: the group starts over).
+    async fn ack_own_through(&mut self, id: EntryId, all: bool) -> Result<()> {
         let mut from = "-".to_string();
         loop {
             let pending = cmd("XPENDING")
@@ -247,6 +244,7 @@ impl RedisSource {
                 seen += 1;
                 from = format!("({pid}");
                 match int(e.get(3)) {
+                    _ if all => once.push(pid),
                     1 => once.push(pid),
                     _ => self.redo.push(pid),
                 }
@@ -437,7 +435,7 @@ impl Source for RedisSource {
         if let Some(at) = stored {
             self.batches = at.batch;
         }
-        self.place(stored.and_then(|s| s.id)).await?;
+        self.place(stored).await?;
         if self.config.bounded {
             let info = cmd("XINFO").arg("STREAM").arg(&self.config.stream).clone();
             let what = format!("stream \"{}\"", self.config.stream);
@@ -453,7 +451,7 @@ impl Source for RedisSource {
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let done = |s: &Self| match (s.end, s.phase) {
-            (Some(end), Phase::New) => s.last.unwrap_or_default() >= end,
+            (Some(end), Phase::New) => s.redo.is_empty() && s.last.unwrap_or_default() >= end,
             _ => false,
         };
         if done(self) {
