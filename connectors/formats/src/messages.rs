@@ -500,6 +500,44 @@ pub fn message_reject(
     reject
 }
 
+/// A source that reads one message at a time from its broker.
+pub trait Pull {
+    /// One message as read.
+    type Item;
+
+    /// The next message, waiting at most `wait`; None when none came.
+    fn pull(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<Option<Self::Item>>> + Send;
+}
+
+/// Up to `max` messages of `source`: the first waits up to `idle`, the rest only
+/// take what has arrived. An error after some messages came is returned beside them,
+/// for the next call: they go out first, and nothing after the failed message is
+/// read (a later cumulative acknowledgement would cover it).
+pub async fn gather<P: Pull + Send>(
+    source: &mut P,
+    max: usize,
+    idle: std::time::Duration,
+) -> Result<(Vec<P::Item>, Option<Error>)> {
+    let started = std::time::Instant::now();
+    let mut items = Vec::new();
+    while items.len() < max {
+        let wait = match items.is_empty() {
+            true => idle.saturating_sub(started.elapsed()),
+            false => std::time::Duration::ZERO,
+        };
+        match source.pull(wait).await {
+            Ok(Some(item)) => items.push(item),
+            Ok(None) => break,
+            Err(e) if items.is_empty() => return Err(e),
+            Err(e) => return Ok((items, Some(e))),
+        }
+    }
+    Ok((items, None))
+}
+
 /// The type of the `_headers` column: `list<struct<key: string, value: string>>`.
 pub fn headers_type() -> DataType {
     DataType::List(Arc::new(Field::new_struct("item", header_fields(), true)))

@@ -12,7 +12,7 @@ use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Source, SourceCont
 use rumqttc::v5::mqttbytes::v5::Publish;
 use rumqttc::v5::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
-use sluice_formats::messages::{message_reject, Message, MessageDecoder};
+use sluice_formats::messages::{gather, message_reject, Message, MessageDecoder, Pull};
 
 use crate::config::MqttSourceConfig;
 use crate::conn::{client_error, connect, lost, qos, Link, Note, Setup};
@@ -162,6 +162,14 @@ impl MqttSource {
     }
 }
 
+impl Pull for MqttSource {
+    type Item = Publish;
+
+    async fn pull(&mut self, wait: Duration) -> Result<Option<Publish>> {
+        self.next_message(wait).await
+    }
+}
+
 #[connector_api::async_trait]
 impl Source for MqttSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
@@ -255,25 +263,8 @@ impl Source for MqttSource {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
-        let started = Instant::now();
-        let mut msgs = Vec::new();
-        while msgs.len() < self.batch_size {
-            let wait = match msgs.is_empty() {
-                true => self.idle_timeout.saturating_sub(started.elapsed()),
-                false => Duration::ZERO,
-            };
-            match self.next_message(wait).await {
-                Ok(Some(p)) => msgs.push(p),
-                Ok(None) => break,
-                Err(e) if msgs.is_empty() => return Err(e),
-                // what arrived goes out; the error comes at the next call, before
-                // anything after it is read (a later acknowledgement covers it)
-                Err(e) => {
-                    self.deferred = Some(e);
-                    break;
-                }
-            }
-        }
+        let (msgs, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
+        self.deferred = failed;
         if msgs.is_empty() {
             // bounded: the broker says nothing of what it still holds for the session
             // (it sends more as acknowledgements free room): done once nothing waits for

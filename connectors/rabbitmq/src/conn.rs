@@ -25,6 +25,22 @@ pub async fn connect(url: &Secret, name: &str) -> Result<(Connection, Channel)> 
     Ok((conn, channel))
 }
 
+/// The queue `queue` as the broker has it (a passive declare): not there is an error
+/// naming it.
+pub async fn declared_queue(channel: &Channel, queue: &str) -> Result<lapin::Queue> {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .map_err(|e| amqp_error(format!("queue \"{queue}\""), e).with_field("queue"))
+}
+
 /// Closes `channel`, then `conn` (closing the connection under an open channel makes
 /// lapin log an error).
 /// Each waits at most two seconds: a broker that went away answers neither.

@@ -10,14 +10,14 @@ use arrow_schema::Schema;
 use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use serde::{Deserialize, Serialize};
-use sluice_formats::messages::{message_reject, Message, MessageDecoder};
+use sluice_formats::messages::{gather, message_reject, Message, MessageDecoder, Pull};
 
 use crate::config::{RabbitSourceConfig, Start};
-use crate::conn::{amqp_error, connect, disconnect, value_int, value_text};
+use crate::conn::{amqp_error, connect, declared_queue, disconnect, value_int, value_text};
 
 /// The offset of a queue: the ordinal of the last batch handed out (which deliveries
 /// a commit acknowledges) and, for a stream queue, the stream offset of its last
@@ -32,7 +32,7 @@ pub struct QueueOffset {
 }
 
 /// One delivery, read.
-struct Read {
+pub struct Read {
     tag: u64,
     routing_key: String,
     payload: Vec<u8>,
@@ -167,18 +167,7 @@ impl RabbitSource {
             .channel
             .as_ref()
             .ok_or_else(|| Error::internal("rabbitmq source is not open"))?;
-        let queue = &self.config.queue;
-        let q = channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| amqp_error(format!("queue \"{queue}\""), e))?;
+        let q = declared_queue(channel, &self.config.queue).await?;
         Ok(q.message_count() == 0)
     }
 
@@ -243,6 +232,14 @@ impl RabbitSource {
     }
 }
 
+impl Pull for RabbitSource {
+    type Item = Read;
+
+    async fn pull(&mut self, wait: Duration) -> Result<Option<Read>> {
+        self.next_delivery(wait).await
+    }
+}
+
 #[connector_api::async_trait]
 impl Source for RabbitSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
@@ -255,17 +252,7 @@ impl Source for RabbitSource {
         let (conn, channel) =
             connect(&self.config.url, &format!("sluice {} source", ctx.pipeline)).await?;
         let queue = self.config.queue.clone();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| amqp_error(format!("queue \"{queue}\""), e).with_field("queue"))?;
+        declared_queue(&channel, &queue).await?;
         channel
             .basic_qos(self.config.max_in_flight, BasicQosOptions::default())
             .await
@@ -306,25 +293,8 @@ impl Source for RabbitSource {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
-        let started = Instant::now();
-        let mut reads = Vec::new();
-        while reads.len() < self.batch_size {
-            let wait = match reads.is_empty() {
-                true => self.idle_timeout.saturating_sub(started.elapsed()),
-                false => Duration::ZERO,
-            };
-            match self.next_delivery(wait).await {
-                Ok(Some(r)) => reads.push(r),
-                Ok(None) => break,
-                Err(e) if reads.is_empty() => return Err(e),
-                // what arrived goes out; the error comes at the next call, before
-                // anything after it is read (a later acknowledgement covers it)
-                Err(e) => {
-                    self.deferred = Some(e);
-                    break;
-                }
-            }
-        }
+        let (reads, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
+        self.deferred = failed;
         if reads.is_empty() {
             return match self.config.bounded && self.drained().await? {
                 true => Ok(None),
@@ -366,18 +336,7 @@ impl Source for RabbitSource {
 /// `sluice check`: the broker answers and the queue exists.
 pub async fn check(config: &RabbitSourceConfig) -> Result<()> {
     let (conn, channel) = connect(&config.url, "sluice check").await?;
-    let found = channel
-        .queue_declare(
-            config.queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| amqp_error(format!("queue \"{}\"", config.queue), e).with_field("queue"));
+    let found = declared_queue(&channel, &config.queue).await.map(|_| ());
     disconnect(Some(conn), Some(channel)).await;
     found
 }
