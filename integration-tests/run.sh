@@ -119,6 +119,15 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   rabbitmq-server -detached
   for _ in $(seq 1 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done
 fi
+# MariaDB: the machine's own on 3306 (the mysql tests check with its `mariadb` client)
+command -v mariadb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mariadb-client >/dev/null; }
+if ! mariadb -h 127.0.0.1 -P 3306 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+  log "starting mariadbd"
+  start-stop-daemon --start --oknodo --background --exec "$(command -v mariadbd)"
+  for _ in $(seq 1 60); do mariadb -h 127.0.0.1 -P 3306 -u root -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 1; done
+fi
+mariadb -h 127.0.0.1 -P 3306 -u root -e 'CREATE DATABASE IF NOT EXISTS test'
+export SLUICE_TEST_MYSQL_PORT="${SLUICE_TEST_MYSQL_PORT:-3306}"
 if ! redis-cli -p 6379 PING 2>/dev/null | grep -q PONG; then
   log "starting redis-server"
   mkdir -p /var/lib/redis /var/log/redis

@@ -41,6 +41,8 @@ impl Registry {
         r.add_sink(Arc::new(sluice_sqlite::Sqlite));
         r.add_source(Arc::new(sluice_postgres::Postgres));
         r.add_sink(Arc::new(sluice_postgres::Postgres));
+        r.add_source(Arc::new(sluice_mysql::Mysql));
+        r.add_sink(Arc::new(sluice_mysql::Mysql));
         r.add_source(Arc::new(sluice_s3::S3));
         r.add_sink(Arc::new(sluice_s3::S3));
         r.add_source(Arc::new(sluice_kafka::Kafka));

@@ -12,6 +12,7 @@ mod kafka;
 mod kafka_avro;
 mod kafka_group;
 mod mqtt;
+mod mysql;
 mod nats;
 mod plugins;
 mod postgres;

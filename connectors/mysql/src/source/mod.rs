@@ -1,0 +1,460 @@
+//! The MySQL/MariaDB source: tables in primary-key order (a query in `key` order)
+//! inside one consistent snapshot per run, or one table or query by cursor columns.
+//!
+//! Rows are read in chunks of the batch size through prepared statements (the binary
+//! protocol: integers, dates and times arrive as numbers, not text), each chunk after
+//! the last delivered position, so a restart resumes exactly after it.
+
+mod order;
+
+use std::time::{Duration, Instant};
+
+use arrow_schema::SchemaRef;
+use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Params, Row, Value};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{MysqlSourceConfig, SourceMode};
+use crate::conn::{
+    connect, database_of, primary_key, quote, quote_table, split_table, table_exists,
+};
+use crate::decode::Decoder;
+use crate::error::my_error;
+use crate::types::describe;
+pub use order::Key;
+
+/// Position of one split (a table, or the query). Exclusive: reading resumes strictly
+/// after the row it names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum MysqlOffset {
+    /// Key order (`snapshot`): the key of the last delivered row.
+    Key {
+        /// Its values, in key order.
+        after: Vec<Key>,
+    },
+    /// The split was read to its end (`snapshot`).
+    Done,
+    /// Cursor order (`incremental`): the cursor of the last delivered row.
+    Cursor {
+        /// Its values, in cursor order.
+        after: Vec<Key>,
+    },
+}
+
+/// One table or the query, read in its order.
+struct Split {
+    /// The offset's key: `table:NAME` or `query`.
+    name: String,
+    /// What `FROM` reads.
+    relation: String,
+    /// The columns rows are read in the order of (key or cursor).
+    order: Vec<String>,
+    position: Option<MysqlOffset>,
+    decoder: Option<Decoder>,
+}
+
+/// Reads tables or a query.
+pub struct MysqlSource {
+    config: MysqlSourceConfig,
+    conn: Option<Conn>,
+    splits: Vec<Split>,
+    batch_size: usize,
+    idle_timeout: Duration,
+}
+
+impl MysqlSource {
+    /// A source for `config` (validated).
+    pub fn new(config: MysqlSourceConfig) -> Self {
+        MysqlSource {
+            config,
+            conn: None,
+            splits: Vec::new(),
+            batch_size: 8192,
+            idle_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn conn(&mut self) -> Result<&mut Conn> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| Error::internal("source is not open"))
+    }
+
+    /// The splits of the configuration, with their order columns and positions.
+    async fn plan(&mut self, committed: &Offsets) -> Result<Vec<Split>> {
+        let incremental = self.config.mode == SourceMode::Incremental;
+        let mut splits = Vec::new();
+        if let Some(query) = self.config.query_text() {
+            let order = match incremental {
+                true => self.config.cursor.clone(),
+                false => self.config.key.clone(),
+            };
+            splits.push(Split {
+                name: "query".into(),
+                relation: format!("({query}) AS q"),
+                order,
+                position: None,
+                decoder: None,
+            });
+        }
+        let (tables, cursor) = (self.config.tables.clone(), self.config.cursor.clone());
+        let conn = self.conn()?;
+        for table in tables {
+            let db = database_of(conn, &table).await?;
+            let bare = split_table(&table).1;
+            if !table_exists(conn, &db, bare).await? {
+                return Err(
+                    Error::not_found(format!("table {db}.{bare} does not exist"))
+                        .with_field("tables"),
+                );
+            }
+            let order = match incremental {
+                true => cursor.clone(),
+                false => primary_key(conn, &db, bare).await?,
+            };
+            if order.is_empty() {
+                return Err(Error::config(format!(
+                    "table {db}.{bare} has no primary key, so a restart could not resume inside it; \
+                     read it with a query and key columns that order its rows uniquely"
+                ))
+                .with_field("tables"));
+            }
+            splits.push(Split {
+                name: format!("table:{table}"),
+                relation: quote_table(&table),
+                order,
+                position: None,
+                decoder: None,
+            });
+        }
+        for split in &mut splits {
+            split.position = committed.get_typed(&split.name)?;
+            let fits = matches!(
+                (&split.position, incremental),
+                (None, _)
+                    | (Some(MysqlOffset::Cursor { .. }), true)
+                    | (Some(MysqlOffset::Key { .. } | MysqlOffset::Done), false)
+            );
+            if !fits {
+                return Err(Error::config(format!(
+                    "{}: the stored offset was written in another mode than {:?}; reset the pipeline's offsets to read it this way",
+                    split.name, self.config.mode
+                ))
+                .with_field("mode"));
+            }
+        }
+        Ok(splits)
+    }
+
+    /// Reads the next chunk of split `at` after its position.
+    async fn chunk(&mut self, at: usize) -> Result<Chunk> {
+        let limit = self.batch_size;
+        let lag = self.lag_condition(at);
+        let split = &self.splits[at];
+        let mut conds = Vec::new();
+        let mut params = Vec::new();
+        if let Some(MysqlOffset::Key { after } | MysqlOffset::Cursor { after }) = &split.position {
+            let (cond, p) = order::after(&split.order, after);
+            conds.push(cond);
+            params = p;
+        }
+        conds.extend(lag);
+        let filter = match conds.is_empty() {
+            true => String::new(),
+            false => format!(" WHERE {}", conds.join(" AND ")),
+        };
+        let sql = format!(
+            "SELECT * FROM {}{filter} ORDER BY {} LIMIT {limit}",
+            split.relation,
+            order::order_by(&split.order)
+        );
+        let name = split.name.clone();
+        let conn = self.conn()?;
+        let stmt = conn
+            .prep(&sql)
+            .await
+            .map_err(|e| my_error(format!("{name}: prepare {sql}"), e))?;
+        let rows: Vec<Row> = conn
+            .exec(&stmt, Params::Positional(params))
+            .await
+            .map_err(|e| my_error(format!("{name}: read"), e))?;
+        Ok(Chunk {
+            full: rows.len() >= limit,
+            rows,
+            columns: stmt.columns(),
+        })
+    }
+
+    /// With `lag`: the condition that the first cursor column is old enough.
+    fn lag_condition(&self, at: usize) -> Option<String> {
+        let lag = self.config.lag?;
+        let first = self.splits[at].order.first()?;
+        Some(format!(
+            "{} <= NOW(6) - INTERVAL {} MICROSECOND",
+            quote(first),
+            lag.as_micros()
+        ))
+    }
+
+    /// The decoder of split `at`, made from the first statement's columns.
+    fn decoder(&mut self, at: usize, columns: &[mysql_async::Column]) -> Result<&mut Decoder> {
+        if self.splits[at].decoder.is_none() {
+            let described = describe(columns)?;
+            for c in &self.splits[at].order {
+                if !described.iter().any(|(n, ..)| n == c) {
+                    return Err(Error::config(format!(
+                        "{}: column \"{c}\" is not among the columns read",
+                        self.splits[at].name
+                    ))
+                    .with_field(match self.config.mode {
+                        SourceMode::Incremental => "cursor",
+                        SourceMode::Snapshot => "key",
+                    }));
+                }
+            }
+            self.splits[at].decoder = Some(Decoder::new(&described, self.config.zero_dates));
+        }
+        self.splits[at]
+            .decoder
+            .as_mut()
+            .ok_or_else(|| Error::internal("decoder"))
+    }
+
+    /// Decodes `rows` (read with `columns`) into a batch of split `at`, which then
+    /// stands at `next`.
+    fn batch(
+        &mut self,
+        at: usize,
+        columns: &[mysql_async::Column],
+        rows: Vec<Row>,
+        next: MysqlOffset,
+    ) -> Result<Batch> {
+        let name = self.splits[at].name.clone();
+        let from = self.splits[at].position.clone();
+        let decoder = self.decoder(at, columns)?;
+        for (i, row) in rows.into_iter().enumerate() {
+            let at = || format!("{name}: row {} after {}", i + 1, position_text(&from));
+            decoder.push(row.unwrap(), &at)?;
+        }
+        let records = decoder.finish()?;
+        let mut offsets = Offsets::new();
+        offsets.set_typed(name, &next)?;
+        self.splits[at].position = Some(next);
+        Ok(Batch::new(records, offsets))
+    }
+
+    /// The values of the order columns in `row`; an error naming them when one is NULL.
+    fn order_of(&self, at: usize, row: &Row) -> Result<Vec<Key>> {
+        let split = &self.splits[at];
+        split
+            .order
+            .iter()
+            .map(|c| {
+                let i = row
+                    .columns_ref()
+                    .iter()
+                    .position(|col| col.name_str() == c.as_str())
+                    .ok_or_else(|| {
+                        Error::config(format!("{}: column \"{c}\" is not read", split.name))
+                    })?;
+                let value = row.as_ref(i).unwrap_or(&Value::NULL);
+                Key::of(value).ok_or_else(|| null_order(&split.name, c))
+            })
+            .collect()
+    }
+
+    async fn next_snapshot(&mut self) -> Result<Option<Batch>> {
+        let Some(at) = self
+            .splits
+            .iter()
+            .position(|s| s.position != Some(MysqlOffset::Done))
+        else {
+            return Ok(None);
+        };
+        let Chunk {
+            rows,
+            columns,
+            full,
+        } = self.chunk(at).await?;
+        let next = match (full, rows.last()) {
+            (true, Some(last)) => MysqlOffset::Key {
+                after: self.order_of(at, last)?,
+            },
+            _ => MysqlOffset::Done,
+        };
+        self.batch(at, &columns, rows, next).map(Some)
+    }
+
+    async fn next_incremental(&mut self) -> Result<Option<Batch>> {
+        let started = Instant::now();
+        loop {
+            let Chunk {
+                mut rows,
+                columns,
+                full,
+            } = self.chunk(0).await?;
+            if rows.is_empty() {
+                self.check_nulls().await?;
+                if started.elapsed() >= self.idle_timeout {
+                    return Ok(Some(Batch::idle()));
+                }
+                tokio::time::sleep(self.config.poll_interval.min(self.idle_timeout)).await;
+                continue;
+            }
+            let mut cursors = rows
+                .iter()
+                .map(|r| self.order_of(0, r))
+                .collect::<Result<Vec<_>>>()?;
+            if full {
+                // the read may end inside a run of rows sharing a cursor, and the next
+                // read (after that value) would skip the rest of it: the run is left
+                // to the next read, or read whole when it is the whole read
+                let last = cursors.last().cloned().unwrap_or_default();
+                let kept = cursors
+                    .iter()
+                    .rposition(|c| *c != last)
+                    .map_or(0, |i| i + 1);
+                if kept > 0 {
+                    rows.truncate(kept);
+                    cursors.truncate(kept);
+                } else {
+                    rows = self.chunk_equal(&last).await?;
+                }
+            }
+            let after = cursors.pop().unwrap_or_default();
+            return self
+                .batch(0, &columns, rows, MysqlOffset::Cursor { after })
+                .map(Some);
+        }
+    }
+
+    /// Every row whose cursor equals `at` (a run longer than a read).
+    async fn chunk_equal(&mut self, at: &[Key]) -> Result<Vec<Row>> {
+        let split = &self.splits[0];
+        let (cond, params) = order::equal(&split.order, at);
+        let sql = format!("SELECT * FROM {} WHERE {cond}", split.relation);
+        let name = split.name.clone();
+        self.conn()?
+            .exec(sql, Params::Positional(params))
+            .await
+            .map_err(|e| my_error(format!("{name}: read"), e))
+    }
+
+    /// Caught up: a row with NULL in a cursor column is never reached, which is an
+    /// error, not a silent skip.
+    async fn check_nulls(&mut self) -> Result<()> {
+        let split = &self.splits[0];
+        let any: Vec<String> = split
+            .order
+            .iter()
+            .map(|c| format!("{} IS NULL", quote(c)))
+            .collect();
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {} LIMIT 1",
+            split.relation,
+            any.join(" OR ")
+        );
+        let name = split.name.clone();
+        let cursor = split.order.join("\" or \"");
+        let found: Option<u8> = self
+            .conn()?
+            .query_first(sql)
+            .await
+            .map_err(|e| my_error(format!("{name}: read"), e))?;
+        match found {
+            Some(_) => Err(null_order(&name, &cursor)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A chunk as read.
+struct Chunk {
+    rows: Vec<Row>,
+    columns: std::sync::Arc<[mysql_async::Column]>,
+    /// The read filled its limit: more rows may follow.
+    full: bool,
+}
+
+fn position_text(position: &Option<MysqlOffset>) -> String {
+    match position {
+        None => "the start".into(),
+        Some(p) => serde_json::to_string(p).unwrap_or_default(),
+    }
+}
+
+/// The error of a row of `split` with NULL in an order column.
+fn null_order(split: &str, column: &str) -> Error {
+    Error::data(format!(
+        "{split}: a row has NULL in \"{column}\", which orders the reads; no position comes after NULL, \
+         so the row would never be read. Fill the column and make it NOT NULL, or read a query that gives it a value (COALESCE)"
+    ))
+}
+
+/// `sluice schema` / `sluice check`: the schema the source will produce (of the first
+/// table, or the query).
+pub async fn discover(config: &MysqlSourceConfig) -> Result<SchemaRef> {
+    let mut conn = connect(&config.url).await?;
+    let relation = match (config.query_text(), config.tables.first()) {
+        (Some(q), _) => format!("({q}) AS q"),
+        (None, Some(t)) => {
+            let db = database_of(&mut conn, t).await?;
+            let bare = split_table(t).1;
+            if !table_exists(&mut conn, &db, bare).await? {
+                return Err(
+                    Error::not_found(format!("table {db}.{bare} does not exist"))
+                        .with_field("tables"),
+                );
+            }
+            quote_table(t)
+        }
+        (None, None) => return Err(Error::config("no table or query").with_field("tables")),
+    };
+    let stmt = conn
+        .prep(format!("SELECT * FROM {relation}"))
+        .await
+        .map_err(|e| my_error("describe the source", e).with_field("query"))?;
+    let described = describe(&stmt.columns())?;
+    let _ = conn.disconnect().await;
+    Ok(Decoder::new(&described, config.zero_dates).schema().clone())
+}
+
+#[connector_api::async_trait]
+impl Source for MysqlSource {
+    async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
+        self.batch_size = ctx.batch_size.max(1);
+        self.idle_timeout = ctx.idle_timeout;
+        self.conn = Some(connect(&self.config.url).await?);
+        self.splits = self.plan(committed).await?;
+        if self.config.mode == SourceMode::Snapshot {
+            // every chunk of this run reads one snapshot (a restart takes a new one
+            // and resumes after the last delivered key)
+            let conn = self.conn()?;
+            conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(|e| my_error("set the isolation level", e))?;
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                .await
+                .map_err(|e| my_error("start the snapshot", e))?;
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        match self.config.mode {
+            SourceMode::Snapshot => self.next_snapshot().await,
+            SourceMode::Incremental => self.next_incremental().await,
+        }
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.disconnect().await {
+                tracing::debug!(error = %e, "closing the MySQL connection failed");
+            }
+        }
+        Ok(())
+    }
+}
