@@ -128,6 +128,24 @@ if ! mariadb -h 127.0.0.1 -P 3306 -u root -e 'SELECT 1' >/dev/null 2>&1; then
 fi
 mariadb -h 127.0.0.1 -P 3306 -u root -e 'CREATE DATABASE IF NOT EXISTS test'
 export SLUICE_TEST_MYSQL_PORT="${SLUICE_TEST_MYSQL_PORT:-3306}"
+# and a private one with the binlog on (row format, full metadata) for the CDC tests; it
+# refuses LOAD DATA LOCAL INFILE, so the sink's INSERT path is tested there too
+binlog_dir="$CARGO_TARGET_DIR/mariadb-binlog"
+if ! mariadb -h 127.0.0.1 -P 3307 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+  log "starting a private mariadbd with the binlog on (port 3307)"
+  if [[ ! -d "$binlog_dir/data/mysql" ]]; then
+    mkdir -p "$binlog_dir"
+    mariadb-install-db --no-defaults --datadir="$binlog_dir/data" --user=root \
+      --auth-root-authentication-method=normal >"$binlog_dir/install.log" 2>&1
+  fi
+  setsid nohup mariadbd --no-defaults --datadir="$binlog_dir/data" --port=3307 --bind-address=127.0.0.1 \
+    --socket="$binlog_dir/sock" --pid-file="$binlog_dir/pid" --log-error="$binlog_dir/error.log" --user=root \
+    --log-bin=binlog --binlog-format=ROW --binlog-row-metadata=FULL --server-id=7 --local-infile=0 \
+    </dev/null >/dev/null 2>&1 &
+  for _ in $(seq 1 60); do mariadb -h 127.0.0.1 -P 3307 -u root -e 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+mariadb -h 127.0.0.1 -P 3307 -u root -e 'CREATE DATABASE IF NOT EXISTS test'
+export SLUICE_TEST_MYSQL_BINLOG_PORT="${SLUICE_TEST_MYSQL_BINLOG_PORT:-3307}"
 if ! redis-cli -p 6379 PING 2>/dev/null | grep -q PONG; then
   log "starting redis-server"
   mkdir -p /var/lib/redis /var/log/redis

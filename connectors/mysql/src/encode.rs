@@ -1,7 +1,8 @@
 //! Arrow columns as the text MySQL reads: the tab-separated form of `LOAD DATA`
 //! (`\N` for NULL, backslash escapes, raw bytes under `CHARACTER SET binary`), or SQL
 //! literals for `INSERT ... VALUES` and key lists. Exact or an error naming the column
-//! and the row: floats print their shortest round-trip digits, timestamps keep their
+//! and the row: floats print their shortest round-trip digits with an exponent (a
+//! literal of digits alone is a DECIMAL to MySQL, clipped at 65 digits), timestamps keep their
 //! microseconds (a nanosecond part is an error), NaN and infinities are refused
 //! (MySQL has no such values).
 
@@ -174,14 +175,14 @@ impl Column {
                 if !v.is_finite() {
                     return Err(bad(&format!("{v} has no MySQL value")));
                 }
-                write!(out, "{v}").map_err(|e| bad(&e.to_string()))?;
+                write!(out, "{v:e}").map_err(|e| bad(&e.to_string()))?;
             }
             Cells::F64(a) => {
                 let v = a.as_primitive::<Float64Type>().value(i);
                 if !v.is_finite() {
                     return Err(bad(&format!("{v} has no MySQL value")));
                 }
-                write!(out, "{v}").map_err(|e| bad(&e.to_string()))?;
+                write!(out, "{v:e}").map_err(|e| bad(&e.to_string()))?;
             }
             Cells::Text(a) => string(a.as_string::<i32>().value(i).as_bytes(), form, out),
             Cells::Bytes(a) => string(a.as_binary::<i32>().value(i), form, out),
@@ -346,7 +347,8 @@ mod tests {
     #[test]
     fn floats_print_exactly_and_refuse_nan() {
         let a: ArrayRef = Arc::new(Float64Array::from(vec![0.1, 1e300, -0.0]));
-        let text = printed(a, Form::Infile);
+        let text = printed(a, Form::Sql);
+        assert_eq!(text[1], "1e300");
         assert_eq!(text[0].parse::<f64>().unwrap(), 0.1);
         assert_eq!(text[1].parse::<f64>().unwrap(), 1e300);
         let nan: ArrayRef = Arc::new(Float64Array::from(vec![f64::NAN]));

@@ -34,8 +34,9 @@ pub const OFFSETS_TABLE: &str = "sluice_offsets";
 const STAGING: &str = "sluice_staging";
 /// Rows per piece of a load (the stream sends one piece at a time).
 const PIECE_ROWS: usize = 4096;
-/// Bytes of one `INSERT ... VALUES` statement, well under the default packet limit.
-const INSERT_BYTES: usize = 4 << 20;
+/// Bytes of one `INSERT ... VALUES` or `DELETE ... IN` statement, well under the
+/// default packet limit.
+const STATEMENT_BYTES: usize = 4 << 20;
 
 /// Writes batches into one table.
 pub struct MysqlSink {
@@ -88,6 +89,17 @@ impl MysqlSink {
 
     fn offsets_table(&self) -> String {
         format!("{}.{}", quote(&self.db), quote(OFFSETS_TABLE))
+    }
+
+    /// Runs a statement that writes rows: a warning (a value changed, a row skipped)
+    /// is an error, never silent.
+    async fn exec_rows(&mut self, sql: &str) -> Result<()> {
+        self.exec(sql).await?;
+        let warnings = self.conn()?.get_warnings();
+        if warnings > 0 {
+            return Err(self.warnings(warnings).await);
+        }
+        Ok(())
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
@@ -315,7 +327,7 @@ impl MysqlSink {
             Err(e) => e.to_string(),
         };
         Error::data(format!(
-            "table {target}: the server changed or skipped values while loading ({count} warnings: {listed})"
+            "table {target}: the server changed or skipped values while writing ({count} warnings: {listed})"
         ))
     }
 
@@ -330,17 +342,29 @@ impl MysqlSink {
     ) -> Result<()> {
         let verb = if replace { "REPLACE" } else { "INSERT" };
         let head = format!("{verb} INTO {into} ({}) VALUES ", names.join(", "));
-        let mut sql = head.clone().into_bytes();
+        self.exec_tuples(&head, "", columns, rows).await
+    }
+
+    /// Runs `head (row), (row), ... tail` over the rows of `columns`, in statements
+    /// of up to [`STATEMENT_BYTES`].
+    async fn exec_tuples(
+        &mut self,
+        head: &str,
+        tail: &str,
+        columns: &[Column],
+        rows: usize,
+    ) -> Result<()> {
+        let mut sql = head.as_bytes().to_vec();
         for i in 0..rows {
             if sql.len() > head.len() {
                 sql.push(b',');
             }
             encode::tuple(columns, i, &mut sql)?;
-            if sql.len() >= INSERT_BYTES || i + 1 == rows {
-                let text =
-                    String::from_utf8(std::mem::replace(&mut sql, head.clone().into_bytes()))
-                        .map_err(|_| Error::internal("an INSERT statement is not UTF-8"))?;
-                self.exec(&text).await?;
+            if sql.len() >= STATEMENT_BYTES || i + 1 == rows {
+                sql.extend_from_slice(tail.as_bytes());
+                let text = String::from_utf8(std::mem::replace(&mut sql, head.as_bytes().to_vec()))
+                    .map_err(|_| Error::internal("a statement is not UTF-8"))?;
+                self.exec_rows(&text).await?;
             }
         }
         Ok(())
@@ -434,7 +458,7 @@ impl MysqlSink {
             false => set.join(", "),
         };
         let cols = names.join(", ");
-        self.exec(&format!(
+        self.exec_rows(&format!(
             "INSERT INTO {} ({cols}) SELECT {cols} FROM {staging} ON DUPLICATE KEY UPDATE {update}",
             self.target
         ))
@@ -458,21 +482,7 @@ impl MysqlSink {
             self.target,
             names.join(", ")
         );
-        let mut sql = head.clone().into_bytes();
-        for i in 0..rows.num_rows() {
-            if sql.len() > head.len() {
-                sql.push(b',');
-            }
-            encode::tuple(&keys, i, &mut sql)?;
-            if sql.len() >= INSERT_BYTES || i + 1 == rows.num_rows() {
-                sql.push(b')');
-                let text =
-                    String::from_utf8(std::mem::replace(&mut sql, head.clone().into_bytes()))
-                        .map_err(|_| Error::internal("a DELETE statement is not UTF-8"))?;
-                self.exec(&text).await?;
-            }
-        }
-        Ok(())
+        self.exec_tuples(&head, ")", &keys, rows.num_rows()).await
     }
 
     async fn commit_with(&mut self, offsets: &Offsets) -> Result<()> {

@@ -19,8 +19,20 @@ fn port() -> u16 {
         .unwrap_or(3306)
 }
 
+/// The private server with the binlog on, which refuses `LOAD DATA LOCAL INFILE`.
+fn binlog_port() -> u16 {
+    std::env::var("SLUICE_TEST_MYSQL_BINLOG_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3307)
+}
+
 fn url() -> String {
-    format!("mysql://root@127.0.0.1:{}/test", port())
+    url_at(port())
+}
+
+fn url_at(port: u16) -> String {
+    format!("mysql://root@127.0.0.1:{port}/test")
 }
 
 /// A table name unique to this run.
@@ -35,17 +47,14 @@ fn unique(tag: &str) -> String {
 
 /// `mariadb -N -B` in database `test`: the rows, tab-separated.
 pub(crate) fn sql(query: &str) -> String {
+    sql_at(port(), query)
+}
+
+/// `mariadb -N -B` against the server on `port`.
+fn sql_at(port: u16, query: &str) -> String {
+    let port = port.to_string();
     let out = Command::new("mariadb")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port().to_string(),
-            "-u",
-            "root",
-            "-N",
-            "-B",
-        ])
+        .args(["-h", "127.0.0.1", "-P", &port, "-u", "root", "-N", "-B"])
         .args(["--default-character-set=utf8mb4", "test", "-e", query])
         .output()
         .expect("the mariadb client");
@@ -63,6 +72,27 @@ fn hex(bytes: &[u8]) -> String {
 
 #[test]
 fn every_type_loads_into_mysql_exactly() {
+    let run = every_type_loads_into(port());
+    assert!(!run.stderr.contains("refused"), "{}", run.stderr);
+}
+
+/// Where the server refuses `LOAD DATA LOCAL INFILE`, rows go in as `INSERT`s, as
+/// exactly, and the log says why.
+#[test]
+fn every_type_inserts_exactly_where_local_infile_is_off() {
+    let run = every_type_loads_into(binlog_port());
+    assert!(
+        run.stderr
+            .contains("LOAD DATA LOCAL INFILE refused by the server; writing with INSERT instead"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Loads the every-type data set into a new table on the server on `port`, checks it
+/// with the `mariadb` client, and returns the run.
+fn every_type_loads_into(port: u16) -> crate::support::Run {
+    let sql = |q: &str| sql_at(port, q);
     let dir = workdir();
     let d = dir.path();
     let table = unique("alltypes");
@@ -72,7 +102,7 @@ fn every_type_loads_into_mysql_exactly() {
         format!(
             "[source]\nconnector = \"file\"\npath = \"in/all.jsonl\"\n{SCHEMA}\n\
              [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\n",
-            url()
+            url_at(port)
         ),
     )
     .unwrap();
@@ -128,6 +158,7 @@ fn every_type_loads_into_mysql_exactly() {
         "tinyint(4),smallint(6),int(11),bigint(20),int(10) unsigned,bigint(20) unsigned,float,double,bit(1),\
          longtext,longblob,date,time(6),datetime(6),datetime(6),datetime(6),decimal(20,4),longtext,longtext,longtext"
     );
+    run
 }
 
 /// A table of every MySQL type, read into Parquet and checked with pyarrow.
@@ -364,6 +395,15 @@ fn incremental_reads_every_row_of_a_run_of_equal_cursors_and_new_rows() {
 
 #[test]
 fn upserts_apply_changes_in_order_and_deletes_delete() {
+    upserts_into(port());
+}
+
+#[test]
+fn upserts_apply_changes_in_order_where_local_infile_is_off() {
+    upserts_into(binlog_port());
+}
+
+fn upserts_into(port: u16) {
     let dir = workdir();
     let d = dir.path();
     let table = unique("upsert");
@@ -382,14 +422,14 @@ fn upserts_apply_changes_in_order_and_deletes_delete() {
             "[source]\nconnector = \"file\"\npath = \"in/changes.jsonl\"\n\
              schema = [{{ name = \"id\", type = \"int64\", nullable = false }}, {{ name = \"name\", type = \"string\" }}, {{ name = \"_op\", type = \"string\" }}]\n\
              [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\nmode = \"upsert\"\nkey = [\"id\"]\n",
-            url()
+            url_at(port)
         ),
     )
     .unwrap();
     let run = sluice(d, &["run", "--quiet", "p.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(
-        sql(&format!("SELECT id, name FROM {table} ORDER BY id")),
+        sql_at(port, &format!("SELECT id, name FROM {table} ORDER BY id")),
         "1\ta2\n2\tb2\n3\tc2"
     );
 }
@@ -457,4 +497,98 @@ fn bad_input_gets_errors_that_name_the_thing() {
         run.stderr
     );
     assert_eq!(sql(&format!("SELECT count(*) FROM {table}")), "0");
+}
+
+/// `drift = "evolve"`: a second run with a new column adds it to the table, and the
+/// rows of both runs are there once.
+#[test]
+fn a_new_column_is_added_under_evolve() {
+    let dir = workdir();
+    let d = dir.path();
+    let table = unique("evolve");
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/a.jsonl"), "{\"id\": 1}\n{\"id\": 2}\n").unwrap();
+    let pipeline = format!(
+        "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n\
+         [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\ndrift = \"evolve\"\n",
+        url()
+    );
+    std::fs::write(d.join("p.toml"), &pipeline).unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    std::fs::write(d.join("in/b.jsonl"), "{\"id\": 3, \"city\": \"Oslo\"}\n").unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        sql(&format!(
+            "SELECT id, IFNULL(city, '-') FROM {table} ORDER BY id"
+        )),
+        "1\t-\n2\t-\n3\tOslo"
+    );
+}
+
+/// A second run of a pipeline that is running waits for the run lock, then stops
+/// naming the holder; nothing is written twice.
+#[test]
+fn a_second_run_of_a_running_pipeline_stops_naming_the_holder() {
+    let dir = workdir();
+    let d = dir.path();
+    let table = unique("twice");
+    json_lines(d, 3_000_000);
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "name = \"{table}\"\n{JSON_SOURCE}[sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\nlock_timeout = \"1s\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let first = spawn(d, &["run", "--quiet", "p.toml"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        sql(&format!(
+            "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_NAME = '{table}'"
+        )) == "1"
+    }));
+    // from another directory, as on another machine (the runtime's own lock file
+    // keeps out a second run of the same directory before any connection opens)
+    let other = workdir();
+    std::fs::copy(d.join("p.toml"), other.path().join("p.toml")).unwrap();
+    std::fs::create_dir_all(other.path().join("in")).unwrap();
+    std::fs::copy(d.join("in/data.jsonl"), other.path().join("in/data.jsonl")).unwrap();
+    let second = sluice(other.path(), &["run", "--quiet", "p.toml"]);
+    assert_ne!(second.code, Some(0));
+    assert!(
+        second
+            .stderr
+            .contains("is in use by another run (MySQL connection"),
+        "{}",
+        second.stderr
+    );
+    let first = finish(first, Duration::from_secs(120));
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    assert_eq!(
+        sql(&format!("SELECT count(*), count(DISTINCT id) FROM {table}")),
+        "3000000\t3000000"
+    );
+}
+
+/// `configs/file-to-mysql.toml` runs as written.
+#[test]
+fn the_example_config_loads_the_sample_orders() {
+    sql("DROP TABLE IF EXISTS orders; DELETE FROM sluice_offsets WHERE pipeline = 'file-to-mysql'");
+    // the working directory links configs/ of the repository
+    let dir = workdir();
+    let d = dir.path();
+    let run = crate::support::command_with_env(
+        d,
+        &["run", "--quiet", "configs/file-to-mysql.toml"],
+        &[("MYSQL_URL", &url())],
+    );
+    let run = finish(run, Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let want = python(&format!(
+        "print(len(set(__import__('json').loads(l)['order_id'] for l in open('{}/configs/data/orders.jsonl'))))",
+        d.display()
+    ));
+    assert_eq!(sql("SELECT count(*) FROM orders"), want);
 }
