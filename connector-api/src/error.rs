@@ -142,6 +142,7 @@ impl Error {
     }
 
     /// The same error with `message` (the plugin boundary keeps the plugin's).
+    #[cfg(feature = "plugin")]
     pub(crate) fn with_message(mut self, message: String) -> Self {
         self.message = message;
         self

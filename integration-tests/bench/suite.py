@@ -20,7 +20,8 @@ here is a result too: the row says why.
 Services: PostgreSQL at $PG_URL (default the test server); the Kafka broker is
 librdkafka's mock cluster (the kafka-mock binary), the S3 server is moto and NATS a
 private nats-server with JetStream, Redis a private redis-server, MQTT a private mosquitto,
-all started here; RabbitMQ is the machine's (5672, or $SLUICE_BENCH_AMQP). Peers are installed into a
+all started here; RabbitMQ is the machine's (5672, or $SLUICE_BENCH_AMQP), MariaDB the
+machine's (3306, or $MYSQL_URL). Peers are installed into a
 virtualenv under $BENCH_DIR.
 """
 import argparse
@@ -588,6 +589,10 @@ def main():
         empty_bucket(s3, bucket)
         moto.stop()
 
+    # 3b. JSON lines -> MariaDB, MariaDB -> Parquet
+    if want("json-to-mysql") or want("mysql-to-parquet"):
+        mysql_workloads(s, sluice, sling, jsonl, n, peer_n, per_json, json_bytes, schema, peers, want)
+
     # 4. JSON lines -> Kafka, Kafka -> PostgreSQL upsert
     if want("json-to-kafka") or want("kafka-to-postgres"):
         parts = json_bytes // 1_500_000 + 1
@@ -1027,6 +1032,107 @@ def fresh_table(table, columns, pipeline):
     psql(ddl(table, columns))
     if psql("SELECT to_regclass('sluice_offsets') IS NOT NULL") == "t":
         psql(f"DELETE FROM sluice_offsets WHERE pipeline = '{pipeline}'")
+
+
+MYSQL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+
+
+def mariadb(sql, *extra):
+    """The `mariadb` client against $MYSQL_URL's server (root, database test)."""
+    return subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-B", *extra, "test", "-e", sql],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+class Mariadb:
+    """The MariaDB server's CPU (one process, all its threads)."""
+
+    name = "mariadb"
+
+    def __init__(self):
+        with open(mariadb("SELECT @@pid_file")) as f:
+            self.pid = int(f.read().split()[0])
+
+    def cpu(self):
+        return proc_cpu(self.pid, True)
+
+    def mark(self):
+        pass
+
+    def settle(self):
+        pass
+
+
+def tsv_of_events(src, out):
+    """The events as the tab-separated text LOAD DATA reads (what the sink streams):
+    `\\N` for null, backslash escapes, timestamps in UTC, BIT(1) as its byte."""
+    def esc(v):
+        return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\0", "\\0")
+    def field(col, v):
+        if v is None:
+            return b"\\N"
+        if col == "ts":
+            t = datetime.datetime.fromisoformat(v.replace("Z", "+00:00")).astimezone(datetime.timezone.utc)
+            return t.strftime("%Y-%m-%d %H:%M:%S.%f").encode()
+        if col == "mobile":
+            return b"\x01" if v else b"\x00"
+        if col == "tags":
+            return esc(json.dumps(v, separators=(",", ":"), ensure_ascii=False)).encode()
+        return esc(v if isinstance(v, str) else json.dumps(v)).encode()
+    cols = [c for c, *_ in EVENTS]
+    with open(src) as f, open(out, "wb") as o:
+        for line in f:
+            r = json.loads(line)
+            o.write(b"\t".join(field(c, r.get(c)) for c in cols) + b"\n")
+
+
+def mysql_workloads(s, sluice, sling, jsonl, n, peer_n, per_json, json_bytes, schema, peers, want):
+    db = Mariadb()
+    count = lambda table: lambda: int(mariadb(f"SELECT count(*) FROM {table}") or 0)
+    mariadb("DROP TABLE IF EXISTS bench_my, bench_my_ref, bench_my_sling")
+    offsets = "SELECT count(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'test' AND TABLE_NAME = 'sluice_offsets'"
+    if mariadb(offsets) == "1":
+        mariadb("DELETE FROM sluice_offsets WHERE pipeline = 'json-to-mysql'")
+    w = "json-to-mysql"
+    s.measure(w, "sluice", "typed (decimal, datetime(6), JSON, BIT), LOAD DATA LOCAL INFILE streamed, exactly-once",
+              run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                         f'[sink]\nconnector = "mysql"\nurl = "{MYSQL}"\ntable = "bench_my"'),
+              count("bench_my"), servers=[db], input_bytes=json_bytes)
+    ref = os.path.join(WORK, "events-mysql.tsv")
+    tsv_of_events(jsonl, ref)
+    mariadb("CREATE TABLE bench_my_ref LIKE bench_my")
+    cols = ", ".join(c for c, *_ in EVENTS)
+    s.measure(w, "mariadb LOAD DATA", "LOAD DATA LOCAL INFILE of the same rows as a file (physical reference)",
+              ["mariadb", "--local-infile=1", "-h", "127.0.0.1", "-u", "root", "test", "-e",
+               f"LOAD DATA LOCAL INFILE '{ref}' INTO TABLE bench_my_ref CHARACTER SET binary ({cols})"],
+              count("bench_my_ref"), servers=[db], input_bytes=os.path.getsize(ref))
+    os.remove(ref)
+    mariadb("DROP TABLE bench_my_ref")
+    if peers:
+        s.measure(w, "sling", "types inferred (full-refresh), no delivery guarantee",
+                  [sling, "run", "--src-stream", f"file://{head(jsonl, peer_n, n)}", "--src-options",
+                   "{format: jsonlines, flatten: true}", "--tgt-conn", "MYSQL", "--tgt-object", "test.bench_my_sling",
+                   "--mode", "full-refresh"],
+                  count("bench_my_sling"), records=peer_n, servers=[db],
+                  env={**sling_env(), "MYSQL": MYSQL}, input_bytes=per_json * peer_n)
+        mariadb("DROP TABLE IF EXISTS bench_my_sling")
+    if want("mysql-to-parquet"):
+        w = "mysql-to-parquet"
+        s.measure(w, "mariadb --batch", "SELECT * to /dev/null by the client (read reference)",
+                  ["sh", "-c", "mariadb --batch -h 127.0.0.1 -u root test -e 'SELECT * FROM bench_my' > /dev/null"],
+                  lambda: n, servers=[db])
+        out = fresh(os.path.join(WORK, "out-mysql-parquet"))
+        s.measure(w, "sluice", "typed snapshot in key order in one consistent snapshot (resumable), Parquet zstd",
+                  run_sluice(sluice, w, f'[source]\nconnector = "mysql"\nurl = "{MYSQL}"\ntables = ["bench_my"]\n'
+                             f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\nmax_records = 0\nmax_bytes = 0'),
+                  count_parquet(f"{out}/*.parquet"), servers=[db])
+        if peers:
+            out = fresh(os.path.join(WORK, "out-sling-mysql"))
+            s.measure(w, "sling", "to Parquet",
+                      [sling, "run", "--src-conn", "MYSQL", "--src-stream", "test.bench_my",
+                       "--tgt-object", f"file://{out}/events.parquet"],
+                      count_parquet(f"{out}/**/*.parquet"), records=n, servers=[db],
+                      env={**sling_env(), "MYSQL": MYSQL})
+    mariadb("DROP TABLE IF EXISTS bench_my")
 
 
 def topic_end(boot, topic):

@@ -17,6 +17,12 @@ pub enum SourceMode {
     /// New rows of one table or query by cursor columns, polled at `poll_interval`;
     /// runs until stopped.
     Incremental,
+    /// A snapshot of one table, then every insert, update and delete from the
+    /// row-based binlog from the snapshot's position; records carry `_op` (`r`
+    /// snapshot read, `c`, `u`, `d`). Needs `log_bin`, `binlog_format = ROW`,
+    /// `binlog_row_image = FULL` and the REPLICATION SLAVE and REPLICATION CLIENT
+    /// (MariaDB: BINLOG MONITOR) privileges.
+    Cdc,
 }
 
 /// What the source does with a zero date (`0000-00-00`, or a date with a zero month
@@ -71,6 +77,14 @@ pub struct MysqlSourceConfig {
     /// Zero dates (`0000-00-00`): `error` (the default) or `null`.
     #[serde(default)]
     pub zero_dates: ZeroDates,
+    /// `cdc`: the server id the binlog is read as (a replica's id; unique among the
+    /// server's replicas). Default: one derived from the pipeline's name.
+    pub server_id: Option<u32>,
+    /// `cdc`: when the binlog file of the stored position was purged from the server,
+    /// read the table again from a new snapshot (true) instead of stopping (false, the
+    /// default: the changes in between are lost, which someone should decide).
+    #[serde(default)]
+    pub snapshot_on_purge: bool,
 }
 
 fn poll() -> Duration {
@@ -128,6 +142,12 @@ impl MysqlSourceConfig {
             )
             .with_field("tables")),
             _ => {}
+        }
+        if self.mode == SourceMode::Cdc && (self.query.is_some() || self.tables.len() != 1) {
+            return Err(Error::config(
+                "mode = \"cdc\" reads one table (tables = [\"orders\"]); run one pipeline per table",
+            )
+            .with_field("tables"));
         }
         if incremental && self.cursor.is_empty() {
             return Err(Error::config(

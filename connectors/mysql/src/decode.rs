@@ -65,11 +65,11 @@ impl Builder {
                 unsigned: true,
             } => Builder::U16(Default::default()),
             Kind::Int {
-                bits: 32,
+                bits: 24 | 32,
                 unsigned: false,
             } => Builder::I32(Default::default()),
             Kind::Int {
-                bits: 32,
+                bits: 24 | 32,
                 unsigned: true,
             } => Builder::U32(Default::default()),
             Kind::Int {

@@ -4,7 +4,8 @@
 //!
 //! - Source: tables in primary-key order (or a query in the order of its `key`
 //!   columns), chunk by chunk inside one consistent snapshot, resumable after the last
-//!   delivered key; or one table or query by cursor columns (`incremental`), tie-safe.
+//!   delivered key; one table or query by cursor columns (`incremental`), tie-safe;
+//!   or one table's snapshot and then its changes from the row-based binlog (`cdc`).
 //! - Sink: a table created from the Arrow schema (or an existing one), `insert` or
 //!   `upsert` by key with change records applied in order, rows loaded by `LOAD DATA
 //!   LOCAL INFILE` from memory, and the pipeline's offsets stored in `sluice_offsets`
@@ -25,7 +26,7 @@ pub mod types;
 
 pub use config::{MysqlSinkConfig, MysqlSourceConfig, SinkMode, SourceMode, ZeroDates};
 pub use sink::MysqlSink;
-pub use source::{Key, MysqlOffset, MysqlSource};
+pub use source::{BinlogOffset, Key, MysqlOffset, MysqlSource};
 
 use connector_api::arrow_schema::SchemaRef;
 use connector_api::{Result, Sink, SinkConnector, Source, SourceConnector};
@@ -41,7 +42,7 @@ pub struct Mysql;
 impl SourceConnector for Mysql {
     const NAME: &'static str = NAME;
     const DESCRIPTION: &'static str =
-        "MySQL or MariaDB tables or a query: snapshot in key order in one consistent snapshot, or incremental by cursor columns";
+        "MySQL or MariaDB tables or a query: snapshot in key order in one consistent snapshot, incremental by cursor columns, or cdc (snapshot, then the row-based binlog)";
     type Config = MysqlSourceConfig;
 
     fn validate(&self, config: &MysqlSourceConfig) -> Result<()> {
@@ -58,6 +59,10 @@ impl SourceConnector for Mysql {
 
     async fn discover(&self, config: &MysqlSourceConfig) -> Result<Option<SchemaRef>> {
         source::discover(config).await.map(Some)
+    }
+
+    fn emits_changes(&self, config: &MysqlSourceConfig) -> bool {
+        config.mode == SourceMode::Cdc
     }
 }
 

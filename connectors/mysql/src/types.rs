@@ -33,9 +33,9 @@ const BINARY_CHARSET: u16 = 63;
 /// What a column holds, as the source decodes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// An integer of `bits` bits (MEDIUMINT is read as 32).
+    /// An integer of `bits` bits (MEDIUMINT: 24, read into 32).
     Int {
-        /// 8, 16, 32 or 64.
+        /// 8, 16, 24, 32 or 64.
         bits: u8,
         /// UNSIGNED.
         unsigned: bool,
@@ -84,7 +84,8 @@ impl Kind {
         Ok(match column.column_type() {
             MYSQL_TYPE_TINY => Kind::Int { bits: 8, unsigned },
             MYSQL_TYPE_SHORT => Kind::Int { bits: 16, unsigned },
-            MYSQL_TYPE_INT24 | MYSQL_TYPE_LONG => Kind::Int { bits: 32, unsigned },
+            MYSQL_TYPE_INT24 => Kind::Int { bits: 24, unsigned },
+            MYSQL_TYPE_LONG => Kind::Int { bits: 32, unsigned },
             MYSQL_TYPE_LONGLONG => Kind::Int { bits: 64, unsigned },
             MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => {
                 let scale = column.decimals();
@@ -152,11 +153,11 @@ impl Kind {
                 unsigned: true,
             } => DataType::UInt16,
             Kind::Int {
-                bits: 32,
+                bits: 24 | 32,
                 unsigned: false,
             } => DataType::Int32,
             Kind::Int {
-                bits: 32,
+                bits: 24 | 32,
                 unsigned: true,
             } => DataType::UInt32,
             Kind::Int {

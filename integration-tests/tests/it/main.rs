@@ -13,6 +13,7 @@ mod kafka_avro;
 mod kafka_group;
 mod mqtt;
 mod mysql;
+mod mysql_cdc;
 mod nats;
 mod plugins;
 mod postgres;

@@ -20,23 +20,23 @@ fn port() -> u16 {
 }
 
 /// The private server with the binlog on, which refuses `LOAD DATA LOCAL INFILE`.
-fn binlog_port() -> u16 {
+pub(crate) fn binlog_port() -> u16 {
     std::env::var("SLUICE_TEST_MYSQL_BINLOG_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3307)
 }
 
-fn url() -> String {
+pub(crate) fn url() -> String {
     url_at(port())
 }
 
-fn url_at(port: u16) -> String {
+pub(crate) fn url_at(port: u16) -> String {
     format!("mysql://root@127.0.0.1:{port}/test")
 }
 
 /// A table name unique to this run.
-fn unique(tag: &str) -> String {
+pub(crate) fn unique(tag: &str) -> String {
     use rand::Rng;
     format!(
         "{tag}_{}_{:06x}",
@@ -51,7 +51,7 @@ pub(crate) fn sql(query: &str) -> String {
 }
 
 /// `mariadb -N -B` against the server on `port`.
-fn sql_at(port: u16, query: &str) -> String {
+pub(crate) fn sql_at(port: u16, query: &str) -> String {
     let port = port.to_string();
     let out = Command::new("mariadb")
         .args(["-h", "127.0.0.1", "-P", &port, "-u", "root", "-N", "-B"])

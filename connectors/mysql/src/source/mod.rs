@@ -5,10 +5,15 @@
 //! protocol: integers, dates and times arrive as numbers, not text), each chunk after
 //! the last delivered position, so a restart resumes exactly after it.
 
+mod binlog;
+mod cdc;
 mod order;
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, StringArray};
 use arrow_schema::SchemaRef;
 use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use mysql_async::prelude::Queryable;
@@ -22,6 +27,7 @@ use crate::conn::{
 use crate::decode::Decoder;
 use crate::error::my_error;
 use crate::types::describe;
+pub use cdc::BinlogOffset;
 pub use order::Key;
 
 /// Position of one split (a table, or the query). Exclusive: reading resumes strictly
@@ -62,6 +68,14 @@ pub struct MysqlSource {
     splits: Vec<Split>,
     batch_size: usize,
     idle_timeout: Duration,
+    /// `cdc`: where the binlog is read from once the snapshot is done.
+    binlog_from: Option<BinlogOffset>,
+    /// `cdc`: the binlog reader, after the snapshot.
+    changes: Option<cdc::Changes>,
+    /// The server is MariaDB.
+    mariadb: bool,
+    /// `cdc`: the replica server id.
+    server_id: u32,
 }
 
 impl MysqlSource {
@@ -73,6 +87,10 @@ impl MysqlSource {
             splits: Vec::new(),
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
+            binlog_from: None,
+            changes: None,
+            mariadb: false,
+            server_id: 0,
         }
     }
 
@@ -210,7 +228,7 @@ impl MysqlSource {
                     ))
                     .with_field(match self.config.mode {
                         SourceMode::Incremental => "cursor",
-                        SourceMode::Snapshot => "key",
+                        SourceMode::Snapshot | SourceMode::Cdc => "key",
                     }));
                 }
             }
@@ -238,9 +256,15 @@ impl MysqlSource {
             let at = || format!("{name}: row {} after {}", i + 1, position_text(&from));
             decoder.push(row.unwrap(), &at)?;
         }
-        let records = decoder.finish()?;
+        let mut records = decoder.finish()?;
         let mut offsets = Offsets::new();
         offsets.set_typed(name, &next)?;
+        if let Some(from) = &self.binlog_from {
+            // snapshot reads of `cdc`: the stream starts where the snapshot was taken
+            let reads: ArrayRef = Arc::new(StringArray::from(vec!["r"; records.num_rows()]));
+            records = cdc::with_op(records, reads)?;
+            offsets.set_typed(cdc::SPLIT, from)?;
+        }
         self.splits[at].position = Some(next);
         Ok(Batch::new(records, offsets))
     }
@@ -370,6 +394,87 @@ impl MysqlSource {
     }
 }
 
+impl MysqlSource {
+    /// `cdc` at open: the server's settings, then the snapshot (taken now, or resumed
+    /// in a new one) or the binlog from the stored position.
+    async fn open_cdc(&mut self, committed: &Offsets) -> Result<()> {
+        binlog::check_server(self.conn()?).await?;
+        let mut from: Option<BinlogOffset> = committed.get_typed(cdc::SPLIT)?;
+        if let Some(at) = &from {
+            let files = binlog::binlog_files(self.conn()?).await?;
+            if !files.contains(&at.file) {
+                if !self.config.snapshot_on_purge {
+                    return Err(cdc::purged(&at.file, at.pos, &files));
+                }
+                tracing::warn!(file = %at.file, position = at.pos, "the stored binlog position was purged; reading the table again from a new snapshot (snapshot_on_purge)");
+                from = None;
+                for split in &mut self.splits {
+                    split.position = None;
+                }
+            }
+        }
+        let snapshot_done = self
+            .splits
+            .iter()
+            .all(|s| s.position == Some(MysqlOffset::Done));
+        match (from, snapshot_done) {
+            (Some(at), true) => self.binlog_from = Some(at),
+            (Some(at), false) => {
+                // a snapshot cut short: the rest in a new snapshot; the changes made
+                // meanwhile come again from the binlog (they converge under upsert)
+                self.conn()?
+                    .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    .await
+                    .map_err(|e| my_error("start the snapshot", e))?;
+                self.binlog_from = Some(at);
+            }
+            (None, _) => {
+                let mariadb = self.mariadb;
+                self.binlog_from = Some(cdc::snapshot_position(self.conn()?, mariadb).await?);
+            }
+        }
+        Ok(())
+    }
+
+    /// `cdc`: the snapshot's next batch, then the binlog's.
+    async fn next_change(&mut self) -> Result<Batch> {
+        if self.changes.is_none() {
+            if let Some(batch) = self.next_snapshot().await? {
+                return Ok(batch);
+            }
+            // the snapshot is read: its transaction ends, the stream starts
+            let table = self.config.tables.first().cloned().unwrap_or_default();
+            let conn = self.conn()?;
+            conn.query_drop("COMMIT")
+                .await
+                .map_err(|e| my_error("end the snapshot", e))?;
+            let db = database_of(conn, &table).await?;
+            let bare = split_table(&table).1.to_string();
+            let columns = binlog::table_columns(conn, &db, &bare).await?;
+            let from = self
+                .binlog_from
+                .clone()
+                .ok_or_else(|| Error::internal("no binlog position"))?;
+            let mut changes = cdc::Changes::new(
+                self.config.url.clone(),
+                self.server_id,
+                self.mariadb,
+                (db, bare),
+                columns,
+                self.config.zero_dates,
+                from,
+            );
+            changes.start().await?;
+            self.changes = Some(changes);
+        }
+        let (limit, idle) = (self.batch_size, self.idle_timeout);
+        match &mut self.changes {
+            Some(changes) => changes.next_batch(limit, idle).await,
+            None => Err(Error::internal("binlog reader")),
+        }
+    }
+}
+
 /// A chunk as read.
 struct Chunk {
     rows: Vec<Row>,
@@ -427,14 +532,30 @@ impl Source for MysqlSource {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
         self.conn = Some(connect(&self.config.url).await?);
+        let version: Option<String> = self
+            .conn()?
+            .query_first("SELECT VERSION()")
+            .await
+            .map_err(|e| my_error("read the server version", e))?;
+        self.mariadb = version.unwrap_or_default().contains("MariaDB");
         self.splits = self.plan(committed).await?;
+        if self.config.mode != SourceMode::Incremental {
+            self.conn()?
+                .query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .await
+                .map_err(|e| my_error("set the isolation level", e))?;
+        }
+        if self.config.mode == SourceMode::Cdc {
+            self.server_id = self.config.server_id.unwrap_or(
+                0x5000_0000
+                    | (connector_api::stable_hash(ctx.pipeline.as_bytes()) as u32 & 0x0fff_ffff),
+            );
+            return self.open_cdc(committed).await;
+        }
         if self.config.mode == SourceMode::Snapshot {
             // every chunk of this run reads one snapshot (a restart takes a new one
             // and resumes after the last delivered key)
             let conn = self.conn()?;
-            conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                .await
-                .map_err(|e| my_error("set the isolation level", e))?;
             conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
                 .await
                 .map_err(|e| my_error("start the snapshot", e))?;
@@ -446,10 +567,14 @@ impl Source for MysqlSource {
         match self.config.mode {
             SourceMode::Snapshot => self.next_snapshot().await,
             SourceMode::Incremental => self.next_incremental().await,
+            SourceMode::Cdc => self.next_change().await.map(Some),
         }
     }
 
     async fn close(&mut self) -> Result<()> {
+        if let Some(mut changes) = self.changes.take() {
+            changes.close().await;
+        }
         if let Some(conn) = self.conn.take() {
             if let Err(e) = conn.disconnect().await {
                 tracing::debug!(error = %e, "closing the MySQL connection failed");

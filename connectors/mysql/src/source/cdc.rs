@@ -1,0 +1,493 @@
+//! `mode = "cdc"`: a snapshot of the table, then every insert, update and delete from
+//! the row-based binlog, from the position the snapshot was taken at (no gap, no
+//! overlap). Records carry `_op` (`r` snapshot read, `c`, `u`, `d`).
+//!
+//! The position is the binlog file and the offset of the next event after the last
+//! delivered transaction. A batch cut inside a large transaction stands at that
+//! transaction's first event and counts the rows of it already delivered, so a
+//! restart reads the transaction again and skips them. A position whose file the
+//! server has purged is an error with the way out (`snapshot_on_purge`), never a
+//! silent jump ahead.
+
+use std::time::{Duration, Instant};
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use connector_api::{columns, Batch, Error, Offsets, Result, Secret};
+use futures::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+use serde::{Deserialize, Serialize};
+
+use super::binlog::{self, TableColumn};
+use crate::config::ZeroDates;
+use crate::conn::connect;
+use crate::decode::Decoder;
+use crate::error::my_error;
+
+/// The offset key of the binlog position.
+pub const SPLIT: &str = "binlog";
+/// How long a finished transaction waits for more before it is delivered.
+const LINGER: Duration = Duration::from_millis(20);
+/// MariaDB's GTID event.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// Where the binlog is read from. Exclusive of what was delivered: reading starts at
+/// `pos` in `file` and skips the first `skip` rows of the captured table there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BinlogOffset {
+    /// Binlog file.
+    pub file: String,
+    /// Offset of the next event to read (a transaction's first event when `skip` > 0).
+    pub pos: u64,
+    /// Rows of the captured table at `pos` already delivered.
+    #[serde(default)]
+    pub skip: u64,
+    /// The GTID of the last delivered transaction, when the server gives one.
+    #[serde(default)]
+    pub gtid: Option<String>,
+}
+
+/// The position the snapshot of this run reads at, taken with the snapshot's
+/// transaction: MariaDB names it without a lock (`binlog_snapshot_file`); MySQL under
+/// a read lock held only while the position is read.
+pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogOffset> {
+    let err = |e| binlog::grants(my_error("read the binlog position of the snapshot", e));
+    if mariadb {
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+            .await
+            .map_err(err)?;
+        let rows: Vec<(String, String)> = conn
+            .query("SHOW STATUS LIKE 'binlog_snapshot_%'")
+            .await
+            .map_err(err)?;
+        let get = |k: &str| {
+            rows.iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        let (Some(file), Some(pos)) =
+            (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
+        else {
+            return Err(Error::config(
+                "the server does not say the binlog position of its snapshot",
+            ));
+        };
+        return Ok(BinlogOffset {
+            file,
+            pos: pos.parse().unwrap_or(4),
+            skip: 0,
+            gtid: None,
+        });
+    }
+    conn.query_drop("FLUSH TABLES WITH READ LOCK")
+        .await
+        .map_err(err)?;
+    let started = conn
+        .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await;
+    let status: std::result::Result<Option<mysql_async::Row>, _> =
+        conn.query_first("SHOW MASTER STATUS").await;
+    conn.query_drop("UNLOCK TABLES").await.map_err(err)?;
+    started.map_err(err)?;
+    let mut row = status.map_err(err)?.ok_or_else(|| {
+        Error::config("SHOW MASTER STATUS is empty: the server's binlog is off").with_field("mode")
+    })?;
+    Ok(BinlogOffset {
+        file: row.take::<String, _>(0).unwrap_or_default(),
+        pos: row.take::<u64, _>(1).unwrap_or(4),
+        skip: 0,
+        gtid: None,
+    })
+}
+
+/// Changes of one table from the binlog.
+pub struct Changes {
+    url: Secret,
+    server_id: u32,
+    mariadb: bool,
+    db: String,
+    table: String,
+    columns: Vec<TableColumn>,
+    zero_dates: ZeroDates,
+    stream: Option<BinlogStream>,
+    /// A connection for the table's columns when a DDL changes them.
+    meta: Option<Conn>,
+    decoder: Decoder,
+    ops: Vec<&'static str>,
+    /// The file of the event being read, and the offset of the next one.
+    file: String,
+    next: u64,
+    gtid: Option<String>,
+    /// Inside a transaction: where it starts and how many of its rows are delivered
+    /// or pending.
+    txn: Option<(BinlogOffset, u64)>,
+    /// The position after the last transaction whose rows are all pending or
+    /// delivered.
+    committed: BinlogOffset,
+    /// Rows of the captured table still to skip (a restart inside a transaction).
+    to_skip: u64,
+    /// The position last handed out.
+    delivered: BinlogOffset,
+}
+
+impl Changes {
+    /// A reader of `db.table` from `from`.
+    pub fn new(
+        url: Secret,
+        server_id: u32,
+        mariadb: bool,
+        (db, table): (String, String),
+        columns: Vec<TableColumn>,
+        zero_dates: ZeroDates,
+        from: BinlogOffset,
+    ) -> Changes {
+        let decoder = Decoder::new(&described(&columns), zero_dates);
+        Changes {
+            url,
+            server_id,
+            mariadb,
+            db,
+            table,
+            columns,
+            zero_dates,
+            stream: None,
+            meta: None,
+            decoder,
+            ops: Vec::new(),
+            file: from.file.clone(),
+            next: from.pos,
+            gtid: from.gtid.clone(),
+            txn: None,
+            to_skip: from.skip,
+            committed: BinlogOffset {
+                skip: 0,
+                ..from.clone()
+            },
+            delivered: from,
+        }
+    }
+
+    /// Connects and starts the dump at the position, after checking that its file is
+    /// still there.
+    pub async fn start(&mut self) -> Result<()> {
+        let mut conn = connect(&self.url).await?;
+        let files = binlog::binlog_files(&mut conn).await?;
+        if !files.contains(&self.file) {
+            return Err(purged(&self.file, self.next, &files));
+        }
+        // heartbeats every 5 s keep a quiet stream alive and tell a dead one
+        let mut setup = vec!["SET @master_heartbeat_period = 5000000000"];
+        if self.mariadb {
+            // real GTID events instead of BEGIN queries
+            setup.push("SET @mariadb_slave_capability = 4");
+        }
+        for sql in setup {
+            conn.query_drop(sql).await.map_err(|e| my_error(sql, e))?;
+        }
+        let file = self.file.clone().into_bytes();
+        let request = BinlogStreamRequest::new(self.server_id)
+            .with_filename(&file)
+            .with_pos(self.next);
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| binlog::grants(my_error("start reading the binlog", e)))?;
+        self.stream = Some(stream);
+        self.meta = Some(connect(&self.url).await?);
+        Ok(())
+    }
+
+    /// The next batch of changes: rows of whole transactions, a part of one larger
+    /// than `limit`, or an idle batch after `idle` without changes.
+    pub async fn next_batch(&mut self, limit: usize, idle: Duration) -> Result<Batch> {
+        let started = Instant::now();
+        loop {
+            let waited = match (self.ops.is_empty(), &self.txn) {
+                (false, None) => LINGER,
+                _ => idle
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1)),
+            };
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| Error::internal("binlog stream is not open"))?;
+            let event = match tokio::time::timeout(waited, stream.next()).await {
+                Err(_) if !self.ops.is_empty() && self.txn.is_none() => return self.emit(),
+                Err(_) if started.elapsed() >= idle && self.ops.is_empty() => return self.idle(),
+                Err(_) => continue,
+                Ok(None) => {
+                    return Err(Error::connect("the server ended the binlog stream"));
+                }
+                Ok(Some(event)) => event.map_err(|e| {
+                    binlog::grants(my_error(
+                        format!("read the binlog at {} {}", self.file, self.next),
+                        e,
+                    ))
+                })?,
+            };
+            if let Some(batch) = self.apply(event).await? {
+                return Ok(batch);
+            }
+            if self.ops.len() >= limit {
+                return self.emit();
+            }
+        }
+    }
+
+    /// Takes in one event; a batch when the rows pending must go first (the table's
+    /// columns changed).
+    async fn apply(&mut self, event: mysql_async::binlog::events::Event) -> Result<Option<Batch>> {
+        let header = event.header();
+        let start = self.next;
+        if header.log_pos() != 0 {
+            self.next = u64::from(header.log_pos());
+        }
+        let data = event.read_data().map_err(|e| {
+            Error::data(format!(
+                "binlog {} {start}: an event that does not decode",
+                self.file
+            ))
+            .with_source(e)
+        })?;
+        match data {
+            // the artificial rotate that starts a dump names the file asked for, and
+            // arrives before the format event, so its name still has the checksum
+            // after it: only a real rotate (the next file) is taken
+            Some(EventData::RotateEvent(r)) if header.log_pos() != 0 => {
+                self.file = r.name().into_owned();
+                self.next = r.position();
+            }
+            Some(EventData::GtidEvent(g)) => {
+                let sid: String = g.sid().iter().map(|b| format!("{b:02x}")).collect();
+                self.gtid = Some(format!("{sid}:{}", g.gno()));
+                self.begin(start);
+            }
+            Some(EventData::QueryEvent(q)) => {
+                let sql = q.query();
+                let word = sql
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                match word.as_str() {
+                    "BEGIN" => self.begin(start),
+                    "COMMIT" => self.commit(),
+                    // DDL and other statements are transactions of their own
+                    _ => {
+                        self.txn = None;
+                        self.commit();
+                    }
+                }
+            }
+            Some(EventData::XidEvent(_)) => self.commit(),
+            Some(EventData::RowsEvent(rows)) => return self.rows(rows).await,
+            None if header.event_type_raw() == MARIADB_GTID_EVENT => {
+                self.gtid = binlog::mariadb_gtid(event.data(), header.server_id());
+                self.begin(start);
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    fn begin(&mut self, at: u64) {
+        if self.txn.is_none() {
+            let start = BinlogOffset {
+                file: self.file.clone(),
+                pos: at,
+                skip: 0,
+                gtid: self.committed.gtid.clone(),
+            };
+            self.txn = Some((start, 0));
+        }
+    }
+
+    fn commit(&mut self) {
+        self.txn = None;
+        self.to_skip = 0;
+        self.committed = BinlogOffset {
+            file: self.file.clone(),
+            pos: self.next,
+            skip: 0,
+            gtid: self.gtid.clone(),
+        };
+    }
+
+    async fn rows(&mut self, rows: RowsEventData<'_>) -> Result<Option<Batch>> {
+        let table_id = rows.table_id();
+        let (ours, count) = match self.stream.as_ref().and_then(|s| s.get_tme(table_id)) {
+            Some(t) => (
+                t.database_name() == self.db.as_str() && t.table_name() == self.table.as_str(),
+                t.columns_count() as usize,
+            ),
+            None => return Ok(None),
+        };
+        if !ours {
+            return Ok(None);
+        }
+        if count != self.columns.len() {
+            // a DDL changed the table: the rows pending go out in the old shape first
+            if !self.ops.is_empty() {
+                return Err(Error::schema(format!(
+                    "table {}.{}: its columns changed inside a batch; the pipeline restarts to read them",
+                    self.db, self.table
+                )));
+            }
+            self.refresh().await?;
+            if count != self.columns.len() {
+                return Err(Error::schema(format!(
+                    "table {}.{} has {count} columns in the binlog at {} {} but {} now: it changed again since; \
+                     read it again from a new snapshot (reset the pipeline's offsets)",
+                    self.db,
+                    self.table,
+                    self.file,
+                    self.next,
+                    self.columns.len()
+                )));
+            }
+        }
+        let stream = self
+            .stream
+            .as_ref()
+            .ok_or_else(|| Error::internal("binlog stream is not open"))?;
+        let Some(tme) = stream.get_tme(rows.table_id()) else {
+            return Ok(None);
+        };
+        let op =
+            match &rows {
+                RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => "c",
+                RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => "u",
+                RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => "d",
+                RowsEventData::PartialUpdateRowsEvent(_) => return Err(Error::config(
+                    "the binlog has partial JSON updates: SET GLOBAL binlog_row_value_options = ''",
+                )),
+            };
+        for (i, row) in rows.rows(tme).enumerate() {
+            let (before, after) = row.map_err(|e| {
+                Error::data(format!(
+                    "binlog {} {}: row {i} does not decode",
+                    self.file, self.next
+                ))
+                .with_source(e)
+            })?;
+            if let Some((_, n)) = &mut self.txn {
+                *n += 1;
+            }
+            if self.to_skip > 0 {
+                self.to_skip -= 1;
+                continue;
+            }
+            let Some(image) = after.or(before) else {
+                continue;
+            };
+            let values = image
+                .unwrap()
+                .into_iter()
+                .zip(&self.columns)
+                .map(|(v, c)| {
+                    binlog::normalize(v, c)
+                        .map_err(|why| Error::data(format!("column \"{}\": {why}", c.name)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let (file, pos) = (self.file.clone(), self.next);
+            let at = move || format!("binlog {file} {pos}");
+            self.decoder.push(values, &at)?;
+            self.ops.push(op);
+        }
+        Ok(None)
+    }
+
+    /// Reads the table's columns again (after a DDL).
+    async fn refresh(&mut self) -> Result<()> {
+        let meta = self
+            .meta
+            .as_mut()
+            .ok_or_else(|| Error::internal("no metadata connection"))?;
+        self.columns = binlog::table_columns(meta, &self.db, &self.table).await?;
+        self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
+        tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
+        Ok(())
+    }
+
+    /// The rows pending as a batch, at the position after them.
+    fn emit(&mut self) -> Result<Batch> {
+        let data = self.decoder.finish()?;
+        let ops: ArrayRef = std::sync::Arc::new(StringArray::from(std::mem::take(&mut self.ops)));
+        let records = with_op(data, ops)?;
+        let position = match &mut self.txn {
+            // cut inside a transaction: resume at its start, past what is delivered
+            Some((start, n)) => BinlogOffset {
+                skip: *n,
+                ..start.clone()
+            },
+            None => self.committed.clone(),
+        };
+        self.batch(records, position)
+    }
+
+    /// No change for a while: the position moves on over what was read (other
+    /// tables' transactions), so a quiet table does not pin old binlog files.
+    fn idle(&mut self) -> Result<Batch> {
+        if self.txn.is_some() || self.committed == self.delivered {
+            return Ok(Batch::idle());
+        }
+        let records = RecordBatch::new_empty(std::sync::Arc::new(Schema::empty()));
+        let position = self.committed.clone();
+        self.batch(records, position)
+    }
+
+    fn batch(&mut self, records: RecordBatch, position: BinlogOffset) -> Result<Batch> {
+        let mut offsets = Offsets::new();
+        offsets.set_typed(SPLIT, &position)?;
+        self.delivered = position;
+        Ok(Batch::new(records, offsets))
+    }
+
+    /// Ends the dump.
+    pub async fn close(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+        }
+        if let Some(meta) = self.meta.take() {
+            let _ = meta.disconnect().await;
+        }
+    }
+}
+
+fn described(columns: &[TableColumn]) -> Vec<(String, crate::types::Kind, bool)> {
+    columns
+        .iter()
+        .map(|c| (c.name.clone(), c.kind, c.nullable))
+        .collect()
+}
+
+/// `data` with the `_op` column `ops` after its own.
+pub fn with_op(data: RecordBatch, ops: ArrayRef) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = data
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(columns::OP, DataType::Utf8, false));
+    let mut arrays = data.columns().to_vec();
+    arrays.push(ops);
+    Ok(RecordBatch::try_new(
+        std::sync::Arc::new(Schema::new(fields)),
+        arrays,
+    )?)
+}
+
+/// The error of a position whose binlog file is gone.
+pub fn purged(file: &str, pos: u64, files: &[String]) -> Error {
+    Error::config(format!(
+        "binlog no longer available: the pipeline's position is {file} {pos}, but the server has purged that file \
+         (its oldest is {}); the changes since are lost to this pipeline. Set snapshot_on_purge = true to read the \
+         table again from a new snapshot, or keep binlogs longer (binlog_expire_logs_seconds)",
+        files.first().map_or("none", String::as_str)
+    ))
+    .with_field("snapshot_on_purge")
+}
