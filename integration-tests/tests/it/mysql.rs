@@ -80,6 +80,7 @@ fn every_type_loads_into_mysql_exactly() {
 /// exactly, and the log says why.
 #[test]
 fn every_type_inserts_exactly_where_local_infile_is_off() {
+    let _one = crate::mysql_cdc::binlog();
     let run = every_type_loads_into(binlog_port());
     assert!(
         run.stderr
@@ -400,6 +401,7 @@ fn upserts_apply_changes_in_order_and_deletes_delete() {
 
 #[test]
 fn upserts_apply_changes_in_order_where_local_infile_is_off() {
+    let _one = crate::mysql_cdc::binlog();
     upserts_into(binlog_port());
 }
 

@@ -13,7 +13,8 @@ use crate::support::{finish, python, signal, spawn, wait_until, workdir, KillOnP
 /// CDC tests run one at a time: the purge test removes binlog files the others read.
 static BINLOG: Mutex<()> = Mutex::new(());
 
-fn binlog() -> std::sync::MutexGuard<'static, ()> {
+/// Holds the binlog server for one test (CDC, or a restart of it).
+pub(crate) fn binlog() -> std::sync::MutexGuard<'static, ()> {
     BINLOG.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -294,4 +295,92 @@ fn cdc_on_a_server_with_the_binlog_off_names_the_setting() {
         "{}",
         run.stderr
     );
+}
+
+/// The binlog server restarted under a running CDC pipeline: the stream reconnects
+/// from the last delivered position and nothing is lost or repeated.
+#[test]
+fn cdc_resumes_after_the_server_restarts() {
+    let _one = binlog();
+    let dir = workdir();
+    let d = dir.path();
+    let table = unique("cdcrestart");
+    my(&format!(
+        "CREATE TABLE {table} (id INT PRIMARY KEY, n INT); INSERT INTO {table} SELECT seq, 0 FROM seq_1_to_100"
+    ));
+    let sink = "[sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n";
+    std::fs::write(d.join("p.toml"), cdc_pipeline(&table, &table, sink, "")).unwrap();
+    let child = spawn(d, &["run", "--quiet", "p.toml"]);
+    let _guard = KillOnPanic(child.id());
+    let lines = || crate::support::jsonl_lines(&d.join("out")).len();
+    assert!(wait_until(Duration::from_secs(30), || lines() >= 100));
+    my(&format!("UPDATE {table} SET n = 1 WHERE id <= 10"));
+    restart_binlog_server();
+    my(&format!("UPDATE {table} SET n = 2 WHERE id > 90"));
+    assert!(
+        wait_until(Duration::from_secs(60), || lines() >= 120),
+        "{} lines",
+        lines()
+    );
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(20));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let ops: Vec<String> = crate::support::jsonl_lines(&d.join("out"))
+        .iter()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{}:{}:{}", v["_op"].as_str().unwrap(), v["id"], v["n"])
+        })
+        .collect();
+    assert_eq!(ops.len(), 120, "{ops:?}");
+    assert_eq!(
+        ops.iter()
+            .filter(|o| o.starts_with("u:") && o.ends_with(":1"))
+            .count(),
+        10
+    );
+    assert_eq!(
+        ops.iter()
+            .filter(|o| o.starts_with("u:") && o.ends_with(":2"))
+            .count(),
+        10
+    );
+}
+
+/// Shuts the binlog server down and starts it again with the command line it runs with.
+fn restart_binlog_server() {
+    let pid_file = my("SELECT @@pid_file");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    my("SHUTDOWN");
+    assert!(wait_until(Duration::from_secs(30), || {
+        !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
+    }));
+    Command::new("setsid")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mariadbd");
+    assert!(wait_until(Duration::from_secs(30), || {
+        Command::new("mariadb")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-P",
+                &binlog_port().to_string(),
+                "-u",
+                "root",
+                "-e",
+                "SELECT 1",
+            ])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }));
 }

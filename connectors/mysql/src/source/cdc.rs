@@ -112,7 +112,8 @@ pub struct Changes {
     columns: Vec<TableColumn>,
     zero_dates: ZeroDates,
     stream: Option<BinlogStream>,
-    /// A connection for the table's columns when a DDL changes them.
+    /// A connection for the table's columns when a DDL changes them (made when
+    /// first needed).
     meta: Option<Conn>,
     decoder: Decoder,
     ops: Vec<&'static str>,
@@ -195,13 +196,16 @@ impl Changes {
             .await
             .map_err(|e| binlog::grants(my_error("start reading the binlog", e)))?;
         self.stream = Some(stream);
-        self.meta = Some(connect(&self.url).await?);
         Ok(())
     }
 
     /// The next batch of changes: rows of whole transactions, a part of one larger
     /// than `limit`, or an idle batch after `idle` without changes.
     pub async fn next_batch(&mut self, limit: usize, idle: Duration) -> Result<Batch> {
+        if self.stream.is_none() {
+            // after a lost connection: again from what was last handed out
+            self.start().await?;
+        }
         let started = Instant::now();
         loop {
             let waited = match (self.ops.is_empty(), &self.txn) {
@@ -219,17 +223,27 @@ impl Changes {
                 Err(_) if started.elapsed() >= idle && self.ops.is_empty() => return self.idle(),
                 Err(_) => continue,
                 Ok(None) => {
+                    self.lose_stream();
                     return Err(Error::connect("the server ended the binlog stream"));
                 }
-                Ok(Some(event)) => event.map_err(|e| {
-                    binlog::grants(my_error(
+                Ok(Some(Err(e))) => {
+                    let err = binlog::grants(my_error(
                         format!("read the binlog at {} {}", self.file, self.next),
                         e,
-                    ))
-                })?,
+                    ));
+                    self.lose_stream();
+                    return Err(err);
+                }
+                Ok(Some(Ok(event))) => event,
             };
-            if let Some(batch) = self.apply(event).await? {
-                return Ok(batch);
+            match self.apply(event).await {
+                Ok(Some(batch)) => return Ok(batch),
+                Ok(None) => {}
+                Err(e) => {
+                    // the event is consumed: a retry must read it again
+                    self.lose_stream();
+                    return Err(e);
+                }
             }
             if self.ops.len() >= limit {
                 return self.emit();
@@ -402,11 +416,13 @@ impl Changes {
 
     /// Reads the table's columns again (after a DDL).
     async fn refresh(&mut self) -> Result<()> {
-        let meta = self
-            .meta
-            .as_mut()
-            .ok_or_else(|| Error::internal("no metadata connection"))?;
-        self.columns = binlog::table_columns(meta, &self.db, &self.table).await?;
+        let mut meta = match self.meta.take() {
+            Some(conn) => conn,
+            None => connect(&self.url).await?,
+        };
+        // a failed read drops the connection (it may be what failed)
+        self.columns = binlog::table_columns(&mut meta, &self.db, &self.table).await?;
+        self.meta = Some(meta);
         self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
         tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
         Ok(())
@@ -444,6 +460,23 @@ impl Changes {
         offsets.set_typed(SPLIT, &position)?;
         self.delivered = position;
         Ok(Batch::new(records, offsets))
+    }
+
+    /// The stream is gone: what is pending was not handed out and will be read again,
+    /// from the position last handed out, by the next call.
+    fn lose_stream(&mut self) {
+        self.stream = None;
+        self.ops.clear();
+        self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
+        self.txn = None;
+        self.file = self.delivered.file.clone();
+        self.next = self.delivered.pos;
+        self.to_skip = self.delivered.skip;
+        self.gtid = self.delivered.gtid.clone();
+        self.committed = BinlogOffset {
+            skip: 0,
+            ..self.delivered.clone()
+        };
     }
 
     /// Ends the dump.
