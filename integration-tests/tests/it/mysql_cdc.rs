@@ -361,13 +361,16 @@ fn restart_binlog_server() {
     assert!(wait_until(Duration::from_secs(30), || {
         !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
     }));
-    Command::new("setsid")
+    // setsid --fork returns at once and leaves the server running on its own
+    let started = Command::new("setsid")
+        .arg("--fork")
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .expect("start mariadbd");
+    assert!(started.success());
     assert!(wait_until(Duration::from_secs(30), || {
         Command::new("mariadb")
             .args([
