@@ -21,7 +21,7 @@ Services: PostgreSQL at $PG_URL (default the test server); the Kafka broker is
 librdkafka's mock cluster (the kafka-mock binary), the S3 server is moto and NATS a
 private nats-server with JetStream, Redis a private redis-server, MQTT a private mosquitto,
 all started here; RabbitMQ is the machine's (5672, or $SLUICE_BENCH_AMQP), MariaDB the
-machine's (3306, or $MYSQL_URL). Peers are installed into a
+machine's (3306). Peers are installed into a
 virtualenv under $BENCH_DIR.
 """
 import argparse
@@ -1034,11 +1034,11 @@ def fresh_table(table, columns, pipeline):
         psql(f"DELETE FROM sluice_offsets WHERE pipeline = '{pipeline}'")
 
 
-MYSQL = os.environ.get("MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+MYSQL = "mysql://root@127.0.0.1:3306/test"
 
 
 def mariadb(sql, *extra):
-    """The `mariadb` client against $MYSQL_URL's server (root, database test)."""
+    """The `mariadb` client against the machine's MariaDB (root, database test)."""
     return subprocess.run(["mariadb", "-h", "127.0.0.1", "-u", "root", "-N", "-B", *extra, "test", "-e", sql],
                           check=True, capture_output=True, text=True).stdout.strip()
 
@@ -1095,7 +1095,7 @@ def mysql_workloads(s, sluice, sling, jsonl, n, peer_n, per_json, json_bytes, sc
     w = "json-to-mysql"
     s.measure(w, "sluice", "typed (decimal, datetime(6), JSON, BIT), LOAD DATA LOCAL INFILE streamed, exactly-once",
               run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-                         f'[sink]\nconnector = "mysql"\nurl = "{MYSQL}"\ntable = "bench_my"'),
+                         f'[sink]\nconnector = "mysql"\nurl = "{MYSQL}"\ntable = "bench_my"\nkey = ["id"]'),
               count("bench_my"), servers=[db], input_bytes=json_bytes)
     ref = os.path.join(WORK, "events-mysql.tsv")
     tsv_of_events(jsonl, ref)

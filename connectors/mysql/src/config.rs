@@ -55,7 +55,7 @@ pub struct MysqlSourceConfig {
     /// resumes after the last delivered values), e.g. `["id"]`.
     #[serde(default)]
     pub key: Vec<String>,
-    /// `snapshot` or `incremental`.
+    /// `snapshot`, `incremental` or `cdc`.
     #[serde(default)]
     pub mode: SourceMode,
     /// Cursor columns for `incremental`, compared as a tuple. Put a unique column
@@ -101,6 +101,14 @@ fn check_url(url: &Secret) -> Result<()> {
 }
 
 impl MysqlSourceConfig {
+    /// The server id `cdc` reads the binlog as: `server_id`, or one derived from the
+    /// pipeline's name (in 0x50000000..0x60000000, away from usual small ids).
+    pub fn server_id(&self, pipeline: &str) -> u32 {
+        self.server_id.unwrap_or(
+            0x5000_0000 | (connector_api::stable_hash(pipeline.as_bytes()) as u32 & 0x0fff_ffff),
+        )
+    }
+
     /// `query` as the source runs it: trimmed, without a trailing `;`.
     pub fn query_text(&self) -> Option<&str> {
         self.query

@@ -12,7 +12,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float32Type, Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_cast::display::{ArrayFormatter, FormatOptions};
-use arrow_schema::{DataType, TimeUnit};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
 use sluice_formats::calendar::civil_from_days;
 
@@ -27,7 +27,9 @@ pub enum Form {
 
 /// A column ready to print.
 enum Cells {
-    Bool(ArrayRef),
+    /// Booleans, and whether the column is a BIT (else an integer such as
+    /// TINYINT(1), which takes `1` and `0`).
+    Bool(ArrayRef, bool),
     /// Integers and decimals: Arrow's display is their exact text.
     Number(ArrayRef),
     F32(ArrayRef),
@@ -78,15 +80,19 @@ fn micros_of(name: &str, array: &ArrayRef, unit: TimeUnit) -> Result<Vec<Option<
 }
 
 impl Column {
-    /// Prepares `array` (column `name`) for printing.
-    pub fn new(name: &str, array: &ArrayRef) -> Result<Column> {
+    /// Prepares `array` (column `name`) for printing into a column of Arrow type
+    /// `target` (None: a column the sink creates).
+    pub fn new(name: &str, array: &ArrayRef, target: Option<&DataType>) -> Result<Column> {
         let array = match array.data_type() {
             DataType::Dictionary(_, value) => arrow_cast::cast(array, value)?,
             _ => array.clone(),
         };
         let cast = |to: &DataType| arrow_cast::cast(&array, to);
         let cells = match array.data_type() {
-            DataType::Boolean => Cells::Bool(array.clone()),
+            DataType::Boolean => Cells::Bool(
+                array.clone(),
+                target.is_none_or(|t| *t == DataType::Boolean),
+            ),
             DataType::Int8
             | DataType::Int16
             | DataType::Int32
@@ -131,14 +137,19 @@ impl Column {
         })
     }
 
-    /// The columns of `records`, in order.
-    pub fn all(records: &RecordBatch) -> Result<Vec<Column>> {
+    /// The columns of `records`, in order, for a table of `target` columns.
+    pub fn all(records: &RecordBatch, target: Option<&SchemaRef>) -> Result<Vec<Column>> {
         let schema = records.schema();
         schema
             .fields()
             .iter()
             .zip(records.columns())
-            .map(|(f, a)| Column::new(f.name(), a))
+            .map(|(f, a)| {
+                let into = target
+                    .and_then(|t| t.field_with_name(f.name()).ok())
+                    .map(|t| t.data_type());
+                Column::new(f.name(), a, into)
+            })
             .collect()
     }
 
@@ -158,12 +169,13 @@ impl Column {
         }
         let bad = |why: &str| Error::data(format!("column \"{}\", row {i}: {why}", self.name));
         match &self.cells {
-            Cells::Bool(a) => {
+            Cells::Bool(a, bit) => {
                 let v = a.as_boolean().value(i);
-                match form {
+                match (form, bit) {
                     // the raw byte is BIT(1)'s value under CHARACTER SET binary
-                    Form::Infile => out.push(u8::from(v)),
-                    Form::Sql => out.extend_from_slice(if v { b"b'1'" } else { b"b'0'" }),
+                    (Form::Infile, true) => out.push(u8::from(v)),
+                    (Form::Sql, true) => out.extend_from_slice(if v { b"b'1'" } else { b"b'0'" }),
+                    (_, false) => out.push(if v { b'1' } else { b'0' }),
                 }
             }
             Cells::Number(a) => {
@@ -319,7 +331,7 @@ mod tests {
     use super::*;
 
     fn printed(array: ArrayRef, form: Form) -> Vec<String> {
-        let c = Column::new("c", &array).unwrap();
+        let c = Column::new("c", &array, None).unwrap();
         (0..array.len())
             .map(|i| {
                 let mut out = Vec::new();
@@ -352,7 +364,7 @@ mod tests {
         assert_eq!(text[0].parse::<f64>().unwrap(), 0.1);
         assert_eq!(text[1].parse::<f64>().unwrap(), 1e300);
         let nan: ArrayRef = Arc::new(Float64Array::from(vec![f64::NAN]));
-        let c = Column::new("x", &nan).unwrap();
+        let c = Column::new("x", &nan, None).unwrap();
         let err = c.print(0, Form::Infile, &mut Vec::new()).unwrap_err();
         assert!(err.to_string().contains("column \"x\", row 0"));
     }
@@ -371,6 +383,6 @@ mod tests {
             ]
         );
         let bad: ArrayRef = Arc::new(TimestampNanosecondArray::from(vec![1i64]));
-        assert!(Column::new("t", &bad).is_err());
+        assert!(Column::new("t", &bad, None).is_err());
     }
 }

@@ -12,6 +12,13 @@ pub fn code(err: &MyError) -> Option<u16> {
     }
 }
 
+/// The server's error code behind an API error made by [`my_error`].
+pub fn code_of(err: &connector_api::Error) -> Option<u16> {
+    std::error::Error::source(err)
+        .and_then(|s| s.downcast_ref::<MyError>())
+        .and_then(code)
+}
+
 /// Maps a mysql_async error to the API error kind, with `context` as the message.
 pub fn my_error(context: impl std::fmt::Display, err: MyError) -> Error {
     let kind = match &err {
@@ -27,6 +34,8 @@ pub fn my_error(context: impl std::fmt::Display, err: MyError) -> Error {
             1044 | 1045 | 1142 | 1143 | 1227 | 1370 | 1698 => ErrorKind::Auth,
             // unknown database, table, column
             1049 | 1146 | 1054 => ErrorKind::NotFound,
+            // the binlog position cannot be read (purged, or no such position)
+            1236 => ErrorKind::Config,
             // lock wait timeout, deadlock, too many connections, server shutting down,
             // query interrupted, read-only while a failover happens
             1205 | 1213 | 1040 | 1053 | 1317 | 1290 | 1836 => ErrorKind::Transient,

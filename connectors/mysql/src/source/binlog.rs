@@ -34,6 +34,8 @@ pub struct TableColumn {
     pub nullable: bool,
     /// ENUM or SET labels.
     pub labels: Option<Labels>,
+    /// Part of the primary key.
+    pub key: bool,
 }
 
 /// The labels of `column_type` (`enum('a','b')`, `set('x','y')`), unquoted.
@@ -85,30 +87,42 @@ pub async fn table_columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec
         .await
         .map_err(|e| my_error(format!("table {db}.{table}: read its columns"), e))?;
     let described = crate::types::describe(&stmt.columns())?;
-    let types: Vec<(String, String)> = conn
+    let types: Vec<(String, String, String, Option<String>)> = conn
         .exec(
-            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+            "SELECT COLUMN_NAME, COLUMN_TYPE, COLUMN_KEY, CHARACTER_SET_NAME FROM information_schema.COLUMNS \
              WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (db, table),
         )
         .await
         .map_err(|e| my_error(format!("table {db}.{table}: read its column types"), e))?;
-    Ok(described
+    described
         .into_iter()
         .map(|(name, kind, nullable)| {
-            let labels = types
-                .iter()
-                .find(|(n, _)| *n == name)
-                .and_then(|(_, t)| labels(&t.to_ascii_lowercase()));
-            TableColumn {
+            let found = types.iter().find(|(n, ..)| *n == name);
+            let labels = found.and_then(|(_, t, ..)| labels(&t.to_ascii_lowercase()));
+            // the binlog carries text in the column's own character set (a query gets
+            // utf8mb4): only UTF-8 text reads the same both ways
+            let charset = found.and_then(|(.., c)| c.as_deref()).unwrap_or("binary");
+            if kind == Kind::Text && labels.is_none() && !UTF8.contains(&charset) {
+                return Err(Error::schema(format!(
+                    "table {db}.{table}: column \"{name}\" is in character set {charset}, which the binlog carries \
+                     as is; CDC reads UTF-8 text (utf8mb4, utf8mb3, ascii): convert the column \
+                     (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4)"
+                )));
+            }
+            Ok(TableColumn {
                 name,
                 kind,
                 nullable,
                 labels,
-            }
+                key: found.is_some_and(|(_, _, k, _)| k == "PRI"),
+            })
         })
-        .collect())
+        .collect()
 }
+
+/// Character sets whose bytes are UTF-8.
+const UTF8: [&str; 4] = ["utf8mb4", "utf8mb3", "utf8", "ascii"];
 
 /// `v` of `column`, as the binary protocol gives it.
 pub fn normalize(
@@ -280,7 +294,7 @@ pub fn grants(e: Error) -> Error {
         return Error::new(
             connector_api::ErrorKind::Auth,
             format!(
-                "{}: CDC needs the REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: BINLOG MONITOR) privileges and SELECT on the tables",
+                "{}: CDC needs the REPLICATION SLAVE and REPLICATION CLIENT (MariaDB: BINLOG MONITOR) privileges, SELECT on the table and, on MySQL, RELOAD (the snapshot's read lock)",
                 e.message()
             ),
         )
@@ -313,6 +327,7 @@ mod tests {
             kind,
             nullable: true,
             labels,
+            key: false,
         };
         let set = col(
             Kind::Text,

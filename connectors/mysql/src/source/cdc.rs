@@ -70,13 +70,18 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
         let (Some(file), Some(pos)) =
             (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
         else {
-            return Err(Error::config(
-                "the server does not say the binlog position of its snapshot",
+            return Err(Error::new(
+                connector_api::ErrorKind::Unsupported,
+                "the server does not say the binlog position of its snapshot (binlog_snapshot_file)",
             ));
         };
         return Ok(BinlogOffset {
             file,
-            pos: pos.parse().unwrap_or(4),
+            pos: pos.parse().map_err(|_| {
+                Error::internal(format!(
+                    "the snapshot's binlog position \"{pos}\" is no number"
+                ))
+            })?,
             skip: 0,
             gtid: None,
         });
@@ -87,16 +92,24 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
     let started = conn
         .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .await;
+    // MySQL 8.4 renamed SHOW MASTER STATUS
     let status: std::result::Result<Option<mysql_async::Row>, _> =
-        conn.query_first("SHOW MASTER STATUS").await;
+        match conn.query_first("SHOW BINARY LOG STATUS").await {
+            Ok(row) => Ok(row),
+            Err(_) => conn.query_first("SHOW MASTER STATUS").await,
+        };
     conn.query_drop("UNLOCK TABLES").await.map_err(err)?;
     started.map_err(err)?;
     let mut row = status.map_err(err)?.ok_or_else(|| {
         Error::config("SHOW MASTER STATUS is empty: the server's binlog is off").with_field("mode")
     })?;
     Ok(BinlogOffset {
-        file: row.take::<String, _>(0).unwrap_or_default(),
-        pos: row.take::<u64, _>(1).unwrap_or(4),
+        file: row
+            .take::<String, _>(0)
+            .ok_or_else(|| Error::internal("the binlog status has no file"))?,
+        pos: row
+            .take::<u64, _>(1)
+            .ok_or_else(|| Error::internal("the binlog status has no position"))?,
         skip: 0,
         gtid: None,
     })
@@ -131,6 +144,13 @@ pub struct Changes {
     to_skip: u64,
     /// The position last handed out.
     delivered: BinlogOffset,
+    /// Where the primary-key columns are among `columns`.
+    key: Vec<usize>,
+    /// The stream's format event was read (the dump's first, artificial rotate comes
+    /// before it).
+    formatted: bool,
+    /// When the oldest pending row was read.
+    pending_since: Option<Instant>,
 }
 
 impl Changes {
@@ -145,6 +165,7 @@ impl Changes {
         from: BinlogOffset,
     ) -> Changes {
         let decoder = Decoder::new(&described(&columns), zero_dates);
+        let key = key_positions(&columns);
         Changes {
             url,
             server_id,
@@ -167,6 +188,9 @@ impl Changes {
                 ..from.clone()
             },
             delivered: from,
+            key,
+            formatted: false,
+            pending_since: None,
         }
     }
 
@@ -196,6 +220,7 @@ impl Changes {
             .await
             .map_err(|e| binlog::grants(my_error("start reading the binlog", e)))?;
         self.stream = Some(stream);
+        self.formatted = false;
         Ok(())
     }
 
@@ -208,20 +233,19 @@ impl Changes {
         }
         let started = Instant::now();
         loop {
-            let waited = match (self.ops.is_empty(), &self.txn) {
-                (false, None) => LINGER,
-                _ => idle
-                    .saturating_sub(started.elapsed())
-                    .max(Duration::from_millis(1)),
-            };
+            // finished transactions linger a little for more; a batch goes out at the
+            // latest LINGER after its first row, however busy the server is
+            let waited = match (self.pending_since, &self.txn) {
+                (Some(since), None) => LINGER.saturating_sub(since.elapsed()),
+                _ => idle.saturating_sub(started.elapsed()),
+            }
+            .max(Duration::from_millis(1));
             let stream = self
                 .stream
                 .as_mut()
                 .ok_or_else(|| Error::internal("binlog stream is not open"))?;
             let event = match tokio::time::timeout(waited, stream.next()).await {
-                Err(_) if !self.ops.is_empty() && self.txn.is_none() => return self.emit(),
-                Err(_) if started.elapsed() >= idle && self.ops.is_empty() => return self.idle(),
-                Err(_) => continue,
+                Err(_) => None,
                 Ok(None) => {
                     self.lose_stream();
                     return Err(Error::connect("the server ended the binlog stream"));
@@ -234,19 +258,25 @@ impl Changes {
                     self.lose_stream();
                     return Err(err);
                 }
-                Ok(Some(Ok(event))) => event,
+                Ok(Some(Ok(event))) => Some(event),
             };
-            match self.apply(event).await {
-                Ok(Some(batch)) => return Ok(batch),
-                Ok(None) => {}
-                Err(e) => {
-                    // the event is consumed: a retry must read it again
-                    self.lose_stream();
-                    return Err(e);
+            if let Some(event) = event {
+                match self.apply(event).await {
+                    Ok(Some(batch)) => return Ok(batch),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // the event is consumed: a retry must read it again
+                        self.lose_stream();
+                        return Err(e);
+                    }
                 }
             }
-            if self.ops.len() >= limit {
+            let lingered = self.pending_since.is_some_and(|t| t.elapsed() >= LINGER);
+            if self.ops.len() >= limit || (lingered && self.txn.is_none()) {
                 return self.emit();
+            }
+            if self.ops.is_empty() && started.elapsed() >= idle {
+                return self.idle();
             }
         }
     }
@@ -267,13 +297,14 @@ impl Changes {
             .with_source(e)
         })?;
         match data {
-            // the artificial rotate that starts a dump names the file asked for, and
-            // arrives before the format event, so its name still has the checksum
-            // after it: only a real rotate (the next file) is taken
-            Some(EventData::RotateEvent(r)) if header.log_pos() != 0 => {
+            // the artificial rotate that starts a dump names the file asked for and
+            // comes before the format event, so its name still ends in the checksum:
+            // it is skipped; a later one (the next file after a server restart) is not
+            Some(EventData::RotateEvent(r)) if header.log_pos() != 0 || self.formatted => {
                 self.file = r.name().into_owned();
                 self.next = r.position();
             }
+            Some(EventData::FormatDescriptionEvent(_)) => self.formatted = true,
             Some(EventData::GtidEvent(g)) => {
                 let sid: String = g.sid().iter().map(|b| format!("{b:02x}")).collect();
                 self.gtid = Some(format!("{sid}:{}", g.gno()));
@@ -288,12 +319,12 @@ impl Changes {
                     .to_ascii_uppercase();
                 match word.as_str() {
                     "BEGIN" => self.begin(start),
-                    "COMMIT" => self.commit(),
-                    // DDL and other statements are transactions of their own
-                    _ => {
-                        self.txn = None;
-                        self.commit();
-                    }
+                    // inside the transaction (an ORM's savepoints, XA's steps)
+                    "SAVEPOINT" | "RELEASE" | "XA" => {}
+                    "ROLLBACK" if sql.to_ascii_uppercase().contains(" TO ") => {}
+                    // COMMIT, ROLLBACK; DDL and other statements are transactions of
+                    // their own
+                    _ => self.commit(),
                 }
             }
             Some(EventData::XidEvent(_)) => self.commit(),
@@ -343,12 +374,12 @@ impl Changes {
             return Ok(None);
         }
         if count != self.columns.len() {
-            // a DDL changed the table: the rows pending go out in the old shape first
+            // a DDL changed the table: the rows pending go out in the old shape first,
+            // and this event is read again, from their end, with the new columns
             if !self.ops.is_empty() {
-                return Err(Error::schema(format!(
-                    "table {}.{}: its columns changed inside a batch; the pipeline restarts to read them",
-                    self.db, self.table
-                )));
+                let batch = self.emit()?;
+                self.lose_stream();
+                return Ok(Some(batch));
             }
             self.refresh().await?;
             if count != self.columns.len() {
@@ -394,24 +425,52 @@ impl Changes {
                 self.to_skip -= 1;
                 continue;
             }
-            let Some(image) = after.or(before) else {
-                continue;
+            let before = before.map(|r| self.values(r)).transpose()?;
+            let after = after.map(|r| self.values(r)).transpose()?;
+            let records = match (before, after) {
+                // an update of the key: the old key goes, the new one comes, as the
+                // postgres source does, so an upsert leaves no row behind
+                (Some(b), Some(a)) if self.key.iter().any(|&k| b[k] != a[k]) => {
+                    vec![("d", b), ("c", a)]
+                }
+                (_, Some(a)) => vec![(op, a)],
+                (Some(b), None) => vec![(op, b)],
+                (None, None) => vec![],
             };
-            let values = image
-                .unwrap()
-                .into_iter()
-                .zip(&self.columns)
-                .map(|(v, c)| {
-                    binlog::normalize(v, c)
-                        .map_err(|why| Error::data(format!("column \"{}\": {why}", c.name)))
-                })
-                .collect::<Result<Vec<_>>>()?;
             let (file, pos) = (self.file.clone(), self.next);
             let at = move || format!("binlog {file} {pos}");
-            self.decoder.push(values, &at)?;
-            self.ops.push(op);
+            for (op, values) in records {
+                self.decoder.push(values, &at)?;
+                self.ops.push(op);
+                self.pending_since.get_or_insert_with(Instant::now);
+            }
         }
         Ok(None)
+    }
+
+    /// A row image's values, as the binary protocol gives them.
+    fn values(
+        &self,
+        image: mysql_async::binlog::row::BinlogRow,
+    ) -> Result<Vec<mysql_async::Value>> {
+        if image.len() != self.columns.len() {
+            return Err(Error::config(format!(
+                "table {}.{}: a row in the binlog has {} of its {} columns; CDC needs binlog_row_image = FULL",
+                self.db,
+                self.table,
+                image.len(),
+                self.columns.len()
+            )));
+        }
+        image
+            .unwrap()
+            .into_iter()
+            .zip(&self.columns)
+            .map(|(v, c)| {
+                binlog::normalize(v, c)
+                    .map_err(|why| Error::data(format!("column \"{}\": {why}", c.name)))
+            })
+            .collect()
     }
 
     /// Reads the table's columns again (after a DDL).
@@ -424,12 +483,14 @@ impl Changes {
         self.columns = binlog::table_columns(&mut meta, &self.db, &self.table).await?;
         self.meta = Some(meta);
         self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
+        self.key = key_positions(&self.columns);
         tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
         Ok(())
     }
 
     /// The rows pending as a batch, at the position after them.
     fn emit(&mut self) -> Result<Batch> {
+        self.pending_since = None;
         let data = self.decoder.finish()?;
         let ops: ArrayRef = std::sync::Arc::new(StringArray::from(std::mem::take(&mut self.ops)));
         let records = with_op(data, ops)?;
@@ -447,7 +508,8 @@ impl Changes {
     /// No change for a while: the position moves on over what was read (other
     /// tables' transactions), so a quiet table does not pin old binlog files.
     fn idle(&mut self) -> Result<Batch> {
-        if self.txn.is_some() || self.committed == self.delivered {
+        // inside a transaction, or short of the rows a cut one delivered: nowhere new
+        if self.txn.is_some() || self.to_skip > 0 || self.committed == self.delivered {
             return Ok(Batch::idle());
         }
         let records = RecordBatch::new_empty(std::sync::Arc::new(Schema::empty()));
@@ -467,6 +529,7 @@ impl Changes {
     fn lose_stream(&mut self) {
         self.stream = None;
         self.ops.clear();
+        self.pending_since = None;
         self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
         self.txn = None;
         self.file = self.delivered.file.clone();
@@ -488,6 +551,16 @@ impl Changes {
             let _ = meta.disconnect().await;
         }
     }
+}
+
+/// Where the primary-key columns are.
+fn key_positions(columns: &[TableColumn]) -> Vec<usize> {
+    columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.key)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 fn described(columns: &[TableColumn]) -> Vec<(String, crate::types::Kind, bool)> {

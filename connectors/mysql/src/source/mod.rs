@@ -57,6 +57,8 @@ struct Split {
     relation: String,
     /// The columns rows are read in the order of (key or cursor).
     order: Vec<String>,
+    /// Their placeholders in the conditions that read after a position.
+    marks: Vec<String>,
     position: Option<MysqlOffset>,
     decoder: Option<Decoder>,
 }
@@ -113,6 +115,7 @@ impl MysqlSource {
                 name: "query".into(),
                 relation: format!("({query}) AS q"),
                 order,
+                marks: Vec::new(),
                 position: None,
                 decoder: None,
             });
@@ -143,11 +146,13 @@ impl MysqlSource {
                 name: format!("table:{table}"),
                 relation: quote_table(&table),
                 order,
+                marks: Vec::new(),
                 position: None,
                 decoder: None,
             });
         }
         for split in &mut splits {
+            split.marks = marks(self.conn.as_mut(), split).await?;
             split.position = committed.get_typed(&split.name)?;
             let fits = matches!(
                 (&split.position, incremental),
@@ -174,7 +179,7 @@ impl MysqlSource {
         let mut conds = Vec::new();
         let mut params = Vec::new();
         if let Some(MysqlOffset::Key { after } | MysqlOffset::Cursor { after }) = &split.position {
-            let (cond, p) = order::after(&split.order, after);
+            let (cond, p) = order::after(&split.order, &split.marks, after);
             conds.push(cond);
             params = p;
         }
@@ -357,7 +362,7 @@ impl MysqlSource {
     /// Every row whose cursor equals `at` (a run longer than a read).
     async fn chunk_equal(&mut self, at: &[Key]) -> Result<Vec<Row>> {
         let split = &self.splits[0];
-        let (cond, params) = order::equal(&split.order, at);
+        let (cond, params) = order::equal(&split.order, &split.marks, at);
         let sql = format!("SELECT * FROM {} WHERE {cond}", split.relation);
         let name = split.name.clone();
         self.conn()?
@@ -475,6 +480,32 @@ impl MysqlSource {
     }
 }
 
+/// The placeholders of `split`'s order columns, from the metadata of its rows.
+async fn marks(conn: Option<&mut Conn>, split: &Split) -> Result<Vec<String>> {
+    let conn = conn.ok_or_else(|| Error::internal("source is not open"))?;
+    let stmt = conn
+        .prep(format!("SELECT * FROM {} LIMIT 0", split.relation))
+        .await
+        .map_err(|e| my_error(format!("{}: read its columns", split.name), e))?;
+    let columns = stmt.columns();
+    split
+        .order
+        .iter()
+        .map(|c| {
+            let column = columns
+                .iter()
+                .find(|col| col.name_str() == c.as_str())
+                .ok_or_else(|| {
+                    Error::config(format!(
+                        "{}: column \"{c}\" is not among the columns read",
+                        split.name
+                    ))
+                })?;
+            order::mark(column).map_err(|e| e.context(&split.name))
+        })
+        .collect()
+}
+
 /// A chunk as read.
 struct Chunk {
     rows: Vec<Row>,
@@ -546,10 +577,7 @@ impl Source for MysqlSource {
                 .map_err(|e| my_error("set the isolation level", e))?;
         }
         if self.config.mode == SourceMode::Cdc {
-            self.server_id = self.config.server_id.unwrap_or(
-                0x5000_0000
-                    | (connector_api::stable_hash(ctx.pipeline.as_bytes()) as u32 & 0x0fff_ffff),
-            );
+            self.server_id = self.config.server_id(&ctx.pipeline);
             return self.open_cdc(committed).await;
         }
         if self.config.mode == SourceMode::Snapshot {

@@ -94,17 +94,18 @@ pub fn order_by(columns: &[String]) -> String {
 
 /// The condition "after `after`" on `columns` compared as a tuple, written as the
 /// ranges MySQL and MariaDB both read through an index (`a > ? OR (a = ? AND b > ?)`),
-/// and its parameters.
-pub fn after(columns: &[String], after: &[Key]) -> (String, Vec<Value>) {
+/// and its parameters. `marks` are the columns' placeholders (a DECIMAL's casts its
+/// digits, which MySQL would otherwise compare with a string as a double).
+pub fn after(columns: &[String], marks: &[String], after: &[Key]) -> (String, Vec<Value>) {
     let mut ors = Vec::new();
     let mut params = Vec::new();
     for i in 0..columns.len().min(after.len()) {
         let mut ands = Vec::new();
-        for (c, k) in columns.iter().zip(after).take(i) {
-            ands.push(format!("{} = ?", quote(c)));
+        for ((c, m), k) in columns.iter().zip(marks).zip(after).take(i) {
+            ands.push(format!("{} = {m}", quote(c)));
             params.push(k.value());
         }
-        ands.push(format!("{} > ?", quote(&columns[i])));
+        ands.push(format!("{} > {}", quote(&columns[i]), marks[i]));
         params.push(after[i].value());
         ors.push(format!("({})", ands.join(" AND ")));
     }
@@ -112,15 +113,39 @@ pub fn after(columns: &[String], after: &[Key]) -> (String, Vec<Value>) {
 }
 
 /// The condition "equal to `at`" on `columns`, and its parameters.
-pub fn equal(columns: &[String], at: &[Key]) -> (String, Vec<Value>) {
+pub fn equal(columns: &[String], marks: &[String], at: &[Key]) -> (String, Vec<Value>) {
     let conds: Vec<String> = columns
         .iter()
-        .map(|c| format!("{} = ?", quote(c)))
+        .zip(marks)
+        .map(|(c, m)| format!("{} = {m}", quote(c)))
         .collect();
     (
         format!("({})", conds.join(" AND ")),
         at.iter().map(Key::value).collect(),
     )
+}
+
+/// The placeholder of a position value of `column` (its metadata from a prepared
+/// `SELECT`); an error for an ENUM or SET, which sorts by its index but compares with
+/// a value as text, so a resume would skip or repeat rows.
+pub fn mark(column: &mysql_async::Column) -> connector_api::Result<String> {
+    use mysql_async::consts::ColumnFlags;
+    if column
+        .flags()
+        .intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG)
+    {
+        return Err(connector_api::Error::config(format!(
+            "column \"{}\" is an ENUM or SET, which sorts by its index but compares as text, so reads in its order \
+             cannot resume exactly; order by other columns, or read a query with CAST({0} AS UNSIGNED) AS ...",
+            column.name_str()
+        )));
+    }
+    Ok(match crate::types::Kind::of(column)? {
+        crate::types::Kind::Decimal { precision, scale } => {
+            format!("CAST(? AS DECIMAL({precision},{scale}))")
+        }
+        _ => "?".to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -130,7 +155,8 @@ mod tests {
     #[test]
     fn after_reads_as_index_ranges() {
         let cols = vec!["a".to_string(), "b".to_string()];
-        let (sql, params) = after(&cols, &[Key::Int(1), Key::Text("x".into())]);
+        let marks = vec!["?".to_string(), "?".to_string()];
+        let (sql, params) = after(&cols, &marks, &[Key::Int(1), Key::Text("x".into())]);
         assert_eq!(sql, "((`a` > ?) OR (`a` = ? AND `b` > ?))");
         assert_eq!(params.len(), 3);
     }

@@ -23,20 +23,17 @@ use sluice_formats::changes::{self, Apply};
 use crate::config::{MysqlSinkConfig, SinkMode, ZeroDates};
 use crate::conn::{connect, database_of, primary_key, quote, split_table, table_exists};
 use crate::decode::Decoder;
-use crate::encode::{self, Column};
+use crate::encode::Column;
 use crate::error::{code, my_error};
 use crate::lock;
 use crate::types::mysql_type;
+
+mod load;
 
 /// Table holding the offsets stored with the data, in the table's database.
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
 /// Temporary table an upsert loads into before it merges.
 const STAGING: &str = "sluice_staging";
-/// Rows per piece of a load (the stream sends one piece at a time).
-const PIECE_ROWS: usize = 4096;
-/// Bytes of one `INSERT ... VALUES` or `DELETE ... IN` statement, well under the
-/// default packet limit.
-const STATEMENT_BYTES: usize = 4 << 20;
 
 /// Writes batches into one table.
 pub struct MysqlSink {
@@ -89,17 +86,6 @@ impl MysqlSink {
 
     fn offsets_table(&self) -> String {
         format!("{}.{}", quote(&self.db), quote(OFFSETS_TABLE))
-    }
-
-    /// Runs a statement that writes rows: a warning (a value changed, a row skipped)
-    /// is an error, never silent.
-    async fn exec_rows(&mut self, sql: &str) -> Result<()> {
-        self.exec(sql).await?;
-        let warnings = self.conn()?.get_warnings();
-        if warnings > 0 {
-            return Err(self.warnings(warnings).await);
-        }
-        Ok(())
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
@@ -234,142 +220,6 @@ impl MysqlSink {
         Ok(())
     }
 
-    /// Loads `records` into `into` (`replace`: a row with an existing key replaces it).
-    async fn load(&mut self, into: &str, records: &RecordBatch, replace: bool) -> Result<()> {
-        let names: Vec<String> = records
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| quote(f.name()))
-            .collect();
-        if self.infile {
-            let columns = connector_api::blocking(|| Column::all(records))?;
-            match self
-                .load_infile(into, &names, records.num_rows(), columns, replace)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(Refused(why)) => {
-                    tracing::warn!(table = %self.target, reason = %why, "LOAD DATA LOCAL INFILE refused by the server; writing with INSERT instead");
-                    self.infile = false;
-                }
-                Err(Failed(e)) => return Err(e),
-            }
-        }
-        let columns = connector_api::blocking(|| Column::all(records))?;
-        self.insert_values(into, &names, records.num_rows(), &columns, replace)
-            .await
-    }
-
-    async fn load_infile(
-        &mut self,
-        into: &str,
-        names: &[String],
-        rows: usize,
-        columns: Vec<Column>,
-        replace: bool,
-    ) -> std::result::Result<(), LoadError> {
-        // encoded whole before the load starts: a value that cannot be written is an
-        // error before the server has taken any row
-        let pieces = connector_api::blocking(|| {
-            (0..rows)
-                .step_by(PIECE_ROWS)
-                .map(|start| {
-                    let mut out = Vec::new();
-                    encode::lines(&columns, start..(start + PIECE_ROWS).min(rows), &mut out)?;
-                    Ok(bytes::Bytes::from(out))
-                })
-                .collect::<Result<Vec<_>>>()
-        })
-        .map_err(Failed)?;
-        let sql = format!(
-            "LOAD DATA LOCAL INFILE 'sluice' {}INTO TABLE {into} CHARACTER SET binary \
-             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
-            if replace { "REPLACE " } else { "" },
-            names.join(", ")
-        );
-        let target = self.target.clone();
-        let conn = self.conn().map_err(Failed)?;
-        conn.set_infile_handler(async move {
-            Ok(Box::pin(futures::stream::iter(pieces.into_iter().map(Ok)))
-                as mysql_async::InfileData)
-        });
-        match conn.query_drop(&sql).await {
-            Ok(()) => {}
-            Err(e) if matches!(code(&e), Some(1148 | 3948 | 4166)) => {
-                return Err(Refused(e.to_string()))
-            }
-            Err(e) => return Err(Failed(my_error(format!("table {target}: LOAD DATA"), e))),
-        }
-        let warnings = conn.get_warnings();
-        if warnings > 0 {
-            return Err(Failed(self.warnings(warnings).await));
-        }
-        Ok(())
-    }
-
-    /// The error of a load that left warnings: each was a value changed or a row
-    /// skipped, which is never silent.
-    async fn warnings(&mut self, count: u16) -> Error {
-        let target = self.target.clone();
-        let listed = match self.conn() {
-            Ok(conn) => match conn
-                .query::<(String, u32, String), _>("SHOW WARNINGS LIMIT 5")
-                .await
-            {
-                Ok(rows) => rows
-                    .into_iter()
-                    .map(|(level, code, message)| format!("{level} {code}: {message}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                Err(e) => format!("they could not be read: {e}"),
-            },
-            Err(e) => e.to_string(),
-        };
-        Error::data(format!(
-            "table {target}: the server changed or skipped values while writing ({count} warnings: {listed})"
-        ))
-    }
-
-    /// Writes rows with multi-row `INSERT`s (`replace`: `REPLACE`).
-    async fn insert_values(
-        &mut self,
-        into: &str,
-        names: &[String],
-        rows: usize,
-        columns: &[Column],
-        replace: bool,
-    ) -> Result<()> {
-        let verb = if replace { "REPLACE" } else { "INSERT" };
-        let head = format!("{verb} INTO {into} ({}) VALUES ", names.join(", "));
-        self.exec_tuples(&head, "", columns, rows).await
-    }
-
-    /// Runs `head (row), (row), ... tail` over the rows of `columns`, in statements
-    /// of up to [`STATEMENT_BYTES`].
-    async fn exec_tuples(
-        &mut self,
-        head: &str,
-        tail: &str,
-        columns: &[Column],
-        rows: usize,
-    ) -> Result<()> {
-        let mut sql = head.as_bytes().to_vec();
-        for i in 0..rows {
-            if sql.len() > head.len() {
-                sql.push(b',');
-            }
-            encode::tuple(columns, i, &mut sql)?;
-            if sql.len() >= STATEMENT_BYTES || i + 1 == rows {
-                sql.extend_from_slice(tail.as_bytes());
-                let text = String::from_utf8(std::mem::replace(&mut sql, head.as_bytes().to_vec()))
-                    .map_err(|_| Error::internal("a statement is not UTF-8"))?;
-                self.exec_rows(&text).await?;
-            }
-        }
-        Ok(())
-    }
-
     async fn write_batch(&mut self, batch: &Batch) -> Result<()> {
         if self.lost {
             return Err(Error::new(ErrorKind::Aborted, "the transaction was lost"));
@@ -378,11 +228,24 @@ impl MysqlSink {
         self.begin().await?;
         self.exec("SAVEPOINT sluice_write").await?;
         let result = self.apply(&batch.records).await;
+        if let Err(e) = &result {
+            // a deadlock rolls back the server's whole transaction, savepoint and all
+            if crate::error::code_of(e) == Some(1213) {
+                self.lost = true;
+            }
+        }
+        if self.lost {
+            return result;
+        }
         let end = match result {
             Ok(()) => "RELEASE SAVEPOINT sluice_write",
             Err(_) => "ROLLBACK TO SAVEPOINT sluice_write",
         };
-        self.exec(end).await?;
+        if let Err(undo) = self.exec(end).await {
+            // the transaction is gone with what it held
+            self.lost = true;
+            return Err(result.err().unwrap_or(undo));
+        }
         result?;
         self.reached.merge(&batch.offsets);
         self.reached.add_records(batch.num_rows() as u64);
@@ -443,12 +306,14 @@ impl MysqlSink {
             .iter()
             .map(|f| quote(f.name()))
             .collect();
+        // the staged row by its alias, not VALUES(), which MySQL 8.0.20 deprecates
+        // with a warning
         let set: Vec<String> = rows
             .schema()
             .fields()
             .iter()
             .filter(|f| !self.config.key.contains(f.name()))
-            .map(|f| format!("{0} = VALUES({0})", quote(f.name())))
+            .map(|f| format!("{0} = s.{0}", quote(f.name())))
             .collect();
         let update = match set.is_empty() {
             true => {
@@ -459,7 +324,7 @@ impl MysqlSink {
         };
         let cols = names.join(", ");
         self.exec_rows(&format!(
-            "INSERT INTO {} ({cols}) SELECT {cols} FROM {staging} ON DUPLICATE KEY UPDATE {update}",
+            "INSERT INTO {} ({cols}) SELECT {cols} FROM {staging} AS s ON DUPLICATE KEY UPDATE {update}",
             self.target
         ))
         .await?;
@@ -474,7 +339,12 @@ impl MysqlSink {
             let i = schema
                 .index_of(k)
                 .map_err(|_| Error::schema(format!("a delete record has no key column \"{k}\"")))?;
-            keys.push(Column::new(k, rows.column(i))?);
+            let into = self
+                .schema
+                .as_ref()
+                .and_then(|t| t.field_with_name(k).ok())
+                .map(|f| f.data_type().clone());
+            keys.push(Column::new(k, rows.column(i), into.as_ref())?);
         }
         let names: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
         let head = format!(
@@ -522,15 +392,6 @@ impl MysqlSink {
         }
     }
 }
-
-/// How a `LOAD DATA LOCAL INFILE` failed.
-enum LoadError {
-    /// The server does not allow it: fall back to `INSERT`.
-    Refused(String),
-    /// Anything else.
-    Failed(Error),
-}
-use LoadError::{Failed, Refused};
 
 /// The first line of a statement, shortened, for messages.
 fn short(sql: &str) -> String {
