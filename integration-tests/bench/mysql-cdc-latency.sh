@@ -21,7 +21,7 @@ cargo build --release -p runtime --bin sluice --quiet
 SLUICE="$CARGO_TARGET_DIR/release/sluice"
 q() { psql -X -Atq -d "$PG" -c "$1"; }
 my() { mariadb -h 127.0.0.1 -P "$PORT" -u root -N -B test -e "$1"; }
-my "DROP TABLE IF EXISTS bench_mycdc_src; CREATE TABLE bench_mycdc_src (id BIGINT PRIMARY KEY, v VARCHAR(20), written DATETIME(6))"
+my "DROP TABLE IF EXISTS bench_mycdc_src; CREATE TABLE bench_mycdc_src (id BIGINT PRIMARY KEY, v VARCHAR(20), written DATETIME(6)) DEFAULT CHARSET = utf8mb4"
 q "DROP TABLE IF EXISTS bench_mycdc_dst" >/dev/null
 q "CREATE TABLE bench_mycdc_dst (id bigint PRIMARY KEY, v text, written timestamp, arrived timestamp)"
 q "CREATE OR REPLACE FUNCTION bench_mycdc_arrived() RETURNS trigger LANGUAGE plpgsql AS \$\$ BEGIN NEW.arrived := clock_timestamp() AT TIME ZONE 'UTC'; RETURN NEW; END \$\$"

@@ -78,6 +78,8 @@ pub struct MysqlSource {
     mariadb: bool,
     /// `cdc`: the replica server id.
     server_id: u32,
+    /// `cdc`: the table (database, name) and its columns, until the stream starts.
+    captured: Option<((String, String), Vec<binlog::TableColumn>)>,
 }
 
 impl MysqlSource {
@@ -93,6 +95,7 @@ impl MysqlSource {
             changes: None,
             mariadb: false,
             server_id: 0,
+            captured: None,
         }
     }
 
@@ -404,6 +407,13 @@ impl MysqlSource {
     /// in a new one) or the binlog from the stored position.
     async fn open_cdc(&mut self, committed: &Offsets) -> Result<()> {
         binlog::check_server(self.conn()?).await?;
+        // the columns the stream decodes, checked before a snapshot is read for nothing
+        let table = self.config.tables.first().cloned().unwrap_or_default();
+        let conn = self.conn()?;
+        let db = database_of(conn, &table).await?;
+        let bare = split_table(&table).1.to_string();
+        let columns = binlog::table_columns(conn, &db, &bare).await?;
+        self.captured = Some(((db, bare), columns));
         let mut from: Option<BinlogOffset> = committed.get_typed(cdc::SPLIT)?;
         if let Some(at) = &from {
             let files = binlog::binlog_files(self.conn()?).await?;
@@ -448,14 +458,14 @@ impl MysqlSource {
                 return Ok(batch);
             }
             // the snapshot is read: its transaction ends, the stream starts
-            let table = self.config.tables.first().cloned().unwrap_or_default();
-            let conn = self.conn()?;
-            conn.query_drop("COMMIT")
+            self.conn()?
+                .query_drop("COMMIT")
                 .await
                 .map_err(|e| my_error("end the snapshot", e))?;
-            let db = database_of(conn, &table).await?;
-            let bare = split_table(&table).1.to_string();
-            let columns = binlog::table_columns(conn, &db, &bare).await?;
+            let ((db, bare), columns) = self
+                .captured
+                .take()
+                .ok_or_else(|| Error::internal("no captured table"))?;
             let from = self
                 .binlog_from
                 .clone()
