@@ -69,6 +69,19 @@ pub fn split(records: &RecordBatch) -> Result<Option<(RecordBatch, Vec<Run>)>> {
     Ok(Some((data, runs)))
 }
 
+/// The records without `_op` and their runs; records that are not changes are one
+/// run of upserts.
+pub fn runs(records: &RecordBatch) -> Result<(RecordBatch, Vec<Run>)> {
+    Ok(split(records)?.unwrap_or_else(|| {
+        let all = Run {
+            apply: Apply::Upsert,
+            start: 0,
+            len: records.num_rows(),
+        };
+        (records.clone(), vec![all])
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

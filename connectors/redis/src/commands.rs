@@ -93,17 +93,7 @@ fn keyed(
     records: &RecordBatch,
     found: &mut Vec<(usize, String)>,
 ) -> Result<Vec<(Cmd, usize)>> {
-    let (data, runs) = match changes::split(records)? {
-        Some((data, runs)) => (data, runs),
-        None => (
-            records.clone(),
-            vec![changes::Run {
-                apply: Apply::Upsert,
-                start: 0,
-                len: records.num_rows(),
-            }],
-        ),
-    };
+    let (data, runs) = changes::runs(records)?;
     let keys = keys(config, &data, found)?;
     let data = data.project(&written(config, &data))?;
     let values: Option<Payloads> = match config.mode {

@@ -261,17 +261,7 @@ impl MysqlSink {
             }
             return self.load(&target, records, false).await;
         }
-        let (data, runs) = match changes::split(records)? {
-            Some(split) => split,
-            None => (
-                records.clone(),
-                vec![changes::Run {
-                    apply: Apply::Upsert,
-                    start: 0,
-                    len: records.num_rows(),
-                }],
-            ),
-        };
+        let (data, runs) = changes::runs(records)?;
         for run in runs {
             let rows = data.slice(run.start, run.len);
             match run.apply {

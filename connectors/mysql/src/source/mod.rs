@@ -80,7 +80,12 @@ pub struct MysqlSource {
     server_id: u32,
     /// `cdc`: the table (database, name) and its columns, until the stream starts.
     captured: Option<((String, String), Vec<binlog::TableColumn>)>,
+    /// `incremental`: when rows with a NULL cursor were last looked for.
+    nulls_checked: Option<Instant>,
 }
+
+/// How often a caught-up `incremental` source looks for rows with a NULL cursor.
+const NULL_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl MysqlSource {
     /// A source for `config` (validated).
@@ -96,6 +101,7 @@ impl MysqlSource {
             mariadb: false,
             server_id: 0,
             captured: None,
+            nulls_checked: None,
         }
     }
 
@@ -375,8 +381,16 @@ impl MysqlSource {
     }
 
     /// Caught up: a row with NULL in a cursor column is never reached, which is an
-    /// error, not a silent skip.
+    /// error, not a silent skip. Looked for at most once a minute (it may scan the
+    /// table).
     async fn check_nulls(&mut self) -> Result<()> {
+        if self
+            .nulls_checked
+            .is_some_and(|t| t.elapsed() < NULL_CHECK_EVERY)
+        {
+            return Ok(());
+        }
+        self.nulls_checked = Some(Instant::now());
         let split = &self.splits[0];
         let any: Vec<String> = split
             .order
