@@ -37,6 +37,19 @@ pub enum ZeroDates {
     Null,
 }
 
+/// The shape of `cdc` records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Envelope {
+    /// The row's columns plus `_op` (`r`, `c`, `u`, `d`): what the sinks' upserts apply.
+    #[default]
+    Row,
+    /// Debezium's envelope: `before`, `after`, `source` (Debezium's MySQL block:
+    /// `server_id`, `gtid`, `file`, `pos`, `row`, `thread`, `ts_ms`, `db`, `table`),
+    /// `op`, `ts_ms`, so existing Debezium consumers can read the records.
+    Debezium,
+}
+
 /// Options of the `mysql` source (MySQL 5.7+/8, MariaDB 10.3+).
 #[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +90,9 @@ pub struct MysqlSourceConfig {
     /// Zero dates (`0000-00-00`): `error` (the default) or `null`.
     #[serde(default)]
     pub zero_dates: ZeroDates,
+    /// Shape of `cdc` records: `row` or `debezium`.
+    #[serde(default)]
+    pub envelope: Envelope,
     /// `cdc`: the server id the binlog is read as (a replica's id; unique among the
     /// server's replicas). Default: one derived from the pipeline's name.
     pub server_id: Option<u32>,
@@ -156,6 +172,12 @@ impl MysqlSourceConfig {
                 "mode = \"cdc\" reads one table (tables = [\"orders\"]); run one pipeline per table",
             )
             .with_field("tables"));
+        }
+        if self.envelope == Envelope::Debezium && self.mode != SourceMode::Cdc {
+            return Err(
+                Error::config("envelope = \"debezium\" is for mode = \"cdc\"")
+                    .with_field("envelope"),
+            );
         }
         if incremental && self.cursor.is_empty() {
             return Err(Error::config(

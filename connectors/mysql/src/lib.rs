@@ -24,7 +24,7 @@ mod sink;
 mod source;
 pub mod types;
 
-pub use config::{MysqlSinkConfig, MysqlSourceConfig, SinkMode, SourceMode, ZeroDates};
+pub use config::{Envelope, MysqlSinkConfig, MysqlSourceConfig, SinkMode, SourceMode, ZeroDates};
 pub use sink::MysqlSink;
 pub use source::{BinlogOffset, Key, MysqlOffset, MysqlSource};
 
@@ -62,7 +62,7 @@ impl SourceConnector for Mysql {
     }
 
     fn emits_changes(&self, config: &MysqlSourceConfig) -> bool {
-        config.mode == SourceMode::Cdc
+        config.mode == SourceMode::Cdc && config.envelope == Envelope::Row
     }
 }
 

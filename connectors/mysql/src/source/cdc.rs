@@ -17,10 +17,11 @@ use connector_api::{columns, Batch, Error, Offsets, Result, Secret};
 use futures::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Value};
 use serde::{Deserialize, Serialize};
 
 use super::binlog::{self, TableColumn};
+use super::debezium;
 use crate::config::ZeroDates;
 use crate::conn::connect;
 use crate::decode::Decoder;
@@ -115,6 +116,17 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
     })
 }
 
+/// How the binlog is read: from the server at `url` (MariaDB or not) as replica
+/// `server_id`.
+pub struct Replica {
+    /// Connection URL.
+    pub url: Secret,
+    /// The replica's server id.
+    pub server_id: u32,
+    /// The server is MariaDB.
+    pub mariadb: bool,
+}
+
 /// Changes of one table from the binlog.
 pub struct Changes {
     url: Secret,
@@ -151,21 +163,48 @@ pub struct Changes {
     formatted: bool,
     /// When the oldest pending row was read.
     pending_since: Option<Instant>,
+    /// `envelope = "debezium"`: the before images and where each change came from.
+    debezium: Option<Images>,
+    /// The event being read: its time (s) and server, the row within it, and the
+    /// thread of its transaction when a `BEGIN` named it.
+    event: (u32, u32, i32, Option<i64>),
+}
+
+/// What Debezium's envelope adds to the pending rows (whose after images are the
+/// decoder's).
+struct Images {
+    before: Decoder,
+    has_before: Vec<bool>,
+    has_after: Vec<bool>,
+    origins: Vec<debezium::Origin>,
+    place: debezium::Place,
 }
 
 impl Changes {
     /// A reader of `db.table` from `from`.
     pub fn new(
-        url: Secret,
-        server_id: u32,
-        mariadb: bool,
+        Replica {
+            url,
+            server_id,
+            mariadb,
+        }: Replica,
         (db, table): (String, String),
         columns: Vec<TableColumn>,
         zero_dates: ZeroDates,
         from: BinlogOffset,
+        debezium: Option<debezium::Place>,
     ) -> Changes {
-        let decoder = Decoder::new(&described(&columns), zero_dates);
+        // Debezium's images are nullable: a create has no before, a delete no after
+        let nullable = debezium.is_some();
+        let decoder = Decoder::new(&described(&columns, nullable), zero_dates);
         let key = key_positions(&columns);
+        let debezium = debezium.map(|place| Images {
+            before: Decoder::new(&described(&columns, true), zero_dates),
+            has_before: Vec::new(),
+            has_after: Vec::new(),
+            origins: Vec::new(),
+            place,
+        });
         Changes {
             url,
             server_id,
@@ -191,6 +230,8 @@ impl Changes {
             key,
             formatted: false,
             pending_since: None,
+            debezium,
+            event: (0, 0, 0, None),
         }
     }
 
@@ -286,6 +327,8 @@ impl Changes {
     async fn apply(&mut self, event: mysql_async::binlog::events::Event) -> Result<Option<Batch>> {
         let header = event.header();
         let start = self.next;
+        self.event.0 = header.timestamp();
+        self.event.1 = header.server_id();
         if header.log_pos() != 0 {
             self.next = u64::from(header.log_pos());
         }
@@ -318,7 +361,10 @@ impl Changes {
                     .unwrap_or_default()
                     .to_ascii_uppercase();
                 match word.as_str() {
-                    "BEGIN" => self.begin(start),
+                    "BEGIN" => {
+                        self.event.3 = Some(i64::from(q.thread_id()));
+                        self.begin(start);
+                    }
                     // inside the transaction (an ORM's savepoints, XA's steps)
                     "SAVEPOINT" | "RELEASE" | "XA" => {}
                     "ROLLBACK" if sql.to_ascii_uppercase().contains(" TO ") => {}
@@ -351,6 +397,7 @@ impl Changes {
     }
 
     fn commit(&mut self) {
+        self.event.3 = None;
         self.txn = None;
         self.to_skip = 0;
         self.committed = BinlogOffset {
@@ -394,15 +441,28 @@ impl Changes {
                 )));
             }
         }
+        // the stream lends its table map while the rows go into `self`
         let stream = self
             .stream
-            .as_ref()
+            .take()
             .ok_or_else(|| Error::internal("binlog stream is not open"))?;
-        let Some(tme) = stream.get_tme(rows.table_id()) else {
-            return Ok(None);
+        let decoded = match stream.get_tme(rows.table_id()) {
+            Some(tme) => self.decode(tme, &rows),
+            None => Ok(()),
         };
+        self.stream = Some(stream);
+        decoded?;
+        Ok(None)
+    }
+
+    /// The rows of a rows event of the captured table, as changes.
+    fn decode(
+        &mut self,
+        tme: &mysql_async::binlog::events::TableMapEvent<'_>,
+        rows: &RowsEventData<'_>,
+    ) -> Result<()> {
         let op =
-            match &rows {
+            match rows {
                 RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => "c",
                 RowsEventData::UpdateRowsEventV1(_) | RowsEventData::UpdateRowsEvent(_) => "u",
                 RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => "d",
@@ -427,25 +487,18 @@ impl Changes {
             }
             let before = before.map(|r| self.values(r)).transpose()?;
             let after = after.map(|r| self.values(r)).transpose()?;
-            let records = match (before, after) {
+            self.event.2 = i32::try_from(i).unwrap_or(i32::MAX);
+            match (before, after) {
                 // an update of the key: the old key goes, the new one comes, as the
                 // postgres source does, so an upsert leaves no row behind
                 (Some(b), Some(a)) if self.key.iter().any(|&k| b[k] != a[k]) => {
-                    vec![("d", b), ("c", a)]
+                    self.push("d", Some(b), None)?;
+                    self.push("c", None, Some(a))?;
                 }
-                (_, Some(a)) => vec![(op, a)],
-                (Some(b), None) => vec![(op, b)],
-                (None, None) => vec![],
-            };
-            let (file, pos) = (self.file.clone(), self.next);
-            let at = move || format!("binlog {file} {pos}");
-            for (op, values) in records {
-                self.decoder.push(values, &at)?;
-                self.ops.push(op);
-                self.pending_since.get_or_insert_with(Instant::now);
+                (b, a) => self.push(op, b, a)?,
             }
         }
-        Ok(None)
+        Ok(())
     }
 
     /// A row image's values, as the binary protocol gives them.
@@ -482,7 +535,7 @@ impl Changes {
         // a failed read drops the connection (it may be what failed)
         self.columns = binlog::table_columns(&mut meta, &self.db, &self.table).await?;
         self.meta = Some(meta);
-        self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
+        self.reset_decoders();
         self.key = key_positions(&self.columns);
         tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
         Ok(())
@@ -492,8 +545,26 @@ impl Changes {
     fn emit(&mut self) -> Result<Batch> {
         self.pending_since = None;
         let data = self.decoder.finish()?;
-        let ops: ArrayRef = std::sync::Arc::new(StringArray::from(std::mem::take(&mut self.ops)));
-        let records = with_op(data, ops)?;
+        let ops = std::mem::take(&mut self.ops);
+        let records = match &mut self.debezium {
+            None => with_op(data, std::sync::Arc::new(StringArray::from(ops)))?,
+            Some(d) => {
+                let before = d.before.finish()?;
+                let records = debezium::records(
+                    &data.schema(),
+                    (before, &d.has_before),
+                    (data, &d.has_after),
+                    ops,
+                    &d.origins,
+                    &d.place,
+                    debezium::now_ms(),
+                )?;
+                d.has_before.clear();
+                d.has_after.clear();
+                d.origins.clear();
+                records
+            }
+        };
         let position = match &mut self.txn {
             // cut inside a transaction: resume at its start, past what is delivered
             Some((start, n)) => BinlogOffset {
@@ -530,7 +601,7 @@ impl Changes {
         self.stream = None;
         self.ops.clear();
         self.pending_since = None;
-        self.decoder = Decoder::new(&described(&self.columns), self.zero_dates);
+        self.reset_decoders();
         self.txn = None;
         self.file = self.delivered.file.clone();
         self.next = self.delivered.pos;
@@ -553,6 +624,61 @@ impl Changes {
     }
 }
 
+impl Changes {
+    /// Empty builders for the current columns.
+    fn reset_decoders(&mut self) {
+        let nullable = self.debezium.is_some();
+        self.decoder = Decoder::new(&described(&self.columns, nullable), self.zero_dates);
+        if let Some(d) = &mut self.debezium {
+            d.before = Decoder::new(&described(&self.columns, true), self.zero_dates);
+            d.has_before.clear();
+            d.has_after.clear();
+            d.origins.clear();
+        }
+    }
+
+    /// Appends one change: its op and images (one of them at least).
+    fn push(
+        &mut self,
+        op: &'static str,
+        before: Option<Vec<Value>>,
+        after: Option<Vec<Value>>,
+    ) -> Result<()> {
+        let (file, pos) = (self.file.clone(), self.next);
+        let at = move || format!("binlog {file} {pos}");
+        let nulls = || vec![Value::NULL; self.columns.len()];
+        match &mut self.debezium {
+            None => {
+                let Some(values) = after.or(before) else {
+                    return Ok(());
+                };
+                self.decoder.push(values, &at)?;
+            }
+            Some(d) => {
+                let (has_before, has_after) = (before.is_some(), after.is_some());
+                d.before.push(before.unwrap_or_else(nulls), &at)?;
+                self.decoder.push(after.unwrap_or_else(nulls), &at)?;
+                d.has_before.push(has_before);
+                d.has_after.push(has_after);
+                let (secs, server, row, thread) = self.event;
+                d.origins.push(debezium::Origin {
+                    ts_ms: i64::from(secs) * 1000,
+                    server_id: i64::from(server),
+                    gtid: self.gtid.clone(),
+                    file: self.file.clone(),
+                    pos: i64::try_from(self.next).unwrap_or(i64::MAX),
+                    row,
+                    thread,
+                    snapshot: false,
+                });
+            }
+        }
+        self.ops.push(op);
+        self.pending_since.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+}
+
 /// Where the primary-key columns are.
 fn key_positions(columns: &[TableColumn]) -> Vec<usize> {
     columns
@@ -563,10 +689,10 @@ fn key_positions(columns: &[TableColumn]) -> Vec<usize> {
         .collect()
 }
 
-fn described(columns: &[TableColumn]) -> Vec<(String, crate::types::Kind, bool)> {
+fn described(columns: &[TableColumn], nullable: bool) -> Vec<(String, crate::types::Kind, bool)> {
     columns
         .iter()
-        .map(|c| (c.name.clone(), c.kind, c.nullable))
+        .map(|c| (c.name.clone(), c.kind, c.nullable || nullable))
         .collect()
 }
 

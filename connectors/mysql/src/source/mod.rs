@@ -7,6 +7,7 @@
 
 mod binlog;
 mod cdc;
+mod debezium;
 mod order;
 
 use std::time::{Duration, Instant};
@@ -79,7 +80,11 @@ pub struct MysqlSource {
     /// `cdc`: the replica server id.
     server_id: u32,
     /// `cdc`: the table (database, name) and its columns, until the stream starts.
-    captured: Option<((String, String), Vec<binlog::TableColumn>)>,
+    captured: Option<Vec<binlog::TableColumn>>,
+    /// `cdc`: the table's database and name.
+    cdc_table: (String, String),
+    /// The pipeline's name.
+    pipeline: String,
     /// `incremental`: when rows with a NULL cursor were last looked for.
     nulls_checked: Option<Instant>,
 }
@@ -101,6 +106,8 @@ impl MysqlSource {
             mariadb: false,
             server_id: 0,
             captured: None,
+            cdc_table: (String::new(), String::new()),
+            pipeline: String::new(),
             nulls_checked: None,
         }
     }
@@ -275,8 +282,14 @@ impl MysqlSource {
         offsets.set_typed(name, &next)?;
         if let Some(from) = &self.binlog_from {
             // snapshot reads of `cdc`: the stream starts where the snapshot was taken
-            let reads: ArrayRef = Arc::new(StringArray::from(vec!["r"; records.num_rows()]));
-            records = cdc::with_op(records, reads)?;
+            records = match self.place() {
+                Some(place) => debezium::snapshot(records, &from.file, from.pos, &place)?,
+                None => {
+                    let reads: ArrayRef =
+                        Arc::new(StringArray::from(vec!["r"; records.num_rows()]));
+                    cdc::with_op(records, reads)?
+                }
+            };
             offsets.set_typed(cdc::SPLIT, from)?;
         }
         self.splits[at].position = Some(next);
@@ -427,7 +440,8 @@ impl MysqlSource {
         let db = database_of(conn, &table).await?;
         let bare = split_table(&table).1.to_string();
         let columns = binlog::table_columns(conn, &db, &bare).await?;
-        self.captured = Some(((db, bare), columns));
+        self.captured = Some(columns);
+        self.cdc_table = (db, bare);
         let mut from: Option<BinlogOffset> = committed.get_typed(cdc::SPLIT)?;
         if let Some(at) = &from {
             let files = binlog::binlog_files(self.conn()?).await?;
@@ -465,6 +479,18 @@ impl MysqlSource {
         Ok(())
     }
 
+    /// `envelope = "debezium"`: the table and pipeline the records are of.
+    fn place(&self) -> Option<debezium::Place> {
+        if self.config.envelope != crate::config::Envelope::Debezium {
+            return None;
+        }
+        Some(debezium::Place {
+            name: self.pipeline.clone(),
+            db: self.cdc_table.0.clone(),
+            table: self.cdc_table.1.clone(),
+        })
+    }
+
     /// `cdc`: the snapshot's next batch, then the binlog's.
     async fn next_change(&mut self) -> Result<Batch> {
         if self.changes.is_none() {
@@ -476,22 +502,28 @@ impl MysqlSource {
                 .query_drop("COMMIT")
                 .await
                 .map_err(|e| my_error("end the snapshot", e))?;
-            let ((db, bare), columns) = self
+            let columns = self
                 .captured
                 .take()
                 .ok_or_else(|| Error::internal("no captured table"))?;
+            let (db, bare) = self.cdc_table.clone();
             let from = self
                 .binlog_from
                 .clone()
                 .ok_or_else(|| Error::internal("no binlog position"))?;
+            let place = self.place();
+            let replica = cdc::Replica {
+                url: self.config.url.clone(),
+                server_id: self.server_id,
+                mariadb: self.mariadb,
+            };
             let mut changes = cdc::Changes::new(
-                self.config.url.clone(),
-                self.server_id,
-                self.mariadb,
+                replica,
                 (db, bare),
                 columns,
                 self.config.zero_dates,
                 from,
+                place,
             );
             changes.start().await?;
             self.changes = Some(changes);
@@ -586,6 +618,7 @@ impl Source for MysqlSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
+        self.pipeline = ctx.pipeline.clone();
         self.conn = Some(connect(&self.config.url).await?);
         let version: Option<String> = self
             .conn()?
