@@ -6,9 +6,12 @@
 //! the last delivered position, so a restart resumes exactly after it.
 
 mod binlog;
+mod capture;
 mod cdc;
 mod debezium;
+mod incremental;
 mod order;
+mod position;
 
 use std::time::{Duration, Instant};
 
@@ -28,8 +31,8 @@ use crate::conn::{
 use crate::decode::Decoder;
 use crate::error::my_error;
 use crate::types::describe;
-pub use cdc::BinlogOffset;
 pub use order::Key;
+pub use position::BinlogOffset;
 
 /// Position of one split (a table, or the query). Exclusive: reading resumes strictly
 /// after the row it names.
@@ -88,9 +91,6 @@ pub struct MysqlSource {
     /// `incremental`: when rows with a NULL cursor were last looked for.
     nulls_checked: Option<Instant>,
 }
-
-/// How often a caught-up `incremental` source looks for rows with a NULL cursor.
-const NULL_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl MysqlSource {
     /// A source for `config` (validated).
@@ -287,10 +287,10 @@ impl MysqlSource {
                 None => {
                     let reads: ArrayRef =
                         Arc::new(StringArray::from(vec!["r"; records.num_rows()]));
-                    cdc::with_op(records, reads)?
+                    position::with_op(records, reads)?
                 }
             };
-            offsets.set_typed(cdc::SPLIT, from)?;
+            offsets.set_typed(position::SPLIT, from)?;
         }
         self.splits[at].position = Some(next);
         Ok(Batch::new(records, offsets))
@@ -336,203 +336,6 @@ impl MysqlSource {
             _ => MysqlOffset::Done,
         };
         self.batch(at, &columns, rows, next).map(Some)
-    }
-
-    async fn next_incremental(&mut self) -> Result<Option<Batch>> {
-        let started = Instant::now();
-        loop {
-            let Chunk {
-                mut rows,
-                columns,
-                full,
-            } = self.chunk(0).await?;
-            if rows.is_empty() {
-                self.check_nulls().await?;
-                if started.elapsed() >= self.idle_timeout {
-                    return Ok(Some(Batch::idle()));
-                }
-                tokio::time::sleep(self.config.poll_interval.min(self.idle_timeout)).await;
-                continue;
-            }
-            let mut cursors = rows
-                .iter()
-                .map(|r| self.order_of(0, r))
-                .collect::<Result<Vec<_>>>()?;
-            if full {
-                // the read may end inside a run of rows sharing a cursor, and the next
-                // read (after that value) would skip the rest of it: the run is left
-                // to the next read, or read whole when it is the whole read
-                let last = cursors.last().cloned().unwrap_or_default();
-                let kept = cursors
-                    .iter()
-                    .rposition(|c| *c != last)
-                    .map_or(0, |i| i + 1);
-                if kept > 0 {
-                    rows.truncate(kept);
-                    cursors.truncate(kept);
-                } else {
-                    rows = self.chunk_equal(&last).await?;
-                }
-            }
-            let after = cursors.pop().unwrap_or_default();
-            return self
-                .batch(0, &columns, rows, MysqlOffset::Cursor { after })
-                .map(Some);
-        }
-    }
-
-    /// Every row whose cursor equals `at` (a run longer than a read).
-    async fn chunk_equal(&mut self, at: &[Key]) -> Result<Vec<Row>> {
-        let split = &self.splits[0];
-        let (cond, params) = order::equal(&split.order, &split.marks, at);
-        let sql = format!("SELECT * FROM {} WHERE {cond}", split.relation);
-        let name = split.name.clone();
-        self.conn()?
-            .exec(sql, Params::Positional(params))
-            .await
-            .map_err(|e| my_error(format!("{name}: read"), e))
-    }
-
-    /// Caught up: a row with NULL in a cursor column is never reached, which is an
-    /// error, not a silent skip. Looked for at most once a minute (it may scan the
-    /// table).
-    async fn check_nulls(&mut self) -> Result<()> {
-        if self
-            .nulls_checked
-            .is_some_and(|t| t.elapsed() < NULL_CHECK_EVERY)
-        {
-            return Ok(());
-        }
-        self.nulls_checked = Some(Instant::now());
-        let split = &self.splits[0];
-        let any: Vec<String> = split
-            .order
-            .iter()
-            .map(|c| format!("{} IS NULL", quote(c)))
-            .collect();
-        let sql = format!(
-            "SELECT 1 FROM {} WHERE {} LIMIT 1",
-            split.relation,
-            any.join(" OR ")
-        );
-        let name = split.name.clone();
-        let cursor = split.order.join("\" or \"");
-        let found: Option<u8> = self
-            .conn()?
-            .query_first(sql)
-            .await
-            .map_err(|e| my_error(format!("{name}: read"), e))?;
-        match found {
-            Some(_) => Err(null_order(&name, &cursor)),
-            None => Ok(()),
-        }
-    }
-}
-
-impl MysqlSource {
-    /// `cdc` at open: the server's settings, then the snapshot (taken now, or resumed
-    /// in a new one) or the binlog from the stored position.
-    async fn open_cdc(&mut self, committed: &Offsets) -> Result<()> {
-        binlog::check_server(self.conn()?).await?;
-        // the columns the stream decodes, checked before a snapshot is read for nothing
-        let table = self.config.tables.first().cloned().unwrap_or_default();
-        let conn = self.conn()?;
-        let db = database_of(conn, &table).await?;
-        let bare = split_table(&table).1.to_string();
-        let columns = binlog::table_columns(conn, &db, &bare).await?;
-        self.captured = Some(columns);
-        self.cdc_table = (db, bare);
-        let mut from: Option<BinlogOffset> = committed.get_typed(cdc::SPLIT)?;
-        if let Some(at) = &from {
-            let files = binlog::binlog_files(self.conn()?).await?;
-            if !files.contains(&at.file) {
-                if !self.config.snapshot_on_purge {
-                    return Err(cdc::purged(&at.file, at.pos, &files));
-                }
-                tracing::warn!(file = %at.file, position = at.pos, "the stored binlog position was purged; reading the table again from a new snapshot (snapshot_on_purge)");
-                from = None;
-                for split in &mut self.splits {
-                    split.position = None;
-                }
-            }
-        }
-        let snapshot_done = self
-            .splits
-            .iter()
-            .all(|s| s.position == Some(MysqlOffset::Done));
-        match (from, snapshot_done) {
-            (Some(at), true) => self.binlog_from = Some(at),
-            (Some(at), false) => {
-                // a snapshot cut short: the rest in a new snapshot; the changes made
-                // meanwhile come again from the binlog (they converge under upsert)
-                self.conn()?
-                    .query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                    .await
-                    .map_err(|e| my_error("start the snapshot", e))?;
-                self.binlog_from = Some(at);
-            }
-            (None, _) => {
-                let mariadb = self.mariadb;
-                self.binlog_from = Some(cdc::snapshot_position(self.conn()?, mariadb).await?);
-            }
-        }
-        Ok(())
-    }
-
-    /// `envelope = "debezium"`: the table and pipeline the records are of.
-    fn place(&self) -> Option<debezium::Place> {
-        if self.config.envelope != crate::config::Envelope::Debezium {
-            return None;
-        }
-        Some(debezium::Place {
-            name: self.pipeline.clone(),
-            db: self.cdc_table.0.clone(),
-            table: self.cdc_table.1.clone(),
-        })
-    }
-
-    /// `cdc`: the snapshot's next batch, then the binlog's.
-    async fn next_change(&mut self) -> Result<Batch> {
-        if self.changes.is_none() {
-            if let Some(batch) = self.next_snapshot().await? {
-                return Ok(batch);
-            }
-            // the snapshot is read: its transaction ends, the stream starts
-            self.conn()?
-                .query_drop("COMMIT")
-                .await
-                .map_err(|e| my_error("end the snapshot", e))?;
-            let columns = self
-                .captured
-                .take()
-                .ok_or_else(|| Error::internal("no captured table"))?;
-            let (db, bare) = self.cdc_table.clone();
-            let from = self
-                .binlog_from
-                .clone()
-                .ok_or_else(|| Error::internal("no binlog position"))?;
-            let place = self.place();
-            let replica = cdc::Replica {
-                url: self.config.url.clone(),
-                server_id: self.server_id,
-                mariadb: self.mariadb,
-            };
-            let mut changes = cdc::Changes::new(
-                replica,
-                (db, bare),
-                columns,
-                self.config.zero_dates,
-                from,
-                place,
-            );
-            changes.start().await?;
-            self.changes = Some(changes);
-        }
-        let (limit, idle) = (self.batch_size, self.idle_timeout);
-        match &mut self.changes {
-            Some(changes) => changes.next_batch(limit, idle).await,
-            None => Err(Error::internal("binlog reader")),
-        }
     }
 }
 
