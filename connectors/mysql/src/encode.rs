@@ -9,9 +9,11 @@
 use std::io::Write as _;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Date32Type, Float32Type, Float64Type, Int64Type};
+use arrow_array::types::{
+    Date32Type, Decimal128Type, Decimal256Type, DecimalType, Float32Type, Float64Type, Int64Type,
+    UInt64Type,
+};
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_cast::display::{ArrayFormatter, FormatOptions};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
 use sluice_formats::calendar::civil_from_days;
@@ -30,8 +32,14 @@ enum Cells {
     /// Booleans, and whether the column is a BIT (else an integer such as
     /// TINYINT(1), which takes `1` and `0`).
     Bool(ArrayRef, bool),
-    /// Integers and decimals: Arrow's display is their exact text.
-    Number(ArrayRef),
+    /// Signed integers, as Int64.
+    Int(ArrayRef),
+    /// Unsigned integers, as UInt64.
+    UInt(ArrayRef),
+    /// Decimals up to 38 digits, as Decimal128.
+    Decimal(ArrayRef),
+    /// Decimals past 38 digits.
+    Decimal256(ArrayRef),
     F32(ArrayRef),
     F64(ArrayRef),
     Text(ArrayRef),
@@ -93,18 +101,18 @@ impl Column {
                 array.clone(),
                 target.is_none_or(|t| *t == DataType::Boolean),
             ),
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32
-            | DataType::UInt64
-            | DataType::Decimal32(..)
-            | DataType::Decimal64(..)
-            | DataType::Decimal128(..)
-            | DataType::Decimal256(..) => Cells::Number(array.clone()),
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                Cells::Int(cast(&DataType::Int64)?)
+            }
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
+                Cells::UInt(cast(&DataType::UInt64)?)
+            }
+            // widened without loss: the digits and the scale stay
+            DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => {
+                Cells::Decimal(cast(&DataType::Decimal128(*p, *s))?)
+            }
+            DataType::Decimal128(..) => Cells::Decimal(array.clone()),
+            DataType::Decimal256(..) => Cells::Decimal256(array.clone()),
             DataType::Float16 | DataType::Float32 => Cells::F32(cast(&DataType::Float32)?),
             DataType::Float64 => Cells::F64(array.clone()),
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
@@ -178,9 +186,23 @@ impl Column {
                     (_, false) => out.push(if v { b'1' } else { b'0' }),
                 }
             }
-            Cells::Number(a) => {
-                let f = ArrayFormatter::try_new(a.as_ref(), &FormatOptions::default())?;
-                write!(out, "{}", f.value(i)).map_err(|e| bad(&e.to_string()))?;
+            Cells::Int(a) => {
+                write!(out, "{}", a.as_primitive::<Int64Type>().value(i))
+                    .map_err(|e| bad(&e.to_string()))?;
+            }
+            Cells::UInt(a) => {
+                write!(out, "{}", a.as_primitive::<UInt64Type>().value(i))
+                    .map_err(|e| bad(&e.to_string()))?;
+            }
+            Cells::Decimal(a) => {
+                let a = a.as_primitive::<Decimal128Type>();
+                let text = Decimal128Type::format_decimal(a.value(i), a.precision(), a.scale());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Cells::Decimal256(a) => {
+                let a = a.as_primitive::<Decimal256Type>();
+                let text = Decimal256Type::format_decimal(a.value(i), a.precision(), a.scale());
+                out.extend_from_slice(text.as_bytes());
             }
             Cells::F32(a) => {
                 let v = a.as_primitive::<Float32Type>().value(i);
@@ -354,6 +376,33 @@ mod tests {
         );
         let b: ArrayRef = Arc::new(BinaryArray::from(vec![&b"\xff\x00"[..]]));
         assert_eq!(printed(b, Form::Sql), vec!["X'ff00'"]);
+    }
+
+    #[test]
+    fn integers_and_decimals_print_their_exact_digits() {
+        use arrow_array::{Decimal128Array, Decimal256Array, Int8Array, UInt64Array};
+        let i: ArrayRef = Arc::new(Int8Array::from(vec![-128]));
+        assert_eq!(printed(i, Form::Sql), vec!["-128"]);
+        let u: ArrayRef = Arc::new(UInt64Array::from(vec![u64::MAX]));
+        assert_eq!(printed(u, Form::Infile), vec!["18446744073709551615"]);
+        let d: ArrayRef = Arc::new(
+            Decimal128Array::from(vec![-1, 123_456])
+                .with_precision_and_scale(10, 4)
+                .unwrap(),
+        );
+        assert_eq!(printed(d, Form::Sql), vec!["-0.0001", "12.3456"]);
+        let big =
+            arrow_buffer::i256::from_string("12345678901234567890123456789012345678901234567890")
+                .unwrap();
+        let d: ArrayRef = Arc::new(
+            Decimal256Array::from(vec![big])
+                .with_precision_and_scale(65, 30)
+                .unwrap(),
+        );
+        assert_eq!(
+            printed(d, Form::Infile),
+            vec!["12345678901234567890.123456789012345678901234567890"]
+        );
     }
 
     #[test]
