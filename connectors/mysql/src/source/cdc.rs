@@ -468,8 +468,8 @@ impl Changes {
                 let before = d.before.finish()?;
                 let records = debezium::records(
                     &data.schema(),
-                    (before, &d.has_before),
-                    (data, &d.has_after),
+                    (before.columns().to_vec(), &d.has_before),
+                    (data.columns().to_vec(), &d.has_after),
                     ops,
                     &d.origins,
                     &d.place,
@@ -560,8 +560,7 @@ impl Changes {
         before: Option<Vec<Value>>,
         after: Option<Vec<Value>>,
     ) -> Result<()> {
-        let (file, pos) = (self.file.clone(), self.next);
-        let at = move || format!("binlog {file} {pos}");
+        let at = || format!("binlog {} {}", self.file, self.next);
         let nulls = || vec![Value::NULL; self.columns.len()];
         match &mut self.debezium {
             None => {

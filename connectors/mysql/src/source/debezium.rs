@@ -83,24 +83,20 @@ pub fn schema(row: &SchemaRef) -> SchemaRef {
 
 /// One image of each row (`present[i]` false: the row has none, its values are
 /// nulls) as a struct column.
-fn image(row: &SchemaRef, values: RecordBatch, present: &[bool]) -> Result<ArrayRef> {
+fn image(row: &SchemaRef, values: Vec<ArrayRef>, present: &[bool]) -> Result<ArrayRef> {
     let DataType::Struct(fields) = row_type(row) else {
         return Err(Error::internal("a row type that is no struct"));
     };
     let nulls = NullBuffer::from(present.to_vec());
-    Ok(Arc::new(StructArray::try_new(
-        fields,
-        values.columns().to_vec(),
-        Some(nulls),
-    )?))
+    Ok(Arc::new(StructArray::try_new(fields, values, Some(nulls))?))
 }
 
-/// The records: `before` and `after` images (rows of `row`, with which are present),
-/// their `ops`, where each came from, and the time they are read (`now_ms`).
+/// The records: `before` and `after` images (columns of `row`, with which rows have
+/// one), their `ops`, where each came from, and the time they are read (`now_ms`).
 pub fn records(
     row: &SchemaRef,
-    (before, has_before): (RecordBatch, &[bool]),
-    (after, has_after): (RecordBatch, &[bool]),
+    (before, has_before): (Vec<ArrayRef>, &[bool]),
+    (after, has_after): (Vec<ArrayRef>, &[bool]),
     ops: Vec<&'static str>,
     origins: &[Origin],
     place: &Place,
@@ -162,13 +158,6 @@ pub fn snapshot(records: RecordBatch, file: &str, pos: u64, place: &Place) -> Re
         .iter()
         .map(|f| arrow_array::new_null_array(f.data_type(), n))
         .collect();
-    let nullable = Arc::new(Schema::new(
-        row.fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-    ));
-    let before = RecordBatch::try_new(nullable, nulls)?;
     let now = now_ms();
     let origin = Origin {
         ts_ms: now,
@@ -177,22 +166,10 @@ pub fn snapshot(records: RecordBatch, file: &str, pos: u64, place: &Place) -> Re
         snapshot: true,
         ..Origin::default()
     };
-    records_of(&row, before, records, n, origin, place, now)
-}
-
-fn records_of(
-    row: &SchemaRef,
-    before: RecordBatch,
-    after: RecordBatch,
-    n: usize,
-    origin: Origin,
-    place: &Place,
-    now: i64,
-) -> Result<RecordBatch> {
-    records(
-        row,
-        (before, &vec![false; n]),
-        (after, &vec![true; n]),
+    self::records(
+        &row,
+        (nulls, &vec![false; n]),
+        (records.columns().to_vec(), &vec![true; n]),
         vec!["r"; n],
         &vec![origin; n],
         place,
