@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
@@ -128,6 +129,11 @@ impl FileSource {
             return Ok(true);
         }
         let paths = list(&self.config.path)?;
+        self.open_first(paths)
+    }
+
+    /// Opens the first of `paths` (listed just now) that has unread data.
+    fn open_first(&mut self, paths: Vec<PathBuf>) -> Result<bool> {
         let unread: Vec<u64> = paths.iter().map(|p| self.unread(p)).collect();
         self.waiting = (
             unread.iter().filter(|&&n| n > 0).count() as u64,
@@ -147,6 +153,17 @@ impl FileSource {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             };
+            // renamed away since `renamed_away` looked, its name now another file's:
+            // the lines written to it before the rename come first, or its position
+            // would give way to the new file's and they would be lost
+            if self
+                .handles
+                .get(&split)
+                .is_some_and(|(kept, _)| kept.ino != id.ino)
+                && self.renamed_away()?
+            {
+                return Ok(true);
+            }
             let (pos, line) = self.resume_point(&split, &path, id, size);
             let (files, bytes) = self.waiting;
             let picked = (files.saturating_sub(u64::from(left > 0)), bytes - left);
@@ -411,5 +428,56 @@ mod tests {
             .unwrap();
         let again = s.next_batch().await.unwrap().unwrap();
         assert_eq!(again.num_rows(), 2);
+    }
+
+    /// Rotation by rename between the look at kept handles and the listing: the
+    /// lines written before the rename are read through the handle first, not lost
+    /// to the new file under the name.
+    #[tokio::test]
+    async fn lines_written_before_a_rename_seen_only_by_the_listing_are_read_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "{\"id\":1}\n").unwrap();
+        let path = format!("{}/*.log", dir.path().display());
+        let cfg: FileSourceConfig = serde_json::from_value(
+            serde_json::json!({"path": path, "watch": true, "schema": [{"name": "id", "type": "int64"}]}),
+        )
+        .unwrap();
+        let mut s = FileSource::new(cfg).unwrap();
+        s.open(&SourceContext::for_pipeline("t"), &Offsets::new())
+            .await
+            .unwrap();
+        let first = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(first.num_rows(), 1);
+        assert!(connector_api::blocking(|| s.read_current())
+            .unwrap()
+            .is_none());
+        assert!(s.handles.contains_key(&log.to_string_lossy().into_owned()));
+        // more lines, the rename, the new file: all after the handles were looked at
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut f, b"{\"id\":2}\n{\"id\":3}\n").unwrap();
+        drop(f);
+        std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
+        std::fs::write(&log, "{\"id\":4}\n").unwrap();
+        assert!(s.open_first(list(&path).unwrap()).unwrap());
+        let ids = |b: &Batch| -> Vec<i64> {
+            let col = b.records.column(0).as_any();
+            col.downcast_ref::<arrow_array::Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        };
+        let b = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(ids(&b), vec![2, 3]);
+        let mut read = vec![];
+        while let Some(b) = s.next_batch().await.unwrap() {
+            if b.is_idle() {
+                break;
+            }
+            if b.num_rows() > 0 {
+                read.extend(ids(&b));
+            }
+        }
+        assert_eq!(read, vec![4]);
     }
 }
