@@ -16,9 +16,12 @@ mod json;
 mod json_encoders;
 mod json_exact;
 mod json_typed;
+#[cfg(feature = "registry")]
 pub mod messages;
 mod options;
 mod parquet_writer;
+#[cfg(feature = "registry")]
+pub mod registry;
 pub mod scan;
 mod text;
 mod text_cast;

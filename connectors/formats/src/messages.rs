@@ -15,6 +15,8 @@ use connector_api::{columns, Error, Result};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::avro::{confluent_header, AvroReader, AvroWriter};
+use crate::registry::RegistryConfig;
 use crate::JsonDecoder;
 
 /// How a message payload is read and written.
@@ -29,6 +31,11 @@ pub enum PayloadFormat {
     String,
     /// The payload as raw bytes, in one column `value`.
     Bytes,
+    /// Avro in the Confluent wire format (magic byte 0, schema id, datum): a source
+    /// decodes each message with its writer schema, fetched from `schema_registry` by
+    /// id; a sink registers the schema of the columns it writes under
+    /// `schema_subject`.
+    Avro,
 }
 
 /// A metadata column a message source adds on request (`metadata = [...]`).
@@ -69,6 +76,8 @@ pub struct MessageDecoder {
     format: PayloadFormat,
     json: JsonDecoder,
     metadata: Vec<MessageField>,
+    /// Avro payloads: the writer schemas by id.
+    avro: Option<AvroReader>,
 }
 
 /// What one call of [`MessageDecoder::decode`] produced.
@@ -93,6 +102,40 @@ impl MessageDecoder {
             format,
             json: JsonDecoder::new(schema),
             metadata: metadata.to_vec(),
+            avro: None,
+        }
+    }
+
+    /// The decoder with the schema registry that Avro payloads need (their writer
+    /// schemas are fetched from it); other formats ignore it.
+    pub fn with_registry(mut self, registry: Option<&RegistryConfig>) -> Result<Self> {
+        if let (PayloadFormat::Avro, Some(r)) = (self.format, registry) {
+            self.avro = Some(AvroReader::new(r)?);
+        }
+        Ok(self)
+    }
+
+    /// Fetches the writer schemas of Avro `payloads` not seen before; call before
+    /// [`MessageDecoder::decode`] of their messages. An id the registry does not know
+    /// makes its messages bad ones. A registry that does not answer is asked again
+    /// (after 1 s, doubling to 30 s) while the messages wait in memory: returning a
+    /// retryable error would drop messages the broker already handed over. Errors
+    /// that asking again cannot mend (credentials) are returned.
+    pub async fn fetch<'a>(&mut self, payloads: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+        let Some(reader) = &mut self.avro else {
+            return Ok(());
+        };
+        let payloads: Vec<&[u8]> = payloads.collect();
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            match reader.fetch(payloads.iter().copied()).await {
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, retry_in = ?wait, "avro: the schema registry did not answer; the messages wait");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+                done => return done,
+            }
         }
     }
 
@@ -125,6 +168,18 @@ impl MessageDecoder {
                 }
                 good.extend(0..msgs.len());
                 Some(value_batch(DataType::Binary, Arc::new(b.finish()))?)
+            }
+            PayloadFormat::Avro => {
+                let reader = self.avro.as_mut().ok_or_else(|| {
+                    Error::config("format = \"avro\" needs schema_registry")
+                        .with_field("schema_registry")
+                })?;
+                let decoded = reader.decode(msgs.iter().map(|m| Some(m.payload)), || {
+                    Error::data("a message without a value")
+                })?;
+                good.extend(decoded.good);
+                bad.extend(decoded.bad);
+                decoded.batch
             }
         };
         bad.sort_by_key(|(i, _)| *i);
@@ -280,6 +335,11 @@ impl Payloads {
         format: PayloadFormat,
         json: &crate::JsonOptions,
     ) -> Result<Payloads> {
+        if format == PayloadFormat::Avro {
+            return Err(Error::internal(
+                "avro payloads are encoded with their schema's registry id (avro_payloads)",
+            ));
+        }
         if format == PayloadFormat::Json {
             let (data, ends) = crate::json_lines(batch, json)?;
             let mut start = 0;
@@ -449,13 +509,133 @@ pub fn record_payloads(
     include_metadata: bool,
     routing: &[Option<&str>],
 ) -> Result<Payloads> {
+    Payloads::encode(
+        &payload_columns(records, include_metadata, routing)?,
+        format,
+        json,
+    )
+}
+
+/// The payloads a message sink publishes in its `format`: through `avro` for Avro
+/// (see [`AvroSink::payloads`]), else as [`record_payloads`] encodes them.
+pub async fn sink_payloads(
+    records: &RecordBatch,
+    format: PayloadFormat,
+    json: &crate::JsonOptions,
+    avro: Option<&mut AvroSink>,
+    include_metadata: bool,
+    routing: &[Option<&str>],
+) -> Result<Payloads> {
+    match avro {
+        Some(avro) => avro.payloads(records, include_metadata, routing).await,
+        None => record_payloads(records, format, json, include_metadata, routing),
+    }
+}
+
+/// Every column of `records` but the reserved ones (unless `include_metadata`) and
+/// the `routing` columns the sink consumes.
+fn payload_columns(
+    records: &RecordBatch,
+    include_metadata: bool,
+    routing: &[Option<&str>],
+) -> Result<RecordBatch> {
     let skip = |name: &str| {
         (!include_metadata && columns::is_reserved(name)) || routing.contains(&Some(name))
     };
     let keep: Vec<usize> = (0..records.num_columns())
         .filter(|&i| !skip(records.schema().field(i).name()))
         .collect();
-    Payloads::encode(&records.project(&keep)?, format, json)
+    Ok(records.project(&keep)?)
+}
+
+/// What a message sink needs to write Avro payloads: the registry client and the
+/// subject its schema is registered under.
+pub struct AvroSink {
+    writer: AvroWriter,
+    subject: String,
+}
+
+impl AvroSink {
+    /// For `format = "avro"` (None for other formats): the registry of the sink's
+    /// `schema_registry`, and its `schema_subject`, else `{destination}-value` (the
+    /// subject, topic or routing key the sink always publishes to).
+    pub fn new(
+        format: PayloadFormat,
+        registry: Option<&RegistryConfig>,
+        subject: Option<&str>,
+        destination: Option<&str>,
+    ) -> Result<Option<AvroSink>> {
+        check_avro_sink(format, registry, subject, destination)?;
+        let (PayloadFormat::Avro, Some(registry)) = (format, registry) else {
+            return Ok(None);
+        };
+        let subject = match (subject, destination) {
+            (Some(s), _) => s.to_string(),
+            (None, Some(d)) => format!("{d}-value"),
+            (None, None) => return Err(Error::internal("avro sink without a subject")),
+        };
+        Ok(Some(AvroSink {
+            writer: AvroWriter::new(registry, "Record")?,
+            subject,
+        }))
+    }
+
+    /// The payloads of `records` (the columns [`record_payloads`] keeps) in the
+    /// Confluent wire format, their schema registered under the subject (once, and
+    /// again when the columns change: the registry checks the change is compatible).
+    pub async fn payloads(
+        &mut self,
+        records: &RecordBatch,
+        include_metadata: bool,
+        routing: &[Option<&str>],
+    ) -> Result<Payloads> {
+        let projected = payload_columns(records, include_metadata, routing)?;
+        let schema = self
+            .writer
+            .encoder(&projected.schema())?
+            .schema_json()
+            .to_string();
+        let id = self.writer.id(&self.subject, &schema).await?;
+        let mut data = Vec::with_capacity(projected.get_array_memory_size() + 8);
+        let ends = self.writer.encoder(&projected.schema())?.encode(
+            &projected,
+            &confluent_header(id),
+            &mut data,
+        )?;
+        let mut start = 0;
+        let bounds = ends
+            .into_iter()
+            .map(|end| (std::mem::replace(&mut start, end), end))
+            .collect();
+        Ok(Payloads { data, bounds })
+    }
+}
+
+/// Checks a message sink's Avro options without I/O: `format = "avro"` and
+/// `schema_registry` together, and a subject to register under (`schema_subject`, or
+/// the fixed `destination` the default is made of).
+pub fn check_avro_sink(
+    format: PayloadFormat,
+    registry: Option<&RegistryConfig>,
+    subject: Option<&str>,
+    destination: Option<&str>,
+) -> Result<()> {
+    let avro = format == PayloadFormat::Avro;
+    crate::registry::check_avro(avro, registry)?;
+    match (avro, subject) {
+        (false, Some(_)) => {
+            Err(Error::config("only applies with format = \"avro\"").with_field("schema_subject"))
+        }
+        (true, Some(s)) if s.trim().is_empty() => {
+            Err(Error::config("is empty").with_field("schema_subject"))
+        }
+        (true, None) if destination.is_none() => Err(Error::config(
+            "format = \"avro\" with a destination from a column needs schema_subject, \
+             the registry subject the schema is registered under",
+        )
+        .with_field("schema_subject")),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses the rows of `records` in `found` (row, why) before a message sink sends

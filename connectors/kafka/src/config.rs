@@ -11,6 +11,7 @@ use connector_api::arrow_schema::SchemaRef;
 use connector_api::{schema_from_specs, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
+pub use sluice_formats::registry::RegistryConfig;
 
 /// How message values (and keys) are read and written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -28,45 +29,6 @@ pub enum ValueFormat {
     /// fetches each writer schema by id, a sink registers the schema it writes. Needs
     /// `schema_registry`.
     Avro,
-}
-
-/// A Confluent-compatible Schema Registry (Confluent, Karapace, Apicurio, Redpanda),
-/// for `format = "avro"`.
-#[derive(Clone, Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryConfig {
-    /// Base URL, e.g. `http://localhost:8081` or `https://psrc-xyz.confluent.cloud`.
-    pub url: String,
-    /// Basic auth user (Confluent Cloud: the API key).
-    pub username: Option<String>,
-    /// Basic auth password (Confluent Cloud: the API secret); may be a secret reference.
-    pub password: Option<Secret>,
-    /// How long one request may take before it is retried.
-    #[serde(default = "registry_timeout", with = "humantime_serde")]
-    #[schemars(with = "String")]
-    pub timeout: Duration,
-}
-
-fn registry_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-impl RegistryConfig {
-    fn validate(&self) -> Result<()> {
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(Error::config(format!(
-                "\"{}\" is not an http:// or https:// URL",
-                self.url
-            ))
-            .with_field("schema_registry.url"));
-        }
-        if self.password.is_some() && self.username.is_none() {
-            return Err(
-                Error::config("a password needs a username").with_field("schema_registry.username")
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Checks that Avro values or keys and `schema_registry` come together.

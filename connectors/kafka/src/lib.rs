@@ -13,9 +13,7 @@
 //!   with `exactly_once = true` it is transactional, and in a Kafka to Kafka pipeline
 //!   the consumed offsets commit in the same transaction. See [`KafkaSink`].
 
-mod avro;
 mod config;
-mod registry;
 mod sink;
 mod source;
 
@@ -155,10 +153,7 @@ impl SourceConnector for Kafka {
         tokio::task::spawn_blocking(move || check_topics(&owned))
             .await
             .map_err(|e| Error::internal("kafka check task failed").with_source(e))??;
-        if let Some(r) = &config.schema_registry {
-            registry::Registry::new(r)?.check().await?;
-        }
-        Ok(())
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 
     async fn discover(&self, config: &KafkaSourceConfig) -> Result<Option<SchemaRef>> {
@@ -223,7 +218,7 @@ async fn latest_schema(
     if topic.starts_with('^') {
         return Ok(None);
     }
-    match registry::Registry::new(r)?
+    match sluice_formats::registry::Registry::new(r)?
         .latest(&format!("{topic}-{part}"))
         .await?
     {
@@ -281,9 +276,6 @@ impl SinkConnector for Kafka {
         })
         .await
         .map_err(|e| Error::internal("kafka check task failed").with_source(e))??;
-        if let Some(r) = &config.schema_registry {
-            registry::Registry::new(r)?.check().await?;
-        }
-        Ok(())
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 }

@@ -26,10 +26,14 @@
 
 mod decode;
 mod encode;
+#[cfg(feature = "registry")]
+mod registered;
 mod schema;
 
 pub use decode::AvroDecoder;
 pub use encode::AvroEncoder;
+#[cfg(feature = "registry")]
+pub use registered::{AvroReader, AvroWriter, Decoded};
 pub use schema::AvroSchema;
 
 use connector_api::{Error, Result};

@@ -13,8 +13,8 @@ use rdkafka::message::{Header, OwnedHeaders};
 use sluice_formats::avro::confluent_header;
 use sluice_formats::json_lines;
 
-use crate::avro::AvroWriter;
 use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
+use sluice_formats::avro::AvroWriter;
 
 /// A batch turned into message parts.
 pub(super) struct Encoded<'a> {

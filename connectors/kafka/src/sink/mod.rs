@@ -22,9 +22,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
 use self::encode::Encoded;
-use crate::avro::AvroWriter;
 use crate::config::{KafkaSinkConfig, ValueFormat};
 use crate::{kafka_error, log_to_tracing, source};
+use sluice_formats::avro::AvroWriter;
 
 /// The first failed delivery: what kind of error it makes, and the message.
 type Failure = (ErrorKind, String);

@@ -94,7 +94,7 @@ impl KafkaSource {
                     .avro
                     .as_mut()
                     .ok_or_else(|| Error::internal("kafka: avro format without a reader"))?;
-                let decoded = avro.decode(msgs.iter().map(|m| chunk.payload(m)))?;
+                let decoded = avro.decode(msgs.iter().map(|m| chunk.payload(m)), tombstone)?;
                 for (i, e) in decoded.bad {
                     rejects.push(reject(chunk, &msgs[i], e));
                 }
@@ -130,7 +130,8 @@ impl KafkaSource {
             let keyed: Vec<usize> = (0..good.len())
                 .filter(|&r| msgs[good[r]].key.is_some() && !bad_headers.contains(&r))
                 .collect();
-            let decoded = avro.decode(keyed.iter().map(|&r| chunk.key(&msgs[good[r]])))?;
+            let decoded =
+                avro.decode(keyed.iter().map(|&r| chunk.key(&msgs[good[r]])), tombstone)?;
             let mut row_of: HashMap<usize, u32> = HashMap::with_capacity(decoded.good.len());
             for (at, &k) in decoded.good.iter().enumerate() {
                 row_of.insert(keyed[k], at as u32);

@@ -32,15 +32,14 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::JsonDecoder;
 use tokio::sync::mpsc;
 
-use crate::avro::AvroReader;
 use crate::config::{KafkaSourceConfig, KeyFormat, Metadata, Start, ValueFormat};
 use crate::{kafka_error, Tp};
+use sluice_formats::avro::AvroReader;
 
 mod decode;
 mod group;
 mod poll;
 
-pub(crate) use self::decode::tombstone;
 pub(crate) use self::group::group_of;
 use self::group::*;
 use self::poll::*;

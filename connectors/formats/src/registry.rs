@@ -5,21 +5,85 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use connector_api::{Error, ErrorKind, Result};
+use connector_api::{Error, ErrorKind, Result, Secret};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use schemars::JsonSchema;
+use serde::Deserialize;
 use serde_json::{json, Value};
-
-use crate::config::RegistryConfig;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
+/// A Confluent-compatible Schema Registry (Confluent, Karapace, Apicurio, Redpanda),
+/// for `format = "avro"`.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL, e.g. `http://localhost:8081` or `https://psrc-xyz.confluent.cloud`.
+    pub url: String,
+    /// Basic auth user (Confluent Cloud: the API key).
+    pub username: Option<String>,
+    /// Basic auth password (Confluent Cloud: the API secret); may be a secret reference.
+    pub password: Option<Secret>,
+    /// How long one request may take before it is retried.
+    #[serde(default = "registry_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
+}
+
+fn registry_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl RegistryConfig {
+    /// Checks the URL's scheme and that a password comes with a username.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err(Error::config(format!(
+                "\"{}\" is not an http:// or https:// URL",
+                self.url
+            ))
+            .with_field("schema_registry.url"));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err(
+                Error::config("a password needs a username").with_field("schema_registry.username")
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `format = "avro"` (`avro`) and `schema_registry` come together.
+pub fn check_avro(avro: bool, registry: Option<&RegistryConfig>) -> Result<()> {
+    match (avro, registry) {
+        (true, None) => Err(Error::config(
+            "format = \"avro\" needs schema_registry = { url = \"http://...\" }",
+        )
+        .with_field("schema_registry")),
+        (true, Some(r)) => r.validate(),
+        (false, Some(_)) => {
+            Err(Error::config("only applies with format = \"avro\"").with_field("schema_registry"))
+        }
+        (false, None) => Ok(()),
+    }
+}
+
+/// `sluice check` of a connector with `schema_registry`: the registry answers and
+/// takes the credentials (nothing to check without one).
+pub async fn check(registry: Option<&RegistryConfig>) -> Result<()> {
+    match registry {
+        Some(r) => Registry::new(r)?.check().await,
+        None => Ok(()),
+    }
+}
+
 /// A client of one registry.
-pub(crate) struct Registry {
+pub struct Registry {
     base: String,
     auth: Option<String>,
     timeout: Duration,
@@ -41,7 +105,7 @@ fn segment(s: &str) -> String {
 }
 
 impl Registry {
-    pub(crate) fn new(config: &RegistryConfig) -> Result<Self> {
+    pub fn new(config: &RegistryConfig) -> Result<Self> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()
             .map_err(|e| {
@@ -134,7 +198,7 @@ impl Registry {
     }
 
     /// The schema with `id`: Ok(None) when the registry does not know it.
-    pub(crate) async fn schema(&self, id: u32) -> Result<Option<String>> {
+    pub async fn schema(&self, id: u32) -> Result<Option<String>> {
         let (status, v) = self
             .call(Method::GET, &format!("/schemas/ids/{id}"), None)
             .await?;
@@ -145,7 +209,7 @@ impl Registry {
     }
 
     /// The latest schema of `subject`: Ok(None) when the subject does not exist.
-    pub(crate) async fn latest(&self, subject: &str) -> Result<Option<String>> {
+    pub async fn latest(&self, subject: &str) -> Result<Option<String>> {
         let path = format!("/subjects/{}/versions/latest", segment(subject));
         let (status, v) = self.call(Method::GET, &path, None).await?;
         if status == StatusCode::NOT_FOUND {
@@ -156,7 +220,7 @@ impl Registry {
 
     /// Registers `schema` (Avro JSON) under `subject` and returns its id; registering a
     /// schema the subject has already returns the id it has.
-    pub(crate) async fn register(&self, subject: &str, schema: &str) -> Result<u32> {
+    pub async fn register(&self, subject: &str, schema: &str) -> Result<u32> {
         let path = format!("/subjects/{}/versions", segment(subject));
         let (status, v) = self
             .call(Method::POST, &path, Some(json!({"schema": schema})))
@@ -194,7 +258,7 @@ impl Registry {
     }
 
     /// Checks the registry answers (and takes the credentials).
-    pub(crate) async fn check(&self) -> Result<()> {
+    pub async fn check(&self) -> Result<()> {
         let (status, v) = self.call(Method::GET, "/subjects", None).await?;
         if status.is_success() {
             Ok(())

@@ -10,16 +10,14 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use super::{confluent_split, AvroDecoder, AvroEncoder, AvroSchema};
+use crate::registry::{Registry, RegistryConfig};
 use arrow_array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{Field, Schema, SchemaRef};
 use connector_api::{Error, Result};
-use sluice_formats::avro::{confluent_split, AvroDecoder, AvroEncoder, AvroSchema};
-
-use crate::config::RegistryConfig;
-use crate::registry::Registry;
 
 /// Decodes Confluent-framed Avro values.
-pub(crate) struct AvroReader {
+pub struct AvroReader {
     registry: Registry,
     /// Every id seen: its schema, or why its messages are rejects.
     schemas: HashMap<u32, std::result::Result<AvroSchema, String>>,
@@ -27,7 +25,7 @@ pub(crate) struct AvroReader {
 }
 
 /// What a chunk of values decoded to.
-pub(crate) struct Decoded {
+pub struct Decoded {
     /// The rows of the good messages, in message order.
     pub batch: Option<RecordBatch>,
     /// Indexes of the good messages.
@@ -40,7 +38,7 @@ pub(crate) struct Decoded {
 }
 
 impl AvroReader {
-    pub(crate) fn new(config: &RegistryConfig) -> Result<Self> {
+    pub fn new(config: &RegistryConfig) -> Result<Self> {
         Ok(AvroReader {
             registry: Registry::new(config)?,
             schemas: HashMap::new(),
@@ -51,7 +49,7 @@ impl AvroReader {
     /// Fetches the writer schemas of ids not seen before. A registry that does not
     /// answer is an error (retried; the messages wait); an id it does not know, or a
     /// schema that cannot be read, makes its messages rejects.
-    pub(crate) async fn fetch<'a>(&mut self, values: impl Iterator<Item = &'a [u8]>) -> Result<()> {
+    pub async fn fetch<'a>(&mut self, values: impl Iterator<Item = &'a [u8]>) -> Result<()> {
         let missing: BTreeSet<u32> = values
             .filter_map(|v| confluent_split(v).ok())
             .map(|(id, _)| id)
@@ -63,7 +61,7 @@ impl AvroReader {
                 Some(text) => AvroSchema::parse(&text).map_err(|e| format!("schema id {id}: {e}")),
             };
             if let Err(e) = &entry {
-                tracing::warn!(error = %e, "kafka: messages with this schema id are rejected");
+                tracing::warn!(error = %e, "avro: messages with this schema id are rejected");
             }
             self.schemas.insert(id, entry);
         }
@@ -71,11 +69,13 @@ impl AvroReader {
     }
 
     /// Decodes the values of a chunk, each with its writer schema;
-    /// [`AvroReader::fetch`] must have seen them. A tombstone (None) is a bad value:
-    /// it has no row, and a row of nulls would overwrite an upsert target's values.
-    pub(crate) fn decode<'a>(
+    /// [`AvroReader::fetch`] must have seen them. A message without a value (None, a
+    /// Kafka tombstone) is a bad value, with the error `missing` gives: it has no
+    /// row, and a row of nulls would overwrite an upsert target's values.
+    pub fn decode<'a>(
         &mut self,
         values: impl Iterator<Item = Option<&'a [u8]>>,
+        missing: impl Fn() -> Error,
     ) -> Result<Decoded> {
         let mut runs: Vec<RecordBatch> = Vec::new();
         let mut good = Vec::new();
@@ -85,7 +85,7 @@ impl AvroReader {
         let mut record = false;
         for (i, value) in values.enumerate() {
             let Some(value) = value else {
-                bad.push((i, crate::source::tombstone()));
+                bad.push((i, missing()));
                 continue;
             };
             let (id, datum) = match confluent_split(value) {
@@ -201,7 +201,7 @@ fn merge(mut runs: Vec<RecordBatch>) -> Result<Option<RecordBatch>> {
 
 /// Encodes value (and key) columns as Confluent-framed Avro and registers their
 /// schemas.
-pub(crate) struct AvroWriter {
+pub struct AvroWriter {
     registry: Registry,
     record_name: String,
     encoder: Option<AvroEncoder>,
@@ -211,7 +211,7 @@ pub(crate) struct AvroWriter {
 }
 
 impl AvroWriter {
-    pub(crate) fn new(config: &RegistryConfig, record_name: &str) -> Result<Self> {
+    pub fn new(config: &RegistryConfig, record_name: &str) -> Result<Self> {
         Ok(AvroWriter {
             registry: Registry::new(config)?,
             record_name: record_name.to_string(),
@@ -222,7 +222,7 @@ impl AvroWriter {
     }
 
     /// The encoder for value columns of `schema` (made again when the schema changes).
-    pub(crate) fn encoder(&mut self, schema: &SchemaRef) -> Result<&AvroEncoder> {
+    pub fn encoder(&mut self, schema: &SchemaRef) -> Result<&AvroEncoder> {
         if self
             .encoder
             .as_ref()
@@ -237,7 +237,7 @@ impl AvroWriter {
 
     /// The encoder for key columns of `schema`: a record `{record_name}Key`, or with
     /// `bare` the one column's own type (made again when the schema changes).
-    pub(crate) fn key_encoder(&mut self, schema: &SchemaRef, bare: bool) -> Result<&AvroEncoder> {
+    pub fn key_encoder(&mut self, schema: &SchemaRef, bare: bool) -> Result<&AvroEncoder> {
         let name = format!("{}Key", self.record_name);
         if self
             .key_encoder
@@ -256,14 +256,14 @@ impl AvroWriter {
     }
 
     /// The id of `schema` (Avro JSON) under `subject`, registering it on first use.
-    pub(crate) async fn id(&mut self, subject: &str, schema: &str) -> Result<u32> {
+    pub async fn id(&mut self, subject: &str, schema: &str) -> Result<u32> {
         if let Some((known, id)) = self.ids.get(subject) {
             if known == schema {
                 return Ok(*id);
             }
         }
         let id = self.registry.register(subject, schema).await?;
-        tracing::info!(subject, id, "kafka: avro schema registered");
+        tracing::info!(subject, id, "avro schema registered");
         self.ids
             .insert(subject.to_string(), (schema.to_string(), id));
         Ok(id)
