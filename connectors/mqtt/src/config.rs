@@ -7,6 +7,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
+use sluice_formats::registry::{check_avro, RegistryConfig};
 use sluice_formats::JsonOptions;
 
 /// Options of `connector = "mqtt"` as a source.
@@ -34,9 +35,13 @@ pub struct MqttSourceConfig {
     /// caps the records read between two checkpoints.
     #[serde(default = "max_in_flight")]
     pub max_in_flight: u16,
-    /// Payload format: `json` (default), `string` or `bytes`.
+    /// Payload format: `json` (default), `string`, `bytes` or `avro` (Confluent wire
+    /// format, with `schema_registry`).
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The schema registry Avro payloads' writer schemas are fetched from
+    /// (`format = "avro"`): `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
     /// Declared columns of JSON payloads; absent: inferred from the first messages.
     #[serde(default)]
     pub schema: Vec<FieldSpec>,
@@ -89,6 +94,10 @@ impl MqttSourceConfig {
             ))
             .with_field("metadata"));
         }
+        check_avro(
+            self.format == PayloadFormat::Avro,
+            self.schema_registry.as_ref(),
+        )?;
         messages::check_schema(self.format, &self.schema)
     }
 
@@ -122,9 +131,16 @@ pub struct MqttSinkConfig {
     /// Publish with the retain flag.
     #[serde(default)]
     pub retain: bool,
-    /// Payload format: `json` (default), `string` or `bytes`.
+    /// Payload format: `json` (default), `string`, `bytes` or `avro` (the payload
+    /// columns as an Avro record in the Confluent wire format, its schema registered
+    /// in `schema_registry`).
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The schema registry of `format = "avro"`: `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
+    /// The registry subject the Avro schema is registered under; default
+    /// `{topic}-value` (needed with `topic_column`).
+    pub schema_subject: Option<String>,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -153,7 +169,20 @@ impl MqttSinkConfig {
         if self.qos > 2 {
             return Err(Error::config("qos is 0, 1 or 2").with_field("qos"));
         }
-        Ok(())
+        messages::check_avro_sink(
+            self.format,
+            self.schema_registry.as_ref(),
+            self.schema_subject.as_deref(),
+            self.destination(),
+        )
+    }
+
+    /// The topic every record is published to, when no column chooses it.
+    pub fn destination(&self) -> Option<&str> {
+        match self.topic_column {
+            Some(_) => None,
+            None => self.topic.as_deref(),
+        }
     }
 }
 

@@ -33,7 +33,7 @@ pub struct Mqtt;
 #[connector_api::async_trait]
 impl SourceConnector for Mqtt {
     const NAME: &'static str = NAME;
-    const DESCRIPTION: &'static str = "MQTT 5 topic filters in a persistent session, QoS 1 messages acknowledged after each checkpoint; JSON, string or bytes payloads";
+    const DESCRIPTION: &'static str = "MQTT 5 topic filters in a persistent session, QoS 1 messages acknowledged after each checkpoint; JSON, string, bytes or Avro (schema registry) payloads";
     type Config = MqttSourceConfig;
 
     fn validate(&self, config: &MqttSourceConfig) -> Result<()> {
@@ -45,7 +45,8 @@ impl SourceConnector for Mqtt {
     }
 
     async fn check(&self, config: &MqttSourceConfig) -> Result<()> {
-        source::check(config).await
+        source::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 
     fn record_schema(&self, config: &MqttSourceConfig) -> Option<SchemaRef> {
@@ -68,6 +69,7 @@ impl SinkConnector for Mqtt {
     }
 
     async fn check(&self, config: &MqttSinkConfig) -> Result<()> {
-        sink::check(config).await
+        sink::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 }

@@ -6,7 +6,9 @@ use arrow_array::RecordBatch;
 use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use rumqttc::v5::mqttbytes::QoS;
-use sluice_formats::messages::{column_texts, record_headers, record_payloads, refuse, Payloads};
+use sluice_formats::messages::{
+    column_texts, record_headers, refuse, sink_payloads, AvroSink, Payloads,
+};
 
 use crate::config::MqttSinkConfig;
 use crate::conn::{client_error, connect, lost, qos, Link, Note, Setup};
@@ -18,6 +20,8 @@ pub struct MqttSink {
     /// Publishes not yet acknowledged.
     pending: u64,
     name: String,
+    /// `format = "avro"`: the registry and subject.
+    avro: Option<AvroSink>,
 }
 
 /// What each record is published as.
@@ -39,6 +43,7 @@ impl MqttSink {
             link: None,
             pending: 0,
             name: String::new(),
+            avro: None,
         }
     }
 
@@ -69,7 +74,7 @@ impl MqttSink {
 
     /// Topics, user properties and payloads of `records`; rows without a topic are
     /// refused before anything is sent.
-    fn outgoing(&self, records: &RecordBatch) -> Result<Outgoing> {
+    async fn outgoing(&mut self, records: &RecordBatch) -> Result<Outgoing> {
         let topics: Vec<String> = match &self.config.topic_column {
             Some(name) => column_texts(records, name, "topic_column")?
                 .into_iter()
@@ -93,16 +98,18 @@ impl MqttSink {
                     .collect()
             })
             .collect();
-        let payloads = record_payloads(
+        let payloads = sink_payloads(
             records,
             self.config.format,
             &self.config.json,
+            self.avro.as_mut(),
             self.config.include_metadata,
             &[
                 self.config.topic_column.as_deref(),
                 self.config.headers_column.as_deref(),
             ],
-        )?;
+        )
+        .await?;
         Ok(Outgoing {
             topics,
             props,
@@ -116,6 +123,12 @@ impl Sink for MqttSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
         self.name = ctx.sink.clone();
         self.pending = 0;
+        self.avro = AvroSink::new(
+            self.config.format,
+            self.config.schema_registry.as_ref(),
+            self.config.schema_subject.as_deref(),
+            self.config.destination(),
+        )?;
         let client_id = self
             .config
             .client_id
@@ -144,7 +157,7 @@ impl Sink for MqttSink {
             topics,
             props,
             payloads,
-        } = self.outgoing(&batch.records)?;
+        } = self.outgoing(&batch.records).await?;
         let qos = qos(self.config.qos);
         for (r, (topic, user)) in topics.into_iter().zip(props).enumerate() {
             let properties = PublishProperties {

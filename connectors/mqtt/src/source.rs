@@ -56,7 +56,8 @@ impl MqttSource {
     pub fn new(config: MqttSourceConfig) -> Result<Self> {
         config.validate()?;
         let decoder =
-            MessageDecoder::new(config.format, config.declared_schema()?, &config.metadata);
+            MessageDecoder::new(config.format, config.declared_schema()?, &config.metadata)
+                .with_registry(config.schema_registry.as_ref())?;
         Ok(MqttSource {
             config,
             link: None,
@@ -266,6 +267,13 @@ impl Source for MqttSource {
         let (msgs, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;
         if msgs.is_empty() {
+            if self.config.bounded && !self.unacked.is_empty() {
+                // caught up, messages waiting for their acknowledgement: checkpoint
+                // now, not at the interval, so a bounded read ends once it is done
+                let mut batch = self.batch(Vec::new())?;
+                batch.checkpoint = true;
+                return Ok(Some(batch));
+            }
             // bounded: the broker says nothing of what it still holds for the session
             // (it sends more as acknowledgements free room): done once nothing waits for
             // an acknowledgement and nothing came for a while
@@ -278,6 +286,9 @@ impl Source for MqttSource {
             };
         }
         self.quiet_since = Instant::now();
+        self.decoder
+            .fetch(msgs.iter().map(|p| p.payload.as_ref()))
+            .await?;
         self.batch(msgs).map(Some)
     }
 

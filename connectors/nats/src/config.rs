@@ -7,6 +7,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
+use sluice_formats::registry::{check_avro, RegistryConfig};
 use sluice_formats::JsonOptions;
 
 /// Where a JetStream source starts when the pipeline has no checkpoint yet; with one,
@@ -61,9 +62,13 @@ pub struct NatsSourceConfig {
     /// instead of waiting for new ones.
     #[serde(default)]
     pub bounded: bool,
-    /// Payload format: `json` (default), `string` or `bytes`.
+    /// Payload format: `json` (default), `string`, `bytes` or `avro` (Confluent wire
+    /// format, with `schema_registry`).
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The schema registry Avro payloads' writer schemas are fetched from
+    /// (`format = "avro"`): `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
     /// Declared columns of JSON payloads; absent: inferred from the first messages.
     #[serde(default)]
     pub schema: Vec<FieldSpec>,
@@ -138,6 +143,10 @@ impl NatsSourceConfig {
             .with_field("metadata"));
         }
         messages::check_schema(self.format, &self.schema)?;
+        check_avro(
+            self.format == PayloadFormat::Avro,
+            self.schema_registry.as_ref(),
+        )?;
         if self.max_ack_pending < 1 {
             return Err(
                 Error::config("max_ack_pending must be at least 1").with_field("max_ack_pending")
@@ -216,9 +225,15 @@ pub struct NatsSinkConfig {
     pub subject_column: Option<String>,
     /// Payload format: `json` (default: an object of every column but the metadata
     /// and routing columns), `string` or `bytes` (the one column `value`, or the only
-    /// column).
+    /// column), or `avro` (the payload columns as an Avro record in the Confluent wire
+    /// format, its schema registered in `schema_registry`).
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The schema registry of `format = "avro"`: `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
+    /// The registry subject the Avro schema is registered under; default
+    /// `{subject}-value` (needed with `subject_column`).
+    pub schema_subject: Option<String>,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -258,6 +273,12 @@ impl NatsSinkConfig {
                 .with_field("subject"));
             }
         }
+        messages::check_avro_sink(
+            self.format,
+            self.schema_registry.as_ref(),
+            self.schema_subject.as_deref(),
+            self.destination(),
+        )?;
         if !self.jetstream && (self.msg_id_column.is_some() || self.msg_id == MsgId::Ordinal) {
             return Err(Error::config(
                 "message ids de-duplicate in a JetStream stream: msg_id and msg_id_column need jetstream = true",
@@ -265,6 +286,16 @@ impl NatsSinkConfig {
             .with_field("msg_id_column"));
         }
         Ok(())
+    }
+}
+
+impl NatsSinkConfig {
+    /// The subject every record is published to, when no column chooses it.
+    pub fn destination(&self) -> Option<&str> {
+        match self.subject_column {
+            Some(_) => None,
+            None => self.subject.as_deref(),
+        }
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Nats;
 #[connector_api::async_trait]
 impl SourceConnector for Nats {
     const NAME: &'static str = NAME;
-    const DESCRIPTION: &'static str = "NATS JetStream streams by a durable pull consumer, acknowledged after each checkpoint (core NATS subjects at most once); JSON, string or bytes payloads";
+    const DESCRIPTION: &'static str = "NATS JetStream streams by a durable pull consumer, acknowledged after each checkpoint (core NATS subjects at most once); JSON, string, bytes or Avro (schema registry) payloads";
     type Config = NatsSourceConfig;
 
     fn validate(&self, config: &NatsSourceConfig) -> Result<()> {
@@ -51,7 +51,8 @@ impl SourceConnector for Nats {
     }
 
     async fn check(&self, config: &NatsSourceConfig) -> Result<()> {
-        source::check(config).await
+        source::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 
     fn record_schema(&self, config: &NatsSourceConfig) -> Option<SchemaRef> {
@@ -74,6 +75,7 @@ impl SinkConnector for Nats {
     }
 
     async fn check(&self, config: &NatsSinkConfig) -> Result<()> {
-        sink::check(config).await
+        sink::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 }

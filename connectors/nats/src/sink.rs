@@ -21,7 +21,9 @@ use async_nats::{Client, HeaderMap, HeaderName, HeaderValue};
 use connector_api::{
     stable_hash, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
 };
-use sluice_formats::messages::{column_texts, record_headers, record_payloads, refuse, Payloads};
+use sluice_formats::messages::{
+    column_texts, record_headers, refuse, sink_payloads, AvroSink, Payloads,
+};
 
 use crate::config::{MsgId, NatsSinkConfig};
 use crate::conn::{connect, nats_error};
@@ -41,6 +43,8 @@ pub struct NatsSink {
     /// Records published since that position.
     count: u64,
     name: String,
+    /// `format = "avro"`: the registry and subject.
+    avro: Option<AvroSink>,
 }
 
 /// JetStream publishes whose acks are not awaited yet, at most: below the context's
@@ -66,6 +70,7 @@ impl NatsSink {
             base: 0,
             count: 0,
             name: String::new(),
+            avro: None,
         }
     }
 
@@ -93,7 +98,7 @@ impl NatsSink {
     /// Subjects, headers and payloads of `records`, or the rows that cannot be
     /// published (no subject, a header NATS does not take, a payload over the server's
     /// limit), found before anything is sent.
-    fn outgoing(&self, records: &RecordBatch) -> Result<Outgoing> {
+    async fn outgoing(&mut self, records: &RecordBatch) -> Result<Outgoing> {
         let rows = records.num_rows();
         let mut found: Vec<(usize, String)> = Vec::new();
         let subjects: Vec<Option<String>> = match &self.config.subject_column {
@@ -151,16 +156,18 @@ impl NatsSink {
                 )),
             }
         }
-        let payloads = record_payloads(
+        let payloads = sink_payloads(
             records,
             self.config.format,
             &self.config.json,
+            self.avro.as_mut(),
             self.config.include_metadata,
             &[
                 self.config.subject_column.as_deref(),
                 self.config.headers_column.as_deref(),
             ],
-        )?;
+        )
+        .await?;
         let max = self.client()?.server_info().max_payload;
         for (r, h) in headers.iter().enumerate() {
             // the server's limit counts the headers too
@@ -204,6 +211,12 @@ fn header_bytes(headers: &HeaderMap) -> usize {
 impl Sink for NatsSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
         self.name = ctx.sink.clone();
+        self.avro = AvroSink::new(
+            self.config.format,
+            self.config.schema_registry.as_ref(),
+            self.config.schema_subject.as_deref(),
+            self.config.destination(),
+        )?;
         self.tag = stable_hash(format!("{}\u{0}{}", ctx.pipeline, ctx.sink).as_bytes());
         let client = connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;
         if self.config.jetstream {
@@ -235,7 +248,7 @@ impl Sink for NatsSink {
         if rows == 0 {
             return Ok(());
         }
-        let out = self.outgoing(&batch.records)?;
+        let out = self.outgoing(&batch.records).await?;
         for r in 0..rows {
             let (subject, headers) = (out.subjects[r].clone(), out.headers[r].clone());
             let payload = bytes::Bytes::copy_from_slice(out.payloads.get(r));

@@ -74,7 +74,8 @@ impl NatsSource {
     pub fn new(config: NatsSourceConfig) -> Result<Self> {
         config.validate()?;
         let decoder =
-            MessageDecoder::new(config.format, config.declared_schema()?, &config.metadata);
+            MessageDecoder::new(config.format, config.declared_schema()?, &config.metadata)
+                .with_registry(config.schema_registry.as_ref())?;
         Ok(NatsSource {
             split: config
                 .stream
@@ -410,6 +411,9 @@ impl Source for NatsSource {
             }
             return Ok(Some(Batch::idle()));
         }
+        self.decoder
+            .fetch(reads.iter().map(|r| r.payload.as_ref()))
+            .await?;
         if let Some(last) = reads.last() {
             if let Some(reply) = &last.reply {
                 self.unacked.insert(last.seq, reply.clone());

@@ -5,6 +5,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
+use sluice_formats::registry::{check_avro, RegistryConfig};
 use sluice_formats::JsonOptions;
 
 /// Where a stream queue is read from when the pipeline has no checkpoint yet.
@@ -39,9 +40,13 @@ pub struct RabbitSourceConfig {
     /// records read between two checkpoints.
     #[serde(default = "max_in_flight")]
     pub max_in_flight: u16,
-    /// Payload format: `json` (default), `string` or `bytes`.
+    /// Payload format: `json` (default), `string`, `bytes` or `avro` (Confluent wire
+    /// format, with `schema_registry`).
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The schema registry Avro payloads' writer schemas are fetched from
+    /// (`format = "avro"`): `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
     /// Declared columns of JSON payloads; absent: inferred from the first messages.
     #[serde(default)]
     pub schema: Vec<FieldSpec>,
@@ -90,6 +95,10 @@ impl RabbitSourceConfig {
             )
             .with_field("start"));
         }
+        check_avro(
+            self.format == PayloadFormat::Avro,
+            self.schema_registry.as_ref(),
+        )?;
         messages::check_schema(self.format, &self.schema)
     }
 
@@ -121,9 +130,16 @@ pub struct RabbitSinkConfig {
     pub routing_key_column: Option<String>,
     /// Payload format: `json` (default: an object of every column but the metadata
     /// and routing columns), `string` or `bytes` (the column `value`, or the only
-    /// column).
+    /// column), or `avro` (the payload columns as an Avro record in the Confluent wire
+    /// format, its schema registered in `schema_registry`).
     #[serde(default)]
     pub format: PayloadFormat,
+    /// The schema registry of `format = "avro"`: `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
+    /// The registry subject the Avro schema is registered under; default
+    /// `{routing_key}-value`, else `{exchange}-value` (needed with
+    /// `routing_key_column`).
+    pub schema_subject: Option<String>,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -155,7 +171,22 @@ impl RabbitSinkConfig {
             )
             .with_field("routing_key"));
         }
-        Ok(())
+        messages::check_avro_sink(
+            self.format,
+            self.schema_registry.as_ref(),
+            self.schema_subject.as_deref(),
+            self.destination(),
+        )
+    }
+
+    /// The routing key (else the exchange) every record is published with, when no
+    /// column chooses it.
+    pub fn destination(&self) -> Option<&str> {
+        match (&self.routing_key_column, self.routing_key.as_str()) {
+            (Some(_), _) => None,
+            (None, "") => Some(self.exchange.as_str()).filter(|e| !e.is_empty()),
+            (None, key) => Some(key),
+        }
     }
 }
 

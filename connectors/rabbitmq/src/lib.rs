@@ -36,7 +36,7 @@ pub struct RabbitMq;
 #[connector_api::async_trait]
 impl SourceConnector for RabbitMq {
     const NAME: &'static str = NAME;
-    const DESCRIPTION: &'static str = "a RabbitMQ queue with manual acks sent after each checkpoint, or a stream queue by offset; JSON, string or bytes payloads";
+    const DESCRIPTION: &'static str = "a RabbitMQ queue with manual acks sent after each checkpoint, or a stream queue by offset; JSON, string, bytes or Avro (schema registry) payloads";
     type Config = RabbitSourceConfig;
 
     fn validate(&self, config: &RabbitSourceConfig) -> Result<()> {
@@ -48,7 +48,8 @@ impl SourceConnector for RabbitMq {
     }
 
     async fn check(&self, config: &RabbitSourceConfig) -> Result<()> {
-        source::check(config).await
+        source::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 
     fn record_schema(&self, config: &RabbitSourceConfig) -> Option<SchemaRef> {
@@ -71,6 +72,7 @@ impl SinkConnector for RabbitMq {
     }
 
     async fn check(&self, config: &RabbitSinkConfig) -> Result<()> {
-        sink::check(config).await
+        sink::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 }

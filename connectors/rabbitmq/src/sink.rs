@@ -9,7 +9,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
 use lapin::{Confirmation, PublisherConfirm};
 use sluice_formats::messages::{
-    column_texts, record_headers, record_payloads, PayloadFormat, Payloads,
+    column_texts, record_headers, sink_payloads, AvroSink, PayloadFormat, Payloads,
 };
 
 use crate::config::RabbitSinkConfig;
@@ -23,6 +23,8 @@ pub struct RabbitSink {
     /// Confirms not yet awaited, with each message's routing key.
     confirms: Vec<(PublisherConfirm, String)>,
     name: String,
+    /// `format = "avro"`: the registry and subject.
+    avro: Option<AvroSink>,
 }
 
 /// Publishes started together.
@@ -44,6 +46,7 @@ impl RabbitSink {
             channel: None,
             confirms: Vec::new(),
             name: String::new(),
+            avro: None,
         }
     }
 
@@ -85,7 +88,10 @@ impl RabbitSink {
     }
 
     /// Routing keys, headers and payloads of `records`.
-    fn outgoing(&self, records: &RecordBatch) -> Result<(Vec<String>, Vec<FieldTable>, Payloads)> {
+    async fn outgoing(
+        &mut self,
+        records: &RecordBatch,
+    ) -> Result<(Vec<String>, Vec<FieldTable>, Payloads)> {
         let keys: Vec<String> = match &self.config.routing_key_column {
             Some(name) => column_texts(records, name, "routing_key_column")?
                 .into_iter()
@@ -107,16 +113,18 @@ impl RabbitSink {
                 table
             })
             .collect();
-        let payloads = record_payloads(
+        let payloads = sink_payloads(
             records,
             self.config.format,
             &self.config.json,
+            self.avro.as_mut(),
             self.config.include_metadata,
             &[
                 self.config.routing_key_column.as_deref(),
                 self.config.headers_column.as_deref(),
             ],
-        )?;
+        )
+        .await?;
         Ok((keys, headers, payloads))
     }
 }
@@ -125,6 +133,12 @@ impl RabbitSink {
 impl Sink for RabbitSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
         self.name = ctx.sink.clone();
+        self.avro = AvroSink::new(
+            self.config.format,
+            self.config.schema_registry.as_ref(),
+            self.config.schema_subject.as_deref(),
+            self.config.destination(),
+        )?;
         let (conn, channel) =
             connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;
         if !self.config.exchange.is_empty() {
@@ -157,11 +171,11 @@ impl Sink for RabbitSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let (keys, headers, payloads) = self.outgoing(&batch.records)?;
+        let (keys, headers, payloads) = self.outgoing(&batch.records).await?;
         let content_type = match self.config.format {
             PayloadFormat::Json => Some("application/json"),
             PayloadFormat::String => Some("text/plain"),
-            PayloadFormat::Bytes => None,
+            PayloadFormat::Bytes | PayloadFormat::Avro => None,
         };
         let mode = if self.config.persistent { 2 } else { 1 };
         let props: Vec<BasicProperties> = headers

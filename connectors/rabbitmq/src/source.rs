@@ -78,7 +78,8 @@ impl RabbitSource {
     pub fn new(config: RabbitSourceConfig) -> Result<Self> {
         config.validate()?;
         let decoder =
-            MessageDecoder::new(config.format, config.declared_schema()?, &config.metadata);
+            MessageDecoder::new(config.format, config.declared_schema()?, &config.metadata)
+                .with_registry(config.schema_registry.as_ref())?;
         Ok(RabbitSource {
             config,
             conn: None,
@@ -296,6 +297,13 @@ impl Source for RabbitSource {
         let (reads, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;
         if reads.is_empty() {
+            if self.config.bounded && !self.unacked.is_empty() {
+                // caught up, deliveries waiting for their acknowledgement: checkpoint
+                // now, not at the interval, so a bounded read ends once it is done
+                let mut batch = self.batch(&[])?;
+                batch.checkpoint = true;
+                return Ok(Some(batch));
+            }
             return match self.config.bounded && self.drained().await? {
                 true => Ok(None),
                 false => Ok(Some(Batch::idle())),
@@ -303,6 +311,9 @@ impl Source for RabbitSource {
         }
         self.quiet_since = Instant::now();
         self.stream_read = true;
+        self.decoder
+            .fetch(reads.iter().map(|r| r.payload.as_slice()))
+            .await?;
         self.batch(&reads).map(Some)
     }
 

@@ -140,7 +140,7 @@ pub(crate) fn write(dir: &Path, name: &str, text: &str) {
 /// rebalance waits at most 15 s for members to rejoin.
 pub(crate) const GROUP_TIMEOUTS: &str = "revoke_timeout = \"5s\"\noptions = { \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\", \"max.poll.interval.ms\" = \"15000\" }";
 
-const ROW_SCHEMA: &str = r#"schema = [
+pub(crate) const ROW_SCHEMA: &str = r#"schema = [
   { name = "id", type = "int64", nullable = false },
   { name = "ts", type = "timestamptz" },
   { name = "day", type = "date" },
@@ -156,7 +156,7 @@ const ROW_SCHEMA: &str = r#"schema = [
 
 /// `n` JSON lines of ROW_SCHEMA: nulls, unicode, escapes, empty lists, keys (some
 /// null) and repeated headers.
-fn every_type_input(n: usize) -> String {
+pub(crate) fn every_type_input(n: usize) -> String {
     let mut input = String::new();
     for i in 0..n {
         let name = match i % 4 {

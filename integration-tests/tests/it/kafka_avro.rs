@@ -31,7 +31,7 @@ fn start_registry(args: &[&str]) -> (String, Child) {
 }
 
 /// The registry the tests share.
-fn registry() -> &'static str {
+pub(crate) fn registry() -> &'static str {
     static REGISTRY: OnceLock<(String, Mutex<Child>)> = OnceLock::new();
     &REGISTRY
         .get_or_init(|| {
@@ -503,4 +503,61 @@ fn registry_down_is_retried_and_loses_nothing() {
         crate::support::jsonl_ids(&dir.path().join("out")),
         vec![0, 1, 2]
     );
+}
+
+/// Event-stream sinks and sources other than Kafka (NATS, RabbitMQ, MQTT) with
+/// `format = "avro"`: writes `n` rows of every type to `in/rows.jsonl` under `d`, and
+/// returns the lines for the pipeline files (the file source of those rows, the
+/// registry option) and the rows as file -> file gives them, less the reserved
+/// columns a message payload does not carry.
+pub(crate) fn message_avro_input(
+    d: &std::path::Path,
+    n: usize,
+) -> (String, String, Vec<serde_json::Value>) {
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    write(d, "in/rows.jsonl", &crate::kafka::every_type_input(n));
+    let file_source = format!(
+        "[source]\nconnector = \"file\"\npath = \"in/rows.jsonl\"\n{}\n",
+        crate::kafka::ROW_SCHEMA
+    );
+    write(
+        d,
+        "direct.toml",
+        &format!(
+            "name = \"direct\"\n{file_source}[sink]\nconnector = \"file\"\npath = \"direct\"\nformat = \"json\"\n"
+        ),
+    );
+    let run = sluice(d, &["run", "direct.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let mut direct = crate::kafka::sorted_rows(jsonl_lines(&d.join("direct")));
+    for r in &mut direct {
+        r.as_object_mut()
+            .unwrap()
+            .retain(|k, _| !k.starts_with('_'));
+    }
+    let registry = format!(
+        "format = \"avro\"\nschema_registry = {{ url = \"{}\" }}\n",
+        registry()
+    );
+    (file_source, registry, direct)
+}
+
+/// A payload (hex) decoded by fastavro with the schema the registry
+/// holds under its id, after checking the wire format's magic byte: "REGISTERED |
+/// id amount name ts-date", REGISTERED telling whether `subject` holds that schema.
+pub(crate) fn fastavro_decode(payload_hex: &str, subject: &str) -> String {
+    crate::support::python(&format!(
+        "import io, json, urllib.parse, urllib.request, fastavro\n\
+         REG = '{}'\n\
+         v = bytes.fromhex('{}')\n\
+         assert v[0] == 0, v[:5]\n\
+         sid = int.from_bytes(v[1:5], 'big')\n\
+         schema = json.loads(json.load(urllib.request.urlopen(REG + '/schemas/ids/' + str(sid)))['schema'])\n\
+         r = fastavro.schemaless_reader(io.BytesIO(v[5:]), fastavro.parse_schema(schema), None)\n\
+         latest = json.load(urllib.request.urlopen(REG + '/subjects/' + urllib.parse.quote('{}', safe='') + '/versions/latest'))\n\
+         print(latest['id'] == sid, '|', r['id'], r['amount'], r['name'], r['ts'].date())\n",
+        registry(),
+        payload_hex.trim(),
+        subject
+    ))
 }

@@ -155,6 +155,42 @@ fn every_type_goes_through_a_topic_and_back() {
     assert_eq!(result, "equal 3");
 }
 
+/// Avro payloads (Confluent wire format, the schema registered under
+/// `{topic}-value`): every type through a topic and back equals file -> file, and
+/// fastavro decodes the first message with the schema the registry holds.
+#[test]
+fn avro_payloads_go_through_a_topic_and_back_with_the_schema_registry() {
+    let dir = workdir();
+    let d = dir.path();
+    let port = crate::service::free_port();
+    let b = broker(port, &d.join("broker"));
+    let n = 200;
+    let (file_source, avro, direct) = crate::kafka_avro::message_avro_input(d, n);
+    reader(d, "from.toml", port, "\"avro/#\"", &avro);
+    let first = sluice(d, &["run", "from.toml"]);
+    assert_eq!(first.code, Some(0), "{}", first.stderr);
+    paho_session(port, "check", "avro/#");
+    let topic = format!("avro/{}", std::process::id());
+    std::fs::write(
+        d.join("to.toml"),
+        format!(
+            "name = \"to\"\n{file_source}[sink]\nconnector = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic = \"{topic}\"\n{avro}"
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "to.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let run = sluice(d, &["run", "from.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let first = py(port, "got = drain('check', 'avro/#')\nprint(got[0].hex())");
+    stop(b);
+    let decoded = crate::kafka_avro::fastavro_decode(&first, &format!("{topic}-value"));
+    let via = crate::kafka::sorted_rows(jsonl_lines(&d.join("out")));
+    assert_eq!(decoded, "True | 0 -5000.00 plain 2026-11-01");
+    assert_eq!(via.len(), n);
+    assert_eq!(via, direct);
+}
+
 /// The reading runtime killed 10 times while its session holds 100,000 messages:
 /// every message arrives, one repeating only if a kill fell between a checkpoint and
 /// its acknowledgement. The writing runtime killed 10 times: paho's session gets

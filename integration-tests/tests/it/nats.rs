@@ -126,6 +126,48 @@ fn every_type_goes_through_a_jetstream_stream_and_back() {
     assert_eq!(result, "equal 3");
 }
 
+/// Avro payloads (Confluent wire format, the schema registered under
+/// `{subject}-value`): every type through a stream and back equals file -> file, and
+/// fastavro decodes the first message with the schema the registry holds.
+#[test]
+fn avro_payloads_go_through_a_stream_and_back_with_the_schema_registry() {
+    let dir = workdir();
+    let d = dir.path();
+    let stream = unique("avro");
+    create_stream(&stream);
+    let n = 200;
+    let (file_source, avro, direct) = crate::kafka_avro::message_avro_input(d, n);
+    let nats = format!("connector = \"nats\"\nurl = \"{}\"\n", url());
+    std::fs::write(
+        d.join("to.toml"),
+        format!(
+            "name = \"to_nats\"\n{file_source}[sink]\n{nats}subject = \"{stream}.rows\"\n{avro}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("from.toml"),
+        format!(
+            "name = \"from_nats\"\n[source]\n{nats}stream = \"{stream}\"\nbounded = true\n{avro}\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n"
+        ),
+    )
+    .unwrap();
+    for p in ["to.toml", "from.toml"] {
+        let run = sluice(d, &["run", p]);
+        assert_eq!(run.code, Some(0), "{p}: {}", run.stderr);
+    }
+    let first = py(&format!(
+        "m = await js.get_msg('{stream}', 1)\nprint(m.data.hex())"
+    ));
+    let decoded = crate::kafka_avro::fastavro_decode(&first, &format!("{stream}.rows-value"));
+    let via = crate::kafka::sorted_rows(jsonl_lines(&d.join("out")));
+    delete_stream(&stream);
+    assert_eq!(decoded, "True | 0 -5000.00 plain 2026-11-01");
+    assert_eq!(via.len(), n);
+    assert_eq!(via, direct);
+}
+
 /// The reading runtime killed 10 times mid-stream into an exactly-once file sink:
 /// every message arrives once. The writing runtime (`msg_id = "ordinal"`, a file read
 /// in order) killed 10 times: the stream holds every record once, the ids a replay

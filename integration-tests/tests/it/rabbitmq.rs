@@ -160,6 +160,51 @@ fn every_type_goes_through_a_queue_and_back() {
     assert_eq!(result, "equal 3");
 }
 
+/// Avro payloads (Confluent wire format, the schema registered under
+/// `{routing_key}-value`): every type through a queue and back equals file -> file,
+/// and fastavro decodes the first message with the schema the registry holds.
+#[test]
+fn avro_payloads_go_through_a_queue_and_back_with_the_schema_registry() {
+    let _guard = lock();
+    let dir = workdir();
+    let d = dir.path();
+    let queue = unique("avro");
+    declare(&queue, false);
+    let n = 200;
+    let (file_source, avro, direct) = crate::kafka_avro::message_avro_input(d, n);
+    let amqp = format!("connector = \"rabbitmq\"\nurl = \"{}\"\n", url());
+    std::fs::write(
+        d.join("to.toml"),
+        format!(
+            "name = \"to_rabbit\"\n{file_source}[sink]\n{amqp}routing_key = \"{queue}\"\n{avro}"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("from.toml"),
+        format!(
+            "name = \"from_rabbit\"\n[source]\n{amqp}queue = \"{queue}\"\nbounded = true\n{avro}\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n"
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "to.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let first = py(&format!(
+        "m, props, body = ch.basic_get('{queue}')\n\
+         ch.basic_nack(m.delivery_tag, requeue=True)\n\
+         print(body.hex())"
+    ));
+    let run = sluice(d, &["run", "from.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let decoded = crate::kafka_avro::fastavro_decode(&first, &format!("{queue}-value"));
+    let via = crate::kafka::sorted_rows(jsonl_lines(&d.join("out")));
+    delete(&queue);
+    assert_eq!(decoded, "True | 0 -5000.00 plain 2026-11-01");
+    assert_eq!(via.len(), n);
+    assert_eq!(via, direct);
+}
+
 /// The reading runtime killed 10 times mid-queue into an exactly-once file sink:
 /// every message arrives, a message repeating only if a kill fell between a
 /// checkpoint and its acknowledgement. The writing runtime killed 10 times: the queue
