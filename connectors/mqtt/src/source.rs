@@ -267,7 +267,7 @@ impl Source for MqttSource {
         let (msgs, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;
         if msgs.is_empty() {
-            if self.config.bounded && !self.unacked.is_empty() {
+            if self.config.bounded && self.held > 0 {
                 // caught up, messages waiting for their acknowledgement: checkpoint
                 // now, not at the interval, so a bounded read ends once it is done
                 let mut batch = self.batch(Vec::new())?;

@@ -297,7 +297,7 @@ impl Source for RabbitSource {
         let (reads, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;
         if reads.is_empty() {
-            if self.config.bounded && !self.unacked.is_empty() {
+            if self.config.bounded && self.held > 0 {
                 // caught up, deliveries waiting for their acknowledgement: checkpoint
                 // now, not at the interval, so a bounded read ends once it is done
                 let mut batch = self.batch(&[])?;
