@@ -128,13 +128,16 @@ impl FileSource {
         if let (
             Body::Text {
                 file: Input::Plain(file),
+                buf,
+                start,
                 ..
             },
             false,
         ) = (cur.body, cur.renamed_away)
         {
+            let seen = cur.pos + (buf.len() - start) as u64;
             if self.handles.len() < HANDLES || self.handles.contains_key(&cur.split) {
-                self.handles.insert(cur.split, (cur.id, file));
+                self.handles.insert(cur.split, (cur.id, file, seen));
             }
         }
     }
@@ -146,13 +149,13 @@ impl FileSource {
         let gone: Vec<String> = self
             .handles
             .iter()
-            .filter(|(split, (id, _))| {
+            .filter(|(split, (id, _, _))| {
                 std::fs::metadata(split.as_str()).map_or(true, |m| inode(&m) != id.ino)
             })
             .map(|(split, _)| split.clone())
             .collect();
         for split in gone {
-            let Some((id, mut file)) = self.handles.remove(&split) else {
+            let Some((id, mut file, seen)) = self.handles.remove(&split) else {
                 continue;
             };
             let Some(off) = self.known.get(&split).filter(|o| o.id == id) else {
@@ -166,6 +169,12 @@ impl FileSource {
             // renamed, its writer may still finish a line in it: its end is the end of
             // a line only once it is deleted
             let deleted = links(&meta) == 0;
+            if !deleted && size <= seen {
+                // only a last line not ended yet, already seen: kept until it grows,
+                // not read again and again
+                self.handles.insert(split, (id, file, seen));
+                continue;
+            }
             tracing::info!(file = %split, unread = size - off.pos, "file was renamed or removed with lines not read yet; reading them first");
             file.seek(SeekFrom::Start(off.pos))?;
             self.current = Some(Current {
