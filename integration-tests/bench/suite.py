@@ -157,6 +157,25 @@ class Process:
         pass
 
 
+class Running(Process):
+    """A service that was already running (the oldest process matching a pattern)."""
+
+    def __init__(self, name, pid):
+        self.name, self.pid = name, pid
+
+    def cpu(self):
+        return proc_cpu(self.pid, True)
+
+    @staticmethod
+    def find(name, pattern):
+        """The running service, as a list of zero or one (for `servers=`)."""
+        out = subprocess.run(["pgrep", "-o", "-f", pattern], capture_output=True, text=True).stdout.split()
+        if not out:
+            print(f"==> {name}: no local process matches {pattern!r}; its CPU is not measured", flush=True)
+            return []
+        return [Running(name, int(out[0]))]
+
+
 # --- measuring one run -------------------------------------------------------------
 
 
@@ -713,27 +732,29 @@ def main():
             server.kill()
     if want("json-to-rabbitmq") or want("rabbitmq-to-json"):
         amqp = os.environ.get("SLUICE_BENCH_AMQP", "amqp://guest:guest@127.0.0.1:5672/%2f")
+        # the broker's own CPU: on 2 cores it is what bounds a reader
+        broker = Running.find("rabbitmq", "beam.smp.*rabbit")
         for q in ["bench_sluice", "bench_py"]:
             pika_run(amqp, f"ch.queue_delete('{q}')\nch.queue_declare('{q}', durable=True)")
         w = "json-to-rabbitmq"
         s.measure(w, "sluice", "typed, persistent mandatory publishes, every publisher confirm awaited",
                   run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
                              f'[sink]\nconnector = "rabbitmq"\nurl = "{amqp}"\nrouting_key = "bench_sluice"'),
-                  lambda: queue_len(amqp, "bench_sluice"), input_bytes=json_bytes)
+                  lambda: queue_len(amqp, "bench_sluice"), servers=broker, input_bytes=json_bytes)
         s.measure(w, "pika", "each line a persistent publish with publisher confirms (blocking), untyped",
                   [sys.executable, "-c", PIKA_PUB, amqp, head(jsonl, py_n, n), "bench_py"],
-                  lambda: queue_len(amqp, "bench_py"), records=py_n, input_bytes=per_json * py_n)
+                  lambda: queue_len(amqp, "bench_py"), servers=broker, records=py_n, input_bytes=per_json * py_n)
         w = "rabbitmq-to-json"
         out = fresh(os.path.join(WORK, "out-rabbitmq"))
         s.measure(w, "sluice", "manual acks (multiple) after each checkpoint, prefetch 10,000, typed, file sink",
                   run_sluice(sluice, w, f'[source]\nconnector = "rabbitmq"\nurl = "{amqp}"\nqueue = "bench_sluice"\n'
                              f'bounded = true\n{schema}\n'
                              f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "json"\nmax_records = 0\nmax_bytes = 0'),
-                  count_lines(f"{out}/*.jsonl"))
+                  count_lines(f"{out}/*.jsonl"), servers=broker)
         out = os.path.join(WORK, "out-rabbitmq-py.jsonl")
         s.measure(w, "pika", "basic_consume, prefetch 1000, ack multiple every 1000, bodies to a file",
                   [sys.executable, "-c", PIKA_SUB, amqp, "bench_py", str(py_n), out],
-                  count_lines(out), records=py_n)
+                  count_lines(out), servers=broker, records=py_n)
         for q in ["bench_sluice", "bench_py"]:
             pika_run(amqp, f"ch.queue_delete('{q}')")
     if want("json-to-mqtt") or want("mqtt-to-json"):

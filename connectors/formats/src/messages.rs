@@ -117,25 +117,12 @@ impl MessageDecoder {
 
     /// Fetches the writer schemas of Avro `payloads` not seen before; call before
     /// [`MessageDecoder::decode`] of their messages. An id the registry does not know
-    /// makes its messages bad ones. A registry that does not answer is asked again
-    /// (after 1 s, doubling to 30 s) while the messages wait in memory: returning a
-    /// retryable error would drop messages the broker already handed over. Errors
-    /// that asking again cannot mend (credentials) are returned.
+    /// makes its messages bad ones; a registry that does not answer is an error the
+    /// runtime retries, so the caller keeps the messages for its next call.
     pub async fn fetch<'a>(&mut self, payloads: impl Iterator<Item = &'a [u8]>) -> Result<()> {
-        let Some(reader) = &mut self.avro else {
-            return Ok(());
-        };
-        let payloads: Vec<&[u8]> = payloads.collect();
-        let mut wait = std::time::Duration::from_secs(1);
-        loop {
-            match reader.fetch(payloads.iter().copied()).await {
-                Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, retry_in = ?wait, "avro: the schema registry did not answer; the messages wait");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
-                }
-                done => return done,
-            }
+        match &mut self.avro {
+            Some(reader) => reader.fetch(payloads).await,
+            None => Ok(()),
         }
     }
 
@@ -337,7 +324,7 @@ impl Payloads {
     ) -> Result<Payloads> {
         if format == PayloadFormat::Avro {
             return Err(Error::internal(
-                "avro payloads are encoded with their schema's registry id (avro_payloads)",
+                "avro payloads are encoded with their schema's registry id (AvroSink::payloads)",
             ));
         }
         if format == PayloadFormat::Json {

@@ -105,6 +105,8 @@ fn segment(s: &str) -> String {
 }
 
 impl Registry {
+    /// A client of the registry `config` names (HTTP or HTTPS with the system's root
+    /// certificates, basic auth when a username is given); connects on first use.
     pub fn new(config: &RegistryConfig) -> Result<Self> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_native_roots()

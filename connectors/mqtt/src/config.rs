@@ -146,7 +146,8 @@ pub struct MqttSinkConfig {
     pub json: JsonOptions,
     /// User properties from this `list<struct<key, value>>` column (`_headers`).
     pub headers_column: Option<String>,
-    /// Write the reserved `_`-columns (`_topic`, ...) into JSON payloads too.
+    /// Write the reserved `_`-columns (`_topic`, ...) into JSON and Avro payloads
+    /// too.
     #[serde(default)]
     pub include_metadata: bool,
 }

@@ -42,6 +42,9 @@ pub struct MqttSource {
     held: usize,
     /// An error met after some messages were read: returned after their batch.
     deferred: Option<Error>,
+    /// Messages read whose Avro writer schemas the registry did not give yet: the
+    /// next call decodes them (the runtime retries it), never drops them.
+    pending: Option<Vec<Publish>>,
     batch_size: usize,
     idle_timeout: Duration,
     /// When the last message came (or the source opened).
@@ -68,6 +71,7 @@ impl MqttSource {
             unacked: VecDeque::new(),
             held: 0,
             deferred: None,
+            pending: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             quiet_since: Instant::now(),
@@ -92,6 +96,20 @@ impl MqttSource {
                 Ok(Some(_)) => {}
             }
         }
+    }
+
+    /// `msgs` as a batch, once the registry gave the Avro writer schemas they need;
+    /// until it does they wait in `pending`.
+    async fn decoded(&mut self, msgs: Vec<Publish>) -> Result<Option<Batch>> {
+        let fetched = self
+            .decoder
+            .fetch(msgs.iter().map(|p| p.payload.as_ref()))
+            .await;
+        if let Err(e) = fetched {
+            self.pending = Some(msgs);
+            return Err(e);
+        }
+        self.batch(msgs).map(Some)
     }
 
     fn batch(&mut self, msgs: Vec<Publish>) -> Result<Batch> {
@@ -182,6 +200,7 @@ impl Source for MqttSource {
             .clone()
             .unwrap_or_else(|| format!("sluice-{}", ctx.pipeline));
         self.deferred = None;
+        self.pending = None;
         self.unacked.clear();
         self.held = 0;
         self.early.clear();
@@ -264,6 +283,9 @@ impl Source for MqttSource {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
+        if let Some(msgs) = self.pending.take() {
+            return self.decoded(msgs).await;
+        }
         let (msgs, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;
         if msgs.is_empty() {
@@ -278,7 +300,7 @@ impl Source for MqttSource {
             // (it sends more as acknowledgements free room): done once nothing waits for
             // an acknowledgement and nothing came for a while
             let done = self.config.bounded
-                && self.unacked.is_empty()
+                && self.held == 0
                 && self.quiet_since.elapsed() >= QUIET.max(self.idle_timeout);
             return match done {
                 true => Ok(None),
@@ -286,10 +308,7 @@ impl Source for MqttSource {
             };
         }
         self.quiet_since = Instant::now();
-        self.decoder
-            .fetch(msgs.iter().map(|p| p.payload.as_ref()))
-            .await?;
-        self.batch(msgs).map(Some)
+        self.decoded(msgs).await
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<()> {

@@ -253,7 +253,8 @@ pub struct NatsSinkConfig {
     /// `Nats-Msg-Id` from this column (a key, `_offset`) instead: records with the
     /// same value within the stream's duplicate window are stored once.
     pub msg_id_column: Option<String>,
-    /// Write the reserved `_`-columns (`_topic`, `_offset`, ...) into JSON payloads too.
+    /// Write the reserved `_`-columns (`_topic`, `_offset`, ...) into JSON and Avro payloads
+    /// too.
     #[serde(default)]
     pub include_metadata: bool,
 }
@@ -287,9 +288,7 @@ impl NatsSinkConfig {
         }
         Ok(())
     }
-}
 
-impl NatsSinkConfig {
     /// The subject every record is published to, when no column chooses it.
     pub fn destination(&self) -> Option<&str> {
         match self.subject_column {

@@ -65,6 +65,9 @@ pub struct NatsSource {
     first: Option<Batch>,
     /// An error met after some messages were read: returned after their batch.
     deferred: Option<Error>,
+    /// Messages read whose Avro writer schemas the registry did not give yet: the
+    /// next call decodes them (the runtime retries it), never drops them.
+    pending: Option<Vec<Read>>,
     batch_size: usize,
     idle_timeout: Duration,
 }
@@ -91,6 +94,7 @@ impl NatsSource {
             consumer: None,
             first: None,
             deferred: None,
+            pending: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
         })
@@ -250,6 +254,25 @@ impl NatsSource {
 
     /// The messages of `reads` as a batch: the records that decode, the others as
     /// rejects naming stream and sequence.
+    /// `reads` as a batch, once the registry gave the Avro writer schemas they need;
+    /// until it does they wait in `pending`.
+    async fn decoded(&mut self, reads: Vec<Read>) -> Result<Option<Batch>> {
+        let fetched = self
+            .decoder
+            .fetch(reads.iter().map(|r| r.payload.as_ref()))
+            .await;
+        if let Err(e) = fetched {
+            self.pending = Some(reads);
+            return Err(e);
+        }
+        if let Some(last) = reads.last() {
+            if let Some(reply) = &last.reply {
+                self.unacked.insert(last.seq, reply.clone());
+            }
+        }
+        self.batch(&reads).map(Some)
+    }
+
     fn batch(&mut self, reads: &[Read]) -> Result<Batch> {
         let msgs: Vec<Message> = reads
             .iter()
@@ -335,6 +358,8 @@ impl Source for NatsSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
+        // read again from the checkpoint, as everything else not yet acknowledged
+        self.pending = None;
         let client = connect(&self.config.url, &format!("sluice {} source", ctx.pipeline)).await?;
         if self.config.jetstream {
             self.open_stream(&client, &ctx.pipeline, committed).await?;
@@ -357,6 +382,9 @@ impl Source for NatsSource {
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         if let Some(first) = self.first.take() {
             return Ok(Some(first));
+        }
+        if let Some(reads) = self.pending.take() {
+            return self.decoded(reads).await;
         }
         if self.end.is_some_and(|end| self.last >= end) {
             return Ok(None);
@@ -411,15 +439,7 @@ impl Source for NatsSource {
             }
             return Ok(Some(Batch::idle()));
         }
-        self.decoder
-            .fetch(reads.iter().map(|r| r.payload.as_ref()))
-            .await?;
-        if let Some(last) = reads.last() {
-            if let Some(reply) = &last.reply {
-                self.unacked.insert(last.seq, reply.clone());
-            }
-        }
-        self.batch(&reads).map(Some)
+        self.decoded(reads).await
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<()> {

@@ -149,7 +149,8 @@ pub struct RabbitSinkConfig {
     /// across a broker restart.
     #[serde(default = "yes")]
     pub persistent: bool,
-    /// Write the reserved `_`-columns (`_topic`, `_offset`, ...) into JSON payloads too.
+    /// Write the reserved `_`-columns (`_topic`, `_offset`, ...) into JSON and Avro payloads
+    /// too.
     #[serde(default)]
     pub include_metadata: bool,
 }

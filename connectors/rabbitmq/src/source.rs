@@ -60,6 +60,9 @@ pub struct RabbitSource {
     stream_offset: Option<i64>,
     /// An error met after some messages were read: returned after their batch.
     deferred: Option<Error>,
+    /// Messages read whose Avro writer schemas the registry did not give yet: the
+    /// next call decodes them (the runtime retries it), never drops them.
+    pending: Option<Vec<Read>>,
     batch_size: usize,
     idle_timeout: Duration,
     /// When the last message arrived (or the source opened).
@@ -92,6 +95,7 @@ impl RabbitSource {
             held_by: VecDeque::new(),
             stream_offset: None,
             deferred: None,
+            pending: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             quiet_since: Instant::now(),
@@ -172,6 +176,20 @@ impl RabbitSource {
         Ok(q.message_count() == 0)
     }
 
+    /// `reads` as a batch, once the registry gave the Avro writer schemas they need;
+    /// until it does they wait in `pending`.
+    async fn decoded(&mut self, reads: Vec<Read>) -> Result<Option<Batch>> {
+        let fetched = self
+            .decoder
+            .fetch(reads.iter().map(|r| r.payload.as_slice()))
+            .await;
+        if let Err(e) = fetched {
+            self.pending = Some(reads);
+            return Err(e);
+        }
+        self.batch(&reads).map(Some)
+    }
+
     fn batch(&mut self, reads: &[Read]) -> Result<Batch> {
         let msgs: Vec<Message> = reads
             .iter()
@@ -247,6 +265,7 @@ impl Source for RabbitSource {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
         self.deferred = None;
+        self.pending = None;
         self.unacked.clear();
         self.held_by.clear();
         self.held = 0;
@@ -294,6 +313,9 @@ impl Source for RabbitSource {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
+        if let Some(reads) = self.pending.take() {
+            return self.decoded(reads).await;
+        }
         let (reads, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;
         if reads.is_empty() {
@@ -311,10 +333,7 @@ impl Source for RabbitSource {
         }
         self.quiet_since = Instant::now();
         self.stream_read = true;
-        self.decoder
-            .fetch(reads.iter().map(|r| r.payload.as_slice()))
-            .await?;
-        self.batch(&reads).map(Some)
+        self.decoded(reads).await
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<()> {

@@ -38,6 +38,7 @@ pub struct Decoded {
 }
 
 impl AvroReader {
+    /// A reader fetching writer schemas from the registry `config` names.
     pub fn new(config: &RegistryConfig) -> Result<Self> {
         Ok(AvroReader {
             registry: Registry::new(config)?,
@@ -211,6 +212,8 @@ pub struct AvroWriter {
 }
 
 impl AvroWriter {
+    /// A writer registering in the registry `config` names, the value columns as
+    /// the record `record_name` (keys as `{record_name}Key`).
     pub fn new(config: &RegistryConfig, record_name: &str) -> Result<Self> {
         Ok(AvroWriter {
             registry: Registry::new(config)?,
