@@ -11,7 +11,7 @@ use crate::kafka::{bootstrap, create_topic, every_type_round_trip, py, read_all,
 use crate::support::{finish, jsonl_lines, repo_root, sluice, spawn, workdir};
 
 /// Starts a registry; it serves until its stdin closes, that is until this process ends.
-fn start_registry(args: &[&str]) -> (String, Child) {
+pub(crate) fn start_registry(args: &[&str]) -> (String, Child) {
     let mut child = Command::new("python3")
         .arg(repo_root().join("integration-tests/schema_registry.py"))
         .args(args)

@@ -168,6 +168,60 @@ fn avro_payloads_go_through_a_stream_and_back_with_the_schema_registry() {
     assert_eq!(via, direct);
 }
 
+/// An Avro stream read while the schema registry is down: the messages wait in the
+/// source (the run retries, naming the registry) and arrive, each once, when it is
+/// up.
+#[test]
+fn avro_messages_wait_for_a_registry_that_is_down_and_arrive_once() {
+    let dir = workdir();
+    let d = dir.path();
+    let stream = unique("avro_down");
+    create_stream(&stream);
+    let port = crate::service::free_port();
+    let v1 = "{'type': 'record', 'name': 'R', 'fields': [{'name': 'id', 'type': 'long'}]}";
+    // id 1 is what a fresh registry gives the first schema
+    py(&format!(
+        "import io, fastavro\n\
+         schema = fastavro.parse_schema({v1})\n\
+         for i in range(3):\n\
+         \x20   b = io.BytesIO()\n\
+         \x20   fastavro.schemaless_writer(b, schema, {{'id': i}})\n\
+         \x20   await js.publish('{stream}.a', bytes([0, 0, 0, 0, 1]) + b.getvalue())"
+    ));
+    std::fs::write(
+        d.join("p.toml"),
+        format!(
+            "name = \"p\"\n[source]\nconnector = \"nats\"\nurl = \"{}\"\nstream = \"{stream}\"\nbounded = true\n\
+             format = \"avro\"\nschema_registry = {{ url = \"http://127.0.0.1:{port}\", timeout = \"2s\" }}\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+             [errors]\nmax_retries = 100\nretry_backoff_max = \"1s\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "p.toml"]);
+    std::thread::sleep(Duration::from_secs(6));
+    let schema = v1.replace('\'', "\"");
+    let (_url, _registry) = crate::kafka_avro::start_registry(&[
+        "--port",
+        &port.to_string(),
+        "--preload",
+        &format!("{stream}.a-value"),
+        &schema,
+    ]);
+    let run = finish(child, Duration::from_secs(60));
+    delete_stream(&stream);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("schema registry http://127.0.0.1:{port}"))
+            && run.stderr.contains("retrying"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(jsonl_ids(&d.join("out")), vec![0, 1, 2]);
+}
+
 /// The reading runtime killed 10 times mid-stream into an exactly-once file sink:
 /// every message arrives once. The writing runtime (`msg_id = "ordinal"`, a file read
 /// in order) killed 10 times: the stream holds every record once, the ids a replay
