@@ -431,15 +431,9 @@ mod tests {
         assert_eq!(again.num_rows(), 2);
     }
 
-    /// Rotation by rename between the look at kept handles and the listing: the
-    /// lines written before the rename are read through the handle first, not lost
-    /// to the new file under the name.
-    #[tokio::test]
-    async fn lines_written_before_a_rename_seen_only_by_the_listing_are_read_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("app.log");
-        std::fs::write(&log, "{\"id\":1}\n").unwrap();
-        let path = format!("{}/*.log", dir.path().display());
+    /// A watch-mode source of `*.log` in `dir` (JSON lines of an `id`), opened.
+    async fn watching_logs(dir: &std::path::Path) -> FileSource {
+        let path = format!("{}/*.log", dir.display());
         let cfg: FileSourceConfig = serde_json::from_value(
             serde_json::json!({"path": path, "watch": true, "schema": [{"name": "id", "type": "int64"}]}),
         )
@@ -448,6 +442,25 @@ mod tests {
         s.open(&SourceContext::for_pipeline("t"), &Offsets::new())
             .await
             .unwrap();
+        s
+    }
+
+    /// The `id` column of `b`.
+    fn ids(b: &Batch) -> Vec<i64> {
+        let col = b.records.column(0).as_any();
+        let ids = col.downcast_ref::<arrow_array::Int64Array>().unwrap();
+        ids.values().to_vec()
+    }
+
+    /// Rotation by rename between the look at kept handles and the listing: the
+    /// lines written before the rename are read through the handle first, not lost
+    /// to the new file under the name.
+    #[tokio::test]
+    async fn lines_written_before_a_rename_seen_only_by_the_listing_are_read_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "{\"id\":1}\n").unwrap();
+        let mut s = watching_logs(dir.path()).await;
         let first = s.next_batch().await.unwrap().unwrap();
         assert_eq!(first.num_rows(), 1);
         assert!(connector_api::blocking(|| s.read_current())
@@ -460,14 +473,8 @@ mod tests {
         drop(f);
         std::fs::rename(&log, dir.path().join("app.log.1")).unwrap();
         std::fs::write(&log, "{\"id\":4}\n").unwrap();
+        let path = format!("{}/*.log", dir.path().display());
         assert!(s.open_first(list(&path).unwrap()).unwrap());
-        let ids = |b: &Batch| -> Vec<i64> {
-            let col = b.records.column(0).as_any();
-            col.downcast_ref::<arrow_array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
         let b = s.next_batch().await.unwrap().unwrap();
         assert_eq!(ids(&b), vec![2, 3]);
         let mut read = vec![];
@@ -489,22 +496,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("app.log");
         std::fs::write(&log, "{\"id\":1}\n{\"id\":").unwrap();
-        let path = format!("{}/*.log", dir.path().display());
-        let cfg: FileSourceConfig = serde_json::from_value(
-            serde_json::json!({"path": path, "watch": true, "schema": [{"name": "id", "type": "int64"}]}),
-        )
-        .unwrap();
-        let mut s = FileSource::new(cfg).unwrap();
-        s.open(&SourceContext::for_pipeline("t"), &Offsets::new())
-            .await
-            .unwrap();
-        let ids = |b: &Batch| -> Vec<i64> {
-            let col = b.records.column(0).as_any();
-            col.downcast_ref::<arrow_array::Int64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
+        let mut s = watching_logs(dir.path()).await;
         assert_eq!(ids(&s.next_batch().await.unwrap().unwrap()), vec![1]);
         let rotated = dir.path().join("app.log.1");
         std::fs::rename(&log, &rotated).unwrap();
