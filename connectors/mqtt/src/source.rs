@@ -280,11 +280,12 @@ impl Source for MqttSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
+        // messages already read come before the error met after them
         if let Some(msgs) = self.pending.take() {
             return self.decoded(msgs).await;
+        }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
         }
         let (msgs, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;

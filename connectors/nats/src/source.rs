@@ -252,8 +252,6 @@ impl NatsSource {
         Ok(Some(next))
     }
 
-    /// The messages of `reads` as a batch: the records that decode, the others as
-    /// rejects naming stream and sequence.
     /// `reads` as a batch, once the registry gave the Avro writer schemas they need;
     /// until it does they wait in `pending`.
     async fn decoded(&mut self, reads: Vec<Read>) -> Result<Option<Batch>> {
@@ -273,6 +271,8 @@ impl NatsSource {
         self.batch(&reads).map(Some)
     }
 
+    /// The messages of `reads` as a batch: the records that decode, the others as
+    /// rejects naming stream and sequence.
     fn batch(&mut self, reads: &[Read]) -> Result<Batch> {
         let msgs: Vec<Message> = reads
             .iter()

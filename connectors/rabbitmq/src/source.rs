@@ -310,11 +310,12 @@ impl Source for RabbitSource {
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
+        // messages already read come before the error met after them
         if let Some(reads) = self.pending.take() {
             return self.decoded(reads).await;
+        }
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
         }
         let (reads, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
         self.deferred = failed;

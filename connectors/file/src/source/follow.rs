@@ -103,6 +103,15 @@ impl FileSource {
                 match renamed {
                     Some((other, off)) => {
                         tracing::info!(file = %split, from = %other, position = off.pos, "file was renamed; going on from where it was read");
+                        // followed under its new name from here: a handle kept under
+                        // the old one would read the same lines again
+                        if self
+                            .handles
+                            .get(&other)
+                            .is_some_and(|(kept, _, _)| kept.ino == id.ino)
+                        {
+                            self.handles.remove(&other);
+                        }
                         let at = (off.pos, off.line);
                         let moved = FileOffset { id, ..off };
                         // checkpointed under the new name at once, even with nothing

@@ -433,7 +433,12 @@ mod tests {
 
     /// A watch-mode source of `*.log` in `dir` (JSON lines of an `id`), opened.
     async fn watching_logs(dir: &std::path::Path) -> FileSource {
-        let path = format!("{}/*.log", dir.display());
+        watching(dir, "*.log").await
+    }
+
+    /// A watch-mode source of `glob` in `dir` (JSON lines of an `id`), opened.
+    async fn watching(dir: &std::path::Path, glob: &str) -> FileSource {
+        let path = format!("{}/{glob}", dir.display());
         let cfg: FileSourceConfig = serde_json::from_value(
             serde_json::json!({"path": path, "watch": true, "schema": [{"name": "id", "type": "int64"}]}),
         )
@@ -450,6 +455,35 @@ mod tests {
         let col = b.records.column(0).as_any();
         let ids = col.downcast_ref::<arrow_array::Int64Array>().unwrap();
         ids.values().to_vec()
+    }
+
+    /// A file renamed within the glob while its last line is not ended: followed
+    /// under its new name, the line read once when it ends (not also through the
+    /// handle kept under the old name).
+    #[tokio::test]
+    async fn a_file_renamed_within_the_glob_with_an_unended_line_gives_the_line_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("app.log");
+        std::fs::write(&log, "{\"id\":1}\n{\"id\":").unwrap();
+        let mut s = watching(dir.path(), "app.log*").await;
+        assert_eq!(ids(&s.next_batch().await.unwrap().unwrap()), vec![1]);
+        let rotated = dir.path().join("app.log.1");
+        std::fs::rename(&log, &rotated).unwrap();
+        // looked at while the line is not ended yet: nothing
+        let b = s.next_batch().await.unwrap().unwrap();
+        assert_eq!(b.num_rows(), 0);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&rotated)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"2}\n").unwrap();
+        drop(f);
+        let mut read = vec![];
+        for _ in 0..4 {
+            let b = s.next_batch().await.unwrap().unwrap();
+            read.extend(if b.num_rows() > 0 { ids(&b) } else { vec![] });
+        }
+        assert_eq!(read, vec![2]);
     }
 
     /// Rotation by rename between the look at kept handles and the listing: the
