@@ -7,8 +7,10 @@
 //!   the handle of each file read to its end stays open, and when its name no longer
 //!   leads to it, what was written to it before the rename is read through the handle
 //!   before the file now under that name. A last line without its newline yet is read
-//!   only once the file is deleted (a renamed file's writer may still finish it; under
-//!   a name the glob matches, it is read there).
+//!   once it ends or the file is deleted (a renamed file's writer may still finish
+//!   it; under a name the glob matches, it is read there), as long as the new file
+//!   under the old name has not been read meanwhile: a name holds one position, so
+//!   what the renamed file gets after that is not read, and a warning says how much.
 //! - **Truncated** (copy-and-truncate rotation): a file shorter than its position is
 //!   read again from the start.
 //! - **Rewritten in place** (same inode, same first KiB, other content): the bytes
@@ -146,7 +148,13 @@ impl FileSource {
         {
             let seen = cur.pos + (buf.len() - start) as u64;
             if self.handles.len() < HANDLES || self.handles.contains_key(&cur.split) {
-                self.handles.insert(cur.split, (cur.id, file, seen));
+                if let Some((old, kept, _)) =
+                    self.handles.insert(cur.split.clone(), (cur.id, file, seen))
+                {
+                    if old != cur.id {
+                        self.warn_unread(&cur.split, &old, &kept);
+                    }
+                }
             }
         }
     }
@@ -168,6 +176,7 @@ impl FileSource {
                 continue;
             };
             let Some(off) = self.known.get(&split).filter(|o| o.id == id) else {
+                self.warn_unread(&split, &id, &file);
                 continue;
             };
             let meta = file.metadata()?;
@@ -204,6 +213,23 @@ impl FileSource {
             return Ok(true);
         }
         Ok(false)
+    }
+}
+
+impl FileSource {
+    /// Warns when the kept handle of a file renamed away is dropped with bytes past
+    /// its position: its name leads to a new file already read from, and a name
+    /// holds one position, so they are not read. Said, never silent.
+    fn warn_unread(&self, split: &str, id: &Identity, file: &File) {
+        let unread = self
+            .moved
+            .iter()
+            .rev()
+            .find(|(s, o)| s == split && o.id == *id)
+            .and_then(|(_, o)| Some(file.metadata().ok()?.len().saturating_sub(o.pos)));
+        if let Some(bytes) = unread.filter(|&b| b > 0) {
+            tracing::warn!(file = %split, unread = bytes, "a file renamed away has bytes past its position (a last line ended after the rename, or lines written since) and a new file under its name is read already: they are not read");
+        }
     }
 }
 
