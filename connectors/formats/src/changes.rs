@@ -1,11 +1,34 @@
 //! Change records (`_op`: `r`, `c`, `u`, `d`, `t`) as runs to apply to a keyed
 //! destination (an upsert table, Redis keys), in their order: runs of reads, inserts
 //! and updates are upserted, deletes delete by key (a delete carries only its key), a
-//! truncate empties the destination.
+//! truncate empties the destination. And the schema of Debezium's envelope, which
+//! CDC sources emit on request.
+
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use connector_api::{columns, Error, Result};
+
+/// Debezium's envelope around rows of `row`: `before` and `after` (structs of the
+/// row's columns, every one nullable: a delete has no `after`), `source` (the
+/// connector's own block, of `source` fields), `op` and `ts_ms`.
+pub fn debezium_schema(row: &SchemaRef, source: Fields, source_nullable: bool) -> SchemaRef {
+    let image = DataType::Struct(
+        row.fields()
+            .iter()
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+            .collect(),
+    );
+    Arc::new(Schema::new(vec![
+        Field::new("before", image.clone(), true),
+        Field::new("after", image, true),
+        Field::new("source", DataType::Struct(source), source_nullable),
+        Field::new("op", DataType::Utf8, false),
+        Field::new("ts_ms", DataType::Int64, false),
+    ]))
+}
 
 /// What a run of change records does to the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

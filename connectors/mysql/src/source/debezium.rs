@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, StructArray};
 use arrow_buffer::NullBuffer;
-use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
+use arrow_schema::{DataType, Field, Fields, SchemaRef};
 use connector_api::{Error, Result};
 
 /// Where one change came from.
@@ -42,15 +42,6 @@ pub struct Place {
     pub table: String,
 }
 
-fn row_type(row: &SchemaRef) -> DataType {
-    DataType::Struct(
-        row.fields()
-            .iter()
-            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
-            .collect(),
-    )
-}
-
 fn source_fields() -> Fields {
     vec![
         Field::new("version", DataType::Utf8, false),
@@ -72,23 +63,21 @@ fn source_fields() -> Fields {
 
 /// The schema of the records for rows of `row`.
 pub fn schema(row: &SchemaRef) -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("before", row_type(row), true),
-        Field::new("after", row_type(row), true),
-        Field::new("source", DataType::Struct(source_fields()), false),
-        Field::new("op", DataType::Utf8, false),
-        Field::new("ts_ms", DataType::Int64, false),
-    ]))
+    sluice_formats::changes::debezium_schema(row, source_fields(), false)
 }
 
 /// One image of each row (`present[i]` false: the row has none, its values are
-/// nulls) as a struct column.
-fn image(row: &SchemaRef, values: Vec<ArrayRef>, present: &[bool]) -> Result<ArrayRef> {
-    let DataType::Struct(fields) = row_type(row) else {
-        return Err(Error::internal("a row type that is no struct"));
+/// nulls) as a struct column of the envelope's `schema` (its `before`, or `after`).
+fn image(schema: &SchemaRef, values: Vec<ArrayRef>, present: &[bool]) -> Result<ArrayRef> {
+    let DataType::Struct(fields) = schema.field(0).data_type() else {
+        return Err(Error::internal("an envelope whose before is no struct"));
     };
     let nulls = NullBuffer::from(present.to_vec());
-    Ok(Arc::new(StructArray::try_new(fields, values, Some(nulls))?))
+    Ok(Arc::new(StructArray::try_new(
+        fields.clone(),
+        values,
+        Some(nulls),
+    )?))
 }
 
 /// The records: `before` and `after` images (columns of `row`, with which rows have
@@ -137,11 +126,12 @@ pub fn records(
         ],
         None,
     )?;
+    let schema = schema(row);
     Ok(RecordBatch::try_new(
-        schema(row),
+        schema.clone(),
         vec![
-            image(row, before, has_before)?,
-            image(row, after, has_after)?,
+            image(&schema, before, has_before)?,
+            image(&schema, after, has_after)?,
             Arc::new(source),
             Arc::new(StringArray::from(ops)),
             Arc::new(Int64Array::from(vec![now_ms; n])),

@@ -70,32 +70,16 @@ pub(super) fn record_schema(schema: &SchemaRef, op: bool, debezium: bool) -> Sch
     if !debezium {
         return if op { with_op(schema) } else { schema.clone() };
     }
-    let row = DataType::Struct(
-        schema
-            .fields()
-            .iter()
-            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
-            .collect(),
-    );
-    let source = DataType::Struct(
-        vec![
-            Field::new("connector", DataType::Utf8, true),
-            Field::new("schema", DataType::Utf8, true),
-            Field::new("table", DataType::Utf8, true),
-            Field::new("lsn", DataType::Int64, true),
-            Field::new("txId", DataType::Int64, true),
-            Field::new("ts_ms", DataType::Int64, true),
-            Field::new("snapshot", DataType::Utf8, true),
-        ]
-        .into(),
-    );
-    Arc::new(Schema::new(vec![
-        Field::new("before", row.clone(), true),
-        Field::new("after", row, true),
-        Field::new("source", source, true),
-        Field::new("op", DataType::Utf8, false),
-        Field::new("ts_ms", DataType::Int64, false),
-    ]))
+    let source = vec![
+        Field::new("connector", DataType::Utf8, true),
+        Field::new("schema", DataType::Utf8, true),
+        Field::new("table", DataType::Utf8, true),
+        Field::new("lsn", DataType::Int64, true),
+        Field::new("txId", DataType::Int64, true),
+        Field::new("ts_ms", DataType::Int64, true),
+        Field::new("snapshot", DataType::Utf8, true),
+    ];
+    sluice_formats::changes::debezium_schema(schema, source.into(), true)
 }
 
 /// `schema` plus the `_op` column of change records. Every column is nullable: a
