@@ -214,9 +214,7 @@ impl FileSource {
         }
         Ok(false)
     }
-}
 
-impl FileSource {
     /// Warns when the kept handle of a file renamed away is dropped with bytes past
     /// its position: its name leads to a new file already read from, and a name
     /// holds one position, so they are not read. Said, never silent.
