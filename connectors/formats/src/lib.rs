@@ -2,9 +2,10 @@
 //!
 //! JSON lines, CSV, Parquet and Avro codecs shared by the connectors that read and
 //! write bytes (file, S3, Kafka and the other event streams, whose message payloads
-//! and schema registry client sit behind the `registry` feature). Decoders turn whole records into Arrow batches and isolate
-//! records that do not decode, so one bad line becomes a [`connector_api::Reject`]
-//! instead of a failed batch. Encoders write batches to any `std::io::Write`.
+//! and schema registry client sit behind the `registry` feature). Decoders turn whole
+//! records into Arrow batches and isolate records that do not decode, so one bad line
+//! becomes a [`connector_api::Reject`] instead of a failed batch. Encoders write
+//! batches to any `std::io::Write`.
 
 pub mod avro;
 pub mod calendar;

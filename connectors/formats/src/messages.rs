@@ -115,14 +115,26 @@ impl MessageDecoder {
         Ok(self)
     }
 
-    /// Fetches the writer schemas of Avro `payloads` not seen before; call before
-    /// [`MessageDecoder::decode`] of their messages. An id the registry does not know
-    /// makes its messages bad ones; a registry that does not answer is an error the
-    /// runtime retries, so the caller keeps the messages for its next call.
-    pub async fn fetch<'a>(&mut self, payloads: impl Iterator<Item = &'a [u8]>) -> Result<()> {
-        match &mut self.avro {
-            Some(reader) => reader.fetch(payloads).await,
-            None => Ok(()),
+    /// `msgs` once the writer schemas of their Avro payloads (`payload` of each) are
+    /// fetched; call before [`MessageDecoder::decode`] of them. An id the registry
+    /// does not know makes its messages bad ones. A registry that does not answer is
+    /// an error the runtime retries: the messages wait in `pending` for the source's
+    /// next call, never dropped.
+    pub async fn fetched<T>(
+        &mut self,
+        msgs: Vec<T>,
+        payload: impl Fn(&T) -> &[u8],
+        pending: &mut Option<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        let Some(reader) = &mut self.avro else {
+            return Ok(msgs);
+        };
+        match reader.fetch(msgs.iter().map(payload)).await {
+            Ok(()) => Ok(msgs),
+            Err(e) => {
+                *pending = Some(msgs);
+                Err(e)
+            }
         }
     }
 
@@ -598,6 +610,14 @@ impl AvroSink {
     }
 }
 
+/// Checks a message source's or sink's Avro options without I/O: `format = "avro"` and
+/// `schema_registry` together.
+pub fn check_registry(format: PayloadFormat, registry: Option<&RegistryConfig>) -> Result<()> {
+    let avro = "format = \"avro\"";
+    let needed_by = (format == PayloadFormat::Avro).then_some(avro);
+    crate::registry::check_avro(needed_by, avro, registry)
+}
+
 /// Checks a message sink's Avro options without I/O: `format = "avro"` and
 /// `schema_registry` together, and a subject to register under (`schema_subject`, or
 /// the fixed `destination` the default is made of).
@@ -607,8 +627,8 @@ pub fn check_avro_sink(
     subject: Option<&str>,
     destination: Option<&str>,
 ) -> Result<()> {
+    check_registry(format, registry)?;
     let avro = format == PayloadFormat::Avro;
-    crate::registry::check_avro(avro, registry)?;
     match (avro, subject) {
         (false, Some(_)) => {
             Err(Error::config("only applies with format = \"avro\"").with_field("schema_subject"))

@@ -58,18 +58,23 @@ impl RegistryConfig {
     }
 }
 
-/// Checks that `format = "avro"` (`avro`) and `schema_registry` come together.
-pub fn check_avro(avro: bool, registry: Option<&RegistryConfig>) -> Result<()> {
-    match (avro, registry) {
-        (true, None) => Err(Error::config(
-            "format = \"avro\" needs schema_registry = { url = \"http://...\" }",
-        )
+/// Checks that Avro and `schema_registry` come together: `needed_by` is the option
+/// asking for Avro (`format = "avro"`), None when none does; `applies_with` names the
+/// options a registry is for, in the error when one is set without them.
+pub fn check_avro(
+    needed_by: Option<&str>,
+    applies_with: &str,
+    registry: Option<&RegistryConfig>,
+) -> Result<()> {
+    match (needed_by, registry) {
+        (Some(what), None) => Err(Error::config(format!(
+            "{what} needs schema_registry = {{ url = \"http://...\" }}"
+        ))
         .with_field("schema_registry")),
-        (true, Some(r)) => r.validate(),
-        (false, Some(_)) => {
-            Err(Error::config("only applies with format = \"avro\"").with_field("schema_registry"))
-        }
-        (false, None) => Ok(()),
+        (Some(_), Some(r)) => r.validate(),
+        (None, Some(_)) => Err(Error::config(format!("only applies with {applies_with}"))
+            .with_field("schema_registry")),
+        (None, None) => Ok(()),
     }
 }
 

@@ -42,18 +42,11 @@ fn check_registry(
         (_, KeyFormat::Avro) => Some("key_format = \"avro\""),
         _ => None,
     };
-    match (what, registry) {
-        (Some(what), None) => Err(Error::config(format!(
-            "{what} needs schema_registry = {{ url = \"http://...\" }}"
-        ))
-        .with_field("schema_registry")),
-        (Some(_), Some(r)) => r.validate(),
-        (None, Some(_)) => Err(Error::config(
-            "only applies with format = \"avro\" or key_format = \"avro\"",
-        )
-        .with_field("schema_registry")),
-        (None, None) => Ok(()),
-    }
+    sluice_formats::registry::check_avro(
+        what,
+        "format = \"avro\" or key_format = \"avro\"",
+        registry.as_ref(),
+    )
 }
 
 /// How message keys are read into `_key` and written from the key columns.

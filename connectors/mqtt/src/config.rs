@@ -7,7 +7,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
-use sluice_formats::registry::{check_avro, RegistryConfig};
+use sluice_formats::registry::RegistryConfig;
 use sluice_formats::JsonOptions;
 
 /// Options of `connector = "mqtt"` as a source.
@@ -94,10 +94,7 @@ impl MqttSourceConfig {
             ))
             .with_field("metadata"));
         }
-        check_avro(
-            self.format == PayloadFormat::Avro,
-            self.schema_registry.as_ref(),
-        )?;
+        messages::check_registry(self.format, self.schema_registry.as_ref())?;
         messages::check_schema(self.format, &self.schema)
     }
 

@@ -101,14 +101,10 @@ impl MqttSource {
     /// `msgs` as a batch, once the registry gave the Avro writer schemas they need;
     /// until it does they wait in `pending`.
     async fn decoded(&mut self, msgs: Vec<Publish>) -> Result<Option<Batch>> {
-        let fetched = self
+        let msgs = self
             .decoder
-            .fetch(msgs.iter().map(|p| p.payload.as_ref()))
-            .await;
-        if let Err(e) = fetched {
-            self.pending = Some(msgs);
-            return Err(e);
-        }
+            .fetched(msgs, |p| p.payload.as_ref(), &mut self.pending)
+            .await?;
         self.batch(msgs).map(Some)
     }
 

@@ -7,7 +7,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
-use sluice_formats::registry::{check_avro, RegistryConfig};
+use sluice_formats::registry::RegistryConfig;
 use sluice_formats::JsonOptions;
 
 /// Where a JetStream source starts when the pipeline has no checkpoint yet; with one,
@@ -143,10 +143,7 @@ impl NatsSourceConfig {
             .with_field("metadata"));
         }
         messages::check_schema(self.format, &self.schema)?;
-        check_avro(
-            self.format == PayloadFormat::Avro,
-            self.schema_registry.as_ref(),
-        )?;
+        messages::check_registry(self.format, self.schema_registry.as_ref())?;
         if self.max_ack_pending < 1 {
             return Err(
                 Error::config("max_ack_pending must be at least 1").with_field("max_ack_pending")

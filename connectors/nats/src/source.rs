@@ -255,14 +255,10 @@ impl NatsSource {
     /// `reads` as a batch, once the registry gave the Avro writer schemas they need;
     /// until it does they wait in `pending`.
     async fn decoded(&mut self, reads: Vec<Read>) -> Result<Option<Batch>> {
-        let fetched = self
+        let reads = self
             .decoder
-            .fetch(reads.iter().map(|r| r.payload.as_ref()))
-            .await;
-        if let Err(e) = fetched {
-            self.pending = Some(reads);
-            return Err(e);
-        }
+            .fetched(reads, |r| r.payload.as_ref(), &mut self.pending)
+            .await?;
         if let Some(last) = reads.last() {
             if let Some(reply) = &last.reply {
                 self.unacked.insert(last.seq, reply.clone());

@@ -5,7 +5,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
-use sluice_formats::registry::{check_avro, RegistryConfig};
+use sluice_formats::registry::RegistryConfig;
 use sluice_formats::JsonOptions;
 
 /// Where a stream queue is read from when the pipeline has no checkpoint yet.
@@ -95,10 +95,7 @@ impl RabbitSourceConfig {
             )
             .with_field("start"));
         }
-        check_avro(
-            self.format == PayloadFormat::Avro,
-            self.schema_registry.as_ref(),
-        )?;
+        messages::check_registry(self.format, self.schema_registry.as_ref())?;
         messages::check_schema(self.format, &self.schema)
     }
 

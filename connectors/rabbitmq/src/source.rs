@@ -179,14 +179,10 @@ impl RabbitSource {
     /// `reads` as a batch, once the registry gave the Avro writer schemas they need;
     /// until it does they wait in `pending`.
     async fn decoded(&mut self, reads: Vec<Read>) -> Result<Option<Batch>> {
-        let fetched = self
+        let reads = self
             .decoder
-            .fetch(reads.iter().map(|r| r.payload.as_slice()))
-            .await;
-        if let Err(e) = fetched {
-            self.pending = Some(reads);
-            return Err(e);
-        }
+            .fetched(reads, |r| r.payload.as_slice(), &mut self.pending)
+            .await?;
         self.batch(&reads).map(Some)
     }
 

@@ -10,11 +10,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use super::{confluent_split, AvroDecoder, AvroEncoder, AvroSchema};
-use crate::registry::{Registry, RegistryConfig};
 use arrow_array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{Field, Schema, SchemaRef};
 use connector_api::{Error, Result};
+
+use super::{confluent_split, AvroDecoder, AvroEncoder, AvroSchema};
+use crate::registry::{Registry, RegistryConfig};
 
 /// Decodes Confluent-framed Avro values.
 pub struct AvroReader {

@@ -10,11 +10,10 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, TimeUnit};
 use connector_api::{columns, Error, ErrorKind, Result};
 use rdkafka::message::{Header, OwnedHeaders};
-use sluice_formats::avro::confluent_header;
+use sluice_formats::avro::{confluent_header, AvroWriter};
 use sluice_formats::json_lines;
 
 use crate::config::{KafkaSinkConfig, KeyFormat, ValueFormat};
-use sluice_formats::avro::AvroWriter;
 
 /// A batch turned into message parts.
 pub(super) struct Encoded<'a> {

@@ -20,11 +20,11 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use sluice_formats::avro::AvroWriter;
 
 use self::encode::Encoded;
 use crate::config::{KafkaSinkConfig, ValueFormat};
 use crate::{kafka_error, log_to_tracing, source};
-use sluice_formats::avro::AvroWriter;
 
 /// The first failed delivery: what kind of error it makes, and the message.
 type Failure = (ErrorKind, String);

@@ -29,12 +29,12 @@ use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
+use sluice_formats::avro::AvroReader;
 use sluice_formats::JsonDecoder;
 use tokio::sync::mpsc;
 
 use crate::config::{KafkaSourceConfig, KeyFormat, Metadata, Start, ValueFormat};
 use crate::{kafka_error, Tp};
-use sluice_formats::avro::AvroReader;
 
 mod decode;
 mod group;
