@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use arrow_schema::SchemaRef;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::{self, Pipeline};
 use crate::registry::Registry;
 use crate::service::{self, Service};
+use crate::transform::{self, TransformSpec};
 use crate::{describe, http, interpolate, progress, shutdown};
 
 /// Exit code of a config or usage error.
@@ -78,9 +80,9 @@ enum Command {
     },
     /// List the connectors.
     Connectors,
-    /// Show a connector's options.
+    /// Show a connector's options (`describe transforms`: the transforms and `where`).
     Describe {
-        /// Connector name.
+        /// Connector name, or `transforms`.
         connector: String,
     },
     /// Check that a pipeline's connectors can connect.
@@ -301,6 +303,10 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
             }
             ExitCode::SUCCESS
         }
+        Command::Describe { connector } if connector == "transforms" => {
+            print!("{}", describe::TRANSFORMS);
+            ExitCode::SUCCESS
+        }
         Command::Describe { connector } => match describe::describe(&registry, &connector) {
             Some(text) => {
                 print!("{text}");
@@ -350,6 +356,20 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                     );
                 }
             }
+            if !p.transforms.is_empty() || p.sinks.iter().any(|s| s.route.is_some()) {
+                if let Some(Ok(Some(schema))) = match registry.source(&p.source.connector) {
+                    Some(c) if ok => Some(c.discover(&p.source.config).await),
+                    _ => None,
+                } {
+                    let planned = plan_downstream(&p, schema).map(|_| ());
+                    let planned = planned.map_err(connector_api::Error::schema);
+                    report(
+                        "transforms and routes (on the source's schema)".into(),
+                        planned,
+                        &mut ok,
+                    );
+                }
+            }
             if ok {
                 ExitCode::SUCCESS
             } else {
@@ -367,14 +387,15 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
             match c.discover(&p.source.config).await {
                 Ok(Some(schema)) => {
                     println!("schema = [");
-                    for s in connector_api::types::specs_from_schema(&schema) {
-                        println!(
-                            "  {{ name = {:?}, type = {:?}, nullable = {} }},",
-                            s.name, s.data_type, s.nullable
-                        );
-                    }
+                    print_fields("", &schema);
                     println!("]");
-                    ExitCode::SUCCESS
+                    match schema_downstream(&p, schema) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: {}", redact(&p, e));
+                            ExitCode::from(EXIT_CONFIG)
+                        }
+                    }
                 }
                 Ok(None) => {
                     println!("the source cannot tell its schema before reading");
@@ -470,5 +491,52 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
             store.close().await;
             code
         }
+    }
+}
+
+/// The schemas after each transform of `p`, from records of `schema`, and each routed
+/// sink's predicate planned on the last; the error names the transform or the sink.
+fn plan_downstream(p: &Pipeline, schema: SchemaRef) -> Result<Vec<SchemaRef>, String> {
+    let after = transform::schemas_after(schema.clone(), &p.transforms)
+        .map_err(|(i, e)| format!("transforms[{i}]: {e}"))?;
+    let out = after.last().cloned().unwrap_or(schema);
+    for sink in &p.sinks {
+        if let Some(predicate) = &sink.route {
+            transform::route_fits(out.clone(), predicate)
+                .map_err(|e| format!("[{}] where: {e}", sink.path))?;
+        }
+    }
+    Ok(after)
+}
+
+/// Prints, as comments below the source's schema, the schema after each transform and
+/// the rows each routed sink receives.
+fn schema_downstream(p: &Pipeline, schema: SchemaRef) -> Result<(), String> {
+    let after = plan_downstream(p, schema)?;
+    for (i, (t, s)) in p.transforms.iter().zip(&after).enumerate() {
+        let name = match t {
+            TransformSpec::Sql { name: Some(n), .. } => format!(" (sql \"{n}\")"),
+            TransformSpec::Sql { .. } => " (sql)".to_string(),
+            _ => String::new(),
+        };
+        println!("\n# after transforms[{i}]{name}:");
+        print_fields("# ", s);
+    }
+    for sink in &p.sinks {
+        match &sink.route {
+            Some(predicate) => println!("\n# [{}] receives the rows where {predicate}", sink.path),
+            None if after.is_empty() => {}
+            None => println!("\n# [{}] receives every row", sink.path),
+        }
+    }
+    Ok(())
+}
+
+fn print_fields(prefix: &str, schema: &SchemaRef) {
+    for s in connector_api::types::specs_from_schema(schema) {
+        println!(
+            "{prefix}  {{ name = {:?}, type = {:?}, nullable = {} }},",
+            s.name, s.data_type, s.nullable
+        );
     }
 }

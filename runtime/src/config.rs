@@ -11,7 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use connector_api::{columns, DriftPolicy};
+use connector_api::DriftPolicy;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use toml::de::{DeTable, DeValue};
@@ -19,6 +19,7 @@ use toml::de::{DeTable, DeValue};
 use crate::interpolate;
 use crate::registry::Registry;
 use crate::transform::TransformSpec;
+use checks::{check_changes, check_record_schema, distinct_destinations};
 
 /// A config error, located in its file.
 #[derive(Debug)]
@@ -299,6 +300,9 @@ pub struct Section {
     pub config: Value,
     /// `drift = "..."` (sinks).
     pub drift: DriftPolicy,
+    /// `where = "..."` (sinks): the SQL condition a record must meet to go to this
+    /// sink; every record when None.
+    pub route: Option<String>,
 }
 
 /// A validated pipeline file.
@@ -352,7 +356,10 @@ impl Pipeline {
 struct Doc {
     file: PathBuf,
     text: String,
+    /// Where each key is.
     spans: HashMap<String, Range<usize>>,
+    /// Where each key's value is.
+    values: HashMap<String, Range<usize>>,
     secrets: Vec<String>,
 }
 
@@ -373,6 +380,23 @@ impl Doc {
             message,
             hint,
         }
+    }
+
+    /// `e`, an error in the SQL text of the string at `path`, at its place in the file.
+    fn sql_error(&self, path: &str, e: &sluice_sql::SqlError, hint: Option<String>) -> ConfigError {
+        let mut err = self.error_at(None, format!("`{path}`: {e}"), hint);
+        err.position = match self.values.get(path) {
+            Some(span) => {
+                let (line, col) = string_start(&self.text, span.start);
+                Some(match e.position {
+                    Some((1, c)) => (line, col + c as usize - 1),
+                    Some((l, c)) => (line + l as usize - 1, c as usize),
+                    None => (line, col),
+                })
+            }
+            None => self.span_of(path).map(|s| line_col(&self.text, s.start)),
+        };
+        err
     }
 
     /// The span of the key at `path`, or of the closest enclosing key.
@@ -472,6 +496,24 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// Line and column where the text of the string value at `offset` begins: after its
+/// quote, and after the newline that may follow `"""` or `'''`.
+fn string_start(text: &str, offset: usize) -> (usize, usize) {
+    let rest = &text[offset.min(text.len())..];
+    let skip = match rest.starts_with("\"\"\"") || rest.starts_with("'''") {
+        true => {
+            let after = &rest[3..];
+            3 + if after.starts_with("\r\n") {
+                2
+            } else {
+                usize::from(after.starts_with('\n'))
+            }
+        }
+        false => 1,
+    };
+    line_col(text, offset + skip)
+}
+
 fn to_json(
     value: &DeValue<'_>,
     path: &str,
@@ -535,6 +577,7 @@ fn table_to_json(
         let key = k.get_ref().to_string();
         let path = join(prefix, &key);
         doc.spans.insert(path.clone(), k.span());
+        doc.values.insert(path.clone(), v.span());
         out.insert(key, to_json(v.get_ref(), &path, doc, v.span())?);
     }
     Ok(out)
@@ -558,6 +601,7 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
         file: file.to_path_buf(),
         text: text.clone(),
         spans: HashMap::new(),
+        values: HashMap::new(),
         secrets: Vec::new(),
     };
     let parsed = DeTable::parse(&text).map_err(|e| ConfigError {
@@ -679,7 +723,19 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
             ),
         ));
     }
+    if let Some(d) = dead_letter.as_ref().filter(|d| d.route.is_some()) {
+        return Err(doc.error_at(
+            doc.span_of(&format!("{}.where", d.path)),
+            "the dead-letter sink takes every letter: `where` routes the records of [sink] or [sinks.NAME]",
+            None,
+        ));
+    }
     for (i, t) in raw.transforms.iter().enumerate() {
+        if let TransformSpec::Sql { query, .. } = t {
+            if let Err(e) = sluice_sql::Query::parse(query) {
+                return Err(doc.sql_error(&format!("transforms[{i}].query"), &e, None));
+            }
+        }
         t.validate().map_err(|e| {
             doc.error_at(
                 doc.span_of(&format!("transforms[{i}]")),
@@ -739,11 +795,24 @@ fn section(
         }
     };
     let mut drift = DriftPolicy::default();
+    let mut route = None;
     if kind == Kind::Sink {
         if let Some(v) = table.remove("drift") {
             drift = serde_path_to_error::deserialize(v).map_err(|e| {
                 doc.serde_error(&format!("{path}.drift"), "", &e.inner().to_string())
             })?;
+        }
+        if let Some(v) = table.remove("where") {
+            let at = format!("{path}.where");
+            let Value::String(predicate) = v else {
+                return Err(doc.error_at(
+                    doc.span_of(&at),
+                    format!("`{at}` must be a string: an SQL condition on the records' columns"),
+                    None,
+                ));
+            };
+            sluice_sql::Query::filter(&predicate).map_err(|e| doc.sql_error(&at, &e, None))?;
+            route = Some(predicate);
         }
     }
     let config = Value::Object(table);
@@ -785,139 +854,12 @@ fn section(
             connector,
             config,
             drift,
+            route,
         }),
     }
 }
 
-/// No two of `sinks` write where the other does (their connectors say where:
-/// [`connector_api::DynSinkConnector::destination`]).
-fn distinct_destinations<'a>(
-    doc: &Doc,
-    registry: &Registry,
-    sinks: impl Iterator<Item = &'a Section>,
-) -> Result<(), ConfigError> {
-    let mut places: Vec<(String, &Section)> = Vec::new();
-    for sink in sinks {
-        let place = registry
-            .sink(&sink.connector)
-            .and_then(|c| c.destination(&sink.config));
-        let Some(place) = place else {
-            continue;
-        };
-        if let Some((_, other)) = places.iter().find(|(p, _)| *p == place) {
-            return Err(doc.error_at(
-                doc.span_of(&sink.path),
-                format!(
-                    "[{}] writes where [{}] does ({place}): one sink's data and state would replace the other's",
-                    sink.path, other.path
-                ),
-                Some("give each sink a place of its own".into()),
-            ));
-        }
-        places.push((place, sink));
-    }
-    Ok(())
-}
-
-/// When the source's connector knows the schema of every record from its config
-/// alone, the transforms run on no rows of it: a field it does not have, a cast it
-/// cannot take, a filter value of the wrong type fail here. Then each sink says
-/// whether it can write the records that come out.
-fn check_record_schema(
-    doc: &Doc,
-    registry: &Registry,
-    source: &Section,
-    transforms: &[TransformSpec],
-    sinks: &[Section],
-) -> Result<(), ConfigError> {
-    let Some(schema) = registry
-        .source(&source.connector)
-        .and_then(|c| c.record_schema(&source.config))
-    else {
-        return Ok(());
-    };
-    let mut batch = arrow_array::RecordBatch::new_empty(schema);
-    for (i, t) in transforms.iter().enumerate() {
-        let before = batch.schema();
-        batch = t.apply(batch).map_err(|e| {
-            let names: Vec<String> = before
-                .fields()
-                .iter()
-                .map(|f| format!("\"{}\"", f.name()))
-                .collect();
-            doc.error_at(
-                doc.span_of(&format!("transforms[{i}]")),
-                format!("`transforms[{i}]`: {e}"),
-                Some(format!(
-                    "from the source's declared schema, the records here have {}",
-                    names.join(", ")
-                )),
-            )
-        })?;
-    }
-    for sink in sinks {
-        let Some(connector) = registry.sink(&sink.connector) else {
-            continue;
-        };
-        if let Err(e) = connector.accepts(&sink.config, &batch.schema()) {
-            return Err(sink_refusal(doc, sink, &e, None));
-        }
-    }
-    Ok(())
-}
-
-/// A sink's refusal of the pipeline's records, at the option its error names (else
-/// at the sink's section).
-fn sink_refusal(
-    doc: &Doc,
-    sink: &Section,
-    e: &connector_api::Error,
-    hint: Option<String>,
-) -> ConfigError {
-    let at = match e.field() {
-        Some(field) => format!("{}.{field}", sink.path),
-        None => sink.path.clone(),
-    };
-    doc.error_at(
-        doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
-        format!("[{}]: {}", sink.path, e.message()),
-        hint,
-    )
-}
-
-/// A source of change records: each sink must say it can take them (a table sink in
-/// `insert` mode would add deletes as rows), unless the transforms remove `_op`.
-fn check_changes(
-    doc: &Doc,
-    registry: &Registry,
-    source: &Section,
-    transforms: &[TransformSpec],
-    sinks: &[Section],
-) -> Result<(), ConfigError> {
-    let emits = registry
-        .source(&source.connector)
-        .is_some_and(|c| c.emits_changes(&source.config));
-    if !emits
-        || !transforms
-            .iter()
-            .fold(true, |held, t| t.keeps(columns::OP, held))
-    {
-        return Ok(());
-    }
-    for sink in sinks {
-        let Some(connector) = registry.sink(&sink.connector) else {
-            continue;
-        };
-        if let Err(e) = connector.accepts_changes(&sink.config) {
-            let hint = format!(
-                "[{}] emits changes (inserts, updates, deletes)",
-                source.path
-            );
-            return Err(sink_refusal(doc, sink, &e, Some(hint)));
-        }
-    }
-    Ok(())
-}
+mod checks;
 
 #[cfg(test)]
 mod fuzz;

@@ -27,9 +27,69 @@ pub fn describe(registry: &Registry, name: &str) -> Option<String> {
             out,
             "  drift  (string, default \"evolve\")\n      New columns: evolve, freeze, discard_row or discard_value (runtime option of every sink)."
         );
+        let _ = writeln!(
+            out,
+            "  where  (string)\n      An SQL condition on the records' columns: the sink receives only the rows it keeps (runtime option of every sink; see `sluice describe transforms`)."
+        );
     }
     Some(out)
 }
+
+/// `sluice describe transforms`: the transforms of `[[transforms]]` and a sink's
+/// `where`, with examples.
+pub const TRANSFORMS: &str = r#"transforms
+
+[[transforms]] run in order on every batch, between the source and the sinks.
+
+  select     fields = ["id", "amount"]            keep these fields, in this order
+  drop       fields = ["secret"]                  remove these fields
+  rename     fields = { amount = "amount_eur" }   rename fields
+  cast       fields = { amount = "decimal(12,2)" } convert; a value that does not convert is an error
+  filter     field = "id", op = "ge", value = 10  keep rows where field OP value (eq, ne, gt, ge, lt, le, is_null, not_null)
+  mask       fields = ["email"], with = "****"    replace non-null strings
+  add_field  name = "origin", value = "eu"        add a constant string field
+
+  sql        one SELECT ... FROM input over each batch (DataFusion's SQL and functions):
+
+    [[transforms]]
+    type = "sql"
+    name = "enrich"                 # optional, names it in messages and dead letters
+    query = """
+    SELECT id,
+           upper(customer)                                    AS customer,
+           amount * 1.19                                      AS gross,
+           CASE WHEN amount > 100 THEN 'big' ELSE 'small' END AS size,
+           json_get_str(payload, 'device', 'os')              AS os,
+           date_trunc('hour', at)                             AS hour
+    FROM input
+    WHERE status <> 'cancelled'
+    """
+
+    - computed columns, CASE, casts, regular expressions (regexp_like, regexp_replace),
+      struct fields (s['f']), unnest(list) (one row per element), JSON functions on
+      strings (json_get_str, json_get_int, json_get_float, json_get_bool, json_get_json,
+      json_length, json_contains; also -> and ->>)
+    - per record only: aggregates, window functions, joins, ORDER BY, LIMIT, DISTINCT,
+      UNION and subqueries are refused by `sluice validate`, with their line:col
+    - decimal literals are decimals: amount * 1.19 keeps every digit (the scale grows)
+    - unquoted names are lower case: write "customerId" in double quotes
+    - planned once per input schema, not per batch
+    - a row the query fails on (a cast of 'abc' to int, a division by zero) goes to the
+      dead-letter sink with the transform, the column and the error under
+      errors.tolerance = "all", and stops the run naming it otherwise; the rest of the
+      batch goes on
+
+A sink's `where` routes: it receives only the rows the SQL condition keeps.
+
+    [sinks.big]
+    connector = "postgres"
+    where = "size = 'big'"
+    ...
+    [sinks.archive]                 # no `where`: every row
+    connector = "s3"
+
+A row routed to no sink still counts as delivered: offsets are those of the batch.
+"#;
 
 fn resolve<'a>(root: &'a Value, v: &'a Value) -> &'a Value {
     if let Some(r) = v.get("$ref").and_then(Value::as_str) {

@@ -27,6 +27,7 @@ use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 use crate::retrying;
 use crate::telemetry::{self, PipelineMetrics, State};
+use crate::transform::chain::{Chain, SqlStage};
 
 /// How a running pipeline is steered from outside.
 #[derive(Clone)]
@@ -158,12 +159,27 @@ pub async fn run(
     let mut sinks = Vec::new();
     let mut sink_offsets = Vec::new();
     for section in &pipeline.sinks {
-        let (slot, offsets) = unless_stopped!(open_sink(registry, section, &name, &policy))?;
+        let (slot, offsets) = unless_stopped!(open_sink(
+            registry,
+            section,
+            &name,
+            &policy,
+            pipeline.batch.max_records
+        ))?;
         sinks.push(slot);
         sink_offsets.push(offsets);
     }
     let dead_letter = match &pipeline.dead_letter {
-        Some(section) => Some(unless_stopped!(open_sink(registry, section, &name, &policy))?.0),
+        Some(section) => Some(
+            unless_stopped!(open_sink(
+                registry,
+                section,
+                &name,
+                &policy,
+                pipeline.batch.max_records
+            ))?
+            .0,
+        ),
         None => None,
     };
 
@@ -321,9 +337,11 @@ pub async fn run(
         }
     }));
 
+    let chain = Chain::new(&pipeline.transforms, pipeline.batch.max_records)?;
     let mut engine = Engine::new(
         pipeline,
         &policy,
+        chain,
         sinks,
         dead_letter,
         resume,
@@ -358,10 +376,15 @@ async fn open_sink(
     section: &Section,
     pipeline: &str,
     policy: &RetryPolicy,
+    batch_size: usize,
 ) -> Result<(SinkSlot, Option<Offsets>)> {
     let connector = registry
         .sink(&section.connector)
         .ok_or_else(|| Error::config(format!("unknown connector \"{}\"", section.connector)))?;
+    let route = match &section.route {
+        Some(predicate) => Some(SqlStage::route(&section.name, predicate, batch_size)?),
+        None => None,
+    };
     let mut sink = connector.create_sink(&section.config)?;
     let ctx = SinkContext {
         pipeline: pipeline.to_string(),
@@ -375,6 +398,7 @@ async fn open_sink(
             sink,
             drift: section.drift,
             schema: state.schema,
+            route,
         },
         state.offsets,
     ))

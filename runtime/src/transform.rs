@@ -4,14 +4,23 @@
 //! [[transforms]]
 //! type = "rename"
 //! fields = { amount = "amount_eur" }
+//!
+//! [[transforms]]
+//! type = "sql"
+//! query = "SELECT id, amount * 1.19 AS gross FROM input WHERE status <> 'cancelled'"
 //! ```
+//!
+//! The built-in transforms are here; `sql` runs on DataFusion (`sluice-sql`), in the
+//! [`chain::Chain`] of a run, which also keeps each query's plan.
+
+pub(crate) mod chain;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, Scalar, StringArray};
 use arrow_cast::cast::{cast_with_options, CastOptions};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use connector_api::{parse_type, Error, Result};
 use serde::Deserialize;
 
@@ -86,6 +95,75 @@ pub enum TransformSpec {
         /// Its value.
         value: String,
     },
+    /// One SQL `SELECT ... FROM input` over each batch (DataFusion's dialect and
+    /// functions, JSON functions such as `json_get_str`, `unnest`): computed columns,
+    /// CASE, casts, regular expressions, WHERE. Per record only: aggregates, window
+    /// functions, joins, ORDER BY, LIMIT and DISTINCT are refused. Unquoted names are
+    /// lower case (write `"camelCase"` in double quotes).
+    Sql {
+        /// The query.
+        query: String,
+        /// A name for messages and dead letters (default `transforms[i]`).
+        name: Option<String>,
+    },
+}
+
+/// Why a transform cannot take records of a schema.
+#[derive(Debug)]
+pub enum Unfit {
+    /// A query that does not plan, located in its text.
+    Sql(sluice_sql::SqlError),
+    /// A built-in transform's error (a field that is not there, a cast that fails).
+    Other(Error),
+}
+
+impl std::fmt::Display for Unfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unfit::Sql(e) => e.fmt(f),
+            Unfit::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The schema of the records after each of `transforms`, from records of `schema`
+/// (the queries planned, the built-in transforms run on no rows); the first transform
+/// that cannot take its records stops it, with its index.
+pub fn schemas_after(
+    schema: SchemaRef,
+    transforms: &[TransformSpec],
+) -> std::result::Result<Vec<SchemaRef>, (usize, Unfit)> {
+    let mut out = Vec::with_capacity(transforms.len());
+    let mut batch = RecordBatch::new_empty(schema);
+    for (i, t) in transforms.iter().enumerate() {
+        batch = match t {
+            TransformSpec::Sql { query, .. } => sluice_sql::Query::parse(query)
+                .and_then(|q| q.prepare(batch.schema(), 1))
+                .map(|p| RecordBatch::new_empty(p.output_schema().clone()))
+                .map_err(|e| (i, Unfit::Sql(e)))?,
+            other => other.apply(batch).map_err(|e| (i, Unfit::Other(e)))?,
+        };
+        out.push(batch.schema());
+    }
+    Ok(out)
+}
+
+/// The schema of the rows `predicate` (a sink's `where`) keeps from records of
+/// `schema`: the same, when the predicate plans.
+pub fn route_fits(
+    schema: SchemaRef,
+    predicate: &str,
+) -> std::result::Result<(), sluice_sql::SqlError> {
+    sluice_sql::Query::filter(predicate)?.prepare(schema, 1)?;
+    Ok(())
+}
+
+/// How messages and dead letters name the SQL transform at `i`.
+pub(crate) fn sql_label(i: usize, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("transforms[{i}] (\"{n}\")"),
+        None => format!("transforms[{i}]"),
+    }
 }
 
 fn stars() -> String {
@@ -93,9 +171,12 @@ fn stars() -> String {
 }
 
 impl TransformSpec {
-    /// Pure checks (types parse, filter has a value).
+    /// Pure checks (types parse, filter has a value, a query parses).
     pub fn validate(&self) -> Result<()> {
         match self {
+            TransformSpec::Sql { query, .. } => {
+                sluice_sql::Query::parse(query).map_err(|e| Error::config(e.to_string()))?;
+            }
             TransformSpec::Cast { fields } => {
                 for (f, t) in fields {
                     parse_type(t).map_err(|e| e.context(format!("field \"{f}\"")))?;
@@ -126,7 +207,7 @@ impl TransformSpec {
         }
     }
 
-    /// Applies the transform to a batch.
+    /// Applies a built-in transform to a batch (`sql` runs in a [`chain::Chain`]).
     pub fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
         let schema = batch.schema();
         let index = |name: &str| {
@@ -220,6 +301,9 @@ impl TransformSpec {
                 ])));
                 Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)?)
             }
+            TransformSpec::Sql { .. } => Err(Error::internal(
+                "a sql transform runs in the run's chain, which keeps its plan",
+            )),
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::config::{Pipeline, Tolerance};
 use crate::retry::RetryPolicy;
 use crate::retrying;
 use crate::telemetry::PipelineMetrics;
+use crate::transform::chain::{Chain, SqlStage};
 
 /// What the source task sends the engine.
 pub(super) enum Msg {
@@ -33,11 +34,14 @@ pub(super) struct SinkSlot {
     pub(super) sink: Box<dyn Sink>,
     pub(super) drift: DriftPolicy,
     pub(super) schema: Option<SchemaRef>,
+    /// The rows it takes (`where`), when not all.
+    pub(super) route: Option<SqlStage>,
 }
 
 pub(super) struct Engine<'a> {
     pub(super) pipeline: &'a Pipeline,
     pub(super) policy: &'a RetryPolicy,
+    chain: Chain,
     pub(super) sinks: Vec<SinkSlot>,
     pub(super) dead_letter: Option<SinkSlot>,
     /// Position after the last batch written to every sink.
@@ -57,6 +61,7 @@ impl<'a> Engine<'a> {
     pub(super) fn new(
         pipeline: &'a Pipeline,
         policy: &'a RetryPolicy,
+        chain: Chain,
         sinks: Vec<SinkSlot>,
         dead_letter: Option<SinkSlot>,
         position: Offsets,
@@ -65,6 +70,7 @@ impl<'a> Engine<'a> {
         Engine {
             pipeline,
             policy,
+            chain,
             sinks,
             dead_letter,
             position,
@@ -269,9 +275,10 @@ impl<'a> Engine<'a> {
         };
         drop(batches);
         if let Some(r) = records.take() {
-            let mut r = r;
-            for t in &self.pipeline.transforms {
-                r = t.apply(r)?;
+            // rows a query fails on are bad records, counted good when they were read
+            let (r, rejects) = self.chain.apply(r, &offsets).await?;
+            if !rejects.is_empty() {
+                self.reject(None, rejects).await?;
             }
             records = Some(r);
         }
@@ -282,11 +289,24 @@ impl<'a> Engine<'a> {
             let rows = records.num_rows() as u64;
             let bytes = records.get_array_memory_size() as u64;
             let per_write = self.rows_per_write(&records);
-            // records out: those every sink took (a refused record is a dead letter)
+            // records out: those every sink took or was not meant to take (a refused
+            // record is a dead letter)
             let mut taken = rows;
             for i in 0..self.sinks.len() {
                 let mut written_here = 0;
-                let fitted = fit(&mut self.sinks[i], &records)?;
+                let routed = match self.sinks[i].route.as_mut() {
+                    Some(route) => {
+                        let (kept, rejects) = route.apply(&records, &offsets).await?;
+                        let elsewhere = rows - kept.num_rows() as u64 - rejects.len() as u64;
+                        written_here += elsewhere;
+                        if !rejects.is_empty() {
+                            self.reject(None, rejects).await?;
+                        }
+                        kept
+                    }
+                    None => records.clone(),
+                };
+                let fitted = fit(&mut self.sinks[i], &routed)?;
                 // a source batch larger than [batch] allows goes out in parts; the
                 // offsets go with the last (they hold at its end)
                 let mut at = 0;

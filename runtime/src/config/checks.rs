@@ -1,0 +1,158 @@
+//! Checks across sections: sinks that would write to one place, the records' schema
+//! through the transforms and sinks' routes, and change records a sink must take.
+
+use arrow_schema::SchemaRef;
+use connector_api::columns;
+
+use super::{ConfigError, Doc, Section};
+use crate::registry::Registry;
+use crate::transform::{route_fits, schemas_after, TransformSpec, Unfit};
+
+/// No two of `sinks` write where the other does (their connectors say where:
+/// [`connector_api::DynSinkConnector::destination`]).
+pub(super) fn distinct_destinations<'a>(
+    doc: &Doc,
+    registry: &Registry,
+    sinks: impl Iterator<Item = &'a Section>,
+) -> Result<(), ConfigError> {
+    let mut places: Vec<(String, &Section)> = Vec::new();
+    for sink in sinks {
+        let place = registry
+            .sink(&sink.connector)
+            .and_then(|c| c.destination(&sink.config));
+        let Some(place) = place else {
+            continue;
+        };
+        if let Some((_, other)) = places.iter().find(|(p, _)| *p == place) {
+            return Err(doc.error_at(
+                doc.span_of(&sink.path),
+                format!(
+                    "[{}] writes where [{}] does ({place}): one sink's data and state would replace the other's",
+                    sink.path, other.path
+                ),
+                Some("give each sink a place of its own".into()),
+            ));
+        }
+        places.push((place, sink));
+    }
+    Ok(())
+}
+
+/// When the source's connector knows the schema of every record from its config
+/// alone, the transforms run on no rows of it (the queries are planned): a field it
+/// does not have, a cast it cannot take, a filter value of the wrong type, a query
+/// that does not plan fail here. Then each sink's `where` is planned on what comes
+/// out, and each sink says whether it can write it.
+pub(super) fn check_record_schema(
+    doc: &Doc,
+    registry: &Registry,
+    source: &Section,
+    transforms: &[TransformSpec],
+    sinks: &[Section],
+) -> Result<(), ConfigError> {
+    let Some(schema) = registry
+        .source(&source.connector)
+        .and_then(|c| c.record_schema(&source.config))
+    else {
+        return Ok(());
+    };
+    let after = schemas_after(schema.clone(), transforms).map_err(|(i, unfit)| {
+        let before = match i {
+            0 => schema.clone(),
+            _ => schemas_after(schema.clone(), &transforms[..i])
+                .ok()
+                .and_then(|s| s.last().cloned())
+                .unwrap_or_else(|| schema.clone()),
+        };
+        let hint = Some(format!(
+            "from the source's declared schema, the records here have {}",
+            field_names(&before)
+        ));
+        match unfit {
+            Unfit::Sql(e) => doc.sql_error(&format!("transforms[{i}].query"), &e, hint),
+            Unfit::Other(e) => doc.error_at(
+                doc.span_of(&format!("transforms[{i}]")),
+                format!("`transforms[{i}]`: {e}"),
+                hint,
+            ),
+        }
+    })?;
+    let out = after.last().cloned().unwrap_or(schema);
+    for sink in sinks {
+        if let Some(predicate) = &sink.route {
+            route_fits(out.clone(), predicate).map_err(|e| {
+                let hint = format!("the records reaching the sinks have {}", field_names(&out));
+                doc.sql_error(&format!("{}.where", sink.path), &e, Some(hint))
+            })?;
+        }
+        let Some(connector) = registry.sink(&sink.connector) else {
+            continue;
+        };
+        if let Err(e) = connector.accepts(&sink.config, &out) {
+            return Err(sink_refusal(doc, sink, &e, None));
+        }
+    }
+    Ok(())
+}
+
+fn field_names(schema: &SchemaRef) -> String {
+    let names: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("\"{}\"", f.name()))
+        .collect();
+    names.join(", ")
+}
+
+/// A sink's refusal of the pipeline's records, at the option its error names (else
+/// at the sink's section).
+fn sink_refusal(
+    doc: &Doc,
+    sink: &Section,
+    e: &connector_api::Error,
+    hint: Option<String>,
+) -> ConfigError {
+    let at = match e.field() {
+        Some(field) => format!("{}.{field}", sink.path),
+        None => sink.path.clone(),
+    };
+    doc.error_at(
+        doc.span_of(&at).or_else(|| doc.span_of(&sink.path)),
+        format!("[{}]: {}", sink.path, e.message()),
+        hint,
+    )
+}
+
+/// A source of change records: each sink must say it can take them (a table sink in
+/// `insert` mode would add deletes as rows), unless the transforms remove `_op`.
+pub(super) fn check_changes(
+    doc: &Doc,
+    registry: &Registry,
+    source: &Section,
+    transforms: &[TransformSpec],
+    sinks: &[Section],
+) -> Result<(), ConfigError> {
+    let emits = registry
+        .source(&source.connector)
+        .is_some_and(|c| c.emits_changes(&source.config));
+    if !emits
+        || !transforms
+            .iter()
+            .fold(true, |held, t| t.keeps(columns::OP, held))
+    {
+        return Ok(());
+    }
+    for sink in sinks {
+        let Some(connector) = registry.sink(&sink.connector) else {
+            continue;
+        };
+        if let Err(e) = connector.accepts_changes(&sink.config) {
+            let hint = format!(
+                "[{}] emits changes (inserts, updates, deletes)",
+                source.path
+            );
+            return Err(sink_refusal(doc, sink, &e, Some(hint)));
+        }
+    }
+    Ok(())
+}
