@@ -798,7 +798,43 @@ def main():
                 s.skip(w, "sling", "Sling has no connector for it")
                 s.skip(w, "dlt", "dlt has no source or destination for it")
 
-    # 7. engine overhead
+    # 7. SQL transforms: JSON lines -> SQL -> Parquet against DuckDB running the same
+    #    SELECT over the same file; the engine alone (datagen -> SQL -> blackhole); and a
+    #    query the built-in transforms can say, both ways
+    if want("json-sql-parquet"):
+        w = "json-sql-parquet"
+        kept = sum(1 for line in open(jsonl) if json.loads(line).get("country") in SQL_COUNTRIES)
+        rows = lambda pattern: (lambda: n if count_parquet(pattern)() == kept else -1)
+        out = fresh(os.path.join(WORK, "out-sql"))
+        s.measure(w, "sluice", "typed; SQL: 6 columns, upper/lower, a CASE, WHERE keeping ~half; Parquet zstd, exactly-once",
+                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                             f'[[transforms]]\ntype = "sql"\nquery = """{SQL_QUERY}"""\n'
+                             f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\nmax_records = 0\nmax_bytes = 0'),
+                  rows(f"{out}/*.parquet"), input_bytes=json_bytes)
+        if duckdb_ok():
+            out = fresh(os.path.join(WORK, "out-duckdb"))
+            s.measure(w, "duckdb", "the same SELECT over read_json (declared types) into Parquet zstd, all cores",
+                      [sys.executable, "-c", DUCKDB_COPY, jsonl, SQL_QUERY, os.path.join(out, "out.parquet")],
+                      rows(f"{out}/*.parquet"), input_bytes=json_bytes)
+        else:
+            s.skip(w, "duckdb", "duckdb did not install")
+    if want("datagen-sql-blackhole"):
+        w = "datagen-sql-blackhole"
+        gen = f'[source]\nconnector = "datagen"\ncount = {n}\nnull_rate = 0.05\n'
+        s.measure(w, "sluice", "engine + the SQL above (6 columns, 2 functions, a CASE, WHERE ~half)",
+                  run_sluice(sluice, w, f'{gen}[[transforms]]\ntype = "sql"\nquery = """{SQL_QUERY}"""\n'
+                             '[sink]\nconnector = "blackhole"', interval="1h"), lambda: n)
+    if want("datagen-select-blackhole"):
+        w = "datagen-select-blackhole"
+        gen = f'[source]\nconnector = "datagen"\ncount = {n}\nnull_rate = 0.05\n'
+        s.measure(w, "sluice", "SQL: SELECT 6 columns WHERE amount >= 250",
+                  run_sluice(sluice, f"{w}-sql", f'{gen}[[transforms]]\ntype = "sql"\nquery = """{SQL_SELECT}"""\n'
+                             '[sink]\nconnector = "blackhole"', interval="1h"), lambda: n)
+        s.measure(w, "sluice built-ins", "the same as a filter and a select transform",
+                  run_sluice(sluice, f"{w}-builtin", f'{gen}{BUILTIN_SELECT}[sink]\nconnector = "blackhole"',
+                             interval="1h"), lambda: n)
+
+    # 8. engine overhead
     if want("datagen-to-blackhole"):
         w = "datagen-to-blackhole"
         for interval, what in [("1h", "one checkpoint at the end"), ("1ms", "a checkpoint after every batch")]:
@@ -814,6 +850,44 @@ def main():
     report(s, sling, py)
     if s.failed:
         sys.exit(f"sluice failed or miscounted: {', '.join(s.failed)}")
+
+
+SQL_COUNTRIES = ("DE", "FR", "US", "JP")
+SQL_QUERY = """
+SELECT id, ts, user_id, upper(event) AS event, lower(country) AS country,
+       CASE WHEN amount >= 500 THEN 'high' ELSE 'low' END AS tier
+FROM input WHERE country IN ('DE', 'FR', 'US', 'JP')
+"""
+SQL_SELECT = "SELECT id, ts, user_id, event, country, amount FROM input WHERE amount >= 250"
+BUILTIN_SELECT = """[[transforms]]
+type = "filter"
+field = "amount"
+op = "ge"
+value = 250
+[[transforms]]
+type = "select"
+fields = ["id", "ts", "user_id", "event", "country", "amount"]
+"""
+
+# DuckDB: the same SELECT, `input` being the JSON lines file read with the declared types
+DUCKDB_COPY = r'''
+import sys, duckdb
+src, query, out = sys.argv[1:4]
+columns = {"id": "BIGINT", "ts": "TIMESTAMPTZ", "user_id": "BIGINT", "uuid": "VARCHAR", "event": "VARCHAR",
+           "country": "VARCHAR", "amount": "DECIMAL(12,2)", "mobile": "BOOLEAN", "tags": "VARCHAR[]",
+           "payload": "VARCHAR"}
+con = duckdb.connect()
+con.execute(f"CREATE VIEW input AS SELECT * FROM read_json('{src}', format = 'newline_delimited', columns = {columns})")
+con.execute(f"COPY ({query}) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+'''
+
+
+def duckdb_ok():
+    """DuckDB's Python package in this interpreter (installed on first use)."""
+    if subprocess.run([sys.executable, "-c", "import duckdb"], capture_output=True).returncode:
+        log("installing duckdb")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "duckdb"])
+    return subprocess.run([sys.executable, "-c", "import duckdb"], capture_output=True).returncode == 0
 
 
 NATS_PUB = r'''
