@@ -22,7 +22,7 @@ librdkafka's mock cluster (the kafka-mock binary), the S3 server is moto and NAT
 private nats-server with JetStream, Redis a private redis-server, MQTT a private mosquitto,
 all started here; RabbitMQ is the machine's (5672, or $SLUICE_BENCH_AMQP), MariaDB the
 machine's (3306). Peers are installed into a
-virtualenv under $BENCH_DIR.
+virtualenv under $BENCH_DIR; DuckDB (the SQL transform's peer) into this interpreter.
 """
 import argparse
 import datetime

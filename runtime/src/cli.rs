@@ -497,16 +497,19 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
 /// The schemas after each transform of `p`, from records of `schema`, and each routed
 /// sink's predicate planned on the last; the error names the transform or the sink.
 fn plan_downstream(p: &Pipeline, schema: SchemaRef) -> Result<Vec<SchemaRef>, String> {
-    let after = transform::schemas_after(schema.clone(), &p.transforms)
-        .map_err(|(i, e)| format!("transforms[{i}]: {e}"))?;
-    let out = after.last().cloned().unwrap_or(schema);
-    for sink in &p.sinks {
-        if let Some(predicate) = &sink.route {
-            transform::route_fits(out.clone(), predicate)
-                .map_err(|e| format!("[{}] where: {e}", sink.path))?;
+    let routes: Vec<Option<&str>> = p.sinks.iter().map(|s| s.route.as_deref()).collect();
+    transform::plan_downstream(schema, &p.transforms, &routes).map_err(|m| match m {
+        transform::Misfit::Transform { index, unfit, .. } => {
+            let name = match &p.transforms[index] {
+                TransformSpec::Sql { name, .. } => transform::sql_label(index, name.as_deref()),
+                _ => format!("transforms[{index}]"),
+            };
+            format!("{name}: {unfit}")
         }
-    }
-    Ok(after)
+        transform::Misfit::Route { index, error, .. } => {
+            format!("[{}] where: {error}", p.sinks[index].path)
+        }
+    })
 }
 
 /// Prints, as comments below the source's schema, the schema after each transform and

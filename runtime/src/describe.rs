@@ -70,7 +70,9 @@ pub const TRANSFORMS: &str = r#"transforms
       strings (json_get_str, json_get_int, json_get_float, json_get_bool, json_get_json,
       json_length, json_contains; also -> and ->>)
     - per record only: aggregates, window functions, joins, ORDER BY, LIMIT, DISTINCT,
-      UNION and subqueries are refused by `sluice validate`, with their line:col
+      UNION and subqueries are refused when the query is planned, with their line:col:
+      by `sluice validate` over a declared schema, by `sluice check` or at the first
+      batch otherwise
     - decimal literals are decimals: amount * 1.19 keeps every digit (the scale grows)
     - unquoted names are lower case: write "customerId" in double quotes
     - planned once per input schema, not per batch

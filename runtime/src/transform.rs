@@ -126,36 +126,68 @@ impl std::fmt::Display for Unfit {
     }
 }
 
+/// Where a pipeline's records stop fitting, from the source's schema on.
+#[derive(Debug)]
+pub enum Misfit {
+    /// Transform `index` cannot take records of schema `before`.
+    Transform {
+        /// Its place in `[[transforms]]`.
+        index: usize,
+        /// The records' schema as they reach it.
+        before: SchemaRef,
+        /// Why.
+        unfit: Unfit,
+    },
+    /// The `where` of sink `index` does not plan on the records reaching the sinks.
+    Route {
+        /// The sink's place among the pipeline's sinks.
+        index: usize,
+        /// The records' schema as they reach the sinks.
+        out: SchemaRef,
+        /// Why.
+        error: sluice_sql::SqlError,
+    },
+}
+
 /// The schema of the records after each of `transforms`, from records of `schema`
-/// (the queries planned, the built-in transforms run on no rows); the first transform
-/// that cannot take its records stops it, with its index.
-pub fn schemas_after(
+/// (queries planned, built-in transforms run on no rows), and each sink's `where` of
+/// `routes` planned on the last; the first that does not fit stops it.
+pub fn plan_downstream(
     schema: SchemaRef,
     transforms: &[TransformSpec],
-) -> std::result::Result<Vec<SchemaRef>, (usize, Unfit)> {
+    routes: &[Option<&str>],
+) -> std::result::Result<Vec<SchemaRef>, Misfit> {
     let mut out = Vec::with_capacity(transforms.len());
     let mut batch = RecordBatch::new_empty(schema);
-    for (i, t) in transforms.iter().enumerate() {
+    for (index, t) in transforms.iter().enumerate() {
+        let before = batch.schema();
+        let misfit = |unfit| Misfit::Transform {
+            index,
+            before: before.clone(),
+            unfit,
+        };
         batch = match t {
             TransformSpec::Sql { query, .. } => sluice_sql::Query::parse(query)
-                .and_then(|q| q.prepare(batch.schema(), 1))
+                .and_then(|q| q.prepare(before.clone(), 1))
                 .map(|p| RecordBatch::new_empty(p.output_schema().clone()))
-                .map_err(|e| (i, Unfit::Sql(e)))?,
-            other => other.apply(batch).map_err(|e| (i, Unfit::Other(e)))?,
+                .map_err(|e| misfit(Unfit::Sql(e)))?,
+            other => other.apply(batch).map_err(|e| misfit(Unfit::Other(e)))?,
         };
         out.push(batch.schema());
     }
+    let last = batch.schema();
+    for (index, route) in routes.iter().enumerate() {
+        if let Some(predicate) = route {
+            sluice_sql::Query::filter(predicate)
+                .and_then(|q| q.prepare(last.clone(), 1))
+                .map_err(|error| Misfit::Route {
+                    index,
+                    out: last.clone(),
+                    error,
+                })?;
+        }
+    }
     Ok(out)
-}
-
-/// The schema of the rows `predicate` (a sink's `where`) keeps from records of
-/// `schema`: the same, when the predicate plans.
-pub fn route_fits(
-    schema: SchemaRef,
-    predicate: &str,
-) -> std::result::Result<(), sluice_sql::SqlError> {
-    sluice_sql::Query::filter(predicate)?.prepare(schema, 1)?;
-    Ok(())
 }
 
 /// How messages and dead letters name the SQL transform at `i`.
@@ -203,6 +235,10 @@ impl TransformSpec {
                 fields.values().any(|to| to == name) || (before && !fields.contains_key(name))
             }
             TransformSpec::AddField { name: added, .. } => before || added == name,
+            // what a query outputs is known when it is planned: here, whether it may
+            TransformSpec::Sql { query, .. } => {
+                sluice_sql::Query::parse(query).map_or(before, |q| before && q.may_output(name))
+            }
             _ => before,
         }
     }

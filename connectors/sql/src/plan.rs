@@ -1,7 +1,8 @@
 //! Parsing, refusing what is not per record, and planning once per input schema.
 
 use std::ops::ControlFlow;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow_schema::SchemaRef;
 use datafusion::catalog::streaming::StreamingTable;
@@ -119,13 +120,32 @@ impl Query {
         let plan = block_on(state.create_physical_plan(&logical)).map_err(located)?;
         Ok(Prepared {
             output: plan.schema(),
-            plan,
+            plan: Mutex::new(plan),
+            runs: AtomicUsize::new(0),
             feed,
             task: ctx.task_ctx(),
             input,
             query: self.clone(),
             batch_size,
             probes: OnceLock::new(),
+        })
+    }
+
+    /// Whether the query's output may have a column `name`: it selects `*`, or an item
+    /// named so (an alias, or the column itself).
+    pub fn may_output(&self, name: &str) -> bool {
+        let ast::SetExpr::Select(select) = self.query.body.as_ref() else {
+            return true;
+        };
+        select.projection.iter().any(|item| match item {
+            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => true,
+            ast::SelectItem::ExprWithAlias { alias, .. } => alias.value == name,
+            ast::SelectItem::UnnamedExpr(ast::Expr::Identifier(i)) => i.value == name,
+            ast::SelectItem::UnnamedExpr(ast::Expr::CompoundIdentifier(parts)) => {
+                parts.last().is_some_and(|i| i.value == name)
+            }
+            // an expression is named by its text, never a plain column name
+            ast::SelectItem::UnnamedExpr(_) => false,
         })
     }
 
@@ -172,7 +192,9 @@ impl Query {
 
 /// A query planned for one input schema, ready to run on batches of it.
 pub struct Prepared {
-    pub(crate) plan: Arc<dyn ExecutionPlan>,
+    /// The plan, renewed now and then: every run adds metrics to its nodes (`run`).
+    pub(crate) plan: Mutex<Arc<dyn ExecutionPlan>>,
+    pub(crate) runs: AtomicUsize,
     pub(crate) feed: Arc<Feed>,
     pub(crate) task: Arc<TaskContext>,
     pub(crate) input: SchemaRef,
@@ -407,7 +429,17 @@ fn keyword_before(text: &str, span: Span, keyword: &str) -> Span {
         return span;
     };
     let upper = text[..at].to_ascii_uppercase();
-    let Some(found) = upper.rfind(keyword) else {
+    let word = |i: usize| {
+        let before = upper[..i].chars().next_back();
+        let after = upper[i + keyword.len()..].chars().next();
+        let part = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        !part(before) && !part(after)
+    };
+    let Some(found) = upper
+        .rmatch_indices(keyword)
+        .map(|(i, _)| i)
+        .find(|&i| word(i))
+    else {
         return span;
     };
     let before = &text[..found];

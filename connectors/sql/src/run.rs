@@ -1,12 +1,19 @@
 //! Running a prepared query on batches; the rows it fails on found by bisection.
 
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+
 use arrow_array::RecordBatch;
 use arrow_select::concat::concat_batches;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use futures::TryStreamExt;
 
 use crate::error::SqlError;
 use crate::plan::Prepared;
+
+/// Runs of a plan before it is renewed.
+const RENEW_AFTER: usize = 256;
 
 /// A row the query fails on by itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +39,8 @@ pub struct Outcome {
 impl Prepared {
     /// Runs the query on `batch` (of [`Prepared::input_schema`]). When it fails, the
     /// batch is halved until the rows that fail alone are found: they come back as
-    /// [`BadRow`]s and every other row goes through.
+    /// [`BadRow`]s and every other row goes through. When every row of a batch of 8
+    /// or more fails alone with one same error, that is the query's error.
     pub async fn run(&self, batch: &RecordBatch) -> Result<Outcome, SqlError> {
         let n = batch.num_rows();
         let first = match self.once(batch).await {
@@ -69,6 +77,11 @@ impl Prepared {
                 }
             }
         }
+        // every row of a batch of some size failing alone, all alike: the query fails,
+        // not the data (a pattern that is no regular expression, say)
+        if n >= 8 && bad.len() == n && bad.iter().all(|b| b.error == bad[0].error) {
+            return Err(SqlError::from_df(first));
+        }
         let batch = concat_batches(&self.output, &outs)
             .map_err(|e| SqlError::from_df(DataFusionError::ArrowError(Box::new(e), None)))?;
         Ok(Outcome { batch, bad })
@@ -76,8 +89,21 @@ impl Prepared {
 
     /// One pass of the plan over `batch`, its output in one batch.
     pub(crate) async fn once(&self, batch: &RecordBatch) -> DfResult<RecordBatch> {
+        let plan = {
+            // the lock only swaps the plan: no run holds it while it polls
+            let mut plan = self.plan.lock().unwrap_or_else(PoisonError::into_inner);
+            // each run registers its nodes' metrics on them, for good: a fresh plan
+            // every RENEW_AFTER runs keeps them from growing with the run
+            if self.runs.fetch_add(1, Ordering::Relaxed) % RENEW_AFTER == RENEW_AFTER - 1 {
+                *plan = plan
+                    .clone()
+                    .transform_up(|p| Ok(Transformed::yes(p.reset_state()?)))?
+                    .data;
+            }
+            plan.clone()
+        };
         self.feed.put(batch.clone());
-        let stream = self.plan.execute(0, self.task.clone())?;
+        let stream = plan.execute(0, self.task.clone())?;
         let mut parts: Vec<RecordBatch> = stream.try_collect().await?;
         match parts.len() {
             0 => Ok(RecordBatch::new_empty(self.output.clone())),

@@ -222,3 +222,24 @@ fn a_query_datafusion_fails_inside_on_is_an_error_not_a_crash() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn an_error_of_the_query_itself_is_not_blamed_on_every_row() {
+    let input = RecordBatch::try_from_iter(vec![(
+        "id",
+        Arc::new(Int64Array::from_iter_values(0..100)) as ArrayRef,
+    )])
+    .unwrap();
+    let p = prepare("SELECT id, id / 0 AS never FROM input", input.schema()).unwrap();
+    let e = p.run(&input).await.unwrap_err();
+    assert!(e.message.contains("Divide by zero"), "{e}");
+}
+
+#[test]
+fn tells_whether_a_query_may_output_a_column() {
+    let q = |sql: &str| Query::parse(sql).unwrap();
+    assert!(q("SELECT * FROM input").may_output("_op"));
+    assert!(q("SELECT id, _op FROM input").may_output("_op"));
+    assert!(q("SELECT id, 'c' AS _op FROM input").may_output("_op"));
+    assert!(!q("SELECT id, amount FROM input").may_output("_op"));
+}

@@ -296,7 +296,7 @@ fn rows_a_query_fails_on_go_to_the_dead_letter_sink_and_the_rest_goes_on() {
             l["position"]
                 .as_str()
                 .unwrap()
-                .contains("of the batch read up to"),
+                .contains("in the batch read up to"),
             "{l}"
         );
     }

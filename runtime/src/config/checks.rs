@@ -6,7 +6,7 @@ use connector_api::columns;
 
 use super::{ConfigError, Doc, Section};
 use crate::registry::Registry;
-use crate::transform::{route_fits, schemas_after, TransformSpec, Unfit};
+use crate::transform::{plan_downstream, Misfit, TransformSpec, Unfit};
 
 /// No two of `sinks` write where the other does (their connectors say where:
 /// [`connector_api::DynSinkConnector::destination`]).
@@ -56,35 +56,33 @@ pub(super) fn check_record_schema(
     else {
         return Ok(());
     };
-    let after = schemas_after(schema.clone(), transforms).map_err(|(i, unfit)| {
-        let before = match i {
-            0 => schema.clone(),
-            _ => schemas_after(schema.clone(), &transforms[..i])
-                .ok()
-                .and_then(|s| s.last().cloned())
-                .unwrap_or_else(|| schema.clone()),
-        };
-        let hint = Some(format!(
-            "from the source's declared schema, the records here have {}",
-            field_names(&before)
-        ));
-        match unfit {
-            Unfit::Sql(e) => doc.sql_error(&format!("transforms[{i}].query"), &e, hint),
-            Unfit::Other(e) => doc.error_at(
-                doc.span_of(&format!("transforms[{i}]")),
-                format!("`transforms[{i}]`: {e}"),
-                hint,
-            ),
+    let routes: Vec<Option<&str>> = sinks.iter().map(|s| s.route.as_deref()).collect();
+    let after = plan_downstream(schema.clone(), transforms, &routes).map_err(|m| match m {
+        Misfit::Transform {
+            index,
+            before,
+            unfit,
+        } => {
+            let hint = Some(format!(
+                "from the source's declared schema, the records here have {}",
+                field_names(&before)
+            ));
+            match unfit {
+                Unfit::Sql(e) => doc.sql_error(&format!("transforms[{index}].query"), &e, hint),
+                Unfit::Other(e) => doc.error_at(
+                    doc.span_of(&format!("transforms[{index}]")),
+                    format!("`transforms[{index}]`: {e}"),
+                    hint,
+                ),
+            }
+        }
+        Misfit::Route { index, out, error } => {
+            let hint = format!("the records reaching the sinks have {}", field_names(&out));
+            doc.sql_error(&format!("{}.where", sinks[index].path), &error, Some(hint))
         }
     })?;
     let out = after.last().cloned().unwrap_or(schema);
     for sink in sinks {
-        if let Some(predicate) = &sink.route {
-            route_fits(out.clone(), predicate).map_err(|e| {
-                let hint = format!("the records reaching the sinks have {}", field_names(&out));
-                doc.sql_error(&format!("{}.where", sink.path), &e, Some(hint))
-            })?;
-        }
         let Some(connector) = registry.sink(&sink.connector) else {
             continue;
         };

@@ -2,8 +2,9 @@
 //! SQL stage keeps its plan for the schema it last saw: planned once, again only
 //! when the records' schema changes (a source's schema evolved, `drift = "evolve"`).
 
-use arrow_array::RecordBatch;
+use arrow_array::{RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
+use arrow_select::take::take_record_batch;
 use connector_api::{Error, Offsets, Reject, Result};
 use sluice_sql::{BadRow, Prepared, Query};
 
@@ -98,22 +99,33 @@ impl SqlStage {
     }
 }
 
-/// The rows a stage failed on, as rejects for the dead-letter sink.
+/// The rows a stage failed on, as rejects for the dead-letter sink: each record as the
+/// stage got it, named by its row there and where the batch ends (the split too, when
+/// the batch read one only).
 fn rejects(label: &str, batch: &RecordBatch, bad: &[BadRow], at: &Offsets) -> Result<Vec<Reject>> {
-    let texts = sluice_formats::row_texts(batch)?;
-    let split = at.splits().iter().next().map(|(s, _)| s.clone());
+    let rows = UInt32Array::from_iter_values(bad.iter().map(|b| b.row as u32));
+    let texts = sluice_formats::row_texts(&take_record_batch(batch, &rows)?)?;
+    let splits = at.splits();
+    let split = match splits.iter().count() {
+        1 => splits.iter().next().map(|(s, _)| s.clone()),
+        _ => None,
+    };
     let ending = describe(at);
     Ok(bad
         .iter()
-        .map(|b| {
+        .zip(texts)
+        .map(|(b, text)| {
             let column = match &b.column {
                 Some(c) => format!(", column \"{c}\""),
                 None => String::new(),
             };
             Reject::new(
                 split.clone().unwrap_or_default(),
-                format!("row {} of the batch read up to {ending}", b.row),
-                texts.get(b.row).cloned().flatten().unwrap_or_default(),
+                format!(
+                    "row {} of its input, in the batch read up to {ending}",
+                    b.row
+                ),
+                text.unwrap_or_default(),
                 Error::data(format!("{label}{column}: {}", b.error)),
             )
         })
@@ -257,7 +269,7 @@ mod tests {
         assert_eq!(r.split, "in/a.jsonl");
         assert_eq!(
             r.position,
-            "row 1 of the batch read up to split \"in/a.jsonl\" at 3"
+            "row 1 of its input, in the batch read up to split \"in/a.jsonl\" at 3"
         );
         assert_eq!(r.raw, r#"{"id":2,"text":"x"}"#);
         let e = r.error.to_string();
