@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::postgres::{fresh, psql, server, url};
-use crate::support::{jsonl_lines, kill_at_random, python, sluice, workdir};
+use crate::support::{jsonl_ids, jsonl_lines, kill_at_random, python, sluice, workdir};
 
 const SCHEMA: &str = "schema = [\n  { name = \"id\", type = \"int64\" },\n  { name = \"customer\", type = \"string\" },\n  \
      { name = \"amount\", type = \"decimal(12,2)\" },\n  { name = \"status\", type = \"string\" },\n  \
@@ -147,27 +147,14 @@ fn routed(checkpoint: &str) -> String {
     )
 }
 
-fn ids(dir: &Path) -> Vec<i64> {
-    let mut ids: Vec<i64> = jsonl_lines(dir)
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_i64()
-                .unwrap()
-        })
-        .collect();
-    ids.sort_unstable();
-    ids
-}
-
 fn check_routes(d: &Path, n: usize) {
     let all = 0..n as i64;
     let big: Vec<i64> = all.clone().filter(|i| i % 250 >= 100).collect();
     let small: Vec<i64> = all.clone().filter(|i| i % 250 < 100).collect();
     let de: Vec<i64> = all.filter(|i| i % 3 == 0).collect();
-    assert_eq!(ids(&d.join("out/big")), big);
-    assert_eq!(ids(&d.join("out/small")), small);
-    assert_eq!(ids(&d.join("out/de")), de);
+    assert_eq!(jsonl_ids(&d.join("out/big")), big);
+    assert_eq!(jsonl_ids(&d.join("out/small")), small);
+    assert_eq!(jsonl_ids(&d.join("out/de")), de);
 }
 
 /// Three sinks, two disjoint predicates and one overlapping both: each row arrives
@@ -226,7 +213,7 @@ fn a_routed_exactly_once_sink_survives_kill_9() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let big: Vec<i64> = (0..n as i64).filter(|i| i % 250 >= 100).collect();
     assert_eq!(
-        ids(&d.join("out/big")),
+        jsonl_ids(&d.join("out/big")),
         big,
         "killed mid-run {killed} times"
     );
@@ -265,7 +252,7 @@ fn rows_a_query_fails_on_go_to_the_dead_letter_sink_and_the_rest_goes_on() {
     );
     let run = sluice(d, &["run", "p.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let good = ids(&d.join("out/good"));
+    let good = jsonl_ids(&d.join("out/good"));
     assert_eq!(good.len(), 9_997);
     assert!(!good.contains(&17) && !good.contains(&5_000) && !good.contains(&9_998));
     let letters: Vec<serde_json::Value> = jsonl_lines(&d.join("out/dlq"))
