@@ -75,7 +75,8 @@ pub const TRANSFORMS: &str = r#"transforms
       batch otherwise
     - decimal literals are decimals: amount * 1.19 keeps every digit (the scale grows)
     - unquoted names are lower case: write "customerId" in double quotes
-    - planned once per input schema, not per batch
+    - planned once per input schema, not per batch: now() and current_date are the
+      time the query was planned, not the time a record passed
     - a row the query fails on (a cast of 'abc' to int, a division by zero) goes to the
       dead-letter sink with the transform, the column and the error under
       errors.tolerance = "all", and stops the run naming it otherwise; the rest of the
