@@ -203,12 +203,10 @@ fn stars() -> String {
 }
 
 impl TransformSpec {
-    /// Pure checks (types parse, filter has a value, a query parses).
+    /// Pure checks (types parse, filter has a value); a query's syntax is checked
+    /// where its error can be placed in the file (`config::parse`).
     pub fn validate(&self) -> Result<()> {
         match self {
-            TransformSpec::Sql { query, .. } => {
-                sluice_sql::Query::parse(query).map_err(|e| Error::config(e.to_string()))?;
-            }
             TransformSpec::Cast { fields } => {
                 for (f, t) in fields {
                     parse_type(t).map_err(|e| e.context(format!("field \"{f}\"")))?;

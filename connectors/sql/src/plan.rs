@@ -273,7 +273,7 @@ enum Refused {
     SetOperation,
     Subquery,
     NoInput,
-    Other(&'static str),
+    Other,
 }
 
 impl Refused {
@@ -290,7 +290,7 @@ impl Refused {
             Refused::NoInput => {
                 return "a sql transform reads its records FROM input".to_string();
             }
-            Refused::Other(name) => name,
+            Refused::Other => "this kind of query",
         };
         format!(
             "{what} needs more than one batch to be correct, and a sql transform runs batch by batch: \
@@ -319,7 +319,7 @@ fn refused(plan: &LogicalPlan) -> Option<Refused> {
             LogicalPlan::Union(_) => Some(Refused::SetOperation),
             LogicalPlan::Subquery(_) => Some(Refused::Subquery),
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Some(Refused::NoInput),
-            _ => Some(Refused::Other("this kind of query")),
+            _ => Some(Refused::Other),
         };
         let what = what.or_else(|| has_subquery(node).then_some(Refused::Subquery));
         match what {
@@ -401,7 +401,7 @@ fn locate(query: &ast::Query, text: &str, what: Refused, aggregates: &[String]) 
             _ => ControlFlow::Continue(()),
         })
         .break_value(),
-        Refused::NoInput | Refused::Other(_) => None,
+        Refused::NoInput | Refused::Other => None,
     }
 }
 

@@ -47,21 +47,18 @@ impl SqlStage {
 
     /// The plan for `schema`, made when the schema is new.
     fn plan(&mut self, schema: &SchemaRef) -> Result<&Prepared> {
-        let fresh = self
-            .plan
-            .as_ref()
-            .is_some_and(|p| p.input_schema() == schema);
-        if !fresh {
-            let plan = self
-                .query
-                .prepare(schema.clone(), self.batch_size)
-                .map_err(|e| Error::schema(format!("{}: {e}", self.label)))?;
-            self.planned += 1;
-            self.plan = Some(plan);
-        }
-        self.plan
-            .as_ref()
-            .ok_or_else(|| Error::internal("sql plan just made"))
+        let plan = match self.plan.take() {
+            Some(p) if p.input_schema() == schema => p,
+            _ => {
+                let p = self
+                    .query
+                    .prepare(schema.clone(), self.batch_size)
+                    .map_err(|e| Error::schema(format!("{}: {e}", self.label)))?;
+                self.planned += 1;
+                p
+            }
+        };
+        Ok(self.plan.insert(plan))
     }
 
     /// The query's rows for `batch`, and the rows it failed on as rejects (the record as
