@@ -31,11 +31,11 @@ impl SinkContext {
 pub struct SinkState {
     /// Offsets stored together with the data by a transactional sink: `Some` with what
     /// is stored, and `Some` of empty offsets when nothing is (a new or emptied
-    /// destination); `None` from a sink that does not store offsets. When a pipeline has
-    /// one sink and it returns `Some`, the runtime resumes the source from those offsets
-    /// (exactly-once; empty: from the start, even when the checkpoint store has a
-    /// position, since the data it stands for is gone); otherwise from the checkpoint
-    /// store.
+    /// destination); `None` from a sink that does not store offsets. The runtime
+    /// resumes the source from the oldest of these (empty: from the start, even when
+    /// the checkpoint store has a position, since the data it stands for is gone), and a
+    /// sink whose offsets are further on skips the records up to them; with no sink
+    /// reporting `Some`, from the checkpoint store (see the crate's delivery contract).
     pub offsets: Option<Offsets>,
     /// The schema the destination already has (an existing table), so the runtime can
     /// apply the drift policy to the first batch too. `None` = no fixed schema yet.

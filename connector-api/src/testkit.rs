@@ -66,6 +66,11 @@ impl Source for MemorySource {
         Ok(())
     }
 
+    /// The batches in order.
+    fn replays_in_order(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         if self.fail_at == Some(self.next) {
             self.fail_at = None;

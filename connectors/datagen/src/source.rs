@@ -61,6 +61,11 @@ impl Source for DatagenSource {
         })
     }
 
+    /// Record `n` is the same in every run.
+    fn replays_in_order(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let remaining = match self.config.count {
             Some(count) if self.next >= count => return Ok(None),

@@ -605,6 +605,12 @@ impl Source for S3Source {
         }]
     }
 
+    /// Objects in key order, each from its position, when the prefix is read once;
+    /// watched, new objects arrive in the order they are written.
+    fn replays_in_order(&self) -> bool {
+        !self.config.watch
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let started = Instant::now();
         loop {

@@ -394,6 +394,11 @@ impl Source for SqliteSource {
         Ok(())
     }
 
+    /// Rowid or cursor order.
+    fn replays_in_order(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let started = std::time::Instant::now();
         loop {

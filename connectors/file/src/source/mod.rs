@@ -324,6 +324,12 @@ impl Source for FileSource {
         }]
     }
 
+    /// Files in name order, each from its position, when the set is read once; a
+    /// watched directory's files grow and arrive in the order they are written.
+    fn replays_in_order(&self) -> bool {
+        !self.config.watch
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let started = Instant::now();
         loop {

@@ -451,6 +451,11 @@ impl Source for MysqlSource {
         Ok(())
     }
 
+    /// Key order, cursor order and the binlog.
+    fn replays_in_order(&self) -> bool {
+        true
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         match self.config.mode {
             SourceMode::Snapshot => self.next_snapshot().await,

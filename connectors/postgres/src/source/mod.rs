@@ -303,6 +303,12 @@ impl Source for PostgresSource {
         Ok(())
     }
 
+    /// Key order, one physical stream, and the WAL are replayed in order; several
+    /// physical streams interleave as they arrive.
+    fn replays_in_order(&self) -> bool {
+        !(self.config.snapshot_order == SnapshotOrder::Physical && self.config.snapshot_readers > 1)
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let batch = match self.ready.pop_front() {
             Some(b) => Some(b),
