@@ -5,11 +5,13 @@
 //! (`batch.max_in_flight`), so a slow sink slows the source and memory stays flat.
 //! [`supervise`] restarts a run that failed in a way a fresh start may cure; the
 //! engine loop is in `pipeline/engine.rs`, bad records in `pipeline/dead_letter.rs`,
-//! the drift policy's schema conformance in `pipeline/conform.rs`.
+//! the drift policy's schema conformance in `pipeline/conform.rs`, where a run starts
+//! (and what each of several sinks skips) in `pipeline/resume.rs`.
 
 mod conform;
 mod dead_letter;
 mod engine;
+mod resume;
 #[cfg(test)]
 mod tests;
 
@@ -192,32 +194,6 @@ pub async fn run(
         )
     })?;
     let stored = store.load(&name).await?;
-    let resume = match (sink_offsets.len(), sink_offsets.first().cloned().flatten()) {
-        (1, Some(with_data))
-            if with_data.is_empty() && stored.as_ref().is_some_and(|s| !s.is_empty()) =>
-        {
-            tracing::warn!(
-                pipeline = %name,
-                sink = %pipeline.sinks[0].name,
-                "the sink has no stored offsets although the checkpoint store has a position: its data was removed or replaced, so the pipeline reads from the start"
-            );
-            with_data
-        }
-        (1, Some(with_data)) => {
-            if !with_data.is_empty() {
-                tracing::info!(pipeline = %name, "resuming from the offsets stored with the sink's data");
-            }
-            with_data
-        }
-        _ => stored.unwrap_or_default(),
-    };
-
-    for slot in &mut sinks {
-        slot.sink
-            .resume(&resume)
-            .await
-            .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
-    }
 
     let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
         Error::config(format!(
@@ -226,6 +202,19 @@ pub async fn run(
         ))
     })?;
     let mut source = connector.create_source(&pipeline.source.config)?;
+
+    let (plan, notes) = resume::plan(&sink_offsets, stored, source.replays_in_order());
+    log_resume(pipeline, &plan, &notes);
+    for (slot, skip) in sinks.iter_mut().zip(plan.skips) {
+        // a sink that skips gets records from where its own offsets are
+        let start = skip.as_ref().map_or(&plan.from, |s| &s.stored);
+        slot.sink
+            .resume(start)
+            .await
+            .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
+        slot.skip = skip;
+    }
+    let resume = plan.from;
     let ctx = SourceContext {
         pipeline: name.clone(),
         batch_size: pipeline.batch.max_records,
@@ -364,6 +353,36 @@ pub async fn run(
     result
 }
 
+/// Says in the log where the run starts and why.
+fn log_resume(pipeline: &Pipeline, plan: &resume::Resume, notes: &[resume::Note]) {
+    let name = &pipeline.name;
+    let sink = |i: usize| pipeline.sinks[i].name.as_str();
+    for note in notes {
+        match note {
+            resume::Note::Emptied(i) if plan.from.is_empty() => tracing::warn!(
+                pipeline = %name,
+                sink = sink(*i),
+                "the sink has no stored offsets although the checkpoint store has a position: its data was removed or replaced, so the pipeline reads from the start"
+            ),
+            resume::Note::Emptied(i) => tracing::warn!(
+                pipeline = %name,
+                sink = sink(*i),
+                "the sink has no stored offsets although the checkpoint store has a position: its data was removed or replaced; it gets the records from the checkpoint on"
+            ),
+            resume::Note::MayRepeat(ahead) => tracing::warn!(
+                pipeline = %name,
+                sinks = ?ahead.iter().map(|&i| sink(i)).collect::<Vec<_>>(),
+                "the sinks stored different positions, and the source does not read again in the same order: the pipeline resumes from the checkpoint, and these sinks may receive records they hold again"
+            ),
+        }
+    }
+    for (i, skip) in plan.skips.iter().enumerate() {
+        if let Some(skip) = skip {
+            tracing::info!(pipeline = %name, sink = sink(i), until = skip.until, "the sink holds records beyond the oldest sink's position: they are read again but not written to it");
+        }
+    }
+}
+
 /// Tells the source that `offsets` are checkpointed; a failure only costs a replay.
 async fn commit(source: &mut dyn connector_api::Source, offsets: &Offsets) {
     if let Err(e) = source.commit(&offsets.splits()).await {
@@ -399,6 +418,7 @@ async fn open_sink(
             drift: section.drift,
             schema: state.schema,
             route,
+            skip: None,
         },
         state.offsets,
     ))

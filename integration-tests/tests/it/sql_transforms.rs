@@ -1,7 +1,7 @@
 //! SQL transforms and routed sinks through the real binary: every SQL feature into
 //! PostgreSQL and Parquet (read back with psql and pyarrow), rows routed by `where` to
 //! three sinks, the rows a query fails on sent to the dead-letter sink, validate's
-//! located errors, and kill -9 with a routed exactly-once file sink.
+//! located errors, and kill -9 between the flushes of routed exactly-once sinks.
 
 use std::path::Path;
 
@@ -191,32 +191,82 @@ fn where_routes_each_row_to_the_sinks_whose_predicate_holds() {
     );
 }
 
-/// kill -9 at random points of a run with a SQL transform into a routed exactly-once
-/// file sink, then a last run to the end: every row its predicate keeps, once.
+/// kill -9 at random points of a run with a SQL transform into three exactly-once
+/// sinks: PostgreSQL (every row), a routed file sink, and PostgreSQL routed, whose
+/// offsets are stored slowly (a trigger sleeps), so that most kills fall after the
+/// other two flushed and before it did; then a last run to the end. Each holds every
+/// row its predicate keeps, once: the restarts resume from the sink that was behind,
+/// and the others skip what they have.
 #[test]
-fn a_routed_exactly_once_sink_survives_kill_9() {
+fn routed_exactly_once_sinks_survive_kill_9_between_their_flushes() {
+    let _server = server();
+    let all = fresh("sql_fan_all");
+    let de = fresh("sql_fan_de");
+    // the offsets table exists once a PostgreSQL sink has opened
     let dir = workdir();
     let d = dir.path();
+    numbered(d, 1);
+    std::fs::write(
+        d.join("one.toml"),
+        format!(
+            "name = \"{de}\"\n{NUMBERED}[sink]\nconnector = \"postgres\"\nurl = \"{}\"\ntable = \"{de}\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let one = sluice(d, &["run", "--quiet", "one.toml"]);
+    assert_eq!(one.code, Some(0), "{}", one.stderr);
+    fresh(&de);
+    psql(&format!(
+        "CREATE OR REPLACE FUNCTION sql_fan_slow() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;\
+         CREATE OR REPLACE TRIGGER sql_fan_slow AFTER INSERT OR UPDATE ON sluice_offsets FOR EACH ROW \
+         WHEN (NEW.pipeline = '{all}' AND NEW.sink = 'de') EXECUTE FUNCTION sql_fan_slow();"
+    ));
     let n = 200_000;
     numbered(d, n);
     std::fs::write(
         d.join("p.toml"),
         format!(
-            "{NUMBERED}[[transforms]]\ntype = \"sql\"\nquery = \"SELECT id, amount, amount >= 100 AS big FROM input\"\n\
+            "name = \"{all}\"\n{NUMBERED}[[transforms]]\ntype = \"sql\"\n\
+             query = \"SELECT id, amount, country, amount >= 100 AS big FROM input\"\n\
+             [sinks.all]\nconnector = \"postgres\"\nurl = \"{url}\"\ntable = \"{all}\"\n\
+             [sinks.de]\nconnector = \"postgres\"\nurl = \"{url}\"\ntable = \"{de}\"\nwhere = \"country = 'DE'\"\n\
              [sinks.big]\nconnector = \"file\"\npath = \"out/big\"\nformat = \"json\"\nwhere = \"big\"\n\
-             [batch]\nmax_records = 700\n[checkpoint]\ninterval = \"50ms\"\n"
+             [batch]\nmax_records = 700\n[checkpoint]\ninterval = \"50ms\"\n",
+            url = url()
         ),
     )
     .unwrap();
     let killed = kill_at_random(d, &["run", "--quiet", "p.toml"], 8, 150..900);
     let run = sluice(d, &["run", "--quiet", "p.toml"]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let count = |table: &str| {
+        psql(&format!(
+            "SELECT count(*), count(DISTINCT id), coalesce(sum(id), 0) FROM \"{table}\""
+        ))
+    };
+    let sum = |ids: &mut dyn Iterator<Item = i64>| {
+        let ids: Vec<i64> = ids.collect();
+        format!("{}|{}|{}", ids.len(), ids.len(), ids.iter().sum::<i64>())
+    };
+    assert_eq!(
+        count(&all),
+        sum(&mut (0..n as i64)),
+        "killed mid-run {killed} times"
+    );
+    assert_eq!(
+        count(&de),
+        sum(&mut (0..n as i64).filter(|i| i % 3 == 0)),
+        "killed mid-run {killed} times"
+    );
     let big: Vec<i64> = (0..n as i64).filter(|i| i % 250 >= 100).collect();
     assert_eq!(
         jsonl_ids(&d.join("out/big")),
         big,
         "killed mid-run {killed} times"
     );
+    psql("DROP TRIGGER sql_fan_slow ON sluice_offsets");
 }
 
 fn coded(dir: &Path, errors: &str) {

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::conform::conform;
 use super::dead_letter::{self, FailureWindow};
+use super::resume::Skip;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Pipeline, Tolerance};
 use crate::retry::RetryPolicy;
@@ -36,6 +37,9 @@ pub(super) struct SinkSlot {
     pub(super) schema: Option<SchemaRef>,
     /// The rows it takes (`where`), when not all.
     pub(super) route: Option<SqlStage>,
+    /// What it holds beyond the run's start, not written to it again; it is not
+    /// flushed until it has caught up, so its stored offsets never go back.
+    pub(super) skip: Option<Skip>,
 }
 
 pub(super) struct Engine<'a> {
@@ -285,6 +289,7 @@ impl<'a> Engine<'a> {
         // the ordinal sinks name records by: every record after the transforms, taken
         // or refused, so a replay counts the same
         let delivered = records.as_ref().map_or(0, |r| r.num_rows() as u64);
+        let first = self.position.records().unwrap_or(0);
         if let Some(records) = records {
             let rows = records.num_rows() as u64;
             let bytes = records.get_array_memory_size() as u64;
@@ -293,11 +298,15 @@ impl<'a> Engine<'a> {
             // record is a dead letter)
             let mut taken = rows;
             for i in 0..self.sinks.len() {
-                let mut written_here = 0;
+                // what it holds already counts as taken
+                let mut written_here = skipped(&mut self.sinks[i], first, rows);
+                let records = records.slice(written_here as usize, (rows - written_here) as usize);
                 let routed = match self.sinks[i].route.as_mut() {
                     Some(route) => {
                         let (kept, rejects) = route.apply(&records, &offsets).await?;
-                        let elsewhere = rows - kept.num_rows() as u64 - rejects.len() as u64;
+                        let elsewhere = records.num_rows() as u64
+                            - kept.num_rows() as u64
+                            - rejects.len() as u64;
                         written_here += elsewhere;
                         if !rejects.is_empty() {
                             self.reject(None, rejects).await?;
@@ -407,7 +416,8 @@ impl<'a> Engine<'a> {
         if !self.dirty {
             return Ok(());
         }
-        for slot in self.sinks.iter_mut().chain(self.dead_letter.iter_mut()) {
+        let caught_up = self.sinks.iter_mut().filter(|s| s.skip.is_none());
+        for slot in caught_up.chain(self.dead_letter.iter_mut()) {
             let started = Instant::now();
             retrying!(self.policy, "sink flush", slot.sink.flush(&self.position))
                 .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
@@ -428,6 +438,20 @@ impl<'a> Engine<'a> {
         tracing::debug!(pipeline = %self.pipeline.name, "checkpoint stored");
         Ok(())
     }
+}
+
+/// How many of the `rows` records from ordinal `first` on the sink already holds;
+/// its skip ends when they reach the first it does not.
+fn skipped(slot: &mut SinkSlot, first: u64, rows: u64) -> u64 {
+    let Some(skip) = &slot.skip else {
+        return 0;
+    };
+    let held = skip.until.saturating_sub(first).min(rows);
+    if first + rows >= skip.until {
+        tracing::info!(sink = %slot.name, records = skip.until, "the sink has caught up with what it held before the restart");
+        slot.skip = None;
+    }
+    held
 }
 
 /// `records` fitted to the sink's schema by its drift policy (the first batch sets the

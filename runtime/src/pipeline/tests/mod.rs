@@ -1,6 +1,7 @@
 //! Engine tests in process: the testkit's in-memory source and sink (with injected
 //! failures) behind test connectors, a pipeline file in a temporary directory.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use connector_api::{
     SinkContext, SinkState, Source, SourceContext,
 };
 use tokio::sync::watch;
+
+mod fanout;
 
 use super::{run, supervise, Control};
 use crate::config::{self, Pipeline};
@@ -41,6 +44,9 @@ struct TestSource {
     /// When the batches are read, wait for more forever (a stream with nothing new:
     /// an idle batch every 10 ms) instead of ending.
     then_wait: bool,
+    /// Reads again in the same order (as [`MemorySource`] does); false: as a source
+    /// of interleaved partitions.
+    in_order: bool,
     log: Log,
 }
 
@@ -49,6 +55,7 @@ struct LoggedSource {
     endless: Option<(Vec<arrow_array::RecordBatch>, usize)>,
     paced: bool,
     then_wait: bool,
+    in_order: bool,
     log: Log,
 }
 
@@ -87,6 +94,10 @@ impl Source for LoggedSource {
         Ok(batch)
     }
 
+    fn replays_in_order(&self) -> bool {
+        self.in_order
+    }
+
     async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
         push(&self.log, format!("commit {}", position(offsets)));
         self.inner.commit(offsets).await
@@ -115,6 +126,7 @@ impl DynSourceConnector for TestSource {
             endless: self.endless.then(|| (self.batches.clone(), 0)),
             paced: self.paced || self.endless,
             then_wait: self.then_wait,
+            in_order: self.in_order,
             log: self.log.clone(),
         }))
     }
@@ -134,6 +146,9 @@ struct TestSink {
     /// Each sink's flush with this index (0-based) fails as Aborted: every run gets on
     /// and then loses its connection.
     abort_flush: Option<usize>,
+    /// Stores of sinks whose config names one (`store = "NAME"`), so that several
+    /// sinks of a pipeline hold different data.
+    named: HashMap<String, MemorySink>,
 }
 
 struct LoggedSink {
@@ -181,9 +196,13 @@ impl DynSinkConnector for TestSink {
     fn validate(&self, _: &serde_json::Value) -> Result<()> {
         Ok(())
     }
-    fn create_sink(&self, _: &serde_json::Value) -> Result<Box<dyn Sink>> {
+    fn create_sink(&self, config: &serde_json::Value) -> Result<Box<dyn Sink>> {
+        let inner = match config.get("store").and_then(|s| s.as_str()) {
+            Some(name) => self.named[name].clone(),
+            None => self.sink.clone(),
+        };
         Ok(Box::new(LoggedSink {
-            inner: self.sink.clone(),
+            inner,
             log: self.log.clone(),
             abort_flush: self.abort_flush,
             flushes: 0,
@@ -205,6 +224,44 @@ struct Setup {
 
 fn setup(source: TestSource, faults: Faults, extra: &str) -> Setup {
     setup_aborting(source, faults, None, extra)
+}
+
+/// A pipeline over `source` with the sinks `sinks` (its TOML, after `[source]`), whose
+/// `store = "NAME"` are the `named` stores; also the registry of a later run with
+/// other stores' faults.
+fn setup_named(source: TestSource, named: &HashMap<String, MemorySink>, sinks: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    let text = format!(
+        "name = \"p\"\n[source]\nconnector = \"memory\"\n{sinks}\n\
+         [errors]\nretry_backoff = \"1ms\"\nretry_backoff_max = \"2ms\"\n"
+    );
+    std::fs::write(&file, text).unwrap();
+    let log = source.log.clone();
+    let sink = MemorySink::new();
+    let registry = named_registry(source, named, &log);
+    let pipeline = config::load(&file, &registry).unwrap();
+    let metrics = Arc::new(PipelineMetrics::of(&pipeline));
+    Setup {
+        _dir: dir,
+        pipeline,
+        registry,
+        sink,
+        log,
+        metrics,
+    }
+}
+
+fn named_registry(source: TestSource, named: &HashMap<String, MemorySink>, log: &Log) -> Registry {
+    let mut registry = Registry::default();
+    registry.add_source(Arc::new(source));
+    registry.add_sink(Arc::new(TestSink {
+        sink: MemorySink::new(),
+        log: log.clone(),
+        abort_flush: None,
+        named: named.clone(),
+    }));
+    registry
 }
 
 /// [`setup`], with sinks whose flush `abort_flush` fails as Aborted.
@@ -230,6 +287,7 @@ fn setup_aborting(
         sink: sink.clone(),
         log: log.clone(),
         abort_flush,
+        named: HashMap::new(),
     }));
     let pipeline = config::load(&file, &registry).unwrap();
     let metrics = Arc::new(PipelineMetrics::of(&pipeline));
@@ -250,6 +308,7 @@ fn source(rows: usize, batch: usize) -> TestSource {
         endless: false,
         paced: false,
         then_wait: false,
+        in_order: true,
         log: Log::default(),
     }
 }
