@@ -16,7 +16,7 @@ use crate::service::{self, Service};
 use crate::{describe, http, interpolate, progress, shutdown};
 
 mod schema;
-use schema::{plan_downstream, print_fields, schema_downstream};
+use schema::{print_fields, schema_downstream};
 
 /// Exit code of a config or usage error.
 pub const EXIT_CONFIG: u8 = 2;
@@ -362,13 +362,14 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                     Some(c) if ok => Some(c.discover(&p.source.config).await),
                     _ => None,
                 } {
-                    let planned = plan_downstream(&p, schema).map(|_| ());
-                    let planned = planned.map_err(connector_api::Error::schema);
-                    report(
-                        "transforms and routes (on the source's schema)".into(),
-                        planned,
-                        &mut ok,
-                    );
+                    let what = "transforms, routes and sinks (on the source's schema)";
+                    match config::load_discovered(&file, &registry, schema) {
+                        Ok(_) => println!("{what}: ok"),
+                        Err(e) => {
+                            ok = false;
+                            println!("{what}: error: {}", redact(&p, e.to_string()));
+                        }
+                    }
                 }
             }
             if ok {

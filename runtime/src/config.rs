@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use arrow_schema::SchemaRef;
 use connector_api::DriftPolicy;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -595,8 +596,36 @@ pub fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ConfigError> {
     parse(file, text, registry)
 }
 
+/// [`load`], with the schema of the source's records found by connecting to it
+/// (`sluice check`): the transforms and routes are planned on it, and the sinks asked
+/// whether they take what comes out, with errors placed in the file as `load` places
+/// them for a declared schema.
+pub fn load_discovered(
+    file: &Path,
+    registry: &Registry,
+    schema: SchemaRef,
+) -> Result<Pipeline, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+        file: file.to_path_buf(),
+        position: None,
+        message: format!("cannot read the pipeline file: {e}"),
+        hint: None,
+    })?;
+    parse_known(file, text, registry, Some(schema))
+}
+
 /// Parses and validates pipeline text as if read from `file`.
 pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline, ConfigError> {
+    parse_known(file, text, registry, None)
+}
+
+/// [`parse`]; `known`: the source's records' schema, when found by connecting.
+fn parse_known(
+    file: &Path,
+    text: String,
+    registry: &Registry,
+    known: Option<SchemaRef>,
+) -> Result<Pipeline, ConfigError> {
     let mut doc = Doc {
         file: file.to_path_buf(),
         text: text.clone(),
@@ -744,7 +773,7 @@ pub fn parse(file: &Path, text: String, registry: &Registry) -> Result<Pipeline,
             )
         })?;
     }
-    check_record_schema(&doc, registry, &source, &raw.transforms, &sinks)?;
+    check_record_schema(&doc, registry, known, &source, &raw.transforms, &sinks)?;
     check_changes(&doc, registry, &source, &raw.transforms, &sinks)?;
     Ok(Pipeline {
         file: file.to_path_buf(),

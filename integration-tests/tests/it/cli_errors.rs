@@ -97,7 +97,7 @@ fn a_transform_naming_a_field_the_declared_schema_lacks_is_refused() {
             "p.toml:8:",
             "`transforms[1]`",
             "field \"status\" is not in the batch",
-            "from the source's declared schema, the records here have \"id\", \"state\"",
+            "from the source's schema, the records here have \"id\", \"state\"",
         ],
     );
     // a filter value of the wrong type for its field is caught the same way

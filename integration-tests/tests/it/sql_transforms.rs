@@ -420,3 +420,62 @@ fn validate_locates_query_errors_in_the_file() {
     assert!(err.contains("p.toml:8:10:"), "{err}");
     assert!(err.contains("country"), "{err}");
 }
+
+/// A PostgreSQL table's schema is known only by connecting: `validate` passes, and
+/// `check` plans the query and the route on the table's columns, errors at line:col.
+#[test]
+fn check_locates_query_errors_on_the_schema_of_a_connected_source() {
+    let _server = server();
+    let table = fresh("sql_check_src");
+    psql(&format!(
+        "CREATE TABLE \"{table}\" (id bigint PRIMARY KEY, amount numeric(10,2), country text)"
+    ));
+    let dir = workdir();
+    let d = dir.path();
+    let toml = |query: &str, route: &str| {
+        format!(
+            "[source]\nconnector = \"postgres\"\nurl = \"{url}\"\ntables = [\"{table}\"]\n\
+             [[transforms]]\ntype = \"sql\"\nquery = \"{query}\"\n\
+             [sinks.a]\nconnector = \"file\"\npath = \"out/a\"\nwhere = \"{route}\"\n",
+            url = url()
+        )
+    };
+    std::fs::write(
+        d.join("q.toml"),
+        toml("SELECT id, amout * 2 AS twice FROM input", "id > 1"),
+    )
+    .unwrap();
+    let valid = sluice(d, &["validate", "q.toml"]);
+    assert_eq!(valid.code, Some(0), "{}", valid.stderr);
+    let check = sluice(d, &["check", "q.toml"]);
+    assert_ne!(check.code, Some(0));
+    assert!(
+        check.stdout.contains("source (postgres): ok"),
+        "{}",
+        check.stdout
+    );
+    assert!(check.stdout.contains("q.toml:7:21:"), "{}", check.stdout);
+    assert!(check.stdout.contains("amount"), "{}", check.stdout);
+    std::fs::write(
+        d.join("w.toml"),
+        toml("SELECT id, amount * 2 AS twice FROM input", "contry = 'DE'"),
+    )
+    .unwrap();
+    let check = sluice(d, &["check", "w.toml"]);
+    assert_ne!(check.code, Some(0));
+    assert!(check.stdout.contains("w.toml:11:10:"), "{}", check.stdout);
+    std::fs::write(
+        d.join("ok.toml"),
+        toml("SELECT id, amount * 2 AS twice FROM input", "twice > 1"),
+    )
+    .unwrap();
+    let check = sluice(d, &["check", "ok.toml"]);
+    assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("transforms, routes and sinks (on the source's schema): ok"),
+        "{}",
+        check.stdout
+    );
+}

@@ -38,22 +38,26 @@ pub(super) fn distinct_destinations<'a>(
     Ok(())
 }
 
-/// When the source's connector knows the schema of every record from its config
-/// alone, the transforms run on no rows of it (the queries are planned): a field it
+/// When the schema of every record is known (`known`, found by connecting to the
+/// source, or the source's connector knows it from its config alone), the transforms
+/// run on no rows of it (the queries are planned): a field it
 /// does not have, a cast it cannot take, a filter value of the wrong type, a query
 /// that does not plan fail here. Then each sink's `where` is planned on what comes
 /// out, and each sink says whether it can write it.
 pub(super) fn check_record_schema(
     doc: &Doc,
     registry: &Registry,
+    known: Option<SchemaRef>,
     source: &Section,
     transforms: &[TransformSpec],
     sinks: &[Section],
 ) -> Result<(), ConfigError> {
-    let Some(schema) = registry
-        .source(&source.connector)
-        .and_then(|c| c.record_schema(&source.config))
-    else {
+    let declared = || {
+        registry
+            .source(&source.connector)
+            .and_then(|c| c.record_schema(&source.config))
+    };
+    let Some(schema) = known.or_else(declared) else {
         return Ok(());
     };
     let routes: Vec<Option<&str>> = sinks.iter().map(|s| s.route.as_deref()).collect();
@@ -64,7 +68,7 @@ pub(super) fn check_record_schema(
             unfit,
         } => {
             let hint = Some(format!(
-                "from the source's declared schema, the records here have {}",
+                "from the source's schema, the records here have {}",
                 field_names(&before)
             ));
             match unfit {
