@@ -52,12 +52,8 @@ impl Doc {
         let mut err = self.error_at(None, format!("`{path}`: {e}"), hint);
         err.position = match self.values.get(path) {
             Some(span) => {
-                let (line, col) = string_start(&self.text, span.start);
-                Some(match e.position {
-                    Some((1, c)) => (line, col + c as usize - 1),
-                    Some((l, c)) => (line + l as usize - 1, c as usize),
-                    None => (line, col),
-                })
+                let at = e.position.map_or((1, 1), |(l, c)| (l as usize, c as usize));
+                Some(string_place(&self.text, span.start, at))
             }
             None => self.span_of(path).map(|s| line_col(&self.text, s.start)),
         };
@@ -161,22 +157,49 @@ pub(super) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// Line and column where the text of the string value at `offset` begins: after its
-/// quote, and after the newline that may follow `"""` or `'''`.
-pub(super) fn string_start(text: &str, offset: usize) -> (usize, usize) {
+/// Line and column in the file of the character at `at` (1-based line and column in
+/// the string's text) of the string value whose opening quote is at `offset`. The
+/// text starts after the quote (and after the newline that may follow `"""` or
+/// `'''`); in a basic string an escape (`\"`, `\n`, `\u00e9`) is the one character
+/// it stands for, and a line-ending backslash none.
+pub(super) fn string_place(text: &str, offset: usize, at: (usize, usize)) -> (usize, usize) {
     let rest = &text[offset.min(text.len())..];
-    let skip = match rest.starts_with("\"\"\"") || rest.starts_with("'''") {
-        true => {
-            let after = &rest[3..];
-            3 + if after.starts_with("\r\n") {
-                2
-            } else {
-                usize::from(after.starts_with('\n'))
-            }
-        }
+    let multi = rest.starts_with("\"\"\"") || rest.starts_with("'''");
+    let basic = rest.starts_with('"');
+    let mut i = match multi {
+        true if rest[3..].starts_with("\r\n") => 5,
+        true if rest[3..].starts_with('\n') => 4,
+        true => 3,
         false => 1,
     };
-    line_col(text, offset + skip)
+    let (mut line, mut col) = (1, 1);
+    // a line-ending backslash before the place stands for nothing: passed over too
+    while let Some(c) = rest[i..].chars().next() {
+        let (raw, stands_for) = match (basic, c) {
+            (true, '\\') => match rest[i + 1..].chars().next() {
+                Some('u') => (6, Some('u')),
+                Some('U') => (10, Some('U')),
+                Some('n') => (2, Some('\n')),
+                Some(w) if w.is_whitespace() => {
+                    let after = rest[i + 1..].trim_start();
+                    (rest.len() - i - after.len(), None)
+                }
+                Some(e) => (1 + e.len_utf8(), Some(e)),
+                None => (1, None),
+            },
+            _ => (c.len_utf8(), Some(c)),
+        };
+        if stands_for.is_some() && (line, col) >= at {
+            break;
+        }
+        match stands_for {
+            Some('\n') => (line, col) = (line + 1, 1),
+            Some(_) => col += 1,
+            None => {}
+        }
+        i = (i + raw).min(rest.len());
+    }
+    line_col(text, offset + i)
 }
 
 pub(super) fn to_json(
@@ -246,4 +269,25 @@ pub(super) fn table_to_json(
         out.insert(key, to_json(v.get_ref(), &path, doc, v.span())?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::string_place;
+
+    #[test]
+    fn a_place_in_a_string_counts_escapes_as_what_they_stand_for() {
+        // `amout` is column 13 of the query, 24 of the file (two `\"` before it)
+        let text = "query = \"SELECT \\\"a\\\", amout FROM input\"";
+        assert_eq!(string_place(text, 8, (1, 13)), (1, 24));
+        // the text of a multi-line string starts on the line after `\"\"\"`; `\u0041` is
+        // one character, a line-ending backslash none
+        let text = "q = \"\"\"\nSELECT \\u0041, \\\n   amout\nFROM input\"\"\"";
+        assert_eq!(string_place(text, 4, (1, 1)), (2, 1));
+        assert_eq!(string_place(text, 4, (1, 11)), (3, 4));
+        assert_eq!(string_place(text, 4, (2, 1)), (4, 1));
+        // literal strings have no escapes
+        let text = "q = \'SELECT \\x, y\'";
+        assert_eq!(string_place(text, 4, (1, 12)), (1, 17));
+    }
 }
