@@ -53,12 +53,13 @@ pub trait Sink: Send {
     /// Connects, creates what is missing, and reports what is already there.
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState>;
 
-    /// The position the source resumes from, told after `open` and before the first
-    /// `write`: the last checkpoint (empty: the start). Records then come in the order
-    /// they came after that position before, for a source that reads in order, so a
-    /// sink whose writes are made idempotent by position (message ids a broker
-    /// de-duplicates) derives them from it. Default: nothing. Not called across the
-    /// plugin boundary yet.
+    /// The position this sink's records resume from, told after `open` and before the
+    /// first `write`: where the run starts (the oldest sink's offsets, or the
+    /// checkpoint; empty: the start), or this sink's own offsets when it was ahead and
+    /// catches up. Records then come in the order they came after that position
+    /// before, for a source that reads in order, so a sink whose writes are made
+    /// idempotent by position (message ids a broker de-duplicates) derives them from
+    /// it. Default: nothing. Not called across the plugin boundary yet.
     async fn resume(&mut self, from: &Offsets) -> Result<()> {
         let _ = from;
         Ok(())

@@ -128,14 +128,16 @@ pub trait Source: Send {
     }
 
     /// True when a read from a checkpoint returns the records after it in the order
-    /// they came the first time (a table in key order, files in name order, a log read
-    /// by sequence). A pipeline with several sinks that stored different positions
-    /// (a crash between two sinks' flushes) then resumes from the oldest, and each sink
-    /// skips, by count, the records it already holds: exactly-once at every sink that
-    /// stores offsets. Known before `open`, from the config alone. Default: false
-    /// (partitions interleaved as they arrive, messages a broker redelivers): such a
-    /// pipeline resumes from the checkpoint store, and a sink that was ahead may
-    /// receive records again.
+    /// they came the first time, as long as the input did not change (a table in key
+    /// order, files in name order, a log read by sequence). A pipeline with several
+    /// sinks that stored different positions (a crash between two sinks' flushes)
+    /// then resumes from the oldest, and each sink that was ahead is handed none of
+    /// the records up to its own position, counted, once the run is confirmed to reach
+    /// that position at that count; otherwise it gets them again (at least once, never
+    /// fewer). Known before `open`, from the config alone. Default: false (partitions
+    /// interleaved as they arrive, messages a broker redelivers): such a pipeline
+    /// resumes from the checkpoint store, and a sink that was ahead may receive
+    /// records again.
     fn replays_in_order(&self) -> bool {
         false
     }

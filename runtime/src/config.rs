@@ -146,13 +146,16 @@ impl Pipeline {
 /// Reads, parses and validates a pipeline file (no I/O beyond reading it, and a file
 /// sink's directory resolved through symbolic links).
 pub fn load(file: &Path, registry: &Registry) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+    parse(file, read(file)?, registry)
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         position: None,
         message: format!("cannot read the pipeline file: {e}"),
         hint: None,
-    })?;
-    parse(file, text, registry)
+    })
 }
 
 /// [`load`], with the schema of the source's records found by connecting to it
@@ -164,13 +167,7 @@ pub fn load_discovered(
     registry: &Registry,
     schema: SchemaRef,
 ) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        position: None,
-        message: format!("cannot read the pipeline file: {e}"),
-        hint: None,
-    })?;
-    parse_known(file, text, registry, Some(schema))
+    parse_known(file, read(file)?, registry, Some(schema))
 }
 
 /// Parses and validates pipeline text as if read from `file`.

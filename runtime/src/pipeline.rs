@@ -8,6 +8,7 @@
 //! the drift policy's schema conformance in `pipeline/conform.rs`, where a run starts
 //! (and what each of several sinks skips) in `pipeline/resume.rs`.
 
+mod catch_up;
 mod conform;
 mod dead_letter;
 mod engine;
@@ -204,7 +205,7 @@ pub async fn run(
     let mut source = connector.create_source(&pipeline.source.config)?;
 
     let (plan, notes) = resume::plan(&sink_offsets, stored, source.replays_in_order());
-    log_resume(pipeline, &plan, &notes);
+    log_resume(pipeline, &sink_offsets, &plan, &notes);
     for (slot, skip) in sinks.iter_mut().zip(plan.skips) {
         // a sink that skips gets records from where its own offsets are
         let start = skip.as_ref().map_or(&plan.from, |s| &s.stored);
@@ -212,7 +213,7 @@ pub async fn run(
             .resume(start)
             .await
             .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
-        slot.skip = skip;
+        slot.catch_up = skip.map(catch_up::CatchUp::new);
     }
     let resume = plan.from;
     let ctx = SourceContext {
@@ -354,8 +355,21 @@ pub async fn run(
 }
 
 /// Says in the log where the run starts and why.
-fn log_resume(pipeline: &Pipeline, plan: &resume::Resume, notes: &[resume::Note]) {
+fn log_resume(
+    pipeline: &Pipeline,
+    sink_offsets: &[Option<Offsets>],
+    plan: &resume::Resume,
+    notes: &[resume::Note],
+) {
     let name = &pipeline.name;
+    if !plan.from.is_empty() {
+        let with_data = sink_offsets.iter().flatten().any(|o| *o == plan.from);
+        let whence = match with_data {
+            true => "the offsets stored with a sink's data",
+            false => "the checkpoint store",
+        };
+        tracing::info!(pipeline = %name, records = plan.from.records().unwrap_or(0), "resuming from {whence}");
+    }
     let sink = |i: usize| pipeline.sinks[i].name.as_str();
     for note in notes {
         match note {
@@ -367,7 +381,7 @@ fn log_resume(pipeline: &Pipeline, plan: &resume::Resume, notes: &[resume::Note]
             resume::Note::Emptied(i) => tracing::warn!(
                 pipeline = %name,
                 sink = sink(*i),
-                "the sink has no stored offsets although the checkpoint store has a position: its data was removed or replaced; it gets the records from the checkpoint on"
+                "the sink has no stored offsets although the other sinks or the checkpoint store have a position: it is new, or its data was removed or replaced; it gets the records from where the run starts"
             ),
             resume::Note::MayRepeat(ahead) => tracing::warn!(
                 pipeline = %name,
@@ -378,7 +392,7 @@ fn log_resume(pipeline: &Pipeline, plan: &resume::Resume, notes: &[resume::Note]
     }
     for (i, skip) in plan.skips.iter().enumerate() {
         if let Some(skip) = skip {
-            tracing::info!(pipeline = %name, sink = sink(i), until = skip.until, "the sink holds records beyond the oldest sink's position: they are read again but not written to it");
+            tracing::info!(pipeline = %name, sink = sink(i), until = skip.until, "the sink holds records beyond the oldest sink's position: they are read again, and not written to it again once the run is confirmed to reach the position it stored");
         }
     }
 }
@@ -418,7 +432,7 @@ async fn open_sink(
             drift: section.drift,
             schema: state.schema,
             route,
-            skip: None,
+            catch_up: None,
         },
         state.offsets,
     ))

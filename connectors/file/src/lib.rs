@@ -9,8 +9,8 @@
 //! - The sink writes files under a directory, rolling by records and bytes. Files are
 //!   written under temporary names and published by rename on flush, together with a
 //!   small state file holding the offsets: a restart rolls an interrupted publish
-//!   forward and resumes where the published data ends (exactly-once for a pipeline
-//!   with one sink).
+//!   forward and resumes where the published data ends (exactly-once; beside other
+//!   sinks, from a source that reads in order again).
 
 mod config;
 mod identity;

@@ -8,7 +8,8 @@
 //!   records, bytes and at every checkpoint. Objects are multipart uploads completed
 //!   only on flush, together with a state object holding the offsets: nothing is
 //!   visible half-written, and a restart neither loses nor repeats records
-//!   (exactly-once for a pipeline with one sink). See [`sink`](crate::S3Sink).
+//!   (exactly-once; beside other sinks, from a source that reads in order again). See
+//!   [`sink`](crate::S3Sink).
 //! - The source lists a prefix with a glob and reads objects in key order, streaming
 //!   text objects and resuming inside an object after a restart; `watch = true` keeps
 //!   polling for new objects.

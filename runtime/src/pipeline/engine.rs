@@ -11,9 +11,9 @@ use arrow_schema::{Schema, SchemaRef};
 use connector_api::{Batch, DriftPolicy, Error, Offsets, Reject, Result, Sink};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::catch_up::{CatchUp, Step};
 use super::conform::conform;
 use super::dead_letter::{self, FailureWindow};
-use super::resume::Skip;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Pipeline, Tolerance};
 use crate::retry::RetryPolicy;
@@ -37,9 +37,9 @@ pub(super) struct SinkSlot {
     pub(super) schema: Option<SchemaRef>,
     /// The rows it takes (`where`), when not all.
     pub(super) route: Option<SqlStage>,
-    /// What it holds beyond the run's start, not written to it again; it is not
-    /// flushed until it has caught up, so its stored offsets never go back.
-    pub(super) skip: Option<Skip>,
+    /// While it catches up with what it held beyond the run's start: not flushed
+    /// meanwhile, so its stored offsets never go back.
+    pub(super) catch_up: Option<CatchUp>,
 }
 
 pub(super) struct Engine<'a> {
@@ -126,6 +126,7 @@ impl<'a> Engine<'a> {
                     Some(Msg::Failed(e)) => return Err(e),
                     None => {
                         self.write_acc().await?;
+                        self.settle().await?;
                         self.checkpoint(store, commit_tx).await?;
                         let stopped = *stop.borrow();
                         tracing::info!(pipeline = %self.pipeline.name, stopped, "pipeline finished");
@@ -169,6 +170,7 @@ impl<'a> Engine<'a> {
         if batch.num_rows() == 0 {
             if self.acc.is_empty() {
                 self.position.merge(&batch.offsets);
+                self.moved();
                 self.dirty = true;
             } else {
                 self.acc.push(batch);
@@ -251,7 +253,9 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Writes the accumulated batches, as one, to every sink.
+    /// Writes the accumulated batches, as one, to every sink; one by one while a sink
+    /// catches up, so that its count ends where a source batch ends, at a position to
+    /// compare with the one it stored.
     async fn write_acc(&mut self) -> Result<()> {
         if self.acc.is_empty() {
             return Ok(());
@@ -260,95 +264,197 @@ impl<'a> Engine<'a> {
         self.acc_rows = 0;
         self.acc_bytes = 0;
         self.acc_since = None;
-        let mut offsets = Offsets::new();
-        for b in &batches {
-            offsets.merge(&b.offsets);
-        }
-        let with_rows: Vec<&RecordBatch> = batches
-            .iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| &b.records)
-            .collect();
-        let mut records = match with_rows.len() {
-            0 => None,
-            1 => Some(with_rows[0].clone()),
-            _ => Some(arrow_select::concat::concat_batches(
-                &with_rows[0].schema(),
-                with_rows.iter().copied(),
-            )?),
-        };
-        drop(batches);
-        if let Some(r) = records.take() {
-            // rows a query fails on are bad records, counted good when they were read
-            let (r, rejects) = self.chain.apply(r, &offsets).await?;
-            if !rejects.is_empty() {
-                self.reject(None, rejects).await?;
+        if self.sinks.iter().any(|s| s.catch_up.is_some()) {
+            for b in batches {
+                let records = (b.num_rows() > 0).then_some(b.records);
+                self.deliver(records, b.offsets).await?;
             }
-            records = Some(r);
-        }
-        // the ordinal sinks name records by: every record after the transforms, taken
-        // or refused, so a replay counts the same
-        let delivered = records.as_ref().map_or(0, |r| r.num_rows() as u64);
-        let first = self.position.records().unwrap_or(0);
-        if let Some(records) = records {
-            let rows = records.num_rows() as u64;
-            let bytes = records.get_array_memory_size() as u64;
-            let per_write = self.rows_per_write(&records);
-            // records out: those every sink took or was not meant to take (a refused
-            // record is a dead letter)
-            let mut taken = rows;
-            for i in 0..self.sinks.len() {
-                // what it holds already counts as taken
-                let mut written_here = skipped(&mut self.sinks[i], first, rows);
-                let records = records.slice(written_here as usize, (rows - written_here) as usize);
-                let routed = match self.sinks[i].route.as_mut() {
-                    Some(route) => {
-                        let (kept, rejects) = route.apply(&records, &offsets).await?;
-                        let elsewhere = records.num_rows() as u64
-                            - kept.num_rows() as u64
-                            - rejects.len() as u64;
-                        written_here += elsewhere;
-                        if !rejects.is_empty() {
-                            self.reject(None, rejects).await?;
-                        }
-                        kept
-                    }
-                    None => records.clone(),
-                };
-                let fitted = fit(&mut self.sinks[i], &routed)?;
-                // a source batch larger than [batch] allows goes out in parts; the
-                // offsets go with the last (they hold at its end)
-                let mut at = 0;
-                while at < fitted.num_rows() {
-                    let n = per_write.min(fitted.num_rows() - at);
-                    let part = fitted.slice(at, n);
-                    at += n;
-                    // a slice reports its whole buffers: its share of them instead
-                    let share = fitted.get_array_memory_size() as u128 * n as u128
-                        / fitted.num_rows().max(1) as u128;
-                    let part_offsets = match at == fitted.num_rows() {
-                        true => offsets.clone(),
-                        false => Offsets::new(),
-                    };
-                    let written = self.write_part(i, Batch::new(part, part_offsets)).await?;
-                    written_here += written as u64;
-                    if let Some(m) = self.metrics.sink(&self.sinks[i].name) {
-                        m.records.fetch_add(written as u64, Ordering::Relaxed);
-                        let bytes = share * written as u128 / n.max(1) as u128;
-                        m.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-                        m.batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                taken = taken.min(written_here);
+        } else {
+            let mut offsets = Offsets::new();
+            for b in &batches {
+                offsets.merge(&b.offsets);
             }
-            self.metrics.records_out.fetch_add(taken, Ordering::Relaxed);
-            self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+            let with_rows: Vec<&RecordBatch> = batches
+                .iter()
+                .filter(|b| b.num_rows() > 0)
+                .map(|b| &b.records)
+                .collect();
+            let records = match with_rows.len() {
+                0 => None,
+                1 => Some(with_rows[0].clone()),
+                _ => Some(arrow_select::concat::concat_batches(
+                    &with_rows[0].schema(),
+                    with_rows.iter().copied(),
+                )?),
+            };
+            drop(batches);
+            self.deliver(records, offsets).await?;
         }
         self.metrics.recovered();
         self.permits.clear();
-        self.position.merge(&offsets);
-        self.position.add_records(delivered);
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Runs `records` through the transforms and writes them to every sink; the
+    /// position moves to `offsets`.
+    async fn deliver(&mut self, records: Option<RecordBatch>, offsets: Offsets) -> Result<()> {
+        let records = match records {
+            Some(r) => {
+                // rows a query fails on are bad records, counted good when they were read
+                let (r, rejects) = self.chain.apply(r, &offsets).await?;
+                if !rejects.is_empty() {
+                    self.reject(None, rejects).await?;
+                }
+                Some(r)
+            }
+            None => None,
+        };
+        // the ordinal sinks name records by: every record after the transforms, taken
+        // or refused, so a replay counts the same
+        let first = self.position.records().unwrap_or(0);
+        self.position.merge(&offsets);
+        self.position
+            .add_records(records.as_ref().map_or(0, |r| r.num_rows() as u64));
+        let Some(records) = records else {
+            self.moved();
+            return Ok(());
+        };
+        let rows = records.num_rows() as u64;
+        let bytes = records.get_array_memory_size() as u64;
+        // records out: those every sink took or was not meant to take (a refused
+        // record is a dead letter)
+        let mut taken = rows;
+        for i in 0..self.sinks.len() {
+            let step = match self.sinks[i].catch_up.as_mut() {
+                Some(c) => {
+                    let limit = self.pipeline.batch.max_in_flight.0 as usize;
+                    c.next(first, &records, &self.position, limit)
+                }
+                None => Step::GiveUp(vec![records.clone()], String::new()),
+            };
+            let written = match step {
+                Step::Hold => rows,
+                Step::CaughtUp => {
+                    self.caught_up(i);
+                    rows
+                }
+                Step::GiveUp(batches, why) => {
+                    if !why.is_empty() {
+                        self.gave_up(i, &why);
+                    }
+                    let mut written = 0;
+                    let last = batches.len().saturating_sub(1);
+                    for (n, b) in batches.iter().enumerate() {
+                        let with = match n == last {
+                            true => offsets.clone(),
+                            false => Offsets::new(),
+                        };
+                        written = self.write_to(i, b, &with).await?;
+                    }
+                    written
+                }
+            };
+            taken = taken.min(written);
+        }
+        self.metrics.records_out.fetch_add(taken, Ordering::Relaxed);
+        self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes `records` to sink `i` through its route and drift policy, in parts of
+    /// at most `[batch]`'s size, `offsets` with the last; returns the records it took
+    /// or was not meant to take.
+    async fn write_to(
+        &mut self,
+        i: usize,
+        records: &RecordBatch,
+        offsets: &Offsets,
+    ) -> Result<u64> {
+        let rows = records.num_rows() as u64;
+        let per_write = self.rows_per_write(records);
+        let mut written_here = 0;
+        let routed = match self.sinks[i].route.as_mut() {
+            Some(route) => {
+                let (kept, rejects) = route.apply(records, offsets).await?;
+                written_here += rows - kept.num_rows() as u64 - rejects.len() as u64;
+                if !rejects.is_empty() {
+                    self.reject(None, rejects).await?;
+                }
+                kept
+            }
+            None => records.clone(),
+        };
+        let fitted = fit(&mut self.sinks[i], &routed)?;
+        // a source batch larger than [batch] allows goes out in parts; the offsets go
+        // with the last (they hold at its end)
+        let mut at = 0;
+        while at < fitted.num_rows() {
+            let n = per_write.min(fitted.num_rows() - at);
+            let part = fitted.slice(at, n);
+            at += n;
+            // a slice reports its whole buffers: its share of them instead
+            let share = fitted.get_array_memory_size() as u128 * n as u128
+                / fitted.num_rows().max(1) as u128;
+            let part_offsets = match at == fitted.num_rows() {
+                true => offsets.clone(),
+                false => Offsets::new(),
+            };
+            let written = self.write_part(i, Batch::new(part, part_offsets)).await?;
+            written_here += written as u64;
+            if let Some(m) = self.metrics.sink(&self.sinks[i].name) {
+                m.records.fetch_add(written as u64, Ordering::Relaxed);
+                let bytes = share * written as u128 / n.max(1) as u128;
+                m.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                m.batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(written_here)
+    }
+
+    /// The position moved without records: a sink whose count is at its ordinal may
+    /// now be where it stored its offsets.
+    fn moved(&mut self) {
+        for i in 0..self.sinks.len() {
+            if self.sinks[i]
+                .catch_up
+                .as_ref()
+                .is_some_and(|c| c.moved(&self.position))
+            {
+                self.caught_up(i);
+            }
+        }
+    }
+
+    fn caught_up(&mut self, i: usize) {
+        let slot = &mut self.sinks[i];
+        if let Some(c) = slot.catch_up.take() {
+            tracing::info!(pipeline = %self.pipeline.name, sink = %slot.name, records = c.until(), "the sink has caught up with what it held before the restart: nothing of it was written again");
+        }
+    }
+
+    fn gave_up(&mut self, i: usize, why: &str) {
+        let slot = &mut self.sinks[i];
+        if slot.catch_up.take().is_some() {
+            tracing::warn!(pipeline = %self.pipeline.name, sink = %slot.name, "the records read again since the restart are not provably those the sink held ({why}): it gets them all, at least once");
+        }
+    }
+
+    /// The source ended: a sink still catching up gets what was held for it.
+    async fn settle(&mut self) -> Result<()> {
+        for i in 0..self.sinks.len() {
+            let Some(c) = self.sinks[i].catch_up.as_mut() else {
+                continue;
+            };
+            let Step::GiveUp(batches, why) = c.ended() else {
+                continue;
+            };
+            self.gave_up(i, &why);
+            for b in &batches {
+                self.write_to(i, b, &Offsets::new()).await?;
+            }
+            self.dirty = true;
+        }
         Ok(())
     }
 
@@ -416,8 +522,10 @@ impl<'a> Engine<'a> {
         if !self.dirty {
             return Ok(());
         }
-        let caught_up = self.sinks.iter_mut().filter(|s| s.skip.is_none());
-        for slot in caught_up.chain(self.dead_letter.iter_mut()) {
+        // dead letters first: a sink that was ahead when the run restarts does not
+        // route or refuse again what it holds
+        let caught_up = self.sinks.iter_mut().filter(|s| s.catch_up.is_none());
+        for slot in self.dead_letter.iter_mut().chain(caught_up) {
             let started = Instant::now();
             retrying!(self.policy, "sink flush", slot.sink.flush(&self.position))
                 .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
@@ -438,20 +546,6 @@ impl<'a> Engine<'a> {
         tracing::debug!(pipeline = %self.pipeline.name, "checkpoint stored");
         Ok(())
     }
-}
-
-/// How many of the `rows` records from ordinal `first` on the sink already holds;
-/// its skip ends when they reach the first it does not.
-fn skipped(slot: &mut SinkSlot, first: u64, rows: u64) -> u64 {
-    let Some(skip) = &slot.skip else {
-        return 0;
-    };
-    let held = skip.until.saturating_sub(first).min(rows);
-    if first + rows >= skip.until {
-        tracing::info!(sink = %slot.name, records = skip.until, "the sink has caught up with what it held before the restart");
-        slot.skip = None;
-    }
-    held
 }
 
 /// `records` fitted to the sink's schema by its drift policy (the first batch sets the

@@ -3,11 +3,13 @@
 //! A sink that stores offsets with its data says exactly what it has. One such sink
 //! alone: the run resumes from its offsets. Several: a crash between two sinks' flushes
 //! leaves some ahead of the others, so the run resumes from the oldest position, and
-//! each sink that was ahead skips the records it has, counted by the ordinal the
-//! runtime keeps beside the splits ([`Offsets::RECORDS`]). That count means the same
-//! records only when the source reads them again in the same order
+//! each sink that was ahead catches up: it is handed none of the records up to its own,
+//! counted by the ordinal the runtime keeps beside the splits ([`Offsets::RECORDS`]),
+//! once the run is confirmed to be where it stored them (`pipeline/catch_up.rs`). The
+//! count is worth trying only when the source reads in the same order again
 //! ([`connector_api::Source::replays_in_order`]); other sources resume from the
-//! checkpoint store, and a sink ahead of it may receive records again.
+//! checkpoint store, and a sink ahead of it may receive records again. A new or emptied
+//! sink beside sinks that hold data starts where they are.
 
 use connector_api::Offsets;
 
@@ -25,15 +27,17 @@ pub(super) struct Resume {
 pub(super) struct Skip {
     /// The ordinal of the first record the sink does not hold.
     pub(super) until: u64,
-    /// The offsets it stored there: the position the run must be at when it gets there.
+    /// The offsets it stored there: the position the run must be at when the count
+    /// gets there, for the records read again to be those it has.
     pub(super) stored: Offsets,
 }
 
 /// A note for the log about the choice made.
 #[derive(Debug, PartialEq)]
 pub(super) enum Note {
-    /// A sink holds nothing although the checkpoint store has a position: its data was
-    /// removed or replaced, and it gets everything from the start.
+    /// A sink holds nothing although the checkpoint store or other sinks have a
+    /// position: new, or its data was removed or replaced. Alone, it gets everything
+    /// from the start; beside sinks that hold data, the records from where they are.
     Emptied(usize),
     /// Sinks stored different positions and the source does not read in the same order
     /// again (or a position has no ordinal): these sinks, ahead of where the run starts,
@@ -52,32 +56,40 @@ pub(super) fn plan(
     let stored = stored.unwrap_or_default();
     let none = vec![None; sinks.len()];
     let mut notes = Vec::new();
-    for (i, offsets) in sinks.iter().enumerate() {
-        if offsets.as_ref().is_some_and(Offsets::is_empty) && !stored.is_empty() {
-            notes.push(Note::Emptied(i));
-        }
-    }
     // a sink that keeps no offsets has at least what the checkpoint store says
     let mut candidates: Vec<&Offsets> = sinks.iter().flatten().collect();
     if candidates.len() < sinks.len() {
         candidates.push(&stored);
     }
-    let first = match candidates.first() {
-        Some(first) => *first,
-        None => return (resume(stored, none), notes),
+    // a new or emptied sink beside sinks that hold data starts where they are: reading
+    // everything again for it would have them hold back all they have
+    let held: Vec<&Offsets> = candidates
+        .iter()
+        .copied()
+        .filter(|c| !c.is_empty())
+        .collect();
+    for (i, offsets) in sinks.iter().enumerate() {
+        let emptied = offsets.as_ref().is_some_and(Offsets::is_empty);
+        if emptied && (!stored.is_empty() || !held.is_empty()) {
+            notes.push(Note::Emptied(i));
+        }
+    }
+    let candidates = if held.is_empty() { candidates } else { held };
+    let Some(first) = candidates.first().copied() else {
+        return (
+            Resume {
+                from: stored,
+                skips: none,
+            },
+            notes,
+        );
     };
     if candidates.iter().all(|c| *c == first) {
-        return (resume(first.clone(), none), notes);
+        let from = first.clone();
+        return (Resume { from, skips: none }, notes);
     }
-    let ordinal = |o: &Offsets| match o.is_empty() {
-        true => Some(0),
-        false => o.records(),
-    };
-    let oldest = match candidates
-        .iter()
-        .map(|c| ordinal(c))
-        .collect::<Option<Vec<_>>>()
-    {
+    let ordinals: Option<Vec<u64>> = candidates.iter().map(|c| c.records()).collect();
+    let oldest = match ordinals {
         Some(ordinals) if in_order => {
             let at = (0..ordinals.len())
                 .min_by_key(|&i| ordinals[i])
@@ -87,20 +99,28 @@ pub(super) fn plan(
         _ => None,
     };
     let Some((from, start)) = oldest else {
-        let ahead = sinks
+        let ahead: Vec<usize> = sinks
             .iter()
             .enumerate()
             .filter(|(_, o)| o.as_ref().is_some_and(|o| *o != stored && !o.is_empty()))
             .map(|(i, _)| i)
             .collect();
-        notes.push(Note::MayRepeat(ahead));
-        return (resume(stored, none), notes);
+        if !ahead.is_empty() {
+            notes.push(Note::MayRepeat(ahead));
+        }
+        return (
+            Resume {
+                from: stored,
+                skips: none,
+            },
+            notes,
+        );
     };
     let skips = sinks
         .iter()
         .map(|o| {
             let o = o.as_ref()?;
-            let until = ordinal(o)?;
+            let until = o.records()?;
             (until > start).then(|| Skip {
                 until,
                 stored: o.clone(),
@@ -108,10 +128,6 @@ pub(super) fn plan(
         })
         .collect();
     (Resume { from, skips }, notes)
-}
-
-fn resume(from: Offsets, skips: Vec<Option<Skip>>) -> Resume {
-    Resume { from, skips }
 }
 
 #[cfg(test)]
@@ -155,12 +171,9 @@ mod tests {
 
     #[test]
     fn a_sink_without_offsets_holds_the_store_back() {
-        // the file sink next to two transactional ones has what the store says
-        let (r, _) = plan(
-            &[Some(at(6, 60)), None, Some(at(7, 70))],
-            Some(at(5, 50)),
-            true,
-        );
+        // the blackhole beside two transactional sinks has what the store says
+        let sinks = [Some(at(6, 60)), None, Some(at(7, 70))];
+        let (r, _) = plan(&sinks, Some(at(5, 50)), true);
         assert_eq!(r.from, at(5, 50));
         let skips: Vec<_> = r
             .skips
@@ -171,23 +184,28 @@ mod tests {
     }
 
     #[test]
-    fn an_emptied_or_new_sink_reads_from_the_start_and_the_others_skip_all_they_hold() {
-        let (r, notes) = plan(
-            &[Some(at(6, 60)), Some(Offsets::new())],
-            Some(at(6, 60)),
-            true,
-        );
-        assert_eq!(r.from, Offsets::new());
-        assert_eq!(r.skips[0].as_ref().unwrap().until, 60);
+    fn an_emptied_or_new_sink_beside_others_starts_where_they_are() {
+        let sinks = [Some(at(6, 60)), Some(Offsets::new())];
+        let (r, notes) = plan(&sinks, Some(at(6, 60)), true);
+        assert_eq!(r.from, at(6, 60));
+        assert_eq!(r.skips, vec![None, None]);
         assert_eq!(notes, vec![Note::Emptied(1)]);
+        // alone, it reads from the start: its data is gone
+        let (r, notes) = plan(&[Some(Offsets::new())], Some(at(6, 60)), true);
+        assert_eq!(r.from, Offsets::new());
+        assert_eq!(notes, vec![Note::Emptied(0)]);
     }
 
     #[test]
     fn a_source_that_does_not_replay_in_order_resumes_from_the_store() {
-        let (r, notes) = plan(&[Some(at(6, 60)), Some(at(5, 50))], Some(at(5, 50)), false);
+        let sinks = [Some(at(6, 60)), Some(at(5, 50))];
+        let (r, notes) = plan(&sinks, Some(at(5, 50)), false);
         assert_eq!(r.from, at(5, 50));
         assert_eq!(r.skips, vec![None, None]);
         assert_eq!(notes, vec![Note::MayRepeat(vec![0])]);
+        // nothing to say when no sink is ahead of the checkpoint
+        let (_, notes) = plan(&[None, Some(at(5, 50))], Some(at(5, 50)), false);
+        assert!(notes.is_empty(), "{notes:?}");
     }
 
     #[test]

@@ -303,10 +303,10 @@ impl Source for PostgresSource {
         Ok(())
     }
 
-    /// Key order, one physical stream, and the WAL are replayed in order; several
-    /// physical streams interleave as they arrive.
+    /// Key order and the WAL are read in order again; physical order is not (rows
+    /// updated meanwhile move, and several streams interleave as they arrive).
     fn replays_in_order(&self) -> bool {
-        !(self.config.snapshot_order == SnapshotOrder::Physical && self.config.snapshot_readers > 1)
+        self.config.snapshot_order != SnapshotOrder::Physical
     }
 
     async fn next_batch(&mut self) -> Result<Option<Batch>> {

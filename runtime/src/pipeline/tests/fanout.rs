@@ -66,7 +66,7 @@ async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_i
 }
 
 #[tokio::test]
-async fn a_sink_added_later_gets_everything_and_the_others_nothing_again() {
+async fn a_sink_added_later_starts_where_the_others_are() {
     let named = stores(None);
     let only_a = ROUTED.split("[sinks.b]").next().unwrap();
     let s = setup_named(source(300, 10), &named, only_a);
@@ -74,12 +74,38 @@ async fn a_sink_added_later_gets_everything_and_the_others_nothing_again() {
         .await
         .unwrap();
     assert_eq!(ids(&named["a"]), kept(300, true));
-    let s = setup_named(source(300, 10), &named, ROUTED);
+    let s = setup_named(source(600, 10), &named, ROUTED);
     run(&s.pipeline, &s.registry, never(), s.metrics.clone())
         .await
         .unwrap();
-    assert_eq!(ids(&named["a"]), kept(300, true));
-    assert_eq!(ids(&named["b"]), kept(300, false));
+    assert_eq!(ids(&named["a"]), kept(600, true));
+    let b: Vec<i64> = kept(600, false).into_iter().filter(|i| *i >= 300).collect();
+    assert_eq!(ids(&named["b"]), b);
+}
+
+#[tokio::test]
+async fn records_that_changed_before_the_restart_reach_the_sink_that_was_ahead_at_least_once() {
+    // the restart reads one id fewer in each batch (deleted meanwhile): the count
+    // cannot end where the sink stored its offsets, so it gets what was read for it
+    // again rather than skip records it does not have
+    let named = stores(Some("b"));
+    let mut src = source(300, 10);
+    src.paced = true;
+    src.rerun = Some(id_batches(300, 10).iter().map(|b| b.slice(0, 9)).collect());
+    let s = setup_named(src, &named, ROUTED);
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
+    let a = ids(&named["a"]);
+    let mut once = a.clone();
+    once.dedup();
+    assert!(a.len() > once.len(), "nothing repeated: {a:?}");
+    let missing: Vec<i64> = kept(300, true)
+        .into_iter()
+        .filter(|i| i % 10 != 9 && once.binary_search(i).is_err())
+        .collect();
+    assert!(missing.is_empty(), "lost {missing:?}");
 }
 
 #[tokio::test]

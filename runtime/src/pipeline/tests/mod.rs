@@ -47,6 +47,10 @@ struct TestSource {
     /// Reads again in the same order (as [`MemorySource`] does); false: as a source
     /// of interleaved partitions.
     in_order: bool,
+    /// What the runs after the first read instead of `batches` (the input changed, or
+    /// the source cuts it into other batches).
+    rerun: Option<Vec<arrow_array::RecordBatch>>,
+    runs: std::sync::atomic::AtomicUsize,
     log: Log,
 }
 
@@ -119,7 +123,11 @@ impl DynSourceConnector for TestSource {
         Ok(())
     }
     fn create_source(&self, _: &serde_json::Value) -> Result<Box<dyn Source>> {
-        let mut inner = MemorySource::new(self.batches.clone());
+        let batches = match &self.rerun {
+            Some(rerun) if self.runs.fetch_add(1, Ordering::Relaxed) > 0 => rerun.clone(),
+            _ => self.batches.clone(),
+        };
+        let mut inner = MemorySource::new(batches);
         inner.fail_at = self.fail_at;
         Ok(Box::new(LoggedSource {
             inner,
@@ -309,6 +317,8 @@ fn source(rows: usize, batch: usize) -> TestSource {
         paced: false,
         then_wait: false,
         in_order: true,
+        rerun: None,
+        runs: Default::default(),
         log: Log::default(),
     }
 }
