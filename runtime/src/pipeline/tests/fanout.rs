@@ -5,20 +5,8 @@
 use super::*;
 
 /// The ids a store has flushed, sorted (repeats kept).
-fn ids(sink: &MemorySink) -> Vec<i64> {
-    let store = sink.store.lock().unwrap();
-    let mut ids: Vec<i64> = store
-        .flushed
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<arrow_array::types::Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    ids.sort();
-    ids
+fn flushed(sink: &MemorySink) -> Vec<i64> {
+    ids(&sink.store.lock().unwrap().flushed)
 }
 
 fn stores(faulty: Option<&str>) -> HashMap<String, MemorySink> {
@@ -58,8 +46,8 @@ async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_i
         .await
         .unwrap();
     assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
-    assert_eq!(ids(&named["a"]), kept(300, true));
-    assert_eq!(ids(&named["b"]), kept(300, false));
+    assert_eq!(flushed(&named["a"]), kept(300, true));
+    assert_eq!(flushed(&named["b"]), kept(300, false));
     // "a" was not flushed while it caught up: its stored offsets never went back
     let a = named["a"].store.lock().unwrap().offsets.clone().unwrap();
     assert_eq!(a.records(), Some(kept(300, false).len() as u64));
@@ -73,14 +61,14 @@ async fn a_sink_added_later_starts_where_the_others_are() {
     run(&s.pipeline, &s.registry, never(), s.metrics.clone())
         .await
         .unwrap();
-    assert_eq!(ids(&named["a"]), kept(300, true));
+    assert_eq!(flushed(&named["a"]), kept(300, true));
     let s = setup_named(source(600, 10), &named, ROUTED);
     run(&s.pipeline, &s.registry, never(), s.metrics.clone())
         .await
         .unwrap();
-    assert_eq!(ids(&named["a"]), kept(600, true));
+    assert_eq!(flushed(&named["a"]), kept(600, true));
     let b: Vec<i64> = kept(600, false).into_iter().filter(|i| *i >= 300).collect();
-    assert_eq!(ids(&named["b"]), b);
+    assert_eq!(flushed(&named["b"]), b);
 }
 
 #[tokio::test]
@@ -97,7 +85,7 @@ async fn records_that_changed_before_the_restart_reach_the_sink_that_was_ahead_a
         .await
         .unwrap();
     assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
-    let a = ids(&named["a"]);
+    let a = flushed(&named["a"]);
     let mut once = a.clone();
     once.dedup();
     assert!(a.len() > once.len(), "nothing repeated: {a:?}");
@@ -119,8 +107,8 @@ async fn a_source_that_reads_in_another_order_again_resumes_from_the_checkpoint(
         .await
         .unwrap();
     // "b" was at the checkpoint: exactly once; "a" gets its last flush again
-    assert_eq!(ids(&named["b"]), kept(300, false));
-    let mut a = ids(&named["a"]);
+    assert_eq!(flushed(&named["b"]), kept(300, false));
+    let mut a = flushed(&named["a"]);
     assert!(a.len() > kept(300, true).len(), "nothing repeated: {a:?}");
     a.dedup();
     assert_eq!(a, kept(300, true));

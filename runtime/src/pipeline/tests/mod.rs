@@ -334,20 +334,22 @@ fn never() -> Control {
 /// Every id in 0..n exactly once in what the sink flushed.
 fn assert_exactly_once(sink: &MemorySink, n: usize) {
     let store = sink.store.lock().unwrap();
-    let mut ids: Vec<i64> = store
-        .flushed
-        .iter()
+    assert_eq!(ids(&store.flushed), (0..n as i64).collect::<Vec<_>>());
+}
+
+/// The ids (first column) of `batches`, sorted, repeats kept.
+fn ids<'a>(batches: impl IntoIterator<Item = &'a arrow_array::RecordBatch>) -> Vec<i64> {
+    let mut ids: Vec<i64> = batches
+        .into_iter()
         .flat_map(|b| {
             b.column(0)
-                .as_any()
-                .downcast_ref::<arrow_array::Int64Array>()
-                .unwrap()
+                .as_primitive::<arrow_array::types::Int64Type>()
                 .values()
                 .to_vec()
         })
         .collect();
     ids.sort();
-    assert_eq!(ids, (0..n as i64).collect::<Vec<_>>());
+    ids
 }
 
 #[tokio::test]
@@ -527,18 +529,8 @@ async fn records_a_sink_refuses_go_to_the_dead_letter_sink_and_the_rest_is_writt
     let (letters, data): (Vec<_>, Vec<_>) = flushed
         .iter()
         .partition(|b| b.schema().field_with_name("pipeline").is_ok());
-    let mut ids: Vec<i64> = data
-        .iter()
-        .flat_map(|b| {
-            b.column(0)
-                .as_primitive::<arrow_array::types::Int64Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    ids.sort();
     let expected: Vec<i64> = (0..100).filter(|i| *i != 3 && *i != 7).collect();
-    assert_eq!(ids, expected);
+    assert_eq!(ids(data), expected);
     let positions: Vec<String> = letters
         .iter()
         .flat_map(|b| {
