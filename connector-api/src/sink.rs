@@ -56,10 +56,12 @@ pub trait Sink: Send {
     /// The position this sink's records resume from, told after `open` and before the
     /// first `write`: where the run starts (the oldest sink's offsets, or the
     /// checkpoint; empty: the start), or this sink's own offsets when it was ahead and
-    /// catches up. Records then come in the order they came after that position
-    /// before, for a source that reads in order, so a sink whose writes are made
-    /// idempotent by position (message ids a broker de-duplicates) derives them from
-    /// it. Default: nothing. Not called across the plugin boundary yet.
+    /// catches up (if the run cannot confirm that the records read again are those it
+    /// has, it gets them after all, from where the run started). Records then come in
+    /// the order they came after that position before, for a source that reads in
+    /// order, so a sink whose writes are made idempotent by position (message ids a
+    /// broker de-duplicates) derives them from it. Default: nothing. Not called across
+    /// the plugin boundary yet.
     async fn resume(&mut self, from: &Offsets) -> Result<()> {
         let _ = from;
         Ok(())

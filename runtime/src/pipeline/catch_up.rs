@@ -6,18 +6,24 @@
 //! until the count reaches the sink's ordinal at the end of a batch with the run at
 //! exactly the position the sink stored: then it is caught up, and what was held is
 //! what it has. Anything else (a batch across that ordinal, another position there, a
-//! source that ends first, more held than `batch.max_in_flight`) means the records read
-//! again are not those it has: it gets everything held, at least once, never fewer.
+//! source that ends first, more held than [`HELD_PER_IN_FLIGHT`] times
+//! `batch.max_in_flight`) means the records read again are not provably those it has:
+//! it gets everything held, at least once, never fewer.
 
 use arrow_array::RecordBatch;
 use connector_api::Offsets;
 
 use super::resume::Skip;
 
+/// How much a sink catching up may hold, in `batch.max_in_flight`s: about what one
+/// checkpoint interval reads, which is how far one sink can be ahead of another.
+pub(super) const HELD_PER_IN_FLIGHT: usize = 16;
+
 /// What a sink holds and the records read again while it catches up.
 pub(super) struct CatchUp {
     skip: Skip,
-    held: Vec<RecordBatch>,
+    /// Each batch read again with the offsets it advanced.
+    held: Vec<(RecordBatch, Offsets)>,
     bytes: usize,
     /// The count is at the ordinal; the position may still move to the stored one
     /// (offsets that advance without records).
@@ -31,9 +37,9 @@ pub(super) enum Step {
     Hold,
     /// Nothing: confirmed, it has everything held and this batch; it is caught up.
     CaughtUp,
-    /// Write these batches, in order (the held ones, this one last): the records read
-    /// again are not provably those it has. Says why.
-    GiveUp(Vec<RecordBatch>, String),
+    /// Write these batches with their offsets, in order (the held ones, this one
+    /// last): the records read again are not provably those it has. Says why.
+    GiveUp(Vec<(RecordBatch, Offsets)>, String),
 }
 
 impl CatchUp {
@@ -51,19 +57,21 @@ impl CatchUp {
         self.skip.until
     }
 
-    /// `records` (ordinals from `first` on) were read; the run is now at `at`.
-    /// `limit`: the bytes it may hold.
+    /// `records` (ordinals from `first` on, advancing `offsets`) were read; the run is
+    /// now at `at`. `limit`: the bytes it may hold. Records, not an empty batch: the
+    /// run moving without records is [`CatchUp::moved`].
     pub(super) fn next(
         &mut self,
         first: u64,
         records: &RecordBatch,
+        offsets: &Offsets,
         at: &Offsets,
         limit: usize,
     ) -> Step {
         let end = first + records.num_rows() as u64;
         let until = self.skip.until;
         self.bytes += records.get_array_memory_size();
-        self.held.push(records.clone());
+        self.held.push((records.clone(), offsets.clone()));
         if self.reached {
             return self.give_up(format!(
                 "at record {until} the run was at {} but the sink stored {}",
@@ -86,7 +94,7 @@ impl CatchUp {
         }
         if self.bytes > limit {
             return self.give_up(format!(
-                "{} bytes read again before record {until}, more than batch.max_in_flight",
+                "{} bytes read again before record {until}, more than {HELD_PER_IN_FLIGHT} times batch.max_in_flight",
                 self.bytes
             ));
         }
@@ -138,8 +146,14 @@ mod tests {
     fn the_same_records_to_the_same_position_catch_up() {
         let b = id_batches(10, 10).remove(0);
         let mut c = catch_up_to(20);
-        assert!(matches!(c.next(0, &b, &at(10), 1 << 20), Step::Hold));
-        assert!(matches!(c.next(10, &b, &at(20), 1 << 20), Step::CaughtUp));
+        assert!(matches!(
+            c.next(0, &b, &Offsets::new(), &at(10), 1 << 20),
+            Step::Hold
+        ));
+        assert!(matches!(
+            c.next(10, &b, &Offsets::new(), &at(20), 1 << 20),
+            Step::CaughtUp
+        ));
     }
 
     #[test]
@@ -148,7 +162,10 @@ mod tests {
         let mut c = catch_up_to(10);
         let mut before = at(9);
         before.add_records(1);
-        assert!(matches!(c.next(0, &b, &before, 1 << 20), Step::Hold));
+        assert!(matches!(
+            c.next(0, &b, &Offsets::new(), &before, 1 << 20),
+            Step::Hold
+        ));
         assert!(!c.moved(&before));
         assert!(c.moved(&at(10)));
     }
@@ -159,8 +176,11 @@ mod tests {
         let mut c = catch_up_to(10);
         let mut other = at(12);
         other.add_records(0);
-        assert!(matches!(c.next(0, &b, &other, 1 << 20), Step::Hold));
-        match c.next(10, &b, &at(20), 1 << 20) {
+        assert!(matches!(
+            c.next(0, &b, &Offsets::new(), &other, 1 << 20),
+            Step::Hold
+        ));
+        match c.next(10, &b, &Offsets::new(), &at(20), 1 << 20) {
             Step::GiveUp(batches, why) => {
                 assert_eq!(batches.len(), 2);
                 assert!(why.contains("the sink stored"), "{why}");
@@ -173,12 +193,22 @@ mod tests {
     fn a_batch_across_the_ordinal_or_too_much_held_gives_everything_held() {
         let b = id_batches(10, 10).remove(0);
         let mut c = catch_up_to(15);
-        assert!(matches!(c.next(0, &b, &at(10), 1 << 20), Step::Hold));
-        assert!(matches!(c.next(10, &b, &at(20), 1 << 20), Step::GiveUp(v, _) if v.len() == 2));
+        assert!(matches!(
+            c.next(0, &b, &Offsets::new(), &at(10), 1 << 20),
+            Step::Hold
+        ));
+        assert!(
+            matches!(c.next(10, &b, &Offsets::new(), &at(20), 1 << 20), Step::GiveUp(v, _) if v.len() == 2)
+        );
         let mut c = catch_up_to(100);
-        assert!(matches!(c.next(0, &b, &at(10), 1), Step::GiveUp(v, _) if v.len() == 1));
+        assert!(
+            matches!(c.next(0, &b, &Offsets::new(), &at(10), 1), Step::GiveUp(v, _) if v.len() == 1)
+        );
         let mut c = catch_up_to(100);
-        assert!(matches!(c.next(0, &b, &at(10), 1 << 20), Step::Hold));
+        assert!(matches!(
+            c.next(0, &b, &Offsets::new(), &at(10), 1 << 20),
+            Step::Hold
+        ));
         assert!(matches!(c.ended(), Step::GiveUp(v, _) if v.len() == 1));
     }
 }

@@ -61,20 +61,25 @@ pub(super) fn plan(
     if candidates.len() < sinks.len() {
         candidates.push(&stored);
     }
-    // a new or emptied sink beside sinks that hold data starts where they are: reading
-    // everything again for it would have them hold back all they have
-    let held: Vec<&Offsets> = candidates
-        .iter()
-        .copied()
-        .filter(|c| !c.is_empty())
-        .collect();
-    for (i, offsets) in sinks.iter().enumerate() {
-        let emptied = offsets.as_ref().is_some_and(Offsets::is_empty);
-        if emptied && (!stored.is_empty() || !held.is_empty()) {
-            notes.push(Note::Emptied(i));
+    // once a checkpoint is stored every sink has flushed: one holding nothing is new
+    // or was emptied, and beside sinks that hold data it starts where they are
+    // (reading everything again for it would have them hold back all they have).
+    // Before the first checkpoint, holding nothing is being at the start.
+    if !stored.is_empty() {
+        for (i, offsets) in sinks.iter().enumerate() {
+            if offsets.as_ref().is_some_and(Offsets::is_empty) {
+                notes.push(Note::Emptied(i));
+            }
+        }
+        let held: Vec<&Offsets> = candidates
+            .iter()
+            .copied()
+            .filter(|c| !c.is_empty())
+            .collect();
+        if !held.is_empty() {
+            candidates = held;
         }
     }
-    let candidates = if held.is_empty() { candidates } else { held };
     let Some(first) = candidates.first().copied() else {
         return (
             Resume {
@@ -88,7 +93,12 @@ pub(super) fn plan(
         let from = first.clone();
         return (Resume { from, skips: none }, notes);
     }
-    let ordinals: Option<Vec<u64>> = candidates.iter().map(|c| c.records()).collect();
+    // empty offsets: the start, before any record
+    let ordinal = |c: &&Offsets| match c.is_empty() {
+        true => Some(0),
+        false => c.records(),
+    };
+    let ordinals: Option<Vec<u64>> = candidates.iter().map(ordinal).collect();
     let oldest = match ordinals {
         Some(ordinals) if in_order => {
             let at = (0..ordinals.len())
@@ -194,6 +204,19 @@ mod tests {
         let (r, notes) = plan(&[Some(Offsets::new())], Some(at(6, 60)), true);
         assert_eq!(r.from, Offsets::new());
         assert_eq!(notes, vec![Note::Emptied(0)]);
+    }
+
+    #[test]
+    fn before_the_first_checkpoint_holding_nothing_is_being_at_the_start() {
+        // the first sink flushed, the second had not when the run died
+        let (r, notes) = plan(&[Some(at(6, 60)), Some(Offsets::new())], None, true);
+        assert_eq!(r.from, Offsets::new());
+        assert_eq!(r.skips[0].as_ref().map(|s| s.until), Some(60));
+        assert!(notes.is_empty(), "{notes:?}");
+        // a sink keeping no offsets has nothing before the first checkpoint either
+        let (r, _) = plan(&[Some(at(6, 60)), None], None, true);
+        assert_eq!(r.from, Offsets::new());
+        assert_eq!(r.skips[0].as_ref().map(|s| s.until), Some(60));
     }
 
     #[test]

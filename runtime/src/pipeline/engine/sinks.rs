@@ -9,7 +9,7 @@ use arrow_array::RecordBatch;
 use arrow_schema::Schema;
 use connector_api::{Batch, Offsets, Reject, Result};
 
-use super::super::catch_up::Step;
+use super::super::catch_up::{Step, HELD_PER_IN_FLIGHT};
 use super::super::conform::conform;
 use super::{Engine, SinkSlot};
 use crate::config::Tolerance;
@@ -35,12 +35,14 @@ impl Engine<'_> {
             None => None,
         };
         // the ordinal sinks name records by: every record after the transforms, taken
-        // or refused, so a replay counts the same
+        // or refused, so a replay counts the same. The position moves before the
+        // writes: a failed write ends the run, and the next plans from the sinks
         let first = self.position.records().unwrap_or(0);
         self.position.merge(&offsets);
         self.position
             .add_records(records.as_ref().map_or(0, |r| r.num_rows() as u64));
-        let Some(records) = records else {
+        // a batch the transforms emptied moves the run as one without records does
+        let Some(records) = records.filter(|r| r.num_rows() > 0) else {
             self.moved();
             return Ok(());
         };
@@ -50,36 +52,24 @@ impl Engine<'_> {
         // record is a dead letter)
         let mut taken = rows;
         for i in 0..self.sinks.len() {
-            let step = match self.sinks[i].catch_up.as_mut() {
-                Some(c) => {
-                    let limit = self.pipeline.batch.max_in_flight.0 as usize;
-                    c.next(first, &records, &self.position, limit)
-                }
-                None => Step::GiveUp(vec![records.clone()], String::new()),
+            let Some(c) = self.sinks[i].catch_up.as_mut() else {
+                let written = self.write_to(i, &records, &offsets).await?;
+                taken = taken.min(written);
+                continue;
             };
-            let written = match step {
-                Step::Hold => rows,
-                Step::CaughtUp => {
-                    self.caught_up(i);
-                    rows
-                }
+            let limit = self.pipeline.batch.max_in_flight.0 as usize * HELD_PER_IN_FLIGHT;
+            match c.next(first, &records, &offsets, &self.position, limit) {
+                Step::Hold => {}
+                Step::CaughtUp => self.caught_up(i),
                 Step::GiveUp(batches, why) => {
-                    if !why.is_empty() {
-                        self.gave_up(i, &why);
-                    }
+                    self.gave_up(i, &why);
                     let mut written = 0;
-                    let last = batches.len().saturating_sub(1);
-                    for (n, b) in batches.iter().enumerate() {
-                        let with = match n == last {
-                            true => offsets.clone(),
-                            false => Offsets::new(),
-                        };
-                        written = self.write_to(i, b, &with).await?;
+                    for (b, with) in &batches {
+                        written = self.write_to(i, b, with).await?;
                     }
-                    written
+                    taken = taken.min(written);
                 }
-            };
-            taken = taken.min(written);
+            }
         }
         self.metrics.records_out.fetch_add(taken, Ordering::Relaxed);
         self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
@@ -174,8 +164,8 @@ impl Engine<'_> {
                 continue;
             };
             self.gave_up(i, &why);
-            for b in &batches {
-                self.write_to(i, b, &Offsets::new()).await?;
+            for (b, with) in &batches {
+                self.write_to(i, b, with).await?;
             }
             self.dirty = true;
         }

@@ -9,15 +9,15 @@ fn flushed(sink: &MemorySink) -> Vec<i64> {
     ids(&sink.store.lock().unwrap().flushed)
 }
 
-fn stores(faulty: Option<&str>) -> HashMap<String, MemorySink> {
+/// Stores "a" and "b"; with `faulty`, that store's flush of that index (0-based)
+/// loses its connection: the run restarts with "a" one checkpoint ahead of "b".
+fn stores(faulty: Option<(&str, usize)>) -> HashMap<String, MemorySink> {
     ["a", "b"]
         .into_iter()
         .map(|name| {
             let mut sink = MemorySink::new();
-            if faulty == Some(name) {
-                // the third flush loses its connection: the run restarts with "a"
-                // one checkpoint ahead of "b"
-                sink.faults.fail_flush_at = Some((2, ErrorKind::Aborted));
+            if let Some((_, at)) = faulty.filter(|(f, _)| *f == name) {
+                sink.faults.fail_flush_at = Some((at, ErrorKind::Aborted));
             }
             (name.to_string(), sink)
         })
@@ -38,7 +38,7 @@ fn kept(n: i64, even: bool) -> Vec<i64> {
 
 #[tokio::test]
 async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_into_neither() {
-    let named = stores(Some("b"));
+    let named = stores(Some(("b", 2)));
     let mut src = source(300, 10);
     src.paced = true;
     let s = setup_named(src, &named, ROUTED);
@@ -54,6 +54,21 @@ async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_i
 }
 
 #[tokio::test]
+async fn a_crash_between_two_sinks_first_flushes_resumes_from_the_start() {
+    // no checkpoint is stored yet: "b" holding nothing is at the start, not new
+    let named = stores(Some(("b", 0)));
+    let mut src = source(300, 10);
+    src.paced = true;
+    let s = setup_named(src, &named, ROUTED);
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
+    assert_eq!(flushed(&named["a"]), kept(300, true));
+    assert_eq!(flushed(&named["b"]), kept(300, false));
+}
+
+#[tokio::test]
 async fn a_sink_added_later_starts_where_the_others_are() {
     let named = stores(None);
     let only_a = ROUTED.split("[sinks.b]").next().unwrap();
@@ -62,7 +77,7 @@ async fn a_sink_added_later_starts_where_the_others_are() {
         .await
         .unwrap();
     assert_eq!(flushed(&named["a"]), kept(300, true));
-    let s = setup_named(source(600, 10), &named, ROUTED);
+    let s = setup_named_in(s._dir, source(600, 10), &named, ROUTED);
     run(&s.pipeline, &s.registry, never(), s.metrics.clone())
         .await
         .unwrap();
@@ -76,7 +91,7 @@ async fn records_that_changed_before_the_restart_reach_the_sink_that_was_ahead_a
     // the restart reads one id fewer in each batch (deleted meanwhile): the count
     // cannot end where the sink stored its offsets, so it gets what was read for it
     // again rather than skip records it does not have
-    let named = stores(Some("b"));
+    let named = stores(Some(("b", 2)));
     let mut src = source(300, 10);
     src.paced = true;
     src.rerun = Some(id_batches(300, 10).iter().map(|b| b.slice(0, 9)).collect());
@@ -98,7 +113,7 @@ async fn records_that_changed_before_the_restart_reach_the_sink_that_was_ahead_a
 
 #[tokio::test]
 async fn a_source_that_reads_in_another_order_again_resumes_from_the_checkpoint() {
-    let named = stores(Some("b"));
+    let named = stores(Some(("b", 2)));
     let mut src = source(300, 10);
     src.paced = true;
     src.in_order = false;

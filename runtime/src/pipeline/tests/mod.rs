@@ -235,10 +235,18 @@ fn setup(source: TestSource, faults: Faults, extra: &str) -> Setup {
 }
 
 /// A pipeline over `source` with the sinks `sinks` (its TOML, after `[source]`), whose
-/// `store = "NAME"` are the `named` stores; also the registry of a later run with
-/// other stores' faults.
+/// `store = "NAME"` are the `named` stores, in a new directory.
 fn setup_named(source: TestSource, named: &HashMap<String, MemorySink>, sinks: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
+    setup_named_in(tempfile::tempdir().unwrap(), source, named, sinks)
+}
+
+/// [`setup_named`] in `dir`, where an earlier run kept its checkpoint store.
+fn setup_named_in(
+    dir: tempfile::TempDir,
+    source: TestSource,
+    named: &HashMap<String, MemorySink>,
+    sinks: &str,
+) -> Setup {
     let file = dir.path().join("p.toml");
     let text = format!(
         "name = \"p\"\n[source]\nconnector = \"memory\"\n{sinks}\n\
