@@ -101,7 +101,7 @@ fn every_type_loads_into(port: u16) -> crate::support::Run {
     std::fs::write(
         d.join("p.toml"),
         format!(
-            "[source]\nconnector = \"file\"\npath = \"in/all.jsonl\"\n{SCHEMA}\n\
+            "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/all.jsonl\"\n{SCHEMA}\n\
              [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\n",
             url_at(port)
         ),
@@ -421,7 +421,7 @@ fn upserts_into(port: u16) {
     std::fs::write(
         d.join("p.toml"),
         format!(
-            "[source]\nconnector = \"file\"\npath = \"in/changes.jsonl\"\n\
+            "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/changes.jsonl\"\n\
              schema = [{{ name = \"id\", type = \"int64\", nullable = false }}, {{ name = \"name\", type = \"string\" }}, {{ name = \"_op\", type = \"string\" }}]\n\
              [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\nmode = \"upsert\"\nkey = [\"id\"]\n",
             url_at(port)
@@ -483,7 +483,7 @@ fn bad_input_gets_errors_that_name_the_thing() {
     std::fs::write(
         d.join("nan.toml"),
         format!(
-            "[source]\nconnector = \"file\"\npath = \"in/x.jsonl\"\n\
+            "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/x.jsonl\"\n\
              schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"x\", type = \"float64\" }}]\n\
              [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\n",
             url()
