@@ -6,7 +6,8 @@
 //! [`supervise`] restarts a run that failed in a way a fresh start may cure; the
 //! engine loop is in `pipeline/engine.rs`, bad records in `pipeline/dead_letter.rs`,
 //! the drift policy's schema conformance in `pipeline/conform.rs`, where a run starts
-//! (and what each of several sinks skips) in `pipeline/resume.rs`.
+//! (and what each of several sinks skips) in `pipeline/resume.rs`, a sink that was
+//! ahead catching up in `pipeline/catch_up.rs`.
 
 mod catch_up;
 mod conform;

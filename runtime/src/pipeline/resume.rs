@@ -54,7 +54,11 @@ pub(super) fn plan(
     in_order: bool,
 ) -> (Resume, Vec<Note>) {
     let stored = stored.unwrap_or_default();
-    let none = vec![None; sinks.len()];
+    // every sink gets records from `from` on
+    let all_from = |from: Offsets| Resume {
+        from,
+        skips: vec![None; sinks.len()],
+    };
     let mut notes = Vec::new();
     // a sink that keeps no offsets has at least what the checkpoint store says
     let mut candidates: Vec<&Offsets> = sinks.iter().flatten().collect();
@@ -80,18 +84,10 @@ pub(super) fn plan(
             candidates = held;
         }
     }
-    let Some(first) = candidates.first().copied() else {
-        return (
-            Resume {
-                from: stored,
-                skips: none,
-            },
-            notes,
-        );
-    };
-    if candidates.iter().all(|c| *c == first) {
-        let from = first.clone();
-        return (Resume { from, skips: none }, notes);
+    // all at one position (or no sink at all)
+    if candidates.windows(2).all(|w| w[0] == w[1]) {
+        let first = candidates.first().map(|c| (*c).clone());
+        return (all_from(first.unwrap_or(stored)), notes);
     }
     // empty offsets: the start, before any record
     let ordinal = |c: &&Offsets| match c.is_empty() {
@@ -118,13 +114,7 @@ pub(super) fn plan(
         if !ahead.is_empty() {
             notes.push(Note::MayRepeat(ahead));
         }
-        return (
-            Resume {
-                from: stored,
-                skips: none,
-            },
-            notes,
-        );
+        return (all_from(stored), notes);
     };
     let skips = sinks
         .iter()

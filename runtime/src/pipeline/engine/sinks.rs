@@ -62,11 +62,7 @@ impl Engine<'_> {
                 Step::Hold => {}
                 Step::CaughtUp => self.caught_up(i),
                 Step::GiveUp(batches, why) => {
-                    self.gave_up(i, &why);
-                    let mut written = 0;
-                    for (b, with) in &batches {
-                        written = self.write_to(i, b, with).await?;
-                    }
+                    let written = self.give_up(i, batches, &why).await?;
                     taken = taken.min(written);
                 }
             }
@@ -140,18 +136,29 @@ impl Engine<'_> {
         }
     }
 
-    pub(super) fn caught_up(&mut self, i: usize) {
+    fn caught_up(&mut self, i: usize) {
         let slot = &mut self.sinks[i];
         if let Some(c) = slot.catch_up.take() {
             tracing::info!(pipeline = %self.pipeline.name, sink = %slot.name, records = c.until(), "the sink has caught up with what it held before the restart: nothing of it was written again");
         }
     }
 
-    pub(super) fn gave_up(&mut self, i: usize, why: &str) {
+    /// Sink `i` stops catching up and gets `batches`, the records held for it, with
+    /// their offsets; returns what the last one's write took.
+    async fn give_up(
+        &mut self,
+        i: usize,
+        batches: Vec<(RecordBatch, Offsets)>,
+        why: &str,
+    ) -> Result<u64> {
         let slot = &mut self.sinks[i];
-        if slot.catch_up.take().is_some() {
-            tracing::warn!(pipeline = %self.pipeline.name, sink = %slot.name, "the records read again since the restart are not provably those the sink held ({why}): it gets them all, at least once");
+        slot.catch_up = None;
+        tracing::warn!(pipeline = %self.pipeline.name, sink = %slot.name, "the records read again since the restart are not provably those the sink held ({why}): it gets them all, at least once");
+        let mut written = 0;
+        for (b, with) in &batches {
+            written = self.write_to(i, b, with).await?;
         }
+        Ok(written)
     }
 
     /// The source ended: a sink still catching up gets what was held for it.
@@ -160,13 +167,8 @@ impl Engine<'_> {
             let Some(c) = self.sinks[i].catch_up.as_mut() else {
                 continue;
             };
-            let Step::GiveUp(batches, why) = c.ended() else {
-                continue;
-            };
-            self.gave_up(i, &why);
-            for (b, with) in &batches {
-                self.write_to(i, b, with).await?;
-            }
+            let (batches, why) = c.ended();
+            self.give_up(i, batches, &why).await?;
             self.dirty = true;
         }
         Ok(())
