@@ -440,36 +440,46 @@ fn check_locates_query_errors_on_the_schema_of_a_connected_source() {
             url = url()
         )
     };
-    std::fs::write(
-        d.join("q.toml"),
-        toml("SELECT id, amout * 2 AS twice FROM input", "id > 1"),
-    )
-    .unwrap();
+    // `sluice check` on a file of that query and route
+    let check = |file: &str, query: &str, route: &str| {
+        std::fs::write(d.join(file), toml(query, route)).unwrap();
+        sluice(d, &["check", file])
+    };
+    let check_q = check(
+        "q.toml",
+        "SELECT id, amout * 2 AS twice FROM input",
+        "id > 1",
+    );
     let valid = sluice(d, &["validate", "q.toml"]);
     assert_eq!(valid.code, Some(0), "{}", valid.stderr);
-    let check = sluice(d, &["check", "q.toml"]);
-    assert_ne!(check.code, Some(0));
+    assert_ne!(check_q.code, Some(0));
     assert!(
-        check.stdout.contains("source (postgres): ok"),
+        check_q.stdout.contains("source (postgres): ok"),
         "{}",
-        check.stdout
+        check_q.stdout
     );
-    assert!(check.stdout.contains("q.toml:7:21:"), "{}", check.stdout);
-    assert!(check.stdout.contains("amount"), "{}", check.stdout);
-    std::fs::write(
-        d.join("w.toml"),
-        toml("SELECT id, amount * 2 AS twice FROM input", "contry = 'DE'"),
-    )
-    .unwrap();
-    let check = sluice(d, &["check", "w.toml"]);
-    assert_ne!(check.code, Some(0));
-    assert!(check.stdout.contains("w.toml:11:10:"), "{}", check.stdout);
-    std::fs::write(
-        d.join("ok.toml"),
-        toml("SELECT id, amount * 2 AS twice FROM input", "twice > 1"),
-    )
-    .unwrap();
-    let check = sluice(d, &["check", "ok.toml"]);
+    assert!(
+        check_q.stdout.contains("q.toml:7:21:"),
+        "{}",
+        check_q.stdout
+    );
+    assert!(check_q.stdout.contains("amount"), "{}", check_q.stdout);
+    let check_w = check(
+        "w.toml",
+        "SELECT id, amount * 2 AS twice FROM input",
+        "contry = 'DE'",
+    );
+    assert_ne!(check_w.code, Some(0));
+    assert!(
+        check_w.stdout.contains("w.toml:11:10:"),
+        "{}",
+        check_w.stdout
+    );
+    let check = check(
+        "ok.toml",
+        "SELECT id, amount * 2 AS twice FROM input",
+        "twice > 1",
+    );
     assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
     assert!(
         check

@@ -36,16 +36,23 @@ fn kept(n: i64, even: bool) -> Vec<i64> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_into_neither() {
-    let named = stores(Some(("b", 2)));
-    let mut src = source(300, 10);
+/// Runs `src` (paced, so checkpoints fall between batches) into [`ROUTED`]'s sinks
+/// under supervision while "b"'s flush `lost` (0-based) loses its connection: one
+/// restart. Returns the stores.
+async fn restarted_once(mut src: TestSource, lost: usize) -> HashMap<String, MemorySink> {
+    let named = stores(Some(("b", lost)));
     src.paced = true;
     let s = setup_named(src, &named, ROUTED);
     supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
         .await
         .unwrap();
     assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
+    named
+}
+
+#[tokio::test]
+async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_into_neither() {
+    let named = restarted_once(source(300, 10), 2).await;
     assert_eq!(flushed(&named["a"]), kept(300, true));
     assert_eq!(flushed(&named["b"]), kept(300, false));
     // "a" was not flushed while it caught up: its stored offsets never went back
@@ -56,14 +63,7 @@ async fn a_crash_between_two_sinks_flushes_resumes_from_the_oldest_and_repeats_i
 #[tokio::test]
 async fn a_crash_between_two_sinks_first_flushes_resumes_from_the_start() {
     // no checkpoint is stored yet: "b" holding nothing is at the start, not new
-    let named = stores(Some(("b", 0)));
-    let mut src = source(300, 10);
-    src.paced = true;
-    let s = setup_named(src, &named, ROUTED);
-    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
-        .await
-        .unwrap();
-    assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
+    let named = restarted_once(source(300, 10), 0).await;
     assert_eq!(flushed(&named["a"]), kept(300, true));
     assert_eq!(flushed(&named["b"]), kept(300, false));
 }
@@ -91,15 +91,9 @@ async fn records_that_changed_before_the_restart_reach_the_sink_that_was_ahead_a
     // the restart reads one id fewer in each batch (deleted meanwhile): the count
     // cannot end where the sink stored its offsets, so it gets what was read for it
     // again rather than skip records it does not have
-    let named = stores(Some(("b", 2)));
     let mut src = source(300, 10);
-    src.paced = true;
     src.rerun = Some(id_batches(300, 10).iter().map(|b| b.slice(0, 9)).collect());
-    let s = setup_named(src, &named, ROUTED);
-    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
-        .await
-        .unwrap();
-    assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
+    let named = restarted_once(src, 2).await;
     let a = flushed(&named["a"]);
     let mut once = a.clone();
     once.dedup();
@@ -113,14 +107,9 @@ async fn records_that_changed_before_the_restart_reach_the_sink_that_was_ahead_a
 
 #[tokio::test]
 async fn a_source_that_reads_in_another_order_again_resumes_from_the_checkpoint() {
-    let named = stores(Some(("b", 2)));
     let mut src = source(300, 10);
-    src.paced = true;
     src.in_order = false;
-    let s = setup_named(src, &named, ROUTED);
-    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
-        .await
-        .unwrap();
+    let named = restarted_once(src, 2).await;
     // "b" was at the checkpoint: exactly once; "a" gets its last flush again
     assert_eq!(flushed(&named["b"]), kept(300, false));
     let mut a = flushed(&named["a"]);
