@@ -256,6 +256,9 @@ pub struct WireSourceContext {
     pub batch_size: usize,
     /// Idle timeout in milliseconds.
     pub idle_timeout_ms: u64,
+    /// The splits to read, if not all.
+    #[serde(default)]
+    pub splits: Option<Vec<String>>,
 }
 
 /// `SinkState` as JSON.
@@ -570,6 +573,7 @@ unsafe extern "C" fn p_source_open(h: Handle, ctx: RawStr, offsets: RawStr) -> S
             pipeline: w.pipeline,
             batch_size: w.batch_size,
             idle_timeout: std::time::Duration::from_millis(w.idle_timeout_ms),
+            splits: w.splits,
         };
         let offsets = Offsets::from_envelope(offsets)?;
         state()?.runtime.block_on(s.0.open(&ctx, &offsets))

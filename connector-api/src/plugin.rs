@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::config::{config_schema, parse_config};
 use crate::error::Result;
 use crate::sink::Sink;
-use crate::source::Source;
+use crate::source::{Source, SplitList};
 
 /// A connector that reads: builds [`Source`]s from its typed config.
 #[async_trait]
@@ -45,6 +45,17 @@ pub trait SourceConnector: Send + Sync + 'static {
     /// The schema the source would produce, if it can tell without reading everything
     /// (`sluice schema`).
     async fn discover(&self, config: &Self::Config) -> Result<Option<SchemaRef>> {
+        let _ = config;
+        Ok(None)
+    }
+
+    /// The splits a read of `config` covers now (the files a glob matches, the objects
+    /// under a prefix), when the source can read any subset of them on its own
+    /// ([`SourceContext::splits`](crate::SourceContext::splits)): several runtimes
+    /// sharing a checkpoint store then divide them; the ids are those the source's
+    /// offsets use. The default, None: the source cannot share its work, and one
+    /// runtime reads it all. Not asked across the plugin boundary yet.
+    async fn splits(&self, config: &Self::Config) -> Result<Option<SplitList>> {
         let _ = config;
         Ok(None)
     }
@@ -143,6 +154,12 @@ pub trait DynSourceConnector: Send + Sync {
     async fn check(&self, config: &serde_json::Value) -> Result<()>;
     /// Discovers the schema.
     async fn discover(&self, config: &serde_json::Value) -> Result<Option<SchemaRef>>;
+    /// The splits a read covers now ([`SourceConnector::splits`]); the default: the
+    /// source cannot share its work.
+    async fn splits(&self, config: &serde_json::Value) -> Result<Option<SplitList>> {
+        let _ = config;
+        Ok(None)
+    }
     /// The schema every record has, from the config alone
     /// ([`SourceConnector::record_schema`]); the default: unknown.
     fn record_schema(&self, config: &serde_json::Value) -> Option<SchemaRef> {
@@ -219,6 +236,10 @@ impl<T: SourceConnector> DynSourceConnector for T {
     async fn discover(&self, config: &serde_json::Value) -> Result<Option<SchemaRef>> {
         let cfg: T::Config = parse_config(config)?;
         SourceConnector::discover(self, &cfg).await
+    }
+    async fn splits(&self, config: &serde_json::Value) -> Result<Option<SplitList>> {
+        let cfg: T::Config = parse_config(config)?;
+        SourceConnector::splits(self, &cfg).await
     }
     fn record_schema(&self, config: &serde_json::Value) -> Option<SchemaRef> {
         let cfg: T::Config = parse_config(config).ok()?;

@@ -18,17 +18,35 @@ pub struct SourceContext {
     /// A source with no data ready returns an empty batch after at most this long, so
     /// the runtime can deliver commits and checkpoints between calls.
     pub idle_timeout: Duration,
+    /// The splits to read, when several runtimes share the pipeline's work: only
+    /// these, each to its end as it is now (a watched directory is not watched), then
+    /// `Ok(None)`. Split ids as the source names them in its offsets and in
+    /// [`SourceConnector::splits`](crate::SourceConnector::splits). `None`: every split
+    /// the config covers.
+    pub splits: Option<Vec<String>>,
 }
 
 impl SourceContext {
-    /// A context for tests and tools: pipeline `name`, 8,192 records, 1 s idle timeout.
+    /// A context for tests and tools: pipeline `name`, 8,192 records, 1 s idle timeout,
+    /// every split.
     pub fn for_pipeline(name: impl Into<String>) -> Self {
         SourceContext {
             pipeline: name.into(),
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
+            splits: None,
         }
     }
+}
+
+/// The splits a read covers now ([`SourceConnector::splits`](crate::SourceConnector::splits)).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SplitList {
+    /// Split ids, as the source's offsets name them, in the order to read them.
+    pub ids: Vec<String>,
+    /// More splits may come later (a watched directory): runtimes that share the
+    /// work keep listing, and never end by themselves.
+    pub growing: bool,
 }
 
 /// How far a bounded read has come, for the progress bar and the metrics.

@@ -299,6 +299,7 @@ impl Source for HostSource {
             pipeline: ctx.pipeline.clone(),
             batch_size: ctx.batch_size,
             idle_timeout_ms: ctx.idle_timeout.as_millis() as u64,
+            splits: ctx.splits.clone(),
         })
         .map_err(|e| Error::internal("source context").with_source(e))?;
         let offsets = committed.to_envelope();
