@@ -23,7 +23,7 @@ pub use sink::FileSink;
 pub use source::FileSource;
 
 use connector_api::arrow_schema::SchemaRef;
-use connector_api::{Result, Sink, SinkConnector, Source, SourceConnector};
+use connector_api::{Result, Sink, SinkConnector, Source, SourceConnector, SplitList};
 
 /// The connector name.
 pub const NAME: &str = "file";
@@ -53,6 +53,14 @@ impl SourceConnector for File {
 
     async fn discover(&self, config: &FileSourceConfig) -> Result<Option<SchemaRef>> {
         source::discover(config)
+    }
+
+    /// Each file the glob matches is a split.
+    async fn splits(&self, config: &FileSourceConfig) -> Result<Option<SplitList>> {
+        Ok(Some(SplitList {
+            ids: source::splits(config)?,
+            growing: config.watch,
+        }))
     }
 
     /// The declared schema, which JSON lines and CSV are read into; Parquet files

@@ -61,6 +61,14 @@ impl SourceConnector for S3 {
         source::discover(config).await
     }
 
+    /// Each object the glob matches is a split.
+    async fn splits(&self, config: &S3SourceConfig) -> Result<Option<connector_api::SplitList>> {
+        Ok(Some(connector_api::SplitList {
+            ids: source::splits(config).await?,
+            growing: config.watch,
+        }))
+    }
+
     /// The declared schema, which JSON lines and CSV are read into; Parquet objects
     /// bring their own.
     fn record_schema(&self, config: &S3SourceConfig) -> Option<SchemaRef> {

@@ -83,6 +83,9 @@ pub struct FileSource {
     handles: HashMap<String, (Identity, File, u64)>,
     /// Positions of files whose name moved on to another file (oldest first).
     moved: Vec<(String, FileOffset)>,
+    /// The files to read, when the runtime shares the pipeline's files between
+    /// runtimes ([`SourceContext::splits`]); `None`: every file the glob matches.
+    only: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Bytes read from a file's start to infer a CSV schema before resuming inside it.
@@ -114,6 +117,7 @@ impl FileSource {
             waiting: (0, 0),
             handles: HashMap::new(),
             moved: Vec::new(),
+            only: None,
         })
     }
 
@@ -129,8 +133,18 @@ impl FileSource {
         if self.config.watch && self.renamed_away()? {
             return Ok(true);
         }
-        let paths = list(&self.config.path)?;
+        let paths = self.list()?;
         self.open_first(paths)
+    }
+
+    /// The files to read, in name order: those the glob matches, or those of them
+    /// the runtime gave this source.
+    fn list(&self) -> Result<Vec<PathBuf>> {
+        let mut paths = list(&self.config.path)?;
+        if let Some(only) = &self.only {
+            paths.retain(|p| only.contains(p.to_string_lossy().as_ref()));
+        }
+        Ok(paths)
     }
 
     /// Opens the first of `paths` (listed just now) that has unread data.
@@ -254,6 +268,11 @@ impl Source for FileSource {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
+        if let Some(splits) = &ctx.splits {
+            // these files to their end as they are now: the runtime lists again
+            self.only = Some(splits.iter().cloned().collect());
+            self.config.watch = false;
+        }
         for (split, value) in committed.iter() {
             let off: FileOffset = serde_json::from_value(value.clone()).map_err(|e| {
                 Error::internal(format!("stored offset of file \"{split}\" is unreadable"))
@@ -264,8 +283,9 @@ impl Source for FileSource {
         if self.config.watch {
             self.start_watching()?;
         } else {
-            let files = list(&self.config.path)?;
-            if files.is_empty() {
+            let files = self.list()?;
+            // given files may have gone since they were listed: nothing to read
+            if files.is_empty() && self.only.is_none() {
                 return Err(
                     Error::not_found(format!("no file matches \"{}\"", self.config.path))
                         .with_field("path"),
@@ -365,6 +385,14 @@ impl Source for FileSource {
         self.events = None;
         Ok(())
     }
+}
+
+/// The files the glob matches now, in name order, as split ids.
+pub fn splits(config: &FileSourceConfig) -> Result<Vec<String>> {
+    Ok(list(&config.path)?
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect())
 }
 
 /// `sluice schema`: the declared schema, or the one inferred from the first file.

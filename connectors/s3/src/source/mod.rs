@@ -13,8 +13,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatchReader as _;
-use arrow_schema::SchemaRef;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use connector_api::{Batch, Error, Offsets, Reject, Result, Source, SourceContext};
@@ -26,6 +24,13 @@ use crate::client::{connect, s3_error};
 use crate::codec::Decompressor;
 use crate::config::{Compression, Connection, S3SourceConfig};
 use crate::sink::check_bucket;
+
+mod discover;
+mod listing;
+
+pub use self::discover::discover;
+pub use self::listing::{check, splits};
+use self::listing::{list_matching, Listed};
 
 /// The offset of an object split.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,14 +44,6 @@ pub struct ObjectOffset {
     /// The object was read to its end.
     #[serde(default)]
     pub done: bool,
-}
-
-/// An object found by listing.
-#[derive(Clone, Debug)]
-struct Listed {
-    key: String,
-    etag: String,
-    size: u64,
 }
 
 enum Body {
@@ -89,6 +86,9 @@ pub struct S3Source {
     idle_timeout: Duration,
     parts: usize,
     row_bytes: usize,
+    /// The objects to read, when the runtime shares the pipeline's objects between
+    /// runtimes ([`SourceContext::splits`]); `None`: every object the glob matches.
+    only: Option<std::collections::BTreeSet<String>>,
     /// A bounded read: each matching object's size and whether its positions are
     /// bytes of it (plain text) rather than rows or decompressed bytes, for progress.
     sizes: BTreeMap<String, (u64, bool)>,
@@ -125,6 +125,7 @@ impl S3Source {
                 .min(4),
             row_bytes: 256,
             sizes: BTreeMap::new(),
+            only: None,
         })
     }
 
@@ -136,7 +137,11 @@ impl S3Source {
 
     /// Lists the objects with unread data, in key order.
     async fn list(&mut self) -> Result<()> {
-        let all = list_matching(self.client()?, &self.conn, &self.config, &self.pattern).await?;
+        let mut all =
+            list_matching(self.client()?, &self.conn, &self.config, &self.pattern).await?;
+        if let Some(only) = &self.only {
+            all.retain(|o| only.contains(&o.key));
+        }
         self.listed = Some(Instant::now());
         if !self.config.watch {
             self.sizes = all
@@ -447,44 +452,6 @@ async fn head_bytes(
     ))
 }
 
-/// Objects under the path's prefix matching its glob, in key order.
-async fn list_matching(
-    client: &Client,
-    conn: &Connection,
-    config: &S3SourceConfig,
-    pattern: &glob::Pattern,
-) -> Result<Vec<Listed>> {
-    let prefix = config.list_prefix();
-    let options = glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: true,
-        require_literal_leading_dot: false,
-    };
-    let mut out = Vec::new();
-    let mut pages = client
-        .list_objects_v2()
-        .bucket(&conn.bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| s3_error(e, &format!("listing {}", conn.url(prefix))))?;
-        for o in page.contents() {
-            let Some(key) = o.key() else { continue };
-            if key.ends_with('/') || !pattern.matches_with(key, options) {
-                continue;
-            }
-            out.push(Listed {
-                key: key.to_string(),
-                etag: o.e_tag().unwrap_or_default().to_string(),
-                size: o.size().unwrap_or(0).max(0) as u64,
-            });
-        }
-    }
-    out.sort_by(|a, b| a.key.cmp(&b.key));
-    Ok(out)
-}
-
 /// Downloads a Parquet object into a temporary file and opens it at row `pos`; `None`
 /// when it has no rows after `pos`. Data errors mean the object is not Parquet.
 async fn spool_parquet(
@@ -531,6 +498,11 @@ impl Source for S3Source {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
+        if let Some(splits) = &ctx.splits {
+            // these objects to their end as they are now: the runtime lists again
+            self.only = Some(splits.iter().cloned().collect());
+            self.config.watch = false;
+        }
         for (split, value) in committed.iter() {
             let off: ObjectOffset = serde_json::from_value(value.clone()).map_err(|e| {
                 Error::internal(format!("stored offset of object \"{split}\" is unreadable"))
@@ -542,7 +514,9 @@ impl Source for S3Source {
         check_bucket(&client, &self.conn).await?;
         self.client = Some(client);
         self.list().await?;
+        // given objects may have gone since they were listed: nothing to read
         if !self.config.watch
+            && self.only.is_none()
             && self.pending.is_empty()
             && !self.known.keys().any(|k| self.pattern.matches(k))
         {
@@ -673,71 +647,4 @@ impl S3Source {
             }
         }
     }
-}
-
-/// `sluice check`: the bucket is readable and (unless watching) something matches.
-pub async fn check(config: &S3SourceConfig) -> Result<()> {
-    let conn = config.connection();
-    let client = connect(&conn).await?;
-    check_bucket(&client, &conn).await?;
-    let pattern = glob::Pattern::new(&config.path)
-        .map_err(|e| Error::config("path").with_source(e).with_field("path"))?;
-    let found = list_matching(&client, &conn, config, &pattern).await?;
-    if found.is_empty() && !config.watch {
-        return Err(
-            Error::not_found(format!("no object matches {}", conn.url(&config.path)))
-                .with_field("path"),
-        );
-    }
-    Ok(())
-}
-
-/// `sluice schema`: the declared schema, or the one of the first object.
-pub async fn discover(config: &S3SourceConfig) -> Result<Option<SchemaRef>> {
-    if let Some(s) = config.declared_schema()? {
-        return Ok(Some(s));
-    }
-    let conn = config.connection();
-    let client = connect(&conn).await?;
-    let pattern = glob::Pattern::new(&config.path)
-        .map_err(|e| Error::config("path").with_source(e).with_field("path"))?;
-    let Some(first) = list_matching(&client, &conn, config, &pattern)
-        .await?
-        .into_iter()
-        .next()
-    else {
-        return Ok(None);
-    };
-    if config.format == Format::Parquet {
-        let Some(reader) = spool_parquet(&client, &conn, &first, 0, 1).await? else {
-            return Ok(None);
-        };
-        return Ok(Some(reader.schema()));
-    }
-    let out = client
-        .get_object()
-        .bucket(&conn.bucket)
-        .key(&first.key)
-        .range(format!("bytes=0-{}", READ_TARGET - 1))
-        .send()
-        .await
-        .map_err(|e| s3_error(e, &format!("reading {}", conn.url(&first.key))))?;
-    let bytes = out
-        .body
-        .collect()
-        .await
-        .map_err(|e| Error::transient("download broke off").with_source(e))?
-        .into_bytes();
-    let mut head = Vec::new();
-    let mut d = Decompressor::new(config.compression.for_key(&first.key))?;
-    let complete = first.size as usize <= READ_TARGET;
-    d.push(&bytes, &mut head)
-        .map_err(|e| Error::data(format!("{}: {e}", conn.url(&first.key))))?;
-    if complete {
-        let _ = d.finish(&mut head);
-    }
-    let mut text = TextDecoder::new(config.format, None, &config.csv)
-        .ok_or_else(|| Error::internal("no text decoder"))?;
-    let decoded = text.decode(&head, 1000, complete, true)?;
-    Ok(decoded.batch.map(|b| b.schema()))
 }
