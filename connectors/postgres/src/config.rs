@@ -166,6 +166,12 @@ pub struct PostgresSourceConfig {
     /// then.
     #[serde(default = "one")]
     pub snapshot_readers: usize,
+    /// `snapshot` shared by several runtimes (`[checkpoint] store = "postgres"`): a
+    /// table with a single integer primary key is cut into key ranges this wide
+    /// (bounds at multiples of it), each a split another runtime may read, so one
+    /// large table is read in parallel. None: each table is one split. One runtime
+    /// alone reads each table whole, whatever this says.
+    pub split_key_width: Option<i64>,
     /// Cursor columns for `incremental`, compared as a tuple (put a unique column last,
     /// e.g. `["updated_at", "id"]`, so rows sharing a timestamp are never skipped).
     #[serde(default)]
@@ -252,6 +258,21 @@ impl PostgresSourceConfig {
                 .with_field("key"))
             }
             _ => {}
+        }
+        if let Some(width) = self.split_key_width {
+            if width < 1 {
+                return Err(Error::config("split_key_width must be at least 1")
+                    .with_field("split_key_width"));
+            }
+            if self.mode != SourceMode::Snapshot
+                || self.query.is_some()
+                || self.snapshot_order == SnapshotOrder::Physical
+            {
+                return Err(Error::config(
+                    "split_key_width cuts tables read by mode = \"snapshot\" in key order",
+                )
+                .with_field("split_key_width"));
+            }
         }
         if self.snapshot_order == SnapshotOrder::Physical {
             if self.query.is_some() {

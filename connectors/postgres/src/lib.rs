@@ -57,6 +57,15 @@ impl SourceConnector for Postgres {
         source::discover(config).await.map(Some)
     }
 
+    /// Each table of a `snapshot` in key order, or each key range of it
+    /// (`split_key_width`).
+    async fn splits(
+        &self,
+        config: &PostgresSourceConfig,
+    ) -> Result<Option<connector_api::SplitList>> {
+        source::splits(config).await
+    }
+
     fn emits_changes(&self, config: &PostgresSourceConfig) -> bool {
         config.mode == SourceMode::Cdc && config.envelope == Envelope::Row
     }

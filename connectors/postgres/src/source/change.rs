@@ -247,6 +247,7 @@ mod tests {
             op: true,
             physical: false,
             cursor: None,
+            bounds: None,
         }
     }
 

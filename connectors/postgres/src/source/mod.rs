@@ -22,6 +22,7 @@ mod envelope;
 mod estimate;
 mod physical;
 mod rows;
+mod shares;
 mod snapshot;
 mod table;
 
@@ -40,6 +41,7 @@ pub use self::cdc::TxnOffset;
 pub use self::describe::discover;
 use self::describe::{describe, describe_query, need_primary_key};
 use self::physical::{CopyStream, Exported};
+pub use self::shares::splits;
 use self::snapshot::Prefetch;
 use self::table::{open_physical, same_order, Table};
 
@@ -109,8 +111,8 @@ pub struct BlockRange {
 /// What one split of the source reads.
 #[derive(Clone, Copy)]
 enum Read<'a> {
-    /// A table of the configured schema.
-    Table(&'a str),
+    /// A table of the configured schema, or a key range of it.
+    Table(&'a str, Option<(i64, i64)>),
     /// The configured query.
     Query(&'a str),
 }
@@ -186,15 +188,35 @@ impl Source for PostgresSource {
         self.session = format!("sluice {} source", ctx.pipeline);
         let pool = connect_pool(&self.config.url, size, &self.session).await?;
         // the tables, or the query, each read as one split
-        let reads: Vec<Read> = match self.config.query_text() {
-            Some(q) => vec![Read::Query(q)],
-            None => self.config.tables.iter().map(|t| Read::Table(t)).collect(),
+        let schema_name = &self.config.schema;
+        let reads: Vec<Read> = match (self.config.query_text(), &ctx.splits) {
+            (Some(q), _) => vec![Read::Query(q)],
+            // the tables and key ranges the runtime gave this source
+            (None, Some(splits)) => splits
+                .iter()
+                .filter_map(|id| {
+                    let (split, bounds) = shares::parse(id);
+                    let table = split
+                        .strip_prefix(schema_name.as_str())?
+                        .strip_prefix('.')?;
+                    let table = self.config.tables.iter().find(|t| *t == table)?;
+                    Some(Read::Table(table, bounds))
+                })
+                .collect(),
+            (None, None) => self
+                .config
+                .tables
+                .iter()
+                .map(|t| Read::Table(t, None))
+                .collect(),
         };
         for read in reads {
-            let schema_name = &self.config.schema;
             let (split, relation, what, (columns, schema, pk)) = match read {
-                Read::Table(name) => (
-                    format!("{schema_name}.{name}"),
+                Read::Table(name, bounds) => (
+                    match bounds {
+                        Some((lo, hi)) => format!("{schema_name}.{name}@{lo}..{hi}"),
+                        None => format!("{schema_name}.{name}"),
+                    },
                     format!("{}.{}", quote(schema_name), quote(name)),
                     format!("table \"{schema_name}\".\"{name}\""),
                     describe(&pool, schema_name, name).await?,
@@ -221,9 +243,9 @@ impl Source for PostgresSource {
                     .collect()
             };
             let physical = self.config.snapshot_order == SnapshotOrder::Physical
-                && matches!(read, Read::Table(_))
+                && matches!(read, Read::Table(..))
                 && self.config.mode != SourceMode::Incremental;
-            if matches!(read, Read::Table(_)) {
+            if matches!(read, Read::Table(..)) {
                 need_primary_key(&self.config, &what, &pk)?;
             }
             let key = match self.config.mode {
@@ -253,7 +275,7 @@ impl Source for PostgresSource {
                     cursor::Cursor::open(
                         &pool,
                         &relation,
-                        matches!(read, Read::Table(_)),
+                        matches!(read, Read::Table(..)),
                         &schema,
                         &key,
                     )
@@ -274,6 +296,10 @@ impl Source for PostgresSource {
                 op,
                 physical,
                 cursor,
+                bounds: match read {
+                    Read::Table(_, bounds) => bounds,
+                    Read::Query(_) => None,
+                },
             });
         }
         if self.config.mode == SourceMode::Cdc {

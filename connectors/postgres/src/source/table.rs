@@ -57,6 +57,9 @@ pub(super) struct Table {
     pub(super) physical: bool,
     /// `incremental`: how reads by the cursor are kept exact.
     pub(super) cursor: Option<super::cursor::Cursor>,
+    /// A key range of the table (`LO <= key < HI` of its one key column), when
+    /// runtimes that share the snapshot cut it so ([`super::shares`]).
+    pub(super) bounds: Option<(i64, i64)>,
 }
 
 /// Blocks per range at least when a table is cut into ranges (1 MiB of 8 KiB
@@ -253,6 +256,9 @@ impl Table {
             .collect();
         let order = keys.join(", ");
         let mut conditions: Vec<String> = self.key_condition(after).into_iter().collect();
+        if let (Some((lo, hi)), [key]) = (self.bounds, keys.as_slice()) {
+            conditions.push(format!("{key} >= {lo} AND {key} < {hi}"));
+        }
         // a batch never ends inside a run of rows with equal cursor values: the next
         // read starts after them
         let limit = match &self.cursor {
