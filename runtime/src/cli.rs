@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::checkpoint::CheckpointStore;
 use crate::config::{self, Pipeline};
 use crate::registry::Registry;
 use crate::service::{self, Service};
 use crate::{describe, http, interpolate, progress, shutdown};
 
+mod offsets;
 mod schema;
 use schema::{print_fields, schema_downstream};
 
@@ -414,84 +414,11 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                 OffsetsAction::Show { file } => (file, false),
                 OffsetsAction::Reset { file } => (file, true),
             };
-            let p = match load_one(&file, &registry) {
-                Ok(p) => p,
-                Err(code) => return code,
-            };
-            // a reset while the pipeline runs would be undone by its next checkpoint
-            let (_stop, unstopped) = tokio::sync::watch::channel(false);
-            let _lock = match reset {
-                true => match crate::lock::hold(&p, &unstopped).await {
-                    Ok(lock) => lock,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(EXIT_FAILED);
-                    }
-                },
-                false => None,
-            };
-            // a reset recovers a store that is not a database by setting it aside
-            let opened = match reset {
-                true => CheckpointStore::open_or_set_aside(&p.checkpoint_path()).await,
-                false => CheckpointStore::open(&p.checkpoint_path())
-                    .await
-                    .map(|s| (s, None)),
-            };
-            let store = match opened {
-                Ok((s, None)) => s,
-                Ok((s, Some(aside))) => {
-                    println!(
-                        "checkpoint store \"{}\" was not a SQLite database or was damaged: set aside as \"{}\"; every pipeline it held reads from the start (stop any other pipeline using it before you run them again)",
-                        p.checkpoint_path().display(),
-                        aside.display()
-                    );
-                    s
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(EXIT_FAILED);
-                }
-            };
-            let code = if reset {
-                match store.reset(&p.name).await {
-                    Ok(true) => {
-                        println!(
-                            "offsets of pipeline \"{}\" reset; the next run reads from the start",
-                            p.name
-                        );
-                        println!("note: sinks that store offsets with their data (sqlite, file) keep theirs; clear the target to re-read");
-                        ExitCode::SUCCESS
-                    }
-                    Ok(false) => {
-                        println!("pipeline \"{}\" has no stored offsets", p.name);
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(EXIT_FAILED)
-                    }
-                }
-            } else {
-                match (store.load(&p.name).await, store.updated_at(&p.name).await) {
-                    (Ok(Some(o)), Ok(at)) => {
-                        let splits: serde_json::Map<String, serde_json::Value> =
-                            o.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                        let out = serde_json::json!({"pipeline": p.name, "updated_at": at, "splits": splits});
-                        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-                        ExitCode::SUCCESS
-                    }
-                    (Ok(None), _) => {
-                        println!("pipeline \"{}\" has no stored offsets", p.name);
-                        ExitCode::SUCCESS
-                    }
-                    (Err(e), _) | (_, Err(e)) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(EXIT_FAILED)
-                    }
-                }
-            };
-            store.close().await;
-            code
+            match load_one(&file, &registry) {
+                Ok(p) if reset => offsets::reset(&p).await,
+                Ok(p) => offsets::show(&p).await,
+                Err(code) => code,
+            }
         }
     }
 }

@@ -19,11 +19,12 @@ use toml::de::DeTable;
 
 use crate::registry::Registry;
 use crate::transform::TransformSpec;
-use checks::{check_changes, check_record_schema, distinct_destinations};
+use checks::{check_changes, check_record_schema, check_store, distinct_destinations};
 pub use doc::suggest;
 use doc::{line_col, table_to_json, Doc};
 pub use settings::{
-    plugin_dirs, BatchConfig, ByteSize, CheckpointConfig, ErrorsConfig, PluginsConfig, Tolerance,
+    plugin_dirs, BatchConfig, ByteSize, CheckpointConfig, ErrorsConfig, PluginsConfig, StoreKind,
+    Tolerance,
 };
 
 /// A config error, located in its file.
@@ -308,6 +309,7 @@ fn parse_known(
             ),
         ));
     }
+    check_store(&doc, &raw.checkpoint)?;
     if let Some(d) = dead_letter.as_ref().filter(|d| d.route.is_some()) {
         return Err(doc.error_at(
             doc.span_of(&format!("{}.where", d.path)),
@@ -511,5 +513,41 @@ mod tests {
             "{err}"
         );
         assert_eq!(err.position.map(|p| p.0), Some(6), "{err}");
+    }
+
+    #[test]
+    fn a_shared_store_needs_a_postgres_url_and_a_local_one_takes_none() {
+        let head =
+            "[source]\nconnector = \"datagen\"\n[sink]\nconnector = \"blackhole\"\n[checkpoint]\n";
+        let refused = |checkpoint: &str, says: &str, line: usize| {
+            let err = parse_str(&format!("{head}{checkpoint}")).unwrap_err();
+            assert!(err.message.contains(says), "{err}");
+            assert_eq!(err.position.map(|p| p.0), Some(line), "{err}");
+        };
+        refused("store = \"postgres\"\n", "needs checkpoint.url", 6);
+        refused(
+            "store = \"postgres\"\nurl = \"mysql://x\"\n",
+            "must be a postgres:// URL",
+            7,
+        );
+        refused(
+            "url = \"postgres://x\"\n",
+            "checkpoint.url is for store = \"postgres\"",
+            6,
+        );
+        refused(
+            "store = \"postgres\"\nurl = \"postgres://x\"\nlease_timeout = \"100ms\"\n",
+            "at least 1s",
+            8,
+        );
+        let p = parse_str(&format!(
+            "{head}store = \"postgres\"\nurl = \"postgres://x/db\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.checkpoint.store, StoreKind::Postgres);
+        assert_eq!(
+            p.checkpoint.lease_timeout,
+            std::time::Duration::from_secs(30)
+        );
     }
 }

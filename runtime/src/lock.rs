@@ -105,7 +105,7 @@ fn holder(file: &mut std::fs::File) -> String {
 }
 
 /// This machine's name, for the holder's description.
-fn host() -> String {
+pub(crate) fn host() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -14,6 +14,7 @@ mod conform;
 mod dead_letter;
 mod engine;
 mod resume;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -25,8 +26,8 @@ use connector_api::{Error, Offsets, Result, SinkContext, SourceContext};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use self::engine::{Engine, Msg, SinkSlot};
-use crate::checkpoint::CheckpointStore;
-use crate::config::{Pipeline, Section};
+use crate::checkpoint::{CheckpointStore, Store};
+use crate::config::{Pipeline, Section, StoreKind};
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 use crate::retrying;
@@ -75,6 +76,10 @@ pub async fn supervise(
     control: Control,
     metrics: Arc<PipelineMetrics>,
 ) -> Result<()> {
+    if pipeline.checkpoint.store == StoreKind::Postgres {
+        // runtimes share the splits: leases take the place of the lock file
+        return shared::work(pipeline, registry, control, metrics).await;
+    }
     let policy = RetryPolicy::of(pipeline);
     let mut stop = control.stop.clone();
     let mut backoff = crate::retry::Backoff::new(&policy);
@@ -132,12 +137,41 @@ pub async fn supervise(
     }
 }
 
-/// Runs one pipeline until its source ends, it fails, or `control.stop` turns true.
+/// Runs one pipeline until its source ends, it fails, or `control.stop` turns true,
+/// with its checkpoints in the local store.
 pub async fn run(
     pipeline: &Pipeline,
     registry: &Registry,
     control: Control,
     metrics: Arc<PipelineMetrics>,
+) -> Result<()> {
+    let policy = RetryPolicy::of(pipeline);
+    let path = pipeline.checkpoint_path();
+    let mut stop = control.stop.clone();
+    let store = tokio::select! {
+        r = async { retrying!(&policy, "checkpoint store open", CheckpointStore::shared(&path)) } => r?,
+        _ = stop.wait_for(|stop| *stop) => return Ok(()),
+    };
+    run_on(
+        pipeline,
+        registry,
+        control,
+        metrics,
+        Store::Local(store),
+        None,
+    )
+    .await
+}
+
+/// Runs `pipeline` (with the checkpoints of `store`, reading only `splits` when
+/// given) until its source ends, it fails, or `control.stop` turns true.
+async fn run_on(
+    pipeline: &Pipeline,
+    registry: &Registry,
+    control: Control,
+    metrics: Arc<PipelineMetrics>,
+    store: Store,
+    splits: Option<Vec<String>>,
 ) -> Result<()> {
     let policy = RetryPolicy::of(pipeline);
     let name = pipeline.name.clone();
@@ -187,15 +221,8 @@ pub async fn run(
         None => None,
     };
 
-    let store_path = pipeline.checkpoint_path();
-    let store = unless_stopped!(async {
-        retrying!(
-            &policy,
-            "checkpoint store open",
-            CheckpointStore::shared(&store_path)
-        )
-    })?;
-    let stored = store.load(&name).await?;
+    let stored =
+        unless_stopped!(async { retrying!(&policy, "checkpoint store read", store.load(&name)) })?;
 
     let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
         Error::config(format!(
@@ -205,8 +232,15 @@ pub async fn run(
     })?;
     let mut source = connector.create_source(&pipeline.source.config)?;
 
-    let (plan, notes) = resume::plan(&sink_offsets, stored, source.replays_in_order());
+    let (plan, notes) = resume::plan(&sink_offsets, stored.clone(), source.replays_in_order());
     log_resume(pipeline, &sink_offsets, &plan, &notes);
+    if !plan.from.is_empty() && stored.as_ref() != Some(&plan.from) {
+        // every sink holds the records up to where the run starts (a sink's offsets
+        // are further on than the store's): the store says so too, so that a read
+        // that finds nothing more still ends at the right position
+        retrying!(&policy, "checkpoint store", store.store(&name, &plan.from))?;
+        metrics.checkpointed(&plan.from);
+    }
     for (slot, skip) in sinks.iter_mut().zip(plan.skips) {
         // a sink that skips gets records from where its own offsets are
         let start = skip.as_ref().map_or(&plan.from, |s| &s.stored);
@@ -225,6 +259,7 @@ pub async fn run(
             .linger
             .max(Duration::from_millis(100))
             .min(pipeline.checkpoint.interval),
+        splits,
     };
     let splits = resume.splits();
     unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &splits)) })

@@ -29,6 +29,7 @@ mod redis;
 mod roundtrip;
 mod s3;
 mod service;
+mod shared;
 mod sql_transforms;
 mod sqlite_incremental;
 mod sqlite_io;

@@ -1,5 +1,5 @@
-//! The checkpoint store: the offsets every sink has flushed, per pipeline, in an
-//! embedded SQLite file (`.sluice/state.db` by default). Each store is one durable
+//! The local checkpoint store: the offsets every sink has flushed, per pipeline, in
+//! an embedded SQLite file (`.sluice/state.db` by default). Each store is one durable
 //! transaction (WAL, synchronous = FULL).
 
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 use arrow_schema::SchemaRef;
 use connector_api::columns;
 
+use super::settings::{CheckpointConfig, StoreKind};
 use super::{ConfigError, Doc, Section};
 use crate::registry::Registry;
 use crate::transform::{plan_downstream, Misfit, TransformSpec, Unfit};
@@ -157,4 +158,45 @@ pub(super) fn check_changes(
         }
     }
     Ok(())
+}
+
+/// `[checkpoint]`: a shared store has a URL and a lease long enough to renew; a
+/// local one has no URL.
+pub(super) fn check_store(doc: &Doc, checkpoint: &CheckpointConfig) -> Result<(), ConfigError> {
+    match (checkpoint.store, &checkpoint.url) {
+        (StoreKind::Postgres, None) => Err(doc.error_at(
+            doc.span_of("checkpoint.store"),
+            "checkpoint.store = \"postgres\" needs checkpoint.url",
+            Some("e.g. url = \"postgres://sluice:${env:PGPASSWORD}@db:5432/ops\"".into()),
+        )),
+        (StoreKind::Postgres, Some(url))
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) =>
+        {
+            Err(doc.error_at(
+                doc.span_of("checkpoint.url"),
+                "checkpoint.url must be a postgres:// URL",
+                None,
+            ))
+        }
+        (StoreKind::Postgres, Some(_)) if checkpoint.path.is_some() => Err(doc.error_at(
+            doc.span_of("checkpoint.path"),
+            "checkpoint.path is the file of store = \"sqlite\"; a postgres store keeps everything in the database",
+            None,
+        )),
+        (StoreKind::Postgres, Some(_))
+            if checkpoint.lease_timeout < std::time::Duration::from_secs(1) =>
+        {
+            Err(doc.error_at(
+                doc.span_of("checkpoint.lease_timeout"),
+                "checkpoint.lease_timeout must be at least 1s: a lease is renewed three times per timeout",
+                None,
+            ))
+        }
+        (StoreKind::Sqlite, Some(_)) => Err(doc.error_at(
+            doc.span_of("checkpoint.url"),
+            "checkpoint.url is for store = \"postgres\"; the default store is a local SQLite file (checkpoint.path)",
+            Some("add store = \"postgres\" to share the pipeline between runtimes".into()),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -97,11 +97,41 @@ fn default_interval() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_lease() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[checkpoint] store`: where offsets are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// A local SQLite file, for one runtime per pipeline.
+    #[default]
+    Sqlite,
+    /// A PostgreSQL database that several runtimes share: they divide the pipeline's
+    /// splits between them.
+    Postgres,
+}
+
 /// `[checkpoint]`: where offsets are stored and how often.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// SQLite file of the checkpoint store; default `.sluice/state.db` next to the pipeline file.
+    /// `sqlite` (a local file, the default) or `postgres` (a database several
+    /// runtimes running this pipeline file share: each split is leased to one of
+    /// them, and the splits of one that dies are taken over).
+    #[serde(default)]
+    pub store: StoreKind,
+    /// With `store = "postgres"`: the database, `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// (a reference such as `${env:PGPASSWORD}` keeps the password out of the file).
+    pub url: Option<String>,
+    /// With `store = "postgres"`: a runtime that has not renewed its lease on a split
+    /// for this long (killed, cut off from the database) loses it, and another
+    /// runtime takes the split over from its last checkpoint.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease_timeout: Duration,
+    /// SQLite file of the checkpoint store (`store = "sqlite"`); default
+    /// `.sluice/state.db` next to the pipeline file.
     pub path: Option<PathBuf>,
     /// Flush the sinks and store a checkpoint at least this often.
     #[serde(default = "default_interval", with = "humantime_serde")]
@@ -115,6 +145,9 @@ pub struct CheckpointConfig {
 impl Default for CheckpointConfig {
     fn default() -> Self {
         CheckpointConfig {
+            store: StoreKind::Sqlite,
+            url: None,
+            lease_timeout: default_lease(),
             path: None,
             interval: default_interval(),
             lock_timeout: Duration::ZERO,

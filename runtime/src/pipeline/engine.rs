@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
 use super::catch_up::CatchUp;
 use super::dead_letter::{self, FailureWindow};
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::Store;
 use crate::config::{Pipeline, Tolerance};
 use crate::retry::RetryPolicy;
 use crate::retrying;
@@ -96,7 +96,7 @@ impl<'a> Engine<'a> {
     pub(super) async fn drive(
         &mut self,
         rx: &mut mpsc::Receiver<Msg>,
-        store: &CheckpointStore,
+        store: &Store,
         commit_tx: &mpsc::UnboundedSender<Offsets>,
         stop: &watch::Receiver<bool>,
         paused: &mut watch::Receiver<bool>,
@@ -305,7 +305,7 @@ impl<'a> Engine<'a> {
     /// Flushes every sink, stores the checkpoint, then tells the source.
     async fn checkpoint(
         &mut self,
-        store: &CheckpointStore,
+        store: &Store,
         commit_tx: &mpsc::UnboundedSender<Offsets>,
     ) -> Result<()> {
         if !self.dirty {
