@@ -195,7 +195,7 @@ async fn run_on(
     }
 
     let mut sinks = Vec::new();
-    let mut sink_offsets = Vec::new();
+    let mut sink_offsets: Vec<Option<Offsets>> = Vec::new();
     for section in &pipeline.sinks {
         let (slot, offsets) = unless_stopped!(open_sink(
             registry,
@@ -232,6 +232,17 @@ async fn run_on(
     })?;
     let mut source = connector.create_source(&pipeline.source.config)?;
 
+    if let Store::Split(_, claim) = &store {
+        if claim.imported {
+            // moved from a local store: the sinks hold the split's records under the
+            // pipeline's name, so holding nothing under the split's means nothing
+            for offsets in sink_offsets.iter_mut() {
+                if offsets.as_ref().is_some_and(Offsets::is_empty) {
+                    *offsets = None;
+                }
+            }
+        }
+    }
     let (plan, notes) = resume::plan(&sink_offsets, stored.clone(), source.replays_in_order());
     log_resume(pipeline, &sink_offsets, &plan, &notes);
     if !plan.from.is_empty() && stored.as_ref() != Some(&plan.from) {

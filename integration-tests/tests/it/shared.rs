@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use crate::postgres::{fresh, psql, server, url};
+use crate::postgres::{fresh, psql, restart_postgres, server, url};
 use crate::support::{finish, python, signal, sluice, spawn, wait_until, workdir, KillOnPanic};
 
 /// Writes `files` JSON-lines files `in/fNNN.jsonl` of `rows` records each; ids run
@@ -263,4 +263,79 @@ fn a_runtime_paused_past_its_lease_is_fenced_and_writes_nothing_twice() {
     );
     assert_eq!(counts(t), "240000|240000|0|239999");
     assert_eq!(done(t), 12);
+}
+
+#[test]
+fn three_runtimes_wait_out_a_postgres_restart_and_lose_nothing() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = "it_shared_restart";
+    forget(t);
+    files(d, 60, 5000);
+    pipeline(d, t, "3s", "");
+    let mut text = std::fs::read_to_string(d.join("shared.toml")).unwrap();
+    text.push_str(
+        "[errors]\nretry_backoff = \"200ms\"\nretry_backoff_max = \"2s\"\nmax_retries = 20\n",
+    );
+    std::fs::write(d.join("shared.toml"), text).unwrap();
+    let runtimes: Vec<(Child, KillOnPanic)> = (0..3).map(|_| start(d)).collect();
+    assert!(
+        wait_until(Duration::from_secs(120), || done(t) >= 10),
+        "the runtimes never finished 10 files"
+    );
+    restart_postgres();
+    let mut logs = String::new();
+    for (child, _guard) in runtimes {
+        let run = finish(child, Duration::from_secs(300));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        logs.push_str(&run.stderr);
+    }
+    assert!(
+        logs.contains("restarting it from its last checkpoint") || logs.contains("retrying"),
+        "no runtime noticed the restart:\n{logs}"
+    );
+    assert_eq!(counts(t), "300000|300000|0|299999");
+    assert_eq!(done(t), 60);
+}
+
+#[test]
+fn a_pipeline_moved_from_its_local_store_reads_only_what_it_had_not_read() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = "it_shared_moved";
+    forget(t);
+    files(d, 6, 1000);
+    let later: Vec<_> = (4..6)
+        .map(|f| d.join(format!("in/f{f:03}.jsonl")))
+        .collect();
+    let aside = d.join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for f in &later {
+        std::fs::rename(f, aside.join(f.file_name().unwrap())).unwrap();
+    }
+    // four files with the local store
+    pipeline(d, t, "3s", "");
+    let shared = std::fs::read_to_string(d.join("shared.toml")).unwrap();
+    let local = shared[..shared.find("[checkpoint]").unwrap()].to_string();
+    std::fs::write(d.join("shared.toml"), &local).unwrap();
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(counts(t), "4000|4000|0|3999");
+    // two more files, and the shared store: only those two are read
+    for f in &later {
+        std::fs::rename(aside.join(f.file_name().unwrap()), f).unwrap();
+    }
+    std::fs::write(d.join("shared.toml"), &shared).unwrap();
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("took the pipeline's offsets from its local checkpoint store"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(counts(t), "6000|6000|0|5999");
+    assert_eq!(done(t), 6);
 }

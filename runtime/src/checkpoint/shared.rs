@@ -47,6 +47,9 @@ pub struct Claim {
     pub offsets: Option<Offsets>,
     /// The runtime whose lease ran out, when this claim takes the split over.
     pub from: Option<String>,
+    /// The split's checkpoint was taken from a local store
+    /// ([`SharedStore::import`]) and none was stored since.
+    pub imported: bool,
 }
 
 /// One split as `sluice offsets show` lists it.
@@ -74,6 +77,9 @@ const SETUP: &[&str] = &[
        done BOOLEAN NOT NULL DEFAULT false, owner TEXT, epoch BIGINT NOT NULL DEFAULT 0, \
        lease_until TIMESTAMPTZ, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
        PRIMARY KEY (pipeline, split))",
+    // the split's position came from a local store: the data up to it is in the
+    // sinks under the pipeline's own name, not under the split's
+    "ALTER TABLE sluice_splits ADD COLUMN IF NOT EXISTS imported BOOLEAN NOT NULL DEFAULT false",
     "CREATE TABLE IF NOT EXISTS sluice_split_claims (\
        pipeline TEXT NOT NULL, split TEXT NOT NULL, epoch BIGINT NOT NULL, owner TEXT NOT NULL, \
        claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), ended_at TIMESTAMPTZ, outcome TEXT, \
@@ -181,11 +187,11 @@ impl SharedStore {
                UPDATE sluice_splits s SET owner = $2, epoch = s.epoch + 1, updated_at = now(), \
                  lease_until = now() + $3 * interval '1 millisecond' \
                FROM c WHERE s.pipeline = $1 AND s.split = c.split \
-               RETURNING s.split, s.epoch, s.offsets, c.was), \
+               RETURNING s.split, s.epoch, s.offsets, s.imported, c.was), \
              h AS (\
                INSERT INTO sluice_split_claims (pipeline, split, epoch, owner) \
                SELECT $1, split, epoch, $2 FROM u) \
-             SELECT split, epoch, offsets, was FROM u",
+             SELECT split, epoch, offsets, imported, was FROM u",
         )
         .bind(pipeline)
         .bind(&self.me)
@@ -204,6 +210,7 @@ impl SharedStore {
             epoch: row.get("epoch"),
             offsets: offsets.as_deref().map(Offsets::from_envelope).transpose()?,
             from: row.get("was"),
+            imported: row.get("imported"),
         }))
     }
 
@@ -245,7 +252,7 @@ impl SharedStore {
     /// while the lease is this runtime's.
     pub async fn store(&self, claim: &Claim, offsets: &Offsets) -> Result<()> {
         let r = sqlx::query(
-            "UPDATE sluice_splits SET offsets = $5, updated_at = now(), \
+            "UPDATE sluice_splits SET offsets = $5, updated_at = now(), imported = false, \
                lease_until = now() + $6 * interval '1 millisecond' \
              WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND owner = $4 AND NOT done",
         )
@@ -374,9 +381,9 @@ impl SharedStore {
     }
 
     /// Takes the offsets a pipeline stored in a local store: each split becomes a
-    /// row with its own position (a split with a finished position is still read by
-    /// its source, which knows it is at its end). Only into a pipeline the store does
-    /// not know yet; true when it did.
+    /// row with its own position, marked imported (a split with a finished position
+    /// is still read by its source, which knows it is at its end). Only into a
+    /// pipeline the store does not know yet; true when it did.
     pub async fn import(&self, pipeline: &str, offsets: &Offsets) -> Result<bool> {
         let mut tx = self
             .pool
@@ -400,7 +407,9 @@ impl SharedStore {
         for (split, value) in offsets.splits().iter() {
             let mut one = Offsets::new();
             one.set(split.clone(), value.clone());
-            sqlx::query("INSERT INTO sluice_splits (pipeline, split, offsets) VALUES ($1, $2, $3)")
+            sqlx::query(
+                "INSERT INTO sluice_splits (pipeline, split, offsets, imported) VALUES ($1, $2, $3, true)",
+            )
                 .bind(pipeline)
                 .bind(split)
                 .bind(one.to_envelope())

@@ -248,11 +248,15 @@ async fn read(
     match result {
         Ok(()) if lost => Ok(None),
         Ok(()) if stopped => {
-            store.release(&claim, "stopped").await?;
+            retrying!(
+                &policy,
+                "checkpoint store",
+                store.release(&claim, "stopped")
+            )?;
             Ok(None)
         }
         Ok(()) => {
-            if !store.finish(&claim).await? {
+            if !retrying!(&policy, "checkpoint store", store.finish(&claim))? {
                 tracing::warn!(pipeline = %name, split = %split, "the split was read to its end, but its lease had passed to another runtime, which reads on from the last checkpoint");
             }
             Ok(None)
@@ -260,7 +264,11 @@ async fn read(
         Err(e) if e.kind() == ErrorKind::Conflict => {
             // the lease passed on, or the sink is still held by the split's last owner
             tracing::warn!(pipeline = %name, split = %split, error = %e, "the split is held elsewhere; trying other splits first");
-            store.release(&claim, "held elsewhere").await?;
+            retrying!(
+                &policy,
+                "checkpoint store",
+                store.release(&claim, "held elsewhere")
+            )?;
             Ok(Some(split))
         }
         Err(e) => {
