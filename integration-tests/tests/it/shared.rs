@@ -339,3 +339,43 @@ fn a_pipeline_moved_from_its_local_store_reads_only_what_it_had_not_read() {
     assert_eq!(counts(t), "6000|6000|0|5999");
     assert_eq!(done(t), 6);
 }
+
+#[test]
+fn files_dropped_into_a_watched_directory_are_shared_as_they_come() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = "it_shared_watch";
+    forget(t);
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    let source = format!(
+        "[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\nwatch = true\npoll_interval = \"200ms\"\n{SCHEMA}\n"
+    );
+    pipeline_from(d, t, &source, "3s", "");
+    let runtimes: Vec<(Child, KillOnPanic)> = (0..2).map(|_| start(d)).collect();
+    // three drops of ten files, written aside and renamed in whole
+    let staging = d.join("staging");
+    files(&staging, 30, 1000);
+    for drop in 0..3 {
+        for f in drop * 10..drop * 10 + 10 {
+            let name = format!("f{f:03}.jsonl");
+            std::fs::rename(staging.join("in").join(&name), d.join("in").join(&name)).unwrap();
+        }
+        let want = (drop + 1) * 10;
+        assert!(
+            wait_until(Duration::from_secs(60), || done(t) == want),
+            "the files of drop {drop} were not all read"
+        );
+    }
+    // a watched directory never ends: the runtimes run until stopped
+    for (child, _guard) in runtimes {
+        signal(&child, "TERM");
+        let run = finish(child, Duration::from_secs(30));
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+    }
+    assert_eq!(counts(t), "30000|30000|0|29999");
+    let owners = psql(&format!(
+        "SELECT count(DISTINCT owner) FROM sluice_split_claims WHERE pipeline = '{t}' AND outcome = 'done'"
+    ));
+    assert_eq!(owners, "2", "the dropped files were not shared");
+}
