@@ -102,7 +102,7 @@ pub use plugin::{DynSinkConnector, DynSourceConnector, SinkConnector, SourceConn
 pub use rows::{RowBuilder, Value};
 pub use schema::DriftPolicy;
 pub use sink::{Sink, SinkContext, SinkState};
-pub use source::{Lag, Progress, ProgressUnit, Source, SourceContext, SplitList};
+pub use source::{Lag, ListedSplit, Progress, ProgressUnit, Source, SourceContext, SplitList};
 pub use task::blocking;
 pub use types::{parse_type, schema_from_specs, type_name, FieldSpec};
 

@@ -42,11 +42,22 @@ impl SourceContext {
 /// The splits a read covers now ([`SourceConnector::splits`](crate::SourceConnector::splits)).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SplitList {
-    /// Split ids, as the source's offsets name them, in the order to read them.
-    pub ids: Vec<String>,
+    /// The splits.
+    pub splits: Vec<ListedSplit>,
     /// More splits may come later (a watched directory): runtimes that share the
     /// work keep listing, and never end by themselves.
     pub growing: bool,
+}
+
+/// One split of a [`SplitList`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedSplit {
+    /// The split id, as the source's offsets name it.
+    pub id: String,
+    /// What the split holds now, when it can change (a file's inode and size, an
+    /// object's ETag): a split read to its end is read again, from its checkpoint,
+    /// once it is listed with another version. None: it does not change.
+    pub version: Option<String>,
 }
 
 /// How far a bounded read has come, for the progress bar and the metrics.

@@ -66,10 +66,11 @@ def forget(name):
     psql("DROP TABLE IF EXISTS \"%s\"; DO $$ BEGIN "
          "IF to_regclass('public.sluice_splits') IS NOT NULL THEN "
          "DELETE FROM sluice_splits WHERE pipeline = '%s'; "
-         "DELETE FROM sluice_split_claims WHERE pipeline = '%s'; END IF; "
+         "DELETE FROM sluice_split_claims WHERE pipeline = '%s'; "
+         "DELETE FROM sluice_imports WHERE pipeline = '%s'; END IF; "
          "IF to_regclass('public.sluice_offsets') IS NOT NULL THEN "
-         "DELETE FROM sluice_offsets WHERE pipeline = '%s' OR pipeline LIKE '%s/%%'; END IF; END $$"
-         % (name, name, name, name, name))
+         "DELETE FROM sluice_offsets WHERE pipeline = '%s' OR pipeline LIKE '%s.split-%%'; END IF; END $$"
+         % (name, name, name, name, name, name))
 
 
 def run(d, name, sink, runtimes, total):

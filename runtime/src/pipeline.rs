@@ -391,14 +391,17 @@ async fn run_on(
     drop(rx);
     // a source waiting for in-flight budget the engine still holds gets none, and ends
     budget.close();
-    let _ = source_task.await;
+    // a source that panicked did not read to its end: never an ending
+    let read = source_task
+        .await
+        .map_err(|e| Error::internal("the source's task failed").with_source(e));
     for slot in engine.sinks.iter_mut().chain(engine.dead_letter.iter_mut()) {
         if let Err(e) = slot.sink.close().await {
             tracing::warn!(sink = %slot.name, error = %e, "sink close failed");
         }
     }
     metrics.set_in_flight(None);
-    result
+    result.and(read)
 }
 
 /// Says in the log where the run starts and why.

@@ -58,7 +58,7 @@ impl SourceConnector for File {
     /// Each file the glob matches is a split.
     async fn splits(&self, config: &FileSourceConfig) -> Result<Option<SplitList>> {
         Ok(Some(SplitList {
-            ids: source::splits(config)?,
+            splits: source::splits(config)?,
             growing: config.watch,
         }))
     }

@@ -64,7 +64,7 @@ impl SourceConnector for S3 {
     /// Each object the glob matches is a split.
     async fn splits(&self, config: &S3SourceConfig) -> Result<Option<connector_api::SplitList>> {
         Ok(Some(connector_api::SplitList {
-            ids: source::splits(config).await?,
+            splits: source::splits(config).await?,
             growing: config.watch,
         }))
     }

@@ -54,9 +54,10 @@ fn forget(t: &str) {
         "DO $$ BEGIN \
            IF to_regclass('public.sluice_splits') IS NOT NULL THEN \
              DELETE FROM sluice_splits WHERE pipeline = '{t}'; \
-             DELETE FROM sluice_split_claims WHERE pipeline = '{t}'; END IF; \
+             DELETE FROM sluice_split_claims WHERE pipeline = '{t}'; \
+             DELETE FROM sluice_imports WHERE pipeline = '{t}'; END IF; \
            IF to_regclass('public.sluice_offsets') IS NOT NULL THEN \
-             DELETE FROM sluice_offsets WHERE pipeline LIKE '{t}/%'; END IF; \
+             DELETE FROM sluice_offsets WHERE pipeline LIKE '{t}.split-%'; END IF; \
          END $$"
     ));
 }
@@ -123,7 +124,7 @@ fn three_share_and_one_is_killed(dir: &Path, t: &str, splits: usize, rows: usize
     let taken_over = psql(&format!(
         "SELECT count(*) FROM sluice_split_claims a JOIN sluice_split_claims b \
            ON a.pipeline = b.pipeline AND a.split = b.split AND b.epoch > a.epoch \
-         WHERE a.pipeline = '{t}' AND a.ended_at IS NULL AND b.outcome = 'done' AND a.owner <> b.owner"
+         WHERE a.pipeline = '{t}' AND a.outcome = 'lease ran out' AND b.outcome = 'done' AND a.owner <> b.owner"
     ));
     assert_ne!(
         taken_over, "0",
@@ -378,4 +379,41 @@ fn files_dropped_into_a_watched_directory_are_shared_as_they_come() {
         "SELECT count(DISTINCT owner) FROM sluice_split_claims WHERE pipeline = '{t}' AND outcome = 'done'"
     ));
     assert_eq!(owners, "2", "the dropped files were not shared");
+}
+
+#[test]
+fn a_file_that_grew_after_it_was_read_is_read_on_into_a_file_sink() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = "it_shared_grown";
+    forget(t);
+    files(d, 3, 1000);
+    let source = format!("[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n{SCHEMA}\n");
+    std::fs::write(
+        d.join("shared.toml"),
+        format!(
+            "name = \"{t}\"\n{source}[sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
+             [checkpoint]\nstore = \"postgres\"\nurl = \"{}\"\nlease_timeout = \"3s\"\n",
+            url()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        crate::support::jsonl_ids(&d.join("out")),
+        (0..3000).collect::<Vec<i64>>()
+    );
+    // 500 more lines at the end of the last file: the next run reads only those
+    python(&format!(
+        "with open('{}/in/f002.jsonl', 'a') as out:\n    [out.write('{{\"id\": %d, \"file\": 2, \"amount\": \"1.00\"}}\\n' % i) for i in range(3000, 3500)]",
+        d.display()
+    ));
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        crate::support::jsonl_ids(&d.join("out")),
+        (0..3500).collect::<Vec<i64>>()
+    );
 }

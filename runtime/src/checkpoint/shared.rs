@@ -4,11 +4,17 @@
 //! Tables (created when missing, in the URL's database and search path):
 //!
 //! - `sluice_splits`: one row per (pipeline, split): its checkpoint (the offsets
-//!   envelope of that split alone), `done` once read to its end, and the lease: the
-//!   `owner` runtime, the `epoch` (one more at each claim) and `lease_until`.
+//!   envelope of that split alone), `done` once read to its end, the split's
+//!   `version` as last listed (a file's inode and size, an object's ETag) and the
+//!   version the read that finished it was claimed at, and the lease: the `owner`
+//!   runtime, the `epoch` (one more at each claim) and `lease_until`. A done split
+//!   listed with another version (it grew, or was replaced) is read again, from its
+//!   checkpoint.
 //! - `sluice_split_claims`: every claim (pipeline, split, epoch, owner, when, how it
 //!   ended): who did which share of the work, takeovers included.
-//! - `sluice_runtimes`: each runtime's heartbeat.
+//! - `sluice_runtimes`: each runtime's heartbeat (kept a day).
+//! - `sluice_imports`: pipelines whose offsets were taken from a local store, so
+//!   that they are taken once (a reset does not bring them back).
 //!
 //! A split is claimed with `FOR UPDATE SKIP LOCKED`, so two runtimes never claim the
 //! same row at once; a lease that is not renewed within `lease_timeout` (the runtime
@@ -19,9 +25,13 @@
 
 use std::time::Duration;
 
-use connector_api::{Error, ErrorKind, Offsets, Result};
+use connector_api::{Error, ErrorKind, ListedSplit, Offsets, Result};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row;
+
+mod admin;
+
+pub use self::admin::SplitRow;
 
 /// The shared store of one runtime.
 #[derive(Clone)]
@@ -43,8 +53,6 @@ pub struct Claim {
     pub split: String,
     /// The lease's epoch: one more than any earlier claim of the split.
     pub epoch: i64,
-    /// The split's last checkpoint.
-    pub offsets: Option<Offsets>,
     /// The runtime whose lease ran out, when this claim takes the split over.
     pub from: Option<String>,
     /// The split's checkpoint was taken from a local store
@@ -52,34 +60,16 @@ pub struct Claim {
     pub imported: bool,
 }
 
-/// One split as `sluice offsets show` lists it.
-#[derive(Debug)]
-pub struct SplitRow {
-    /// The split id.
-    pub split: String,
-    /// Read to its end.
-    pub done: bool,
-    /// The runtime that holds it, or held it last.
-    pub owner: Option<String>,
-    /// Its lease's epoch.
-    pub epoch: i64,
-    /// Until when the lease holds (RFC 3339), when leased now.
-    pub leased_until: Option<String>,
-    /// Its last checkpoint.
-    pub offsets: Option<Offsets>,
-    /// When it last changed (RFC 3339).
-    pub updated_at: String,
-}
-
 const SETUP: &[&str] = &[
+    // `imported`: the split's position came from a local store, so the data up to
+    // it is in the sinks under the pipeline's own name, not under the split's
     "CREATE TABLE IF NOT EXISTS sluice_splits (\
        pipeline TEXT NOT NULL, split TEXT NOT NULL, offsets TEXT, \
        done BOOLEAN NOT NULL DEFAULT false, owner TEXT, epoch BIGINT NOT NULL DEFAULT 0, \
        lease_until TIMESTAMPTZ, updated_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
-       PRIMARY KEY (pipeline, split))",
-    // the split's position came from a local store: the data up to it is in the
-    // sinks under the pipeline's own name, not under the split's
-    "ALTER TABLE sluice_splits ADD COLUMN IF NOT EXISTS imported BOOLEAN NOT NULL DEFAULT false",
+       imported BOOLEAN NOT NULL DEFAULT false, version TEXT, claimed_version TEXT, \
+       done_version TEXT, PRIMARY KEY (pipeline, split))",
+    "CREATE INDEX IF NOT EXISTS sluice_splits_open ON sluice_splits (pipeline, split) WHERE NOT done",
     "CREATE TABLE IF NOT EXISTS sluice_split_claims (\
        pipeline TEXT NOT NULL, split TEXT NOT NULL, epoch BIGINT NOT NULL, owner TEXT NOT NULL, \
        claimed_at TIMESTAMPTZ NOT NULL DEFAULT now(), ended_at TIMESTAMPTZ, outcome TEXT, \
@@ -87,12 +77,19 @@ const SETUP: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_runtimes (\
        id TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    "DELETE FROM sluice_runtimes WHERE heartbeat_at < now() - interval '1 day'",
+    "CREATE TABLE IF NOT EXISTS sluice_imports (\
+       pipeline TEXT PRIMARY KEY, source TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())",
 ];
+
+/// The advisory lock of `pipeline`'s split list: runtimes hold it shared while they
+/// add splits, and exclusively while they take in offsets from a local store.
+pub(super) fn pipeline_lock(pipeline: &str) -> i64 {
+    connector_api::stable_hash(format!("sluice_splits\0{pipeline}").as_bytes()) as i64
+}
 
 /// Serialises the table creation of runtimes that start together.
 const SETUP_LOCK: i64 = 0x736c_7569_6365_5f31;
-
-const RFC3339: &str = "YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"";
 
 impl SharedStore {
     /// Connects to the store at `url` and creates its tables when missing; leases
@@ -159,18 +156,38 @@ impl SharedStore {
         Ok(())
     }
 
-    /// Adds the splits of `pipeline` the store does not know yet; how many were new.
-    pub async fn add_splits(&self, pipeline: &str, ids: &[String]) -> Result<u64> {
-        let r = sqlx::query(
-            "INSERT INTO sluice_splits (pipeline, split) SELECT $1, unnest($2::text[]) \
-             ON CONFLICT DO NOTHING",
+    /// Adds the splits of `pipeline` the store does not know yet, and reopens a done
+    /// split listed with another version than it was read at.
+    pub async fn add_splits(&self, pipeline: &str, splits: &[ListedSplit]) -> Result<()> {
+        let ids: Vec<&str> = splits.iter().map(|s| s.id.as_str()).collect();
+        let versions: Vec<Option<&str>> = splits.iter().map(|s| s.version.as_deref()).collect();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| self.error("begin", e))?;
+        // an import of the pipeline's local offsets goes first (it takes this lock
+        // exclusively)
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind(pipeline_lock(pipeline))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.error("lock the pipeline's splits", e))?;
+        sqlx::query(
+            "INSERT INTO sluice_splits (pipeline, split, version) \
+             SELECT $1, s, v FROM unnest($2::text[], $3::text[]) AS l(s, v) \
+             ON CONFLICT (pipeline, split) DO UPDATE SET version = excluded.version, \
+               done = sluice_splits.done AND excluded.version IS NOT DISTINCT FROM sluice_splits.done_version \
+             WHERE sluice_splits.version IS DISTINCT FROM excluded.version",
         )
         .bind(pipeline)
-        .bind(ids)
-        .execute(&self.pool)
+        .bind(&ids)
+        .bind(&versions)
+        .execute(&mut *tx)
         .await
         .map_err(|e| self.error("add splits", e))?;
-        Ok(r.rows_affected())
+        tx.commit().await.map_err(|e| self.error("add splits", e))?;
+        Ok(())
     }
 
     /// Leases the first split of `pipeline` (in id order) that is not done and not
@@ -185,13 +202,17 @@ impl SharedStore {
                ORDER BY split LIMIT 1 FOR UPDATE SKIP LOCKED), \
              u AS (\
                UPDATE sluice_splits s SET owner = $2, epoch = s.epoch + 1, updated_at = now(), \
-                 lease_until = now() + $3 * interval '1 millisecond' \
+                 lease_until = now() + $3 * interval '1 millisecond', claimed_version = s.version \
                FROM c WHERE s.pipeline = $1 AND s.split = c.split \
-               RETURNING s.split, s.epoch, s.offsets, s.imported, c.was), \
+               RETURNING s.split, s.epoch, s.imported, c.was), \
              h AS (\
                INSERT INTO sluice_split_claims (pipeline, split, epoch, owner) \
-               SELECT $1, split, epoch, $2 FROM u) \
-             SELECT split, epoch, offsets, imported, was FROM u",
+               SELECT $1, split, epoch, $2 FROM u), \
+             o AS (\
+               UPDATE sluice_split_claims p SET ended_at = now(), outcome = 'lease ran out' \
+               FROM u WHERE p.pipeline = $1 AND p.split = u.split AND p.epoch < u.epoch \
+                 AND p.ended_at IS NULL) \
+             SELECT split, epoch, imported, was FROM u",
         )
         .bind(pipeline)
         .bind(&self.me)
@@ -203,12 +224,10 @@ impl SharedStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let offsets: Option<String> = row.get("offsets");
         Ok(Some(Claim {
             pipeline: pipeline.to_owned(),
             split: row.get("split"),
             epoch: row.get("epoch"),
-            offsets: offsets.as_deref().map(Offsets::from_envelope).transpose()?,
             from: row.get("was"),
             imported: row.get("imported"),
         }))
@@ -310,12 +329,14 @@ impl SharedStore {
     async fn end(&self, claim: &Claim, done: bool, outcome: &str) -> Result<bool> {
         let row: Option<(i64,)> = sqlx::query_as(
             "WITH u AS (\
-               UPDATE sluice_splits SET done = $5, lease_until = NULL, updated_at = now() \
+               UPDATE sluice_splits SET done = $5, lease_until = NULL, updated_at = now(), \
+                 done_version = CASE WHEN $5 THEN claimed_version ELSE done_version END \
                WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND owner = $4 AND NOT done \
                RETURNING epoch), \
              h AS (\
-               UPDATE sluice_split_claims SET ended_at = now(), outcome = $6 \
-               WHERE pipeline = $1 AND split = $2 AND epoch = $3) \
+               UPDATE sluice_split_claims SET ended_at = now(), \
+                 outcome = CASE WHEN EXISTS (SELECT 1 FROM u) THEN $6 ELSE 'refused: ' || $6 END \
+               WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND ended_at IS NULL) \
              SELECT epoch FROM u",
         )
         .bind(&claim.pipeline)
@@ -349,91 +370,6 @@ impl SharedStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.error("read", e))
-    }
-
-    /// Every split of `pipeline`, in id order.
-    pub async fn splits(&self, pipeline: &str) -> Result<Vec<SplitRow>> {
-        let rows = sqlx::query(
-            "SELECT split, done, owner, epoch, offsets, \
-               CASE WHEN lease_until > now() THEN to_char(lease_until AT TIME ZONE 'UTC', $2) END AS leased_until, \
-               to_char(updated_at AT TIME ZONE 'UTC', $2) AS updated_at \
-             FROM sluice_splits WHERE pipeline = $1 ORDER BY split",
-        )
-        .bind(pipeline)
-        .bind(RFC3339)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.error("read", e))?;
-        rows.iter()
-            .map(|row| {
-                let offsets: Option<String> = row.get("offsets");
-                Ok(SplitRow {
-                    split: row.get("split"),
-                    done: row.get("done"),
-                    owner: row.get("owner"),
-                    epoch: row.get("epoch"),
-                    leased_until: row.get("leased_until"),
-                    offsets: offsets.as_deref().map(Offsets::from_envelope).transpose()?,
-                    updated_at: row.get("updated_at"),
-                })
-            })
-            .collect()
-    }
-
-    /// Takes the offsets a pipeline stored in a local store: each split becomes a
-    /// row with its own position, marked imported (a split with a finished position
-    /// is still read by its source, which knows it is at its end). Only into a
-    /// pipeline the store does not know yet; true when it did.
-    pub async fn import(&self, pipeline: &str, offsets: &Offsets) -> Result<bool> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| self.error("begin", e))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(connector_api::stable_hash(pipeline.as_bytes()) as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.error("lock for import", e))?;
-        let known: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sluice_splits WHERE pipeline = $1)")
-                .bind(pipeline)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(|e| self.error("read", e))?;
-        if known {
-            return Ok(false);
-        }
-        for (split, value) in offsets.splits().iter() {
-            let mut one = Offsets::new();
-            one.set(split.clone(), value.clone());
-            sqlx::query(
-                "INSERT INTO sluice_splits (pipeline, split, offsets, imported) VALUES ($1, $2, $3, true)",
-            )
-                .bind(pipeline)
-                .bind(split)
-                .bind(one.to_envelope())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| self.error("import offsets", e))?;
-        }
-        tx.commit()
-            .await
-            .map_err(|e| self.error("commit import", e))?;
-        Ok(true)
-    }
-
-    /// Forgets every split of `pipeline` and its claims; true if there were any.
-    pub async fn reset(&self, pipeline: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "WITH h AS (DELETE FROM sluice_split_claims WHERE pipeline = $1) \
-             DELETE FROM sluice_splits WHERE pipeline = $1",
-        )
-        .bind(pipeline)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.error("reset", e))?;
-        Ok(r.rows_affected() > 0)
     }
 
     /// Closes the connections.

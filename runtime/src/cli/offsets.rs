@@ -15,14 +15,17 @@ pub(super) async fn show(p: &Pipeline) -> ExitCode {
             Ok(store) => store,
             Err(code) => return code,
         };
-        let result = store.splits(&p.name).await;
+        let result = match store.splits(&p.name).await {
+            Ok(rows) => store.runtimes().await.map(|r| (rows, r)),
+            Err(e) => Err(e),
+        };
         store.close().await;
         return match result {
-            Ok(rows) if rows.is_empty() => {
+            Ok((rows, _)) if rows.is_empty() => {
                 println!("pipeline \"{}\" has no stored offsets", p.name);
                 ExitCode::SUCCESS
             }
-            Ok(rows) => {
+            Ok((rows, runtimes)) => {
                 let splits: Vec<serde_json::Value> = rows
                     .iter()
                     .map(|r| {
@@ -44,8 +47,16 @@ pub(super) async fn show(p: &Pipeline) -> ExitCode {
                         })
                     })
                     .collect();
-                let out =
-                    serde_json::json!({"pipeline": p.name, "store": "postgres", "splits": splits});
+                let runtimes: Vec<serde_json::Value> = runtimes
+                    .iter()
+                    .map(|r| serde_json::json!({"id": r.id, "heartbeat_at": r.heartbeat_at}))
+                    .collect();
+                let out = serde_json::json!({
+                    "pipeline": p.name,
+                    "store": "postgres",
+                    "splits": splits,
+                    "runtimes": runtimes,
+                });
                 println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
                 ExitCode::SUCCESS
             }
@@ -117,21 +128,6 @@ pub(super) async fn reset(p: &Pipeline) -> ExitCode {
 }
 
 async fn reset_shared(p: &Pipeline, store: &SharedStore) -> ExitCode {
-    let rows = match store.splits(&p.name).await {
-        Ok(rows) => rows,
-        Err(e) => return failed(p, e),
-    };
-    // a runtime reading a split would write its checkpoint again
-    if let Some(held) = rows.iter().find(|r| r.leased_until.is_some()) {
-        eprintln!(
-            "error: split \"{}\" of pipeline \"{}\" is leased to runtime {} until {}: stop every runtime of the pipeline first",
-            held.split,
-            p.name,
-            held.owner.as_deref().unwrap_or("?"),
-            held.leased_until.as_deref().unwrap_or("?")
-        );
-        return ExitCode::from(EXIT_FAILED);
-    }
     match store.reset(&p.name).await {
         Ok(true) => reset_done(p),
         Ok(false) => {

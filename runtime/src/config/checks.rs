@@ -178,11 +178,6 @@ pub(super) fn check_store(doc: &Doc, checkpoint: &CheckpointConfig) -> Result<()
                 None,
             ))
         }
-        (StoreKind::Postgres, Some(_)) if checkpoint.path.is_some() => Err(doc.error_at(
-            doc.span_of("checkpoint.path"),
-            "checkpoint.path is the file of store = \"sqlite\"; a postgres store keeps everything in the database",
-            None,
-        )),
         (StoreKind::Postgres, Some(_))
             if checkpoint.lease_timeout < std::time::Duration::from_secs(1) =>
         {

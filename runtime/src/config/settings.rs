@@ -130,8 +130,9 @@ pub struct CheckpointConfig {
     /// runtime takes the split over from its last checkpoint.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease_timeout: Duration,
-    /// SQLite file of the checkpoint store (`store = "sqlite"`); default
-    /// `.sluice/state.db` next to the pipeline file.
+    /// SQLite file of the checkpoint store; default `.sluice/state.db` next to the
+    /// pipeline file. With `store = "postgres"`: the local store whose offsets the
+    /// first shared run takes in.
     pub path: Option<PathBuf>,
     /// Flush the sinks and store a checkpoint at least this often.
     #[serde(default = "default_interval", with = "humantime_serde")]

@@ -2,18 +2,20 @@
 //! runtime started on the same pipeline file lists the source's splits into the
 //! shared store, leases one split at a time and reads it to its end as a run of its
 //! own, then takes the next. The split's run is the pipeline under the name
-//! `PIPELINE/SPLIT`, so a sink that stores offsets with its data keeps them per split
-//! (and the PostgreSQL sink's run lock is per split too).
+//! `PIPELINE.split-HASH` (of the split id), so a sink that stores offsets with its
+//! data keeps them per split (and the PostgreSQL and MySQL sinks' run locks are per
+//! split too).
 //!
 //! - A lease is renewed every third of `lease_timeout` and by each checkpoint; a
 //!   runtime that stops renewing (killed, cut off) loses its splits to the others,
 //!   which resume each from its last checkpoint, or from the offsets a sink stored
 //!   with its data.
-//! - A runtime whose lease passed on (paused past the timeout) stops reading the
-//!   split, and its next checkpoint is refused ([`SharedStore::store`]). Where the
-//!   sink stores offsets with its data, the new owner cannot write the split until
-//!   the old one's run let go of it (the PostgreSQL sink's lock), and then reads on
-//!   from what the old one stored: nothing is written twice.
+//! - A runtime whose lease passed on (paused past the timeout), or that could not
+//!   renew it for as long as it lasts, drops the split's run without writing more,
+//!   and its checkpoints are refused ([`SharedStore::store`]). Where the sink holds
+//!   a run lock (PostgreSQL, MySQL), the new owner cannot write the split until the
+//!   old one's run let go of it, and then reads on from what the old one stored:
+//!   nothing is written twice. Other sinks may receive records of a paused run again.
 //! - The pipeline ends when every split is done, unless the source's splits grow (a
 //!   watched directory): then runtimes keep listing.
 
@@ -78,16 +80,27 @@ pub(super) async fn work(
 /// the first time it runs with it.
 async fn import_local(pipeline: &Pipeline, store: &SharedStore) -> Result<()> {
     let path = pipeline.checkpoint_path();
-    if !path.exists() || store.knows(&pipeline.name).await? {
+    if !path.exists() {
         return Ok(());
     }
-    let local = CheckpointStore::open(&path).await?;
+    let policy = RetryPolicy::of(pipeline);
+    let local = retrying!(
+        &policy,
+        "local checkpoint store",
+        CheckpointStore::open(&path)
+    )?;
     let offsets = local.load(&pipeline.name).await;
     local.close().await;
-    if let Some(offsets) = offsets? {
-        if store.import(&pipeline.name, &offsets).await? {
-            tracing::info!(pipeline = %pipeline.name, splits = offsets.splits().len(), from = %path.display(), "took the pipeline's offsets from its local checkpoint store into the shared one");
-        }
+    let Some(offsets) = offsets? else {
+        return Ok(());
+    };
+    let from = path.display().to_string();
+    if retrying!(
+        &policy,
+        "checkpoint store",
+        store.import(&pipeline.name, &offsets, &from)
+    )? {
+        tracing::info!(pipeline = %pipeline.name, splits = offsets.splits().len(), from = %from, "took the pipeline's offsets from its local checkpoint store into the shared one");
     }
     Ok(())
 }
@@ -113,33 +126,17 @@ async fn share(
     // when to try them again
     let mut avoid: Vec<(String, Instant)> = Vec::new();
     let mut stop = control.stop.clone();
+    // listed at the start, and at every poll while the splits grow
+    let mut growing = list(pipeline, &*connector, store).await?;
+    let mut listed = Instant::now();
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        let listed = retrying!(
-            &policy,
-            "list the source's splits",
-            connector.splits(&pipeline.source.config)
-        )
-        .map_err(|e| e.context("source"))?
-        .ok_or_else(|| {
-            Error::config(format!(
-                "source connector \"{}\" cannot divide its work between runtimes; use the default [checkpoint] store = \"sqlite\" (one runtime per pipeline)",
-                pipeline.source.connector
-            ))
-        })?;
-        if listed.ids.is_empty() && !listed.growing && !store.knows(name).await? {
-            return Err(Error::not_found(format!(
-                "source \"{}\" lists nothing to read (for files: nothing matches the path)",
-                pipeline.source.connector
-            )));
+        if growing && listed.elapsed() >= poll {
+            growing = list(pipeline, &*connector, store).await?;
+            listed = Instant::now();
         }
-        retrying!(
-            &policy,
-            "checkpoint store",
-            store.add_splits(name, &listed.ids)
-        )?;
         avoid.retain(|(_, until)| *until > Instant::now());
         let passed: Vec<String> = avoid.iter().map(|(s, _)| s.clone()).collect();
         match retrying!(&policy, "checkpoint store", store.claim(name, &passed))? {
@@ -151,12 +148,12 @@ async fn share(
                 }
             }
             None => {
-                if !listed.growing
-                    && retrying!(&policy, "checkpoint store", store.unfinished(name))? == 0
+                if !growing && retrying!(&policy, "checkpoint store", store.unfinished(name))? == 0
                 {
                     tracing::info!(pipeline = %name, runtime = store.runtime(), "every split of the pipeline is done");
                     return Ok(());
                 }
+                // other runtimes' splits may come free
                 tokio::select! {
                     _ = tokio::time::sleep(poll) => {}
                     _ = stop.wait_for(|stop| *stop) => return Ok(()),
@@ -166,8 +163,65 @@ async fn share(
     }
 }
 
+/// Lists the source's splits into the store; true when more may come.
+async fn list(
+    pipeline: &Pipeline,
+    connector: &dyn connector_api::DynSourceConnector,
+    store: &SharedStore,
+) -> Result<bool> {
+    let policy = RetryPolicy::of(pipeline);
+    let listed = retrying!(
+        &policy,
+        "list the source's splits",
+        connector.splits(&pipeline.source.config)
+    )
+    .map_err(|e| e.context("source"))?
+    .ok_or_else(|| {
+        Error::config(format!(
+            "source connector \"{}\" cannot divide its work between runtimes; use the default [checkpoint] store = \"sqlite\" (one runtime per pipeline)",
+            pipeline.source.connector
+        ))
+    })?;
+    if listed.splits.is_empty()
+        && !listed.growing
+        && !retrying!(&policy, "checkpoint store", store.knows(&pipeline.name))?
+    {
+        return Err(Error::not_found(format!(
+            "source \"{}\" lists nothing to read (for files: nothing matches the path)",
+            pipeline.source.connector
+        )));
+    }
+    retrying!(
+        &policy,
+        "checkpoint store",
+        store.add_splits(&pipeline.name, &listed.splits)
+    )?;
+    Ok(listed.growing)
+}
+
+/// The name a split's run goes by: the pipeline's, and a hash of the split id, so
+/// that it is a pipeline name as every sink takes one (in file names, client ids),
+/// whatever characters the split id has. Sinks key the offsets they store by it.
+fn run_name(pipeline: &str, split: &str) -> String {
+    format!(
+        "{pipeline}.split-{:016x}",
+        connector_api::stable_hash(split.as_bytes())
+    )
+}
+
+/// How the lease on a split being read ended up.
+#[derive(Default)]
+struct Lease {
+    /// It passed to another runtime, or this one lost touch with the store for
+    /// longer than it lasts.
+    lost: AtomicBool,
+    /// The run was told to stop (the pipeline stops, or the lease is lost): it did
+    /// not read the split to its end.
+    halted: AtomicBool,
+}
+
 /// Reads the split of `claim` to its end, as its own run, while the lease holds.
-/// Some(split) when another runtime's run still held it: try it later.
+/// Some(split) when another runtime's run still held it, or took it: try it later.
 async fn read(
     pipeline: &Pipeline,
     registry: &Registry,
@@ -183,59 +237,58 @@ async fn read(
             tracing::warn!(pipeline = %name, split = %split, from = %from, epoch = claim.epoch, "taking the split over: the runtime that held it did not renew its lease")
         }
         None => {
-            tracing::info!(pipeline = %name, split = %split, epoch = claim.epoch, "reading split")
+            tracing::info!(pipeline = %name, split = %split, epoch = claim.epoch, run = %run_name(name, &split), "reading split")
         }
     }
     let part = Pipeline {
-        name: format!("{name}/{split}"),
+        name: run_name(name, &split),
         ..pipeline.clone()
     };
-    // the split's run stops when the pipeline stops or the lease passes on
+    let lease = Arc::new(Lease::default());
+    // the split's run stops when the pipeline stops; it is dropped, nothing more
+    // written, when the lease is lost
     let (stop_tx, stop) = watch::channel(false);
-    let lost = Arc::new(AtomicBool::new(false));
-    let keeper = tokio::spawn({
-        let (store, claim, lost) = (store.clone(), claim.clone(), lost.clone());
-        let mut parent = control.stop.clone();
-        let every = pipeline.checkpoint.lease_timeout / 3;
-        async move {
-            loop {
-                tokio::select! {
-                    _ = async { drop(parent.wait_for(|stop| *stop).await) } => break,
-                    _ = tokio::time::sleep(every) => match store.renew(&claim).await {
-                        Ok(true) => continue,
-                        Ok(false) => {
-                            tracing::warn!(split = %claim.split, "the lease on the split passed to another runtime: this runtime stops reading it");
-                            lost.store(true, Ordering::SeqCst);
-                            break;
-                        }
-                        // the database is away: the checkpoints wait for it too
-                        Err(e) => tracing::warn!(split = %claim.split, error = %e, "lease renewal failed"),
-                    },
-                }
-            }
-            let _ = stop_tx.send(true);
-        }
-    });
+    let (lost_tx, mut lost) = watch::channel(false);
+    let keeper = tokio::spawn(keep(
+        store.clone(),
+        claim.clone(),
+        pipeline.checkpoint.lease_timeout,
+        control.stop.clone(),
+        lease.clone(),
+        (stop_tx, lost_tx),
+    ));
     let policy = RetryPolicy::of(pipeline);
     let mut backoff = Backoff::new(&policy);
     let result = loop {
-        let control = Control::with_pause(stop.clone(), control.paused.clone());
-        let store = Store::Split(store.clone(), claim.clone());
+        // a run that waited (a restart's backoff, a pause) first checks the lease
+        if !retrying!(&policy, "checkpoint store", store.renew(&claim))? {
+            lease.lost.store(true, Ordering::SeqCst);
+            break Ok(());
+        }
+        let before = metrics.last_checkpoint().map(|(_, offsets)| offsets);
         let run = run_on(
             &part,
             registry,
-            control,
+            Control::with_pause(stop.clone(), control.paused.clone()),
             metrics.clone(),
-            store,
+            Store::Split(store.clone(), claim.clone()),
             Some(vec![split.clone()]),
         );
-        let result = telemetry::scope(metrics.clone(), run).await;
+        let result = tokio::select! {
+            r = telemetry::scope(metrics.clone(), run) => r,
+            _ = async { drop(lost.wait_for(|lost| *lost).await) } => break Ok(()),
+        };
         match result {
             Err(e) if e.is_restartable() && !*stop.borrow() => {
+                if metrics.last_checkpoint().map(|(_, offsets)| offsets) != before {
+                    // it got on: a new failure starts a new count
+                    backoff = Backoff::new(&policy);
+                }
                 let Some(delay) = backoff.next_delay() else {
                     break Err(e);
                 };
                 tracing::warn!(pipeline = %name, split = %split, error = %e, delay_ms = delay.as_millis() as u64, "the split's run failed; restarting it from its last checkpoint");
+                metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 metrics.set_state(State::Retrying);
                 tokio::time::sleep(delay).await;
             }
@@ -243,16 +296,16 @@ async fn read(
         }
     };
     keeper.abort();
-    let lost = lost.load(Ordering::SeqCst);
-    let stopped = *control.stop.borrow();
+    if lease.lost.load(Ordering::SeqCst) {
+        tracing::warn!(pipeline = %name, split = %split, "the lease on the split passed to another runtime: this runtime stopped reading it");
+        return Ok(Some(split));
+    }
     match result {
-        Ok(()) if lost => Ok(None),
-        Ok(()) if stopped => {
-            retrying!(
-                &policy,
-                "checkpoint store",
-                store.release(&claim, "stopped")
-            )?;
+        Ok(()) if lease.halted.load(Ordering::SeqCst) || *control.stop.borrow() => {
+            // the lease runs out by itself if the store is away
+            if let Err(e) = store.release(&claim, "stopped").await {
+                tracing::warn!(pipeline = %name, split = %split, error = %e, "could not give the split back; it is free again once its lease runs out");
+            }
             Ok(None)
         }
         Ok(()) => {
@@ -275,5 +328,47 @@ async fn read(
             let _ = store.release(&claim, "failed").await;
             Err(e.context(format!("split \"{split}\"")))
         }
+    }
+}
+
+/// Renews the lease of `claim` every third of `timeout` until the pipeline stops or
+/// the lease is lost; then stops the split's run (`stop`), and on a loss drops it
+/// (`lost`). A lease that could not be renewed for as long as it lasts counts as
+/// lost: another runtime may have it by now.
+async fn keep(
+    store: SharedStore,
+    claim: Claim,
+    timeout: Duration,
+    mut parent: watch::Receiver<bool>,
+    lease: Arc<Lease>,
+    (stop, lost): (watch::Sender<bool>, watch::Sender<bool>),
+) {
+    let every = timeout / 3;
+    let mut renewed = Instant::now();
+    loop {
+        tokio::select! {
+            _ = async { drop(parent.wait_for(|stop| *stop).await) } => break,
+            _ = tokio::time::sleep(every) => match store.renew(&claim).await {
+                Ok(true) => {
+                    renewed = Instant::now();
+                    continue;
+                }
+                Ok(false) => {
+                    lease.lost.store(true, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) if renewed.elapsed() + every >= timeout => {
+                    tracing::warn!(split = %claim.split, error = %e, "the lease could not be renewed for as long as it lasts: this runtime stops reading the split");
+                    lease.lost.store(true, Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => tracing::warn!(split = %claim.split, error = %e, "lease renewal failed"),
+            },
+        }
+    }
+    lease.halted.store(true, Ordering::SeqCst);
+    let _ = stop.send(true);
+    if lease.lost.load(Ordering::SeqCst) {
+        let _ = lost.send(true);
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
-use connector_api::{Batch, Error, Offsets, Result, Source, SourceContext};
+use connector_api::{Batch, Error, ListedSplit, Offsets, Result, Source, SourceContext};
 use notify::RecommendedWatcher;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use sluice_formats::{Compression, Format, TextDecoder as Text};
@@ -387,11 +387,20 @@ impl Source for FileSource {
     }
 }
 
-/// The files the glob matches now, in name order, as split ids.
-pub fn splits(config: &FileSourceConfig) -> Result<Vec<String>> {
+/// The files the glob matches now, in name order, as splits: each versioned by its
+/// inode and size, so a file that grew or was replaced is read again.
+pub fn splits(config: &FileSourceConfig) -> Result<Vec<ListedSplit>> {
     Ok(list(&config.path)?
         .into_iter()
-        .map(|p| p.to_string_lossy().into_owned())
+        .map(|p| {
+            let version = std::fs::metadata(&p)
+                .ok()
+                .map(|m| format!("{}:{}", crate::identity::inode(&m), m.len()));
+            ListedSplit {
+                id: p.to_string_lossy().into_owned(),
+                version,
+            }
+        })
         .collect())
 }
 

@@ -112,7 +112,7 @@ pub struct BlockRange {
 #[derive(Clone, Copy)]
 enum Read<'a> {
     /// A table of the configured schema, or a key range of it.
-    Table(&'a str, Option<(i64, i64)>),
+    Table(&'a str, Option<shares::Bounds>),
     /// The configured query.
     Query(&'a str),
 }
@@ -194,15 +194,21 @@ impl Source for PostgresSource {
             // the tables and key ranges the runtime gave this source
             (None, Some(splits)) => splits
                 .iter()
-                .filter_map(|id| {
+                .map(|id| {
                     let (split, bounds) = shares::parse(id);
-                    let table = split
-                        .strip_prefix(schema_name.as_str())?
-                        .strip_prefix('.')?;
-                    let table = self.config.tables.iter().find(|t| *t == table)?;
-                    Some(Read::Table(table, bounds))
+                    split
+                        .strip_prefix(schema_name.as_str())
+                        .and_then(|t| t.strip_prefix('.'))
+                        .and_then(|t| self.config.tables.iter().find(|c| *c == t))
+                        .map(|t| Read::Table(t, bounds))
+                        .ok_or_else(|| {
+                            Error::config(format!(
+                                "split \"{id}\" is none of the tables of schema \"{schema_name}\" this source reads: was `tables` changed while runtimes shared it?"
+                            ))
+                            .with_field("tables")
+                        })
                 })
-                .collect(),
+                .collect::<Result<_>>()?,
             (None, None) => self
                 .config
                 .tables
@@ -213,10 +219,7 @@ impl Source for PostgresSource {
         for read in reads {
             let (split, relation, what, (columns, schema, pk)) = match read {
                 Read::Table(name, bounds) => (
-                    match bounds {
-                        Some((lo, hi)) => format!("{schema_name}.{name}@{lo}..{hi}"),
-                        None => format!("{schema_name}.{name}"),
-                    },
+                    shares::id(&format!("{schema_name}.{name}"), bounds),
                     format!("{}.{}", quote(schema_name), quote(name)),
                     format!("table \"{schema_name}\".\"{name}\""),
                     describe(&pool, schema_name, name).await?,
@@ -247,6 +250,13 @@ impl Source for PostgresSource {
                 && self.config.mode != SourceMode::Incremental;
             if matches!(read, Read::Table(..)) {
                 need_primary_key(&self.config, &what, &pk)?;
+            }
+            if matches!(read, Read::Table(_, Some(_)))
+                && shares::integer_key(&columns, &pk).is_none()
+            {
+                return Err(Error::schema(format!(
+                    "split \"{split}\" is a key range, but the primary key of {what} is no longer one integer column"
+                )));
             }
             let key = match self.config.mode {
                 SourceMode::Snapshot if matches!(read, Read::Query(_)) => {

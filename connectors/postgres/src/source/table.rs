@@ -59,7 +59,7 @@ pub(super) struct Table {
     pub(super) cursor: Option<super::cursor::Cursor>,
     /// A key range of the table (`LO <= key < HI` of its one key column), when
     /// runtimes that share the snapshot cut it so ([`super::shares`]).
-    pub(super) bounds: Option<(i64, i64)>,
+    pub(super) bounds: Option<super::shares::Bounds>,
 }
 
 /// Blocks per range at least when a table is cut into ranges (1 MiB of 8 KiB
@@ -257,7 +257,8 @@ impl Table {
         let order = keys.join(", ");
         let mut conditions: Vec<String> = self.key_condition(after).into_iter().collect();
         if let (Some((lo, hi)), [key]) = (self.bounds, keys.as_slice()) {
-            conditions.push(format!("{key} >= {lo} AND {key} < {hi}"));
+            conditions.extend(lo.map(|lo| format!("{key} >= {lo}")));
+            conditions.extend(hi.map(|hi| format!("{key} < {hi}")));
         }
         // a batch never ends inside a run of rows with equal cursor values: the next
         // read starts after them

@@ -1,7 +1,7 @@
 //! Finding the objects to read: the prefix listed, its keys matched against the glob.
 
 use aws_sdk_s3::Client;
-use connector_api::{Error, Result};
+use connector_api::{Error, ListedSplit, Result};
 
 use crate::client::{connect, s3_error};
 use crate::config::{Connection, S3SourceConfig};
@@ -70,12 +70,19 @@ pub async fn check(config: &S3SourceConfig) -> Result<()> {
     Ok(())
 }
 
-/// The keys the glob matches now, in key order, as split ids.
-pub async fn splits(config: &S3SourceConfig) -> Result<Vec<String>> {
+/// The keys the glob matches now, in key order, as splits versioned by their ETag,
+/// so an object replaced after it was read is read again.
+pub async fn splits(config: &S3SourceConfig) -> Result<Vec<ListedSplit>> {
     let conn = config.connection();
     let client = connect(&conn).await?;
     let pattern = glob::Pattern::new(&config.path)
         .map_err(|e| Error::config("path").with_source(e).with_field("path"))?;
     let found = list_matching(&client, &conn, config, &pattern).await?;
-    Ok(found.into_iter().map(|o| o.key).collect())
+    Ok(found
+        .into_iter()
+        .map(|o| ListedSplit {
+            id: o.key,
+            version: Some(o.etag),
+        })
+        .collect())
 }
