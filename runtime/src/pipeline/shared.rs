@@ -261,9 +261,13 @@ async fn read(
     let mut backoff = Backoff::new(&policy);
     let result = loop {
         // a run that waited (a restart's backoff, a pause) first checks the lease
-        if !retrying!(&policy, "checkpoint store", store.renew(&claim))? {
-            lease.lost.store(true, Ordering::SeqCst);
-            break Ok(());
+        match retrying!(&policy, "checkpoint store", store.renew(&claim)) {
+            Ok(true) => {}
+            Ok(false) => {
+                lease.lost.store(true, Ordering::SeqCst);
+                break Ok(());
+            }
+            Err(e) => break Err(e),
         }
         let before = metrics.last_checkpoint().map(|(_, offsets)| offsets);
         let run = run_on(
@@ -276,7 +280,12 @@ async fn read(
         );
         let result = tokio::select! {
             r = telemetry::scope(metrics.clone(), run) => r,
-            _ = async { drop(lost.wait_for(|lost| *lost).await) } => break Ok(()),
+            // (a keeper that ended without a loss closed the channel: not a loss)
+            _ = async {
+                if lost.wait_for(|lost| *lost).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => break Ok(()),
         };
         match result {
             Err(e) if e.is_restartable() && !*stop.borrow() => {
