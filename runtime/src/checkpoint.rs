@@ -15,7 +15,7 @@ mod shared;
 use connector_api::{Offsets, Result};
 
 pub use self::local::{is_corrupt, CheckpointStore};
-pub use self::shared::{Claim, SharedStore, SplitRow};
+pub use self::shared::{unshareable, Claim, SharedStore, SplitRow};
 
 /// Where one run stores its checkpoints.
 #[derive(Clone)]

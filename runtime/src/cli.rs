@@ -357,6 +357,13 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                     );
                 }
             }
+            if p.checkpoint.store == config::StoreKind::Postgres {
+                report(
+                    "checkpoint store (postgres)".into(),
+                    offsets::check_shared(&p, &registry).await,
+                    &mut ok,
+                );
+            }
             if !p.transforms.is_empty() || p.sinks.iter().any(|s| s.route.is_some()) {
                 if let Some(Ok(Some(schema))) = match registry.source(&p.source.connector) {
                     Some(c) if ok => Some(c.discover(&p.source.config).await),

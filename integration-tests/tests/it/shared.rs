@@ -417,3 +417,51 @@ fn a_file_that_grew_after_it_was_read_is_read_on_into_a_file_sink() {
         (0..3500).collect::<Vec<i64>>()
     );
 }
+
+#[test]
+fn check_names_a_store_out_of_reach_and_a_source_that_cannot_share() {
+    let dir = workdir();
+    let d = dir.path();
+    files(d, 1, 10);
+    let write = |source: &str, url: &str| {
+        std::fs::write(
+            d.join("check.toml"),
+            format!(
+                "name = \"it_shared_check\"\n{source}[sink]\nconnector = \"blackhole\"\n\
+                 [checkpoint]\nstore = \"postgres\"\nurl = \"{url}\"\n"
+            ),
+        )
+        .unwrap();
+    };
+    let files_source = format!("[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n{SCHEMA}\n");
+    write(&files_source, "postgres://postgres@127.0.0.1:1/test");
+    let check = sluice(d, &["check", "check.toml"]);
+    assert_ne!(check.code, Some(0));
+    assert!(
+        check
+            .stdout
+            .contains("checkpoint store (postgres): connect error")
+            && check.stdout.contains("127.0.0.1:1"),
+        "{}",
+        check.stdout
+    );
+    let datagen = "[source]\nconnector = \"datagen\"\ncount = 10\n";
+    write(datagen, &url());
+    let check = sluice(d, &["check", "check.toml"]);
+    assert_ne!(check.code, Some(0));
+    assert!(
+        check
+            .stdout
+            .contains("\"datagen\" cannot divide its work between runtimes"),
+        "{}",
+        check.stdout
+    );
+    let run = sluice(d, &["run", "--quiet", "check.toml"]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr
+            .contains("\"datagen\" cannot divide its work between runtimes"),
+        "{}",
+        run.stderr
+    );
+}

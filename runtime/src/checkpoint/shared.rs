@@ -378,6 +378,13 @@ impl SharedStore {
     }
 }
 
+/// The error of a pipeline whose source cannot divide its work between runtimes.
+pub fn unshareable(connector: &str) -> Error {
+    Error::config(format!(
+        "source connector \"{connector}\" cannot divide its work between runtimes (with this config: a watched or query read, CDC, a stream); use the default [checkpoint] store = \"sqlite\" (one runtime per pipeline)"
+    ))
+}
+
 /// A failure of the store at `shown`: a lost or refused connection is retried, a
 /// refused login or a missing database stops with the way out.
 fn store_error(shown: &str, what: &str, err: sqlx::Error) -> Error {

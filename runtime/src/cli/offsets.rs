@@ -4,8 +4,9 @@
 use std::process::ExitCode;
 
 use super::EXIT_FAILED;
-use crate::checkpoint::{CheckpointStore, SharedStore};
+use crate::checkpoint::{unshareable, CheckpointStore, SharedStore};
 use crate::config::{redact, Pipeline, StoreKind};
+use crate::registry::Registry;
 
 /// Prints the stored offsets of `p` as JSON: one object per split, with its owner and
 /// lease in a shared store.
@@ -145,6 +146,23 @@ fn reset_done(p: &Pipeline) -> ExitCode {
     );
     println!("note: sinks that store offsets with their data (sqlite, file) keep theirs; clear the target to re-read");
     ExitCode::SUCCESS
+}
+
+/// `sluice check` of a shared store: it can be reached (its tables made), and the
+/// source can divide its work.
+pub(super) async fn check_shared(p: &Pipeline, registry: &Registry) -> connector_api::Result<()> {
+    let url = p.checkpoint.url.as_deref().unwrap_or_default();
+    SharedStore::connect(url, p.checkpoint.lease_timeout)
+        .await?
+        .close()
+        .await;
+    let Some(source) = registry.source(&p.source.connector) else {
+        return Ok(());
+    };
+    match source.splits(&p.source.config).await? {
+        Some(_) => Ok(()),
+        None => Err(unshareable(&p.source.connector)),
+    }
 }
 
 async fn connect(p: &Pipeline) -> Result<SharedStore, ExitCode> {

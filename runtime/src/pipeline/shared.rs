@@ -27,7 +27,7 @@ use connector_api::{Error, ErrorKind, Result};
 use tokio::sync::watch;
 
 use super::{run_on, Control};
-use crate::checkpoint::{CheckpointStore, Claim, SharedStore, Store};
+use crate::checkpoint::{unshareable, CheckpointStore, Claim, SharedStore, Store};
 use crate::config::Pipeline;
 use crate::registry::Registry;
 use crate::retry::{Backoff, RetryPolicy};
@@ -176,12 +176,7 @@ async fn list(
         connector.splits(&pipeline.source.config)
     )
     .map_err(|e| e.context("source"))?
-    .ok_or_else(|| {
-        Error::config(format!(
-            "source connector \"{}\" cannot divide its work between runtimes; use the default [checkpoint] store = \"sqlite\" (one runtime per pipeline)",
-            pipeline.source.connector
-        ))
-    })?;
+    .ok_or_else(|| unshareable(&pipeline.source.connector))?;
     if listed.splits.is_empty()
         && !listed.growing
         && !retrying!(&policy, "checkpoint store", store.knows(&pipeline.name))?
