@@ -11,8 +11,10 @@ With the release `sluice` binary (cargo build --release -p runtime --bin sluice)
    last exit, records counted at the destination (count(*)) or from the runtimes'
    `sluice offsets show`;
 2. the lease table under load: `sluice_splits` filled with 100,000 splits, and
-   pgbench running the runtime's claim and renewal statements from 100 clients at
-   once: statements/s and latency, for the model of 100 runtimes in the summary.
+   pgbench running the runtime's statements from 100 clients at once: a claim
+   followed by the split's finish (each client holds one lease at a time, as a
+   runtime does), and lease renewals: statements/s and latency, for the model of 100
+   runtimes in the summary.
 
 Everything runs against $PG_URL (default the test server) in tables named
 `bench_shared*`, dropped first. Prints a Markdown table.
@@ -112,12 +114,18 @@ def leases(clients, seconds):
         "AND (lease_until IS NULL OR lease_until < now()) AND split <> ALL('{}'::text[]) "
         "ORDER BY split LIMIT 1 FOR UPDATE SKIP LOCKED), "
         "u AS (UPDATE sluice_splits s SET owner = 'runtime-' || :client_id, epoch = s.epoch + 1, "
-        "updated_at = now(), lease_until = now() + 30000 * interval '1 millisecond' "
+        "updated_at = now(), lease_until = now() + 30000 * interval '1 millisecond', "
+        "claimed_version = s.version "
         "FROM c WHERE s.pipeline = 'bench_leases' AND s.split = c.split "
-        "RETURNING s.split, s.epoch, s.offsets, c.was), "
+        "RETURNING s.split, s.epoch, s.imported, c.was), "
         "h AS (INSERT INTO sluice_split_claims (pipeline, split, epoch, owner) "
         "SELECT 'bench_leases', split, epoch, 'runtime-' || :client_id FROM u) "
-        "SELECT split, epoch, offsets, was FROM u;\n")
+        "SELECT substr(split, 7)::int AS claimed, epoch FROM u \\gset\n"
+        # and the split read: each client holds one lease at a time, as a runtime does
+        "UPDATE sluice_splits SET done = true, lease_until = NULL, done_version = claimed_version "
+        "WHERE pipeline = 'bench_leases' AND split = 'split-' || lpad(:claimed::text, 6, '0') "
+        "AND epoch = :epoch "
+        "AND owner = 'runtime-' || :client_id AND NOT done;\n")
     renew = (
         "\\set n random(1, 100000)\n"
         "UPDATE sluice_splits SET lease_until = now() + 30000 * interval '1 millisecond' "
@@ -145,27 +153,33 @@ def leases(clients, seconds):
     return out
 
 
+def runs(d, files, rows):
+    total = files * rows
+    make_files(d, files, rows)
+    print("%d files of %d records (%d in all)\n" % (files, rows, total))
+    print("| sink | store | runtimes | records/s | seconds |")
+    print("|---|---|---|---|---|")
+    for sink in ("blackhole", "postgres"):
+        rate, wall = run(d, "bench_shared_" + sink, sink, 0, total)
+        print("| %s | sqlite | 1 | %.0f | %.1f |" % (sink, rate, wall), flush=True)
+        for n in (1, 2, 3):
+            rate, wall = run(d, "bench_shared_" + sink, sink, n, total)
+            print("| %s | postgres | %d | %.0f | %.1f |" % (sink, n, rate, wall), flush=True)
+        forget("bench_shared_" + sink)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=40)
     ap.add_argument("--rows", type=int, default=50000)
     ap.add_argument("--no-leases", action="store_true")
+    ap.add_argument("--no-runs", action="store_true")
     a = ap.parse_args()
     if not os.path.exists(SLUICE):
         sys.exit("build it first: cargo build --release -p runtime --bin sluice")
-    total = a.files * a.rows
-    with tempfile.TemporaryDirectory() as d:
-        make_files(d, a.files, a.rows)
-        print("%d files of %d records (%d in all)\n" % (a.files, a.rows, total))
-        print("| sink | store | runtimes | records/s | seconds |")
-        print("|---|---|---|---|---|")
-        for sink in ("blackhole", "postgres"):
-            rate, wall = run(d, "bench_shared_" + sink, sink, 0, total)
-            print("| %s | sqlite | 1 | %.0f | %.1f |" % (sink, rate, wall), flush=True)
-            for n in (1, 2, 3):
-                rate, wall = run(d, "bench_shared_" + sink, sink, n, total)
-                print("| %s | postgres | %d | %.0f | %.1f |" % (sink, n, rate, wall), flush=True)
-            forget("bench_shared_" + sink)
+    if not a.no_runs:
+        with tempfile.TemporaryDirectory() as d:
+            runs(d, a.files, a.rows)
     if not a.no_leases:
         # the table exists once a shared run has made it
         out = leases(100, 10)

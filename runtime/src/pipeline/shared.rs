@@ -254,9 +254,15 @@ async fn read(
     ));
     let policy = RetryPolicy::of(pipeline);
     let mut backoff = Backoff::new(&policy);
+    let mut attempt = 0;
     let result = loop {
-        // a run that waited (a restart's backoff, a pause) first checks the lease
-        match retrying!(&policy, "checkpoint store", store.renew(&claim)) {
+        // a run that waited for a restart first checks the lease (the claim is new)
+        attempt += 1;
+        let held = match attempt {
+            1 => Ok(true),
+            _ => retrying!(&policy, "checkpoint store", store.renew(&claim)),
+        };
+        match held {
             Ok(true) => {}
             Ok(false) => {
                 lease.lost.store(true, Ordering::SeqCst);
