@@ -178,7 +178,8 @@ impl SharedStore {
              SELECT $1, s, v FROM unnest($2::text[], $3::text[]) AS l(s, v) \
              ON CONFLICT (pipeline, split) DO UPDATE SET version = excluded.version, \
                done = sluice_splits.done AND excluded.version IS NOT DISTINCT FROM sluice_splits.done_version \
-             WHERE sluice_splits.version IS DISTINCT FROM excluded.version",
+             WHERE sluice_splits.version IS DISTINCT FROM excluded.version \
+               OR (sluice_splits.done AND sluice_splits.done_version IS DISTINCT FROM excluded.version)",
         )
         .bind(pipeline)
         .bind(&ids)

@@ -95,12 +95,13 @@ async fn import_local(pipeline: &Pipeline, store: &SharedStore) -> Result<()> {
         return Ok(());
     };
     let from = path.display().to_string();
-    if retrying!(
+    let took = retrying!(
         &policy,
         "checkpoint store",
         store.import(&pipeline.name, &offsets, &from)
-    )? {
-        tracing::info!(pipeline = %pipeline.name, splits = offsets.splits().len(), from = %from, "took the pipeline's offsets from its local checkpoint store into the shared one");
+    )?;
+    if let Some(took) = took {
+        tracing::info!(pipeline = %pipeline.name, splits = took, of = offsets.splits().len(), from = %from, "took the pipeline's offsets from its local checkpoint store into the shared one");
     }
     Ok(())
 }
@@ -280,13 +281,14 @@ async fn read(
             Some(vec![split.clone()]),
         );
         let result = tokio::select! {
-            r = telemetry::scope(metrics.clone(), run) => r,
+            biased;
             // (a keeper that ended without a loss closed the channel: not a loss)
             _ = async {
                 if lost.wait_for(|lost| *lost).await.is_err() {
                     std::future::pending::<()>().await;
                 }
             } => break Ok(()),
+            r = telemetry::scope(metrics.clone(), run) => r,
         };
         match result {
             Err(e) if e.is_restartable() && !*stop.borrow() => {
@@ -300,7 +302,11 @@ async fn read(
                 tracing::warn!(pipeline = %name, split = %split, error = %e, delay_ms = delay.as_millis() as u64, "the split's run failed; restarting it from its last checkpoint");
                 metrics.restarts.fetch_add(1, Ordering::Relaxed);
                 metrics.set_state(State::Retrying);
-                tokio::time::sleep(delay).await;
+                let mut stopped = stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = async { drop(stopped.wait_for(|stop| *stop).await) } => break Ok(()),
+                }
             }
             other => break other,
         }
@@ -341,10 +347,11 @@ async fn read(
     }
 }
 
-/// Renews the lease of `claim` every third of `timeout` until the pipeline stops or
-/// the lease is lost; then stops the split's run (`stop`), and on a loss drops it
-/// (`lost`). A lease that could not be renewed for as long as it lasts counts as
-/// lost: another runtime may have it by now.
+/// Renews the lease of `claim` every third of `timeout` until it is aborted (when the
+/// split's run ended) or the lease is lost. When the pipeline stops it stops the
+/// split's run (`stop`) and goes on renewing while the run drains; on a loss it drops
+/// the run (`lost`). A lease that could not be renewed for as long as it lasts (the
+/// database is away, or silent) counts as lost: another runtime may have it by now.
 async fn keep(
     store: SharedStore,
     claim: Claim,
@@ -355,30 +362,33 @@ async fn keep(
 ) {
     let every = timeout / 3;
     let mut renewed = Instant::now();
+    let mut stopping = false;
     loop {
         tokio::select! {
-            _ = async { drop(parent.wait_for(|stop| *stop).await) } => break,
-            _ = tokio::time::sleep(every) => match store.renew(&claim).await {
-                Ok(true) => {
-                    renewed = Instant::now();
-                    continue;
+            _ = async { drop(parent.wait_for(|stop| *stop).await) }, if !stopping => {
+                stopping = true;
+                lease.halted.store(true, Ordering::SeqCst);
+                let _ = stop.send(true);
+            }
+            _ = tokio::time::sleep(every) => {
+                let left = timeout.saturating_sub(renewed.elapsed());
+                let renewal = tokio::time::timeout(left, store.renew(&claim)).await;
+                match renewal {
+                    Ok(Ok(true)) => renewed = Instant::now(),
+                    Ok(Ok(false)) => break,
+                    Ok(Err(_)) | Err(_) if renewed.elapsed() + every >= timeout => {
+                        tracing::warn!(split = %claim.split, "the lease could not be renewed for as long as it lasts: this runtime stops reading the split");
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::warn!(split = %claim.split, error = %e, "lease renewal failed"),
+                    Err(_) => tracing::warn!(split = %claim.split, "lease renewal timed out"),
                 }
-                Ok(false) => {
-                    lease.lost.store(true, Ordering::SeqCst);
-                    break;
-                }
-                Err(e) if renewed.elapsed() + every >= timeout => {
-                    tracing::warn!(split = %claim.split, error = %e, "the lease could not be renewed for as long as it lasts: this runtime stops reading the split");
-                    lease.lost.store(true, Ordering::SeqCst);
-                    break;
-                }
-                Err(e) => tracing::warn!(split = %claim.split, error = %e, "lease renewal failed"),
-            },
+            }
         }
     }
+    // lost: the run is dropped first, so it writes nothing more
+    lease.lost.store(true, Ordering::SeqCst);
     lease.halted.store(true, Ordering::SeqCst);
+    let _ = lost.send(true);
     let _ = stop.send(true);
-    if lease.lost.load(Ordering::SeqCst) {
-        let _ = lost.send(true);
-    }
 }

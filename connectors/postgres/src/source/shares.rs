@@ -72,9 +72,13 @@ pub async fn splits(config: &PostgresSourceConfig) -> Result<Option<SplitList>> 
             .with_field("split_key_width"));
         }
         for n in first..=last {
-            let bound = |m: i64| i64::try_from(i128::from(m) * i128::from(width)).ok();
-            let lo = bound(n).map(|b| b.to_string()).unwrap_or_default();
-            let hi = bound(n + 1).map(|b| b.to_string()).unwrap_or_default();
+            let bound = |m: i128| i64::try_from(m * i128::from(width)).ok();
+            let lo = bound(i128::from(n))
+                .map(|b| b.to_string())
+                .unwrap_or_default();
+            let hi = bound(i128::from(n) + 1)
+                .map(|b| b.to_string())
+                .unwrap_or_default();
             splits.push(ListedSplit {
                 id: format!("{schema}.{table}@{lo}..{hi}"),
                 version: None,

@@ -86,9 +86,15 @@ impl SharedStore {
     /// Takes the offsets a pipeline stored in a local store (`from`, for the record):
     /// each split becomes a row with its own position, marked imported (a split with
     /// a finished position is still read by its source, which knows it is at its
-    /// end). Once per pipeline: true when it did now. A split another runtime has
-    /// begun to read meanwhile keeps its own position, and is named in the log.
-    pub async fn import(&self, pipeline: &str, offsets: &Offsets, from: &str) -> Result<bool> {
+    /// end). Once per pipeline: how many splits it took now, None when it was done
+    /// before. A split another runtime has begun to read meanwhile keeps its own
+    /// position, and is named in the log.
+    pub async fn import(
+        &self,
+        pipeline: &str,
+        offsets: &Offsets,
+        from: &str,
+    ) -> Result<Option<usize>> {
         let mut tx = self
             .pool
             .begin()
@@ -108,8 +114,9 @@ impl SharedStore {
         .await
         .map_err(|e| self.error("import offsets", e))?;
         if first.rows_affected() == 0 {
-            return Ok(false);
+            return Ok(None);
         }
+        let mut took = 0;
         for (split, value) in offsets.splits().iter() {
             let mut one = Offsets::new();
             one.set(split.clone(), value.clone());
@@ -124,14 +131,17 @@ impl SharedStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.error("import offsets", e))?;
-            if taken.rows_affected() == 0 {
-                tracing::warn!(pipeline, split = %split, "another runtime began to read the split before its offsets were taken from the local store: records before that position may repeat");
+            match taken.rows_affected() {
+                0 => {
+                    tracing::warn!(pipeline, split = %split, "another runtime began to read the split before its offsets were taken from the local store (start the runtime that has the local store first): records before that position may repeat")
+                }
+                _ => took += 1,
             }
         }
         tx.commit()
             .await
             .map_err(|e| self.error("commit import", e))?;
-        Ok(true)
+        Ok(Some(took))
     }
 
     /// Forgets every split of `pipeline` and its claims, unless one is leased now
