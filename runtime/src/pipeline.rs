@@ -9,6 +9,21 @@
 //! (and what each of several sinks skips) in `pipeline/resume.rs`, a sink that was
 //! ahead catching up in `pipeline/catch_up.rs`.
 
+/// `$fut`'s result, unless `$stop` turns true first: then the enclosing function
+/// returns `Ok(())`, saying that pipeline `$name` stopped while connecting (a
+/// service still down, retried with backoff; nothing was read or written yet).
+macro_rules! unless_stopped {
+    ($stop:expr, $name:expr, $fut:expr) => {
+        tokio::select! {
+            r = $fut => r,
+            _ = $stop.wait_for(|stop| *stop) => {
+                tracing::info!(pipeline = %$name, "stopped while connecting");
+                return Ok(());
+            }
+        }
+    };
+}
+
 mod catch_up;
 mod conform;
 mod dead_letter;
@@ -148,10 +163,13 @@ pub async fn run(
     let policy = RetryPolicy::of(pipeline);
     let path = pipeline.checkpoint_path();
     let mut stop = control.stop.clone();
-    let store = tokio::select! {
-        r = async { retrying!(&policy, "checkpoint store open", CheckpointStore::shared(&path)) } => r?,
-        _ = stop.wait_for(|stop| *stop) => return Ok(()),
-    };
+    let store = unless_stopped!(stop, pipeline.name, async {
+        retrying!(
+            &policy,
+            "checkpoint store open",
+            CheckpointStore::shared(&path)
+        )
+    })?;
     run_on(
         pipeline,
         registry,
@@ -180,49 +198,44 @@ async fn run_on(
     } = control;
     let mut shutdown = stop.clone();
 
-    // a stop signal while connecting (a service still down, retried with backoff)
-    // ends the pipeline at once: nothing was read or written yet
-    macro_rules! unless_stopped {
-        ($fut:expr) => {
-            tokio::select! {
-                r = $fut => r,
-                _ = shutdown.wait_for(|stop| *stop) => {
-                    tracing::info!(pipeline = %name, "stopped while connecting");
-                    return Ok(());
-                }
-            }
-        };
-    }
-
     let mut sinks = Vec::new();
     let mut sink_offsets: Vec<Option<Offsets>> = Vec::new();
     for section in &pipeline.sinks {
-        let (slot, offsets) = unless_stopped!(open_sink(
-            registry,
-            section,
-            &name,
-            &policy,
-            pipeline.batch.max_records
-        ))?;
-        sinks.push(slot);
-        sink_offsets.push(offsets);
-    }
-    let dead_letter = match &pipeline.dead_letter {
-        Some(section) => Some(
-            unless_stopped!(open_sink(
+        let (slot, offsets) = unless_stopped!(
+            shutdown,
+            name,
+            open_sink(
                 registry,
                 section,
                 &name,
                 &policy,
                 pipeline.batch.max_records
-            ))?
+            )
+        )?;
+        sinks.push(slot);
+        sink_offsets.push(offsets);
+    }
+    let dead_letter = match &pipeline.dead_letter {
+        Some(section) => Some(
+            unless_stopped!(
+                shutdown,
+                name,
+                open_sink(
+                    registry,
+                    section,
+                    &name,
+                    &policy,
+                    pipeline.batch.max_records
+                )
+            )?
             .0,
         ),
         None => None,
     };
 
-    let stored =
-        unless_stopped!(async { retrying!(&policy, "checkpoint store read", store.load(&name)) })?;
+    let stored = unless_stopped!(shutdown, name, async {
+        retrying!(&policy, "checkpoint store read", store.load(&name))
+    })?;
 
     let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
         Error::config(format!(
@@ -273,8 +286,10 @@ async fn run_on(
         splits,
     };
     let splits = resume.splits();
-    unless_stopped!(async { retrying!(&policy, "source open", source.open(&ctx, &splits)) })
-        .map_err(|e| e.context("source"))?;
+    unless_stopped!(shutdown, name, async {
+        retrying!(&policy, "source open", source.open(&ctx, &splits))
+    })
+    .map_err(|e| e.context("source"))?;
     tracing::info!(pipeline = %name, source = %pipeline.source.connector, resumed_splits = splits.len(), "pipeline started");
     metrics.set_progress(source.progress());
     metrics.set_state(State::Running);

@@ -26,7 +26,9 @@
 use std::time::Duration;
 
 use connector_api::{Error, ErrorKind, ListedSplit, Offsets, Result};
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::Postgres;
 use sqlx::Row;
 
 mod admin;
@@ -81,6 +83,15 @@ const SETUP: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sluice_imports (\
        pipeline TEXT PRIMARY KEY, source TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())",
 ];
+
+/// The condition of every write by the holder of a lease: the split (`$1`, `$2`) is
+/// not done, and its lease is still the one claimed (`$3` the epoch, `$4` this
+/// runtime). [`SharedStore::held`] binds them.
+macro_rules! held {
+    () => {
+        "pipeline = $1 AND split = $2 AND epoch = $3 AND owner = $4 AND NOT done"
+    };
+}
 
 /// The advisory lock of `pipeline`'s split list: runtimes hold it shared while they
 /// add splits, and exclusively while they take in offsets from a local store.
@@ -251,40 +262,46 @@ impl SharedStore {
             .transpose()
     }
 
+    /// `sql`, whose `$1` to `$4` are the split of `claim` and its lease (use
+    /// [`held!`] for the condition), with those bound.
+    fn held<'q>(&'q self, sql: &'q str, claim: &'q Claim) -> Query<'q, Postgres, PgArguments> {
+        sqlx::query(sql)
+            .bind(&claim.pipeline)
+            .bind(&claim.split)
+            .bind(claim.epoch)
+            .bind(&self.me)
+    }
+
     /// Extends the lease of `claim`; false when it is no longer this runtime's.
     pub async fn renew(&self, claim: &Claim) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE sluice_splits SET lease_until = now() + $5 * interval '1 millisecond' \
-             WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND owner = $4 AND NOT done",
-        )
-        .bind(&claim.pipeline)
-        .bind(&claim.split)
-        .bind(claim.epoch)
-        .bind(&self.me)
-        .bind(self.lease_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.error("renew a lease", e))?;
+        let sql = concat!(
+            "UPDATE sluice_splits SET lease_until = now() + $5 * interval '1 millisecond' WHERE ",
+            held!()
+        );
+        let r = self
+            .held(sql, claim)
+            .bind(self.lease_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error("renew a lease", e))?;
         Ok(r.rows_affected() == 1)
     }
 
     /// Stores the checkpoint of the split of `claim` (and extends the lease), only
     /// while the lease is this runtime's.
     pub async fn store(&self, claim: &Claim, offsets: &Offsets) -> Result<()> {
-        let r = sqlx::query(
+        let sql = concat!(
             "UPDATE sluice_splits SET offsets = $5, updated_at = now(), imported = false, \
-               lease_until = now() + $6 * interval '1 millisecond' \
-             WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND owner = $4 AND NOT done",
-        )
-        .bind(&claim.pipeline)
-        .bind(&claim.split)
-        .bind(claim.epoch)
-        .bind(&self.me)
-        .bind(offsets.to_envelope())
-        .bind(self.lease_ms())
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.error("store a checkpoint", e))?;
+               lease_until = now() + $6 * interval '1 millisecond' WHERE ",
+            held!()
+        );
+        let r = self
+            .held(sql, claim)
+            .bind(offsets.to_envelope())
+            .bind(self.lease_ms())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.error("store a checkpoint", e))?;
         match r.rows_affected() {
             1 => Ok(()),
             _ => Err(self.fenced(claim).await),
@@ -328,27 +345,26 @@ impl SharedStore {
     }
 
     async fn end(&self, claim: &Claim, done: bool, outcome: &str) -> Result<bool> {
-        let row: Option<(i64,)> = sqlx::query_as(
+        let sql = concat!(
             "WITH u AS (\
                UPDATE sluice_splits SET done = $5, lease_until = NULL, updated_at = now(), \
                  done_version = CASE WHEN $5 THEN claimed_version ELSE done_version END \
-               WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND owner = $4 AND NOT done \
-               RETURNING epoch), \
+               WHERE ",
+            held!(),
+            " RETURNING epoch), \
              h AS (\
                UPDATE sluice_split_claims SET ended_at = now(), \
                  outcome = CASE WHEN EXISTS (SELECT 1 FROM u) THEN $6 ELSE 'refused: ' || $6 END \
                WHERE pipeline = $1 AND split = $2 AND epoch = $3 AND ended_at IS NULL) \
-             SELECT epoch FROM u",
-        )
-        .bind(&claim.pipeline)
-        .bind(&claim.split)
-        .bind(claim.epoch)
-        .bind(&self.me)
-        .bind(done)
-        .bind(outcome)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| self.error("end a lease", e))?;
+             SELECT epoch FROM u"
+        );
+        let row = self
+            .held(sql, claim)
+            .bind(done)
+            .bind(outcome)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.error("end a lease", e))?;
         Ok(row.is_some())
     }
 

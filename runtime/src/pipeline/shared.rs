@@ -50,10 +50,13 @@ pub(super) async fn work(
         .ok_or_else(|| Error::config("checkpoint.store = \"postgres\" needs checkpoint.url"))?;
     let lease = pipeline.checkpoint.lease_timeout;
     let mut stop = control.stop.clone();
-    let store = tokio::select! {
-        r = async { retrying!(&policy, "checkpoint store open", SharedStore::connect(url, lease)) } => r?,
-        _ = stop.wait_for(|stop| *stop) => return Ok(()),
-    };
+    let store = unless_stopped!(stop, pipeline.name, async {
+        retrying!(
+            &policy,
+            "checkpoint store open",
+            SharedStore::connect(url, lease)
+        )
+    })?;
     let heart = tokio::spawn({
         let store = store.clone();
         async move {
@@ -228,18 +231,18 @@ async fn read(
 ) -> Result<Option<String>> {
     let name = &pipeline.name;
     let split = claim.split.clone();
+    let part = Pipeline {
+        name: run_name(name, &split),
+        ..pipeline.clone()
+    };
     match &claim.from {
         Some(from) => {
             tracing::warn!(pipeline = %name, split = %split, from = %from, epoch = claim.epoch, "taking the split over: the runtime that held it did not renew its lease")
         }
         None => {
-            tracing::info!(pipeline = %name, split = %split, epoch = claim.epoch, run = %run_name(name, &split), "reading split")
+            tracing::info!(pipeline = %name, split = %split, epoch = claim.epoch, run = %part.name, "reading split")
         }
     }
-    let part = Pipeline {
-        name: run_name(name, &split),
-        ..pipeline.clone()
-    };
     let lease = Arc::new(Lease::default());
     // the split's run stops when the pipeline stops; it is dropped, nothing more
     // written, when the lease is lost
