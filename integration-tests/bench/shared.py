@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Several runtimes on one pipeline (`[checkpoint] store = "postgres"`): figures.
 
-    python3 integration-tests/bench/shared.py [--files 40] [--rows 50000]
+    python3 integration-tests/bench/shared.py [--files 40] [--rows 50000] [--repeat 3]
 
 With the release `sluice` binary (cargo build --release -p runtime --bin sluice):
 
 1. file -> blackhole and file -> PostgreSQL over the same files, with the local
    SQLite store (one runtime) and with the shared PostgreSQL store on 1, 2 and 3
-   runtimes started at once on this machine: records/s from the first start to the
+   runtimes started at once on this machine (one runtime reading one split at a
+   time, and `splits_at_once = 2`): records/s from the first start to the
    last exit, records counted at the destination (count(*)) or from the runtimes'
    `sluice offsets show`;
 2. the lease table under load: `sluice_splits` filled with 100,000 splits, and
@@ -51,12 +52,13 @@ def make_files(d, files, rows):
                            % (base + i, f, i, i % 100, i, f) for i in range(rows))
 
 
-def pipeline(d, name, sink, shared):
+def pipeline(d, name, sink, shared, at_once):
     if sink == "postgres":
         sink_toml = '[sink]\nconnector = "postgres"\nurl = "%s"\ntable = "%s"\n' % (PG, name)
     else:
         sink_toml = '[sink]\nconnector = "blackhole"\n'
-    store = ('[checkpoint]\nstore = "postgres"\nurl = "%s"\n' % PG) if shared else ""
+    store = ('[checkpoint]\nstore = "postgres"\nurl = "%s"\nsplits_at_once = %d\n' % (PG, at_once)
+             if shared else "")
     path = os.path.join(d, name + ".toml")
     with open(path, "w") as f:
         f.write('name = "%s"\n[source]\nconnector = "file"\npath = "in/*.jsonl"\n%s\n%s%s'
@@ -75,12 +77,12 @@ def forget(name):
          % (name, name, name, name, name, name))
 
 
-def run(d, name, sink, runtimes, total):
+def run(d, name, sink, runtimes, total, at_once=2):
     shared = runtimes > 0
     forget(name)
     state = os.path.join(d, ".sluice")
     subprocess.run(["rm", "-rf", state], check=True)
-    toml = pipeline(d, name, sink, shared)
+    toml = pipeline(d, name, sink, shared, at_once)
     start = time.monotonic()
     procs = [subprocess.Popen([SLUICE, "run", "--quiet", toml], cwd=d,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -153,25 +155,35 @@ def leases(clients, seconds):
     return out
 
 
-def runs(d, files, rows):
+def runs(d, files, rows, repeat):
     total = files * rows
     make_files(d, files, rows)
-    print("%d files of %d records (%d in all)\n" % (files, rows, total))
-    print("| sink | store | runtimes | records/s | seconds |")
-    print("|---|---|---|---|---|")
+    print("%d files of %d records (%d in all), median of %d runs\n" % (files, rows, total, repeat))
+    print("| sink | store | runtimes | splits at once | records/s | seconds | of sqlite |")
+    print("|---|---|---|---|---|---|---|")
     for sink in ("blackhole", "postgres"):
-        rate, wall = run(d, "bench_shared_" + sink, sink, 0, total)
-        print("| %s | sqlite | 1 | %.0f | %.1f |" % (sink, rate, wall), flush=True)
-        for n in (1, 2, 3):
-            rate, wall = run(d, "bench_shared_" + sink, sink, n, total)
-            print("| %s | postgres | %d | %.0f | %.1f |" % (sink, n, rate, wall), flush=True)
-        forget("bench_shared_" + sink)
+        name = "bench_shared_" + sink
+        local = None
+        # the local store, then the shared one: one runtime reading one split at a
+        # time and two, then two and three runtimes
+        for runtimes, at_once in ((0, 1), (1, 1), (1, 2), (2, 2), (3, 2)):
+            rate, wall = median([run(d, name, sink, runtimes, total, at_once) for _ in range(repeat)])
+            local = local or rate
+            print("| %s | %s | %d | %s | %.0f | %.1f | %.2fx |"
+                  % (sink, "postgres" if runtimes else "sqlite", max(runtimes, 1),
+                     at_once if runtimes else "-", rate, wall, rate / local), flush=True)
+        forget(name)
+
+
+def median(results):
+    return sorted(results)[len(results) // 2]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=40)
     ap.add_argument("--rows", type=int, default=50000)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-leases", action="store_true")
     ap.add_argument("--no-runs", action="store_true")
     a = ap.parse_args()
@@ -179,7 +191,7 @@ def main():
         sys.exit("build it first: cargo build --release -p runtime --bin sluice")
     if not a.no_runs:
         with tempfile.TemporaryDirectory() as d:
-            runs(d, a.files, a.rows)
+            runs(d, a.files, a.rows, a.repeat)
     if not a.no_leases:
         # the table exists once a shared run has made it
         out = leases(100, 10)

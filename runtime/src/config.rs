@@ -540,6 +540,11 @@ mod tests {
             "at least 1s",
             8,
         );
+        refused(
+            "store = \"postgres\"\nurl = \"postgres://x\"\nsplits_at_once = 0\n",
+            "splits_at_once must be at least 1",
+            8,
+        );
         let p = parse_str(&format!(
             "{head}store = \"postgres\"\nurl = \"postgres://x/db\"\n"
         ))
@@ -549,5 +554,6 @@ mod tests {
             p.checkpoint.lease_timeout,
             std::time::Duration::from_secs(30)
         );
+        assert_eq!(p.checkpoint.splits_at_once, 2);
     }
 }

@@ -187,6 +187,11 @@ pub(super) fn check_store(doc: &Doc, checkpoint: &CheckpointConfig) -> Result<()
                 None,
             ))
         }
+        (StoreKind::Postgres, Some(_)) if checkpoint.splits_at_once == 0 => Err(doc.error_at(
+            doc.span_of("checkpoint.splits_at_once"),
+            "checkpoint.splits_at_once must be at least 1",
+            None,
+        )),
         (StoreKind::Sqlite, Some(_)) => Err(doc.error_at(
             doc.span_of("checkpoint.url"),
             "checkpoint.url is for store = \"postgres\"; the default store is a local SQLite file (checkpoint.path)",

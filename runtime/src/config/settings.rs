@@ -101,6 +101,10 @@ fn default_lease() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_splits_at_once() -> usize {
+    2
+}
+
 /// `[checkpoint] store`: where offsets are kept.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,6 +134,12 @@ pub struct CheckpointConfig {
     /// runtime takes the split over from its last checkpoint.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease_timeout: Duration,
+    /// With `store = "postgres"`: how many splits a runtime reads at once, each as a
+    /// run of its own with its own sinks and `batch.max_in_flight`. Two (the default)
+    /// keep the source reading while a split's sinks finish, as one run over every
+    /// split does with the local store.
+    #[serde(default = "default_splits_at_once")]
+    pub splits_at_once: usize,
     /// SQLite file of the checkpoint store; default `.sluice/state.db` next to the
     /// pipeline file. With `store = "postgres"`: the local store whose offsets the
     /// first shared run takes in.
@@ -149,6 +159,7 @@ impl Default for CheckpointConfig {
             store: StoreKind::Sqlite,
             url: None,
             lease_timeout: default_lease(),
+            splits_at_once: default_splits_at_once(),
             path: None,
             interval: default_interval(),
             lock_timeout: Duration::ZERO,

@@ -1,7 +1,9 @@
 //! Several runtimes, one pipeline: with `[checkpoint] store = "postgres"`, every
 //! runtime started on the same pipeline file lists the source's splits into the
-//! shared store, leases one split at a time and reads it to its end as a run of its
-//! own, then takes the next. The split's run is the pipeline under the name
+//! shared store, leases up to `splits_at_once` splits at a time and reads each to its
+//! end as a run of its own, then takes the next. Two at once keep the source busy
+//! while a split's sink finishes, as one run over every split does with the local
+//! store. The split's run is the pipeline under the name
 //! `PIPELINE.split-HASH` (of the split id), so a sink that stores offsets with its
 //! data keeps them per split (and the PostgreSQL and MySQL sinks' run locks are per
 //! split too).
@@ -19,12 +21,13 @@
 //! - The pipeline ends when every split is done, unless the source's splits grow (a
 //!   watched directory): then runtimes keep listing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connector_api::{Error, ErrorKind, Result};
+use connector_api::{Error, ErrorKind, Offsets, Result};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use super::{run_on, Control};
 use crate::checkpoint::{unshareable, CheckpointStore, Claim, SharedStore, Store};
@@ -33,6 +36,10 @@ use crate::registry::Registry;
 use crate::retry::{Backoff, RetryPolicy};
 use crate::retrying;
 use crate::telemetry::{self, PipelineMetrics, State};
+
+mod lease;
+
+use lease::{keep, Aborting, Lease};
 
 /// Takes part in sharing `pipeline` until every split is done, it fails, or
 /// `control.stop` turns true.
@@ -109,7 +116,9 @@ async fn import_local(pipeline: &Pipeline, store: &SharedStore) -> Result<()> {
     Ok(())
 }
 
-/// Lists, claims and reads splits until none is left (or stopped).
+/// Lists, claims and reads splits, up to `splits_at_once` at a time, until none is
+/// left (or stopped). A split whose run fails halts the others: they end at their
+/// next checkpoint and give their splits back, then the failure is returned.
 async fn share(
     pipeline: &Pipeline,
     registry: &Registry,
@@ -117,7 +126,6 @@ async fn share(
     metrics: &Arc<PipelineMetrics>,
     store: &SharedStore,
 ) -> Result<()> {
-    let policy = RetryPolicy::of(pipeline);
     let name = &pipeline.name;
     let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
         Error::config(format!(
@@ -125,45 +133,151 @@ async fn share(
             pipeline.source.connector
         ))
     })?;
+    let width = pipeline.checkpoint.splits_at_once.max(1);
     let poll = (pipeline.checkpoint.lease_timeout / 3).min(Duration::from_secs(1));
-    // splits another runtime's run still holds (its sink let nobody else in), with
-    // when to try them again
-    let mut avoid: Vec<(String, Instant)> = Vec::new();
+    // the splits' runs stop when the pipeline stops, or when one of them failed
+    let (halt, halted) = watch::channel(false);
+    let reader = Arc::new(Reader {
+        pipeline: pipeline.clone(),
+        registry: registry.clone(),
+        control: Control::with_pause(halted.clone(), control.paused.clone()),
+        metrics: metrics.clone(),
+        store: store.clone(),
+    });
     let mut stop = control.stop.clone();
-    // listed at the start, and at every poll while the splits grow
-    let mut growing = list(pipeline, &*connector, store).await?;
-    let mut listed = Instant::now();
+    let mut claims = Claims {
+        pipeline,
+        connector: &*connector,
+        store,
+        avoid: Vec::new(),
+        growing: true,
+        listed: None,
+    };
+    // each split's run is a task of its own: runs go on while the next is claimed,
+    // and use both cores
+    let mut reading: JoinSet<Result<Option<String>>> = JoinSet::new();
+    let mut failed: Option<Error> = None;
     loop {
         if *stop.borrow() {
-            return Ok(());
+            let _ = halt.send(true);
         }
-        if growing && listed.elapsed() >= poll {
-            growing = list(pipeline, &*connector, store).await?;
-            listed = Instant::now();
-        }
-        avoid.retain(|(_, until)| *until > Instant::now());
-        let passed: Vec<String> = avoid.iter().map(|(s, _)| s.clone()).collect();
-        match retrying!(&policy, "checkpoint store", store.claim(name, &passed))? {
-            Some(claim) => {
-                if let Some(split) =
-                    read(pipeline, registry, control, metrics, store, claim).await?
-                {
-                    avoid.push((split, Instant::now() + pipeline.checkpoint.lease_timeout));
+        // none free now: other runtimes' splits may come free, or new ones be listed
+        let mut idle = false;
+        while !*halted.borrow() && reading.len() < width {
+            let next = tokio::select! {
+                next = claims.next(poll) => next,
+                _ = stop.wait_for(|stop| *stop) => {
+                    let _ = halt.send(true);
+                    break;
                 }
-            }
-            None => {
-                if !growing && retrying!(&policy, "checkpoint store", store.unfinished(name))? == 0
-                {
-                    tracing::info!(pipeline = %name, runtime = store.runtime(), "every split of the pipeline is done");
-                    return Ok(());
+            };
+            match next {
+                Ok(Some(claim)) => {
+                    reading.spawn(read(reader.clone(), claim));
                 }
-                // other runtimes' splits may come free
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = stop.wait_for(|stop| *stop) => return Ok(()),
+                Ok(None) => {
+                    idle = true;
+                    break;
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    let _ = halt.send(true);
                 }
             }
         }
+        if reading.is_empty() {
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if *halted.borrow() {
+                return Ok(());
+            }
+            if !claims.growing && claims.unfinished().await? == 0 {
+                tracing::info!(pipeline = %name, runtime = store.runtime(), "every split of the pipeline is done");
+                return Ok(());
+            }
+        }
+        tokio::select! {
+            Some(read) = reading.join_next() => {
+                let read = read.unwrap_or_else(|e| {
+                    Err(Error::internal("a split's task failed").with_source(e))
+                });
+                match read {
+                    Ok(Some(split)) => claims.pass(split),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = halt.send(true);
+                        match &failed {
+                            None => failed = Some(e),
+                            Some(_) => tracing::error!(pipeline = %name, error = %e, "another split failed too"),
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep(poll), if idle => {}
+            _ = stop.wait_for(|stop| *stop), if !*halted.borrow() => {
+                let _ = halt.send(true);
+            }
+        }
+    }
+}
+
+/// What every split's run of this runtime shares.
+struct Reader {
+    pipeline: Pipeline,
+    registry: Registry,
+    /// Stops the runs: the pipeline stops, or a split's run failed.
+    control: Control,
+    metrics: Arc<PipelineMetrics>,
+    store: SharedStore,
+}
+
+/// Where the next split to read comes from: the store, listed into first.
+struct Claims<'a> {
+    pipeline: &'a Pipeline,
+    connector: &'a dyn connector_api::DynSourceConnector,
+    store: &'a SharedStore,
+    /// Splits another runtime's run still holds (its sink let nobody else in), with
+    /// when to try them again.
+    avoid: Vec<(String, Instant)>,
+    /// The source's splits may grow (a watched directory): listed again at every poll.
+    growing: bool,
+    /// When the splits were last listed.
+    listed: Option<Instant>,
+}
+
+impl Claims<'_> {
+    /// Claims a free split, after listing the source's splits if they are due; None
+    /// when no split is free.
+    async fn next(&mut self, poll: Duration) -> Result<Option<Claim>> {
+        let policy = RetryPolicy::of(self.pipeline);
+        if self.growing && self.listed.is_none_or(|at| at.elapsed() >= poll) {
+            self.growing = list(self.pipeline, self.connector, self.store).await?;
+            self.listed = Some(Instant::now());
+        }
+        self.avoid.retain(|(_, until)| *until > Instant::now());
+        let passed: Vec<String> = self.avoid.iter().map(|(s, _)| s.clone()).collect();
+        retrying!(
+            &policy,
+            "checkpoint store",
+            self.store.claim(&self.pipeline.name, &passed)
+        )
+    }
+
+    /// Tries `split` again only once its lease would have run out.
+    fn pass(&mut self, split: String) {
+        let until = Instant::now() + self.pipeline.checkpoint.lease_timeout;
+        self.avoid.push((split, until));
+    }
+
+    /// How many of the pipeline's splits are not done.
+    async fn unfinished(&self) -> Result<u64> {
+        let policy = RetryPolicy::of(self.pipeline);
+        retrying!(
+            &policy,
+            "checkpoint store",
+            self.store.unfinished(&self.pipeline.name)
+        )
     }
 }
 
@@ -208,27 +322,16 @@ fn run_name(pipeline: &str, split: &str) -> String {
     )
 }
 
-/// How the lease on a split being read ended up.
-#[derive(Default)]
-struct Lease {
-    /// It passed to another runtime, or this one lost touch with the store for
-    /// longer than it lasts.
-    lost: AtomicBool,
-    /// The run was told to stop (the pipeline stops, or the lease is lost): it did
-    /// not read the split to its end.
-    halted: AtomicBool,
-}
-
 /// Reads the split of `claim` to its end, as its own run, while the lease holds.
 /// Some(split) when another runtime's run still held it, or took it: try it later.
-async fn read(
-    pipeline: &Pipeline,
-    registry: &Registry,
-    control: &Control,
-    metrics: &Arc<PipelineMetrics>,
-    store: &SharedStore,
-    claim: Claim,
-) -> Result<Option<String>> {
+async fn read(reader: Arc<Reader>, claim: Claim) -> Result<Option<String>> {
+    let Reader {
+        pipeline,
+        registry,
+        control,
+        metrics,
+        store,
+    } = &*reader;
     let name = &pipeline.name;
     let split = claim.split.clone();
     let part = Pipeline {
@@ -248,17 +351,19 @@ async fn read(
     // written, when the lease is lost
     let (stop_tx, stop) = watch::channel(false);
     let (lost_tx, mut lost) = watch::channel(false);
-    let keeper = tokio::spawn(keep(
+    let keeper = Aborting(tokio::spawn(keep(
         store.clone(),
         claim.clone(),
         pipeline.checkpoint.lease_timeout,
         control.stop.clone(),
         lease.clone(),
         (stop_tx, lost_tx),
-    ));
+    )));
     let policy = RetryPolicy::of(pipeline);
     let mut backoff = Backoff::new(&policy);
     let mut attempt = 0;
+    // the split's checkpoint at the last failure
+    let mut failed_at: Option<Option<Offsets>> = None;
     let result = loop {
         // a run that waited for a restart first checks the lease (the claim is new)
         attempt += 1;
@@ -274,7 +379,6 @@ async fn read(
             }
             Err(e) => break Err(e),
         }
-        let before = metrics.last_checkpoint().map(|(_, offsets)| offsets);
         let run = run_on(
             &part,
             registry,
@@ -295,10 +399,12 @@ async fn read(
         };
         match result {
             Err(e) if e.is_restartable() && !*stop.borrow() => {
-                if metrics.last_checkpoint().map(|(_, offsets)| offsets) != before {
+                let at = store.load(&claim).await.ok().flatten();
+                if failed_at.as_ref().is_some_and(|last| *last != at) {
                     // it got on: a new failure starts a new count
                     backoff = Backoff::new(&policy);
                 }
+                failed_at = Some(at);
                 let Some(delay) = backoff.next_delay() else {
                     break Err(e);
                 };
@@ -314,7 +420,7 @@ async fn read(
             other => break other,
         }
     };
-    keeper.abort();
+    drop(keeper);
     if lease.lost.load(Ordering::SeqCst) {
         tracing::warn!(pipeline = %name, split = %split, "the lease on the split passed to another runtime: this runtime stopped reading it");
         return Ok(Some(split));
@@ -348,50 +454,4 @@ async fn read(
             Err(e.context(format!("split \"{split}\"")))
         }
     }
-}
-
-/// Renews the lease of `claim` every third of `timeout` until it is aborted (when the
-/// split's run ended) or the lease is lost. When the pipeline stops it stops the
-/// split's run (`stop`) and goes on renewing while the run drains; on a loss it drops
-/// the run (`lost`). A lease that could not be renewed for as long as it lasts (the
-/// database is away, or silent) counts as lost: another runtime may have it by now.
-async fn keep(
-    store: SharedStore,
-    claim: Claim,
-    timeout: Duration,
-    mut parent: watch::Receiver<bool>,
-    lease: Arc<Lease>,
-    (stop, lost): (watch::Sender<bool>, watch::Sender<bool>),
-) {
-    let every = timeout / 3;
-    let mut renewed = Instant::now();
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            _ = async { drop(parent.wait_for(|stop| *stop).await) }, if !stopping => {
-                stopping = true;
-                lease.halted.store(true, Ordering::SeqCst);
-                let _ = stop.send(true);
-            }
-            _ = tokio::time::sleep(every) => {
-                let left = timeout.saturating_sub(renewed.elapsed());
-                let renewal = tokio::time::timeout(left, store.renew(&claim)).await;
-                match renewal {
-                    Ok(Ok(true)) => renewed = Instant::now(),
-                    Ok(Ok(false)) => break,
-                    Ok(Err(_)) | Err(_) if renewed.elapsed() + every >= timeout => {
-                        tracing::warn!(split = %claim.split, "the lease could not be renewed for as long as it lasts: this runtime stops reading the split");
-                        break;
-                    }
-                    Ok(Err(e)) => tracing::warn!(split = %claim.split, error = %e, "lease renewal failed"),
-                    Err(_) => tracing::warn!(split = %claim.split, "lease renewal timed out"),
-                }
-            }
-        }
-    }
-    // lost: the run is dropped first, so it writes nothing more
-    lease.lost.store(true, Ordering::SeqCst);
-    lease.halted.store(true, Ordering::SeqCst);
-    let _ = lost.send(true);
-    let _ = stop.send(true);
 }
