@@ -364,18 +364,22 @@ async fn dispatch(command: Command, registry: Registry, progress: bool) -> ExitC
                     &mut ok,
                 );
             }
-            if !p.transforms.is_empty() || p.sinks.iter().any(|s| s.route.is_some()) {
-                if let Some(Ok(Some(schema))) = match registry.source(&p.source.connector) {
-                    Some(c) if ok => Some(c.discover(&p.source.config).await),
-                    _ => None,
-                } {
-                    let what = "transforms, routes and sinks (on the source's schema)";
-                    match config::load_discovered(&file, &registry, schema) {
-                        Ok(_) => println!("{what}: ok"),
-                        Err(e) => {
-                            ok = false;
-                            println!("{what}: error: {}", redact(&p, e.to_string()));
-                        }
+            // what the source's records will be, through the transforms and routes to
+            // each sink, which says whether it takes them
+            if let Some(Ok(Some(schema))) = match registry.source(&p.source.connector) {
+                Some(c) if ok => Some(c.discover(&p.source.config).await),
+                _ => None,
+            } {
+                let what = if p.transforms.is_empty() && p.sinks.iter().all(|s| s.route.is_none()) {
+                    "sinks (on the source's schema)"
+                } else {
+                    "transforms, routes and sinks (on the source's schema)"
+                };
+                match config::load_discovered(&file, &registry, schema) {
+                    Ok(_) => println!("{what}: ok"),
+                    Err(e) => {
+                        ok = false;
+                        println!("{what}: error: {}", redact(&p, e.to_string()));
                     }
                 }
             }

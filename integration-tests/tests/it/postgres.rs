@@ -903,3 +903,44 @@ fn two_writers_creating_one_table_at_once_both_finish() {
         assert_eq!(psql(&format!("SELECT count(*) FROM \"{t}\"")), "4000");
     }
 }
+
+/// `sluice check` asks each sink whether it takes the columns the source will read,
+/// transforms or not: a list column into CSV is named before anything runs.
+#[test]
+fn check_asks_the_sink_whether_it_takes_the_tables_columns() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = fresh("it_pg_check_nested");
+    psql(&format!(
+        "CREATE TABLE \"{t}\" (id bigint PRIMARY KEY, tags text[]);\
+         INSERT INTO \"{t}\" VALUES (1, ARRAY['a', 'b'])"
+    ));
+    let toml = |csv: &str| {
+        format!(
+            "[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"{t}\"]\n\
+             [sink]\nconnector = \"file\"\npath = \"out\"\nformat = \"csv\"\n{csv}",
+            url()
+        )
+    };
+    std::fs::write(d.join("p.toml"), toml("")).unwrap();
+    let check = sluice(d, &["check", "p.toml"]);
+    assert_ne!(check.code, Some(0), "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("sinks (on the source's schema): error: ")
+            && check.stdout.contains("column \"tags\"")
+            && check.stdout.contains("csv.nested"),
+        "{}",
+        check.stdout
+    );
+    std::fs::write(d.join("p.toml"), toml("csv = { nested = \"json\" }\n")).unwrap();
+    let check = sluice(d, &["check", "p.toml"]);
+    assert_eq!(check.code, Some(0), "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("sinks (on the source's schema): ok"),
+        "{}",
+        check.stdout
+    );
+}
