@@ -47,6 +47,11 @@ pub struct SplitList {
     /// More splits may come later (a watched directory): runtimes that share the
     /// work keep listing, and never end by themselves.
     pub growing: bool,
+    /// How the splits are cut, when a setting decides it (`split_key_width = 1000`);
+    /// None: one split per table, file or object, as a read without splits goes. A
+    /// store that holds splits of the pipeline cut otherwise refuses the listing:
+    /// its splits would overlap those read before.
+    pub cut: Option<String>,
 }
 
 /// One split of a [`SplitList`].

@@ -60,6 +60,7 @@ impl SourceConnector for File {
         Ok(Some(SplitList {
             splits: source::splits(config)?,
             growing: config.watch,
+            cut: None,
         }))
     }
 

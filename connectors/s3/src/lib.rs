@@ -66,6 +66,7 @@ impl SourceConnector for S3 {
         Ok(Some(connector_api::SplitList {
             splits: source::splits(config).await?,
             growing: config.watch,
+            cut: None,
         }))
     }
 

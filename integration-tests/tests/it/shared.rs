@@ -55,7 +55,8 @@ fn forget(t: &str) {
            IF to_regclass('public.sluice_splits') IS NOT NULL THEN \
              DELETE FROM sluice_splits WHERE pipeline = '{t}'; \
              DELETE FROM sluice_split_claims WHERE pipeline = '{t}'; \
-             DELETE FROM sluice_imports WHERE pipeline = '{t}'; END IF; \
+             DELETE FROM sluice_imports WHERE pipeline = '{t}'; \
+             DELETE FROM sluice_cuts WHERE pipeline = '{t}'; END IF; \
            IF to_regclass('public.sluice_offsets') IS NOT NULL THEN \
              DELETE FROM sluice_offsets WHERE pipeline LIKE '{t}.split-%'; END IF; \
          END $$"
@@ -210,6 +211,52 @@ fn three_runtimes_read_one_2m_row_table_by_key_ranges() {
         )),
         "0"
     );
+}
+
+#[test]
+fn a_table_cut_by_another_key_width_than_its_stored_splits_is_refused_until_reset() {
+    let _server = server();
+    let dir = workdir();
+    let d = dir.path();
+    let t = "it_shared_cut";
+    forget(t);
+    psql(
+        "DROP TABLE IF EXISTS it_shared_cut_src; \
+         CREATE TABLE it_shared_cut_src AS SELECT g::int8 AS id, 1::int4 AS file, \
+           1.00::numeric(12,2) AS amount FROM generate_series(0, 9999) g; \
+         ALTER TABLE it_shared_cut_src ADD PRIMARY KEY (id)",
+    );
+    let cut = |width: u32| {
+        let source = format!(
+            "[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"it_shared_cut_src\"]\nsplit_key_width = {width}\n",
+            url()
+        );
+        pipeline_from(d, t, &source, "3s", "");
+    };
+    cut(5000);
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(counts(t), "10000|10000|0|9999");
+    // ranges 2000 wide would overlap the two read: refused, nothing read twice
+    cut(2000);
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_ne!(run.code, Some(0));
+    assert!(
+        run.stderr.contains("split_key_width = 2000")
+            && run.stderr.contains("split_key_width = 5000")
+            && run.stderr.contains("sluice offsets reset"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(counts(t), "10000|10000|0|9999");
+    // after a reset the table is read again, in the new ranges
+    let reset = sluice(d, &["offsets", "reset", "shared.toml"]);
+    assert_eq!(reset.code, Some(0), "{}", reset.stderr);
+    psql(&format!("TRUNCATE \"{t}\""));
+    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(counts(t), "10000|10000|0|9999");
+    assert_eq!(done(t), 5);
 }
 
 #[test]

@@ -25,7 +25,7 @@
 
 use std::time::Duration;
 
-use connector_api::{Error, ErrorKind, ListedSplit, Offsets, Result};
+use connector_api::{Error, ErrorKind, Offsets, Result, SplitList};
 use sqlx::postgres::{PgArguments, PgPool, PgPoolOptions};
 use sqlx::query::Query;
 use sqlx::Postgres;
@@ -80,6 +80,8 @@ const SETUP: &[&str] = &[
        id TEXT PRIMARY KEY, started_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
        heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now())",
     "DELETE FROM sluice_runtimes WHERE heartbeat_at < now() - interval '1 day'",
+    // how the pipeline's splits are cut (NULL: one per table, file or object)
+    "CREATE TABLE IF NOT EXISTS sluice_cuts (pipeline TEXT PRIMARY KEY, cut TEXT)",
     "CREATE TABLE IF NOT EXISTS sluice_imports (\
        pipeline TEXT PRIMARY KEY, source TEXT NOT NULL, at TIMESTAMPTZ NOT NULL DEFAULT now())",
 ];
@@ -168,8 +170,10 @@ impl SharedStore {
     }
 
     /// Adds the splits of `pipeline` the store does not know yet, and reopens a done
-    /// split listed with another version than it was read at.
-    pub async fn add_splits(&self, pipeline: &str, splits: &[ListedSplit]) -> Result<()> {
+    /// split listed with another version than it was read at. Refuses splits cut
+    /// otherwise than those it holds (`SplitList::cut`): they would overlap.
+    pub async fn add_splits(&self, pipeline: &str, listed: &SplitList) -> Result<()> {
+        let splits = &listed.splits;
         let ids: Vec<&str> = splits.iter().map(|s| s.id.as_str()).collect();
         let versions: Vec<Option<&str>> = splits.iter().map(|s| s.version.as_deref()).collect();
         let mut tx = self
@@ -184,6 +188,27 @@ impl SharedStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.error("lock the pipeline's splits", e))?;
+        // (an update of nothing, so that the row is returned, and the latest one)
+        let (held,): (Option<String>,) = sqlx::query_as(
+            "INSERT INTO sluice_cuts (pipeline, cut) VALUES ($1, $2) \
+             ON CONFLICT (pipeline) DO UPDATE SET cut = sluice_cuts.cut RETURNING cut",
+        )
+        .bind(pipeline)
+        .bind(&listed.cut)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.error("read how the splits are cut", e))?;
+        if held != listed.cut {
+            let said = |cut: &Option<String>| {
+                cut.clone()
+                    .unwrap_or_else(|| "one split per table, file or object".into())
+            };
+            return Err(Error::config(format!(
+                "pipeline \"{pipeline}\": the source cuts its splits by {}, but the shared store holds splits cut by {}: they would overlap, and records be read twice; put the setting back, or start over with `sluice offsets reset`",
+                said(&listed.cut),
+                said(&held)
+            )));
+        }
         sqlx::query(
             "INSERT INTO sluice_splits (pipeline, split, version) \
              SELECT $1, s, v FROM unnest($2::text[], $3::text[]) AS l(s, v) \

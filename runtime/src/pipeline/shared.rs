@@ -307,7 +307,7 @@ async fn list(
     retrying!(
         &policy,
         "checkpoint store",
-        store.add_splits(&pipeline.name, &listed.splits)
+        store.add_splits(&pipeline.name, &listed)
     )?;
     Ok(listed.growing)
 }

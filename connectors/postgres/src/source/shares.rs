@@ -39,6 +39,7 @@ pub async fn splits(config: &PostgresSourceConfig) -> Result<Option<SplitList>> 
         return Ok(Some(SplitList {
             splits,
             growing: false,
+            cut: None,
         }));
     };
     let pool = connect_pool(&config.url, 1, "sluice split listing").await?;
@@ -89,6 +90,7 @@ pub async fn splits(config: &PostgresSourceConfig) -> Result<Option<SplitList>> 
     Ok(Some(SplitList {
         splits,
         growing: false,
+        cut: Some(format!("split_key_width = {width}")),
     }))
 }
 

@@ -116,6 +116,14 @@ impl SharedStore {
         if first.rows_affected() == 0 {
             return Ok(None);
         }
+        // the local store read each table, file or object as one split
+        sqlx::query(
+            "INSERT INTO sluice_cuts (pipeline, cut) VALUES ($1, NULL) ON CONFLICT DO NOTHING",
+        )
+        .bind(pipeline)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.error("import offsets", e))?;
         let mut took = 0;
         for (split, value) in offsets.splits().iter() {
             let mut one = Offsets::new();
@@ -152,6 +160,8 @@ impl SharedStore {
             "WITH h AS (SELECT split, owner FROM sluice_splits \
                WHERE pipeline = $1 AND lease_until > now() LIMIT 1), \
              c AS (DELETE FROM sluice_split_claims WHERE pipeline = $1 \
+               AND NOT EXISTS (SELECT 1 FROM h)), \
+             k AS (DELETE FROM sluice_cuts WHERE pipeline = $1 \
                AND NOT EXISTS (SELECT 1 FROM h)), \
              s AS (DELETE FROM sluice_splits WHERE pipeline = $1 \
                AND NOT EXISTS (SELECT 1 FROM h) RETURNING 1) \
