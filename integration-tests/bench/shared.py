@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Several runtimes on one pipeline (`[checkpoint] store = "postgres"`): figures.
 
-    python3 integration-tests/bench/shared.py [--files 40] [--rows 50000] [--repeat 3]
+    python3 integration-tests/bench/shared.py [--files 40] [--rows 50000] [--repeat 5]
 
 With the release `sluice` binary (cargo build --release -p runtime --bin sluice):
 
@@ -158,17 +158,23 @@ def leases(clients, seconds):
 def runs(d, files, rows, repeat):
     total = files * rows
     make_files(d, files, rows)
-    print("%d files of %d records (%d in all), median of %d runs\n" % (files, rows, total, repeat))
+    print("%d files of %d records (%d in all), median of %d runs, the setups taken in turn\n"
+          % (files, rows, total, repeat))
     print("| sink | store | runtimes | splits at once | records/s | seconds | of sqlite |")
     print("|---|---|---|---|---|---|---|")
+    # the local store, then the shared one: one runtime reading one split at a time,
+    # two and three; then two and three runtimes
+    setups = ((0, 1), (1, 1), (1, 2), (1, 3), (2, 2), (3, 2))
     for sink in ("blackhole", "postgres"):
         name = "bench_shared_" + sink
-        local = None
-        # the local store, then the shared one: one runtime reading one split at a
-        # time and two, then two and three runtimes
-        for runtimes, at_once in ((0, 1), (1, 1), (1, 2), (2, 2), (3, 2)):
-            rate, wall = median([run(d, name, sink, runtimes, total, at_once) for _ in range(repeat)])
-            local = local or rate
+        got = {setup: [] for setup in setups}
+        # in turn, so that the machine's drift touches every setup alike
+        for _ in range(repeat):
+            for runtimes, at_once in setups:
+                got[(runtimes, at_once)].append(run(d, name, sink, runtimes, total, at_once))
+        local = median(got[setups[0]])[0]
+        for (runtimes, at_once), results in got.items():
+            rate, wall = median(results)
             print("| %s | %s | %d | %s | %.0f | %.1f | %.2fx |"
                   % (sink, "postgres" if runtimes else "sqlite", max(runtimes, 1),
                      at_once if runtimes else "-", rate, wall, rate / local), flush=True)
@@ -183,7 +189,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=40)
     ap.add_argument("--rows", type=int, default=50000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-leases", action="store_true")
     ap.add_argument("--no-runs", action="store_true")
     a = ap.parse_args()
