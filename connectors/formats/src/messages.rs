@@ -563,8 +563,9 @@ impl AvroSink {
         registry: Option<&RegistryConfig>,
         subject: Option<&str>,
         destination: Option<&str>,
+        record_name: &str,
     ) -> Result<Option<AvroSink>> {
-        check_avro_sink(format, registry, subject, destination)?;
+        check_avro_sink(format, registry, subject, destination, record_name)?;
         let (PayloadFormat::Avro, Some(registry)) = (format, registry) else {
             return Ok(None);
         };
@@ -574,7 +575,7 @@ impl AvroSink {
             (None, None) => return Err(Error::internal("avro sink without a subject")),
         };
         Ok(Some(AvroSink {
-            writer: AvroWriter::new(registry, "Record")?,
+            writer: AvroWriter::new(registry, record_name)?,
             subject,
         }))
     }
@@ -618,6 +619,11 @@ pub fn check_registry(format: PayloadFormat, registry: Option<&RegistryConfig>) 
     crate::registry::check_avro(needed_by, avro, registry)
 }
 
+/// The Avro record name a sink writes when its config names none.
+pub fn default_record_name() -> String {
+    "Record".into()
+}
+
 /// Checks a message sink's Avro options without I/O: `format = "avro"` and
 /// `schema_registry` together, and a subject to register under (`schema_subject`, or
 /// the fixed `destination` the default is made of).
@@ -626,9 +632,13 @@ pub fn check_avro_sink(
     registry: Option<&RegistryConfig>,
     subject: Option<&str>,
     destination: Option<&str>,
+    record_name: &str,
 ) -> Result<()> {
     check_registry(format, registry)?;
     let avro = format == PayloadFormat::Avro;
+    if avro {
+        crate::avro::check_record_name(record_name)?;
+    }
     match (avro, subject) {
         (false, Some(_)) => {
             Err(Error::config("only applies with format = \"avro\"").with_field("schema_subject"))
@@ -818,6 +828,25 @@ pub fn header_pairs(col: &ArrayRef) -> Result<Vec<Pairs>> {
 mod tests {
     use super::*;
     use arrow_array::cast::AsArray;
+
+    #[test]
+    fn an_avro_record_name_is_checked_before_anything_is_written() {
+        let registry: RegistryConfig =
+            serde_json::from_value(serde_json::json!({"url": "http://registry:8081"})).unwrap();
+        let check = |name: &str| {
+            check_avro_sink(PayloadFormat::Avro, Some(&registry), None, Some("t"), name)
+        };
+        assert!(check("Reading").is_ok());
+        let err = check("9 readings").unwrap_err();
+        assert_eq!(err.field(), Some("record_name"));
+        assert!(
+            err.message()
+                .contains("\"9 readings\" is not a valid Avro name"),
+            "{err}"
+        );
+        // not avro: the name is not used
+        assert!(check_avro_sink(PayloadFormat::Json, None, None, Some("t"), "9").is_ok());
+    }
 
     #[test]
     fn payloads_decode_with_metadata_and_bad_ones_are_named_by_index() {

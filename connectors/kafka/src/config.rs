@@ -389,7 +389,7 @@ pub struct KafkaSinkConfig {
     #[serde(default = "key_subject")]
     pub key_subject: String,
     /// Name of the Avro record written (namespace `sluice`); letters, digits and `_`.
-    #[serde(default = "record_name")]
+    #[serde(default = "sluice_formats::messages::default_record_name")]
     pub record_name: String,
     /// Column with the message headers (`list<struct<key, value>>`). Absent: `_headers`
     /// when the batch has it.
@@ -434,10 +434,6 @@ fn key_subject() -> String {
     "{topic}-key".into()
 }
 
-fn record_name() -> String {
-    "Record".into()
-}
-
 fn delivery_timeout() -> Duration {
     Duration::from_secs(120)
 }
@@ -463,6 +459,9 @@ impl KafkaSinkConfig {
         }
         if self.key_subject.trim().is_empty() {
             return Err(Error::config("is empty").with_field("key_subject"));
+        }
+        if self.format == ValueFormat::Avro || self.key_format == KeyFormat::Avro {
+            sluice_formats::avro::check_record_name(&self.record_name)?;
         }
         if self.transactional_id.is_some() && !self.exactly_once {
             return Err(Error::config("only applies with exactly_once = true")

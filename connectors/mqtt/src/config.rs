@@ -138,6 +138,10 @@ pub struct MqttSinkConfig {
     /// The registry subject the Avro schema is registered under; default
     /// `{topic}-value` (needed with `topic_column`).
     pub schema_subject: Option<String>,
+    /// With `format = "avro"`: the name of the Avro record written (namespace
+    /// `sluice`; letters, digits and `_`).
+    #[serde(default = "messages::default_record_name")]
+    pub record_name: String,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -172,6 +176,7 @@ impl MqttSinkConfig {
             self.schema_registry.as_ref(),
             self.schema_subject.as_deref(),
             self.destination(),
+            &self.record_name,
         )
     }
 

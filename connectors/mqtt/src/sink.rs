@@ -128,6 +128,7 @@ impl Sink for MqttSink {
             self.config.schema_registry.as_ref(),
             self.config.schema_subject.as_deref(),
             self.config.destination(),
+            &self.config.record_name,
         )?;
         let client_id = self
             .config

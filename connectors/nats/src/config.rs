@@ -231,6 +231,10 @@ pub struct NatsSinkConfig {
     /// The registry subject the Avro schema is registered under; default
     /// `{subject}-value` (needed with `subject_column`).
     pub schema_subject: Option<String>,
+    /// With `format = "avro"`: the name of the Avro record written (namespace
+    /// `sluice`; letters, digits and `_`).
+    #[serde(default = "messages::default_record_name")]
+    pub record_name: String,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -276,6 +280,7 @@ impl NatsSinkConfig {
             self.schema_registry.as_ref(),
             self.schema_subject.as_deref(),
             self.destination(),
+            &self.record_name,
         )?;
         if !self.jetstream && (self.msg_id_column.is_some() || self.msg_id == MsgId::Ordinal) {
             return Err(Error::config(

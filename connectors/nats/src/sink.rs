@@ -216,6 +216,7 @@ impl Sink for NatsSink {
             self.config.schema_registry.as_ref(),
             self.config.schema_subject.as_deref(),
             self.config.destination(),
+            &self.config.record_name,
         )?;
         self.tag = stable_hash(format!("{}\u{0}{}", ctx.pipeline, ctx.sink).as_bytes());
         let client = connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;

@@ -137,6 +137,10 @@ pub struct RabbitSinkConfig {
     /// `{routing_key}-value`, else `{exchange}-value` (needed with
     /// `routing_key_column`).
     pub schema_subject: Option<String>,
+    /// With `format = "avro"`: the name of the Avro record written (namespace
+    /// `sluice`; letters, digits and `_`).
+    #[serde(default = "messages::default_record_name")]
+    pub record_name: String,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -174,6 +178,7 @@ impl RabbitSinkConfig {
             self.schema_registry.as_ref(),
             self.schema_subject.as_deref(),
             self.destination(),
+            &self.record_name,
         )
     }
 

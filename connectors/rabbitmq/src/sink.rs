@@ -138,6 +138,7 @@ impl Sink for RabbitSink {
             self.config.schema_registry.as_ref(),
             self.config.schema_subject.as_deref(),
             self.config.destination(),
+            &self.config.record_name,
         )?;
         let (conn, channel) =
             connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;

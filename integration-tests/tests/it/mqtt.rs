@@ -174,7 +174,7 @@ fn avro_payloads_go_through_a_topic_and_back_with_the_schema_registry() {
     std::fs::write(
         d.join("to.toml"),
         format!(
-            "name = \"to\"\n{file_source}[sink]\nconnector = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic = \"{topic}\"\n{avro}"
+            "name = \"to\"\n{file_source}[sink]\nconnector = \"mqtt\"\nurl = \"mqtt://127.0.0.1:{port}\"\ntopic = \"{topic}\"\n{avro}record_name = \"Reading\"\n"
         ),
     )
     .unwrap();
@@ -187,6 +187,15 @@ fn avro_payloads_go_through_a_topic_and_back_with_the_schema_registry() {
     let decoded = crate::kafka_avro::fastavro_decode(&first, &format!("{topic}-value"));
     let via = crate::kafka::sorted_rows(jsonl_lines(&d.join("out")));
     assert_eq!(decoded, "True | 0 -5000.00 plain 2026-11-01");
+    // the record is named as the sink's config says
+    let named = crate::support::python(&format!(
+        "import json, urllib.parse, urllib.request\n\
+         latest = json.load(urllib.request.urlopen('{}/subjects/' + urllib.parse.quote('{topic}-value', safe='') + '/versions/latest'))\n\
+         s = json.loads(latest['schema'])\n\
+         print(s['namespace'] + '.' + s['name'])",
+        crate::kafka_avro::registry()
+    ));
+    assert_eq!(named.trim(), "sluice.Reading");
     assert_eq!(via.len(), n);
     assert_eq!(via, direct);
 }

@@ -34,7 +34,7 @@ pub use decode::AvroDecoder;
 pub use encode::AvroEncoder;
 #[cfg(feature = "registry")]
 pub use registered::{AvroReader, AvroWriter, Decoded};
-pub use schema::AvroSchema;
+pub use schema::{check_record_name, AvroSchema};
 
 use connector_api::{Error, Result};
 

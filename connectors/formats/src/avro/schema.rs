@@ -381,6 +381,12 @@ pub(crate) fn from_arrow(schema: &Schema, name: &str) -> Result<(Value, SchemaRe
     Ok((json, Arc::new(Schema::new(fields))))
 }
 
+/// Refuses a `record_name` that is not an Avro name, before anything is written.
+pub fn check_record_name(name: &str) -> Result<()> {
+    check_name(name, "the record name")
+        .map_err(|e| Error::config(e.message()).with_field("record_name"))
+}
+
 fn check_name(name: &str, what: &str) -> Result<()> {
     let mut chars = name.chars();
     let ok = chars
