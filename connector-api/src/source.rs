@@ -49,8 +49,9 @@ pub struct SplitList {
     pub growing: bool,
     /// How the splits are cut, when a setting decides it (`split_key_width = 1000`);
     /// None: one split per table, file or object, as a read without splits goes. A
-    /// store that holds splits of the pipeline cut otherwise refuses the listing:
-    /// its splits would overlap those read before.
+    /// store that recorded another cut for the pipeline refuses the listing: its
+    /// splits would overlap those read before. (A store that holds splits listed
+    /// before it recorded cuts takes the first cut it is given.)
     pub cut: Option<String>,
 }
 

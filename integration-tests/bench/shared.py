@@ -6,9 +6,10 @@
 With the release `sluice` binary (cargo build --release -p runtime --bin sluice):
 
 1. file -> blackhole and file -> PostgreSQL over the same files, with the local
-   SQLite store (one runtime) and with the shared PostgreSQL store on 1, 2 and 3
-   runtimes started at once on this machine (one runtime reading one split at a
-   time, and `splits_at_once = 2`): records/s from the first start to the
+   SQLite store (one runtime) and with the shared PostgreSQL store: one runtime
+   reading 1, 2 and 3 splits at once (`splits_at_once`), then 2 and 3 runtimes
+   started at once on this machine (2 at once each), the setups taken in turn
+   `--repeat` times, medians: records/s from the first start to the
    last exit, records counted at the destination (count(*)) or from the runtimes'
    `sluice offsets show`;
 2. the lease table under load: `sluice_splits` filled with 100,000 splits, and

@@ -460,7 +460,10 @@ impl KafkaSinkConfig {
         if self.key_subject.trim().is_empty() {
             return Err(Error::config("is empty").with_field("key_subject"));
         }
-        if self.format == ValueFormat::Avro || self.key_format == KeyFormat::Avro {
+        // (a key is an Avro record `{record_name}Key` when key columns make it)
+        if self.format == ValueFormat::Avro
+            || (self.key_format == KeyFormat::Avro && !self.key.is_empty())
+        {
             sluice_formats::avro::check_record_name(&self.record_name)?;
         }
         if self.transactional_id.is_some() && !self.exactly_once {

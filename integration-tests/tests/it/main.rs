@@ -30,6 +30,7 @@ mod roundtrip;
 mod s3;
 mod service;
 mod shared;
+mod shared_splits;
 mod sql_transforms;
 mod sqlite_incremental;
 mod sqlite_io;

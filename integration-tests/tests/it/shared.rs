@@ -12,7 +12,7 @@ use crate::support::{finish, python, signal, sluice, spawn, wait_until, workdir,
 
 /// Writes `files` JSON-lines files `in/fNNN.jsonl` of `rows` records each; ids run
 /// from 0 over all of them.
-fn files(dir: &Path, files: usize, rows: usize) {
+pub(crate) fn files(dir: &Path, files: usize, rows: usize) {
     std::fs::create_dir_all(dir.join("in")).unwrap();
     python(&format!(
         "for f in range({files}):\n    with open('{}/in/f%03d.jsonl' % f, 'w') as out:\n        \
@@ -23,7 +23,7 @@ fn files(dir: &Path, files: usize, rows: usize) {
 
 /// `shared.toml`: the files into table `t`, checkpoints and leases in the test
 /// database; `sink_extra` goes into `[sink]`.
-fn pipeline(dir: &Path, t: &str, lease: &str, sink_extra: &str) {
+pub(crate) fn pipeline(dir: &Path, t: &str, lease: &str, sink_extra: &str) {
     let source = format!("[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n{SCHEMA}\n");
     pipeline_from(dir, t, &source, lease, sink_extra);
 }
@@ -33,7 +33,7 @@ const SCHEMA: &str = "schema = [{ name = \"id\", type = \"int64\", nullable = fa
 
 /// `shared.toml`: `source` into table `t`, checkpoints and leases in the test
 /// database; `sink_extra` goes into `[sink]`.
-fn pipeline_from(dir: &Path, t: &str, source: &str, lease: &str, sink_extra: &str) {
+pub(crate) fn pipeline_from(dir: &Path, t: &str, source: &str, lease: &str, sink_extra: &str) {
     std::fs::write(
         dir.join("shared.toml"),
         format!(
@@ -48,14 +48,15 @@ fn pipeline_from(dir: &Path, t: &str, source: &str, lease: &str, sink_extra: &st
 }
 
 /// Forgets what the shared store and the sink hold for pipeline `t`.
-fn forget(t: &str) {
+pub(crate) fn forget(t: &str) {
     fresh(t);
     psql(&format!(
         "DO $$ BEGIN \
            IF to_regclass('public.sluice_splits') IS NOT NULL THEN \
              DELETE FROM sluice_splits WHERE pipeline = '{t}'; \
              DELETE FROM sluice_split_claims WHERE pipeline = '{t}'; \
-             DELETE FROM sluice_imports WHERE pipeline = '{t}'; \
+             DELETE FROM sluice_imports WHERE pipeline = '{t}'; END IF; \
+           IF to_regclass('public.sluice_cuts') IS NOT NULL THEN \
              DELETE FROM sluice_cuts WHERE pipeline = '{t}'; END IF; \
            IF to_regclass('public.sluice_offsets') IS NOT NULL THEN \
              DELETE FROM sluice_offsets WHERE pipeline LIKE '{t}.split-%'; END IF; \
@@ -64,7 +65,7 @@ fn forget(t: &str) {
 }
 
 /// Splits of `t` read to their end.
-fn done(t: &str) -> usize {
+pub(crate) fn done(t: &str) -> usize {
     // (a query naming a table that does not exist fails even where it is not run)
     if psql("SELECT to_regclass('public.sluice_splits') IS NULL") == "t" {
         return 0;
@@ -77,7 +78,7 @@ fn done(t: &str) -> usize {
 }
 
 /// `count(*)|count(DISTINCT id)|min(id)|max(id)` of `t`.
-fn counts(t: &str) -> String {
+pub(crate) fn counts(t: &str) -> String {
     psql(&format!(
         "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM \"{t}\""
     ))
@@ -211,52 +212,6 @@ fn three_runtimes_read_one_2m_row_table_by_key_ranges() {
         )),
         "0"
     );
-}
-
-#[test]
-fn a_table_cut_by_another_key_width_than_its_stored_splits_is_refused_until_reset() {
-    let _server = server();
-    let dir = workdir();
-    let d = dir.path();
-    let t = "it_shared_cut";
-    forget(t);
-    psql(
-        "DROP TABLE IF EXISTS it_shared_cut_src; \
-         CREATE TABLE it_shared_cut_src AS SELECT g::int8 AS id, 1::int4 AS file, \
-           1.00::numeric(12,2) AS amount FROM generate_series(0, 9999) g; \
-         ALTER TABLE it_shared_cut_src ADD PRIMARY KEY (id)",
-    );
-    let cut = |width: u32| {
-        let source = format!(
-            "[source]\nconnector = \"postgres\"\nurl = \"{}\"\ntables = [\"it_shared_cut_src\"]\nsplit_key_width = {width}\n",
-            url()
-        );
-        pipeline_from(d, t, &source, "3s", "");
-    };
-    cut(5000);
-    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(counts(t), "10000|10000|0|9999");
-    // ranges 2000 wide would overlap the two read: refused, nothing read twice
-    cut(2000);
-    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
-    assert_ne!(run.code, Some(0));
-    assert!(
-        run.stderr.contains("split_key_width = 2000")
-            && run.stderr.contains("split_key_width = 5000")
-            && run.stderr.contains("sluice offsets reset"),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(counts(t), "10000|10000|0|9999");
-    // after a reset the table is read again, in the new ranges
-    let reset = sluice(d, &["offsets", "reset", "shared.toml"]);
-    assert_eq!(reset.code, Some(0), "{}", reset.stderr);
-    psql(&format!("TRUNCATE \"{t}\""));
-    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(counts(t), "10000|10000|0|9999");
-    assert_eq!(done(t), 5);
 }
 
 #[test]
@@ -470,72 +425,6 @@ fn a_file_that_grew_after_it_was_read_is_read_on_into_a_file_sink() {
         crate::support::jsonl_ids(&d.join("out")),
         (0..3500).collect::<Vec<i64>>()
     );
-}
-
-#[test]
-fn a_split_that_fails_stops_the_one_read_beside_it_and_is_read_on_once_fixed() {
-    let _server = server();
-    let dir = workdir();
-    let d = dir.path();
-    let t = "it_shared_failed";
-    forget(t);
-    files(d, 6, 20_000);
-    // a line that is not JSON in the middle of the fourth file
-    let bad = d.join("in/f003.jsonl");
-    let good = std::fs::read_to_string(&bad).unwrap();
-    let at = good.match_indices('\n').nth(9_999).unwrap().0 + 1;
-    std::fs::write(&bad, format!("{}not json\n{}", &good[..at], &good[at..])).unwrap();
-    pipeline(d, t, "3s", "");
-    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
-    assert_ne!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("f003.jsonl"),
-        "the error does not name the file:\n{}",
-        run.stderr
-    );
-    // the split read beside it was given back or finished; none is left leased
-    assert_eq!(
-        psql(&format!(
-            "SELECT count(*) FROM sluice_splits WHERE pipeline = '{t}' AND lease_until > now()"
-        )),
-        "0"
-    );
-    assert_eq!(
-        psql(&format!(
-            "SELECT count(*) FROM sluice_split_claims WHERE pipeline = '{t}' AND outcome = 'failed'"
-        )),
-        "1"
-    );
-    assert!(done(t) < 6);
-    // fixed, the file is read on from its last checkpoint, the rest after it
-    std::fs::write(&bad, good).unwrap();
-    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(counts(t), "120000|120000|0|119999");
-    assert_eq!(done(t), 6);
-}
-
-#[test]
-fn a_runtime_reading_one_split_at_a_time_reads_them_all() {
-    let _server = server();
-    let dir = workdir();
-    let d = dir.path();
-    let t = "it_shared_one_at_a_time";
-    forget(t);
-    files(d, 5, 2000);
-    pipeline(d, t, "3s", "");
-    let mut text = std::fs::read_to_string(d.join("shared.toml")).unwrap();
-    text.push_str("splits_at_once = 1\n");
-    std::fs::write(d.join("shared.toml"), text).unwrap();
-    let run = sluice(d, &["run", "--quiet", "shared.toml"]);
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(counts(t), "10000|10000|0|9999");
-    let overlapping = psql(&format!(
-        "SELECT count(*) FROM sluice_split_claims a JOIN sluice_split_claims b \
-           ON a.pipeline = b.pipeline AND a.split < b.split \
-         WHERE a.pipeline = '{t}' AND a.claimed_at < b.ended_at AND b.claimed_at < a.ended_at"
-    ));
-    assert_eq!(overlapping, "0", "two files were read at once");
 }
 
 #[test]

@@ -15,6 +15,9 @@
 //! - `sluice_runtimes`: each runtime's heartbeat (kept a day).
 //! - `sluice_imports`: pipelines whose offsets were taken from a local store, so
 //!   that they are taken once (a reset does not bring them back).
+//! - `sluice_cuts`: how each pipeline's splits are cut (`split_key_width = N`, or
+//!   NULL: one per table, file or object); a listing or an import cut otherwise is
+//!   refused, since its splits would overlap those read.
 //!
 //! A split is claimed with `FOR UPDATE SKIP LOCKED`, so two runtimes never claim the
 //! same row at once; a lease that is not renewed within `lease_timeout` (the runtime
@@ -188,27 +191,8 @@ impl SharedStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.error("lock the pipeline's splits", e))?;
-        // (an update of nothing, so that the row is returned, and the latest one)
-        let (held,): (Option<String>,) = sqlx::query_as(
-            "INSERT INTO sluice_cuts (pipeline, cut) VALUES ($1, $2) \
-             ON CONFLICT (pipeline) DO UPDATE SET cut = sluice_cuts.cut RETURNING cut",
-        )
-        .bind(pipeline)
-        .bind(&listed.cut)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| self.error("read how the splits are cut", e))?;
-        if held != listed.cut {
-            let said = |cut: &Option<String>| {
-                cut.clone()
-                    .unwrap_or_else(|| "one split per table, file or object".into())
-            };
-            return Err(Error::config(format!(
-                "pipeline \"{pipeline}\": the source cuts its splits by {}, but the shared store holds splits cut by {}: they would overlap, and records be read twice; put the setting back, or start over with `sluice offsets reset`",
-                said(&listed.cut),
-                said(&held)
-            )));
-        }
+        self.hold_cut(&mut tx, pipeline, listed.cut.as_deref())
+            .await?;
         sqlx::query(
             "INSERT INTO sluice_splits (pipeline, split, version) \
              SELECT $1, s, v FROM unnest($2::text[], $3::text[]) AS l(s, v) \
@@ -225,6 +209,39 @@ impl SharedStore {
         .map_err(|e| self.error("add splits", e))?;
         tx.commit().await.map_err(|e| self.error("add splits", e))?;
         Ok(())
+    }
+
+    /// Records how `pipeline`'s splits are cut (`SplitList::cut`; None: one split per
+    /// table, file or object) when the store holds nothing on it yet; refuses
+    /// another cut than the one recorded, whose splits would overlap.
+    pub(super) async fn hold_cut(
+        &self,
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        pipeline: &str,
+        cut: Option<&str>,
+    ) -> Result<()> {
+        // (an update of nothing, so that the row is returned, and the latest one)
+        let (held,): (Option<String>,) = sqlx::query_as(
+            "INSERT INTO sluice_cuts (pipeline, cut) VALUES ($1, $2) \
+             ON CONFLICT (pipeline) DO UPDATE SET cut = sluice_cuts.cut RETURNING cut",
+        )
+        .bind(pipeline)
+        .bind(cut)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(|e| self.error("read how the splits are cut", e))?;
+        if held.as_deref() == cut {
+            return Ok(());
+        }
+        let said = |cut: Option<&str>| {
+            cut.unwrap_or("one split per table, file or object")
+                .to_string()
+        };
+        Err(Error::config(format!(
+            "pipeline \"{pipeline}\": the source cuts its splits by {}, but the shared store holds splits cut by {}: they would overlap, and records be read twice; put the setting back, or start over with `sluice offsets reset`",
+            said(cut),
+            said(held.as_deref())
+        )))
     }
 
     /// Leases the first split of `pipeline` (in id order) that is not done and not

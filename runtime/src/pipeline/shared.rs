@@ -21,6 +21,7 @@
 //! - The pipeline ends when every split is done, unless the source's splits grow (a
 //!   watched directory): then runtimes keep listing.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -64,7 +65,7 @@ pub(super) async fn work(
             SharedStore::connect(url, lease)
         )
     })?;
-    let heart = tokio::spawn({
+    let heart = Aborting(tokio::spawn({
         let store = store.clone();
         async move {
             loop {
@@ -74,14 +75,14 @@ pub(super) async fn work(
                 tokio::time::sleep(lease / 3).await;
             }
         }
-    });
+    }));
     tracing::info!(pipeline = %pipeline.name, runtime = store.runtime(), "sharing the pipeline's splits through the checkpoint store");
     let result = async {
         import_local(pipeline, &store).await?;
         share(pipeline, registry, &control, &metrics, &store).await
     }
     .await;
-    heart.abort();
+    drop(heart);
     store.close().await;
     result
 }
@@ -156,24 +157,22 @@ async fn share(
     // each split's run is a task of its own: runs go on while the next is claimed,
     // and use both cores
     let mut reading: JoinSet<Result<Option<String>>> = JoinSet::new();
+    let mut splits: HashMap<tokio::task::Id, String> = HashMap::new();
     let mut failed: Option<Error> = None;
     loop {
+        // none free now: other runtimes' splits may come free, or new ones be listed
+        let mut idle = false;
         if *stop.borrow() {
             let _ = halt.send(true);
         }
-        // none free now: other runtimes' splits may come free, or new ones be listed
-        let mut idle = false;
+        // (a claim is not cut short by a stop: a split claimed and left would wait for
+        // its lease to run out)
         while !*halted.borrow() && reading.len() < width {
-            let next = tokio::select! {
-                next = claims.next(poll) => next,
-                _ = stop.wait_for(|stop| *stop) => {
-                    let _ = halt.send(true);
-                    break;
-                }
-            };
-            match next {
+            match claims.next(poll).await {
                 Ok(Some(claim)) => {
-                    reading.spawn(read(reader.clone(), claim));
+                    let split = claim.split.clone();
+                    let task = reading.spawn(read(reader.clone(), claim));
+                    splits.insert(task.id(), split);
                 }
                 Ok(None) => {
                     idle = true;
@@ -198,10 +197,17 @@ async fn share(
             }
         }
         tokio::select! {
-            Some(read) = reading.join_next() => {
-                let read = read.unwrap_or_else(|e| {
-                    Err(Error::internal("a split's task failed").with_source(e))
-                });
+            Some(read) = reading.join_next_with_id() => {
+                let read = match read {
+                    Ok((id, read)) => {
+                        splits.remove(&id);
+                        read
+                    }
+                    Err(e) => {
+                        let split = splits.remove(&e.id()).unwrap_or_default();
+                        Err(Error::internal(format!("the task reading split \"{split}\" failed")).with_source(e))
+                    }
+                };
                 match read {
                     Ok(Some(split)) => claims.pass(split),
                     Ok(None) => {}
@@ -399,12 +405,14 @@ async fn read(reader: Arc<Reader>, claim: Claim) -> Result<Option<String>> {
         };
         match result {
             Err(e) if e.is_restartable() && !*stop.borrow() => {
-                let at = store.load(&claim).await.ok().flatten();
-                if failed_at.as_ref().is_some_and(|last| *last != at) {
-                    // it got on: a new failure starts a new count
-                    backoff = Backoff::new(&policy);
+                // (a store that does not answer tells nothing either way)
+                if let Ok(at) = store.load(&claim).await {
+                    if failed_at.as_ref().is_some_and(|last| *last != at) {
+                        // it got on: a new failure starts a new count
+                        backoff = Backoff::new(&policy);
+                    }
+                    failed_at = Some(at);
                 }
-                failed_at = Some(at);
                 let Some(delay) = backoff.next_delay() else {
                     break Err(e);
                 };

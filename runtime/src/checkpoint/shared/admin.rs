@@ -117,13 +117,7 @@ impl SharedStore {
             return Ok(None);
         }
         // the local store read each table, file or object as one split
-        sqlx::query(
-            "INSERT INTO sluice_cuts (pipeline, cut) VALUES ($1, NULL) ON CONFLICT DO NOTHING",
-        )
-        .bind(pipeline)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.error("import offsets", e))?;
+        self.hold_cut(&mut tx, pipeline, None).await?;
         let mut took = 0;
         for (split, value) in offsets.splits().iter() {
             let mut one = Offsets::new();
