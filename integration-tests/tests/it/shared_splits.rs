@@ -32,6 +32,16 @@ fn a_table_cut_by_another_key_width_than_its_stored_splits_is_refused_until_rese
     assert_eq!(counts(t), "10000|10000|0|9999");
     // ranges 2000 wide would overlap the two read: refused, nothing read twice
     cut(2000);
+    let check = sluice(d, &["check", "shared.toml"]);
+    assert_ne!(check.code, Some(0), "{}", check.stdout);
+    assert!(
+        check
+            .stdout
+            .contains("checkpoint store (postgres): config error")
+            && check.stdout.contains("split_key_width = 5000"),
+        "{}",
+        check.stdout
+    );
     let run = sluice(d, &["run", "--quiet", "shared.toml"]);
     assert_ne!(run.code, Some(0));
     assert!(

@@ -98,6 +98,22 @@ macro_rules! held {
     };
 }
 
+/// Refuses splits cut by `cut` where the store holds splits cut by `held`.
+fn same_cut(pipeline: &str, cut: Option<&str>, held: Option<&str>) -> Result<()> {
+    if held == cut {
+        return Ok(());
+    }
+    let said = |cut: Option<&str>| {
+        cut.unwrap_or("one split per table, file or object")
+            .to_string()
+    };
+    Err(Error::config(format!(
+        "pipeline \"{pipeline}\": the source cuts its splits by {}, but the shared store holds splits cut by {}: they would overlap, and records be read twice; put the setting back, or start over with `sluice offsets reset`",
+        said(cut),
+        said(held)
+    )))
+}
+
 /// The advisory lock of `pipeline`'s split list: runtimes hold it shared while they
 /// add splits, and exclusively while they take in offsets from a local store.
 pub(super) fn pipeline_lock(pipeline: &str) -> i64 {
@@ -230,18 +246,21 @@ impl SharedStore {
         .fetch_one(&mut **tx)
         .await
         .map_err(|e| self.error("read how the splits are cut", e))?;
-        if held.as_deref() == cut {
-            return Ok(());
+        same_cut(pipeline, cut, held.as_deref())
+    }
+
+    /// [`Self::hold_cut`]'s refusal, without recording anything (`sluice check`).
+    pub async fn check_cut(&self, pipeline: &str, cut: Option<&str>) -> Result<()> {
+        let held: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT cut FROM sluice_cuts WHERE pipeline = $1")
+                .bind(pipeline)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.error("read how the splits are cut", e))?;
+        match held {
+            Some((held,)) => same_cut(pipeline, cut, held.as_deref()),
+            None => Ok(()),
         }
-        let said = |cut: Option<&str>| {
-            cut.unwrap_or("one split per table, file or object")
-                .to_string()
-        };
-        Err(Error::config(format!(
-            "pipeline \"{pipeline}\": the source cuts its splits by {}, but the shared store holds splits cut by {}: they would overlap, and records be read twice; put the setting back, or start over with `sluice offsets reset`",
-            said(cut),
-            said(held.as_deref())
-        )))
     }
 
     /// Leases the first split of `pipeline` (in id order) that is not done and not

@@ -148,21 +148,23 @@ fn reset_done(p: &Pipeline) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// `sluice check` of a shared store: it can be reached (its tables made), and the
-/// source can divide its work.
+/// `sluice check` of a shared store: it can be reached (its tables made), the
+/// source can divide its work, and cuts it as the splits the store holds.
 pub(super) async fn check_shared(p: &Pipeline, registry: &Registry) -> connector_api::Result<()> {
     let url = p.checkpoint.url.as_deref().unwrap_or_default();
-    SharedStore::connect(url, p.checkpoint.lease_timeout)
-        .await?
-        .close()
-        .await;
-    let Some(source) = registry.source(&p.source.connector) else {
-        return Ok(());
-    };
-    match source.splits(&p.source.config).await? {
-        Some(_) => Ok(()),
-        None => Err(unshareable(&p.source.connector)),
+    let store = SharedStore::connect(url, p.checkpoint.lease_timeout).await?;
+    let checked = async {
+        let Some(source) = registry.source(&p.source.connector) else {
+            return Ok(());
+        };
+        match source.splits(&p.source.config).await? {
+            Some(listed) => store.check_cut(&p.name, listed.cut.as_deref()).await,
+            None => Err(unshareable(&p.source.connector)),
+        }
     }
+    .await;
+    store.close().await;
+    checked
 }
 
 async fn connect(p: &Pipeline) -> Result<SharedStore, ExitCode> {
