@@ -198,10 +198,11 @@ async fn run_on(
     } = control;
     let mut shutdown = stop.clone();
 
-    let mut sinks = Vec::new();
-    let mut sink_offsets: Vec<Option<Offsets>> = Vec::new();
-    for section in &pipeline.sinks {
-        let (slot, offsets) = unless_stopped!(
+    // the sinks, then the dead-letter sink (whose stored offsets play no part in the
+    // resume)
+    let mut opened = Vec::new();
+    for section in pipeline.sinks.iter().chain(&pipeline.dead_letter) {
+        opened.push(unless_stopped!(
             shutdown,
             name,
             open_sink(
@@ -211,38 +212,20 @@ async fn run_on(
                 &policy,
                 pipeline.batch.max_records
             )
-        )?;
-        sinks.push(slot);
-        sink_offsets.push(offsets);
+        )?);
     }
-    let dead_letter = match &pipeline.dead_letter {
-        Some(section) => Some(
-            unless_stopped!(
-                shutdown,
-                name,
-                open_sink(
-                    registry,
-                    section,
-                    &name,
-                    &policy,
-                    pipeline.batch.max_records
-                )
-            )?
-            .0,
-        ),
+    let dead_letter = match pipeline.dead_letter {
+        Some(_) => opened.pop().map(|(slot, _)| slot),
         None => None,
     };
+    let (mut sinks, mut sink_offsets): (Vec<SinkSlot>, Vec<Option<Offsets>>) =
+        opened.into_iter().unzip();
 
     let stored = unless_stopped!(shutdown, name, async {
         retrying!(&policy, "checkpoint store read", store.load(&name))
     })?;
 
-    let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
-        Error::config(format!(
-            "unknown connector \"{}\"",
-            pipeline.source.connector
-        ))
-    })?;
+    let connector = registry.source_named(&pipeline.source.connector)?;
     let mut source = connector.create_source(&pipeline.source.config)?;
 
     if let Store::Split(_, claim) = &store {
@@ -476,9 +459,7 @@ async fn open_sink(
     policy: &RetryPolicy,
     batch_size: usize,
 ) -> Result<(SinkSlot, Option<Offsets>)> {
-    let connector = registry
-        .sink(&section.connector)
-        .ok_or_else(|| Error::config(format!("unknown connector \"{}\"", section.connector)))?;
+    let connector = registry.sink_named(&section.connector)?;
     let route = match &section.route {
         Some(predicate) => Some(SqlStage::route(&section.name, predicate, batch_size)?),
         None => None,

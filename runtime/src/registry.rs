@@ -130,6 +130,17 @@ impl Registry {
             .map(|(c, _)| c.clone())
     }
 
+    /// The source connector called `name`, or an error naming it (the engine's
+    /// lookup: a loaded pipeline names only known connectors).
+    pub fn source_named(&self, name: &str) -> connector_api::Result<Arc<dyn DynSourceConnector>> {
+        self.source(name).ok_or_else(|| unknown(name))
+    }
+
+    /// The sink connector called `name`, or an error naming it.
+    pub fn sink_named(&self, name: &str) -> connector_api::Result<Arc<dyn DynSinkConnector>> {
+        self.sink(name).ok_or_else(|| unknown(name))
+    }
+
     /// Names of the source (or sink) connectors, sorted.
     pub fn names(&self, sources: bool) -> Vec<String> {
         let mut v: Vec<String> = if sources {
@@ -177,4 +188,8 @@ impl Registry {
             })
             .collect()
     }
+}
+
+fn unknown(connector: &str) -> connector_api::Error {
+    connector_api::Error::config(format!("unknown connector \"{connector}\""))
 }

@@ -128,12 +128,7 @@ async fn share(
     store: &SharedStore,
 ) -> Result<()> {
     let name = &pipeline.name;
-    let connector = registry.source(&pipeline.source.connector).ok_or_else(|| {
-        Error::config(format!(
-            "unknown connector \"{}\"",
-            pipeline.source.connector
-        ))
-    })?;
+    let connector = registry.source_named(&pipeline.source.connector)?;
     let width = pipeline.checkpoint.splits_at_once.max(1);
     let poll = (pipeline.checkpoint.lease_timeout / 3).min(Duration::from_secs(1));
     // the splits' runs stop when the pipeline stops, or when one of them failed
