@@ -1,10 +1,11 @@
 //! Value generation: every value is a pure function of (seed, row, column).
 
+use std::fmt::Write;
 use std::sync::Arc;
 
 use arrow_array::builder::{ListBuilder, StringBuilder};
 use arrow_array::types::*;
-use arrow_array::{ArrayRef, BinaryArray, BooleanArray, PrimitiveArray, StringArray};
+use arrow_array::{Array, ArrayRef, BinaryArray, BooleanArray, PrimitiveArray, StringArray};
 use arrow_schema::{DataType, Field, TimeUnit};
 use connector_api::{Error, Result};
 
@@ -120,31 +121,31 @@ impl Generator {
                     TimeUnit::Microsecond => m,
                     TimeUnit::Nanosecond => m * 1000,
                 };
-                let values: Vec<Option<i64>> = rows
-                    .clone()
-                    .map(|r| {
-                        if null(r) {
-                            None
-                        } else {
-                            Some(scale(micros(r)))
-                        }
-                    })
-                    .collect();
+                let values = rows.clone().map(|r| (!null(r)).then(|| scale(micros(r))));
                 let arr: ArrayRef = match unit {
                     TimeUnit::Second => {
-                        Arc::new(PrimitiveArray::<TimestampSecondType>::from(values))
+                        Arc::new(PrimitiveArray::<TimestampSecondType>::from_iter(values))
                     }
-                    TimeUnit::Millisecond => {
-                        Arc::new(PrimitiveArray::<TimestampMillisecondType>::from(values))
-                    }
-                    TimeUnit::Microsecond => {
-                        Arc::new(PrimitiveArray::<TimestampMicrosecondType>::from(values))
-                    }
+                    TimeUnit::Millisecond => Arc::new(
+                        PrimitiveArray::<TimestampMillisecondType>::from_iter(values),
+                    ),
+                    TimeUnit::Microsecond => Arc::new(
+                        PrimitiveArray::<TimestampMicrosecondType>::from_iter(values),
+                    ),
                     TimeUnit::Nanosecond => {
-                        Arc::new(PrimitiveArray::<TimestampNanosecondType>::from(values))
+                        Arc::new(PrimitiveArray::<TimestampNanosecondType>::from_iter(values))
                     }
                 };
                 match tz {
+                    // the times are UTC already: only the zone is set (no pass over them)
+                    Some(tz) if matches!(tz.as_ref(), "UTC" | "+00:00" | "Z") => arr
+                        .to_data()
+                        .into_builder()
+                        .data_type(field.data_type().clone())
+                        .build()
+                        .map(arrow_array::make_array)
+                        .unwrap_or(arr),
+                    // the times are wall-clock times in the zone
                     Some(tz) => {
                         arrow_cast::cast(&arr, &DataType::Timestamp(*unit, Some(tz.clone())))
                             .unwrap_or(arr)
@@ -173,19 +174,7 @@ impl Generator {
                     Some(self.cell(r, col).to_le_bytes())
                 }
             }))),
-            DataType::Utf8 => Arc::new(StringArray::from_iter(rows.clone().map(|r| {
-                if null(r) {
-                    return None;
-                }
-                let h = self.cell(r, col);
-                Some(match name {
-                    "uuid" => uuid_text(h, mix(h)),
-                    "event" => EVENTS[(h % EVENTS.len() as u64) as usize].to_string(),
-                    "country" => COUNTRIES[(h % COUNTRIES.len() as u64) as usize].to_string(),
-                    "payload" => format!("{{\"page\":\"/p/{}\",\"ms\":{}}}", h % 1000, h % 5000),
-                    _ => format!("s{:x}", h % 0xFFFF_FFFF),
-                })
-            }))),
+            DataType::Utf8 => Arc::new(self.strings(name, col, rows.clone(), null)),
             DataType::List(_) => {
                 let mut b = ListBuilder::new(StringBuilder::new());
                 for r in rows.clone() {
@@ -208,15 +197,73 @@ impl Generator {
     }
 }
 
-fn uuid_text(a: u64, b: u64) -> String {
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xFFFF,
-        a & 0xFFF,
-        0x8000 | (b >> 48) & 0x3FFF,
-        b & 0xFFFF_FFFF_FFFF
-    )
+impl Generator {
+    /// A text column, each value written straight into the array's buffer (no string
+    /// per value: this is the generator's hot path).
+    fn strings(
+        &self,
+        name: &str,
+        col: usize,
+        rows: std::ops::Range<u64>,
+        null: impl Fn(u64) -> bool,
+    ) -> StringArray {
+        let len = (rows.end - rows.start) as usize;
+        let mut b = StringBuilder::with_capacity(len, len * 16);
+        for r in rows {
+            if null(r) {
+                b.append_null();
+                continue;
+            }
+            let h = self.cell(r, col);
+            match name {
+                "uuid" => b.append_value(uuid_text(h, mix(h)).as_str()),
+                "event" => b.append_value(EVENTS[(h % EVENTS.len() as u64) as usize]),
+                "country" => b.append_value(COUNTRIES[(h % COUNTRIES.len() as u64) as usize]),
+                "payload" => {
+                    // writing to a StringBuilder cannot fail
+                    let _ = write!(b, "{{\"page\":\"/p/{}\",\"ms\":{}}}", h % 1000, h % 5000);
+                    b.append_value("");
+                }
+                _ => {
+                    let _ = write!(b, "s{:x}", h % 0xFFFF_FFFF);
+                    b.append_value("");
+                }
+            }
+        }
+        b.finish()
+    }
+}
+
+/// A version 4 UUID's text of the bits `a` and `b`, as `{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}`
+/// of `a >> 32`, `a >> 16`, `a`, `0x8000 | b >> 48` and `b` would print it.
+fn uuid_text(a: u64, b: u64) -> Uuid {
+    let mut out = [b'-'; 36];
+    hex(&mut out[0..8], a >> 32);
+    hex(&mut out[9..13], (a >> 16) & 0xFFFF);
+    out[14] = b'4';
+    hex(&mut out[15..18], a & 0xFFF);
+    hex(&mut out[19..23], 0x8000 | (b >> 48) & 0x3FFF);
+    hex(&mut out[24..36], b & 0xFFFF_FFFF_FFFF);
+    Uuid(out)
+}
+
+/// The text of a UUID, on the stack.
+struct Uuid([u8; 36]);
+
+impl Uuid {
+    fn as_str(&self) -> &str {
+        // only ASCII hex digits and dashes were written
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Fills `out` with the low hex digits of `v`, zero-padded, most significant first.
+fn hex(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for d in out.iter_mut().rev() {
+        *d = DIGITS[(v & 0xF) as usize];
+        v >>= 4;
+    }
 }
 
 #[cfg(test)]
@@ -242,5 +289,24 @@ mod tests {
             g.column(&f, 0, 100, 50).as_ref(),
             other.column(&f, 0, 100, 50).as_ref()
         );
+    }
+
+    #[test]
+    fn uuid_text_is_the_formatted_text() {
+        for (a, b) in [
+            (0u64, 0u64),
+            (u64::MAX, u64::MAX),
+            (0x0123_4567_89ab_cdef, 42),
+        ] {
+            let want = format!(
+                "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+                a >> 32,
+                (a >> 16) & 0xFFFF,
+                a & 0xFFF,
+                0x8000 | (b >> 48) & 0x3FFF,
+                b & 0xFFFF_FFFF_FFFF
+            );
+            assert_eq!(uuid_text(a, b).as_str(), want);
+        }
     }
 }

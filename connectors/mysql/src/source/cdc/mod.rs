@@ -1,0 +1,463 @@
+//! `mode = "cdc"`: a snapshot of the table (its position: [`super::position`]), then
+//! every insert, update and delete from the row-based binlog, from the position the snapshot was taken at (no gap, no
+//! overlap). Records carry `_op` (`r` snapshot read, `c`, `u`, `d`).
+//!
+//! The position is the binlog file and the offset of the next event after the last
+//! delivered transaction. A batch cut inside a large transaction stands at that
+//! transaction's first event and counts the rows of it already delivered, so a
+//! restart reads the transaction again and skips them. A position whose file the
+//! server has purged is an error with the way out (`snapshot_on_purge`), never a
+//! silent jump ahead.
+
+use std::time::{Duration, Instant};
+
+use arrow_array::{RecordBatch, StringArray};
+use arrow_schema::Schema;
+use connector_api::{Batch, Error, Offsets, Result, Secret};
+use futures::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
+
+use super::binlog::{self, TableColumn};
+use super::debezium;
+use rows::{described, key_positions, Images};
+use super::position::{purged, with_op, BinlogOffset, SPLIT};
+use crate::config::ZeroDates;
+use crate::conn::connect;
+use crate::decode::Decoder;
+use crate::error::my_error;
+
+mod rows;
+
+/// How long a finished transaction waits for more before it is delivered.
+const LINGER: Duration = Duration::from_millis(20);
+/// MariaDB's GTID event.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// How the binlog is read: from the server at `url` (MariaDB or not) as replica
+/// `server_id`.
+pub struct Replica {
+    /// Connection URL.
+    pub url: Secret,
+    /// The replica's server id.
+    pub server_id: u32,
+    /// The server is MariaDB.
+    pub mariadb: bool,
+}
+
+/// Changes of one table from the binlog.
+pub struct Changes {
+    url: Secret,
+    server_id: u32,
+    mariadb: bool,
+    db: String,
+    table: String,
+    columns: Vec<TableColumn>,
+    zero_dates: ZeroDates,
+    stream: Option<BinlogStream>,
+    /// A connection for the table's columns when a DDL changes them (made when
+    /// first needed).
+    meta: Option<Conn>,
+    decoder: Decoder,
+    ops: Vec<&'static str>,
+    /// The file of the event being read, and the offset of the next one.
+    file: String,
+    next: u64,
+    gtid: Option<String>,
+    /// Inside a transaction: where it starts and how many of its rows are delivered
+    /// or pending.
+    txn: Option<(BinlogOffset, u64)>,
+    /// The position after the last transaction whose rows are all pending or
+    /// delivered.
+    committed: BinlogOffset,
+    /// Rows of the captured table still to skip (a restart inside a transaction).
+    to_skip: u64,
+    /// The position last handed out.
+    delivered: BinlogOffset,
+    /// Where the primary-key columns are among `columns`.
+    key: Vec<usize>,
+    /// The stream's format event was read (the dump's first, artificial rotate comes
+    /// before it).
+    formatted: bool,
+    /// When the oldest pending row was read.
+    pending_since: Option<Instant>,
+    /// `envelope = "debezium"`: the before images and where each change came from.
+    debezium: Option<Images>,
+    /// The event being read: its time (s) and server, the row within it, and the
+    /// thread of its transaction when a `BEGIN` named it.
+    event: (u32, u32, i32, Option<i64>),
+}
+
+impl Changes {
+    /// A reader of `db.table` from `from`.
+    pub fn new(
+        Replica {
+            url,
+            server_id,
+            mariadb,
+        }: Replica,
+        (db, table): (String, String),
+        columns: Vec<TableColumn>,
+        zero_dates: ZeroDates,
+        from: BinlogOffset,
+        debezium: Option<debezium::Place>,
+    ) -> Changes {
+        // Debezium's images are nullable: a create has no before, a delete no after
+        let nullable = debezium.is_some();
+        let decoder = Decoder::new(&described(&columns, nullable), zero_dates);
+        let key = key_positions(&columns);
+        let debezium = debezium.map(|place| Images {
+            before: Decoder::new(&described(&columns, true), zero_dates),
+            has_before: Vec::new(),
+            has_after: Vec::new(),
+            origins: Vec::new(),
+            place,
+        });
+        Changes {
+            url,
+            server_id,
+            mariadb,
+            db,
+            table,
+            columns,
+            zero_dates,
+            stream: None,
+            meta: None,
+            decoder,
+            ops: Vec::new(),
+            file: from.file.clone(),
+            next: from.pos,
+            gtid: from.gtid.clone(),
+            txn: None,
+            to_skip: from.skip,
+            committed: BinlogOffset {
+                skip: 0,
+                ..from.clone()
+            },
+            delivered: from,
+            key,
+            formatted: false,
+            pending_since: None,
+            debezium,
+            event: (0, 0, 0, None),
+        }
+    }
+
+    /// Connects and starts the dump at the position, after checking that its file is
+    /// still there.
+    pub async fn start(&mut self) -> Result<()> {
+        let mut conn = connect(&self.url).await?;
+        let files = binlog::binlog_files(&mut conn).await?;
+        if !files.contains(&self.file) {
+            return Err(purged(&self.file, self.next, &files));
+        }
+        // heartbeats every 5 s keep a quiet stream alive and tell a dead one
+        let mut setup = vec!["SET @master_heartbeat_period = 5000000000"];
+        if self.mariadb {
+            // real GTID events instead of BEGIN queries
+            setup.push("SET @mariadb_slave_capability = 4");
+        }
+        for sql in setup {
+            conn.query_drop(sql).await.map_err(|e| my_error(sql, e))?;
+        }
+        let file = self.file.clone().into_bytes();
+        let request = BinlogStreamRequest::new(self.server_id)
+            .with_filename(&file)
+            .with_pos(self.next);
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| binlog::grants(my_error("start reading the binlog", e)))?;
+        self.stream = Some(stream);
+        self.formatted = false;
+        Ok(())
+    }
+
+    /// The next batch of changes: rows of whole transactions, a part of one larger
+    /// than `limit`, or an idle batch after `idle` without changes.
+    pub async fn next_batch(&mut self, limit: usize, idle: Duration) -> Result<Batch> {
+        if self.stream.is_none() {
+            // after a lost connection: again from what was last handed out
+            self.start().await?;
+        }
+        let started = Instant::now();
+        loop {
+            // finished transactions linger a little for more; a batch goes out at the
+            // latest LINGER after its first row, however busy the server is
+            let waited = match (self.pending_since, &self.txn) {
+                (Some(since), None) => LINGER.saturating_sub(since.elapsed()),
+                _ => idle.saturating_sub(started.elapsed()),
+            }
+            .max(Duration::from_millis(1));
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| Error::internal("binlog stream is not open"))?;
+            let event = match tokio::time::timeout(waited, stream.next()).await {
+                Err(_) => None,
+                Ok(None) => {
+                    self.lose_stream();
+                    return Err(Error::connect("the server ended the binlog stream"));
+                }
+                Ok(Some(Err(e))) => {
+                    let err = binlog::grants(my_error(
+                        format!("read the binlog at {} {}", self.file, self.next),
+                        e,
+                    ));
+                    self.lose_stream();
+                    return Err(err);
+                }
+                Ok(Some(Ok(event))) => Some(event),
+            };
+            if let Some(event) = event {
+                match self.apply(event).await {
+                    Ok(Some(batch)) => return Ok(batch),
+                    Ok(None) => {}
+                    Err(e) => {
+                        // the event is consumed: a retry must read it again
+                        self.lose_stream();
+                        return Err(e);
+                    }
+                }
+            }
+            let lingered = self.pending_since.is_some_and(|t| t.elapsed() >= LINGER);
+            if self.ops.len() >= limit || (lingered && self.txn.is_none()) {
+                return self.emit();
+            }
+            if self.ops.is_empty() && started.elapsed() >= idle {
+                return self.idle();
+            }
+        }
+    }
+
+    /// Takes in one event; a batch when the rows pending must go first (the table's
+    /// columns changed).
+    async fn apply(&mut self, event: mysql_async::binlog::events::Event) -> Result<Option<Batch>> {
+        let header = event.header();
+        let start = self.next;
+        self.event.0 = header.timestamp();
+        self.event.1 = header.server_id();
+        if header.log_pos() != 0 {
+            self.next = u64::from(header.log_pos());
+        }
+        let data = event.read_data().map_err(|e| {
+            Error::data(format!(
+                "binlog {} {start}: an event that does not decode",
+                self.file
+            ))
+            .with_source(e)
+        })?;
+        match data {
+            // the artificial rotate that starts a dump names the file asked for and
+            // comes before the format event, so its name still ends in the checksum:
+            // it is skipped; a later one (the next file after a server restart) is not
+            Some(EventData::RotateEvent(r)) if header.log_pos() != 0 || self.formatted => {
+                self.file = r.name().into_owned();
+                self.next = r.position();
+            }
+            Some(EventData::FormatDescriptionEvent(_)) => self.formatted = true,
+            Some(EventData::GtidEvent(g)) => {
+                let sid: String = g.sid().iter().map(|b| format!("{b:02x}")).collect();
+                self.gtid = Some(format!("{sid}:{}", g.gno()));
+                self.begin(start);
+            }
+            Some(EventData::QueryEvent(q)) => {
+                let sql = q.query();
+                let word = sql
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                match word.as_str() {
+                    "BEGIN" => {
+                        self.event.3 = Some(i64::from(q.thread_id()));
+                        self.begin(start);
+                    }
+                    // inside the transaction (an ORM's savepoints, XA's steps)
+                    "SAVEPOINT" | "RELEASE" | "XA" => {}
+                    "ROLLBACK" if sql.to_ascii_uppercase().contains(" TO ") => {}
+                    // COMMIT, ROLLBACK; DDL and other statements are transactions of
+                    // their own
+                    _ => self.commit(),
+                }
+            }
+            Some(EventData::XidEvent(_)) => self.commit(),
+            Some(EventData::RowsEvent(rows)) => return self.rows(rows).await,
+            None if header.event_type_raw() == MARIADB_GTID_EVENT => {
+                self.gtid = binlog::mariadb_gtid(event.data(), header.server_id());
+                self.begin(start);
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    fn begin(&mut self, at: u64) {
+        if self.txn.is_none() {
+            let start = BinlogOffset {
+                file: self.file.clone(),
+                pos: at,
+                skip: 0,
+                gtid: self.committed.gtid.clone(),
+            };
+            self.txn = Some((start, 0));
+        }
+    }
+
+    fn commit(&mut self) {
+        self.event.3 = None;
+        self.txn = None;
+        self.to_skip = 0;
+        self.committed = BinlogOffset {
+            file: self.file.clone(),
+            pos: self.next,
+            skip: 0,
+            gtid: self.gtid.clone(),
+        };
+    }
+
+    async fn rows(&mut self, rows: RowsEventData<'_>) -> Result<Option<Batch>> {
+        let table_id = rows.table_id();
+        let (ours, count) = match self.stream.as_ref().and_then(|s| s.get_tme(table_id)) {
+            Some(t) => (
+                t.database_name() == self.db.as_str() && t.table_name() == self.table.as_str(),
+                t.columns_count() as usize,
+            ),
+            None => return Ok(None),
+        };
+        if !ours {
+            return Ok(None);
+        }
+        if count != self.columns.len() {
+            // a DDL changed the table: the rows pending go out in the old shape first,
+            // and this event is read again, from their end, with the new columns
+            if !self.ops.is_empty() {
+                let batch = self.emit()?;
+                self.lose_stream();
+                return Ok(Some(batch));
+            }
+            self.refresh().await?;
+            if count != self.columns.len() {
+                return Err(Error::schema(format!(
+                    "table {}.{} has {count} columns in the binlog at {} {} but {} now: it changed again since; \
+                     read it again from a new snapshot (reset the pipeline's offsets)",
+                    self.db,
+                    self.table,
+                    self.file,
+                    self.next,
+                    self.columns.len()
+                )));
+            }
+        }
+        // the stream lends its table map while the rows go into `self`
+        let stream = self
+            .stream
+            .take()
+            .ok_or_else(|| Error::internal("binlog stream is not open"))?;
+        let decoded = match stream.get_tme(rows.table_id()) {
+            Some(tme) => self.decode(tme, &rows),
+            None => Ok(()),
+        };
+        self.stream = Some(stream);
+        decoded?;
+        Ok(None)
+    }
+
+    /// Reads the table's columns again (after a DDL).
+    async fn refresh(&mut self) -> Result<()> {
+        let mut meta = match self.meta.take() {
+            Some(conn) => conn,
+            None => connect(&self.url).await?,
+        };
+        // a failed read drops the connection (it may be what failed)
+        self.columns = binlog::table_columns(&mut meta, &self.db, &self.table).await?;
+        self.meta = Some(meta);
+        self.reset_decoders();
+        self.key = key_positions(&self.columns);
+        tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
+        Ok(())
+    }
+
+    /// The rows pending as a batch, at the position after them.
+    fn emit(&mut self) -> Result<Batch> {
+        self.pending_since = None;
+        let data = self.decoder.finish()?;
+        let ops = std::mem::take(&mut self.ops);
+        let records = match &mut self.debezium {
+            None => with_op(data, std::sync::Arc::new(StringArray::from(ops)))?,
+            Some(d) => {
+                let before = d.before.finish()?;
+                let records = debezium::records(
+                    &data.schema(),
+                    (before.columns().to_vec(), &d.has_before),
+                    (data.columns().to_vec(), &d.has_after),
+                    ops,
+                    &d.origins,
+                    &d.place,
+                    debezium::now_ms(),
+                )?;
+                d.has_before.clear();
+                d.has_after.clear();
+                d.origins.clear();
+                records
+            }
+        };
+        let position = match &mut self.txn {
+            // cut inside a transaction: resume at its start, past what is delivered
+            Some((start, n)) => BinlogOffset {
+                skip: *n,
+                ..start.clone()
+            },
+            None => self.committed.clone(),
+        };
+        self.batch(records, position)
+    }
+
+    /// No change for a while: the position moves on over what was read (other
+    /// tables' transactions), so a quiet table does not pin old binlog files.
+    fn idle(&mut self) -> Result<Batch> {
+        // inside a transaction, or short of the rows a cut one delivered: nowhere new
+        if self.txn.is_some() || self.to_skip > 0 || self.committed == self.delivered {
+            return Ok(Batch::idle());
+        }
+        let records = RecordBatch::new_empty(std::sync::Arc::new(Schema::empty()));
+        let position = self.committed.clone();
+        self.batch(records, position)
+    }
+
+    fn batch(&mut self, records: RecordBatch, position: BinlogOffset) -> Result<Batch> {
+        let mut offsets = Offsets::new();
+        offsets.set_typed(SPLIT, &position)?;
+        self.delivered = position;
+        Ok(Batch::new(records, offsets))
+    }
+
+    /// The stream is gone: what is pending was not handed out and will be read again,
+    /// from the position last handed out, by the next call.
+    fn lose_stream(&mut self) {
+        self.stream = None;
+        self.ops.clear();
+        self.pending_since = None;
+        self.reset_decoders();
+        self.txn = None;
+        self.file = self.delivered.file.clone();
+        self.next = self.delivered.pos;
+        self.to_skip = self.delivered.skip;
+        self.gtid = self.delivered.gtid.clone();
+        self.committed = BinlogOffset {
+            skip: 0,
+            ..self.delivered.clone()
+        };
+    }
+
+    /// Ends the dump.
+    pub async fn close(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.close()).await;
+        }
+        if let Some(meta) = self.meta.take() {
+            let _ = meta.disconnect().await;
+        }
+    }
+}
