@@ -21,12 +21,12 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use super::binlog::{self, TableColumn};
 use super::debezium;
-use rows::{described, key_positions, Images};
 use super::position::{purged, with_op, BinlogOffset, SPLIT};
 use crate::config::ZeroDates;
 use crate::conn::connect;
 use crate::decode::Decoder;
 use crate::error::my_error;
+use rows::{described, key_positions, Images};
 
 mod rows;
 
