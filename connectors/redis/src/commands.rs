@@ -6,21 +6,23 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use connector_api::{columns, Error, ErrorKind, Result};
 use redis::{cmd, Cmd};
 use sluice_formats::changes::{self, Apply};
-use sluice_formats::messages::Payloads;
+use sluice_formats::messages::{AvroSink, Payloads};
 
 use crate::config::{RedisSinkConfig, SinkMode};
 
 /// The commands of `records`, in order, each with the record it writes; or the rows
-/// that cannot be written (a null key, an entry without fields) as a refusal.
-pub fn commands(
+/// that cannot be written (a null key, an entry without fields) as a refusal. Avro
+/// payloads are encoded by `avro`, which registers their schema.
+pub async fn commands(
     config: &RedisSinkConfig,
     sink: &str,
     records: &RecordBatch,
+    avro: Option<&mut AvroSink>,
 ) -> Result<Vec<(Cmd, usize)>> {
     let mut found: Vec<(usize, String)> = Vec::new();
     let out = match config.mode {
-        SinkMode::Stream => stream(config, records, &mut found)?,
-        SinkMode::Hash | SinkMode::String => keyed(config, records, &mut found)?,
+        SinkMode::Stream => stream(config, records, avro, &mut found).await?,
+        SinkMode::Hash | SinkMode::String => keyed(config, records, avro, &mut found).await?,
     };
     sluice_formats::messages::refuse(records, found, sink)?;
     Ok(out)
@@ -39,9 +41,28 @@ fn written(config: &RedisSinkConfig, records: &RecordBatch) -> Vec<usize> {
         .collect()
 }
 
-fn stream(
+/// The payloads of `records` (the columns written) in the sink's format: Avro through
+/// the registry, the others encoded here.
+async fn payloads(
     config: &RedisSinkConfig,
     records: &RecordBatch,
+    avro: Option<&mut AvroSink>,
+) -> Result<Payloads> {
+    match avro {
+        // the columns are those `written` keeps already, metadata ones included
+        Some(avro) => avro.payloads(records, true, &[]).await,
+        None => Payloads::encode(
+            records,
+            config.format.payload().unwrap_or_default(),
+            &config.json,
+        ),
+    }
+}
+
+async fn stream(
+    config: &RedisSinkConfig,
+    records: &RecordBatch,
+    avro: Option<&mut AvroSink>,
     found: &mut Vec<(usize, String)>,
 ) -> Result<Vec<(Cmd, usize)>> {
     let key = config.stream.clone().unwrap_or_default();
@@ -57,8 +78,8 @@ fn stream(
     };
     let mut out: Vec<(Cmd, usize)> = (0..records.num_rows()).map(xadd).collect();
     match config.format.payload() {
-        Some(format) => {
-            let payloads = Payloads::encode(&records, format, &config.json)?;
+        Some(_) => {
+            let payloads = payloads(config, &records, avro).await?;
             for (c, r) in &mut out {
                 c.arg(&config.body_field).arg(payloads.get(*r));
             }
@@ -88,20 +109,17 @@ fn stream(
     Ok(out)
 }
 
-fn keyed(
+async fn keyed(
     config: &RedisSinkConfig,
     records: &RecordBatch,
+    avro: Option<&mut AvroSink>,
     found: &mut Vec<(usize, String)>,
 ) -> Result<Vec<(Cmd, usize)>> {
     let (data, runs) = changes::runs(records)?;
     let keys = keys(config, &data, found)?;
     let data = data.project(&written(config, &data))?;
     let values: Option<Payloads> = match config.mode {
-        SinkMode::String => Some(Payloads::encode(
-            &data,
-            config.format.payload().unwrap_or_default(),
-            &config.json,
-        )?),
+        SinkMode::String => Some(payloads(config, &data, avro).await?),
         _ => None,
     };
     let columns: Vec<(String, ArrayRef, Payloads)> = match config.mode {

@@ -7,6 +7,7 @@ use connector_api::{redacted_url, Error, FieldSpec, Result, Secret};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use sluice_formats::messages::{self, MessageField, PayloadFormat};
+use sluice_formats::registry::RegistryConfig;
 use sluice_formats::JsonOptions;
 
 /// How a stream entry becomes a record, and a record an entry or a value.
@@ -21,6 +22,10 @@ pub enum EntryFormat {
     String,
     /// The field `body_field` as raw bytes, in one column `value`.
     Bytes,
+    /// The field `body_field` as an Avro record in the Confluent wire format (a magic
+    /// byte, the writer schema's id in `schema_registry`, the record); its fields are
+    /// columns.
+    Avro,
     /// Every field of the entry is a column (`XADD s * id 7 name ada`): text, or the
     /// type `schema` declares (a value that does not parse is a dead letter). Written
     /// back the same way: each non-null column a field, in its text form.
@@ -28,12 +33,19 @@ pub enum EntryFormat {
 }
 
 impl EntryFormat {
+    /// The payload format the registry options are checked against (`fields` has
+    /// none, so a registry beside it is refused as beside JSON).
+    pub fn registry_format(self) -> PayloadFormat {
+        self.payload().unwrap_or_default()
+    }
+
     /// The shared payload format, for the formats that read one field.
     pub fn payload(self) -> Option<PayloadFormat> {
         match self {
             EntryFormat::Json => Some(PayloadFormat::Json),
             EntryFormat::String => Some(PayloadFormat::String),
             EntryFormat::Bytes => Some(PayloadFormat::Bytes),
+            EntryFormat::Avro => Some(PayloadFormat::Avro),
             EntryFormat::Fields => None,
         }
     }
@@ -71,13 +83,16 @@ pub struct RedisSourceConfig {
     /// is placed here.
     #[serde(default)]
     pub start: Start,
-    /// Entry format: `json` (default), `string` or `bytes` (of the field
+    /// Entry format: `json` (default), `string`, `bytes` or `avro` (of the field
     /// `body_field`), or `fields` (every field a column).
     #[serde(default)]
     pub format: EntryFormat,
-    /// The field holding the payload, with `json`, `string` and `bytes`.
+    /// The field holding the payload, with `json`, `string`, `bytes` and `avro`.
     #[serde(default = "body")]
     pub body_field: String,
+    /// The schema registry Avro payloads' writer schemas are fetched from
+    /// (`format = "avro"`): `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
     /// Declared columns: of the JSON payload, or of the fields (`format = "fields"`);
     /// absent: inferred from the first entries (`fields`: every field as text).
     #[serde(default)]
@@ -119,14 +134,17 @@ impl RedisSourceConfig {
             )
             .with_field("metadata"));
         }
-        if matches!(self.format, EntryFormat::String | EntryFormat::Bytes)
-            && !self.schema.is_empty()
+        if matches!(
+            self.format,
+            EntryFormat::String | EntryFormat::Bytes | EntryFormat::Avro
+        ) && !self.schema.is_empty()
         {
             return Err(Error::config(
                 "schema declares columns of format = \"json\" or \"fields\"",
             )
             .with_field("schema"));
         }
+        messages::check_registry(self.format.registry_format(), self.schema_registry.as_ref())?;
         if let (EntryFormat::Fields, Some(schema)) = (self.format, self.declared_schema()?) {
             if let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested()) {
                 return Err(Error::config(format!(
@@ -204,14 +222,24 @@ pub struct RedisSinkConfig {
     #[serde(default)]
     pub key_prefix: String,
     /// Payload format of `stream` and `string`: `json` (default: an object of every
-    /// column), `string` or `bytes` (the column `value`, or the only column), or, for
-    /// streams, `fields` (each non-null column a field). Hashes always hold one field
-    /// per column.
+    /// column), `string` or `bytes` (the column `value`, or the only column), `avro`
+    /// (the columns as an Avro record in the Confluent wire format, its schema
+    /// registered in `schema_registry`), or, for streams, `fields` (each non-null
+    /// column a field). Hashes always hold one field per column.
     #[serde(default)]
     pub format: EntryFormat,
-    /// The stream field the payload goes in (`json`, `string`, `bytes`).
+    /// The stream field the payload goes in (`json`, `string`, `bytes`, `avro`).
     #[serde(default = "body")]
     pub body_field: String,
+    /// The schema registry of `format = "avro"`: `{ url = "http://registry:8081" }`.
+    pub schema_registry: Option<RegistryConfig>,
+    /// The registry subject the Avro schema is registered under; default
+    /// `{stream}-value` (needed with `mode = "string"`, whose keys vary).
+    pub schema_subject: Option<String>,
+    /// With `format = "avro"`: the name of the Avro record written (namespace
+    /// `sluice`; letters, digits and `_`).
+    #[serde(default = "messages::default_record_name")]
+    pub record_name: String,
     /// JSON options (with `format = "json"`).
     #[serde(default)]
     pub json: JsonOptions,
@@ -262,7 +290,28 @@ impl RedisSinkConfig {
         if self.maxlen == Some(0) {
             return Err(Error::config("maxlen must be at least 1").with_field("maxlen"));
         }
-        Ok(())
+        if self.mode == SinkMode::Hash && self.format == EntryFormat::Avro {
+            return Err(Error::config(
+                "a hash holds one field per column, in its text form: format = \"avro\" writes stream entries or string values",
+            )
+            .with_field("format"));
+        }
+        messages::check_avro_sink(
+            self.format.registry_format(),
+            self.schema_registry.as_ref(),
+            self.schema_subject.as_deref(),
+            self.destination(),
+            &self.record_name,
+        )
+    }
+
+    /// The key every record goes to, when there is one (the stream), which the
+    /// default Avro subject is made of.
+    pub fn destination(&self) -> Option<&str> {
+        match self.mode {
+            SinkMode::Stream => self.stream.as_deref(),
+            SinkMode::Hash | SinkMode::String => None,
+        }
     }
 
     /// The key of the offsets for `pipeline` and `sink`.

@@ -23,6 +23,8 @@ pub async fn connect(url: &Secret, name: &str) -> Result<MultiplexedConnection> 
         ))
         .with_field("url")
     })?;
+    // no concurrency limit: the sink relies on a pipeline being handed to the
+    // connection's writer at its first poll, so pipelines go out in order
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(5)))
         .set_response_timeout(Some(RESPONSE_TIMEOUT));

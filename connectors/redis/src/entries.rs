@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use sluice_formats::messages::{with_metadata, Message, MessageDecoder, MessageField};
 
 use crate::config::{EntryFormat, RedisSourceConfig};
-use crate::conn::{bytes, items, text};
+use crate::conn::{bytes, items};
 
 /// A stream entry id, `ms-seq`, ordered as Redis orders them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,7 +91,9 @@ pub fn parse_entries(list: Value) -> Result<Vec<Entry>> {
         let mut parts = items(e).into_iter();
         let id = parts
             .next()
-            .and_then(|v| text(&v))
+            .as_ref()
+            .and_then(bytes)
+            .and_then(|b| std::str::from_utf8(b).ok())
             .ok_or_else(|| Error::internal("redis: an entry without an id"))?
             .parse()?;
         let fields = match parts.next() {
@@ -154,11 +156,42 @@ impl EntryDecoder {
             payloads: config
                 .format
                 .payload()
-                .map(|f| MessageDecoder::new(f, declared.clone(), &config.metadata)),
+                .map(|f| {
+                    MessageDecoder::new(f, declared.clone(), &config.metadata)
+                        .with_registry(config.schema_registry.as_ref())
+                })
+                .transpose()?,
             declared,
             metadata: config.metadata.clone(),
             stream: config.stream.clone(),
         })
+    }
+
+    /// `entries` once the writer schemas of their Avro payloads are fetched (other
+    /// formats: at once); a registry that does not answer is an error, and the
+    /// entries wait in `pending` for the next call.
+    pub async fn fetched(
+        &mut self,
+        entries: Vec<Entry>,
+        pending: &mut Option<Vec<Entry>>,
+    ) -> Result<Vec<Entry>> {
+        let Some(decoder) = self.payloads.as_mut() else {
+            return Ok(entries);
+        };
+        let body = &self.body;
+        decoder
+            .fetched(
+                entries,
+                |e| {
+                    e.fields
+                        .iter()
+                        .flatten()
+                        .find(|(k, _)| k == body)
+                        .map_or(&[][..], |(_, v)| v.as_slice())
+                },
+                pending,
+            )
+            .await
     }
 
     /// Decodes `entries` (none deleted).

@@ -39,7 +39,7 @@ pub struct Redis;
 #[connector_api::async_trait]
 impl SourceConnector for Redis {
     const NAME: &'static str = NAME;
-    const DESCRIPTION: &'static str = "a Redis stream through a consumer group, acknowledged after each checkpoint; JSON, string or bytes in one field, or every field a column";
+    const DESCRIPTION: &'static str = "a Redis stream through a consumer group, acknowledged after each checkpoint; JSON, string, bytes or Avro (schema registry) in one field, or every field a column";
     type Config = RedisSourceConfig;
 
     fn validate(&self, config: &RedisSourceConfig) -> Result<()> {
@@ -51,7 +51,8 @@ impl SourceConnector for Redis {
     }
 
     async fn check(&self, config: &RedisSourceConfig) -> Result<()> {
-        source::check(config).await
+        source::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 
     fn record_schema(&self, config: &RedisSourceConfig) -> Option<SchemaRef> {
@@ -62,7 +63,7 @@ impl SourceConnector for Redis {
 #[connector_api::async_trait]
 impl SinkConnector for Redis {
     const NAME: &'static str = NAME;
-    const DESCRIPTION: &'static str = "Redis stream entries, hashes or strings by key, in one transaction per checkpoint with the offsets: exactly once";
+    const DESCRIPTION: &'static str = "Redis stream entries, hashes or strings by key (JSON, string, bytes or Avro payloads), in one transaction per checkpoint with the offsets: exactly once";
     type Config = RedisSinkConfig;
 
     fn validate(&self, config: &RedisSinkConfig) -> Result<()> {
@@ -74,6 +75,7 @@ impl SinkConnector for Redis {
     }
 
     async fn check(&self, config: &RedisSinkConfig) -> Result<()> {
-        sink::check(config).await
+        sink::check(config).await?;
+        sluice_formats::registry::check(config.schema_registry.as_ref()).await
     }
 }

@@ -4,13 +4,26 @@
 //! offsets are read back and the pipeline resumes from them: exactly once, whatever
 //! the mode.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
 use connector_api::{Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState};
 use redis::aio::MultiplexedConnection;
 use redis::{cmd, Value};
 
+use sluice_formats::messages::AvroSink;
+
 use crate::commands::commands;
 use crate::config::{RedisSinkConfig, SinkMode};
 use crate::conn::{connect, query, redis_error, text};
+
+/// Pipelines sent and not yet answered, at most, before the sink waits for the oldest.
+const IN_FLIGHT: usize = 4;
+
+/// The replies to a pipeline sent.
+type Sent = Pin<Box<dyn Future<Output = redis::RedisResult<Vec<Value>>> + Send>>;
 
 /// Writes records to Redis.
 pub struct RedisSink {
@@ -25,6 +38,13 @@ pub struct RedisSink {
     queued: Vec<usize>,
     /// Commands sent per pipeline at most.
     chunk: usize,
+    /// Pipelines sent whose replies (`QUEUED` each) are not read yet, oldest first,
+    /// each with the index in `queued` of its first command and its write's number.
+    sent: VecDeque<(usize, u64, Sent)>,
+    /// Writes since the sink opened.
+    writes: u64,
+    /// `format = "avro"`: the registry and subject.
+    avro: Option<AvroSink>,
 }
 
 impl RedisSink {
@@ -38,6 +58,9 @@ impl RedisSink {
             in_multi: false,
             queued: Vec::new(),
             chunk: 2048,
+            sent: VecDeque::new(),
+            writes: 0,
+            avro: None,
         }
     }
 
@@ -55,6 +78,61 @@ impl RedisSink {
         }
     }
 
+    /// Sends `p` (the commands `queued[first..]`) without waiting for its replies, so
+    /// the next records are encoded while the server queues these; waits for the
+    /// oldest pipeline once [`IN_FLIGHT`] are out.
+    async fn send(&mut self, first: usize, mut p: redis::Pipeline) -> Result<()> {
+        while self.sent.len() >= IN_FLIGHT {
+            self.answered().await?;
+        }
+        let mut con = self.con()?.clone();
+        let mut sent: Sent =
+            Box::pin(async move { p.ignore_errors().query_async::<Vec<Value>>(&mut con).await });
+        // one poll hands the pipeline to the connection's writer, so pipelines go out
+        // in the order they are made (the connection has no concurrency limit, and
+        // its request channel holds far more than IN_FLIGHT: the send never waits)
+        if let Poll::Ready(done) =
+            std::future::poll_fn(|cx| Poll::Ready(sent.as_mut().poll(cx))).await
+        {
+            sent = Box::pin(std::future::ready(done));
+        }
+        self.sent.push_back((first, self.writes, sent));
+        // the connection's writer was woken on this worker: let it put the pipeline
+        // on the wire before the next records are encoded
+        tokio::task::yield_now().await;
+        Ok(())
+    }
+
+    /// Waits for the replies of the oldest pipeline sent: each command queued, or
+    /// an error naming the record of the one that was not (out of memory), which
+    /// aborts the transaction (`EXEC` says so).
+    async fn answered(&mut self) -> Result<()> {
+        let Some((first, write, sent)) = self.sent.pop_front() else {
+            return Ok(());
+        };
+        let replies = sent.await.map_err(|e| redis_error("queueing writes", e))?;
+        if let Some((i, Value::ServerError(e))) = replies
+            .iter()
+            .enumerate()
+            .find(|(_, v)| matches!(v, Value::ServerError(_)))
+        {
+            return Err(Error::new(
+                ErrorKind::Aborted,
+                format!(
+                    "redis: record {} of {} was not queued: {} {}",
+                    self.queued[first + i],
+                    match write == self.writes {
+                        true => "the write",
+                        false => "an earlier write since the last checkpoint",
+                    },
+                    e.code(),
+                    e.details().unwrap_or_default()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     async fn begin(&mut self) -> Result<()> {
         if !self.in_multi {
             query(self.con()?, &cmd("MULTI"), "starting a transaction").await?;
@@ -69,8 +147,16 @@ impl Sink for RedisSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
         self.name = ctx.sink.clone();
         self.offsets_key = self.config.offsets_key(&ctx.pipeline, &ctx.sink);
+        self.avro = AvroSink::new(
+            self.config.format.registry_format(),
+            self.config.schema_registry.as_ref(),
+            self.config.schema_subject.as_deref(),
+            self.config.destination(),
+            &self.config.record_name,
+        )?;
         self.in_multi = false;
         self.queued.clear();
+        self.sent.clear();
         let mut con = connect(&self.config.url, &format!("sluice {} sink", ctx.pipeline)).await?;
         if let (SinkMode::Stream, Some(stream)) = (self.config.mode, &self.config.stream) {
             let t = cmd("TYPE").arg(stream).clone();
@@ -111,7 +197,8 @@ impl Sink for RedisSink {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let cmds = commands(&self.config, &self.name, &batch.records)?;
+        self.writes += 1;
+        let cmds = commands(&self.config, &self.name, &batch.records, self.avro.as_mut()).await?;
         self.begin().await?;
         let mut cmds = cmds.into_iter();
         loop {
@@ -124,32 +211,14 @@ impl Sink for RedisSink {
             if self.queued.len() == first {
                 return Ok(());
             }
-            // each is queued ("QUEUED"); an error here (out of memory) aborts the
-            // transaction, and EXEC says so
-            let replies: Vec<Value> = p
-                .ignore_errors()
-                .query_async(self.con()?)
-                .await
-                .map_err(|e| redis_error("queueing writes", e))?;
-            if let Some((i, Value::ServerError(e))) = replies
-                .iter()
-                .enumerate()
-                .find(|(_, v)| matches!(v, Value::ServerError(_)))
-            {
-                return Err(Error::new(
-                    ErrorKind::Aborted,
-                    format!(
-                        "redis: record {} of the write was not queued: {} {}",
-                        self.queued[first + i],
-                        e.code(),
-                        e.details().unwrap_or_default()
-                    ),
-                ));
-            }
+            self.send(first, p).await?;
         }
     }
 
     async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        while !self.sent.is_empty() {
+            self.answered().await?;
+        }
         self.begin().await?;
         let set = cmd("SET")
             .arg(&self.offsets_key)
@@ -196,6 +265,7 @@ impl Sink for RedisSink {
     }
 
     async fn close(&mut self) -> Result<()> {
+        self.sent.clear();
         if self.in_multi {
             if let Some(con) = self.con.as_mut() {
                 let _ = cmd("DISCARD").query_async::<Value>(con).await;

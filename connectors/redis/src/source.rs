@@ -12,6 +12,7 @@
 //! slow.
 
 use std::collections::{HashSet, VecDeque};
+use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
@@ -59,7 +60,7 @@ pub struct RedisSource {
     batches: u64,
     /// The ids of each batch handed out and not yet acknowledged.
     unacked: VecDeque<(u64, Vec<EntryId>)>,
-    /// Every entry id in `unacked`: a claim of one of them (idle past `claim_idle`
+    /// Every entry id in `unacked`, in a shared group: a claim of one of them (idle past `claim_idle`
     /// because its checkpoint is slow) is not a new entry.
     in_flight: HashSet<EntryId>,
     /// Pending entries to read again by id (delivered more than once before the
@@ -74,6 +75,23 @@ pub struct RedisSource {
     end: Option<EntryId>,
     batch_size: usize,
     idle_timeout: Duration,
+    /// A read of new entries sent while the batch before it is decoded and written,
+    /// so the server finds them as the source decodes (never blocking: a blocked
+    /// read would hold up the acknowledgements behind it on the connection).
+    ahead: Option<Ahead>,
+    /// Entries read whose Avro writer schemas the registry did not give yet (and
+    /// whether they were claimed): the next call decodes them, never drops them.
+    pending: Option<Vec<Entry>>,
+    pending_claimed: bool,
+}
+
+/// A read sent ahead; aborted when dropped.
+struct Ahead(tokio::task::JoinHandle<Result<Value>>);
+
+impl Drop for Ahead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl RedisSource {
@@ -98,6 +116,9 @@ impl RedisSource {
             end: None,
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
+            ahead: None,
+            pending: None,
+            pending_claimed: false,
         })
     }
 
@@ -257,11 +278,15 @@ impl RedisSource {
     }
 
     async fn ack(&mut self, ids: &[EntryId]) -> Result<()> {
+        let mut text = String::new();
         for chunk in ids.chunks(ACK_CHUNK) {
             let mut c = cmd("XACK");
             c.arg(&self.config.stream).arg(&self.group);
             for id in chunk {
-                c.arg(id.to_string());
+                text.clear();
+                // writing to a String cannot fail
+                let _ = write!(text, "{id}");
+                c.arg(text.as_str());
             }
             query(self.con()?, &c, "acknowledging entries").await?;
         }
@@ -294,7 +319,42 @@ impl RedisSource {
                 None => self.phase = Phase::New,
             }
         }
-        Ok((self.read_group(count, ">", Some(block)).await?, false))
+        if let Some(mut ahead) = self.ahead.take() {
+            let reply = (&mut ahead.0)
+                .await
+                .map_err(|e| Error::internal(format!("redis: a read sent ahead failed: {e}")))??;
+            let entries = parse_read(reply)?;
+            if !entries.is_empty() {
+                self.read_ahead(count, &entries);
+                return Ok((entries, false));
+            }
+        }
+        let entries = self.read_group(count, ">", Some(block)).await?;
+        self.read_ahead(count, &entries);
+        Ok((entries, false))
+    }
+
+    /// Sends the next read of new entries, unless `entries` (just read) were none or
+    /// reached the end of a bounded read. Not in a shared group: entries read ahead
+    /// wait in this consumer's pending list, where a claim could take them too.
+    fn read_ahead(&mut self, count: usize, entries: &[Entry]) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        if self.shared {
+            return;
+        }
+        if self.end.is_some_and(|end| last.id >= end) {
+            return;
+        }
+        let Some(con) = self.con.as_ref() else {
+            return;
+        };
+        let (mut con, c) = (con.clone(), self.xreadgroup(count, ">", None));
+        let what = format!("reading stream \"{}\"", self.config.stream);
+        self.ahead = Some(Ahead(tokio::spawn(async move {
+            query(&mut con, &c, what).await
+        })));
     }
 
     /// The entries `ids` (`XRANGE`), in order; one deleted since comes without fields.
@@ -326,6 +386,14 @@ impl RedisSource {
         from: &str,
         block: Option<Duration>,
     ) -> Result<Vec<Entry>> {
+        let c = self.xreadgroup(count, from, block);
+        let what = format!("reading stream \"{}\"", self.config.stream);
+        let reply = query(self.con()?, &c, what).await?;
+        parse_read(reply)
+    }
+
+    /// The `XREADGROUP` command of [`Self::read_group`].
+    fn xreadgroup(&self, count: usize, from: &str, block: Option<Duration>) -> redis::Cmd {
         let mut c = cmd("XREADGROUP");
         c.arg("GROUP")
             .arg(&self.group)
@@ -338,9 +406,7 @@ impl RedisSource {
             c.arg("BLOCK").arg(ms);
         }
         c.arg("STREAMS").arg(&self.config.stream).arg(from);
-        let what = format!("reading stream \"{}\"", self.config.stream);
-        let reply = query(self.con()?, &c, what).await?;
-        parse_read(reply)
+        c
     }
 
     /// Entries other consumers left pending longer than `claim_idle`, now this one's.
@@ -381,17 +447,31 @@ impl RedisSource {
         Ok(entries)
     }
 
+    /// `entries` as a batch, once the registry gave the Avro writer schemas they need;
+    /// until it does they wait in `pending`.
+    async fn decoded(&mut self, entries: Vec<Entry>, claimed: bool) -> Result<Batch> {
+        self.pending_claimed = claimed;
+        let entries = self.decoder.fetched(entries, &mut self.pending).await?;
+        self.batch(entries, claimed)
+    }
+
     /// The entries as a batch: records, dead letters, and the offset.
     fn batch(&mut self, entries: Vec<Entry>, claimed: bool) -> Result<Batch> {
         let live: Vec<&Entry> = entries.iter().filter(|e| e.fields.is_some()).collect();
-        let decoded = self.decoder.decode(&live)?;
+        // on a thread of its own: the worker's other tasks (the read sent ahead, the
+        // connection's writer and reader) go on meanwhile
+        let decoder = &mut self.decoder;
+        let decoded = connector_api::blocking(|| decoder.decode(&live))?;
         if !claimed {
             if let Some(e) = entries.last() {
                 self.last = Some(e.id);
             }
         }
         self.batches += 1;
-        self.in_flight.extend(entries.iter().map(|e| e.id));
+        if self.shared {
+            // only a shared group claims
+            self.in_flight.extend(entries.iter().map(|e| e.id));
+        }
         self.unacked
             .push_back((self.batches, entries.iter().map(|e| e.id).collect()));
         let mut offsets = Offsets::new();
@@ -429,6 +509,8 @@ impl Source for RedisSource {
         self.idle_timeout = ctx.idle_timeout;
         self.group = self.config.group_name(&ctx.pipeline);
         self.consumer = self.config.consumer_name(&ctx.pipeline);
+        self.ahead = None;
+        self.pending = None;
         self.con =
             Some(connect(&self.config.url, &format!("sluice {} source", ctx.pipeline)).await?);
         let stored: Option<StreamOffset> = committed.get_typed(&self.config.stream)?;
@@ -454,6 +536,9 @@ impl Source for RedisSource {
             (Some(end), Phase::New) => s.redo.is_empty() && s.last.unwrap_or_default() >= end,
             _ => false,
         };
+        if let Some(entries) = self.pending.take() {
+            return self.decoded(entries, self.pending_claimed).await.map(Some);
+        }
         if done(self) {
             return Ok(None);
         }
@@ -465,7 +550,7 @@ impl Source for RedisSource {
             }
             return Ok(Some(Batch::idle()));
         }
-        self.batch(entries, claimed).map(Some)
+        self.decoded(entries, claimed).await.map(Some)
     }
 
     async fn commit(&mut self, offsets: &Offsets) -> Result<()> {
@@ -475,8 +560,10 @@ impl Source for RedisSource {
         let mut ids = Vec::new();
         while self.unacked.front().is_some_and(|(n, _)| *n <= at.batch) {
             if let Some((_, batch)) = self.unacked.pop_front() {
-                for id in &batch {
-                    self.in_flight.remove(id);
+                if !self.in_flight.is_empty() {
+                    for id in &batch {
+                        self.in_flight.remove(id);
+                    }
                 }
                 ids.extend(batch);
             }
@@ -485,6 +572,8 @@ impl Source for RedisSource {
     }
 
     async fn close(&mut self) -> Result<()> {
+        self.ahead = None;
+        self.pending = None;
         self.con = None;
         Ok(())
     }

@@ -26,6 +26,7 @@ mod progress;
 mod quickstart;
 mod rabbitmq;
 mod redis;
+mod redis_avro;
 mod roundtrip;
 mod s3;
 mod service;

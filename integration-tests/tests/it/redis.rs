@@ -13,19 +13,19 @@ use crate::support::{
 };
 
 /// The server the tests use.
-fn port() -> u16 {
+pub(crate) fn port() -> u16 {
     std::env::var("SLUICE_TEST_REDIS_PORT")
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(6379)
 }
 
-fn url_at(port: u16) -> String {
+pub(crate) fn url_at(port: u16) -> String {
     format!("redis://127.0.0.1:{port}")
 }
 
 /// A key unique to this run.
-fn unique(tag: &str) -> String {
+pub(crate) fn unique(tag: &str) -> String {
     use rand::Rng;
     format!(
         "{tag}:{}:{:06x}",
@@ -49,7 +49,7 @@ fn cli_at(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim_end().to_string()
 }
 
-fn cli(args: &[&str]) -> String {
+pub(crate) fn cli(args: &[&str]) -> String {
     cli_at(port(), args)
 }
 
@@ -452,6 +452,15 @@ fn bad_options_are_named() {
         (
             "mode = \"string\"\nkey_columns = [\"id\"]\nformat = \"fields\"",
             "format = \\\"fields\\\" writes stream entries",
+        ),
+        ("stream = \"s\"\nformat = \"avro\"", "needs schema_registry"),
+        (
+            "mode = \"hash\"\nkey_columns = [\"id\"]\nformat = \"avro\"\nschema_registry = { url = \"http://r\" }",
+            "format = \\\"avro\\\" writes stream entries or string values",
+        ),
+        (
+            "mode = \"string\"\nkey_columns = [\"id\"]\nformat = \"avro\"\nschema_registry = { url = \"http://r\" }",
+            "needs schema_subject",
         ),
     ] {
         std::fs::write(
