@@ -257,7 +257,9 @@ def build():
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "runtime", "--bin", "sluice",
                     "-p", "integration-tests", "--bin", "kafka-mock"], cwd=ROOT, check=True,
                    env={**os.environ, "CARGO_TARGET_DIR": TARGET})
-    return os.path.join(TARGET, "release", "sluice"), os.path.join(TARGET, "release", "kafka-mock")
+    # SLUICE_BENCH_BIN: another sluice binary (an earlier build, for a before/after run)
+    sluice = os.environ.get("SLUICE_BENCH_BIN") or os.path.join(TARGET, "release", "sluice")
+    return sluice, os.path.join(TARGET, "release", "kafka-mock")
 
 
 def install():
@@ -717,6 +719,12 @@ def main():
                       ["redis-benchmark", "-p", str(port), "-n", str(n), "-P", "100", "-q",
                        "XADD", "bench", "*", "id", "1"],
                       lambda: redis_len(port, "bench"), servers=[rs])
+            # the same with a body field the size of sluice's (an average JSON line)
+            body = "x" * round(per_json)
+            s.measure(w, "redis-benchmark-body", f"XADD of a {len(body)}-byte body field, pipelined by 100 (the server's own tool)",
+                      ["redis-benchmark", "-p", str(port), "-n", str(n), "-P", "100", "-q",
+                       "XADD", "bench-body", "*", "body", body],
+                      lambda: redis_len(port, "bench-body"), servers=[rs])
             w = "redis-to-json"
             out = fresh(os.path.join(WORK, "out-redis"))
             s.measure(w, "sluice", "consumer group, typed (JSON body), XACK after each checkpoint, exactly-once file sink",
