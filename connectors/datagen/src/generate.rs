@@ -138,7 +138,7 @@ impl Generator {
                 };
                 match tz {
                     // the times are UTC already: only the zone is set (no pass over them)
-                    Some(tz) if matches!(tz.as_ref(), "UTC" | "+00:00" | "Z") => arr
+                    Some(tz) if matches!(tz.as_ref(), "UTC" | "+00:00") => arr
                         .to_data()
                         .into_builder()
                         .data_type(field.data_type().clone())

@@ -66,6 +66,17 @@ pub struct Entry {
     pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
 }
 
+impl Entry {
+    /// The value of the field `name`, the first if it is given twice.
+    pub fn field(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .flatten()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
 /// The entries of one stream's reply to `XREADGROUP` (nil: none), or of the entry list
 /// of an `XAUTOCLAIM` reply.
 pub fn parse_read(reply: Value) -> Result<Vec<Entry>> {
@@ -94,7 +105,7 @@ pub fn parse_entries(list: Value) -> Result<Vec<Entry>> {
             .as_ref()
             .and_then(bytes)
             .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| Error::internal("redis: an entry without an id"))?
+            .ok_or_else(|| Error::internal("redis: an entry without an id in UTF-8 text"))?
             .parse()?;
         let fields = match parts.next() {
             None | Some(Value::Nil) => None,
@@ -180,17 +191,7 @@ impl EntryDecoder {
         };
         let body = &self.body;
         decoder
-            .fetched(
-                entries,
-                |e| {
-                    e.fields
-                        .iter()
-                        .flatten()
-                        .find(|(k, _)| k == body)
-                        .map_or(&[][..], |(_, v)| v.as_slice())
-                },
-                pending,
-            )
+            .fetched(entries, |e| e.field(body).unwrap_or_default(), pending)
             .await
     }
 
@@ -359,8 +360,8 @@ impl EntryDecoder {
             shown.join(" "),
             error,
         );
-        if let Some((_, body)) = fields.iter().find(|(k, _)| *k == self.body) {
-            reject.bytes = Some(body.clone());
+        if let Some(body) = e.field(&self.body) {
+            reject.bytes = Some(body.to_vec());
         }
         reject.headers = fields
             .iter()

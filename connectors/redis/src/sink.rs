@@ -41,7 +41,7 @@ pub struct RedisSink {
     /// Pipelines sent whose replies (`QUEUED` each) are not read yet, oldest first,
     /// each with the index in `queued` of its first command and its write's number.
     sent: VecDeque<(usize, u64, Sent)>,
-    /// Writes since the sink opened.
+    /// Writes the sink was given (their number names a write in an error).
     writes: u64,
     /// `format = "avro"`: the registry and subject.
     avro: Option<AvroSink>,
@@ -89,11 +89,11 @@ impl RedisSink {
         let mut sent: Sent =
             Box::pin(async move { p.ignore_errors().query_async::<Vec<Value>>(&mut con).await });
         // one poll hands the pipeline to the connection's writer, so pipelines go out
-        // in the order they are made (the connection has no concurrency limit, and
-        // its request channel holds far more than IN_FLIGHT: the send never waits)
-        if let Poll::Ready(done) =
-            std::future::poll_fn(|cx| Poll::Ready(sent.as_mut().poll(cx))).await
-        {
+        // in the order they are made: the connection has no concurrency limit, its
+        // request channel holds far more than IN_FLIGHT, and the poll is outside
+        // tokio's task budget (which could make the send wait), so it never waits
+        let first_poll = std::future::poll_fn(|cx| Poll::Ready(sent.as_mut().poll(cx)));
+        if let Poll::Ready(done) = tokio::task::unconstrained(first_poll).await {
             sent = Box::pin(std::future::ready(done));
         }
         self.sent.push_back((first, self.writes, sent));
@@ -122,7 +122,7 @@ impl RedisSink {
                     "redis: record {} of {} was not queued: {} {}",
                     self.queued[first + i],
                     match write == self.writes {
-                        true => "the write",
+                        true => "the latest write",
                         false => "an earlier write since the last checkpoint",
                     },
                     e.code(),

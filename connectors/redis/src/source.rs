@@ -60,7 +60,8 @@ pub struct RedisSource {
     batches: u64,
     /// The ids of each batch handed out and not yet acknowledged.
     unacked: VecDeque<(u64, Vec<EntryId>)>,
-    /// Every entry id in `unacked`, in a shared group: a claim of one of them (idle past `claim_idle`
+    /// Every entry id in `unacked`, in a shared group: a claim of one of them (idle
+    /// past `claim_idle`
     /// because its checkpoint is slow) is not a new entry.
     in_flight: HashSet<EntryId>,
     /// Pending entries to read again by id (delivered more than once before the
@@ -82,6 +83,7 @@ pub struct RedisSource {
     /// Entries read whose Avro writer schemas the registry did not give yet (and
     /// whether they were claimed): the next call decodes them, never drops them.
     pending: Option<Vec<Entry>>,
+    /// The entries in `pending` were claimed from another consumer.
     pending_claimed: bool,
 }
 
@@ -278,15 +280,15 @@ impl RedisSource {
     }
 
     async fn ack(&mut self, ids: &[EntryId]) -> Result<()> {
-        let mut text = String::new();
+        let mut id_text = String::new();
         for chunk in ids.chunks(ACK_CHUNK) {
             let mut c = cmd("XACK");
             c.arg(&self.config.stream).arg(&self.group);
             for id in chunk {
-                text.clear();
+                id_text.clear();
                 // writing to a String cannot fail
-                let _ = write!(text, "{id}");
-                c.arg(text.as_str());
+                let _ = write!(id_text, "{id}");
+                c.arg(id_text.as_str());
             }
             query(self.con()?, &c, "acknowledging entries").await?;
         }
