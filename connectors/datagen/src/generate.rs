@@ -195,9 +195,7 @@ impl Generator {
             _ => arrow_array::new_null_array(field.data_type(), len),
         }
     }
-}
 
-impl Generator {
     /// A text column, each value written straight into the array's buffer (no string
     /// per value: this is the generator's hot path).
     fn strings(

@@ -6,7 +6,7 @@ use arrow_array::{Array, ArrayRef, RecordBatch};
 use connector_api::{columns, Error, ErrorKind, Result};
 use redis::{cmd, Cmd};
 use sluice_formats::changes::{self, Apply};
-use sluice_formats::messages::{AvroSink, Payloads};
+use sluice_formats::messages::{sink_payloads, AvroSink, Payloads};
 
 use crate::config::{RedisSinkConfig, SinkMode};
 
@@ -41,22 +41,15 @@ fn written(config: &RedisSinkConfig, records: &RecordBatch) -> Vec<usize> {
         .collect()
 }
 
-/// The payloads of `records` (the columns written) in the sink's format: Avro through
-/// the registry, the others encoded here.
+/// The payloads of `records` (the columns `written` keeps already, metadata ones
+/// included) in the sink's format.
 async fn payloads(
     config: &RedisSinkConfig,
     records: &RecordBatch,
     avro: Option<&mut AvroSink>,
 ) -> Result<Payloads> {
-    match avro {
-        // the columns are those `written` keeps already, metadata ones included
-        Some(avro) => avro.payloads(records, true, &[]).await,
-        None => Payloads::encode(
-            records,
-            config.format.payload().unwrap_or_default(),
-            &config.json,
-        ),
-    }
+    let format = config.format.payload_format();
+    sink_payloads(records, format, &config.json, avro, true, &[]).await
 }
 
 async fn stream(

@@ -33,9 +33,9 @@ pub enum EntryFormat {
 }
 
 impl EntryFormat {
-    /// The payload format the registry options are checked against (`fields` has
-    /// none, so a registry beside it is refused as beside JSON).
-    pub fn registry_format(self) -> PayloadFormat {
+    /// The shared payload format; `fields`, which has none, counts as the default
+    /// (JSON), so a registry beside it is refused as beside JSON.
+    pub fn payload_format(self) -> PayloadFormat {
         self.payload().unwrap_or_default()
     }
 
@@ -144,7 +144,7 @@ impl RedisSourceConfig {
             )
             .with_field("schema"));
         }
-        messages::check_registry(self.format.registry_format(), self.schema_registry.as_ref())?;
+        messages::check_registry(self.format.payload_format(), self.schema_registry.as_ref())?;
         if let (EntryFormat::Fields, Some(schema)) = (self.format, self.declared_schema()?) {
             if let Some(f) = schema.fields().iter().find(|f| f.data_type().is_nested()) {
                 return Err(Error::config(format!(
@@ -297,7 +297,7 @@ impl RedisSinkConfig {
             .with_field("format"));
         }
         messages::check_avro_sink(
-            self.format.registry_format(),
+            self.format.payload_format(),
             self.schema_registry.as_ref(),
             self.schema_subject.as_deref(),
             self.destination(),

@@ -148,7 +148,7 @@ impl Sink for RedisSink {
         self.name = ctx.sink.clone();
         self.offsets_key = self.config.offsets_key(&ctx.pipeline, &ctx.sink);
         self.avro = AvroSink::new(
-            self.config.format.registry_format(),
+            self.config.format.payload_format(),
             self.config.schema_registry.as_ref(),
             self.config.schema_subject.as_deref(),
             self.config.destination(),

@@ -61,8 +61,7 @@ pub struct RedisSource {
     /// The ids of each batch handed out and not yet acknowledged.
     unacked: VecDeque<(u64, Vec<EntryId>)>,
     /// Every entry id in `unacked`, in a shared group: a claim of one of them (idle
-    /// past `claim_idle`
-    /// because its checkpoint is slow) is not a new entry.
+    /// past `claim_idle` because its checkpoint is slow) is not a new entry.
     in_flight: HashSet<EntryId>,
     /// Pending entries to read again by id (delivered more than once before the
     /// checkpoint, so maybe claimed and not written).
