@@ -210,26 +210,21 @@ impl PostgresSink {
                             quote(f.name()),
                             pg_type(f.name(), f.data_type())?
                         )),
-                        // more digits at the same scale: PostgreSQL widens a numeric
-                        // without rewriting the table (other changes are left to COPY,
-                        // which names a value that does not fit)
-                        Ok(k) => {
-                            if let (DataType::Decimal128(p1, s1), DataType::Decimal128(p2, s2)) =
-                                (k.data_type(), f.data_type())
-                            {
-                                let constrained = self
-                                    .pg_types
-                                    .get(f.name())
-                                    .is_some_and(|t| t.starts_with("numeric("));
-                                if p2 > p1 && s1 == s2 && constrained {
-                                    tracing::info!(table = %target, column = %f.name(), "numeric({p1},{s1}) widened to numeric({p2},{s2})");
-                                    ddl.push(format!(
-                                        "ALTER TABLE {target} ALTER COLUMN {} TYPE numeric({p2},{s2})",
-                                        quote(f.name())
-                                    ));
-                                }
+                        // a column widened upstream (the engine widened the sink's
+                        // schema under `evolve`): the table's column too (other
+                        // changes are left to COPY, which names a value that does not
+                        // fit)
+                        Ok(k) if k.data_type() != f.data_type() => {
+                            let current = self.pg_types.get(f.name()).map(String::as_str);
+                            if let Some(wider) = widened(current, f.name(), f.data_type()) {
+                                tracing::info!(table = %target, column = %f.name(), from = ?current, to = %wider, "column widened");
+                                ddl.push(format!(
+                                    "ALTER TABLE {target} ALTER COLUMN {} TYPE {wider}",
+                                    quote(f.name())
+                                ));
                             }
                         }
+                        Ok(_) => {}
                         Err(_) => {}
                     }
                 }
@@ -442,6 +437,36 @@ impl PostgresSink {
     }
 }
 
+/// The type a column of PostgreSQL type `current` is altered to so that it holds
+/// values of `to`, when that is a widening PostgreSQL does in place or by a rewrite
+/// without changing a value: more digits of a `numeric` at the same scale, a wider
+/// integer, `real` to `double precision`. None when the column holds them already or
+/// the change is no widening.
+fn widened(current: Option<&str>, name: &str, to: &DataType) -> Option<String> {
+    let (current, wanted) = (current?, pg_type(name, to).ok()?);
+    if let (Some(have), Some(want)) = (numeric_digits(current), numeric_digits(&wanted)) {
+        return (want.0 > have.0 && want.1 == have.1).then_some(wanted);
+    }
+    const LADDERS: [&[&str]; 2] = [
+        &["smallint", "integer", "bigint"],
+        &["real", "double precision"],
+    ];
+    let wider = LADDERS.iter().any(|ladder| {
+        let rank = |t: &str| ladder.iter().position(|l| *l == t);
+        matches!((rank(current), rank(&wanted)), (Some(a), Some(b)) if b > a)
+    });
+    wider.then_some(wanted)
+}
+
+/// The precision and scale of `numeric(p,s)`.
+fn numeric_digits(pg: &str) -> Option<(u32, u32)> {
+    let (p, s) = pg
+        .strip_prefix("numeric(")?
+        .strip_suffix(')')?
+        .split_once(',')?;
+    Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+}
+
 #[connector_api::async_trait]
 impl Sink for PostgresSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
@@ -619,4 +644,33 @@ fn raced(e: Error, target: &str) -> Error {
         .with_source(e);
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_widening_alters_a_column() {
+        let widen = |current, to| widened(Some(current), "c", &to);
+        assert_eq!(widen("integer", DataType::Int64).as_deref(), Some("bigint"));
+        assert_eq!(
+            widen("smallint", DataType::Int32).as_deref(),
+            Some("integer")
+        );
+        assert_eq!(
+            widen("real", DataType::Float64).as_deref(),
+            Some("double precision")
+        );
+        assert_eq!(
+            widen("numeric(10,2)", DataType::Decimal128(12, 2)).as_deref(),
+            Some("numeric(12,2)")
+        );
+        // narrower, another scale, unconstrained, or another family: left as it is
+        assert_eq!(widen("bigint", DataType::Int32), None);
+        assert_eq!(widen("numeric(10,2)", DataType::Decimal128(12, 3)), None);
+        assert_eq!(widen("numeric", DataType::Decimal128(12, 2)), None);
+        assert_eq!(widen("integer", DataType::Float64), None);
+        assert_eq!(widened(None, "c", &DataType::Int64), None);
+    }
 }

@@ -20,15 +20,14 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use sluice_formats::changes::{self, Apply};
 
-use crate::config::{MysqlSinkConfig, SinkMode, ZeroDates};
-use crate::conn::{connect, database_of, primary_key, quote, split_table, table_exists};
-use crate::decode::Decoder;
+use crate::config::{MysqlSinkConfig, SinkMode};
+use crate::conn::{connect, database_of, primary_key, quote, split_table};
 use crate::encode::Column;
-use crate::error::{code, my_error};
+use crate::error::my_error;
 use crate::lock;
-use crate::types::mysql_type;
 
 mod load;
+mod table;
 
 /// Table holding the offsets stored with the data, in the table's database.
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
@@ -123,101 +122,6 @@ impl MysqlSink {
             .with_source(err);
         }
         err
-    }
-
-    /// The Arrow schema of the table as it is now (None when it does not exist).
-    async fn read_schema(&mut self) -> Result<Option<SchemaRef>> {
-        let (db, bare) = (
-            self.db.clone(),
-            split_table(&self.config.table).1.to_string(),
-        );
-        if !table_exists(self.conn()?, &db, &bare).await? {
-            return Ok(None);
-        }
-        let target = self.target.clone();
-        let stmt = self
-            .conn()?
-            .prep(format!("SELECT * FROM {target}"))
-            .await
-            .map_err(|e| my_error(format!("table {target}: read its columns"), e))?;
-        let described = crate::types::describe(&stmt.columns())?;
-        Ok(Some(
-            Decoder::new(&described, ZeroDates::Error).schema().clone(),
-        ))
-    }
-
-    /// The DDL that makes the table hold `schema`: CREATE when it is missing, ADD
-    /// COLUMN for each new column.
-    fn ddl(&self, schema: &SchemaRef) -> Result<Vec<String>> {
-        let data = schema.fields().iter().filter(|f| f.name() != columns::OP);
-        let Some(known) = &self.schema else {
-            let mut cols = Vec::new();
-            for f in data {
-                let key = self.config.key.contains(f.name());
-                let null = if f.is_nullable() && !key {
-                    ""
-                } else {
-                    " NOT NULL"
-                };
-                cols.push(format!(
-                    "{} {}{null}",
-                    quote(f.name()),
-                    mysql_type(f.name(), f.data_type(), key)?
-                ));
-            }
-            if !self.config.key.is_empty() {
-                let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
-                cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
-            }
-            return Ok(vec![format!(
-                "CREATE TABLE IF NOT EXISTS {} ({}) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-                self.target,
-                cols.join(", ")
-            )]);
-        };
-        data.filter(|f| known.field_with_name(f.name()).is_err())
-            .map(|f| {
-                Ok(format!(
-                    "ALTER TABLE {} ADD COLUMN {} {}",
-                    self.target,
-                    quote(f.name()),
-                    mysql_type(f.name(), f.data_type(), false)?
-                ))
-            })
-            .collect()
-    }
-
-    /// Creates the table or adds columns, outside any transaction.
-    async fn prepare_table(&mut self, schema: &SchemaRef) -> Result<()> {
-        let ddl = self.ddl(schema)?;
-        if ddl.is_empty() {
-            return Ok(());
-        }
-        if self.in_tx {
-            // DDL would commit the transaction anyway: commit it with the offsets its
-            // rows reach, so they stay exactly once
-            let reached = self.reached.clone();
-            self.commit_with(&reached).await?;
-        }
-        for stmt in ddl {
-            match self.conn()?.query_drop(&stmt).await {
-                Ok(()) => {}
-                // another writer added the same column at the same moment
-                Err(e) if code(&e) == Some(1060) => {}
-                Err(e) => return Err(my_error(format!("table {}: {stmt}", self.target), e)),
-            }
-        }
-        if self.staging {
-            self.exec(&format!(
-                "DROP TEMPORARY TABLE IF EXISTS {}.{}",
-                quote(&self.db),
-                quote(STAGING)
-            ))
-            .await?;
-            self.staging = false;
-        }
-        self.schema = self.read_schema().await?;
-        Ok(())
     }
 
     async fn write_batch(&mut self, batch: &Batch) -> Result<()> {
