@@ -14,6 +14,8 @@ mod kafka_group;
 mod mqtt;
 mod mysql;
 mod mysql_cdc;
+mod mysql_cdc_ddl;
+mod mysql_failover;
 mod nats;
 mod plugins;
 mod postgres;

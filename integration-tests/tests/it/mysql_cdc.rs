@@ -18,11 +18,11 @@ pub(crate) fn binlog() -> std::sync::MutexGuard<'static, ()> {
     BINLOG.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn my(query: &str) -> String {
+pub(crate) fn my(query: &str) -> String {
     sql_at(binlog_port(), query)
 }
 
-fn cdc_pipeline(name: &str, table: &str, sink: &str, extra: &str) -> String {
+pub(crate) fn cdc_pipeline(name: &str, table: &str, sink: &str, extra: &str) -> String {
     format!(
         "name = \"{name}\"\n[source]\nconnector = \"mysql\"\nurl = \"{}\"\ntables = [\"{table}\"]\nmode = \"cdc\"\n{extra}\n\
          [batch]\nmax_records = 500\n[checkpoint]\ninterval = \"200ms\"\n{sink}",

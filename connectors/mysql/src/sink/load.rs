@@ -10,8 +10,11 @@ use crate::conn::quote;
 use crate::encode::{self, Column};
 use crate::error::{code, my_error};
 
-/// Rows per piece of a load (the stream sends one piece at a time).
-const PIECE_ROWS: usize = 4096;
+/// Rows encoded at a time.
+const STEP_ROWS: usize = 256;
+/// Bytes of a piece of a load (the stream sends one piece at a time): small, so the
+/// server starts on a batch soon after the encoder does.
+const PIECE_BYTES: usize = 64 << 10;
 /// Bytes of one `INSERT ... VALUES` or `DELETE ... IN` statement, well under the
 /// default packet limit.
 pub(super) const STATEMENT_BYTES: usize = 4 << 20;
@@ -76,17 +79,21 @@ impl MysqlSink {
         records: &RecordBatch,
         replace: bool,
     ) -> std::result::Result<(), LoadError> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(2);
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
         let (records, target) = (records.clone(), self.schema.clone());
         let encoder = tokio::task::spawn_blocking(move || -> Result<()> {
             let columns = Column::all(&records, target.as_ref())?;
             let rows = records.num_rows();
-            for start in (0..rows).step_by(PIECE_ROWS) {
-                let mut out = Vec::new();
-                encode::lines(&columns, start..(start + PIECE_ROWS).min(rows), &mut out)?;
-                if tx.blocking_send(bytes::Bytes::from(out)).is_err() {
-                    // the load ended (refused or failed): nothing more to send
-                    break;
+            let mut out = Vec::with_capacity(PIECE_BYTES * 2);
+            for start in (0..rows).step_by(STEP_ROWS) {
+                let end = (start + STEP_ROWS).min(rows);
+                encode::lines(&columns, start..end, &mut out)?;
+                if out.len() >= PIECE_BYTES || end == rows {
+                    let piece = std::mem::replace(&mut out, Vec::with_capacity(PIECE_BYTES * 2));
+                    if tx.blocking_send(bytes::Bytes::from(piece)).is_err() {
+                        // the load ended (refused or failed): nothing more to send
+                        break;
+                    }
                 }
             }
             Ok(())

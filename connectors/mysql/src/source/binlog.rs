@@ -24,7 +24,7 @@ pub enum Labels {
 }
 
 /// One column of a captured table.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableColumn {
     /// Its name.
     pub name: String,
@@ -40,9 +40,16 @@ pub struct TableColumn {
 
 /// The labels of `column_type` (`enum('a','b')`, `set('x','y')`), unquoted.
 fn labels(column_type: &str) -> Option<Labels> {
-    let (set, body) = if let Some(b) = column_type.strip_prefix("enum(") {
+    // the type's name in any case, the labels as they are
+    let head = |name: &str| {
+        column_type
+            .get(..name.len())
+            .filter(|h| h.eq_ignore_ascii_case(name))
+            .map(|_| &column_type[name.len()..])
+    };
+    let (set, body) = if let Some(b) = head("enum(") {
         (false, b)
-    } else if let Some(b) = column_type.strip_prefix("set(") {
+    } else if let Some(b) = head("set(") {
         (true, b)
     } else {
         return None;
@@ -99,7 +106,7 @@ pub async fn table_columns(conn: &mut Conn, db: &str, table: &str) -> Result<Vec
         .into_iter()
         .map(|(name, kind, nullable)| {
             let found = types.iter().find(|(n, ..)| *n == name);
-            let labels = found.and_then(|(_, t, ..)| labels(&t.to_ascii_lowercase()));
+            let labels = found.and_then(|(_, t, ..)| labels(t));
             // the binlog carries text in the column's own character set (a query gets
             // utf8mb4): only UTF-8 text reads the same both ways
             let charset = found.and_then(|(.., c)| c.as_deref()).unwrap_or("binary");
@@ -276,6 +283,23 @@ pub async fn check_server(conn: &mut Conn) -> Result<()> {
     Ok(())
 }
 
+/// The ids of the collations of UTF-8 character sets (text the binlog carries as
+/// the decoder reads it).
+pub async fn utf8_collations(conn: &mut Conn) -> Result<Vec<u16>> {
+    let ids: Vec<Option<u64>> = conn
+        .query(format!(
+            "SELECT ID FROM information_schema.COLLATIONS WHERE CHARACTER_SET_NAME IN ('{}')",
+            UTF8.join("', '")
+        ))
+        .await
+        .map_err(|e| my_error("read the server's collations", e))?;
+    Ok(ids
+        .into_iter()
+        .flatten()
+        .filter_map(|id| u16::try_from(id).ok())
+        .collect())
+}
+
 /// The binlog files the server still has.
 pub async fn binlog_files(conn: &mut Conn) -> Result<Vec<String>> {
     let rows: Vec<mysql_async::Row> = conn
@@ -318,6 +342,11 @@ mod tests {
             Some(Labels::Set(vec!["x".into(), "y".into()]))
         );
         assert_eq!(labels("varchar(10)"), None);
+        // the labels keep their case (a value is never changed)
+        assert_eq!(
+            labels("ENUM('Red','bLue')"),
+            Some(Labels::Enum(vec!["Red".into(), "bLue".into()]))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use connector_api::{Batch, Error, Offsets, Result};
 use mysql_async::prelude::Queryable;
 
-use super::{binlog, cdc, debezium, position, BinlogOffset, MysqlOffset, MysqlSource};
+use super::{binlog, cdc, debezium, gtid, position, BinlogOffset, MysqlOffset, MysqlSource};
 use crate::conn::{database_of, split_table};
 use crate::error::my_error;
 
@@ -24,8 +24,14 @@ impl MysqlSource {
         self.cdc_table = (db, bare);
         let mut from: Option<BinlogOffset> = committed.get_typed(position::SPLIT)?;
         if let Some(at) = &from {
-            let files = binlog::binlog_files(self.conn()?).await?;
-            if !files.contains(&at.file) {
+            let here = gtid::server_id(self.conn()?).await?;
+            // on another server the position is found by GTID when the stream starts
+            let by_position = gtid::resume(at, here, self.mariadb)? == gtid::Resume::Position;
+            let files = match by_position {
+                true => binlog::binlog_files(self.conn()?).await?,
+                false => Vec::new(),
+            };
+            if by_position && !files.contains(&at.file) {
                 if !self.config.snapshot_on_purge {
                     return Err(position::purged(&at.file, at.pos, &files));
                 }

@@ -9,6 +9,7 @@ mod binlog;
 mod capture;
 mod cdc;
 mod debezium;
+mod gtid;
 mod incremental;
 mod order;
 mod position;

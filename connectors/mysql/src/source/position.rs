@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use serde::{Deserialize, Serialize};
 
-use super::binlog;
+use super::{binlog, gtid};
 use crate::error::my_error;
 
 /// The offset key of the binlog position.
@@ -28,6 +28,14 @@ pub struct BinlogOffset {
     /// The GTID of the last delivered transaction, when the server gives one.
     #[serde(default)]
     pub gtid: Option<String>,
+    /// MariaDB: the GTID state at `pos` (the last GTID of each domain), by which
+    /// another server of the topology finds the position ([`super::gtid`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtids: Option<String>,
+    /// The `@@server_id` of the server `file` and `pos` are of (None in positions
+    /// stored before it was kept: the server connected to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_on: Option<u32>,
 }
 
 /// The position the snapshot of this run reads at, taken with the snapshot's
@@ -56,13 +64,17 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
                 "the server does not say the binlog position of its snapshot (binlog_snapshot_file)",
             ));
         };
+        let pos = pos.parse().map_err(|_| {
+            Error::internal(format!(
+                "the snapshot's binlog position \"{pos}\" is no number"
+            ))
+        })?;
+        let gtids = gtid::state_at(conn, &file, pos).await?;
         return Ok(BinlogOffset {
+            gtids: (!gtids.is_empty()).then(|| gtids.to_string()),
+            read_on: Some(gtid::server_id(conn).await?),
             file,
-            pos: pos.parse().map_err(|_| {
-                Error::internal(format!(
-                    "the snapshot's binlog position \"{pos}\" is no number"
-                ))
-            })?,
+            pos,
             skip: 0,
             gtid: None,
         });
@@ -93,6 +105,8 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
             .ok_or_else(|| Error::internal("the binlog status has no position"))?,
         skip: 0,
         gtid: None,
+        gtids: None,
+        read_on: Some(gtid::server_id(conn).await?),
     })
 }
 

@@ -7,7 +7,12 @@
 //! transaction's first event and counts the rows of it already delivered, so a
 //! restart reads the transaction again and skips them. A position whose file the
 //! server has purged is an error with the way out (`snapshot_on_purge`), never a
-//! silent jump ahead.
+//! silent jump ahead. The position also names the server it was read on and carries
+//! MariaDB's GTID state, so another server finds it by GTID ([`super::gtid`]).
+//!
+//! A DDL on the table shows as a table map of another shape ([`shape`]): the rows
+//! pending go out, the table's columns are read again, and the records that follow
+//! have the new schema, which the sinks take by their drift policy.
 
 use std::time::{Duration, Instant};
 
@@ -15,20 +20,23 @@ use arrow_array::{RecordBatch, StringArray};
 use arrow_schema::Schema;
 use connector_api::{Batch, Error, Offsets, Result, Secret};
 use futures::StreamExt;
-use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
 
 use super::binlog::{self, TableColumn};
 use super::debezium;
+use super::gtid::{self, GtidState, Resume};
 use super::position::{purged, with_op, BinlogOffset, SPLIT};
 use crate::config::ZeroDates;
 use crate::conn::connect;
 use crate::decode::Decoder;
 use crate::error::my_error;
 use rows::{described, key_positions, Images};
+use shape::Shape;
 
+mod events;
 mod rows;
+mod shape;
 
 /// How long a finished transaction waits for more before it is delivered.
 const LINGER: Duration = Duration::from_millis(20);
@@ -59,12 +67,24 @@ pub struct Changes {
     /// A connection for the table's columns when a DDL changes them (made when
     /// first needed).
     meta: Option<Conn>,
+    /// The table map id and row format `columns` were last found to fit.
+    shape: Option<(u64, Shape)>,
+    /// The collation ids of UTF-8 character sets (read when the stream starts).
+    utf8: Vec<u16>,
     decoder: Decoder,
     ops: Vec<&'static str>,
     /// The file of the event being read, and the offset of the next one.
     file: String,
     next: u64,
     gtid: Option<String>,
+    /// MariaDB: the GTID state after `committed` ([`super::gtid`]).
+    state: GtidState,
+    /// The `@@server_id` of the server read from (once connected).
+    read_on: Option<u32>,
+    /// This dump was started by GTID: the name in its first, artificial rotate (the
+    /// file it starts in) becomes `file` once the format event says whether a
+    /// checksum ends it.
+    by_gtid: Option<Vec<u8>>,
     /// Inside a transaction: where it starts and how many of its rows are delivered
     /// or pending.
     txn: Option<(BinlogOffset, u64)>,
@@ -124,11 +144,16 @@ impl Changes {
             zero_dates,
             stream: None,
             meta: None,
+            shape: None,
+            utf8: Vec::new(),
             decoder,
             ops: Vec::new(),
             file: from.file.clone(),
             next: from.pos,
             gtid: from.gtid.clone(),
+            state: GtidState::parse(from.gtids.as_deref().unwrap_or_default()),
+            read_on: from.read_on,
+            by_gtid: None,
             txn: None,
             to_skip: from.skip,
             committed: BinlogOffset {
@@ -144,33 +169,57 @@ impl Changes {
         }
     }
 
-    /// Connects and starts the dump at the position, after checking that its file is
-    /// still there.
+    /// Connects and starts the dump at the position: at its file and offset on the
+    /// server it was read on (after checking the file is still there), by its GTID
+    /// state on another.
     pub async fn start(&mut self) -> Result<()> {
         let mut conn = connect(&self.url).await?;
-        let files = binlog::binlog_files(&mut conn).await?;
-        if !files.contains(&self.file) {
-            return Err(purged(&self.file, self.next, &files));
-        }
+        let here = gtid::server_id(&mut conn).await?;
+        let resume = gtid::resume(&self.delivered, here, self.mariadb)?;
         // heartbeats every 5 s keep a quiet stream alive and tell a dead one
-        let mut setup = vec!["SET @master_heartbeat_period = 5000000000"];
+        let mut setup = vec!["SET @master_heartbeat_period = 5000000000".to_string()];
         if self.mariadb {
             // real GTID events instead of BEGIN queries
-            setup.push("SET @mariadb_slave_capability = 4");
-        }
-        for sql in setup {
-            conn.query_drop(sql).await.map_err(|e| my_error(sql, e))?;
+            setup.push("SET @mariadb_slave_capability = 4".into());
         }
         let file = self.file.clone().into_bytes();
-        let request = BinlogStreamRequest::new(self.server_id)
-            .with_filename(&file)
-            .with_pos(self.next);
+        let mut request = BinlogStreamRequest::new(self.server_id);
+        match &resume {
+            Resume::Position => {
+                let files = binlog::binlog_files(&mut conn).await?;
+                if !files.contains(&self.file) {
+                    return Err(purged(&self.file, self.next, &files));
+                }
+                if self.mariadb && self.state.is_empty() {
+                    // a position stored without its GTID state
+                    self.state = gtid::state_at(&mut conn, &self.file, self.next).await?;
+                    if self.committed.gtids.is_none() && !self.state.is_empty() {
+                        self.committed.gtids = Some(self.state.to_string());
+                    }
+                }
+                request = request.with_filename(&file).with_pos(self.next);
+                self.by_gtid = None;
+            }
+            Resume::Gtid(state) => {
+                tracing::info!(from = ?self.delivered.read_on, server = here, gtids = %state, "the position was read on another server: resuming by GTID");
+                self.state = GtidState::parse(state);
+                // strict: a state this server's binlog does not hold is an error
+                setup.push(format!("SET @slave_connect_state = '{}'", self.state));
+                setup.push("SET @slave_gtid_strict_mode = 1".into());
+                self.by_gtid = Some(Vec::new());
+            }
+        }
+        for sql in &setup {
+            conn.query_drop(sql).await.map_err(|e| my_error(sql, e))?;
+        }
+        self.utf8 = binlog::utf8_collations(&mut conn).await?;
         let stream = conn
             .get_binlog_stream(request)
             .await
             .map_err(|e| binlog::grants(my_error("start reading the binlog", e)))?;
         self.stream = Some(stream);
         self.formatted = false;
+        self.read_on = Some(here);
         Ok(())
     }
 
@@ -229,154 +278,6 @@ impl Changes {
                 return self.idle();
             }
         }
-    }
-
-    /// Takes in one event; a batch when the rows pending must go first (the table's
-    /// columns changed).
-    async fn apply(&mut self, event: mysql_async::binlog::events::Event) -> Result<Option<Batch>> {
-        let header = event.header();
-        let start = self.next;
-        self.event.0 = header.timestamp();
-        self.event.1 = header.server_id();
-        if header.log_pos() != 0 {
-            self.next = u64::from(header.log_pos());
-        }
-        let data = event.read_data().map_err(|e| {
-            Error::data(format!(
-                "binlog {} {start}: an event that does not decode",
-                self.file
-            ))
-            .with_source(e)
-        })?;
-        match data {
-            // the artificial rotate that starts a dump names the file asked for and
-            // comes before the format event, so its name still ends in the checksum:
-            // it is skipped; a later one (the next file after a server restart) is not
-            Some(EventData::RotateEvent(r)) if header.log_pos() != 0 || self.formatted => {
-                self.file = r.name().into_owned();
-                self.next = r.position();
-            }
-            Some(EventData::FormatDescriptionEvent(_)) => self.formatted = true,
-            Some(EventData::GtidEvent(g)) => {
-                let sid: String = g.sid().iter().map(|b| format!("{b:02x}")).collect();
-                self.gtid = Some(format!("{sid}:{}", g.gno()));
-                self.begin(start);
-            }
-            Some(EventData::QueryEvent(q)) => {
-                let sql = q.query();
-                let word = sql
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_ascii_uppercase();
-                match word.as_str() {
-                    "BEGIN" => {
-                        self.event.3 = Some(i64::from(q.thread_id()));
-                        self.begin(start);
-                    }
-                    // inside the transaction (an ORM's savepoints, XA's steps)
-                    "SAVEPOINT" | "RELEASE" | "XA" => {}
-                    "ROLLBACK" if sql.to_ascii_uppercase().contains(" TO ") => {}
-                    // COMMIT, ROLLBACK; DDL and other statements are transactions of
-                    // their own
-                    _ => self.commit(),
-                }
-            }
-            Some(EventData::XidEvent(_)) => self.commit(),
-            Some(EventData::RowsEvent(rows)) => return self.rows(rows).await,
-            None if header.event_type_raw() == MARIADB_GTID_EVENT => {
-                self.gtid = binlog::mariadb_gtid(event.data(), header.server_id());
-                self.begin(start);
-            }
-            _ => {}
-        }
-        Ok(None)
-    }
-
-    fn begin(&mut self, at: u64) {
-        if self.txn.is_none() {
-            let start = BinlogOffset {
-                file: self.file.clone(),
-                pos: at,
-                skip: 0,
-                gtid: self.committed.gtid.clone(),
-            };
-            self.txn = Some((start, 0));
-        }
-    }
-
-    fn commit(&mut self) {
-        self.event.3 = None;
-        self.txn = None;
-        self.to_skip = 0;
-        self.committed = BinlogOffset {
-            file: self.file.clone(),
-            pos: self.next,
-            skip: 0,
-            gtid: self.gtid.clone(),
-        };
-    }
-
-    async fn rows(&mut self, rows: RowsEventData<'_>) -> Result<Option<Batch>> {
-        let table_id = rows.table_id();
-        let (ours, count) = match self.stream.as_ref().and_then(|s| s.get_tme(table_id)) {
-            Some(t) => (
-                t.database_name() == self.db.as_str() && t.table_name() == self.table.as_str(),
-                t.columns_count() as usize,
-            ),
-            None => return Ok(None),
-        };
-        if !ours {
-            return Ok(None);
-        }
-        if count != self.columns.len() {
-            // a DDL changed the table: the rows pending go out in the old shape first,
-            // and this event is read again, from their end, with the new columns
-            if !self.ops.is_empty() {
-                let batch = self.emit()?;
-                self.lose_stream();
-                return Ok(Some(batch));
-            }
-            self.refresh().await?;
-            if count != self.columns.len() {
-                return Err(Error::schema(format!(
-                    "table {}.{} has {count} columns in the binlog at {} {} but {} now: it changed again since; \
-                     read it again from a new snapshot (reset the pipeline's offsets)",
-                    self.db,
-                    self.table,
-                    self.file,
-                    self.next,
-                    self.columns.len()
-                )));
-            }
-        }
-        // the stream lends its table map while the rows go into `self`
-        let stream = self
-            .stream
-            .take()
-            .ok_or_else(|| Error::internal("binlog stream is not open"))?;
-        let decoded = match stream.get_tme(rows.table_id()) {
-            Some(tme) => self.decode(tme, &rows),
-            None => Ok(()),
-        };
-        self.stream = Some(stream);
-        decoded?;
-        Ok(None)
-    }
-
-    /// Reads the table's columns again (after a DDL).
-    async fn refresh(&mut self) -> Result<()> {
-        let mut meta = match self.meta.take() {
-            Some(conn) => conn,
-            None => connect(&self.url).await?,
-        };
-        // a failed read drops the connection (it may be what failed)
-        self.columns = binlog::table_columns(&mut meta, &self.db, &self.table).await?;
-        self.meta = Some(meta);
-        self.reset_decoders();
-        self.key = key_positions(&self.columns);
-        tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
-        Ok(())
     }
 
     /// The rows pending as a batch, at the position after them.
@@ -445,6 +346,8 @@ impl Changes {
         self.next = self.delivered.pos;
         self.to_skip = self.delivered.skip;
         self.gtid = self.delivered.gtid.clone();
+        self.state = GtidState::parse(self.delivered.gtids.as_deref().unwrap_or_default());
+        self.read_on = self.delivered.read_on;
         self.committed = BinlogOffset {
             skip: 0,
             ..self.delivered.clone()

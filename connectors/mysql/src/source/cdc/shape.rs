@@ -1,0 +1,321 @@
+//! Whether the binlog's table map still describes the columns the stream decodes
+//! with. A DDL on the captured table (a column added, dropped, widened, renamed, made
+//! nullable) shows as a table map of another shape; the stream then reads the
+//! table's columns again. A table map that the columns read then still do not fit
+//! (the table changed again since that point of the binlog) is an error naming the
+//! column, never rows decoded with the wrong types.
+
+use connector_api::{Error, Result};
+use mysql_async::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
+use mysql_async::consts::ColumnType;
+
+use crate::source::binlog::{Labels, TableColumn};
+use crate::types::Kind;
+
+/// The `binary` character set.
+const BINARY: u16 = 63;
+
+/// What a table map says of its columns: each column's type, metadata (length,
+/// precision, scale, fraction digits) and nullability, and the optional metadata
+/// (names, signedness, character sets) where the server writes it. Two table maps of
+/// one table with the same shape describe the same row format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Shape(Vec<u8>);
+
+impl Shape {
+    pub(super) fn of(tme: &TableMapEvent<'_>) -> Shape {
+        let count = tme.columns_count() as usize;
+        let mut bytes = Vec::with_capacity(count * 4);
+        for i in 0..count {
+            let raw = tme.get_raw_column_type(i).ok().flatten();
+            bytes.push(raw.map_or(u8::MAX, |t| t as u8));
+            let meta = tme.get_column_metadata(i).unwrap_or_default();
+            bytes.push(meta.len() as u8);
+            bytes.extend_from_slice(meta);
+        }
+        bytes.extend(tme.null_bitmask().iter().by_vals().map(u8::from));
+        for field in tme.iter_optional_meta() {
+            // the optional metadata's own bytes are not exposed: its fields' debug
+            // text is as exact a fingerprint
+            bytes.extend_from_slice(format!("{field:?}").as_bytes());
+        }
+        Shape(bytes)
+    }
+}
+
+/// The columns `tme` describes, when it names them (`binlog_row_metadata = FULL`,
+/// which also gives signedness, character sets, ENUM and SET labels and the primary
+/// key): the columns its rows were written with, whatever the table is now. `utf8`:
+/// the collation ids of UTF-8 character sets; a text column of another is an error.
+pub(super) fn columns_of(
+    tme: &TableMapEvent<'_>,
+    utf8: &[u16],
+) -> Result<Option<Vec<TableColumn>>> {
+    let table = format!("{}.{}", tme.database_name(), tme.table_name());
+    let bad = |e: std::io::Error| {
+        Error::data(format!(
+            "table {table}: the binlog's table map does not decode"
+        ))
+        .with_source(e)
+    };
+    let meta = OptionalMetaExtractor::new(tme.iter_optional_meta()).map_err(bad)?;
+    let names = meta
+        .iter_column_name()
+        .map(|n| n.map(|n| n.name().into_owned()))
+        .collect::<std::io::Result<Vec<String>>>()
+        .map_err(bad)?;
+    let count = tme.columns_count() as usize;
+    if names.len() != count {
+        return Ok(None);
+    }
+    let keys = meta
+        .iter_primary_key()
+        .collect::<std::io::Result<Vec<u64>>>()
+        .map_err(bad)?;
+    let (mut enums, mut sets) = (Vec::new(), Vec::new());
+    for field in tme.iter_optional_meta() {
+        match field.map_err(bad)? {
+            OptionalMetadataField::EnumStrValue(v) => {
+                for column in v.iter_values() {
+                    let values = column.map_err(bad)?;
+                    enums.push(
+                        values
+                            .values()
+                            .iter()
+                            .map(|v| v.value().into_owned())
+                            .collect(),
+                    );
+                }
+            }
+            OptionalMetadataField::SetStrValue(v) => {
+                for column in v.iter_values() {
+                    let values = column.map_err(bad)?;
+                    sets.push(
+                        values
+                            .values()
+                            .iter()
+                            .map(|v| v.value().into_owned())
+                            .collect(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    let (mut enums, mut sets) = (enums.into_iter(), sets.into_iter());
+    let mut signedness = meta.iter_signedness();
+    let mut charsets = meta.iter_charset();
+    let nulls = tme.null_bitmask();
+    let mut columns = Vec::with_capacity(count);
+    for (i, name) in names.into_iter().enumerate() {
+        let Ok(Some(ty)) = tme.get_column_type(i) else {
+            return Err(Error::schema(format!(
+                "table {table}: column \"{name}\" has a type this reader does not know in the binlog"
+            )));
+        };
+        let m = tme.get_column_metadata(i).unwrap_or_default();
+        let byte = |k: usize| m.get(k).copied().unwrap_or(0);
+        let unsigned = ty.is_numeric_type() && signedness.next().unwrap_or(false);
+        let charset = match ty.is_character_type() {
+            true => charsets.next().transpose().map_err(bad)?.unwrap_or(BINARY),
+            false => BINARY,
+        };
+        use ColumnType::*;
+        let mut labels = None;
+        let kind = match ty {
+            MYSQL_TYPE_TINY => Kind::Int { bits: 8, unsigned },
+            MYSQL_TYPE_SHORT => Kind::Int { bits: 16, unsigned },
+            MYSQL_TYPE_INT24 => Kind::Int { bits: 24, unsigned },
+            MYSQL_TYPE_LONG => Kind::Int { bits: 32, unsigned },
+            MYSQL_TYPE_LONGLONG => Kind::Int { bits: 64, unsigned },
+            MYSQL_TYPE_NEWDECIMAL => Kind::Decimal {
+                precision: byte(0),
+                scale: byte(1) as i8,
+            },
+            MYSQL_TYPE_FLOAT => Kind::Float,
+            MYSQL_TYPE_DOUBLE => Kind::Double,
+            MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
+            MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Kind::DateTime,
+            MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
+            MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
+            MYSQL_TYPE_YEAR => Kind::Year,
+            MYSQL_TYPE_BIT => Kind::Bit {
+                width: u32::from(byte(1)) * 8 + u32::from(byte(0)),
+            },
+            MYSQL_TYPE_GEOMETRY => Kind::Geometry,
+            MYSQL_TYPE_JSON => Kind::Text,
+            MYSQL_TYPE_ENUM => {
+                labels = enums.next().map(Labels::Enum);
+                Kind::Text
+            }
+            MYSQL_TYPE_SET => {
+                labels = sets.next().map(Labels::Set);
+                Kind::Text
+            }
+            MYSQL_TYPE_VARCHAR
+            | MYSQL_TYPE_VAR_STRING
+            | MYSQL_TYPE_STRING
+            | MYSQL_TYPE_TINY_BLOB
+            | MYSQL_TYPE_MEDIUM_BLOB
+            | MYSQL_TYPE_LONG_BLOB
+            | MYSQL_TYPE_BLOB
+                if charset == BINARY =>
+            {
+                Kind::Binary
+            }
+            MYSQL_TYPE_VARCHAR
+            | MYSQL_TYPE_VAR_STRING
+            | MYSQL_TYPE_STRING
+            | MYSQL_TYPE_TINY_BLOB
+            | MYSQL_TYPE_MEDIUM_BLOB
+            | MYSQL_TYPE_LONG_BLOB
+            | MYSQL_TYPE_BLOB => {
+                if !utf8.contains(&charset) {
+                    return Err(Error::schema(format!(
+                        "table {table}: column \"{name}\" is in a character set (collation {charset}) that is not \
+                         UTF-8, which the binlog carries as is; CDC reads UTF-8 text (utf8mb4, utf8mb3, ascii): \
+                         convert the column (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4)"
+                    )));
+                }
+                Kind::Text
+            }
+            other => return Err(Error::schema(format!(
+                "table {table}: column \"{name}\" has type {other:?}, which has no Arrow mapping"
+            ))),
+        };
+        columns.push(TableColumn {
+            name,
+            kind,
+            nullable: nulls.get(i).is_some_and(|b| *b),
+            labels,
+            key: keys.contains(&(i as u64)),
+        });
+    }
+    Ok(Some(columns))
+}
+
+/// The first difference between `columns` (as a query reads the table now) and the
+/// row format `tme` describes, or None when every column fits.
+pub(super) fn differs(columns: &[TableColumn], tme: &TableMapEvent<'_>) -> Option<String> {
+    let count = tme.columns_count() as usize;
+    if count != columns.len() {
+        return Some(format!(
+            "{count} columns in the binlog, {} now",
+            columns.len()
+        ));
+    }
+    let names: Vec<String> = OptionalMetaExtractor::new(tme.iter_optional_meta())
+        .ok()
+        .map(|m| {
+            m.iter_column_name()
+                .filter_map(|n| n.ok().map(|n| n.name().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (i, column) in columns.iter().enumerate() {
+        if let Some(name) = names.get(i) {
+            if *name != column.name {
+                return Some(format!(
+                    "column {} is \"{name}\" in the binlog, \"{}\" now",
+                    i + 1,
+                    column.name
+                ));
+            }
+        }
+        let Ok(Some(ty)) = tme.get_column_type(i) else {
+            return Some(format!(
+                "column \"{}\" has a type this reader does not know in the binlog",
+                column.name
+            ));
+        };
+        let meta = tme.get_column_metadata(i).unwrap_or_default();
+        if !fits(column.kind, ty, meta) {
+            return Some(format!(
+                "column \"{}\" is {ty:?} in the binlog, {:?} now",
+                column.name, column.kind
+            ));
+        }
+    }
+    None
+}
+
+/// Whether values of binlog type `ty` (with its metadata) are of `kind`. Text and
+/// bytes are one family here: the table map tells them apart only by character set,
+/// which only its optional metadata carries (and [`Shape`] compares).
+fn fits(kind: Kind, ty: ColumnType, meta: &[u8]) -> bool {
+    use ColumnType::*;
+    match (kind, ty) {
+        (Kind::Int { bits, .. }, _) => {
+            let width = match ty {
+                MYSQL_TYPE_TINY => 8,
+                MYSQL_TYPE_SHORT => 16,
+                MYSQL_TYPE_INT24 => 24,
+                MYSQL_TYPE_LONG => 32,
+                MYSQL_TYPE_LONGLONG => 64,
+                _ => return false,
+            };
+            bits == width
+        }
+        (Kind::Decimal { precision, scale }, MYSQL_TYPE_NEWDECIMAL) => {
+            meta.first() == Some(&precision) && meta.get(1).map(|&s| s as i8) == Some(scale)
+        }
+        (Kind::Bit { width }, MYSQL_TYPE_BIT) => {
+            let (bits, bytes) = (
+                u32::from(meta.first().copied().unwrap_or(0)),
+                u32::from(meta.get(1).copied().unwrap_or(0)),
+            );
+            bytes * 8 + bits == width
+        }
+        (Kind::Float, MYSQL_TYPE_FLOAT)
+        | (Kind::Double, MYSQL_TYPE_DOUBLE)
+        | (Kind::Date, MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE)
+        | (Kind::DateTime, MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2)
+        | (Kind::Timestamp, MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2)
+        | (Kind::Time, MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2)
+        | (Kind::Year, MYSQL_TYPE_YEAR)
+        | (Kind::Geometry, MYSQL_TYPE_GEOMETRY) => true,
+        (
+            Kind::Text | Kind::Binary,
+            MYSQL_TYPE_VARCHAR
+            | MYSQL_TYPE_VAR_STRING
+            | MYSQL_TYPE_STRING
+            | MYSQL_TYPE_ENUM
+            | MYSQL_TYPE_SET
+            | MYSQL_TYPE_TINY_BLOB
+            | MYSQL_TYPE_MEDIUM_BLOB
+            | MYSQL_TYPE_LONG_BLOB
+            | MYSQL_TYPE_BLOB
+            | MYSQL_TYPE_JSON,
+        ) => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mysql_async::consts::ColumnType::*;
+
+    #[test]
+    fn a_widened_or_retyped_column_does_not_fit() {
+        let int = Kind::Int {
+            bits: 32,
+            unsigned: false,
+        };
+        assert!(fits(int, MYSQL_TYPE_LONG, &[]));
+        assert!(!fits(int, MYSQL_TYPE_LONGLONG, &[]));
+        assert!(!fits(int, MYSQL_TYPE_VARCHAR, &[20, 0]));
+        let dec = Kind::Decimal {
+            precision: 12,
+            scale: 2,
+        };
+        assert!(fits(dec, MYSQL_TYPE_NEWDECIMAL, &[12, 2]));
+        assert!(!fits(dec, MYSQL_TYPE_NEWDECIMAL, &[10, 2]));
+        assert!(fits(Kind::Bit { width: 12 }, MYSQL_TYPE_BIT, &[4, 1]));
+        assert!(!fits(Kind::Bit { width: 12 }, MYSQL_TYPE_BIT, &[0, 1]));
+        assert!(fits(Kind::Text, MYSQL_TYPE_BLOB, &[4]));
+        assert!(!fits(Kind::Text, MYSQL_TYPE_LONG, &[]));
+        assert!(fits(Kind::Timestamp, MYSQL_TYPE_TIMESTAMP2, &[6]));
+        assert!(!fits(Kind::DateTime, MYSQL_TYPE_TIMESTAMP2, &[6]));
+    }
+}
