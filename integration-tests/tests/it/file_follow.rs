@@ -87,6 +87,41 @@ fn a_file_renamed_within_the_glob_goes_on_from_its_position() {
     rotation_by_rename("logs/app.log*");
 }
 
+/// logrotate's `create`: `app.log` is renamed away (the glob does not match the new
+/// name) while its writer has a line half written, a new `app.log` is read to its
+/// end, and only then does the writer end the line in the renamed file: it arrives,
+/// once, and nothing is reported unread.
+#[test]
+fn a_line_ended_in_a_rotated_file_after_the_new_file_was_read_arrives_once() {
+    let dir = workdir();
+    let d = dir.path();
+    watch_pipeline(d, "logs/*.log");
+    let log = d.join("logs/app.log");
+    append(&log, 0..1000);
+    let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writer.write_all(b"{\"id\": 1000").unwrap();
+    let child = spawn(d, &["run", "w.toml"]);
+    let out = d.join("out");
+    let first = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1000);
+    std::fs::rename(&log, d.join("logs/app.log.1")).unwrap();
+    append(&log, 1001..2000);
+    let new_read = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1999);
+    writer.write_all(b"}\n").unwrap();
+    let ended = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 2000);
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    assert!(first && new_read, "{}", run.stderr);
+    assert!(
+        ended,
+        "the line ended after the rotation never arrived: {}",
+        run.stderr
+    );
+    let seen = arrivals(&out);
+    assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+    assert!(!run.stderr.contains("they are not read"), "{}", run.stderr);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
 /// Copy-and-truncate: the file is emptied (a warning, once) and written again from
 /// its start; the new lines arrive.
 #[test]

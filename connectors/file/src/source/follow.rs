@@ -8,9 +8,12 @@
 //!   leads to it, what was written to it before the rename is read through the handle
 //!   before the file now under that name. A last line without its newline yet is read
 //!   once it ends or the file is deleted (a renamed file's writer may still finish
-//!   it; under a name the glob matches, it is read there), as long as the new file
-//!   under the old name has not been read meanwhile: a name holds one position, so
-//!   what the renamed file gets after that is not read, and a warning says how much.
+//!   it; under a name the glob matches, it is read there). Once a new file has the
+//!   old name (logrotate's `create`), the renamed one goes on under a key of its own
+//!   (the name, a NUL and its inode) with its handle and position, so what its writer
+//!   adds after the new file was read is still read, once. A restart has no handle
+//!   to it: what it gets after the last checkpoint is then read only under a new
+//!   name the glob matches (never twice), and otherwise not.
 //! - **Truncated** (copy-and-truncate rotation): a file shorter than its position is
 //!   read again from the start.
 //! - **Rewritten in place** (same inode, same first KiB, other content): the bytes
@@ -83,6 +86,9 @@ impl FileSource {
             Some(old) => {
                 tracing::warn!(file = %split, "file was replaced since it was read; reading the new file from the start");
                 self.known.insert(split.to_string(), fresh);
+                if !opaque {
+                    self.detach(split, &old);
+                }
                 // the old file may turn up under another name (rotation by rename)
                 if self.moved.len() >= MOVED {
                     self.moved.remove(0);
@@ -131,6 +137,33 @@ impl FileSource {
                 }
             }
         }
+    }
+
+    /// The file `old` was read under `split` and a new file now has that name
+    /// (logrotate's `create`): `old` goes on under a key of its own, with its kept
+    /// handle and its position, checkpointed at once, so what its writer still adds
+    /// (a last line ended after the rename) is read from that position, and the new
+    /// file's positions under `split` never meet it.
+    /// Only a file whose handle is kept (watch mode) has anything left to read.
+    fn detach(&mut self, split: &str, old: &FileOffset) {
+        if !self
+            .handles
+            .get(split)
+            .is_some_and(|(id, _, _)| *id == old.id)
+        {
+            return;
+        }
+        let key = detached(split, old.id.ino);
+        if let Some(kept) = self.handles.remove(split) {
+            self.handles.insert(key.clone(), kept);
+        }
+        let mut offsets = connector_api::Offsets::new();
+        if offsets.set_typed(key.clone(), old).is_ok() {
+            let mut b = connector_api::Batch::idle();
+            b.offsets = offsets;
+            self.ready.push_back(b);
+        }
+        self.known.insert(key, old.clone());
     }
 
     /// Keeps the handle of a file read to its end, to read what is written to it
@@ -193,7 +226,7 @@ impl FileSource {
                 self.handles.insert(split, (id, file, seen));
                 continue;
             }
-            tracing::info!(file = %split, unread = size - off.pos, "file was renamed or removed with lines not read yet; reading them first");
+            tracing::info!(file = %shown(&split), unread = size - off.pos, "file was renamed or removed with lines not read yet; reading them first");
             file.seek(SeekFrom::Start(off.pos))?;
             self.current = Some(Current {
                 split,
@@ -226,9 +259,21 @@ impl FileSource {
             .find(|(s, o)| s == split && o.id == *id)
             .and_then(|(_, o)| Some(file.metadata().ok()?.len().saturating_sub(o.pos)));
         if let Some(bytes) = unread.filter(|&b| b > 0) {
-            tracing::warn!(file = %split, unread = bytes, "a file renamed away has bytes past its position (a last line ended after the rename, or lines written since) and a new file under its name is read already: they are not read");
+            tracing::warn!(file = %shown(split), unread = bytes, "a file renamed away has bytes past its position (a last line ended after the rename, or lines written since) and a new file under its name is read already: they are not read");
         }
     }
+}
+
+/// The key a file read under `split` goes on under once a new file has its name:
+/// the name, a NUL (which no path holds, so no listed file has this key) and the
+/// old file's inode.
+pub(super) fn detached(split: &str, ino: u64) -> String {
+    format!("{split}\0{ino}")
+}
+
+/// The file name of a key, for messages (a detached key without its inode).
+pub(super) fn shown(split: &str) -> &str {
+    split.split('\0').next().unwrap_or(split)
 }
 
 /// True when the bytes of `path` just before `off.pos` hash as stored (or nothing was

@@ -160,4 +160,37 @@ async fn a_renamed_file_with_an_unended_last_line_does_not_hold_up_the_new_one()
         }
     }
     assert_eq!(read, vec![3]);
+    // logrotate's `create`: the writer ends the line in the renamed file after the new
+    // one was read; it is read from the old file's own position, once
+    let mut writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&rotated)
+        .unwrap();
+    std::io::Write::write_all(&mut writer, b"2}\n").unwrap();
+    let mut offsets = connector_api::Offsets::new();
+    for _ in 0..10 {
+        if s.current.is_none() && s.ready.is_empty() && !s.pick().unwrap() {
+            break;
+        }
+        while let Some(b) = connector_api::blocking(|| s.read_current()).unwrap() {
+            offsets.merge(&b.offsets);
+            for (split, value) in b.offsets.iter() {
+                let off: FileOffset = serde_json::from_value(value.clone()).unwrap();
+                s.known.insert(split.clone(), off);
+            }
+            if b.num_rows() > 0 {
+                read.extend(ids(&b));
+            }
+        }
+    }
+    assert_eq!(read, vec![3, 2]);
+    let name = log.to_string_lossy().into_owned();
+    let old: FileOffset = offsets
+        .get_typed(&super::follow::detached(
+            &name,
+            crate::identity::inode(&rotated.metadata().unwrap()),
+        ))
+        .unwrap()
+        .expect("the old file's position under its own key");
+    assert_eq!(old.pos, std::fs::metadata(&rotated).unwrap().len());
 }

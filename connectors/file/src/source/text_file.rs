@@ -167,7 +167,11 @@ impl FileSource {
                         at_start,
                     )
                     .map_err(|e| {
-                        e.context(format!("file \"{}\" after line {}", cur.split, cur.line))
+                        e.context(format!(
+                            "file \"{}\" after line {}",
+                            follow::shown(&cur.split),
+                            cur.line
+                        ))
                     })?;
                 let consumed: usize = parts.iter().map(|d| d.consumed).sum();
                 if consumed > 0 {
@@ -269,8 +273,8 @@ fn long_line(cur: &mut Current, skipped: u64, limit: usize) -> Result<Batch> {
     let mut batch = Batch::idle();
     batch.offsets = offsets_of(cur, None)?;
     batch.rejects.push(connector_api::Reject::new(
-        cur.split.clone(),
-        format!("file \"{}\" line {line}", cur.split),
+        follow::shown(&cur.split).to_string(),
+        format!("file \"{}\" line {line}", follow::shown(&cur.split)),
         "",
         Error::data(format!(
             "the line is {skipped} bytes, longer than max_line_bytes ({limit})"
@@ -285,7 +289,8 @@ fn to_batch(cur: &mut Current, text: &Text, decoded: Decoded) -> Result<Batch> {
     cur.pos += decoded.consumed as u64;
     cur.line += decoded.lines;
     let offsets = offsets_of(cur, None)?;
-    Ok(decoded.into_batch(text.schema(), offsets, &cur.split, |i| {
-        format!("file \"{}\" line {}", cur.split, first_line + i as u64 + 1)
+    let name = follow::shown(&cur.split);
+    Ok(decoded.into_batch(text.schema(), offsets, name, |i| {
+        format!("file \"{name}\" line {}", first_line + i as u64 + 1)
     }))
 }
