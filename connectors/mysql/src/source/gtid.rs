@@ -31,10 +31,18 @@ impl GtidState {
         state
     }
 
-    /// After a transaction of `gtid`: its domain's last GTID.
+    /// After a transaction of `gtid`: its domain's last GTID. Anything but three
+    /// numbers is left out (the state is written into SQL).
     pub fn apply(&mut self, gtid: &str) {
-        if let Some(domain) = gtid.split('-').next().and_then(|d| d.parse().ok()) {
-            self.0.insert(domain, gtid.to_string());
+        let parts: Vec<&str> = gtid.split('-').collect();
+        if let [domain, server, seq] = parts[..] {
+            if let (Ok(domain), Ok(server), Ok(seq)) = (
+                domain.parse::<u32>(),
+                server.parse::<u32>(),
+                seq.parse::<u64>(),
+            ) {
+                self.0.insert(domain, format!("{domain}-{server}-{seq}"));
+            }
         }
     }
 
@@ -117,6 +125,7 @@ mod tests {
         let mut state = GtidState::parse("0-1-10, 1-2-7");
         state.apply("0-3-11");
         state.apply("no gtid");
+        state.apply("1-2-3'; DROP TABLE t; --");
         assert_eq!(state.to_string(), "0-3-11,1-2-7");
         assert!(GtidState::parse("").is_empty());
     }
