@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_schema::{Field, Schema, SchemaRef};
 use connector_api::{
     columns, Batch, Error, ErrorKind, Offsets, Result, Sink, SinkContext, SinkState,
 };
@@ -18,7 +18,7 @@ use crate::conn::{connect_one, quote};
 use crate::copy::copy_text;
 use crate::error::pg_error;
 use crate::lock;
-use crate::types::{arrow_type, pg_type};
+use crate::types::{arrow_type, pg_type, widened};
 
 /// Table holding the offsets stored with the data, in the sink's schema.
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
@@ -437,36 +437,6 @@ impl PostgresSink {
     }
 }
 
-/// The type a column of PostgreSQL type `current` is altered to so that it holds
-/// values of `to`, when that is a widening PostgreSQL does in place or by a rewrite
-/// without changing a value: more digits of a `numeric` at the same scale, a wider
-/// integer, `real` to `double precision`. None when the column holds them already or
-/// the change is no widening.
-fn widened(current: Option<&str>, name: &str, to: &DataType) -> Option<String> {
-    let (current, wanted) = (current?, pg_type(name, to).ok()?);
-    if let (Some(have), Some(want)) = (numeric_digits(current), numeric_digits(&wanted)) {
-        return (want.0 > have.0 && want.1 == have.1).then_some(wanted);
-    }
-    const LADDERS: [&[&str]; 2] = [
-        &["smallint", "integer", "bigint"],
-        &["real", "double precision"],
-    ];
-    let wider = LADDERS.iter().any(|ladder| {
-        let rank = |t: &str| ladder.iter().position(|l| *l == t);
-        matches!((rank(current), rank(&wanted)), (Some(a), Some(b)) if b > a)
-    });
-    wider.then_some(wanted)
-}
-
-/// The precision and scale of `numeric(p,s)`.
-fn numeric_digits(pg: &str) -> Option<(u32, u32)> {
-    let (p, s) = pg
-        .strip_prefix("numeric(")?
-        .strip_suffix(')')?
-        .split_once(',')?;
-    Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
-}
-
 #[connector_api::async_trait]
 impl Sink for PostgresSink {
     async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
@@ -644,33 +614,4 @@ fn raced(e: Error, target: &str) -> Error {
         .with_source(e);
     }
     e
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_widening_alters_a_column() {
-        let widen = |current, to| widened(Some(current), "c", &to);
-        assert_eq!(widen("integer", DataType::Int64).as_deref(), Some("bigint"));
-        assert_eq!(
-            widen("smallint", DataType::Int32).as_deref(),
-            Some("integer")
-        );
-        assert_eq!(
-            widen("real", DataType::Float64).as_deref(),
-            Some("double precision")
-        );
-        assert_eq!(
-            widen("numeric(10,2)", DataType::Decimal128(12, 2)).as_deref(),
-            Some("numeric(12,2)")
-        );
-        // narrower, another scale, unconstrained, or another family: left as it is
-        assert_eq!(widen("bigint", DataType::Int32), None);
-        assert_eq!(widen("numeric(10,2)", DataType::Decimal128(12, 3)), None);
-        assert_eq!(widen("numeric", DataType::Decimal128(12, 2)), None);
-        assert_eq!(widen("integer", DataType::Float64), None);
-        assert_eq!(widened(None, "c", &DataType::Int64), None);
-    }
 }

@@ -56,6 +56,36 @@ pub fn pg_type(column: &str, dt: &DataType) -> Result<String> {
     })
 }
 
+/// The type a column of PostgreSQL type `current` is altered to so that it holds
+/// values of `to`, when that is a widening PostgreSQL does in place or by a rewrite
+/// without changing a value: more digits of a `numeric` at the same scale, a wider
+/// integer, `real` to `double precision`. None when the column holds them already or
+/// the change is no widening.
+pub fn widened(current: Option<&str>, name: &str, to: &DataType) -> Option<String> {
+    let (current, wanted) = (current?, pg_type(name, to).ok()?);
+    if let (Some(have), Some(want)) = (numeric_digits(current), numeric_digits(&wanted)) {
+        return (want.0 > have.0 && want.1 == have.1).then_some(wanted);
+    }
+    const LADDERS: [&[&str]; 2] = [
+        &["smallint", "integer", "bigint"],
+        &["real", "double precision"],
+    ];
+    let wider = LADDERS.iter().any(|ladder| {
+        let rank = |t: &str| ladder.iter().position(|l| *l == t);
+        matches!((rank(current), rank(&wanted)), (Some(a), Some(b)) if b > a)
+    });
+    wider.then_some(wanted)
+}
+
+/// The precision and scale of `numeric(p,s)`.
+fn numeric_digits(pg: &str) -> Option<(u32, u32)> {
+    let (p, s) = pg
+        .strip_prefix("numeric(")?
+        .strip_suffix(')')?
+        .split_once(',')?;
+    Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+}
+
 /// The Arrow type of a PostgreSQL type as `format_type()` writes it.
 pub fn arrow_type(pg: &str) -> DataType {
     let t = pg.trim();
@@ -185,5 +215,29 @@ mod tests {
             DataType::Time64(TimeUnit::Microsecond)
         );
         assert!(matches!(arrow_type("integer[]"), DataType::List(_)));
+    }
+
+    #[test]
+    fn only_a_widening_alters_a_column() {
+        let widen = |current, to| widened(Some(current), "c", &to);
+        assert_eq!(widen("integer", DataType::Int64).as_deref(), Some("bigint"));
+        assert_eq!(
+            widen("smallint", DataType::Int32).as_deref(),
+            Some("integer")
+        );
+        assert_eq!(
+            widen("real", DataType::Float64).as_deref(),
+            Some("double precision")
+        );
+        assert_eq!(
+            widen("numeric(10,2)", DataType::Decimal128(12, 2)).as_deref(),
+            Some("numeric(12,2)")
+        );
+        // narrower, another scale, unconstrained, or another family: left as it is
+        assert_eq!(widen("bigint", DataType::Int32), None);
+        assert_eq!(widen("numeric(10,2)", DataType::Decimal128(12, 3)), None);
+        assert_eq!(widen("numeric", DataType::Decimal128(12, 2)), None);
+        assert_eq!(widen("integer", DataType::Float64), None);
+        assert_eq!(widened(None, "c", &DataType::Int64), None);
     }
 }

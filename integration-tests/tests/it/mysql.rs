@@ -529,6 +529,42 @@ fn a_new_column_is_added_under_evolve() {
     );
 }
 
+/// `drift = "evolve"`: a column declared wider in a later run (int32, then int64) is
+/// modified in the table, and the value past 32 bits is stored exactly.
+#[test]
+fn a_widened_column_is_modified_under_evolve() {
+    let dir = workdir();
+    let d = dir.path();
+    let table = unique("widen");
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/a.jsonl"), "{\"id\": 1, \"n\": 5}\n").unwrap();
+    let pipeline = |n: &str| {
+        format!(
+            "name = \"{table}\"\n[source]\nconnector = \"file\"\npath = \"in/*.jsonl\"\n\
+             schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"n\", type = \"{n}\" }}]\n\
+             [sink]\nconnector = \"mysql\"\nurl = \"{}\"\ntable = \"{table}\"\ndrift = \"evolve\"\n",
+            url()
+        )
+    };
+    std::fs::write(d.join("p.toml"), pipeline("int32")).unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    std::fs::write(d.join("in/b.jsonl"), "{\"id\": 2, \"n\": 5000000000}\n").unwrap();
+    std::fs::write(d.join("p.toml"), pipeline("int64")).unwrap();
+    let run = sluice(d, &["run", "--quiet", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        sql(&format!("SELECT id, n FROM {table} ORDER BY id")),
+        "1\t5\n2\t5000000000"
+    );
+    assert_eq!(
+        sql(&format!(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS WHERE TABLE_NAME = '{table}' AND COLUMN_NAME = 'n'"
+        )),
+        "bigint"
+    );
+}
+
 /// A second run of a pipeline that is running waits for the run lock, then stops
 /// naming the holder; nothing is written twice.
 #[test]

@@ -36,8 +36,8 @@ impl MysqlSink {
     }
 
     /// The DDL that makes the table hold `schema`: CREATE when it is missing, ADD
-    /// COLUMN for each new column.
-    fn ddl(&self, schema: &SchemaRef) -> Result<Vec<String>> {
+    /// COLUMN for each new column, MODIFY for each widened one (with its name).
+    fn ddl(&self, schema: &SchemaRef) -> Result<Vec<(String, Option<String>)>> {
         let data = schema.fields().iter().filter(|f| f.name() != columns::OP);
         let Some(known) = &self.schema else {
             let mut cols = Vec::new();
@@ -58,20 +58,26 @@ impl MysqlSink {
                 let key: Vec<String> = self.config.key.iter().map(|k| quote(k)).collect();
                 cols.push(format!("PRIMARY KEY ({})", key.join(", ")));
             }
-            return Ok(vec![format!(
-                "CREATE TABLE IF NOT EXISTS {} ({}) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-                self.target,
-                cols.join(", ")
+            return Ok(vec![(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {} ({}) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+                    self.target,
+                    cols.join(", ")
+                ),
+                None,
             )]);
         };
         let mut ddl = Vec::new();
         for f in data {
             match known.field_with_name(f.name()) {
-                Err(_) => ddl.push(format!(
-                    "ALTER TABLE {} ADD COLUMN {} {}",
-                    self.target,
-                    quote(f.name()),
-                    mysql_type(f.name(), f.data_type(), false)?
+                Err(_) => ddl.push((
+                    format!(
+                        "ALTER TABLE {} ADD COLUMN {} {}",
+                        self.target,
+                        quote(f.name()),
+                        mysql_type(f.name(), f.data_type(), false)?
+                    ),
+                    None,
                 )),
                 // a column widened upstream (the engine widened the sink's schema
                 // under `evolve`): the table's column too
@@ -79,11 +85,13 @@ impl MysqlSink {
                     let key = self.config.key.contains(f.name());
                     if let Some(wider) = widened(k.data_type(), f.data_type(), key) {
                         let null = if k.is_nullable() { "NULL" } else { "NOT NULL" };
-                        tracing::info!(table = %self.target, column = %f.name(), to = %wider, "column widened");
-                        ddl.push(format!(
-                            "ALTER TABLE {} MODIFY COLUMN {} {wider} {null}",
-                            self.target,
-                            quote(f.name())
+                        ddl.push((
+                            format!(
+                                "ALTER TABLE {} MODIFY COLUMN {} {wider} {null}",
+                                self.target,
+                                quote(f.name())
+                            ),
+                            Some(f.name().to_string()),
                         ));
                     }
                 }
@@ -104,7 +112,14 @@ impl MysqlSink {
             let reached = self.reached.clone();
             self.commit_with(&reached).await?;
         }
-        for stmt in ddl {
+        for (stmt, widens) in ddl {
+            if let Some(column) = widens {
+                if !self.plain_column(&column).await? {
+                    tracing::warn!(table = %self.target, column = %column, "column not widened: it has a default, an extra attribute or a comment that MODIFY would drop; a value that does not fit it is an error");
+                    continue;
+                }
+                tracing::info!(table = %self.target, column = %column, "column widened: {stmt}");
+            }
             match self.conn()?.query_drop(&stmt).await {
                 Ok(()) => {}
                 // another writer added the same column at the same moment
@@ -123,6 +138,27 @@ impl MysqlSink {
         }
         self.schema = self.read_schema().await?;
         Ok(())
+    }
+
+    /// Whether `column` has nothing but its type and nullability that `MODIFY
+    /// COLUMN` would drop (a default, `AUTO_INCREMENT`, `ON UPDATE`, a comment).
+    async fn plain_column(&mut self, column: &str) -> Result<bool> {
+        let (db, bare) = (
+            self.db.clone(),
+            split_table(&self.config.table).1.to_string(),
+        );
+        let row: Option<(Option<String>, String, String)> = self
+            .conn()?
+            .exec_first(
+                "SELECT COLUMN_DEFAULT, EXTRA, COLUMN_COMMENT FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                (db, bare, column),
+            )
+            .await
+            .map_err(|e| my_error(format!("table {}: read column {column}", self.target), e))?;
+        Ok(row.is_some_and(|(default, extra, comment)| {
+            default.is_none_or(|d| d == "NULL") && extra.is_empty() && comment.is_empty()
+        }))
     }
 }
 

@@ -172,14 +172,15 @@ pub fn normalize(
             Value::Int(if year == 1900 { 0 } else { year })
         }
         (Kind::Timestamp, _, Value::Bytes(b)) => timestamp(text(&b)?)?,
+        // index 0 is the empty error value; one past the labels means labels that
+        // are not the ones the row was written with: never a wrong or empty label
+        (Kind::Text, Some(Labels::Enum(_)), Value::Int(0)) => Value::Bytes(Vec::new()),
         (Kind::Text, Some(Labels::Enum(l)), Value::Int(i)) => {
             let label = usize::try_from(i)
                 .ok()
-                .and_then(|i| i.checked_sub(1))
-                .and_then(|i| l.get(i))
-                .cloned()
-                .unwrap_or_default();
-            Value::Bytes(label.into_bytes())
+                .and_then(|i| l.get(i - 1))
+                .ok_or_else(|| format!("ENUM index {i} is not one of its {} labels", l.len()))?;
+            Value::Bytes(label.clone().into_bytes())
         }
         (Kind::Text, Some(Labels::Set(l)), Value::Bytes(mask)) => {
             let bits = mask
@@ -286,13 +287,23 @@ pub async fn check_server(conn: &mut Conn) -> Result<()> {
 /// The ids of the collations of UTF-8 character sets (text the binlog carries as
 /// the decoder reads it).
 pub async fn utf8_collations(conn: &mut Conn) -> Result<Vec<u16>> {
-    let ids: Vec<Option<u64>> = conn
+    let sets = UTF8.join("', '");
+    let mut ids: Vec<Option<u64>> = conn
         .query(format!(
-            "SELECT ID FROM information_schema.COLLATIONS WHERE CHARACTER_SET_NAME IN ('{}')",
-            UTF8.join("', '")
+            "SELECT ID FROM information_schema.COLLATIONS WHERE CHARACTER_SET_NAME IN ('{sets}')"
         ))
         .await
         .map_err(|e| my_error("read the server's collations", e))?;
+    // MariaDB 10.10 and later list the ids of collations shared by character sets
+    // (the UCA 14.0.0 ones, utf8mb4's default from 11.5) only here; older servers
+    // and MySQL have no such column
+    let shared: std::result::Result<Vec<Option<u64>>, _> = conn
+        .query(format!(
+            "SELECT ID FROM information_schema.COLLATION_CHARACTER_SET_APPLICABILITY \
+             WHERE CHARACTER_SET_NAME IN ('{sets}')"
+        ))
+        .await;
+    ids.extend(shared.unwrap_or_default());
     Ok(ids
         .into_iter()
         .flatten()

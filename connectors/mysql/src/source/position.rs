@@ -25,7 +25,8 @@ pub struct BinlogOffset {
     /// Rows of the captured table at `pos` already delivered.
     #[serde(default)]
     pub skip: u64,
-    /// The GTID of the last delivered transaction, when the server gives one.
+    /// The GTID of the last delivered transaction, when the server gives one (with
+    /// `skip` > 0: of the transaction cut, whose rows are skipped).
     #[serde(default)]
     pub gtid: Option<String>,
     /// MariaDB: the GTID state at `pos` (the last GTID of each domain), by which

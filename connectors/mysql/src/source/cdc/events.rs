@@ -66,7 +66,7 @@ impl Changes {
             Some(EventData::GtidEvent(g)) => {
                 let sid: String = g.sid().iter().map(|b| format!("{b:02x}")).collect();
                 self.gtid = Some(format!("{sid}:{}", g.gno()));
-                self.begin(start);
+                self.begin(start, self.gtid.clone());
             }
             Some(EventData::QueryEvent(q)) => {
                 let sql = q.query();
@@ -78,36 +78,46 @@ impl Changes {
                 match word.as_str() {
                     "BEGIN" => {
                         self.event.3 = Some(i64::from(q.thread_id()));
-                        self.begin(start);
+                        self.begin(start, None);
                     }
                     // inside the transaction (an ORM's savepoints, XA's steps)
                     "SAVEPOINT" | "RELEASE" | "XA" => {}
                     "ROLLBACK" if sql.to_ascii_uppercase().contains(" TO ") => {}
-                    // COMMIT, ROLLBACK; DDL and other statements are transactions of
-                    // their own
-                    _ => self.commit(),
+                    "COMMIT" | "ROLLBACK" => self.commit(),
+                    // DDL and other statements are transactions of their own; one
+                    // naming the table has its next table map checked even when its
+                    // shape looks the same (a rename without column names in it)
+                    _ => {
+                        if mentions(&sql, &self.table) {
+                            self.recheck = true;
+                        }
+                        self.commit()
+                    }
                 }
             }
             Some(EventData::XidEvent(_)) => self.commit(),
             Some(EventData::RowsEvent(rows)) => return self.rows(rows).await,
             None if header.event_type_raw() == MARIADB_GTID_EVENT => {
                 self.gtid = binlog::mariadb_gtid(event.data(), header.server_id());
-                self.begin(start);
+                self.begin(start, self.gtid.clone());
             }
             _ => {}
         }
         Ok(None)
     }
 
-    fn begin(&mut self, at: u64) {
+    /// A transaction starts at `at` (with its own GTID where an event named it).
+    fn begin(&mut self, at: u64, gtid: Option<String>) {
         if self.txn.is_none() {
             // the state before it, found by on any server; the file and offset of
-            // the server read from
+            // the server read from; its own GTID, to know it again after a resume by
+            // GTID, where other domains' transactions may come before it
             let start = BinlogOffset {
                 file: self.file.clone(),
                 pos: at,
                 skip: 0,
                 read_on: self.read_on,
+                gtid: gtid.or_else(|| self.committed.gtid.clone()),
                 ..self.committed.clone()
             };
             self.txn = Some((start, 0));
@@ -117,7 +127,10 @@ impl Changes {
     fn commit(&mut self) {
         self.event.3 = None;
         self.txn = None;
-        self.to_skip = 0;
+        if self.skipping() {
+            self.to_skip = 0;
+            self.skip_in = None;
+        }
         if let (true, Some(gtid)) = (self.mariadb, &self.gtid) {
             self.state.apply(gtid);
         }
@@ -139,11 +152,12 @@ impl Changes {
         if tme.database_name() != self.db.as_str() || tme.table_name() != self.table.as_str() {
             return Ok(None);
         }
-        if self.shape.as_ref().map(|(id, _)| *id) != Some(table_id) {
+        if self.recheck || self.shape.as_ref().map(|(id, _)| *id) != Some(table_id) {
             // a table map not met yet: the same row format under a new id, or a DDL
             let shape = Shape::of(tme);
-            if self.shape.as_ref().is_none_or(|(_, known)| *known != shape) {
-                if let Some(described) = shape::columns_of(tme, &self.utf8)? {
+            let recheck = std::mem::take(&mut self.recheck);
+            if recheck || self.shape.as_ref().is_none_or(|(_, known)| *known != shape) {
+                if let Some(described) = shape::columns_of(tme, &self.utf8, self.mariadb)? {
                     // it names its columns: they are the ones its rows were written
                     // with, whatever the table is now
                     if described != self.columns {
@@ -152,8 +166,12 @@ impl Changes {
                         }
                         self.use_columns(described);
                     }
-                } else if self.shape.is_some() || shape::differs(&self.columns, tme).is_some() {
+                } else if recheck
+                    || self.shape.is_some()
+                    || shape::differs(&self.columns, tme).is_some()
+                {
                     if let Some(batch) = self.pending_first()? {
+                        self.recheck = recheck;
                         return Ok(Some(batch));
                     }
                     self.refresh().await?;
@@ -215,5 +233,26 @@ impl Changes {
         self.reset_decoders();
         self.key = key_positions(&self.columns);
         tracing::info!(table = %format!("{}.{}", self.db, self.table), "the table's columns changed in the binlog");
+    }
+}
+
+/// Whether statement `sql` names table `table` (as a word, in any case).
+fn mentions(sql: &str, table: &str) -> bool {
+    sql.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .any(|word| word.eq_ignore_ascii_case(table))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_statement_names_a_table_as_a_word() {
+        assert!(super::mentions(
+            "ALTER TABLE `test`.`Orders` RENAME COLUMN a TO b",
+            "orders"
+        ));
+        assert!(!super::mentions(
+            "ALTER TABLE orders_old ADD c INT",
+            "orders"
+        ));
     }
 }

@@ -93,6 +93,11 @@ pub struct Changes {
     committed: BinlogOffset,
     /// Rows of the captured table still to skip (a restart inside a transaction).
     to_skip: u64,
+    /// The GTID of the transaction `to_skip` counts in, after a resume by GTID
+    /// (other domains' transactions may come first); None: the first one.
+    skip_in: Option<String>,
+    /// A DDL named the table: its next table map is checked.
+    recheck: bool,
     /// The position last handed out.
     delivered: BinlogOffset,
     /// Where the primary-key columns are among `columns`.
@@ -156,6 +161,8 @@ impl Changes {
             by_gtid: None,
             txn: None,
             to_skip: from.skip,
+            skip_in: None,
+            recheck: false,
             committed: BinlogOffset {
                 skip: 0,
                 ..from.clone()
@@ -199,6 +206,7 @@ impl Changes {
                 }
                 request = request.with_filename(&file).with_pos(self.next);
                 self.by_gtid = None;
+                self.skip_in = None;
             }
             Resume::Gtid(state) => {
                 tracing::info!(from = ?self.delivered.read_on, server = here, gtids = %state, "the position was read on another server: resuming by GTID");
@@ -207,6 +215,7 @@ impl Changes {
                 setup.push(format!("SET @slave_connect_state = '{}'", self.state));
                 setup.push("SET @slave_gtid_strict_mode = 1".into());
                 self.by_gtid = Some(Vec::new());
+                self.skip_in = self.delivered.gtid.clone().filter(|_| self.to_skip > 0);
             }
         }
         for sql in &setup {
@@ -352,6 +361,12 @@ impl Changes {
             skip: 0,
             ..self.delivered.clone()
         };
+    }
+
+    /// Rows read now are those `to_skip` counts (the transaction it counts in, or
+    /// any when that is the first).
+    fn skipping(&self) -> bool {
+        self.skip_in.is_none() || self.skip_in == self.gtid
     }
 
     /// Ends the dump.

@@ -49,7 +49,7 @@ impl Changes {
             if let Some((_, n)) = &mut self.txn {
                 *n += 1;
             }
-            if self.to_skip > 0 {
+            if self.to_skip > 0 && self.skipping() {
                 self.to_skip -= 1;
                 continue;
             }

@@ -50,6 +50,7 @@ impl Shape {
 pub(super) fn columns_of(
     tme: &TableMapEvent<'_>,
     utf8: &[u16],
+    mariadb: bool,
 ) -> Result<Option<Vec<TableColumn>>> {
     let table = format!("{}.{}", tme.database_name(), tme.table_name());
     let bad = |e: std::io::Error| {
@@ -115,8 +116,8 @@ pub(super) fn columns_of(
         };
         let m = tme.get_column_metadata(i).unwrap_or_default();
         let byte = |k: usize| m.get(k).copied().unwrap_or(0);
-        let unsigned = ty.is_numeric_type() && signedness.next().unwrap_or(false);
-        let charset = match ty.is_character_type() {
+        let unsigned = numeric(ty) && signedness.next().unwrap_or(false);
+        let charset = match character(ty, mariadb) {
             true => charsets.next().transpose().map_err(bad)?.unwrap_or(BINARY),
             false => BINARY,
         };
@@ -179,9 +180,11 @@ pub(super) fn columns_of(
                 }
                 Kind::Text
             }
-            other => return Err(Error::schema(format!(
+            other => {
+                return Err(Error::schema(format!(
                 "table {table}: column \"{name}\" has type {other:?}, which has no Arrow mapping"
-            ))),
+            )))
+            }
         };
         columns.push(TableColumn {
             name,
@@ -192,6 +195,19 @@ pub(super) fn columns_of(
         });
     }
     Ok(Some(columns))
+}
+
+/// Whether the server writes a signedness bit for a column of type `ty` (the
+/// numeric ones, YEAR included, as mysql_common reads them).
+fn numeric(ty: ColumnType) -> bool {
+    ty.is_numeric_type()
+}
+
+/// Whether the server writes a character set for a column of type `ty`: text and
+/// bytes, and on MariaDB also GEOMETRY (which has the `binary` one); ENUM and SET
+/// have a list of their own.
+fn character(ty: ColumnType, mariadb: bool) -> bool {
+    ty.is_character_type() || (mariadb && ty == ColumnType::MYSQL_TYPE_GEOMETRY)
 }
 
 /// The first difference between `columns` (as a query reads the table now) and the
