@@ -10,6 +10,23 @@ use crate::mysql_cdc::{binlog, cdc_pipeline, my};
 use crate::postgres::psql;
 use crate::support::{finish, signal, spawn, wait_until, workdir, KillOnPanic};
 
+/// `binlog_row_metadata` of the binlog server, set back to FULL when dropped (also
+/// when a test fails).
+struct RowMetadata;
+
+impl RowMetadata {
+    fn set(value: &str) -> RowMetadata {
+        my(&format!("SET GLOBAL binlog_row_metadata = {value}"));
+        RowMetadata
+    }
+}
+
+impl Drop for RowMetadata {
+    fn drop(&mut self) {
+        my("SET GLOBAL binlog_row_metadata = FULL");
+    }
+}
+
 /// Rows in the PostgreSQL table (0 before it exists).
 fn rows_in(table: &str) -> u64 {
     let out = std::process::Command::new("psql")
@@ -120,12 +137,13 @@ fn a_type_change_the_sink_cannot_take_stops_the_run_naming_the_column() {
         drop(guard);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         // while it is stopped: a row of the old shape, then the column turned to text
-        my(&format!("SET GLOBAL binlog_row_metadata = {metadata}"));
-        my(&format!(
-            "INSERT INTO {table} VALUES (2, 2); ALTER TABLE {table} MODIFY n VARCHAR(10); \
-             INSERT INTO {table} VALUES (3, 'three')"
-        ));
-        my("SET GLOBAL binlog_row_metadata = FULL");
+        {
+            let _metadata = RowMetadata::set(metadata);
+            my(&format!(
+                "INSERT INTO {table} VALUES (2, 2); ALTER TABLE {table} MODIFY n VARCHAR(10); \
+                 INSERT INTO {table} VALUES (3, 'three')"
+            ));
+        }
         let run = finish(
             spawn(d, &["run", "--quiet", "p.toml"]),
             Duration::from_secs(60),
