@@ -77,27 +77,46 @@ pub enum Kind {
 impl Kind {
     /// The kind of a result column, from the metadata the server sends with it.
     pub fn of(column: &Column) -> Result<Kind> {
-        use ColumnType::*;
         let flags = column.flags();
         let unsigned = flags.contains(ColumnFlags::UNSIGNED_FLAG);
-        let binary = column.character_set() == BINARY_CHARSET;
-        Ok(match column.column_type() {
+        let enum_or_set = flags.intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG);
+        let binary = column.character_set() == BINARY_CHARSET && !enum_or_set;
+        let scale = column.decimals();
+        // a decimal's display length counts the sign and the point
+        let len = column.column_length() as i64 - i64::from(scale > 0) - i64::from(!unsigned);
+        let precision = u8::try_from(len.clamp(1, 65)).unwrap_or(65);
+        let digits = (precision.max(scale).max(1), scale as i8);
+        let ty = column.column_type();
+        Kind::of_type(ty, unsigned, binary, digits, column.column_length()).ok_or_else(|| {
+            Error::schema(format!(
+                "column \"{}\" has type {ty:?}, which has no Arrow mapping",
+                column.name_str()
+            ))
+        })
+    }
+
+    /// The kind of a column of server type `ty` (a query's or the binlog's):
+    /// `unsigned`, `binary` (text and bytes in the `binary` character set), `digits`
+    /// (a decimal's precision and scale), `bits` (a BIT's width). None: no Arrow
+    /// mapping.
+    pub fn of_type(
+        ty: ColumnType,
+        unsigned: bool,
+        binary: bool,
+        digits: (u8, i8),
+        bits: u32,
+    ) -> Option<Kind> {
+        use ColumnType::*;
+        Some(match ty {
             MYSQL_TYPE_TINY => Kind::Int { bits: 8, unsigned },
             MYSQL_TYPE_SHORT => Kind::Int { bits: 16, unsigned },
             MYSQL_TYPE_INT24 => Kind::Int { bits: 24, unsigned },
             MYSQL_TYPE_LONG => Kind::Int { bits: 32, unsigned },
             MYSQL_TYPE_LONGLONG => Kind::Int { bits: 64, unsigned },
-            MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => {
-                let scale = column.decimals();
-                // the display length counts the sign and the point
-                let len =
-                    column.column_length() as i64 - i64::from(scale > 0) - i64::from(!unsigned);
-                let precision = u8::try_from(len.clamp(1, 65)).unwrap_or(65);
-                Kind::Decimal {
-                    precision: precision.max(scale).max(1),
-                    scale: scale as i8,
-                }
-            }
+            MYSQL_TYPE_DECIMAL | MYSQL_TYPE_NEWDECIMAL => Kind::Decimal {
+                precision: digits.0,
+                scale: digits.1,
+            },
             MYSQL_TYPE_FLOAT => Kind::Float,
             MYSQL_TYPE_DOUBLE => Kind::Double,
             MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
@@ -105,9 +124,7 @@ impl Kind {
             MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
             MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
             MYSQL_TYPE_YEAR => Kind::Year,
-            MYSQL_TYPE_BIT => Kind::Bit {
-                width: column.column_length(),
-            },
+            MYSQL_TYPE_BIT => Kind::Bit { width: bits },
             MYSQL_TYPE_JSON | MYSQL_TYPE_ENUM | MYSQL_TYPE_SET => Kind::Text,
             MYSQL_TYPE_GEOMETRY => Kind::Geometry,
             MYSQL_TYPE_VARCHAR
@@ -116,20 +133,11 @@ impl Kind {
             | MYSQL_TYPE_TINY_BLOB
             | MYSQL_TYPE_MEDIUM_BLOB
             | MYSQL_TYPE_LONG_BLOB
-            | MYSQL_TYPE_BLOB => {
-                let text = flags.intersects(ColumnFlags::ENUM_FLAG | ColumnFlags::SET_FLAG);
-                if binary && !text {
-                    Kind::Binary
-                } else {
-                    Kind::Text
-                }
-            }
-            other => {
-                return Err(Error::schema(format!(
-                    "column \"{}\" has type {other:?}, which has no Arrow mapping",
-                    column.name_str()
-                )))
-            }
+            | MYSQL_TYPE_BLOB => match binary {
+                true => Kind::Binary,
+                false => Kind::Text,
+            },
+            _ => return None,
         })
     }
 

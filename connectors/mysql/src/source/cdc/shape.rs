@@ -121,71 +121,25 @@ pub(super) fn columns_of(
             true => charsets.next().transpose().map_err(bad)?.unwrap_or(BINARY),
             false => BINARY,
         };
-        use ColumnType::*;
-        let mut labels = None;
-        let kind = match ty {
-            MYSQL_TYPE_TINY => Kind::Int { bits: 8, unsigned },
-            MYSQL_TYPE_SHORT => Kind::Int { bits: 16, unsigned },
-            MYSQL_TYPE_INT24 => Kind::Int { bits: 24, unsigned },
-            MYSQL_TYPE_LONG => Kind::Int { bits: 32, unsigned },
-            MYSQL_TYPE_LONGLONG => Kind::Int { bits: 64, unsigned },
-            MYSQL_TYPE_NEWDECIMAL => Kind::Decimal {
-                precision: byte(0),
-                scale: byte(1) as i8,
-            },
-            MYSQL_TYPE_FLOAT => Kind::Float,
-            MYSQL_TYPE_DOUBLE => Kind::Double,
-            MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => Kind::Date,
-            MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => Kind::DateTime,
-            MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => Kind::Timestamp,
-            MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => Kind::Time,
-            MYSQL_TYPE_YEAR => Kind::Year,
-            MYSQL_TYPE_BIT => Kind::Bit {
-                width: u32::from(byte(1)) * 8 + u32::from(byte(0)),
-            },
-            MYSQL_TYPE_GEOMETRY => Kind::Geometry,
-            MYSQL_TYPE_JSON => Kind::Text,
-            MYSQL_TYPE_ENUM => {
-                labels = enums.next().map(Labels::Enum);
-                Kind::Text
-            }
-            MYSQL_TYPE_SET => {
-                labels = sets.next().map(Labels::Set);
-                Kind::Text
-            }
-            MYSQL_TYPE_VARCHAR
-            | MYSQL_TYPE_VAR_STRING
-            | MYSQL_TYPE_STRING
-            | MYSQL_TYPE_TINY_BLOB
-            | MYSQL_TYPE_MEDIUM_BLOB
-            | MYSQL_TYPE_LONG_BLOB
-            | MYSQL_TYPE_BLOB
-                if charset == BINARY =>
-            {
-                Kind::Binary
-            }
-            MYSQL_TYPE_VARCHAR
-            | MYSQL_TYPE_VAR_STRING
-            | MYSQL_TYPE_STRING
-            | MYSQL_TYPE_TINY_BLOB
-            | MYSQL_TYPE_MEDIUM_BLOB
-            | MYSQL_TYPE_LONG_BLOB
-            | MYSQL_TYPE_BLOB => {
-                if !utf8.contains(&charset) {
-                    return Err(Error::schema(format!(
-                        "table {table}: column \"{name}\" is in a character set (collation {charset}) that is not \
-                         UTF-8, which the binlog carries as is; CDC reads UTF-8 text (utf8mb4, utf8mb3, ascii): \
-                         convert the column (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4)"
-                    )));
-                }
-                Kind::Text
-            }
-            other => {
-                return Err(Error::schema(format!(
-                "table {table}: column \"{name}\" has type {other:?}, which has no Arrow mapping"
-            )))
-            }
+        let digits = (byte(0), byte(1) as i8);
+        let bits = u32::from(byte(1)) * 8 + u32::from(byte(0));
+        let Some(kind) = Kind::of_type(ty, unsigned, charset == BINARY, digits, bits) else {
+            return Err(Error::schema(format!(
+                "table {table}: column \"{name}\" has type {ty:?}, which has no Arrow mapping"
+            )));
         };
+        let labels = match ty {
+            ColumnType::MYSQL_TYPE_ENUM => enums.next().map(Labels::Enum),
+            ColumnType::MYSQL_TYPE_SET => sets.next().map(Labels::Set),
+            _ => None,
+        };
+        if kind == Kind::Text && character(ty, mariadb) && !utf8.contains(&charset) {
+            return Err(Error::schema(format!(
+                "table {table}: column \"{name}\" is in a character set (collation {charset}) that is not \
+                 UTF-8, which the binlog carries as is; CDC reads UTF-8 text (utf8mb4, utf8mb3, ascii): \
+                 convert the column (ALTER TABLE ... CONVERT TO CHARACTER SET utf8mb4)"
+            )));
+        }
         columns.push(TableColumn {
             name,
             kind,
@@ -259,52 +213,17 @@ pub(super) fn differs(columns: &[TableColumn], tme: &TableMapEvent<'_>) -> Optio
 /// bytes are one family here: the table map tells them apart only by character set,
 /// which only its optional metadata carries (and [`Shape`] compares).
 fn fits(kind: Kind, ty: ColumnType, meta: &[u8]) -> bool {
-    use ColumnType::*;
-    match (kind, ty) {
-        (Kind::Int { bits, .. }, _) => {
-            let width = match ty {
-                MYSQL_TYPE_TINY => 8,
-                MYSQL_TYPE_SHORT => 16,
-                MYSQL_TYPE_INT24 => 24,
-                MYSQL_TYPE_LONG => 32,
-                MYSQL_TYPE_LONGLONG => 64,
-                _ => return false,
-            };
-            bits == width
-        }
-        (Kind::Decimal { precision, scale }, MYSQL_TYPE_NEWDECIMAL) => {
-            meta.first() == Some(&precision) && meta.get(1).map(|&s| s as i8) == Some(scale)
-        }
-        (Kind::Bit { width }, MYSQL_TYPE_BIT) => {
-            let (bits, bytes) = (
-                u32::from(meta.first().copied().unwrap_or(0)),
-                u32::from(meta.get(1).copied().unwrap_or(0)),
-            );
-            bytes * 8 + bits == width
-        }
-        (Kind::Float, MYSQL_TYPE_FLOAT)
-        | (Kind::Double, MYSQL_TYPE_DOUBLE)
-        | (Kind::Date, MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE)
-        | (Kind::DateTime, MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2)
-        | (Kind::Timestamp, MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2)
-        | (Kind::Time, MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2)
-        | (Kind::Year, MYSQL_TYPE_YEAR)
-        | (Kind::Geometry, MYSQL_TYPE_GEOMETRY) => true,
-        (
-            Kind::Text | Kind::Binary,
-            MYSQL_TYPE_VARCHAR
-            | MYSQL_TYPE_VAR_STRING
-            | MYSQL_TYPE_STRING
-            | MYSQL_TYPE_ENUM
-            | MYSQL_TYPE_SET
-            | MYSQL_TYPE_TINY_BLOB
-            | MYSQL_TYPE_MEDIUM_BLOB
-            | MYSQL_TYPE_LONG_BLOB
-            | MYSQL_TYPE_BLOB
-            | MYSQL_TYPE_JSON,
-        ) => true,
-        _ => false,
-    }
+    // signedness and the character set are the kind's own: the table map without
+    // its optional metadata does not say them
+    let (unsigned, binary) = match kind {
+        Kind::Int { unsigned, .. } => (unsigned, false),
+        Kind::Binary => (false, true),
+        _ => (false, false),
+    };
+    let byte = |k: usize| meta.get(k).copied().unwrap_or(0);
+    let digits = (byte(0), byte(1) as i8);
+    let bits = u32::from(byte(1)) * 8 + u32::from(byte(0));
+    Kind::of_type(ty, unsigned, binary, digits, bits) == Some(kind)
 }
 
 #[cfg(test)]
