@@ -84,59 +84,76 @@ impl FileSource {
                 }
             }
             Some(old) => {
-                tracing::warn!(file = %split, "file was replaced since it was read; reading the new file from the start");
-                self.known.insert(split.to_string(), fresh);
-                if !opaque {
-                    self.detach(split, &old);
-                }
-                // the old file may turn up under another name (rotation by rename)
+                // the old file may turn up under another name (rotation by rename),
+                // and it may go on being written (logrotate's `create`)
                 if self.moved.len() >= MOVED {
                     self.moved.remove(0);
                 }
-                self.moved.push((split.to_string(), old));
+                self.moved.push((split.to_string(), old.clone()));
+                // the new file may be one read under another name before (a numbered
+                // rotation moving `app.log.1` on to `app.log.2` and `app.log` to
+                // `app.log.1`)
+                let found = self.renamed(split, path, id, size, opaque);
+                if !opaque {
+                    self.detach(split, &old, found.is_none().then_some(&fresh));
+                }
+                if let Some(at) = found {
+                    return at;
+                }
+                tracing::warn!(file = %split, "file was replaced since it was read; reading the new file from the start");
+                self.known.insert(split.to_string(), fresh);
                 (0, 0)
             }
-            None => {
-                let renamed = self
-                    .known
-                    .iter()
-                    .chain(self.moved.iter().map(|(s, o)| (s, o)))
-                    .find(|(other, off)| {
-                        other.as_str() != split
-                            && off.id.ino == id.ino
-                            && off.id.same_file(&id, path)
-                            && (opaque || (off.pos <= size && tail_matches(path, off)))
-                    })
-                    .map(|(other, off)| (other.clone(), off.clone()));
-                match renamed {
-                    Some((other, off)) => {
-                        tracing::info!(file = %split, from = %other, position = off.pos, "file was renamed; going on from where it was read");
-                        // followed under its new name from here: a handle kept under
-                        // the old one would read the same lines again
-                        if self
-                            .handles
-                            .get(&other)
-                            .is_some_and(|(kept, _, _)| kept.ino == id.ino)
-                        {
-                            self.handles.remove(&other);
-                        }
-                        let at = (off.pos, off.line);
-                        let moved = FileOffset { id, ..off };
-                        // checkpointed under the new name at once, even with nothing
-                        // left to read, so a restart does not read it again
-                        let mut offsets = connector_api::Offsets::new();
-                        if offsets.set_typed(split.to_string(), &moved).is_ok() {
-                            let mut b = connector_api::Batch::idle();
-                            b.offsets = offsets;
-                            self.ready.push_back(b);
-                        }
-                        self.known.insert(split.to_string(), moved);
-                        at
-                    }
-                    None => (0, 0),
-                }
-            }
+            None => self
+                .renamed(split, path, id, size, opaque)
+                .unwrap_or((0, 0)),
         }
+    }
+
+    /// Where the file `split` (at `path`, now `id`, `size` bytes) goes on from when
+    /// it is a file read under another name (same inode, same leading bytes, same
+    /// bytes before the position), checkpointed under its new name at once.
+    fn renamed(
+        &mut self,
+        split: &str,
+        path: &Path,
+        id: Identity,
+        size: u64,
+        opaque: bool,
+    ) -> Option<(u64, u64)> {
+        let (other, off) = self
+            .known
+            .iter()
+            .chain(self.moved.iter().map(|(s, o)| (s, o)))
+            .find(|(other, off)| {
+                other.as_str() != split
+                    && off.id.ino == id.ino
+                    && off.id.same_file(&id, path)
+                    && (opaque || (off.pos <= size && tail_matches(path, off)))
+            })
+            .map(|(other, off)| (other.clone(), off.clone()))?;
+        tracing::info!(file = %split, from = %shown(&other), position = off.pos, "file was renamed; going on from where it was read");
+        // followed under its new name from here: a handle kept under the old one
+        // would read the same lines again
+        if self
+            .handles
+            .get(&other)
+            .is_some_and(|(kept, _, _)| kept.ino == id.ino)
+        {
+            self.handles.remove(&other);
+        }
+        let at = (off.pos, off.line);
+        let moved = FileOffset { id, ..off };
+        // checkpointed under the new name at once, even with nothing left to read, so
+        // a restart does not read it again
+        let mut offsets = connector_api::Offsets::new();
+        if offsets.set_typed(split.to_string(), &moved).is_ok() {
+            let mut b = connector_api::Batch::idle();
+            b.offsets = offsets;
+            self.ready.push_back(b);
+        }
+        self.known.insert(split.to_string(), moved);
+        Some(at)
     }
 
     /// The file `old` was read under `split` and a new file now has that name
@@ -145,7 +162,9 @@ impl FileSource {
     /// (a last line ended after the rename) is read from that position, and the new
     /// file's positions under `split` never meet it.
     /// Only a file whose handle is kept (watch mode) has anything left to read.
-    fn detach(&mut self, split: &str, old: &FileOffset) {
+    /// `fresh`: the position of a new file read from its start, checkpointed with
+    /// it, so no stored position under the name is of the old file.
+    fn detach(&mut self, split: &str, old: &FileOffset, fresh: Option<&FileOffset>) {
         if !self
             .handles
             .get(split)
@@ -158,7 +177,8 @@ impl FileSource {
             self.handles.insert(key.clone(), kept);
         }
         let mut offsets = connector_api::Offsets::new();
-        if offsets.set_typed(key.clone(), old).is_ok() {
+        let fresh = fresh.map_or(Ok(()), |f| offsets.set_typed(split.to_string(), f));
+        if offsets.set_typed(key.clone(), old).is_ok() && fresh.is_ok() {
             let mut b = connector_api::Batch::idle();
             b.offsets = offsets;
             self.ready.push_back(b);
