@@ -46,6 +46,11 @@ impl GtidState {
         }
     }
 
+    /// Whether `gtid` is its domain's last GTID here.
+    pub fn holds(&self, gtid: &str) -> bool {
+        self.0.values().any(|g| g == gtid)
+    }
+
     /// No domain known.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -206,7 +206,15 @@ impl Changes {
                 }
                 request = request.with_filename(&file).with_pos(self.next);
                 self.by_gtid = None;
-                self.skip_in = None;
+                // a skip counts in the first transaction from here, unless the
+                // position names one not yet in its GTID state (a cut one whose rows
+                // other domains' transactions came before, after a resume by GTID)
+                self.skip_in = match &self.delivered.gtid {
+                    Some(g) if self.mariadb && self.to_skip > 0 && !self.state.holds(g) => {
+                        Some(g.clone())
+                    }
+                    _ => None,
+                };
             }
             Resume::Gtid(state) => {
                 tracing::info!(from = ?self.delivered.read_on, server = here, gtids = %state, "the position was read on another server: resuming by GTID");
@@ -318,6 +326,13 @@ impl Changes {
             Some((start, n)) => BinlogOffset {
                 skip: *n,
                 ..start.clone()
+            },
+            // other domains' transactions read before the one still to be skipped
+            // in (after a resume by GTID): the skip goes on with the position
+            None if self.to_skip > 0 && self.skip_in.is_some() => BinlogOffset {
+                skip: self.to_skip,
+                gtid: self.skip_in.clone(),
+                ..self.committed.clone()
             },
             None => self.committed.clone(),
         };
