@@ -11,8 +11,9 @@
 //! MariaDB's GTID state, so another server finds it by GTID ([`super::gtid`]).
 //!
 //! A DDL on the table shows as a table map of another shape ([`shape`]): the rows
-//! pending go out, the table's columns are read again, and the records that follow
-//! have the new schema, which the sinks take by their drift policy.
+//! pending go out, the columns are taken from the table map where it names them
+//! (`binlog_row_metadata = FULL`) or read again from the table, and the records that
+//! follow have the new schema, which the sinks take by their drift policy.
 
 use std::time::{Duration, Instant};
 

@@ -1,9 +1,11 @@
 //! Whether the binlog's table map still describes the columns the stream decodes
 //! with. A DDL on the captured table (a column added, dropped, widened, renamed, made
-//! nullable) shows as a table map of another shape; the stream then reads the
-//! table's columns again. A table map that the columns read then still do not fit
-//! (the table changed again since that point of the binlog) is an error naming the
-//! column, never rows decoded with the wrong types.
+//! nullable) shows as a table map of another shape. Where the table map names its
+//! columns (`binlog_row_metadata = FULL`) the columns are taken from it
+//! ([`columns_of`]): those its rows were written with. Otherwise the stream reads the
+//! table's columns again, and a table map they do not fit (the table changed again
+//! since that point of the binlog) is an error naming the column ([`differs`]),
+//! never rows decoded with the wrong types.
 
 use connector_api::{Error, Result};
 use mysql_async::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
@@ -23,6 +25,7 @@ const BINARY: u16 = 63;
 pub(super) struct Shape(Vec<u8>);
 
 impl Shape {
+    /// The shape of `tme`.
     pub(super) fn of(tme: &TableMapEvent<'_>) -> Shape {
         let count = tme.columns_count() as usize;
         let mut bytes = Vec::with_capacity(count * 4);
