@@ -144,21 +144,7 @@ async fn a_renamed_file_with_an_unended_last_line_does_not_hold_up_the_new_one()
     std::fs::rename(&log, &rotated).unwrap();
     std::fs::write(&log, "{\"id\":3}\n").unwrap();
     // step by step: the bug looped inside one call
-    let mut read = vec![];
-    for _ in 0..10 {
-        if s.current.is_none() && s.ready.is_empty() && !s.pick().unwrap() {
-            break;
-        }
-        while let Some(b) = connector_api::blocking(|| s.read_current()).unwrap() {
-            for (split, value) in b.offsets.iter() {
-                let off: FileOffset = serde_json::from_value(value.clone()).unwrap();
-                s.known.insert(split.clone(), off);
-            }
-            if b.num_rows() > 0 {
-                read.extend(ids(&b));
-            }
-        }
-    }
+    let (read, _) = step(&mut s).await;
     assert_eq!(read, vec![3]);
     // logrotate's `create`: the writer ends the line in the renamed file after the new
     // one was read; it is read from the old file's own position, once
@@ -167,23 +153,8 @@ async fn a_renamed_file_with_an_unended_last_line_does_not_hold_up_the_new_one()
         .open(&rotated)
         .unwrap();
     std::io::Write::write_all(&mut writer, b"2}\n").unwrap();
-    let mut offsets = connector_api::Offsets::new();
-    for _ in 0..10 {
-        if s.current.is_none() && s.ready.is_empty() && !s.pick().unwrap() {
-            break;
-        }
-        while let Some(b) = connector_api::blocking(|| s.read_current()).unwrap() {
-            offsets.merge(&b.offsets);
-            for (split, value) in b.offsets.iter() {
-                let off: FileOffset = serde_json::from_value(value.clone()).unwrap();
-                s.known.insert(split.clone(), off);
-            }
-            if b.num_rows() > 0 {
-                read.extend(ids(&b));
-            }
-        }
-    }
-    assert_eq!(read, vec![3, 2]);
+    let (read, offsets) = step(&mut s).await;
+    assert_eq!(read, vec![2]);
     let name = log.to_string_lossy().into_owned();
     let old: FileOffset = offsets
         .get_typed(&super::follow::detached(
@@ -205,27 +176,28 @@ async fn a_numbered_rotation_reads_no_file_twice() {
     let (one, two) = (dir.path().join("app.log.1"), dir.path().join("app.log.2"));
     std::fs::write(&log, "{\"id\":1}\n").unwrap();
     let mut s = watching(dir.path(), "app.log*").await;
-    let mut read = step(&mut s).await;
+    let mut read = step(&mut s).await.0;
     std::fs::rename(&log, &one).unwrap();
     std::fs::write(&log, "{\"id\":2}\n").unwrap();
-    read.extend(step(&mut s).await);
+    read.extend(step(&mut s).await.0);
     std::fs::rename(&one, &two).unwrap();
     std::fs::rename(&log, &one).unwrap();
     std::fs::write(&log, "{\"id\":3}\n").unwrap();
-    read.extend(step(&mut s).await);
+    read.extend(step(&mut s).await.0);
     read.sort();
     assert_eq!(read, vec![1, 2, 3]);
 }
 
 /// Reads what the source has now, a look at the directory at a time, taking each
-/// batch's offsets as the engine would; the ids read.
-async fn step(s: &mut FileSource) -> Vec<i64> {
-    let mut read = vec![];
+/// batch's offsets as the engine would; the ids read and the offsets handed out.
+async fn step(s: &mut FileSource) -> (Vec<i64>, Offsets) {
+    let (mut read, mut offsets) = (vec![], Offsets::new());
     for _ in 0..10 {
         if s.current.is_none() && s.ready.is_empty() && !s.pick().unwrap() {
             break;
         }
         while let Some(b) = connector_api::blocking(|| s.read_current()).unwrap() {
+            offsets.merge(&b.offsets);
             for (split, value) in b.offsets.iter() {
                 let off: FileOffset = serde_json::from_value(value.clone()).unwrap();
                 s.known.insert(split.clone(), off);
@@ -235,5 +207,5 @@ async fn step(s: &mut FileSource) -> Vec<i64> {
             }
         }
     }
-    read
+    (read, offsets)
 }
