@@ -30,6 +30,13 @@ if ! python3 -c 'import prometheus_client' >/dev/null 2>&1; then
   python3 -m pip install -q prometheus_client
 fi
 
+# the Iceberg tests read tables back with pyiceberg: its SQL catalog on SQLite and on
+# PostgreSQL (psycopg2), data files through pyarrow (local and S3)
+if ! python3 -c 'import pyiceberg.catalog.sql, psycopg2' >/dev/null 2>&1; then
+  log "installing pyiceberg"
+  python3 -m pip install -q 'pyiceberg[sql-sqlite,sql-postgres,pyarrow]'
+fi
+
 # the NATS tests check what they publish and read with the NATS project's Python client
 if ! python3 -c 'import paho.mqtt.client' >/dev/null 2>&1; then
   log "installing paho-mqtt"

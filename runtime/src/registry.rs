@@ -55,6 +55,7 @@ impl Registry {
         r.add_sink(Arc::new(sluice_rabbitmq::RabbitMq));
         r.add_source(Arc::new(sluice_mqtt::Mqtt));
         r.add_sink(Arc::new(sluice_mqtt::Mqtt));
+        r.add_sink(Arc::new(sluice_iceberg::Iceberg));
         r.add_sink(Arc::new(sluice_datagen::Blackhole));
         r
     }

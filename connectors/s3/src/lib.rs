@@ -23,7 +23,8 @@ mod sink;
 mod source;
 mod template;
 
-pub use config::{Auth, Compression, S3SinkConfig, S3SourceConfig};
+pub use client::{connect, is_not_found, s3_error};
+pub use config::{Auth, Compression, Connection, S3SinkConfig, S3SourceConfig};
 pub use sink::S3Sink;
 pub use source::{ObjectOffset, S3Source};
 pub use template::{Template, NULL_PARTITION};

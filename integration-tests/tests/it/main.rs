@@ -8,6 +8,7 @@
 mod cli_errors;
 mod crash;
 mod file_follow;
+mod iceberg;
 mod kafka;
 mod kafka_avro;
 mod kafka_group;

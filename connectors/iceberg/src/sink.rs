@@ -1,0 +1,344 @@
+//! The Iceberg sink: Parquet data files per partition, committed at every flush in one
+//! snapshot whose summary holds the pipeline's offsets.
+//!
+//! Exactly-once: `open` reads the offsets back from the latest snapshot that has them
+//! (the runtime resumes from there), and every commit first reads the table again: if
+//! a snapshot with this sink's key was committed since the last one this sink knows (a
+//! killed run's commit that landed late, or a second run of the pipeline), the flush
+//! stops with a conflict instead of committing the data twice; a restart reads the
+//! newer offsets. A commit whose answer was lost is recognised the same way: the
+//! table already holds the offsets being flushed, so it is not repeated. Data files
+//! written but never committed (a crash before the commit) are left unreferenced.
+
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use arrow_schema::{Schema, SchemaRef};
+use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
+use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
+use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::catalog::{lake_error, stored_offsets, Lake, OFFSETS_KEY};
+use crate::config::IcebergSinkConfig;
+use crate::{evolve, types};
+
+type Builder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Open data files of one commit.
+enum Files {
+    Plain(
+        Box<
+            DataFileWriter<
+                ParquetWriterBuilder,
+                DefaultLocationGenerator,
+                DefaultFileNameGenerator,
+            >,
+        >,
+    ),
+    Partitioned(Box<(FanoutWriter<Builder>, RecordBatchPartitionSplitter)>),
+}
+
+/// The table being written and what this sink knows of it.
+struct Open {
+    lake: Lake,
+    table: Option<Table>,
+    /// The table's Arrow schema with field ids: what data files are written in.
+    target: Option<SchemaRef>,
+    files: Option<Files>,
+    /// Data files closed but not committed yet (a failed commit is tried again).
+    pending: Vec<DataFile>,
+    /// The offsets of this sink's last commit, as the table holds them.
+    committed: Option<Offsets>,
+    /// The last batch schema the table was made to fit.
+    evolved: Option<SchemaRef>,
+}
+
+/// Writes to one Iceberg table.
+pub struct IcebergSink {
+    config: IcebergSinkConfig,
+    key: String,
+    open: Option<Open>,
+}
+
+impl IcebergSink {
+    /// A sink with `config`; nothing happens before `open`.
+    pub fn new(config: IcebergSinkConfig) -> Self {
+        IcebergSink {
+            config,
+            key: String::new(),
+            open: None,
+        }
+    }
+
+    fn state(&mut self) -> Result<&mut Open> {
+        self.open
+            .as_mut()
+            .ok_or_else(|| Error::internal("iceberg sink used before open"))
+    }
+}
+
+/// The table's schema with field ids, as data files are written.
+fn target_of(table: &Table) -> Result<SchemaRef> {
+    schema_to_arrow_schema(table.metadata().current_schema())
+        .map(Arc::new)
+        .map_err(|e| Error::schema(format!("table {}: {e}", table.identifier())))
+}
+
+fn writer_properties(level: i32) -> Result<WriterProperties> {
+    let zstd = ZstdLevel::try_new(level).map_err(|e| Error::config(format!("zstd_level: {e}")))?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(zstd))
+        .build())
+}
+
+/// A unique prefix for the names of one commit's files (time first, so they sort).
+fn file_prefix() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{ms:013}-{:016x}", rand::random::<u64>())
+}
+
+impl Open {
+    async fn files(&mut self, config: &IcebergSinkConfig) -> Result<&mut Files> {
+        if self.files.is_none() {
+            let table = self
+                .table
+                .as_ref()
+                .ok_or_else(|| Error::internal("no table to write"))?;
+            let md = table.metadata();
+            let what = format!("table {}", self.lake.name());
+            let locations =
+                DefaultLocationGenerator::new(md.clone()).map_err(|e| lake_error(&what, e))?;
+            let names = DefaultFileNameGenerator::new(file_prefix(), None, DataFileFormat::Parquet);
+            let rolling = RollingFileWriterBuilder::new(
+                ParquetWriterBuilder::new(
+                    writer_properties(config.zstd_level)?,
+                    md.current_schema().clone(),
+                ),
+                config.target_file_size as usize,
+                table.file_io().clone(),
+                locations,
+                names,
+            );
+            let builder = DataFileWriterBuilder::new(rolling);
+            let spec = md.default_partition_spec();
+            self.files = Some(if spec.is_unpartitioned() {
+                Files::Plain(Box::new(
+                    builder
+                        .build(None)
+                        .await
+                        .map_err(|e| lake_error(&what, e))?,
+                ))
+            } else {
+                let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+                    md.current_schema().clone(),
+                    spec.clone(),
+                )
+                .map_err(|e| lake_error(&what, e))?;
+                Files::Partitioned(Box::new((FanoutWriter::new(builder), splitter)))
+            });
+        }
+        self.files
+            .as_mut()
+            .ok_or_else(|| Error::internal("no data files open"))
+    }
+
+    async fn write(&mut self, config: &IcebergSinkConfig, batch: RecordBatch) -> Result<()> {
+        let what = format!("writing to {}", self.lake.name());
+        match self.files(config).await? {
+            Files::Plain(w) => w.write(batch).await.map_err(|e| lake_error(&what, e)),
+            Files::Partitioned(parts) => {
+                let (w, splitter) = parts.as_mut();
+                for (key, part) in splitter.split(&batch).map_err(|e| lake_error(&what, e))? {
+                    w.write(key, part).await.map_err(|e| lake_error(&what, e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes the open data files into `pending`.
+    async fn close_files(&mut self) -> Result<()> {
+        let what = format!("closing data files of {}", self.lake.name());
+        let files = match self.files.take() {
+            None => return Ok(()),
+            Some(Files::Plain(mut w)) => w.close().await,
+            Some(Files::Partitioned(parts)) => parts.0.close().await,
+        };
+        self.pending
+            .extend(files.map_err(|e| lake_error(&what, e))?);
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for IcebergSink {
+    async fn open(&mut self, ctx: &SinkContext) -> Result<SinkState> {
+        self.key = format!("{OFFSETS_KEY}.{}.{}", ctx.pipeline, ctx.sink);
+        let lake = Lake::open(&self.config).await?;
+        let table = lake.load().await?;
+        let (offsets, schema, target) = match &table {
+            Some(t) => {
+                let target = target_of(t)?;
+                (
+                    stored_offsets(t, &self.key)?,
+                    Some(types::reported_schema(&target)),
+                    Some(target),
+                )
+            }
+            None => (None, None, None),
+        };
+        tracing::info!(
+            table = %lake.name(),
+            exists = table.is_some(),
+            resumes = offsets.is_some(),
+            "iceberg table opened"
+        );
+        self.open = Some(Open {
+            lake,
+            table,
+            target,
+            files: None,
+            pending: Vec::new(),
+            committed: offsets.clone(),
+            evolved: None,
+        });
+        Ok(SinkState {
+            offsets: Some(offsets.unwrap_or_default()),
+            schema,
+        })
+    }
+
+    async fn write(&mut self, batch: &Batch) -> Result<()> {
+        if batch.records.num_rows() == 0 {
+            return Ok(());
+        }
+        let config = self.config.clone();
+        let open = self.state()?;
+        if open.table.is_none() {
+            let schema: Schema = batch.records.schema().as_ref().clone();
+            let table = open.lake.create(&schema, &config).await?;
+            tracing::info!(table = %open.lake.name(), "iceberg table created");
+            open.target = Some(target_of(&table)?);
+            open.table = Some(table);
+        }
+        let schema = batch.records.schema();
+        if open.evolved.as_ref() != Some(&schema) {
+            // a batch of a schema not seen yet: make the table fit it first (files
+            // still open were written in the table's old schema and are committed
+            // with it, read by field id)
+            if let Some(table) = open.table.as_ref() {
+                if evolve::plan(
+                    table.metadata().current_schema(),
+                    table.metadata().last_column_id(),
+                    &schema,
+                )?
+                .is_some()
+                {
+                    open.close_files().await?;
+                    let table = open.lake.evolve(&schema).await?;
+                    open.target = Some(target_of(&table)?);
+                    open.table = Some(table);
+                }
+            }
+            open.evolved = Some(schema);
+        }
+        let target = open
+            .target
+            .clone()
+            .ok_or_else(|| Error::internal("no table schema"))?;
+        let conformed = types::conform(&batch.records, &target)
+            .map_err(|e| e.context(format!("table {}", open.lake.name())))?;
+        if let Err(e) = open.write(&config, conformed).await {
+            // part of the batch may be in the open files: writing it again would
+            // repeat rows, so they are dropped and the run restarts from its checkpoint
+            open.files = None;
+            open.pending.clear();
+            return Err(Error::new(
+                connector_api::ErrorKind::Aborted,
+                e.message().to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, offsets: &Offsets) -> Result<()> {
+        let key = self.key.clone();
+        let open = self.state()?;
+        if let Err(e) = open.close_files().await {
+            open.pending.clear();
+            return Err(Error::new(
+                connector_api::ErrorKind::Aborted,
+                e.message().to_string(),
+            ));
+        }
+        if open.pending.is_empty() && open.committed.as_ref() == Some(offsets) {
+            return Ok(());
+        }
+        if open.table.is_none() {
+            // nothing was ever written and the table does not exist: nothing to keep
+            return Ok(());
+        }
+        // read the table again: a commit of this sink since the last one known is a
+        // second writer of the same pipeline (or a lost answer to our own commit)
+        let fresh = open.lake.load().await?.ok_or_else(|| {
+            Error::not_found(format!(
+                "table {} was dropped while the sink wrote to it",
+                open.lake.name()
+            ))
+        })?;
+        let stored = stored_offsets(&fresh, &key)?;
+        if stored.as_ref() == Some(offsets) && stored != open.committed {
+            tracing::info!(table = %open.lake.name(), "the last commit had landed; not repeated");
+            open.pending.clear();
+            open.committed = stored;
+            open.table = Some(fresh);
+            return Ok(());
+        }
+        if stored != open.committed {
+            return Err(Error::new(
+                connector_api::ErrorKind::Conflict,
+                format!(
+                    "table {}: another run of this pipeline committed to it (snapshot summary key \"{key}\") \
+                     since this run's last commit; stopping so nothing is written twice",
+                    open.lake.name()
+                ),
+            ));
+        }
+        let files = open.pending.clone();
+        let count = files.len();
+        let started = std::time::Instant::now();
+        let table = open.lake.commit(&fresh, files, &key, offsets).await?;
+        tracing::debug!(
+            table = %open.lake.name(),
+            files = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "iceberg commit"
+        );
+        open.pending.clear();
+        open.committed = Some(offsets.clone());
+        open.table = Some(table);
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        // open files are dropped unreferenced; nothing else to release
+        self.open = None;
+        Ok(())
+    }
+}

@@ -1,0 +1,417 @@
+//! Where iceberg reads and writes files: local paths (`file://` or absolute), made
+//! durable with fsync, and `s3://` objects through our `aws-sdk-s3` client (the `s3`
+//! connector's, so credentials and endpoints work the same), uploaded in parts.
+
+use std::fmt;
+use std::io::Write;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use iceberg::io::{
+    FileMetadata, FileRead, FileWrite, InputFile, LocalFsStorage, OutputFile, Storage,
+    StorageConfig, StorageFactory,
+};
+use iceberg::{Error, ErrorKind, Result};
+use serde::{Deserialize, Serialize};
+
+/// Size of a part of a multipart upload (S3's minimum is 5 MiB).
+const PART: usize = 8 * 1024 * 1024;
+
+/// Builds [`Files`]; the S3 client, when there is one, is made before (it is async).
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct FilesFactory {
+    #[serde(skip)]
+    s3: Option<Client>,
+}
+
+impl fmt::Debug for FilesFactory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FilesFactory")
+            .field("s3", &self.s3.is_some())
+            .finish()
+    }
+}
+
+impl FilesFactory {
+    /// Local files, and S3 objects through `s3` when given.
+    pub fn new(s3: Option<Client>) -> Self {
+        FilesFactory { s3 }
+    }
+}
+
+#[typetag::serde]
+impl StorageFactory for FilesFactory {
+    fn build(&self, _config: &StorageConfig) -> Result<Arc<dyn Storage>> {
+        Ok(Arc::new(Files {
+            s3: self.s3.clone(),
+        }))
+    }
+}
+
+/// Local files and S3 objects, by the path's scheme.
+#[derive(Clone, Default, Serialize, Deserialize)]
+pub struct Files {
+    #[serde(skip)]
+    s3: Option<Client>,
+}
+
+impl fmt::Debug for Files {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Files")
+            .field("s3", &self.s3.is_some())
+            .finish()
+    }
+}
+
+/// An `s3://bucket/key` path split, or `None` for a local path.
+fn object(path: &str) -> Option<(&str, &str)> {
+    let rest = path
+        .strip_prefix("s3://")
+        .or_else(|| path.strip_prefix("s3a://"))?;
+    Some(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+fn failed(what: String, err: connector_api::Error) -> Error {
+    let retry = err.is_retryable();
+    Error::new(ErrorKind::Unexpected, format!("{what}: {}", err.message())).with_retryable(retry)
+}
+
+impl Files {
+    fn client(&self, path: &str) -> Result<&Client> {
+        self.s3.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::FeatureUnsupported,
+                format!("{path}: an s3:// location needs the sink's s3 options"),
+            )
+        })
+    }
+
+    /// HEAD of an object: its size, or `None` when there is none.
+    async fn head(&self, path: &str) -> Result<Option<u64>> {
+        let (bucket, key) = object(path).unwrap_or_default();
+        match self
+            .client(path)?
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(out.content_length().unwrap_or(0).max(0) as u64)),
+            Err(e) if sluice_s3::is_not_found(&e) => Ok(None),
+            Err(e) => Err(failed(
+                format!("head of {path}"),
+                sluice_s3::s3_error(e, path),
+            )),
+        }
+    }
+
+    async fn get(&self, path: &str, range: Option<Range<u64>>) -> Result<Bytes> {
+        let (bucket, key) = object(path).unwrap_or_default();
+        let mut req = self.client(path)?.get_object().bucket(bucket).key(key);
+        if let Some(r) = &range {
+            if r.is_empty() {
+                return Ok(Bytes::new());
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| failed(format!("read of {path}"), sluice_s3::s3_error(e, path)))?;
+        let body = out.body.collect().await.map_err(|e| {
+            Error::new(ErrorKind::Unexpected, format!("read of {path}: {e}")).with_retryable(true)
+        })?;
+        Ok(body.into_bytes())
+    }
+}
+
+fn local_error(what: &str, path: &str, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Unexpected, format!("{what} {path}: {e}"))
+}
+
+/// Writes a local file whole and fsyncs it (the metadata file a commit names must be
+/// on disk before the catalog points at it).
+fn write_local(path: &str, bs: &[u8]) -> Result<()> {
+    let p = std::path::PathBuf::from(
+        path.strip_prefix("file://")
+            .or_else(|| path.strip_prefix("file:"))
+            .unwrap_or(path),
+    );
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| local_error("creating the directory of", path, e))?;
+    }
+    let mut f = std::fs::File::create(&p).map_err(|e| local_error("creating", path, e))?;
+    f.write_all(bs)
+        .map_err(|e| local_error("writing", path, e))?;
+    f.sync_all().map_err(|e| local_error("syncing", path, e))
+}
+
+#[async_trait]
+#[typetag::serde]
+impl Storage for Files {
+    async fn exists(&self, path: &str) -> Result<bool> {
+        match object(path) {
+            Some(_) => Ok(self.head(path).await?.is_some()),
+            None => LocalFsStorage::new().exists(path).await,
+        }
+    }
+
+    async fn metadata(&self, path: &str) -> Result<FileMetadata> {
+        match object(path) {
+            Some(_) => match self.head(path).await? {
+                Some(size) => Ok(FileMetadata { size }),
+                None => Err(Error::new(
+                    ErrorKind::DataInvalid,
+                    format!("{path}: no such object"),
+                )),
+            },
+            None => LocalFsStorage::new().metadata(path).await,
+        }
+    }
+
+    async fn read(&self, path: &str) -> Result<Bytes> {
+        match object(path) {
+            Some(_) => self.get(path, None).await,
+            None => LocalFsStorage::new().read(path).await,
+        }
+    }
+
+    async fn reader(&self, path: &str) -> Result<Box<dyn FileRead>> {
+        match object(path) {
+            Some(_) => Ok(Box::new(ObjectRead {
+                files: self.clone(),
+                path: path.to_string(),
+            })),
+            None => LocalFsStorage::new().reader(path).await,
+        }
+    }
+
+    async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
+        match object(path) {
+            Some((bucket, key)) => {
+                self.client(path)?
+                    .put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(ByteStream::from(bs))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        failed(format!("upload of {path}"), sluice_s3::s3_error(e, path))
+                    })?;
+                Ok(())
+            }
+            None => write_local(path, &bs),
+        }
+    }
+
+    async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
+        match object(path) {
+            Some((bucket, key)) => Ok(Box::new(ObjectWrite {
+                client: self.client(path)?.clone(),
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                path: path.to_string(),
+                buf: Vec::new(),
+                upload: None,
+                parts: Vec::new(),
+                closed: false,
+            })),
+            None => LocalFsStorage::new().writer(path).await,
+        }
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
+        match object(path) {
+            Some((bucket, key)) => {
+                self.client(path)?
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        failed(format!("delete of {path}"), sluice_s3::s3_error(e, path))
+                    })?;
+                Ok(())
+            }
+            None => LocalFsStorage::new().delete(path).await,
+        }
+    }
+
+    async fn delete_prefix(&self, path: &str) -> Result<()> {
+        let Some((bucket, prefix)) = object(path) else {
+            return LocalFsStorage::new().delete_prefix(path).await;
+        };
+        let client = self.client(path)?;
+        let prefix = format!("{}/", prefix.trim_end_matches('/'));
+        let mut token = None;
+        loop {
+            let out = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| failed(format!("listing of {path}"), sluice_s3::s3_error(e, path)))?;
+            for o in out.contents() {
+                if let Some(key) = o.key() {
+                    self.delete(&format!("s3://{bucket}/{key}")).await?;
+                }
+            }
+            token = out.next_continuation_token().map(str::to_string);
+            if token.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn new_input(&self, path: &str) -> Result<InputFile> {
+        Ok(InputFile::new(Arc::new(self.clone()), path.to_string()))
+    }
+
+    fn new_output(&self, path: &str) -> Result<OutputFile> {
+        Ok(OutputFile::new(Arc::new(self.clone()), path.to_string()))
+    }
+}
+
+/// Ranged reads of an object.
+struct ObjectRead {
+    files: Files,
+    path: String,
+}
+
+#[async_trait]
+impl FileRead for ObjectRead {
+    async fn read(&self, range: Range<u64>) -> Result<Bytes> {
+        self.files.get(&self.path, Some(range)).await
+    }
+}
+
+/// An object written in parts: one PUT when it stays under a part, else a multipart
+/// upload completed by `close` (nothing is visible before).
+struct ObjectWrite {
+    client: Client,
+    bucket: String,
+    key: String,
+    path: String,
+    buf: Vec<u8>,
+    upload: Option<String>,
+    parts: Vec<CompletedPart>,
+    closed: bool,
+}
+
+impl ObjectWrite {
+    fn error(&self, what: &str, err: connector_api::Error) -> Error {
+        failed(format!("{what} of {}", self.path), err)
+    }
+
+    async fn upload_part(&mut self, body: Vec<u8>) -> Result<()> {
+        let id = match &self.upload {
+            Some(id) => id.clone(),
+            None => {
+                let out = self
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .send()
+                    .await
+                    .map_err(|e| self.error("upload", sluice_s3::s3_error(e, &self.path)))?;
+                let id = out.upload_id().unwrap_or_default().to_string();
+                self.upload = Some(id.clone());
+                id
+            }
+        };
+        let number = self.parts.len() as i32 + 1;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(&id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| self.error("upload of a part", sluice_s3::s3_error(e, &self.path)))?;
+        self.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build(),
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FileWrite for ObjectWrite {
+    async fn write(&mut self, bs: Bytes) -> Result<()> {
+        if self.closed {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                format!("{}: written after close", self.path),
+            ));
+        }
+        self.buf.extend_from_slice(&bs);
+        while self.buf.len() >= PART {
+            let rest = self.buf.split_off(PART);
+            let part = std::mem::replace(&mut self.buf, rest);
+            self.upload_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                format!("{}: closed twice", self.path),
+            ));
+        }
+        self.closed = true;
+        let buf = std::mem::take(&mut self.buf);
+        let Some(id) = self.upload.clone() else {
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .body(ByteStream::from(buf))
+                .send()
+                .await
+                .map_err(|e| self.error("upload", sluice_s3::s3_error(e, &self.path)))?;
+            return Ok(());
+        };
+        if !buf.is_empty() {
+            self.upload_part(buf).await?;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&self.key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(std::mem::take(&mut self.parts)))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                self.error(
+                    "completion of the upload",
+                    sluice_s3::s3_error(e, &self.path),
+                )
+            })?;
+        Ok(())
+    }
+}
