@@ -6,16 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_schema::Schema as ArrowSchema;
-use connector_api::{Error, ErrorKind, Offsets, Result};
-use iceberg::spec::{DataFile, PartitionSpec};
+use connector_api::{Error, ErrorKind, Result};
+use iceberg::spec::PartitionSpec;
 use iceberg::table::Table;
-use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{
     Catalog, CatalogBuilder, MetadataLocation, NamespaceIdent, TableCreation, TableIdent,
 };
 use iceberg_catalog_sql::{SqlBindStyle, SqlCatalog, SqlCatalogBuilder};
 
 use crate::config::IcebergSinkConfig;
+use crate::error::lake_error;
 use crate::evolve;
 use crate::storage::FilesFactory;
 use crate::types;
@@ -24,19 +24,10 @@ use crate::types;
 /// names follow (`sluice.offsets.orders.sink`).
 pub const OFFSETS_KEY: &str = "sluice.offsets";
 
-/// An iceberg call's failure as a connector error naming `what`.
-pub fn lake_error(what: &str, e: iceberg::Error) -> Error {
-    use iceberg::ErrorKind as K;
-    let kind = match e.kind() {
-        _ if e.retryable() => ErrorKind::Transient,
-        K::CatalogCommitConflicts => ErrorKind::Transient,
-        K::DataInvalid => ErrorKind::Data,
-        K::FeatureUnsupported => ErrorKind::Unsupported,
-        K::NamespaceNotFound | K::TableNotFound => ErrorKind::NotFound,
-        _ => ErrorKind::Storage,
-    };
-    Error::new(kind, format!("{what}: {e}"))
-}
+/// Table property holding the Arrow schema of the batches the table was made for, so
+/// that a later run reports the types its batches have (`uint64`, not the stored
+/// `decimal(20, 0)`) while the table still has the types they are stored as.
+pub const SCHEMA_PROPERTY: &str = "sluice.arrow-schema";
 
 /// The catalog and the table's name in it.
 pub struct Lake {
@@ -139,6 +130,11 @@ impl Lake {
         })
     }
 
+    /// The catalog.
+    pub fn catalog(&self) -> &dyn Catalog {
+        &self.catalog
+    }
+
     /// The table's name, `namespace.table`.
     pub fn name(&self) -> String {
         format!("{}.{}", self.ident.namespace().join("."), self.ident.name())
@@ -165,6 +161,7 @@ impl Lake {
     /// Creates the table for batches of `schema`, partitioned by `config.partition_by`.
     pub async fn create(&self, schema: &ArrowSchema, config: &IcebergSinkConfig) -> Result<Table> {
         let what = format!("table {}", self.name());
+        let batch = schema;
         let stored = types::stored_schema(schema)?;
         let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&stored)
             .map_err(|e| Error::schema(format!("{what}: {e}")))?;
@@ -210,6 +207,7 @@ impl Lake {
                     "write.parquet.compression-codec".to_string(),
                     "zstd".to_string(),
                 ),
+                (SCHEMA_PROPERTY.to_string(), types::schema_property(batch)?),
             ])
             .build();
         match self
@@ -224,31 +222,6 @@ impl Lake {
                 None => Err(lake_error(&what, e)),
             },
         }
-    }
-
-    /// Appends `files` with `offsets` under `key` in the snapshot summary, in one
-    /// commit on top of `table` (iceberg retries it on top of a concurrent writer's).
-    pub async fn commit(
-        &self,
-        table: &Table,
-        files: Vec<DataFile>,
-        key: &str,
-        offsets: &Offsets,
-    ) -> Result<Table> {
-        let what = format!("commit to {}", self.name());
-        let value =
-            serde_json::to_string(offsets).map_err(|e| Error::internal(format!("{what}: {e}")))?;
-        let tx = Transaction::new(table);
-        let tx = tx
-            .fast_append()
-            .with_check_duplicate(false)
-            .add_data_files(files)
-            .set_snapshot_properties(HashMap::from([(key.to_string(), value)]))
-            .apply(tx)
-            .map_err(|e| lake_error(&what, e))?;
-        tx.commit(&self.catalog)
-            .await
-            .map_err(|e| lake_error(&what, e))
     }
 }
 
@@ -266,7 +239,11 @@ impl Lake {
             .await
             .map_err(failed)?;
         let result = async {
-            for _ in 0..10 {
+            for attempt in 0..10u32 {
+                if attempt > 0 {
+                    // another writer committed in between: plan again on its metadata
+                    tokio::time::sleep(std::time::Duration::from_millis(50 << attempt.min(6))).await;
+                }
                 let table = self.load().await?.ok_or_else(|| Error::not_found(format!("{what}: the table is gone")))?;
                 let md = table.metadata();
                 let Some(schema) = evolve::plan(md.current_schema(), md.last_column_id(), batch)? else {
@@ -278,10 +255,13 @@ impl Lake {
                     .map_err(|e| lake_error(&what, e))?
                     .with_next_version()
                     .to_string();
+                let property =
+                    HashMap::from([(SCHEMA_PROPERTY.to_string(), types::schema_property(batch)?)]);
                 let evolved = md
                     .clone()
                     .into_builder(Some(current.clone()))
                     .add_current_schema(schema)
+                    .and_then(|b| b.set_properties(property))
                     .and_then(|b| b.build())
                     .map_err(|e| lake_error(&what, e))?
                     .metadata;
@@ -291,7 +271,8 @@ impl Lake {
                     .map_err(|e| lake_error(&what, e))?;
                 let swapped = sqlx::query(
                     "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
-                     WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6",
+                     WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 AND metadata_location = $6 \
+                     AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)",
                 )
                 .bind(&next)
                 .bind(&current)
@@ -313,27 +294,6 @@ impl Lake {
         pool.close().await;
         result
     }
-}
-
-/// The offsets under `key` in the latest snapshot of the table's main branch that has
-/// them: `None` when none has.
-pub fn stored_offsets(table: &Table, key: &str) -> Result<Option<Offsets>> {
-    let md = table.metadata();
-    let mut at = md.current_snapshot().cloned();
-    while let Some(snapshot) = at {
-        if let Some(value) = snapshot.summary().additional_properties.get(key) {
-            return serde_json::from_str(value).map(Some).map_err(|e| {
-                Error::internal(format!(
-                    "snapshot {} holds unreadable offsets under \"{key}\": {e}",
-                    snapshot.snapshot_id()
-                ))
-            });
-        }
-        at = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| md.snapshot_by_id(id).cloned());
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -20,8 +20,10 @@ pub fn plan(current: &Schema, last_column_id: i32, batch: &ArrowSchema) -> Resul
     let mut changed = false;
     for field in current.as_struct().fields() {
         let wanted = match batch.field_with_name(&field.name) {
-            Ok(b) => iceberg_type(b.name(), b.data_type())?,
-            Err(_) => None,
+            Ok(b) if b.data_type() != &arrow_schema::DataType::Null => {
+                iceberg_type(b.name(), b.data_type())?
+            }
+            _ => None,
         };
         match (&*field.field_type, wanted) {
             (Type::Primitive(have), Some(Type::Primitive(want))) if have != &want => {
@@ -48,6 +50,7 @@ pub fn plan(current: &Schema, last_column_id: i32, batch: &ArrowSchema) -> Resul
     for b in batch.fields() {
         if current.field_by_name(b.name()).is_some()
             || connector_api::columns::is_reserved(b.name())
+            || b.data_type() == &arrow_schema::DataType::Null
         {
             continue;
         }

@@ -12,7 +12,8 @@
 //!   from the latest snapshot that has them, so a restart resumes exactly where the
 //!   committed data ends: exactly-once. See [`IcebergSink`].
 //! - A concurrent commit by another writer is retried on top of it (iceberg's own
-//!   retry); a commit by another run of the same pipeline stops the flush.
+//!   retry); a commit by another run of the same pipeline stops the flush, checked
+//!   atomically with the catalog's swap of the metadata location.
 //!
 //! Under `drift = "evolve"` new columns are added to the table (optional) and columns
 //! widened as Iceberg allows (int -> long, float -> double, decimal precision).
@@ -21,7 +22,9 @@
 //! writes no delete files (merge-on-read deletes are not supported yet).
 
 mod catalog;
+mod commit;
 mod config;
+mod error;
 mod evolve;
 mod sink;
 mod storage;

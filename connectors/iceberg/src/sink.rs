@@ -2,12 +2,11 @@
 //! snapshot whose summary holds the pipeline's offsets.
 //!
 //! Exactly-once: `open` reads the offsets back from the latest snapshot that has them
-//! (the runtime resumes from there), and every commit first reads the table again: if
-//! a snapshot with this sink's key was committed since the last one this sink knows (a
-//! killed run's commit that landed late, or a second run of the pipeline), the flush
-//! stops with a conflict instead of committing the data twice; a restart reads the
-//! newer offsets. A commit whose answer was lost is recognised the same way: the
-//! table already holds the offsets being flushed, so it is not repeated. Data files
+//! (the runtime resumes from there), and every commit checks, atomically with the
+//! catalog's swap, that the table still holds this run's last offsets ([`commit`]):
+//! a commit under the same key by another run (a second run of the pipeline, a killed
+//! run's commit landing late) stops the flush instead of committing the data twice,
+//! and an earlier attempt of the same flush that landed is not repeated. Data files
 //! written but never committed (a crash before the commit) are left unreferenced.
 
 use std::sync::Arc;
@@ -30,8 +29,10 @@ use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
-use crate::catalog::{lake_error, stored_offsets, Lake, OFFSETS_KEY};
+use crate::catalog::{Lake, OFFSETS_KEY, SCHEMA_PROPERTY};
+use crate::commit::{commit, stored_offsets, Stored};
 use crate::config::IcebergSinkConfig;
+use crate::error::{aborted, lake_error};
 use crate::{evolve, types};
 
 type Builder =
@@ -192,21 +193,34 @@ impl Sink for IcebergSink {
         self.key = format!("{OFFSETS_KEY}.{}.{}", ctx.pipeline, ctx.sink);
         let lake = Lake::open(&self.config).await?;
         let table = lake.load().await?;
-        let (offsets, schema, target) = match &table {
+        let (stored, schema, target) = match &table {
             Some(t) => {
                 let target = target_of(t)?;
+                let property = t.metadata().properties().get(SCHEMA_PROPERTY);
                 (
                     stored_offsets(t, &self.key)?,
-                    Some(types::reported_schema(&target)),
+                    Some(types::schema_to_report(&target, property)),
                     Some(target),
                 )
             }
-            None => (None, None, None),
+            None => (Stored::Nothing, None, None),
+        };
+        let offsets = match &stored {
+            Stored::Offsets(o) => Some(o.clone()),
+            Stored::Nothing => Some(Offsets::new()),
+            Stored::Unknown => {
+                tracing::warn!(
+                    table = %lake.name(),
+                    key = %self.key,
+                    "the snapshots of this sink's commits are expired: resuming from the checkpoint store"
+                );
+                None
+            }
         };
         tracing::info!(
             table = %lake.name(),
             exists = table.is_some(),
-            resumes = offsets.is_some(),
+            resumes = stored.offsets().is_some(),
             "iceberg table opened"
         );
         self.open = Some(Open {
@@ -215,13 +229,10 @@ impl Sink for IcebergSink {
             target,
             files: None,
             pending: Vec::new(),
-            committed: offsets.clone(),
+            committed: stored.offsets().cloned(),
             evolved: None,
         });
-        Ok(SinkState {
-            offsets: Some(offsets.unwrap_or_default()),
-            schema,
-        })
+        Ok(SinkState { offsets, schema })
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<()> {
@@ -250,7 +261,10 @@ impl Sink for IcebergSink {
                 )?
                 .is_some()
                 {
-                    open.close_files().await?;
+                    if let Err(e) = open.close_files().await {
+                        open.pending.clear();
+                        return Err(aborted(e));
+                    }
                     let table = open.lake.evolve(&schema).await?;
                     open.target = Some(target_of(&table)?);
                     open.table = Some(table);
@@ -269,10 +283,7 @@ impl Sink for IcebergSink {
             // repeat rows, so they are dropped and the run restarts from its checkpoint
             open.files = None;
             open.pending.clear();
-            return Err(Error::new(
-                connector_api::ErrorKind::Aborted,
-                e.message().to_string(),
-            ));
+            return Err(aborted(e));
         }
         Ok(())
     }
@@ -282,48 +293,26 @@ impl Sink for IcebergSink {
         let open = self.state()?;
         if let Err(e) = open.close_files().await {
             open.pending.clear();
-            return Err(Error::new(
-                connector_api::ErrorKind::Aborted,
-                e.message().to_string(),
-            ));
+            return Err(aborted(e));
         }
         if open.pending.is_empty() && open.committed.as_ref() == Some(offsets) {
             return Ok(());
         }
-        if open.table.is_none() {
+        let Some(base) = open.table.as_ref() else {
             // nothing was ever written and the table does not exist: nothing to keep
             return Ok(());
-        }
-        // read the table again: a commit of this sink since the last one known is a
-        // second writer of the same pipeline (or a lost answer to our own commit)
-        let fresh = open.lake.load().await?.ok_or_else(|| {
-            Error::not_found(format!(
-                "table {} was dropped while the sink wrote to it",
-                open.lake.name()
-            ))
-        })?;
-        let stored = stored_offsets(&fresh, &key)?;
-        if stored.as_ref() == Some(offsets) && stored != open.committed {
-            tracing::info!(table = %open.lake.name(), "the last commit had landed; not repeated");
-            open.pending.clear();
-            open.committed = stored;
-            open.table = Some(fresh);
-            return Ok(());
-        }
-        if stored != open.committed {
-            return Err(Error::new(
-                connector_api::ErrorKind::Conflict,
-                format!(
-                    "table {}: another run of this pipeline committed to it (snapshot summary key \"{key}\") \
-                     since this run's last commit; stopping so nothing is written twice",
-                    open.lake.name()
-                ),
-            ));
-        }
-        let files = open.pending.clone();
-        let count = files.len();
+        };
+        let count = open.pending.len();
         let started = std::time::Instant::now();
-        let table = open.lake.commit(&fresh, files, &key, offsets).await?;
+        let table = commit(
+            &open.lake,
+            base,
+            open.pending.clone(),
+            &key,
+            open.committed.as_ref(),
+            offsets,
+        )
+        .await?;
         tracing::debug!(
             table = %open.lake.name(),
             files = count,
@@ -340,5 +329,71 @@ impl Sink for IcebergSink {
         // open files are dropped unreferenced; nothing else to release
         self.open = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Iceberg;
+    use connector_api::testkit::{id_batches, sink_contract};
+
+    fn config(dir: &std::path::Path) -> serde_json::Value {
+        serde_json::json!({
+            "catalog": {"type": "sql", "url": format!("sqlite://{}/catalog.db", dir.display())},
+            "warehouse": dir.join("wh").display().to_string(),
+            "namespace": "test",
+            "table": "t",
+        })
+    }
+
+    #[tokio::test]
+    async fn passes_the_sink_contract_with_offsets_stored_in_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = sink_contract(&Iceberg, config(dir.path()), id_batches(9, 4)).await;
+        assert!(
+            state.offsets.is_some(),
+            "the iceberg sink stores offsets with the data"
+        );
+        assert_eq!(state.schema.unwrap().field(0).name(), "id");
+    }
+
+    #[tokio::test]
+    async fn a_second_run_committing_under_the_same_key_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: IcebergSinkConfig = serde_json::from_value(config(dir.path())).unwrap();
+        let ctx = SinkContext::for_pipeline("twice");
+        let batches = id_batches(4, 2);
+        let mut first = IcebergSink::new(cfg.clone());
+        first.open(&ctx).await.unwrap();
+        let mut offsets = Offsets::new();
+        offsets.set("s", serde_json::json!(1));
+        first
+            .write(&Batch::new(batches[0].clone(), offsets.clone()))
+            .await
+            .unwrap();
+        first.flush(&offsets).await.unwrap();
+        // a second run opens while the first goes on committing
+        let mut second = IcebergSink::new(cfg.clone());
+        second.open(&ctx).await.unwrap();
+        offsets.set("s", serde_json::json!(2));
+        first
+            .write(&Batch::new(batches[1].clone(), offsets.clone()))
+            .await
+            .unwrap();
+        first.flush(&offsets).await.unwrap();
+        // the same offsets would be the same data, already there: taken as landed
+        let mut theirs = Offsets::new();
+        theirs.set("s", serde_json::json!(3));
+        second
+            .write(&Batch::new(batches[1].clone(), theirs.clone()))
+            .await
+            .unwrap();
+        let e = second.flush(&theirs).await.unwrap_err();
+        assert_eq!(e.kind(), connector_api::ErrorKind::Conflict, "{e}");
+        assert!(e.message().contains("another run of this pipeline"), "{e}");
+        let mut again = IcebergSink::new(cfg);
+        let state = again.open(&ctx).await.unwrap();
+        assert_eq!(state.offsets, Some(offsets));
     }
 }

@@ -1,5 +1,5 @@
 //! Where iceberg reads and writes files: local paths (`file://` or absolute), made
-//! durable with fsync, and `s3://` objects through our `aws-sdk-s3` client (the `s3`
+//! durable with fsync of the file and its directory, and `s3://` objects through our `aws-sdk-s3` client (the `s3`
 //! connector's, so credentials and endpoints work the same), uploaded in parts.
 
 use std::fmt;
@@ -124,10 +124,29 @@ impl Files {
             .send()
             .await
             .map_err(|e| failed(format!("read of {path}"), sluice_s3::s3_error(e, path)))?;
-        let body = out.body.collect().await.map_err(|e| {
-            Error::new(ErrorKind::Unexpected, format!("read of {path}: {e}")).with_retryable(true)
-        })?;
-        Ok(body.into_bytes())
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Unexpected, format!("read of {path}: {e}"))
+                    .with_retryable(true)
+            })?
+            .into_bytes();
+        if let Some(r) = range {
+            if body.len() as u64 != r.end - r.start {
+                return Err(Error::new(
+                    ErrorKind::DataInvalid,
+                    format!(
+                        "read of {path}: bytes {}..{} gave {} bytes (the object is shorter)",
+                        r.start,
+                        r.end,
+                        body.len()
+                    ),
+                ));
+            }
+        }
+        Ok(body)
     }
 }
 
@@ -135,22 +154,66 @@ fn local_error(what: &str, path: &str, e: std::io::Error) -> Error {
     Error::new(ErrorKind::Unexpected, format!("{what} {path}: {e}"))
 }
 
-/// Writes a local file whole and fsyncs it (the metadata file a commit names must be
-/// on disk before the catalog points at it).
-fn write_local(path: &str, bs: &[u8]) -> Result<()> {
-    let p = std::path::PathBuf::from(
-        path.strip_prefix("file://")
-            .or_else(|| path.strip_prefix("file:"))
-            .unwrap_or(path),
-    );
+/// The local path of a `file:` location.
+fn local_path(path: &str) -> std::path::PathBuf {
+    let p = path
+        .strip_prefix("file://")
+        .or_else(|| path.strip_prefix("file:"))
+        .unwrap_or(path);
+    std::path::PathBuf::from(p)
+}
+
+/// Creates a local file, and the directories above it.
+fn create_local(path: &str) -> Result<std::fs::File> {
+    let p = local_path(path);
     if let Some(parent) = p.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| local_error("creating the directory of", path, e))?;
     }
-    let mut f = std::fs::File::create(&p).map_err(|e| local_error("creating", path, e))?;
-    f.write_all(bs)
-        .map_err(|e| local_error("writing", path, e))?;
-    f.sync_all().map_err(|e| local_error("syncing", path, e))
+    std::fs::File::create(&p).map_err(|e| local_error("creating", path, e))
+}
+
+/// Makes a written local file durable: its bytes, and its name in the directory (a
+/// metadata file a commit names must be on disk before the catalog points at it).
+fn sync_local(path: &str, file: &std::fs::File) -> Result<()> {
+    file.sync_all()
+        .map_err(|e| local_error("syncing", path, e))?;
+    if let Some(parent) = local_path(path).parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| local_error("syncing the directory of", path, e))?;
+    }
+    Ok(())
+}
+
+/// A local file being written, made durable by `close`.
+struct LocalWrite {
+    file: Option<std::fs::File>,
+    path: String,
+}
+
+#[async_trait]
+impl FileWrite for LocalWrite {
+    async fn write(&mut self, bs: Bytes) -> Result<()> {
+        let file = self.file.as_mut().ok_or_else(|| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("{}: written after close", self.path),
+            )
+        })?;
+        file.write_all(&bs)
+            .map_err(|e| local_error("writing", &self.path, e))
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        let file = self.file.take().ok_or_else(|| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("{}: closed twice", self.path),
+            )
+        })?;
+        sync_local(&self.path, &file)
+    }
 }
 
 #[async_trait]
@@ -208,7 +271,12 @@ impl Storage for Files {
                     })?;
                 Ok(())
             }
-            None => write_local(path, &bs),
+            None => {
+                let mut file = create_local(path)?;
+                file.write_all(&bs)
+                    .map_err(|e| local_error("writing", path, e))?;
+                sync_local(path, &file)
+            }
         }
     }
 
@@ -224,7 +292,10 @@ impl Storage for Files {
                 parts: Vec::new(),
                 closed: false,
             })),
-            None => LocalFsStorage::new().writer(path).await,
+            None => Ok(Box::new(LocalWrite {
+                file: Some(create_local(path)?),
+                path: path.to_string(),
+            })),
         }
     }
 
@@ -366,7 +437,11 @@ impl FileWrite for ObjectWrite {
         while self.buf.len() >= PART {
             let rest = self.buf.split_off(PART);
             let part = std::mem::replace(&mut self.buf, rest);
-            self.upload_part(part).await?;
+            if let Err(e) = self.upload_part(part).await {
+                self.abort().await;
+                self.closed = true;
+                return Err(e);
+            }
         }
         Ok(())
     }
@@ -378,7 +453,18 @@ impl FileWrite for ObjectWrite {
                 format!("{}: closed twice", self.path),
             ));
         }
+        let result = self.finish().await;
+        if result.is_err() {
+            self.abort().await;
+        }
         self.closed = true;
+        result
+    }
+}
+
+impl ObjectWrite {
+    /// Uploads what is left and completes the object.
+    async fn finish(&mut self) -> Result<()> {
         let buf = std::mem::take(&mut self.buf);
         let Some(id) = self.upload.clone() else {
             self.client
@@ -412,6 +498,41 @@ impl FileWrite for ObjectWrite {
                     sluice_s3::s3_error(e, &self.path),
                 )
             })?;
+        self.upload = None;
         Ok(())
+    }
+
+    /// Aborts an unfinished multipart upload, so its parts are not kept (and billed).
+    async fn abort(&mut self) {
+        if let Some(id) = self.upload.take() {
+            if let Err(e) = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .upload_id(id)
+                .send()
+                .await
+            {
+                tracing::warn!(error = %sluice_s3::s3_error(e, &self.path), object = %self.path, "aborting an upload failed");
+            }
+        }
+    }
+}
+
+impl Drop for ObjectWrite {
+    fn drop(&mut self) {
+        // dropped unfinished (a failed write, a run aborted): abort its upload
+        if let (Some(id), Ok(rt)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
+            let req = self
+                .client
+                .abort_multipart_upload()
+                .bucket(self.bucket.clone())
+                .key(self.key.clone())
+                .upload_id(id);
+            rt.spawn(async move {
+                let _ = req.send().await;
+            });
+        }
     }
 }

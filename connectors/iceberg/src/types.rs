@@ -80,14 +80,44 @@ fn stored_field(column: &str, f: &Field) -> Result<Field> {
     ))
 }
 
-/// The schema of a table created for batches of `schema`.
+/// The schema of a table created for batches of `schema`. Columns of Arrow's `Null`
+/// type (inferred from nothing but nulls) are left out: they are added when a batch
+/// gives them a type.
 pub fn stored_schema(schema: &Schema) -> Result<Schema> {
     let fields = schema
         .fields()
         .iter()
+        .filter(|f| f.data_type() != &DataType::Null)
         .map(|f| stored_field(f.name(), f))
         .collect::<Result<Vec<_>>>()?;
     Ok(Schema::new(fields))
+}
+
+/// `schema` as the table property that remembers it (JSON, without metadata).
+pub fn schema_property(schema: &Schema) -> Result<String> {
+    let plain = Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_metadata(Default::default()))
+            .collect::<Vec<_>>(),
+    );
+    serde_json::to_string(&plain)
+        .map_err(|e| Error::internal(format!("the schema does not serialize: {e}")))
+}
+
+/// The schema the sink reports for a table whose Arrow schema is `target`: the
+/// batches' own schema kept in `property` while the table still stores exactly what
+/// it maps to, else the table's types ([`reported_schema`]).
+pub fn schema_to_report(target: &Schema, property: Option<&String>) -> SchemaRef {
+    let table = reported_schema(target);
+    let kept = property
+        .and_then(|p| serde_json::from_str::<Schema>(p).ok())
+        .filter(|kept| stored_schema(kept).is_ok_and(|stored| reported_schema(&stored) == table));
+    match kept {
+        Some(kept) => Arc::new(kept),
+        None => table,
+    }
 }
 
 /// The table's schema as the runtime compares batches with it: the table's Arrow
@@ -144,6 +174,15 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
             columns.push(new_null_array(field.data_type(), rows));
             continue;
         };
+        // a dictionary is compared and cast as its values
+        let column = match column.data_type() {
+            DataType::Dictionary(_, values) => {
+                arrow_cast::cast_with_options(column, values, &exact)
+                    .map_err(|e| Error::data(format!("column \"{name}\": {e}")))?
+            }
+            _ => column.clone(),
+        };
+        let column = &column;
         if !field.is_nullable() && column.null_count() > 0 {
             return Err(Error::data(format!(
                 "column \"{name}\" is required in the table but row {} has no value",
@@ -182,10 +221,11 @@ fn coarser(from: &DataType, to: &DataType) -> bool {
             coarser(f.data_type(), t.data_type())
         }
         (Map(f, _), Map(t, _)) => coarser(f.data_type(), t.data_type()),
-        (Struct(fs), Struct(ts)) => fs
-            .iter()
-            .zip(ts.iter())
-            .any(|(f, t)| coarser(f.data_type(), t.data_type())),
+        (Struct(fs), Struct(ts)) => fs.iter().any(|f| {
+            ts.iter()
+                .find(|t| t.name() == f.name())
+                .is_some_and(|t| coarser(f.data_type(), t.data_type()))
+        }),
         (Dictionary(_, v), t) => coarser(v, t),
         _ => false,
     }
