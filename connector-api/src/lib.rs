@@ -49,6 +49,12 @@
 //!   names the uploads of a flush before they complete; a request the killed run left in
 //!   flight can only complete an upload the next run rolls forward anyway, or write the
 //!   same state, so a late request changes nothing the new run relies on.
+//! - **Iceberg**: every commit goes through a catalog whose table load first checks
+//!   that the table still holds this run's last offsets under the sink's key; the
+//!   append requires the snapshot it was checked on, and the catalog's compare-and-set
+//!   on the metadata location makes check and commit one step. A killed run's commit
+//!   landing late fails the new run's swap, and the next attempt's check stops the
+//!   flush ([`ErrorKind::Conflict`]); the restart reads the newer offsets.
 //! - **Kafka** (`exactly_once`): `init_transactions` bumps the `transactional.id` epoch,
 //!   which makes the coordinator finish or abort the earlier producer's transaction and
 //!   fences that producer from writing again.
