@@ -359,6 +359,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn two_pipelines_appending_to_one_table_keep_both_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg: IcebergSinkConfig = serde_json::from_value(config(dir.path())).unwrap();
+        let batches = id_batches(6, 3);
+        let mut a = IcebergSink::new(cfg.clone());
+        let mut b = IcebergSink::new(cfg.clone());
+        a.open(&SinkContext::for_pipeline("a")).await.unwrap();
+        b.open(&SinkContext::for_pipeline("b")).await.unwrap();
+        let mut offsets = Offsets::new();
+        offsets.set("s", serde_json::json!(1));
+        a.write(&Batch::new(batches[0].clone(), offsets.clone()))
+            .await
+            .unwrap();
+        b.write(&Batch::new(batches[1].clone(), offsets.clone()))
+            .await
+            .unwrap();
+        a.flush(&offsets).await.unwrap();
+        // b's table is one commit behind: iceberg retries it on top of a's
+        b.flush(&offsets).await.unwrap();
+        let lake = Lake::open(&cfg).await.unwrap();
+        let table = lake.load().await.unwrap().unwrap();
+        let rows: u64 = table
+            .metadata()
+            .snapshots()
+            .map(|s| {
+                s.summary().additional_properties["added-records"]
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(rows, 6);
+        for pipeline in ["a", "b"] {
+            let key = format!("{OFFSETS_KEY}.{pipeline}.sink");
+            assert_eq!(
+                stored_offsets(&table, &key).unwrap(),
+                Stored::Offsets(offsets.clone())
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_second_run_committing_under_the_same_key_is_stopped() {
         let dir = tempfile::tempdir().unwrap();
         let cfg: IcebergSinkConfig = serde_json::from_value(config(dir.path())).unwrap();
