@@ -23,33 +23,20 @@ use serde::{Deserialize, Serialize};
 const PART: usize = 8 * 1024 * 1024;
 
 /// Builds [`Files`]; the S3 client, when there is one, is made before (it is async).
-#[derive(Clone, Default, Serialize, Deserialize)]
-pub struct FilesFactory {
-    #[serde(skip)]
-    s3: Option<Client>,
-}
-
-impl fmt::Debug for FilesFactory {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FilesFactory")
-            .field("s3", &self.s3.is_some())
-            .finish()
-    }
-}
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FilesFactory(Files);
 
 impl FilesFactory {
     /// Local files, and S3 objects through `s3` when given.
     pub fn new(s3: Option<Client>) -> Self {
-        FilesFactory { s3 }
+        FilesFactory(Files { s3 })
     }
 }
 
 #[typetag::serde]
 impl StorageFactory for FilesFactory {
     fn build(&self, _config: &StorageConfig) -> Result<Arc<dyn Storage>> {
-        Ok(Arc::new(Files {
-            s3: self.s3.clone(),
-        }))
+        Ok(Arc::new(self.0.clone()))
     }
 }
 
