@@ -1,5 +1,5 @@
 //! The file source follows files by identity: rotation by rename (whether or not the
-//! glob matches the rotated name), copy-and-truncate, and a file rewritten in place
+//! glob matches the rotated name, while it runs or while it is down), copy-and-truncate, and a file rewritten in place
 //! with the same first bytes; every line arrives once.
 
 use std::collections::BTreeMap;
@@ -120,6 +120,74 @@ fn a_line_ended_in_a_rotated_file_after_the_new_file_was_read_arrives_once() {
     assert!(seen.values().all(|&n| n == 1), "{seen:?}");
     assert!(!run.stderr.contains("they are not read"), "{}", run.stderr);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+/// Runs the watch pipeline in `d` until `ids` ids arrived (each once), then stops it
+/// with SIGTERM.
+fn run_until(d: &Path, ids: usize) {
+    let child = spawn(d, &["run", "w.toml"]);
+    let out = d.join("out");
+    let arrived = wait_until(Duration::from_secs(30), || arrivals(&out).len() >= ids);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    let seen = arrivals(&out);
+    assert!(arrived, "{} of {ids} ids: {}", seen.len(), run.stderr);
+    assert_eq!(seen.len(), ids, "{}", run.stderr);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "ids arrived twice: {}",
+        run.stderr
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+}
+
+/// logrotate's `create` while the pipeline is down: lines written to `app.log` after
+/// the last run, the file renamed to a name the glob does not match, more lines
+/// written to it there and a new `app.log`: the next run finds the renamed file by
+/// inode and reads its rest, once, and the new file.
+#[test]
+fn a_file_rotated_while_the_pipeline_was_down_is_read_to_its_end() {
+    let dir = workdir();
+    let d = dir.path();
+    watch_pipeline(d, "logs/*.log");
+    let log = d.join("logs/app.log");
+    append(&log, 0..1000);
+    run_until(d, 1000);
+    append(&log, 1000..1500);
+    std::fs::rename(&log, d.join("logs/app.log.1")).unwrap();
+    append(&d.join("logs/app.log.1"), 1500..2000);
+    append(&log, 2000..3000);
+    run_until(d, 3000);
+}
+
+/// A file followed under a key of its own (renamed away, a new file under its name)
+/// when the pipeline stops: the next run reopens it by inode and reads what its
+/// writer added meanwhile, once.
+#[test]
+fn a_rotated_file_written_to_across_a_restart_is_read_on() {
+    let dir = workdir();
+    let d = dir.path();
+    watch_pipeline(d, "logs/*.log");
+    let log = d.join("logs/app.log");
+    let rotated = d.join("logs/app.log.1");
+    append(&log, 0..1000);
+    let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    writer.write_all(b"{\"id\": 1000").unwrap();
+    let child = spawn(d, &["run", "w.toml"]);
+    let out = d.join("out");
+    let first = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1000);
+    std::fs::rename(&log, &rotated).unwrap();
+    append(&log, 1001..2000);
+    let new_read = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1999);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(30));
+    assert!(first && new_read, "{}", run.stderr);
+    // the writer of the rotated file ends its line and goes on while the pipeline is down
+    writer.write_all(b"}\n").unwrap();
+    append(&rotated, 2000..2500);
+    run_until(d, 2500);
 }
 
 /// Copy-and-truncate: the file is emptied (a warning, once) and written again from

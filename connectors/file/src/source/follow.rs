@@ -12,8 +12,11 @@
 //!   old name (logrotate's `create`), the renamed one goes on under a key of its own
 //!   (the name, a NUL and its inode) with its handle and position, so what its writer
 //!   adds after the new file was read is still read, once. A restart has no handle
-//!   to it: what it gets after the last checkpoint is then read only under a new
-//!   name the glob matches (never twice), and otherwise not.
+//!   to it, nor does a run that finds a file renamed away while the pipeline was
+//!   down: the file is then looked for by inode in its directory and reopened, so
+//!   what was written to it after the last checkpoint is read from there (a file
+//!   moved to another directory or deleted is read on only under a new name the glob
+//!   matches).
 //! - **Truncated** (copy-and-truncate rotation): a file shorter than its position is
 //!   read again from the start.
 //! - **Rewritten in place** (same inode, same first KiB, other content): the bytes
@@ -29,7 +32,7 @@ use std::path::Path;
 use connector_api::{stable_hash, Result};
 
 use super::{Body, Current, FileSource, Input};
-use crate::identity::{inode, links, FileOffset, Identity};
+use crate::identity::{identify, inode, links, FileOffset, Identity};
 
 /// Bytes before a position whose hash is stored with it.
 pub(super) const TAIL_BYTES: usize = 256;
@@ -95,6 +98,10 @@ impl FileSource {
                 // `app.log.1`)
                 let found = self.renamed(split, path, id, size, opaque);
                 if !opaque {
+                    if self.config.watch {
+                        // renamed away while the pipeline was down: no handle kept
+                        self.reopen(split, &old);
+                    }
                     self.detach(split, &old, found.is_none().then_some(&fresh));
                 }
                 if let Some(at) = found {
@@ -184,6 +191,46 @@ impl FileSource {
             self.ready.push_back(b);
         }
         self.known.insert(key, old.clone());
+    }
+
+    /// Watch mode, where a run has no kept handle of a file read under `key` that was
+    /// renamed away (a restart, or a rename while the pipeline was down): the file is
+    /// looked for in its directory by inode (same leading bytes, same bytes before the
+    /// position) and reopened under `key`, so what its writer added after `off` is
+    /// read, once, from there. Not found (deleted, moved to another directory): nothing
+    /// more can be read of it.
+    pub(super) fn reopen(&mut self, key: &str, off: &FileOffset) {
+        if self.handles.contains_key(key) || self.handles.len() >= HANDLES {
+            return;
+        }
+        let name = Path::new(shown(key));
+        let dir = match name.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let same_inode = entry
+                .metadata()
+                .is_ok_and(|m| m.is_file() && inode(&m) == off.id.ino);
+            if !same_inode || path == name {
+                continue;
+            }
+            let Ok(id) = identify(&path) else { continue };
+            if !off.id.same_file(&id, &path) || !tail_matches(&path, off) {
+                continue;
+            }
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            tracing::info!(file = %shown(key), now = %path.display(), position = off.pos, "a file renamed away before this run is read on from its position");
+            self.handles
+                .insert(key.to_string(), (off.id, file, off.pos));
+            return;
+        }
     }
 
     /// Keeps the handle of a file read to its end, to read what is written to it

@@ -281,6 +281,17 @@ impl Source for FileSource {
             self.known.insert(split.clone(), off);
         }
         if self.config.watch {
+            // files renamed away and followed under a key of their own before the
+            // restart: their handles are reopened by inode
+            let detached: Vec<(String, FileOffset)> = self
+                .known
+                .iter()
+                .filter(|(k, _)| k.contains('\0'))
+                .map(|(k, o)| (k.clone(), o.clone()))
+                .collect();
+            for (key, off) in detached {
+                self.reopen(&key, &off);
+            }
             self.start_watching()?;
         } else {
             let files = self.list()?;
