@@ -268,7 +268,8 @@ def install():
     need = [m for m, check in [("pyarrow", "import pyarrow"), ("confluent-kafka", "import confluent_kafka"),
                                ("nats-py", "import nats"), ("redis", "import redis"), ("pika", "import pika"),
                                ("paho-mqtt>=2", "import paho.mqtt.client"),
-                               ("boto3", "import boto3"), ("moto[server]>=5.2.5", moto_ok)]
+                               ("boto3", "import boto3"), ("moto[server]>=5.2.5", moto_ok),
+                               ("pyiceberg[sql-sqlite,pyarrow]", "import pyiceberg.catalog.sql")]
             if subprocess.run([sys.executable, "-c", check], capture_output=True).returncode]
     if need:
         log(f"installing {' '.join(need)}")
@@ -277,12 +278,12 @@ def install():
     if not os.path.exists(py):
         log("creating the peers' virtualenv")
         subprocess.run([sys.executable, "-m", "venv", PEERS], check=True)
-    check = subprocess.run([py, "-c", f"import dlt, sling_linux_amd64, s3fs, sqlalchemy; assert dlt.__version__ == '{DLT_VERSION}'"],
+    check = subprocess.run([py, "-c", f"import dlt, sling_linux_amd64, s3fs, sqlalchemy, pyiceberg; assert dlt.__version__ == '{DLT_VERSION}'"],
                            capture_output=True)
     if check.returncode:
         log(f"installing sling {SLING_VERSION} and dlt {DLT_VERSION}")
         subprocess.run([py, "-m", "pip", "install", "-q", f"sling-linux-amd64=={SLING_VERSION}",
-                        f"dlt[postgres,parquet,s3]=={DLT_VERSION}", "sqlalchemy"], check=True)
+                        f"dlt[postgres,parquet,s3,pyiceberg]=={DLT_VERSION}", "sqlalchemy"], check=True)
     if not shutil.which("kcat"):
         log("installing kcat")
         subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat",
@@ -322,6 +323,17 @@ def count_parquet(pattern):
     def count():
         import pyarrow.parquet as pq
         return sum(pq.ParquetFile(p).metadata.num_rows for p in glob.glob(pattern, recursive=True))
+    return count
+
+
+def count_iceberg(catalog, warehouse, s3_port=None):
+    """Rows of bench.events read back with pyiceberg (every data file the table names)."""
+    def count():
+        from pyiceberg.catalog.sql import SqlCatalog
+        props = {} if s3_port is None else {"s3.endpoint": f"http://127.0.0.1:{s3_port}", "s3.access-key-id": "test",
+                                             "s3.secret-access-key": "test", "s3.region": "us-east-1"}
+        t = SqlCatalog("sluice", uri=f"sqlite:///{catalog}", warehouse=warehouse, **props).load_table("bench.events")
+        return t.scan().to_arrow().num_rows
     return count
 
 
@@ -414,6 +426,10 @@ elif dest == "from-postgres":
                     table=sys.argv[5], backend="pyarrow",
                     query_adapter_callback=lambda query, table: query.order_by(table.c.id).limit(limit)),
           loader_file_format="parquet")
+elif dest == "iceberg":
+    p = dlt.pipeline("bench_dlt_iceberg", destination=dlt.destinations.filesystem(sys.argv[4]),
+                     dataset_name="out", pipelines_dir=sys.argv[3])
+    p.run(events(), loader_file_format="parquet", table_format="iceberg")
 else:
     p = dlt.pipeline("bench_dlt_" + dest, destination=dlt.destinations.filesystem(sys.argv[4]),
                      dataset_name="out", pipelines_dir=sys.argv[3])
@@ -514,6 +530,50 @@ def main():
                       [py, dlt_script, src, "parquet", dlt_dir, f"file://{out}"],
                       count_parquet(f"{out}/out/events/*.parquet"), records=dlt_n, env=dlt_env(),
                       input_bytes=per_json * dlt_n)
+
+    # 1b. JSON lines -> Iceberg (local warehouse and S3), against the Parquet sinks that
+    # write the same files without the table
+    if want("json-to-iceberg") or want("json-to-iceberg-s3"):
+        iceberg = lambda cat, wh, extra="": (
+            f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+            f'[sink]\nconnector = "iceberg"\ncatalog = {{ type = "sql", url = "sqlite://{cat}" }}\n'
+            f'warehouse = "{wh}"\nnamespace = "bench"\ntable = "events"\n{extra}')
+    if want("json-to-iceberg"):
+        w = "json-to-iceberg"
+        out = fresh(os.path.join(WORK, "out-parquet"))
+        s.measure(w, "sluice parquet", "the same data as Parquet zstd files (reference: no table)",
+                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                             f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\nmax_records = 0\nmax_bytes = 0'),
+                  count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
+        out = fresh(os.path.join(WORK, "out-iceberg"))
+        s.measure(w, "sluice", "typed, Iceberg table (SQLite catalog, local warehouse), a commit per 10 s checkpoint, exactly-once",
+                  run_sluice(sluice, w, iceberg(f"{out}/catalog.db", f"{out}/wh")),
+                  count_iceberg(f"{out}/catalog.db", f"{out}/wh"), input_bytes=json_bytes)
+        if peers:
+            out = fresh(os.path.join(WORK, "out-dlt-iceberg"))
+            shutil.rmtree(dlt_dir, ignore_errors=True)
+            s.measure(w, "dlt", "types inferred by dlt, Iceberg through pyiceberg (filesystem destination)",
+                      [py, dlt_script, head(jsonl, dlt_n, n), "iceberg", dlt_dir, f"file://{out}"],
+                      count_parquet(f"{out}/out/events/data/**/*.parquet"), records=dlt_n, env=dlt_env(),
+                      input_bytes=per_json * dlt_n)
+    if want("json-to-iceberg-s3"):
+        w = "json-to-iceberg-s3"
+        moto = start_moto()
+        s3 = boto3_client(moto.port)
+        bucket = f"bench-ice-{os.getpid()}"
+        s3.create_bucket(Bucket=bucket)
+        conn = (f'endpoint = "http://127.0.0.1:{moto.port}"\n'
+                'auth = { access_key_id = "test", secret_access_key = "test" }\n')
+        s.measure(w, "sluice s3 parquet", "the same data as Parquet zstd objects (reference: no table)",
+                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+                             f'[sink]\nconnector = "s3"\nbucket = "{bucket}"\n{conn}'
+                             f'format = "parquet"\nprefix = "plain/"\nmax_records = 0\nmax_bytes = 0'),
+                  lambda: count_objects(s3, bucket, "plain/"), servers=[moto], input_bytes=json_bytes)
+        out = fresh(os.path.join(WORK, "out-iceberg-s3"))
+        s.measure(w, "sluice", "typed, Iceberg table on S3 (SQLite catalog), a commit per 10 s checkpoint, exactly-once",
+                  run_sluice(sluice, w, iceberg(f"{out}/catalog.db", f"s3://{bucket}/wh", "s3 = { " + conn.replace("\n", ", ").rstrip(", ") + " }\n")),
+                  count_iceberg(f"{out}/catalog.db", f"s3://{bucket}/wh", moto.port), servers=[moto], input_bytes=json_bytes)
+        moto.stop()
 
     # 2. CSV and JSON lines -> PostgreSQL, exactly-once
     if want("json-to-postgres") or want("postgres-to-parquet-s3"):
