@@ -26,11 +26,14 @@ use crate::error::lake_error;
 /// What the table holds under a sink's key.
 #[derive(Debug, PartialEq)]
 pub enum Stored {
-    /// The offsets of the latest snapshot of the main branch that has the key.
-    Offsets(Offsets),
+    /// The offsets of the latest snapshot of the main branch that has the key, and
+    /// the token of the flush that committed it (`None` from the table property, read
+    /// when that snapshot is expired).
+    Offsets(Offsets, Option<String>),
     /// No snapshot back to the first has the key.
     Nothing,
-    /// The walk back hit a snapshot that is gone (expired) before finding the key.
+    /// The walk back hit a snapshot that is gone (expired) before finding the key,
+    /// and the table has no property with it.
     Unknown,
 }
 
@@ -38,32 +41,57 @@ impl Stored {
     /// The offsets, if found.
     pub fn offsets(&self) -> Option<&Offsets> {
         match self {
-            Stored::Offsets(o) => Some(o),
+            Stored::Offsets(o, _) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The token of the flush that committed them, if found.
+    fn token(&self) -> Option<&str> {
+        match self {
+            Stored::Offsets(_, t) => t.as_deref(),
             _ => None,
         }
     }
 }
 
-/// The offsets under `key` in the table's main branch.
+/// The summary key of the token of the flush a commit holds, beside the offsets.
+fn token_key(key: &str) -> String {
+    format!("{key}.token")
+}
+
+fn parse(value: &str, key: &str, whence: &str) -> Result<Offsets> {
+    serde_json::from_str(value).map_err(|e| {
+        Error::internal(format!(
+            "{whence} holds unreadable offsets under \"{key}\": {e}"
+        ))
+    })
+}
+
+/// The offsets under `key` in the table's main branch; past expired snapshots, those
+/// the table property of the same key holds (set by the same commits).
 pub fn stored_offsets(table: &Table, key: &str) -> Result<Stored> {
     let md = table.metadata();
     let mut at = md.current_snapshot().cloned();
     while let Some(snapshot) = at {
-        if let Some(value) = snapshot.summary().additional_properties.get(key) {
-            return serde_json::from_str(value)
-                .map(Stored::Offsets)
-                .map_err(|e| {
-                    Error::internal(format!(
-                        "snapshot {} holds unreadable offsets under \"{key}\": {e}",
-                        snapshot.snapshot_id()
-                    ))
-                });
+        let summary = &snapshot.summary().additional_properties;
+        if let Some(value) = summary.get(key) {
+            let whence = format!("snapshot {}", snapshot.snapshot_id());
+            let token = summary.get(&token_key(key)).cloned();
+            return Ok(Stored::Offsets(parse(value, key, &whence)?, token));
         }
         at = match snapshot.parent_snapshot_id() {
             None => None,
             Some(id) => match md.snapshot_by_id(id) {
                 Some(parent) => Some(parent.clone()),
-                None => return Ok(Stored::Unknown),
+                None => {
+                    return Ok(match md.properties().get(key) {
+                        Some(value) => {
+                            Stored::Offsets(parse(value, key, "the table property")?, None)
+                        }
+                        None => Stored::Unknown,
+                    })
+                }
             },
         };
     }
@@ -87,7 +115,8 @@ struct Guarded<'a> {
     /// The offsets of this run's last commit (`None`: it has made none, and the
     /// table held none when it opened).
     committed: Option<&'a Offsets>,
-    flushing: &'a Offsets,
+    /// The token of the flush being committed, the same in every attempt of it.
+    token: &'a str,
     found: Mutex<Option<Found>>,
 }
 
@@ -96,17 +125,21 @@ impl Guarded<'_> {
         let stored = stored_offsets(table, self.key).map_err(|e| {
             iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.message().to_string())
         })?;
-        let found = match stored.offsets() {
-            s if s == self.committed => return Ok(()),
-            Some(s) if s == self.flushing => Found::Landed,
-            _ if stored == Stored::Unknown => Found::Conflict(
-                "the snapshot of this run's last commit is gone (expired?), so the offsets cannot be checked".into(),
-            ),
-            _ => Found::Conflict(format!(
+        let found = if stored.token() == Some(self.token) {
+            Found::Landed
+        } else if stored.offsets() == self.committed {
+            return Ok(());
+        } else if stored == Stored::Unknown {
+            Found::Conflict(
+                "the snapshot of this run's last commit is gone (expired?), so the offsets cannot be checked"
+                    .into(),
+            )
+        } else {
+            Found::Conflict(format!(
                 "another run of this pipeline committed to it (snapshot summary key \"{}\") since this run's last \
                  commit; stopping so nothing is written twice",
                 self.key
-            )),
+            ))
         };
         *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(found);
         Err(
@@ -183,8 +216,11 @@ impl Catalog for Guarded<'_> {
     }
 }
 
-/// Appends `files` to the table with `flushing` under `key` in the snapshot summary,
-/// once: `committed` is what this run's last commit stored. Returns the table after.
+/// Appends `files` to the table with `flushing` under `key` in the snapshot summary
+/// (and in the table property of that key, which outlives expired snapshots), once:
+/// `committed` is what this run's last commit stored, `token` names this flush in
+/// every attempt of it (an attempt that landed is recognised by it, not by its
+/// offsets, which a source may repeat). Returns the table after.
 pub async fn commit(
     lake: &Lake,
     base: &Table,
@@ -192,6 +228,7 @@ pub async fn commit(
     key: &str,
     committed: Option<&Offsets>,
     flushing: &Offsets,
+    token: &str,
 ) -> Result<Table> {
     let what = format!("commit to {}", lake.name());
     let value =
@@ -200,15 +237,24 @@ pub async fn commit(
         inner: lake.catalog(),
         key,
         committed,
-        flushing,
+        token,
         found: Mutex::new(None),
     };
     let tx = Transaction::new(base);
     let tx = tx
+        .update_table_properties()
+        .set(key.to_string(), value.clone())
+        .apply(tx)
+        .map_err(|e| lake_error(&what, e))?;
+    let summary = HashMap::from([
+        (key.to_string(), value),
+        (token_key(key), token.to_string()),
+    ]);
+    let tx = tx
         .fast_append()
         .with_check_duplicate(false)
         .add_data_files(files)
-        .set_snapshot_properties(HashMap::from([(key.to_string(), value)]))
+        .set_snapshot_properties(summary)
         .apply(tx)
         .map_err(|e| lake_error(&what, e))?;
     let result = tx.commit(&guarded).await;
@@ -237,7 +283,7 @@ pub async fn commit(
         .await?
         .ok_or_else(|| Error::not_found(format!("{what}: the table is gone")))?;
     match stored_offsets(&after, key)? {
-        Stored::Offsets(o) if &o == flushing => Ok(after),
+        s if s.token() == Some(token) => Ok(after),
         _ => Err(Error::transient(format!(
             "{what}: the catalog answered but the table does not hold the commit"
         ))),

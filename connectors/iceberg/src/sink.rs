@@ -65,6 +65,9 @@ struct Open {
     committed: Option<Offsets>,
     /// The last batch schema the table was made to fit.
     evolved: Option<SchemaRef>,
+    /// The token of the flush being committed, kept until it lands (a retried flush
+    /// recognises its own earlier attempt by it).
+    token: Option<String>,
 }
 
 /// Writes to one Iceberg table.
@@ -206,7 +209,7 @@ impl Sink for IcebergSink {
             None => (Stored::Nothing, None, None),
         };
         let offsets = match &stored {
-            Stored::Offsets(o) => Some(o.clone()),
+            Stored::Offsets(o, _) => Some(o.clone()),
             Stored::Nothing => Some(Offsets::new()),
             Stored::Unknown => {
                 tracing::warn!(
@@ -231,6 +234,7 @@ impl Sink for IcebergSink {
             pending: Vec::new(),
             committed: stored.offsets().cloned(),
             evolved: None,
+            token: None,
         });
         Ok(SinkState { offsets, schema })
     }
@@ -304,6 +308,10 @@ impl Sink for IcebergSink {
         };
         let count = open.pending.len();
         let started = std::time::Instant::now();
+        let token = open
+            .token
+            .get_or_insert_with(|| format!("{:016x}", rand::random::<u64>()))
+            .clone();
         let table = commit(
             &open.lake,
             base,
@@ -311,6 +319,7 @@ impl Sink for IcebergSink {
             &key,
             open.committed.as_ref(),
             offsets,
+            &token,
         )
         .await?;
         tracing::debug!(
@@ -320,6 +329,7 @@ impl Sink for IcebergSink {
             "iceberg commit"
         );
         open.pending.clear();
+        open.token = None;
         open.committed = Some(offsets.clone());
         open.table = Some(table);
         Ok(())
@@ -393,8 +403,8 @@ mod tests {
         for pipeline in ["a", "b"] {
             let key = format!("{OFFSETS_KEY}.{pipeline}.sink");
             assert_eq!(
-                stored_offsets(&table, &key).unwrap(),
-                Stored::Offsets(offsets.clone())
+                stored_offsets(&table, &key).unwrap().offsets(),
+                Some(&offsets)
             );
         }
     }
@@ -423,9 +433,10 @@ mod tests {
             .await
             .unwrap();
         first.flush(&offsets).await.unwrap();
-        // the same offsets would be the same data, already there: taken as landed
+        // the same offsets as the table's, from another flush (a source whose offsets
+        // count batches of a run), are not taken for this flush having landed
         let mut theirs = Offsets::new();
-        theirs.set("s", serde_json::json!(3));
+        theirs.set("s", serde_json::json!(2));
         second
             .write(&Batch::new(batches[1].clone(), theirs.clone()))
             .await
