@@ -128,7 +128,7 @@ fn run_until(d: &Path, ids: usize) {
     let child = spawn(d, &["run", "w.toml"]);
     let out = d.join("out");
     let arrived = wait_until(Duration::from_secs(30), || arrivals(&out).len() >= ids);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(700));
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
     let seen = arrivals(&out);
@@ -159,6 +159,23 @@ fn a_file_rotated_while_the_pipeline_was_down_is_read_to_its_end() {
     append(&d.join("logs/app.log.1"), 1500..2000);
     append(&log, 2000..3000);
     run_until(d, 3000);
+}
+
+/// Rotation while the pipeline is down to a name the glob matches: the renamed file
+/// is read on under its new name, once, also across a second restart.
+#[test]
+fn a_file_rotated_within_the_glob_while_down_is_not_read_twice_after_restarts() {
+    let dir = workdir();
+    let d = dir.path();
+    watch_pipeline(d, "logs/app.log*");
+    let log = d.join("logs/app.log");
+    append(&log, 0..1000);
+    run_until(d, 1000);
+    append(&log, 1000..1500);
+    std::fs::rename(&log, d.join("logs/app.log.1")).unwrap();
+    append(&log, 1500..2000);
+    run_until(d, 2000);
+    run_until(d, 2000);
 }
 
 /// A file followed under a key of its own (renamed away, a new file under its name)

@@ -200,7 +200,11 @@ impl FileSource {
     /// read, once, from there. Not found (deleted, moved to another directory): nothing
     /// more can be read of it.
     pub(super) fn reopen(&mut self, key: &str, off: &FileOffset) {
-        if self.handles.contains_key(key) || self.handles.len() >= HANDLES {
+        if self.handles.contains_key(key) {
+            return;
+        }
+        if self.handles.len() >= HANDLES {
+            tracing::warn!(file = %shown(key), kept = HANDLES, "too many renamed files are followed: this one is not read on");
             return;
         }
         let name = Path::new(shown(key));
@@ -216,12 +220,20 @@ impl FileSource {
             let same_inode = entry
                 .metadata()
                 .is_ok_and(|m| m.is_file() && inode(&m) == off.id.ino);
-            if !same_inode || path == name {
+            if !same_inode || path.file_name() == name.file_name() {
                 continue;
             }
             let Ok(id) = identify(&path) else { continue };
             if !off.id.same_file(&id, &path) || !tail_matches(&path, off) {
                 continue;
+            }
+            // followed under its new name already (the glob matches it): not twice
+            if self
+                .known
+                .iter()
+                .any(|(k, o)| k != key && o.id.ino == id.ino && o.id.same_file(&id, &path))
+            {
+                return;
             }
             let Ok(file) = File::open(&path) else {
                 continue;
@@ -282,6 +294,10 @@ impl FileSource {
             let meta = file.metadata()?;
             let size = meta.len();
             if size <= off.pos {
+                // nothing new yet; its writer may still add lines until it is deleted
+                if links(&meta) > 0 {
+                    self.handles.insert(split, (id, file, seen));
+                }
                 continue;
             }
             // renamed, its writer may still finish a line in it: its end is the end of
