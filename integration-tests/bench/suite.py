@@ -483,6 +483,11 @@ def main():
     dlt_dir = os.path.join(WORK, "dlt-pipelines")
     subprocess.run(["cat", jsonl], stdout=subprocess.DEVNULL, check=True)  # warm the page cache alike
 
+    # the typed JSON lines source, and the file sink's Parquet of it (one file)
+    json_source = f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
+    to_parquet = lambda out: (f'{json_source}[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\n'
+                              'max_records = 0\nmax_bytes = 0')
+
     # 1. JSON lines -> JSON lines (typed) and -> Parquet (zstd)
     if want("json-to-json"):
         w = "json-to-json"
@@ -513,8 +518,7 @@ def main():
         w = "json-to-parquet"
         out = fresh(os.path.join(WORK, "out-parquet"))
         s.measure(w, "sluice", "typed, Parquet zstd, exactly-once file sink",
-                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-                             f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\nmax_records = 0\nmax_bytes = 0'),
+                  run_sluice(sluice, w, to_parquet(out)),
                   count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
         if peers:
             src = head(jsonl, peer_n, n)
@@ -535,15 +539,13 @@ def main():
     # write the same files without the table
     if want("json-to-iceberg") or want("json-to-iceberg-s3"):
         iceberg = lambda cat, wh, extra="": (
-            f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-            f'[sink]\nconnector = "iceberg"\ncatalog = {{ type = "sql", url = "sqlite://{cat}" }}\n'
+            f'{json_source}[sink]\nconnector = "iceberg"\ncatalog = {{ type = "sql", url = "sqlite://{cat}" }}\n'
             f'warehouse = "{wh}"\nnamespace = "bench"\ntable = "events"\n{extra}')
     if want("json-to-iceberg"):
         w = "json-to-iceberg"
         out = fresh(os.path.join(WORK, "out-parquet"))
         s.measure(w, "sluice parquet", "the same data as Parquet zstd files (reference: no table)",
-                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-                             f'[sink]\nconnector = "file"\npath = "{out}"\nformat = "parquet"\nmax_records = 0\nmax_bytes = 0'),
+                  run_sluice(sluice, w, to_parquet(out)),
                   count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
         out = fresh(os.path.join(WORK, "out-iceberg"))
         s.measure(w, "sluice", "typed, Iceberg table (SQLite catalog, local warehouse), a commit per 10 s checkpoint, exactly-once",
@@ -565,8 +567,7 @@ def main():
         conn = (f'endpoint = "http://127.0.0.1:{moto.port}"\n'
                 'auth = { access_key_id = "test", secret_access_key = "test" }\n')
         s.measure(w, "sluice s3 parquet", "the same data as Parquet zstd objects (reference: no table)",
-                  run_sluice(sluice, w, f'[source]\nconnector = "file"\npath = "{jsonl}"\n{schema}\n'
-                             f'[sink]\nconnector = "s3"\nbucket = "{bucket}"\n{conn}'
+                  run_sluice(sluice, w, f'{json_source}[sink]\nconnector = "s3"\nbucket = "{bucket}"\n{conn}'
                              f'format = "parquet"\nprefix = "plain/"\nmax_records = 0\nmax_bytes = 0'),
                   lambda: count_objects(s3, bucket, "plain/"), servers=[moto], input_bytes=json_bytes)
         out = fresh(os.path.join(WORK, "out-iceberg-s3"))
