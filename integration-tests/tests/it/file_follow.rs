@@ -87,14 +87,11 @@ fn a_file_renamed_within_the_glob_goes_on_from_its_position() {
     rotation_by_rename("logs/app.log*");
 }
 
-/// logrotate's `create`: `app.log` is renamed away (the glob does not match the new
-/// name) while its writer has a line half written, a new `app.log` is read to its
-/// end, and only then does the writer end the line in the renamed file: it arrives,
-/// once, and nothing is reported unread.
-#[test]
-fn a_line_ended_in_a_rotated_file_after_the_new_file_was_read_arrives_once() {
-    let dir = workdir();
-    let d = dir.path();
+/// Starts the watch pipeline on `logs/*.log` with 1,000 ids and a half-written line
+/// in `app.log`, renames it to `app.log.1` once they arrived, and writes ids up to
+/// 1999 (without 1000) into a new `app.log`. Returns the running pipeline, the
+/// rotated file's writer, and whether the first 1,000 and then the new file arrived.
+fn rotate_with_a_half_line(d: &Path) -> (std::process::Child, std::fs::File, bool, bool) {
     watch_pipeline(d, "logs/*.log");
     let log = d.join("logs/app.log");
     append(&log, 0..1000);
@@ -106,6 +103,19 @@ fn a_line_ended_in_a_rotated_file_after_the_new_file_was_read_arrives_once() {
     std::fs::rename(&log, d.join("logs/app.log.1")).unwrap();
     append(&log, 1001..2000);
     let new_read = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1999);
+    (child, writer, first, new_read)
+}
+
+/// logrotate's `create`: `app.log` is renamed away (the glob does not match the new
+/// name) while its writer has a line half written, a new `app.log` is read to its
+/// end, and only then does the writer end the line in the renamed file: it arrives,
+/// once, and nothing is reported unread.
+#[test]
+fn a_line_ended_in_a_rotated_file_after_the_new_file_was_read_arrives_once() {
+    let dir = workdir();
+    let d = dir.path();
+    let (child, mut writer, first, new_read) = rotate_with_a_half_line(d);
+    let out = d.join("out");
     writer.write_all(b"}\n").unwrap();
     let ended = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 2000);
     signal(&child, "TERM");
@@ -182,18 +192,8 @@ fn a_file_rotated_within_the_glob_while_down_is_not_read_twice_after_restarts() 
 fn a_rotated_file_written_to_across_a_restart_is_read_on() {
     let dir = workdir();
     let d = dir.path();
-    watch_pipeline(d, "logs/*.log");
-    let log = d.join("logs/app.log");
+    let (child, mut writer, first, new_read) = rotate_with_a_half_line(d);
     let rotated = d.join("logs/app.log.1");
-    append(&log, 0..1000);
-    let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    writer.write_all(b"{\"id\": 1000").unwrap();
-    let child = spawn(d, &["run", "w.toml"]);
-    let out = d.join("out");
-    let first = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1000);
-    std::fs::rename(&log, &rotated).unwrap();
-    append(&log, 1001..2000);
-    let new_read = wait_until(Duration::from_secs(30), || arrivals(&out).len() == 1999);
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "TERM");
     let run = finish(child, Duration::from_secs(30));
