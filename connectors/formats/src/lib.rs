@@ -36,6 +36,7 @@ pub use json_typed::unit_digits;
 pub use options::{
     CsvOptions, DecimalJson, Format, JsonOptions, NestedCsv, ParquetCompression, ParquetOptions,
 };
+pub use parquet_writer::ParallelParquet;
 pub use text::TextDecoder;
 pub use text_cast::{cast_text, CastText};
 

@@ -24,7 +24,7 @@ use parquet::arrow::arrow_writer::{
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Encoding, PageType};
 use parquet::errors::{ParquetError, Result};
-use parquet::file::metadata::ColumnChunkMetaData;
+use parquet::file::metadata::{ColumnChunkMetaData, ParquetMetaData};
 use parquet::file::properties::{WriterProperties, WriterPropertiesPtr};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
@@ -32,7 +32,14 @@ use parquet::schema::types::ColumnPath;
 /// Threads at most for one row group's columns.
 const MAX_THREADS: usize = 4;
 
-pub(crate) struct ParallelParquet<W: Write + Send> {
+/// Rows below which a write is encoded on the caller's thread alone: starting the
+/// threads would cost more than they save (small slices, such as one partition's rows
+/// of a batch).
+const PARALLEL_ROWS: usize = 1024;
+
+/// A Parquet file writer whose row groups are encoded column by column on parallel
+/// threads (see the module documentation); `W` receives the file's bytes.
+pub struct ParallelParquet<W: Write + Send> {
     file: SerializedFileWriter<W>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
@@ -47,7 +54,9 @@ pub(crate) struct ParallelParquet<W: Write + Send> {
 }
 
 impl<W: Write + Send> ParallelParquet<W> {
-    pub(crate) fn try_new(out: W, schema: SchemaRef, props: WriterProperties) -> Result<Self> {
+    /// A writer of `schema` into `out` with `props` (row-group size, compression,
+    /// dictionaries); field ids in the fields' `PARQUET:field_id` metadata are kept.
+    pub fn try_new(out: W, schema: SchemaRef, props: WriterProperties) -> Result<Self> {
         let max_rows = props.max_row_group_size().max(1);
         let (file, factory) =
             ArrowWriter::try_new(out, schema.clone(), Some(props))?.into_serialized_writer()?;
@@ -67,7 +76,7 @@ impl<W: Write + Send> ParallelParquet<W> {
     }
 
     /// Encodes `batch`, closing a row group each time it reaches the row-group size.
-    pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         let mut offset = 0;
         while offset < batch.num_rows() {
             let take = (self.max_rows - self.buffered).min(batch.num_rows() - offset);
@@ -107,7 +116,11 @@ impl<W: Write + Send> ParallelParquet<W> {
             leaves.extend(compute_leaves(field, column)?);
         }
         let work: Vec<_> = writers.iter_mut().zip(leaves).collect();
-        run(self.threads, work, |(w, leaf)| w.write(&leaf))?;
+        let threads = match batch.num_rows() {
+            n if n < PARALLEL_ROWS => 1,
+            _ => self.threads,
+        };
+        run(threads, work, |(w, leaf)| w.write(&leaf))?;
         Ok(())
     }
 
@@ -143,7 +156,7 @@ impl<W: Write + Send> ParallelParquet<W> {
     }
 
     /// Bytes written, plus an estimate of the row group still being encoded.
-    pub(crate) fn bytes(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         let pending: usize = self
             .writers
             .iter()
@@ -153,8 +166,22 @@ impl<W: Write + Send> ParallelParquet<W> {
         self.file.bytes_written() + pending
     }
 
+    /// The writer the file goes to. Bytes are handed to it as row groups close (and
+    /// a buffer fills); a caller may take them out of it as they come, e.g. to upload
+    /// them, since the file's offsets are counted as they are written.
+    pub fn inner_mut(&mut self) -> &mut W {
+        self.file.inner_mut()
+    }
+
+    /// Closes the last row group and writes the footer, flushed to the writer; the
+    /// file's metadata (row groups, column statistics) as written.
+    pub fn finish(&mut self) -> Result<ParquetMetaData> {
+        self.flush_row_group()?;
+        self.file.finish()
+    }
+
     /// Closes the last row group, writes the footer, returns the writer.
-    pub(crate) fn into_inner(mut self) -> Result<W> {
+    pub fn into_inner(mut self) -> Result<W> {
         self.flush_row_group()?;
         self.file.into_inner()
     }
