@@ -67,6 +67,16 @@ pub trait Sink: Send {
         Ok(())
     }
 
+    /// The least time this sink wants between flushes, where each flush costs its
+    /// readers something (a table commit: a snapshot and a metadata file each). The
+    /// runtime then checkpoints the whole pipeline no more often than this, except
+    /// when the source asks for a checkpoint, on pause and stop, and at the end.
+    /// Default: none, the pipeline's `checkpoint.interval`. Not asked across the
+    /// plugin boundary yet.
+    fn flush_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Accepts a batch. Need not be durable until `flush`. Records the destination
     /// cannot take (a message over the broker's size limit, an object key too long)
     /// are found before any of the batch is written and returned as

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -101,7 +101,7 @@ impl<'a> Engine<'a> {
         stop: &watch::Receiver<bool>,
         paused: &mut watch::Receiver<bool>,
     ) -> Result<()> {
-        let interval = self.pipeline.checkpoint.interval;
+        let interval = self.checkpoint_interval();
         let linger = self.pipeline.batch.linger;
         let mut last_checkpoint = Instant::now();
         loop {
@@ -159,6 +159,24 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+    }
+
+    /// The pipeline's `checkpoint.interval`, or longer where a sink wants its flushes
+    /// spaced further apart (a table format's `commit_interval`).
+    fn checkpoint_interval(&self) -> Duration {
+        let mut interval = self.pipeline.checkpoint.interval;
+        for slot in &self.sinks {
+            if let Some(wanted) = slot.sink.flush_interval().filter(|w| *w > interval) {
+                tracing::info!(
+                    pipeline = %self.pipeline.name,
+                    sink = %slot.name,
+                    every = ?wanted,
+                    "checkpoints spaced by the sink's flush interval"
+                );
+                interval = wanted;
+            }
+        }
+        interval
     }
 
     async fn accept(
