@@ -26,6 +26,7 @@ mod commit;
 mod config;
 mod error;
 mod evolve;
+mod files;
 mod sink;
 mod storage;
 pub mod types;

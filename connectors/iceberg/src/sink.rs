@@ -14,43 +14,18 @@ use std::sync::Arc;
 use arrow_array::RecordBatch;
 use arrow_schema::{Schema, SchemaRef};
 use connector_api::{Batch, Error, Offsets, Result, Sink, SinkContext, SinkState};
-use iceberg::arrow::{schema_to_arrow_schema, RecordBatchPartitionSplitter};
-use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::spec::DataFile;
 use iceberg::table::Table;
-use iceberg::writer::base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder};
-use iceberg::writer::file_writer::location_generator::{
-    DefaultFileNameGenerator, DefaultLocationGenerator,
-};
-use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::writer::partitioning::PartitioningWriter;
-use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::catalog::{Lake, OFFSETS_KEY, SCHEMA_PROPERTY};
 use crate::commit::{commit, stored_offsets, Stored};
 use crate::config::IcebergSinkConfig;
-use crate::error::{aborted, lake_error};
+use crate::error::aborted;
+use crate::files::DataFiles;
 use crate::{evolve, types};
-
-type Builder =
-    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
-
-/// Open data files of one commit.
-enum Files {
-    Plain(
-        Box<
-            DataFileWriter<
-                ParquetWriterBuilder,
-                DefaultLocationGenerator,
-                DefaultFileNameGenerator,
-            >,
-        >,
-    ),
-    Partitioned(Box<(FanoutWriter<Builder>, RecordBatchPartitionSplitter)>),
-}
 
 /// The table being written and what this sink knows of it.
 struct Open {
@@ -58,7 +33,7 @@ struct Open {
     table: Option<Table>,
     /// The table's Arrow schema with field ids: what data files are written in.
     target: Option<SchemaRef>,
-    files: Option<Files>,
+    files: Option<DataFiles>,
     /// Data files closed but not committed yet (a failed commit is tried again).
     pending: Vec<DataFile>,
     /// The offsets of this sink's last commit, as the table holds them.
@@ -101,10 +76,15 @@ fn target_of(table: &Table) -> Result<SchemaRef> {
         .map_err(|e| Error::schema(format!("table {}: {e}", table.identifier())))
 }
 
+/// Rows per Parquet row group, as the `file` and `s3` sinks write them: each row
+/// group's columns are encoded in parallel, and readers split files at row groups.
+const ROW_GROUP_ROWS: usize = 262_144;
+
 fn writer_properties(level: i32) -> Result<WriterProperties> {
     let zstd = ZstdLevel::try_new(level).map_err(|e| Error::config(format!("zstd_level: {e}")))?;
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
+        .set_max_row_group_size(ROW_GROUP_ROWS)
         .build())
 }
 
@@ -118,74 +98,35 @@ fn file_prefix() -> String {
 }
 
 impl Open {
-    async fn files(&mut self, config: &IcebergSinkConfig) -> Result<&mut Files> {
+    async fn write(&mut self, config: &IcebergSinkConfig, batch: RecordBatch) -> Result<()> {
         if self.files.is_none() {
             let table = self
                 .table
                 .as_ref()
                 .ok_or_else(|| Error::internal("no table to write"))?;
-            let md = table.metadata();
-            let what = format!("table {}", self.lake.name());
-            let locations =
-                DefaultLocationGenerator::new(md.clone()).map_err(|e| lake_error(&what, e))?;
-            let names = DefaultFileNameGenerator::new(file_prefix(), None, DataFileFormat::Parquet);
-            let rolling = RollingFileWriterBuilder::new(
-                ParquetWriterBuilder::new(
-                    writer_properties(config.zstd_level)?,
-                    md.current_schema().clone(),
-                ),
+            let target = self
+                .target
+                .clone()
+                .ok_or_else(|| Error::internal("no table schema"))?;
+            self.files = Some(DataFiles::new(
+                table,
+                target,
+                writer_properties(config.zstd_level)?,
                 config.target_file_size as usize,
-                table.file_io().clone(),
-                locations,
-                names,
-            );
-            let builder = DataFileWriterBuilder::new(rolling);
-            let spec = md.default_partition_spec();
-            self.files = Some(if spec.is_unpartitioned() {
-                Files::Plain(Box::new(
-                    builder
-                        .build(None)
-                        .await
-                        .map_err(|e| lake_error(&what, e))?,
-                ))
-            } else {
-                let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-                    md.current_schema().clone(),
-                    spec.clone(),
-                )
-                .map_err(|e| lake_error(&what, e))?;
-                Files::Partitioned(Box::new((FanoutWriter::new(builder), splitter)))
-            });
+                file_prefix(),
+            )?);
         }
-        self.files
-            .as_mut()
-            .ok_or_else(|| Error::internal("no data files open"))
-    }
-
-    async fn write(&mut self, config: &IcebergSinkConfig, batch: RecordBatch) -> Result<()> {
-        let what = format!("writing to {}", self.lake.name());
-        match self.files(config).await? {
-            Files::Plain(w) => w.write(batch).await.map_err(|e| lake_error(&what, e)),
-            Files::Partitioned(parts) => {
-                let (w, splitter) = parts.as_mut();
-                for (key, part) in splitter.split(&batch).map_err(|e| lake_error(&what, e))? {
-                    w.write(key, part).await.map_err(|e| lake_error(&what, e))?;
-                }
-                Ok(())
-            }
+        match self.files.as_mut() {
+            Some(files) => files.write(batch).await,
+            None => Err(Error::internal("no data files open")),
         }
     }
 
     /// Closes the open data files into `pending`.
     async fn close_files(&mut self) -> Result<()> {
-        let what = format!("closing data files of {}", self.lake.name());
-        let files = match self.files.take() {
-            None => return Ok(()),
-            Some(Files::Plain(mut w)) => w.close().await,
-            Some(Files::Partitioned(parts)) => parts.0.close().await,
-        };
-        self.pending
-            .extend(files.map_err(|e| lake_error(&what, e))?);
+        if let Some(files) = self.files.take() {
+            self.pending.extend(files.close().await?);
+        }
         Ok(())
     }
 }
@@ -237,6 +178,10 @@ impl Sink for IcebergSink {
             token: None,
         });
         Ok(SinkState { offsets, schema })
+    }
+
+    fn flush_interval(&self) -> Option<std::time::Duration> {
+        self.config.commit_interval
     }
 
     async fn write(&mut self, batch: &Batch) -> Result<()> {

@@ -2,6 +2,7 @@
 //! durable with fsync of the file and its directory, and `s3://` objects through our `aws-sdk-s3` client (the `s3`
 //! connector's, so credentials and endpoints work the same), uploaded in parts.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write;
 use std::ops::Range;
@@ -18,9 +19,13 @@ use iceberg::io::{
 };
 use iceberg::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 
 /// Size of a part of a multipart upload (S3's minimum is 5 MiB).
 const PART: usize = 8 * 1024 * 1024;
+
+/// Parts of one object uploaded at once, while the next is encoded.
+const PARTS_IN_FLIGHT: usize = 3;
 
 /// Builds [`Files`]; the S3 client, when there is one, is made before (it is async).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -276,7 +281,9 @@ impl Storage for Files {
                 path: path.to_string(),
                 buf: Vec::new(),
                 upload: None,
-                parts: Vec::new(),
+                parts: VecDeque::new(),
+                done: Vec::new(),
+                started: 0,
                 closed: false,
             })),
             None => Ok(Box::new(LocalWrite {
@@ -363,7 +370,10 @@ struct ObjectWrite {
     path: String,
     buf: Vec<u8>,
     upload: Option<String>,
-    parts: Vec<CompletedPart>,
+    /// Parts started: their uploads run while the next part is encoded.
+    parts: VecDeque<JoinHandle<Result<CompletedPart>>>,
+    done: Vec<CompletedPart>,
+    started: i32,
     closed: bool,
 }
 
@@ -372,6 +382,8 @@ impl ObjectWrite {
         failed(format!("{what} of {}", self.path), err)
     }
 
+    /// Starts the upload of the next part, after waiting for the oldest when
+    /// [`PARTS_IN_FLIGHT`] are under way.
     async fn upload_part(&mut self, body: Vec<u8>) -> Result<()> {
         let id = match &self.upload {
             Some(id) => id.clone(),
@@ -389,24 +401,47 @@ impl ObjectWrite {
                 id
             }
         };
-        let number = self.parts.len() as i32 + 1;
-        let out = self
+        while self.parts.len() >= PARTS_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        self.started += 1;
+        let number = self.started;
+        let request = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(&self.key)
             .upload_id(&id)
             .part_number(number)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| self.error("upload of a part", sluice_s3::s3_error(e, &self.path)))?;
-        self.parts.push(
-            CompletedPart::builder()
+            .body(ByteStream::from(body));
+        let path = self.path.clone();
+        self.parts.push_back(tokio::spawn(async move {
+            let out = request.send().await.map_err(|e| {
+                failed(
+                    format!("upload of part {number} of {path}"),
+                    sluice_s3::s3_error(e, &path),
+                )
+            })?;
+            Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_string))
-                .build(),
-        );
+                .build())
+        }));
+        Ok(())
+    }
+
+    /// Waits for the oldest part under way.
+    async fn wait_oldest(&mut self) -> Result<()> {
+        let Some(upload) = self.parts.pop_front() else {
+            return Ok(());
+        };
+        let part = upload.await.map_err(|e| {
+            Error::new(
+                ErrorKind::Unexpected,
+                format!("upload of a part of {}: {e}", self.path),
+            )
+        })??;
+        self.done.push(part);
         Ok(())
     }
 }
@@ -467,6 +502,9 @@ impl ObjectWrite {
         if !buf.is_empty() {
             self.upload_part(buf).await?;
         }
+        while !self.parts.is_empty() {
+            self.wait_oldest().await?;
+        }
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
@@ -474,7 +512,7 @@ impl ObjectWrite {
             .upload_id(id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
-                    .set_parts(Some(std::mem::take(&mut self.parts)))
+                    .set_parts(Some(std::mem::take(&mut self.done)))
                     .build(),
             )
             .send()
@@ -491,6 +529,9 @@ impl ObjectWrite {
 
     /// Aborts an unfinished multipart upload, so its parts are not kept (and billed).
     async fn abort(&mut self) {
+        for upload in self.parts.drain(..) {
+            upload.abort();
+        }
         if let Some(id) = self.upload.take() {
             if let Err(e) = self
                 .client
@@ -510,6 +551,9 @@ impl ObjectWrite {
 impl Drop for ObjectWrite {
     fn drop(&mut self) {
         // dropped unfinished (a failed write, a run aborted): abort its upload
+        for upload in self.parts.drain(..) {
+            upload.abort();
+        }
         if let (Some(id), Ok(rt)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
             let req = self
                 .client

@@ -109,6 +109,28 @@ for w in want:
 print(len(got))
 "#;
 
+/// Checks each data file's manifest entry (rows, nulls, values, bounds) against the
+/// file as pyarrow reads it, and that the bounds prune: no file is planned for ids or
+/// amounts beyond every row's. Needs `tasks`, every file of `t`.
+const CHECK_STATS: &str = r#"
+import pyarrow as pa, pyarrow.compute as pc
+from pyiceberg.conversions import from_bytes
+as_int = {'day': pa.int32(), 'ts': pa.int64(), 'local': pa.int64()}
+for x in tasks:
+    data = pq.read_table(x.file.file_path[len('file://'):])
+    assert x.file.record_count == data.num_rows, (x.file.record_count, data.num_rows)
+    for name in ['id', 'big', 'small', 'ts', 'local', 'day', 'amount', 'name', 'ratio', 'ok']:
+        f = t.schema().find_field(name)
+        col = data.column(name)
+        assert x.file.null_value_counts[f.field_id] == col.null_count, (name, x.file.null_value_counts)
+        assert x.file.value_counts[f.field_id] == len(col), (name, x.file.value_counts)
+        mm = pc.min_max(col.cast(as_int[name]) if name in as_int else col)
+        got = (from_bytes(f.field_type, x.file.lower_bounds[f.field_id]), from_bytes(f.field_type, x.file.upper_bounds[f.field_id]))
+        assert got == (mm['min'].as_py(), mm['max'].as_py()), (name, got, mm)
+assert list(t.scan(row_filter="id >= 1000000").plan_files()) == []
+assert list(t.scan(row_filter="amount > 1000000").plan_files()) == []
+"#;
+
 #[test]
 fn file_to_iceberg_reads_back_exactly_with_pyiceberg_and_prunes_by_day() {
     let dir = workdir();
@@ -145,6 +167,7 @@ epoch = datetime.date(1970, 1, 1)
 assert all(epoch + datetime.timedelta(days=x.file.partition[0]) == datetime.date(2024, 3, 11) for x in day), [x.file.partition for x in day]
 rows = t.scan(row_filter="ts >= '2024-03-11T00:00:00+00:00' and ts < '2024-03-12T00:00:00+00:00'").to_arrow()
 assert rows.num_rows == 2000, rows.num_rows
+{CHECK_STATS}
 print(len(tasks), len(day))
 "#
         ),
@@ -253,6 +276,62 @@ print(len(rows))
         d = d.display()
     ));
     assert_eq!(out, "3");
+}
+
+/// The table metadata files under `dir`: one per create and per commit.
+fn metadata_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                metadata_files(&path)
+            } else {
+                usize::from(path.to_string_lossy().ends_with(".metadata.json"))
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn commit_interval_spaces_the_commits_and_a_stop_commits_what_was_read() {
+    let dir = workdir();
+    let d = dir.path();
+    write_events(&d.join("in/events.jsonl"), 1000);
+    std::fs::write(
+        d.join("paced.toml"),
+        format!(
+            "name = \"paced\"\n[source]\nconnector = \"file\"\npath = \"in/events.jsonl\"\nwatch = true\n{SCHEMA}\n\
+             [sink]\nconnector = \"iceberg\"\n{}commit_interval = \"1h\"\n\
+             [checkpoint]\npath = \"state.db\"\ninterval = \"100ms\"\n",
+            local_sink(d, "[]")
+        ),
+    )
+    .unwrap();
+    let child = spawn(d, &["run", "paced.toml"]);
+    let _guard = crate::support::KillOnPanic(child.id());
+    // the table is created at the first write; ten checkpoint intervals later it
+    // still has no commit
+    assert!(crate::support::wait_until(Duration::from_secs(60), || {
+        metadata_files(&d.join("wh")) > 0
+    }));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        metadata_files(&d.join("wh")),
+        1,
+        "a commit before commit_interval"
+    );
+    crate::support::signal(&child, "TERM");
+    let run = finish(child, Duration::from_secs(60));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = local_py(
+        d,
+        &format!("assert len(t.snapshots()) == 1, t.snapshots()\n{CHECK_ALL}"),
+    );
+    assert_eq!(out, "1000");
 }
 
 #[test]
