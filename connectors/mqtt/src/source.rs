@@ -51,6 +51,9 @@ pub struct MqttSource {
     quiet_since: Instant,
 }
 
+/// How long a read waits for a commit when `max_in_flight` messages are unacknowledged.
+const FULL_WAIT: Duration = Duration::from_millis(10);
+
 /// How long a bounded read waits without a message before it stops.
 const QUIET: Duration = Duration::from_secs(2);
 
@@ -283,7 +286,17 @@ impl Source for MqttSource {
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
-        let (msgs, failed) = gather(self, self.batch_size, self.idle_timeout).await?;
+        // never more handed out unacknowledged than the receive maximum, whatever the
+        // broker sends: only what was handed out can be written and repeat after a
+        // crash, so a crash repeats at most `max_in_flight` messages (Mosquitto 2.0.11
+        // lets each PUBACK release a receive maximum's worth more; MQTT 3.1.1 has none)
+        let room = usize::from(self.config.max_in_flight).saturating_sub(self.held);
+        if room == 0 {
+            // the batch that filled it asked for a checkpoint; its commit makes room
+            tokio::time::sleep(FULL_WAIT.min(self.idle_timeout)).await;
+            return Ok(Some(Batch::idle()));
+        }
+        let (msgs, failed) = gather(self, self.batch_size.min(room), self.idle_timeout).await?;
         self.deferred = failed;
         if msgs.is_empty() {
             if self.config.bounded && self.held > 0 {
