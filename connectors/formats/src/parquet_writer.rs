@@ -174,7 +174,8 @@ impl<W: Write + Send> ParallelParquet<W> {
     }
 
     /// Closes the last row group and writes the footer, flushed to the writer; the
-    /// file's metadata (row groups, column statistics) as written.
+    /// file's metadata (row groups, column statistics) as written. The file is then
+    /// complete: a later `write` or `into_inner` is an error.
     pub fn finish(&mut self) -> Result<ParquetMetaData> {
         self.flush_row_group()?;
         self.file.finish()

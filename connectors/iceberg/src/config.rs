@@ -33,9 +33,13 @@ pub struct IcebergSinkConfig {
     /// Commit at most this often (`"1m"`): the pipeline's checkpoints, each of which
     /// is a commit, are spaced by at least this, for fewer snapshots and files. The
     /// other sinks of the pipeline flush as often, and a source that releases data at
-    /// checkpoints (a PostgreSQL slot) holds it that long. A source that asks for a
-    /// checkpoint, a pause, a stop and the end of the input still commit at once.
-    /// Default: a commit at every `checkpoint.interval`.
+    /// checkpoints (a PostgreSQL slot) holds it that long. Keep it under the time
+    /// limits of the pipeline's other connectors that wait for a checkpoint: a Kafka
+    /// sink's transaction with `exactly_once` (`delivery_timeout`, 120 s), a NATS
+    /// source's `ack_wait`, a Redis source's `claim_idle`. A source that asks for a
+    /// checkpoint (MQTT and RabbitMQ do at half of `max_in_flight`), a pause, a stop
+    /// and the end of the input still commit at once. Default: a commit at every
+    /// `checkpoint.interval`.
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub commit_interval: Option<std::time::Duration>,

@@ -139,8 +139,8 @@ impl DataFiles {
             .open
             .get_mut(&slot)
             .ok_or_else(|| Error::internal("no data file open"))?;
-        file.parquet
-            .write(rows)
+        // encoding takes the CPU: other tasks (the part uploads) go on meanwhile
+        connector_api::blocking(|| file.parquet.write(rows))
             .map_err(|e| parquet_error(&file.path, e))?;
         file.send().await?;
         if file.parquet.bytes() >= self.target_size {
@@ -186,9 +186,7 @@ impl OpenFile {
 
     /// Writes the footer, closes the file, and describes it for the manifest.
     async fn close(mut self, schema: &Schema, spec_id: i32) -> Result<DataFile> {
-        let meta = self
-            .parquet
-            .finish()
+        let meta = connector_api::blocking(|| self.parquet.finish())
             .map_err(|e| parquet_error(&self.path, e))?;
         self.send().await?;
         self.out

@@ -76,15 +76,13 @@ fn target_of(table: &Table) -> Result<SchemaRef> {
         .map_err(|e| Error::schema(format!("table {}: {e}", table.identifier())))
 }
 
-/// Rows per Parquet row group, as the `file` and `s3` sinks write them: each row
-/// group's columns are encoded in parallel, and readers split files at row groups.
-const ROW_GROUP_ROWS: usize = 262_144;
-
 fn writer_properties(level: i32) -> Result<WriterProperties> {
     let zstd = ZstdLevel::try_new(level).map_err(|e| Error::config(format!("zstd_level: {e}")))?;
     Ok(WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        // as the `file` and `s3` sinks write them: each row group's columns are
+        // encoded in parallel, and readers split files at row groups
+        .set_max_row_group_size(sluice_formats::ParquetOptions::default().row_group_size)
         .build())
 }
 

@@ -174,7 +174,7 @@ impl MqttSource {
         let mut batch = Batch::new(records, offsets);
         batch.rejects = rejects;
         // the broker sends no more past the receive maximum until a commit
-        // acknowledges
+        // acknowledges, and `next_batch` hands out no more: a full window waits for this
         batch.checkpoint = self.held * 2 >= usize::from(self.config.max_in_flight);
         Ok(batch)
     }
@@ -288,11 +288,14 @@ impl Source for MqttSource {
         }
         // never more handed out unacknowledged than the receive maximum, whatever the
         // broker sends: only what was handed out can be written and repeat after a
-        // crash, so a crash repeats at most `max_in_flight` messages (Mosquitto 2.0.11
-        // lets each PUBACK release a receive maximum's worth more; MQTT 3.1.1 has none)
-        let room = usize::from(self.config.max_in_flight).saturating_sub(self.held);
+        // crash (Mosquitto before 2.0.13 lets each PUBACK release a receive maximum's
+        // worth more; MQTT 3.1.1 has none). QoS 0 holds nothing. The batch that fills
+        // the window asks for a checkpoint (`batch`), whose commit makes room.
+        let room = match self.config.qos {
+            0 => self.batch_size,
+            _ => usize::from(self.config.max_in_flight).saturating_sub(self.held),
+        };
         if room == 0 {
-            // the batch that filled it asked for a checkpoint; its commit makes room
             tokio::time::sleep(FULL_WAIT.min(self.idle_timeout)).await;
             return Ok(Some(Batch::idle()));
         }

@@ -405,3 +405,64 @@ fn file_to_iceberg_on_s3_with_a_postgresql_catalog() {
     ));
     assert_eq!(out, "3000");
 }
+
+/// A data file larger than one 8 MiB part goes up as a multipart upload whose parts
+/// are uploaded side by side: the object reads back whole and no upload stays open.
+#[test]
+fn a_data_file_of_several_parts_reads_back_whole_from_s3() {
+    use rand::Rng;
+    const N: usize = 30_000;
+    let bucket = crate::s3::new_bucket("iceparts");
+    let endpoint =
+        std::env::var("SLUICE_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:9555".into());
+    let dir = workdir();
+    let d = dir.path();
+    // 600 random characters a row: about 13 MB of Parquet that zstd cannot shrink much
+    let mut rng = rand::thread_rng();
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut input = String::with_capacity(N * 620);
+    for i in 0..N {
+        let blob: String = (0..600)
+            .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+            .collect();
+        input.push_str(&format!("{{\"id\": {i}, \"blob\": \"{blob}\"}}\n"));
+    }
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/blobs.jsonl"), &input).unwrap();
+    std::fs::write(
+        d.join("blobs.toml"),
+        format!(
+            "name = \"blobs\"\n[source]\nconnector = \"file\"\npath = \"in/blobs.jsonl\"\n\
+             schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"blob\", type = \"string\" }}]\n\
+             [sink]\nconnector = \"iceberg\"\ncatalog = {{ type = \"sql\", url = \"sqlite://{}/catalog.db\" }}\n\
+             warehouse = \"s3://{bucket}/wh\"\nnamespace = \"raw\"\ntable = \"blobs\"\n\
+             s3 = {{ endpoint = \"{endpoint}\", auth = {{ access_key_id = \"test\", secret_access_key = \"test\" }} }}\n\
+             [checkpoint]\npath = \"state.db\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let run = sluice(d, &["run", "blobs.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = crate::s3::py(
+        &bucket,
+        &format!(
+            r#"
+import hashlib
+from pyiceberg.catalog.sql import SqlCatalog
+cat = SqlCatalog('sluice', uri='sqlite:///{d}/catalog.db', warehouse='s3://{bucket}/wh', **{{'s3.endpoint': '{endpoint}',
+    's3.access-key-id': 'test', 's3.secret-access-key': 'test', 's3.region': 'us-east-1'}})
+t = cat.load_table('raw.blobs')
+files = [x.file for x in t.scan().plan_files()]
+assert max(f.file_size_in_bytes for f in files) > 8 * 1024 * 1024, [f.file_size_in_bytes for f in files]
+rows = sorted(t.scan().to_arrow().to_pylist(), key=lambda r: r['id'])
+want = [json.loads(l) for l in open('{d}/in/blobs.jsonl')]
+assert rows == want, (len(rows), len(want))
+assert s3.list_multipart_uploads(Bucket=BUCKET).get('Uploads', []) == []
+print(len(rows))
+"#,
+            d = d.display()
+        ),
+    );
+    assert_eq!(out, N.to_string());
+}

@@ -1,8 +1,8 @@
 //! Where iceberg reads and writes files: local paths (`file://` or absolute), made
-//! durable with fsync of the file and its directory, and `s3://` objects through our `aws-sdk-s3` client (the `s3`
-//! connector's, so credentials and endpoints work the same), uploaded in parts.
+//! durable with fsync of the file and its directory, and `s3://` objects through our
+//! `aws-sdk-s3` client (the `s3` connector's, so credentials and endpoints work the
+//! same), uploaded in parts ([`object`]).
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::io::Write;
 use std::ops::Range;
@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 use iceberg::io::{
@@ -19,13 +18,14 @@ use iceberg::io::{
 };
 use iceberg::{Error, ErrorKind, Result};
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
 
-/// Size of a part of a multipart upload (S3's minimum is 5 MiB).
-const PART: usize = 8 * 1024 * 1024;
+mod object;
 
-/// Parts of one object uploaded at once, while the next is encoded.
-const PARTS_IN_FLIGHT: usize = 3;
+use object::ObjectWrite;
+
+/// Parts of objects uploaded at once by one table's files, while the next is encoded.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// Builds [`Files`]; the S3 client, when there is one, is made before (it is async).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -34,7 +34,10 @@ pub struct FilesFactory(Files);
 impl FilesFactory {
     /// Local files, and S3 objects through `s3` when given.
     pub fn new(s3: Option<Client>) -> Self {
-        FilesFactory(Files { s3 })
+        FilesFactory(Files {
+            s3,
+            uploads: upload_slots(),
+        })
     }
 }
 
@@ -46,10 +49,27 @@ impl StorageFactory for FilesFactory {
 }
 
 /// Local files and S3 objects, by the path's scheme.
-#[derive(Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Files {
     #[serde(skip)]
     s3: Option<Client>,
+    /// Permits for part uploads, shared by every object these files write: the
+    /// memory of parts under way is bounded however many partitions are open.
+    #[serde(skip, default = "upload_slots")]
+    uploads: Arc<Semaphore>,
+}
+
+impl Default for Files {
+    fn default() -> Self {
+        Files {
+            s3: None,
+            uploads: upload_slots(),
+        }
+    }
+}
+
+fn upload_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(PARTS_IN_FLIGHT))
 }
 
 impl fmt::Debug for Files {
@@ -274,18 +294,13 @@ impl Storage for Files {
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
         match object(path) {
-            Some((bucket, key)) => Ok(Box::new(ObjectWrite {
-                client: self.client(path)?.clone(),
-                bucket: bucket.to_string(),
-                key: key.to_string(),
-                path: path.to_string(),
-                buf: Vec::new(),
-                upload: None,
-                parts: VecDeque::new(),
-                done: Vec::new(),
-                started: 0,
-                closed: false,
-            })),
+            Some((bucket, key)) => Ok(Box::new(ObjectWrite::new(
+                self.client(path)?.clone(),
+                self.uploads.clone(),
+                bucket,
+                key,
+                path,
+            ))),
             None => Ok(Box::new(LocalWrite {
                 file: Some(create_local(path)?),
                 path: path.to_string(),
@@ -358,212 +373,5 @@ struct ObjectRead {
 impl FileRead for ObjectRead {
     async fn read(&self, range: Range<u64>) -> Result<Bytes> {
         self.files.get(&self.path, Some(range)).await
-    }
-}
-
-/// An object written in parts: one PUT when it stays under a part, else a multipart
-/// upload completed by `close` (nothing is visible before).
-struct ObjectWrite {
-    client: Client,
-    bucket: String,
-    key: String,
-    path: String,
-    buf: Vec<u8>,
-    upload: Option<String>,
-    /// Parts started: their uploads run while the next part is encoded.
-    parts: VecDeque<JoinHandle<Result<CompletedPart>>>,
-    done: Vec<CompletedPart>,
-    started: i32,
-    closed: bool,
-}
-
-impl ObjectWrite {
-    fn error(&self, what: &str, err: connector_api::Error) -> Error {
-        failed(format!("{what} of {}", self.path), err)
-    }
-
-    /// Starts the upload of the next part, after waiting for the oldest when
-    /// [`PARTS_IN_FLIGHT`] are under way.
-    async fn upload_part(&mut self, body: Vec<u8>) -> Result<()> {
-        let id = match &self.upload {
-            Some(id) => id.clone(),
-            None => {
-                let out = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&self.key)
-                    .send()
-                    .await
-                    .map_err(|e| self.error("upload", sluice_s3::s3_error(e, &self.path)))?;
-                let id = out.upload_id().unwrap_or_default().to_string();
-                self.upload = Some(id.clone());
-                id
-            }
-        };
-        while self.parts.len() >= PARTS_IN_FLIGHT {
-            self.wait_oldest().await?;
-        }
-        self.started += 1;
-        let number = self.started;
-        let request = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(&id)
-            .part_number(number)
-            .body(ByteStream::from(body));
-        let path = self.path.clone();
-        self.parts.push_back(tokio::spawn(async move {
-            let out = request.send().await.map_err(|e| {
-                failed(
-                    format!("upload of part {number} of {path}"),
-                    sluice_s3::s3_error(e, &path),
-                )
-            })?;
-            Ok(CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag().map(str::to_string))
-                .build())
-        }));
-        Ok(())
-    }
-
-    /// Waits for the oldest part under way.
-    async fn wait_oldest(&mut self) -> Result<()> {
-        let Some(upload) = self.parts.pop_front() else {
-            return Ok(());
-        };
-        let part = upload.await.map_err(|e| {
-            Error::new(
-                ErrorKind::Unexpected,
-                format!("upload of a part of {}: {e}", self.path),
-            )
-        })??;
-        self.done.push(part);
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl FileWrite for ObjectWrite {
-    async fn write(&mut self, bs: Bytes) -> Result<()> {
-        if self.closed {
-            return Err(Error::new(
-                ErrorKind::DataInvalid,
-                format!("{}: written after close", self.path),
-            ));
-        }
-        self.buf.extend_from_slice(&bs);
-        while self.buf.len() >= PART {
-            let rest = self.buf.split_off(PART);
-            let part = std::mem::replace(&mut self.buf, rest);
-            if let Err(e) = self.upload_part(part).await {
-                self.abort().await;
-                self.closed = true;
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    async fn close(&mut self) -> Result<()> {
-        if self.closed {
-            return Err(Error::new(
-                ErrorKind::DataInvalid,
-                format!("{}: closed twice", self.path),
-            ));
-        }
-        let result = self.finish().await;
-        if result.is_err() {
-            self.abort().await;
-        }
-        self.closed = true;
-        result
-    }
-}
-
-impl ObjectWrite {
-    /// Uploads what is left and completes the object.
-    async fn finish(&mut self) -> Result<()> {
-        let buf = std::mem::take(&mut self.buf);
-        let Some(id) = self.upload.clone() else {
-            self.client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .body(ByteStream::from(buf))
-                .send()
-                .await
-                .map_err(|e| self.error("upload", sluice_s3::s3_error(e, &self.path)))?;
-            return Ok(());
-        };
-        if !buf.is_empty() {
-            self.upload_part(buf).await?;
-        }
-        while !self.parts.is_empty() {
-            self.wait_oldest().await?;
-        }
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&self.key)
-            .upload_id(id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(std::mem::take(&mut self.done)))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|e| {
-                self.error(
-                    "completion of the upload",
-                    sluice_s3::s3_error(e, &self.path),
-                )
-            })?;
-        self.upload = None;
-        Ok(())
-    }
-
-    /// Aborts an unfinished multipart upload, so its parts are not kept (and billed).
-    async fn abort(&mut self) {
-        for upload in self.parts.drain(..) {
-            upload.abort();
-        }
-        if let Some(id) = self.upload.take() {
-            if let Err(e) = self
-                .client
-                .abort_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .upload_id(id)
-                .send()
-                .await
-            {
-                tracing::warn!(error = %sluice_s3::s3_error(e, &self.path), object = %self.path, "aborting an upload failed");
-            }
-        }
-    }
-}
-
-impl Drop for ObjectWrite {
-    fn drop(&mut self) {
-        // dropped unfinished (a failed write, a run aborted): abort its upload
-        for upload in self.parts.drain(..) {
-            upload.abort();
-        }
-        if let (Some(id), Ok(rt)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
-            let req = self
-                .client
-                .abort_multipart_upload()
-                .bucket(self.bucket.clone())
-                .key(self.key.clone())
-                .upload_id(id);
-            rt.spawn(async move {
-                let _ = req.send().await;
-            });
-        }
     }
 }
