@@ -7,7 +7,8 @@
 //! caller's thread and computes its statistics again; this writes the same files (the
 //! table's Arrow schema with field ids, zstd) at the speed of the plain Parquet sinks.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::HashMap;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
@@ -225,9 +226,9 @@ fn describe(
 ) -> Result<DataFile> {
     let mut sizes: HashMap<i32, u64> = HashMap::new();
     let mut values: HashMap<i32, u64> = HashMap::new();
-    let mut nulls: HashMap<i32, u64> = HashMap::new();
-    let mut bounds: HashMap<i32, Bounds> = HashMap::new();
-    let mut unknown_nulls: HashSet<i32> = HashSet::new();
+    // None: a row group without a null count
+    let mut nulls: HashMap<i32, Option<u64>> = HashMap::new();
+    let mut bounds: HashMap<i32, (Bound, Bound)> = HashMap::new();
     for group in meta.row_groups() {
         for chunk in group.columns() {
             let descr = chunk.column_descr();
@@ -239,12 +240,10 @@ fn describe(
             *sizes.entry(id).or_default() += chunk.compressed_size() as u64;
             *values.entry(id).or_default() += chunk.num_values() as u64;
             let stats = chunk.statistics();
-            match stats.and_then(Statistics::null_count_opt) {
-                Some(n) => *nulls.entry(id).or_default() += n,
-                None => {
-                    unknown_nulls.insert(id);
-                }
-            }
+            let count = nulls.entry(id).or_insert(Some(0));
+            *count = count
+                .zip(stats.and_then(Statistics::null_count_opt))
+                .map(|(a, b)| a + b);
             let Some(Type::Primitive(ty)) = schema.field_by_id(id).map(|f| f.field_type.as_ref())
             else {
                 continue;
@@ -252,42 +251,30 @@ fn describe(
             if descr.max_rep_level() > 0 {
                 continue;
             }
-            let b = bounds.entry(id).or_default();
-            let Some(stats) = stats else {
-                b.lower_unknown = true;
-                b.upper_unknown = true;
-                continue;
-            };
-            match bound(ty, stats, stats.min_bytes_opt(), stats.min_is_exact()) {
-                Some(min) => {
-                    if b.lower.as_ref().is_none_or(|m| min < *m) {
-                        b.lower = Some(min);
-                    }
+            let (lower, upper) = bounds.entry(id).or_default();
+            match stats {
+                Some(stats) => {
+                    let min = (stats.min_bytes_opt(), stats.min_is_exact());
+                    lower.merge(ty, stats, min, Ordering::Less);
+                    let max = (stats.max_bytes_opt(), stats.max_is_exact());
+                    upper.merge(ty, stats, max, Ordering::Greater);
                 }
-                None => b.lower_unknown |= stats.min_bytes_opt().is_some(),
-            }
-            match bound(ty, stats, stats.max_bytes_opt(), stats.max_is_exact()) {
-                Some(max) => {
-                    if b.upper.as_ref().is_none_or(|m| max > *m) {
-                        b.upper = Some(max);
-                    }
+                None => {
+                    lower.unknown = true;
+                    upper.unknown = true;
                 }
-                None => b.upper_unknown |= stats.max_bytes_opt().is_some(),
             }
         }
     }
-    for id in unknown_nulls {
-        nulls.remove(&id);
-    }
+    let nulls = nulls
+        .into_iter()
+        .filter_map(|(id, n)| Some((id, n?)))
+        .collect();
     let mut lower = HashMap::new();
     let mut upper = HashMap::new();
-    for (id, b) in bounds {
-        if let Some(v) = b.lower.filter(|_| !b.lower_unknown) {
-            lower.insert(id, v);
-        }
-        if let Some(v) = b.upper.filter(|_| !b.upper_unknown) {
-            upper.insert(id, v);
-        }
+    for (id, (l, u)) in bounds {
+        lower.extend(l.known().map(|v| (id, v)));
+        upper.extend(u.known().map(|v| (id, v)));
     }
     let offsets = meta
         .row_groups()
@@ -312,14 +299,42 @@ fn describe(
         .map_err(|e| Error::internal(format!("describing data file {path}: {e}")))
 }
 
-/// One column's bounds over a file's row groups so far.
+/// One side (lower or upper) of a column's bounds over a file's row groups so far.
 #[derive(Default)]
-struct Bounds {
-    lower: Option<Datum>,
-    upper: Option<Datum>,
-    /// A row group whose minimum is not known exactly: the file has no lower bound.
-    lower_unknown: bool,
-    upper_unknown: bool,
+struct Bound {
+    value: Option<Datum>,
+    /// A row group whose bound is not known exactly: the file has none on this side.
+    unknown: bool,
+}
+
+impl Bound {
+    /// Takes one row group's statistic (its bytes, and whether it is exact); it
+    /// replaces the value when it compares as `keep` (`Less` for a lower bound).
+    fn merge(
+        &mut self,
+        ty: &PrimitiveType,
+        stats: &Statistics,
+        (bytes, exact): (Option<&[u8]>, bool),
+        keep: Ordering,
+    ) {
+        match bound(ty, stats, bytes, exact) {
+            Some(v) => {
+                if self
+                    .value
+                    .as_ref()
+                    .is_none_or(|m| v.partial_cmp(m) == Some(keep))
+                {
+                    self.value = Some(v);
+                }
+            }
+            // no bytes: every value of the row group is null (or NaN)
+            None => self.unknown |= bytes.is_some(),
+        }
+    }
+
+    fn known(self) -> Option<Datum> {
+        self.value.filter(|_| !self.unknown)
+    }
 }
 
 /// A statistics bound as an Iceberg value of `ty`, when there is one and it is exact

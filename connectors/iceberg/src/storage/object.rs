@@ -174,19 +174,24 @@ impl ObjectWrite {
     /// Stops the parts under way, then aborts the multipart upload, so its parts are
     /// not kept (and billed): a part still uploading could land after the abort.
     async fn abort(&mut self) {
+        if let Some(abort) = self.take_abort() {
+            abort.await;
+        }
+    }
+
+    /// The abort of the upload under way, if any, owning what it needs (a drop
+    /// spawns it).
+    fn take_abort(&mut self) -> Option<impl std::future::Future<Output = ()> + use<>> {
         let parts: Vec<_> = self.parts.drain(..).collect();
-        let Some(id) = self.upload.take() else {
-            return;
-        };
-        abort_upload(
+        let id = self.upload.take()?;
+        Some(abort_upload(
             self.client.clone(),
             parts,
             self.bucket.clone(),
             self.key.clone(),
             id,
             self.path.clone(),
-        )
-        .await;
+        ))
     }
 }
 
@@ -255,16 +260,10 @@ impl FileWrite for ObjectWrite {
 impl Drop for ObjectWrite {
     fn drop(&mut self) {
         // dropped unfinished (a failed write, a run aborted): abort its upload
-        let parts: Vec<_> = self.parts.drain(..).collect();
-        if let (Some(id), Ok(rt)) = (self.upload.take(), tokio::runtime::Handle::try_current()) {
-            rt.spawn(abort_upload(
-                self.client.clone(),
-                parts,
-                self.bucket.clone(),
-                self.key.clone(),
-                id,
-                self.path.clone(),
-            ));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            if let Some(abort) = self.take_abort() {
+                rt.spawn(abort);
+            }
         }
     }
 }
