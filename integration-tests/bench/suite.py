@@ -514,12 +514,15 @@ def main():
             s.measure(w, "dlt", "types inferred by dlt, load packages (at-least-once)",
                       [py, dlt_script, src, "jsonl", dlt_dir, f"file://{out}"],
                       count_dlt_jsonl(out), records=dlt_n, env=dlt_env(), input_bytes=per_json * dlt_n)
+    def measure_parquet(w, tool, detail):
+        """The typed JSON source into Parquet files, as workload `w`."""
+        out = fresh(os.path.join(WORK, "out-parquet"))
+        s.measure(w, tool, detail, run_sluice(sluice, w, to_parquet(out)),
+                  count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
+
     if want("json-to-parquet"):
         w = "json-to-parquet"
-        out = fresh(os.path.join(WORK, "out-parquet"))
-        s.measure(w, "sluice", "typed, Parquet zstd, exactly-once file sink",
-                  run_sluice(sluice, w, to_parquet(out)),
-                  count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
+        measure_parquet(w, "sluice", "typed, Parquet zstd, exactly-once file sink")
         if peers:
             src = head(jsonl, peer_n, n)
             out = fresh(os.path.join(WORK, "out-sling-parquet"))
@@ -543,10 +546,7 @@ def main():
             f'warehouse = "{wh}"\nnamespace = "bench"\ntable = "events"\n{extra}')
     if want("json-to-iceberg"):
         w = "json-to-iceberg"
-        out = fresh(os.path.join(WORK, "out-parquet"))
-        s.measure(w, "sluice parquet", "the same data as Parquet zstd files (reference: no table)",
-                  run_sluice(sluice, w, to_parquet(out)),
-                  count_parquet(f"{out}/*.parquet"), input_bytes=json_bytes)
+        measure_parquet(w, "sluice parquet", "the same data as Parquet zstd files (reference: no table)")
         out = fresh(os.path.join(WORK, "out-iceberg"))
         s.measure(w, "sluice", "typed, Iceberg table (SQLite catalog, local warehouse), a commit per 10 s checkpoint, exactly-once",
                   run_sluice(sluice, w, iceberg(f"{out}/catalog.db", f"{out}/wh")),
