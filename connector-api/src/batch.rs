@@ -109,6 +109,10 @@ pub struct Batch {
     /// maximum) and reads no further until a commit acknowledges them. Not carried
     /// across the plugin boundary yet.
     pub checkpoint: bool,
+    /// Where each record lies in its split, from a source whose records keep their
+    /// positions for good ([`crate::Source::covered_below`]). Not carried across the
+    /// plugin boundary yet.
+    pub positions: Option<Positions>,
 }
 
 impl Batch {
@@ -119,6 +123,7 @@ impl Batch {
             offsets,
             rejects: Vec::new(),
             checkpoint: false,
+            positions: None,
         }
     }
 
@@ -144,5 +149,71 @@ impl Batch {
     /// Memory held by the record columns, in bytes (what the in-flight limit counts).
     pub fn byte_size(&self) -> usize {
         self.records.get_array_memory_size()
+    }
+}
+
+/// Where each record of a batch lies in its split: the split, and the record's position
+/// in it (a Kafka partition's offset). Only for a source whose positions never name
+/// another record ([`crate::Source::covered_below`]): after a crash between two sinks'
+/// flushes, the runtime hands a sink that was ahead none of the records below its own
+/// offsets, record by record, however the splits interleave in the read again.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Positions {
+    splits: Vec<String>,
+    /// Per record in row order: its split (an index into `splits`) and its position.
+    records: Vec<(u32, u64)>,
+}
+
+impl Positions {
+    /// No records.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The index of `split` among this batch's splits, added when new: what
+    /// [`Positions::push_at`] takes, so a source need not name the split per record.
+    pub fn split(&mut self, split: &str) -> u32 {
+        match self.splits.iter().position(|s| s == split) {
+            Some(i) => i as u32,
+            None => {
+                self.splits.push(split.to_string());
+                (self.splits.len() - 1) as u32
+            }
+        }
+    }
+
+    /// The next record lies at `position` in `split`.
+    pub fn push(&mut self, split: &str, position: u64) {
+        let at = self.split(split);
+        self.records.push((at, position));
+    }
+
+    /// The next record lies at `position` in the split of index `split` (from
+    /// [`Positions::split`]).
+    pub fn push_at(&mut self, split: u32, position: u64) {
+        self.records.push((split, position));
+    }
+
+    /// Number of records.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when no record is placed.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Record `row`'s split and position.
+    pub fn get(&self, row: usize) -> Option<(&str, u64)> {
+        let &(split, position) = self.records.get(row)?;
+        Some((self.splits.get(split as usize)?.as_str(), position))
+    }
+
+    /// Every record's split and position, in row order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.records
+            .iter()
+            .filter_map(|&(s, p)| Some((self.splits.get(s as usize)?.as_str(), p)))
     }
 }

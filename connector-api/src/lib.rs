@@ -26,8 +26,8 @@
 //! |--------------------------------|-----------------------------------------------------------|
 //! | before or during `write`       | nothing was durable; restart replays from the last checkpoint |
 //! | during `flush`                 | the sink's transaction or rename did not happen or did whole; restart replays from the last checkpoint (or the sink's stored offsets) |
-//! | after `flush`, before checkpoint | data is durable, checkpoint is old: replay; a transactional sink reports newer offsets so nothing repeats (beside a sink that stores none, only from a source that replays in order, see the next row), others may repeat (at-least-once) |
-//! | between two sinks' flushes      | the sinks that flushed hold newer offsets than the rest: a source that [replays in order](Source::replays_in_order) resumes from the oldest, and each sink is handed none of the records its own offsets say it has, once the run reaches that position at that count (else it gets them again); otherwise the pipeline resumes from the checkpoint and the sinks ahead may repeat records |
+//! | after `flush`, before checkpoint | data is durable, checkpoint is old: replay; a transactional sink reports newer offsets so nothing repeats (beside a sink that stores none, only from a source that replays in order or keeps record positions, see the next row), others may repeat (at-least-once) |
+//! | between two sinks' flushes      | the sinks that flushed hold newer offsets than the rest: a source whose records [keep their positions](Source::covered_below) resumes each split from the oldest, and each sink is handed none of the records below its own offsets, record by record; a source that [replays in order](Source::replays_in_order) resumes from the oldest, and each sink is handed none of the records its own offsets say it has, once the run reaches that position at that count (else it gets them again); otherwise the pipeline resumes from the checkpoint and the sinks ahead may repeat records |
 //! | after checkpoint, before `commit` | restart resumes from the checkpoint; the source commits again |
 //! | after `commit`                 | nothing to do                                             |
 //! | restart while the previous run's commit is in flight | the server may still be committing the killed run's last flush when the new run opens; each sink makes `open` see that flush whole or not at all before it reports offsets (below) |
@@ -100,7 +100,7 @@ pub mod task;
 pub mod testkit;
 pub mod types;
 
-pub use batch::{columns, Batch, Reject};
+pub use batch::{columns, Batch, Positions, Reject};
 pub use config::{config_schema, parse_config, redacted_url, Secret};
 pub use error::{Error, ErrorKind, Result};
 pub use offsets::{stable_hash, Offsets, PositionNames};

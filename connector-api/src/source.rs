@@ -176,4 +176,21 @@ pub trait Source: Send {
     fn replays_in_order(&self) -> bool {
         false
     }
+
+    /// For a source whose records keep their positions for good (a Kafka partition's
+    /// offsets: the same offset is the same message in every read) and whose batches
+    /// say where each record lies ([`Batch::positions`]): the position of the first
+    /// record of `split` that `offset`, an offset this source gave for that split, does
+    /// not cover (every record of the split below it, it covers). A pipeline with
+    /// several sinks that stored different offsets (a crash between two sinks'
+    /// flushes) then resumes each split from the oldest sink's offset, and hands each
+    /// sink none of the records below its own, record by record, whatever order the
+    /// splits interleave in: exactly once for every sink that stores offsets. Known
+    /// before `open`, from the offset alone. Default: None (records carry no
+    /// positions; [`Source::replays_in_order`] decides). Not asked across the plugin
+    /// boundary yet.
+    fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u64> {
+        let _ = (split, offset);
+        None
+    }
 }
