@@ -7,7 +7,8 @@
 //! engine loop is in `pipeline/engine.rs`, bad records in `pipeline/dead_letter.rs`,
 //! the drift policy's schema conformance in `pipeline/conform.rs`, where a run starts
 //! (and what each of several sinks skips) in `pipeline/resume.rs`, a sink that was
-//! ahead catching up in `pipeline/catch_up.rs`.
+//! ahead catching up in `pipeline/catch_up.rs` (by count) and `pipeline/ahead.rs` (by
+//! position).
 
 /// `$fut`'s result, unless `$stop` turns true first: then the enclosing function
 /// returns `Ok(())`, saying that pipeline `$name` stopped while connecting (a
@@ -24,6 +25,7 @@ macro_rules! unless_stopped {
     };
 }
 
+mod ahead;
 mod catch_up;
 mod conform;
 mod dead_letter;
@@ -40,6 +42,8 @@ use std::time::Duration;
 use connector_api::{Error, Offsets, Result, SinkContext, SourceContext};
 use tokio::sync::{mpsc, watch, Semaphore};
 
+use self::ahead::Ahead;
+use self::catch_up::CatchUp;
 use self::engine::{Engine, Msg, SinkSlot};
 use crate::checkpoint::{CheckpointStore, Store};
 use crate::config::{Pipeline, Section, StoreKind};
@@ -239,7 +243,14 @@ async fn run_on(
             }
         }
     }
-    let (plan, notes) = resume::plan(&sink_offsets, stored.clone(), source.replays_in_order());
+    let (plan, notes) = {
+        let covered = |split: &str, offset: &serde_json::Value| source.covered_below(split, offset);
+        let replay = resume::Replay {
+            in_order: source.replays_in_order(),
+            covered: &covered,
+        };
+        resume::plan(&sink_offsets, stored.clone(), &replay)
+    };
     log_resume(pipeline, &sink_offsets, &plan, &notes);
     if !plan.from.is_empty() && stored.as_ref() != Some(&plan.from) {
         // every sink holds the records up to where the run starts (a sink's offsets
@@ -250,12 +261,16 @@ async fn run_on(
     }
     for (slot, skip) in sinks.iter_mut().zip(plan.skips) {
         // a sink that skips gets records from where its own offsets are
-        let start = skip.as_ref().map_or(&plan.from, |s| &s.stored);
+        let start = skip.as_ref().map_or(&plan.from, resume::Skip::stored);
         slot.sink
             .resume(start)
             .await
             .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
-        slot.catch_up = skip.map(catch_up::CatchUp::new);
+        match skip {
+            Some(resume::Skip::Count(count)) => slot.catch_up = Some(CatchUp::new(count)),
+            Some(resume::Skip::Below(below)) => slot.ahead = Some(Ahead::new(below)),
+            None => {}
+        }
     }
     let resume = plan.from;
     let ctx = SourceContext {
@@ -412,9 +427,14 @@ fn log_resume(
     let name = &pipeline.name;
     if !plan.from.is_empty() {
         let with_data = sink_offsets.iter().flatten().any(|o| *o == plan.from);
-        let whence = match with_data {
-            true => "the offsets stored with a sink's data",
-            false => "the checkpoint store",
+        let by_position = plan
+            .skips
+            .iter()
+            .any(|s| matches!(s, Some(resume::Skip::Below(_))));
+        let whence = match (with_data, by_position) {
+            (true, _) => "the offsets stored with a sink's data",
+            (false, true) => "the oldest sink's offset of each split",
+            (false, false) => "the checkpoint store",
         };
         tracing::info!(pipeline = %name, records = plan.from.records().unwrap_or(0), "resuming from {whence}");
     }
@@ -439,8 +459,14 @@ fn log_resume(
         }
     }
     for (i, skip) in plan.skips.iter().enumerate() {
-        if let Some(skip) = skip {
-            tracing::info!(pipeline = %name, sink = sink(i), until = skip.until, "the sink holds records beyond the oldest sink's position: they are read again, and not written to it again once the run is confirmed to reach the position it stored");
+        match skip {
+            Some(resume::Skip::Count(c)) => {
+                tracing::info!(pipeline = %name, sink = sink(i), until = c.until, "the sink holds records beyond the oldest sink's position: they are read again, and not written to it again once the run is confirmed to reach the position it stored")
+            }
+            Some(resume::Skip::Below(b)) => {
+                tracing::info!(pipeline = %name, sink = sink(i), splits = b.below.len(), "the sink holds records beyond the oldest sink's position: they are read again, and not written to it again (by their positions)")
+            }
+            None => {}
         }
     }
 }
@@ -479,6 +505,7 @@ async fn open_sink(
             schema: state.schema,
             route,
             catch_up: None,
+            ahead: None,
         },
         state.offsets,
     ))

@@ -13,7 +13,7 @@
 use arrow_array::RecordBatch;
 use connector_api::Offsets;
 
-use super::resume::Skip;
+use super::resume::Count;
 
 /// How much a sink catching up may hold, in `batch.max_in_flight`s: about what one
 /// checkpoint interval reads, which is how far one sink can be ahead of another.
@@ -21,7 +21,7 @@ pub(super) const HELD_PER_IN_FLIGHT: usize = 16;
 
 /// What a sink holds and the records read again while it catches up.
 pub(super) struct CatchUp {
-    skip: Skip,
+    skip: Count,
     /// Each batch read again with the offsets it advanced.
     held: Vec<(RecordBatch, Offsets)>,
     bytes: usize,
@@ -43,7 +43,7 @@ pub(super) enum Step {
 }
 
 impl CatchUp {
-    pub(super) fn new(skip: Skip) -> Self {
+    pub(super) fn new(skip: Count) -> Self {
         CatchUp {
             skip,
             held: Vec::new(),
@@ -137,7 +137,7 @@ mod tests {
     }
 
     fn catch_up_to(n: u64) -> CatchUp {
-        CatchUp::new(Skip {
+        CatchUp::new(Count {
             until: n,
             stored: at(n),
         })

@@ -12,6 +12,7 @@ use arrow_schema::SchemaRef;
 use connector_api::{Batch, DriftPolicy, Error, Offsets, Reject, Result, Sink};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 
+use super::ahead::Ahead;
 use super::catch_up::CatchUp;
 use super::dead_letter::{self, FailureWindow};
 use crate::checkpoint::Store;
@@ -42,6 +43,9 @@ pub(super) struct SinkSlot {
     /// While it catches up with what it held beyond the run's start: not flushed
     /// meanwhile, so its stored offsets never go back.
     pub(super) catch_up: Option<CatchUp>,
+    /// While the run has not passed, in every split, the records it held beyond the
+    /// run's start (by position): they are not handed to it again.
+    pub(super) ahead: Option<Ahead>,
 }
 
 pub(super) struct Engine<'a> {
@@ -288,10 +292,15 @@ impl<'a> Engine<'a> {
         self.acc_rows = 0;
         self.acc_bytes = 0;
         self.acc_since = None;
-        if self.sinks.iter().any(|s| s.catch_up.is_some()) {
+        if self
+            .sinks
+            .iter()
+            .any(|s| s.catch_up.is_some() || s.ahead.is_some())
+        {
             for b in batches {
                 let records = (b.num_rows() > 0).then_some(b.records);
-                self.deliver(records, b.offsets).await?;
+                self.deliver(records, b.offsets, b.positions.as_ref())
+                    .await?;
             }
         } else {
             let mut offsets = Offsets::new();
@@ -312,7 +321,7 @@ impl<'a> Engine<'a> {
                 )?),
             };
             drop(batches);
-            self.deliver(records, offsets).await?;
+            self.deliver(records, offsets, None).await?;
         }
         self.metrics.recovered();
         self.permits.clear();
@@ -334,7 +343,11 @@ impl<'a> Engine<'a> {
         let caught_up = self.sinks.iter_mut().filter(|s| s.catch_up.is_none());
         for slot in self.dead_letter.iter_mut().chain(caught_up) {
             let started = Instant::now();
-            retrying!(self.policy, "sink flush", slot.sink.flush(&self.position))
+            let at = match &slot.ahead {
+                Some(ahead) => ahead.offsets(&self.position),
+                None => self.position.clone(),
+            };
+            retrying!(self.policy, "sink flush", slot.sink.flush(&at))
                 .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
             if let Some(m) = self.metrics.sink(&slot.name) {
                 m.flushes.fetch_add(1, Ordering::Relaxed);

@@ -1,14 +1,16 @@
 //! Writing to the sinks: the transforms' output through each sink's route and drift
 //! policy, in parts of at most `[batch]`'s size, records a sink refuses, and a sink
-//! catching up after a restart ([`super::super::catch_up`]).
+//! that was ahead when the run restarted ([`super::super::catch_up`],
+//! [`super::super::ahead`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::Schema;
-use connector_api::{Batch, Offsets, Reject, Result};
+use connector_api::{Batch, Offsets, Positions, Reject, Result};
 
+use super::super::ahead::{Ahead, Keep};
 use super::super::catch_up::{Step, HELD_PER_IN_FLIGHT};
 use super::super::conform::conform;
 use super::{Engine, SinkSlot};
@@ -16,13 +18,28 @@ use crate::config::Tolerance;
 use crate::retrying;
 
 impl Engine<'_> {
-    /// Runs `records` through the transforms and writes them to every sink; the
-    /// position moves to `offsets`.
+    /// Runs `records` (placed by `positions`, from a source that keeps them) through
+    /// the transforms and writes them to every sink; the position moves to `offsets`.
     pub(super) async fn deliver(
         &mut self,
         records: Option<RecordBatch>,
         offsets: Offsets,
+        positions: Option<&Positions>,
     ) -> Result<()> {
+        // what each sink that was ahead does not hold, told by the records as read
+        let rows = records.as_ref().map_or(0, RecordBatch::num_rows);
+        let keeps: Vec<Keep> = self
+            .sinks
+            .iter_mut()
+            .map(|s| match s.ahead.as_mut() {
+                Some(ahead) => ahead.keep(rows, positions),
+                None => Keep::All,
+            })
+            .collect();
+        let read = match keeps.iter().any(|k| matches!(k, Keep::Some(_))) {
+            true => records.clone(),
+            false => None,
+        };
         let records = match records {
             Some(r) => {
                 // rows a query fails on are bad records, counted good when they were read
@@ -44,6 +61,7 @@ impl Engine<'_> {
         // a batch the transforms emptied moves the run as one without records does
         let Some(records) = records.filter(|r| r.num_rows() > 0) else {
             self.moved();
+            self.passed();
             return Ok(());
         };
         let rows = records.num_rows() as u64;
@@ -51,7 +69,24 @@ impl Engine<'_> {
         // records out: those every sink took or was not meant to take (a refused
         // record is a dead letter)
         let mut taken = rows;
-        for i in 0..self.sinks.len() {
+        for (i, keep) in keeps.into_iter().enumerate() {
+            if let Some(ahead) = &self.sinks[i].ahead {
+                // the sink's own offsets of the splits the run has not passed
+                let at = ahead.offsets(&offsets);
+                match keep {
+                    Keep::All => taken = taken.min(self.write_to(i, &records, &at).await?),
+                    Keep::Nothing => {}
+                    Keep::Some(keep) => {
+                        let Some(read) = &read else { continue };
+                        let lacking = arrow_select::filter::filter_record_batch(read, &keep)?;
+                        // the same transforms on the records it lacks; their bad rows
+                        // were dealt with above
+                        let (lacking, _) = self.chain.apply(lacking, &offsets).await?;
+                        self.write_to(i, &lacking, &at).await?;
+                    }
+                }
+                continue;
+            }
             let Some(c) = self.sinks[i].catch_up.as_mut() else {
                 let written = self.write_to(i, &records, &offsets).await?;
                 taken = taken.min(written);
@@ -67,9 +102,20 @@ impl Engine<'_> {
                 }
             }
         }
+        self.passed();
         self.metrics.records_out.fetch_add(taken, Ordering::Relaxed);
         self.metrics.bytes_out.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Sinks that were ahead and that the run has now passed in every split.
+    fn passed(&mut self) {
+        for slot in &mut self.sinks {
+            if slot.ahead.as_ref().is_some_and(Ahead::passed) {
+                slot.ahead = None;
+                tracing::info!(pipeline = %self.pipeline.name, sink = %slot.name, "the run has passed the records the sink held before the restart: none of them was written to it again");
+            }
+        }
     }
 
     /// Writes `records` to sink `i` through its route and drift policy, in parts of

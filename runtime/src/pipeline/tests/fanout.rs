@@ -117,3 +117,168 @@ async fn a_source_that_reads_in_another_order_again_resumes_from_the_checkpoint(
     a.dedup();
     assert_eq!(a, kept(300, true));
 }
+
+/// Two partitions whose records keep their positions, as Kafka's do: "t/0" holds the
+/// even ids, "t/1" the odd ones, an id's position being id / 2. Each run interleaves
+/// them in its own rhythm: the first reads 6 of "t/0" then 4 of "t/1" per batch, the
+/// later ones 3 of "t/1" then 7 of "t/0", so batches read again straddle what a sink
+/// holds in other places.
+struct Partitioned {
+    n: u64,
+    runs: std::sync::atomic::AtomicUsize,
+}
+
+struct PartitionedRun {
+    n: u64,
+    next: [u64; 2],
+    /// Per batch: (partition, records) twice.
+    rhythm: [(usize, u64); 2],
+}
+
+#[async_trait]
+impl Source for PartitionedRun {
+    async fn open(&mut self, _: &SourceContext, committed: &Offsets) -> Result<()> {
+        for (k, next) in self.next.iter_mut().enumerate() {
+            let at = committed.get(&format!("t/{k}"));
+            *next = at.and_then(|v| v["next"].as_u64()).unwrap_or(0);
+        }
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Batch>> {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let mut ids = Vec::new();
+        let mut offsets = Offsets::new();
+        let mut positions = connector_api::Positions::new();
+        for (k, count) in self.rhythm {
+            let split = format!("t/{k}");
+            for _ in 0..count {
+                let id = self.next[k] * 2 + k as u64;
+                if id >= self.n {
+                    break;
+                }
+                ids.push(id as i64);
+                positions.push(&split, self.next[k]);
+                self.next[k] += 1;
+                offsets.set(split.clone(), serde_json::json!({ "next": self.next[k] }));
+            }
+        }
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "id",
+            arrow_schema::DataType::Int64,
+            false,
+        )]));
+        let ids = Arc::new(arrow_array::Int64Array::from(ids));
+        let records = arrow_array::RecordBatch::try_new(schema, vec![ids]).unwrap();
+        let mut batch = Batch::new(records, offsets);
+        batch.positions = Some(positions);
+        Ok(Some(batch))
+    }
+
+    fn covered_below(&self, _: &str, offset: &serde_json::Value) -> Option<u64> {
+        offset["next"].as_u64()
+    }
+}
+
+#[async_trait]
+impl DynSourceConnector for Partitioned {
+    fn name(&self) -> &str {
+        "memory"
+    }
+    fn description(&self) -> &str {
+        "two partitions whose records keep their positions"
+    }
+    fn config_schema(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    fn validate(&self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    fn create_source(&self, _: &serde_json::Value) -> Result<Box<dyn Source>> {
+        let rhythm = match self.runs.fetch_add(1, Ordering::Relaxed) {
+            0 => [(0, 6), (1, 4)],
+            _ => [(1, 3), (0, 7)],
+        };
+        Ok(Box::new(PartitionedRun {
+            n: self.n,
+            next: [0, 0],
+            rhythm,
+        }))
+    }
+    async fn check(&self, _: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+    async fn discover(&self, _: &serde_json::Value) -> Result<Option<SchemaRef>> {
+        Ok(None)
+    }
+}
+
+/// [`restarted_once`] with [`Partitioned`] over `n` ids; checks that no flush of
+/// either store moved a split back.
+async fn partitioned_restarted_once(n: u64, lost: usize) -> HashMap<String, MemorySink> {
+    let named = stores(Some(("b", lost)));
+    let source = Arc::new(Partitioned {
+        n,
+        runs: Default::default(),
+    });
+    let log = Log::default();
+    let s = setup_source_in(
+        tempfile::tempdir().unwrap(),
+        source,
+        log.clone(),
+        &named,
+        ROUTED,
+    );
+    supervise(&s.pipeline, &s.registry, never(), s.metrics.clone())
+        .await
+        .unwrap();
+    assert_eq!(s.metrics.restarts.load(Ordering::Relaxed), 1);
+    // each store's offsets of each split, flush after flush, never go back
+    let mut last: HashMap<(String, String), u64> = HashMap::new();
+    let mut flushes = 0;
+    for event in log.lock().unwrap().iter() {
+        let Some((store, envelope)) = event
+            .strip_prefix("flushed ")
+            .and_then(|e| e.split_once(' '))
+        else {
+            continue;
+        };
+        flushes += 1;
+        let offsets = Offsets::from_envelope(envelope).unwrap();
+        for (split, at) in offsets.splits().iter() {
+            let at = at["next"].as_u64().unwrap();
+            let key = (store.to_string(), split.clone());
+            let before = last.insert(key, at).unwrap_or(0);
+            assert!(
+                at >= before,
+                "{store} went back in {split}: {before} -> {at}"
+            );
+        }
+    }
+    assert!(flushes > 4, "{flushes} flushes");
+    named
+}
+
+#[tokio::test]
+async fn records_that_keep_their_positions_repeat_into_neither_sink_whatever_the_order_read_again()
+{
+    let named = partitioned_restarted_once(300, 2).await;
+    assert_eq!(flushed(&named["a"]), kept(300, true));
+    assert_eq!(flushed(&named["b"]), kept(300, false));
+    // "a" was flushed while the run passed it, never with offsets behind its own
+    let a = named["a"].store.lock().unwrap().offsets.clone().unwrap();
+    assert_eq!(a.get("t/0"), Some(&serde_json::json!({ "next": 150 })));
+    assert_eq!(a.get("t/1"), Some(&serde_json::json!({ "next": 150 })));
+}
+
+#[tokio::test]
+async fn records_that_keep_their_positions_after_a_crash_in_the_first_flushes_repeat_into_neither()
+{
+    // "b" holds nothing: every split starts where the source starts it
+    let named = partitioned_restarted_once(300, 0).await;
+    assert_eq!(flushed(&named["a"]), kept(300, true));
+    assert_eq!(flushed(&named["b"]), kept(300, false));
+}

@@ -164,6 +164,8 @@ struct LoggedSink {
     log: Log,
     abort_flush: Option<usize>,
     flushes: usize,
+    /// The named store it writes to, whose flushes log `flushed NAME OFFSETS` too.
+    store: Option<String>,
 }
 
 #[async_trait]
@@ -186,6 +188,12 @@ impl Sink for LoggedSink {
         }
         self.inner.flush(offsets).await?;
         push(&self.log, format!("flush {}", position(offsets)));
+        if let Some(store) = &self.store {
+            push(
+                &self.log,
+                format!("flushed {store} {}", offsets.to_envelope()),
+            );
+        }
         Ok(())
     }
 }
@@ -205,7 +213,8 @@ impl DynSinkConnector for TestSink {
         Ok(())
     }
     fn create_sink(&self, config: &serde_json::Value) -> Result<Box<dyn Sink>> {
-        let inner = match config.get("store").and_then(|s| s.as_str()) {
+        let store = config.get("store").and_then(|s| s.as_str());
+        let inner = match store {
             Some(name) => self.named[name].clone(),
             None => self.sink.clone(),
         };
@@ -214,6 +223,7 @@ impl DynSinkConnector for TestSink {
             log: self.log.clone(),
             abort_flush: self.abort_flush,
             flushes: 0,
+            store: store.map(str::to_string),
         }))
     }
     async fn check(&self, _: &serde_json::Value) -> Result<()> {
@@ -247,13 +257,24 @@ fn setup_named_in(
     named: &HashMap<String, MemorySink>,
     sinks: &str,
 ) -> Setup {
+    let log = source.log.clone();
+    setup_source_in(dir, Arc::new(source), log, named, sinks)
+}
+
+/// [`setup_named_in`] with any source connector (named "memory") logging to `log`.
+fn setup_source_in(
+    dir: tempfile::TempDir,
+    source: Arc<dyn DynSourceConnector>,
+    log: Log,
+    named: &HashMap<String, MemorySink>,
+    sinks: &str,
+) -> Setup {
     let file = dir.path().join("p.toml");
     let text = format!(
         "name = \"p\"\n[source]\nconnector = \"memory\"\n{sinks}\n\
          [errors]\nretry_backoff = \"1ms\"\nretry_backoff_max = \"2ms\"\n"
     );
     std::fs::write(&file, text).unwrap();
-    let log = source.log.clone();
     let sink = MemorySink::new();
     let registry = named_registry(source, named, &log);
     let pipeline = config::load(&file, &registry).unwrap();
@@ -268,9 +289,13 @@ fn setup_named_in(
     }
 }
 
-fn named_registry(source: TestSource, named: &HashMap<String, MemorySink>, log: &Log) -> Registry {
+fn named_registry(
+    source: Arc<dyn DynSourceConnector>,
+    named: &HashMap<String, MemorySink>,
+    log: &Log,
+) -> Registry {
     let mut registry = Registry::default();
-    registry.add_source(Arc::new(source));
+    registry.add_source(source);
     registry.add_sink(Arc::new(TestSink {
         sink: MemorySink::new(),
         log: log.clone(),
