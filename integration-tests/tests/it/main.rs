@@ -11,6 +11,7 @@ mod file_follow;
 mod iceberg;
 mod kafka;
 mod kafka_avro;
+mod kafka_fanout;
 mod kafka_group;
 mod mqtt;
 mod mysql;

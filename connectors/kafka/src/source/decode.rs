@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_array::builder::{BinaryBuilder, Int32Builder, Int64Builder, StringBuilder};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
-use connector_api::{columns, Batch, Error, Offsets, Reject, Result};
+use connector_api::{columns, Batch, Error, Offsets, Positions, Reject, Result};
 
 use sluice_formats::messages::{headers_column, timestamp_column};
 
@@ -176,6 +176,7 @@ impl KafkaSource {
                 offsets,
                 rejects,
                 checkpoint: false,
+                positions: None,
             });
         };
         let values = if keep.len() == values.num_rows() {
@@ -185,6 +186,7 @@ impl KafkaSource {
             arrow_select_take(&values, &idx)?
         };
         let rows: Vec<&Msg> = keep.iter().map(|&r| &msgs[good[r]]).collect();
+        let positions = positions(&rows);
         let mut fields: Vec<Arc<Field>> = values.schema().fields().iter().cloned().collect();
         let mut cols: Vec<ArrayRef> = values.columns().to_vec();
         for m in [
@@ -268,8 +270,31 @@ impl KafkaSource {
             offsets,
             rejects,
             checkpoint: false,
+            positions,
         })
     }
+}
+
+/// Each record's partition and offset: an offset names the same message in every
+/// read. (A delivered message's offset is never negative; None if one were.)
+fn positions(rows: &[&Msg]) -> Option<Positions> {
+    let mut positions = Positions::new();
+    // the split of the last partition seen: messages come in runs of one partition
+    let mut last: Option<(&str, i32, u32)> = None;
+    for m in rows {
+        let split = match last {
+            Some((topic, partition, split)) if *topic == *m.topic && partition == m.partition => {
+                split
+            }
+            _ => {
+                let split = positions.split(&split_id(&m.topic, m.partition));
+                last = Some((&m.topic, m.partition, split));
+                split
+            }
+        };
+        positions.push_at(split, u64::try_from(m.offset).ok()?);
+    }
+    Some(positions)
 }
 
 pub(super) fn arrow_select_take(

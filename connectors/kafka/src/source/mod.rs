@@ -16,6 +16,10 @@
 //! applies only to a partition with neither. A commit never moves a group offset
 //! backwards (a partition that comes back finds the position its other owner reached).
 //!
+//! Every batch says where each record lies (its partition and offset), so after a
+//! crash between two sinks' flushes each sink that was ahead skips exactly the
+//! messages it holds ([`Source::covered_below`]).
+//!
 //! `group` holds the shared state and the rebalance callbacks, `poll` the poll thread,
 //! `decode` the messages into Arrow.
 
@@ -285,6 +289,15 @@ impl Source for KafkaSource {
             Err(e) => tracing::warn!(error = %e, "kafka: committing offsets to the group failed"),
         }
         Ok(())
+    }
+
+    /// An offset `{"next": N}` covers the partition's messages below offset N, and a
+    /// message's offset never names another: a sink that was ahead after a crash is
+    /// handed none of the messages it holds, however the partitions interleave.
+    fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u64> {
+        parse_split(split)?;
+        let at = PartitionOffset::deserialize(offset).ok()?;
+        u64::try_from(at.next).ok()
     }
 
     /// Per owned partition: its end (the last stable offset, from the statistics
