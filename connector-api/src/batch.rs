@@ -153,7 +153,8 @@ impl Batch {
 }
 
 /// Where each record of a batch lies in its split: the split, and the record's position
-/// in it (a Kafka partition's offset). Only for a source whose positions never name
+/// in it (a Kafka partition's offset; a WAL change's commit position and its place in
+/// the transaction, as one number). Only for a source whose positions never name
 /// another record ([`crate::Source::covered_below`]): after a crash between two sinks'
 /// flushes, the runtime hands a sink that was ahead none of the records below its own
 /// offsets, record by record, however the splits interleave in the read again.
@@ -161,7 +162,7 @@ impl Batch {
 pub struct Positions {
     splits: Vec<String>,
     /// Per record in row order: its split (an index into `splits`) and its position.
-    records: Vec<(u32, u64)>,
+    records: Vec<(u32, u128)>,
 }
 
 impl Positions {
@@ -183,14 +184,14 @@ impl Positions {
     }
 
     /// The next record lies at `position` in `split`.
-    pub fn push(&mut self, split: &str, position: u64) {
+    pub fn push(&mut self, split: &str, position: u128) {
         let at = self.split(split);
         self.records.push((at, position));
     }
 
     /// The next record lies at `position` in the split of index `split` (from
     /// [`Positions::split`]).
-    pub fn push_at(&mut self, split: u32, position: u64) {
+    pub fn push_at(&mut self, split: u32, position: u128) {
         self.records.push((split, position));
     }
 
@@ -205,13 +206,13 @@ impl Positions {
     }
 
     /// Record `row`'s split and position.
-    pub fn get(&self, row: usize) -> Option<(&str, u64)> {
+    pub fn get(&self, row: usize) -> Option<(&str, u128)> {
         let &(split, position) = self.records.get(row)?;
         Some((self.splits.get(split as usize)?.as_str(), position))
     }
 
     /// Every record's split and position, in row order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u128)> + '_ {
         self.records
             .iter()
             .filter_map(|&(s, p)| Some((self.splits.get(s as usize)?.as_str(), p)))

@@ -189,7 +189,7 @@ pub trait Source: Send {
     /// before `open`, from the offset alone. Default: None (records carry no
     /// positions; [`Source::replays_in_order`] decides). Not asked across the plugin
     /// boundary yet.
-    fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u64> {
+    fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u128> {
         let _ = (split, offset);
         None
     }

@@ -22,6 +22,7 @@ mod nats;
 mod plugins;
 mod postgres;
 mod postgres_cdc;
+mod postgres_cdc_fanout;
 mod postgres_cdc_faults;
 mod postgres_cdc_load;
 mod postgres_incremental;

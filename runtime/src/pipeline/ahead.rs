@@ -22,7 +22,7 @@ pub(super) struct Ahead {
     stored: Offsets,
     /// Per split the run has not yet passed the sink in: the position of the first
     /// record the sink does not hold.
-    below: BTreeMap<String, u64>,
+    below: BTreeMap<String, u128>,
 }
 
 /// Which records of a batch the sink is to get.
@@ -123,7 +123,7 @@ mod tests {
     fn placed(records: &[(&str, u64)]) -> Positions {
         let mut p = Positions::new();
         for (split, at) in records {
-            p.push(split, *at);
+            p.push(split, u128::from(*at));
         }
         p
     }

@@ -68,7 +68,7 @@ pub(super) struct Below {
     /// The offsets the sink stored.
     pub(super) stored: Offsets,
     /// Per split it is ahead in: the position of the first record it does not hold.
-    pub(super) below: BTreeMap<String, u64>,
+    pub(super) below: BTreeMap<String, u128>,
 }
 
 /// How the source reads again, to compare positions by.
@@ -77,7 +77,7 @@ pub(super) struct Replay<'a> {
     pub(super) in_order: bool,
     /// Where an offset of a split stands among the split's record positions
     /// ([`connector_api::Source::covered_below`]).
-    pub(super) covered: &'a dyn Fn(&str, &serde_json::Value) -> Option<u64>,
+    pub(super) covered: &'a dyn Fn(&str, &serde_json::Value) -> Option<u128>,
 }
 
 /// A note for the log about the choice made.
@@ -189,15 +189,15 @@ pub(super) fn plan(
 fn by_position(
     sinks: &[Option<Offsets>],
     candidates: &[&Offsets],
-    covered: &dyn Fn(&str, &serde_json::Value) -> Option<u64>,
+    covered: &dyn Fn(&str, &serde_json::Value) -> Option<u128>,
 ) -> Option<Resume> {
-    let positions = |o: &Offsets| -> Option<BTreeMap<String, u64>> {
+    let positions = |o: &Offsets| -> Option<BTreeMap<String, u128>> {
         o.splits()
             .iter()
             .map(|(split, v)| Some((split.clone(), covered(split, v)?)))
             .collect()
     };
-    let each: Vec<BTreeMap<String, u64>> = candidates
+    let each: Vec<BTreeMap<String, u128>> = candidates
         .iter()
         .map(|c| positions(c))
         .collect::<Option<_>>()?;
@@ -248,14 +248,14 @@ fn by_position(
 /// starts where the source starts it: anything the sink holds of it is further on).
 fn skips(
     sinks: &[Option<Offsets>],
-    at: &BTreeMap<String, u64>,
-    positions: &dyn Fn(&Offsets) -> Option<BTreeMap<String, u64>>,
+    at: &BTreeMap<String, u128>,
+    positions: &dyn Fn(&Offsets) -> Option<BTreeMap<String, u128>>,
 ) -> Vec<Option<Skip>> {
     sinks
         .iter()
         .map(|o| {
             let o = o.as_ref()?;
-            let below: BTreeMap<String, u64> = positions(o)?
+            let below: BTreeMap<String, u128> = positions(o)?
                 .into_iter()
                 .filter(|(split, p)| *p > at.get(split).copied().unwrap_or(0))
                 .collect();
@@ -399,7 +399,7 @@ mod tests {
     }
 
     fn by_position(sinks: &[Option<Offsets>], stored: Option<Offsets>) -> (Resume, Vec<Note>) {
-        let covered = |_: &str, v: &serde_json::Value| v["next"].as_u64();
+        let covered = |_: &str, v: &serde_json::Value| v["next"].as_u64().map(u128::from);
         let replay = Replay {
             in_order: false,
             covered: &covered,
@@ -418,7 +418,7 @@ mod tests {
         );
         assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(r.from, parts(Some(100), Some(80), 190));
-        let below = |sink: &Offsets, splits: &[(&str, u64)]| {
+        let below = |sink: &Offsets, splits: &[(&str, u128)]| {
             Some(Skip::Below(Below {
                 stored: sink.clone(),
                 below: splits.iter().map(|(s, p)| (s.to_string(), *p)).collect(),
@@ -439,7 +439,8 @@ mod tests {
         let Some(Skip::Below(skip)) = &r.skips[0] else {
             panic!("{:?}", r.skips)
         };
-        let want: BTreeMap<String, u64> = [("t/0".to_string(), 120), ("t/1".to_string(), 5)].into();
+        let want: BTreeMap<String, u128> =
+            [("t/0".to_string(), 120), ("t/1".to_string(), 5)].into();
         assert_eq!(skip.below, want);
         assert_eq!(r.skips[1], None);
         // a sink that keeps no offsets holds the checkpoint store's position

@@ -292,7 +292,7 @@ fn positions(rows: &[&Msg]) -> Option<Positions> {
                 split
             }
         };
-        positions.push_at(split, u64::try_from(m.offset).ok()?);
+        positions.push_at(split, u128::try_from(m.offset).ok()?);
     }
     Some(positions)
 }

@@ -294,10 +294,10 @@ impl Source for KafkaSource {
     /// An offset `{"next": N}` covers the partition's messages below offset N, and a
     /// message's offset never names another: a sink that was ahead after a crash is
     /// handed none of the messages it holds, however the partitions interleave.
-    fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u64> {
+    fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u128> {
         parse_split(split)?;
         let at = PartitionOffset::deserialize(offset).ok()?;
-        u64::try_from(at.next).ok()
+        u128::try_from(at.next).ok()
     }
 
     /// Per owned partition: its end (the last stable offset, from the statistics

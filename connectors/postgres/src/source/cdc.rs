@@ -13,17 +13,18 @@
 
 use std::time::{Duration, Instant};
 
-use connector_api::{Batch, Error, Offsets, Result};
+use connector_api::{Batch, Error, Offsets, Positions, Result};
 use futures::FutureExt;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPool;
 
-use super::change::{Change, Layout};
+use super::change::{change_position, Change, Layout};
 use super::describe::describe;
 use super::rows::Rows;
 use super::table::Table;
 use super::PostgresSource;
+use super::TableOffset;
 use crate::cdc::catalog::{self, PublicationRef, TableName};
 use crate::cdc::pgoutput::{self, Message};
 use crate::cdc::{lsn_text, parse_lsn, replication};
@@ -43,6 +44,17 @@ pub struct TxnOffset {
     pub final_lsn: u64,
     /// Changes of the table in it returned so far.
     pub changes: u64,
+}
+
+/// The position of the first change `offset` does not cover, once the snapshot is
+/// done: every transaction committing before its `lsn` is covered, and the first
+/// `txn.changes` of the one it ended inside.
+pub(super) fn covered_below(offset: &TableOffset) -> Option<u128> {
+    match (offset.done, offset.lsn, offset.txn) {
+        (true, Some(_), Some(txn)) => Some(change_position(txn.final_lsn, txn.changes)),
+        (true, Some(lsn), None) => Some(change_position(lsn, 0)),
+        _ => None,
+    }
 }
 
 /// The transaction being read.
@@ -499,6 +511,7 @@ impl Cdc {
             return Ok(());
         }
         let (xid, ts_ms) = (txn.xid, txn.ts_ms);
+        let position = change_position(txn.final_lsn, txn.seen - 1);
         let layout = self.layout.as_ref().ok_or_else(|| {
             Error::internal(format!("a change of {} before its relation", self.table))
         })?;
@@ -508,6 +521,7 @@ impl Cdc {
             lsn,
             xid,
             ts_ms,
+            position,
         };
         let rows = match &mut self.pending {
             Some(rows) => rows,
@@ -533,8 +547,15 @@ impl Cdc {
                 // while still skipping what a run before returned, that much is returned
                 changes: t.seen.max(t.skip),
             });
+        let mut positions = Positions::new();
         let (records, rejects) = match &mut self.pending {
-            Some(rows) => rows.finish(&table.split)?,
+            Some(rows) => {
+                let split = positions.split(&table.split);
+                for p in rows.take_positions() {
+                    positions.push_at(split, p);
+                }
+                rows.finish(&table.split)?
+            }
             None => Rows::new(table)?.finish(&table.split)?,
         };
         self.emitted = self.done;
@@ -542,6 +563,7 @@ impl Cdc {
         offsets.set_typed(table.split.clone(), &table.offset)?;
         let mut batch = Batch::new(records, offsets);
         batch.rejects = rejects;
+        batch.positions = Some(positions);
         Ok(batch)
     }
 }
@@ -588,6 +610,35 @@ mod tests {
             read: (0, 0),
             server: 0,
         }
+    }
+
+    #[test]
+    fn a_change_is_covered_by_an_offset_after_it_and_not_by_one_before() {
+        let at = |lsn: u64, txn: Option<(u64, u64)>| TableOffset {
+            done: true,
+            lsn: Some(lsn),
+            txn: txn.map(|(final_lsn, changes)| TxnOffset { final_lsn, changes }),
+            ..Default::default()
+        };
+        // the transaction committing at 0x200, changes 0..3; the second changed the key
+        // (two records: the second takes the odd position)
+        let change = |i| change_position(0x200, i);
+        let whole_before = covered_below(&at(0x180, None)).unwrap();
+        let two_returned = covered_below(&at(0x180, Some((0x200, 2)))).unwrap();
+        let whole = covered_below(&at(0x230, None)).unwrap();
+        assert!(change(0) >= whole_before);
+        assert!(change(1) < two_returned && change(1) + 1 < two_returned);
+        assert!(change(2) >= two_returned);
+        assert!(change(2) < whole);
+        // a keepalive past it covers it, and nothing of a later transaction
+        let keepalive = covered_below(&at(0x900, None)).unwrap();
+        assert!(change(2) < keepalive && change_position(0x900, 0) >= keepalive);
+        // the snapshot still being read: no position
+        let reading = TableOffset {
+            lsn: Some(0x100),
+            ..Default::default()
+        };
+        assert_eq!(covered_below(&reading), None);
     }
 
     #[test]

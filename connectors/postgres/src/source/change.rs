@@ -41,6 +41,16 @@ pub(super) struct Change<'a> {
     pub(super) lsn: u64,
     pub(super) xid: u32,
     pub(super) ts_ms: i64,
+    /// Where the change lies in the stream for good ([`change_position`]).
+    pub(super) position: u128,
+}
+
+/// The position of the `index`th change (0-based) of the table in the transaction
+/// that commits at `final_lsn`: that LSN above, the index shifted by one (the second
+/// record of an update that changed the key takes the odd one). Positions rise in
+/// commit order, and the same change has the same one in every read.
+pub(super) fn change_position(final_lsn: u64, index: u64) -> u128 {
+    (u128::from(final_lsn) << 64) | (u128::from(index) << 1)
 }
 
 /// A row in the table's column order, or why one of its values does not fit.
@@ -277,6 +287,7 @@ mod tests {
             lsn: 0x10,
             xid: 2,
             ts_ms: 3,
+            position: 0,
         };
         let mut rows = Rows::new(t)?;
         for m in messages {

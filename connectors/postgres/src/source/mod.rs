@@ -345,6 +345,18 @@ impl Source for PostgresSource {
         self.config.snapshot_order != SnapshotOrder::Physical
     }
 
+    /// `cdc` once the snapshot is done: a change's position is its transaction's
+    /// commit LSN and its place in it, the same in every read, and the offset covers
+    /// every transaction that commits before `lsn` and the first `txn.changes` of the
+    /// one it ended inside; a keepalive position moves `lsn` without changes, which a
+    /// count cannot confirm on a read again but a position can.
+    fn covered_below(&self, _: &str, offset: &serde_json::Value) -> Option<u128> {
+        if self.config.mode != SourceMode::Cdc {
+            return None;
+        }
+        cdc::covered_below(&TableOffset::deserialize(offset).ok()?)
+    }
+
     async fn next_batch(&mut self) -> Result<Option<Batch>> {
         let batch = match self.ready.pop_front() {
             Some(b) => Some(b),

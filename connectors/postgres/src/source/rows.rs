@@ -70,6 +70,8 @@ pub(super) struct Rows {
     xid: Int64Builder,
     ts_ms: Int64Builder,
     rejects: Vec<Reject>,
+    /// Each record's position in the stream.
+    positions: Vec<u128>,
     /// Records and rejects.
     len: usize,
 }
@@ -91,6 +93,7 @@ impl Rows {
             xid: Int64Builder::new(),
             ts_ms: Int64Builder::new(),
             rejects: Vec::new(),
+            positions: Vec::new(),
             len: 0,
         })
     }
@@ -124,7 +127,15 @@ impl Rows {
         } else {
             self.after.push(&self.kinds, after.or(before));
         }
+        // the second record of one change comes just after the first
+        let next = self.positions.last().map_or(0, |p| p + 1);
+        self.positions.push(at.position.max(next));
         self.len += 1;
+    }
+
+    /// The positions of the records [`Rows::finish`] returns; empty after.
+    pub(super) fn take_positions(&mut self) -> Vec<u128> {
+        std::mem::take(&mut self.positions)
     }
 
     pub(super) fn reject(&mut self, reject: Reject) {

@@ -158,7 +158,7 @@ impl Source for PartitionedRun {
                     break;
                 }
                 ids.push(id as i64);
-                positions.push(&split, self.next[k]);
+                positions.push(&split, self.next[k].into());
                 self.next[k] += 1;
                 offsets.set(split.clone(), serde_json::json!({ "next": self.next[k] }));
             }
@@ -178,8 +178,8 @@ impl Source for PartitionedRun {
         Ok(Some(batch))
     }
 
-    fn covered_below(&self, _: &str, offset: &serde_json::Value) -> Option<u64> {
-        offset["next"].as_u64()
+    fn covered_below(&self, _: &str, offset: &serde_json::Value) -> Option<u128> {
+        offset["next"].as_u64().map(u128::from)
     }
 }
 
