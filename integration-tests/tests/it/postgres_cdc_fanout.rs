@@ -1,8 +1,8 @@
 //! PostgreSQL CDC into two exactly-once sinks, killed with SIGKILL between their
-//! flushes while transactions on the table and on another table interleave: the sink
-//! that was ahead skips by each change's position in the WAL, also where its offsets
-//! stand past the last change it holds (another table's transactions), which a count
-//! of records cannot confirm on a read again.
+//! flushes while transactions of the table and of another table of the publication
+//! interleave: the sink that was ahead skips by each change's position in the
+//! WAL, also where its offsets stand past the last change it holds (the other
+//! transactions), which a count of records cannot confirm on a read again.
 
 use std::time::Duration;
 
@@ -33,12 +33,13 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}';\
          DROP PUBLICATION IF EXISTS {slot};\
          CREATE TABLE \"{src}\" (id bigint PRIMARY KEY, n integer); INSERT INTO \"{src}\" VALUES (0, 0);\
-         CREATE TABLE \"{other}\" (id bigint)"
+         CREATE TABLE \"{other}\" (id bigint);\
+         DROP PUBLICATION IF EXISTS it_pg_cdcfan_pub; CREATE PUBLICATION it_pg_cdcfan_pub FOR TABLE \"{src}\", \"{other}\""
     ));
     std::fs::write(
         d.join("cdc.toml"),
         format!(
-            "name = \"{name}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\n\
+            "name = \"{name}\"\n[source]\nconnector = \"postgres\"\nurl = \"{0}\"\ntables = [\"{src}\"]\nmode = \"cdc\"\npublication = \"it_pg_cdcfan_pub\"\n\
              [sinks.changes]\nconnector = \"file\"\npath = \"out\"\nformat = \"json\"\n\
              [sinks.mirror]\nconnector = \"postgres\"\nurl = \"{0}\"\ntable = \"{copy}\"\nmode = \"upsert\"\nkey = [\"id\"]\n\
              [batch]\nmax_records = 50\n[checkpoint]\ninterval = \"50ms\"\n",
@@ -62,19 +63,20 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
          WHEN (NEW.pipeline = '{name}' AND NEW.sink = 'mirror') EXECUTE FUNCTION cdcfan_slow();"
     ));
     // a writer, until the kills are over: transactions of 10 inserts, each followed
-    // by one on another table (the offsets move past it without a change of the table)
+    // by one on another table of the publication (the stream's offsets move past it
+    // without a change of the table)
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (w_src, w_other, w_stop) = (src.clone(), other.clone(), stop.clone());
     let writer = std::thread::spawn(move || {
         let mut t = 0;
         while !w_stop.load(std::sync::atomic::Ordering::Relaxed) {
             psql(&format!(
-                "INSERT INTO \"{w_src}\" SELECT g, g FROM generate_series({}, {}) g; INSERT INTO \"{w_other}\" VALUES ({t})",
+                "INSERT INTO \"{w_src}\" SELECT g, g FROM generate_series({}, {}) g",
                 t * 10 + 1,
                 t * 10 + 10
             ));
+            psql(&format!("INSERT INTO \"{w_other}\" VALUES ({t})"));
             t += 1;
-            std::thread::sleep(Duration::from_millis(10));
         }
         t
     });
@@ -105,7 +107,7 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     signal(&last, "TERM");
     let last = finish(last, Duration::from_secs(30));
     psql(&format!(
-        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION IF EXISTS {slot}"
+        "SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION it_pg_cdcfan_pub"
     ));
     let copied = psql(&format!("SELECT count(*) FROM \"{copy}\""));
     assert!(

@@ -50,10 +50,18 @@ pub struct TxnOffset {
 /// done: every transaction committing before its `lsn` is covered, and the first
 /// `txn.changes` of the one it ended inside.
 pub(super) fn covered_below(offset: &TableOffset) -> Option<u128> {
-    match (offset.done, offset.lsn, offset.txn) {
-        (true, Some(_), Some(txn)) => Some(change_position(txn.final_lsn, txn.changes)),
-        (true, Some(lsn), None) => Some(change_position(lsn, 0)),
+    match (offset.done, offset.lsn) {
+        (true, Some(lsn)) => Some(covered(lsn, offset.txn)),
         _ => None,
+    }
+}
+
+/// The position of the first change not covered by `lsn` (the end of the last whole
+/// transaction returned) and `txn` (how far the next one was).
+fn covered(lsn: u64, txn: Option<TxnOffset>) -> u128 {
+    match txn {
+        Some(t) => change_position(t.final_lsn, t.changes),
+        None => change_position(lsn, 0),
     }
 }
 
@@ -99,10 +107,12 @@ pub(super) struct Cdc {
     pending: Option<Rows>,
     /// End LSN of the last transaction decoded whole.
     done: u64,
-    /// `done` as of the last batch returned.
-    emitted: u64,
-    /// The last position the runtime committed.
-    flushed: u64,
+    /// How far the last batch returned covers ([`covered`]): also a batch that ended
+    /// inside a transaction, whose changes a keepalive must not release before they
+    /// are flushed.
+    emitted: u128,
+    /// How far the last offsets the runtime committed cover.
+    flushed: u128,
     /// The last position confirmed to the server.
     confirmed: u64,
     /// The last check that the publication covers the table: when, and the WAL
@@ -207,8 +217,8 @@ impl PostgresSource {
             resume: offset.txn,
             pending: None,
             done,
-            emitted: done,
-            flushed: done,
+            emitted: covered(done, None),
+            flushed: covered(done, None),
             confirmed: start,
             checked: None,
             status_interval,
@@ -218,12 +228,13 @@ impl PostgresSource {
         })
     }
 
-    /// The runtime committed `lsn`: the server may release the WAL before it.
-    pub(super) fn commit_cdc(&mut self, lsn: u64) {
+    /// The runtime committed `lsn` (and `txn`, how far the transaction after it was):
+    /// the server may release the WAL before `lsn`.
+    pub(super) fn commit_cdc(&mut self, lsn: u64, txn: Option<TxnOffset>) {
         let Some(cdc) = self.cdc.as_mut() else {
             return;
         };
-        cdc.flushed = cdc.flushed.max(lsn);
+        cdc.flushed = cdc.flushed.max(covered(lsn, txn));
         cdc.confirm(lsn);
     }
 
@@ -558,7 +569,7 @@ impl Cdc {
             }
             None => Rows::new(table)?.finish(&table.split)?,
         };
-        self.emitted = self.done;
+        self.emitted = covered(self.done, table.offset.txn);
         let mut offsets = Offsets::new();
         offsets.set_typed(table.split.clone(), &table.offset)?;
         let mut batch = Batch::new(records, offsets);
@@ -601,8 +612,8 @@ mod tests {
             deferred: None,
             pending: None,
             done,
-            emitted: done,
-            flushed: done,
+            emitted: covered(done, None),
+            flushed: covered(done, None),
             confirmed: 0,
             checked: None,
             status_interval: Duration::from_secs(1),
@@ -630,9 +641,9 @@ mod tests {
         assert!(change(1) < two_returned && change(1) + 1 < two_returned);
         assert!(change(2) >= two_returned);
         assert!(change(2) < whole);
-        // a keepalive past it covers it, and nothing of a later transaction
-        let keepalive = covered_below(&at(0x900, None)).unwrap();
-        assert!(change(2) < keepalive && change_position(0x900, 0) >= keepalive);
+        // another transaction's end past it covers it, and nothing of a later one
+        let later = covered_below(&at(0x900, None)).unwrap();
+        assert!(change(2) < later && change_position(0x900, 0) >= later);
         // the snapshot still being read: no position
         let reading = TableOffset {
             lsn: Some(0x100),
@@ -673,9 +684,31 @@ mod tests {
         c.checked = Some((Instant::now(), 400));
         assert_eq!(c.releasable(500), Some(400), "not past the check");
         assert_eq!(c.releasable(300), Some(300));
-        c.emitted = 120;
+        c.emitted = covered(120, None);
         assert_eq!(c.releasable(500), None, "a batch is not flushed yet");
-        c.flushed = 120;
+        c.flushed = covered(120, None);
+        // a batch that ended inside the transaction at 130 is not flushed by what
+        // covers the start of it, also once that transaction's commit was read
+        c.emitted = covered(
+            120,
+            Some(TxnOffset {
+                final_lsn: 130,
+                changes: 5,
+            }),
+        );
+        c.flushed = c.flushed.max(covered(
+            120,
+            Some(TxnOffset {
+                final_lsn: 130,
+                changes: 3,
+            }),
+        ));
+        assert_eq!(
+            c.releasable(500),
+            None,
+            "the end of a transaction is not flushed yet"
+        );
+        c.flushed = c.flushed.max(covered(140, None));
         c.begin(450, 1, 0);
         assert_eq!(c.releasable(500), None, "inside a transaction");
         c.end(460);

@@ -330,11 +330,10 @@ impl Source for PostgresSource {
         let Some(table) = self.tables.first().filter(|_| self.cdc.is_some()) else {
             return Ok(());
         };
-        if let Some(lsn) = offsets
-            .get_typed::<TableOffset>(&table.split)?
-            .and_then(|o| o.lsn)
-        {
-            self.commit_cdc(lsn);
+        if let Some(at) = offsets.get_typed::<TableOffset>(&table.split)? {
+            if let Some(lsn) = at.lsn {
+                self.commit_cdc(lsn, at.txn);
+            }
         }
         Ok(())
     }
@@ -348,8 +347,9 @@ impl Source for PostgresSource {
     /// `cdc` once the snapshot is done: a change's position is its transaction's
     /// commit LSN and its place in it, the same in every read, and the offset covers
     /// every transaction that commits before `lsn` and the first `txn.changes` of the
-    /// one it ended inside; a keepalive position moves `lsn` without changes, which a
-    /// count cannot confirm on a read again but a position can.
+    /// one it ended inside; other transactions in the stream move `lsn` without a
+    /// change of the table, which a count cannot confirm on a read again but a
+    /// position can.
     fn covered_below(&self, _: &str, offset: &serde_json::Value) -> Option<u128> {
         if self.config.mode != SourceMode::Cdc {
             return None;
