@@ -118,6 +118,38 @@ pub(crate) fn produce_script(topic: &str, n: usize, rate: usize) -> String {
     )
 }
 
+/// Runs `sluice run PIPELINE` in `dir` `rounds` times, each killed with SIGKILL a
+/// random pause in `pause_ms` after its partitions are assigned (so that records
+/// flow); each run's log is `run-N.log`. Returns how many runs got partitions.
+pub(crate) fn kill_once_assigned(
+    dir: &Path,
+    pipeline: &str,
+    rounds: usize,
+    pause_ms: std::ops::Range<u64>,
+) -> usize {
+    let mut rng = rand::thread_rng();
+    let mut assigned = 0;
+    for round in 0..rounds {
+        let log = dir.join(format!("run-{round}.log"));
+        let child = Command::new(crate::support::sluice_bin())
+            .args(["run", pipeline])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let got = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("partitions assigned"))
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(pause_ms.clone())));
+        signal(&child, "KILL");
+        let _ = finish(child, Duration::from_secs(10));
+        assigned += got as usize;
+    }
+    assigned
+}
+
 /// Starts a background Python producer.
 pub(crate) fn produce_in_background(topic: &str, n: usize, rate: usize) -> Child {
     Command::new("python3")
@@ -416,27 +448,7 @@ fn kill_9_during_kafka_to_kafka_exactly_once_loses_nothing() {
         ),
     );
     let mut producer = produce_in_background(&input, N, 2_000);
-    let mut rng = rand::thread_rng();
-    let mut kills = 0;
-    for round in 0..10 {
-        // kill only once records flow: after the partitions are assigned
-        let log = d.join(format!("run-{round}.log"));
-        let child = Command::new(crate::support::sluice_bin())
-            .args(["run", "p.toml"])
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let assigned = wait_until(Duration::from_secs(30), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("partitions assigned"))
-        });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(100..700)));
-        signal(&child, "KILL");
-        let _ = finish(child, Duration::from_secs(10));
-        kills += assigned as usize;
-    }
+    let kills = kill_once_assigned(d, "p.toml", 10, 100..700);
     assert!(
         kills >= 8,
         "only {kills} of 10 runs got partitions before the kill"

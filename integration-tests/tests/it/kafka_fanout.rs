@@ -2,14 +2,11 @@
 //! between their flushes: each run interleaves the partitions its own way, and each
 //! sink still holds every message its predicate keeps, once (checked with psql).
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use rand::Rng;
-
-use crate::kafka::{bootstrap, create_topic, produce_in_background, topic, write};
-use crate::postgres::{fresh, psql, server, url};
-use crate::support::{finish, signal, sluice, wait_until, workdir};
+use crate::kafka::{
+    bootstrap, create_topic, kill_once_assigned, produce_in_background, topic, write,
+};
+use crate::postgres::{fresh, psql, server, slow_offsets, url};
+use crate::support::{sluice, workdir};
 
 /// 4 partitions, 40,000 messages, a SQL transform, sinks "all" and "even" (`where`);
 /// a trigger makes the storing of "even"'s offsets slow, so most kills fall after
@@ -39,13 +36,7 @@ fn kafka_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     let one = sluice(d, &["run", "--quiet", "one.toml"]);
     assert_eq!(one.code, Some(0), "{}", one.stderr);
     fresh(&even);
-    let _trigger = DropTrigger;
-    psql(&format!(
-        "CREATE OR REPLACE FUNCTION kfan_slow() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;\
-         CREATE OR REPLACE TRIGGER kfan_slow AFTER INSERT OR UPDATE ON sluice_offsets FOR EACH ROW \
-         WHEN (NEW.pipeline = '{all}' AND NEW.sink = 'even') EXECUTE FUNCTION kfan_slow();"
-    ));
+    let _slow = slow_offsets("kfan_slow", &all, "even");
     let input = topic("fan-in");
     create_topic(&input, 4);
     const N: i64 = 40_000;
@@ -68,27 +59,8 @@ fn kafka_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
             url = url()
         ),
     );
-    let mut rng = rand::thread_rng();
-    let mut kills = 0;
-    for round in 0..6 {
-        // kill only once messages flow: after the partitions are assigned
-        let log = d.join(format!("run-{round}.log"));
-        let child = Command::new(crate::support::sluice_bin())
-            .args(["run", "p.toml"])
-            .current_dir(d)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let assigned = wait_until(Duration::from_secs(30), || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("partitions assigned"))
-        });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(300..1_200)));
-        signal(&child, "KILL");
-        let _ = finish(child, Duration::from_secs(10));
-        kills += assigned as usize;
-    }
+    // killed only once messages flow: after the partitions are assigned
+    let kills = kill_once_assigned(d, "p.toml", 6, 300..1_200);
     assert!(
         kills >= 4,
         "only {kills} of 6 runs got partitions before the kill"
@@ -128,13 +100,4 @@ fn kafka_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
         logs.contains("not written to it again (by their positions)"),
         "no restart found a sink ahead; killed {kills} times"
     );
-}
-
-/// Drops the slow trigger when the test ends, also when it fails.
-struct DropTrigger;
-
-impl Drop for DropTrigger {
-    fn drop(&mut self) {
-        psql("DROP TRIGGER IF EXISTS kfan_slow ON sluice_offsets");
-    }
 }

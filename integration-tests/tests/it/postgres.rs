@@ -38,6 +38,32 @@ pub(crate) fn psql(sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Makes the storing of sink `sink`'s offsets of pipeline `pipeline` take 200 ms (a
+/// trigger named `name` sleeps in the offsets table), so that kills fall between that
+/// sink's flush and the others'; dropped with the returned guard, also when the test
+/// fails. The offsets table must exist (a PostgreSQL sink has opened).
+pub(crate) fn slow_offsets(name: &str, pipeline: &str, sink: &str) -> SlowOffsets {
+    psql(&format!(
+        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;\
+         CREATE OR REPLACE TRIGGER {name} AFTER INSERT OR UPDATE ON sluice_offsets FOR EACH ROW \
+         WHEN (NEW.pipeline = '{pipeline}' AND NEW.sink = '{sink}') EXECUTE FUNCTION {name}();"
+    ));
+    SlowOffsets(name.to_string())
+}
+
+/// Drops the trigger of [`slow_offsets`].
+pub(crate) struct SlowOffsets(String);
+
+impl Drop for SlowOffsets {
+    fn drop(&mut self) {
+        psql(&format!(
+            "DROP TRIGGER IF EXISTS {0} ON sluice_offsets",
+            self.0
+        ));
+    }
+}
+
 /// A table name of this test, dropped first (with its offsets row).
 pub(crate) fn fresh(table: &str) -> String {
     psql(&format!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::postgres::{fresh, psql, server, url};
-use crate::support::{finish, jsonl_lines, signal, spawn, wait_until, workdir};
+use crate::postgres::{fresh, psql, server, slow_offsets, url};
+use crate::support::{finish, jsonl_ids, jsonl_lines, signal, spawn, wait_until, workdir};
 
 /// A JSON-lines file sink ("changes", every change) and a PostgreSQL upsert sink
 /// ("mirror", flushed after it: sinks flush in name order) whose offsets are stored
@@ -55,13 +55,7 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     signal(&first, "TERM");
     let first = finish(first, Duration::from_secs(30));
     assert!(snapshot, "{}", first.stderr);
-    let _trigger = DropTrigger;
-    psql(&format!(
-        "CREATE OR REPLACE FUNCTION cdcfan_slow() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;\
-         CREATE OR REPLACE TRIGGER cdcfan_slow AFTER INSERT OR UPDATE ON sluice_offsets FOR EACH ROW \
-         WHEN (NEW.pipeline = '{name}' AND NEW.sink = 'mirror') EXECUTE FUNCTION cdcfan_slow();"
-    ));
+    let _slow = slow_offsets("cdcfan_slow", name, "mirror");
     // a writer, until the kills are over: transactions of 10 inserts, each followed
     // by one on another table of the publication (the stream's offsets move past it
     // without a change of the table)
@@ -92,13 +86,7 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     let txns = writer.join().expect("writer");
     let last = spawn(d, &["run", "cdc.toml"]);
     let n = txns * 10 + 1;
-    let ids = || -> Vec<i64> {
-        jsonl_lines(&d.join("out"))
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|r| r["id"].as_i64())
-            .collect()
-    };
+    let ids = || jsonl_ids(&d.join("out"));
     let done = wait_until(Duration::from_secs(120), || {
         ids().len() >= n && psql(&format!("SELECT count(*) FROM \"{copy}\"")) == n.to_string()
     });
@@ -118,7 +106,6 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     );
     let mut ids = ids();
     let total = ids.len();
-    ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "changes lost");
     assert_eq!(total, n, "changes repeated into the sink that was ahead");
@@ -139,13 +126,4 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-}
-
-/// Drops the slow trigger when the test ends, also when it fails.
-struct DropTrigger;
-
-impl Drop for DropTrigger {
-    fn drop(&mut self) {
-        psql("DROP TRIGGER IF EXISTS cdcfan_slow ON sluice_offsets");
-    }
 }

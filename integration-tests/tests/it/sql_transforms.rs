@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::postgres::{fresh, psql, server, url};
+use crate::postgres::{fresh, psql, server, slow_offsets, url};
 use crate::support::{jsonl_ids, jsonl_lines, kill_at_random, python, sluice, workdir};
 
 const SCHEMA: &str = "schema = [\n  { name = \"id\", type = \"int64\" },\n  { name = \"customer\", type = \"string\" },\n  \
@@ -217,12 +217,7 @@ fn routed_exactly_once_sinks_survive_kill_9_between_their_flushes() {
     let one = sluice(d, &["run", "--quiet", "one.toml"]);
     assert_eq!(one.code, Some(0), "{}", one.stderr);
     fresh(&de);
-    psql(&format!(
-        "CREATE OR REPLACE FUNCTION sql_fan_slow() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;\
-         CREATE OR REPLACE TRIGGER sql_fan_slow AFTER INSERT OR UPDATE ON sluice_offsets FOR EACH ROW \
-         WHEN (NEW.pipeline = '{all}' AND NEW.sink = 'de') EXECUTE FUNCTION sql_fan_slow();"
-    ));
+    let _slow = slow_offsets("sql_fan_slow", &all, "de");
     let n = 200_000;
     numbered(d, n);
     std::fs::write(
@@ -266,7 +261,6 @@ fn routed_exactly_once_sinks_survive_kill_9_between_their_flushes() {
         big,
         "killed mid-run {killed} times"
     );
-    psql("DROP TRIGGER sql_fan_slow ON sluice_offsets");
 }
 
 fn coded(dir: &Path, errors: &str) {
