@@ -218,25 +218,21 @@ fn by_position(
             at.insert(split.clone(), p);
         }
     }
-    if from.is_empty() {
-        // every split starts where the source starts it, as at the very start
-        return Some(Resume {
-            from,
-            skips: skips(sinks, &at, &positions),
-        });
-    }
-    // the count at `from`: exact when one candidate is oldest in every split, else
+    // the count at `from` (none when every split starts where the source starts it,
+    // as at the very start): exact when one candidate is oldest in every split, else
     // the least of theirs, which is at least what it is (only a count by position
     // would need it exact, and it is not used with positions)
-    let oldest_everywhere = (0..candidates.len()).find(|&c| {
-        each[c].len() == at.len() && at.iter().all(|(split, p)| each[c].get(split) == Some(p))
-    });
-    let records = match oldest_everywhere {
-        Some(c) => candidates[c].records(),
-        None => candidates.iter().filter_map(|c| c.records()).min(),
-    };
-    if let Some(n) = records {
-        from.add_records(n);
+    if !from.is_empty() {
+        let oldest_everywhere = (0..candidates.len()).find(|&c| {
+            each[c].len() == at.len() && at.iter().all(|(split, p)| each[c].get(split) == Some(p))
+        });
+        let records = match oldest_everywhere {
+            Some(c) => candidates[c].records(),
+            None => candidates.iter().filter_map(|c| c.records()).min(),
+        };
+        if let Some(n) = records {
+            from.add_records(n);
+        }
     }
     Some(Resume {
         skips: skips(sinks, &at, &positions),
