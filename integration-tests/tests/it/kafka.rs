@@ -120,12 +120,14 @@ pub(crate) fn produce_script(topic: &str, n: usize, rate: usize) -> String {
 
 /// Runs `sluice run PIPELINE` in `dir` `rounds` times, each killed with SIGKILL a
 /// random pause in `pause_ms` after its partitions are assigned (so that records
-/// flow); each run's log is `run-N.log`. Returns how many runs got partitions.
+/// flow) and `ready` holds (asked until it does, for up to 30 s); each run's log is
+/// `run-N.log`. Returns how many runs got partitions.
 pub(crate) fn kill_once_assigned(
     dir: &Path,
     pipeline: &str,
     rounds: usize,
     pause_ms: std::ops::Range<u64>,
+    mut ready: impl FnMut() -> bool,
 ) -> usize {
     let mut rng = rand::thread_rng();
     let mut assigned = 0;
@@ -142,6 +144,7 @@ pub(crate) fn kill_once_assigned(
         let got = wait_until(Duration::from_secs(30), || {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("partitions assigned"))
         });
+        wait_until(Duration::from_secs(30), &mut ready);
         std::thread::sleep(Duration::from_millis(rng.gen_range(pause_ms.clone())));
         signal(&child, "KILL");
         let _ = finish(child, Duration::from_secs(10));
@@ -448,7 +451,7 @@ fn kill_9_during_kafka_to_kafka_exactly_once_loses_nothing() {
         ),
     );
     let mut producer = produce_in_background(&input, N, 2_000);
-    let kills = kill_once_assigned(d, "p.toml", 10, 100..700);
+    let kills = kill_once_assigned(d, "p.toml", 10, 100..700, || true);
     assert!(
         kills >= 8,
         "only {kills} of 10 runs got partitions before the kill"

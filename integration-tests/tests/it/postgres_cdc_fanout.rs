@@ -77,8 +77,14 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     let mut rng = rand::thread_rng();
     let mut logs = String::new();
     for _ in 0..8 {
+        // killed once "changes" has flushed in this run (on a loaded machine the first
+        // flush can come after any fixed pause), a few flushes later at most
+        let before = jsonl_lines(&d.join("out")).len();
         let child = spawn(d, &["run", "cdc.toml"]);
-        std::thread::sleep(Duration::from_millis(rng.gen_range(600..1_500)));
+        wait_until(Duration::from_secs(30), || {
+            jsonl_lines(&d.join("out")).len() > before
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..700)));
         signal(&child, "KILL");
         logs += &finish(child, Duration::from_secs(10)).stderr;
     }
