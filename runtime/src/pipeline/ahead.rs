@@ -47,8 +47,9 @@ impl Ahead {
     /// Which of `rows` records, placed by `positions`, the sink does not hold yet.
     /// A split is passed once a record at the sink's position or the one before it
     /// comes (positions rise within a split); where positions step by more than one
-    /// (a WAL change's), at the first record it does not hold. Records without positions cannot be
-    /// told apart: they all go, with a warning, and the sink stops skipping.
+    /// (a WAL change's), at the first record it does not hold. Records without
+    /// positions cannot be told apart: they all go, with a warning, and the sink
+    /// stops skipping.
     pub(super) fn keep(&mut self, rows: usize, positions: Option<&Positions>) -> Keep {
         if rows == 0 || self.below.is_empty() {
             return Keep::All;

@@ -343,11 +343,10 @@ impl<'a> Engine<'a> {
         let caught_up = self.sinks.iter_mut().filter(|s| s.catch_up.is_none());
         for slot in self.dead_letter.iter_mut().chain(caught_up) {
             let started = Instant::now();
-            let at = match &slot.ahead {
-                Some(ahead) => ahead.offsets(&self.position),
-                None => self.position.clone(),
-            };
-            retrying!(self.policy, "sink flush", slot.sink.flush(&at))
+            // a sink that was ahead keeps its own offsets of the splits not yet passed
+            let own = slot.ahead.as_ref().map(|a| a.offsets(&self.position));
+            let at = own.as_ref().unwrap_or(&self.position);
+            retrying!(self.policy, "sink flush", slot.sink.flush(at))
                 .map_err(|e| e.context(format!("sink \"{}\"", slot.name)))?;
             if let Some(m) = self.metrics.sink(&slot.name) {
                 m.flushes.fetch_add(1, Ordering::Relaxed);
