@@ -47,20 +47,16 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
         ),
     )
     .unwrap();
-    // the snapshot, which also makes the offsets table, then one change streamed: each
-    // sink then holds a change read from the stream, where positions start (offsets
-    // that end the snapshot have none, and resume by the count)
+    // the snapshot alone, which also makes the offsets table: the kills then start
+    // with both sinks at the offsets that end it, the stream's start, which has a
+    // position like any change's
     let first = spawn(d, &["run", "cdc.toml"]);
     let snapshot = wait_until(Duration::from_secs(30), || {
         !jsonl_lines(&d.join("out")).is_empty()
     });
-    psql(&format!("INSERT INTO \"{src}\" VALUES (-1, -1)"));
-    let streamed = wait_until(Duration::from_secs(30), || {
-        jsonl_lines(&d.join("out")).len() == 2
-    });
     signal(&first, "TERM");
     let first = finish(first, Duration::from_secs(30));
-    assert!(snapshot && streamed, "{}", first.stderr);
+    assert!(snapshot, "{}", first.stderr);
     let _slow = slow_offsets("cdcfan_slow", name, "mirror");
     // a writer, until the kills are over: transactions of 10 inserts, each followed
     // by one on another table of the publication (the stream's offsets move past it
@@ -97,7 +93,7 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let txns = writer.join().expect("writer");
     let last = spawn(d, &["run", "cdc.toml"]);
-    let n = txns * 10 + 2;
+    let n = txns * 10 + 1;
     let ids = || jsonl_ids(&d.join("out"));
     let done = wait_until(Duration::from_secs(120), || {
         ids().len() >= n && psql(&format!("SELECT count(*) FROM \"{copy}\"")) == n.to_string()

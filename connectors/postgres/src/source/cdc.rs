@@ -48,11 +48,13 @@ pub struct TxnOffset {
 
 /// The position of the first change `offset` does not cover, once the snapshot is
 /// done: every transaction committing before its `lsn` is covered, and the first
-/// `txn.changes` of the one it ended inside.
+/// `txn.changes` of the one it ended inside. An offset that ends the snapshot, before
+/// any change was read, covers no change of the stream.
 pub(super) fn covered_below(offset: &TableOffset) -> Option<u128> {
     match (offset.done, offset.lsn) {
         (true, Some(lsn)) => Some(covered(lsn, offset.txn)),
-        _ => None,
+        (true, None) => Some(0),
+        (false, _) => None,
     }
 }
 
@@ -650,6 +652,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(covered_below(&reading), None);
+        // the snapshot read, no change yet: every change of the stream is after it
+        let read = TableOffset {
+            done: true,
+            ..Default::default()
+        };
+        assert_eq!(covered_below(&read), Some(0));
+        assert!(covered_below(&read) < Some(change_position(1, 0)));
     }
 
     #[test]
