@@ -14,6 +14,7 @@
 //! `binary`, `date`, `time` (µs), `timestamp` (µs, no zone), `timestamptz` (µs, UTC),
 //! `timestamp(s|ms|us|ns[, ZONE])`, `decimal(P,S)`, `list<T>`, `struct<name: T, ...>`.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -224,6 +225,13 @@ impl Parser<'_> {
                         if tz.is_empty() {
                             return Err(self.error("expected a time zone"));
                         }
+                        // a zone Arrow cannot read would fail later, far from this line
+                        if arrow_array::timezone::Tz::from_str(&tz).is_err() {
+                            return Err(self.error(&format!(
+                                "unknown time zone \"{tz}\" (an IANA name such as \
+                                 Europe/Berlin, UTC, or an offset such as +02:00)"
+                            )));
+                        }
                         Some(tz.into())
                     } else {
                         None
@@ -319,5 +327,21 @@ mod tests {
         assert!(err.to_string().contains("unknown type \"integr\""), "{err}");
         assert!(parse_type("decimal(40,2)").is_err());
         assert!(parse_type("list<int64").is_err());
+    }
+
+    #[test]
+    fn a_time_zone_arrow_cannot_read_is_named_where_it_is_written() {
+        for tz in ["Europe/Berlin", "UTC", "+02:00", "-0530"] {
+            let text = format!("timestamp(us, {tz})");
+            assert!(parse_type(&text).is_ok(), "{text}");
+        }
+        for tz in ["Mars/Base", "Z", "+25:00"] {
+            let err = parse_type(&format!("timestamp(us, {tz})")).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains(&format!("unknown time zone \"{tz}\"")),
+                "{err}"
+            );
+        }
     }
 }
