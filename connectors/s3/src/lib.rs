@@ -22,6 +22,7 @@ mod config;
 mod sink;
 mod source;
 mod template;
+pub mod upload;
 
 pub use client::{connect, is_not_found, s3_error};
 pub use config::{Auth, Compression, Connection, S3SinkConfig, S3SourceConfig};

@@ -30,7 +30,6 @@ use std::time::Instant;
 use arrow_array::{RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
 use connector_api::{
     stable_hash, Batch, Error, ErrorKind, Offsets, PositionNames, Result, Sink, SinkContext,
@@ -39,22 +38,15 @@ use connector_api::{
 use serde::{Deserialize, Serialize};
 use sluice_formats::Encoder;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 
 use crate::client::{connect, is_not_found, s3_error};
 use crate::codec::{Compressor, PartBuffer};
 use crate::config::{Connection, S3SinkConfig};
 use crate::template::Template;
+use crate::upload::{Part, Upload};
 
 /// Part uploads in flight at once, across all objects.
 const PARALLEL_UPLOADS: usize = 4;
-
-/// One uploaded part: its number and the ETag S3 returned.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct Part {
-    n: i32,
-    etag: String,
-}
 
 /// An object whose parts are all uploaded, waiting to be completed (published).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -77,16 +69,29 @@ struct State {
 
 /// An object being written.
 struct Writing {
-    key: String,
     schema: SchemaRef,
     /// Taken when the object is finished. In a mutex only to be `Sync` (the sink is
     /// borrowed across awaits); always reached through `get_mut`, never locked.
     encoder: Option<Mutex<Encoder<Compressor>>>,
     buf: PartBuffer,
-    upload_id: String,
-    next_part: i32,
-    uploads: Vec<JoinHandle<Result<Part>>>,
+    upload: Upload,
     started: Instant,
+}
+
+impl Writing {
+    /// Encodes the object's footer, uploads its last part (the only one of an empty
+    /// object) and waits for all parts.
+    async fn finish(&mut self) -> Result<Vec<Part>> {
+        if let Some(encoder) = self.encoder.take() {
+            let encoder = encoder.into_inner().unwrap_or_else(|p| p.into_inner());
+            encoder.finish()?.finish()?;
+        }
+        let last = self.buf.take();
+        if !last.is_empty() || self.upload.started() == 0 {
+            self.upload.part(last).await?;
+        }
+        self.upload.wait().await
+    }
 }
 
 /// Writes batches as objects under a bucket and key template.
@@ -215,18 +220,16 @@ impl S3Sink {
         }
         let hash = self.names.next(&self.position, Some(folder));
         let key = self.object_key(folder, hash);
-        let created = self
-            .client()?
-            .create_multipart_upload()
-            .bucket(&self.conn.bucket)
-            .key(&key)
-            .content_type(content_type(&self.config))
-            .send()
-            .await
-            .map_err(|e| aborted(s3_error(e, &format!("starting {}", self.conn.url(&key)))))?;
-        let upload_id = created
-            .upload_id
-            .ok_or_else(|| Error::internal("CreateMultipartUpload returned no upload id"))?;
+        let upload = Upload::start(
+            self.client()?,
+            &self.conn.bucket,
+            &key,
+            &self.conn.url(&key),
+            Some(content_type(&self.config)),
+            self.permits.clone(),
+        )
+        .await
+        .map_err(aborted)?;
         let buf = PartBuffer::default();
         let out = Compressor::new(self.config.compression, buf.clone())?;
         let encoder = Encoder::new(
@@ -238,50 +241,13 @@ impl S3Sink {
         self.open.insert(
             folder.to_string(),
             Writing {
-                key,
                 schema,
                 encoder: Some(Mutex::new(encoder)),
                 buf,
-                upload_id,
-                next_part: 1,
-                uploads: Vec::new(),
+                upload,
                 started: Instant::now(),
             },
         );
-        Ok(())
-    }
-
-    /// Starts the upload of `data` as the next part of `w`.
-    async fn upload_part(&self, w: &mut Writing, data: Vec<u8>) -> Result<()> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| Error::internal("upload permits closed"))?;
-        let n = w.next_part;
-        w.next_part += 1;
-        let client = self.client()?.clone();
-        let bucket = self.conn.bucket.clone();
-        let (key, upload_id) = (w.key.clone(), w.upload_id.clone());
-        let url = self.conn.url(&key);
-        w.uploads.push(tokio::spawn(async move {
-            let _permit = permit;
-            let out = client
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(n)
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .map_err(|e| s3_error(e, &format!("uploading part {n} of {url}")))?;
-            let etag = out
-                .e_tag
-                .ok_or_else(|| Error::internal(format!("part {n} of {url}: no ETag")))?;
-            Ok(Part { n, etag })
-        }));
         Ok(())
     }
 
@@ -290,67 +256,27 @@ impl S3Sink {
         let Some(mut w) = self.open.remove(folder) else {
             return Ok(());
         };
-        let result = self.finish_writing(&mut w).await;
-        match result {
+        match w.finish().await {
             Ok(parts) => {
                 self.finished.push(Finished {
-                    key: w.key,
-                    upload_id: w.upload_id,
+                    key: w.upload.key().to_string(),
+                    upload_id: w.upload.id().to_string(),
                     parts,
                 });
                 Ok(())
             }
             Err(e) => {
-                self.abort(&w.key, &w.upload_id).await;
+                w.upload.abort().await;
                 Err(aborted(e))
             }
         }
     }
 
-    async fn finish_writing(&self, w: &mut Writing) -> Result<Vec<Part>> {
-        if let Some(encoder) = w.encoder.take() {
-            let encoder = encoder.into_inner().unwrap_or_else(|p| p.into_inner());
-            encoder.finish()?.finish()?;
-        }
-        let last = w.buf.take();
-        if !last.is_empty() || w.next_part == 1 {
-            self.upload_part(w, last).await?;
-        }
-        let mut parts = Vec::with_capacity(w.uploads.len());
-        let mut first_error = None;
-        for h in w.uploads.drain(..) {
-            match h.await {
-                Ok(Ok(p)) => parts.push(p),
-                Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_error
-                        .get_or_insert(Error::internal("part upload task failed").with_source(e));
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        parts.sort_by_key(|p| p.n);
-        Ok(parts)
-    }
-
     /// Aborts an upload, logging (not failing) when that fails too.
     async fn abort(&self, key: &str, upload_id: &str) {
-        let Ok(client) = self.client() else { return };
-        if let Err(e) = client
-            .abort_multipart_upload()
-            .bucket(&self.conn.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-        {
-            if !is_not_found(&e) {
-                tracing::warn!(object = %self.conn.url(key), error = %s3_error(e, "abort"), "could not abort an unfinished upload; the next start aborts it");
-            }
+        if let Ok(client) = self.client() {
+            let url = self.conn.url(key);
+            crate::upload::abort(client, &self.conn.bucket, key, upload_id, &url).await;
         }
     }
 
@@ -358,28 +284,14 @@ impl S3Sink {
     async fn roll_forward(&mut self, intent: &Intent) -> Result<()> {
         let client = self.client()?.clone();
         for obj in &intent.objects {
-            let parts = obj
-                .parts
-                .iter()
-                .map(|p| {
-                    CompletedPart::builder()
-                        .part_number(p.n)
-                        .e_tag(&p.etag)
-                        .build()
-                })
-                .collect();
-            let done = client
-                .complete_multipart_upload()
-                .bucket(&self.conn.bucket)
-                .key(&obj.key)
-                .upload_id(&obj.upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await;
+            let done = crate::upload::complete(
+                &client,
+                &self.conn.bucket,
+                &obj.key,
+                &obj.upload_id,
+                &obj.parts,
+            )
+            .await;
             match done {
                 Ok(_) => {}
                 Err(e) if is_not_found(&e) => {
@@ -635,10 +547,10 @@ impl Sink for S3Sink {
             let (rows, bytes) = (encoder.rows(), encoder.bytes());
             while result.is_ok() && w.buf.len() >= self.config.part_size {
                 let data = w.buf.take();
-                result = self.upload_part(&mut w, data).await;
+                result = w.upload.part(data).await;
             }
             if let Err(e) = result {
-                self.abort(&w.key, &w.upload_id).await;
+                w.upload.abort().await;
                 return Err(aborted(e));
             }
             let full = (self.config.max_records > 0 && rows >= self.config.max_records)
@@ -690,10 +602,7 @@ impl Sink for S3Sink {
     async fn close(&mut self) -> Result<()> {
         let open: Vec<Writing> = self.open.drain().map(|(_, w)| w).collect();
         for w in open {
-            for h in &w.uploads {
-                h.abort();
-            }
-            self.abort(&w.key, &w.upload_id).await;
+            w.upload.abort().await;
         }
         for f in std::mem::take(&mut self.finished) {
             self.abort(&f.key, &f.upload_id).await;

@@ -93,6 +93,12 @@ fn failed(what: String, err: connector_api::Error) -> Error {
     Error::new(ErrorKind::Unexpected, format!("{what}: {}", err.message())).with_retryable(retry)
 }
 
+/// An error of the `s3` connector's upload, whose message names the object already.
+fn lifted(err: connector_api::Error) -> Error {
+    let retry = err.is_retryable();
+    Error::new(ErrorKind::Unexpected, err.message().to_string()).with_retryable(retry)
+}
+
 impl Files {
     fn client(&self, path: &str) -> Result<&Client> {
         self.s3.as_ref().ok_or_else(|| {
