@@ -278,7 +278,7 @@ impl CsvDecoder {
                 .is_some_and(|s| {
                     s.iter()
                         .flatten()
-                        .any(|v| crate::json_typed::loses_digits(v, data_type).is_some())
+                        .any(|v| crate::scalars::loses_digits(v, data_type).is_some())
                 })
         }))
     }

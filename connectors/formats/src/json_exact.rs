@@ -1,4 +1,4 @@
-//! The digit checks of the one-pass decoder ([`crate::json_typed::loses_digits`]) for
+//! The digit checks of the one-pass decoder ([`crate::scalars::loses_digits`]) for
 //! the lines arrow-json decodes instead (a schema the one-pass decoder does not cover:
 //! more than 64 fields, small or unsigned integers, times, binary): arrow-json would
 //! cut a decimal's extra fraction digits and a timestamp's extra sub-second digits
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use arrow_schema::{DataType, Fields};
 use serde_json::value::RawValue;
 
-use crate::json_typed::loses_digits;
+use crate::scalars::loses_digits;
 
 /// True when `dt` holds, or is, a decimal or timestamp.
 pub(crate) fn has_digits(dt: &DataType) -> bool {

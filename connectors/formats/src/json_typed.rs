@@ -14,79 +14,19 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use arrow_array::timezone::Tz;
-use arrow_array::types::{Date32Type, Decimal128Type};
+use arrow_array::types::Date32Type;
 use arrow_array::{make_array, ArrayRef, RecordBatch, RecordBatchOptions};
-use arrow_cast::parse::{parse_decimal, string_to_datetime, Parser};
+use arrow_cast::parse::Parser;
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
 
 use crate::columns::{offset, Col, Kind};
+use crate::scalars::{decimal, float, int, text, timestamp};
 
 /// The most fields of one object (their presence is tracked in a 64-bit mask).
 const MAX_FIELDS: usize = 64;
 /// The deepest nesting of arrays and objects a skipped value may have.
 const MAX_DEPTH: usize = 128;
-
-/// True when the decimal number `t` has non-zero digits beyond `scale` decimal places
-/// (`1.005` at scale 2; `1.0050` and `1.005e1` fit), which parsing would drop.
-pub(crate) fn excess_scale(t: &str, scale: i8) -> bool {
-    let t = t.trim();
-    let (mantissa, exp) = match t.find(['e', 'E']) {
-        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().unwrap_or(0)),
-        None => (t, 0),
-    };
-    let fraction = mantissa.split_once('.').map_or("", |(_, f)| f);
-    let digits = fraction.trim_end_matches('0').len() as i32;
-    digits - exp > scale as i32
-}
-
-/// True when the timestamp `t` (ISO 8601 text) has non-zero sub-second digits beyond
-/// what `unit` holds (`.9999999` into microseconds; `.1234560` fits), which parsing
-/// would drop.
-pub(crate) fn excess_precision(t: &str, unit: TimeUnit) -> bool {
-    let Some(dot) = t.find('.') else {
-        return false;
-    };
-    let fraction: &str = &t[dot + 1..];
-    let digits = fraction.len()
-        - fraction
-            .trim_start_matches(|c: char| c.is_ascii_digit())
-            .len();
-    let significant = fraction[..digits].trim_end_matches('0').len();
-    significant > unit_digits(unit)
-}
-
-/// The sub-second digits a timestamp of `unit` holds.
-pub fn unit_digits(unit: TimeUnit) -> usize {
-    match unit {
-        TimeUnit::Second => 0,
-        TimeUnit::Millisecond => 3,
-        TimeUnit::Microsecond => 6,
-        TimeUnit::Nanosecond => 9,
-    }
-}
-
-/// Why the text `t` cannot be read into `data_type` without losing digits, if it
-/// cannot: more decimal places than a decimal's scale, or sub-second digits than a
-/// timestamp's unit.
-pub(crate) fn loses_digits(t: &str, data_type: &DataType) -> Option<String> {
-    match data_type {
-        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if excess_scale(t, *s) => Some(
-            format!("\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it"),
-        ),
-        DataType::Timestamp(unit, _) if excess_precision(t, *unit) => Some(format!(
-            "\"{t}\" has more than {} sub-second digits: a timestamp in {} would cut them off",
-            unit_digits(*unit),
-            match unit {
-                TimeUnit::Second => "seconds",
-                TimeUnit::Millisecond => "milliseconds",
-                TimeUnit::Microsecond => "microseconds",
-                TimeUnit::Nanosecond => "nanoseconds",
-            }
-        )),
-        _ => None,
-    }
-}
 
 /// How the lines of one schema decode; shared by the threads decoding parts of a buffer.
 pub(crate) struct Plan {
@@ -146,7 +86,7 @@ impl Fields {
     /// read: objects usually list their fields in the same order) first.
     fn find(&self, key: &[u8], hint: usize) -> Option<usize> {
         match self.nodes.get(hint) {
-            Some(n) if n.name.as_bytes() == key => Some(hint),
+            Some(n) if same_bytes(n.name.as_bytes(), key) => Some(hint),
             _ => self.by_name.get(key).copied(),
         }
     }
@@ -154,6 +94,13 @@ impl Fields {
     fn cols(&self) -> Vec<Col> {
         self.nodes.iter().map(|n| col(&n.ty)).collect()
     }
+}
+
+/// `a == b` as a loop: field names are short, and a call to `memcmp` per field costs
+/// more than comparing them.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 fn node(name: &str, dt: &DataType, nullable: bool) -> Option<Node> {
@@ -281,6 +228,20 @@ impl Plan {
     }
 }
 
+/// The index of the first `"` or `\\` in `b`: a plain loop over the first bytes, where
+/// most values end (memchr's vector set-up costs more than it saves on a short string),
+/// memchr beyond.
+#[inline]
+fn quote_or_escape(b: &[u8]) -> Option<usize> {
+    const SHORT: usize = 32;
+    let head = &b[..b.len().min(SHORT)];
+    match head.iter().position(|&c| c == b'"' || c == b'\\') {
+        Some(i) => Some(i),
+        None if b.len() <= SHORT => None,
+        None => memchr::memchr2(b'"', b'\\', &b[SHORT..]).map(|i| i + SHORT),
+    }
+}
+
 /// The decoded lines (None: none decoded), and each bad line's index and error.
 pub(crate) type Lines = (Option<RecordBatch>, Vec<(usize, Error)>);
 
@@ -303,7 +264,9 @@ fn err(msg: impl Into<String>) -> Error {
 
 impl<'a> Cursor<'a> {
     fn row(&mut self, line: &'a [u8], fields: &Fields, cols: &mut [Col]) -> Result<()> {
-        std::str::from_utf8(line).map_err(|e| err(format!("not UTF-8: {e}")))?;
+        if !line.is_ascii() {
+            std::str::from_utf8(line).map_err(|e| err(format!("not UTF-8: {e}")))?;
+        }
         self.b = line;
         self.i = 0;
         self.ws();
@@ -433,7 +396,7 @@ impl<'a> Cursor<'a> {
     /// unescaped into `scratch`.
     fn str_text(&mut self) -> Result<&[u8]> {
         let start = self.i + 1;
-        if let Some(n) = memchr::memchr2(b'"', b'\\', &self.b[start..]) {
+        if let Some(n) = quote_or_escape(&self.b[start..]) {
             if self.b[start + n] == b'"' {
                 self.i = start + n + 1;
                 return Ok(&self.b[start..start + n]);
@@ -451,7 +414,7 @@ impl<'a> Cursor<'a> {
         self.i += 1;
         loop {
             let rest = &self.b[self.i..];
-            let Some(n) = memchr::memchr2(b'"', b'\\', rest) else {
+            let Some(n) = quote_or_escape(rest) else {
                 return Err(err("a string is not closed"));
             };
             out.extend_from_slice(&rest[..n]);
@@ -590,23 +553,15 @@ impl<'a> Cursor<'a> {
             }
             (Ty::Timestamp(unit, tz), Kind::Long(v)) => {
                 let (t, quoted) = self.scalar_text("a timestamp").map_err(named)?;
-                let t = text(t)?;
                 v.push(if quoted {
                     timestamp(t, *unit, tz).map_err(named)?
                 } else {
-                    int(t.as_bytes()).map_err(named)?
+                    int(t).map_err(named)?
                 });
             }
             (Ty::Decimal(p, s), Kind::Decimal(_, v)) => {
                 let (t, _) = self.scalar_text("a decimal").map_err(named)?;
-                let t = text(t)?;
-                if let Some(why) = loses_digits(t, &DataType::Decimal128(*p, *s)) {
-                    return Err(named(err(why)));
-                }
-                v.push(
-                    parse_decimal::<Decimal128Type>(t, *p, *s)
-                        .map_err(|e| named(err(format!("\"{t}\": {e}"))))?,
-                );
+                v.push(decimal(t, *p, *s).map_err(named)?);
             }
             (Ty::List(item), Kind::List(offsets, items)) => {
                 if self.peek() != Some(b'[') {
@@ -699,62 +654,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn text(t: &[u8]) -> Result<&str> {
-    std::str::from_utf8(t).map_err(|e| err(format!("not UTF-8: {e}")))
-}
-
-/// An integer from its JSON text; a whole number written with a fraction or exponent
-/// (`3.0`, `1e3`) is taken, a fractional one is an error, never truncated.
-fn int(t: &[u8]) -> Result<i64> {
-    let (neg, digits) = match t {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, t),
-    };
-    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
-        let v = digits
-            .iter()
-            .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
-        return Ok(if neg { -v } else { v });
-    }
-    let s = text(t)?;
-    if let Ok(v) = s.parse::<i64>() {
-        return Ok(v);
-    }
-    match s.parse::<f64>() {
-        Ok(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => Ok(f as i64),
-        Ok(_) => Err(err(format!("{s} is not a whole number in the int64 range"))),
-        Err(_) => Err(err(format!("\"{s}\" is not a number"))),
-    }
-}
-
-fn float(t: &[u8]) -> Result<f64> {
-    let s = text(t)?;
-    s.parse::<f64>()
-        .map_err(|_| err(format!("\"{s}\" is not a number")))
-}
-
-fn timestamp(t: &str, unit: TimeUnit, tz: &Tz) -> Result<i64> {
-    let d =
-        string_to_datetime(tz, t).map_err(|e| err(format!("\"{t}\" is not a timestamp: {e}")))?;
-    if let Some(why) = loses_digits(t, &DataType::Timestamp(unit, None)) {
-        return Err(err(why));
-    }
-    match unit {
-        TimeUnit::Second => Ok(d.timestamp()),
-        TimeUnit::Millisecond => Ok(d.timestamp_millis()),
-        TimeUnit::Microsecond => Ok(d.timestamp_micros()),
-        TimeUnit::Nanosecond => d
-            .timestamp_nanos_opt()
-            .ok_or_else(|| err(format!("\"{t}\" is out of range for nanoseconds"))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     use arrow_array::cast::AsArray;
-    use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+    use arrow_array::types::{Decimal128Type, Int64Type, TimestampMicrosecondType};
     use arrow_array::Array;
     use arrow_schema::{Field, Schema};
     use std::sync::Arc;
@@ -888,33 +793,6 @@ mod tests {
     fn types_it_does_not_cover_fall_back() {
         let s = Arc::new(Schema::new(vec![Field::new("b", DataType::Binary, true)]));
         assert!(Plan::new(&s, false).is_none());
-    }
-
-    #[test]
-    fn a_decimal_with_more_places_than_the_scale_is_an_error_not_rounded() {
-        assert!(excess_precision(
-            "2024-01-01T10:00:00.9999999Z",
-            TimeUnit::Microsecond
-        ));
-        assert!(excess_precision("2024-01-01 10:00:00.5", TimeUnit::Second));
-        assert!(!excess_precision(
-            "2024-01-01T10:00:00.1234560+05:00",
-            TimeUnit::Microsecond
-        ));
-        assert!(!excess_precision("2024-01-01T10:00:00Z", TimeUnit::Second));
-        assert!(!excess_precision(
-            "2024-01-01T10:00:00.123456789Z",
-            TimeUnit::Nanosecond
-        ));
-        assert!(excess_scale("1.005", 2));
-        assert!(excess_scale("-0.001", 2));
-        assert!(excess_scale("1.5e-2", 2));
-        assert!(!excess_scale("1.00", 2));
-        assert!(!excess_scale("1.0500", 2));
-        assert!(!excess_scale("1.005e1", 2));
-        assert!(!excess_scale("12", 2));
-        assert!(!excess_scale("12", 0));
-        assert!(excess_scale("12.5", 0));
     }
 
     #[test]

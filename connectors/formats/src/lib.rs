@@ -24,6 +24,7 @@ mod options;
 mod parquet_writer;
 #[cfg(feature = "registry")]
 pub mod registry;
+mod scalars;
 pub mod scan;
 mod text;
 mod text_cast;
@@ -32,11 +33,11 @@ pub use crate::csv::CsvDecoder;
 pub use compression::{decompressing, Compression};
 pub use encode::{json_lines, Encoder};
 pub use json::JsonDecoder;
-pub use json_typed::unit_digits;
 pub use options::{
     CsvOptions, DecimalJson, Format, JsonOptions, NestedCsv, ParquetCompression, ParquetOptions,
 };
 pub use parquet_writer::ParallelParquet;
+pub use scalars::unit_digits;
 pub use text::TextDecoder;
 pub use text_cast::{cast_text, CastText};
 

@@ -43,7 +43,7 @@ pub fn cast_text(text: &RecordBatch, schema: &SchemaRef, empty_is_null: bool) ->
             let empty = value.is_none_or(|v| v.is_empty() && empty_is_null);
             match value {
                 Some(v) if !cast.is_null(r) => {
-                    if let Some(lost) = crate::json_typed::loses_digits(v, field.data_type()) {
+                    if let Some(lost) = crate::scalars::loses_digits(v, field.data_type()) {
                         *why = Some(format!("column \"{}\": {lost}", field.name()));
                     }
                 }

@@ -1,0 +1,414 @@
+//! Text into numbers, decimals and timestamps, exactly: a value whose digits its type
+//! cannot hold is an error naming why, never rounded or cut. Shared by the JSON, CSV and
+//! text decoders. The one-pass JSON decoder reads the common spellings (plain decimal
+//! digits, RFC 3339 timestamps with an offset) with its own short parsers and hands
+//! anything else to arrow's, which read the same values slower.
+
+use arrow_array::timezone::Tz;
+use arrow_array::types::Decimal128Type;
+use arrow_cast::parse::{parse_decimal, string_to_datetime};
+use arrow_schema::{DataType, TimeUnit};
+use connector_api::{Error, Result};
+
+fn err(msg: impl Into<String>) -> Error {
+    Error::data(msg.into())
+}
+
+/// True when the decimal number `t` has non-zero digits beyond `scale` decimal places
+/// (`1.005` at scale 2; `1.0050` and `1.005e1` fit), which parsing would drop.
+pub(crate) fn excess_scale(t: &str, scale: i8) -> bool {
+    let t = t.trim();
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().unwrap_or(0)),
+        None => (t, 0),
+    };
+    let fraction = mantissa.split_once('.').map_or("", |(_, f)| f);
+    let digits = fraction.trim_end_matches('0').len() as i32;
+    digits - exp > scale as i32
+}
+
+/// True when the timestamp `t` (ISO 8601 text) has non-zero sub-second digits beyond
+/// what `unit` holds (`.9999999` into microseconds; `.1234560` fits), which parsing
+/// would drop.
+pub(crate) fn excess_precision(t: &str, unit: TimeUnit) -> bool {
+    let Some(dot) = t.find('.') else {
+        return false;
+    };
+    let fraction: &str = &t[dot + 1..];
+    let digits = fraction.len()
+        - fraction
+            .trim_start_matches(|c: char| c.is_ascii_digit())
+            .len();
+    let significant = fraction[..digits].trim_end_matches('0').len();
+    significant > unit_digits(unit)
+}
+
+/// The sub-second digits a timestamp of `unit` holds.
+pub fn unit_digits(unit: TimeUnit) -> usize {
+    match unit {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 3,
+        TimeUnit::Microsecond => 6,
+        TimeUnit::Nanosecond => 9,
+    }
+}
+
+/// Why the text `t` cannot be read into `data_type` without losing digits, if it
+/// cannot: more decimal places than a decimal's scale, or sub-second digits than a
+/// timestamp's unit.
+pub(crate) fn loses_digits(t: &str, data_type: &DataType) -> Option<String> {
+    match data_type {
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if excess_scale(t, *s) => Some(
+            format!("\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it"),
+        ),
+        DataType::Timestamp(unit, _) if excess_precision(t, *unit) => Some(format!(
+            "\"{t}\" has more than {} sub-second digits: a timestamp in {} would cut them off",
+            unit_digits(*unit),
+            match unit {
+                TimeUnit::Second => "seconds",
+                TimeUnit::Millisecond => "milliseconds",
+                TimeUnit::Microsecond => "microseconds",
+                TimeUnit::Nanosecond => "nanoseconds",
+            }
+        )),
+        _ => None,
+    }
+}
+
+pub(crate) fn text(t: &[u8]) -> Result<&str> {
+    std::str::from_utf8(t).map_err(|e| err(format!("not UTF-8: {e}")))
+}
+
+/// An integer from its JSON text; a whole number written with a fraction or exponent
+/// (`3.0`, `1e3`) is taken, a fractional one is an error, never truncated.
+pub(crate) fn int(t: &[u8]) -> Result<i64> {
+    let (neg, digits) = match t {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, t),
+    };
+    if !digits.is_empty() && digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
+        let v = digits
+            .iter()
+            .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'));
+        return Ok(if neg { -v } else { v });
+    }
+    let s = text(t)?;
+    if let Ok(v) = s.parse::<i64>() {
+        return Ok(v);
+    }
+    match s.parse::<f64>() {
+        Ok(f) if f.fract() == 0.0 && f >= -(2f64.powi(63)) && f < 2f64.powi(63) => Ok(f as i64),
+        Ok(_) => Err(err(format!("{s} is not a whole number in the int64 range"))),
+        Err(_) => Err(err(format!("\"{s}\" is not a number"))),
+    }
+}
+
+pub(crate) fn float(t: &[u8]) -> Result<f64> {
+    let s = text(t)?;
+    s.parse::<f64>()
+        .map_err(|_| err(format!("\"{s}\" is not a number")))
+}
+
+/// A decimal of `decimal(precision, scale)` from its text, exactly: more decimal places
+/// than the scale or more digits than the precision is an error.
+pub(crate) fn decimal(t: &[u8], precision: u8, scale: i8) -> Result<i128> {
+    if let Some(v) = plain_decimal(t, precision, scale) {
+        return Ok(v);
+    }
+    let t = text(t)?;
+    if let Some(why) = loses_digits(t, &DataType::Decimal128(precision, scale)) {
+        return Err(err(why));
+    }
+    parse_decimal::<Decimal128Type>(t, precision, scale).map_err(|e| err(format!("\"{t}\": {e}")))
+}
+
+/// A decimal written as plain digits (`-12.5`: no sign but `-`, no exponent, digits on
+/// both sides of a point) that fits `decimal(precision, scale)` as written, read in one
+/// pass; None for anything else, which [`parse_decimal`] reads or refuses.
+fn plain_decimal(t: &[u8], precision: u8, scale: i8) -> Option<i128> {
+    let scale = usize::try_from(scale).ok()?;
+    let (neg, digits) = match t {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, t),
+    };
+    let (whole, fraction) = match digits.iter().position(|&c| c == b'.') {
+        Some(i) if i + 1 < digits.len() => (&digits[..i], &digits[i + 1..]),
+        Some(_) => return None,
+        None => (digits, &[][..]),
+    };
+    // at most 38 digits in all: no overflow of i128
+    if whole.is_empty() || fraction.len() > scale || whole.len() + scale > 38 {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for &c in whole.iter().chain(fraction) {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i128::from(c - b'0');
+    }
+    v *= 10i128.pow((scale - fraction.len()) as u32);
+    if v >= 10i128.pow(u32::from(precision)) {
+        return None;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// A timestamp of `unit` from its text (ISO 8601; without an offset, a local time of
+/// `tz`), exactly: sub-second digits the unit cannot hold are an error.
+pub(crate) fn timestamp(t: &[u8], unit: TimeUnit, tz: &Tz) -> Result<i64> {
+    if let Some(v) = rfc3339(t, unit) {
+        return Ok(v);
+    }
+    let t = text(t)?;
+    let d =
+        string_to_datetime(tz, t).map_err(|e| err(format!("\"{t}\" is not a timestamp: {e}")))?;
+    if let Some(why) = loses_digits(t, &DataType::Timestamp(unit, None)) {
+        return Err(err(why));
+    }
+    match unit {
+        TimeUnit::Second => Ok(d.timestamp()),
+        TimeUnit::Millisecond => Ok(d.timestamp_millis()),
+        TimeUnit::Microsecond => Ok(d.timestamp_micros()),
+        TimeUnit::Nanosecond => d
+            .timestamp_nanos_opt()
+            .ok_or_else(|| err(format!("\"{t}\" is out of range for nanoseconds"))),
+    }
+}
+
+/// A timestamp written as RFC 3339 with its offset (`2024-01-01T10:00:00.001Z`,
+/// `...+05:30`) and no more sub-second digits than `unit` holds, read in one pass;
+/// None for anything else (another spelling, no offset, a leap second, a date that does
+/// not exist, out of range), which arrow's parser reads or refuses.
+fn rfc3339(t: &[u8], unit: TimeUnit) -> Option<i64> {
+    if t.len() < 20
+        || t[4] != b'-'
+        || t[7] != b'-'
+        || t[10] != b'T'
+        || t[13] != b':'
+        || t[16] != b':'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        t[from..to].iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut fraction = 0;
+    let digits = unit_digits(unit);
+    if t[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < t.len() && t[i].is_ascii_digit() {
+            i += 1;
+        }
+        let n = i - start;
+        if n == 0 || n > digits {
+            return None;
+        }
+        fraction = num(start, i)? * 10i64.pow((digits - n) as u32);
+    }
+    let offset = match &t[i..] {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'))
+            };
+            let (h, m) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if *sign == b'-' {
+                -(h * 3600 + m * 60)
+            } else {
+                h * 3600 + m * 60
+            }
+        }
+        _ => return None,
+    };
+    let seconds =
+        days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    seconds
+        .checked_mul(10i64.pow(digits as u32))?
+        .checked_add(fraction)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    // years from March, so the leap day ends one (Howard Hinnant's algorithm)
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y.rem_euclid(400);
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::str::FromStr;
+
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn a_decimal_with_more_places_than_the_scale_is_an_error_not_rounded() {
+        assert!(excess_precision(
+            "2024-01-01T10:00:00.9999999Z",
+            TimeUnit::Microsecond
+        ));
+        assert!(excess_precision("2024-01-01 10:00:00.5", TimeUnit::Second));
+        assert!(!excess_precision(
+            "2024-01-01T10:00:00.1234560+05:00",
+            TimeUnit::Microsecond
+        ));
+        assert!(!excess_precision("2024-01-01T10:00:00Z", TimeUnit::Second));
+        assert!(!excess_precision(
+            "2024-01-01T10:00:00.123456789Z",
+            TimeUnit::Nanosecond
+        ));
+        assert!(excess_scale("1.005", 2));
+        assert!(excess_scale("-0.001", 2));
+        assert!(excess_scale("1.5e-2", 2));
+        assert!(!excess_scale("1.00", 2));
+        assert!(!excess_scale("1.0500", 2));
+        assert!(!excess_scale("1.005e1", 2));
+        assert!(!excess_scale("12", 2));
+        assert!(!excess_scale("12", 0));
+        assert!(excess_scale("12.5", 0));
+    }
+
+    #[test]
+    fn plain_decimals_read_as_arrow_reads_them() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let p = rng.gen_range(1..=38u8);
+            let s = rng.gen_range(0..=p.min(6)) as i8;
+            let whole: String = (0..rng.gen_range(1..=40))
+                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                .collect();
+            let places: String = (0..rng.gen_range(0..=8))
+                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                .collect();
+            let sign = if rng.gen_bool(0.3) { "-" } else { "" };
+            let t = match places.is_empty() {
+                true => format!("{sign}{whole}"),
+                false => format!("{sign}{whole}.{places}"),
+            };
+            let slow = match excess_scale(&t, s) {
+                true => None,
+                false => parse_decimal::<Decimal128Type>(&t, p, s).ok(),
+            };
+            if let Some(fast) = plain_decimal(t.as_bytes(), p, s) {
+                assert_eq!(Some(fast), slow, "{t} as decimal({p},{s})");
+            }
+            assert_eq!(
+                decimal(t.as_bytes(), p, s).ok(),
+                slow,
+                "{t} as decimal({p},{s})"
+            );
+        }
+        assert_eq!(plain_decimal(b"12.50", 12, 2), Some(1250));
+        assert_eq!(plain_decimal(b"-0.5", 12, 2), Some(-50));
+        for other in ["1e3", "+1", "1.", ".5", "1.005", "", "-", "1_0"] {
+            assert_eq!(plain_decimal(other.as_bytes(), 12, 2), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_timestamps_read_as_arrow_reads_them() {
+        let utc = Tz::from_str("+00:00").unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let units = [
+            TimeUnit::Second,
+            TimeUnit::Millisecond,
+            TimeUnit::Microsecond,
+            TimeUnit::Nanosecond,
+        ];
+        let mut read = 0;
+        for _ in 0..20_000 {
+            let unit = units[rng.gen_range(0..4)];
+            let fraction: String = (0..rng.gen_range(0..=10))
+                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                .collect();
+            let t = format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}{}",
+                rng.gen_range(1..=9999),
+                rng.gen_range(0..=13),
+                rng.gen_range(0..=32),
+                rng.gen_range(0..=24),
+                rng.gen_range(0..=60),
+                rng.gen_range(0..=60),
+                if fraction.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{fraction}")
+                },
+                ["Z", "z", "+05:30", "-11:45", "+00:00", "", "+24:00", "+0530"]
+                    [rng.gen_range(0..8)],
+            );
+            let slow = || {
+                let d = string_to_datetime(&utc, &t).ok()?;
+                if excess_precision(&t, unit) {
+                    return None;
+                }
+                match unit {
+                    TimeUnit::Second => Some(d.timestamp()),
+                    TimeUnit::Millisecond => Some(d.timestamp_millis()),
+                    TimeUnit::Microsecond => Some(d.timestamp_micros()),
+                    TimeUnit::Nanosecond => d.timestamp_nanos_opt(),
+                }
+            };
+            if let Some(fast) = rfc3339(t.as_bytes(), unit) {
+                assert_eq!(Some(fast), slow(), "{t} in {unit:?}");
+                read += 1;
+            }
+            assert_eq!(
+                timestamp(t.as_bytes(), unit, &utc).ok(),
+                slow(),
+                "{t} in {unit:?}"
+            );
+        }
+        assert!(read > 1000, "the short parser read only {read}");
+        // the dates and times that do not exist are left to arrow's parser
+        for t in [
+            "2023-02-29T00:00:00Z",
+            "2024-04-31T00:00:00Z",
+            "2024-01-01T10:00:60Z",
+        ] {
+            assert_eq!(rfc3339(t.as_bytes(), TimeUnit::Microsecond), None, "{t}");
+        }
+        assert_eq!(
+            rfc3339(b"2024-02-29T23:59:59.5-01:00", TimeUnit::Millisecond),
+            Some(1_709_254_799_500)
+        );
+        assert_eq!(
+            rfc3339(b"1969-12-31T23:59:59.999999Z", TimeUnit::Microsecond),
+            Some(-1)
+        );
+    }
+}
