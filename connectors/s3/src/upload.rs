@@ -132,11 +132,11 @@ impl Upload {
     /// error (the parts after it still run until [`Upload::abort`]).
     pub async fn wait(&mut self) -> Result<Vec<Part>> {
         let mut parts = Vec::with_capacity(self.running.len());
-        while let Some(task) = self.running.front_mut() {
+        // each task out before it is awaited: a finished one is never awaited again
+        while let Some(task) = self.running.pop_front() {
             let part = task.await.map_err(|e| {
                 Error::internal(format!("uploading a part of {}", self.url)).with_source(e)
             })??;
-            self.running.pop_front();
             parts.push(part);
         }
         Ok(parts)
@@ -176,7 +176,7 @@ pub async fn abort(client: &Client, bucket: &str, key: &str, id: &str, url: &str
         .await
     {
         if !is_not_found(&e) {
-            tracing::warn!(object = %url, error = %s3_error(e, "abort"), "could not abort an unfinished upload: its parts stay until it is aborted");
+            tracing::warn!(object = %url, error = %s3_error(e, "abort"), "could not abort an unfinished upload: its parts stay until it is aborted (the s3 sink's next start aborts its own)");
         }
     }
 }
