@@ -240,7 +240,8 @@ impl CsvDecoder {
 
     /// Whether a decimal or timestamp column of `buf` has a value with more decimal
     /// places than its scale, or sub-second digits than its unit, which arrow-csv would
-    /// drop (read again as text, those columns only).
+    /// drop, or a point at scale 0, which it would misread (read again as text, those
+    /// columns only; the records are then cast from text, which reads them exactly).
     fn loses_digits(
         &self,
         buf: &[u8],
@@ -276,9 +277,10 @@ impl CsvDecoder {
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .is_some_and(|s| {
-                    s.iter()
-                        .flatten()
-                        .any(|v| crate::scalars::loses_digits(v, data_type).is_some())
+                    s.iter().flatten().any(|v| {
+                        crate::scalars::loses_digits(v, data_type).is_some()
+                            || crate::scalars::misread_by_arrow(v, data_type).is_some()
+                    })
                 })
         }))
     }
@@ -451,6 +453,22 @@ fn complete_prefix(buf: &[u8], quote: u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeros_past_a_decimal_scale_are_read_not_shifted_in() {
+        let schema = Arc::new(arrow_schema::Schema::new(vec![arrow_schema::Field::new(
+            "n",
+            DataType::Decimal128(10, 0),
+            true,
+        )]));
+        let mut d = CsvDecoder::new(Some(schema), CsvOptions::default());
+        let out = d.decode(b"n\n12.0\n-3.00\n", 100, true, true).unwrap();
+        let b = out.batch.unwrap();
+        let n = arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Decimal128Type>(
+            b.column(0),
+        );
+        assert_eq!((n.value(0), n.value(1)), (12, -3));
+    }
 
     #[test]
     fn infers_from_header_and_keeps_quoted_newlines() {

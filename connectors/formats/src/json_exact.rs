@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use arrow_schema::{DataType, Fields};
 use serde_json::value::RawValue;
 
-use crate::scalars::loses_digits;
+use crate::scalars::{loses_digits, misread_by_arrow};
 
 /// True when `dt` holds, or is, a decimal or timestamp.
 pub(crate) fn has_digits(dt: &DataType) -> bool {
@@ -69,7 +69,9 @@ fn in_value(dt: &DataType, raw: &RawValue, name: &str) -> Option<String> {
                 true => serde_json::from_str::<String>(text).ok()?,
                 false => text.to_string(),
             };
-            loses_digits(&value, dt).map(|why| format!("column \"{name}\": {why}"))
+            loses_digits(&value, dt)
+                .or_else(|| misread_by_arrow(&value, dt))
+                .map(|why| format!("column \"{name}\": {why}"))
         }
     }
 }

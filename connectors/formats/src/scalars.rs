@@ -116,42 +116,90 @@ pub(crate) fn decimal(t: &[u8], precision: u8, scale: i8) -> Result<i128> {
         return Ok(v);
     }
     let t = text(t)?;
-    if let Some(why) = loses_digits(t, &DataType::Decimal128(precision, scale)) {
+    let data_type = DataType::Decimal128(precision, scale);
+    if let Some(why) = loses_digits(t, &data_type).or_else(|| misread_by_arrow(t, &data_type)) {
         return Err(err(why));
     }
     parse_decimal::<Decimal128Type>(t, precision, scale).map_err(|e| err(format!("\"{t}\": {e}")))
 }
 
-/// A decimal written as plain digits (`-12.5`: no sign but `-`, no exponent, digits on
-/// both sides of a point) that fits `decimal(precision, scale)` as written, read in one
-/// pass; None for anything else, which [`parse_decimal`] reads or refuses.
+/// A decimal written as digits with an optional sign, point and exponent (`-12.5`,
+/// `12.0`, `1.25e2`) read exactly into `decimal(precision, scale)`, in one pass; None
+/// when it is not such a number or does not fit without losing a digit, which
+/// [`parse_decimal`] and [`loses_digits`] then name. Zeros past the scale are read as
+/// what they are (arrow's parser takes them into the number at scale 0, arrow-rs
+/// #8699: "12.0" as 120).
 fn plain_decimal(t: &[u8], precision: u8, scale: i8) -> Option<i128> {
-    let scale = usize::try_from(scale).ok()?;
-    let (neg, digits) = match t {
+    let scale = i64::from(scale);
+    let (neg, rest) = match t {
         [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
         _ => (false, t),
     };
-    let (whole, fraction) = match digits.iter().position(|&c| c == b'.') {
-        Some(i) if i + 1 < digits.len() => (&digits[..i], &digits[i + 1..]),
-        Some(_) => return None,
-        None => (digits, &[][..]),
+    let (mantissa, exp) = match rest.iter().position(|&c| c == b'e' || c == b'E') {
+        Some(i) => (&rest[..i], exponent(&rest[i + 1..])?),
+        None => (rest, 0),
     };
-    // at most 38 digits in all: no overflow of i128
-    if whole.is_empty() || fraction.len() > scale || whole.len() + scale > 38 {
+    let (whole, fraction) = match mantissa.iter().position(|&c| c == b'.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, &[][..]),
+    };
+    if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    let mut v: i128 = 0;
-    for &c in whole.iter().chain(fraction) {
-        if !c.is_ascii_digit() {
+    // the value is `digits` times 10^shift at the column's scale
+    let mut digits: Vec<u8> = whole.iter().chain(fraction).copied().collect();
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let shift = exp - fraction.len() as i64 + scale;
+    if shift < 0 {
+        // digits below the scale: zeros only, dropped
+        let cut = digits.len().checked_sub(usize::try_from(-shift).ok()?)?;
+        if digits[cut..].iter().any(|&c| c != b'0') {
             return None;
         }
-        v = v * 10 + i128::from(c - b'0');
+        digits.truncate(cut);
     }
-    v *= 10i128.pow((scale - fraction.len()) as u32);
-    if v >= 10i128.pow(u32::from(precision)) {
+    let significant = digits.iter().skip_while(|&&c| c == b'0').count() as i64;
+    let zeros = shift.max(0);
+    if significant + zeros > i64::from(precision) {
         return None;
     }
+    // at most 38 digits: no overflow of i128
+    let mut v = digits
+        .iter()
+        .fold(0i128, |acc, &c| acc * 10 + i128::from(c - b'0'));
+    v *= 10i128.pow(zeros as u32);
     Some(if neg { -v } else { v })
+}
+
+/// An exponent's digits with an optional sign, of at most four digits.
+fn exponent(t: &[u8]) -> Option<i64> {
+    let (neg, digits) = match t {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, t),
+    };
+    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let e = digits
+        .iter()
+        .fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'));
+    Some(if neg { -e } else { e })
+}
+
+/// Why arrow's [`parse_decimal`] (arrow-csv and arrow-json read with it) would read `t`
+/// into `data_type` as another number, if it would: at scale 0 it takes the digits
+/// after a point into the number ("12.0" as 120, arrow-rs #8699).
+pub(crate) fn misread_by_arrow(t: &str, data_type: &DataType) -> Option<String> {
+    match data_type {
+        DataType::Decimal128(p, 0) | DataType::Decimal256(p, 0) if t.contains('.') => Some(
+            format!("\"{t}\" has a decimal point, which decimal({p},0) is not read with here; write it as a whole number"),
+        ),
+        _ => None,
+    }
 }
 
 /// A timestamp of `unit` from its text (ISO 8601; without an offset, a local time of
@@ -319,9 +367,16 @@ mod tests {
                 true => format!("{sign}{whole}"),
                 false => format!("{sign}{whole}.{places}"),
             };
+            // arrow reads zeros past the scale into the number at scale 0: its
+            // answer for the text without them
+            let canonical = match t.split_once('.') {
+                Some((w, f)) if f.trim_end_matches('0').is_empty() => w.to_string(),
+                Some((w, f)) => format!("{w}.{}", f.trim_end_matches('0')),
+                None => t.clone(),
+            };
             let slow = match excess_scale(&t, s) {
                 true => None,
-                false => parse_decimal::<Decimal128Type>(&t, p, s).ok(),
+                false => parse_decimal::<Decimal128Type>(&canonical, p, s).ok(),
             };
             if let Some(fast) = plain_decimal(t.as_bytes(), p, s) {
                 assert_eq!(Some(fast), slow, "{t} as decimal({p},{s})");
@@ -334,8 +389,33 @@ mod tests {
         }
         assert_eq!(plain_decimal(b"12.50", 12, 2), Some(1250));
         assert_eq!(plain_decimal(b"-0.5", 12, 2), Some(-50));
-        for other in ["1e3", "+1", "1.", ".5", "1.005", "", "-", "1_0"] {
-            assert_eq!(plain_decimal(other.as_bytes(), 12, 2), None, "{other}");
+        assert_eq!(plain_decimal(b"1.25e2", 12, 2), Some(12500));
+        assert_eq!(plain_decimal(b"125e-2", 12, 2), Some(125));
+        assert_eq!(plain_decimal(b".5", 12, 2), Some(50));
+        assert_eq!(plain_decimal(b"99.99", 4, 2), Some(9999));
+        for other in [
+            "1.005", "1.5e-3", "100.00", "", "-", ".", "1_0", "1e", "1e99999", "--1",
+        ] {
+            assert_eq!(plain_decimal(other.as_bytes(), 4, 2), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn zeros_past_the_scale_are_read_not_shifted_in() {
+        // arrow's parse_decimal reads "12.0" at scale 0 as 120 (arrow-rs #8699)
+        for (t, s, want) in [
+            ("12.0", 0, 12),
+            ("-1.00", 0, -1),
+            ("1.500", 2, 150),
+            ("7.", 0, 7),
+            ("1.0e1", 0, 10),
+            ("120e-1", 0, 12),
+        ] {
+            assert_eq!(
+                decimal(t.as_bytes(), 10, s).unwrap(),
+                want,
+                "{t} at scale {s}"
+            );
         }
     }
 

@@ -405,3 +405,39 @@ fn decimals_as_json_strings_survive_a_schemaless_round_trip() {
         ]
     );
 }
+
+/// Zeros after the point of a whole-number decimal (`12.0` into `decimal(10,0)`) are
+/// read as what they are, from CSV and from JSON lines, not taken into the number (the
+/// parser arrow-csv uses reads "12.0" at scale 0 as 120); pyarrow reads the Parquet.
+#[test]
+fn zeros_after_the_point_of_a_whole_number_decimal_keep_its_value() {
+    let dir = workdir();
+    let d = dir.path();
+    std::fs::write(d.join("n.csv"), "id,n\n1,12.0\n2,-3.00\n3,7\n").unwrap();
+    std::fs::write(
+        d.join("n.jsonl"),
+        "{\"id\":1,\"n\":12.0}\n{\"id\":2,\"n\":\"-3.00\"}\n{\"id\":3,\"n\":7}\n",
+    )
+    .unwrap();
+    for format in ["csv", "json"] {
+        let file = if format == "csv" { "n.csv" } else { "n.jsonl" };
+        std::fs::write(
+            d.join(format!("{format}.toml")),
+            format!(
+                "name = \"zeros_{format}\"\n[source]\nconnector = \"file\"\npath = \"{file}\"\nformat = \"{format}\"\n\
+                 schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"n\", type = \"decimal(10,0)\" }}]\n\
+                 [sink]\nconnector = \"file\"\npath = \"out_{format}\"\nformat = \"parquet\"\n"
+            ),
+        )
+        .unwrap();
+        let run = sluice(d, &["run", "--quiet", &format!("{format}.toml")]);
+        assert_eq!(run.code, Some(0), "{format}: {}", run.stderr);
+        let got = python(&format!(
+            "import pyarrow.parquet as pq, glob\n\
+             t = pq.read_table(sorted(glob.glob('{}/out_{format}/*.parquet'))).sort_by('id')\n\
+             print(t.schema.field('n').type, [str(v) for v in t.column('n').to_pylist()])",
+            d.display()
+        ));
+        assert_eq!(got, "decimal128(10, 0) ['12', '-3', '7']", "{format}");
+    }
+}
