@@ -147,30 +147,31 @@ fn plain_decimal(t: &[u8], precision: u8, scale: i8) -> Option<i128> {
     if whole.is_empty() && fraction.is_empty() {
         return None;
     }
-    // the value is `digits` times 10^shift at the column's scale
-    let mut digits: Vec<u8> = whole.iter().chain(fraction).copied().collect();
-    if !digits.iter().all(u8::is_ascii_digit) {
+    // the value is the digits times 10^shift at the column's scale
+    let digits = || whole.iter().chain(fraction);
+    if !digits().all(u8::is_ascii_digit) {
         return None;
     }
     let shift = exp - fraction.len() as i64 + scale;
-    if shift < 0 {
-        // digits below the scale: zeros only, dropped
-        let cut = digits.len().checked_sub(usize::try_from(-shift).ok()?)?;
-        if digits[cut..].iter().any(|&c| c != b'0') {
-            return None;
-        }
-        digits.truncate(cut);
+    let count = whole.len() + fraction.len();
+    // digits below the scale: zeros only, dropped
+    let keep = match shift {
+        0.. => count,
+        _ => count.checked_sub(usize::try_from(-shift).ok()?)?,
+    };
+    if digits().skip(keep).any(|&c| c != b'0') {
+        return None;
     }
-    let significant = digits.iter().skip_while(|&&c| c == b'0').count() as i64;
+    let significant = digits().take(keep).skip_while(|&&c| c == b'0').count() as i64;
     let zeros = shift.max(0);
     if significant + zeros > i64::from(precision) {
         return None;
     }
     // at most 38 digits: no overflow of i128
-    let mut v = digits
-        .iter()
-        .fold(0i128, |acc, &c| acc * 10 + i128::from(c - b'0'));
-    v *= 10i128.pow(zeros as u32);
+    let v = digits()
+        .take(keep)
+        .fold(0i128, |acc, &c| acc * 10 + i128::from(c - b'0'))
+        * 10i128.pow(zeros as u32);
     Some(if neg { -v } else { v })
 }
 
