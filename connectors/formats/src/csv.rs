@@ -468,6 +468,16 @@ mod tests {
             b.column(0),
         );
         assert_eq!((n.value(0), n.value(1)), (12, -3));
+        // what arrow-csv reads right is read as before: exponents, a bare point
+        let out = d.decode(b"n\n1.5e1\n7.\n", 100, true, true).unwrap();
+        let b = out.batch.unwrap();
+        let n = arrow_array::cast::AsArray::as_primitive::<arrow_array::types::Decimal128Type>(
+            b.column(0),
+        );
+        assert_eq!((n.value(0), n.value(1)), (15, 7));
+        // and text that is no number is a bad record, not 0
+        let out = d.decode(b"n\n5\ne5\n", 100, true, true).unwrap();
+        assert_eq!((out.batch.unwrap().num_rows(), out.bad.len()), (1, 1));
     }
 
     #[test]

@@ -53,6 +53,9 @@ fn in_object(fields: &Fields, object: &HashMap<String, &RawValue>, path: &str) -
 
 fn in_value(dt: &DataType, raw: &RawValue, name: &str) -> Option<String> {
     let text = raw.get();
+    if text == "null" {
+        return None;
+    }
     match dt {
         DataType::Struct(fields) => {
             let object: HashMap<String, &RawValue> = serde_json::from_str(text).ok()?;

@@ -5,8 +5,7 @@
 //! anything else to arrow's, which read the same values slower.
 
 use arrow_array::timezone::Tz;
-use arrow_array::types::Decimal128Type;
-use arrow_cast::parse::{parse_decimal, string_to_datetime};
+use arrow_cast::parse::string_to_datetime;
 use arrow_schema::{DataType, TimeUnit};
 use connector_api::{Error, Result};
 
@@ -110,79 +109,94 @@ pub(crate) fn float(t: &[u8]) -> Result<f64> {
 }
 
 /// A decimal of `decimal(precision, scale)` from its text, exactly: more decimal places
-/// than the scale or more digits than the precision is an error.
+/// than the scale or more digits than the precision is an error. Read by our own parser
+/// only: arrow's reads zeros past the scale into the number at scale 0 (arrow-rs
+/// #8699: "12.0" as 120), and garbage such as "e5" or "1e+" as numbers.
 pub(crate) fn decimal(t: &[u8], precision: u8, scale: i8) -> Result<i128> {
-    if let Some(v) = plain_decimal(t, precision, scale) {
-        return Ok(v);
-    }
-    let t = text(t)?;
-    let data_type = DataType::Decimal128(precision, scale);
-    if let Some(why) = loses_digits(t, &data_type).or_else(|| misread_by_arrow(t, &data_type)) {
-        return Err(err(why));
-    }
-    parse_decimal::<Decimal128Type>(t, precision, scale).map_err(|e| err(format!("\"{t}\": {e}")))
+    exact_decimal(t, precision, scale).map_err(|refusal| {
+        let t = String::from_utf8_lossy(t);
+        err(match refusal {
+            Refusal::NotANumber => format!("\"{t}\" is not a decimal number"),
+            Refusal::LosesDigits => format!(
+                "\"{t}\" has more than {scale} decimal places: decimal({precision},{scale}) would round it"
+            ),
+            Refusal::TooManyDigits => {
+                format!("\"{t}\" has more digits than decimal({precision},{scale}) holds")
+            }
+        })
+    })
+}
+
+/// Why a text is not read into a decimal column.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    NotANumber,
+    LosesDigits,
+    TooManyDigits,
 }
 
 /// A decimal written as digits with an optional sign, point and exponent (`-12.5`,
-/// `12.0`, `1.25e2`) read exactly into `decimal(precision, scale)`, in one pass; None
-/// when it is not such a number or does not fit without losing a digit, which
-/// [`parse_decimal`] and [`loses_digits`] then name. Zeros past the scale are read as
-/// what they are (arrow's parser takes them into the number at scale 0, arrow-rs
-/// #8699: "12.0" as 120).
-fn plain_decimal(t: &[u8], precision: u8, scale: i8) -> Option<i128> {
-    let scale = i64::from(scale);
+/// `12.0`, `.5`, `1.25e2`) read exactly into `decimal(precision, scale)` in one pass:
+/// zeros past the scale are dropped, any other digit there is refused.
+fn exact_decimal(t: &[u8], precision: u8, scale: i8) -> std::result::Result<i128, Refusal> {
     let (neg, rest) = match t {
         [b'-', rest @ ..] => (true, rest),
         [b'+', rest @ ..] => (false, rest),
         _ => (false, t),
     };
     let (mantissa, exp) = match rest.iter().position(|&c| c == b'e' || c == b'E') {
-        Some(i) => (&rest[..i], exponent(&rest[i + 1..])?),
+        Some(i) => (
+            &rest[..i],
+            exponent(&rest[i + 1..]).ok_or(Refusal::NotANumber)?,
+        ),
         None => (rest, 0),
     };
     let (whole, fraction) = match mantissa.iter().position(|&c| c == b'.') {
         Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
         None => (mantissa, &[][..]),
     };
-    if whole.is_empty() && fraction.is_empty() {
-        return None;
-    }
-    // the value is the digits times 10^shift at the column's scale
     let digits = || whole.iter().chain(fraction);
-    if !digits().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let shift = exp - fraction.len() as i64 + scale;
     let count = whole.len() + fraction.len();
-    // digits below the scale: zeros only, dropped
-    let keep = match shift {
-        0.. => count,
-        _ => count.checked_sub(usize::try_from(-shift).ok()?)?,
-    };
+    if count == 0 || !digits().all(u8::is_ascii_digit) {
+        return Err(Refusal::NotANumber);
+    }
+    // the value is the digits times 10^shift at the column's scale; the digits below
+    // the scale must be zeros
+    let shift = exp - fraction.len() as i64 + i64::from(scale);
+    let below = usize::try_from(-shift).unwrap_or(0).min(count);
+    let keep = count - below;
     if digits().skip(keep).any(|&c| c != b'0') {
-        return None;
+        return Err(Refusal::LosesDigits);
     }
     let significant = digits().take(keep).skip_while(|&&c| c == b'0').count() as i64;
+    if significant == 0 {
+        return Ok(0);
+    }
     let zeros = shift.max(0);
     if significant + zeros > i64::from(precision) {
-        return None;
+        return Err(Refusal::TooManyDigits);
     }
     // at most 38 digits: no overflow of i128
     let v = digits()
         .take(keep)
         .fold(0i128, |acc, &c| acc * 10 + i128::from(c - b'0'))
         * 10i128.pow(zeros as u32);
-    Some(if neg { -v } else { v })
+    Ok(if neg { -v } else { v })
 }
 
-/// An exponent's digits with an optional sign, of at most four digits.
+/// An exponent's digits with an optional sign; None when there are none, or more than
+/// four past leading zeros (no decimal column reaches that far).
 fn exponent(t: &[u8]) -> Option<i64> {
     let (neg, digits) = match t {
         [b'-', rest @ ..] => (true, rest),
         [b'+', rest @ ..] => (false, rest),
         _ => (false, t),
     };
-    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let digits = &digits[digits.iter().take_while(|&&c| c == b'0').count()..];
+    if digits.len() > 4 {
         return None;
     }
     let e = digits
@@ -191,14 +205,33 @@ fn exponent(t: &[u8]) -> Option<i64> {
     Some(if neg { -e } else { e })
 }
 
-/// Why arrow's [`parse_decimal`] (arrow-csv and arrow-json read with it) would read `t`
-/// into `data_type` as another number, if it would: at scale 0 it takes the digits
-/// after a point into the number ("12.0" as 120, arrow-rs #8699).
+/// Why arrow's [`parse_decimal`](arrow_cast::parse::parse_decimal) (arrow-csv and arrow-json read with it) would read `t`
+/// into `data_type` as another number than it is, if it could: at scale 0 it takes the
+/// digits after a point into the number ("12.0" as 120, arrow-rs #8699), and it reads
+/// some texts that are no number ("e5" as 0) or too long (wrapping) as numbers.
 pub(crate) fn misread_by_arrow(t: &str, data_type: &DataType) -> Option<String> {
-    match data_type {
-        DataType::Decimal128(p, 0) | DataType::Decimal256(p, 0) if t.contains('.') => Some(
-            format!("\"{t}\" has a decimal point, which decimal({p},0) is not read with here; write it as a whole number"),
-        ),
+    let (p, s) = match data_type {
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => (*p, *s),
+        _ => return None,
+    };
+    let b = t.as_bytes();
+    if b.is_empty() {
+        // a null (CSV's empty field), whatever the column allows
+        return None;
+    }
+    let point_at_scale_0 = s == 0
+        && !b.iter().any(|&c| c == b'e' || c == b'E')
+        && b.iter()
+            .position(|&c| c == b'.')
+            .is_some_and(|i| b.get(i + 1).is_some_and(u8::is_ascii_digit));
+    match exact_decimal(b, p.min(38), s) {
+        _ if point_at_scale_0 => Some(format!(
+            "\"{t}\" has a decimal point, which decimal({p},0) is not read with here; write it as a whole number"
+        )),
+        Err(Refusal::NotANumber) => Some(format!("\"{t}\" is not a decimal number")),
+        Err(Refusal::TooManyDigits) if p <= 38 => Some(format!(
+            "\"{t}\" has more digits than decimal({p},{s}) holds"
+        )),
         _ => None,
     }
 }
@@ -322,6 +355,8 @@ mod tests {
 
     use std::str::FromStr;
 
+    use arrow_array::types::Decimal128Type;
+    use arrow_cast::parse::parse_decimal;
     use rand::{Rng, SeedableRng};
 
     #[test]
@@ -379,7 +414,7 @@ mod tests {
                 true => None,
                 false => parse_decimal::<Decimal128Type>(&canonical, p, s).ok(),
             };
-            if let Some(fast) = plain_decimal(t.as_bytes(), p, s) {
+            if let Ok(fast) = exact_decimal(t.as_bytes(), p, s) {
                 assert_eq!(Some(fast), slow, "{t} as decimal({p},{s})");
             }
             assert_eq!(
@@ -388,16 +423,26 @@ mod tests {
                 "{t} as decimal({p},{s})"
             );
         }
-        assert_eq!(plain_decimal(b"12.50", 12, 2), Some(1250));
-        assert_eq!(plain_decimal(b"-0.5", 12, 2), Some(-50));
-        assert_eq!(plain_decimal(b"1.25e2", 12, 2), Some(12500));
-        assert_eq!(plain_decimal(b"125e-2", 12, 2), Some(125));
-        assert_eq!(plain_decimal(b".5", 12, 2), Some(50));
-        assert_eq!(plain_decimal(b"99.99", 4, 2), Some(9999));
+        let read = |t: &str| exact_decimal(t.as_bytes(), 4, 2);
+        assert_eq!(read("12.50"), Ok(1250));
+        assert_eq!(read("-0.5"), Ok(-50));
+        assert_eq!(read("1.25e1"), Ok(1250));
+        assert_eq!(read("125e-2"), Ok(125));
+        assert_eq!(read("+.5"), Ok(50));
+        assert_eq!(read("99.99"), Ok(9999));
+        assert_eq!(read("0e50"), Ok(0));
+        assert_eq!(read("0e-5"), Ok(0));
+        assert_eq!(read("1e00001"), Ok(1000));
+        for lost in ["1.005", "1.5e-3", "1e-9999"] {
+            assert_eq!(read(lost), Err(Refusal::LosesDigits), "{lost}");
+        }
+        for long in ["100.00", "1e3", &format!("1{}7", "0".repeat(255))] {
+            assert_eq!(read(long), Err(Refusal::TooManyDigits), "{long}");
+        }
         for other in [
-            "1.005", "1.5e-3", "100.00", "", "-", ".", "1_0", "1e", "1e99999", "--1",
+            "", "-", ".", "e5", "-e1", "1e", "1e+", "1e-", "1e65537", "--1", "1_0", " 1",
         ] {
-            assert_eq!(plain_decimal(other.as_bytes(), 4, 2), None, "{other}");
+            assert_eq!(read(other), Err(Refusal::NotANumber), "{other}");
         }
     }
 
