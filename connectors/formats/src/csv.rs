@@ -200,11 +200,11 @@ impl CsvDecoder {
                 out.lines = crate::count_newlines(&buf[..consumed]);
                 let all = &buf[..consumed];
                 match d.flush() {
-                    Ok(batch) if !self.loses_digits(all, header, rows, &schema)? => {
+                    Ok(batch) if !self.arrow_would_change(all, header, rows, &schema)? => {
                         out.batch = batch
                     }
-                    // digits arrow-csv would drop: decimal places beyond the scale,
-                    // sub-second digits beyond the unit
+                    // values arrow-csv would change: decimal places beyond the scale,
+                    // sub-second digits beyond the unit, decimals it misreads
                     Ok(_) => {
                         let err = arrow_schema::ArrowError::ParseError("digits lost".into());
                         self.isolate(all, header, rows, &schema, &mut out, err)?
@@ -238,11 +238,11 @@ impl CsvDecoder {
         Ok(out)
     }
 
-    /// Whether a decimal or timestamp column of `buf` has a value with more decimal
-    /// places than its scale, or sub-second digits than its unit, which arrow-csv would
-    /// drop, or a point at scale 0, which it would misread (read again as text, those
-    /// columns only; the records are then cast from text, which reads them exactly).
-    fn loses_digits(
+    /// Whether a decimal or timestamp column of `buf` has a value arrow-csv would read
+    /// as another ([`crate::scalars::arrow_would_change`]: digits dropped, a decimal
+    /// misread); read again as text, those columns only. The records are then cast from
+    /// text, which reads them exactly or refuses them.
+    fn arrow_would_change(
         &self,
         buf: &[u8],
         header: bool,
@@ -277,10 +277,9 @@ impl CsvDecoder {
                 .as_any()
                 .downcast_ref::<StringArray>()
                 .is_some_and(|s| {
-                    s.iter().flatten().any(|v| {
-                        crate::scalars::loses_digits(v, data_type).is_some()
-                            || crate::scalars::misread_by_arrow(v, data_type).is_some()
-                    })
+                    s.iter()
+                        .flatten()
+                        .any(|v| crate::scalars::arrow_would_change(v, data_type).is_some())
                 })
         }))
     }

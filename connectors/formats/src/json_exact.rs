@@ -1,16 +1,16 @@
-//! The digit checks of the one-pass decoder ([`crate::scalars::loses_digits`]) for
-//! the lines arrow-json decodes instead (a schema the one-pass decoder does not cover:
-//! more than 64 fields, small or unsigned integers, times, binary): arrow-json would
-//! cut a decimal's extra fraction digits and a timestamp's extra sub-second digits
-//! without a word, so the lines holding such values are found first, by the values'
-//! own text.
+//! The checks of [`crate::scalars::arrow_would_change`] for the lines arrow-json
+//! decodes instead of the one-pass decoder (a schema it does not cover: more than 64
+//! fields, small or unsigned integers, times, binary): arrow-json would cut a decimal's
+//! extra fraction digits and a timestamp's extra sub-second digits without a word, and
+//! misread some decimals, so the lines holding such values are found first, by the
+//! values' own text.
 
 use std::collections::HashMap;
 
 use arrow_schema::{DataType, Fields};
 use serde_json::value::RawValue;
 
-use crate::scalars::{loses_digits, misread_by_arrow};
+use crate::scalars::arrow_would_change;
 
 /// True when `dt` holds, or is, a decimal or timestamp.
 pub(crate) fn has_digits(dt: &DataType) -> bool {
@@ -72,9 +72,7 @@ fn in_value(dt: &DataType, raw: &RawValue, name: &str) -> Option<String> {
                 true => serde_json::from_str::<String>(text).ok()?,
                 false => text.to_string(),
             };
-            loses_digits(&value, dt)
-                .or_else(|| misread_by_arrow(&value, dt))
-                .map(|why| format!("column \"{name}\": {why}"))
+            arrow_would_change(&value, dt).map(|why| format!("column \"{name}\": {why}"))
         }
     }
 }

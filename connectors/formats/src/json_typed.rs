@@ -21,7 +21,7 @@ use arrow_schema::{DataType, SchemaRef, TimeUnit};
 use connector_api::{Error, Result};
 
 use crate::columns::{offset, Col, Kind};
-use crate::scalars::{decimal, float, int, text, timestamp};
+use crate::scalars::{decimal, err, float, int, text, timestamp};
 
 /// The most fields of one object (their presence is tracked in a 64-bit mask).
 const MAX_FIELDS: usize = 64;
@@ -256,10 +256,6 @@ struct Cursor<'a> {
     strict: bool,
     /// Fields skipped inside struct columns: the column, the field, how many times.
     dropped: Vec<(String, String, u64)>,
-}
-
-fn err(msg: impl Into<String>) -> Error {
-    Error::data(msg.into())
 }
 
 impl<'a> Cursor<'a> {

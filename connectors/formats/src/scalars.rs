@@ -1,15 +1,17 @@
 //! Text into numbers, decimals and timestamps, exactly: a value whose digits its type
 //! cannot hold is an error naming why, never rounded or cut. Shared by the JSON, CSV and
-//! text decoders. The one-pass JSON decoder reads the common spellings (plain decimal
-//! digits, RFC 3339 timestamps with an offset) with its own short parsers and hands
-//! anything else to arrow's, which read the same values slower.
+//! text decoders. The one-pass JSON decoder reads decimals with its own exact parser
+//! only (arrow's misreads some), and RFC 3339 timestamps with an offset with a short
+//! one, handing other timestamp spellings to arrow's, which reads the same values
+//! slower. The paths that decode with arrow (arrow-csv, arrow-json) first ask
+//! [`arrow_would_change`] about each value.
 
 use arrow_array::timezone::Tz;
 use arrow_cast::parse::string_to_datetime;
 use arrow_schema::{DataType, TimeUnit};
 use connector_api::{Error, Result};
 
-fn err(msg: impl Into<String>) -> Error {
+pub(crate) fn err(msg: impl Into<String>) -> Error {
     Error::data(msg.into())
 }
 
@@ -57,9 +59,9 @@ pub fn unit_digits(unit: TimeUnit) -> usize {
 /// timestamp's unit.
 pub(crate) fn loses_digits(t: &str, data_type: &DataType) -> Option<String> {
     match data_type {
-        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if excess_scale(t, *s) => Some(
-            format!("\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it"),
-        ),
+        DataType::Decimal128(p, s) | DataType::Decimal256(p, s) if excess_scale(t, *s) => {
+            Some(refused(Refusal::LosesDigits, t, *p, *s))
+        }
         DataType::Timestamp(unit, _) if excess_precision(t, *unit) => Some(format!(
             "\"{t}\" has more than {} sub-second digits: a timestamp in {} would cut them off",
             unit_digits(*unit),
@@ -114,16 +116,12 @@ pub(crate) fn float(t: &[u8]) -> Result<f64> {
 /// #8699: "12.0" as 120), and garbage such as "e5" or "1e+" as numbers.
 pub(crate) fn decimal(t: &[u8], precision: u8, scale: i8) -> Result<i128> {
     exact_decimal(t, precision, scale).map_err(|refusal| {
-        let t = String::from_utf8_lossy(t);
-        err(match refusal {
-            Refusal::NotANumber => format!("\"{t}\" is not a decimal number"),
-            Refusal::LosesDigits => format!(
-                "\"{t}\" has more than {scale} decimal places: decimal({precision},{scale}) would round it"
-            ),
-            Refusal::TooManyDigits => {
-                format!("\"{t}\" has more digits than decimal({precision},{scale}) holds")
-            }
-        })
+        err(refused(
+            refusal,
+            &String::from_utf8_lossy(t),
+            precision,
+            scale,
+        ))
     })
 }
 
@@ -133,6 +131,17 @@ enum Refusal {
     NotANumber,
     LosesDigits,
     TooManyDigits,
+}
+
+/// Why `t` is not read into `decimal(p, s)`, in words.
+fn refused(refusal: Refusal, t: &str, p: u8, s: i8) -> String {
+    match refusal {
+        Refusal::NotANumber => format!("\"{t}\" is not a decimal number"),
+        Refusal::LosesDigits => {
+            format!("\"{t}\" has more than {s} decimal places: decimal({p},{s}) would round it")
+        }
+        Refusal::TooManyDigits => format!("\"{t}\" has more digits than decimal({p},{s}) holds"),
+    }
 }
 
 /// A decimal written as digits with an optional sign, point and exponent (`-12.5`,
@@ -205,11 +214,16 @@ fn exponent(t: &[u8]) -> Option<i64> {
     Some(if neg { -e } else { e })
 }
 
-/// Why arrow's [`parse_decimal`](arrow_cast::parse::parse_decimal) (arrow-csv and arrow-json read with it) would read `t`
-/// into `data_type` as another number than it is, if it could: at scale 0 it takes the
-/// digits after a point into the number ("12.0" as 120, arrow-rs #8699), and it reads
-/// some texts that are no number ("e5" as 0) or too long (wrapping) as numbers.
-pub(crate) fn misread_by_arrow(t: &str, data_type: &DataType) -> Option<String> {
+/// Why arrow's parsers (arrow-csv and arrow-json decode with them) would read `t` into
+/// `data_type` as another value than it is, if they would: digits past a decimal's
+/// scale or a timestamp's unit dropped ([`loses_digits`]), and, in
+/// [`parse_decimal`](arrow_cast::parse::parse_decimal), a point at scale 0 taken into
+/// the number ("12.0" as 120, arrow-rs #8699), texts that are no number ("e5" as 0)
+/// and texts too long (wrapping) read as numbers.
+pub(crate) fn arrow_would_change(t: &str, data_type: &DataType) -> Option<String> {
+    if let Some(why) = loses_digits(t, data_type) {
+        return Some(why);
+    }
     let (p, s) = match data_type {
         DataType::Decimal128(p, s) | DataType::Decimal256(p, s) => (*p, *s),
         _ => return None,
@@ -224,14 +238,14 @@ pub(crate) fn misread_by_arrow(t: &str, data_type: &DataType) -> Option<String> 
         && b.iter()
             .position(|&c| c == b'.')
             .is_some_and(|i| b.get(i + 1).is_some_and(u8::is_ascii_digit));
-    match exact_decimal(b, p.min(38), s) {
-        _ if point_at_scale_0 => Some(format!(
+    if point_at_scale_0 {
+        return Some(format!(
             "\"{t}\" has a decimal point, which decimal({p},0) is not read with here; write it as a whole number"
-        )),
-        Err(Refusal::NotANumber) => Some(format!("\"{t}\" is not a decimal number")),
-        Err(Refusal::TooManyDigits) if p <= 38 => Some(format!(
-            "\"{t}\" has more digits than decimal({p},{s}) holds"
-        )),
+        ));
+    }
+    match exact_decimal(b, p.min(38), s) {
+        Err(refusal @ Refusal::NotANumber) => Some(refused(refusal, t, p, s)),
+        Err(refusal @ Refusal::TooManyDigits) if p <= 38 => Some(refused(refusal, t, p, s)),
         _ => None,
     }
 }
