@@ -235,14 +235,15 @@ fn kill_9_of_the_reader_and_of_the_writer_loses_nothing() {
         "killed {killed} times"
     );
     // a repeat is a message whose checkpoint was stored and whose PUBACK had not
-    // reached the broker when the process died: at most max_in_flight a kill, though
-    // this Mosquitto sends past the receive maximum (see the crate's README)
+    // reached the broker when the process died: with the acknowledgements of the last
+    // checkpoint possibly not yet sent, at most twice max_in_flight a kill, as the
+    // crate's README says (once under that on a quiet machine; a loaded one saw 2,370)
     eprintln!(
         "mqtt reader: {} repeats after {killed} kills",
         total - ids.len()
     );
     assert!(
-        total - ids.len() <= killed * 2000,
+        total - ids.len() <= killed * 2 * 2000,
         "{} repeats after {killed} kills",
         total - ids.len()
     );
