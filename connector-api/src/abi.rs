@@ -259,6 +259,9 @@ pub struct WireSourceContext {
     /// The splits to read, if not all.
     #[serde(default)]
     pub splits: Option<Vec<String>>,
+    /// The columns the pipeline reads, if not all.
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
 }
 
 /// `SinkState` as JSON.
@@ -574,6 +577,7 @@ unsafe extern "C" fn p_source_open(h: Handle, ctx: RawStr, offsets: RawStr) -> S
             batch_size: w.batch_size,
             idle_timeout: std::time::Duration::from_millis(w.idle_timeout_ms),
             splits: w.splits,
+            columns: w.columns,
         };
         let offsets = Offsets::from_envelope(offsets)?;
         state()?.runtime.block_on(s.0.open(&ctx, &offsets))

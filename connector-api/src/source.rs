@@ -24,17 +24,23 @@ pub struct SourceContext {
     /// [`SourceConnector::splits`](crate::SourceConnector::splits). `None`: every split
     /// the config covers.
     pub splits: Option<Vec<String>>,
+    /// The columns the pipeline reads, when it reads fewer than the records have (the
+    /// first transform is a query that names only these): a source may leave the
+    /// others out of its batches, unread and unchecked, keeping the record schema's
+    /// order. `None`: every column. A source may ignore it and send every column.
+    pub columns: Option<Vec<String>>,
 }
 
 impl SourceContext {
     /// A context for tests and tools: pipeline `name`, 8,192 records, 1 s idle timeout,
-    /// every split.
+    /// every split, every column.
     pub fn for_pipeline(name: impl Into<String>) -> Self {
         SourceContext {
             pipeline: name.into(),
             batch_size: 8192,
             idle_timeout: Duration::from_secs(1),
             splits: None,
+            columns: None,
         }
     }
 }
@@ -186,7 +192,10 @@ pub trait Source: Send {
     /// flushes) then resumes each split from the oldest sink's offset, and hands each
     /// sink none of the records below its own, record by record, whatever order the
     /// splits interleave in: exactly once for every sink that stores offsets. Known
-    /// before `open`, from the offset alone. Default: None (records carry no
+    /// before `open`, from the offsets alone; asked for every offset of one resume, it
+    /// may answer None for one it cannot compare with those asked before (MySQL:
+    /// another server's binlog), which sends that resume back to
+    /// [`Source::replays_in_order`]. Default: None (records carry no
     /// positions; [`Source::replays_in_order`] decides). Not asked across the plugin
     /// boundary yet.
     fn covered_below(&self, split: &str, offset: &serde_json::Value) -> Option<u128> {

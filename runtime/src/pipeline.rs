@@ -46,7 +46,7 @@ use self::ahead::Ahead;
 use self::catch_up::CatchUp;
 use self::engine::{Engine, Msg, SinkSlot};
 use crate::checkpoint::{CheckpointStore, Store};
-use crate::config::{Pipeline, Section, StoreKind};
+use crate::config::{Pipeline, Section, StoreKind, Tolerance};
 use crate::registry::Registry;
 use crate::retry::RetryPolicy;
 use crate::retrying;
@@ -273,6 +273,18 @@ async fn run_on(
         }
     }
     let resume = plan.from;
+    let chain = Chain::new(&pipeline.transforms, pipeline.batch.max_records)?;
+    // a record a query rejects goes to the dead-letter sink whole: with one, every
+    // column is read
+    let columns = match pipeline.errors.tolerance {
+        Tolerance::None => connector
+            .record_schema(&pipeline.source.config)
+            .and_then(|schema| chain.columns_read(&schema)),
+        Tolerance::All => None,
+    };
+    if let Some(columns) = &columns {
+        tracing::debug!(pipeline = %name, ?columns, "the first query reads only these columns");
+    }
     let ctx = SourceContext {
         pipeline: name.clone(),
         batch_size: pipeline.batch.max_records,
@@ -282,6 +294,7 @@ async fn run_on(
             .max(Duration::from_millis(100))
             .min(pipeline.checkpoint.interval),
         splits,
+        columns,
     };
     let splits = resume.splits();
     unless_stopped!(shutdown, name, async {
@@ -387,7 +400,6 @@ async fn run_on(
         }
     }));
 
-    let chain = Chain::new(&pipeline.transforms, pipeline.batch.max_records)?;
     let mut engine = Engine::new(
         pipeline,
         &policy,

@@ -300,6 +300,7 @@ impl Source for HostSource {
             batch_size: ctx.batch_size,
             idle_timeout_ms: ctx.idle_timeout.as_millis() as u64,
             splits: ctx.splits.clone(),
+            columns: ctx.columns.clone(),
         })
         .map_err(|e| Error::internal("source context").with_source(e))?;
         let offsets = committed.to_envelope();

@@ -34,6 +34,42 @@ impl JsonDecoder {
         }
     }
 
+    /// Decodes only `columns` of the declared schema, in the schema's order: the other
+    /// fields are passed over as fields the schema does not have are, so their values
+    /// are neither copied nor checked. False, and nothing changed, when the schema is
+    /// inferred, decodes with arrow-json, or does not have one of `columns` (or
+    /// `columns` is empty).
+    pub fn read_only(&mut self, columns: &[String]) -> bool {
+        // only where the one-pass decoder reads the whole schema too: arrow-json,
+        // which reads the others, differs on a few inputs (`1.5` for an integer)
+        let Some(schema) = self
+            .schema
+            .as_ref()
+            .filter(|_| !self.infer && self.plan.is_some())
+        else {
+            return false;
+        };
+        if columns.is_empty() {
+            return false;
+        }
+        let Ok(mut keep) = columns
+            .iter()
+            .map(|c| schema.index_of(c))
+            .collect::<std::result::Result<Vec<_>, _>>()
+        else {
+            return false;
+        };
+        keep.sort_unstable();
+        keep.dedup();
+        match schema.project(&keep) {
+            Ok(narrow) => {
+                *self = JsonDecoder::new(Some(Arc::new(narrow)));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The schema so far (None before the first line when inferring).
     pub fn schema(&self) -> Option<&SchemaRef> {
         self.schema.as_ref()
@@ -355,6 +391,27 @@ mod tests {
         assert_eq!(out.batch.unwrap().num_rows(), 2);
         assert_eq!(out.consumed, buf.len() - 7);
         assert_eq!(out.lines, 2);
+    }
+
+    #[test]
+    fn reads_only_the_columns_asked_for_and_passes_the_others_over() {
+        let mut d = JsonDecoder::new(Some(schema()));
+        assert!(!d.read_only(&["id".into(), "nope".into()]), "not a column");
+        assert!(d.read_only(&["id".into()]));
+        // a value the unread column could not hold is not looked at
+        let buf = b"{\"id\":1,\"amount\":\"1.50\"}\n{\"amount\":\"abc\",\"id\":2}\n";
+        let out = d.decode(buf, 100, false).unwrap();
+        assert!(out.bad.is_empty(), "{:?}", out.bad);
+        let batch = out.batch.unwrap();
+        assert_eq!(batch.schema().fields().len(), 1);
+        assert_eq!(batch.schema().field(0), schema().field(0));
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>();
+        assert_eq!(ids.unwrap().values(), &[1, 2]);
+        // an inferred schema has no columns to leave out
+        assert!(!JsonDecoder::new(None).read_only(&["id".into()]));
     }
 
     #[test]

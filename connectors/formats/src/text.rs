@@ -24,6 +24,17 @@ impl TextDecoder {
         }
     }
 
+    /// Decodes only `columns` of the declared schema, in the schema's order, when the
+    /// format can pass the others over unread (JSON lines); see
+    /// [`JsonDecoder::read_only`]. False when it cannot (CSV): batches keep every
+    /// column.
+    pub fn read_only(&mut self, columns: &[String]) -> bool {
+        match self {
+            TextDecoder::Json(d) => d.read_only(columns),
+            TextDecoder::Csv(_) => false,
+        }
+    }
+
     /// Decodes whole records from the start of `buf` (see [`JsonDecoder::decode`]);
     /// `at_start` says `buf` begins at the start of the input (a CSV header is there).
     pub fn decode(

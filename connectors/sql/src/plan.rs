@@ -9,7 +9,7 @@ use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -120,6 +120,7 @@ impl Query {
         let plan = block_on(state.create_physical_plan(&logical)).map_err(located)?;
         Ok(Prepared {
             output: plan.schema(),
+            reads: columns_read(&plan, input.fields().len()),
             plan: Mutex::new(plan),
             runs: AtomicUsize::new(0),
             feed,
@@ -199,6 +200,8 @@ pub struct Prepared {
     pub(crate) task: Arc<TaskContext>,
     pub(crate) input: SchemaRef,
     pub(crate) output: SchemaRef,
+    /// The input columns the plan reads, when it reads some and not all.
+    pub(crate) reads: Option<Vec<usize>>,
     pub(crate) query: Query,
     pub(crate) batch_size: usize,
     /// The probes, planned the first time a row fails.
@@ -224,6 +227,30 @@ impl Prepared {
     pub fn output_schema(&self) -> &SchemaRef {
         &self.output
     }
+
+    /// The columns of the input schema the query reads (indices, ascending), when it
+    /// reads some but not all: batches holding only these give the same output. None
+    /// when it reads every column, or none (its rows still count).
+    pub fn columns_read(&self) -> Option<&[usize]> {
+        self.reads.as_deref()
+    }
+}
+
+/// The input columns `plan` reads: the projection of its leaf, when that is some of
+/// the `width` columns and not all or none.
+fn columns_read(plan: &Arc<dyn ExecutionPlan>, width: usize) -> Option<Vec<usize>> {
+    let mut reads = None;
+    let _ = plan.apply(|node| {
+        if let Some(leaf) = node.as_any().downcast_ref::<StreamingTableExec>() {
+            reads = leaf.projection().as_ref().map(|p| p.to_vec());
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let mut reads = reads?;
+    reads.sort_unstable();
+    reads.dedup();
+    (!reads.is_empty() && reads.len() < width).then_some(reads)
 }
 
 /// `f`, with a panic in DataFusion's parser or planner (a query it does not expect,

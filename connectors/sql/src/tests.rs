@@ -243,3 +243,25 @@ fn tells_whether_a_query_may_output_a_column() {
     assert!(q("SELECT id, 'c' AS _op FROM input").may_output("_op"));
     assert!(!q("SELECT id, amount FROM input").may_output("_op"));
 }
+
+#[tokio::test]
+async fn tells_the_columns_a_query_reads_and_gives_the_same_rows_from_only_those() {
+    let full = batch();
+    let sql = "SELECT id, upper(status) AS s FROM input WHERE amount > 1";
+    let read = prepare(sql, full.schema())
+        .unwrap()
+        .columns_read()
+        .map(<[usize]>::to_vec);
+    assert_eq!(read, Some(vec![0, 1, 2]));
+    let narrow = full.project(&[0, 1, 2]).unwrap();
+    assert_eq!(run(sql, &narrow).await, run(sql, &full).await);
+    // every column, or none: nothing to leave out
+    for sql in [
+        "SELECT * FROM input",
+        "SELECT *, id + 1 AS next FROM input WHERE status = 'paid'",
+        "SELECT 1 AS one FROM input",
+    ] {
+        let prepared = prepare(sql, full.schema()).unwrap();
+        assert_eq!(prepared.columns_read(), None, "{sql}");
+    }
+}

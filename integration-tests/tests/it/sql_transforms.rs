@@ -483,3 +483,75 @@ fn check_locates_query_errors_on_the_schema_of_a_connected_source() {
         check.stdout
     );
 }
+
+/// A first query that reads some of the declared columns: the file source reads only
+/// those, so a value an unread column could not hold is not looked at, and the
+/// output is what the query gives on every column. With a dead-letter sink every
+/// column is read, so that a record sent there is whole: the same line is then a bad
+/// record.
+#[test]
+fn the_source_reads_only_the_columns_the_first_query_reads() {
+    let pipeline = |d: &Path, errors: &str| {
+        std::fs::create_dir_all(d.join("in")).unwrap();
+        std::fs::write(
+            d.join("in/a.jsonl"),
+            "{\"id\":1,\"name\":\"ada\",\"note\":7,\"amount\":\"1.50\"}\n\
+             {\"id\":2,\"name\":\"bob\",\"note\":\"not a number\",\"amount\":\"2.25\"}\n\
+             {\"id\":3,\"name\":\"cy\",\"note\":9,\"amount\":\"3.00\"}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("p.toml"),
+            format!(
+                "[source]\nconnector = \"file\"\npath = \"in/a.jsonl\"\n\
+                 schema = [{{ name = \"id\", type = \"int64\" }}, {{ name = \"name\", type = \"string\" }}, \
+                 {{ name = \"note\", type = \"int64\" }}, {{ name = \"amount\", type = \"decimal(10,2)\" }}]\n\
+                 [[transforms]]\ntype = \"sql\"\n\
+                 query = \"SELECT id, upper(name) AS name, amount * 2 AS twice FROM input WHERE id <> 3\"\n\
+                 [sink]\nconnector = \"file\"\npath = \"out/good\"\nformat = \"json\"\n{errors}"
+            ),
+        )
+        .unwrap();
+    };
+    let dir = workdir();
+    let d = dir.path();
+    pipeline(d, "");
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reading only the columns") && run.stderr.contains("\"amount\""),
+        "{}",
+        run.stderr
+    );
+    // the decimals as the file sink writes them, their scale kept
+    let lines = jsonl_lines(&d.join("out/good"));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, (id, name, twice)) in lines.iter().zip([(1, "ADA", "3.00"), (2, "BOB", "4.50")]) {
+        for part in [
+            format!("\"id\":{id}"),
+            format!("\"name\":\"{name}\""),
+            format!("\"twice\":{twice}"),
+        ] {
+            assert!(line.contains(&part), "{part} in {line}");
+        }
+    }
+
+    let dir = workdir();
+    let d = dir.path();
+    pipeline(
+        d,
+        "[errors]\ntolerance = \"all\"\nmax_failure_rate = 0.5\n\
+         [errors.dead_letter]\nconnector = \"file\"\npath = \"out/dlq\"\nformat = \"json\"\n",
+    );
+    let run = sluice(d, &["run", "p.toml"]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("reading only the columns"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(jsonl_ids(&d.join("out/good")), [1]);
+    let letters = jsonl_lines(&d.join("out/dlq"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].contains("not a number"), "{}", letters[0]);
+}

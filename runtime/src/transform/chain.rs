@@ -2,6 +2,8 @@
 //! SQL stage keeps its plan for the schema it last saw: planned once, again only
 //! when the records' schema changes (a source's schema evolved, `drift = "evolve"`).
 
+use std::sync::Arc;
+
 use arrow_array::{RecordBatch, UInt32Array};
 use arrow_schema::SchemaRef;
 use arrow_select::take::take_record_batch;
@@ -198,6 +200,28 @@ impl Chain {
         Ok((batch, rejects))
     }
 
+    /// The columns of `schema` (every record's, known before reading) the chain reads,
+    /// when its first stage is a query that reads some of them and not all: the source
+    /// may leave the others out. None otherwise, or when the query does not plan (the
+    /// first batch then reports why).
+    pub(crate) fn columns_read(&self, schema: &SchemaRef) -> Option<Vec<String>> {
+        let Some(Stage::Sql(first)) = self.stages.first() else {
+            return None;
+        };
+        let plan = first.query.prepare(schema.clone(), first.batch_size).ok()?;
+        let reads = plan.columns_read()?;
+        // planned again on those columns alone, it must give the same records (a
+        // `* EXCLUDE (c)` names a column it does not read, and plans without it fail)
+        let narrow = Arc::new(schema.project(reads).ok()?);
+        let again = first.query.prepare(narrow, first.batch_size).ok()?;
+        (again.output_schema() == plan.output_schema()).then(|| {
+            reads
+                .iter()
+                .map(|&i| schema.field(i).name().clone())
+                .collect()
+        })
+    }
+
     #[cfg(test)]
     pub(crate) fn sql(&self, i: usize) -> Option<&SqlStage> {
         match self.stages.get(i) {
@@ -248,6 +272,36 @@ mod tests {
             chain.apply(batch(true), &Offsets::new()).await.unwrap();
         }
         assert_eq!(chain.sql(0).unwrap().planned(), 2);
+    }
+
+    #[test]
+    fn names_the_columns_a_first_query_reads_when_they_alone_give_its_records() {
+        let schema = batch(true).schema();
+        let read = |query: &str| {
+            let specs = [TransformSpec::Sql {
+                query: query.into(),
+                name: None,
+            }];
+            Chain::new(&specs, 1024).unwrap().columns_read(&schema)
+        };
+        assert_eq!(
+            read("SELECT id * 2 AS twice FROM input WHERE more > 7"),
+            Some(vec!["id".to_string(), "more".to_string()])
+        );
+        assert_eq!(read("SELECT * FROM input"), None);
+        // names a column it does not read: planned without it, it fails
+        assert_eq!(read("SELECT * EXCLUDE (text) FROM input"), None);
+        let builtin_first = [
+            TransformSpec::Drop {
+                fields: vec!["more".into()],
+            },
+            TransformSpec::Sql {
+                query: "SELECT id FROM input".into(),
+                name: None,
+            },
+        ];
+        let chain = Chain::new(&builtin_first, 1024).unwrap();
+        assert_eq!(chain.columns_read(&schema), None);
     }
 
     #[tokio::test]

@@ -498,6 +498,12 @@ impl Source for S3Source {
     async fn open(&mut self, ctx: &SourceContext, committed: &Offsets) -> Result<()> {
         self.batch_size = ctx.batch_size.max(1);
         self.idle_timeout = ctx.idle_timeout;
+        if let (Some(columns), Some(text)) = (&ctx.columns, self.text.as_mut()) {
+            // JSON lines: the fields no query reads are passed over unread
+            if text.read_only(columns) {
+                tracing::info!(?columns, "reading only the columns the first query reads");
+            }
+        }
         if let Some(splits) = &ctx.splits {
             // these objects to their end as they are now: the runtime lists again
             self.only = Some(splits.iter().cloned().collect());
