@@ -17,6 +17,7 @@ mod mqtt;
 mod mysql;
 mod mysql_cdc;
 mod mysql_cdc_ddl;
+mod mysql_cdc_fanout;
 mod mysql_failover;
 mod nats;
 mod plugins;

@@ -37,6 +37,7 @@ impl MysqlSource {
                 }
                 tracing::warn!(file = %at.file, position = at.pos, "the stored binlog position was purged; reading the table again from a new snapshot (snapshot_on_purge)");
                 from = None;
+                self.resnapshot = true;
                 for split in &mut self.splits {
                     split.position = None;
                 }
@@ -59,7 +60,11 @@ impl MysqlSource {
             }
             (None, _) => {
                 let mariadb = self.mariadb;
-                self.binlog_from = Some(position::snapshot_position(self.conn()?, mariadb).await?);
+                let mut at = position::snapshot_position(self.conn()?, mariadb).await?;
+                // read again after a purge: the sinks may hold offsets of an older
+                // numbering of the binlog, which places of this one do not compare with
+                at.exact = !self.resnapshot;
+                self.binlog_from = Some(at);
             }
         }
         Ok(())
@@ -111,6 +116,9 @@ impl MysqlSource {
                 from,
                 place,
             );
+            if self.resnapshot {
+                changes.without_places();
+            }
             changes.start().await?;
             self.changes = Some(changes);
         }

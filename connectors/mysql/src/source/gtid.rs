@@ -122,6 +122,7 @@ mod tests {
             gtid: None,
             gtids: gtids.map(str::to_string),
             read_on,
+            exact: true,
         }
     }
 

@@ -37,6 +37,51 @@ pub struct BinlogOffset {
     /// stored before it was kept: the server connected to).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_on: Option<u32>,
+    /// `file`, `pos` and `skip` are one cut of the binlog of `read_on`: every change
+    /// before it delivered, none after, so changes are placed against it
+    /// ([`BinlogOffset::covered_below`]). False where the skip counts in a later
+    /// transaction (after a resume by GTID), and in positions stored before it was kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
+}
+
+impl BinlogOffset {
+    /// The place ([`place`]) of the first change this offset does not cover: every
+    /// transaction starting before `pos` in `file` is covered, and the first `skip`
+    /// rows of the one starting there. None when the offset is not one cut
+    /// (`exact`) or does not name its server.
+    pub fn covered_below(&self) -> Option<u128> {
+        if !self.exact || self.read_on.is_none() {
+            return None;
+        }
+        place(&self.file, self.pos, self.skip.checked_mul(2)?)
+    }
+
+    /// The server and the binlog name its file and offset are of: the places of two
+    /// offsets compare only when these are the same.
+    pub fn space(&self) -> Option<(u32, &str)> {
+        Some((self.read_on?, numbered(&self.file)?.0))
+    }
+}
+
+/// Where a change lies in the binlog of one server, as one number that rises along
+/// it: the number of the file its transaction starts in, the offset of the
+/// transaction's first event there, and `slot`, twice the change's row among the
+/// captured table's rows of the transaction (plus one for the second record of a key
+/// update). None for a file name without a number or an offset past 32 bits.
+pub fn place(file: &str, pos: u64, slot: u64) -> Option<u128> {
+    let (_, number) = numbered(file)?;
+    let pos = u32::try_from(pos).ok()?;
+    Some(u128::from(number) << 96 | u128::from(pos) << 64 | u128::from(slot))
+}
+
+/// A binlog file's base name and number (`mysql-bin.000012`: `mysql-bin`, 12).
+pub fn numbered(file: &str) -> Option<(&str, u32)> {
+    let (base, digits) = file.rsplit_once('.')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((base, digits.parse().ok()?))
 }
 
 /// The position the snapshot of this run reads at, taken with the snapshot's
@@ -78,6 +123,7 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
             pos,
             skip: 0,
             gtid: None,
+            exact: true,
         });
     }
     conn.query_drop("FLUSH TABLES WITH READ LOCK")
@@ -108,6 +154,7 @@ pub async fn snapshot_position(conn: &mut Conn, mariadb: bool) -> Result<BinlogO
         gtid: None,
         gtids: None,
         read_on: Some(gtid::server_id(conn).await?),
+        exact: true,
     })
 }
 
@@ -137,4 +184,67 @@ pub fn purged(file: &str, pos: u64, files: &[String]) -> Error {
         files.first().map_or("none", String::as_str)
     ))
     .with_field("snapshot_on_purge")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(file: &str, pos: u64, skip: u64) -> BinlogOffset {
+        BinlogOffset {
+            file: file.into(),
+            pos,
+            skip,
+            gtid: None,
+            gtids: None,
+            read_on: Some(1),
+            exact: true,
+        }
+    }
+
+    #[test]
+    fn binlog_files_are_numbered_past_six_digits() {
+        assert_eq!(numbered("mysql-bin.000012"), Some(("mysql-bin", 12)));
+        assert_eq!(numbered("a.b.1000000"), Some(("a.b", 1_000_000)));
+        assert_eq!(numbered("binlog"), None);
+        assert_eq!(numbered("binlog."), None);
+        assert_eq!(numbered("binlog.00x1"), None);
+    }
+
+    #[test]
+    fn an_offset_covers_the_changes_placed_before_it_and_no_other() {
+        let covered = |o: &BinlogOffset, file: &str, start: u64, row: u64| {
+            place(file, start, 2 * row).unwrap() < o.covered_below().unwrap()
+        };
+        // at a transaction's start: every change of earlier transactions, none of it
+        let whole = at("bin.000003", 500, 0);
+        assert!(covered(&whole, "bin.000003", 400, 9_999));
+        assert!(covered(&whole, "bin.000002", 90_000, 0));
+        assert!(!covered(&whole, "bin.000003", 500, 0));
+        assert!(!covered(&whole, "bin.000004", 4, 0));
+        // cut inside the transaction at 500 after 2 rows: those two (a key update's
+        // second record included), not the third
+        let cut = at("bin.000003", 500, 2);
+        assert!(covered(&cut, "bin.000003", 500, 1));
+        assert!(place("bin.000003", 500, 3).unwrap() < cut.covered_below().unwrap());
+        assert!(!covered(&cut, "bin.000003", 500, 2));
+        assert!(!covered(&cut, "bin.000003", 501, 0));
+        // not one cut, or of no named server: not placed
+        let later = BinlogOffset {
+            exact: false,
+            ..cut.clone()
+        };
+        assert_eq!(later.covered_below(), None);
+        let unnamed = BinlogOffset {
+            read_on: None,
+            ..cut.clone()
+        };
+        assert_eq!(unnamed.covered_below(), None);
+        // an offset stored before `exact` was kept reads as not exact
+        let old: BinlogOffset =
+            serde_json::from_str(r#"{"file":"bin.000003","pos":500,"skip":0,"read_on":1}"#)
+                .unwrap();
+        assert_eq!(old.covered_below(), None);
+        assert_eq!(cut.space(), Some((1, "bin")));
+    }
 }

@@ -11,7 +11,7 @@ use super::shape::{self, Shape};
 use super::{Changes, MARIADB_GTID_EVENT};
 use crate::conn::connect;
 use crate::source::binlog::{self, TableColumn};
-use crate::source::position::BinlogOffset;
+use crate::source::position::{numbered, BinlogOffset};
 
 impl Changes {
     /// Takes in one event; a batch when the rows pending must go first (the table's
@@ -44,7 +44,16 @@ impl Changes {
             // comes before the format event, so its name still ends in the checksum:
             // it is skipped; a later one (the next file after a server restart) is not
             Some(EventData::RotateEvent(r)) if header.log_pos() != 0 || self.formatted => {
-                self.file = r.name().into_owned();
+                let file = r.name().into_owned();
+                // places rise along one numbering of the binlog (RESET MASTER, or
+                // another log_bin name, starts another; the artificial rotate sent
+                // before a new file's format event names the file again)
+                let (was, now) = (numbered(&self.file), numbered(&file));
+                let onward = matches!((was, now), (Some((a, m)), Some((b, n))) if a == b && n > m);
+                if file != self.file && !onward {
+                    self.placing = false;
+                }
+                self.file = file;
                 self.next = r.position();
             }
             Some(EventData::RotateEvent(r)) => {
@@ -118,6 +127,7 @@ impl Changes {
                 skip: 0,
                 read_on: self.read_on,
                 gtid: gtid.or_else(|| self.committed.gtid.clone()),
+                exact: true,
                 ..self.committed.clone()
             };
             self.txn = Some((start, 0));
@@ -141,6 +151,7 @@ impl Changes {
             gtid: self.gtid.clone(),
             gtids: (!self.state.is_empty()).then(|| self.state.to_string()),
             read_on: self.read_on,
+            exact: true,
         };
     }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use arrow_array::{RecordBatch, StringArray};
 use arrow_schema::Schema;
-use connector_api::{Batch, Error, Offsets, Result, Secret};
+use connector_api::{Batch, Error, Offsets, Positions, Result, Secret};
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn};
@@ -113,6 +113,12 @@ pub struct Changes {
     /// The event being read: its time (s) and server, the row within it, and the
     /// thread of its transaction when a `BEGIN` named it.
     event: (u32, u32, i32, Option<i64>),
+    /// The records carry their places in the binlog ([`super::position::place`]):
+    /// while the binlog is read by position on the server the run's offset was read
+    /// on, along one numbering of its files. Off for the rest of the run otherwise.
+    placing: bool,
+    /// The places of the pending records, while `placing`.
+    places: Vec<u128>,
 }
 
 impl Changes {
@@ -174,7 +180,16 @@ impl Changes {
             pending_since: None,
             debezium,
             event: (0, 0, 0, None),
+            placing: true,
+            places: Vec::new(),
         }
+    }
+
+    /// The records carry no places in the binlog this run (the table is read again
+    /// from a new snapshot over an older position: places from before it do not
+    /// compare).
+    pub fn without_places(&mut self) {
+        self.placing = false;
     }
 
     /// Connects and starts the dump at the position: at its file and offset on the
@@ -189,6 +204,10 @@ impl Changes {
         if self.mariadb {
             // real GTID events instead of BEGIN queries
             setup.push("SET @mariadb_slave_capability = 4".into());
+        }
+        // places compare only in the binlog of the server the offset was read on
+        if resume != Resume::Position || self.delivered.read_on != Some(here) {
+            self.placing = false;
         }
         let file = self.file.clone().into_bytes();
         let mut request = BinlogStreamRequest::new(self.server_id);
@@ -330,14 +349,27 @@ impl Changes {
             },
             // other domains' transactions read before the one still to be skipped
             // in (after a resume by GTID): the skip goes on with the position
+            // (not one cut of the binlog: placed against nothing)
             None if self.to_skip > 0 && self.skip_in.is_some() => BinlogOffset {
                 skip: self.to_skip,
                 gtid: self.skip_in.clone(),
+                exact: false,
                 ..self.committed.clone()
             },
             None => self.committed.clone(),
         };
-        self.batch(records, position)
+        let places = std::mem::take(&mut self.places);
+        let rows = records.num_rows();
+        let mut batch = self.batch(records, position)?;
+        if self.placing && places.len() == rows {
+            let mut positions = Positions::new();
+            let split = positions.split(SPLIT);
+            for p in places {
+                positions.push_at(split, p);
+            }
+            batch.positions = Some(positions);
+        }
+        Ok(batch)
     }
 
     /// No change for a while: the position moves on over what was read (other
@@ -352,7 +384,10 @@ impl Changes {
         self.batch(records, position)
     }
 
-    fn batch(&mut self, records: RecordBatch, position: BinlogOffset) -> Result<Batch> {
+    fn batch(&mut self, records: RecordBatch, mut position: BinlogOffset) -> Result<Batch> {
+        // a run without places (another numbering, another server's read) stores
+        // offsets nothing is placed against
+        position.exact &= self.placing;
         let mut offsets = Offsets::new();
         offsets.set_typed(SPLIT, &position)?;
         self.delivered = position;
@@ -364,6 +399,7 @@ impl Changes {
     fn lose_stream(&mut self) {
         self.stream = None;
         self.ops.clear();
+        self.places.clear();
         self.pending_since = None;
         self.reset_decoders();
         self.txn = None;

@@ -11,6 +11,7 @@ use super::Changes;
 use crate::decode::Decoder;
 use crate::source::binlog::{self, TableColumn};
 use crate::source::debezium;
+use crate::source::position::place;
 
 /// What Debezium's envelope adds to the pending rows (whose after images are the
 /// decoder's).
@@ -56,14 +57,20 @@ impl Changes {
             let before = before.map(|r| self.values(r)).transpose()?;
             let after = after.map(|r| self.values(r)).transpose()?;
             self.event.2 = i32::try_from(i).unwrap_or(i32::MAX);
+            // twice the row's index among the table's rows of its transaction (skipped
+            // ones too): a key update's two records take both slots
+            let slot = self
+                .txn
+                .as_ref()
+                .map_or(0, |(_, n)| 2 * n.saturating_sub(1));
             match (before, after) {
                 // an update of the key: the old key goes, the new one comes, as the
                 // postgres source does, so an upsert leaves no row behind
                 (Some(b), Some(a)) if self.key.iter().any(|&k| b[k] != a[k]) => {
-                    self.push("d", Some(b), None)?;
-                    self.push("c", None, Some(a))?;
+                    self.push("d", Some(b), None, slot)?;
+                    self.push("c", None, Some(a), slot + 1)?;
                 }
-                (b, a) => self.push(op, b, a)?,
+                (b, a) => self.push(op, b, a, slot)?,
             }
         }
         Ok(())
@@ -106,12 +113,14 @@ impl Changes {
         }
     }
 
-    /// Appends one change: its op and images (one of them at least).
+    /// Appends one change: its op and images (one of them at least), at `slot` of
+    /// its transaction.
     pub(super) fn push(
         &mut self,
         op: &'static str,
         before: Option<Vec<Value>>,
         after: Option<Vec<Value>>,
+        slot: u64,
     ) -> Result<()> {
         let at = || format!("binlog {} {}", self.file, self.next);
         let nulls = || vec![Value::NULL; self.columns.len()];
@@ -142,8 +151,26 @@ impl Changes {
             }
         }
         self.ops.push(op);
+        self.note_place(slot);
         self.pending_since.get_or_insert_with(Instant::now);
         Ok(())
+    }
+
+    /// Keeps the place of the change just pushed, at `slot` of the transaction read.
+    fn note_place(&mut self, slot: u64) {
+        if !self.placing {
+            return;
+        }
+        let start = self.txn.as_ref().map(|(start, _)| start);
+        match start.and_then(|s| place(&s.file, s.pos, slot)) {
+            Some(p) => self.places.push(p),
+            // rows outside a transaction whose start it knows (XA without GTIDs), or
+            // a file without a number: no places for the rest of the run
+            None => {
+                self.placing = false;
+                self.places.clear();
+            }
+        }
     }
 }
 
