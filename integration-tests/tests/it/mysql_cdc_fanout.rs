@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::mysql::{binlog_port, unique, url_at};
 use crate::mysql_cdc::{binlog, my};
 use crate::postgres::{fresh, psql, server, slow_offsets, url};
-use crate::support::{finish, jsonl_lines, signal, spawn, wait_until, workdir, KillOnPanic};
+use crate::support::{
+    finish, jsonl_lines, kill_after_flushes, signal, spawn, wait_until, workdir, KillOnPanic,
+};
 
 /// Stops the writer thread when the test ends, also by a panic.
 struct StopOnDrop(std::sync::Arc<std::sync::atomic::AtomicBool>);
@@ -106,21 +106,7 @@ fn binlog_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
         }
         t
     });
-    let mut rng = rand::thread_rng();
-    let mut logs = String::new();
-    for _ in 0..8 {
-        // killed once "changes" has flushed in this run, a few flushes later at most
-        let before = jsonl_lines(&d.join("out")).len();
-        let child = spawn(d, &["run", "cdc.toml"]);
-        let guard = KillOnPanic(child.id());
-        wait_until(Duration::from_secs(30), || {
-            jsonl_lines(&d.join("out")).len() > before
-        });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..700)));
-        signal(&child, "KILL");
-        logs += &finish(child, Duration::from_secs(10)).stderr;
-        drop(guard);
-    }
+    let mut logs = kill_after_flushes(d, &["run", "cdc.toml"], &d.join("out"), 8);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let txns = writer.join().expect("writer");
     // the snapshot's row, then per transaction 120 creates, and a delete and a create

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::postgres::{fresh, psql, server, slow_offsets, url};
-use crate::support::{finish, jsonl_ids, jsonl_lines, signal, spawn, wait_until, workdir};
+use crate::support::{
+    finish, jsonl_ids, jsonl_lines, kill_after_flushes, signal, spawn, wait_until, workdir,
+};
 
 /// A JSON-lines file sink ("changes", every change) and a PostgreSQL upsert sink
 /// ("mirror", flushed after it: sinks flush in name order) whose offsets are stored
@@ -76,20 +76,7 @@ fn cdc_into_two_exactly_once_sinks_survives_kill_9_between_their_flushes() {
         }
         t
     });
-    let mut rng = rand::thread_rng();
-    let mut logs = String::new();
-    for _ in 0..8 {
-        // killed once "changes" has flushed in this run (on a loaded machine the first
-        // flush can come after any fixed pause), a few flushes later at most
-        let before = jsonl_lines(&d.join("out")).len();
-        let child = spawn(d, &["run", "cdc.toml"]);
-        wait_until(Duration::from_secs(30), || {
-            jsonl_lines(&d.join("out")).len() > before
-        });
-        std::thread::sleep(Duration::from_millis(rng.gen_range(0..700)));
-        signal(&child, "KILL");
-        logs += &finish(child, Duration::from_secs(10)).stderr;
-    }
+    let mut logs = kill_after_flushes(d, &["run", "cdc.toml"], &d.join("out"), 8);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let txns = writer.join().expect("writer");
     let last = spawn(d, &["run", "cdc.toml"]);

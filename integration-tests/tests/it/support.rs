@@ -214,6 +214,27 @@ pub fn jsonl_ids(dir: &Path) -> Vec<i64> {
     ids
 }
 
+/// Starts `sluice ARGS` in `dir` `rounds` times and kills each run with SIGKILL once the
+/// JSON lines under `out` grew in it (on a loaded machine the first flush can come after
+/// any fixed pause), a random moment under 700 ms later: a few flushes at most. Returns
+/// the runs' stderr.
+pub fn kill_after_flushes(dir: &Path, args: &[&str], out: &Path, rounds: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let mut logs = String::new();
+    for _ in 0..rounds {
+        let before = jsonl_lines(out).len();
+        let child = spawn(dir, args);
+        let guard = KillOnPanic(child.id());
+        wait_until(Duration::from_secs(30), || jsonl_lines(out).len() > before);
+        std::thread::sleep(Duration::from_millis(rng.gen_range(0..700)));
+        signal(&child, "KILL");
+        logs += &finish(child, Duration::from_secs(10)).stderr;
+        drop(guard);
+    }
+    logs
+}
+
 /// Starts `sluice ARGS` in `dir` `rounds` times and kills each run with SIGKILL after a
 /// random pause in `pause_ms`; returns how many kills hit a process still running.
 pub fn kill_at_random(
